@@ -1,0 +1,29 @@
+# One verb per task. Each verb creates or reuses the virtual environment by itself.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test compile bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip check
+	touch $(STAMP)
+
+run: $(STAMP) ## train, evaluate and store both models locally (no cluster)
+	$(BIN)/model-pipelines run all --local
+
+test: $(STAMP) ## run the whole test suite, end-to-end tests included
+	$(BIN)/pytest -q
+
+compile: $(STAMP) ## recompile compiled/*.yaml
+	$(BIN)/model-pipelines compile --output-dir compiled
+
+bench: $(STAMP) ## local-run overhead against the plain step functions
+	$(BIN)/python -m benchmarks.local_run
+
+clean:
+	rm -rf .model-pipelines

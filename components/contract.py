@@ -1,0 +1,235 @@
+"""The platform contract in one place: model schemas, units, feature engineering and input validation.
+
+Source: ``platform-contract.md`` §2-3. Everything that turns raw per-minute metrics into model inputs, or that
+checks an input, lives here so that training, evaluation, smoke tests and serving agree byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import pandas as pd
+
+ANOMALY_DETECTOR = "anomaly-detector"
+PREDICTIVE_ANALYTICS = "predictive-analytics"
+TIMESTAMP_COLUMN = "timestamp"
+LABEL_COLUMN = "is_anomaly"
+INCIDENT_COLUMN = "incident"
+WINDOW_MINUTES = 5
+# The first row with a complete 5-minute window and a 5-minute lag is row 5, so a series needs 6 rows.
+MIN_FEATURE_ROWS = WINDOW_MINUTES + 1
+
+
+class ContractError(ValueError):
+    """An input that breaks the platform contract; the message names the problem and the fix."""
+
+
+class Unit(str, Enum):
+    """The unit a base metric is sent in."""
+
+    RATIO = "ratio 0-1"
+    CORES = "CPU cores"
+    COUNT = "cumulative count"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One base metric: its column name and unit."""
+
+    name: str
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class ModelSchema:
+    """What one model consumes: its base metrics and how many features a served instance has."""
+
+    model_name: str
+    base_metrics: tuple[Metric, ...]
+    engineered: bool
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Return the base metric column names in contract order."""
+        return [metric.name for metric in self.base_metrics]
+
+    @property
+    def n_features(self) -> int:
+        """Return the number of values in one served instance."""
+        return len(self.base_metrics) * (len(FEATURE_SUFFIXES) if self.engineered else 1)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Return the served feature names in contract order (index 9*m + f for the detector)."""
+        if not self.engineered:
+            return self.metric_names
+        return [f"{metric}__{suffix}" for metric in self.metric_names for suffix in FEATURE_SUFFIXES]
+
+
+FEATURE_SUFFIXES = ("value", "mean_5m", "std_5m", "min_5m", "max_5m", "lag_1m", "lag_5m", "diff_1m", "pct_change_1m")
+
+SCHEMAS: dict[str, ModelSchema] = {
+    ANOMALY_DETECTOR: ModelSchema(
+        ANOMALY_DETECTOR,
+        (
+            Metric("node_cpu_utilization", Unit.RATIO),
+            Metric("node_memory_utilization", Unit.RATIO),
+            Metric("pod_cpu_usage", Unit.CORES),
+            Metric("pod_memory_usage", Unit.RATIO),
+            Metric("container_restart_count", Unit.COUNT),
+        ),
+        engineered=True,
+    ),
+    PREDICTIVE_ANALYTICS: ModelSchema(
+        PREDICTIVE_ANALYTICS,
+        (
+            Metric("cpu", Unit.RATIO),
+            Metric("memory", Unit.RATIO),
+            Metric("disk", Unit.RATIO),
+            Metric("network_in", Unit.RATIO),
+            Metric("network_out", Unit.RATIO),
+        ),
+        engineered=False,
+    ),
+}
+
+MODEL_NAMES = tuple(SCHEMAS)
+# What the coordination engine sends for every metric when Prometheus fails (contract §2).
+FALLBACK_METRIC_FEATURES = (0.5, 0.5, 0.1, 0.3, 0.7, 0.5, 0.5, 0.0, 0.0)
+NETWORK_SCALE_BYTES_PER_SECOND = 125e6
+
+
+def schema_for(model_name: str) -> ModelSchema:
+    """Return the schema of ``model_name`` or raise a ContractError listing the known models."""
+    try:
+        return SCHEMAS[model_name]
+    except KeyError:
+        raise ContractError(f"unknown model {model_name!r}: use one of {', '.join(MODEL_NAMES)}") from None
+
+
+def fallback_instance() -> list[float]:
+    """Return the engine's 45-value fallback vector for the anomaly detector."""
+    return list(FALLBACK_METRIC_FEATURES) * len(SCHEMAS[ANOMALY_DETECTOR].base_metrics)
+
+
+def scale_network(bytes_per_second: np.ndarray | pd.Series) -> np.ndarray:
+    """Return network throughput in the engine's unit: bytes/s / 125e6, clamped to 0-1."""
+    return np.clip(np.asarray(bytes_per_second, dtype=float) / NETWORK_SCALE_BYTES_PER_SECOND, 0.0, 1.0)
+
+
+def validate_raw_metrics(frame: pd.DataFrame, model_name: str, *, source: str = "input") -> pd.DataFrame:
+    """Check a raw per-minute metrics frame against the contract and return it with float columns.
+
+    Raises ContractError for an empty frame, missing or non-numeric columns, NaN or inf, negative values,
+    and ratios that look like percent.
+    """
+    schema = schema_for(model_name)
+    if frame is None or len(frame) == 0:
+        raise ContractError(f"{source}: the dataset is empty; provide at least {MIN_FEATURE_ROWS} per-minute rows")
+    missing = [name for name in schema.metric_names if name not in frame.columns]
+    if missing:
+        raise ContractError(
+            f"{source}: missing column(s) {missing} for {model_name}; expected columns "
+            f"{[TIMESTAMP_COLUMN, *schema.metric_names]}"
+        )
+    result = frame.copy()
+    for metric in schema.base_metrics:
+        column = pd.to_numeric(result[metric.name], errors="coerce")
+        non_numeric = column.isna() & result[metric.name].notna()
+        if non_numeric.any():
+            example = result[metric.name][non_numeric].iloc[0]
+            raise ContractError(f"{source}: column {metric.name!r} has non-numeric value {example!r}; send numbers only")
+        values = column.to_numpy(dtype=float)
+        _check_finite(values, f"{source}: column {metric.name!r}")
+        if (values < 0).any():
+            raise ContractError(f"{source}: column {metric.name!r} has negative values; {metric.unit.value} cannot be negative")
+        if metric.unit is Unit.RATIO and values.max() > 1.0 + 1e-9:
+            hint = "it looks like percent: divide by 100" if values.max() <= 100.0 else "scale it to 0-1"
+            raise ContractError(
+                f"{source}: column {metric.name!r} must be a ratio 0-1 but reaches {values.max():.4g}; {hint}"
+            )
+        result[metric.name] = values
+    return result
+
+
+def _check_finite(values: np.ndarray, what: str) -> None:
+    """Raise ContractError naming ``what`` when ``values`` holds NaN or inf."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.flatnonzero(bad.ravel())[0])
+        raise ContractError(
+            f"{what} has {int(bad.sum())} NaN or inf value(s), the first at position {first}; "
+            "fill or drop those rows before training or predicting"
+        )
+
+
+def engineer_features(raw: pd.DataFrame, model_name: str) -> pd.DataFrame:
+    """Return the served feature table for validated raw per-minute metrics, one row per usable minute.
+
+    anomaly-detector: 9 features per base metric (value, 5-minute mean/std/min/max, lag 1, lag 5, diff,
+    relative change), grouped by metric; the first 5 rows lack a full window and are dropped.
+    predictive-analytics: the 5 current values. Cost is linear in the number of rows.
+    """
+    schema = schema_for(model_name)
+    if not schema.engineered:
+        return raw[schema.metric_names].astype(float).reset_index(drop=True)
+    if len(raw) < MIN_FEATURE_ROWS:
+        raise ContractError(
+            f"series too short: {len(raw)} row(s), the 9 features need at least {MIN_FEATURE_ROWS} consecutive minutes"
+        )
+    columns: dict[str, np.ndarray] = {}
+    for metric in schema.metric_names:
+        series = raw[metric].astype(float).reset_index(drop=True)
+        window = series.rolling(WINDOW_MINUTES, min_periods=WINDOW_MINUTES)
+        lag_1 = series.shift(1)
+        diff_1 = series - lag_1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            relative = np.where(lag_1.to_numpy() == 0, 0.0, diff_1.to_numpy() / lag_1.to_numpy())
+        for suffix, values in zip(
+            FEATURE_SUFFIXES,
+            (series, window.mean(), window.std(), window.min(), window.max(), lag_1, series.shift(5), diff_1, relative),
+        ):
+            columns[f"{metric}__{suffix}"] = np.asarray(values, dtype=float)
+    features = pd.DataFrame(columns)
+    return features.iloc[WINDOW_MINUTES:].reset_index(drop=True)
+
+
+def feature_labels(raw: pd.DataFrame, model_name: str) -> np.ndarray | None:
+    """Return the 0/1 anomaly labels aligned with ``engineer_features`` rows, or None when unlabelled."""
+    if LABEL_COLUMN not in raw.columns:
+        return None
+    labels = raw[LABEL_COLUMN].astype(int).to_numpy()
+    return labels[WINDOW_MINUTES:] if schema_for(model_name).engineered else labels
+
+
+def forecast_pairs(raw: pd.DataFrame, horizon_minutes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (x_t, x_{t+h}) pairs of the 5 forecaster metrics for a per-minute series."""
+    if horizon_minutes < 1:
+        raise ContractError(f"horizon_minutes must be at least 1, got {horizon_minutes}")
+    values = raw[schema_for(PREDICTIVE_ANALYTICS).metric_names].to_numpy(dtype=float)
+    if len(values) <= horizon_minutes:
+        raise ContractError(
+            f"series too short: {len(values)} row(s) cannot make a single pair at a {horizon_minutes}-minute horizon; "
+            f"provide more than {horizon_minutes} minutes of data or lower horizon_minutes"
+        )
+    return values[:-horizon_minutes], values[horizon_minutes:]
+
+
+def validate_instances(instances: object, model_name: str) -> np.ndarray:
+    """Return served instances as a float matrix, or raise ContractError on shape, type, NaN or inf problems."""
+    schema = schema_for(model_name)
+    try:
+        matrix = np.asarray(instances, dtype=float)
+    except (TypeError, ValueError):
+        raise ContractError(f"instances must be a list of lists of {schema.n_features} numbers") from None
+    if matrix.ndim != 2 or matrix.shape[0] == 0:
+        raise ContractError(f"instances must be a non-empty list of rows of {schema.n_features} numbers")
+    if matrix.shape[1] != schema.n_features:
+        raise ContractError(
+            f"{model_name} expects {schema.n_features} features per instance, got {matrix.shape[1]}; "
+            f"see the contract's feature order ({schema.feature_names[0]}, ...)"
+        )
+    _check_finite(matrix, "instances")
+    return matrix

@@ -1,0 +1,147 @@
+"""ingest: raw per-minute metrics from a source, validated and split by time into train and validation sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from components.contract import (
+    LABEL_COLUMN,
+    MIN_FEATURE_ROWS,
+    TIMESTAMP_COLUMN,
+    ContractError,
+    schema_for,
+    validate_raw_metrics,
+)
+from components.synthetic import generate_cluster_metrics
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """Where to read raw metrics from and how to split them."""
+
+    model_name: str
+    source: str = "synthetic"
+    file_path: str = ""
+    days: float = 10.0
+    seed: int = 42
+    validation_fraction: float = 0.3
+    max_gap_minutes: int = 5
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Train and validation frames in contract units, plus a one-line description of what was read."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    description: str
+
+
+def _synthetic(request: IngestRequest) -> tuple[pd.DataFrame, str]:
+    """Return generated metrics and their description."""
+    frame = generate_cluster_metrics(request.model_name, days=request.days, seed=request.seed)
+    return frame, f"synthetic: {request.days:g} days, seed {request.seed}"
+
+
+def _file(request: IngestRequest) -> tuple[pd.DataFrame, str]:
+    """Return metrics read from a CSV or Parquet file, aligned on a 1-minute grid, and their description."""
+    path = Path(request.file_path)
+    if not request.file_path:
+        raise ContractError("source 'file' needs file_path: set --param file_path=/path/to/metrics.csv")
+    if not path.is_file():
+        raise ContractError(f"file_path {str(path)!r} does not exist or is not a file; check the path")
+    if path.suffix.lower() == ".parquet":
+        frame = pd.read_parquet(path)
+    elif path.suffix.lower() in {".csv", ".txt"}:
+        frame = pd.read_csv(path)
+    else:
+        raise ContractError(f"file_path {str(path)!r}: unsupported format {path.suffix!r}; use .csv or .parquet")
+    frame = align_to_minute_grid(frame, request.model_name, max_gap_minutes=request.max_gap_minutes, source=str(path))
+    return frame, f"file: {path} ({len(frame)} minutes)"
+
+
+# The seam for further sources (Prometheus, S3): a name and a function from request to (frame, description).
+SOURCES: dict[str, Callable[[IngestRequest], tuple[pd.DataFrame, str]]] = {
+    "synthetic": _synthetic,
+    "file": _file,
+}
+
+
+def align_to_minute_grid(
+    frame: pd.DataFrame, model_name: str, *, max_gap_minutes: int = 5, source: str = "input"
+) -> pd.DataFrame:
+    """Return ``frame`` on a regular 1-minute grid: timestamps parsed, duplicates averaged, short gaps interpolated.
+
+    A gap longer than ``max_gap_minutes`` is an error: rolling features across it would describe data that
+    does not exist.
+    """
+    if TIMESTAMP_COLUMN not in frame.columns:
+        raise ContractError(f"{source}: missing column {TIMESTAMP_COLUMN!r}; every row needs a timestamp")
+    if len(frame) == 0:
+        raise ContractError(f"{source}: the dataset is empty; provide at least {MIN_FEATURE_ROWS} per-minute rows")
+    metric_names = schema_for(model_name).metric_names
+    frame = validate_raw_metrics(frame, model_name, source=source)
+    timestamps = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True, errors="coerce")
+    if timestamps.isna().any():
+        bad = frame[TIMESTAMP_COLUMN][timestamps.isna()].iloc[0]
+        raise ContractError(f"{source}: timestamp {bad!r} cannot be parsed; use ISO 8601 or epoch seconds")
+    keep = metric_names + ([LABEL_COLUMN] if LABEL_COLUMN in frame.columns else [])
+    indexed = frame[keep].set_index(timestamps.dt.floor("min"))
+    aggregated = indexed.groupby(level=0).agg({name: ("max" if name == LABEL_COLUMN else "mean") for name in keep})
+    grid = pd.date_range(aggregated.index.min(), aggregated.index.max(), freq="min")
+    regular = aggregated.reindex(grid)
+    missing = regular[metric_names[0]].isna().to_numpy()
+    if missing.any():
+        longest = _longest_run(missing)
+        if longest > max_gap_minutes:
+            raise ContractError(
+                f"{source}: a gap of {longest} minutes in the series exceeds max_gap_minutes={max_gap_minutes}; "
+                "provide a continuous series or raise max_gap_minutes"
+            )
+        regular[metric_names] = regular[metric_names].interpolate(method="linear", limit_direction="both")
+        if LABEL_COLUMN in regular.columns:
+            regular[LABEL_COLUMN] = regular[LABEL_COLUMN].ffill().fillna(0)
+    regular.index.name = TIMESTAMP_COLUMN
+    result = regular.reset_index()
+    if LABEL_COLUMN in result.columns:
+        result[LABEL_COLUMN] = result[LABEL_COLUMN].astype(int)
+    return result
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    """Return the length of the longest run of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return int((edges[1::2] - edges[::2]).max()) if len(edges) else 0
+
+
+def split_by_time(frame: pd.DataFrame, validation_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (train, validation): the validation set is the last ``validation_fraction`` of the series."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ContractError(f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction}")
+    cut = int(round(len(frame) * (1.0 - validation_fraction)))
+    train, validation = frame.iloc[:cut].reset_index(drop=True), frame.iloc[cut:].reset_index(drop=True)
+    for name, part in (("train", train), ("validation", validation)):
+        if len(part) < MIN_FEATURE_ROWS:
+            raise ContractError(
+                f"{name} split has {len(part)} row(s) out of {len(frame)}; provide more data "
+                f"or change validation_fraction so that each split has at least {MIN_FEATURE_ROWS} minutes"
+            )
+    return train, validation
+
+
+def ingest(request: IngestRequest) -> IngestResult:
+    """Read raw metrics from the requested source, validate them and return the time-based split."""
+    schema_for(request.model_name)
+    try:
+        read = SOURCES[request.source]
+    except KeyError:
+        raise ContractError(f"unknown source {request.source!r}: use one of {', '.join(SOURCES)}") from None
+    frame, description = read(request)
+    frame = validate_raw_metrics(frame, request.model_name, source=request.source)
+    train, validation = split_by_time(frame, request.validation_fraction)
+    return IngestResult(train, validation, f"{description}; {len(train)} train and {len(validation)} validation minutes")

@@ -1,0 +1,182 @@
+"""train: stock scikit-learn estimators for the two models, with nothing from this project inside the pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import pickletools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.covariance import EllipticEnvelope
+from sklearn.decomposition import PCA
+from sklearn.ensemble import IsolationForest
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import RobustScaler, StandardScaler
+
+from components.contract import (
+    ANOMALY_DETECTOR,
+    PREDICTIVE_ANALYTICS,
+    ContractError,
+    engineer_features,
+    fallback_instance,
+    feature_labels,
+    forecast_pairs,
+)
+
+MODEL_FILENAME = "model.pkl"
+HOLDOUT_FRACTION = 0.2
+# How far below the fallback vector's score the detector threshold sits, relative to that score.
+FALLBACK_MARGIN = 0.01
+# Modules a stock sklearn server can import when it unpickles a model.
+STOCK_PICKLE_MODULES = ("sklearn", "numpy", "scipy", "joblib", "builtins", "copyreg", "_codecs", "collections")
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """Hyperparameters of the anomaly detector recipe."""
+
+    algorithm: str = "isolation_forest"
+    scaler: str = "robust"
+    n_estimators: int = 200
+    max_samples: int = 256
+    pca_components: int = 15
+    target_false_positive_rate: float = 0.01
+    random_state: int = 42
+
+
+@dataclass(frozen=True)
+class ForecasterParams:
+    """Hyperparameters of the forecaster recipe."""
+
+    horizon_minutes: int = 60
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A fitted stock estimator and what produced it."""
+
+    estimator: object
+    parameters: dict
+    data_fingerprint: str
+    training_rows: int
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """Return a sha256 over the frame's values and column names, stable across file formats."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _scaler(name: str) -> RobustScaler | StandardScaler:
+    """Return the named stock scaler."""
+    scalers = {"robust": RobustScaler, "standard": StandardScaler}
+    if name not in scalers:
+        raise ContractError(f"unknown scaler {name!r}: use one of {', '.join(scalers)}")
+    return scalers[name]()
+
+
+def _detector_pipeline(params: DetectorParams, n_features: int) -> Pipeline:
+    """Return the unfitted detector pipeline for ``params``."""
+    if params.algorithm == "isolation_forest":
+        steps = [
+            ("scaler", _scaler(params.scaler)),
+            (
+                "detector",
+                IsolationForest(
+                    n_estimators=params.n_estimators,
+                    max_samples=params.max_samples,
+                    random_state=params.random_state,
+                ),
+            ),
+        ]
+    elif params.algorithm == "elliptic_envelope":
+        steps = [
+            ("scaler", _scaler(params.scaler)),
+            ("pca", PCA(n_components=min(params.pca_components, n_features), random_state=params.random_state)),
+            ("detector", EllipticEnvelope(random_state=params.random_state, support_fraction=0.99)),
+        ]
+    else:
+        raise ContractError(f"unknown algorithm {params.algorithm!r}: use isolation_forest or elliptic_envelope")
+    return Pipeline(steps)
+
+
+def train_anomaly_detector(train: pd.DataFrame, params: DetectorParams) -> TrainedModel:
+    """Fit the detector on raw training metrics and calibrate its threshold on the training rows.
+
+    The threshold is set so that ``target_false_positive_rate`` of the normal training rows (all rows when
+    unlabelled) score as anomalies; ``predict`` then returns integer -1 (anomaly) or 1 (normal). The contract
+    requires the engine's fallback vector to be called normal, so the threshold never rises above its score;
+    evaluate reports what that costs in recall.
+    """
+    if not 0.0 < params.target_false_positive_rate < 0.5:
+        raise ContractError(
+            f"target_false_positive_rate must be between 0 and 0.5, got {params.target_false_positive_rate}"
+        )
+    features = engineer_features(train, ANOMALY_DETECTOR)
+    labels = feature_labels(train, ANOMALY_DETECTOR)
+    normal = features.to_numpy() if labels is None else features.to_numpy()[labels == 0]
+    if len(normal) < 10:
+        raise ContractError(f"only {len(normal)} normal training row(s); the detector needs at least 10")
+    pipeline = _detector_pipeline(params, features.shape[1])
+    pipeline.fit(normal)
+    scores = pipeline.score_samples(normal)
+    fallback_score = float(pipeline.score_samples(np.array([fallback_instance()]))[0])
+    # decision_function = score_samples - offset_; rows scoring below the offset are anomalies.
+    offset = float(np.quantile(scores, params.target_false_positive_rate))
+    pipeline.named_steps["detector"].offset_ = min(offset, fallback_score - FALLBACK_MARGIN * abs(fallback_score))
+    return TrainedModel(pipeline, {"model_name": ANOMALY_DETECTOR, **asdict(params)}, data_fingerprint(train), len(normal))
+
+
+def train_predictive_analytics(train: pd.DataFrame, params: ForecasterParams) -> TrainedModel:
+    """Fit a forecaster from the 5 current values to the 5 values ``horizon_minutes`` later.
+
+    A Ridge learns the change x_{t+h} - x_t; adding the identity to its coefficients turns it into a stock
+    Ridge that predicts levels, so the served object needs nothing but scikit-learn. An output whose learned
+    change loses to persistence on the newest ``HOLDOUT_FRACTION`` of the training pairs predicts persistence.
+    """
+    current, future = forecast_pairs(train, params.horizon_minutes)
+    holdout = int(len(current) * (1.0 - HOLDOUT_FRACTION))
+    probe = Ridge(alpha=params.alpha).fit(current[:holdout], future[:holdout] - current[:holdout])
+    learned_error = np.abs(current[holdout:] + probe.predict(current[holdout:]) - future[holdout:]).mean(axis=0)
+    persistence_error = np.abs(current[holdout:] - future[holdout:]).mean(axis=0)
+    keep_learned = learned_error < persistence_error
+    ridge = Ridge(alpha=params.alpha).fit(current, future - current)
+    # Outputs where the learned change did not beat "the future equals now" on the newest training data
+    # fall back to persistence: coefficient row 0 and intercept 0 before the identity is added.
+    ridge.coef_ = np.where(keep_learned[:, None], ridge.coef_, 0.0) + np.eye(current.shape[1])
+    ridge.intercept_ = np.where(keep_learned, ridge.intercept_, 0.0)
+    return TrainedModel(ridge, {"model_name": PREDICTIVE_ANALYTICS, **asdict(params)}, data_fingerprint(train), len(current))
+
+
+def foreign_pickle_modules(estimator: object) -> list[str]:
+    """Return the modules pickling ``estimator`` would import that a stock sklearn server lacks (empty if clean)."""
+    modules: set[str] = set()
+    strings: list[str] = []
+    for opcode, argument, _ in pickletools.genops(pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)):
+        if opcode.name in {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE"}:
+            strings.append(str(argument))
+        elif opcode.name == "GLOBAL":
+            modules.add(str(argument).split(" ")[0])
+        elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+            modules.add(strings[-2])
+    return sorted(module for module in modules if module.split(".")[0] not in STOCK_PICKLE_MODULES)
+
+
+def save_model(trained: TrainedModel, directory: Path) -> Path:
+    """Write the estimator as ``model.pkl`` in ``directory`` and return its path; refuse non-stock objects."""
+    foreign = foreign_pickle_modules(trained.estimator)
+    if foreign:
+        raise ContractError(
+            f"the model would import {foreign} when unpickled; the stock sklearn server can only load scikit-learn objects"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / MODEL_FILENAME
+    joblib.dump(trained.estimator, path)
+    return path

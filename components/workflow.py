@@ -1,0 +1,66 @@
+"""The steps as the pipeline runs them: artifact paths in, results out, the store located from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import pandas as pd
+import sklearn
+
+from components import __version__
+from components.evaluate import Evaluation, Gates, evaluate_candidate, markdown_report
+from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT, FilesystemStore, StoredVersion, StoreError, champion_version, load_model
+from components.train import MODEL_FILENAME
+
+STORE_ROOT_ENV = "MODEL_STORE_ROOT"
+
+
+def store_from_environment(pvc_name: str = DEFAULT_PVC) -> FilesystemStore:
+    """Return the filesystem store at $MODEL_STORE_ROOT, or at the PVC mount path /mnt/models."""
+    return FilesystemStore(os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT), pvc_name)
+
+
+def evaluate_step(
+    model_name: str,
+    model_dir: str,
+    validation_path: str,
+    data_description: str,
+    gates: Gates,
+    *,
+    horizon_minutes: int = 60,
+) -> tuple[Evaluation, str]:
+    """Evaluate the candidate in ``model_dir`` against the store's champion; return the evaluation and its report."""
+    store = store_from_environment()
+    champion_name = champion_version(store.read_index(model_name))
+    champion = None
+    if champion_name is not None:
+        try:
+            champion = (champion_name, load_model(store, model_name, champion_name))
+        except (StoreError, OSError, ValueError) as error:
+            print(f"warning: champion {champion_name} cannot be loaded ({error}); judging the candidate on gates alone")
+    model_bytes = (Path(model_dir) / MODEL_FILENAME).read_bytes()
+    validation = pd.read_parquet(validation_path)
+    evaluation = evaluate_candidate(
+        model_name, model_bytes, validation, gates, horizon_minutes=horizon_minutes, champion=champion
+    )
+    return evaluation, markdown_report(evaluation, data_description)
+
+
+def save_step(model_name: str, model_dir: str, scores: dict, pvc_name: str, run_name: str) -> StoredVersion:
+    """Save the candidate as the next version with its full record (metrics, parameters, lineage)."""
+    training = json.loads((Path(model_dir) / "training.json").read_text())
+    record = {
+        "model": model_name,
+        "metrics": scores,
+        "parameters": training["parameters"],
+        "data_fingerprint": training["data_fingerprint"],
+        "training_rows": training["training_rows"],
+        "sklearn_version": sklearn.__version__,
+        "project_version": __version__,
+        "python_version": platform.python_version(),
+        "run_name": run_name,
+    }
+    return store_from_environment(pvc_name).save_version(model_name, Path(model_dir) / MODEL_FILENAME, record)

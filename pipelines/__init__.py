@@ -1,0 +1,1 @@
+"""Pipeline wiring, compilation, local runs and the ``model-pipelines`` command line."""
