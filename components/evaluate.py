@@ -142,12 +142,15 @@ def evaluate_candidate(
 ) -> Evaluation:
     """Score a pickled candidate, run contract checks and gates, compare with the champion and decide."""
     estimator = joblib.load(io.BytesIO(model_bytes))
+    checks, measured = contract_checks(estimator, model_name, model_bytes, gates)
+    if not checks["output_type"][0]:
+        evaluation = Evaluation(model_name, measured, checks, reason=f"output_type: {checks['output_type'][1]}")
+        return evaluation
     confusion = roc = None
     if model_name == ANOMALY_DETECTOR:
         metrics, confusion, roc = score_detector(estimator, validation)
     else:
         metrics = score_forecaster(estimator, validation, horizon_minutes)
-    checks, measured = contract_checks(estimator, model_name, model_bytes, gates)
     metrics.update(measured)
     if model_name == ANOMALY_DETECTOR:
         checks["min_f1"] = (metrics["f1"] >= gates.min_f1, f"F1 {metrics['f1']:.3f} (gate {gates.min_f1:g})")

@@ -130,8 +130,15 @@ def train_anomaly_detector(train: pd.DataFrame, params: DetectorParams) -> Train
     fallback_score = float(pipeline.score_samples(np.array([fallback_instance()]))[0])
     # decision_function = score_samples - offset_; rows scoring below the offset are anomalies.
     offset = float(np.quantile(scores, params.target_false_positive_rate))
-    pipeline.named_steps["detector"].offset_ = min(offset, fallback_score - FALLBACK_MARGIN * abs(fallback_score))
-    return TrainedModel(pipeline, {"model_name": ANOMALY_DETECTOR, **asdict(params)}, data_fingerprint(train), len(normal))
+    fallback_limit = fallback_score - FALLBACK_MARGIN * abs(fallback_score)
+    pipeline.named_steps["detector"].offset_ = min(offset, fallback_limit)
+    calibration = {
+        "threshold": min(offset, fallback_limit),
+        "threshold_set_by": "fallback_vector" if fallback_limit < offset else "target_false_positive_rate",
+        "training_false_positive_rate": float(np.mean(scores < min(offset, fallback_limit))),
+    }
+    parameters = {"model_name": ANOMALY_DETECTOR, **asdict(params), **calibration}
+    return TrainedModel(pipeline, parameters, data_fingerprint(train), len(normal))
 
 
 def train_predictive_analytics(train: pd.DataFrame, params: ForecasterParams) -> TrainedModel:

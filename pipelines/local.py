@@ -76,7 +76,7 @@ def parse_params(pairs: list[str], model_name: str) -> dict[str, object]:
             raise ValueError(f"{model_name} has no parameter {name!r}; its parameters are {', '.join(sorted(declared))}")
         kind = declared[name].type
         try:
-            arguments[name] = {"Integer": int, "Double": float, "Boolean": _boolean}.get(kind, str)(text)
+            arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean}.get(kind, str)(text)
         except ValueError:
             raise ValueError(f"--param {name}={text!r}: {name} is a {kind}") from None
     return arguments

@@ -1,0 +1,113 @@
+"""End to end: `model-pipelines run --local` through kfp.local, as a user drives it, good runs and bad input."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from components.synthetic import generate_cluster_metrics
+from tests.conftest import run_cli, snapshot
+
+
+def test_two_runs_store_v1_then_v2_and_the_second_faces_the_champion(two_runs):
+    state, first, second = two_runs
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert second.returncode == 0, second.stdout[-3000:]
+    for model in ("anomaly-detector", "predictive-analytics"):
+        assert f"pvc://model-storage-pvc/{model}/v1" in first.stdout
+        assert f"pvc://model-storage-pvc/{model}/v2" in second.stdout
+        index = json.loads((state / "store" / model / "metadata.json").read_text())
+        assert sorted(index["versions"]) == ["v1", "v2"]
+        record = json.loads((state / "store" / model / "v2" / "version.json").read_text())
+        assert record["run_name"].startswith(f"{model}-retrain-")
+        assert {"sha256", "metrics", "parameters", "data_fingerprint", "sklearn_version", "project_version"} <= set(record)
+    assert first.stdout[first.stdout.rindex("Summary"):].count("no champion yet") == 2
+    summary = second.stdout[second.stdout.rindex("Summary"):]
+    assert summary.count("not worse than champion v1") == 2
+    assert "f1=" in summary and "mase_mean=" in summary
+    assert "ingest" in first.stdout and "finished with status" in first.stdout
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("anomaly-detector", "ints -1/1"), ("predictive-analytics", "5 floats")],
+)
+def test_saved_model_loads_with_only_sklearn_and_joblib(two_runs, model, expected):
+    state, _, _ = two_runs
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import joblib
+        model = joblib.load({str(state / "store" / model / "v2" / "model.pkl")!r})
+        assert not any(name.split(".")[0] in ("components", "pipelines", "kfp") for name in sys.modules), "project code was imported"
+        rows = [[0.5, 0.5, 0.1, 0.3, 0.7, 0.5, 0.5, 0.0, 0.0] * 5] if {model!r} == "anomaly-detector" else [[0.4, 0.6, 0.5, 0.1, 0.05]]
+        print(json.dumps(model.predict(rows * 2).tolist()))
+        """
+    )
+    result = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(result.stdout)
+    if expected == "ints -1/1":
+        assert predictions == [1, 1] and all(type(value) is int for value in predictions)
+    else:
+        assert len(predictions) == 2 and all(len(row) == 5 and all(type(v) is float for v in row) for row in predictions)
+
+
+def metrics_file(tmp_path, change, suffix=".csv"):
+    frame = generate_cluster_metrics("anomaly-detector", days=1, seed=5)
+    path = tmp_path / f"metrics{suffix}"
+    frame = change(frame)
+    frame.to_parquet(path, index=False) if suffix == ".parquet" else frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns=["pod_cpu_usage"]), "missing column(s) ['pod_cpu_usage']"),
+        (lambda f: f.assign(pod_cpu_usage=f.pod_cpu_usage.where(f.index != 50)), "NaN or inf"),
+        (lambda f: f.assign(node_cpu_utilization=f.node_cpu_utilization * 100), "looks like percent: divide by 100"),
+        (lambda f: f.iloc[:0], "the dataset is empty"),
+    ],
+)
+def test_bad_input_fails_the_run_clearly_and_leaves_the_store_intact(two_runs, tmp_path, change, message):
+    state, _, _ = two_runs
+    before = snapshot(state / "store")
+    path = metrics_file(tmp_path, change)
+    result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(state), "--param", "source=file", "--param", f"file_path={path}")
+    assert result.returncode == 1
+    summary = result.stdout[result.stdout.rindex("Summary"):]
+    assert "FAILED" in summary and "ingest" in summary and message in summary
+    assert snapshot(state / "store") == before
+
+
+def test_a_model_that_fails_its_checks_is_not_stored(two_runs):
+    state, _, _ = two_runs
+    before = snapshot(state / "store")
+    result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(state), "--param", "min_f1=0.99")
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = result.stdout[result.stdout.rindex("Summary"):]
+    assert "do not deploy" in summary and "min_f1: F1" in summary and "(gate 0.99)" in summary
+    assert "anomaly-detector: champion now v2" in summary
+    assert snapshot(state / "store") == before
+
+
+def test_missing_file_and_unknown_parameter_are_explained(two_runs, tmp_path):
+    state, _, _ = two_runs
+    result = run_cli("run", "predictive-analytics", "--local", "--state-dir", str(state), "--param", "source=file", "--param", f"file_path={tmp_path / 'nope.parquet'}")
+    assert result.returncode == 1 and "does not exist or is not a file; check the path" in result.stdout
+    result = run_cli("run", "all", "--local", "--state-dir", str(state), "--param", "dayz=3")
+    assert result.returncode == 2 and "has no parameter 'dayz'" in result.stdout and "days" in result.stdout
+    result = run_cli("run", "all", "--local", "--state-dir", str(state), "--param", "days=many")
+    assert result.returncode == 2 and "days is a Float" in result.stdout
+
+
+def test_parquet_file_source_trains_and_stores(two_runs, tmp_path):
+    state, _, _ = two_runs
+    path = metrics_file(tmp_path, lambda f: pd.concat([f, f.assign(timestamp=f.timestamp + pd.Timedelta(days=1))]), ".parquet")
+    result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(tmp_path / "fresh"), "--param", "source=file", "--param", f"file_path={path}", "--param", "min_f1=0")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "pvc://model-storage-pvc/anomaly-detector/v1" in result.stdout

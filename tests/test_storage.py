@@ -1,0 +1,97 @@
+"""The filesystem model store: immutable versions, safe allocation under concurrency, checksums, crash safety."""
+
+import json
+import multiprocessing
+import os
+
+import joblib
+import pytest
+from sklearn.dummy import DummyRegressor
+
+from components.storage import FilesystemStore, StoreError, champion_version, load_model
+
+MODEL = "predictive-analytics"
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "candidate" / "model.pkl"
+    path.parent.mkdir()
+    joblib.dump(DummyRegressor(), path)
+    return path
+
+
+def test_versions_are_numbered_recorded_and_indexed(tmp_path, model_file):
+    store = FilesystemStore(tmp_path / "store", pvc_name="my-pvc")
+    first = store.save_version(MODEL, model_file, {"run_name": "run-1", "metrics": {"mase_mean": 0.9}})
+    second = store.save_version(MODEL, model_file, {"run_name": "run-2"})
+    assert (first.version, second.version) == ("v1", "v2")
+    assert second.storage_uri == "pvc://my-pvc/predictive-analytics/v2"
+    record = json.loads((tmp_path / "store" / MODEL / "v1" / "version.json").read_text())
+    assert record["version"] == "v1" and record["run_name"] == "run-1" and len(record["sha256"]) == 64
+    index = store.read_index(MODEL)
+    assert list(index["versions"]) == ["v1", "v2"] and [event["event"] for event in index["history"]] == ["saved", "saved"]
+    assert champion_version(index) == "v2"
+    assert isinstance(load_model(store, MODEL, "v1"), DummyRegressor)
+    assert sorted(os.listdir(tmp_path / "store" / MODEL / "v1")) == ["model.pkl", "version.json"]
+
+
+def _save_many(root: str, model_file: str, count: int, queue) -> None:
+    store = FilesystemStore(root)
+    for number in range(count):
+        queue.put(store.save_version(MODEL, model_file, {"run_name": f"{os.getpid()}-{number}"}).version)
+
+
+def test_concurrent_saves_get_distinct_versions_and_a_complete_index(tmp_path, model_file):
+    queue = multiprocessing.get_context("fork").Queue()
+    workers = [
+        multiprocessing.get_context("fork").Process(target=_save_many, args=(str(tmp_path / "store"), str(model_file), 5, queue))
+        for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    versions = [queue.get(timeout=5) for _ in range(20)]
+    assert sorted(versions, key=lambda v: int(v[1:])) == [f"v{n}" for n in range(1, 21)]
+    index = FilesystemStore(tmp_path / "store").read_index(MODEL)
+    assert set(index["versions"]) == set(versions)
+    assert len({entry["run_name"] for entry in index["versions"].values()}) == 20
+
+
+def test_a_crash_mid_save_leaves_no_visible_version_and_next_run_repairs_the_index(tmp_path, model_file):
+    store = FilesystemStore(tmp_path / "store")
+    store.save_version(MODEL, model_file, {})
+    model_dir = tmp_path / "store" / MODEL
+    # A crash before the rename leaves only a hidden staging directory.
+    (model_dir / ".staging-dead").mkdir()
+    (model_dir / ".staging-dead" / "model.pkl").write_bytes(b"half")
+    assert store.stored_versions(MODEL) == ["v1"]
+    # A crash after the rename but before the index update leaves an unindexed version: the next save repairs it.
+    (model_dir / "v2").mkdir()
+    for name in ("model.pkl", "version.json"):
+        (model_dir / "v2" / name).write_bytes((model_dir / "v1" / name).read_bytes())
+    third = store.save_version(MODEL, model_file, {})
+    assert third.version == "v3"
+    index = store.read_index(MODEL)
+    assert set(index["versions"]) == {"v1", "v2", "v3"}
+    assert {"event": "repaired", "version": "v2"}.items() <= next(e for e in index["history"] if e["version"] == "v2").items()
+
+
+def test_a_changed_model_file_is_refused_on_load(tmp_path, model_file):
+    store = FilesystemStore(tmp_path / "store")
+    store.save_version(MODEL, model_file, {})
+    with open(tmp_path / "store" / MODEL / "v1" / "model.pkl", "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(StoreError, match="v1: model.pkl has sha256 .* but the record says"):
+        load_model(store, MODEL, "v1")
+
+
+def test_missing_version_and_bad_names_are_clear(tmp_path):
+    store = FilesystemStore(tmp_path / "store")
+    with pytest.raises(StoreError, match="v9 does not exist"):
+        store.version_record(MODEL, "v9")
+    with pytest.raises(StoreError, match="'latest' is not a version name"):
+        store.version_record(MODEL, "latest")
+    assert champion_version(store.read_index(MODEL)) is None

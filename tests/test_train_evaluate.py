@@ -1,0 +1,108 @@
+"""train and evaluate: stock estimators, calibrated thresholds, a real forecaster, gates and champion/challenger."""
+
+import io
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.dummy import DummyRegressor
+from sklearn.pipeline import Pipeline
+
+from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, engineer_features, fallback_instance, forecast_pairs
+from components.evaluate import Gates, evaluate_candidate
+from components.ingest import IngestRequest, ingest
+from components.train import (
+    DetectorParams,
+    ForecasterParams,
+    TrainedModel,
+    foreign_pickle_modules,
+    save_model,
+    train_anomaly_detector,
+    train_predictive_analytics,
+)
+
+
+@pytest.fixture(scope="module")
+def detector_data():
+    return ingest(IngestRequest(ANOMALY_DETECTOR, days=4, seed=11))
+
+
+@pytest.fixture(scope="module")
+def forecaster_data():
+    return ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=10, seed=11))
+
+
+def pickled(estimator) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    return buffer.getvalue()
+
+
+def test_detector_threshold_is_calibrated_on_training_data(detector_data):
+    params = DetectorParams(n_estimators=50, target_false_positive_rate=0.02)
+    trained = train_anomaly_detector(detector_data.train, params)
+    assert isinstance(trained.estimator, Pipeline)
+    normal = engineer_features(detector_data.train, ANOMALY_DETECTOR)[detector_data.train.is_anomaly.iloc[5:].to_numpy() == 0]
+    predictions = trained.estimator.predict(normal.to_numpy())
+    assert predictions.dtype.kind == "i" and set(np.unique(predictions)) <= {-1, 1}
+    # The threshold flags the target share of normal training rows, or fewer when the contract's fallback
+    # vector needs a lower threshold to stay normal.
+    assert (predictions == -1).mean() == pytest.approx(trained.parameters["training_false_positive_rate"])
+    assert 0 < trained.parameters["training_false_positive_rate"] <= 0.02
+    assert trained.estimator.predict(np.array([fallback_instance()])).tolist() == [1]
+
+
+def test_forecaster_learns_the_future_not_the_present(forecaster_data):
+    trained = train_predictive_analytics(forecaster_data.train, ForecasterParams(horizon_minutes=60))
+    assert not np.allclose(trained.estimator.coef_, np.eye(5)), "an identity map is the upstream bug"
+    current, future = forecast_pairs(forecaster_data.validation, 60)
+    model_error = np.abs(trained.estimator.predict(current) - future).mean(axis=0)
+    persistence_error = np.abs(current - future).mean(axis=0)
+    assert model_error[0] < 0.95 * persistence_error[0], "cpu should beat persistence at 1 hour"
+    assert (model_error <= persistence_error * 1.05).all()
+
+
+class ProjectScaler(DummyRegressor):
+    """A project class: the stock sklearn server could not unpickle it."""
+
+
+def test_only_stock_objects_can_be_saved(tmp_path):
+    assert foreign_pickle_modules(DummyRegressor()) == []
+    assert foreign_pickle_modules(ProjectScaler()) == [__name__]
+    with pytest.raises(ContractError, match="stock sklearn server can only load scikit-learn objects"):
+        save_model(TrainedModel(ProjectScaler(), {}, "", 0), tmp_path)
+    assert not (tmp_path / "model.pkl").exists()
+
+
+def test_evaluation_passes_a_good_detector_and_renders_dashboard_data(detector_data):
+    trained = train_anomaly_detector(detector_data.train, DetectorParams(n_estimators=50))
+    evaluation = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), detector_data.validation, Gates(min_f1=0.1))
+    assert evaluation.deploy, evaluation.reason
+    assert {"precision", "recall", "f1", "roc_auc", "predict_latency_ms", "pickle_mb"} <= set(evaluation.metrics)
+    assert np.array(evaluation.confusion).sum() == len(detector_data.validation) - 5
+    fpr, tpr, thresholds = evaluation.roc
+    assert len(fpr) == len(tpr) == len(thresholds) <= 101 and fpr[0] == 0.0 and tpr[-1] == 1.0
+    assert evaluation.checks["fallback_normal"][0]
+
+
+def test_gates_and_contract_checks_block_deployment(detector_data, forecaster_data):
+    trained = train_anomaly_detector(detector_data.train, DetectorParams(n_estimators=50))
+    blocked = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), detector_data.validation, Gates(min_f1=0.99, max_pickle_mb=0.0001))
+    assert not blocked.deploy
+    assert "min_f1: F1" in blocked.reason and "(gate 0.99)" in blocked.reason and "pickle_size" in blocked.reason
+
+    # A forecaster that returns one float per row breaks the 5-floats contract.
+    scalar = DummyRegressor().fit(np.zeros((3, 5)), np.zeros(3))
+    wrong_shape = evaluate_candidate(PREDICTIVE_ANALYTICS, pickled(scalar), forecaster_data.validation, Gates(max_mase=100))
+    assert not wrong_shape.deploy and "output_type" in wrong_shape.reason and "5 floats per row" in wrong_shape.reason
+
+
+def test_challenger_must_not_be_worse_than_champion(forecaster_data):
+    good = train_predictive_analytics(forecaster_data.train, ForecasterParams()).estimator
+    worse = DummyRegressor().fit(*forecast_pairs(forecaster_data.train, 60))
+    lost = evaluate_candidate(PREDICTIVE_ANALYTICS, pickled(worse), forecaster_data.validation, Gates(max_mase=100), champion=("v3", good))
+    assert not lost.deploy
+    assert "champion: mean MASE" in lost.reason and "champion v3" in lost.reason
+    won = evaluate_candidate(PREDICTIVE_ANALYTICS, pickled(good), forecaster_data.validation, Gates(), champion=("v3", worse))
+    assert won.deploy and "not worse than champion v3" in won.reason
+    assert won.champion_metrics["mase_mean"] > won.metrics["mase_mean"]
