@@ -1,0 +1,292 @@
+"""The local serving target: real KServe model servers and a traffic router as detached processes on 127.0.0.1.
+
+State lives in ``<home>/<model>.json`` (written atomically; the router reads the same file), logs in
+``<home>/logs/``, so serving survives the process that started it and ``model-pipelines serve`` can manage it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from components.contract import schema_for
+from components.serving import Endpoints, ServingError, ServingStatus, model_url
+
+STOP_GRACE_S = 5.0
+POLL_S = 0.1
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def process_alive(pid: int | None) -> bool:
+    """Return whether ``pid`` is a running (not zombie) process, reaping it if it is our exited child."""
+    if not pid:
+        return False
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in {"Z", "X"}
+
+
+def stop_process(pid: int | None) -> None:
+    """Terminate ``pid`` gracefully (in-flight requests finish), killing it after STOP_GRACE_S."""
+    if not process_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and process_alive(pid):
+        time.sleep(POLL_S)
+    if process_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """Return (status, body) of a GET, with status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+class LocalTarget:
+    """Serves models from the local store with the KServe model server, one process per version."""
+
+    strict_client_errors = True
+
+    def __init__(self, home: str | Path, store_root: str | Path) -> None:
+        """Use ``home`` for serving state and logs and ``store_root`` to resolve pvc:// storage URIs."""
+        self.home = Path(home)
+        self.store_root = Path(store_root)
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def _state_path(self, model_name: str) -> Path:
+        schema_for(model_name)
+        return self.home / f"{model_name}.json"
+
+    def _read(self, model_name: str) -> dict:
+        path = self._state_path(model_name)
+        if not path.is_file():
+            return {"model": model_name, "router": None, "stable": None, "candidate": None, "candidate_percent": 0}
+        return json.loads(path.read_text())
+
+    def _write(self, model_name: str, state: dict) -> None:
+        path = self._state_path(model_name)
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(state, indent=2, sort_keys=True))
+        os.replace(temporary, path)
+
+    @contextlib.contextmanager
+    def _locked(self, model_name: str) -> Iterator[dict]:
+        """Yield the model's state under an exclusive lock; the caller writes it back explicitly."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / f".{model_name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield self._read(model_name)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # -- processes -----------------------------------------------------------------------------------------
+    def _spawn(self, arguments: list[str], log_name: str) -> int:
+        """Start a detached Python module process logging to ``logs/<log_name>.log`` and return its pid."""
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{log_name}.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", *arguments], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        return process.pid
+
+    def _log_tail(self, log_name: str, lines: int = 5) -> str:
+        path = self.home / "logs" / f"{log_name}.log"
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.is_file() else ""
+
+    def _local_path(self, storage_uri: str) -> Path:
+        """Return the store directory a pvc:// URI names (the PVC is the local store)."""
+        if not storage_uri.startswith("pvc://"):
+            raise ServingError(f"the local target serves pvc:// versions from the local store, not {storage_uri!r}")
+        _pvc, _, path = storage_uri.removeprefix("pvc://").partition("/")
+        return self.store_root / path
+
+    def _start_version(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> dict:
+        """Start a model server for one version and wait until it reports ready; return its backend entry."""
+        model_dir = self._local_path(storage_uri)
+        if not model_dir.is_dir():
+            raise ServingError(f"{storage_uri} does not exist at {model_dir}; was the version saved to this store?")
+        port = free_port()
+        log_name = f"{model_name}-{version}"
+        pid = self._spawn(
+            ["components.model_server", "--name", model_name, "--version", version, "--model-dir", str(model_dir),
+             "--sha256", checksum, "--port", str(port)],
+            log_name,
+        )
+        backend = {"version": version, "pid": pid, "port": port, "storage_uri": storage_uri, "checksum": checksum}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not process_alive(pid):
+                raise ServingError(f"{model_name} {version} did not start: {self._log_tail(log_name)}")
+            status, body = http_get(model_url(f"http://127.0.0.1:{port}", model_name), timeout=1.0)
+            if status == 200 and json.loads(body or b"{}").get("ready"):
+                return backend
+            time.sleep(POLL_S)
+        stop_process(pid)
+        raise ServingError(f"{model_name} {version} was not ready within {timeout_s:g} s: {self._log_tail(log_name)}")
+
+    def _ensure_router(self, model_name: str, state: dict, timeout_s: float) -> None:
+        """Start the model's router if it is not running, on its previous port when that is free."""
+        router = state.get("router") or {}
+        if process_alive(router.get("pid")):
+            return
+        port = router.get("port") or free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                port = free_port()
+        pid = self._spawn(
+            ["components.router", "--model", model_name, "--routes", str(self._state_path(model_name)), "--port", str(port)],
+            f"{model_name}-router",
+        )
+        state["router"] = {"pid": pid, "port": port}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not process_alive(pid):
+                raise ServingError(f"the {model_name} router did not start: {self._log_tail(f'{model_name}-router')}")
+            if http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200:
+                return
+            time.sleep(POLL_S)
+        raise ServingError(f"the {model_name} router was not ready within {timeout_s:g} s")
+
+    # -- the ServingTarget interface ---------------------------------------------------------------------------
+    def deploy(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> ServingStatus:
+        """Serve ``version``: as stable when nothing serves yet, else as the candidate at 0 % traffic."""
+        with self._locked(model_name) as state:
+            stable = state.get("stable")
+            if stable and not process_alive(stable["pid"]):
+                state["stable"] = self._start_version(model_name, stable["version"], stable["storage_uri"], stable["checksum"], timeout_s)
+                self._write(model_name, state)
+            previous = state.get("candidate")
+            backend = self._start_version(model_name, version, storage_uri, checksum, timeout_s)
+            if state.get("stable"):
+                state.update(candidate=backend, candidate_percent=0)
+            else:
+                state.update(stable=backend, candidate=None, candidate_percent=0)
+            self._ensure_router(model_name, state, timeout_s)
+            self._write(model_name, state)
+        if previous:
+            stop_process(previous["pid"])
+        return self.status(model_name)
+
+    def status(self, model_name: str) -> ServingStatus:
+        """Return the serving status as recorded in the state file."""
+        state = self._read(model_name)
+        router = state.get("router")
+        return ServingStatus(
+            model_name,
+            (state.get("stable") or {}).get("version"),
+            (state.get("candidate") or {}).get("version"),
+            int(state.get("candidate_percent", 0)),
+            model_url(f"http://127.0.0.1:{router['port']}", model_name) if router else None,
+        )
+
+    def health(self, model_name: str) -> dict[str, bool]:
+        """Return whether the router and each version's server process is running."""
+        state = self._read(model_name)
+        return {
+            role: process_alive((state.get(role) or {}).get("pid"))
+            for role in ("router", "stable", "candidate")
+            if state.get(role)
+        }
+
+    def set_traffic(self, model_name: str, candidate_percent: int, timeout_s: float) -> ServingStatus:
+        """Route ``candidate_percent`` of main-URL traffic to the candidate (the router reloads on its next request)."""
+        if not 0 <= candidate_percent <= 100:
+            raise ServingError(f"candidate_percent must be 0-100, got {candidate_percent}")
+        with self._locked(model_name) as state:
+            if candidate_percent and not state.get("candidate"):
+                raise ServingError(f"{model_name} has no candidate to send traffic to")
+            if candidate_percent and not process_alive(state["candidate"]["pid"]):
+                raise ServingError(f"{model_name} candidate {state['candidate']['version']} is not running")
+            state["candidate_percent"] = candidate_percent
+            self._ensure_router(model_name, state, timeout_s)
+            self._write(model_name, state)
+        return self.status(model_name)
+
+    def promote(self, model_name: str, timeout_s: float) -> ServingStatus:
+        """Make the candidate stable with all traffic, then stop the old stable server once it drained."""
+        with self._locked(model_name) as state:
+            candidate = state.get("candidate")
+            if not candidate:
+                raise ServingError(f"{model_name} has no candidate to promote")
+            if not process_alive(candidate["pid"]):
+                raise ServingError(f"{model_name} candidate {candidate['version']} is not running; roll back instead")
+            retired = state.get("stable")
+            state.update(stable=candidate, candidate=None, candidate_percent=0)
+            self._write(model_name, state)
+        if retired:
+            stop_process(retired["pid"])
+        return self.status(model_name)
+
+    def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
+        """Send all traffic to stable and stop the candidate; with no stable, stop serving the model."""
+        with self._locked(model_name) as state:
+            candidate = state.get("candidate")
+            if candidate:
+                state.update(candidate=None, candidate_percent=0)
+                self._write(model_name, state)
+                removed = [candidate]
+            else:
+                removed = [state.get("stable"), state.get("router")]
+                state.update(stable=None, router=None, candidate_percent=0)
+                self._write(model_name, state)
+        for backend in removed:
+            if backend:
+                stop_process(backend["pid"])
+        return self.status(model_name)
+
+    def endpoints(self, model_name: str) -> Endpoints:
+        """Return the router's model URL and each version's own server URL."""
+        state = self._read(model_name)
+
+        def url(entry: dict | None) -> str | None:
+            return model_url(f"http://127.0.0.1:{entry['port']}", model_name) if entry else None
+
+        return Endpoints(url(state.get("router")), url(state.get("stable")), url(state.get("candidate")))
+
+    def stop_all(self) -> list[str]:
+        """Stop every process of every model and forget their state; return the models stopped."""
+        stopped = []
+        for path in sorted(self.home.glob("*.json")) if self.home.is_dir() else []:
+            model_name = path.stem
+            state = self._read(model_name)
+            for role in ("router", "candidate", "stable"):
+                stop_process((state.get(role) or {}).get("pid"))
+            path.unlink()
+            stopped.append(model_name)
+        return stopped

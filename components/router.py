@@ -1,0 +1,124 @@
+"""The local stand-in for an InferenceService's URL: splits traffic between stable and candidate servers.
+
+Run as ``python -m components.router --model NAME --routes FILE --port P``. It re-reads the routes file (written
+atomically by the local serving target) when it changes, so traffic moves without a restart. A candidate that
+refuses the connection is retried on the stable server, as a mesh retry on connect-failure would. Per-version
+request, error and latency metrics are exposed on ``/metrics``. Binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
+
+
+class Routes:
+    """The current stable and candidate backends, reloaded when the routes file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.signature: tuple[int, int] | None = None
+        self.table: dict = {}
+
+    def current(self) -> dict:
+        """Return the routing table: ``{"stable": {...}|None, "candidate": {...}|None, "candidate_percent": int}``."""
+        try:
+            stat = os.stat(self.path)
+            signature = (stat.st_mtime_ns, stat.st_ino)
+            if signature != self.signature:
+                self.table = json.loads(self.path.read_text())
+                self.signature = signature
+        except (OSError, ValueError):
+            pass
+        return self.table
+
+
+def choose_backend(table: dict, draw: float) -> str:
+    """Return "candidate" or "stable" for a request whose uniform draw in [0, 1) is ``draw``."""
+    candidate = table.get("candidate")
+    if candidate and draw * 100.0 < table.get("candidate_percent", 0):
+        return "candidate"
+    return "stable"
+
+
+def build_app(model: str, routes: Routes):
+    """Return the ASGI app that proxies /v1 requests by the routing table and serves /metrics."""
+    import httpx
+    from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    requests = Counter("router_requests", "Requests by serving version and HTTP code", ["model_name", "version", "code"])
+    errors = Counter("router_request_errors", "Requests a version failed (5xx or unreachable)", ["model_name", "version"])
+    latency = Histogram("router_request_seconds", "Request latency by serving version", ["model_name", "version"])
+    client = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=2.0))
+
+    async def forward(backend: dict, request, body: bytes) -> httpx.Response:
+        url = f"http://127.0.0.1:{backend['port']}{request.url.path}"
+        headers = {key: value for key, value in request.headers.items() if key.lower() not in HOP_HEADERS}
+        return await client.request(request.method, url, content=body, headers=headers, params=request.query_params)
+
+    async def proxy(request) -> Response:
+        table = routes.current()
+        role = choose_backend(table, random.random())
+        body = await request.body()
+        attempts = [role, "stable"] if role == "candidate" else ["stable"]
+        for attempt in attempts:
+            backend = table.get(attempt)
+            if not backend:
+                continue
+            started = time.perf_counter()
+            try:
+                answer = await forward(backend, request, body)
+            except httpx.TransportError:
+                errors.labels(model, backend["version"]).inc()
+                requests.labels(model, backend["version"], "unreachable").inc()
+                continue
+            latency.labels(model, backend["version"]).observe(time.perf_counter() - started)
+            requests.labels(model, backend["version"], str(answer.status_code)).inc()
+            if answer.status_code >= 500:
+                errors.labels(model, backend["version"]).inc()
+            headers = {key: value for key, value in answer.headers.items() if key.lower() not in HOP_HEADERS}
+            headers["x-served-version"] = backend["version"]
+            return Response(answer.content, status_code=answer.status_code, headers=headers)
+        return JSONResponse({"error": f"no serving version of {model} is reachable; run `model-pipelines serve status`"}, 503)
+
+    async def metrics(_request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await client.aclose()
+
+    return Starlette(
+        routes=[Route("/metrics", metrics), Route("/v1/{path:path}", proxy, methods=["GET", "POST"])],
+        lifespan=lifespan,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the router until terminated."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Split a model's traffic between its stable and candidate servers.")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--routes", required=True, type=Path)
+    parser.add_argument("--port", required=True, type=int)
+    args = parser.parse_args(argv)
+    app = build_app(args.model, Routes(args.routes))
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_keep_alive=65)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
