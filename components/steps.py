@@ -7,7 +7,7 @@ bodies because KFP ships only the function source to the pod, where the image pr
 
 from typing import NamedTuple
 
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def ingest(
@@ -154,3 +154,84 @@ def save_to_storage(
     stored = save_step(model_name, model.path, dict(metrics.metadata), pvc_name, run_name)
     print(f"saved {model_name} {stored.version} -> {stored.storage_uri} ({stored.location})")
     return namedtuple("SaveOutputs", ["version", "storage_uri"])(stored.version, stored.storage_uri)
+
+
+def deploy_inference_service(model_name: str, version: str, serving_target: str, pvc_name: str, ready_timeout_s: float) -> str:
+    """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %); return what happened."""
+    from components.workflow import deploy_step
+
+    outcome = deploy_step(model_name, version, serving_target, pvc_name, ready_timeout_s)
+    print(outcome.message)
+    return outcome.message
+
+
+def smoke_test(
+    model_name: str,
+    version: str,
+    serving_target: str,
+    pvc_name: str,
+    validation_data: Input[Dataset],
+    max_p95_latency_ms: float,
+    report: Output[Markdown],
+) -> bool:
+    """Probe the version's own endpoint against the contract and its offline predictions; return whether it passed."""
+    from components.rollout import smoke_test as run_smoke_test
+    from components.workflow import serving_context
+
+    target, store, sample = serving_context(model_name, serving_target, pvc_name, validation_data.path)
+    result = run_smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=max_p95_latency_ms)
+    markdown = result.markdown()
+    with open(report.path, "w") as handle:
+        handle.write(markdown)
+    print(markdown)
+    return result.passed
+
+
+def canary_promote(
+    model_name: str,
+    version: str,
+    serving_target: str,
+    pvc_name: str,
+    validation_data: Input[Dataset],
+    canary_steps: list,
+    canary_interval_s: float,
+    probe_requests: int,
+    max_error_rate: float,
+    max_p95_latency_ms: float,
+    max_prediction_shift: float,
+    failure_limit: int,
+    report: Output[HTML],
+) -> str:
+    """Step traffic to the candidate with analysis at each step; promote or roll back; return the outcome."""
+    from components.rollout import CanarySpec, ProbeProvider, canary_promote as run_canary
+    from components.workflow import serving_context
+
+    target, store, sample = serving_context(model_name, serving_target, pvc_name, validation_data.path)
+    spec = CanarySpec(tuple(int(step) for step in canary_steps), canary_interval_s, probe_requests, max_error_rate,
+                      max_p95_latency_ms, max_prediction_shift, failure_limit)
+    result = run_canary(target, store, model_name, version, spec, [ProbeProvider(sample, probe_requests)])
+    with open(report.path, "w") as handle:
+        handle.write(result.html())
+    print(f"{model_name} {version}: {result.outcome} ({result.reason})")
+    return result.outcome
+
+
+def rollback(model_name: str, version: str, serving_target: str, pvc_name: str, reason: str) -> str:
+    """Send all traffic to stable, remove the candidate and mark it rejected; return what happened."""
+    from components.rollout import rollback as run_rollback
+    from components.workflow import serving_context
+
+    target, store, _ = serving_context(model_name, serving_target, pvc_name)
+    outcome = run_rollback(target, store, model_name, version, reason)
+    print(outcome.message)
+    return outcome.message
+
+
+def ensure_safe_serving(model_name: str, serving_target: str) -> str:
+    """Exit handler: whatever failed, leave stable serving and any candidate at 0 %; return the state."""
+    from components.rollout import make_safe
+    from components.workflow import target_from_environment
+
+    outcome = make_safe(target_from_environment(serving_target), model_name)
+    print(outcome.message)
+    return outcome.message

@@ -1,27 +1,35 @@
-"""The ``model-pipelines`` command line: compile the pipelines and run them locally."""
+"""The ``model-pipelines`` command line: compile the pipelines, run them locally, manage local serving."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 from pathlib import Path
 
-from components.contract import MODEL_NAMES
-from pipelines.local import DEFAULT_STATE_DIR, RunSummary, parse_params, run_local
-from pipelines.retrain import DEFAULT_IMAGE, compile_pipelines
+from components.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
+from pipelines.local import DEFAULT_STATE_DIR, RunSummary, local_target, parse_params, run_local
+from pipelines.retrain import DEFAULT_IMAGE, ROLLOUT, compile_pipelines
 
 
 def _compile(args: argparse.Namespace) -> int:
-    """Compile both pipelines and print where they went; return the exit code."""
+    """Compile every pipeline and print where they went; return the exit code."""
     for path in compile_pipelines(args.output_dir, args.image):
         print(f"compiled {path}")
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    """Run the chosen pipelines locally, print a summary table and return 0 only if every run succeeded."""
+def _require_local(args: argparse.Namespace) -> bool:
+    """Return whether --local was given, explaining otherwise."""
     if not args.local:
         print("error: only --local runs exist so far; add --local to run on this machine", file=sys.stderr)
+    return args.local
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the chosen retraining pipelines locally, print a summary and return 0 only if every run succeeded."""
+    if not _require_local(args):
         return 2
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
     try:
@@ -33,32 +41,105 @@ def _run(args: argparse.Namespace) -> int:
     print(f"model store: {(state_dir / 'store').resolve()}  (change with --state-dir or MODEL_PIPELINES_HOME)")
     summaries = []
     for number, model in enumerate(models, start=1):
-        print(f"\n==> [{number}/{len(models)}] {model}: ingest -> train -> evaluate -> save-to-storage", flush=True)
+        print(f"\n==> [{number}/{len(models)}] {model}: ingest -> train -> evaluate -> save -> deploy -> smoke-test -> canary", flush=True)
         summaries.append(run_local(model, arguments[model], state_dir))
     print(format_summary(summaries, state_dir))
     return 0 if all(summary.succeeded for summary in summaries) else 1
 
 
+def _rollout(args: argparse.Namespace) -> int:
+    """Roll out a stored version locally (deploy, smoke-test, canary); return 0 when the run finished."""
+    if not _require_local(args):
+        return 2
+    try:
+        arguments = parse_params([*args.param, f"model_name={args.model}", f"version={args.version}"], ROLLOUT)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    state_dir = Path(args.state_dir)
+    print(f"==> {args.model} {args.version}: deploy -> smoke-test -> canary", flush=True)
+    summary = run_local(args.model, arguments, state_dir, pipeline_name=ROLLOUT)
+    print(format_summary([summary], state_dir))
+    return 0 if summary.succeeded else 1
+
+
+def curl_line(url: str, model_name: str) -> str:
+    """Return a curl command that asks the served model about a contract-valid instance."""
+    instance = fallback_instance() if model_name == ANOMALY_DETECTOR else [0.4, 0.6, 0.5, 0.1, 0.05]
+    body = json.dumps({"instances": [instance]})
+    return f"curl -s -H 'Content-Type: application/json' {url}:predict -d {shlex.quote(body)}"
+
+
 def format_summary(summaries: list[RunSummary], state_dir: Path) -> str:
-    """Return the end-of-run table: model, result, new version, key metrics, decision and where things are."""
+    """Return the end-of-run table: model, result, new version, key metrics, decision, serving and paths."""
     lines = ["", "Summary", f"{'model':<22} {'result':<8} {'version':<8} {'metrics':<40} decision"]
     for summary in summaries:
         if not summary.succeeded:
             lines.append(f"{summary.model_name:<22} {'FAILED':<8} {'-':<8} {'-':<40} {summary.error}")
             continue
         keys = ("f1", "precision", "recall", "roc_auc") if "f1" in summary.metrics else ("mase_mean", "mase_cpu", "mase_memory")
-        metrics = " ".join(f"{key}={summary.metrics[key]:.3f}" for key in keys if key in summary.metrics)
+        metrics = " ".join(f"{key}={summary.metrics[key]:.3f}" for key in keys if key in summary.metrics) or "-"
         version = ",".join(summary.new_versions) or "none"
-        lines.append(f"{summary.model_name:<22} {'ok':<8} {version:<8} {metrics:<40} {summary.decision}")
+        lines.append(f"{summary.model_name:<22} {'ok':<8} {version:<8} {metrics:<40} {summary.decision or '-'}")
     lines.append("")
+    for summary in summaries:
+        for version, state in summary.version_states.items():
+            lines.append(f"  {summary.model_name} {version}: {state}")
+        serving = summary.serving
+        if serving and serving.url:
+            candidate = f", candidate {serving.candidate} at {serving.candidate_percent} %" if serving.candidate else ""
+            lines.append(f"  {summary.model_name} serving: stable {serving.stable}{candidate} at {serving.url}")
+        else:
+            lines.append(f"  {summary.model_name} serving: nothing")
     lines.append(f"store:   {(state_dir / 'store').resolve()}")
     for summary in summaries:
         for uri in summary.storage_uris:
             lines.append(f"  {summary.model_name}: {uri}")
-        if summary.succeeded:
-            lines.append(f"  {summary.model_name}: champion now {summary.champion or 'none'}")
     lines.append(f"reports: {(state_dir / 'runs').resolve()}")
+    served = [summary for summary in summaries if summary.serving and summary.serving.url]
+    if served:
+        lines.append("try:")
+        lines += [f"  {curl_line(summary.serving.url, summary.model_name)}" for summary in served]
     return "\n".join(lines)
+
+
+def _serve_status(args: argparse.Namespace) -> int:
+    """Print the local serving status of every model, as a table or as JSON; return 0."""
+    target = local_target(Path(args.state_dir))
+    statuses = {model: target.status(model) for model in MODEL_NAMES}
+    if args.json:
+        print(json.dumps({model: status.as_json() for model, status in statuses.items() if status.url}, indent=2))
+        return 0
+    print(f"{'model':<22} {'stable':<8} {'candidate':<10} {'traffic':<8} {'processes':<28} url")
+    for model, status in statuses.items():
+        if not status.url:
+            print(f"{model:<22} {'-':<8} {'-':<10} {'-':<8} {'not served':<28} -")
+            continue
+        health = ",".join(f"{role}={'up' if alive else 'DOWN'}" for role, alive in target.health(model).items())
+        traffic = f"{status.candidate_percent}%" if status.candidate else "-"
+        print(f"{model:<22} {status.stable or '-':<8} {status.candidate or '-':<10} {traffic:<8} {health:<28} {status.url}")
+    return 0
+
+
+def _serve_stop(args: argparse.Namespace) -> int:
+    """Stop every local model server and router; return 0."""
+    stopped = local_target(Path(args.state_dir)).stop_all()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was being served")
+    return 0
+
+
+def _add_local_options(verb: argparse.ArgumentParser) -> None:
+    """Add --local, --param and --state-dir to a verb that runs a pipeline."""
+    verb.add_argument("--local", action="store_true", help="run on this machine with kfp.local (no cluster)")
+    verb.add_argument("--param", action="append", default=[], metavar="K=V", help="set a pipeline parameter; repeatable")
+    _add_state_dir(verb)
+
+
+def _add_state_dir(verb: argparse.ArgumentParser) -> None:
+    """Add --state-dir to a verb."""
+    verb.add_argument(
+        "--state-dir", default=str(DEFAULT_STATE_DIR), help=f"local store, serving state and run outputs (default: {DEFAULT_STATE_DIR})"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,19 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="model-pipelines", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    compile_verb = verbs.add_parser("compile", help="compile both pipelines to YAML for Data Science Pipelines")
+    compile_verb = verbs.add_parser("compile", help="compile the pipelines to YAML for Data Science Pipelines")
     compile_verb.add_argument("--output-dir", default="compiled", help="directory for the YAML files (default: compiled)")
     compile_verb.add_argument("--image", default=DEFAULT_IMAGE, help=f"component image (default: {DEFAULT_IMAGE})")
     compile_verb.set_defaults(handler=_compile)
 
-    run_verb = verbs.add_parser("run", help="run a retraining pipeline")
+    run_verb = verbs.add_parser("run", help="run a retraining pipeline: train, evaluate, save, deploy, smoke-test, canary")
     run_verb.add_argument("model", choices=[*MODEL_NAMES, "all"])
-    run_verb.add_argument("--local", action="store_true", help="run on this machine with kfp.local (no cluster)")
-    run_verb.add_argument("--param", action="append", default=[], metavar="K=V", help="set a pipeline parameter; repeatable")
-    run_verb.add_argument(
-        "--state-dir", default=str(DEFAULT_STATE_DIR), help=f"local store and run outputs (default: {DEFAULT_STATE_DIR})"
-    )
+    _add_local_options(run_verb)
     run_verb.set_defaults(handler=_run)
+
+    rollout_verb = verbs.add_parser("rollout", help="roll out a version already in the store: deploy, smoke-test, canary")
+    rollout_verb.add_argument("model", choices=MODEL_NAMES)
+    rollout_verb.add_argument("--version", required=True, help="the stored version, e.g. v3")
+    _add_local_options(rollout_verb)
+    rollout_verb.set_defaults(handler=_rollout)
+
+    serve_verb = verbs.add_parser("serve", help="inspect or stop local serving")
+    serve_verbs = serve_verb.add_subparsers(dest="serve_verb", required=True)
+    status_verb = serve_verbs.add_parser("status", help="show what serves each model")
+    status_verb.add_argument("--json", action="store_true", help="print JSON")
+    _add_state_dir(status_verb)
+    status_verb.set_defaults(handler=_serve_status)
+    stop_verb = serve_verbs.add_parser("stop", help="stop every local model server and router")
+    _add_state_dir(stop_verb)
+    stop_verb.set_defaults(handler=_serve_stop)
     return parser
 
 

@@ -15,8 +15,10 @@ from typing import Iterator
 
 from kfp import local
 
+from components.local_serving import LocalTarget
+from components.serving import ServingStatus
 from components.storage import FilesystemStore, champion_version
-from components.workflow import STORE_ROOT_ENV
+from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV
 from pipelines.retrain import BUILDERS, DEFAULT_IMAGE
 
 DEFAULT_STATE_DIR = Path(os.environ.get("MODEL_PIPELINES_HOME", ".model-pipelines"))
@@ -33,6 +35,8 @@ class RunSummary:
     new_versions: list[str] = field(default_factory=list)
     storage_uris: list[str] = field(default_factory=list)
     champion: str | None = None
+    version_states: dict[str, str] = field(default_factory=dict)
+    serving: ServingStatus | None = None
     error: str = ""
 
 
@@ -63,9 +67,9 @@ class _TailingStdout(io.TextIOBase):
         return ""
 
 
-def parse_params(pairs: list[str], model_name: str) -> dict[str, object]:
+def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
     """Return pipeline arguments from ``k=v`` strings, converted to each parameter's declared type."""
-    pipeline = BUILDERS[model_name](DEFAULT_IMAGE)
+    pipeline = BUILDERS[pipeline_name](DEFAULT_IMAGE)
     declared = pipeline.component_spec.inputs or {}
     arguments: dict[str, object] = {}
     for pair in pairs:
@@ -73,10 +77,10 @@ def parse_params(pairs: list[str], model_name: str) -> dict[str, object]:
         if not separator:
             raise ValueError(f"--param {pair!r} is not k=v; for example --param days=3")
         if name not in declared:
-            raise ValueError(f"{model_name} has no parameter {name!r}; its parameters are {', '.join(sorted(declared))}")
+            raise ValueError(f"{pipeline_name} has no parameter {name!r}; its parameters are {', '.join(sorted(declared))}")
         kind = declared[name].type
         try:
-            arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean}.get(kind, str)(text)
+            arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean, "List": _number_list}.get(kind, str)(text)
         except ValueError:
             raise ValueError(f"--param {name}={text!r}: {name} is a {kind}") from None
     return arguments
@@ -91,46 +95,72 @@ def _boolean(text: str) -> bool:
     raise ValueError(text)
 
 
+def _number_list(text: str) -> list[int]:
+    """Return the integers a list parameter spells, as JSON ``[10,50,100]`` or plain ``10,50,100``."""
+    return [int(part) for part in text.strip("[] ").split(",") if part.strip()]
+
+
+def local_target(state_dir: Path) -> LocalTarget:
+    """Return the local serving target of a state directory."""
+    return LocalTarget(state_dir / "serving", state_dir / "store")
+
+
 @contextlib.contextmanager
-def _store_environment(store_dir: Path) -> Iterator[None]:
-    """Point the step subprocesses at ``store_dir`` for the duration of a run."""
-    previous = os.environ.get(STORE_ROOT_ENV)
-    os.environ[STORE_ROOT_ENV] = str(store_dir.resolve())
+def _local_environment(state_dir: Path) -> Iterator[None]:
+    """Point the step subprocesses at the state directory's store and serving home for the duration of a run."""
+    settings = {STORE_ROOT_ENV: str((state_dir / "store").resolve()), SERVING_HOME_ENV: str((state_dir / "serving").resolve())}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(STORE_ROOT_ENV, None)
-        else:
-            os.environ[STORE_ROOT_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
-def run_local(model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR) -> RunSummary:
-    """Run one model's pipeline with kfp.local's SubprocessRunner and return its summary."""
+def run_local(
+    model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, pipeline_name: str | None = None
+) -> RunSummary:
+    """Run a model's retraining pipeline (or ``pipeline_name``) with kfp.local's SubprocessRunner; return its summary."""
     store_dir = state_dir / "store"
     store_dir.mkdir(parents=True, exist_ok=True)
     store = FilesystemStore(store_dir, str(arguments.get("pvc_name", "model-storage-pvc")))
-    before = set(store.read_index(model_name)["versions"])
+    before = store.read_index(model_name)["versions"]
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str((state_dir / "runs").resolve()), raise_on_error=True)
     summary = RunSummary(model_name, succeeded=False)
     tail = _TailingStdout(sys.stdout)
-    with _store_environment(store_dir), warnings.catch_warnings(), contextlib.redirect_stdout(tail):
+    with _local_environment(state_dir), warnings.catch_warnings(), contextlib.redirect_stdout(tail):
         # kfp.local warns about any image whose name lacks "python"; the project image is a Python image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
-            task = BUILDERS[model_name](DEFAULT_IMAGE)(**arguments)
+            task = BUILDERS[pipeline_name or model_name](DEFAULT_IMAGE)(**arguments)
         except RuntimeError as error:
             cause = tail.last_exception()
             summary.error = f"{error}" + (f" -- {cause}" if cause else "")
-            return summary
-    summary.succeeded = True
-    summary.metrics = dict(task.outputs["metrics"].metadata)
-    summary.decision = _decision_line(Path(task.outputs["report"].path))
+            task = None
+    if task is not None:
+        summary.succeeded = True
+        if "metrics" in task.outputs:
+            summary.metrics = dict(task.outputs["metrics"].metadata)
+            summary.decision = _decision_line(Path(task.outputs["report"].path))
     index = store.read_index(model_name)
-    summary.new_versions = sorted(set(index["versions"]) - before)
+    summary.new_versions = sorted(set(index["versions"]) - set(before), key=lambda name: int(name[1:]))
     summary.storage_uris = [store.storage_uri(model_name, version) for version in summary.new_versions]
+    summary.version_states = {
+        version: _describe(entry) for version, entry in index["versions"].items() if entry != before.get(version)
+    }
     summary.champion = champion_version(index)
+    summary.serving = local_target(state_dir).status(model_name)
     return summary
+
+
+def _describe(entry: dict) -> str:
+    """Return a version's index status in a few words."""
+    status = entry.get("status", "stored")
+    return f"{status}: {entry['rejected_reason']}" if status == "rejected" else status
 
 
 def _decision_line(report: Path) -> str:

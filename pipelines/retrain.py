@@ -1,8 +1,13 @@
-"""The retraining pipelines: one DAG per model, wiring the step components and exposing their knobs."""
+"""The pipelines: per-model retraining DAGs and a rollout DAG, wiring the step components and exposing knobs.
+
+Retrain: ingest → train → evaluate → If(deploy) save → deploy → smoke-test → If(passed) canary-promote,
+Else rollback, all inside an ExitHandler whose exit task leaves serving safe (stable serving, candidate at 0 %).
+Rollout: the same serving half for a version already in the store.
+"""
 
 from pathlib import Path
-from typing import NamedTuple
 from types import SimpleNamespace
+from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Markdown, Metrics
@@ -10,11 +15,17 @@ from kfp.dsl import Markdown, Metrics
 from components import __version__, steps
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.evaluate import Gates
+from components.rollout import CanarySpec
 from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT
 from components.train import DetectorParams, ForecasterParams
 
 DEFAULT_IMAGE = f"image-registry.openshift-image-registry.svc:5000/self-healing-platform/model-pipelines:{__version__}"
-PIPELINE_FILES = {ANOMALY_DETECTOR: "anomaly-detector-retrain.yaml", PREDICTIVE_ANALYTICS: "predictive-analytics-retrain.yaml"}
+ROLLOUT = "model-rollout"
+PIPELINE_FILES = {
+    ANOMALY_DETECTOR: "anomaly-detector-retrain.yaml",
+    PREDICTIVE_ANALYTICS: "predictive-analytics-retrain.yaml",
+    ROLLOUT: "model-rollout.yaml",
+}
 STEP_FUNCTIONS = (
     steps.ingest,
     steps.train_anomaly_detector,
@@ -22,11 +33,18 @@ STEP_FUNCTIONS = (
     steps.evaluate_anomaly_detector,
     steps.evaluate_predictive_analytics,
     steps.save_to_storage,
+    steps.deploy_inference_service,
+    steps.smoke_test,
+    steps.canary_promote,
+    steps.rollback,
+    steps.ensure_safe_serving,
 )
 DETECTOR = DetectorParams()
 FORECASTER = ForecasterParams()
 GATES = Gates()
-# Every pipeline returns its evaluation, so that local runs and the kfp client can summarise a run.
+CANARY = CanarySpec()
+DEFAULT_TARGET = "local"
+# Every retraining pipeline returns its evaluation, so that local runs and the kfp client can summarise a run.
 PipelineOutputs = NamedTuple("PipelineOutputs", [("metrics", Metrics), ("report", Markdown)])
 
 
@@ -46,13 +64,64 @@ def _uses_model_store(task: dsl.PipelineTask, pvc_name) -> dsl.PipelineTask:
     return task.set_caching_options(False)
 
 
+def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
+    """Add the ingest task (never cached: its source changes under it)."""
+    return ops.ingest(
+        model_name=model_name, source=p["source"], file_path=p["file_path"], days=p["days"], seed=p["seed"],
+        validation_fraction=p["validation_fraction"],
+    ).set_caching_options(False)
+
+
+def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict) -> None:
+    """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``."""
+    serving = {"model_name": model_name, "serving_target": p["serving_target"], "pvc_name": p["pvc_name"]}
+    deploy = _uses_model_store(
+        ops.deploy_inference_service(version=version, ready_timeout_s=p["ready_timeout_s"], **serving), p["pvc_name"]
+    )
+    smoke = _uses_model_store(
+        ops.smoke_test(version=version, validation_data=validation_data, max_p95_latency_ms=p["max_p95_latency_ms"], **serving),
+        p["pvc_name"],
+    ).after(deploy)
+    with dsl.If(smoke.outputs["Output"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
+        _uses_model_store(
+            ops.canary_promote(
+                version=version, validation_data=validation_data, canary_steps=p["canary_steps"],
+                canary_interval_s=p["canary_interval_s"], probe_requests=p["probe_requests"],
+                max_error_rate=p["max_error_rate"], max_p95_latency_ms=p["max_p95_latency_ms"],
+                max_prediction_shift=p["max_prediction_shift"], failure_limit=p["failure_limit"], **serving,
+            ),
+            p["pvc_name"],
+        )
+    with dsl.Else(name="smoke-test-failed"):
+        _uses_model_store(ops.rollback(version=version, reason="smoke test failed: see the smoke-test report", **serving), p["pvc_name"])
+
+
+def _exit_task(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
+    """Return the exit task that leaves serving safe whatever happened."""
+    return ops.ensure_safe_serving(model_name=model_name, serving_target=p["serving_target"]).set_caching_options(False)
+
+
+def _save_and_roll_out(ops: SimpleNamespace, model_name: str, train, evaluate, validation_data, p: dict) -> None:
+    """Under If(deploy) and the safe-serving exit handler: save the model, then roll it out."""
+    with dsl.ExitHandler(_exit_task(ops, model_name, p), name="rollout-safely"):
+        with dsl.If(evaluate.outputs["Output"] == True, name="deploy-approved"):  # noqa: E712 (KFP condition syntax)
+            save = _uses_model_store(
+                ops.save_to_storage(
+                    model_name=model_name, model=train.outputs["model"], metrics=evaluate.outputs["metrics"],
+                    pvc_name=p["pvc_name"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                ),
+                p["pvc_name"],
+            )
+            _rollout(ops, model_name, save.outputs["version"], validation_data, p)
+
+
 def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
     """Return the anomaly-detector retraining pipeline on ``image``."""
     ops = make_components(image)
 
     @dsl.pipeline(
         name="anomaly-detector-retrain",
-        description="Retrain the anomaly detector: ingest, train, evaluate against gates and the champion, save.",
+        description="Retrain the anomaly detector; evaluate against gates and the champion; save; deploy, smoke-test and canary-promote.",
     )
     def anomaly_detector_retrain(
         source: str = "synthetic",
@@ -72,11 +141,18 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         max_pickle_mb: float = GATES.max_pickle_mb,
         champion_tolerance: float = GATES.champion_tolerance,
         pvc_name: str = DEFAULT_PVC,
+        serving_target: str = DEFAULT_TARGET,
+        ready_timeout_s: float = 120.0,
+        canary_steps: list = list(CANARY.steps),
+        canary_interval_s: float = CANARY.interval_s,
+        probe_requests: int = CANARY.probe_requests,
+        max_error_rate: float = CANARY.max_error_rate,
+        max_p95_latency_ms: float = CANARY.max_p95_latency_ms,
+        max_prediction_shift: float = CANARY.max_prediction_shift,
+        failure_limit: int = CANARY.failure_limit,
     ) -> PipelineOutputs:
-        ingest = ops.ingest(
-            model_name=ANOMALY_DETECTOR, source=source, file_path=file_path, days=days, seed=seed,
-            validation_fraction=validation_fraction,
-        ).set_caching_options(False)
+        p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
+        ingest = _ingest(ops, ANOMALY_DETECTOR, p)
         train = ops.train_anomaly_detector(
             train_data=ingest.outputs["train_data"], algorithm=algorithm, scaler=scaler, n_estimators=n_estimators,
             max_samples=max_samples, pca_components=pca_components,
@@ -85,13 +161,12 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         evaluate = _uses_model_store(
             ops.evaluate_anomaly_detector(
                 model=train.outputs["model"], validation_data=ingest.outputs["validation_data"],
-                data_description=ingest.outputs["Output"], min_f1=min_f1,
-                max_predict_latency_ms=max_predict_latency_ms, max_pickle_mb=max_pickle_mb,
-                champion_tolerance=champion_tolerance,
+                data_description=ingest.outputs["Output"], min_f1=min_f1, max_predict_latency_ms=max_predict_latency_ms,
+                max_pickle_mb=max_pickle_mb, champion_tolerance=champion_tolerance,
             ),
             pvc_name,
         )
-        _save_if_approved(ops, ANOMALY_DETECTOR, train, evaluate, pvc_name)
+        _save_and_roll_out(ops, ANOMALY_DETECTOR, train, evaluate, ingest.outputs["validation_data"], p)
         return PipelineOutputs(metrics=evaluate.outputs["metrics"], report=evaluate.outputs["report"])
 
     return anomaly_detector_retrain
@@ -103,7 +178,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
 
     @dsl.pipeline(
         name="predictive-analytics-retrain",
-        description="Retrain the forecaster: ingest, train, evaluate against persistence and the champion, save.",
+        description="Retrain the forecaster; evaluate against persistence and the champion; save; deploy, smoke-test and canary-promote.",
     )
     def predictive_analytics_retrain(
         source: str = "synthetic",
@@ -118,11 +193,18 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         max_pickle_mb: float = GATES.max_pickle_mb,
         champion_tolerance: float = GATES.champion_tolerance,
         pvc_name: str = DEFAULT_PVC,
+        serving_target: str = DEFAULT_TARGET,
+        ready_timeout_s: float = 120.0,
+        canary_steps: list = list(CANARY.steps),
+        canary_interval_s: float = CANARY.interval_s,
+        probe_requests: int = CANARY.probe_requests,
+        max_error_rate: float = CANARY.max_error_rate,
+        max_p95_latency_ms: float = CANARY.max_p95_latency_ms,
+        max_prediction_shift: float = CANARY.max_prediction_shift,
+        failure_limit: int = CANARY.failure_limit,
     ) -> PipelineOutputs:
-        ingest = ops.ingest(
-            model_name=PREDICTIVE_ANALYTICS, source=source, file_path=file_path, days=days, seed=seed,
-            validation_fraction=validation_fraction,
-        ).set_caching_options(False)
+        p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
+        ingest = _ingest(ops, PREDICTIVE_ANALYTICS, p)
         train = ops.train_predictive_analytics(
             train_data=ingest.outputs["train_data"], horizon_minutes=horizon_minutes, alpha=alpha
         )
@@ -135,34 +217,61 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
             ),
             pvc_name,
         )
-        _save_if_approved(ops, PREDICTIVE_ANALYTICS, train, evaluate, pvc_name)
+        _save_and_roll_out(ops, PREDICTIVE_ANALYTICS, train, evaluate, ingest.outputs["validation_data"], p)
         return PipelineOutputs(metrics=evaluate.outputs["metrics"], report=evaluate.outputs["report"])
 
     return predictive_analytics_retrain
 
 
-def _save_if_approved(ops: SimpleNamespace, model_name: str, train, evaluate, pvc_name) -> None:
-    """Wire the save step under ``If(deploy)``; later deploy, smoke-test and canary steps hang here too."""
-    with dsl.If(evaluate.outputs["Output"] == True, name="deploy-approved"):  # noqa: E712 (KFP condition syntax)
-        _uses_model_store(
-            ops.save_to_storage(
-                model_name=model_name, model=train.outputs["model"], metrics=evaluate.outputs["metrics"],
-                pvc_name=pvc_name, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            ),
-            pvc_name,
-        )
+def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
+    """Return the pipeline that rolls out a version already in the store (deploy, smoke-test, canary)."""
+    ops = make_components(image)
+
+    @dsl.pipeline(
+        name="model-rollout",
+        description="Roll out a stored model version: deploy as a dark candidate, smoke-test, canary-promote or roll back.",
+    )
+    def model_rollout(
+        model_name: str = ANOMALY_DETECTOR,
+        version: str = "v1",
+        source: str = "synthetic",
+        file_path: str = "",
+        days: float = 2.0,
+        seed: int = 7,
+        validation_fraction: float = 0.5,
+        pvc_name: str = DEFAULT_PVC,
+        serving_target: str = DEFAULT_TARGET,
+        ready_timeout_s: float = 120.0,
+        canary_steps: list = list(CANARY.steps),
+        canary_interval_s: float = CANARY.interval_s,
+        probe_requests: int = CANARY.probe_requests,
+        max_error_rate: float = CANARY.max_error_rate,
+        max_p95_latency_ms: float = CANARY.max_p95_latency_ms,
+        max_prediction_shift: float = CANARY.max_prediction_shift,
+        failure_limit: int = CANARY.failure_limit,
+    ):
+        p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
+        with dsl.ExitHandler(_exit_task(ops, model_name, p), name="rollout-safely"):
+            ingest = _ingest(ops, model_name, p)
+            _rollout(ops, model_name, version, ingest.outputs["validation_data"], p)
+
+    return model_rollout
 
 
-BUILDERS = {ANOMALY_DETECTOR: build_anomaly_detector_pipeline, PREDICTIVE_ANALYTICS: build_predictive_analytics_pipeline}
+BUILDERS = {
+    ANOMALY_DETECTOR: build_anomaly_detector_pipeline,
+    PREDICTIVE_ANALYTICS: build_predictive_analytics_pipeline,
+    ROLLOUT: build_rollout_pipeline,
+}
 
 
 def compile_pipelines(output_dir: "str | Path", image: str = DEFAULT_IMAGE) -> list[Path]:
-    """Compile both pipelines to ``output_dir`` and return the written YAML paths."""
+    """Compile every pipeline to ``output_dir`` and return the written YAML paths."""
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for model_name, builder in BUILDERS.items():
-        path = directory / PIPELINE_FILES[model_name]
+    for name, builder in BUILDERS.items():
+        path = directory / PIPELINE_FILES[name]
         compiler.Compiler().compile(builder(image), str(path))
         written.append(path)
     return written

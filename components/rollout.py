@@ -1,0 +1,402 @@
+"""deploy-InferenceService, smoke-test, canary-promote and rollback: the serving half of the DAG.
+
+Each step talks to a ``ServingTarget`` and records what it did in the store's index, after serving changed.
+The canary analysis is data (``CanarySpec``) plus metric providers; a metric with no data is inconclusive,
+and inconclusive never counts as a pass.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+import requests
+
+from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance, schema_for
+from components.serving import ServingError, ServingTarget
+from components.storage import ModelStore, load_model, utc_now
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a serving step did, in one line, and whether the rollout may continue."""
+
+    ok: bool
+    message: str
+
+
+def probe_sample(validation: pd.DataFrame, model_name: str, rows: int = 50) -> np.ndarray:
+    """Return up to ``rows`` served instances spread over the validation data (the detector's fallback first)."""
+    features = engineer_features(validation, model_name).to_numpy()
+    picked = features[np.unique(np.linspace(0, len(features) - 1, min(rows, len(features))).astype(int))]
+    if model_name == ANOMALY_DETECTOR:
+        picked = np.vstack([np.array([fallback_instance()]), picked])
+    return picked
+
+
+def _record(store: ModelStore, model_name: str, version: str, event: str, detail: str, change: Callable[[dict], None]) -> None:
+    """Apply ``change`` to the index and append a history event."""
+
+    def apply(index: dict) -> None:
+        index["versions"].setdefault(version, {})
+        change(index)
+        index["history"].append({"at": utc_now(), "event": event, "version": version, "detail": detail})
+
+    store.update_index(model_name, apply)
+
+
+def deploy_version(target: ServingTarget, store: ModelStore, model_name: str, version: str, timeout_s: float) -> StepOutcome:
+    """Deploy a stored version: stable on the first deployment ever, else a dark candidate at 0 % traffic."""
+    record_checksum = store.read_index(model_name)["versions"].get(version, {}).get("sha256")
+    if not record_checksum:
+        raise ServingError(f"{model_name} {version} is not in the store's index; save it before deploying")
+    status = target.deploy(model_name, version, store.storage_uri(model_name, version), record_checksum, timeout_s)
+    if status.stable == version:
+        def as_stable(index: dict) -> None:
+            index["stable"] = version
+            index["versions"][version]["status"] = "stable"
+
+        _record(store, model_name, version, "deployed", "first deployment: stable with all traffic", as_stable)
+        return StepOutcome(True, f"{version} is the first version served: stable at {status.url}")
+
+    def as_candidate(index: dict) -> None:
+        index["candidate"] = version
+        index["versions"][version]["status"] = "candidate"
+
+    _record(store, model_name, version, "deployed", "candidate at 0 % traffic", as_candidate)
+    return StepOutcome(True, f"{version} serves as a dark candidate (0 % traffic) beside stable {status.stable}")
+
+
+def version_endpoint(target: ServingTarget, model_name: str, version: str) -> str:
+    """Return the URL that reaches ``version`` alone: the candidate's own, or stable's on a first deployment."""
+    status, endpoints = target.status(model_name), target.endpoints(model_name)
+    if status.candidate == version and endpoints.candidate:
+        return endpoints.candidate
+    if status.stable == version and endpoints.stable:
+        return endpoints.stable
+    raise ServingError(f"{model_name} {version} is not being served (stable {status.stable}, candidate {status.candidate})")
+
+
+# -- smoke test ------------------------------------------------------------------------------------------------
+
+@dataclass
+class SmokeReport:
+    """The smoke test's checks, in order, with a verdict."""
+
+    model_name: str
+    version: str
+    endpoint: str
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Return whether every check passed."""
+        return bool(self.checks) and all(passed for _, passed, _ in self.checks)
+
+    def markdown(self) -> str:
+        """Return the report as Markdown."""
+        lines = [f"# Smoke test: {self.model_name} {self.version}", "", f"Endpoint: `{self.endpoint}`", "",
+                 f"**Result:** {'passed' if self.passed else 'FAILED'}", "", "| check | result | detail |", "|---|---|---|"]
+        lines += [f"| {name} | {'pass' if passed else 'FAIL'} | {detail} |" for name, passed, detail in self.checks]
+        return "\n".join(lines) + "\n"
+
+
+def _predict(session: requests.Session, endpoint: str, body: object, timeout: float) -> tuple[int, object, float]:
+    """POST a predict request; return (status, parsed body or text, seconds), status 0 when nothing answered."""
+    started = time.perf_counter()
+    try:
+        response = session.post(f"{endpoint}:predict", json=body, timeout=timeout)
+    except requests.RequestException as error:
+        return 0, str(error), time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    try:
+        return response.status_code, response.json(), elapsed
+    except ValueError:
+        return response.status_code, response.text, elapsed
+
+
+def predictions_follow_contract(model_name: str, predictions: object, rows: int) -> tuple[bool, str]:
+    """Return whether served predictions have the contract's JSON types and shape, with a description."""
+    if not isinstance(predictions, list) or len(predictions) != rows:
+        return False, f"expected a list of {rows} predictions, got {type(predictions).__name__} of {len(predictions) if isinstance(predictions, list) else '-'}"
+    if model_name == ANOMALY_DETECTOR:
+        bad = [value for value in predictions if type(value) is not int or value not in (-1, 1)]
+        return not bad, "JSON integers -1/1" if not bad else f"not JSON integers -1/1: {bad[:3]}"
+    width = schema_for(model_name).n_features
+    bad = [row for row in predictions if not isinstance(row, list) or len(row) != width or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in row)]
+    return not bad, f"rows of {width} numbers" if not bad else f"rows are not {width} finite numbers: {bad[:1]}"
+
+
+def smoke_test(
+    target: ServingTarget,
+    store: ModelStore,
+    model_name: str,
+    version: str,
+    sample: np.ndarray,
+    *,
+    max_p95_latency_ms: float,
+    latency_requests: int = 20,
+    timeout_s: float = 10.0,
+) -> SmokeReport:
+    """Probe the version's own endpoint: listing, readiness, contract types, offline equality, 4xx, latency."""
+    endpoint = version_endpoint(target, model_name, version)
+    report = SmokeReport(model_name, version, endpoint)
+    server = endpoint.split("/v1/models/")[0]
+    session = requests.Session()
+
+    def check(name: str, passed: bool, detail: str) -> bool:
+        report.checks.append((name, bool(passed), detail))
+        return bool(passed)
+
+    try:
+        listing = session.get(f"{server}/v1/models", timeout=timeout_s)
+        check("list models", listing.status_code == 200 and model_name in listing.json().get("models", []), f"GET /v1/models -> {listing.status_code} {listing.text[:120]}")
+        ready = session.get(endpoint, timeout=timeout_s)
+        check("model ready", ready.status_code == 200 and ready.json().get("ready") is True, f"GET /v1/models/{model_name} -> {ready.status_code} {ready.text[:120]}")
+    except (requests.RequestException, ValueError) as error:
+        check("reachable", False, f"{endpoint} did not answer: {error}")
+        return report
+
+    status, body, _ = _predict(session, endpoint, {"instances": sample.tolist()}, timeout_s)
+    if not check("predict", status == 200 and isinstance(body, dict), f"POST :predict with {len(sample)} instances -> {status} {str(body)[:160]}"):
+        return report
+    served = body.get("predictions")
+    typed, detail = predictions_follow_contract(model_name, served, len(sample))
+    if not check("contract types and shape", typed, detail):
+        return report
+    offline = load_model(store, model_name, version).predict(sample)
+    equal = np.array_equal(np.asarray(served), offline) if model_name == ANOMALY_DETECTOR else np.allclose(np.asarray(served, dtype=float), offline, rtol=1e-9, atol=1e-12)
+    check("equals stored version offline", equal, f"served predictions {'match' if equal else 'DIFFER from'} {version}'s model.pkl on {len(sample)} validation instances")
+
+    width = schema_for(model_name).n_features
+    for name, malformed in (
+        ("wrong feature count", {"instances": [[0.5] * (width - 1)]}),
+        ("non-numeric values", {"instances": [["high"] * width]}),
+        ("missing instances", {"rows": [[0.5] * width]}),
+    ):
+        status, body, _ = _predict(session, endpoint, malformed, timeout_s)
+        has_error = isinstance(body, dict) and bool(body.get("error"))
+        refused = (400 <= status < 500 if target.strict_client_errors else status >= 400) and has_error
+        check(f"refuses {name}", refused, f"-> {status} {str(body)[:120]}")
+
+    timings = []
+    for row in sample[:latency_requests]:
+        status, _, seconds = _predict(session, endpoint, {"instances": [row.tolist()]}, timeout_s)
+        timings.append(seconds * 1000.0 if status == 200 else math.inf)
+    p95 = float(np.percentile(timings, 95)) if timings else math.inf
+    check("p95 latency", p95 <= max_p95_latency_ms, f"{p95:.1f} ms over {len(timings)} single-row requests (limit {max_p95_latency_ms:g} ms)")
+    return report
+
+
+# -- canary analysis ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CanarySpec:
+    """The canary analysis as data: traffic steps, pacing, thresholds and how many failed analyses to tolerate."""
+
+    steps: tuple[int, ...] = (10, 50, 100)
+    interval_s: float = 5.0
+    probe_requests: int = 20
+    max_error_rate: float = 0.01
+    max_p95_latency_ms: float = 100.0
+    max_prediction_shift: float = 0.1
+    failure_limit: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.steps or any(not 0 < step <= 100 for step in self.steps) or list(self.steps) != sorted(self.steps):
+            raise ValueError(f"steps must be increasing percentages in 1-100, got {list(self.steps)}")
+        if self.failure_limit < 0 or self.probe_requests < 0:
+            raise ValueError("failure_limit and probe_requests must not be negative")
+
+
+class MetricProvider(Protocol):
+    """A source of canary measurements; a value of None means no data."""
+
+    def measure(self, model_name: str, stable_endpoint: str, candidate_endpoint: str) -> dict[str, float | None]:
+        """Return measurements for this analysis interval."""
+
+
+@dataclass
+class ProbeProvider:
+    """Sends the same probe instances to candidate and stable and measures errors, latency and prediction shift."""
+
+    sample: np.ndarray
+    requests_per_step: int
+    timeout_s: float = 10.0
+    _offset: int = 0
+
+    def measure(self, model_name: str, stable_endpoint: str, candidate_endpoint: str) -> dict[str, float | None]:
+        """Return candidate error rate, candidate p95 latency (ms) and prediction shift against stable."""
+        if self.requests_per_step == 0 or len(self.sample) == 0:
+            return {"error_rate": None, "p95_latency_ms": None, "prediction_shift": None}
+        session = requests.Session()
+        errors, latencies, candidate_out, stable_out = 0, [], [], []
+        for number in range(self.requests_per_step):
+            row = self.sample[(self._offset + number) % len(self.sample)].tolist()
+            status, body, seconds = _predict(session, candidate_endpoint, {"instances": [row]}, self.timeout_s)
+            if status != 200 or not isinstance(body, dict) or "predictions" not in body:
+                errors += 1
+                continue
+            latencies.append(seconds * 1000.0)
+            stable_status, stable_body, _ = _predict(session, stable_endpoint, {"instances": [row]}, self.timeout_s)
+            if stable_status == 200 and isinstance(stable_body, dict):
+                candidate_out.append(body["predictions"][0])
+                stable_out.append(stable_body["predictions"][0])
+        self._offset += self.requests_per_step
+        return {
+            "error_rate": errors / self.requests_per_step,
+            "p95_latency_ms": float(np.percentile(latencies, 95)) if latencies else None,
+            "prediction_shift": prediction_shift(model_name, candidate_out, stable_out),
+        }
+
+
+def prediction_shift(model_name: str, candidate: list, stable: list) -> float | None:
+    """Return the anomaly-rate difference (detector) or mean absolute difference (forecaster); None without data."""
+    if not candidate:
+        return None
+    try:
+        if model_name == ANOMALY_DETECTOR:
+            return abs(float(np.mean(np.asarray(candidate) == -1)) - float(np.mean(np.asarray(stable) == -1)))
+        return float(np.mean(np.abs(np.asarray(candidate, dtype=float) - np.asarray(stable, dtype=float))))
+    except (TypeError, ValueError):
+        return math.inf
+
+
+@dataclass
+class AnalysisRow:
+    """One analysis at one traffic weight."""
+
+    weight: int
+    measurements: dict[str, float | None]
+    verdict: str
+    detail: str
+
+
+def judge(measurements: dict[str, float | None], spec: CanarySpec) -> tuple[str, str]:
+    """Return ("pass" | "fail" | "inconclusive", why) for one analysis's measurements."""
+    limits = {"error_rate": spec.max_error_rate, "p95_latency_ms": spec.max_p95_latency_ms, "prediction_shift": spec.max_prediction_shift}
+    missing = [name for name, value in measurements.items() if value is None]
+    failed = [f"{name} {value:.4g} > {limits[name]:g}" for name, value in measurements.items() if value is not None and name in limits and value > limits[name]]
+    if failed:
+        return "fail", "; ".join(failed)
+    if missing:
+        return "inconclusive", f"no data for {', '.join(missing)}"
+    return "pass", "all metrics within limits"
+
+
+@dataclass
+class CanaryResult:
+    """The outcome of a canary run and every analysis it made."""
+
+    model_name: str
+    version: str
+    outcome: str
+    reason: str
+    spec: CanarySpec
+    rows: list[AnalysisRow] = field(default_factory=list)
+
+    def html(self) -> str:
+        """Return the report as HTML with a table per traffic step."""
+        parts = [f"<h1>Canary: {html.escape(self.model_name)} {html.escape(self.version)}</h1>",
+                 f"<p><b>Outcome:</b> {html.escape(self.outcome)} &mdash; {html.escape(self.reason)}</p>",
+                 f"<p>Spec: <code>{html.escape(json.dumps(asdict(self.spec)))}</code></p>"]
+        for weight in dict.fromkeys(row.weight for row in self.rows):
+            parts.append(f"<h2>{weight} % of traffic</h2><table border='1'><tr><th>analysis</th><th>error rate</th><th>p95 ms</th><th>prediction shift</th><th>verdict</th><th>detail</th></tr>")
+            for number, row in enumerate((r for r in self.rows if r.weight == weight), start=1):
+                cells = [_format(row.measurements.get(name)) for name in ("error_rate", "p95_latency_ms", "prediction_shift")]
+                parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in [number, *cells, row.verdict, row.detail]) + "</tr>")
+            parts.append("</table>")
+        return "<html><body>" + "\n".join(parts) + "</body></html>\n"
+
+
+def _format(value: float | None) -> str:
+    return "no data" if value is None else f"{value:.4g}"
+
+
+def canary_promote(
+    target: ServingTarget,
+    store: ModelStore,
+    model_name: str,
+    version: str,
+    spec: CanarySpec,
+    providers: list[MetricProvider],
+    *,
+    timeout_s: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CanaryResult:
+    """Step the candidate's traffic through ``spec.steps``, analysing each; promote at the end or roll back."""
+    status = target.status(model_name)
+    if status.stable == version and status.candidate is None:
+        return CanaryResult(model_name, version, "stable", "first deployment: nothing to compare against", spec)
+    if status.candidate != version:
+        raise ServingError(f"{model_name} {version} is not the candidate (candidate is {status.candidate})")
+    result = CanaryResult(model_name, version, "", "", spec)
+    failures = 0
+    try:
+        for weight in spec.steps:
+            target.set_traffic(model_name, weight, timeout_s)
+            while True:
+                sleep(spec.interval_s)
+                endpoints = target.endpoints(model_name)
+                measurements: dict[str, float | None] = {}
+                for provider in providers:
+                    measurements.update(provider.measure(model_name, endpoints.stable or "", endpoints.candidate or ""))
+                verdict, detail = judge(measurements, spec)
+                result.rows.append(AnalysisRow(weight, measurements, verdict, detail))
+                print(f"canary {model_name} {version} at {weight}%: {verdict} ({detail})", flush=True)
+                if verdict == "pass":
+                    break
+                failures += 1
+                if failures > spec.failure_limit:
+                    rollback(target, store, model_name, version, f"canary analysis at {weight}%: {verdict}: {detail}")
+                    result.outcome, result.reason = "rolled back", f"at {weight}% traffic: {verdict}: {detail}"
+                    return result
+    except ServingError as error:
+        rollback(target, store, model_name, version, f"canary step failed: {error}")
+        result.outcome, result.reason = "rolled back", f"serving failed during the canary: {error}"
+        return result
+    target.promote(model_name, timeout_s)
+
+    def promoted(index: dict) -> None:
+        previous = index.get("stable")
+        if previous and previous in index["versions"]:
+            index["versions"][previous]["status"] = "retired"
+        index["stable"], index["candidate"] = version, None
+        index["versions"][version]["status"] = "stable"
+
+    _record(store, model_name, version, "promoted", f"through {', '.join(f'{s}%' for s in spec.steps)}", promoted)
+    result.outcome, result.reason = "promoted", f"passed analysis at {', '.join(f'{s}%' for s in spec.steps)}"
+    return result
+
+
+def rollback(target: ServingTarget, store: ModelStore, model_name: str, version: str, reason: str, timeout_s: float = 60.0) -> StepOutcome:
+    """Send all traffic to stable, remove the candidate and mark it rejected with ``reason`` in the index."""
+    status = target.status(model_name)
+    if version in (status.candidate, status.stable):
+        target.rollback(model_name, timeout_s)
+
+    def rejected(index: dict) -> None:
+        if index.get("candidate") == version:
+            index["candidate"] = None
+        if index.get("stable") == version:
+            index["stable"] = None
+        index["versions"][version].update(status="rejected", rejected_reason=reason)
+
+    _record(store, model_name, version, "rolled back", reason, rejected)
+    after = target.status(model_name)
+    return StepOutcome(True, f"{version} rejected ({reason}); stable is {after.stable or 'nothing'}")
+
+
+def make_safe(target: ServingTarget, model_name: str, timeout_s: float = 60.0) -> StepOutcome:
+    """Leave serving safe after any failure: stable serving and a remaining candidate at 0 % traffic."""
+    status = target.status(model_name)
+    if status.candidate and status.candidate_percent:
+        target.set_traffic(model_name, 0, timeout_s)
+        return StepOutcome(True, f"{model_name}: candidate {status.candidate} set back to 0 % traffic; stable {status.stable} serves")
+    return StepOutcome(True, f"{model_name}: serving is safe (stable {status.stable}, candidate {status.candidate or 'none'} at {status.candidate_percent} %)")
