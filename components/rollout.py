@@ -194,6 +194,12 @@ def smoke_test(
     return report
 
 
+def record_smoke_test(store: ModelStore, model_name: str, report: SmokeReport) -> None:
+    """Append the smoke test's verdict, naming any failed checks, to the index history."""
+    failed = [f"{name}: {detail}" for name, passed, detail in report.checks if not passed]
+    _record(store, model_name, report.version, "smoke-tested", "; ".join(failed) if failed else "passed", lambda index: None)
+
+
 # -- canary analysis ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -175,11 +175,12 @@ def smoke_test(
     report: Output[Markdown],
 ) -> bool:
     """Probe the version's own endpoint against the contract and its offline predictions; return whether it passed."""
-    from components.rollout import smoke_test as run_smoke_test
+    from components.rollout import record_smoke_test, smoke_test as run_smoke_test
     from components.workflow import serving_context
 
     target, store, sample = serving_context(model_name, serving_target, pvc_name, validation_data.path)
     result = run_smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=max_p95_latency_ms)
+    record_smoke_test(store, model_name, result)
     markdown = result.markdown()
     with open(report.path, "w") as handle:
         handle.write(markdown)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -31,10 +32,17 @@ def snapshot(directory: Path) -> dict[str, str]:
     }
 
 
+# A quick canary for tests: same steps as the default, shorter pauses, fewer probes.
+FAST_CANARY = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10")
+
+
 @pytest.fixture(scope="session")
-def two_runs(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, subprocess.CompletedProcess]:
-    """Return a state dir after two full local runs of both pipelines, with both runs' output."""
+def two_runs(tmp_path_factory) -> Iterator[tuple[Path, subprocess.CompletedProcess, subprocess.CompletedProcess]]:
+    """Yield a state dir after two full local runs of both pipelines, with both runs' output; stop serving after."""
     state = tmp_path_factory.mktemp("state")
-    first = run_cli("run", "all", "--local", "--state-dir", str(state))
-    second = run_cli("run", "all", "--local", "--state-dir", str(state))
-    return state, first, second
+    try:
+        first = run_cli("run", "all", "--local", "--state-dir", str(state), *FAST_CANARY)
+        second = run_cli("run", "all", "--local", "--state-dir", str(state), *FAST_CANARY)
+        yield state, first, second
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))

@@ -8,7 +8,10 @@ import yaml
 from tests.conftest import REPO, run_cli
 
 COMPILED = REPO / "compiled"
-FILES = ["anomaly-detector-retrain.yaml", "predictive-analytics-retrain.yaml"]
+FILES = ["anomaly-detector-retrain.yaml", "predictive-analytics-retrain.yaml", "model-rollout.yaml"]
+EXECUTOR_COUNTS = {FILES[0]: 9, FILES[1]: 9, FILES[2]: 6}
+SIDE_EFFECTS = ("ingest", "evaluate", "save", "deploy", "smoke", "canary", "rollback", "ensure-safe")
+STORE_USERS = {"evaluate", "save", "deploy", "smoke", "canary", "rollback"}
 
 
 def load(name: str) -> list[dict]:
@@ -27,7 +30,7 @@ def test_executors_install_nothing_and_use_the_project_image():
     for name in FILES:
         pipeline_spec = load(name)[0]
         executors = pipeline_spec["deploymentSpec"]["executors"]
-        assert len(executors) == 4
+        assert len(executors) == EXECUTOR_COUNTS[name]
         for executor in executors.values():
             container = executor["container"]
             text = " ".join(container.get("command", []) + container.get("args", []))
@@ -42,16 +45,35 @@ def test_image_option_changes_every_executor(tmp_path):
     assert images == {"quay.io/acme/model-pipelines:dev"}
 
 
+def all_tasks(pipeline_spec: dict) -> dict[str, dict]:
+    """Return every task of the pipeline, nested condition and exit-handler groups included."""
+    tasks = dict(pipeline_spec["root"]["dag"]["tasks"])
+    for component in pipeline_spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return {name: spec for name, spec in tasks.items() if "componentRef" in spec and not name.startswith(("condition-", "exit-handler-"))}
+
+
 def test_side_effect_tasks_are_not_cached_and_mount_the_store_pvc():
     for name in FILES:
         pipeline_spec, platform_spec = load(name)
-        tasks = dict(pipeline_spec["root"]["dag"]["tasks"])
-        tasks.update(pipeline_spec["components"]["comp-condition-1"]["dag"]["tasks"])
-        caching = {task: spec.get("cachingOptions", {}).get("enableCache", False) for task, spec in tasks.items()}
-        side_effects = [task for task in caching if task.startswith(("ingest", "evaluate", "save"))]
-        assert len(side_effects) == 3 and not any(caching[task] for task in side_effects)
+        tasks = all_tasks(pipeline_spec)
+        side_effects = [task for task in tasks if task.startswith(SIDE_EFFECTS)]
+        assert sorted(set(tasks) - set(side_effects)) == (["train-" + name.removesuffix("-retrain.yaml")] if "retrain" in name else [])
+        assert not any(tasks[task].get("cachingOptions", {}).get("enableCache") for task in side_effects)
         executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-        mounts = {executor: spec["pvcMount"][0] for executor, spec in executors.items()}
-        assert {executor.removeprefix("exec-").split("-")[0] for executor in mounts} == {"evaluate", "save"}
-        assert all(mount["mountPath"] == "/mnt/models" for mount in mounts.values())
+        users = {next(user for user in STORE_USERS if executor.removeprefix("exec-").startswith(user)) for executor in executors}
+        assert users == (STORE_USERS - {"evaluate", "save"} if name == FILES[2] else STORE_USERS)
+        assert all(spec["pvcMount"][0]["mountPath"] == "/mnt/models" for spec in executors.values())
         assert pipeline_spec["root"]["inputDefinitions"]["parameters"]["pvc_name"]["defaultValue"] == "model-storage-pvc"
+
+
+def test_retrain_dag_order_and_safe_exit():
+    pipeline_spec, _ = load(FILES[0])
+    tasks = all_tasks(pipeline_spec)
+    upstream = {name: set(spec.get("dependentTasks", [])) for name, spec in tasks.items()}
+    assert upstream["deploy-inference-service"] == {"save-to-storage"}
+    assert upstream["smoke-test"] >= {"deploy-inference-service"}
+    exit_task = pipeline_spec["root"]["dag"]["tasks"]["ensure-safe-serving"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    conditions = [spec["triggerPolicy"]["condition"] for spec in pipeline_spec["components"]["comp-exit-handler-1"]["dag"]["tasks"].values() if "triggerPolicy" in spec]
+    assert any("evaluate-anomaly-detector-Output" in condition for condition in conditions)

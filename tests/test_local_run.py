@@ -7,9 +7,10 @@ import textwrap
 
 import pandas as pd
 import pytest
+import requests
 
 from components.synthetic import generate_cluster_metrics
-from tests.conftest import run_cli, snapshot
+from tests.conftest import FAST_CANARY, run_cli, snapshot
 
 
 def test_two_runs_store_v1_then_v2_and_the_second_faces_the_champion(two_runs):
@@ -29,6 +30,28 @@ def test_two_runs_store_v1_then_v2_and_the_second_faces_the_champion(two_runs):
     assert summary.count("not worse than champion v1") == 2
     assert "f1=" in summary and "mase_mean=" in summary
     assert "ingest" in first.stdout and "finished with status" in first.stdout
+    for model in ("anomaly-detector", "predictive-analytics"):
+        for weight in (10, 50, 100):
+            assert f"canary {model} v2 at {weight}%: pass" in second.stdout
+        assert f"{model} v2: stable" in summary and f"{model} v1: retired" in summary
+        assert f"{model} serving: stable v2 at http://127.0.0.1:" in summary
+
+
+def test_after_the_runs_both_models_serve_the_contract_on_their_main_url(two_runs):
+    state, _, second = two_runs
+    status = json.loads(run_cli("serve", "status", "--json", "--state-dir", str(state)).stdout)
+    assert {model: (entry["stable"], entry["candidate"], entry["candidate_percent"]) for model, entry in status.items()} == {
+        "anomaly-detector": ("v2", None, 0), "predictive-analytics": ("v2", None, 0)}
+    detector = requests.post(f"{status['anomaly-detector']['url']}:predict", json={"instances": [[0.5, 0.5, 0.1, 0.3, 0.7, 0.5, 0.5, 0, 0] * 5]}, timeout=10)
+    assert detector.status_code == 200 and detector.json()["predictions"] == [1]
+    assert type(detector.json()["predictions"][0]) is int
+    forecast = requests.post(f"{status['predictive-analytics']['url']}:predict", json={"instances": [[0.4, 0.6, 0.5, 0.1, 0.05]]}, timeout=10)
+    rows = forecast.json()["predictions"]
+    assert forecast.status_code == 200 and len(rows) == 1 and len(rows[0]) == 5 and all(type(v) is float for v in rows[0])
+    # The summary's curl line works as printed.
+    curl = next(line.strip() for line in second.stdout.splitlines() if line.strip().startswith("curl") and "anomaly-detector" in line)
+    answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+    assert json.loads(answer.stdout)["predictions"] == [1]
 
 
 @pytest.mark.parametrize(
@@ -87,11 +110,11 @@ def test_bad_input_fails_the_run_clearly_and_leaves_the_store_intact(two_runs, t
 def test_a_model_that_fails_its_checks_is_not_stored(two_runs):
     state, _, _ = two_runs
     before = snapshot(state / "store")
-    result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(state), "--param", "min_f1=0.99")
+    result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(state), "--param", "min_f1=0.99", *FAST_CANARY)
     assert result.returncode == 0, result.stdout[-3000:]
     summary = result.stdout[result.stdout.rindex("Summary"):]
     assert "do not deploy" in summary and "min_f1: F1" in summary and "(gate 0.99)" in summary
-    assert "anomaly-detector: champion now v2" in summary
+    assert "anomaly-detector serving: stable v2" in summary
     assert snapshot(state / "store") == before
 
 
@@ -108,6 +131,10 @@ def test_missing_file_and_unknown_parameter_are_explained(two_runs, tmp_path):
 def test_parquet_file_source_trains_and_stores(two_runs, tmp_path):
     state, _, _ = two_runs
     path = metrics_file(tmp_path, lambda f: pd.concat([f, f.assign(timestamp=f.timestamp + pd.Timedelta(days=1))]), ".parquet")
-    result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(tmp_path / "fresh"), "--param", "source=file", "--param", f"file_path={path}", "--param", "min_f1=0")
+    fresh = tmp_path / "fresh"
+    try:
+        result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(fresh), "--param", "source=file", "--param", f"file_path={path}", "--param", "min_f1=0")
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(fresh))
     assert result.returncode == 0, result.stdout[-3000:]
     assert "pvc://model-storage-pvc/anomaly-detector/v1" in result.stdout

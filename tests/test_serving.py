@@ -1,0 +1,213 @@
+"""Rollout safety on the local target, through `model-pipelines rollout`: faulty candidates end rolled back,
+the stable version keeps serving, and a client on the main URL sees zero failed requests."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.linear_model import LinearRegression
+from sklearn.neighbors import KNeighborsRegressor
+
+from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance
+from components.ingest import IngestRequest, ingest
+from components.storage import FilesystemStore
+from components.train import DetectorParams, train_anomaly_detector
+from tests.conftest import CLI, REPO, run_cli
+
+FAST = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10", "--param", "days=1")
+FALLBACK = {"instances": [fallback_instance()]}
+
+
+class MainUrlClient:
+    """Calls the model's main URL in a loop, as the coordination engine does, and counts failures."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.sent, self.failures = url, 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                answer = session.post(f"{self.url}:predict", json=FALLBACK, timeout=30)
+                if answer.status_code != 200 or "predictions" not in answer.json():
+                    self.failures.append(f"{answer.status_code} {answer.text[:100]}")
+            except (requests.RequestException, ValueError) as error:
+                self.failures.append(str(error))
+            self.sent += 1
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def training():
+    return ingest(IngestRequest(ANOMALY_DETECTOR, days=3, seed=21))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, training):
+    """A state dir whose store has a good detector v1, rolled out as the stable version."""
+    state = tmp_path_factory.mktemp("serving")
+    store = FilesystemStore(state / "store")
+    save(store, train_anomaly_detector(training.train, DetectorParams(n_estimators=50)).estimator, state)
+    result = run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), *FAST)
+    assert result.returncode == 0, result.stdout[-3000:]
+    try:
+        yield state, store
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))
+
+
+def save(store: FilesystemStore, estimator, state: Path) -> str:
+    path = state / "candidate.pkl"
+    joblib.dump(estimator, path)
+    return store.save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}).version
+
+
+def status(state: Path) -> dict:
+    return json.loads(run_cli("serve", "status", "--json", "--state-dir", str(state)).stdout)[ANOMALY_DETECTOR]
+
+
+def router_requests(url: str, version: str) -> float:
+    text = requests.get(url.split("/v1/")[0] + "/metrics", timeout=5).text
+    return sum(
+        sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+        if sample.name == "router_requests_total" and sample.labels.get("version") == version
+    )
+
+
+def raising_model(training):
+    model = train_anomaly_detector(training.train, DetectorParams(n_estimators=20)).estimator
+    del model.named_steps["detector"].estimators_
+    return model
+
+
+def float_model(training):
+    features = engineer_features(training.train, ANOMALY_DETECTOR).to_numpy()
+    return LinearRegression().fit(features, np.ones(len(features)))
+
+
+def wrong_shape_model(training):
+    features = engineer_features(training.train, ANOMALY_DETECTOR).to_numpy()[:200]
+    return KNeighborsRegressor(n_neighbors=1).fit(features, np.ones((len(features), 2), dtype=int))
+
+
+def slow_model(training):
+    return train_anomaly_detector(training.train, DetectorParams(n_estimators=3000, max_samples=512)).estimator
+
+
+def alarmist_model(training):
+    model = train_anomaly_detector(training.train, DetectorParams(n_estimators=50)).estimator
+    model.named_steps["detector"].offset_ = np.inf
+    return model
+
+
+@pytest.mark.parametrize(
+    ("make_model", "extra", "stopped_by", "reason"),
+    [
+        (raising_model, (), "smoke", "predict: POST :predict with"),
+        (float_model, (), "smoke", "contract types and shape: not JSON integers -1/1"),
+        (wrong_shape_model, (), "smoke", "contract types and shape: not JSON integers -1/1: [[1.0, 1.0]"),
+        (slow_model, ("--param", "max_p95_latency_ms=20"), "smoke", "p95 latency:"),
+        (alarmist_model, (), "canary", "prediction_shift"),
+    ],
+    ids=["raises", "floats", "wrong-shape", "10x-slow", "flags-everything"],
+)
+def test_faulty_candidate_is_rolled_back_without_a_failed_request(served, training, make_model, extra, stopped_by, reason):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, make_model(training), state)
+    url = status(state)["url"]
+    with MainUrlClient(url) as client:
+        result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *extra)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert client.sent > 20 and client.failures == []
+    index = store.read_index(ANOMALY_DETECTOR)
+    entry = index["versions"][version]
+    smoke = next(event["detail"] for event in index["history"] if event["version"] == version and event["event"] == "smoke-tested")
+    if stopped_by == "smoke":
+        assert entry["status"] == "rejected" and entry["rejected_reason"].startswith("smoke test failed")
+        assert reason in smoke
+    else:
+        assert smoke == "passed" and entry["status"] == "rejected" and reason in entry["rejected_reason"]
+    assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}
+    assert index["stable"] == stable
+    live = router_requests(url, version)
+    assert (live == 0) if stopped_by == "smoke" else (live > 0), "only the canary may give a candidate live traffic"
+    assert requests.post(f"{url}:predict", json=FALLBACK, timeout=10).json()["predictions"] == [1]
+
+
+def test_candidate_whose_file_does_not_match_its_checksum_is_refused(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, alarmist_model(training), state)
+    model_file = state / "store" / ANOMALY_DETECTOR / version / "model.pkl"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    url = status(state)["url"]
+    with MainUrlClient(url) as client:
+        result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST)
+    assert result.returncode == 1 and "deploy-inference-service" in result.stdout
+    assert client.failures == []
+    entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
+    assert entry["status"] == "rejected" and "does not match the recorded" in entry["rejected_reason"]
+    assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}
+
+
+def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(n_estimators=60, random_state=5)).estimator, state)
+    url = status(state)["url"]
+    with MainUrlClient(url) as client:
+        rollout = subprocess.Popen(
+            [CLI, "rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST,
+             "--param", "canary_interval_s=2"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        serving_state = state / "serving" / f"{ANOMALY_DETECTOR}.json"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and json.loads(serving_state.read_text()).get("candidate_percent", 0) == 0:
+            time.sleep(0.1)
+        candidate = json.loads(serving_state.read_text())["candidate"]
+        assert candidate and candidate["version"] == version
+        os.kill(candidate["pid"], signal.SIGKILL)
+        output, _ = rollout.communicate(timeout=300)
+    assert rollout.returncode == 0, output[-3000:]
+    entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
+    assert entry["status"] == "rejected", entry
+    assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}
+    assert client.failures == [], client.failures[:3]
+
+
+def test_good_candidate_is_promoted_through_every_step(served, training):
+    state, store = served
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(n_estimators=60, random_state=9)).estimator, state)
+    url = status(state)["url"]
+    with MainUrlClient(url) as client:
+        result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST)
+    assert result.returncode == 0, result.stdout[-3000:]
+    for weight in (10, 50, 100):
+        assert f"canary {ANOMALY_DETECTOR} {version} at {weight}%: pass" in result.stdout
+    assert client.failures == []
+    index = store.read_index(ANOMALY_DETECTOR)
+    assert index["stable"] == version and index["versions"][version]["status"] == "stable"
+    assert index["history"][-1]["event"] == "promoted"
+    assert status(state) == {"url": url, "stable": version, "candidate": None, "candidate_percent": 0}
+    assert requests.post(f"{url}:predict", json=FALLBACK, timeout=10).headers["x-served-version"] == version
