@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test compile bench clean
+.PHONY: run test compile bench serve-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ test: $(STAMP) ## run the whole test suite, end-to-end tests included
 compile: $(STAMP) ## recompile compiled/*.yaml
 	$(BIN)/model-pipelines compile --output-dir compiled
 
-bench: $(STAMP) ## local-run overhead against the plain step functions
+bench: $(STAMP) ## local-run overhead and serving latency, each as ratios against an in-process baseline
 	$(BIN)/python -m benchmarks.local_run
+	$(BIN)/python -m benchmarks.serving
 
-clean:
+serve-stop: $(STAMP) ## stop the local model servers that `make run` left serving
+	$(BIN)/model-pipelines serve stop
+
+clean: serve-stop
 	rm -rf .model-pipelines

@@ -2,8 +2,10 @@
 
     python -m benchmarks.local_run [--model all] [--repeats 2] [--json OUT]
 
-Both sides do the same work on the same synthetic data: ingest, train, evaluate against the champion, save.
-The ratio is what kfp.local's orchestration (a subprocess per step, artifacts on disk) costs on this machine.
+Both sides do the same work on the same synthetic data, in a fresh state directory: ingest, train, evaluate,
+save, deploy (a first deployment, so it goes straight to stable), smoke-test and canary (nothing to compare on a
+first deployment), then serving is stopped. The ratio is what kfp.local's orchestration (a subprocess per step,
+artifacts on disk) costs on this machine.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from components.contract import ANOMALY_DETECTOR, MODEL_NAMES
 from components.evaluate import Gates
 from components.ingest import IngestRequest, ingest
 from components.train import DetectorParams, ForecasterParams, save_model, train_anomaly_detector, train_predictive_analytics
-from components.workflow import STORE_ROOT_ENV, evaluate_step, save_step
-from pipelines.local import run_local
+from components.rollout import CanarySpec, ProbeProvider, canary_promote, smoke_test
+from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, deploy_step, evaluate_step, save_step, serving_context
+from pipelines.local import local_target, run_local
+
+CANARY = CanarySpec(interval_s=0.3, probe_requests=10)
 
 
 def direct_run(model_name: str, state_dir: Path) -> None:
-    """Run ingest, train, evaluate and save by calling the step functions in this process."""
+    """Run every step of the retraining DAG by calling the step functions in this process."""
     os.environ[STORE_ROOT_ENV] = str(state_dir / "store")
+    os.environ[SERVING_HOME_ENV] = str(state_dir / "serving")
     work = state_dir / "direct"
     work.mkdir(parents=True, exist_ok=True)
     data = ingest(IngestRequest(model_name))
@@ -42,16 +48,29 @@ def direct_run(model_name: str, state_dir: Path) -> None:
         json.dumps({"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "training_rows": trained.training_rows})
     )
     evaluation, _ = evaluate_step(model_name, str(work / "model"), str(work / "validation.parquet"), data.description, Gates())
-    if evaluation.deploy:
-        save_step(model_name, str(work / "model"), evaluation.metrics, "model-storage-pvc", "benchmark")
+    if not evaluation.deploy:
+        return
+    version = save_step(model_name, str(work / "model"), evaluation.metrics, "model-storage-pvc", "benchmark").version
+    deploy_step(model_name, version, "local", "model-storage-pvc", 120.0)
+    target, store, sample = serving_context(model_name, "local", "model-storage-pvc", str(work / "validation.parquet"))
+    if smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=CANARY.max_p95_latency_ms).passed:
+        canary_promote(target, store, model_name, version, CANARY, [ProbeProvider(sample, CANARY.probe_requests)])
 
 
-def timed(function, *args) -> float:
-    """Return the seconds one call of ``function(*args)`` takes, its output silenced."""
+def local_run(model_name: str, state_dir: Path) -> None:
+    """Run the retraining pipeline with kfp.local, with the same canary settings as ``direct_run``."""
+    run_local(model_name, {"canary_interval_s": CANARY.interval_s, "probe_requests": CANARY.probe_requests}, state_dir)
+
+
+def timed(function, model_name: str, state_dir: Path) -> float:
+    """Return the seconds one run takes, its output silenced, stopping what it served afterwards."""
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        function(*args)
-    return time.perf_counter() - started
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            function(model_name, state_dir)
+        return time.perf_counter() - started
+    finally:
+        local_target(state_dir).stop_all()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -67,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         for model in models:
             local_times, direct_times = [], []
             for repeat in range(args.repeats):
-                local_times.append(timed(run_local, model, {}, Path(scratch) / f"local-{repeat}"))
+                local_times.append(timed(local_run, model, Path(scratch) / f"local-{repeat}"))
                 direct_times.append(timed(direct_run, model, Path(scratch) / f"direct-{repeat}"))
             local_s, direct_s = statistics.median(local_times), statistics.median(direct_times)
             results[model] = {"local_run_s": round(local_s, 3), "direct_s": round(direct_s, 3), "ratio": round(local_s / direct_s, 2)}

@@ -12,3 +12,15 @@ def test_local_run_benchmark_reports_both_timings_and_their_ratio(tmp_path):
     result = json.loads((tmp_path / "out.json").read_text())["predictive-analytics"]
     assert result["local_run_s"] > 0 and result["direct_s"] > 0
     assert result["ratio"] == pytest.approx(result["local_run_s"] / result["direct_s"], rel=0.05)
+
+
+def test_serving_benchmark_reports_ratios_against_in_process_predict(tmp_path):
+    from benchmarks.serving import main as serving_main
+
+    serving_main(["--requests", "5", "--json", str(tmp_path / "serving.json")])
+    result = json.loads((tmp_path / "serving.json").read_text())
+    assert set(result) == {"1_instances", "100_instances"}
+    for entry in result.values():
+        assert set(entry) == {"in_process", "main_url", "own_server"}
+        for path in ("main_url", "own_server"):
+            assert entry[path]["p50_ms_ratio"] == pytest.approx(entry[path]["p50_ms"] / entry["in_process"]["p50_ms"], rel=0.05)
