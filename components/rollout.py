@@ -66,6 +66,9 @@ def deploy_version(target: ServingTarget, store: ModelStore, model_name: str, ve
         return StepOutcome(True, f"{version} is the first version served: stable at {status.url}")
 
     def as_candidate(index: dict) -> None:
+        replaced = index.get("candidate")
+        if replaced and replaced != version and replaced in index["versions"]:
+            index["versions"][replaced]["status"] = "superseded"
         index["candidate"] = version
         index["versions"][version]["status"] = "candidate"
 

@@ -211,3 +211,26 @@ def test_good_candidate_is_promoted_through_every_step(served, training):
     assert index["history"][-1]["event"] == "promoted"
     assert status(state) == {"url": url, "stable": version, "candidate": None, "candidate_percent": 0}
     assert requests.post(f"{url}:predict", json=FALLBACK, timeout=10).headers["x-served-version"] == version
+
+
+def test_a_failing_step_leaves_stable_serving_and_the_candidate_at_zero(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(n_estimators=40, random_state=3)).estimator, state)
+    result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, "--param", "canary_steps=[50,20]")
+    assert result.returncode == 1 and "steps must be increasing percentages" in result.stdout
+    assert "ensure-safe-serving" in result.stdout and "serving is safe" in result.stdout
+    assert status(state) == {"url": status(state)["url"], "stable": stable, "candidate": version, "candidate_percent": 0}
+
+
+def test_exit_handler_step_takes_a_live_candidate_back_to_zero(served, training):
+    from components.local_serving import LocalTarget
+    from components.rollout import make_safe
+
+    state, store = served
+    target = LocalTarget(state / "serving", state / "store")
+    assert target.status(ANOMALY_DETECTOR).candidate, "the previous test leaves a dark candidate"
+    target.set_traffic(ANOMALY_DETECTOR, 50, 10)
+    outcome = make_safe(target, ANOMALY_DETECTOR)
+    assert "set back to 0 % traffic" in outcome.message
+    assert target.status(ANOMALY_DETECTOR).candidate_percent == 0
