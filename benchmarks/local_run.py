@@ -52,7 +52,7 @@ def direct_run(model_name: str, state_dir: Path) -> None:
         return
     version = save_step(model_name, str(work / "model"), evaluation.metrics, "model-storage-pvc", "benchmark").version
     deploy_step(model_name, version, "local", "model-storage-pvc", 120.0)
-    target, store, sample = serving_context(model_name, "local", "model-storage-pvc", str(work / "validation.parquet"))
+    target, store, sample = serving_context(model_name, "local", "model-storage-pvc", validation_path=str(work / "validation.parquet"))
     if smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=CANARY.max_p95_latency_ms).passed:
         canary_promote(target, store, model_name, version, CANARY, [ProbeProvider(sample, CANARY.probe_requests)])
 

@@ -279,6 +279,10 @@ class LocalTarget:
 
         return Endpoints(url(state.get("router")), url(state.get("stable")), url(state.get("candidate")))
 
+    def traffic_strategy(self, model_name: str) -> str:
+        """Return how the local router shifts traffic."""
+        return "the local router sends each percentage step of the main URL's requests to the candidate"
+
     def stop_all(self) -> list[str]:
         """Stop every process of every model and forget their state; return the models stopped."""
         stopped = []

@@ -1,8 +1,9 @@
 """The KServe model server for one stored version: the stock sklearn runtime's behaviour, plus checksum, 400s and counters.
 
-Run as ``python -m components.model_server --name NAME --model-dir DIR --version vN --sha256 HEX --port P``.
+Run as ``python -m components.model_server --name NAME --model-dir DIR --version vN [--sha256 HEX] --port P``.
 Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, ``joblib.load``, v1 protocol,
-``{"predictions": model.predict(instances).tolist()}``. Unlike it: the file's sha256 is checked before loading,
+``{"predictions": model.predict(instances).tolist()}``. Unlike it: the file's sha256 is checked before loading
+(when given),
 malformed requests get HTTP 400 with a message, and per-version request and error counters join KServe's
 ``request_predict_seconds`` histogram on ``/metrics``. The server binds 127.0.0.1 only.
 """
@@ -94,7 +95,8 @@ def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: 
             self._server = type(self._server)(self.config)
 
     kserve.model_server.RESTServer = LoopbackRESTServer
-    model = build_model(name, version, verified_model_file(model_dir, expected_sha256))
+    model_file = verified_model_file(model_dir, expected_sha256) if expected_sha256 else find_model_file(model_dir)
+    model = build_model(name, version, model_file)
     kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False).start([model])
 
 
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", required=True)
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--sha256", required=True)
+    parser.add_argument("--sha256", default="", help="refuse to serve unless model.pkl has this sha256")
     parser.add_argument("--port", required=True, type=int)
     args = parser.parse_args(argv)
     try:

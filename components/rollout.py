@@ -309,11 +309,13 @@ class CanaryResult:
     reason: str
     spec: CanarySpec
     rows: list[AnalysisRow] = field(default_factory=list)
+    strategy: str = ""
 
     def html(self) -> str:
         """Return the report as HTML with a table per traffic step."""
         parts = [f"<h1>Canary: {html.escape(self.model_name)} {html.escape(self.version)}</h1>",
                  f"<p><b>Outcome:</b> {html.escape(self.outcome)} &mdash; {html.escape(self.reason)}</p>",
+                 f"<p><b>Traffic:</b> {html.escape(self.strategy)}</p>",
                  f"<p>Spec: <code>{html.escape(json.dumps(asdict(self.spec)))}</code></p>"]
         for weight in dict.fromkeys(row.weight for row in self.rows):
             parts.append(f"<h2>{weight} % of traffic</h2><table border='1'><tr><th>analysis</th><th>error rate</th><th>p95 ms</th><th>prediction shift</th><th>verdict</th><th>detail</th></tr>")
@@ -345,7 +347,8 @@ def canary_promote(
         return CanaryResult(model_name, version, "stable", "first deployment: nothing to compare against", spec)
     if status.candidate != version:
         raise ServingError(f"{model_name} {version} is not the candidate (candidate is {status.candidate})")
-    result = CanaryResult(model_name, version, "", "", spec)
+    result = CanaryResult(model_name, version, "", "", spec, strategy=target.traffic_strategy(model_name))
+    print(f"canary {model_name} {version}: {result.strategy}", flush=True)
     failures = 0
     try:
         for weight in spec.steps:

@@ -62,6 +62,9 @@ class ServingTarget(Protocol):
     def endpoints(self, model_name: str) -> Endpoints:
         """Return the main, stable and candidate model URLs."""
 
+    def traffic_strategy(self, model_name: str) -> str:
+        """Return one sentence on how candidate traffic is shifted for this model (shown in canary reports)."""
+
 
 def model_url(base: str, model_name: str) -> str:
     """Return the v1 model URL under a server's base URL."""

@@ -156,11 +156,25 @@ def save_to_storage(
     return namedtuple("SaveOutputs", ["version", "storage_uri"])(stored.version, stored.storage_uri)
 
 
-def deploy_inference_service(model_name: str, version: str, serving_target: str, pvc_name: str, ready_timeout_s: float) -> str:
+def deploy_inference_service(
+    model_name: str,
+    version: str,
+    serving_target: str,
+    pvc_name: str,
+    namespace: str,
+    runtime: str,
+    deployment_mode: str,
+    service_account: str,
+    endpoint: str,
+    run_name: str,
+    ready_timeout_s: float,
+) -> str:
     """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %); return what happened."""
+    from components.kserve_serving import KServeOptions
     from components.workflow import deploy_step
 
-    outcome = deploy_step(model_name, version, serving_target, pvc_name, ready_timeout_s)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name)
+    outcome = deploy_step(model_name, version, serving_target, pvc_name, ready_timeout_s, options)
     print(outcome.message)
     return outcome.message
 
@@ -170,15 +184,22 @@ def smoke_test(
     version: str,
     serving_target: str,
     pvc_name: str,
+    namespace: str,
+    runtime: str,
+    deployment_mode: str,
+    service_account: str,
+    endpoint: str,
     validation_data: Input[Dataset],
     max_p95_latency_ms: float,
     report: Output[Markdown],
 ) -> bool:
     """Probe the version's own endpoint against the contract and its offline predictions; return whether it passed."""
+    from components.kserve_serving import KServeOptions
     from components.rollout import record_smoke_test, smoke_test as run_smoke_test
     from components.workflow import serving_context
 
-    target, store, sample = serving_context(model_name, serving_target, pvc_name, validation_data.path)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
+    target, store, sample = serving_context(model_name, serving_target, pvc_name, options, validation_data.path)
     result = run_smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=max_p95_latency_ms)
     record_smoke_test(store, model_name, result)
     markdown = result.markdown()
@@ -193,6 +214,11 @@ def canary_promote(
     version: str,
     serving_target: str,
     pvc_name: str,
+    namespace: str,
+    runtime: str,
+    deployment_mode: str,
+    service_account: str,
+    endpoint: str,
     validation_data: Input[Dataset],
     canary_steps: list,
     canary_interval_s: float,
@@ -201,38 +227,66 @@ def canary_promote(
     max_p95_latency_ms: float,
     max_prediction_shift: float,
     failure_limit: int,
+    ready_timeout_s: float,
     report: Output[HTML],
 ) -> str:
     """Step traffic to the candidate with analysis at each step; promote or roll back; return the outcome."""
+    from components.kserve_serving import KServeOptions
     from components.rollout import CanarySpec, ProbeProvider, canary_promote as run_canary
     from components.workflow import serving_context
 
-    target, store, sample = serving_context(model_name, serving_target, pvc_name, validation_data.path)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
+    target, store, sample = serving_context(model_name, serving_target, pvc_name, options, validation_data.path)
     spec = CanarySpec(tuple(int(step) for step in canary_steps), canary_interval_s, probe_requests, max_error_rate,
                       max_p95_latency_ms, max_prediction_shift, failure_limit)
-    result = run_canary(target, store, model_name, version, spec, [ProbeProvider(sample, probe_requests)])
+    result = run_canary(target, store, model_name, version, spec, [ProbeProvider(sample, probe_requests)], timeout_s=ready_timeout_s)
     with open(report.path, "w") as handle:
         handle.write(result.html())
     print(f"{model_name} {version}: {result.outcome} ({result.reason})")
     return result.outcome
 
 
-def rollback(model_name: str, version: str, serving_target: str, pvc_name: str, reason: str) -> str:
+def rollback(
+    model_name: str,
+    version: str,
+    serving_target: str,
+    pvc_name: str,
+    namespace: str,
+    runtime: str,
+    deployment_mode: str,
+    service_account: str,
+    endpoint: str,
+    reason: str,
+    ready_timeout_s: float,
+) -> str:
     """Send all traffic to stable, remove the candidate and mark it rejected; return what happened."""
+    from components.kserve_serving import KServeOptions
     from components.rollout import rollback as run_rollback
     from components.workflow import serving_context
 
-    target, store, _ = serving_context(model_name, serving_target, pvc_name)
-    outcome = run_rollback(target, store, model_name, version, reason)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
+    target, store, _ = serving_context(model_name, serving_target, pvc_name, options)
+    outcome = run_rollback(target, store, model_name, version, reason, ready_timeout_s)
     print(outcome.message)
     return outcome.message
 
 
-def ensure_safe_serving(model_name: str, serving_target: str) -> str:
+def ensure_safe_serving(
+    model_name: str,
+    serving_target: str,
+    namespace: str,
+    runtime: str,
+    deployment_mode: str,
+    service_account: str,
+    endpoint: str,
+    ready_timeout_s: float,
+) -> str:
     """Exit handler: whatever failed, leave stable serving and any candidate at 0 %; return the state."""
+    from components.kserve_serving import KServeOptions
     from components.rollout import make_safe
     from components.workflow import target_from_environment
 
-    outcome = make_safe(target_from_environment(serving_target), model_name)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
+    outcome = make_safe(target_from_environment(serving_target, options), model_name, ready_timeout_s)
     print(outcome.message)
     return outcome.message

@@ -12,6 +12,7 @@ import sklearn
 
 from components import __version__
 from components.evaluate import Evaluation, Gates, evaluate_candidate, markdown_report
+from components.kserve_serving import KServeOptions, KServeTarget
 from components.local_serving import LocalTarget
 from components.rollout import StepOutcome, deploy_version, probe_sample, rollback
 from components.serving import ServingError, ServingTarget
@@ -21,7 +22,7 @@ from components.train import MODEL_FILENAME
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
 SERVING_HOME_ENV = "MODEL_SERVING_HOME"
 DEFAULT_SERVING_HOME = ".model-pipelines/serving"
-SERVING_TARGETS = ("local",)
+SERVING_TARGETS = ("kserve", "local")
 
 
 def store_from_environment(pvc_name: str = DEFAULT_PVC) -> FilesystemStore:
@@ -29,22 +30,28 @@ def store_from_environment(pvc_name: str = DEFAULT_PVC) -> FilesystemStore:
     return FilesystemStore(os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT), pvc_name)
 
 
-def target_from_environment(name: str) -> ServingTarget:
-    """Return the named serving target, configured from the environment."""
+def target_from_environment(name: str, options: KServeOptions | None = None) -> ServingTarget:
+    """Return the named serving target: ``kserve`` configured by ``options``, ``local`` from the environment."""
     if name == "local":
         return LocalTarget(os.environ.get(SERVING_HOME_ENV, DEFAULT_SERVING_HOME), os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT))
+    if name == "kserve":
+        return KServeTarget(options or KServeOptions())
     raise ServingError(f"unknown serving_target {name!r}: use one of {', '.join(SERVING_TARGETS)}")
 
 
-def serving_context(model_name: str, serving_target: str, pvc_name: str, validation_path: str | None = None):
+def serving_context(
+    model_name: str, serving_target: str, pvc_name: str, options: KServeOptions | None = None, validation_path: str | None = None
+):
     """Return (target, store, probe sample or None) for a serving step."""
     sample = probe_sample(pd.read_parquet(validation_path), model_name) if validation_path else None
-    return target_from_environment(serving_target), store_from_environment(pvc_name), sample
+    return target_from_environment(serving_target, options), store_from_environment(pvc_name), sample
 
 
-def deploy_step(model_name: str, version: str, serving_target: str, pvc_name: str, timeout_s: float) -> StepOutcome:
+def deploy_step(
+    model_name: str, version: str, serving_target: str, pvc_name: str, timeout_s: float, options: KServeOptions | None = None
+) -> StepOutcome:
     """Deploy a stored version; if serving refuses it, reject it in the index (stable keeps serving) and re-raise."""
-    target, store, _ = serving_context(model_name, serving_target, pvc_name)
+    target, store, _ = serving_context(model_name, serving_target, pvc_name, options)
     try:
         return deploy_version(target, store, model_name, version, timeout_s)
     except ServingError as error:

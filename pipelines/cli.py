@@ -13,6 +13,10 @@ from pipelines.local import DEFAULT_STATE_DIR, RunSummary, local_target, parse_p
 from pipelines.retrain import DEFAULT_IMAGE, ROLLOUT, compile_pipelines
 
 
+# Local runs serve on this machine unless --param serving_target=kserve points them at a cluster (KUBECONFIG).
+LOCAL_SERVING = "serving_target=local"
+
+
 def _compile(args: argparse.Namespace) -> int:
     """Compile every pipeline and print where they went; return the exit code."""
     for path in compile_pipelines(args.output_dir, args.image):
@@ -33,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
     try:
-        arguments = {model: parse_params(args.param, model) for model in models}
+        arguments = {model: parse_params([LOCAL_SERVING, *args.param], model) for model in models}
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -52,7 +56,7 @@ def _rollout(args: argparse.Namespace) -> int:
     if not _require_local(args):
         return 2
     try:
-        arguments = parse_params([*args.param, f"model_name={args.model}", f"version={args.version}"], ROLLOUT)
+        arguments = parse_params([LOCAL_SERVING, *args.param, f"model_name={args.model}", f"version={args.version}"], ROLLOUT)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ DETECTOR = DetectorParams()
 FORECASTER = ForecasterParams()
 GATES = Gates()
 CANARY = CanarySpec()
-DEFAULT_TARGET = "local"
+DEFAULT_TARGET = "kserve"
 # Every retraining pipeline returns its evaluation, so that local runs and the kfp client can summarise a run.
 PipelineOutputs = NamedTuple("PipelineOutputs", [("metrics", Metrics), ("report", Markdown)])
 
@@ -72,14 +72,23 @@ def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     ).set_caching_options(False)
 
 
+SERVING_KNOBS = ("namespace", "runtime", "deployment_mode", "service_account", "endpoint", "ready_timeout_s")
+
+
+def _serving(model_name, p: dict) -> dict:
+    """Return the arguments every serving step takes: which model, which target and how to reach it."""
+    return {"model_name": model_name, "serving_target": p["serving_target"], **{knob: p[knob] for knob in SERVING_KNOBS}}
+
+
 def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict) -> None:
     """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``."""
-    serving = {"model_name": model_name, "serving_target": p["serving_target"], "pvc_name": p["pvc_name"]}
+    serving = {**_serving(model_name, p), "pvc_name": p["pvc_name"]}
     deploy = _uses_model_store(
-        ops.deploy_inference_service(version=version, ready_timeout_s=p["ready_timeout_s"], **serving), p["pvc_name"]
+        ops.deploy_inference_service(version=version, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p["pvc_name"]
     )
+    smoke_arguments = {key: value for key, value in serving.items() if key != "ready_timeout_s"}
     smoke = _uses_model_store(
-        ops.smoke_test(version=version, validation_data=validation_data, max_p95_latency_ms=p["max_p95_latency_ms"], **serving),
+        ops.smoke_test(version=version, validation_data=validation_data, max_p95_latency_ms=p["max_p95_latency_ms"], **smoke_arguments),
         p["pvc_name"],
     ).after(deploy)
     with dsl.If(smoke.outputs["Output"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
@@ -98,7 +107,7 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
 
 def _exit_task(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     """Return the exit task that leaves serving safe whatever happened."""
-    return ops.ensure_safe_serving(model_name=model_name, serving_target=p["serving_target"]).set_caching_options(False)
+    return ops.ensure_safe_serving(**_serving(model_name, p)).set_caching_options(False)
 
 
 def _save_and_roll_out(ops: SimpleNamespace, model_name: str, train, evaluate, validation_data, p: dict) -> None:
@@ -142,7 +151,12 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         champion_tolerance: float = GATES.champion_tolerance,
         pvc_name: str = DEFAULT_PVC,
         serving_target: str = DEFAULT_TARGET,
-        ready_timeout_s: float = 120.0,
+        namespace: str = "",
+        runtime: str = "",
+        deployment_mode: str = "auto",
+        service_account: str = "",
+        endpoint: str = "",
+        ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
         canary_interval_s: float = CANARY.interval_s,
         probe_requests: int = CANARY.probe_requests,
@@ -194,7 +208,12 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         champion_tolerance: float = GATES.champion_tolerance,
         pvc_name: str = DEFAULT_PVC,
         serving_target: str = DEFAULT_TARGET,
-        ready_timeout_s: float = 120.0,
+        namespace: str = "",
+        runtime: str = "",
+        deployment_mode: str = "auto",
+        service_account: str = "",
+        endpoint: str = "",
+        ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
         canary_interval_s: float = CANARY.interval_s,
         probe_requests: int = CANARY.probe_requests,
@@ -241,7 +260,12 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         validation_fraction: float = 0.5,
         pvc_name: str = DEFAULT_PVC,
         serving_target: str = DEFAULT_TARGET,
-        ready_timeout_s: float = 120.0,
+        namespace: str = "",
+        runtime: str = "",
+        deployment_mode: str = "auto",
+        service_account: str = "",
+        endpoint: str = "",
+        ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
         canary_interval_s: float = CANARY.interval_s,
         probe_requests: int = CANARY.probe_requests,
