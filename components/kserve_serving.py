@@ -65,6 +65,11 @@ def _backend_annotations(role: str, backend: dict | None) -> dict:
     return {_annotation(role, key.replace("_", "-")): (backend[key] if backend else None) for key in keys}
 
 
+def _model_env(backend: dict) -> list[dict]:
+    """Return the predictor environment that tells the project's runtime which version and checksum it serves."""
+    return [{"name": "MODEL_VERSION", "value": backend["version"]}, {"name": "MODEL_SHA256", "value": backend["checksum"]}]
+
+
 def conditions_text(isvc: dict) -> str:
     """Return the InferenceService's conditions as 'Type=Status (Reason: message)' for an error message."""
     conditions = isvc.get("status", {}).get("conditions", [])
@@ -201,7 +206,8 @@ class KServeTarget:
 
     def _manifest(self, name: str, model_name: str, backend: dict, mode: str | None) -> dict:
         """Return a new InferenceService serving ``backend``, with lineage labels and annotations."""
-        model = {"modelFormat": {"name": "sklearn"}, "storageUri": backend["storage_uri"], "resources": self.options.resources}
+        model = {"modelFormat": {"name": "sklearn"}, "storageUri": backend["storage_uri"], "resources": self.options.resources,
+                 "env": _model_env(backend)}
         if self.options.runtime:
             model["runtime"] = self.options.runtime
         predictor: dict = {"model": model}
@@ -227,7 +233,7 @@ class KServeTarget:
 
     def _serving_patch(self, backend: dict, annotations: dict | None = None, canary: object = "keep") -> dict:
         """Return a merge patch that points the predictor at ``backend`` (and sets canaryTrafficPercent unless 'keep')."""
-        predictor: dict = {"model": {"storageUri": backend["storage_uri"]}}
+        predictor: dict = {"model": {"storageUri": backend["storage_uri"], "env": _model_env(backend)}}
         if canary != "keep":
             predictor["canaryTrafficPercent"] = canary
         metadata = {"labels": {f"{PREFIX}/model-version": backend["version"]}, "annotations": dict(annotations or {})}

@@ -5,13 +5,16 @@ Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, ``job
 ``{"predictions": model.predict(instances).tolist()}``. Unlike it: the file's sha256 is checked before loading
 (when given),
 malformed requests get HTTP 400 with a message, and per-version request and error counters join KServe's
-``request_predict_seconds`` histogram on ``/metrics``. The server binds 127.0.0.1 only.
+``request_predict_seconds`` histogram on ``/metrics``. It binds 127.0.0.1 unless ``--host`` says otherwise (the
+ServingRuntime in ``manifests/`` runs it in predictor pods with ``--host 0.0.0.0``, reading the version and
+checksum from the ``MODEL_VERSION`` and ``MODEL_SHA256`` environment the kserve target sets).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -80,21 +83,21 @@ def build_model(name: str, version: str, model_file: Path):
     return model
 
 
-def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: int) -> None:
-    """Load and serve one version on 127.0.0.1:``port`` until terminated."""
+def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: int, host: str = "127.0.0.1") -> None:
+    """Load and serve one version on ``host``:``port`` until terminated."""
     import kserve
     import kserve.model_server
     from kserve.protocol.rest.server import RESTServer
 
-    class LoopbackRESTServer(RESTServer):
-        """KServe's REST server bound to 127.0.0.1 instead of 0.0.0.0."""
+    class BoundRESTServer(RESTServer):
+        """KServe's REST server bound to ``host`` (it always binds 0.0.0.0 otherwise)."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.config.host = "127.0.0.1"
+            self.config.host = host
             self._server = type(self._server)(self.config)
 
-    kserve.model_server.RESTServer = LoopbackRESTServer
+    kserve.model_server.RESTServer = BoundRESTServer
     model_file = verified_model_file(model_dir, expected_sha256) if expected_sha256 else find_model_file(model_dir)
     model = build_model(name, version, model_file)
     kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False).start([model])
@@ -104,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments and serve; return 1 with a message when the version cannot be served."""
     parser = argparse.ArgumentParser(description="Serve one stored model version with the KServe model server.")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--version", required=True)
+    parser.add_argument("--version", default=os.environ.get("MODEL_VERSION", "unknown"), help="default: $MODEL_VERSION")
     parser.add_argument("--model-dir", required=True, type=Path)
-    parser.add_argument("--sha256", default="", help="refuse to serve unless model.pkl has this sha256")
+    parser.add_argument("--sha256", default=os.environ.get("MODEL_SHA256", ""),
+                        help="refuse to serve unless model.pkl has this sha256 (default: $MODEL_SHA256)")
     parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
     args = parser.parse_args(argv)
     try:
-        serve(args.name, args.version, args.model_dir, args.sha256, args.port)
+        serve(args.name, args.version, args.model_dir, args.sha256, args.port, args.host)
     except (RuntimeError, OSError, ValueError) as error:
         print(f"model server: cannot serve {args.name} {args.version}: {error}", file=sys.stderr, flush=True)
         return 1

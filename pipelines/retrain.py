@@ -58,18 +58,28 @@ def make_components(image: str) -> SimpleNamespace:
     )
 
 
-def _uses_model_store(task: dsl.PipelineTask, pvc_name) -> dsl.PipelineTask:
-    """Mount the model-store PVC on a task that reads or writes the store, and never cache it."""
-    kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=DEFAULT_STORE_ROOT)
+# Upper bounds (activeDeadlineSeconds) for tasks with side effects, so that a hung step cannot hold a rollout open.
+TIMEOUTS_S = {
+    "ingest": 3600, "evaluate": 3600, "save-to-storage": 900, "deploy-inference-service": 3600, "smoke-test": 1800,
+    "canary-promote": 4 * 3600, "rollback": 3600, "ensure-safe-serving": 1800,
+}
+
+
+def _side_effect(task: dsl.PipelineTask, pvc_name=None) -> dsl.PipelineTask:
+    """Never cache a task with side effects, bound its run time, and mount the model-store PVC when it uses the store."""
+    if pvc_name is not None:
+        kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=DEFAULT_STORE_ROOT)
+    step = task.component_spec.name.replace("_", "-")
+    kubernetes.set_timeout(task, next(seconds for prefix, seconds in TIMEOUTS_S.items() if step.startswith(prefix)))
     return task.set_caching_options(False)
 
 
 def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     """Add the ingest task (never cached: its source changes under it)."""
-    return ops.ingest(
+    return _side_effect(ops.ingest(
         model_name=model_name, source=p["source"], file_path=p["file_path"], days=p["days"], seed=p["seed"],
         validation_fraction=p["validation_fraction"],
-    ).set_caching_options(False)
+    ))
 
 
 SERVING_KNOBS = ("namespace", "runtime", "deployment_mode", "service_account", "endpoint", "ready_timeout_s")
@@ -83,16 +93,16 @@ def _serving(model_name, p: dict) -> dict:
 def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict) -> None:
     """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``."""
     serving = {**_serving(model_name, p), "pvc_name": p["pvc_name"]}
-    deploy = _uses_model_store(
+    deploy = _side_effect(
         ops.deploy_inference_service(version=version, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p["pvc_name"]
     )
     smoke_arguments = {key: value for key, value in serving.items() if key != "ready_timeout_s"}
-    smoke = _uses_model_store(
+    smoke = _side_effect(
         ops.smoke_test(version=version, validation_data=validation_data, max_p95_latency_ms=p["max_p95_latency_ms"], **smoke_arguments),
         p["pvc_name"],
     ).after(deploy)
     with dsl.If(smoke.outputs["Output"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
-        _uses_model_store(
+        _side_effect(
             ops.canary_promote(
                 version=version, validation_data=validation_data, canary_steps=p["canary_steps"],
                 canary_interval_s=p["canary_interval_s"], probe_requests=p["probe_requests"],
@@ -102,19 +112,19 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
             p["pvc_name"],
         )
     with dsl.Else(name="smoke-test-failed"):
-        _uses_model_store(ops.rollback(version=version, reason="smoke test failed: see the smoke-test report", **serving), p["pvc_name"])
+        _side_effect(ops.rollback(version=version, reason="smoke test failed: see the smoke-test report", **serving), p["pvc_name"])
 
 
 def _exit_task(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     """Return the exit task that leaves serving safe whatever happened."""
-    return ops.ensure_safe_serving(**_serving(model_name, p)).set_caching_options(False)
+    return _side_effect(ops.ensure_safe_serving(**_serving(model_name, p)))
 
 
 def _save_and_roll_out(ops: SimpleNamespace, model_name: str, train, evaluate, validation_data, p: dict) -> None:
     """Under If(deploy) and the safe-serving exit handler: save the model, then roll it out."""
     with dsl.ExitHandler(_exit_task(ops, model_name, p), name="rollout-safely"):
         with dsl.If(evaluate.outputs["Output"] == True, name="deploy-approved"):  # noqa: E712 (KFP condition syntax)
-            save = _uses_model_store(
+            save = _side_effect(
                 ops.save_to_storage(
                     model_name=model_name, model=train.outputs["model"], metrics=evaluate.outputs["metrics"],
                     pvc_name=p["pvc_name"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
@@ -172,7 +182,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
             max_samples=max_samples, pca_components=pca_components,
             target_false_positive_rate=target_false_positive_rate, random_state=random_state,
         )
-        evaluate = _uses_model_store(
+        evaluate = _side_effect(
             ops.evaluate_anomaly_detector(
                 model=train.outputs["model"], validation_data=ingest.outputs["validation_data"],
                 data_description=ingest.outputs["Output"], min_f1=min_f1, max_predict_latency_ms=max_predict_latency_ms,
@@ -227,7 +237,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         train = ops.train_predictive_analytics(
             train_data=ingest.outputs["train_data"], horizon_minutes=horizon_minutes, alpha=alpha
         )
-        evaluate = _uses_model_store(
+        evaluate = _side_effect(
             ops.evaluate_predictive_analytics(
                 model=train.outputs["model"], validation_data=ingest.outputs["validation_data"],
                 data_description=ingest.outputs["Output"], horizon_minutes=horizon_minutes, max_mase=max_mase,

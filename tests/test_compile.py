@@ -36,6 +36,8 @@ def test_executors_install_nothing_and_use_the_project_image():
             text = " ".join(container.get("command", []) + container.get("args", []))
             assert "pip install" not in text and "pip3 install" not in text
             assert container["image"].endswith("/model-pipelines:0.1.0")
+        defaults = {k: v.get("defaultValue") for k, v in pipeline_spec["root"]["inputDefinitions"]["parameters"].items()}
+        assert defaults["serving_target"] == "kserve" and defaults["deployment_mode"] == "auto"
 
 
 def test_image_option_changes_every_executor(tmp_path):
@@ -61,10 +63,22 @@ def test_side_effect_tasks_are_not_cached_and_mount_the_store_pvc():
         assert sorted(set(tasks) - set(side_effects)) == (["train-" + name.removesuffix("-retrain.yaml")] if "retrain" in name else [])
         assert not any(tasks[task].get("cachingOptions", {}).get("enableCache") for task in side_effects)
         executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-        users = {next(user for user in STORE_USERS if executor.removeprefix("exec-").startswith(user)) for executor in executors}
+        mounting = {executor: spec for executor, spec in executors.items() if "pvcMount" in spec}
+        users = {next(user for user in STORE_USERS if executor.removeprefix("exec-").startswith(user)) for executor in mounting}
         assert users == (STORE_USERS - {"evaluate", "save"} if name == FILES[2] else STORE_USERS)
-        assert all(spec["pvcMount"][0]["mountPath"] == "/mnt/models" for spec in executors.values())
+        assert all(spec["pvcMount"][0]["mountPath"] == "/mnt/models" for spec in mounting.values())
         assert pipeline_spec["root"]["inputDefinitions"]["parameters"]["pvc_name"]["defaultValue"] == "model-storage-pvc"
+
+
+def test_side_effect_tasks_have_timeouts_and_the_yaml_holds_no_secrets():
+    for name in FILES:
+        _, platform_spec = load(name)
+        executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        side_effect_executors = [e for e in load(name)[0]["deploymentSpec"]["executors"] if not e.startswith("exec-train")]
+        assert all(int(executors[e]["activeDeadlineSeconds"]) > 0 for e in side_effect_executors)
+        text = (COMPILED / name).read_text()
+        for secret_like in ("AKIA", "aws_secret_access_key", "BEGIN PRIVATE KEY", "password:", "token:"):
+            assert secret_like.lower() not in text.lower(), f"{name} contains {secret_like!r}"
 
 
 def test_retrain_dag_order_and_safe_exit():

@@ -251,3 +251,27 @@ def test_schema_check_catches_a_misspelt_field(crd_schemas):
                 "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageURI": "pvc://p/x/v1"}}}}
     for validator in crd_schemas.values():
         assert any("storageURI" in error.message for error in validator.iter_errors(manifest))
+
+
+def test_rbac_grants_exactly_the_verbs_the_steps_used(cluster):
+    _, standin, _ = cluster
+    role = next(yaml.safe_load_all((REPO / "manifests" / "pipeline-runner-rbac.yaml").read_text()))
+    assert role["kind"] == "Role"
+    (rule,) = role["rules"]
+    assert rule["apiGroups"] == ["serving.kserve.io"] and rule["resources"] == ["inferenceservices"]
+    verbs = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}
+    used = {verbs.get(method, "get" if path.rsplit("/", 1)[-1] != "inferenceservices" else "list")
+            for method, path, query in standin.requests if method != "PUT" and "watch" not in query.lower()}
+    assert set(rule["verbs"]) == used
+
+
+def test_serving_runtime_manifest_matches_the_published_crds():
+    if not CRDS.is_dir():
+        pytest.skip(f"KServe CRD schemas are not at {CRDS}")
+    runtime = yaml.safe_load((REPO / "manifests" / "sklearn-pvc-runtime.yaml").read_text())
+    for release in ("v0.20.0", "v0.15.0"):
+        crd = yaml.safe_load((CRDS / release / "serving.kserve.io_servingruntimes.yaml").read_text())
+        schema = strict(next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"])
+        schema["properties"]["metadata"] = {"type": "object"}
+        errors = [error.message for error in jsonschema.Draft7Validator(schema).iter_errors(runtime)]
+        assert errors == [], f"{release}: {errors}"
