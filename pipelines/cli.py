@@ -6,11 +6,15 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
+import tempfile
+
 from components.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
+from pipelines import kfp_remote
 from pipelines.local import DEFAULT_STATE_DIR, RunSummary, local_target, parse_params, run_local
-from pipelines.retrain import DEFAULT_IMAGE, ROLLOUT, compile_pipelines
+from pipelines.retrain import DEFAULT_IMAGE, PIPELINE_FILES, ROLLOUT, compile_pipelines
 
 
 # Local runs serve on this machine unless --param serving_target=kserve points them at a cluster (KUBECONFIG).
@@ -132,6 +136,82 @@ def _serve_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remote(handler):
+    """Wrap a remote verb: connect, run it, and turn RemoteError into a clear message and exit code 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            if getattr(args, "cron", None):
+                kfp_remote.check_cron(args.cron)
+            connection = kfp_remote.resolve_connection(args.host, args.token, args.ca_cert, args.namespace)
+            return handler(args, kfp_remote.connect(connection), connection)
+        except (kfp_remote.RemoteError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _pipeline_name(key: str) -> str:
+    """Return the pipeline name on the server for a CLI pipeline key."""
+    return PIPELINE_FILES[key].removesuffix(".yaml")
+
+
+def _upload(args: argparse.Namespace, client, connection) -> int:
+    """Upload each chosen pipeline (compiled now with --image, or --package); return 0."""
+    keys = list(PIPELINE_FILES) if args.pipeline == "all" else [args.pipeline]
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.package:
+            packages = {keys[0]: Path(args.package)}
+        else:
+            compile_pipelines(scratch, args.image)
+            packages = {key: Path(scratch) / PIPELINE_FILES[key] for key in keys}
+        for key in keys:
+            print(kfp_remote.upload(client, packages[key], _pipeline_name(key)))
+    return 0
+
+
+def _submit(args: argparse.Namespace, client, connection) -> int:
+    """Start a run; with --wait, stream its state and return 0 only if it succeeded."""
+    arguments = parse_params(args.param, args.pipeline)
+    run = kfp_remote.submit(client, _pipeline_name(args.pipeline), arguments, args.experiment, connection.host, args.run_name)
+    print(f"run {run.run_id} started in experiment {args.experiment!r}")
+    if not args.wait:
+        return 0
+    state = kfp_remote.wait(client, run.run_id, args.timeout, lambda state: print(f"  {time.strftime('%H:%M:%S')} {state}", flush=True),
+                            poll_s=args.poll)
+    print(f"run {run.run_id}: {state}")
+    return 0 if state == "SUCCEEDED" else 1
+
+
+def _schedule(args: argparse.Namespace, client, connection) -> int:
+    """Create, list, enable, disable or delete recurring runs; return 0."""
+    if args.schedule_verb == "create":
+        name = args.name or f"{_pipeline_name(args.pipeline)}-schedule"
+        schedule = kfp_remote.create_schedule(client, _pipeline_name(args.pipeline), name, args.cron, parse_params(args.param, args.pipeline),
+                                              args.experiment, connection.host, args.max_concurrency)
+        print(f"schedule {name} ({schedule.recurring_run_id}) created: cron {args.cron!r}, max concurrency {args.max_concurrency}, no catch-up")
+    elif args.schedule_verb == "list":
+        print(f"{'name':<40} {'status':<10} {'cron':<18} id")
+        for schedule in kfp_remote.list_schedules(client):
+            cron = schedule.trigger.cron_schedule.cron if schedule.trigger and schedule.trigger.cron_schedule else "-"
+            print(f"{schedule.display_name:<40} {str(schedule.status):<10} {cron:<18} {schedule.recurring_run_id}")
+    else:
+        schedule = kfp_remote.find_schedule(client, args.schedule)
+        {"enable": client.enable_recurring_run, "disable": client.disable_recurring_run, "delete": client.delete_recurring_run}[args.schedule_verb](
+            schedule.recurring_run_id)
+        print(f"schedule {schedule.display_name} ({schedule.recurring_run_id}): {args.schedule_verb}d")
+    return 0
+
+
+def _add_connection_options(verb: argparse.ArgumentParser) -> None:
+    """Add the KFP connection options every remote verb takes."""
+    verb.add_argument("--host", help="KFP API URL, e.g. the DSP route (default: $KF_PIPELINES_ENDPOINT)")
+    verb.add_argument("--token", help="bearer token (default: $KF_PIPELINES_TOKEN, else the service-account token); never printed")
+    verb.add_argument("--ca-cert", help="CA bundle for the route's TLS certificate")
+    verb.add_argument("--namespace", help="the data science project (namespace) of a multi-user server")
+
+
 def _add_local_options(verb: argparse.ArgumentParser) -> None:
     """Add --local, --param and --state-dir to a verb that runs a pipeline."""
     verb.add_argument("--local", action="store_true", help="run on this machine with kfp.local (no cluster)")
@@ -166,6 +246,42 @@ def build_parser() -> argparse.ArgumentParser:
     rollout_verb.add_argument("--version", required=True, help="the stored version, e.g. v3")
     _add_local_options(rollout_verb)
     rollout_verb.set_defaults(handler=_rollout)
+
+    pipelines = [*MODEL_NAMES, ROLLOUT]
+    upload_verb = verbs.add_parser("upload", help="upload a pipeline, or a new version of it, to a KFP server (by name)")
+    upload_verb.add_argument("pipeline", choices=[*pipelines, "all"])
+    upload_verb.add_argument("--image", default=DEFAULT_IMAGE, help="component image to compile with")
+    upload_verb.add_argument("--package", help="upload this compiled YAML instead of compiling")
+    _add_connection_options(upload_verb)
+    upload_verb.set_defaults(handler=_remote(_upload))
+
+    submit_verb = verbs.add_parser("submit", help="start a run of an uploaded pipeline")
+    submit_verb.add_argument("pipeline", choices=pipelines)
+    submit_verb.add_argument("--param", action="append", default=[], metavar="K=V", help="set a pipeline parameter; repeatable")
+    submit_verb.add_argument("--experiment", default="self-healing-models", help="experiment name (created if missing)")
+    submit_verb.add_argument("--run-name", help="run name (default: pipeline name and time)")
+    submit_verb.add_argument("--wait", action="store_true", help="stream the run's state and exit non-zero unless it succeeds")
+    submit_verb.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait with --wait")
+    submit_verb.add_argument("--poll", type=float, default=5.0, help="seconds between status checks with --wait")
+    _add_connection_options(submit_verb)
+    submit_verb.set_defaults(handler=_remote(_submit))
+
+    schedule_verb = verbs.add_parser("schedule", help="manage recurring runs")
+    schedule_verbs = schedule_verb.add_subparsers(dest="schedule_verb", required=True)
+    create_verb = schedule_verbs.add_parser("create", help="create a recurring run (6-field cron, seconds first)")
+    create_verb.add_argument("pipeline", choices=pipelines)
+    create_verb.add_argument("--cron", required=True, help="6 fields, seconds first, e.g. '0 0 2 * * 0' (Sundays 02:00)")
+    create_verb.add_argument("--name", help="schedule name (default: <pipeline>-schedule)")
+    create_verb.add_argument("--param", action="append", default=[], metavar="K=V")
+    create_verb.add_argument("--experiment", default="self-healing-models")
+    create_verb.add_argument("--max-concurrency", type=int, default=1)
+    for verb_name in ("list", "enable", "disable", "delete"):
+        verb = schedule_verbs.add_parser(verb_name, help=f"{verb_name} recurring runs")
+        if verb_name != "list":
+            verb.add_argument("schedule", help="schedule name or id")
+        _add_connection_options(verb)
+    _add_connection_options(create_verb)
+    schedule_verb.set_defaults(handler=_remote(_schedule))
 
     serve_verb = verbs.add_parser("serve", help="inspect or stop local serving")
     serve_verbs = serve_verb.add_subparsers(dest="serve_verb", required=True)

@@ -1,0 +1,108 @@
+"""upload, submit and schedule through the real kfp.Client, driven by the CLI, against a KFP v2beta1 API stand-in."""
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+from tests.kfp_standin import KfpStandIn
+
+
+@pytest.fixture
+def kfp():
+    standin = KfpStandIn().start()
+    yield standin
+    standin.stop()
+
+
+def cli(kfp, *args, token="kfp-test-token", env=None):
+    options = ("--host", kfp.url, *(("--token", token) if token else ()))
+    return run_cli(*args, *options, env=env, timeout=120)
+
+
+def test_upload_creates_then_versions_then_is_idempotent(kfp):
+    first = cli(kfp, "upload", "anomaly-detector")
+    assert first.returncode == 0, first.stdout
+    assert "uploaded pipeline anomaly-detector-retrain" in first.stdout
+    (upload,) = kfp.sent("POST", "/apis/v2beta1/pipelines/upload")
+    assert upload["query"]["name"] == "anomaly-detector-retrain"
+    assert upload["headers"]["content-type"].startswith("multipart/form-data")
+    spec = next(yaml.safe_load_all(upload["files"]["uploadfile"]))
+    assert spec["pipelineInfo"]["name"] == "anomaly-detector-retrain"
+    assert upload["headers"]["authorization"] == "Bearer kfp-test-token"
+
+    again = cli(kfp, "upload", "anomaly-detector")
+    assert "already has this package" in again.stdout and "nothing to upload" in again.stdout
+    assert kfp.sent("POST", "/apis/v2beta1/pipelines/upload_version") == []
+    changed = cli(kfp, "upload", "anomaly-detector", "--image", "quay.io/acme/model-pipelines:dev")
+    assert "uploaded anomaly-detector-retrain version anomaly-detector-retrain-" in changed.stdout
+    assert "nothing to upload" in cli(kfp, "upload", "anomaly-detector", "--image", "quay.io/acme/model-pipelines:dev").stdout
+    (version,) = kfp.sent("POST", "/apis/v2beta1/pipelines/upload_version")
+    assert version["query"]["pipelineid"] == upload_id(kfp) and "quay.io/acme/model-pipelines:dev" in version["files"]["uploadfile"].decode()
+    assert "kfp-test-token" not in first.stdout + again.stdout + changed.stdout
+
+
+def upload_id(kfp) -> str:
+    return next(iter(kfp.pipelines))
+
+
+def test_submit_sends_the_run_body_and_wait_streams_states(kfp):
+    assert cli(kfp, "upload", "predictive-analytics").returncode == 0
+    result = cli(kfp, "submit", "predictive-analytics", "--param", "horizon_minutes=30", "--param", "canary_steps=10,100",
+                 "--experiment", "nightly", "--wait", "--poll", "0.05")
+    assert result.returncode == 0, result.stdout
+    (run,) = kfp.sent("POST", "/apis/v2beta1/runs")
+    body = run["json"]
+    assert body["pipeline_version_reference"]["pipeline_id"] == upload_id(kfp)
+    assert body["runtime_config"]["parameters"] == {"horizon_minutes": 30, "canary_steps": [10, 100]}
+    assert body["experiment_id"] == next(iter(kfp.experiments)) and kfp.experiments[body["experiment_id"]]["display_name"] == "nightly"
+    assert "RUNNING" in result.stdout and "SUCCEEDED" in result.stdout
+
+
+def test_wait_exit_code_follows_a_failed_run(kfp):
+    kfp.run_states = ("PENDING", "RUNNING", "FAILED")
+    assert cli(kfp, "upload", "anomaly-detector").returncode == 0
+    result = cli(kfp, "submit", "anomaly-detector", "--wait", "--poll", "0.05")
+    assert result.returncode == 1 and "FAILED" in result.stdout
+
+
+def test_schedule_lifecycle_and_recurring_run_body(kfp):
+    assert cli(kfp, "upload", "anomaly-detector").returncode == 0
+    created = cli(kfp, "schedule", "create", "anomaly-detector", "--cron", "0 0 2 * * 0", "--name", "weekly", "--param", "days=14")
+    assert created.returncode == 0, created.stdout
+    (request,) = kfp.sent("POST", "/apis/v2beta1/recurringruns")
+    body = request["json"]
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * 0"
+    assert body["max_concurrency"] in (1, "1") and body["no_catchup"] is True and body["mode"] == "ENABLE"
+    assert body["runtime_config"]["parameters"] == {"days": 14.0}
+    listed = cli(kfp, "schedule", "list")
+    assert "weekly" in listed.stdout and "0 0 2 * * 0" in listed.stdout
+    assert "disabled" in cli(kfp, "schedule", "disable", "weekly").stdout
+    assert next(iter(kfp.recurring.values()))["status"] == "DISABLED"
+    assert cli(kfp, "schedule", "enable", "weekly").returncode == 0
+    assert kfp.sent("POST", "/apis/v2beta1/recurringruns/")[-1]["path"].endswith(":enable")
+    assert cli(kfp, "schedule", "delete", "weekly").returncode == 0 and kfp.recurring == {}
+
+
+def test_five_field_cron_is_refused_with_a_hint(kfp):
+    result = cli(kfp, "schedule", "create", "anomaly-detector", "--cron", "0 2 * * 0")
+    assert result.returncode == 1 and "6 fields, seconds first" in result.stdout and "did you mean '0 0 2 * * 0'" in result.stdout
+    assert kfp.requests == [], "refused before contacting the server"
+
+
+def test_connection_errors_are_clear(kfp, tmp_path):
+    unreachable = run_cli("upload", "anomaly-detector", "--host", "http://127.0.0.1:9", "--token", "x")
+    assert unreachable.returncode == 1 and "cannot reach the KFP API at http://127.0.0.1:9" in unreachable.stdout
+    denied = cli(kfp, "upload", "anomaly-detector", token="wrong-secret-token")
+    assert denied.returncode == 1 and "refused the credentials (401)" in denied.stdout and "wrong-secret-token" not in denied.stdout
+    missing = cli(kfp, "submit", "anomaly-detector")
+    assert missing.returncode == 1 and "pipeline 'anomaly-detector-retrain' is not on" in missing.stdout and "model-pipelines upload" in missing.stdout
+    no_host = run_cli("submit", "anomaly-detector", env={"KF_PIPELINES_ENDPOINT": ""})
+    assert no_host.returncode == 1 and "no KFP host" in no_host.stdout
+
+
+def test_host_and_token_come_from_the_environment(kfp):
+    result = run_cli("upload", "anomaly-detector", env={"KF_PIPELINES_ENDPOINT": kfp.url, "KF_PIPELINES_TOKEN": "kfp-test-token"})
+    assert result.returncode == 0, result.stdout
+    assert kfp.sent("POST", "/apis/v2beta1/pipelines/upload")[0]["headers"]["authorization"] == "Bearer kfp-test-token"
