@@ -91,3 +91,16 @@ def test_retrain_dag_order_and_safe_exit():
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     conditions = [spec["triggerPolicy"]["condition"] for spec in pipeline_spec["components"]["comp-exit-handler-1"]["dag"]["tasks"].values() if "triggerPolicy" in spec]
     assert any("evaluate-anomaly-detector-Output" in condition for condition in conditions)
+
+
+def test_image_build_manifests_produce_the_default_image_tag():
+    from components import __version__
+    from pipelines.retrain import DEFAULT_IMAGE
+
+    stream, build = yaml.safe_load_all((REPO / "manifests" / "image-build.yaml").read_text())
+    assert stream["kind"] == "ImageStream" and build["kind"] == "BuildConfig"
+    assert build["spec"]["strategy"]["dockerStrategy"]["dockerfilePath"] == "Containerfile"
+    tag = build["spec"]["output"]["to"]["name"]
+    assert DEFAULT_IMAGE.endswith(f"/{build['metadata']['namespace']}/{tag}") and tag.endswith(f":{__version__}")
+    containerfile = (REPO / "Containerfile").read_text()
+    assert "ubi9/python-311" in containerfile and "pip install --no-cache-dir ." in containerfile

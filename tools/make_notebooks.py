@@ -1,0 +1,128 @@
+"""Write the notebooks in notebooks/ from the cell sources below (run: python tools/make_notebooks.py).
+
+Keeping the source here makes notebook changes reviewable as plain Python; the .ipynb files are committed
+without outputs.
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+NOTEBOOKS = {
+    "01-train-and-evaluate.ipynb": [
+        new_markdown_cell(
+            "# 01 · Train and evaluate locally\n\n"
+            "The same step functions the pipeline runs, called directly: ingest synthetic cluster metrics, train both models, "
+            "and look at the metrics the Data Science Pipelines dashboard shows (the evaluation report, the ROC curve, the "
+            "confusion matrix)."
+        ),
+        new_code_cell(
+            "import io\n\nimport joblib\nimport matplotlib.pyplot as plt\nfrom IPython.display import Markdown, display\n\n"
+            "from components.evaluate import Gates, evaluate_candidate, markdown_report\n"
+            "from components.ingest import IngestRequest, ingest\n"
+            "from components.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics"
+        ),
+        new_code_cell("days, seed = 10.0, 42  # parameters", metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "detector_data = ingest(IngestRequest('anomaly-detector', days=days, seed=seed))\n"
+            "print(detector_data.description)\n"
+            "detector = train_anomaly_detector(detector_data.train, DetectorParams())\n"
+            "buffer = io.BytesIO(); joblib.dump(detector.estimator, buffer)\n"
+            "evaluation = evaluate_candidate('anomaly-detector', buffer.getvalue(), detector_data.validation, Gates())\n"
+            "display(Markdown(markdown_report(evaluation, detector_data.description)))"
+        ),
+        new_code_cell(
+            "fpr, tpr, _ = evaluation.roc\n"
+            "figure, (roc, matrix) = plt.subplots(1, 2, figsize=(10, 4))\n"
+            "roc.plot(fpr, tpr); roc.plot([0, 1], [0, 1], '--', color='grey')\n"
+            "roc.set(title=f\"ROC (AUC {evaluation.metrics['roc_auc']:.3f})\", xlabel='false positive rate', ylabel='true positive rate')\n"
+            "matrix.imshow(evaluation.confusion, cmap='Blues')\n"
+            "for (row, column), count in [((r, c), evaluation.confusion[r][c]) for r in range(2) for c in range(2)]:\n"
+            "    matrix.text(column, row, count, ha='center', va='center')\n"
+            "matrix.set(title='confusion matrix', xticks=[0, 1], yticks=[0, 1], xticklabels=['normal', 'anomaly'], yticklabels=['normal', 'anomaly'])\n"
+            "plt.show()\n"
+            "assert evaluation.deploy, evaluation.reason"
+        ),
+        new_code_cell(
+            "forecaster_data = ingest(IngestRequest('predictive-analytics', days=days, seed=seed))\n"
+            "forecaster = train_predictive_analytics(forecaster_data.train, ForecasterParams(horizon_minutes=60))\n"
+            "buffer = io.BytesIO(); joblib.dump(forecaster.estimator, buffer)\n"
+            "forecast = evaluate_candidate('predictive-analytics', buffer.getvalue(), forecaster_data.validation, Gates())\n"
+            "display(Markdown(markdown_report(forecast, forecaster_data.description)))\n"
+            "assert forecast.metrics['mase_mean'] < 1.0, 'the forecaster must beat persistence'"
+        ),
+    ],
+    "02-run-the-pipeline-locally.ipynb": [
+        new_markdown_cell(
+            "# 02 · Run the whole pipeline locally and query the served model\n\n"
+            "`kfp.local` runs the compiled DAG on this machine: ingest → train → evaluate → save → deploy → smoke-test → canary. "
+            "The model ends up served by the real KServe model server on 127.0.0.1."
+        ),
+        new_code_cell(
+            "import os\nfrom pathlib import Path\n\nimport requests\n\n"
+            "from components.contract import fallback_instance\nfrom pipelines.local import local_target, run_local"
+        ),
+        new_code_cell(
+            "state_dir = Path(os.environ.get('NOTEBOOK_STATE_DIR', '.model-pipelines-notebook'))  # parameters\n"
+            "canary_interval_s = float(os.environ.get('NOTEBOOK_CANARY_INTERVAL_S', '5'))",
+            metadata={"tags": ["parameters"]},
+        ),
+        new_code_cell(
+            "summary = run_local('anomaly-detector', {'serving_target': 'local', 'canary_interval_s': canary_interval_s}, state_dir)\n"
+            "assert summary.succeeded, summary.error\n"
+            "print(summary.decision)\nprint(summary.version_states)\nprint(summary.serving)"
+        ),
+        new_code_cell(
+            "answer = requests.post(f'{summary.serving.url}:predict', json={'instances': [fallback_instance()]}, timeout=10)\n"
+            "print(answer.status_code, answer.json())\n"
+            "assert answer.json()['predictions'] == [1]"
+        ),
+        new_code_cell("print('stopped:', local_target(state_dir).stop_all())"),
+    ],
+    "03-upload-submit-schedule.ipynb": [
+        new_markdown_cell(
+            "# 03 · Upload, run and schedule on a cluster\n\n"
+            "Uses `kfp.Client` against the Data Science Pipelines route. Set the parameters (or `KF_PIPELINES_ENDPOINT` and "
+            "`KF_PIPELINES_TOKEN`); the token is never printed."
+        ),
+        new_code_cell(
+            "import os\n\n"
+            "host = os.environ.get('KF_PIPELINES_ENDPOINT', 'https://ds-pipeline-dspa-self-healing-platform.apps.example.com')  # parameters\n"
+            "token = os.environ.get('KF_PIPELINES_TOKEN')  # from `oc whoami -t`\n"
+            "ca_cert = os.environ.get('KF_PIPELINES_CA_CERT')",
+            metadata={"tags": ["parameters"]},
+        ),
+        new_code_cell(
+            "import tempfile\nfrom pathlib import Path\n\n"
+            "from pipelines import kfp_remote\nfrom pipelines.retrain import PIPELINE_FILES, compile_pipelines\n\n"
+            "connection = kfp_remote.resolve_connection(host, token, ca_cert, None)\n"
+            "client = kfp_remote.connect(connection)\n"
+            "compiled = Path(tempfile.mkdtemp())\ncompile_pipelines(compiled)\n"
+            "for key, file in PIPELINE_FILES.items():\n"
+            "    print(kfp_remote.upload(client, compiled / file, file.removesuffix('.yaml')))"
+        ),
+        new_code_cell(
+            "run = kfp_remote.submit(client, 'anomaly-detector-retrain', {'days': 14.0}, 'notebook', connection.host)\n"
+            "print('run', run.run_id)"
+        ),
+        new_code_cell(
+            "schedule = kfp_remote.create_schedule(client, 'anomaly-detector-retrain', 'weekly-anomaly-detector', '0 0 2 * * 0', {},\n"
+            "                                      'scheduled', connection.host)\n"
+            "for item in kfp_remote.list_schedules(client):\n"
+            "    print(item.display_name, item.status, item.trigger.cron_schedule.cron)"
+        ),
+    ],
+}
+
+
+def main() -> None:
+    """Write every notebook, without outputs."""
+    directory = Path(__file__).resolve().parents[1] / "notebooks"
+    for name, cells in NOTEBOOKS.items():
+        notebook = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+        nbformat.write(notebook, directory / name)
+
+
+if __name__ == "__main__":
+    main()
