@@ -25,10 +25,19 @@ from components.evaluate import Gates
 from components.ingest import IngestRequest, ingest
 from components.train import DetectorParams, ForecasterParams, save_model, train_anomaly_detector, train_predictive_analytics
 from components.rollout import CanarySpec, ProbeProvider, canary_promote, smoke_test
-from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, deploy_step, evaluate_step, save_step, serving_context
+from components.workflow import (
+    SERVING_HOME_ENV,
+    STORE_ROOT_ENV,
+    StoreOptions,
+    deploy_step,
+    evaluate_step,
+    save_step,
+    serving_context,
+)
 from pipelines.local import local_target, run_local
 
 CANARY = CanarySpec(interval_s=0.3, probe_requests=10)
+STORE = StoreOptions()
 
 
 def direct_run(model_name: str, state_dir: Path) -> None:
@@ -47,12 +56,12 @@ def direct_run(model_name: str, state_dir: Path) -> None:
     (work / "model" / "training.json").write_text(
         json.dumps({"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "training_rows": trained.training_rows})
     )
-    evaluation, _ = evaluate_step(model_name, str(work / "model"), str(work / "validation.parquet"), data.description, Gates())
+    evaluation, _ = evaluate_step(model_name, str(work / "model"), str(work / "validation.parquet"), data.description, Gates(), STORE)
     if not evaluation.deploy:
         return
-    version = save_step(model_name, str(work / "model"), evaluation.metrics, "model-storage-pvc", "benchmark").version
-    deploy_step(model_name, version, "local", "model-storage-pvc", 120.0)
-    target, store, sample = serving_context(model_name, "local", "model-storage-pvc", validation_path=str(work / "validation.parquet"))
+    version = save_step(model_name, str(work / "model"), evaluation.metrics, STORE, "benchmark").version
+    deploy_step(model_name, version, "local", STORE, 120.0)
+    target, store, sample = serving_context(model_name, "local", STORE, validation_path=str(work / "validation.parquet"))
     if smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=CANARY.max_p95_latency_ms).passed:
         canary_promote(target, store, model_name, version, CANARY, [ProbeProvider(sample, CANARY.probe_requests)])
 

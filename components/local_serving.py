@@ -78,10 +78,11 @@ class LocalTarget:
 
     strict_client_errors = True
 
-    def __init__(self, home: str | Path, store_root: str | Path) -> None:
-        """Use ``home`` for serving state and logs and ``store_root`` to resolve pvc:// storage URIs."""
+    def __init__(self, home: str | Path, store_root: str | Path, s3_store=None) -> None:
+        """Use ``home`` for serving state and logs, ``store_root`` for pvc:// URIs and ``s3_store`` to fetch s3:// ones."""
         self.home = Path(home)
         self.store_root = Path(store_root)
+        self.s3_store = s3_store
 
     # -- state ---------------------------------------------------------------------------------------------
     def _state_path(self, model_name: str) -> Path:
@@ -128,11 +129,22 @@ class LocalTarget:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.is_file() else ""
 
     def _local_path(self, storage_uri: str) -> Path:
-        """Return the store directory a pvc:// URI names (the PVC is the local store)."""
-        if not storage_uri.startswith("pvc://"):
-            raise ServingError(f"the local target serves pvc:// versions from the local store, not {storage_uri!r}")
-        _pvc, _, path = storage_uri.removeprefix("pvc://").partition("/")
-        return self.store_root / path
+        """Return a directory holding the version: the local store for pvc://, a verified download for s3://.
+
+        Like KServe's storage initializer, s3:// versions are copied to local disk before the server starts.
+        """
+        if storage_uri.startswith("pvc://"):
+            return self.store_root / storage_uri.removeprefix("pvc://").partition("/")[2]
+        if storage_uri.startswith("s3://") and self.s3_store is not None:
+            model_name, version = storage_uri.rstrip("/").rsplit("/", 2)[-2:]
+            directory = self.home / "downloads" / model_name / version
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                (directory / "model.pkl").write_bytes(self.s3_store.model_bytes(model_name, version))
+            except RuntimeError as error:
+                raise ServingError(f"cannot fetch {storage_uri}: {error}") from error
+            return directory
+        raise ServingError(f"the local target cannot fetch {storage_uri!r}: it serves pvc:// from the local store and s3:// from the S3 store")
 
     def _start_version(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> dict:
         """Start a model server for one version and wait until it reports ready; return its backend entry."""

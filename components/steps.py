@@ -90,16 +90,23 @@ def evaluate_anomaly_detector(
     max_predict_latency_ms: float,
     max_pickle_mb: float,
     champion_tolerance: float,
+    model_store: str,
+    pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
     report: Output[Markdown],
 ) -> bool:
     """Score the detector, check the contract, gates and champion; return whether to deploy (reason in the report)."""
     from components.evaluate import Gates
-    from components.workflow import evaluate_step
+    from components.workflow import StoreOptions, evaluate_step
 
     gates = Gates(min_f1=min_f1, max_predict_latency_ms=max_predict_latency_ms, max_pickle_mb=max_pickle_mb, champion_tolerance=champion_tolerance)
-    evaluation, markdown = evaluate_step("anomaly-detector", model.path, validation_data.path, data_description, gates)
+    store = StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle)
+    evaluation, markdown = evaluate_step("anomaly-detector", model.path, validation_data.path, data_description, gates, store)
     for name, value in evaluation.metrics.items():
         metrics.log_metric(name, round(value, 6))
     classification_metrics.log_confusion_matrix(["normal", "anomaly"], evaluation.confusion)
@@ -120,16 +127,23 @@ def evaluate_predictive_analytics(
     max_predict_latency_ms: float,
     max_pickle_mb: float,
     champion_tolerance: float,
+    model_store: str,
+    pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
     metrics: Output[Metrics],
     report: Output[Markdown],
 ) -> bool:
     """Score the forecaster, check the contract, gates and champion; return whether to deploy (reason in the report)."""
     from components.evaluate import Gates
-    from components.workflow import evaluate_step
+    from components.workflow import StoreOptions, evaluate_step
 
     gates = Gates(max_mase=max_mase, max_predict_latency_ms=max_predict_latency_ms, max_pickle_mb=max_pickle_mb, champion_tolerance=champion_tolerance)
+    store = StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle)
     evaluation, markdown = evaluate_step(
-        "predictive-analytics", model.path, validation_data.path, data_description, gates, horizon_minutes=horizon_minutes
+        "predictive-analytics", model.path, validation_data.path, data_description, gates, store, horizon_minutes=horizon_minutes
     )
     for name, value in evaluation.metrics.items():
         metrics.log_metric(name, round(value, 6))
@@ -143,15 +157,20 @@ def save_to_storage(
     model_name: str,
     model: Input[Model],
     metrics: Input[Metrics],
+    model_store: str,
     pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
     run_name: str,
 ) -> NamedTuple("SaveOutputs", [("version", str), ("storage_uri", str)]):
     """Store the model as the next immutable version; return the version and its storageUri."""
     from collections import namedtuple
 
-    from components.workflow import save_step
+    from components.workflow import StoreOptions, save_step
 
-    stored = save_step(model_name, model.path, dict(metrics.metadata), pvc_name, run_name)
+    stored = save_step(model_name, model.path, dict(metrics.metadata), StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), run_name)
     print(f"saved {model_name} {stored.version} -> {stored.storage_uri} ({stored.location})")
     return namedtuple("SaveOutputs", ["version", "storage_uri"])(stored.version, stored.storage_uri)
 
@@ -160,7 +179,12 @@ def deploy_inference_service(
     model_name: str,
     version: str,
     serving_target: str,
+    model_store: str,
     pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
     namespace: str,
     runtime: str,
     deployment_mode: str,
@@ -171,10 +195,10 @@ def deploy_inference_service(
 ) -> str:
     """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %); return what happened."""
     from components.kserve_serving import KServeOptions
-    from components.workflow import deploy_step
+    from components.workflow import StoreOptions, deploy_step
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name)
-    outcome = deploy_step(model_name, version, serving_target, pvc_name, ready_timeout_s, options)
+    outcome = deploy_step(model_name, version, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), ready_timeout_s, options)
     print(outcome.message)
     return outcome.message
 
@@ -183,7 +207,12 @@ def smoke_test(
     model_name: str,
     version: str,
     serving_target: str,
+    model_store: str,
     pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
     namespace: str,
     runtime: str,
     deployment_mode: str,
@@ -196,10 +225,10 @@ def smoke_test(
     """Probe the version's own endpoint against the contract and its offline predictions; return whether it passed."""
     from components.kserve_serving import KServeOptions
     from components.rollout import record_smoke_test, smoke_test as run_smoke_test
-    from components.workflow import serving_context
+    from components.workflow import StoreOptions, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
-    target, store, sample = serving_context(model_name, serving_target, pvc_name, options, validation_data.path)
+    target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path)
     result = run_smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=max_p95_latency_ms)
     record_smoke_test(store, model_name, result)
     markdown = result.markdown()
@@ -213,7 +242,12 @@ def canary_promote(
     model_name: str,
     version: str,
     serving_target: str,
+    model_store: str,
     pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
     namespace: str,
     runtime: str,
     deployment_mode: str,
@@ -233,10 +267,10 @@ def canary_promote(
     """Step traffic to the candidate with analysis at each step; promote or roll back; return the outcome."""
     from components.kserve_serving import KServeOptions
     from components.rollout import CanarySpec, ProbeProvider, canary_promote as run_canary
-    from components.workflow import serving_context
+    from components.workflow import StoreOptions, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
-    target, store, sample = serving_context(model_name, serving_target, pvc_name, options, validation_data.path)
+    target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path)
     spec = CanarySpec(tuple(int(step) for step in canary_steps), canary_interval_s, probe_requests, max_error_rate,
                       max_p95_latency_ms, max_prediction_shift, failure_limit)
     result = run_canary(target, store, model_name, version, spec, [ProbeProvider(sample, probe_requests)], timeout_s=ready_timeout_s)
@@ -250,7 +284,12 @@ def rollback(
     model_name: str,
     version: str,
     serving_target: str,
+    model_store: str,
     pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
     namespace: str,
     runtime: str,
     deployment_mode: str,
@@ -262,10 +301,10 @@ def rollback(
     """Send all traffic to stable, remove the candidate and mark it rejected; return what happened."""
     from components.kserve_serving import KServeOptions
     from components.rollout import rollback as run_rollback
-    from components.workflow import serving_context
+    from components.workflow import StoreOptions, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
-    target, store, _ = serving_context(model_name, serving_target, pvc_name, options)
+    target, store, _ = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options)
     outcome = run_rollback(target, store, model_name, version, reason, ready_timeout_s)
     print(outcome.message)
     return outcome.message

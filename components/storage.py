@@ -96,6 +96,19 @@ class ModelStore(Protocol):
         """Return the storageUri KServe uses to load a version."""
 
 
+def index_entry(record: dict) -> dict:
+    """Return the index entry of a freshly saved version from its record."""
+    return {"status": "stored", "sha256": record["sha256"], "saved_at": record.get("saved_at", ""), "run_name": record.get("run_name", "")}
+
+
+def repair_index(index: dict, stored: list[str], read_record: Callable[[str], dict]) -> None:
+    """Add index entries for complete versions a crashed save left unindexed (the index is always written last)."""
+    for version in stored:
+        if version not in index["versions"]:
+            index["versions"][version] = index_entry(read_record(version))
+            index["history"].append({"at": utc_now(), "event": "repaired", "version": version})
+
+
 def load_model(store: ModelStore, model_name: str, version: str) -> object:
     """Return the estimator of a stored version, verified against its checksum."""
     return joblib.load(io.BytesIO(store.model_bytes(model_name, version)))
@@ -178,7 +191,7 @@ class FilesystemStore:
         stored = StoredVersion(model_name, version, checksum, self.storage_uri(model_name, version), str(directory / version))
 
         def add_entry(index: dict) -> None:
-            index["versions"][version] = {"status": "stored", "sha256": checksum, "saved_at": utc_now(), "run_name": record.get("run_name", "")}
+            index["versions"][version] = index_entry(self.version_record(model_name, version))
             index["history"].append({"at": utc_now(), "event": "saved", "version": version})
 
         self.update_index(model_name, add_entry)
@@ -249,10 +262,6 @@ class FilesystemStore:
         with self._index_lock(model_name):
             index = self.read_index(model_name)
             change(index)
-            for version in self.stored_versions(model_name):
-                if version not in index["versions"]:
-                    record = self.version_record(model_name, version)
-                    index["versions"][version] = {"status": "stored", "sha256": record["sha256"], "saved_at": record.get("saved_at", ""), "run_name": record.get("run_name", "")}
-                    index["history"].append({"at": utc_now(), "event": "repaired", "version": version})
+            repair_index(index, self.stored_versions(model_name), lambda version: self.version_record(model_name, version))
             _write_json_atomically(self.model_dir(model_name) / INDEX_FILENAME, index)
             return index

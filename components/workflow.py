@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,17 @@ from components.kserve_serving import KServeOptions, KServeTarget
 from components.local_serving import LocalTarget
 from components.rollout import StepOutcome, deploy_version, probe_sample, rollback
 from components.serving import ServingError, ServingTarget
-from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT, FilesystemStore, StoredVersion, StoreError, champion_version, load_model
+from components.s3_store import DEFAULT_SECRET, S3Store, s3_client_from_environment
+from components.storage import (
+    DEFAULT_PVC,
+    DEFAULT_STORE_ROOT,
+    FilesystemStore,
+    ModelStore,
+    StoredVersion,
+    StoreError,
+    champion_version,
+    load_model,
+)
 from components.train import MODEL_FILENAME
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
@@ -25,33 +36,54 @@ DEFAULT_SERVING_HOME = ".model-pipelines/serving"
 SERVING_TARGETS = ("kserve", "local")
 
 
-def store_from_environment(pvc_name: str = DEFAULT_PVC) -> FilesystemStore:
-    """Return the filesystem store at $MODEL_STORE_ROOT, or at the PVC mount path /mnt/models."""
-    return FilesystemStore(os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT), pvc_name)
+@dataclass(frozen=True)
+class StoreOptions:
+    """Which model store a step uses: the PVC (filesystem) or S3 through a data connection."""
+
+    kind: str = "pvc"
+    pvc_name: str = DEFAULT_PVC
+    s3_prefix: str = "models"
+    s3_secret: str = DEFAULT_SECRET
+    s3_verify: bool = True
+    s3_ca_bundle: str = ""
 
 
-def target_from_environment(name: str, options: KServeOptions | None = None) -> ServingTarget:
+def open_store(options: StoreOptions) -> ModelStore:
+    """Return the store: the filesystem at $MODEL_STORE_ROOT (default the PVC mount /mnt/models), or S3."""
+    if options.kind == "pvc":
+        return FilesystemStore(os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT), options.pvc_name)
+    if options.kind == "s3":
+        client, bucket = s3_client_from_environment(options.s3_secret, options.s3_ca_bundle, options.s3_verify)
+        return S3Store(client, bucket, options.s3_prefix)
+    raise StoreError(f"unknown model_store {options.kind!r}: use pvc or s3")
+
+
+def target_from_environment(name: str, options: KServeOptions | None = None, store: ModelStore | None = None) -> ServingTarget:
     """Return the named serving target: ``kserve`` configured by ``options``, ``local`` from the environment."""
     if name == "local":
-        return LocalTarget(os.environ.get(SERVING_HOME_ENV, DEFAULT_SERVING_HOME), os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT))
+        return LocalTarget(os.environ.get(SERVING_HOME_ENV, DEFAULT_SERVING_HOME), os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT),
+                           s3_store=store if isinstance(store, S3Store) else None)
     if name == "kserve":
         return KServeTarget(options or KServeOptions())
     raise ServingError(f"unknown serving_target {name!r}: use one of {', '.join(SERVING_TARGETS)}")
 
 
 def serving_context(
-    model_name: str, serving_target: str, pvc_name: str, options: KServeOptions | None = None, validation_path: str | None = None
+    model_name: str, serving_target: str, store_options: StoreOptions, options: KServeOptions | None = None,
+    validation_path: str | None = None,
 ):
     """Return (target, store, probe sample or None) for a serving step."""
     sample = probe_sample(pd.read_parquet(validation_path), model_name) if validation_path else None
-    return target_from_environment(serving_target, options), store_from_environment(pvc_name), sample
+    store = open_store(store_options)
+    return target_from_environment(serving_target, options, store), store, sample
 
 
 def deploy_step(
-    model_name: str, version: str, serving_target: str, pvc_name: str, timeout_s: float, options: KServeOptions | None = None
+    model_name: str, version: str, serving_target: str, store_options: StoreOptions, timeout_s: float,
+    options: KServeOptions | None = None,
 ) -> StepOutcome:
     """Deploy a stored version; if serving refuses it, reject it in the index (stable keeps serving) and re-raise."""
-    target, store, _ = serving_context(model_name, serving_target, pvc_name, options)
+    target, store, _ = serving_context(model_name, serving_target, store_options, options)
     try:
         return deploy_version(target, store, model_name, version, timeout_s)
     except ServingError as error:
@@ -66,11 +98,12 @@ def evaluate_step(
     validation_path: str,
     data_description: str,
     gates: Gates,
+    store_options: StoreOptions,
     *,
     horizon_minutes: int = 60,
 ) -> tuple[Evaluation, str]:
     """Evaluate the candidate in ``model_dir`` against the store's champion; return the evaluation and its report."""
-    store = store_from_environment()
+    store = open_store(store_options)
     champion_name = champion_version(store.read_index(model_name))
     champion = None
     if champion_name is not None:
@@ -86,7 +119,7 @@ def evaluate_step(
     return evaluation, markdown_report(evaluation, data_description)
 
 
-def save_step(model_name: str, model_dir: str, scores: dict, pvc_name: str, run_name: str) -> StoredVersion:
+def save_step(model_name: str, model_dir: str, scores: dict, store_options: StoreOptions, run_name: str) -> StoredVersion:
     """Save the candidate as the next version with its full record (metrics, parameters, lineage)."""
     training = json.loads((Path(model_dir) / "training.json").read_text())
     record = {
@@ -100,4 +133,4 @@ def save_step(model_name: str, model_dir: str, scores: dict, pvc_name: str, run_
         "python_version": platform.python_version(),
         "run_name": run_name,
     }
-    return store_from_environment(pvc_name).save_version(model_name, Path(model_dir) / MODEL_FILENAME, record)
+    return open_store(store_options).save_version(model_name, Path(model_dir) / MODEL_FILENAME, record)

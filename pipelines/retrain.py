@@ -16,6 +16,7 @@ from components import __version__, steps
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.evaluate import Gates
 from components.rollout import CanarySpec
+from components.s3_store import DATA_CONNECTION_KEYS, DEFAULT_SECRET
 from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT
 from components.train import DetectorParams, ForecasterParams
 
@@ -65,10 +66,23 @@ TIMEOUTS_S = {
 }
 
 
-def _side_effect(task: dsl.PipelineTask, pvc_name=None) -> dsl.PipelineTask:
-    """Never cache a task with side effects, bound its run time, and mount the model-store PVC when it uses the store."""
-    if pvc_name is not None:
-        kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=DEFAULT_STORE_ROOT)
+STORE_KNOBS = ("model_store", "pvc_name", "s3_prefix", "s3_secret", "s3_verify", "s3_ca_bundle")
+
+
+def _store(p: dict) -> dict:
+    """Return the arguments every store-using step takes."""
+    return {knob: p[knob] for knob in STORE_KNOBS}
+
+
+def _side_effect(task: dsl.PipelineTask, p: dict | None = None) -> dsl.PipelineTask:
+    """Never cache a task with side effects and bound its run time; give store users the PVC and the S3 secret.
+
+    The data connection's keys are injected from the secret named by ``s3_secret`` (optional, so that PVC-only
+    users need no secret); the PVC is mounted at /mnt/models whichever store is selected.
+    """
+    if p is not None:
+        kubernetes.mount_pvc(task, pvc_name=p["pvc_name"], mount_path=DEFAULT_STORE_ROOT)
+        kubernetes.use_secret_as_env(task, secret_name=p["s3_secret"], secret_key_to_env={key: key for key in DATA_CONNECTION_KEYS}, optional=True)
     step = task.component_spec.name.replace("_", "-")
     kubernetes.set_timeout(task, next(seconds for prefix, seconds in TIMEOUTS_S.items() if step.startswith(prefix)))
     return task.set_caching_options(False)
@@ -92,14 +106,14 @@ def _serving(model_name, p: dict) -> dict:
 
 def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict) -> None:
     """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``."""
-    serving = {**_serving(model_name, p), "pvc_name": p["pvc_name"]}
+    serving = {**_serving(model_name, p), **_store(p)}
     deploy = _side_effect(
-        ops.deploy_inference_service(version=version, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p["pvc_name"]
+        ops.deploy_inference_service(version=version, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p
     )
     smoke_arguments = {key: value for key, value in serving.items() if key != "ready_timeout_s"}
     smoke = _side_effect(
         ops.smoke_test(version=version, validation_data=validation_data, max_p95_latency_ms=p["max_p95_latency_ms"], **smoke_arguments),
-        p["pvc_name"],
+        p,
     ).after(deploy)
     with dsl.If(smoke.outputs["Output"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
         _side_effect(
@@ -109,10 +123,10 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
                 max_error_rate=p["max_error_rate"], max_p95_latency_ms=p["max_p95_latency_ms"],
                 max_prediction_shift=p["max_prediction_shift"], failure_limit=p["failure_limit"], **serving,
             ),
-            p["pvc_name"],
+            p,
         )
     with dsl.Else(name="smoke-test-failed"):
-        _side_effect(ops.rollback(version=version, reason="smoke test failed: see the smoke-test report", **serving), p["pvc_name"])
+        _side_effect(ops.rollback(version=version, reason="smoke test failed: see the smoke-test report", **serving), p)
 
 
 def _exit_task(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
@@ -127,9 +141,9 @@ def _save_and_roll_out(ops: SimpleNamespace, model_name: str, train, evaluate, v
             save = _side_effect(
                 ops.save_to_storage(
                     model_name=model_name, model=train.outputs["model"], metrics=evaluate.outputs["metrics"],
-                    pvc_name=p["pvc_name"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                    run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_store(p),
                 ),
-                p["pvc_name"],
+                p,
             )
             _rollout(ops, model_name, save.outputs["version"], validation_data, p)
 
@@ -159,7 +173,12 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         max_predict_latency_ms: float = GATES.max_predict_latency_ms,
         max_pickle_mb: float = GATES.max_pickle_mb,
         champion_tolerance: float = GATES.champion_tolerance,
+        model_store: str = "pvc",
         pvc_name: str = DEFAULT_PVC,
+        s3_prefix: str = "models",
+        s3_secret: str = DEFAULT_SECRET,
+        s3_verify: bool = True,
+        s3_ca_bundle: str = "",
         serving_target: str = DEFAULT_TARGET,
         namespace: str = "",
         runtime: str = "",
@@ -186,9 +205,9 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
             ops.evaluate_anomaly_detector(
                 model=train.outputs["model"], validation_data=ingest.outputs["validation_data"],
                 data_description=ingest.outputs["Output"], min_f1=min_f1, max_predict_latency_ms=max_predict_latency_ms,
-                max_pickle_mb=max_pickle_mb, champion_tolerance=champion_tolerance,
+                max_pickle_mb=max_pickle_mb, champion_tolerance=champion_tolerance, **_store(p),
             ),
-            pvc_name,
+            p,
         )
         _save_and_roll_out(ops, ANOMALY_DETECTOR, train, evaluate, ingest.outputs["validation_data"], p)
         return PipelineOutputs(metrics=evaluate.outputs["metrics"], report=evaluate.outputs["report"])
@@ -216,7 +235,12 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         max_predict_latency_ms: float = GATES.max_predict_latency_ms,
         max_pickle_mb: float = GATES.max_pickle_mb,
         champion_tolerance: float = GATES.champion_tolerance,
+        model_store: str = "pvc",
         pvc_name: str = DEFAULT_PVC,
+        s3_prefix: str = "models",
+        s3_secret: str = DEFAULT_SECRET,
+        s3_verify: bool = True,
+        s3_ca_bundle: str = "",
         serving_target: str = DEFAULT_TARGET,
         namespace: str = "",
         runtime: str = "",
@@ -242,9 +266,9 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
                 model=train.outputs["model"], validation_data=ingest.outputs["validation_data"],
                 data_description=ingest.outputs["Output"], horizon_minutes=horizon_minutes, max_mase=max_mase,
                 max_predict_latency_ms=max_predict_latency_ms, max_pickle_mb=max_pickle_mb,
-                champion_tolerance=champion_tolerance,
+                champion_tolerance=champion_tolerance, **_store(p),
             ),
-            pvc_name,
+            p,
         )
         _save_and_roll_out(ops, PREDICTIVE_ANALYTICS, train, evaluate, ingest.outputs["validation_data"], p)
         return PipelineOutputs(metrics=evaluate.outputs["metrics"], report=evaluate.outputs["report"])
@@ -268,7 +292,12 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         days: float = 2.0,
         seed: int = 7,
         validation_fraction: float = 0.5,
+        model_store: str = "pvc",
         pvc_name: str = DEFAULT_PVC,
+        s3_prefix: str = "models",
+        s3_secret: str = DEFAULT_SECRET,
+        s3_verify: bool = True,
+        s3_ca_bundle: str = "",
         serving_target: str = DEFAULT_TARGET,
         namespace: str = "",
         runtime: str = "",

@@ -1,0 +1,196 @@
+"""The model store on S3-compatible object storage, with the filesystem store's semantics.
+
+Layout: ``s3://<bucket>/<prefix>/<model>/v<N>/model.pkl``, ``.../v<N>/version.json`` and
+``<prefix>/<model>/metadata.json``. A version is claimed by creating its ``model.pkl`` with ``If-None-Match: *``
+(never overwritten; a taken N answers 412 and the next is tried) and becomes visible when its record is written.
+Uploads carry their SHA-256 so that the server rejects a corrupted transfer, and downloads are checked against the
+record. The index is written last, with ``If-Match`` on the ETag read (``If-None-Match`` for a new index), redone
+on 412, so concurrent saves never lose an entry. Credentials come from an OpenShift AI data connection's keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from components.contract import schema_for
+from components.storage import (
+    INDEX_FILENAME,
+    RECORD_FILENAME,
+    VERSION_PATTERN,
+    StoredVersion,
+    StoreError,
+    empty_index,
+    index_entry,
+    repair_index,
+    utc_now,
+    version_number,
+)
+from components.train import MODEL_FILENAME
+
+DATA_CONNECTION_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET")
+DEFAULT_SECRET = "model-storage-config"
+INDEX_RETRIES = 20
+
+
+def s3_client_from_environment(secret_name: str = DEFAULT_SECRET, ca_bundle: str = "", verify: bool = True):
+    """Return (boto3 S3 client, bucket) from the data-connection keys in the environment, naming any missing key."""
+    import boto3
+    from botocore.config import Config
+
+    missing = [key for key in DATA_CONNECTION_KEYS if not os.environ.get(key)]
+    if missing:
+        raise StoreError(
+            f"{', '.join(missing)} not set: the S3 store reads the data connection secret {secret_name!r}; add the key(s) to that "
+            "secret (OpenShift AI: Data connections) and pass its name as s3_secret"
+        )
+    verify_setting: bool | str = (ca_bundle or os.environ.get("AWS_CA_BUNDLE") or True) if verify else False
+    client = boto3.client(
+        "s3",
+        endpoint_url=os.environ["AWS_S3_ENDPOINT"],
+        region_name=os.environ["AWS_DEFAULT_REGION"],
+        aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+        verify=verify_setting,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+    )
+    return client, os.environ["AWS_S3_BUCKET"]
+
+
+def _code(error) -> str:
+    """Return the S3 error code of a botocore ClientError."""
+    return error.response.get("Error", {}).get("Code", "")
+
+
+class S3Store:
+    """Immutable versions and an index in one bucket under one prefix."""
+
+    def __init__(self, client, bucket: str, prefix: str = "models") -> None:
+        """Use ``client`` (a boto3 S3 client) on ``bucket``, with keys under ``prefix``."""
+        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
+
+    def _key(self, model_name: str, *parts: str) -> str:
+        schema_for(model_name)
+        return "/".join(part for part in (self.prefix, model_name, *parts) if part)
+
+    def storage_uri(self, model_name: str, version: str) -> str:
+        """Return ``s3://<bucket>/<prefix>/<model>/<version>``."""
+        return f"s3://{self.bucket}/{self._key(model_name, version)}"
+
+    def _put(self, key: str, body: bytes, **conditions) -> dict:
+        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        return self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=checksum, **conditions)
+
+    def _get(self, key: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _code(error) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {_code(error)}; check the bucket and the credentials") from error
+        return answer["Body"].read(), answer["ETag"]
+
+    def stored_versions(self, model_name: str) -> list[str]:
+        """Return the complete versions (those with a record), oldest first."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        versions = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(model_name) + "/"):
+            for item in page.get("Contents", []):
+                parts = item["Key"].rsplit("/", 2)
+                if len(parts) == 3 and parts[2] == RECORD_FILENAME and VERSION_PATTERN.match(parts[1]):
+                    versions.append(parts[1])
+        return sorted(set(versions), key=version_number)
+
+    def _claimed_numbers(self, model_name: str) -> list[int]:
+        """Return every N whose model.pkl exists, complete or not (a claimed N is never reused)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        numbers = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(model_name) + "/"):
+            for item in page.get("Contents", []):
+                parts = item["Key"].rsplit("/", 2)
+                if len(parts) == 3 and parts[2] == MODEL_FILENAME and VERSION_PATTERN.match(parts[1]):
+                    numbers.append(version_number(parts[1]))
+        return numbers
+
+    def save_version(self, model_name: str, model_file: Path, record: dict) -> StoredVersion:
+        """Claim the next free v<N> with a conditional create, upload with checksums, write the record, then index."""
+        from botocore.exceptions import ClientError
+
+        body = Path(model_file).read_bytes()
+        checksum = hashlib.sha256(body).hexdigest()
+        claimed = self._claimed_numbers(model_name)
+        number = max(claimed, default=0) + 1
+        while True:
+            version = f"v{number}"
+            try:
+                self._put(self._key(model_name, version, MODEL_FILENAME), body, IfNoneMatch="*")
+                break
+            except ClientError as error:
+                if _code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    number += 1
+                    continue
+                raise StoreError(f"cannot upload to s3://{self.bucket}/{self._key(model_name, version)}: {_code(error)}") from error
+        head = self.client.head_object(Bucket=self.bucket, Key=self._key(model_name, version, MODEL_FILENAME), ChecksumMode="ENABLED")
+        stored_checksum = head.get("ChecksumSHA256")
+        if head["ContentLength"] != len(body) or (stored_checksum and base64.b64decode(stored_checksum).hex() != checksum):
+            raise StoreError(f"{model_name} {version}: the uploaded model.pkl does not match what was sent; save again")
+        full_record = {**record, "sha256": checksum, "saved_at": utc_now(), "version": version}
+        self._put(self._key(model_name, version, RECORD_FILENAME), json.dumps(full_record, indent=2, sort_keys=True).encode(), IfNoneMatch="*")
+
+        def add_entry(index: dict) -> None:
+            index["versions"][version] = index_entry(full_record)
+            index["history"].append({"at": utc_now(), "event": "saved", "version": version})
+
+        self.update_index(model_name, add_entry)
+        return StoredVersion(model_name, version, checksum, self.storage_uri(model_name, version), self.storage_uri(model_name, version))
+
+    def version_record(self, model_name: str, version: str) -> dict:
+        """Return a version's immutable record."""
+        found = self._get(self._key(model_name, version, RECORD_FILENAME))
+        if found is None:
+            raise StoreError(f"{model_name} {version} does not exist in s3://{self.bucket}/{self._key(model_name)}")
+        return json.loads(found[0])
+
+    def model_bytes(self, model_name: str, version: str) -> bytes:
+        """Return a version's model.pkl after checking it against the recorded sha256."""
+        record = self.version_record(model_name, version)
+        found = self._get(self._key(model_name, version, MODEL_FILENAME))
+        if found is None:
+            raise StoreError(f"{model_name} {version}: model.pkl is missing from s3://{self.bucket}/{self._key(model_name, version)}")
+        actual = hashlib.sha256(found[0]).hexdigest()
+        if actual != record["sha256"]:
+            raise StoreError(
+                f"{model_name} {version}: model.pkl has sha256 {actual[:12]}… but the record says {record['sha256'][:12]}…; "
+                "the object was changed or corrupted after it was saved: do not serve it, save a new version instead"
+            )
+        return found[0]
+
+    def read_index(self, model_name: str) -> dict:
+        """Return the model's index (an empty one when nothing is stored)."""
+        found = self._get(self._key(model_name, INDEX_FILENAME))
+        return json.loads(found[0]) if found else empty_index(model_name)
+
+    def update_index(self, model_name: str, change: Callable[[dict], None]) -> dict:
+        """Read the index with its ETag, apply ``change``, write it only if unchanged since (412: read again)."""
+        from botocore.exceptions import ClientError
+
+        key = self._key(model_name, INDEX_FILENAME)
+        for _ in range(INDEX_RETRIES):
+            found = self._get(key)
+            index, condition = (json.loads(found[0]), {"IfMatch": found[1]}) if found else (empty_index(model_name), {"IfNoneMatch": "*"})
+            change(index)
+            repair_index(index, self.stored_versions(model_name), lambda version: self.version_record(model_name, version))
+            try:
+                self._put(key, json.dumps(index, indent=2, sort_keys=True).encode(), **condition)
+                return index
+            except ClientError as error:
+                if _code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    continue
+                raise StoreError(f"cannot write the index s3://{self.bucket}/{key}: {_code(error)}") from error
+        raise StoreError(f"the index s3://{self.bucket}/{key} kept changing ({INDEX_RETRIES} conflicts); try again")
