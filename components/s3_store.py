@@ -73,6 +73,11 @@ class S3Store:
         """Use ``client`` (a boto3 S3 client) on ``bucket``, with keys under ``prefix``."""
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
 
+    @property
+    def location(self) -> str:
+        """Return ``s3://<bucket>/<prefix>``."""
+        return f"s3://{self.bucket}/{self.prefix}"
+
     def _key(self, model_name: str, *parts: str) -> str:
         schema_for(model_name)
         return "/".join(part for part in (self.prefix, model_name, *parts) if part)

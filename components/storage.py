@@ -95,6 +95,10 @@ class ModelStore(Protocol):
     def storage_uri(self, model_name: str, version: str) -> str:
         """Return the storageUri KServe uses to load a version."""
 
+    @property
+    def location(self) -> str:
+        """Return where the store lives, for people (a directory or an s3:// prefix)."""
+
 
 def index_entry(record: dict) -> dict:
     """Return the index entry of a freshly saved version from its record."""
@@ -150,6 +154,11 @@ class FilesystemStore:
         """Open (without creating) the store at ``root``; storage URIs name ``pvc_name``."""
         self.root = Path(root)
         self.pvc_name = pvc_name
+
+    @property
+    def location(self) -> str:
+        """Return the store's root directory."""
+        return str(self.root.resolve())
 
     def model_dir(self, model_name: str) -> Path:
         """Return the directory holding a model's versions and index."""

@@ -99,7 +99,8 @@ def format_summary(summaries: list[RunSummary], state_dir: Path) -> str:
             lines.append(f"  {summary.model_name} serving: stable {serving.stable}{candidate} at {serving.url}")
         else:
             lines.append(f"  {summary.model_name} serving: nothing")
-    lines.append(f"store:   {(state_dir / 'store').resolve()}")
+    locations = sorted({summary.store_location for summary in summaries if summary.store_location}) or [str((state_dir / "store").resolve())]
+    lines.append(f"store:   {', '.join(map(str, locations))}")
     for summary in summaries:
         for uri in summary.storage_uris:
             lines.append(f"  {summary.model_name}: {uri}")

@@ -17,8 +17,9 @@ from kfp import local
 
 from components.local_serving import LocalTarget
 from components.serving import ServingStatus
-from components.storage import FilesystemStore, champion_version
-from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV
+from components.s3_store import DEFAULT_SECRET
+from components.storage import DEFAULT_PVC, StoreError, champion_version
+from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, open_store
 from pipelines.retrain import BUILDERS, DEFAULT_IMAGE
 
 DEFAULT_STATE_DIR = Path(os.environ.get("MODEL_PIPELINES_HOME", ".model-pipelines"))
@@ -36,6 +37,7 @@ class RunSummary:
     storage_uris: list[str] = field(default_factory=list)
     champion: str | None = None
     version_states: dict[str, str] = field(default_factory=dict)
+    store_location: str = ""
     serving: ServingStatus | None = None
     error: str = ""
 
@@ -125,10 +127,16 @@ def run_local(
     model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, pipeline_name: str | None = None
 ) -> RunSummary:
     """Run a model's retraining pipeline (or ``pipeline_name``) with kfp.local's SubprocessRunner; return its summary."""
-    store_dir = state_dir / "store"
-    store_dir.mkdir(parents=True, exist_ok=True)
-    store = FilesystemStore(store_dir, str(arguments.get("pvc_name", "model-storage-pvc")))
-    before = store.read_index(model_name)["versions"]
+    (state_dir / "store").mkdir(parents=True, exist_ok=True)
+    try:
+        with _local_environment(state_dir):
+            store = open_store(StoreOptions(
+                str(arguments.get("model_store", "pvc")), str(arguments.get("pvc_name", DEFAULT_PVC)), str(arguments.get("s3_prefix", "models")),
+                str(arguments.get("s3_secret", DEFAULT_SECRET)), bool(arguments.get("s3_verify", True)), str(arguments.get("s3_ca_bundle", "")),
+            ))
+        before = store.read_index(model_name)["versions"]
+    except StoreError as error:
+        return RunSummary(model_name, succeeded=False, error=str(error))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str((state_dir / "runs").resolve()), raise_on_error=True)
     summary = RunSummary(model_name, succeeded=False)
     tail = _TailingStdout(sys.stdout)
@@ -154,6 +162,7 @@ def run_local(
     }
     summary.champion = champion_version(index)
     summary.serving = local_target(state_dir).status(model_name)
+    summary.store_location = store.location
     return summary
 
 

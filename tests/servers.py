@@ -1,0 +1,96 @@
+"""Real servers the tests start on 127.0.0.1: SeaweedFS (S3) and Prometheus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from components.local_serving import stop_process
+
+S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET = "pipeline-test-key", "pipeline-test-secret", "models"
+SEAWEED_PORTS = (
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "volume.port.public", "filer.port", "filer.port.grpc",
+    "filer.port.public", "s3.port", "s3.port.grpc", "s3.port.https", "s3.port.iceberg", "s3.port.lance", "admin.port",
+    "admin.port.grpc", "webdav.port", "s3.metricsPort", "debug.port", "s3.debug.port",
+)
+
+
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct free loopback ports."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for handle in sockets:
+            handle.bind(("127.0.0.1", 0))
+        return [handle.getsockname()[1] for handle in sockets]
+    finally:
+        for handle in sockets:
+            handle.close()
+
+
+def wait_http(url: str, timeout_s: float = 30.0) -> None:
+    """Wait until ``url`` answers anything over HTTP."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+class SeaweedS3:
+    """SeaweedFS all-in-one (`weed mini`) with only loopback ports, S3 credentials, and one bucket."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.process = None
+        self.endpoint = ""
+
+    def start(self) -> "SeaweedS3":
+        weed = Path(sys.executable).with_name("weed")
+        (self.work / "data").mkdir(parents=True, exist_ok=True)
+        config = self.work / "s3.json"
+        config.write_text(json.dumps({"identities": [{"name": "tests", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+                                                      "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        ports = dict(zip(SEAWEED_PORTS, free_ports(len(SEAWEED_PORTS))))
+        arguments = [str(weed), "mini", f"-dir={self.work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}",
+                     "-webdav=false", "-admin.ui=false", *(f"-{name}={port}" for name, port in ports.items())]
+        self.process = subprocess.Popen(arguments, stdout=open(self.work / "weed.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        wait_http(self.endpoint)
+        client = self.client()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket=S3_BUCKET)
+                return self
+            except Exception:  # noqa: BLE001 - the filer may still be starting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
+                            region_name="us-east-1")
+
+    def environment(self) -> dict[str, str]:
+        """Return the data-connection keys a pipeline step reads."""
+        return {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "AWS_S3_ENDPOINT": self.endpoint,
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_S3_BUCKET": S3_BUCKET}
+
+    def stop(self) -> None:
+        if self.process:
+            stop_process(self.process.pid)
+            self.process.wait(10)

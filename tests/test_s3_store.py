@@ -1,0 +1,119 @@
+"""The S3 model store against a real S3 server (SeaweedFS) on 127.0.0.1, which rejects bad checksums and signatures."""
+
+import hashlib
+import json
+import multiprocessing
+import os
+
+import joblib
+import pytest
+from sklearn.dummy import DummyRegressor
+
+from components.s3_store import S3Store, s3_client_from_environment
+from components.storage import StoreError, load_model
+from tests.conftest import run_cli
+from tests.servers import S3_BUCKET, SeaweedS3
+
+MODEL = "predictive-analytics"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def store(s3, request):
+    return S3Store(s3.client(), S3_BUCKET, f"test-{request.node.name[:40]}")
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "model.pkl"
+    joblib.dump(DummyRegressor(), path)
+    return path
+
+
+def test_versions_are_immutable_checked_and_indexed(store, model_file):
+    first = store.save_version(MODEL, model_file, {"run_name": "r1"})
+    second = store.save_version(MODEL, model_file, {"run_name": "r2"})
+    assert (first.version, second.version) == ("v1", "v2")
+    assert second.storage_uri == f"s3://{S3_BUCKET}/{store.prefix}/{MODEL}/v2"
+    keys = {item["Key"] for item in store.client.list_objects_v2(Bucket=S3_BUCKET, Prefix=store.prefix)["Contents"]}
+    assert keys == {f"{store.prefix}/{MODEL}/{name}" for name in ("v1/model.pkl", "v1/version.json", "v2/model.pkl", "v2/version.json", "metadata.json")}
+    index = store.read_index(MODEL)
+    assert sorted(index["versions"]) == ["v1", "v2"] and index["versions"]["v1"]["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert isinstance(load_model(store, MODEL, "v2"), DummyRegressor)
+
+
+def _save(prefix: str, environment: dict, path: str, count: int, results) -> None:
+    os.environ.update(environment)
+    client, bucket = s3_client_from_environment()
+    store = S3Store(client, bucket, prefix)
+    for number in range(count):
+        results.put(store.save_version(MODEL, path, {"run_name": f"{os.getpid()}-{number}"}).version)
+
+
+def test_concurrent_saves_get_distinct_versions_and_a_complete_index(s3, model_file):
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_save, args=("concurrent", s3.environment(), str(model_file), 3, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    versions = sorted((results.get(timeout=10) for _ in range(12)), key=lambda v: int(v[1:]))
+    assert versions == [f"v{n}" for n in range(1, 13)]
+    index = S3Store(s3.client(), S3_BUCKET, "concurrent").read_index(MODEL)
+    assert sorted(index["versions"], key=lambda v: int(v[1:])) == versions
+    assert len([event for event in index["history"] if event["event"] == "saved"]) == 12
+
+
+def test_a_corrupted_object_is_refused_on_download(store, model_file):
+    store.save_version(MODEL, model_file, {})
+    key = f"{store.prefix}/{MODEL}/v1/model.pkl"
+    store.client.put_object(Bucket=S3_BUCKET, Key=key, Body=model_file.read_bytes() + b"flipped")
+    with pytest.raises(StoreError, match="v1: model.pkl has sha256 .* the object was changed or corrupted"):
+        store.model_bytes(MODEL, "v1")
+
+
+def test_a_claimed_number_is_never_reused_and_half_versions_stay_invisible(store, model_file):
+    store.client.put_object(Bucket=S3_BUCKET, Key=f"{store.prefix}/{MODEL}/v1/model.pkl", Body=b"crashed before its record")
+    assert store.stored_versions(MODEL) == []
+    assert store.save_version(MODEL, model_file, {}).version == "v2"
+    assert list(store.read_index(MODEL)["versions"]) == ["v2"]
+
+
+def test_missing_data_connection_key_names_the_key_and_the_secret(monkeypatch, s3):
+    for key, value in s3.environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_S3_BUCKET")
+    with pytest.raises(StoreError, match="AWS_S3_BUCKET not set: the S3 store reads the data connection secret 'my-connection'"):
+        s3_client_from_environment("my-connection")
+
+
+def test_wrong_credentials_are_refused_by_the_server(monkeypatch, s3):
+    for key, value in {**s3.environment(), "AWS_SECRET_ACCESS_KEY": "wrong"}.items():
+        monkeypatch.setenv(key, value)
+    client, bucket = s3_client_from_environment()
+    with pytest.raises(StoreError, match="cannot read .*SignatureDoesNotMatch"):
+        S3Store(client, bucket).read_index(MODEL)
+
+
+def test_full_local_pipeline_run_with_the_s3_store(s3, tmp_path):
+    state = tmp_path / "state"
+    try:
+        result = run_cli("run", MODEL, "--local", "--state-dir", str(state), "--param", "model_store=s3", "--param", "s3_prefix=pipeline",
+                         "--param", "canary_interval_s=0.3", env=s3.environment())
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"s3://{S3_BUCKET}/pipeline/{MODEL}/v1" in result.stdout and f"store:   s3://{S3_BUCKET}/pipeline" in result.stdout
+    index = json.loads(s3.client().get_object(Bucket=S3_BUCKET, Key=f"pipeline/{MODEL}/metadata.json")["Body"].read())
+    assert index["stable"] == "v1" and index["versions"]["v1"]["status"] == "stable"
+    assert not (state / "store" / MODEL).exists(), "nothing went to the filesystem store"
