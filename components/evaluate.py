@@ -13,7 +13,6 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_
 
 from components.contract import (
     ANOMALY_DETECTOR,
-    ContractError,
     engineer_features,
     fallback_instance,
     feature_labels,
@@ -34,6 +33,7 @@ class Gates:
     max_predict_latency_ms: float = 50.0
     max_pickle_mb: float = 50.0
     champion_tolerance: float = 0.05
+    max_anomaly_rate: float = 0.2
 
 
 @dataclass
@@ -51,13 +51,16 @@ class Evaluation:
     roc: tuple[list[float], list[float], list[float]] | None = None
 
 
-def score_detector(estimator: object, validation: pd.DataFrame) -> tuple[dict[str, float], list[list[int]], tuple | None]:
-    """Return detector metrics (precision, recall, F1, ROC-AUC), its confusion matrix and ROC curve points."""
+def score_detector(estimator: object, validation: pd.DataFrame) -> tuple[dict[str, float], list[list[int]] | None, tuple | None]:
+    """Return detector metrics (precision, recall, F1, ROC-AUC), its confusion matrix and ROC curve points.
+
+    Cluster metrics usually carry no labels: then only the anomaly rate is measured (no matrix, no curve).
+    """
     features = engineer_features(validation, ANOMALY_DETECTOR).to_numpy()
     labels = feature_labels(validation, ANOMALY_DETECTOR)
-    if labels is None:
-        raise ContractError("validation data has no 'is_anomaly' labels; the detector cannot be scored without them")
     flagged = (np.asarray(estimator.predict(features)) == -1).astype(int)
+    if labels is None:
+        return {"anomaly_rate": float(flagged.mean())}, None, None
     metrics = {
         "precision": float(precision_score(labels, flagged, zero_division=0)),
         "recall": float(recall_score(labels, flagged, zero_division=0)),
@@ -153,7 +156,14 @@ def evaluate_candidate(
         metrics = score_forecaster(estimator, validation, horizon_minutes)
     metrics.update(measured)
     if model_name == ANOMALY_DETECTOR:
-        checks["min_f1"] = (metrics["f1"] >= gates.min_f1, f"F1 {metrics['f1']:.3f} (gate {gates.min_f1:g})")
+        if "f1" in metrics:
+            checks["min_f1"] = (metrics["f1"] >= gates.min_f1, f"F1 {metrics['f1']:.3f} (gate {gates.min_f1:g})")
+        else:
+            checks["min_f1"] = (True, "validation data has no is_anomaly labels: F1 not measured, gate not applied")
+        checks["max_anomaly_rate"] = (
+            metrics["anomaly_rate"] <= gates.max_anomaly_rate,
+            f"flags {metrics['anomaly_rate']:.1%} of validation rows (limit {gates.max_anomaly_rate:.0%})",
+        )
     else:
         checks["max_mase"] = (
             metrics["mase_mean"] <= gates.max_mase,
@@ -180,6 +190,9 @@ def _compare_with_champion(
         evaluation.champion_metrics = score(estimator, evaluation.model_name, validation, horizon_minutes)
     except (ValueError, AttributeError) as error:
         evaluation.checks["champion"] = (True, f"champion {version} cannot be scored on this data ({error}); judged on gates alone")
+        return
+    if evaluation.model_name == ANOMALY_DETECTOR and "f1" not in evaluation.metrics:
+        evaluation.checks["champion"] = (True, f"no labels to compare with champion {version}; judged on gates alone")
         return
     if evaluation.model_name == ANOMALY_DETECTOR:
         candidate, incumbent = evaluation.metrics["f1"], evaluation.champion_metrics["f1"]

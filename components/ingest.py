@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +18,10 @@ from components.contract import (
     schema_for,
     validate_raw_metrics,
 )
+from components.prometheus import PrometheusClient, fetch_metrics
 from components.synthetic import generate_cluster_metrics
+
+MIN_PROMETHEUS_MINUTES = 120
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,12 @@ class IngestRequest:
     seed: int = 42
     validation_fraction: float = 0.3
     max_gap_minutes: int = 5
+    prometheus_url: str = ""
+    prometheus_token: str = ""
+    prometheus_ca_bundle: str = ""
+    prometheus_queries: dict = field(default_factory=dict)
+    prometheus_end: str = ""
+    allow_synthetic_fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,10 +75,36 @@ def _file(request: IngestRequest) -> tuple[pd.DataFrame, str]:
     return frame, f"file: {path} ({len(frame)} minutes)"
 
 
-# The seam for further sources (Prometheus, S3): a name and a function from request to (frame, description).
+def _prometheus(request: IngestRequest) -> tuple[pd.DataFrame, str]:
+    """Return the last ``days`` of metrics from Prometheus (ending at ``prometheus_end``, default now).
+
+    Too little data is an error unless ``allow_synthetic_fallback`` is set, and then the description says so.
+    An unreachable or refusing Prometheus is always an error.
+    """
+    if not request.prometheus_url:
+        raise ContractError("source 'prometheus' needs prometheus_url, e.g. https://thanos-querier.openshift-monitoring.svc:9091")
+    client = PrometheusClient(request.prometheus_url, request.prometheus_token, request.prometheus_ca_bundle)
+    end = pd.Timestamp(request.prometheus_end).tz_convert("UTC") if request.prometheus_end else pd.Timestamp.now(tz="UTC")
+    end = end.floor("min").to_pydatetime()
+    start = end - dt.timedelta(days=request.days)
+    try:
+        frame = fetch_metrics(client, request.model_name, start, end, dict(request.prometheus_queries))
+        frame = align_to_minute_grid(frame, request.model_name, max_gap_minutes=request.max_gap_minutes, source=f"prometheus {request.prometheus_url}")
+        if len(frame) < MIN_PROMETHEUS_MINUTES:
+            raise ContractError(f"Prometheus has only {len(frame)} minute(s) of data between {start} and {end}; at least {MIN_PROMETHEUS_MINUTES} are needed")
+    except ContractError as error:
+        if not request.allow_synthetic_fallback:
+            raise ContractError(f"{error}; widen days, or set allow_synthetic_fallback=true to train on synthetic data instead") from error
+        frame, description = _synthetic(request)
+        return frame, f"SYNTHETIC FALLBACK, not cluster data ({error}); {description}"
+    return frame, f"prometheus: {request.prometheus_url}, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC ({len(frame)} minutes)"
+
+
+# The sources by name: each is a function from request to (frame, description). Add new ones here.
 SOURCES: dict[str, Callable[[IngestRequest], tuple[pd.DataFrame, str]]] = {
     "synthetic": _synthetic,
     "file": _file,
+    "prometheus": _prometheus,
 }
 
 

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from components.contract import schema_for
+from components.contract import MODEL_NAMES, schema_for
 from components.serving import Endpoints, ServingError, ServingStatus, model_url
 
 STOP_GRACE_S = 5.0
@@ -100,6 +100,22 @@ class LocalTarget:
         temporary = path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(state, indent=2, sort_keys=True))
         os.replace(temporary, path)
+        self._write_prometheus_targets()
+
+    def _write_prometheus_targets(self) -> None:
+        """Write ``prometheus-targets.json`` (file_sd) listing every model server with its model and version labels."""
+        groups = []
+        for model_name in self.served_models():
+            state = self._read(model_name)
+            for role in ("stable", "candidate"):
+                backend = state.get(role)
+                if backend:
+                    groups.append({"targets": [f"127.0.0.1:{backend['port']}"],
+                                   "labels": {"model_name": state["model"], "model_version": backend["version"], "role": role}})
+        targets = self.home / "prometheus-targets.json"
+        temporary = targets.with_suffix(".tmp")
+        temporary.write_text(json.dumps(groups, indent=2))
+        os.replace(temporary, targets)
 
     @contextlib.contextmanager
     def _locked(self, model_name: str) -> Iterator[dict]:
@@ -298,11 +314,16 @@ class LocalTarget:
     def stop_all(self) -> list[str]:
         """Stop every process of every model and forget their state; return the models stopped."""
         stopped = []
-        for path in sorted(self.home.glob("*.json")) if self.home.is_dir() else []:
-            model_name = path.stem
+        for model_name in self.served_models():
             state = self._read(model_name)
             for role in ("router", "candidate", "stable"):
                 stop_process((state.get(role) or {}).get("pid"))
-            path.unlink()
+            self._state_path(model_name).unlink()
             stopped.append(model_name)
+        if stopped:
+            self._write_prometheus_targets()
         return stopped
+
+    def served_models(self) -> list[str]:
+        """Return the models that have serving state here."""
+        return [model_name for model_name in MODEL_NAMES if self._state_path(model_name).is_file()]

@@ -216,6 +216,7 @@ class CanarySpec:
     max_p95_latency_ms: float = 100.0
     max_prediction_shift: float = 0.1
     failure_limit: int = 1
+    max_live_p95_latency_ms: float = 100.0
 
     def __post_init__(self) -> None:
         if not self.steps or any(not 0 < step <= 100 for step in self.steps) or list(self.steps) != sorted(self.steps):
@@ -227,7 +228,7 @@ class CanarySpec:
 class MetricProvider(Protocol):
     """A source of canary measurements; a value of None means no data."""
 
-    def measure(self, model_name: str, stable_endpoint: str, candidate_endpoint: str) -> dict[str, float | None]:
+    def measure(self, model_name: str, stable_endpoint: str, candidate_endpoint: str, candidate_version: str) -> dict[str, float | None]:
         """Return measurements for this analysis interval."""
 
 
@@ -240,7 +241,7 @@ class ProbeProvider:
     timeout_s: float = 10.0
     _offset: int = 0
 
-    def measure(self, model_name: str, stable_endpoint: str, candidate_endpoint: str) -> dict[str, float | None]:
+    def measure(self, model_name: str, stable_endpoint: str, candidate_endpoint: str, candidate_version: str = "") -> dict[str, float | None]:
         """Return candidate error rate, candidate p95 latency (ms) and prediction shift against stable."""
         if self.requests_per_step == 0 or len(self.sample) == 0:
             return {"error_rate": None, "p95_latency_ms": None, "prediction_shift": None}
@@ -289,7 +290,8 @@ class AnalysisRow:
 
 def judge(measurements: dict[str, float | None], spec: CanarySpec) -> tuple[str, str]:
     """Return ("pass" | "fail" | "inconclusive", why) for one analysis's measurements."""
-    limits = {"error_rate": spec.max_error_rate, "p95_latency_ms": spec.max_p95_latency_ms, "prediction_shift": spec.max_prediction_shift}
+    limits = {"error_rate": spec.max_error_rate, "p95_latency_ms": spec.max_p95_latency_ms, "prediction_shift": spec.max_prediction_shift,
+              "live_error_rate": spec.max_error_rate, "live_p95_latency_ms": spec.max_live_p95_latency_ms}
     missing = [name for name, value in measurements.items() if value is None]
     failed = [f"{name} {value:.4g} > {limits[name]:g}" for name, value in measurements.items() if value is not None and name in limits and value > limits[name]]
     if failed:
@@ -318,9 +320,11 @@ class CanaryResult:
                  f"<p><b>Traffic:</b> {html.escape(self.strategy)}</p>",
                  f"<p>Spec: <code>{html.escape(json.dumps(asdict(self.spec)))}</code></p>"]
         for weight in dict.fromkeys(row.weight for row in self.rows):
-            parts.append(f"<h2>{weight} % of traffic</h2><table border='1'><tr><th>analysis</th><th>error rate</th><th>p95 ms</th><th>prediction shift</th><th>verdict</th><th>detail</th></tr>")
+            names = list(dict.fromkeys(name for row in self.rows for name in row.measurements))
+            header = "".join(f"<th>{html.escape(name)}</th>" for name in names)
+            parts.append(f"<h2>{weight} % of traffic</h2><table border='1'><tr><th>analysis</th>{header}<th>verdict</th><th>detail</th></tr>")
             for number, row in enumerate((r for r in self.rows if r.weight == weight), start=1):
-                cells = [_format(row.measurements.get(name)) for name in ("error_rate", "p95_latency_ms", "prediction_shift")]
+                cells = [_format(row.measurements.get(name)) for name in names]
                 parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in [number, *cells, row.verdict, row.detail]) + "</tr>")
             parts.append("</table>")
         return "<html><body>" + "\n".join(parts) + "</body></html>\n"
@@ -358,7 +362,7 @@ def canary_promote(
                 endpoints = target.endpoints(model_name)
                 measurements: dict[str, float | None] = {}
                 for provider in providers:
-                    measurements.update(provider.measure(model_name, endpoints.stable or "", endpoints.candidate or ""))
+                    measurements.update(provider.measure(model_name, endpoints.stable or "", endpoints.candidate or "", version))
                 verdict, detail = judge(measurements, spec)
                 result.rows.append(AnalysisRow(weight, measurements, verdict, detail))
                 print(f"canary {model_name} {version} at {weight}%: {verdict} ({detail})", flush=True)

@@ -17,13 +17,23 @@ def ingest(
     days: float,
     seed: int,
     validation_fraction: float,
+    prometheus_url: str,
+    prometheus_token: str,
+    prometheus_ca_bundle: str,
+    prometheus_queries: dict,
+    prometheus_end: str,
+    allow_synthetic_fallback: bool,
     train_data: Output[Dataset],
     validation_data: Output[Dataset],
 ) -> str:
     """Read raw metrics from the source, validate them and write train/validation Parquet; return a description."""
     from components.ingest import IngestRequest, ingest as run_ingest
 
-    result = run_ingest(IngestRequest(model_name, source, file_path, days, seed, validation_fraction))
+    result = run_ingest(IngestRequest(
+        model_name, source, file_path, days, seed, validation_fraction, prometheus_url=prometheus_url, prometheus_token=prometheus_token,
+        prometheus_ca_bundle=prometheus_ca_bundle, prometheus_queries=prometheus_queries, prometheus_end=prometheus_end,
+        allow_synthetic_fallback=allow_synthetic_fallback,
+    ))
     result.train.to_parquet(train_data.path, index=False)
     result.validation.to_parquet(validation_data.path, index=False)
     train_data.metadata.update({"rows": len(result.train), "source": source})
@@ -109,7 +119,8 @@ def evaluate_anomaly_detector(
     evaluation, markdown = evaluate_step("anomaly-detector", model.path, validation_data.path, data_description, gates, store)
     for name, value in evaluation.metrics.items():
         metrics.log_metric(name, round(value, 6))
-    classification_metrics.log_confusion_matrix(["normal", "anomaly"], evaluation.confusion)
+    if evaluation.confusion is not None:
+        classification_metrics.log_confusion_matrix(["normal", "anomaly"], evaluation.confusion)
     if evaluation.roc is not None:
         classification_metrics.log_roc_curve(*evaluation.roc)
     with open(report.path, "w") as handle:
@@ -262,18 +273,27 @@ def canary_promote(
     max_prediction_shift: float,
     failure_limit: int,
     ready_timeout_s: float,
+    prometheus_url: str,
+    prometheus_token: str,
+    prometheus_ca_bundle: str,
+    prometheus_window: str,
+    max_live_p95_latency_ms: float,
     report: Output[HTML],
 ) -> str:
     """Step traffic to the candidate with analysis at each step; promote or roll back; return the outcome."""
     from components.kserve_serving import KServeOptions
+    from components.prometheus import PrometheusClient, PrometheusProvider
     from components.rollout import CanarySpec, ProbeProvider, canary_promote as run_canary
     from components.workflow import StoreOptions, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
     target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path)
     spec = CanarySpec(tuple(int(step) for step in canary_steps), canary_interval_s, probe_requests, max_error_rate,
-                      max_p95_latency_ms, max_prediction_shift, failure_limit)
-    result = run_canary(target, store, model_name, version, spec, [ProbeProvider(sample, probe_requests)], timeout_s=ready_timeout_s)
+                      max_p95_latency_ms, max_prediction_shift, failure_limit, max_live_p95_latency_ms)
+    providers = [ProbeProvider(sample, probe_requests)]
+    if prometheus_url:
+        providers.append(PrometheusProvider(PrometheusClient(prometheus_url, prometheus_token, prometheus_ca_bundle), prometheus_window))
+    result = run_canary(target, store, model_name, version, spec, providers, timeout_s=ready_timeout_s)
     with open(report.path, "w") as handle:
         handle.write(result.html())
     print(f"{model_name} {version}: {result.outcome} ({result.reason})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import json
 import os
 import re
 import sys
@@ -82,7 +83,7 @@ def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
             raise ValueError(f"{pipeline_name} has no parameter {name!r}; its parameters are {', '.join(sorted(declared))}")
         kind = declared[name].type
         try:
-            arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean, "List": _number_list}.get(kind, str)(text)
+            arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean, "List": _number_list, "Dict": _json_object}.get(kind, str)(text)
         except ValueError:
             raise ValueError(f"--param {name}={text!r}: {name} is a {kind}") from None
     return arguments
@@ -95,6 +96,14 @@ def _boolean(text: str) -> bool:
     if text.lower() in {"false", "0", "no"}:
         return False
     raise ValueError(text)
+
+
+def _json_object(text: str) -> dict:
+    """Return the JSON object a dict parameter spells."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value
 
 
 def _number_list(text: str) -> list[int]:

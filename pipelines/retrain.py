@@ -92,7 +92,9 @@ def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     """Add the ingest task (never cached: its source changes under it)."""
     return _side_effect(ops.ingest(
         model_name=model_name, source=p["source"], file_path=p["file_path"], days=p["days"], seed=p["seed"],
-        validation_fraction=p["validation_fraction"],
+        validation_fraction=p["validation_fraction"], prometheus_url=p["prometheus_url"], prometheus_token=p["prometheus_token"],
+        prometheus_ca_bundle=p["prometheus_ca_bundle"], prometheus_queries=p["prometheus_queries"], prometheus_end=p["prometheus_end"],
+        allow_synthetic_fallback=p["allow_synthetic_fallback"],
     ))
 
 
@@ -121,7 +123,9 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
                 version=version, validation_data=validation_data, canary_steps=p["canary_steps"],
                 canary_interval_s=p["canary_interval_s"], probe_requests=p["probe_requests"],
                 max_error_rate=p["max_error_rate"], max_p95_latency_ms=p["max_p95_latency_ms"],
-                max_prediction_shift=p["max_prediction_shift"], failure_limit=p["failure_limit"], **serving,
+                max_prediction_shift=p["max_prediction_shift"], failure_limit=p["failure_limit"],
+                prometheus_url=p["prometheus_url"], prometheus_token=p["prometheus_token"], prometheus_ca_bundle=p["prometheus_ca_bundle"],
+                prometheus_window=p["prometheus_window"], max_live_p95_latency_ms=p["max_live_p95_latency_ms"], **serving,
             ),
             p,
         )
@@ -162,6 +166,13 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         days: float = 10.0,
         seed: int = 42,
         validation_fraction: float = 0.3,
+        prometheus_url: str = "",
+        prometheus_token: str = "",
+        prometheus_ca_bundle: str = "",
+        prometheus_queries: dict = {},
+        prometheus_end: str = "",
+        allow_synthetic_fallback: bool = False,
+        prometheus_window: str = "2m",
         algorithm: str = DETECTOR.algorithm,
         scaler: str = DETECTOR.scaler,
         n_estimators: int = DETECTOR.n_estimators,
@@ -193,6 +204,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         max_p95_latency_ms: float = CANARY.max_p95_latency_ms,
         max_prediction_shift: float = CANARY.max_prediction_shift,
         failure_limit: int = CANARY.failure_limit,
+        max_live_p95_latency_ms: float = CANARY.max_live_p95_latency_ms,
     ) -> PipelineOutputs:
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         ingest = _ingest(ops, ANOMALY_DETECTOR, p)
@@ -229,6 +241,13 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         days: float = 10.0,
         seed: int = 42,
         validation_fraction: float = 0.3,
+        prometheus_url: str = "",
+        prometheus_token: str = "",
+        prometheus_ca_bundle: str = "",
+        prometheus_queries: dict = {},
+        prometheus_end: str = "",
+        allow_synthetic_fallback: bool = False,
+        prometheus_window: str = "2m",
         horizon_minutes: int = FORECASTER.horizon_minutes,
         alpha: float = FORECASTER.alpha,
         max_mase: float = GATES.max_mase,
@@ -255,6 +274,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         max_p95_latency_ms: float = CANARY.max_p95_latency_ms,
         max_prediction_shift: float = CANARY.max_prediction_shift,
         failure_limit: int = CANARY.failure_limit,
+        max_live_p95_latency_ms: float = CANARY.max_live_p95_latency_ms,
     ) -> PipelineOutputs:
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         ingest = _ingest(ops, PREDICTIVE_ANALYTICS, p)
@@ -292,6 +312,13 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         days: float = 2.0,
         seed: int = 7,
         validation_fraction: float = 0.5,
+        prometheus_url: str = "",
+        prometheus_token: str = "",
+        prometheus_ca_bundle: str = "",
+        prometheus_queries: dict = {},
+        prometheus_end: str = "",
+        allow_synthetic_fallback: bool = False,
+        prometheus_window: str = "2m",
         model_store: str = "pvc",
         pvc_name: str = DEFAULT_PVC,
         s3_prefix: str = "models",
@@ -312,6 +339,7 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         max_p95_latency_ms: float = CANARY.max_p95_latency_ms,
         max_prediction_shift: float = CANARY.max_prediction_shift,
         failure_limit: int = CANARY.failure_limit,
+        max_live_p95_latency_ms: float = CANARY.max_live_p95_latency_ms,
     ):
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         with dsl.ExitHandler(_exit_task(ops, model_name, p), name="rollout-safely"):

@@ -94,3 +94,50 @@ class SeaweedS3:
         if self.process:
             stop_process(self.process.pid)
             self.process.wait(10)
+
+
+class PrometheusServer:
+    """A real Prometheus on 127.0.0.1 with a temporary data dir, optionally backfilled with promtool first."""
+
+    def __init__(self, work: Path, file_sd: Path | None = None) -> None:
+        self.work, self.file_sd = work, file_sd
+        self.process = None
+        self.url = ""
+
+    def backfill(self, openmetrics: str) -> None:
+        """Write OpenMetrics text into TSDB blocks with ``promtool tsdb create-blocks-from openmetrics``."""
+        source = self.work / "backfill.om"
+        source.write_text(openmetrics)
+        (self.work / "data").mkdir(parents=True, exist_ok=True)
+        subprocess.run([shutil.which("promtool") or "promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(self.work / "data")],
+                       check=True, capture_output=True, timeout=300)
+
+    def start(self) -> "PrometheusServer":
+        (self.work / "data").mkdir(parents=True, exist_ok=True)
+        scrape = ""
+        if self.file_sd:
+            scrape = (f"scrape_configs:\n  - job_name: model-servers\n    scrape_interval: 1s\n    scrape_timeout: 1s\n"
+                      f"    file_sd_configs:\n      - files: ['{self.file_sd}']\n        refresh_interval: 1s\n")
+        config = self.work / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n" + scrape)
+        (port,) = free_ports(1)
+        self.process = subprocess.Popen(
+            [shutil.which("prometheus") or "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.work / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=100y", "--log.level=warn"],
+            stdout=open(self.work / "prometheus.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{self.url}/-/ready", timeout=1).status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"Prometheus did not become ready: {(self.work / 'prometheus.log').read_text()[-500:]}")
+
+    def stop(self) -> None:
+        if self.process:
+            stop_process(self.process.pid)
+            self.process.wait(10)

@@ -106,3 +106,14 @@ def test_challenger_must_not_be_worse_than_champion(forecaster_data):
     won = evaluate_candidate(PREDICTIVE_ANALYTICS, pickled(good), forecaster_data.validation, Gates(), champion=("v3", worse))
     assert won.deploy and "not worse than champion v3" in won.reason
     assert won.champion_metrics["mase_mean"] > won.metrics["mase_mean"]
+
+
+def test_unlabelled_cluster_data_is_judged_on_anomaly_rate_and_contract(detector_data):
+    trained = train_anomaly_detector(detector_data.train, DetectorParams(n_estimators=50))
+    unlabelled = detector_data.validation.drop(columns=["is_anomaly", "incident"])
+    evaluation = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), unlabelled, Gates(min_f1=0.99), champion=("v1", trained.estimator))
+    assert evaluation.deploy, evaluation.reason
+    assert "f1" not in evaluation.metrics and evaluation.confusion is None
+    assert "no is_anomaly labels" in evaluation.checks["min_f1"][1] and "no labels to compare" in evaluation.checks["champion"][1]
+    strict = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), unlabelled, Gates(max_anomaly_rate=0.0001))
+    assert not strict.deploy and "max_anomaly_rate" in strict.reason

@@ -1,0 +1,143 @@
+"""Prometheus as a data source and as a canary metrics provider, against a real Prometheus on 127.0.0.1."""
+
+import datetime as dt
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.contract import ANOMALY_DETECTOR, ContractError
+from components.ingest import IngestRequest, ingest
+from components.prometheus import PrometheusClient, PrometheusError, series_frame
+from components.storage import FilesystemStore
+from components.synthetic import generate_cluster_metrics
+from components.train import DetectorParams, train_anomaly_detector
+from tests.conftest import run_cli, snapshot
+from tests.servers import PrometheusServer
+from tests.test_serving import MainUrlClient, save
+
+METRICS = ["node_cpu_utilization", "node_memory_utilization", "pod_cpu_usage", "pod_memory_usage", "container_restart_count"]
+QUERIES = {name: (f"max(test_{name})" if name == "container_restart_count" else f"avg(test_{name})") for name in METRICS}
+DAYS = 1.0
+
+
+def openmetrics(frame: pd.DataFrame) -> str:
+    """Two series per metric (their mean is the true value), sampled every 30 s, series b with a 20-minute gap."""
+    lines = []
+    seconds = frame.timestamp.astype("int64") // 10**9
+    for name in METRICS:
+        lines.append(f"# TYPE test_{name} gauge")
+        offset = 0.0 if name == "container_restart_count" else 0.01
+        for instance, sign in (("a", 1), ("b", -1)):
+            for ts, value in zip(seconds, frame[name]):
+                if instance == "b" and 300 * 60 <= ts - seconds.iloc[0] < 320 * 60:
+                    continue
+                for shift in (0, 30):
+                    lines.append(f'test_{name}{{instance="{instance}"}} {max(value + sign * offset, 0.0)} {ts + shift}')
+    return "\n".join(lines) + "\n# EOF\n"
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    frame = generate_cluster_metrics(ANOMALY_DETECTOR, days=DAYS, seed=13)
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"))
+    server.backfill(openmetrics(frame))
+    server.start()
+    end = (frame.timestamp.iloc[-1] + pd.Timedelta(minutes=1)).isoformat()
+    try:
+        yield server, frame, end
+    finally:
+        server.stop()
+
+
+def test_series_from_several_sources_are_aggregated_on_a_minute_grid():
+    result = [{"metric": {"instance": "a"}, "values": [[60, "1"], [90, "3"], [120, "5"]]},
+              {"metric": {"instance": "b"}, "values": [[60, "3"], [120, "7"]]}]
+    mean = series_frame(result, "x", "mean")
+    assert mean.tolist() == [2.5, 6.0]
+    assert series_frame(result, "x", "sum").tolist() == [5.0, 12.0]
+
+
+def test_ingest_reads_the_backfilled_window_messy_as_it_is(history):
+    server, frame, end = history
+    result = ingest(IngestRequest(ANOMALY_DETECTOR, source="prometheus", days=DAYS, prometheus_url=server.url,
+                                  prometheus_queries=QUERIES, prometheus_end=end))
+    assert result.description.startswith(f"prometheus: {server.url}")
+    joined = pd.concat([result.train, result.validation]).reset_index(drop=True)
+    assert len(joined) >= len(frame) - 2
+    expected = frame.set_index("timestamp")["node_cpu_utilization"]
+    got = joined.set_index("timestamp")["node_cpu_utilization"]
+    common = expected.index.intersection(got.index)
+    assert len(common) > 1400
+    minute = (common - frame.timestamp.iloc[0]) // pd.Timedelta(minutes=1)
+    # Where both series report, their mean is exact; in series b's gap only a (and, for five minutes, b's last
+    # sample, by Prometheus's lookback) remains, so the value is off by about the series' spread.
+    in_gap = (minute >= 300) & (minute < 326)
+    np.testing.assert_allclose(got[common[~in_gap]], expected[common[~in_gap]], atol=1e-9)
+    np.testing.assert_allclose(got[common[in_gap]], expected[common[in_gap]], atol=0.03)
+
+
+def test_too_little_data_is_an_error_unless_fallback_is_explicit(history):
+    server, frame, _ = history
+    early = (frame.timestamp.iloc[0] - pd.Timedelta(days=3)).isoformat()
+    request = IngestRequest(ANOMALY_DETECTOR, source="prometheus", days=1.0, prometheus_url=server.url, prometheus_queries=QUERIES, prometheus_end=early)
+    with pytest.raises(ContractError, match="returned no data for node_cpu_utilization.*set allow_synthetic_fallback=true"):
+        ingest(request)
+    fallback = ingest(IngestRequest(**{**request.__dict__, "allow_synthetic_fallback": True}))
+    assert fallback.description.startswith("SYNTHETIC FALLBACK, not cluster data")
+
+
+def test_local_run_trains_from_prometheus(history, tmp_path):
+    server, _, end = history
+    state = tmp_path / "state"
+    try:
+        result = run_cli("run", ANOMALY_DETECTOR, "--local", "--state-dir", str(state), "--param", "source=prometheus",
+                         "--param", f"prometheus_url={server.url}", "--param", f"prometheus_end={end}", "--param", f"days={DAYS}",
+                         "--param", f"prometheus_queries={json.dumps(QUERIES)}", "--param", "min_f1=0", "--param", "canary_interval_s=0.3")
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))
+    assert result.returncode == 0, result.stdout[-3000:]
+    record = json.loads((state / "store" / ANOMALY_DETECTOR / "v1" / "version.json").read_text())
+    assert record["run_name"] and "prometheus" in result.stdout
+
+
+def test_unreachable_prometheus_fails_clearly_and_never_trains_on_made_up_data(tmp_path):
+    state = tmp_path / "state"
+    result = run_cli("run", ANOMALY_DETECTOR, "--local", "--state-dir", str(state), "--param", "source=prometheus",
+                     "--param", "prometheus_url=http://127.0.0.1:9", "--param", "allow_synthetic_fallback=true")
+    assert result.returncode == 1
+    summary = result.stdout[result.stdout.rindex("Summary"):]
+    assert "ingest" in summary and "cannot reach Prometheus at http://127.0.0.1:9" in summary
+    assert not (state / "store" / ANOMALY_DETECTOR).exists()
+    with pytest.raises(PrometheusError, match="cannot reach Prometheus"):
+        PrometheusClient("http://127.0.0.1:9").query("up")
+
+
+def test_canary_rolls_back_on_prometheus_latency_alone(tmp_path):
+    state = tmp_path / "state"
+    (state / "serving").mkdir(parents=True)
+    targets = state / "serving" / "prometheus-targets.json"
+    targets.write_text("[]")
+    server = PrometheusServer(tmp_path / "prometheus", file_sd=targets).start()
+    data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3))
+    store = FilesystemStore(state / "store")
+    try:
+        save(store, train_anomaly_detector(data.train, DetectorParams(n_estimators=30)).estimator, state)
+        first = run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1")
+        assert first.returncode == 0, first.stdout[-3000:]
+        slow = save(store, train_anomaly_detector(data.train, DetectorParams(n_estimators=1500)).estimator, state)
+        url = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())["router"]["port"]
+        with MainUrlClient(f"http://127.0.0.1:{url}/v1/models/{ANOMALY_DETECTOR}") as engine:
+            result = run_cli("rollout", ANOMALY_DETECTOR, "--version", slow, "--local", "--state-dir", str(state), "--param", "days=1",
+                             "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=10s", "--param", "canary_interval_s=4",
+                             "--param", "max_p95_latency_ms=5000", "--param", "max_live_p95_latency_ms=15", "--param", "canary_steps=[50,100]")
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert engine.failures == []
+        entry = store.read_index(ANOMALY_DETECTOR)["versions"][slow]
+        assert entry["status"] == "rejected" and "live_p95_latency_ms" in entry["rejected_reason"]
+        assert "p95_latency_ms " not in entry["rejected_reason"].replace("live_p95_latency_ms", ""), "the probes alone would have passed"
+        assert store.read_index(ANOMALY_DETECTOR)["stable"] == "v1"
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))
+        server.stop()
