@@ -101,27 +101,20 @@ class S3Store:
             raise StoreError(f"cannot read s3://{self.bucket}/{key}: {_code(error)}; check the bucket and the credentials") from error
         return answer["Body"].read(), answer["ETag"]
 
+    def _versions_with(self, model_name: str, filename: str) -> list[str]:
+        """Return the versions that have ``filename``, oldest first."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        versions = set()
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(model_name) + "/"):
+            for item in page.get("Contents", []):
+                parts = item["Key"].rsplit("/", 2)
+                if len(parts) == 3 and parts[2] == filename and VERSION_PATTERN.match(parts[1]):
+                    versions.add(parts[1])
+        return sorted(versions, key=version_number)
+
     def stored_versions(self, model_name: str) -> list[str]:
         """Return the complete versions (those with a record), oldest first."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        versions = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(model_name) + "/"):
-            for item in page.get("Contents", []):
-                parts = item["Key"].rsplit("/", 2)
-                if len(parts) == 3 and parts[2] == RECORD_FILENAME and VERSION_PATTERN.match(parts[1]):
-                    versions.append(parts[1])
-        return sorted(set(versions), key=version_number)
-
-    def _claimed_numbers(self, model_name: str) -> list[int]:
-        """Return every N whose model.pkl exists, complete or not (a claimed N is never reused)."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        numbers = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(model_name) + "/"):
-            for item in page.get("Contents", []):
-                parts = item["Key"].rsplit("/", 2)
-                if len(parts) == 3 and parts[2] == MODEL_FILENAME and VERSION_PATTERN.match(parts[1]):
-                    numbers.append(version_number(parts[1]))
-        return numbers
+        return self._versions_with(model_name, RECORD_FILENAME)
 
     def save_version(self, model_name: str, model_file: Path, record: dict) -> StoredVersion:
         """Claim the next free v<N> with a conditional create, upload with checksums, write the record, then index."""
@@ -129,8 +122,9 @@ class S3Store:
 
         body = Path(model_file).read_bytes()
         checksum = hashlib.sha256(body).hexdigest()
-        claimed = self._claimed_numbers(model_name)
-        number = max(claimed, default=0) + 1
+        # Every N whose model.pkl exists is taken, complete or not: a claimed number is never reused.
+        claimed = self._versions_with(model_name, MODEL_FILENAME)
+        number = version_number(claimed[-1]) + 1 if claimed else 1
         while True:
             version = f"v{number}"
             try:

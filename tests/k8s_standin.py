@@ -19,10 +19,11 @@ import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from components.local_serving import free_port, http_get, process_alive, stop_process
+from tests.http_json import JsonHandler
 
 ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$")
 
@@ -95,17 +96,7 @@ class KubeStandIn:
     def _handler(self):
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JsonHandler):
 
             def _status(self, code: int, reason: str, message: str) -> None:
                 self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code})
@@ -136,20 +127,10 @@ class KubeStandIn:
                 code, answer = standin.handle(method, namespace, name, body)
                 self._send(code, answer)
 
-            def do_GET(self):
-                self._dispatch("GET")
 
-            def do_POST(self):
-                self._dispatch("POST")
 
-            def do_PATCH(self):
-                self._dispatch("PATCH")
 
-            def do_PUT(self):
-                self._dispatch("PUT")
 
-            def do_DELETE(self):
-                self._dispatch("DELETE")
 
         return Handler
 

@@ -15,7 +15,9 @@ import urllib.parse
 import uuid
 from email.parser import BytesParser
 from email.policy import default as email_policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from tests.http_json import JsonHandler
 
 
 def _now() -> str:
@@ -51,17 +53,7 @@ class KfpStandIn:
     def _handler(self):
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JsonHandler):
 
             def _dispatch(self, method: str) -> None:
                 parsed = urllib.parse.urlparse(self.path)
@@ -82,14 +74,8 @@ class KfpStandIn:
                 code, body = standin.handle(method, parsed.path, query, record)
                 self._send(code, body)
 
-            def do_GET(self):
-                self._dispatch("GET")
 
-            def do_POST(self):
-                self._dispatch("POST")
 
-            def do_DELETE(self):
-                self._dispatch("DELETE")
 
         return Handler
 
