@@ -55,10 +55,12 @@ class _TailingStdout(io.TextIOBase):
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
 
     def write(self, text: str) -> int:
+        """Remember the lines of ``text`` and pass it on; return what the real stdout wrote."""
         self.lines.extend(text.splitlines())
         return self.target.write(text)
 
     def flush(self) -> None:
+        """Flush the real stdout."""
         self.target.flush()
 
     def last_exception(self) -> str:

@@ -206,6 +206,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         failure_limit: int = CANARY.failure_limit,
         max_live_p95_latency_ms: float = CANARY.max_live_p95_latency_ms,
     ) -> PipelineOutputs:
+        """Retrain, evaluate, store and roll out the anomaly detector; return its evaluation."""
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         ingest = _ingest(ops, ANOMALY_DETECTOR, p)
         train = ops.train_anomaly_detector(
@@ -276,6 +277,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         failure_limit: int = CANARY.failure_limit,
         max_live_p95_latency_ms: float = CANARY.max_live_p95_latency_ms,
     ) -> PipelineOutputs:
+        """Retrain, evaluate, store and roll out the forecaster; return its evaluation."""
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         ingest = _ingest(ops, PREDICTIVE_ANALYTICS, p)
         train = ops.train_predictive_analytics(
@@ -341,6 +343,7 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         failure_limit: int = CANARY.failure_limit,
         max_live_p95_latency_ms: float = CANARY.max_live_p95_latency_ms,
     ):
+        """Roll out a stored version: deploy, smoke-test, canary-promote or roll back."""
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         with dsl.ExitHandler(_exit_task(ops, model_name, p), name="rollout-safely"):
             ingest = _ingest(ops, model_name, p)
