@@ -97,6 +97,7 @@ def evaluate_anomaly_detector(
     validation_data: Input[Dataset],
     data_description: str,
     min_f1: float,
+    max_anomaly_rate: float,
     max_predict_latency_ms: float,
     max_pickle_mb: float,
     champion_tolerance: float,
@@ -114,7 +115,8 @@ def evaluate_anomaly_detector(
     from components.evaluate import Gates
     from components.workflow import StoreOptions, evaluate_step
 
-    gates = Gates(min_f1=min_f1, max_predict_latency_ms=max_predict_latency_ms, max_pickle_mb=max_pickle_mb, champion_tolerance=champion_tolerance)
+    gates = Gates(min_f1=min_f1, max_predict_latency_ms=max_predict_latency_ms, max_pickle_mb=max_pickle_mb,
+                  champion_tolerance=champion_tolerance, max_anomaly_rate=max_anomaly_rate)
     store = StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle)
     evaluation, markdown = evaluate_step("anomaly-detector", model.path, validation_data.path, data_description, gates, store)
     for name, value in evaluation.metrics.items():

@@ -181,6 +181,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         target_false_positive_rate: float = DETECTOR.target_false_positive_rate,
         random_state: int = DETECTOR.random_state,
         min_f1: float = GATES.min_f1,
+        max_anomaly_rate: float = GATES.max_anomaly_rate,
         max_predict_latency_ms: float = GATES.max_predict_latency_ms,
         max_pickle_mb: float = GATES.max_pickle_mb,
         champion_tolerance: float = GATES.champion_tolerance,
@@ -217,7 +218,8 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         evaluate = _side_effect(
             ops.evaluate_anomaly_detector(
                 model=train.outputs["model"], validation_data=ingest.outputs["validation_data"],
-                data_description=ingest.outputs["Output"], min_f1=min_f1, max_predict_latency_ms=max_predict_latency_ms,
+                data_description=ingest.outputs["Output"], min_f1=min_f1, max_anomaly_rate=max_anomaly_rate,
+                max_predict_latency_ms=max_predict_latency_ms,
                 max_pickle_mb=max_pickle_mb, champion_tolerance=champion_tolerance, **_store(p),
             ),
             p,
