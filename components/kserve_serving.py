@@ -247,12 +247,16 @@ class KServeTarget:
         backend = {"version": version, "storage_uri": storage_uri, "checksum": checksum}
         main = self._get(model_name)
         mode = self.mode(main)
-        if main is None or not _backend(main["metadata"].get("annotations", {}), "stable"):
+        if main is None:
             explicit = None if self.options.deployment_mode == "auto" else mode
-            self._change(model_name, lambda current: self._manifest(model_name, model_name, backend, explicit) if current is None
-                         else self._serving_patch(backend, _backend_annotations("stable", backend)))
+            self._change(model_name, lambda current: self._manifest(model_name, model_name, backend, explicit) if current is None else None)
             self._wait_ready(model_name, timeout_s)
             return self.status(model_name)
+        if not _backend(main["metadata"].get("annotations", {}), "stable"):
+            # An InferenceService made by hand (the old workflow): adopt what it serves as stable, then canary.
+            serving_uri = main["spec"]["predictor"].get("model", {}).get("storageUri", "")
+            adopted = {"version": serving_uri.rstrip("/").rsplit("/", 1)[-1] or "unmanaged", "storage_uri": serving_uri, "checksum": ""}
+            self._change(model_name, lambda current: {"metadata": {"annotations": _backend_annotations("stable", adopted)}})
         candidate_annotations = _backend_annotations("candidate", backend)
         if mode == SERVERLESS:
             self._change(model_name, lambda current: self._serving_patch(backend, candidate_annotations, canary=0))

@@ -275,3 +275,20 @@ def test_serving_runtime_manifest_matches_the_published_crds():
         schema["properties"]["metadata"] = {"type": "object"}
         errors = [error.message for error in jsonschema.Draft7Validator(schema).iter_errors(runtime)]
         assert errors == [], f"{release}: {errors}"
+
+
+def test_a_hand_made_inference_service_is_adopted_as_stable_not_overwritten(cluster, models):
+    state, standin, env = cluster
+    name = "predictive-analytics"
+    api = client.CustomObjectsApi(config.new_client_from_config(env["KUBECONFIG"]))
+    api.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices", name)
+    FilesystemStore(state / "store").update_index(name, lambda idx: idx.update(stable=None, candidate=None))
+    hand_made = store_version(state, name, models["forecaster"](1.0))
+    api.create_namespaced_custom_object("serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices", {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": name},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": f"pvc://model-storage-pvc/{name}/{hand_made}"}}}})
+    new = store_version(state, name, models["forecaster"](2.0))
+    result = rollout(cluster, name, new, "--param", "deployment_mode=Serverless")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"canary {name} {new} at 10%: pass" in result.stdout, "the new version went through the canary"
+    assert isvc(standin, name)["metadata"]["annotations"]["model-pipelines.io/stable-version"] == new
