@@ -289,7 +289,7 @@ class KServeTarget:
         if candidate and self.mode(main) == SERVERLESS:
             percent = int(main["spec"]["predictor"].get("canaryTrafficPercent") or 0)
         return ServingStatus(model_name, stable and stable["version"], candidate and candidate["version"], percent,
-                             self.endpoints(model_name).main)
+                             model_url(self._base(main, model_name), model_name))
 
     def set_traffic(self, model_name: str, candidate_percent: int, timeout_s: float) -> ServingStatus:
         """Serverless: set canaryTrafficPercent and check the predictor's traffic; RawDeployment: nothing to split."""
@@ -378,7 +378,7 @@ class KServeTarget:
         """Return the base URL of an InferenceService by the endpoint option."""
         if self.options.endpoint == "cluster":
             return f"http://{name}-predictor.{self.namespace}.svc.cluster.local"
-        if self.options.endpoint and name == isvc["metadata"]["name"] and not name.endswith("-candidate"):
+        if self.options.endpoint and not name.endswith("-candidate"):
             return self.options.endpoint
         url = isvc.get("status", {}).get("url")
         if not url:
