@@ -194,13 +194,14 @@ class FilesystemStore:
         try:
             shutil.copyfile(model_file, staging / MODEL_FILENAME)
             checksum = sha256_file(staging / MODEL_FILENAME)
-            version = self._publish(model_name, staging, {**record, "sha256": checksum, "saved_at": utc_now()})
+            full_record = {**record, "sha256": checksum, "saved_at": utc_now()}
+            version = self._publish(model_name, staging, full_record)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         stored = StoredVersion(model_name, version, checksum, self.storage_uri(model_name, version), str(directory / version))
 
         def add_entry(index: dict) -> None:
-            index["versions"][version] = index_entry(self.version_record(model_name, version))
+            index["versions"][version] = index_entry(full_record)
             index["history"].append({"at": utc_now(), "event": "saved", "version": version})
 
         self.update_index(model_name, add_entry)
