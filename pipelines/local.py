@@ -18,8 +18,7 @@ from kfp import local
 
 from components.local_serving import LocalTarget
 from components.serving import ServingStatus
-from components.s3_store import DEFAULT_SECRET
-from components.storage import DEFAULT_PVC, StoreError, champion_version
+from components.storage import StoreError, champion_version
 from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, open_store
 from pipelines.retrain import BUILDERS, DEFAULT_IMAGE
 
@@ -141,10 +140,8 @@ def run_local(
     (state_dir / "store").mkdir(parents=True, exist_ok=True)
     try:
         with _local_environment(state_dir):
-            store = open_store(StoreOptions(
-                str(arguments.get("model_store", "pvc")), str(arguments.get("pvc_name", DEFAULT_PVC)), str(arguments.get("s3_prefix", "models")),
-                str(arguments.get("s3_secret", DEFAULT_SECRET)), bool(arguments.get("s3_verify", True)), str(arguments.get("s3_ca_bundle", "")),
-            ))
+            given = {knob: arguments[knob] for knob in ("pvc_name", "s3_prefix", "s3_secret", "s3_verify", "s3_ca_bundle") if knob in arguments}
+            store = open_store(StoreOptions(kind=str(arguments.get("model_store", "pvc")), **given))
         before = store.read_index(model_name)["versions"]
     except StoreError as error:
         return RunSummary(model_name, succeeded=False, error=str(error))
