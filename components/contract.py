@@ -109,9 +109,9 @@ def schema_for(model_name: str) -> ModelSchema:
         raise ContractError(f"unknown model {model_name!r}: use one of {', '.join(MODEL_NAMES)}") from None
 
 
-def fallback_instance() -> list[float]:
-    """Return the engine's 45-value fallback vector for the anomaly detector."""
-    return list(FALLBACK_METRIC_FEATURES) * len(SCHEMAS[ANOMALY_DETECTOR].base_metrics)
+def fallback_instance(n_metrics: int = len(SCHEMAS[ANOMALY_DETECTOR].base_metrics)) -> list[float]:
+    """Return the engine's fallback vector for ``n_metrics`` metrics (45 values for the anomaly detector)."""
+    return list(FALLBACK_METRIC_FEATURES) * n_metrics
 
 
 def scale_network(bytes_per_second: np.ndarray | pd.Series) -> np.ndarray:
@@ -168,20 +168,26 @@ def _check_finite(values: np.ndarray, what: str) -> None:
 def engineer_features(raw: pd.DataFrame, model_name: str) -> pd.DataFrame:
     """Return the served feature table for validated raw per-minute metrics, one row per usable minute.
 
-    anomaly-detector: 9 features per base metric (value, 5-minute mean/std/min/max, lag 1, lag 5, diff,
-    relative change), grouped by metric; the first 5 rows lack a full window and are dropped.
-    predictive-analytics: the 5 current values. Cost is linear in the number of rows.
+    anomaly-detector: the 9 features of ``metric_features`` for each base metric; the first 5 rows lack a full
+    window and are dropped. predictive-analytics: the 5 current values. Cost is linear in the number of rows.
     """
     schema = schema_for(model_name)
     if not schema.engineered:
         return raw[schema.metric_names].astype(float).reset_index(drop=True)
+    return metric_features(raw, schema.metric_names)
+
+
+def metric_features(raw: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Return the 9 contract features of every column (value, 5-minute mean/std/min/max, lag 1, lag 5, diff,
+    relative change), grouped by column, without the first 5 rows that lack a full window.
+    """
     if len(raw) < MIN_FEATURE_ROWS:
         raise ContractError(
             f"series too short: {len(raw)} row(s), the 9 features need at least {MIN_FEATURE_ROWS} consecutive minutes"
         )
-    columns: dict[str, np.ndarray] = {}
-    for metric in schema.metric_names:
-        series = raw[metric].astype(float).reset_index(drop=True)
+    features: dict[str, np.ndarray] = {}
+    for column in columns:
+        series = raw[column].astype(float).reset_index(drop=True)
         window = series.rolling(WINDOW_MINUTES, min_periods=WINDOW_MINUTES)
         lag_1 = series.shift(1)
         diff_1 = series - lag_1
@@ -191,9 +197,8 @@ def engineer_features(raw: pd.DataFrame, model_name: str) -> pd.DataFrame:
             FEATURE_SUFFIXES,
             (series, window.mean(), window.std(), window.min(), window.max(), lag_1, series.shift(5), diff_1, relative),
         ):
-            columns[f"{metric}__{suffix}"] = np.asarray(values, dtype=float)
-    features = pd.DataFrame(columns)
-    return features.iloc[WINDOW_MINUTES:].reset_index(drop=True)
+            features[f"{column}__{suffix}"] = np.asarray(values, dtype=float)
+    return pd.DataFrame(features).iloc[WINDOW_MINUTES:].reset_index(drop=True)
 
 
 def feature_labels(raw: pd.DataFrame, model_name: str) -> np.ndarray | None:
@@ -206,15 +211,19 @@ def feature_labels(raw: pd.DataFrame, model_name: str) -> np.ndarray | None:
 
 def forecast_pairs(raw: pd.DataFrame, horizon_minutes: int) -> tuple[np.ndarray, np.ndarray]:
     """Return (x_t, x_{t+h}) pairs of the 5 forecaster metrics for a per-minute series."""
-    if horizon_minutes < 1:
-        raise ContractError(f"horizon_minutes must be at least 1, got {horizon_minutes}")
-    values = raw[schema_for(PREDICTIVE_ANALYTICS).metric_names].to_numpy(dtype=float)
-    if len(values) <= horizon_minutes:
+    return horizon_pairs(raw[schema_for(PREDICTIVE_ANALYTICS).metric_names].to_numpy(dtype=float), horizon_minutes, "minute")
+
+
+def horizon_pairs(values: np.ndarray, horizon_steps: int, step: str = "step") -> tuple[np.ndarray, np.ndarray]:
+    """Return (x_t, x_{t+h}) row pairs of an evenly spaced series ``values`` at a horizon of ``horizon_steps`` rows."""
+    if horizon_steps < 1:
+        raise ContractError(f"the horizon must be at least 1 {step}, got {horizon_steps}")
+    if len(values) <= horizon_steps:
         raise ContractError(
-            f"series too short: {len(values)} row(s) cannot make a single pair at a {horizon_minutes}-minute horizon; "
-            f"provide more than {horizon_minutes} minutes of data or lower horizon_minutes"
+            f"series too short: {len(values)} row(s) cannot make a single pair at a {horizon_steps}-{step} horizon; "
+            f"provide more than {horizon_steps} {step}s of data or lower the horizon"
         )
-    return values[:-horizon_minutes], values[horizon_minutes:]
+    return values[:-horizon_steps], values[horizon_steps:]
 
 
 def validate_instances(instances: object, model_name: str) -> np.ndarray:

@@ -11,9 +11,11 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
+from sklearn.compose import ColumnTransformer
 from sklearn.covariance import EllipticEnvelope
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import RobustScaler, StandardScaler
@@ -21,6 +23,8 @@ from sklearn.preprocessing import RobustScaler, StandardScaler
 from components.contract import (
     ANOMALY_DETECTOR,
     PREDICTIVE_ANALYTICS,
+    FALLBACK_METRIC_FEATURES,
+    FEATURE_SUFFIXES,
     ContractError,
     engineer_features,
     fallback_instance,
@@ -40,12 +44,12 @@ STOCK_PICKLE_MODULES = ("sklearn", "numpy", "scipy", "joblib", "builtins", "copy
 class DetectorParams:
     """Hyperparameters of the anomaly detector recipe."""
 
-    algorithm: str = "isolation_forest"
-    scaler: str = "robust"
+    algorithm: str = "elliptic_envelope"
+    scaler: str = "standard"
     n_estimators: int = 200
     max_samples: int = 256
     pca_components: int = 15
-    target_false_positive_rate: float = 0.01
+    target_false_positive_rate: float = 0.02
     random_state: int = 42
 
 
@@ -82,11 +86,30 @@ def _scaler(name: str) -> RobustScaler | StandardScaler:
     return scalers[name]()
 
 
+def no_data_imputer(n_features: int) -> ColumnTransformer:
+    """Return a stock transformer that replaces the engine's no-data values with training medians.
+
+    When Prometheus fails the engine sends fixed values per metric (``FALLBACK_METRIC_FEATURES``). They mean
+    "no data", not a real minute, so each is treated as missing in its own feature column (value 0.5, std 0.1,
+    min 0.3, max 0.7 ...) and imputed with that column's training median: the fallback vector becomes a typical
+    minute. The diff and relative-change sentinels are 0, an ordinary value, and pass through unchanged.
+    """
+    columns_by_sentinel: dict[float, list[int]] = {}
+    for index in range(n_features):
+        position = index % len(FEATURE_SUFFIXES)
+        if FALLBACK_METRIC_FEATURES[position] != 0.0:
+            columns_by_sentinel.setdefault(FALLBACK_METRIC_FEATURES[position], []).append(index)
+    imputers = [
+        (f"no_data_{sentinel:g}", SimpleImputer(missing_values=sentinel, strategy="median", keep_empty_features=True), columns)
+        for sentinel, columns in columns_by_sentinel.items()
+    ]
+    return ColumnTransformer(imputers, remainder="passthrough")
+
+
 def _detector_pipeline(params: DetectorParams, n_features: int) -> Pipeline:
-    """Return the unfitted detector pipeline for ``params``."""
+    """Return the unfitted detector pipeline for ``params``: no-data imputer, scaler, then the detector."""
     if params.algorithm == "isolation_forest":
         steps = [
-            ("scaler", _scaler(params.scaler)),
             (
                 "detector",
                 IsolationForest(
@@ -98,68 +121,80 @@ def _detector_pipeline(params: DetectorParams, n_features: int) -> Pipeline:
         ]
     elif params.algorithm == "elliptic_envelope":
         steps = [
-            ("scaler", _scaler(params.scaler)),
             ("pca", PCA(n_components=min(params.pca_components, n_features), random_state=params.random_state)),
             ("detector", EllipticEnvelope(random_state=params.random_state, support_fraction=0.99)),
         ]
     else:
         raise ContractError(f"unknown algorithm {params.algorithm!r}: use isolation_forest or elliptic_envelope")
-    return Pipeline(steps)
+    return Pipeline([("no_data", no_data_imputer(n_features)), ("scaler", _scaler(params.scaler)), *steps])
 
 
-def train_anomaly_detector(train: pd.DataFrame, params: DetectorParams) -> TrainedModel:
-    """Fit the detector on raw training metrics and calibrate its threshold on the training rows.
+def fit_detector(normal: np.ndarray, params: DetectorParams) -> tuple[Pipeline, dict[str, float | str]]:
+    """Fit the detector recipe on feature rows (9 per metric) and return it with its threshold calibration.
 
-    The threshold is set so that ``target_false_positive_rate`` of the normal training rows (all rows when
-    unlabelled) score as anomalies; ``predict`` then returns integer -1 (anomaly) or 1 (normal). The contract
-    requires the engine's fallback vector to be called normal, so the threshold never rises above its score;
-    evaluate reports what that costs in recall.
+    The threshold flags ``target_false_positive_rate`` of ``normal``; ``predict`` then returns integer -1
+    (anomaly) or 1 (normal). The contract requires the engine's fallback vector to be called normal, so the
+    threshold never rises above its score (the no-data imputer normally makes that a typical score).
     """
     if not 0.0 < params.target_false_positive_rate < 0.5:
         raise ContractError(
             f"target_false_positive_rate must be between 0 and 0.5, got {params.target_false_positive_rate}"
         )
-    features = engineer_features(train, ANOMALY_DETECTOR)
-    labels = feature_labels(train, ANOMALY_DETECTOR)
-    normal = features.to_numpy() if labels is None else features.to_numpy()[labels == 0]
     if len(normal) < 10:
         raise ContractError(f"only {len(normal)} normal training row(s); the detector needs at least 10")
-    pipeline = _detector_pipeline(params, features.shape[1])
+    pipeline = _detector_pipeline(params, normal.shape[1])
     pipeline.fit(normal)
     scores = pipeline.score_samples(normal)
-    fallback_score = float(pipeline.score_samples(np.array([fallback_instance()]))[0])
+    fallback = np.array([fallback_instance(normal.shape[1] // len(FEATURE_SUFFIXES))])
+    fallback_score = float(pipeline.score_samples(fallback)[0])
     # decision_function = score_samples - offset_; rows scoring below the offset are anomalies.
     offset = float(np.quantile(scores, params.target_false_positive_rate))
     fallback_limit = fallback_score - FALLBACK_MARGIN * abs(fallback_score)
-    pipeline.named_steps["detector"].offset_ = min(offset, fallback_limit)
+    threshold = min(offset, fallback_limit)
+    pipeline.named_steps["detector"].offset_ = threshold
     calibration = {
-        "threshold": min(offset, fallback_limit),
+        "threshold": threshold,
         "threshold_set_by": "fallback_vector" if fallback_limit < offset else "target_false_positive_rate",
-        "training_false_positive_rate": float(np.mean(scores < min(offset, fallback_limit))),
+        "training_false_positive_rate": float(np.mean(scores < threshold)),
     }
+    return pipeline, calibration
+
+
+def train_anomaly_detector(train: pd.DataFrame, params: DetectorParams) -> TrainedModel:
+    """Fit the detector (``fit_detector``) on the normal rows of raw training metrics and return it with lineage."""
+    features = engineer_features(train, ANOMALY_DETECTOR).to_numpy()
+    labels = feature_labels(train, ANOMALY_DETECTOR)
+    normal = features if labels is None else features[labels == 0]
+    pipeline, calibration = fit_detector(normal, params)
     parameters = {"model_name": ANOMALY_DETECTOR, **asdict(params), **calibration}
     return TrainedModel(pipeline, parameters, data_fingerprint(train), len(normal))
 
 
 def train_predictive_analytics(train: pd.DataFrame, params: ForecasterParams) -> TrainedModel:
-    """Fit a forecaster from the 5 current values to the 5 values ``horizon_minutes`` later.
+    """Fit the forecaster (``fit_forecaster``) on raw per-minute training metrics and return it with lineage."""
+    current, future = forecast_pairs(train, params.horizon_minutes)
+    ridge = fit_forecaster(current, future, params.alpha)
+    return TrainedModel(ridge, {"model_name": PREDICTIVE_ANALYTICS, **asdict(params)}, data_fingerprint(train), len(current))
+
+
+def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> Ridge:
+    """Return a stock Ridge that predicts ``future`` rows from ``current`` rows, never worse than persistence on holdout.
 
     A Ridge learns the change x_{t+h} - x_t; adding the identity to its coefficients turns it into a stock
     Ridge that predicts levels, so the served object needs nothing but scikit-learn. An output whose learned
-    change loses to persistence on the newest ``HOLDOUT_FRACTION`` of the training pairs predicts persistence.
+    change loses to persistence on the newest ``HOLDOUT_FRACTION`` of the pairs predicts persistence.
     """
-    current, future = forecast_pairs(train, params.horizon_minutes)
     holdout = int(len(current) * (1.0 - HOLDOUT_FRACTION))
-    probe = Ridge(alpha=params.alpha).fit(current[:holdout], future[:holdout] - current[:holdout])
+    probe = Ridge(alpha=alpha).fit(current[:holdout], future[:holdout] - current[:holdout])
     learned_error = np.abs(current[holdout:] + probe.predict(current[holdout:]) - future[holdout:]).mean(axis=0)
     persistence_error = np.abs(current[holdout:] - future[holdout:]).mean(axis=0)
     keep_learned = learned_error < persistence_error
-    ridge = Ridge(alpha=params.alpha).fit(current, future - current)
-    # Outputs where the learned change did not beat "the future equals now" on the newest training data
-    # fall back to persistence: coefficient row 0 and intercept 0 before the identity is added.
+    ridge = Ridge(alpha=alpha).fit(current, future - current)
+    # Outputs where the learned change did not beat "the future equals now" on the newest pairs fall back to
+    # persistence: coefficient row 0 and intercept 0 before the identity is added.
     ridge.coef_ = np.where(keep_learned[:, None], ridge.coef_, 0.0) + np.eye(current.shape[1])
     ridge.intercept_ = np.where(keep_learned, ridge.intercept_, 0.0)
-    return TrainedModel(ridge, {"model_name": PREDICTIVE_ANALYTICS, **asdict(params)}, data_fingerprint(train), len(current))
+    return ridge
 
 
 def foreign_pickle_modules(estimator: object) -> list[str]:

@@ -45,11 +45,27 @@ def test_detector_threshold_is_calibrated_on_training_data(detector_data):
     normal = engineer_features(detector_data.train, ANOMALY_DETECTOR)[detector_data.train.is_anomaly.iloc[5:].to_numpy() == 0]
     predictions = trained.estimator.predict(normal.to_numpy())
     assert predictions.dtype.kind == "i" and set(np.unique(predictions)) <= {-1, 1}
-    # The threshold flags the target share of normal training rows, or fewer when the contract's fallback
-    # vector needs a lower threshold to stay normal.
+    # The threshold flags the target share of normal training rows (up to one row of quantile rounding); the
+    # no-data imputer makes the engine's fallback vector a typical minute, so it does not pull the threshold.
     assert (predictions == -1).mean() == pytest.approx(trained.parameters["training_false_positive_rate"])
-    assert 0 < trained.parameters["training_false_positive_rate"] <= 0.02
+    assert 0.015 < trained.parameters["training_false_positive_rate"] <= 0.02 + 1 / len(normal)
+    assert trained.parameters["threshold_set_by"] == "target_false_positive_rate"
     assert trained.estimator.predict(np.array([fallback_instance()])).tolist() == [1]
+
+
+def test_no_data_values_are_imputed_per_feature_column(detector_data):
+    trained = train_anomaly_detector(detector_data.train, DetectorParams())
+    imputer = trained.estimator.named_steps["no_data"]
+    features = engineer_features(detector_data.train, ANOMALY_DETECTOR)
+    typical = features[detector_data.train.is_anomaly.iloc[5:].to_numpy() == 0].median().to_numpy()
+    # The fallback vector becomes the training medians, except diff and relative change whose sentinel is 0.
+    imputed_fallback = imputer.transform(np.array([fallback_instance()]))[0]
+    passthrough = [index for index in range(45) if index % 9 in (7, 8)]
+    assert sorted(imputed_fallback[-10:].tolist()) == [0.0] * 10
+    assert sorted(imputed_fallback[:-10].round(9).tolist()) == sorted(np.delete(typical, passthrough).round(9).tolist())
+    # A real minute passes through untouched (same values, possibly reordered).
+    minute = engineer_features(detector_data.validation, ANOMALY_DETECTOR).to_numpy()[:1]
+    assert sorted(imputer.transform(minute)[0].tolist()) == sorted(minute[0].tolist())
 
 
 def test_forecaster_learns_the_future_not_the_present(forecaster_data):
