@@ -61,12 +61,7 @@ def score_detector(estimator: object, validation: pd.DataFrame) -> tuple[dict[st
     flagged = (np.asarray(estimator.predict(features)) == -1).astype(int)
     if labels is None:
         return {"anomaly_rate": float(flagged.mean())}, None, None
-    metrics = {
-        "precision": float(precision_score(labels, flagged, zero_division=0)),
-        "recall": float(recall_score(labels, flagged, zero_division=0)),
-        "f1": float(f1_score(labels, flagged, zero_division=0)),
-        "anomaly_rate": float(flagged.mean()),
-    }
+    metrics = {**detection_scores(labels, flagged), "anomaly_rate": float(flagged.mean())}
     matrix = confusion_matrix(labels, flagged, labels=[0, 1]).tolist()
     roc = None
     if 0 < labels.sum() < len(labels):
@@ -77,6 +72,35 @@ def score_detector(estimator: object, validation: pd.DataFrame) -> tuple[dict[st
         finite = np.nan_to_num(thresholds[keep], posinf=float(anomaly_score.max()) + 1.0)
         roc = (fpr[keep].tolist(), tpr[keep].tolist(), finite.tolist())
     return metrics, matrix, roc
+
+
+def detection_scores(labels: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
+    """Return point-wise precision, recall and F1 of 0/1 ``flagged`` rows against 0/1 ``labels``."""
+    return {
+        "precision": float(precision_score(labels, flagged, zero_division=0)),
+        "recall": float(recall_score(labels, flagged, zero_division=0)),
+        "f1": float(f1_score(labels, flagged, zero_division=0)),
+    }
+
+
+def point_adjusted(labels: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """Return ``flagged`` with every labelled anomaly segment fully flagged when any of its rows is (point adjustment)."""
+    adjusted = np.asarray(flagged, dtype=int).copy()
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(labels, dtype=int), [0]])))
+    for start, end in zip(edges[::2], edges[1::2]):
+        if adjusted[start:end].any():
+            adjusted[start:end] = 1
+    return adjusted
+
+
+def single_row_latency_ms(estimator: object, row: np.ndarray, repeats: int = LATENCY_REPEATS) -> float:
+    """Return the median milliseconds of ``estimator.predict`` on the one-row matrix ``row``."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        estimator.predict(row)
+        timings.append((time.perf_counter() - started) * 1000.0)
+    return float(np.median(timings))
 
 
 def score_forecaster(estimator: object, validation: pd.DataFrame, horizon_minutes: int) -> dict[str, float]:
@@ -111,13 +135,7 @@ def contract_checks(estimator: object, model_name: str, model_bytes: bytes, gate
     else:
         ok = output.shape == (3, schema.n_features) and np.issubdtype(output.dtype, np.floating)
         checks["output_type"] = (ok, f"predict returns {output.dtype} of shape {output.shape}; the engine needs 5 floats per row")
-    single = rows[:1]
-    timings = []
-    for _ in range(LATENCY_REPEATS):
-        started = time.perf_counter()
-        estimator.predict(single)
-        timings.append((time.perf_counter() - started) * 1000.0)
-    latency_ms = float(np.median(timings))
+    latency_ms = single_row_latency_ms(estimator, rows[:1])
     checks["predict_latency"] = (
         latency_ms <= gates.max_predict_latency_ms,
         f"single-row predict takes {latency_ms:.2f} ms (limit {gates.max_predict_latency_ms:g} ms)",

@@ -121,7 +121,8 @@ def _detector_pipeline(params: DetectorParams, n_features: int) -> Pipeline:
         ]
     elif params.algorithm == "elliptic_envelope":
         steps = [
-            ("pca", PCA(n_components=min(params.pca_components, n_features), random_state=params.random_state)),
+            # diff_1m = value - lag_1m, so the 9 features of a metric span at most 8 dimensions.
+            ("pca", PCA(n_components=min(params.pca_components, n_features - n_features // len(FEATURE_SUFFIXES)), random_state=params.random_state)),
             ("detector", EllipticEnvelope(random_state=params.random_state, support_fraction=0.99)),
         ]
     else:

@@ -1,0 +1,124 @@
+"""Model quality benchmarks: the pipeline's default recipes against the upstream recipes on real server data.
+
+    python -m benchmarks anomaly  --data-dir ../shared/datasets/smd [--machines machine-1-2 ...] --json OUT
+    python -m benchmarks nab      --data-dir ../shared/datasets/nab --json OUT
+    python -m benchmarks forecast --data-dir ../shared/datasets/datacenter-traces --json OUT
+
+Each verb prints progress and a summary, writes its JSON to ``--json`` and a Markdown table plus PNG plots to
+``--results-dir`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from benchmarks import quality
+from benchmarks import quality_report as report
+from components.contract import ContractError
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def anomaly(args: argparse.Namespace) -> dict:
+    """Score both detector recipes on every SMD machine and return the fixed-shape JSON report."""
+    machines = args.machines or quality.smd_machines(args.data_dir)
+    items: dict[str, dict] = {recipe: {} for recipe in quality.RECIPES}
+    for number, machine in enumerate(machines, 1):
+        scores = quality.benchmark_machine(args.data_dir, machine)
+        for recipe in quality.RECIPES:
+            items[recipe][machine] = scores[recipe]
+        print(f"[{number}/{len(machines)}] {machine}: " + ", ".join(
+            f"{recipe} F1 {scores[recipe]['f1']:.3f} ({scores[recipe]['predict_ms']:.2f} ms)" for recipe in quality.RECIPES), flush=True)
+    result = {recipe: {"mean": quality.mean_of(items[recipe]), "items": items[recipe]} for recipe in quality.RECIPES}
+    _write_detection(args, "anomaly", "Anomaly detector on SMD (point-wise, threshold from training data only)", result, report.DETECTION_FIELDS, "f1")
+    return result
+
+
+def nab(args: argparse.Namespace) -> dict:
+    """Score both detector recipes on every labelled NAB series and return the fixed-shape JSON report."""
+    series = quality.nab_series(args.data_dir)
+    items: dict[str, dict] = {recipe: {} for recipe in quality.RECIPES}
+    for number, (key, windows) in enumerate(series.items(), 1):
+        name = Path(key).stem
+        scores = quality.benchmark_series(args.data_dir, key, windows)
+        for recipe in quality.RECIPES:
+            items[recipe][name] = scores[recipe]
+        print(f"[{number}/{len(series)}] {name}: " + ", ".join(
+            f"{recipe} {scores[recipe]['windows_detected']}/{scores[recipe]['windows']} windows, "
+            f"{scores[recipe]['false_positives']} false positives" for recipe in quality.RECIPES), flush=True)
+    result = {recipe: {"mean": quality.mean_of(items[recipe]), "items": items[recipe]} for recipe in quality.RECIPES}
+    _write_detection(args, "nab", "Anomaly detector on NAB realAWSCloudwatch (after the 15 % probation period)", result, report.NAB_FIELDS, "windows_detected")
+    return result
+
+
+def forecast(args: argparse.Namespace) -> dict:
+    """Score the forecaster on each datacenter trace found and return the fixed-shape JSON report."""
+    result: dict[str, dict] = {}
+    available = [name for name, (relative, _) in quality.TRACES.items() if (args.data_dir / relative).is_file()]
+    if not available:
+        raise ContractError(f"{args.data_dir}: no trace found; expected one of {[relative for relative, _ in quality.TRACES.values()]}")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    for dataset in available:
+        outputs = list(quality.TRACES[dataset][1])
+        result[dataset], curves = quality.benchmark_trace(quality.read_trace(args.data_dir, dataset), outputs)
+        print(f"{dataset}: " + ", ".join(f"{output} MASE {scores['mase_persistence']:.3f}" for output, scores in result[dataset].items()), flush=True)
+        steps_per_hour = quality.HORIZON_SECONDS // quality.TRACE_STEP_SECONDS
+        report.plot_forecast(dataset, curves, outputs, args.results_dir / f"forecast-{dataset}.png", steps_per_hour)
+    (args.results_dir / "forecast.md").write_text(report.forecast_markdown(_command(), result))
+    return result
+
+
+def _write_detection(args: argparse.Namespace, verb: str, title: str, result: dict, fields: tuple[str, ...], plotted: str) -> None:
+    """Write the Markdown table and the bar chart of one detection verb."""
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / f"{verb}.md").write_text(report.detection_markdown(title, _command(), result, fields))
+    report.plot_recipes(result, plotted, args.results_dir / f"{verb}-{plotted}.png", title)
+
+
+def _command() -> str:
+    """Return the command line that reproduces this run."""
+    return "python -m benchmarks " + shlex.join(sys.argv[1:])
+
+
+def summary(verb: str, result: dict) -> str:
+    """Return the closing summary line of a run."""
+    if verb == "forecast":
+        return "; ".join(f"{dataset} mean MASE vs persistence {sum(o['mase_persistence'] for o in outputs.values()) / len(outputs):.3f}"
+                         for dataset, outputs in result.items())
+    field = "f1" if verb == "anomaly" else "windows_detected"
+    project, upstream = result["project"]["mean"], result["upstream"]["mean"]
+    return (f"mean {field}: project {project[field]:.3f}, upstream {upstream[field]:.3f}; single-row predict "
+            f"{project['predict_ms']:.2f} ms vs {upstream['predict_ms']:.2f} ms ({project['predict_ms'] / upstream['predict_ms']:.2f}x)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one benchmark verb and return the exit code (2 on bad input, with the reason on stderr)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    for verb, help_text in (("anomaly", "SMD-format data: train/, test/, test_label/"),
+                            ("nab", "NAB-format data: data/<group>/<series>.csv, labels/combined_windows.json"),
+                            ("forecast", "datacenter traces: alibaba2018/ and google2019/ CSVs")):
+        command = verbs.add_parser(verb, help=help_text)
+        command.add_argument("--data-dir", type=Path, required=True)
+        command.add_argument("--json", type=Path, required=True, help="where to write the JSON results")
+        command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown and PNG output (default %(default)s)")
+        if verb == "anomaly":
+            command.add_argument("--machines", nargs="+", help="machine names (default: every machine under train/)")
+    args = parser.parse_args(argv)
+    try:
+        result = {"anomaly": anomaly, "nab": nab, "forecast": forecast}[args.verb](args)
+    except (ContractError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(f"{summary(args.verb, result)}\nJSON: {args.json}; Markdown and plots: {args.results_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
