@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test compile bench serve-stop clean
+.PHONY: run test compile bench quality serve-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ compile: $(STAMP) ## recompile compiled/*.yaml
 bench: $(STAMP) ## local-run overhead and serving latency, each as ratios against an in-process baseline
 	$(BIN)/python -m benchmarks.local_run
 	$(BIN)/python -m benchmarks.serving
+
+DATA ?= ../shared/datasets
+quality: $(STAMP) ## model quality on real data against the upstream recipes (benchmarks/results/)
+	$(BIN)/python -m benchmarks forecast --data-dir $(DATA)/datacenter-traces --json benchmarks/results/forecast.json
+	$(BIN)/python -m benchmarks nab --data-dir $(DATA)/nab --json benchmarks/results/nab.json
+	$(BIN)/python -m benchmarks anomaly --data-dir $(DATA)/smd --json benchmarks/results/anomaly.json
 
 serve-stop: $(STAMP) ## stop the local model servers that `make run` left serving
 	$(BIN)/model-pipelines serve stop

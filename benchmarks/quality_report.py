@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 from components.contract import PREDICTIVE_ANALYTICS, schema_for  # noqa: E402
 
 DETECTION_FIELDS = ("precision", "recall", "f1", "pa_f1", "fit_s", "predict_ms")
-NAB_FIELDS = ("windows_detected", "windows", "false_positives", "fit_s", "predict_ms")
+COUNT_FIELDS = ("windows_detected", "windows", "false_positives")
+NAB_FIELDS = (*COUNT_FIELDS, "fit_s", "predict_ms")
 PLOTTED_HOURS = 48
 
 
@@ -24,9 +25,9 @@ def detection_markdown(title: str, command: str, report: dict, fields: tuple[str
     items = next(iter(report.values()))["items"]
     for item in items:
         for recipe, result in report.items():
-            lines.append(f"| {item} | {recipe} | " + " | ".join(_cell(result["items"][item][field]) for field in fields) + " |")
+            lines.append(f"| {item} | {recipe} | " + " | ".join(_cell(result["items"][item][field], field) for field in fields) + " |")
     for recipe, result in report.items():
-        lines.append(f"| **mean** | **{recipe}** | " + " | ".join(f"**{_cell(result['mean'][field])}**" for field in fields) + " |")
+        lines.append(f"| **mean** | **{recipe}** | " + " | ".join(f"**{_cell(result['mean'][field], 'mean')}**" for field in fields) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -41,9 +42,9 @@ def forecast_markdown(command: str, report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: float) -> str:
-    """Return a table cell: integers as they are, other numbers with three decimals."""
-    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:.3f}"
+def _cell(value: float, field: str) -> str:
+    """Return a table cell: counts of one series as integers, everything else (means included) with three decimals."""
+    return str(int(value)) if field in COUNT_FIELDS and float(value).is_integer() else f"{value:.3f}"
 
 
 def plot_recipes(report: dict, field: str, path: Path, title: str) -> None:
