@@ -58,17 +58,19 @@ def nab(args: argparse.Namespace) -> dict:
 def forecast(args: argparse.Namespace) -> dict:
     """Score the forecaster on each datacenter trace found and return the fixed-shape JSON report."""
     result: dict[str, dict] = {}
+    bounds: dict[str, dict[str, float]] = {}
     available = [name for name, (relative, _) in quality.TRACES.items() if (args.data_dir / relative).is_file()]
     if not available:
         raise ContractError(f"{args.data_dir}: no trace found; expected one of {[relative for relative, _ in quality.TRACES.values()]}")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     for dataset in available:
         outputs = list(quality.TRACES[dataset][1])
-        result[dataset], curves = quality.benchmark_trace(quality.read_trace(args.data_dir, dataset), outputs)
+        run = quality.benchmark_trace(quality.read_trace(args.data_dir, dataset), outputs)
+        result[dataset], bounds[dataset] = run.scores, run.linear_bound
         print(f"{dataset}: " + ", ".join(f"{output} MASE {scores['mase_persistence']:.3f}" for output, scores in result[dataset].items()), flush=True)
         steps_per_hour = quality.HORIZON_SECONDS // quality.TRACE_STEP_SECONDS
-        report.plot_forecast(dataset, curves, outputs, args.results_dir / f"forecast-{dataset}.png", steps_per_hour)
-    (args.results_dir / "forecast.md").write_text(report.forecast_markdown(_command(), result))
+        report.plot_forecast(dataset, run.curves, outputs, args.results_dir / f"forecast-{dataset}.png", steps_per_hour)
+    (args.results_dir / "forecast.md").write_text(report.forecast_markdown(_command(), result, bounds))
     return result
 
 
