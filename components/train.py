@@ -143,6 +143,11 @@ def fit_detector(normal: np.ndarray, params: DetectorParams) -> tuple[Pipeline, 
         )
     if len(normal) < 10:
         raise ContractError(f"only {len(normal)} normal training row(s); the detector needs at least 10")
+    if normal.ndim != 2 or normal.shape[1] % len(FEATURE_SUFFIXES):
+        raise ContractError(
+            f"the detector needs the {len(FEATURE_SUFFIXES)} contract features per metric, got rows of shape {normal.shape[1:]}; "
+            "build them with contract.metric_features"
+        )
     pipeline = _detector_pipeline(params, normal.shape[1])
     pipeline.fit(normal)
     scores = pipeline.score_samples(normal)

@@ -15,6 +15,7 @@ from components.train import (
     DetectorParams,
     ForecasterParams,
     TrainedModel,
+    fit_detector,
     foreign_pickle_modules,
     save_model,
     train_anomaly_detector,
@@ -51,6 +52,11 @@ def test_detector_threshold_is_calibrated_on_training_data(detector_data):
     assert 0.015 < trained.parameters["training_false_positive_rate"] <= 0.02 + 1 / len(normal)
     assert trained.parameters["threshold_set_by"] == "target_false_positive_rate"
     assert trained.estimator.predict(np.array([fallback_instance()])).tolist() == [1]
+
+
+def test_fit_detector_refuses_rows_that_are_not_nine_features_per_metric():
+    with pytest.raises(ContractError, match="needs the 9 contract features per metric, got rows of shape \\(10,\\).*metric_features"):
+        fit_detector(np.random.default_rng(0).normal(size=(50, 10)), DetectorParams())
 
 
 def test_no_data_values_are_imputed_per_feature_column(detector_data):
