@@ -163,7 +163,8 @@ def benchmark_series(data_dir: Path, key: str, windows: list[list[str]]) -> dict
     """Return windows detected and false-positive rows of each recipe on one NAB series, after its probation period."""
     frame = pd.read_csv(data_dir / "data" / key, parse_dates=["timestamp"])
     values = frame[["value"]].astype(float)
-    cut = max(int(len(values) * NAB_PROBATION_FRACTION), 2 * WINDOW_MINUTES + 10)
+    # At least 10 feature rows to fit on, after the first minutes that lack a full window.
+    cut = max(int(len(values) * NAB_PROBATION_FRACTION), WINDOW_MINUTES + 10)
     train_features, test_features = features_with_history(values.iloc[:cut], values.iloc[cut:])
     times = frame["timestamp"].iloc[cut:].to_numpy()
     inside = np.zeros(len(times), dtype=bool)
