@@ -43,7 +43,7 @@ def models():
     detector_data = ingest(IngestRequest(ANOMALY_DETECTOR, days=3, seed=31))
     forecaster_data = ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=4, seed=31))
     return {
-        "detector": lambda seed: train_anomaly_detector(detector_data.train, DetectorParams(n_estimators=40, random_state=seed)).estimator,
+        "detector": lambda seed: train_anomaly_detector(detector_data.train, DetectorParams(random_state=seed)).estimator,
         "alarmist": lambda seed: alarmist_model(detector_data),
         "forecaster": lambda seed: train_predictive_analytics(forecaster_data.train, ForecasterParams(alpha=seed)).estimator,
     }

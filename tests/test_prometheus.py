@@ -123,10 +123,10 @@ def test_canary_rolls_back_on_prometheus_latency_alone(tmp_path):
     data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3))
     store = FilesystemStore(state / "store")
     try:
-        save(store, train_anomaly_detector(data.train, DetectorParams(n_estimators=30)).estimator, state)
+        save(store, train_anomaly_detector(data.train, DetectorParams()).estimator, state)
         first = run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1")
         assert first.returncode == 0, first.stdout[-3000:]
-        slow = save(store, train_anomaly_detector(data.train, DetectorParams(n_estimators=1500)).estimator, state)
+        slow = save(store, train_anomaly_detector(data.train, DetectorParams(algorithm="isolation_forest", n_estimators=1500)).estimator, state)
         url = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())["router"]["port"]
         with MainUrlClient(f"http://127.0.0.1:{url}/v1/models/{ANOMALY_DETECTOR}") as engine:
             result = run_cli("rollout", ANOMALY_DETECTOR, "--version", slow, "--local", "--state-dir", str(state), "--param", "days=1",

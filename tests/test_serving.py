@@ -66,7 +66,7 @@ def served(tmp_path_factory, training):
     """A state dir whose store has a good detector v1, rolled out as the stable version."""
     state = tmp_path_factory.mktemp("serving")
     store = FilesystemStore(state / "store")
-    save(store, train_anomaly_detector(training.train, DetectorParams(n_estimators=50)).estimator, state)
+    save(store, train_anomaly_detector(training.train, DetectorParams()).estimator, state)
     result = run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), *FAST)
     assert result.returncode == 0, result.stdout[-3000:]
     try:
@@ -94,7 +94,7 @@ def router_requests(url: str, version: str) -> float:
 
 
 def raising_model(training):
-    model = train_anomaly_detector(training.train, DetectorParams(n_estimators=20)).estimator
+    model = train_anomaly_detector(training.train, DetectorParams(algorithm="isolation_forest", n_estimators=20)).estimator
     del model.named_steps["detector"].estimators_
     return model
 
@@ -110,11 +110,11 @@ def wrong_shape_model(training):
 
 
 def slow_model(training):
-    return train_anomaly_detector(training.train, DetectorParams(n_estimators=3000, max_samples=512)).estimator
+    return train_anomaly_detector(training.train, DetectorParams(algorithm="isolation_forest", n_estimators=3000, max_samples=512)).estimator
 
 
 def alarmist_model(training):
-    model = train_anomaly_detector(training.train, DetectorParams(n_estimators=50)).estimator
+    model = train_anomaly_detector(training.train, DetectorParams()).estimator
     model.named_steps["detector"].offset_ = np.inf
     return model
 
@@ -173,7 +173,7 @@ def test_candidate_whose_file_does_not_match_its_checksum_is_refused(served, tra
 def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(n_estimators=60, random_state=5)).estimator, state)
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=5)).estimator, state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         rollout = subprocess.Popen(
@@ -198,7 +198,7 @@ def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(se
 
 def test_good_candidate_is_promoted_through_every_step(served, training):
     state, store = served
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(n_estimators=60, random_state=9)).estimator, state)
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=9)).estimator, state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST)
@@ -216,7 +216,7 @@ def test_good_candidate_is_promoted_through_every_step(served, training):
 def test_a_failing_step_leaves_stable_serving_and_the_candidate_at_zero(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(n_estimators=40, random_state=3)).estimator, state)
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=3)).estimator, state)
     result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, "--param", "canary_steps=[50,20]")
     assert result.returncode == 1 and "steps must be increasing percentages" in result.stdout
     assert "ensure-safe-serving" in result.stdout and "serving is safe" in result.stdout

@@ -40,7 +40,7 @@ def pickled(estimator) -> bytes:
 
 
 def test_detector_threshold_is_calibrated_on_training_data(detector_data):
-    params = DetectorParams(n_estimators=50, target_false_positive_rate=0.02)
+    params = DetectorParams(target_false_positive_rate=0.02)
     trained = train_anomaly_detector(detector_data.train, params)
     assert isinstance(trained.estimator, Pipeline)
     normal = engineer_features(detector_data.train, ANOMALY_DETECTOR)[detector_data.train.is_anomaly.iloc[5:].to_numpy() == 0]
@@ -97,7 +97,7 @@ def test_only_stock_objects_can_be_saved(tmp_path):
 
 
 def test_evaluation_passes_a_good_detector_and_renders_dashboard_data(detector_data):
-    trained = train_anomaly_detector(detector_data.train, DetectorParams(n_estimators=50))
+    trained = train_anomaly_detector(detector_data.train, DetectorParams())
     evaluation = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), detector_data.validation, Gates(min_f1=0.1))
     assert evaluation.deploy, evaluation.reason
     assert {"precision", "recall", "f1", "roc_auc", "predict_latency_ms", "pickle_mb"} <= set(evaluation.metrics)
@@ -108,7 +108,7 @@ def test_evaluation_passes_a_good_detector_and_renders_dashboard_data(detector_d
 
 
 def test_gates_and_contract_checks_block_deployment(detector_data, forecaster_data):
-    trained = train_anomaly_detector(detector_data.train, DetectorParams(n_estimators=50))
+    trained = train_anomaly_detector(detector_data.train, DetectorParams())
     blocked = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), detector_data.validation, Gates(min_f1=0.99, max_pickle_mb=0.0001))
     assert not blocked.deploy
     assert "min_f1: F1" in blocked.reason and "(gate 0.99)" in blocked.reason and "pickle_size" in blocked.reason
@@ -131,7 +131,7 @@ def test_challenger_must_not_be_worse_than_champion(forecaster_data):
 
 
 def test_unlabelled_cluster_data_is_judged_on_anomaly_rate_and_contract(detector_data):
-    trained = train_anomaly_detector(detector_data.train, DetectorParams(n_estimators=50))
+    trained = train_anomaly_detector(detector_data.train, DetectorParams())
     unlabelled = detector_data.validation.drop(columns=["is_anomaly", "incident"])
     evaluation = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), unlabelled, Gates(min_f1=0.99), champion=("v1", trained.estimator))
     assert evaluation.deploy, evaluation.reason
