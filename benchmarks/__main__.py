@@ -26,14 +26,12 @@ RESULTS_DIR = Path(__file__).parent / "results"
 def anomaly(args: argparse.Namespace) -> dict:
     """Score both detector recipes on every SMD machine and return the fixed-shape JSON report."""
     machines = args.machines or quality.smd_machines(args.data_dir)
-    items: dict[str, dict] = {recipe: {} for recipe in quality.RECIPES}
+    per_machine = {}
     for number, machine in enumerate(machines, 1):
-        scores = quality.benchmark_machine(args.data_dir, machine)
-        for recipe in quality.RECIPES:
-            items[recipe][machine] = scores[recipe]
+        scores = per_machine[machine] = quality.benchmark_machine(args.data_dir, machine)
         print(f"[{number}/{len(machines)}] {machine}: " + ", ".join(
             f"{recipe} F1 {scores[recipe]['f1']:.3f} ({scores[recipe]['predict_ms']:.2f} ms)" for recipe in quality.RECIPES), flush=True)
-    result = {recipe: {"mean": quality.mean_of(items[recipe]), "items": items[recipe]} for recipe in quality.RECIPES}
+    result = quality.by_recipe(per_machine)
     _write_detection(args, "anomaly", "Anomaly detector on SMD (point-wise, threshold from training data only)", result, report.DETECTION_FIELDS, "f1")
     return result
 
@@ -41,16 +39,14 @@ def anomaly(args: argparse.Namespace) -> dict:
 def nab(args: argparse.Namespace) -> dict:
     """Score both detector recipes on every labelled NAB series and return the fixed-shape JSON report."""
     series = quality.nab_series(args.data_dir)
-    items: dict[str, dict] = {recipe: {} for recipe in quality.RECIPES}
+    per_series = {}
     for number, (key, windows) in enumerate(series.items(), 1):
         name = Path(key).stem
-        scores = quality.benchmark_series(args.data_dir, key, windows)
-        for recipe in quality.RECIPES:
-            items[recipe][name] = scores[recipe]
+        scores = per_series[name] = quality.benchmark_series(args.data_dir, key, windows)
         print(f"[{number}/{len(series)}] {name}: " + ", ".join(
             f"{recipe} {scores[recipe]['windows_detected']}/{scores[recipe]['windows']} windows, "
             f"{scores[recipe]['false_positives']} false positives" for recipe in quality.RECIPES), flush=True)
-    result = {recipe: {"mean": quality.mean_of(items[recipe]), "items": items[recipe]} for recipe in quality.RECIPES}
+    result = quality.by_recipe(per_series)
     _write_detection(args, "nab", "Anomaly detector on NAB realAWSCloudwatch (after the 15 % probation period)", result, report.NAB_FIELDS, "windows_detected")
     return result
 

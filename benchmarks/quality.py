@@ -30,7 +30,7 @@ from components.contract import (
     schema_for,
     validate_raw_metrics,
 )
-from components.evaluate import detection_scores, point_adjusted, single_row_latency_ms
+from components.evaluate import detection_scores, mase, point_adjusted, single_row_latency_ms
 from components.train import DetectorParams, ForecasterParams, fit_detector, fit_forecaster
 
 RECIPES = ("project", "upstream")
@@ -235,24 +235,28 @@ def benchmark_trace(frame: pd.DataFrame, outputs: list[str]) -> TraceRun:
     predicted = np.asarray(model.predict(test_current), dtype=float)
     hindsight = Ridge(alpha=1e-6).fit(test_current, test_future - test_current)
     bound_prediction = test_current + hindsight.predict(test_current)
+    error = np.abs(predicted - test_future).mean(axis=0)
+    against_persistence = mase(predicted, test_future, test_current)
+    against_seasonal = mase(predicted, test_future, seasonal)
+    bound = mase(bound_prediction, test_future, test_current)
     results, bounds = {}, {}
     for name in outputs:
         index = schema_for(PREDICTIVE_ANALYTICS).metric_names.index(name)
-        error = np.abs(predicted[:, index] - test_future[:, index]).mean()
-        persistence = np.abs(test_current[:, index] - test_future[:, index]).mean()
-        seasonal_error = np.abs(seasonal[:, index] - test_future[:, index]).mean()
         results[name] = {
-            "mae": float(error),
-            "mase_persistence": float(error / persistence) if persistence > 0 else 1.0,
-            "mase_seasonal": float(error / seasonal_error) if seasonal_error > 0 else 1.0,
+            "mae": float(error[index]),
+            "mase_persistence": float(against_persistence[index]),
+            "mase_seasonal": float(against_seasonal[index]),
         }
-        bound_error = np.abs(bound_prediction[:, index] - test_future[:, index]).mean()
-        bounds[name] = float(bound_error / persistence) if persistence > 0 else 1.0
+        bounds[name] = float(bound[index])
     curves = {"actual": test_future, "project": predicted, "persistence": test_current, "seasonal": seasonal}
     return TraceRun(results, bounds, curves)
 
 
-def mean_of(items: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Return the mean of every field over the items (for the JSON ``mean`` object)."""
-    fields = next(iter(items.values())).keys()
-    return {field: float(np.mean([item[field] for item in items.values()])) for field in fields}
+def by_recipe(per_item: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict]:
+    """Return ``{item: {recipe: scores}}`` regrouped as the fixed JSON shape ``{recipe: {"mean": ..., "items": ...}}``."""
+    report = {}
+    for recipe in RECIPES:
+        items = {item: scores[recipe] for item, scores in per_item.items()}
+        fields = next(iter(items.values())).keys()
+        report[recipe] = {"mean": {field: float(np.mean([scores[field] for scores in items.values()])) for field in fields}, "items": items}
+    return report

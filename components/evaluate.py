@@ -103,18 +103,27 @@ def single_row_latency_ms(estimator: object, row: np.ndarray, repeats: int = LAT
     return float(np.median(timings))
 
 
+def mase(predicted: np.ndarray, actual: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """Return, per column, the mean absolute error of ``predicted`` divided by that of ``baseline`` (the MASE).
+
+    A column the baseline predicts exactly (a constant series) has no error to scale by; the forecast is then
+    scored 1.0, as no better than the baseline.
+    """
+    model_error = np.abs(predicted - actual).mean(axis=0)
+    baseline_error = np.abs(baseline - actual).mean(axis=0)
+    return np.divide(model_error, baseline_error, out=np.ones_like(model_error), where=baseline_error > 0)
+
+
 def score_forecaster(estimator: object, validation: pd.DataFrame, horizon_minutes: int) -> dict[str, float]:
     """Return MAE per output and MASE against persistence at the same horizon (plus their means)."""
     current, future = forecast_pairs(validation, horizon_minutes)
     predicted = np.asarray(estimator.predict(current), dtype=float)
     model_error = np.abs(predicted - future).mean(axis=0)
-    persistence_error = np.abs(current - future).mean(axis=0)
+    against_persistence = mase(predicted, future, current)
     metrics: dict[str, float] = {}
     for index, name in enumerate(schema_for("predictive-analytics").metric_names):
         metrics[f"mae_{name}"] = float(model_error[index])
-        # A constant series has no persistence error; the model is then scored as no better than persistence.
-        mase = model_error[index] / persistence_error[index] if persistence_error[index] > 0 else 1.0
-        metrics[f"mase_{name}"] = float(mase)
+        metrics[f"mase_{name}"] = float(against_persistence[index])
     metrics["mae_mean"] = float(model_error.mean())
     metrics["mase_mean"] = float(np.mean([metrics[f"mase_{name}"] for name in schema_for("predictive-analytics").metric_names]))
     metrics["mase_max"] = float(max(metrics[f"mase_{name}"] for name in schema_for("predictive-analytics").metric_names))
