@@ -201,16 +201,17 @@ def deploy_inference_service(
     namespace: str,
     runtime: str,
     deployment_mode: str,
+    rollout_strategy: str,
     service_account: str,
     endpoint: str,
     run_name: str,
     ready_timeout_s: float,
 ) -> str:
     """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %); return what happened."""
-    from components.kserve_serving import KServeOptions
+    from components.kserve_target import KServeOptions
     from components.workflow import StoreOptions, deploy_step
 
-    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
     outcome = deploy_step(model_name, version, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), ready_timeout_s, options)
     print(outcome.message)
     return outcome.message
@@ -229,6 +230,7 @@ def smoke_test(
     namespace: str,
     runtime: str,
     deployment_mode: str,
+    rollout_strategy: str,
     service_account: str,
     endpoint: str,
     validation_data: Input[Dataset],
@@ -236,11 +238,11 @@ def smoke_test(
     report: Output[Markdown],
 ) -> bool:
     """Probe the version's own endpoint against the contract and its offline predictions; return whether it passed."""
-    from components.kserve_serving import KServeOptions
+    from components.kserve_target import KServeOptions
     from components.rollout import record_smoke_test, smoke_test as run_smoke_test
     from components.workflow import StoreOptions, serving_context
 
-    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
     target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path)
     result = run_smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=max_p95_latency_ms)
     record_smoke_test(store, model_name, result)
@@ -264,6 +266,7 @@ def canary_promote(
     namespace: str,
     runtime: str,
     deployment_mode: str,
+    rollout_strategy: str,
     service_account: str,
     endpoint: str,
     validation_data: Input[Dataset],
@@ -283,12 +286,12 @@ def canary_promote(
     report: Output[HTML],
 ) -> str:
     """Step traffic to the candidate with analysis at each step; promote or roll back; return the outcome."""
-    from components.kserve_serving import KServeOptions
+    from components.kserve_target import KServeOptions
     from components.prometheus import PrometheusClient, PrometheusProvider
     from components.rollout import CanarySpec, ProbeProvider, canary_promote as run_canary
     from components.workflow import StoreOptions, serving_context
 
-    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
     target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path)
     spec = CanarySpec(tuple(int(step) for step in canary_steps), canary_interval_s, probe_requests, max_error_rate,
                       max_p95_latency_ms, max_prediction_shift, failure_limit, max_live_p95_latency_ms)
@@ -315,17 +318,18 @@ def rollback(
     namespace: str,
     runtime: str,
     deployment_mode: str,
+    rollout_strategy: str,
     service_account: str,
     endpoint: str,
     reason: str,
     ready_timeout_s: float,
 ) -> str:
     """Send all traffic to stable, remove the candidate and mark it rejected; return what happened."""
-    from components.kserve_serving import KServeOptions
+    from components.kserve_target import KServeOptions
     from components.rollout import rollback as run_rollback
     from components.workflow import StoreOptions, serving_context
 
-    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
     target, store, _ = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options)
     outcome = run_rollback(target, store, model_name, version, reason, ready_timeout_s)
     print(outcome.message)
@@ -338,16 +342,17 @@ def ensure_safe_serving(
     namespace: str,
     runtime: str,
     deployment_mode: str,
+    rollout_strategy: str,
     service_account: str,
     endpoint: str,
     ready_timeout_s: float,
 ) -> str:
     """Exit handler: whatever failed, leave stable serving and any candidate at 0 %; return the state."""
-    from components.kserve_serving import KServeOptions
+    from components.kserve_target import KServeOptions
     from components.rollout import make_safe
     from components.workflow import target_from_environment
 
-    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
     outcome = make_safe(target_from_environment(serving_target, options), model_name, ready_timeout_s)
     print(outcome.message)
     return outcome.message

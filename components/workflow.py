@@ -13,7 +13,7 @@ import sklearn
 
 from components import __version__
 from components.evaluate import Evaluation, Gates, evaluate_candidate, markdown_report
-from components.kserve_serving import KServeOptions, KServeTarget
+from components.kserve_target import KServeOptions, KServeTarget
 from components.local_serving import LocalTarget
 from components.rollout import StepOutcome, deploy_version, probe_sample, rollback
 from components.serving import ServingError, ServingTarget

@@ -98,7 +98,7 @@ def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     ))
 
 
-SERVING_KNOBS = ("namespace", "runtime", "deployment_mode", "service_account", "endpoint", "ready_timeout_s")
+SERVING_KNOBS = ("namespace", "runtime", "deployment_mode", "rollout_strategy", "service_account", "endpoint", "ready_timeout_s")
 
 
 def _serving(model_name, p: dict) -> dict:
@@ -195,6 +195,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         namespace: str = "",
         runtime: str = "",
         deployment_mode: str = "auto",
+        rollout_strategy: str = "auto",
         service_account: str = "",
         endpoint: str = "",
         ready_timeout_s: float = 300.0,
@@ -267,6 +268,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         namespace: str = "",
         runtime: str = "",
         deployment_mode: str = "auto",
+        rollout_strategy: str = "auto",
         service_account: str = "",
         endpoint: str = "",
         ready_timeout_s: float = 300.0,
@@ -333,6 +335,7 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         namespace: str = "",
         runtime: str = "",
         deployment_mode: str = "auto",
+        rollout_strategy: str = "auto",
         service_account: str = "",
         endpoint: str = "",
         ready_timeout_s: float = 300.0,

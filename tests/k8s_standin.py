@@ -1,12 +1,19 @@
 """A stand-in for a Kubernetes API server with KServe, on 127.0.0.1, for tests the real ``kubernetes`` client drives.
 
-It follows the documented semantics the pipeline depends on: InferenceService create/get/list/merge-patch/delete,
-``metadata.generation`` bumped only by spec changes, ``resourceVersion`` on every write and 409 when a write
-carries a stale one, 404 and 409 (AlreadyExists) as Status objects, and 403 for PUT (update) and watch, as the
-DSP ``pipeline-runner`` role answers. A controller thread plays KServe: after a delay it serves each predictor
-revision with the real KServe model server (``components.model_server``) and reports ``observedGeneration``,
-conditions, revisions and traffic. Serverless splits traffic by ``canaryTrafficPercent`` through a router whose
-URL is ``status.url``; RawDeployment ignores it and rolls the new revision out to all traffic.
+It follows the documented semantics the pipeline depends on: InferenceService create/get/list (with
+``labelSelector``)/merge-patch/delete (with preconditions), ``metadata.generation`` bumped only by spec changes and
+never writable, ``resourceVersion`` on every write and 409 when a write carries a stale one, 400 for a create that
+carries a ``resourceVersion`` or another namespace, 404 and 409 (AlreadyExists) as Status objects, and 403 for PUT
+(update) and watch, as the DSP ``pipeline-runner`` role answers. Given a CRD schema it prunes unknown fields on
+write, silently, as a real API server does with structural schemas.
+
+``kserve`` picks the KServe generation the controller thread plays: ``"0.15"`` (Serverless by default, modes kept as
+written) or ``"0.20"`` (Standard by default, modes normalised in status, the 0.20 validating webhook, and the native
+canary: a revision and a Service ``<isvc>-<name>-predictor`` per ``spec.canary`` entry, traffic split by
+``trafficPercent``, ``status.canaryStatuses`` and ``CanaryPredictorReady``). Every predictor revision is served by the
+real KServe model server (``components.model_server``); the main URL (``status.url``) is a router that splits
+traffic. Services are reachable by their in-cluster names through ``network_proxy``, an HTTP proxy on loopback
+that plays the cluster network (set ``HTTP_PROXY`` to it).
 """
 
 from __future__ import annotations
@@ -19,13 +26,18 @@ import sys
 import threading
 import time
 import urllib.parse
-from http.server import ThreadingHTTPServer
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from components.local_serving import free_port, http_get, process_alive, stop_process
 from tests.http_json import JsonHandler
 
 ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$")
+MODE_KEY = "serving.kserve.io/deploymentMode"
+NORMALIZED = {"Serverless": "Knative", "Knative": "Knative", "RawDeployment": "Standard", "Standard": "Standard"}
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+SERVER_MANAGED = ("generation", "uid", "creationTimestamp", "namespace")
 
 
 def merge_patch(target: object, patch: object) -> object:
@@ -41,12 +53,109 @@ def merge_patch(target: object, patch: object) -> object:
     return result
 
 
+def prune(value: object, schema: dict | None) -> object:
+    """Return ``value`` without the fields a structural schema does not know (as the API server drops them)."""
+    if not schema or schema.get("x-kubernetes-preserve-unknown-fields") and "properties" not in schema:
+        return value
+    if isinstance(value, dict):
+        properties, additional = schema.get("properties"), schema.get("additionalProperties")
+        if properties is None and not isinstance(additional, dict):
+            return value if schema.get("type") != "object" else {}
+        kept = {}
+        for key, item in value.items():
+            if properties and key in properties:
+                kept[key] = prune(item, properties[key])
+            elif isinstance(additional, dict):
+                kept[key] = prune(item, additional)
+            elif schema.get("x-kubernetes-preserve-unknown-fields"):
+                kept[key] = item
+        return kept
+    if isinstance(value, list):
+        return [prune(item, schema.get("items")) for item in value]
+    return value
+
+
+def crd_schema(crd_file: Path) -> dict:
+    """Return the v1beta1 openAPIV3Schema of an InferenceService CRD file."""
+    import yaml
+
+    crd = yaml.safe_load(Path(crd_file).read_text())
+    return next(version for version in crd["spec"]["versions"] if version["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
+
+
+def selector_matches(labels: dict, selector: str) -> bool:
+    """Return whether ``labels`` satisfy an equality-based label selector (``a=b,c!=d,e,!f``)."""
+    for term in filter(None, (part.strip() for part in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def webhook_errors(new: dict, old: dict | None) -> str | None:
+    """Return what KServe 0.20's validating webhook refuses in ``new`` (``old`` on update), or None."""
+    name = new["metadata"]["name"]
+    if not DNS_1035.match(name):
+        return f"the InferenceService \"{name}\" is invalid: a DNS-1035 label must consist of lower case alphanumeric characters or '-'"
+    annotation = new["metadata"].get("annotations", {}).get(MODE_KEY)
+    if old is not None:
+        status_mode = old.get("status", {}).get("deploymentMode")
+        if status_mode and annotation is not None and annotation != NORMALIZED.get(status_mode, status_mode):
+            return f"update rejected: deploymentMode cannot be changed from '{NORMALIZED.get(status_mode, status_mode)}' to '{annotation}'"
+        old_predictor, new_predictor = old["spec"]["predictor"], new["spec"]["predictor"]
+        if old_predictor.get("name") != new_predictor.get("name") and \
+                old_predictor.get("model", {}).get("storageUri") == new_predictor.get("model", {}).get("storageUri"):
+            return "predictor.name change requires a model change (e.g. storageUri)"
+    canaries = new["spec"].get("canary") or []
+    if not canaries:
+        return None
+    if annotation != "Standard":
+        return "canary is only supported in Standard deployment mode"
+    names, total = set(), 0
+    for number, canary in enumerate(canaries):
+        predictor = canary.get("predictor", {})
+        canary_name = predictor.get("name", "")
+        if not canary_name:
+            return f"canary[{number}] predictor.name is required"
+        if canary_name in names:
+            return f"canary predictor.name {canary_name!r} is duplicated"
+        names.add(canary_name)
+        if canary_name == new["spec"]["predictor"].get("name"):
+            return f"canary predictor.name {canary_name!r} conflicts with stable predictor name"
+        percent = canary.get("trafficPercent", 0)
+        if not 0 <= percent <= 100:
+            return f"canary {canary_name!r} trafficPercent must be between 0 and 100, got {percent}"
+        total += percent
+        for forbidden in ("workerSpec", "maxReplicas", "scaleTarget", "scaleMetric", "autoScaling"):
+            if forbidden in predictor:
+                return f"canary {canary_name!r} must not set {forbidden}"
+    if total > 100:
+        return f"sum of canary trafficPercent values ({total}) must be <= 100"
+    return None
+
+
 class KubeStandIn:
     """The API server, its objects and the KServe-like controller."""
 
-    def __init__(self, store_root: Path, work: Path, *, ready_delay_s: float = 0.1, default_mode: str = "Serverless") -> None:
+    def __init__(self, store_root: Path, work: Path, *, ready_delay_s: float = 0.1, kserve: str = "0.15",
+                 crd_file: Path | None = None) -> None:
         self.store_root, self.work = Path(store_root), Path(work)
-        self.ready_delay_s, self.default_mode = ready_delay_s, default_mode
+        self.ready_delay_s, self.kserve = ready_delay_s, kserve
+        self.default_mode = "Standard" if kserve == "0.20" else "Serverless"
+        self.schema = crd_schema(crd_file) if crd_file else None
+        self.services: dict[str, int] = {}
+        self.other_writer: dict[str, dict] = {}
+        self.conflicts = 0
         self.objects: dict[tuple[str, str], dict] = {}
         self.runtime: dict[tuple[str, str], dict] = {}
         self.requests: list[tuple[str, str, str]] = []
@@ -60,17 +169,26 @@ class KubeStandIn:
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> "KubeStandIn":
+        self.network = ThreadingHTTPServer(("127.0.0.1", 0), self._network_handler())
+        self.network_proxy = f"http://127.0.0.1:{self.network.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.network.serve_forever, daemon=True).start()
         threading.Thread(target=self._control_loop, daemon=True).start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self.server.shutdown()
+        self.network.shutdown()
         with self.lock:
             for state in self.runtime.values():
                 self._stop_runtime(state)
             self.runtime.clear()
+
+    def client_env(self, kubeconfig: Path) -> dict[str, str]:
+        """Return the environment a client process needs: the kubeconfig and the cluster network for Service names."""
+        return {"KUBECONFIG": str(kubeconfig), "HTTP_PROXY": self.network_proxy, "http_proxy": self.network_proxy,
+                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
     def write_kubeconfig(self, path: Path, namespace: str = "self-healing-platform") -> Path:
         config = {
@@ -87,6 +205,11 @@ class KubeStandIn:
         with self.lock:
             self.faults.append((method, status))
 
+    def change_before_next_patch(self, name: str, patch: dict) -> None:
+        """Apply ``patch`` as another writer would, between the client's GET of ``name`` and its next PATCH (once)."""
+        with self.lock:
+            self.other_writer[name] = patch
+
     def get(self, namespace: str, name: str) -> dict | None:
         with self.lock:
             found = self.objects.get((namespace, name))
@@ -99,7 +222,7 @@ class KubeStandIn:
         class Handler(JsonHandler):
 
             def _status(self, code: int, reason: str, message: str) -> None:
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code})
+                self._send(*standin._failure(code, reason, message))
 
             def _dispatch(self, method: str) -> None:
                 parsed = urllib.parse.urlparse(self.path)
@@ -124,32 +247,99 @@ class KubeStandIn:
                 namespace, name = match.groups()
                 if method == "PATCH" and self.headers.get("Content-Type") != "application/merge-patch+json":
                     return self._status(415, "UnsupportedMediaType", f"only merge-patch is served here, got {self.headers.get('Content-Type')}")
-                code, answer = standin.handle(method, namespace, name, body)
+                if method == "PATCH":
+                    standin._other_writer_first(namespace, name)
+                code, answer = standin.handle(method, namespace, name, body, query.get("labelSelector", [""])[0])
                 self._send(code, answer)
 
-
-
-
-
-
         return Handler
+
+    def _network_handler(self):
+        """Return a forwarding proxy handler: ``http://<service>.<ns>.svc.cluster.local/...`` reaches that Service."""
+        standin = self
+
+        class Network(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self) -> None:
+                target = urllib.parse.urlparse(self.path)
+                port = standin.services.get(target.hostname or "")
+                if port is None:
+                    self.send_error(502, f"no Service answers at {target.hostname}")
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length) if length else None
+                request = urllib.request.Request(f"http://127.0.0.1:{port}{target.path}" + (f"?{target.query}" if target.query else ""),
+                                                 data=data, method=self.command,
+                                                 headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")})
+                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                try:
+                    with opener.open(request, timeout=30) as response:
+                        code, headers, payload = response.status, response.headers, response.read()
+                except urllib.error.HTTPError as error:
+                    code, headers, payload = error.code, error.headers, error.read()
+                except OSError as error:
+                    self.send_error(503, f"Service {target.hostname}: {error}")
+                    return
+                self.send_response(code)
+                for key, value in headers.items():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _forward
+
+        return Network
 
     def _failure(self, code: int, reason: str, message: str) -> tuple[int, dict]:
         return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code}
 
-    def handle(self, method: str, namespace: str, name: str | None, body: dict | None) -> tuple[int, dict]:
+    def _other_writer_first(self, namespace: str, name: str) -> None:
+        with self.lock:
+            patch = self.other_writer.pop(name, None)
+            if patch is not None and (namespace, name) in self.objects:
+                self.handle("PATCH", namespace, name, copy.deepcopy(patch))
+
+    def _admit(self, obj: dict, old: dict | None) -> tuple[dict, tuple[int, str] | None]:
+        """Return the object as stored (pruned against the CRD) and (code, reason) if the schema or webhook refuses it."""
+        if self.schema:
+            import jsonschema
+
+            spec_schema = self.schema["properties"]["spec"]
+            obj = {**obj, "spec": prune(obj.get("spec", {}), spec_schema)}
+            invalid = [f"spec.{'.'.join(map(str, error.path))}: {error.message}" for error in jsonschema.Draft7Validator(spec_schema).iter_errors(obj["spec"])]
+            if invalid:
+                return obj, (422, f'InferenceService.serving.kserve.io "{obj["metadata"]["name"]}" is invalid: {"; ".join(invalid)}')
+        refused = webhook_errors(obj, old) if self.kserve == "0.20" else None
+        if refused:
+            return obj, (403, f'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the request: {refused}')
+        return obj, None
+
+    def handle(self, method: str, namespace: str, name: str | None, body: dict | None, selector: str = "") -> tuple[int, dict]:
         """Apply one API request to the object store and return (HTTP code, body)."""
         with self.lock:
             key = (namespace, name)
             current = self.objects.get(key)
             if method == "GET" and name is None:
-                items = [copy.deepcopy(o) for (ns, _), o in self.objects.items() if ns == namespace]
-                return 200, {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceServiceList", "items": items}
+                items = [copy.deepcopy(o) for (ns, _), o in self.objects.items()
+                         if ns == namespace and selector_matches(o["metadata"].get("labels", {}), selector)]
+                return 200, {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceServiceList", "items": items,
+                             "metadata": {"resourceVersion": str(self.resource_version)}}
             if method == "POST":
-                name = body["metadata"]["name"]
+                metadata = body.get("metadata", {})
+                name = metadata.get("name", "")
+                if metadata.get("resourceVersion"):
+                    return self._failure(400, "BadRequest", "resourceVersion should not be set on objects to be created")
+                if metadata.get("namespace", namespace) != namespace:
+                    return self._failure(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
                 if (namespace, name) in self.objects:
                     return self._failure(409, "AlreadyExists", f'inferenceservices.serving.kserve.io "{name}" already exists')
-                created = copy.deepcopy(body)
+                created, refused = self._admit(copy.deepcopy(body), None)
+                if refused:
+                    return self._failure(refused[0], "Invalid" if refused[0] == 422 else "Forbidden", refused[1])
                 created.pop("status", None)
                 self.resource_version += 1
                 created["metadata"].update(namespace=namespace, generation=1, resourceVersion=str(self.resource_version),
@@ -163,17 +353,32 @@ class KubeStandIn:
             if method == "GET":
                 return 200, copy.deepcopy(current)
             if method == "DELETE":
+                preconditions = (body or {}).get("preconditions") or {}
+                for field in ("uid", "resourceVersion"):
+                    if preconditions.get(field) and preconditions[field] != current["metadata"][field]:
+                        return self._failure(409, "Conflict", f"Precondition failed: {field} in precondition: {preconditions[field]}, "
+                                                              f"{field} in object meta: {current['metadata'][field]}")
                 del self.objects[key]
                 state = self.runtime.pop(key, None)
                 if state:
                     threading.Thread(target=self._stop_runtime, args=(state,), daemon=True).start()
                 return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}
             if method == "PATCH":
-                expected = (body.get("metadata") or {}).get("resourceVersion")
+                metadata = body.get("metadata") or {}
+                expected = metadata.get("resourceVersion")
                 if expected and expected != current["metadata"]["resourceVersion"]:
-                    return self._failure(409, "Conflict", f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io "{name}": the object has been modified')
+                    self.conflicts += 1
+                    return self._failure(409, "Conflict", f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io "{name}": the object has been modified; please apply your changes to the latest version and try again')
+                if metadata.get("name", name) != name:
+                    return self._failure(400, "BadRequest", f'the name of the object ({metadata["name"]}) does not match the name on the URL ({name})')
+                if metadata.get("uid", current["metadata"]["uid"]) != current["metadata"]["uid"]:
+                    return self._failure(422, "Invalid", f'InferenceService.serving.kserve.io "{name}" is invalid: metadata.uid: Invalid value: "{metadata["uid"]}": field is immutable')
                 patch = {k: v for k, v in body.items() if k != "status"}
-                updated = merge_patch(current, patch)
+                updated, refused = self._admit(merge_patch(current, patch), current)
+                if refused:
+                    return self._failure(refused[0], "Invalid" if refused[0] == 422 else "Forbidden", refused[1])
+                for field in SERVER_MANAGED:
+                    updated["metadata"][field] = current["metadata"][field]
                 self.resource_version += 1
                 updated["metadata"]["resourceVersion"] = str(self.resource_version)
                 if updated.get("spec") != current.get("spec"):
@@ -205,15 +410,16 @@ class KubeStandIn:
                 return
             name = key[1]
             generation = obj["metadata"]["generation"]
-            mode = obj["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode", self.default_mode)
+            written_mode = obj["metadata"].get("annotations", {}).get(MODE_KEY, self.default_mode)
+            mode = NORMALIZED.get(written_mode, written_mode) if self.kserve == "0.20" else written_mode
             predictor = obj["spec"]["predictor"]
-            template = json.dumps({k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}, sort_keys=True)
-            revision = next((r for r in state["revisions"] if r["template"] == template and r.get("ready")), None)
-            failure = None
-            if revision is None:
-                revision = self._start_revision(name, generation, predictor, template)
-                state["revisions"].append(revision)
-                failure = revision.get("failure")
+            revision, failure = self._revision(name, state, generation, {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"})
+            canaries = []
+            for entry in obj["spec"].get("canary") or [] if self.kserve == "0.20" else []:
+                merged = merge_patch(predictor, entry["predictor"])
+                canary_revision, canary_failure = self._revision(name, state, generation, merged)
+                canaries.append((entry, canary_revision))
+                failure = failure or canary_failure
             self._ensure_router(name, state)
             with self.lock:
                 current = self.objects.get(key)
@@ -229,21 +435,74 @@ class KubeStandIn:
                         {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": failure},
                     ]
                     return
-                self._route(name, state, revision, predictor.get("canaryTrafficPercent"), mode, status)
+                if mode in ("Serverless", "Knative"):
+                    self._route(name, state, revision, predictor.get("canaryTrafficPercent"), status)
+                else:
+                    self._route_standard(name, key[0], state, revision, predictor.get("name"), canaries, status)
                 status["conditions"] = [{"type": kind, "status": "True"} for kind in ("IngressReady", "PredictorReady", "Ready")]
+                if canaries:
+                    status["conditions"].append({"type": "CanaryPredictorReady", "status": "True", "reason": "AllCanariesReady"})
                 status["url"] = f"http://127.0.0.1:{state['router']['port']}"
                 self.resource_version += 1
                 current["metadata"]["resourceVersion"] = str(self.resource_version)
         finally:
             busy.discard(key)
 
-    def _start_revision(self, name: str, generation: int, predictor: dict, template: str) -> dict:
-        revision = {"name": f"{name}-predictor-{generation:05d}", "template": template}
+    def _revision(self, name: str, state: dict, generation: int, predictor: dict) -> tuple[dict, str | None]:
+        """Return the ready revision serving ``predictor`` (started if new) and its failure, if any."""
+        template = json.dumps(predictor, sort_keys=True)
+        revision = next((r for r in state["revisions"] if r["template"] == template and r.get("ready")), None)
+        if revision is not None:
+            return revision, None
+        revision = self._start_revision(name, f"{generation:05d}-{len(state['revisions'])}", predictor, template)
+        state["revisions"].append(revision)
+        return revision, revision.get("failure")
+
+    def _write_routes(self, state: dict, routes: dict) -> None:
+        temporary = state["router"]["routes"].with_suffix(".tmp")
+        temporary.write_text(json.dumps(routes))
+        temporary.replace(state["router"]["routes"])
+
+    def _retire(self, state: dict, keep: set[str]) -> None:
+        """Stop the processes of revisions no longer routed to (after the new routes are written)."""
+        for revision in state["revisions"]:
+            if revision["name"] not in keep and revision.get("pid") and not revision.get("retired"):
+                revision["retired"] = True
+                threading.Thread(target=stop_process, args=(revision["pid"],), daemon=True).start()
+        state["revisions"] = [revision for revision in state["revisions"] if not revision.get("retired")]
+
+    def _route_standard(self, name: str, namespace: str, state: dict, stable: dict, predictor_name: str | None,
+                        canaries: list[tuple[dict, dict]], status: dict) -> None:
+        """Standard mode: stable takes what the canaries do not; each predictor gets its own Service."""
+        routes = {"stable": {"version": stable["name"], "port": stable["port"]}, "candidate": None, "candidate_percent": 0}
+        if canaries:
+            entry, revision = canaries[0]
+            routes.update(candidate={"version": revision["name"], "port": revision["port"]}, candidate_percent=int(entry.get("trafficPercent", 0)))
+        self._write_routes(state, routes)
+        services = {f"{name}-{predictor_name}-predictor" if predictor_name else f"{name}-predictor": stable["port"]}
+        services.update({f"{name}-{entry['predictor']['name']}-predictor": revision["port"] for entry, revision in canaries})
+        suffix = f".{namespace}.svc.cluster.local"
+        for host in [host for host in self.services if host.startswith(f"{name}-") and host.endswith(suffix)]:
+            del self.services[host]
+        self.services.update({service + suffix: port for service, port in services.items()})
+        self._retire(state, {stable["name"], *(revision["name"] for _, revision in canaries)})
+        state["rolled"] = stable["name"]
+        status["components"] = {"predictor": {"latestCreatedRevision": stable["name"], "latestReadyRevision": stable["name"],
+                                              "traffic": [{"revisionName": stable["name"], "percent": 100, "latestRevision": True}]}}
+        if canaries:
+            status["canaryStatuses"] = [{"name": entry["predictor"]["name"], "ready": True, "trafficPercent": int(entry.get("trafficPercent", 0))}
+                                        for entry, _ in canaries]
+        else:
+            status.pop("canaryStatuses", None)
+
+    def _start_revision(self, name: str, suffix: str, predictor: dict, template: str) -> dict:
+        revision = {"name": f"{name}-predictor-{suffix}", "template": template}
         uri = predictor["model"]["storageUri"]
         if not uri.startswith("pvc://"):
             revision["failure"] = f"storage initializer: unsupported storageUri {uri}"
             return revision
-        model_dir = self.store_root / uri.removeprefix("pvc://").partition("/")[2]
+        pvc, _, path = uri.removeprefix("pvc://").partition("/")
+        model_dir = self.store_root / pvc / path  # store_root holds one directory per PVC
         port = free_port()
         log = self.work / f"{revision['name']}.log"
         with open(log, "ab") as handle:
@@ -282,15 +541,14 @@ class KubeStandIn:
         while time.monotonic() < deadline and http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] != 200:
             time.sleep(0.1)
 
-    def _route(self, name: str, state: dict, latest: dict, canary: int | None, mode: str, status: dict) -> None:
+    def _route(self, name: str, state: dict, latest: dict, canary: int | None, status: dict) -> None:
+        """Knative: the latest revision gets ``canaryTrafficPercent`` (all without it); the previous one the rest."""
         by_name = {r["name"]: r for r in state["revisions"]}
         rolled = by_name.get(state["rolled"])
-        if mode == "Serverless" and canary is not None and rolled and rolled is not latest:
+        if canary is not None and rolled and rolled is not latest:
             percent = int(canary)
         else:
             if rolled is not latest:
-                if mode != "Serverless" and rolled:
-                    threading.Thread(target=stop_process, args=(rolled.get("pid"),), daemon=True).start()
                 state["previous"], state["rolled"] = state["rolled"], latest["name"]
             percent, rolled = 100, latest
         routes = {"stable": {"version": rolled["name"], "port": rolled["port"]}, "candidate": None, "candidate_percent": 0}
@@ -298,20 +556,16 @@ class KubeStandIn:
         if rolled is not latest:
             routes.update(candidate={"version": latest["name"], "port": latest["port"]}, candidate_percent=percent)
             traffic.append({"revisionName": rolled["name"], "percent": 100 - percent, "latestRevision": False, "tag": "prev", "url": rolled["url"]})
-        elif state["previous"] in by_name and mode == "Serverless":
+        elif state["previous"] in by_name:
             previous = by_name[state["previous"]]
             traffic.append({"revisionName": previous["name"], "percent": 0, "latestRevision": False, "tag": "prev", "url": previous["url"]})
-        temporary = state["router"]["routes"].with_suffix(".tmp")
-        temporary.write_text(json.dumps(routes))
-        temporary.replace(state["router"]["routes"])
+        self._write_routes(state, routes)
         status["components"] = {"predictor": {
             "latestCreatedRevision": latest["name"], "latestReadyRevision": latest["name"], "latestRolledoutRevision": rolled["name"],
-            "previousRolledoutRevision": state["previous"], "traffic": traffic, "url": status.get("url", ""),
+            "traffic": traffic, "url": status.get("url", ""),
         }}
-        if not status["components"]["predictor"]["previousRolledoutRevision"]:
-            status["components"]["predictor"].pop("previousRolledoutRevision")
-        if mode != "Serverless":
-            status["components"]["predictor"]["traffic"] = [{"revisionName": latest["name"], "percent": 100, "latestRevision": True}]
+        if state["previous"]:
+            status["components"]["predictor"]["previousRolledoutRevision"] = state["previous"]
 
     def _stop_runtime(self, state: dict) -> None:
         for revision in state["revisions"]:

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from components.contract import fallback_instance
-from components.kserve_serving import KServeOptions, KServeTarget
+from components.kserve_target import KServeOptions, KServeTarget
 
 REQUIRED = ("MODEL_PIPELINES_E2E", "KUBECONFIG", "MODEL_PIPELINES_E2E_NAMESPACE", "MODEL_PIPELINES_E2E_STORAGE_URI")
 pytestmark = pytest.mark.skipif(

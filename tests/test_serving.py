@@ -32,6 +32,7 @@ class MainUrlClient:
 
     def __init__(self, url: str) -> None:
         self.url, self.sent, self.failures = url, 0, []
+        self.served: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -42,6 +43,8 @@ class MainUrlClient:
                 answer = session.post(f"{self.url}:predict", json=FALLBACK, timeout=30)
                 if answer.status_code != 200 or "predictions" not in answer.json():
                     self.failures.append(f"{answer.status_code} {answer.text[:100]}")
+                version = answer.headers.get("x-served-version", "")
+                self.served[version] = self.served.get(version, 0) + 1
             except (requests.RequestException, ValueError) as error:
                 self.failures.append(str(error))
             self.sent += 1
