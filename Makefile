@@ -19,8 +19,8 @@ run: $(STAMP) ## train, evaluate and store both models locally (no cluster)
 test: $(STAMP) ## run the whole test suite, end-to-end tests included
 	$(BIN)/pytest -q
 
-compile: $(STAMP) ## recompile compiled/*.yaml
-	$(BIN)/model-pipelines compile --output-dir compiled
+compile: $(STAMP) ## recompile compiled/ (the default and one folder per platform profile)
+	$(BIN)/model-pipelines compile --all-platforms --output-dir compiled
 
 bench: $(STAMP) ## local-run overhead and serving latency, each as ratios against an in-process baseline
 	$(BIN)/python -m benchmarks.local_run

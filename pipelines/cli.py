@@ -14,7 +14,9 @@ import tempfile
 from components.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
 from pipelines import kfp_remote
 from pipelines.local import DEFAULT_STATE_DIR, RunSummary, local_target, parse_params, run_local
-from pipelines.retrain import DEFAULT_IMAGE, PIPELINE_FILES, ROLLOUT, compile_pipelines
+from components.s3_store import DEFAULT_SECRET
+from pipelines.platforms import DEFAULT_PLATFORM, STORES, platform_named
+from pipelines.retrain import DEFAULT_IMAGE, PIPELINE_FILES, ROLLOUT, compile_every_profile, compile_pipelines
 
 
 # Local runs serve on this machine unless --param serving_target=kserve points them at a cluster (KUBECONFIG).
@@ -22,8 +24,17 @@ LOCAL_SERVING = "serving_target=local"
 
 
 def _compile(args: argparse.Namespace) -> int:
-    """Compile every pipeline and print where they went; return the exit code."""
-    for path in compile_pipelines(args.output_dir, args.image):
+    """Compile every pipeline for one platform (or every profile) and print where they went; return the exit code."""
+    if args.all_platforms:
+        paths = compile_every_profile(args.output_dir, args.image)
+    else:
+        try:
+            platform_named(args.platform)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        paths = compile_pipelines(args.output_dir, args.image, args.platform, args.store, args.s3_secret)
+    for path in paths:
         print(f"compiled {path}")
     return 0
 
@@ -235,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     compile_verb = verbs.add_parser("compile", help="compile the pipelines to YAML for Data Science Pipelines")
     compile_verb.add_argument("--output-dir", default="compiled", help="directory for the YAML files (default: compiled)")
     compile_verb.add_argument("--image", default=DEFAULT_IMAGE, help=f"component image (default: {DEFAULT_IMAGE})")
+    compile_verb.add_argument("--platform", default=DEFAULT_PLATFORM,
+                              help=f"OpenShift AI release (rhoai-2.16 ... rhoai-3.5) or KFP backend (kfp-2.2 ... kfp-2.16) to compile for (default: {DEFAULT_PLATFORM})")
+    compile_verb.add_argument("--store", choices=STORES, default="pvc",
+                              help="model store; before OpenShift AI 3.0 it is fixed at compile time, from 3.0 on it sets model_store's default")
+    compile_verb.add_argument("--s3-secret", default=DEFAULT_SECRET,
+                              help=f"data connection Secret injected with --store s3 before 3.0 (default: {DEFAULT_SECRET})")
+    compile_verb.add_argument("--all-platforms", action="store_true",
+                              help="write the default and one folder per distinct platform output (what compiled/ holds)")
     compile_verb.set_defaults(handler=_compile)
 
     run_verb = verbs.add_parser("run", help="run a retraining pipeline: train, evaluate, save, deploy, smoke-test, canary")

@@ -5,6 +5,7 @@ Else rollback, all inside an ExitHandler whose exit task leaves serving safe (st
 Rollout: the same serving half for a version already in the store.
 """
 
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -19,6 +20,7 @@ from components.rollout import CanarySpec
 from components.s3_store import DATA_CONNECTION_KEYS, DEFAULT_SECRET
 from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT
 from components.train import DetectorParams, ForecasterParams
+from pipelines.platforms import DEFAULT_PLATFORM, PLATFORMS, STORES, Platform, adapt, group_label, is_default_output, output_key, platform_named
 
 DEFAULT_IMAGE = f"image-registry.openshift-image-registry.svc:5000/self-healing-platform/model-pipelines:{__version__}"
 ROLLOUT = "model-rollout"
@@ -364,13 +366,57 @@ BUILDERS = {
 }
 
 
-def compile_pipelines(output_dir: "str | Path", image: str = DEFAULT_IMAGE) -> list[Path]:
-    """Compile every pipeline to ``output_dir`` and return the written YAML paths."""
+def _write_adapted(compiled: Path, destination: Path, platform: Platform, store: str, s3_secret: str) -> None:
+    """Write the kfp-compiled YAML at ``compiled`` to ``destination``, rewritten for ``platform`` and ``store``."""
+    import yaml
+    from google.protobuf import json_format
+    from kfp.compiler.pipeline_spec_builder import write_pipeline_spec_to_file
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    pipeline_doc, platform_doc = yaml.safe_load_all(compiled.read_text())
+    pipeline_doc, platform_doc = adapt(pipeline_doc, platform_doc, platform, store, s3_secret)
+    write_pipeline_spec_to_file(
+        json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec()), pipeline_doc["pipelineInfo"].get("description"),
+        json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec()), str(destination),
+    )
+
+
+def compile_pipelines(
+    output_dir: "str | Path", image: str = DEFAULT_IMAGE, platform: str = DEFAULT_PLATFORM, store: str = "pvc",
+    s3_secret: str = DEFAULT_SECRET,
+) -> list[Path]:
+    """Compile every pipeline for ``platform`` and ``store`` to ``output_dir``; return the written YAML paths."""
+    profile = platform_named(platform)
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, builder in BUILDERS.items():
-        path = directory / PIPELINE_FILES[name]
-        compiler.Compiler().compile(builder(image), str(path))
-        written.append(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, builder in BUILDERS.items():
+            path = directory / PIPELINE_FILES[name]
+            if is_default_output(profile, store):
+                compiler.Compiler().compile(builder(image), str(path))
+            else:
+                compiled = Path(scratch) / PIPELINE_FILES[name]
+                compiler.Compiler().compile(builder(image), str(compiled))
+                _write_adapted(compiled, path, profile, store, s3_secret)
+            written.append(path)
+    return written
+
+
+def compile_every_profile(output_dir: "str | Path", image: str = DEFAULT_IMAGE) -> list[Path]:
+    """Compile the default into ``output_dir`` and one folder per distinct profile output, named for its releases."""
+    directory = Path(output_dir)
+    written = compile_pipelines(directory, image)
+    seen: set[tuple] = set()
+    for profile in PLATFORMS.values():
+        for store in STORES:
+            key = output_key(profile, store)
+            if key in seen:
+                continue
+            seen.add(key)
+            folder = directory / f"{group_label(profile, store)}-{store}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in PIPELINE_FILES.values():
+                _write_adapted(directory / name, folder / name, profile, store, DEFAULT_SECRET)
+                written.append(folder / name)
     return written

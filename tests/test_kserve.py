@@ -384,7 +384,7 @@ def test_schema_check_catches_a_misspelt_field_and_a_canary_on_an_old_release(cr
     for validator in crd_schemas.values():
         assert any("storageURI" in error.message for error in validator.iter_errors(manifest))
     canary = {**manifest, "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "pvc://p/x/v1"}},
-                                   "canary": [{"predictor": {"name": "v2", "model": {"modelFormat": {"name": "sklearn"}, "storageUri": "pvc://p/x/v2"}}, "trafficPercent": 0}]}}
+                                   "canary": [{"predictor": {"name": "v2", "model": {"name": "kserve-container", "modelFormat": {"name": "sklearn"}, "storageUri": "pvc://p/x/v2"}}, "trafficPercent": 0}]}}
     assert not list(crd_schemas["rhoai-3.5"].iter_errors(canary))
     assert any("canary" in error.message for error in crd_schemas["rhoai-3.4"].iter_errors(canary))
 

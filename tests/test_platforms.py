@@ -1,0 +1,109 @@
+"""Compile profiles per OpenShift AI release / KFP backend, proved against each release's own protos."""
+
+import filecmp
+
+import pytest
+import yaml
+
+from pipelines.platforms import PLATFORMS
+from pipelines.retrain import PIPELINE_FILES, compile_pipelines
+from tests.conftest import REPO, run_cli
+from tests.dsp_protos import DSP_BACKENDS, message_classes, releases, strict_parse_errors
+
+COMPILED = REPO / "compiled"
+RELEASES = releases()
+needs_protos = pytest.mark.skipif(not RELEASES, reason=f"the DSP backend protos are not at {DSP_BACKENDS} (shared/ is not beside this clone)")
+
+
+@pytest.fixture(scope="module")
+def protos(tmp_path_factory):
+    work = tmp_path_factory.mktemp("protos")
+    return {release: message_classes(release, work) for release in RELEASES}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Compile every release with both stores, once, through the public compile function."""
+    root = tmp_path_factory.mktemp("profiles")
+    outputs = {}
+    for release in RELEASES:
+        for store in ("pvc", "s3"):
+            paths = compile_pipelines(root / f"{release}-{store}", platform=release, store=store)
+            outputs[release, store] = {path.name: list(yaml.safe_load_all(path.read_text())) for path in paths}
+    return outputs
+
+
+def executors(documents: list[dict]) -> dict:
+    return documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@needs_protos
+@pytest.mark.parametrize("store", ["pvc", "s3"])
+def test_every_release_profile_parses_strictly_against_that_releases_protos(compiled, protos, store):
+    for release in RELEASES:
+        for name, documents in compiled[release, store].items():
+            assert strict_parse_errors(documents, protos[release]) == [], f"{release} --store {store}: {name}"
+
+
+@needs_protos
+def test_the_strict_parse_rejects_the_default_yaml_on_older_backends(protos):
+    documents = list(yaml.safe_load_all((COMPILED / "model-rollout.yaml").read_text()))
+    assert any("pvcNameParameter" in error for error in strict_parse_errors(documents, protos["rhoai-2.16"]))
+    assert any('"optional"' in error for error in strict_parse_errors(documents, protos["rhoai-2.25"]))
+    assert strict_parse_errors(documents, protos["rhoai-3.5"]) == []
+
+
+@needs_protos
+def test_legacy_fields_and_no_optional_secret_before_3_0(compiled):
+    for (release, store), outputs in compiled.items():
+        platform = PLATFORMS[release]
+        for documents in outputs.values():
+            parameters = documents[0]["root"]["inputDefinitions"]["parameters"]
+            assert parameters["rollout_strategy"]["defaultValue"] == platform.rollout_strategy
+            configs = executors(documents)
+            mounts = [mount for config in configs.values() for mount in config.get("pvcMount", [])]
+            secrets = [secret for config in configs.values() for secret in config.get("secretAsEnv", [])]
+            assert mounts and all("componentInputParameter" in mount for mount in mounts)
+            if platform.optional_secrets:
+                assert parameters["model_store"]["defaultValue"] == store and "s3_secret" in parameters
+                assert secrets and all(secret["optional"] is True for secret in secrets)
+                continue
+            assert "model_store" not in parameters and "s3_secret" not in parameters, f"{release}: the store is fixed at compile time"
+            assert "no optional Secrets" in documents[0]["pipelineInfo"]["description"]
+            assert all("optional" not in secret for secret in secrets)
+            if platform.legacy_names_only:
+                assert not any("pvcNameParameter" in mount for mount in mounts)
+                assert not any("secretNameParameter" in secret for secret in secrets)
+            if store == "pvc":
+                assert secrets == [], f"{release} --store pvc must reference no Secret"
+            else:
+                assert secrets and all(secret["secretName"] == "model-storage-config" for secret in secrets)
+
+
+def test_pre_3_0_store_is_passed_as_a_constant_to_the_steps(tmp_path):
+    paths = compile_pipelines(tmp_path, platform="rhoai-2.16", store="s3", s3_secret="team-bucket")
+    pipeline_spec, platform_spec = yaml.safe_load_all(paths[0].read_text())
+    root_inputs = [spec for task in pipeline_spec["root"]["dag"]["tasks"].values() for spec in task.get("inputs", {}).get("parameters", {}).values()]
+    assert {"runtimeValue": {"constant": "s3"}} in root_inputs and {"runtimeValue": {"constant": "team-bucket"}} in root_inputs
+    assert all(spec.get("componentInputParameter") not in ("model_store", "s3_secret") for spec in root_inputs)
+    secrets = [secret for config in executors([pipeline_spec, platform_spec]).values() for secret in config.get("secretAsEnv", [])]
+    assert secrets and {secret["secretName"] for secret in secrets} == {"team-bucket"}
+
+
+def test_committed_profile_folders_equal_a_fresh_compile(tmp_path):
+    result = run_cli("compile", "--all-platforms", "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout
+    fresh = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*.yaml"))
+    assert fresh == sorted(path.relative_to(COMPILED) for path in COMPILED.rglob("*.yaml")), "run `make compile`"
+    for relative in fresh:
+        assert filecmp.cmp(COMPILED / relative, tmp_path / relative, shallow=False), f"{relative} differs: run `make compile`"
+    folders = {path.parent.name for path in fresh if str(path.parent) != "."}
+    assert {"rhoai-2.16-2.19-pvc", "rhoai-2.20-2.25-s3", "rhoai-3.0-3.4-pvc", "rhoai-3.5-s3"} <= folders
+    assert all(sorted(path.name for path in (tmp_path / folder).iterdir()) == sorted(PIPELINE_FILES.values()) for folder in folders)
+
+
+def test_an_unknown_platform_is_refused_with_the_known_names(tmp_path):
+    result = run_cli("compile", "--platform", "rhoai-2.1", "--output-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "unknown platform 'rhoai-2.1'" in result.stdout and "rhoai-2.16" in result.stdout and "kfp-2.16" in result.stdout
+    assert not list(tmp_path.iterdir())
