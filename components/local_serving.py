@@ -48,6 +48,22 @@ def process_alive(pid: int | None) -> bool:
     return state not in {"Z", "X"}
 
 
+def started_process(entry: dict | None) -> int | None:
+    """Return the recorded pid only while /proc shows it is the project's server started on the recorded port.
+
+    A pid from a state file may have been recycled by an unrelated process since; that one is never signalled.
+    """
+    if not entry or not entry.get("pid"):
+        return None
+    try:
+        arguments = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ours = any(argument in (b"components.model_server", b"components.router") for argument in arguments)
+    port = str(entry.get("port", "")).encode()
+    return entry["pid"] if ours and b"--port" in arguments and arguments[arguments.index(b"--port") + 1:][:1] == [port] else None
+
+
 def stop_process(pid: int | None) -> None:
     """Terminate ``pid`` gracefully (in-flight requests finish), killing it after STOP_GRACE_S."""
     if not process_alive(pid):
@@ -189,7 +205,7 @@ class LocalTarget:
     def _ensure_router(self, model_name: str, state: dict, timeout_s: float) -> None:
         """Start the model's router if it is not running, on its previous port when that is free."""
         router = state.get("router") or {}
-        if process_alive(router.get("pid")):
+        if process_alive(started_process(router)):
             return
         port = router.get("port") or free_port()
         with socket.socket() as probe:
@@ -216,7 +232,7 @@ class LocalTarget:
         """Serve ``version``: as stable when nothing serves yet, else as the candidate at 0 % traffic."""
         with self._locked(model_name) as state:
             stable = state.get("stable")
-            if stable and not process_alive(stable["pid"]):
+            if stable and not process_alive(started_process(stable)):
                 state["stable"] = self._start_version(model_name, stable["version"], stable["storage_uri"], stable["checksum"], timeout_s)
                 self._write(model_name, state)
             previous = state.get("candidate")
@@ -228,7 +244,7 @@ class LocalTarget:
             self._ensure_router(model_name, state, timeout_s)
             self._write(model_name, state)
         if previous:
-            stop_process(previous["pid"])
+            stop_process(started_process(previous))
         return self.status(model_name)
 
     def status(self, model_name: str) -> ServingStatus:
@@ -247,7 +263,7 @@ class LocalTarget:
         """Return whether the router and each version's server process is running."""
         state = self._read(model_name)
         return {
-            role: process_alive((state.get(role) or {}).get("pid"))
+            role: process_alive(started_process(state.get(role)))
             for role in ("router", "stable", "candidate")
             if state.get(role)
         }
@@ -259,7 +275,7 @@ class LocalTarget:
         with self._locked(model_name) as state:
             if candidate_percent and not state.get("candidate"):
                 raise ServingError(f"{model_name} has no candidate to send traffic to")
-            if candidate_percent and not process_alive(state["candidate"]["pid"]):
+            if candidate_percent and not process_alive(started_process(state["candidate"])):
                 raise ServingError(f"{model_name} candidate {state['candidate']['version']} is not running")
             state["candidate_percent"] = candidate_percent
             self._ensure_router(model_name, state, timeout_s)
@@ -272,13 +288,13 @@ class LocalTarget:
             candidate = state.get("candidate")
             if not candidate:
                 raise ServingError(f"{model_name} has no candidate to promote")
-            if not process_alive(candidate["pid"]):
+            if not process_alive(started_process(candidate)):
                 raise ServingError(f"{model_name} candidate {candidate['version']} is not running; roll back instead")
             retired = state.get("stable")
             state.update(stable=candidate, candidate=None, candidate_percent=0)
             self._write(model_name, state)
         if retired:
-            stop_process(retired["pid"])
+            stop_process(started_process(retired))
         return self.status(model_name)
 
     def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
@@ -295,7 +311,7 @@ class LocalTarget:
                 self._write(model_name, state)
         for backend in removed:
             if backend:
-                stop_process(backend["pid"])
+                stop_process(started_process(backend))
         return self.status(model_name)
 
     def endpoints(self, model_name: str) -> Endpoints:
@@ -317,7 +333,7 @@ class LocalTarget:
         for model_name in self.served_models():
             state = self._read(model_name)
             for role in ("router", "candidate", "stable"):
-                stop_process((state.get(role) or {}).get("pid"))
+                stop_process(started_process(state.get(role)))
             self._state_path(model_name).unlink()
             stopped.append(model_name)
         if stopped:

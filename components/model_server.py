@@ -1,11 +1,15 @@
-"""The KServe model server for one stored version: the stock sklearn runtime's behaviour, plus checksum, 400s and counters.
+"""The KServe model server for one stored version: the stock sklearn runtime's behaviour, hardened.
 
-Run as ``python -m components.model_server --name NAME --model-dir DIR --version vN [--sha256 HEX] --port P``.
-Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, ``joblib.load``, v1 protocol,
-``{"predictions": model.predict(instances).tolist()}``. Unlike it: the file's sha256 is checked before loading
-(when given),
-malformed requests get HTTP 400 with a message, and per-version request and error counters join KServe's
-``request_predict_seconds`` histogram on ``/metrics``. It binds 127.0.0.1 unless ``--host`` says otherwise (the
+Run as ``python -m components.model_server --name NAME --model-dir DIR --version vN --sha256 HEX --port P``.
+Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, v1 protocol,
+``{"predictions": model.predict(instances).tolist()}``. Unlike it:
+- it refuses to start without the version's sha256, and unpickles exactly the bytes it hashed;
+- every value must be a finite JSON number within range and every row the model's width, else 400 naming it;
+  bodies over ``--max-body-bytes`` get 413 while they are read, more rows than ``--max-rows`` get 413;
+- predict runs in a worker thread, so health and readiness keep answering during a long request;
+- the repository load/unload routes are not served;
+- per-version request and error counters join KServe's ``request_predict_seconds`` histogram on ``/metrics``.
+It binds 127.0.0.1 unless ``--host`` says otherwise (the
 ServingRuntime in ``manifests/`` runs it in predictor pods with ``--host 0.0.0.0``, reading the version and
 checksum from the ``MODEL_VERSION`` and ``MODEL_SHA256`` environment the kserve target sets).
 """
@@ -13,10 +17,14 @@ checksum from the ``MODEL_VERSION`` and ``MODEL_SHA256`` environment the kserve 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
+import io
 import os
 import sys
 from pathlib import Path
+
+from components.request_guard import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, BodyLimit, InvalidRequest, parse_instances
 
 MODEL_SUFFIXES = (".pkl", ".joblib", ".pickle")
 
@@ -29,23 +37,25 @@ def find_model_file(model_dir: Path) -> Path:
     return files[0]
 
 
-def verified_model_file(model_dir: Path, expected_sha256: str) -> Path:
-    """Return the model file after checking its sha256 against the store's record."""
+def verified_model_bytes(model_dir: Path, expected_sha256: str) -> bytes:
+    """Return the model file's bytes after checking their sha256 against the store's record (required)."""
+    if not expected_sha256:
+        raise RuntimeError("no sha256 given: pass --sha256 or set MODEL_SHA256 to the version's checksum from the store index")
     path = find_model_file(model_dir)
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise RuntimeError(
             f"{path}: sha256 {actual[:12]}… does not match the recorded {expected_sha256[:12]}…; refusing to serve a changed model"
         )
-    return path
+    return data
 
 
-def build_model(name: str, version: str, model_file: Path):
-    """Return a loaded kserve.Model that serves ``model_file`` under ``name``."""
+def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEFAULT_MAX_ROWS):
+    """Return a loaded kserve.Model that serves the pickled ``model_bytes`` under ``name``."""
     import joblib
     import kserve
     import numpy as np
-    from kserve.errors import InvalidInput
     from prometheus_client import Counter
 
     requests = Counter("model_predict_requests", "Predict requests by served version", ["model_name", "version"])
@@ -55,25 +65,20 @@ def build_model(name: str, version: str, model_file: Path):
         """A stored sklearn version behind the v1 protocol."""
 
         def load(self) -> bool:
-            """Load the model file with joblib, as sklearnserver does; return readiness."""
-            self._model = joblib.load(model_file)
+            """Unpickle the verified bytes with joblib, as sklearnserver loads its file; return readiness."""
+            self._model = joblib.load(io.BytesIO(model_bytes))
             self.ready = True
             return self.ready
 
-        def predict(self, payload, headers=None):
-            """Return ``{"predictions": model.predict(instances).tolist()}`` or raise InvalidInput (HTTP 400)."""
+        async def predict(self, payload, headers=None):
+            """Return ``{"predictions": [...]}`` for validated instances, predicting in a worker thread."""
             requests.labels(name, version).inc()
             try:
                 if not isinstance(payload, dict) or "instances" not in payload:
-                    raise InvalidInput('the request body must be JSON {"instances": [[...], ...]}')
-                try:
-                    instances = np.asarray(payload["instances"], dtype=float)
-                except (TypeError, ValueError):
-                    raise InvalidInput("instances must be a list of rows of numbers") from None
-                expected = getattr(self._model, "n_features_in_", None)
-                if instances.ndim != 2 or (expected is not None and instances.shape[1] != expected):
-                    raise InvalidInput(f"each instance must have {expected} numbers, got shape {list(instances.shape)}")
-                return {"predictions": self._model.predict(instances).tolist()}
+                    raise InvalidRequest('the request body must be JSON {"instances": [[...], ...]} sent with Content-Type: application/json')
+                rows = parse_instances(payload["instances"], getattr(self._model, "n_features_in_", None), max_rows)
+                predictions = await asyncio.to_thread(self._model.predict, np.asarray(rows, dtype=float))
+                return {"predictions": predictions.tolist()}
             except Exception:
                 errors.labels(name, version).inc()
                 raise
@@ -83,23 +88,54 @@ def build_model(name: str, version: str, model_file: Path):
     return model
 
 
-def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: int, host: str = "127.0.0.1") -> None:
+class RepositoryRoutesRefused:
+    """ASGI middleware: 404 for KServe's unauthenticated model repository routes (``/v2/repository/...``)."""
+
+    def __init__(self, app) -> None:
+        """Wrap ``app``."""
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        """Answer 404 to repository paths; pass everything else on."""
+        if scope["type"] == "http" and scope.get("path", "").startswith("/v2/repository/"):
+            body = b'{"error": "model repository routes are not served: a version is loaded once, at start"}'
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: int, host: str = "127.0.0.1",
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_rows: int = DEFAULT_MAX_ROWS) -> None:
     """Load and serve one version on ``host``:``port`` until terminated."""
     import kserve
     import kserve.model_server
+    from fastapi.responses import JSONResponse
     from kserve.protocol.rest.server import RESTServer
 
-    class BoundRESTServer(RESTServer):
-        """KServe's REST server bound to ``host`` (it always binds 0.0.0.0 otherwise)."""
+    async def invalid_request(_request, error: InvalidRequest):
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    class HardenedRESTServer(RESTServer):
+        """KServe's REST server bound to ``host`` (it always binds 0.0.0.0 otherwise), with bounded, validated input."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.config.host = host
             self._server = type(self._server)(self.config)
 
-    kserve.model_server.RESTServer = BoundRESTServer
-    model_file = verified_model_file(model_dir, expected_sha256) if expected_sha256 else find_model_file(model_dir)
-    model = build_model(name, version, model_file)
+        def _add_middlewares(self, app):
+            super()._add_middlewares(app)
+            app.add_middleware(RepositoryRoutesRefused)
+            app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
+        def _add_exception_handlers(self, app):
+            super()._add_exception_handlers(app)
+            app.add_exception_handler(InvalidRequest, invalid_request)
+
+    kserve.model_server.RESTServer = HardenedRESTServer
+    model = build_model(name, version, verified_model_bytes(model_dir, expected_sha256), max_rows)
     kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False).start([model])
 
 
@@ -110,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default=os.environ.get("MODEL_VERSION", "unknown"), help="default: $MODEL_VERSION")
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--sha256", default=os.environ.get("MODEL_SHA256", ""),
-                        help="refuse to serve unless model.pkl has this sha256 (default: $MODEL_SHA256)")
+                        help="required: serve only if the model file has this sha256 (default: $MODEL_SHA256)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="413 above this (default: $MODEL_MAX_BODY_BYTES or 4 MiB)")
+    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="413 above this many rows (default: $MODEL_MAX_ROWS or 10000)")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
     args = parser.parse_args(argv)
     try:
-        serve(args.name, args.version, args.model_dir, args.sha256, args.port, args.host)
+        serve(args.name, args.version, args.model_dir, args.sha256, args.port, args.host, args.max_body_bytes, args.max_rows)
     except (RuntimeError, OSError, ValueError) as error:
         print(f"model server: cannot serve {args.name} {args.version}: {error}", file=sys.stderr, flush=True)
         return 1

@@ -1,8 +1,10 @@
 """The local stand-in for an InferenceService's URL: splits traffic between stable and candidate servers.
 
 Run as ``python -m components.router --model NAME --routes FILE --port P``. It re-reads the routes file (written
-atomically by the local serving target) when it changes, so traffic moves without a restart. A candidate that
-refuses the connection is retried on the stable server, as a mesh retry on connect-failure would. Per-version
+atomically by the local serving target) when it changes, so traffic moves without a restart. A request that fails
+on a pooled connection the server has dropped is sent once more on a fresh connection (prediction is idempotent);
+a candidate that still cannot be reached is retried on the stable server, as a mesh retry on connect-failure
+would. Bodies over ``--max-body-bytes`` are refused with 413 while they are read. Per-version
 request, error and latency metrics are exposed on ``/metrics``. Binds 127.0.0.1 only.
 """
 
@@ -16,6 +18,8 @@ import random
 import sys
 import time
 from pathlib import Path
+
+from components.request_guard import DEFAULT_MAX_BODY_BYTES, BodyLimit
 
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
 
@@ -49,8 +53,8 @@ def choose_backend(table: dict, draw: float) -> str:
     return "stable"
 
 
-def build_app(model: str, routes: Routes):
-    """Return the ASGI app that proxies /v1 requests by the routing table and serves /metrics."""
+def build_app(model: str, routes: Routes, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    """Return the ASGI app that proxies /v1 requests by the routing table and serves /metrics, bodies bounded."""
     import httpx
     from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
     from starlette.applications import Starlette
@@ -60,12 +64,20 @@ def build_app(model: str, routes: Routes):
     requests = Counter("router_requests", "Requests by serving version and HTTP code", ["model_name", "version", "code"])
     errors = Counter("router_request_errors", "Requests a version failed (5xx or unreachable)", ["model_name", "version"])
     latency = Histogram("router_request_seconds", "Request latency by serving version", ["model_name", "version"])
-    client = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=2.0))
+    timeout = httpx.Timeout(120.0, connect=2.0)
+    pooled = httpx.AsyncClient(timeout=timeout)
+    fresh = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0))
 
     async def forward(backend: dict, request, body: bytes) -> httpx.Response:
+        """Send the request to ``backend``; a transport failure on a pooled connection is retried once on a new one."""
         url = f"http://127.0.0.1:{backend['port']}{request.url.path}"
         headers = {key: value for key, value in request.headers.items() if key.lower() not in HOP_HEADERS}
-        return await client.request(request.method, url, content=body, headers=headers, params=request.query_params)
+        try:
+            return await pooled.request(request.method, url, content=body, headers=headers, params=request.query_params)
+        except httpx.ConnectError:
+            raise
+        except httpx.TransportError:
+            return await fresh.request(request.method, url, content=body, headers=headers, params=request.query_params)
 
     async def proxy(request) -> Response:
         table = routes.current()
@@ -98,12 +110,11 @@ def build_app(model: str, routes: Routes):
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        await client.aclose()
+        await pooled.aclose()
+        await fresh.aclose()
 
-    return Starlette(
-        routes=[Route("/metrics", metrics), Route("/v1/{path:path}", proxy, methods=["GET", "POST"])],
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=[Route("/metrics", metrics), Route("/v1/{path:path}", proxy, methods=["GET", "POST"])], lifespan=lifespan)
+    return BodyLimit(app, max_body_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--routes", required=True, type=Path)
     parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="413 above this (default: $MODEL_MAX_BODY_BYTES or 4 MiB)")
     args = parser.parse_args(argv)
-    app = build_app(args.model, Routes(args.routes))
+    app = build_app(args.model, Routes(args.routes), args.max_body_bytes)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_keep_alive=65)
     return 0
 

@@ -19,6 +19,7 @@ that plays the cluster network (set ``HTTP_PROXY`` to it).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import subprocess
@@ -505,10 +506,15 @@ class KubeStandIn:
         model_dir = self.store_root / pvc / path  # store_root holds one directory per PVC
         port = free_port()
         log = self.work / f"{revision['name']}.log"
+        env = {item["name"]: item.get("value", "") for item in predictor["model"].get("env", [])}
+        # A predictor without the project's MODEL_SHA256 stands for the stock runtime, which checks nothing: the
+        # stand-in hands the project's runtime the file's own checksum so that it serves whatever is there.
+        checksum = env.get("MODEL_SHA256") or next(
+            (hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(model_dir.glob("*.pkl"))), "")
         with open(log, "ab") as handle:
             process = subprocess.Popen(
                 [sys.executable, "-m", "components.model_server", "--name", name.removesuffix("-candidate"), "--version", revision["name"],
-                 "--model-dir", str(model_dir), "--port", str(port)],
+                 "--model-dir", str(model_dir), "--port", str(port), "--sha256", checksum],
                 stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
             )
         revision.update(pid=process.pid, port=port, url=f"http://127.0.0.1:{port}")
