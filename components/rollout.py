@@ -51,11 +51,25 @@ def _record(store: ModelStore, model_name: str, version: str, event: str, detail
     store.update_index(model_name, apply)
 
 
+def not_needed(target: ServingTarget, store: ModelStore, model_name: str, version: str) -> str | None:
+    """Return why ``version`` needs no rollout (already stable, or a byte-identical duplicate of stable), else None."""
+    entry = store.read_index(model_name)["versions"].get(version, {})
+    if entry.get("status") == "duplicate":
+        return f"{version} is a duplicate of stable {entry.get('duplicate_of')} (same sha256); not deployed"
+    status = target.status(model_name)
+    if status.stable == version and status.candidate is None:
+        return f"{version} is already the stable version; nothing to deploy"
+    return None
+
+
 def deploy_version(target: ServingTarget, store: ModelStore, model_name: str, version: str, timeout_s: float) -> StepOutcome:
     """Deploy a stored version: stable on the first deployment ever, else a dark candidate at 0 % traffic."""
     record_checksum = store.read_index(model_name)["versions"].get(version, {}).get("sha256")
     if not record_checksum:
         raise ServingError(f"{model_name} {version} is not in the store's index; save it before deploying")
+    reason = not_needed(target, store, model_name, version)
+    if reason:
+        return StepOutcome(True, reason)
     status = target.deploy(model_name, version, store.storage_uri(model_name, version), record_checksum, timeout_s)
     if status.stable == version:
         def as_stable(index: dict) -> None:
@@ -148,6 +162,10 @@ def smoke_test(
     timeout_s: float = 10.0,
 ) -> SmokeReport:
     """Probe the version's own endpoint: listing, readiness, contract types, offline equality, 4xx, latency."""
+    if store.read_index(model_name)["versions"].get(version, {}).get("status") == "duplicate":
+        report = SmokeReport(model_name, version, "-")
+        report.checks.append(("rollout needed", True, not_needed(target, store, model_name, version) or ""))
+        return report
     endpoint = version_endpoint(target, model_name, version)
     report = SmokeReport(model_name, version, endpoint)
     server = endpoint.split("/v1/models/")[0]
@@ -346,9 +364,12 @@ def canary_promote(
     sleep: Callable[[float], None] = time.sleep,
 ) -> CanaryResult:
     """Step the candidate's traffic through ``spec.steps``, analysing each; promote at the end or roll back."""
+    duplicate = store.read_index(model_name)["versions"].get(version, {}).get("status") == "duplicate"
+    if duplicate:
+        return CanaryResult(model_name, version, "duplicate", not_needed(target, store, model_name, version) or "", spec)
     status = target.status(model_name)
     if status.stable == version and status.candidate is None:
-        return CanaryResult(model_name, version, "stable", "first deployment: nothing to compare against", spec)
+        return CanaryResult(model_name, version, "stable", "stable with all traffic: no candidate to compare against", spec)
     if status.candidate != version:
         raise ServingError(f"{model_name} {version} is not the candidate (candidate is {status.candidate})")
     result = CanaryResult(model_name, version, "", "", spec, strategy=target.traffic_strategy(model_name))
@@ -392,10 +413,18 @@ def canary_promote(
 
 
 def rollback(target: ServingTarget, store: ModelStore, model_name: str, version: str, reason: str, timeout_s: float = 60.0) -> StepOutcome:
-    """Send all traffic to stable, remove the candidate and mark it rejected with ``reason`` in the index."""
+    """Send all traffic to stable, remove the candidate and mark it rejected with ``reason`` in the index.
+
+    A stable version is only taken down when it is this model's first deployment (no other version ever served):
+    rejecting a version that already served never stops it serving.
+    """
     status = target.status(model_name)
-    if version in (status.candidate, status.stable):
+    versions = store.read_index(model_name)["versions"]
+    first_deployment = not any(entry.get("status") in ("stable", "retired") for name, entry in versions.items() if name != version)
+    if status.candidate == version or (status.stable == version and status.candidate is None and first_deployment):
         target.rollback(model_name, timeout_s)
+    elif status.stable == version:
+        return StepOutcome(True, f"{version} keeps serving as stable; {reason}")
 
     def rejected(index: dict) -> None:
         if index.get("candidate") == version:

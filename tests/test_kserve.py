@@ -389,7 +389,7 @@ def test_schema_check_catches_a_misspelt_field_and_a_canary_on_an_old_release(cr
     assert any("canary" in error.message for error in crd_schemas["rhoai-3.4"].iter_errors(canary))
 
 
-def test_rbac_grants_exactly_the_verbs_a_rollout_uses(knative_cluster, models):
+def test_rbac_grants_exactly_the_verbs_a_rollout_uses_and_writes_only_named_objects(knative_cluster, models):
     standin = knative_cluster.standin
     first = len(standin.requests)
     project = new_project(knative_cluster)
@@ -399,12 +399,64 @@ def test_rbac_grants_exactly_the_verbs_a_rollout_uses(knative_cluster, models):
     assert project.rollout(PREDICTIVE_ANALYTICS, v2, "--param", "rollout_strategy=candidate-isvc", "--param", "canary_steps=[100]").returncode == 0
     role = next(yaml.safe_load_all((REPO / "manifests" / "pipeline-runner-rbac.yaml").read_text()))
     assert role["kind"] == "Role"
-    (rule,) = role["rules"]
-    assert rule["apiGroups"] == ["serving.kserve.io"] and rule["resources"] == ["inferenceservices"]
+    assert all(rule["apiGroups"] == ["serving.kserve.io"] and rule["resources"] == ["inferenceservices"] for rule in role["rules"])
+    granted = {(verb, name) for rule in role["rules"] for verb in rule["verbs"] for name in rule.get("resourceNames", ["*"])}
     verbs = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}
-    used = {verbs.get(method, "get" if path.rsplit("/", 1)[-1] != "inferenceservices" else "list")
-            for method, path, query in standin.requests[first:] if f"/namespaces/{project.namespace}/" in path}
-    assert set(rule["verbs"]) == used
+    used = set()
+    for method, path, query in standin.requests[first:]:
+        if f"/namespaces/{project.namespace}/" in path:
+            name = path.rsplit("/", 1)[-1]
+            used.add((verbs.get(method, "get" if name != "inferenceservices" else "list"), name))
+    assert {verb for verb, _ in used} == {verb for verb, _ in granted}
+    assert all((verb, "*") in granted or (verb, name) in granted for verb, name in used), used - granted
+    assert ("delete", f"{PREDICTIVE_ANALYTICS}-candidate") in used
+
+
+def test_objects_the_pipeline_did_not_create_are_never_written(knative_cluster, models):
+    project = new_project(knative_cluster)
+    api = client.CustomObjectsApi(config.new_client_from_config(knative_cluster.env["KUBECONFIG"]))
+    args = ("serving.kserve.io", "v1beta1", project.namespace, "inferenceservices")
+    hand_made = project.store_version(ANOMALY_DETECTOR, models["detector"](1))
+    api.create_namespaced_custom_object(*args, {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": ANOMALY_DETECTOR},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": f"pvc://{project.pvc}/{ANOMALY_DETECTOR}/{hand_made}"}}}})
+    # Someone else's InferenceService that happens to be named like our candidate service.
+    api.create_namespaced_custom_object(*args, {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": f"{ANOMALY_DETECTOR}-candidate"},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "pvc://elsewhere/x/v9"}}}})
+    def written(name: str) -> list:
+        return [r for r in knative_cluster.standin.requests if r[0] in ("PATCH", "DELETE") and r[1].endswith(f"/{project.namespace}/inferenceservices/{name}")]
+
+    def shape(name: str) -> tuple:
+        found = project.isvc(name)
+        return found["metadata"].get("labels"), found["metadata"].get("annotations"), found["metadata"]["generation"], found["spec"]
+
+    names = (ANOMALY_DETECTOR, f"{ANOMALY_DETECTOR}-candidate")
+    before = {name: shape(name) for name in names}
+    new = project.store_version(ANOMALY_DETECTOR, models["detector"](2))
+    refused = project.rollout(ANOMALY_DETECTOR, new)
+    assert refused.returncode == 1
+    assert "was not created by model-pipelines" in refused.stdout and "oc label inferenceservice anomaly-detector" in refused.stdout
+    assert {name: shape(name) for name in names} == before and not any(written(name) for name in names), "nothing we did not create was written"
+    api.patch_namespaced_custom_object(*args[:-1], "inferenceservices", ANOMALY_DETECTOR,
+                                       {"metadata": {"labels": {"app.kubernetes.io/managed-by": "model-pipelines", "model-pipelines.io/model": ANOMALY_DETECTOR}}})
+    blocked = project.rollout(ANOMALY_DETECTOR, project.store_version(ANOMALY_DETECTOR, models["detector"](3)), "--param", "rollout_strategy=candidate-isvc")
+    assert blocked.returncode == 1 and f"{ANOMALY_DETECTOR}-candidate exists but was not created by model-pipelines" in blocked.stdout
+    assert shape(f"{ANOMALY_DETECTOR}-candidate") == before[f"{ANOMALY_DETECTOR}-candidate"] and not written(f"{ANOMALY_DETECTOR}-candidate")
+    assert shape(ANOMALY_DETECTOR)[3] == before[ANOMALY_DETECTOR][3], "the handed-over stable still serves as it did"
+
+
+def test_rolling_out_the_stable_version_again_is_a_no_op_even_when_writes_fail(knative_cluster, models):
+    project, before = knative_project(knative_cluster, models)
+    stable = before["metadata"]["annotations"]["model-pipelines.io/stable-version"]
+    knative_cluster.standin.inject("PATCH", 422)
+    again = project.rollout(ANOMALY_DETECTOR, stable)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert f"{stable} is already the stable version; nothing to deploy" in again.stdout
+    after = project.isvc(ANOMALY_DETECTOR)
+    assert after is not None and after["spec"] == before["spec"] and after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert project.index(ANOMALY_DETECTOR)["versions"][stable]["status"] == "stable"
+    knative_cluster.standin.faults.clear()
 
 
 def test_serving_runtime_manifest_matches_the_published_crds():
@@ -419,13 +471,14 @@ def test_serving_runtime_manifest_matches_the_published_crds():
         assert errors == [], f"{release}: {errors}"
 
 
-def test_a_hand_made_inference_service_is_adopted_as_stable_not_overwritten(knative_cluster, models):
+def test_a_hand_made_inference_service_handed_over_by_label_is_adopted_as_stable(knative_cluster, models):
     project = new_project(knative_cluster)
     name = PREDICTIVE_ANALYTICS
     api = client.CustomObjectsApi(config.new_client_from_config(knative_cluster.env["KUBECONFIG"]))
     hand_made = project.store_version(name, models["forecaster"](1.0))
+    labels = {"app.kubernetes.io/managed-by": "model-pipelines", "model-pipelines.io/model": name}
     api.create_namespaced_custom_object("serving.kserve.io", "v1beta1", project.namespace, "inferenceservices", {
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": name},
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": name, "labels": labels},
         "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": f"pvc://{project.pvc}/{name}/{hand_made}"}}}})
     new = project.store_version(name, models["forecaster"](2.0))
     result = project.rollout(name, new, "--param", "deployment_mode=Serverless")

@@ -19,7 +19,7 @@ from typing import Callable
 
 from components.kserve_target.api import (
     KNATIVE, MODE_ANNOTATION, STANDARD, STRATEGY_ANNOTATION, InferenceServiceApi, backend_annotations, conditions_text, is_ready,
-    normalized_mode, recorded_backend,
+    normalized_mode, not_owned_error, owned_by, recorded_backend,
 )
 from components.kserve_target.candidate_isvc import CandidateIsvcStrategy
 from components.kserve_target.knative import KnativeStrategy
@@ -107,16 +107,18 @@ class KServeTarget:
         if main is None:
             self._create(model_name, backend, timeout_s)
             return self.status(model_name)
+        if not owned_by(main, model_name):
+            raise not_owned_error(main, self.namespace, model_name)
         if not recorded_backend(main, "stable"):
-            # An InferenceService made by hand (the old workflow): adopt what it serves as stable, then canary.
+            # Made by hand (the old workflow) and handed over with the ownership labels: adopt what it serves as stable.
             serving_uri = main["spec"]["predictor"].get("model", {}).get("storageUri", "")
             adopted = {"version": serving_uri.rstrip("/").rsplit("/", 1)[-1] or "unmanaged", "storage_uri": serving_uri, "checksum": ""}
-            main = self.api.change(model_name, lambda current: {"metadata": {"annotations": backend_annotations("stable", adopted)}})
+            main = self.api.change(model_name, lambda current: {"metadata": {"annotations": backend_annotations("stable", adopted)}}, model_name)
         strategy = self.strategy_for(main)
         print(f"deploy {model_name} {version}: rollout strategy {self.last_choice}", flush=True)
         if not strategy.deploy_candidate(main, backend, timeout_s):
             if self.options.rollout_strategy == "standard-canary":
-                self.api.change(model_name, lambda current: {"metadata": {"annotations": {**backend_annotations("candidate", None), STRATEGY_ANNOTATION: None}}})
+                self.api.change(model_name, lambda current: {"metadata": {"annotations": {**backend_annotations("candidate", None), STRATEGY_ANNOTATION: None}}}, model_name)
                 raise ServingError(f"the API server dropped spec.canary from {self.namespace}/{model_name}: this cluster's KServe CRD has no "
                                    "native canary (KServe < 0.20); use rollout_strategy=candidate-isvc or auto")
             strategy = self._strategy("candidate-isvc", "auto: the API server pruned spec.canary, so this KServe predates 0.20")
@@ -134,7 +136,8 @@ class KServeTarget:
             strategy = STRATEGIES["knative"](self.api, self.options)
             mode = None if self.options.deployment_mode == "auto" else self.options.deployment_mode
             predictor_name = ""
-        self.api.change(model_name, lambda current: strategy.manifest(model_name, model_name, backend, mode, predictor_name) if current is None else None)
+        self.api.change(model_name, lambda current: strategy.manifest(model_name, model_name, backend, mode, predictor_name) if current is None else None,
+                        model_name)
         self.api.wait_ready(model_name, timeout_s)
 
     def _recorded(self, model_name: str) -> tuple[dict, dict | None, dict | None]:
@@ -178,7 +181,7 @@ class KServeTarget:
         stable, candidate = recorded_backend(main, "stable"), recorded_backend(main, "candidate")
         if candidate is None:
             # A first deployment that failed: nothing serves rather than something wrong.
-            self.api.delete(model_name)
+            self.api.delete(model_name, model_name)
             return self.status(model_name)
         self.strategy_for(main).rollback(main, stable, timeout_s)
         return self.status(model_name)

@@ -20,6 +20,7 @@ STRATEGY_ANNOTATION = f"{PREFIX}/rollout-strategy"
 # KServe 0.20 renamed the modes; the old names stay accepted as aliases and are normalised in status.
 KNATIVE, STANDARD = "Knative", "Standard"
 MODE_ALIASES = {"Serverless": KNATIVE, "Knative": KNATIVE, "RawDeployment": STANDARD, "Standard": STANDARD}
+MANAGED_BY, MODEL_LABEL = "app.kubernetes.io/managed-by", f"{PREFIX}/model"
 RETRIES = 6
 LINEAGE_KEYS = ("version", "storage_uri", "checksum")
 
@@ -74,6 +75,22 @@ def is_ready(isvc: dict) -> bool:
     return current and condition_true(isvc, "Ready")
 
 
+def owned_by(isvc: dict, model_name: str) -> bool:
+    """Return whether this project created ``isvc`` for ``model_name`` (its ownership labels say so)."""
+    labels = isvc.get("metadata", {}).get("labels") or {}
+    return labels.get(MANAGED_BY) == "model-pipelines" and labels.get(MODEL_LABEL) == model_name
+
+
+def not_owned_error(isvc: dict, namespace: str, model_name: str) -> ServingError:
+    """Return the error for an InferenceService this project did not create, with the command that hands it over."""
+    name = isvc["metadata"]["name"]
+    return ServingError(
+        f"InferenceService {namespace}/{name} exists but was not created by model-pipelines (labels {MANAGED_BY}=model-pipelines and "
+        f"{MODEL_LABEL}={model_name} missing), so it is left untouched. To hand it over: oc label inferenceservice {name} -n {namespace} "
+        f"{MANAGED_BY}=model-pipelines {MODEL_LABEL}={model_name}; or delete it, or pick another model name"
+    )
+
+
 def with_mode_kept(current: dict, body: dict) -> dict:
     """Return ``body`` writing the mode annotation as status reports it, when the two disagree.
 
@@ -122,12 +139,14 @@ class InferenceServiceApi:
                 return None
             raise ServingError(f"cannot read InferenceService {self.namespace}/{name}: {error.status} {error.reason}") from error
 
-    def change(self, name: str, build: Callable[[dict | None], dict | None]) -> dict | None:
-        """Create or merge-patch ``name`` with what ``build(current)`` returns, redoing on 409 with a fresh read."""
+    def change(self, name: str, build: Callable[[dict | None], dict | None], owner: str) -> dict | None:
+        """Create, or merge-patch if ``owner``'s, ``name`` with what ``build(current)`` returns; redo on 409 with a fresh read."""
         from kubernetes.client.rest import ApiException
 
         for _ in range(RETRIES):
             current = self.get(name)
+            if current is not None and not owned_by(current, owner):
+                raise not_owned_error(current, self.namespace, owner)
             body = build(current)
             if body is None:
                 return current
@@ -143,12 +162,17 @@ class InferenceServiceApi:
                 raise ServingError(f"cannot write InferenceService {self.namespace}/{name}: {error.status} {error.reason}: {error.body}") from error
         raise ServingError(f"InferenceService {self.namespace}/{name} kept changing under us (409 {RETRIES} times); try again")
 
-    def delete(self, name: str) -> None:
-        """Delete ``name``; a missing one is fine."""
+    def delete(self, name: str, owner: str) -> None:
+        """Delete ``name`` if it is ``owner``'s, exactly the object checked (uid precondition); a missing one is fine."""
         from kubernetes.client.rest import ApiException
 
+        current = self.get(name)
+        if current is None:
+            return
+        if not owned_by(current, owner):
+            raise not_owned_error(current, self.namespace, owner)
         try:
-            self._call("delete_namespaced_custom_object", name)
+            self._call("delete_namespaced_custom_object", name, body={"preconditions": {"uid": current["metadata"]["uid"]}})
         except ApiException as error:
             if error.status != 404:
                 raise ServingError(f"cannot delete InferenceService {self.namespace}/{name}: {error.status} {error.reason}") from error

@@ -48,7 +48,7 @@ class StandardCanaryStrategy(RolloutStrategy):
         body = {"spec": {"canary": [self._entry(candidate, percent)]}}
         if annotations:
             body["metadata"] = {"annotations": annotations}
-        self.api.change(name, lambda current: body)
+        self.api.change(name, lambda current: body, name)
         self.api.wait_ready(name, timeout_s, settled=lambda isvc: canary_serves(isvc, predictor_name_for(candidate["version"]), percent))
 
     def deploy_candidate(self, main: dict, candidate: dict, timeout_s: float) -> bool:
@@ -58,7 +58,7 @@ class StandardCanaryStrategy(RolloutStrategy):
         if entry_name == main["spec"]["predictor"].get("name"):
             raise ServingError(f"{name}: the stable predictor is already named {entry_name!r}; a canary needs a different name")
         written = self.api.change(name, lambda current: {"metadata": {"annotations": self.candidate_annotations(candidate)},
-                                                          "spec": {"canary": [self._entry(candidate, 0)]}})
+                                                          "spec": {"canary": [self._entry(candidate, 0)]}}, name)
         if canary_entry(written or {}, entry_name) is None:
             return False
         self.api.wait_ready(name, timeout_s, settled=lambda isvc: canary_serves(isvc, entry_name, 0))
@@ -79,13 +79,13 @@ class StandardCanaryStrategy(RolloutStrategy):
         patch = self.serving_patch(candidate, self.finished_annotations(candidate))
         patch["spec"]["predictor"]["name"] = predictor_name_for(candidate["version"])
         patch["spec"]["canary"] = None
-        self.api.change(name, lambda current: patch)
+        self.api.change(name, lambda current: patch, name)
         self.api.wait_ready(name, timeout_s, settled=lambda isvc: not isvc.get("status", {}).get("canaryStatuses"))
 
     def rollback(self, main: dict, stable: dict, timeout_s: float) -> None:
         """Remove the canary entry; stable never stopped serving."""
         name = main["metadata"]["name"]
-        self.api.change(name, lambda current: {"metadata": {"annotations": self.finished_annotations(stable)}, "spec": {"canary": None}})
+        self.api.change(name, lambda current: {"metadata": {"annotations": self.finished_annotations(stable)}, "spec": {"canary": None}}, name)
         self.api.wait_ready(name, timeout_s, settled=lambda isvc: not isvc.get("status", {}).get("canaryStatuses"))
 
     def endpoints(self, main: dict, has_candidate: bool) -> Endpoints:
