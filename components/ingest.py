@@ -36,7 +36,6 @@ class IngestRequest:
     validation_fraction: float = 0.3
     max_gap_minutes: int = 5
     prometheus_url: str = ""
-    prometheus_token: str = ""
     prometheus_ca_bundle: str = ""
     prometheus_queries: dict = field(default_factory=dict)
     prometheus_end: str = ""
@@ -83,7 +82,7 @@ def _prometheus(request: IngestRequest) -> tuple[pd.DataFrame, str]:
     """
     if not request.prometheus_url:
         raise ContractError("source 'prometheus' needs prometheus_url, e.g. https://thanos-querier.openshift-monitoring.svc:9091")
-    client = PrometheusClient(request.prometheus_url, request.prometheus_token, request.prometheus_ca_bundle)
+    client = PrometheusClient(request.prometheus_url, request.prometheus_ca_bundle)
     end = pd.Timestamp(request.prometheus_end).tz_convert("UTC") if request.prometheus_end else pd.Timestamp.now(tz="UTC")
     end = end.floor("min").to_pydatetime()
     start = end - dt.timedelta(days=request.days)

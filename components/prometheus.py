@@ -1,6 +1,6 @@
 """Prometheus (or Thanos querier) as a data source: training series for ingest, live metrics for canary analysis.
 
-Auth follows the cluster's habits: a bearer token from a parameter or the pod's service-account token, and a CA
+Auth follows the cluster's habits: a bearer token from a Secret ($PROMETHEUS_TOKEN) or the pod's service-account token, sent only over https, and a CA
 bundle. Messy data is expected: several series per query are aggregated, timestamps go onto a 1-minute grid,
 duplicates are merged and short gaps interpolated. A query that returns nothing is "no data", never zero.
 """
@@ -8,6 +8,8 @@ duplicates are merged and short gaps interpolated. A query that returns nothing 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import requests
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, TIMESTAMP_COLUMN, ContractError, Unit, scale_network, schema_for
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+TOKEN_ENV = "PROMETHEUS_TOKEN"
+_WARNED_PLAIN_HTTP: set[str] = set()
 STEP_SECONDS = 60
 # The base metrics the coordination engine uses, as PromQL. Network queries return bytes/s; ingest scales them.
 DEFAULT_QUERIES: dict[str, dict[str, str]] = {
@@ -52,21 +56,44 @@ class PrometheusError(RuntimeError):
     """Prometheus could not be queried; the message names the URL and the fix."""
 
 
+def token_source(secret_name: str) -> str:
+    """Return, for the log, where the Prometheus token comes from (never the token)."""
+    secret = f"key 'token' of Secret {secret_name!r} if it exists, else " if secret_name else ""
+    return f"Prometheus token: {secret}the service account's; sent only over https"
+
+
+def bearer_token() -> str:
+    """Return the Prometheus token: $PROMETHEUS_TOKEN (injected from a Secret), else the pod's service-account token."""
+    return os.environ.get(TOKEN_ENV, "") or (SERVICE_ACCOUNT_TOKEN.read_text().strip() if SERVICE_ACCOUNT_TOKEN.is_file() else "")
+
+
 @dataclass(frozen=True)
 class PrometheusClient:
-    """A Prometheus HTTP API endpoint with optional bearer token and CA bundle."""
+    """A Prometheus HTTP API endpoint and CA bundle; the token comes from the environment, never from a parameter.
+
+    The token is sent only over https, only to the configured host (redirects are not followed), and never printed.
+    """
 
     url: str
-    token: str = ""
     ca_bundle: str = ""
     timeout_s: float = 30.0
 
+    def _headers(self) -> dict:
+        """Return the Authorization header when a token exists and the URL is https; warn once otherwise."""
+        token = bearer_token()
+        if not token:
+            return {}
+        if urllib.parse.urlparse(self.url).scheme != "https":
+            if self.url not in _WARNED_PLAIN_HTTP:
+                _WARNED_PLAIN_HTTP.add(self.url)
+                print(f"warning: not sending the bearer token to {self.url}: tokens go only over https", flush=True)
+            return {}
+        return {"Authorization": f"Bearer {token}"}
+
     def _get(self, path: str, params: dict) -> list:
-        token = self.token or (SERVICE_ACCOUNT_TOKEN.read_text().strip() if SERVICE_ACCOUNT_TOKEN.is_file() else "")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            answer = requests.get(f"{self.url.rstrip('/')}{path}", params=params, headers=headers, timeout=self.timeout_s,
-                                  verify=self.ca_bundle or True)
+            answer = requests.get(f"{self.url.rstrip('/')}{path}", params=params, headers=self._headers(), timeout=self.timeout_s,
+                                  verify=self.ca_bundle or True, allow_redirects=False)
         except requests.RequestException as error:
             raise PrometheusError(
                 f"cannot reach Prometheus at {self.url} ({error.__class__.__name__}); check prometheus_url (in OpenShift the "

@@ -237,8 +237,8 @@ class CanarySpec:
     max_live_p95_latency_ms: float = 100.0
 
     def __post_init__(self) -> None:
-        if not self.steps or any(not 0 < step <= 100 for step in self.steps) or list(self.steps) != sorted(self.steps):
-            raise ValueError(f"steps must be increasing percentages in 1-100, got {list(self.steps)}")
+        if not self.steps or any(not 0 < step <= 100 for step in self.steps) or list(self.steps) != sorted(set(self.steps)):
+            raise ValueError(f"steps must be strictly increasing percentages in 1-100, got {list(self.steps)}")
         if self.failure_limit < 0 or self.probe_requests < 0:
             raise ValueError("failure_limit and probe_requests must not be negative")
 
@@ -382,9 +382,15 @@ def canary_promote(
                 sleep(spec.interval_s)
                 endpoints = target.endpoints(model_name)
                 measurements: dict[str, float | None] = {}
+                broken = []
                 for provider in providers:
-                    measurements.update(provider.measure(model_name, endpoints.stable or "", endpoints.candidate or "", version))
+                    try:
+                        measurements.update(provider.measure(model_name, endpoints.stable or "", endpoints.candidate or "", version))
+                    except Exception as error:  # a provider outage is no data: inconclusive, never a crash or a pass
+                        measurements[f"{type(provider).__name__}"] = None
+                        broken.append(f"{type(provider).__name__} failed: {error}")
                 verdict, detail = judge(measurements, spec)
+                detail = "; ".join([detail, *broken])
                 result.rows.append(AnalysisRow(weight, measurements, verdict, detail))
                 print(f"canary {model_name} {version} at {weight}%: {verdict} ({detail})", flush=True)
                 if verdict == "pass":
@@ -394,9 +400,9 @@ def canary_promote(
                     rollback(target, store, model_name, version, f"canary analysis at {weight}%: {verdict}: {detail}")
                     result.outcome, result.reason = "rolled back", f"at {weight}% traffic: {verdict}: {detail}"
                     return result
-    except ServingError as error:
-        rollback(target, store, model_name, version, f"canary step failed: {error}")
-        result.outcome, result.reason = "rolled back", f"serving failed during the canary: {error}"
+    except Exception as error:  # whatever failed, the candidate ends at 0 % and rejected
+        rollback(target, store, model_name, version, f"canary step failed: {type(error).__name__}: {error}")
+        result.outcome, result.reason = "rolled back", f"the canary failed: {type(error).__name__}: {error}"
         return result
     target.promote(model_name, timeout_s)
 

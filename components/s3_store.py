@@ -14,18 +14,23 @@ import base64
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Callable
 
 from components.contract import schema_for
 from components.storage import (
+    BACKUP_SUFFIX,
     INDEX_FILENAME,
+    QUARANTINE_DIR,
     RECORD_FILENAME,
     VERSION_PATTERN,
     StoredVersion,
     StoreError,
+    checked_bytes,
     empty_index,
     index_entry,
+    parse_json,
     repair_index,
     utc_now,
     version_number,
@@ -146,34 +151,66 @@ class S3Store:
             index["versions"][version] = index_entry(full_record)
             index["history"].append({"at": utc_now(), "event": "saved", "version": version})
 
-        self.update_index(model_name, add_entry)
+        try:
+            self.update_index(model_name, add_entry)
+        except Exception:
+            # Without its record the claimed number stays taken but no version becomes visible.
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(model_name, version, RECORD_FILENAME))
+            raise
         return StoredVersion(model_name, version, checksum, self.storage_uri(model_name, version), self.storage_uri(model_name, version))
 
     def version_record(self, model_name: str, version: str) -> dict:
         """Return a version's immutable record."""
-        found = self._get(self._key(model_name, version, RECORD_FILENAME))
+        key = self._key(model_name, version, RECORD_FILENAME)
+        found = self._get(key)
         if found is None:
             raise StoreError(f"{model_name} {version} does not exist in s3://{self.bucket}/{self._key(model_name)}")
-        return json.loads(found[0])
+        return parse_json(found[0], f"s3://{self.bucket}/{key}", model_name)
 
-    def model_bytes(self, model_name: str, version: str) -> bytes:
-        """Return a version's model.pkl after checking it against the recorded sha256."""
-        record = self.version_record(model_name, version)
+    def raw_model_bytes(self, model_name: str, version: str) -> bytes:
+        """Return a version's model.pkl unchecked (``model_bytes`` checks it)."""
         found = self._get(self._key(model_name, version, MODEL_FILENAME))
         if found is None:
             raise StoreError(f"{model_name} {version}: model.pkl is missing from s3://{self.bucket}/{self._key(model_name, version)}")
-        actual = hashlib.sha256(found[0]).hexdigest()
-        if actual != record["sha256"]:
-            raise StoreError(
-                f"{model_name} {version}: model.pkl has sha256 {actual[:12]}… but the record says {record['sha256'][:12]}…; "
-                "the object was changed or corrupted after it was saved: do not serve it, save a new version instead"
-            )
         return found[0]
 
+    def model_bytes(self, model_name: str, version: str) -> bytes:
+        """Return a version's model.pkl after checking it against the record's and the index's sha256."""
+        record = self.version_record(model_name, version)
+        index_sha256 = self.read_index(model_name)["versions"].get(version, {}).get("sha256")
+        return checked_bytes(self.raw_model_bytes(model_name, version), model_name, version, record.get("sha256", ""), index_sha256)
+
     def read_index(self, model_name: str) -> dict:
-        """Return the model's index (an empty one when nothing is stored)."""
-        found = self._get(self._key(model_name, INDEX_FILENAME))
-        return json.loads(found[0]) if found else empty_index(model_name)
+        """Return the model's index (an empty one when nothing is stored); a damaged one is a StoreError."""
+        key = self._key(model_name, INDEX_FILENAME)
+        found = self._get(key)
+        return parse_json(found[0], f"s3://{self.bucket}/{key}", model_name) if found else empty_index(model_name)
+
+    def last_good_index(self, model_name: str) -> dict | None:
+        """Return the copy of the index written beside it at its last update, if it is readable."""
+        key = self._key(model_name, INDEX_FILENAME + BACKUP_SUFFIX)
+        found = self._get(key)
+        try:
+            return parse_json(found[0], key, model_name) if found else None
+        except StoreError:
+            return None
+
+    def write_index(self, model_name: str, index: dict) -> None:
+        """Replace the index and its last good copy unconditionally (``store repair``)."""
+        body = json.dumps(index, indent=2, sort_keys=True).encode()
+        self._put(self._key(model_name, INDEX_FILENAME), body)
+        self._put(self._key(model_name, INDEX_FILENAME + BACKUP_SUFFIX), body)
+
+    def quarantine(self, model_name: str, version: str, reason: str = "quarantined") -> str:
+        """Copy a version's objects under ``.quarantine/`` and remove them from view; return where they went."""
+        target = self._key(model_name, QUARANTINE_DIR, f"{version}-{reason}-{uuid.uuid4().hex[:8]}")
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(model_name, version) + "/"):
+            for item in page.get("Contents", []):
+                name = item["Key"].rsplit("/", 1)[-1]
+                self.client.copy_object(Bucket=self.bucket, Key=f"{target}/{name}", CopySource={"Bucket": self.bucket, "Key": item["Key"]})
+                self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+        return f"s3://{self.bucket}/{target}"
 
     def update_index(self, model_name: str, change: Callable[[dict], None]) -> dict:
         """Read the index with its ETag, apply ``change``, write it only if unchanged since (412: read again)."""
@@ -182,11 +219,14 @@ class S3Store:
         key = self._key(model_name, INDEX_FILENAME)
         for _ in range(INDEX_RETRIES):
             found = self._get(key)
-            index, condition = (json.loads(found[0]), {"IfMatch": found[1]}) if found else (empty_index(model_name), {"IfNoneMatch": "*"})
+            index, condition = (parse_json(found[0], f"s3://{self.bucket}/{key}", model_name), {"IfMatch": found[1]}) if found \
+                else (empty_index(model_name), {"IfNoneMatch": "*"})
             change(index)
             repair_index(index, self.stored_versions(model_name), lambda version: self.version_record(model_name, version))
+            body = json.dumps(index, indent=2, sort_keys=True).encode()
             try:
-                self._put(key, json.dumps(index, indent=2, sort_keys=True).encode(), **condition)
+                self._put(key, body, **condition)
+                self._put(self._key(model_name, INDEX_FILENAME + BACKUP_SUFFIX), body)
                 return index
             except ClientError as error:
                 if _code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):

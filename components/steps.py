@@ -10,6 +10,33 @@ from typing import NamedTuple
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
+def validate_parameters(
+    source: str,
+    days: float,
+    validation_fraction: float,
+    model_store: str,
+    serving_target: str,
+    deployment_mode: str,
+    rollout_strategy: str,
+    ready_timeout_s: float,
+    canary_steps: list,
+    canary_interval_s: float,
+    probe_requests: int,
+    max_error_rate: float,
+    max_p95_latency_ms: float,
+    max_prediction_shift: float,
+    failure_limit: int,
+    max_live_p95_latency_ms: float,
+    prometheus_window: str,
+) -> str:
+    """Check every shared run parameter at the start of the DAG; fail listing all problems, else return "ok"."""
+    from components.run_parameters import check
+
+    check(dict(locals()))
+    print("run parameters: ok")
+    return "ok"
+
+
 def ingest(
     model_name: str,
     source: str,
@@ -18,7 +45,7 @@ def ingest(
     seed: int,
     validation_fraction: float,
     prometheus_url: str,
-    prometheus_token: str,
+    prometheus_secret: str,
     prometheus_ca_bundle: str,
     prometheus_queries: dict,
     prometheus_end: str,
@@ -29,8 +56,12 @@ def ingest(
     """Read raw metrics from the source, validate them and write train/validation Parquet; return a description."""
     from components.ingest import IngestRequest, ingest as run_ingest
 
+    if source == "prometheus":
+        from components.prometheus import token_source
+
+        print(token_source(prometheus_secret))
     result = run_ingest(IngestRequest(
-        model_name, source, file_path, days, seed, validation_fraction, prometheus_url=prometheus_url, prometheus_token=prometheus_token,
+        model_name, source, file_path, days, seed, validation_fraction, prometheus_url=prometheus_url,
         prometheus_ca_bundle=prometheus_ca_bundle, prometheus_queries=prometheus_queries, prometheus_end=prometheus_end,
         allow_synthetic_fallback=allow_synthetic_fallback,
     ))
@@ -279,7 +310,7 @@ def canary_promote(
     failure_limit: int,
     ready_timeout_s: float,
     prometheus_url: str,
-    prometheus_token: str,
+    prometheus_secret: str,
     prometheus_ca_bundle: str,
     prometheus_window: str,
     max_live_p95_latency_ms: float,
@@ -287,7 +318,7 @@ def canary_promote(
 ) -> str:
     """Step traffic to the candidate with analysis at each step; promote or roll back; return the outcome."""
     from components.kserve_target import KServeOptions
-    from components.prometheus import PrometheusClient, PrometheusProvider
+    from components.prometheus import PrometheusClient, PrometheusProvider, token_source
     from components.rollout import CanarySpec, ProbeProvider, canary_promote as run_canary
     from components.workflow import StoreOptions, serving_context
 
@@ -297,7 +328,8 @@ def canary_promote(
                       max_p95_latency_ms, max_prediction_shift, failure_limit, max_live_p95_latency_ms)
     providers = [ProbeProvider(sample, probe_requests)]
     if prometheus_url:
-        providers.append(PrometheusProvider(PrometheusClient(prometheus_url, prometheus_token, prometheus_ca_bundle), prometheus_window))
+        print(token_source(prometheus_secret))
+        providers.append(PrometheusProvider(PrometheusClient(prometheus_url, prometheus_ca_bundle), prometheus_window))
     result = run_canary(target, store, model_name, version, spec, providers, timeout_s=ready_timeout_s)
     with open(report.path, "w") as handle:
         handle.write(result.html())

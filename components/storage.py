@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ from components.train import MODEL_FILENAME
 
 RECORD_FILENAME = "version.json"
 INDEX_FILENAME = "metadata.json"
+BACKUP_SUFFIX = ".last-good"
+QUARANTINE_DIR = ".quarantine"
+STALE_STAGING_S = 3600
 VERSION_PATTERN = re.compile(r"^v([1-9][0-9]*)$")
 DEFAULT_PVC = "model-storage-pvc"
 DEFAULT_STORE_ROOT = "/mnt/models"
@@ -49,6 +53,30 @@ class StoredVersion:
     sha256: str
     storage_uri: str
     location: str
+
+
+def parse_json(data: bytes | str, where: str, model_name: str) -> dict:
+    """Return the JSON object in ``data`` or raise StoreError naming ``where`` and the repair command."""
+    try:
+        parsed = json.loads(data)
+    except ValueError as error:
+        raise StoreError(f"{where} is damaged ({error}); run `model-pipelines store repair {model_name}` to rebuild it from the "
+                         "version records (nothing is deleted)") from None
+    if not isinstance(parsed, dict):
+        raise StoreError(f"{where} is damaged (not a JSON object); run `model-pipelines store repair {model_name}`")
+    return parsed
+
+
+def checked_bytes(data: bytes, model_name: str, version: str, record_sha256: str, index_sha256: str | None) -> bytes:
+    """Return ``data`` if its sha256 matches the record's and the index's, else raise StoreError saying which differs."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != record_sha256:
+        raise StoreError(f"{model_name} {version}: model.pkl has sha256 {actual[:12]}… but the record says {record_sha256[:12]}…; "
+                         "the file was changed or corrupted after it was saved: do not serve it, save a new version instead")
+    if index_sha256 and actual != index_sha256:
+        raise StoreError(f"{model_name} {version}: model.pkl and its record agree on sha256 {actual[:12]}… but the index says "
+                         f"{index_sha256[:12]}…: both were replaced after the save; do not serve it, run `model-pipelines store verify`")
+    return data
 
 
 def utc_now() -> str:
@@ -106,10 +134,17 @@ def index_entry(record: dict) -> dict:
 
 
 def repair_index(index: dict, stored: list[str], read_record: Callable[[str], dict]) -> None:
-    """Add index entries for complete versions a crashed save left unindexed (the index is always written last)."""
+    """Add index entries for complete versions a crashed save left unindexed (the index is always written last).
+
+    A version whose record cannot be read is left out, so one damaged record never blocks the index; ``store
+    verify`` names it and ``store repair`` quarantines it.
+    """
     for version in stored:
         if version not in index["versions"]:
-            index["versions"][version] = index_entry(read_record(version))
+            try:
+                index["versions"][version] = index_entry(read_record(version))
+            except StoreError:
+                continue
             index["history"].append({"at": utc_now(), "event": "repaired", "version": version})
 
 
@@ -189,6 +224,7 @@ class FilesystemStore:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create {directory}: {error}; is the model-storage PVC mounted and writable?") from error
+        self.read_index(model_name)  # a damaged index fails the save before anything is published
         staging = directory / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
@@ -204,7 +240,11 @@ class FilesystemStore:
             index["versions"][version] = index_entry(full_record)
             index["history"].append({"at": utc_now(), "event": "saved", "version": version})
 
-        self.update_index(model_name, add_entry)
+        try:
+            self.update_index(model_name, add_entry)
+        except Exception:
+            self.quarantine(model_name, version, reason="failed-save")  # never leave a version visible without its index entry
+            raise
         return stored
 
     def _publish(self, model_name: str, staging: Path, record: dict) -> str:
@@ -234,19 +274,41 @@ class FilesystemStore:
         path = self.version_dir(model_name, version) / RECORD_FILENAME
         if not path.is_file():
             raise StoreError(f"{model_name} {version} does not exist in {self.root}; see the index {INDEX_FILENAME} for versions")
-        return json.loads(path.read_text())
+        return parse_json(path.read_bytes(), str(path), model_name)
+
+    def raw_model_bytes(self, model_name: str, version: str) -> bytes:
+        """Return a version's model.pkl bytes unchecked (``model_bytes`` checks them)."""
+        path = self.version_dir(model_name, version) / MODEL_FILENAME
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise StoreError(f"{model_name} {version}: cannot read {path}: {error}") from error
 
     def model_bytes(self, model_name: str, version: str) -> bytes:
-        """Return a version's model.pkl bytes after checking them against the recorded sha256."""
+        """Return a version's model.pkl bytes after checking them against the record's and the index's sha256."""
         record = self.version_record(model_name, version)
-        data = (self.version_dir(model_name, version) / MODEL_FILENAME).read_bytes()
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != record["sha256"]:
-            raise StoreError(
-                f"{model_name} {version}: model.pkl has sha256 {actual[:12]}… but the record says {record['sha256'][:12]}…; "
-                "the file was changed or corrupted after it was saved: do not serve it, save a new version instead"
-            )
-        return data
+        index_sha256 = self.read_index(model_name)["versions"].get(version, {}).get("sha256")
+        return checked_bytes(self.raw_model_bytes(model_name, version), model_name, version, record.get("sha256", ""), index_sha256)
+
+    def quarantine(self, model_name: str, version: str, reason: str = "quarantined") -> str:
+        """Move a version out of view into ``.quarantine/`` (nothing is deleted); return where it went."""
+        target = self.model_dir(model_name) / QUARANTINE_DIR / f"{version}-{reason}-{uuid.uuid4().hex[:8]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.version_dir(model_name, version), target)
+        return str(target)
+
+    def last_good_index(self, model_name: str) -> dict | None:
+        """Return the copy of the index written beside it at its last update, if it is readable."""
+        path = self.model_dir(model_name) / (INDEX_FILENAME + BACKUP_SUFFIX)
+        try:
+            return parse_json(path.read_bytes(), str(path), model_name) if path.is_file() else None
+        except StoreError:
+            return None
+
+    def write_index(self, model_name: str, index: dict) -> None:
+        """Replace the index under the lock (``store repair``)."""
+        with self._index_lock(model_name):
+            self._write_index_files(model_name, index)
 
     @contextlib.contextmanager
     def _index_lock(self, model_name: str) -> Iterator[None]:
@@ -261,17 +323,32 @@ class FilesystemStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def read_index(self, model_name: str) -> dict:
-        """Return the model's index (an empty one when nothing is stored)."""
+        """Return the model's index (an empty one when nothing is stored); a damaged one is a StoreError."""
         path = self.model_dir(model_name) / INDEX_FILENAME
         if not path.is_file():
             return empty_index(model_name)
-        return json.loads(path.read_text())
+        return parse_json(path.read_bytes(), str(path), model_name)
 
     def update_index(self, model_name: str, change: Callable[[dict], None]) -> dict:
         """Apply ``change`` under the lock, repairing entries for versions a crashed run left unindexed."""
         with self._index_lock(model_name):
+            self._remove_stale_staging(model_name)
             index = self.read_index(model_name)
             change(index)
             repair_index(index, self.stored_versions(model_name), lambda version: self.version_record(model_name, version))
-            _write_json_atomically(self.model_dir(model_name) / INDEX_FILENAME, index)
+            self._write_index_files(model_name, index)
             return index
+
+    def _write_index_files(self, model_name: str, index: dict) -> None:
+        """Write the index, then its last good copy (what ``store repair`` falls back on if the index is damaged)."""
+        path = self.model_dir(model_name) / INDEX_FILENAME
+        _write_json_atomically(path, index)
+        _write_json_atomically(path.with_name(INDEX_FILENAME + BACKUP_SUFFIX), index)
+
+    def _remove_stale_staging(self, model_name: str) -> None:
+        """Remove staging directories that crashed saves left behind (older than STALE_STAGING_S; call under the lock)."""
+        cutoff = time.time() - STALE_STAGING_S
+        for staging in self.model_dir(model_name).glob(".staging-*"):
+            with contextlib.suppress(OSError):
+                if staging.stat().st_mtime < cutoff:
+                    shutil.rmtree(staging)

@@ -148,6 +148,49 @@ def _serve_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(args: argparse.Namespace):
+    """Return the store a ``store`` verb works on: the directory, or S3 from the data connection in the environment."""
+    from components.s3_store import S3Store, s3_client_from_environment
+    from components.storage import FilesystemStore
+
+    if args.store == "s3":
+        client, bucket = s3_client_from_environment(args.s3_secret)
+        return S3Store(client, bucket, args.s3_prefix)
+    return FilesystemStore(args.store_dir)
+
+
+def _store(args: argparse.Namespace) -> int:
+    """List, verify or repair stored versions; return 1 when verify finds problems or the store cannot be read."""
+    from components import store_integrity
+    from components.storage import StoreError
+
+    models = list(MODEL_NAMES) if args.model == "all" else [args.model]
+    try:
+        store = _open_store(args)
+        if args.store_verb == "list":
+            for model in models:
+                index = store.read_index(model)
+                print(f"{model}  (stable {index.get('stable') or '-'}, candidate {index.get('candidate') or '-'})  {store.location}")
+                print(f"  {'version':<8} {'status':<11} {'sha256':<14} {'saved':<26} metrics")
+                for version, entry in sorted(index["versions"].items(), key=lambda item: int(item[0][1:])):
+                    metrics = store.version_record(model, version).get("metrics", {})
+                    shown = " ".join(f"{key}={value:.3f}" for key, value in list(metrics.items())[:4] if isinstance(value, (int, float)))
+                    print(f"  {version:<8} {entry.get('status', '-'):<11} {entry.get('sha256', '')[:12]:<14} {entry.get('saved_at', ''):<26} {shown}")
+            return 0
+        if args.store_verb == "verify":
+            problems = [problem for model in models for problem in store_integrity.verify(store, model)]
+            for problem in problems:
+                print(f"PROBLEM {problem}")
+            print(f"{len(problems)} problem(s) in {store.location}" if problems else f"ok: every index, record and checksum in {store.location} agrees")
+            return 1 if problems else 0
+        for model in models:
+            store_integrity.repair(store, model)
+        return 0
+    except StoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
 def _remote(handler):
     """Wrap a remote verb: connect, run it, and turn RemoteError into a clear message and exit code 1."""
 
@@ -219,7 +262,9 @@ def _schedule(args: argparse.Namespace, client, connection) -> int:
 def _add_connection_options(verb: argparse.ArgumentParser) -> None:
     """Add the KFP connection options every remote verb takes."""
     verb.add_argument("--host", help="KFP API URL, e.g. the DSP route (default: $KF_PIPELINES_ENDPOINT)")
-    verb.add_argument("--token", help="bearer token (default: $KF_PIPELINES_TOKEN, else the service-account token); never printed")
+    verb.add_argument("--token", help="bearer token; prefer $KF_PIPELINES_TOKEN, because a flag's value is visible to other users "
+                      "in the process list and stays in the shell history (default: $KF_PIPELINES_TOKEN, else the service-account "
+                      "token); never printed")
     verb.add_argument("--ca-cert", help="CA bundle for the route's TLS certificate")
     verb.add_argument("--namespace", help="the data science project (namespace) of a multi-user server")
 
@@ -302,6 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
         _add_connection_options(verb)
     _add_connection_options(create_verb)
     schedule_verb.set_defaults(handler=_remote(_schedule))
+
+    store_verb = verbs.add_parser("store", help="list, verify or repair the stored model versions")
+    store_verbs = store_verb.add_subparsers(dest="store_verb", required=True)
+    for verb_name, verb_help in (("list", "show versions, status, sha256 and metrics"),
+                                 ("verify", "check every index, record and checksum; exit 1 naming each problem"),
+                                 ("repair", "rebuild the index from the version records; quarantine unreadable versions (deletes nothing)")):
+        verb = store_verbs.add_parser(verb_name, help=verb_help)
+        verb.add_argument("model", nargs="?", default="all", choices=[*MODEL_NAMES, "all"])
+        verb.add_argument("--store-dir", default=str(DEFAULT_STATE_DIR / "store"), help=f"filesystem store root (default: {DEFAULT_STATE_DIR / 'store'}; /mnt/models in a pod)")
+        verb.add_argument("--store", choices=STORES, default="pvc", help="pvc (a directory) or s3 (the data connection's AWS_* environment)")
+        verb.add_argument("--s3-prefix", default="models")
+        verb.add_argument("--s3-secret", default=DEFAULT_SECRET, help="the data connection's name, for messages")
+        verb.set_defaults(handler=_store)
 
     serve_verb = verbs.add_parser("serve", help="inspect or stop local serving")
     serve_verbs = serve_verb.add_subparsers(dest="serve_verb", required=True)

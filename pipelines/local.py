@@ -17,6 +17,7 @@ from typing import Iterator
 from kfp import local
 
 from components.local_serving import LocalTarget
+from components.run_parameters import check as check_run_parameters
 from components.serving import ServingStatus
 from components.storage import StoreError, champion_version
 from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, open_store
@@ -87,6 +88,7 @@ def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
             arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean, "List": _number_list, "Dict": _json_object}.get(kind, str)(text)
         except ValueError:
             raise ValueError(f"--param {name}={text!r}: {name} is a {kind}") from None
+    check_run_parameters(arguments)
     return arguments
 
 

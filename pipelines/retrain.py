@@ -16,6 +16,7 @@ from kfp.dsl import Markdown, Metrics
 from components import __version__, steps
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.evaluate import Gates
+from components.prometheus import TOKEN_ENV
 from components.rollout import CanarySpec
 from components.s3_store import DATA_CONNECTION_KEYS, DEFAULT_SECRET
 from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT
@@ -30,6 +31,7 @@ PIPELINE_FILES = {
     ROLLOUT: "model-rollout.yaml",
 }
 STEP_FUNCTIONS = (
+    steps.validate_parameters,
     steps.ingest,
     steps.train_anomaly_detector,
     steps.train_predictive_analytics,
@@ -47,6 +49,7 @@ FORECASTER = ForecasterParams()
 GATES = Gates()
 CANARY = CanarySpec()
 DEFAULT_TARGET = "kserve"
+DEFAULT_PROMETHEUS_SECRET = "prometheus-token"
 # Every retraining pipeline returns its evaluation, so that local runs and the kfp client can summarise a run.
 PipelineOutputs = NamedTuple("PipelineOutputs", [("metrics", Metrics), ("report", Markdown)])
 
@@ -90,14 +93,28 @@ def _side_effect(task: dsl.PipelineTask, p: dict | None = None) -> dsl.PipelineT
     return task.set_caching_options(False)
 
 
+def _with_prometheus_token(task: dsl.PipelineTask, p: dict) -> dsl.PipelineTask:
+    """Inject the Prometheus token from key ``token`` of the Secret ``prometheus_secret`` (optional: else the service account)."""
+    kubernetes.use_secret_as_env(task, secret_name=p["prometheus_secret"], secret_key_to_env={"token": TOKEN_ENV}, optional=True)
+    return task
+
+
+def _validate(ops: SimpleNamespace, p: dict) -> dsl.PipelineTask:
+    """Add the first task: one check of every shared run parameter, listing all problems."""
+    names = ("source", "days", "validation_fraction", "model_store", "serving_target", "deployment_mode", "rollout_strategy", "ready_timeout_s",
+             "canary_steps", "canary_interval_s", "probe_requests", "max_error_rate", "max_p95_latency_ms", "max_prediction_shift",
+             "failure_limit", "max_live_p95_latency_ms", "prometheus_window")
+    return ops.validate_parameters(**{name: p[name] for name in names}).set_caching_options(False)
+
+
 def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
-    """Add the ingest task (never cached: its source changes under it)."""
-    return _side_effect(ops.ingest(
+    """Add the ingest task (never cached: its source changes under it), after the parameter check."""
+    return _with_prometheus_token(_side_effect(ops.ingest(
         model_name=model_name, source=p["source"], file_path=p["file_path"], days=p["days"], seed=p["seed"],
-        validation_fraction=p["validation_fraction"], prometheus_url=p["prometheus_url"], prometheus_token=p["prometheus_token"],
+        validation_fraction=p["validation_fraction"], prometheus_url=p["prometheus_url"], prometheus_secret=p["prometheus_secret"],
         prometheus_ca_bundle=p["prometheus_ca_bundle"], prometheus_queries=p["prometheus_queries"], prometheus_end=p["prometheus_end"],
         allow_synthetic_fallback=p["allow_synthetic_fallback"],
-    ))
+    ).after(_validate(ops, p))), p)
 
 
 SERVING_KNOBS = ("namespace", "runtime", "deployment_mode", "rollout_strategy", "service_account", "endpoint", "ready_timeout_s")
@@ -120,17 +137,17 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
         p,
     ).after(deploy)
     with dsl.If(smoke.outputs["Output"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
-        _side_effect(
+        _with_prometheus_token(_side_effect(
             ops.canary_promote(
                 version=version, validation_data=validation_data, canary_steps=p["canary_steps"],
                 canary_interval_s=p["canary_interval_s"], probe_requests=p["probe_requests"],
                 max_error_rate=p["max_error_rate"], max_p95_latency_ms=p["max_p95_latency_ms"],
                 max_prediction_shift=p["max_prediction_shift"], failure_limit=p["failure_limit"],
-                prometheus_url=p["prometheus_url"], prometheus_token=p["prometheus_token"], prometheus_ca_bundle=p["prometheus_ca_bundle"],
+                prometheus_url=p["prometheus_url"], prometheus_secret=p["prometheus_secret"], prometheus_ca_bundle=p["prometheus_ca_bundle"],
                 prometheus_window=p["prometheus_window"], max_live_p95_latency_ms=p["max_live_p95_latency_ms"], **serving,
             ),
             p,
-        )
+        ), p)
     with dsl.Else(name="smoke-test-failed"):
         _side_effect(ops.rollback(version=version, reason="smoke test failed: see the smoke-test report", **serving), p)
 
@@ -169,7 +186,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         seed: int = 42,
         validation_fraction: float = 0.3,
         prometheus_url: str = "",
-        prometheus_token: str = "",
+        prometheus_secret: str = DEFAULT_PROMETHEUS_SECRET,
         prometheus_ca_bundle: str = "",
         prometheus_queries: dict = {},
         prometheus_end: str = "",
@@ -248,7 +265,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         seed: int = 42,
         validation_fraction: float = 0.3,
         prometheus_url: str = "",
-        prometheus_token: str = "",
+        prometheus_secret: str = DEFAULT_PROMETHEUS_SECRET,
         prometheus_ca_bundle: str = "",
         prometheus_queries: dict = {},
         prometheus_end: str = "",
@@ -321,7 +338,7 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         seed: int = 7,
         validation_fraction: float = 0.5,
         prometheus_url: str = "",
-        prometheus_token: str = "",
+        prometheus_secret: str = DEFAULT_PROMETHEUS_SECRET,
         prometheus_ca_bundle: str = "",
         prometheus_queries: dict = {},
         prometheus_end: str = "",

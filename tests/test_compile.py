@@ -84,9 +84,15 @@ def test_side_effect_tasks_have_timeouts_and_the_yaml_holds_no_secrets():
             assert "env" not in executor["container"], "credentials must come from the secret at run time, not the YAML"
         for spec in executors.values():
             for secret in spec.get("secretAsEnv", []):
+                assert secret["optional"] is True
+                if secret["secretNameParameter"]["componentInputParameter"].endswith("prometheus_secret"):
+                    assert secret["keyToEnv"] == [{"envVar": "PROMETHEUS_TOKEN", "secretKey": "token"}]
+                    continue
                 assert secret["secretNameParameter"]["componentInputParameter"].endswith("s3_secret")
                 assert {pair["envVar"] for pair in secret["keyToEnv"]} == {
                     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET"}
+        parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
+        assert not [name for name in parameters if "token" in name or "password" in name], "no credential is a run parameter"
 
 
 def test_retrain_dag_order_and_safe_exit():

@@ -107,3 +107,31 @@ def test_an_unknown_platform_is_refused_with_the_known_names(tmp_path):
     assert result.returncode == 2
     assert "unknown platform 'rhoai-2.1'" in result.stdout and "rhoai-2.16" in result.stdout and "kfp-2.16" in result.stdout
     assert not list(tmp_path.iterdir())
+
+
+def platform_parameter_references(config: dict) -> set[str]:
+    """Return the component input parameters an executor's Kubernetes config reads (PVC and Secret names)."""
+    names = set()
+    for mount in config.get("pvcMount", []):
+        names.add(mount.get("componentInputParameter"))
+        names.add(mount.get("pvcNameParameter", {}).get("componentInputParameter"))
+    for secret in config.get("secretAsEnv", []):
+        names.add(secret.get("secretNameParameter", {}).get("componentInputParameter"))
+    return names - {None}
+
+
+def test_every_parameter_a_platform_config_reads_reaches_its_dag():
+    """kubeflow/pipelines issue 12617: a parameter used only by a platform config is not passed into a dsl.If sub-DAG."""
+    checked = 0
+    for path in COMPILED.rglob("*.yaml"):
+        pipeline_spec, platform_spec = yaml.safe_load_all(path.read_text())
+        configs = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        dags = {"root": pipeline_spec["root"], **{name: component for name, component in pipeline_spec["components"].items() if "dag" in component}}
+        for dag_name, dag in dags.items():
+            available = set(dag.get("inputDefinitions", {}).get("parameters", {}))
+            for task in dag["dag"]["tasks"].values():
+                executor = pipeline_spec["components"][task["componentRef"]["name"]].get("executorLabel")
+                missing = platform_parameter_references(configs.get(executor, {})) - available
+                assert not missing, f"{path.relative_to(COMPILED)}: {executor} in {dag_name} reads {missing}, which that DAG does not receive"
+                checked += bool(platform_parameter_references(configs.get(executor, {})))
+    assert checked > 50

@@ -2,6 +2,11 @@
 
 import datetime as dt
 import json
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +18,7 @@ from components.prometheus import PrometheusClient, PrometheusError, series_fram
 from components.storage import FilesystemStore
 from components.synthetic import generate_cluster_metrics
 from components.train import DetectorParams, train_anomaly_detector
-from tests.conftest import run_cli, snapshot
+from tests.conftest import run_cli
 from tests.servers import PrometheusServer
 from tests.test_serving import MainUrlClient, save
 
@@ -88,18 +93,83 @@ def test_too_little_data_is_an_error_unless_fallback_is_explicit(history):
     assert fallback.description.startswith("SYNTHETIC FALLBACK, not cluster data")
 
 
-def test_local_run_trains_from_prometheus(history, tmp_path):
+PLANTED_TOKEN = "planted-prometheus-token-3f9c2e7a"
+
+
+def test_local_run_trains_from_prometheus_and_never_leaks_its_token(history, tmp_path):
     server, _, end = history
     state = tmp_path / "state"
     try:
         result = run_cli("run", ANOMALY_DETECTOR, "--local", "--state-dir", str(state), "--param", "source=prometheus",
                          "--param", f"prometheus_url={server.url}", "--param", f"prometheus_end={end}", "--param", f"days={DAYS}",
-                         "--param", f"prometheus_queries={json.dumps(QUERIES)}", "--param", "min_f1=0", "--param", "canary_interval_s=0.3")
+                         "--param", f"prometheus_queries={json.dumps(QUERIES)}", "--param", "min_f1=0", "--param", "canary_interval_s=0.3",
+                         env={"PROMETHEUS_TOKEN": PLANTED_TOKEN})
     finally:
         run_cli("serve", "stop", "--state-dir", str(state))
     assert result.returncode == 0, result.stdout[-3000:]
     record = json.loads((state / "store" / ANOMALY_DETECTOR / "v1" / "version.json").read_text())
     assert record["run_name"] and "prometheus" in result.stdout
+    assert f"not sending the bearer token to {server.url}: tokens go only over https" in result.stdout
+    files = [path for path in state.rglob("*") if path.is_file()]
+    assert len(files) > 20, "the run wrote its logs and artifacts"
+    assert PLANTED_TOKEN not in result.stdout
+    assert [str(path) for path in files if PLANTED_TOKEN.encode() in path.read_bytes()] == []
+
+
+class RecordingTlsPrometheus:
+    """An https endpoint on 127.0.0.1 that answers like Prometheus and records the Authorization headers it gets."""
+
+    def __init__(self, work: Path, redirect_to: str = "") -> None:
+        self.cert, key = work / "cert.pem", work / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(self.cert), "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        self.seen: list[str] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                recorder.seen.append(self.headers.get("Authorization", ""))
+                if redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", redirect_to)
+                    self.end_headers()
+                    return
+                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_the_token_goes_only_over_https_and_only_to_the_configured_host(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_TOKEN", PLANTED_TOKEN)
+    tls = RecordingTlsPrometheus(tmp_path)
+    try:
+        PrometheusClient(tls.url, ca_bundle=str(tls.cert)).query("up")
+        assert tls.seen == [f"Bearer {PLANTED_TOKEN}"]
+    finally:
+        tls.server.shutdown()
+    (tmp_path / "other").mkdir()
+    elsewhere = RecordingTlsPrometheus(tmp_path / "other")
+    redirecting = RecordingTlsPrometheus(tmp_path, redirect_to=elsewhere.url + "/api/v1/query")
+    try:
+        with pytest.raises(PrometheusError):
+            PrometheusClient(redirecting.url, ca_bundle=str(redirecting.cert)).query("up")
+        assert elsewhere.seen == [], "a redirect never carries the token to another host"
+    finally:
+        redirecting.server.shutdown()
+        elsewhere.server.shutdown()
 
 
 def test_unreachable_prometheus_fails_clearly_and_never_trains_on_made_up_data(tmp_path):
@@ -133,7 +203,7 @@ def test_canary_rolls_back_on_prometheus_latency_alone(tmp_path):
                              "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=10s", "--param", "canary_interval_s=4",
                              "--param", "max_p95_latency_ms=5000", "--param", "max_live_p95_latency_ms=15", "--param", "canary_steps=[50,100]")
         assert result.returncode == 0, result.stdout[-3000:]
-        assert engine.failures == []
+        assert engine.sent > 20 and engine.failures == []
         entry = store.read_index(ANOMALY_DETECTOR)["versions"][slow]
         assert entry["status"] == "rejected" and "live_p95_latency_ms" in entry["rejected_reason"]
         assert "p95_latency_ms " not in entry["rejected_reason"].replace("live_p95_latency_ms", ""), "the probes alone would have passed"

@@ -44,7 +44,7 @@ def test_versions_are_immutable_checked_and_indexed(store, model_file):
     assert (first.version, second.version) == ("v1", "v2")
     assert second.storage_uri == f"s3://{S3_BUCKET}/{store.prefix}/{MODEL}/v2"
     keys = {item["Key"] for item in store.client.list_objects_v2(Bucket=S3_BUCKET, Prefix=store.prefix)["Contents"]}
-    assert keys == {f"{store.prefix}/{MODEL}/{name}" for name in ("v1/model.pkl", "v1/version.json", "v2/model.pkl", "v2/version.json", "metadata.json")}
+    assert keys == {f"{store.prefix}/{MODEL}/{name}" for name in ("v1/model.pkl", "v1/version.json", "v2/model.pkl", "v2/version.json", "metadata.json", "metadata.json.last-good")}
     index = store.read_index(MODEL)
     assert sorted(index["versions"]) == ["v1", "v2"] and index["versions"]["v1"]["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     assert isinstance(load_model(store, MODEL, "v2"), DummyRegressor)
@@ -78,7 +78,7 @@ def test_a_corrupted_object_is_refused_on_download(store, model_file):
     store.save_version(MODEL, model_file, {})
     key = f"{store.prefix}/{MODEL}/v1/model.pkl"
     store.client.put_object(Bucket=S3_BUCKET, Key=key, Body=model_file.read_bytes() + b"flipped")
-    with pytest.raises(StoreError, match="v1: model.pkl has sha256 .* the object was changed or corrupted"):
+    with pytest.raises(StoreError, match="v1: model.pkl has sha256 .* the file was changed or corrupted"):
         store.model_bytes(MODEL, "v1")
 
 

@@ -195,8 +195,10 @@ def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(se
     assert rollout.returncode == 0, output[-3000:]
     entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
     assert entry["status"] == "rejected", entry
+    assert entry["rejected_reason"].startswith("canary"), entry["rejected_reason"]
+    assert "not running" in entry["rejected_reason"] or "error_rate" in entry["rejected_reason"], entry["rejected_reason"]
     assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}
-    assert client.failures == [], client.failures[:3]
+    assert client.sent > 20 and client.failures == [], client.failures[:3]
 
 
 def test_good_candidate_is_promoted_through_every_step(served, training):
@@ -208,7 +210,7 @@ def test_good_candidate_is_promoted_through_every_step(served, training):
     assert result.returncode == 0, result.stdout[-3000:]
     for weight in (10, 50, 100):
         assert f"canary {ANOMALY_DETECTOR} {version} at {weight}%: pass" in result.stdout
-    assert client.failures == []
+    assert client.sent > 20 and client.failures == []
     index = store.read_index(ANOMALY_DETECTOR)
     assert index["stable"] == version and index["versions"][version]["status"] == "stable"
     assert index["history"][-1]["event"] == "promoted"
@@ -216,24 +218,80 @@ def test_good_candidate_is_promoted_through_every_step(served, training):
     assert requests.post(f"{url}:predict", json=FALLBACK, timeout=10).headers["x-served-version"] == version
 
 
-def test_a_failing_step_leaves_stable_serving_and_the_candidate_at_zero(served, training):
+def test_a_metrics_outage_during_the_canary_is_inconclusive_and_rolls_back(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=13)).estimator, state)
+    url = status(state)["url"]
+    with MainUrlClient(url) as client:
+        result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST,
+                         "--param", "prometheus_url=http://127.0.0.1:9", "--param", "failure_limit=1")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"canary {ANOMALY_DETECTOR} {version} at 10%: inconclusive" in result.stdout
+    entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
+    assert entry["status"] == "rejected" and "PrometheusProvider failed: cannot reach Prometheus" in entry["rejected_reason"]
+    assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}
+    assert client.sent > 20 and client.failures == []
+
+
+def executor_processes(function_name: str) -> list[int]:
+    """Return the pids of kfp.local executor processes running ``function_name``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                arguments = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"kfp.dsl.executor_main" in arguments and any(function_name.encode() in argument for argument in arguments):
+                found.append(int(proc.name))
+    return found
+
+
+def served_versions(url: str, requests_count: int = 30) -> set[str]:
+    return {requests.post(f"{url}:predict", json=FALLBACK, timeout=10).headers["x-served-version"] for _ in range(requests_count)}
+
+
+def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_zero(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
     version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=3)).estimator, state)
-    result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, "--param", "canary_steps=[50,20]")
-    assert result.returncode == 1 and "steps must be increasing percentages" in result.stdout
-    assert "ensure-safe-serving" in result.stdout and "serving is safe" in result.stdout
-    assert status(state) == {"url": status(state)["url"], "stable": stable, "candidate": version, "candidate_percent": 0}
+    url = status(state)["url"]
+    with MainUrlClient(url) as client:
+        rollout = subprocess.Popen(
+            [CLI, "rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST,
+             "--param", "canary_interval_s=3", "--param", "canary_steps=[50,100]"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        serving_state = state / "serving" / f"{ANOMALY_DETECTOR}.json"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and json.loads(serving_state.read_text()).get("candidate_percent", 0) != 50:
+            time.sleep(0.1)
+        crashed = executor_processes("canary_promote")
+        assert crashed, "the canary step is running"
+        for pid in crashed:
+            os.kill(pid, signal.SIGKILL)  # the step dies mid-canary with half the live traffic on the candidate
+        output, _ = rollout.communicate(timeout=300)
+    assert rollout.returncode == 1, output[-3000:]
+    assert "canary-promote" in output and "ensure-safe-serving" in output
+    assert status(state) == {"url": url, "stable": stable, "candidate": version, "candidate_percent": 0}
+    assert client.sent > 20 and client.failures == [], client.failures[:3]
+    assert served_versions(url) == {stable}, "after the exit handler no live request reaches the candidate"
 
 
-def test_exit_handler_step_takes_a_live_candidate_back_to_zero(served, training):
+def test_exit_handler_takes_a_live_candidate_back_to_zero(served, training):
     from components.local_serving import LocalTarget
     from components.rollout import make_safe
 
     state, store = served
     target = LocalTarget(state / "serving", state / "store")
-    assert target.status(ANOMALY_DETECTOR).candidate, "the previous test leaves a dark candidate"
+    stable = target.status(ANOMALY_DETECTOR).stable
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=11)).estimator, state)
+    target.deploy(ANOMALY_DETECTOR, version, store.storage_uri(ANOMALY_DETECTOR, version), store.read_index(ANOMALY_DETECTOR)["versions"][version]["sha256"], 60)
     target.set_traffic(ANOMALY_DETECTOR, 50, 10)
+    url = status(state)["url"]
+    assert served_versions(url) == {stable, version}, "half the live traffic reaches the candidate before"
     outcome = make_safe(target, ANOMALY_DETECTOR)
     assert "set back to 0 % traffic" in outcome.message
-    assert target.status(ANOMALY_DETECTOR).candidate_percent == 0
+    assert served_versions(url) == {stable}, "and none after"
+    target.rollback(ANOMALY_DETECTOR, 30)

@@ -1,0 +1,42 @@
+"""One validation of the shared run parameters: in the CLI before anything runs, and as the DAG's first task."""
+
+import pytest
+from kfp import local
+
+from components.run_parameters import problems
+from pipelines.retrain import build_rollout_pipeline
+from tests.conftest import run_cli
+
+BAD = {"probe_requests": "0", "canary_steps": "[10,10,10]", "max_error_rate": "nan", "prometheus_window": "5m) or vector(1",
+       "canary_interval_s": "-1"}
+
+
+def test_every_bad_value_is_named_with_what_it_takes():
+    found = problems({"probe_requests": 0, "canary_steps": [10, 10, 10], "max_error_rate": float("nan"), "prometheus_window": "5m) or vector(1",
+                      "canary_interval_s": -1, "max_p95_latency_ms": float("inf"), "rollout_strategy": "fast", "days": 3})
+    assert len(found) == 7, found
+    assert any(line.startswith("canary_steps=") and "strictly increasing" in line for line in found)
+    assert any(line.startswith("prometheus_window=") and "PromQL duration" in line for line in found)
+    assert problems({"probe_requests": 20, "canary_steps": [10, 50, 100], "prometheus_window": "2m", "max_error_rate": 0.01}) == []
+
+
+def test_the_cli_lists_every_problem_before_anything_runs(tmp_path):
+    state = tmp_path / "state"
+    arguments = [item for name, value in BAD.items() for item in ("--param", f"{name}={value}")]
+    result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(state), *arguments)
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert "5 invalid parameter(s)" in result.stdout
+    for name in BAD:
+        assert f"{name}=" in result.stdout
+    assert not (state / "store").exists() and not (state / "runs").exists(), "nothing ran"
+
+
+def test_the_dag_checks_the_parameters_first_when_the_cli_is_bypassed(tmp_path, capfd):
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
+    with pytest.raises(RuntimeError, match="validate-parameters"):
+        build_rollout_pipeline()(version="v1", serving_target="local", probe_requests=0, canary_steps=[10, 10, 10],
+                                 max_error_rate=2.0, prometheus_window="5m) or vector(1")
+    output = capfd.readouterr()
+    text = output.out + output.err
+    assert "4 invalid parameter(s)" in text and "prometheus_window=" in text
+    assert "ingest" not in {line.split("'")[1] for line in text.splitlines() if "Executing task '" in line}, "nothing ran after the check"
