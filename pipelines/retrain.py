@@ -66,7 +66,7 @@ def make_components(image: str) -> SimpleNamespace:
 
 # Upper bounds (activeDeadlineSeconds) for tasks with side effects, so that a hung step cannot hold a rollout open.
 TIMEOUTS_S = {
-    "ingest": 3600, "evaluate": 3600, "save-to-storage": 900, "deploy-inference-service": 3600, "smoke-test": 1800,
+    "validate-parameters": 300, "ingest": 3600, "evaluate": 3600, "save-to-storage": 900, "deploy-inference-service": 3600, "smoke-test": 1800,
     "canary-promote": 4 * 3600, "rollback": 3600, "ensure-safe-serving": 1800,
 }
 
@@ -104,7 +104,7 @@ def _validate(ops: SimpleNamespace, p: dict) -> dsl.PipelineTask:
     names = ("source", "days", "validation_fraction", "model_store", "serving_target", "deployment_mode", "rollout_strategy", "ready_timeout_s",
              "canary_steps", "canary_interval_s", "probe_requests", "max_error_rate", "max_p95_latency_ms", "max_prediction_shift",
              "failure_limit", "max_live_p95_latency_ms", "prometheus_window")
-    return ops.validate_parameters(**{name: p[name] for name in names}).set_caching_options(False)
+    return _side_effect(ops.validate_parameters(**{name: p[name] for name in names}))
 
 
 def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
