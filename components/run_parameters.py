@@ -81,6 +81,19 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "ready_timeout_s": _in_range(0, 86_400, low_open=True),
     "prometheus_window": _promql_duration,
     **{name: _choice(name) for name in CHOICES},
+    # model-specific knobs (checked by the CLI; in the DAG their own steps check them)
+    "min_f1": _in_range(0, 1),
+    "max_anomaly_rate": _in_range(0, 1, low_open=True),
+    "max_mase": _in_range(0, INF, low_open=True),
+    "max_predict_latency_ms": _in_range(0, 600_000, low_open=True),
+    "max_pickle_mb": _in_range(0, 100_000, low_open=True),
+    "champion_tolerance": _in_range(0, 1),
+    "target_false_positive_rate": _in_range(0, 0.5, low_open=True),
+    "n_estimators": _in_range(1, 100_000, integer=True),
+    "max_samples": _in_range(1, 10_000_000, integer=True),
+    "pca_components": _in_range(1, 10_000, integer=True),
+    "horizon_minutes": _in_range(1, 1440, integer=True),
+    "alpha": _in_range(0, 1e9, low_open=True),
 }
 
 

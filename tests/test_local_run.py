@@ -118,6 +118,21 @@ def test_a_model_that_fails_its_checks_is_not_stored(two_runs):
     assert snapshot(state / "store") == before
 
 
+def test_retraining_on_unchanged_data_stores_a_duplicate_and_deploys_nothing(two_runs):
+    state, _, _ = two_runs
+    stable = json.loads((state / "store" / "predictive-analytics" / "metadata.json").read_text())["stable"]
+    # The same data as the second run (seed 43): the retrained pickle is byte-identical to the stable version.
+    result = run_cli("run", "predictive-analytics", "--local", "--state-dir", str(state), "--param", "seed=43", *FAST_CANARY)
+    assert result.returncode == 0, result.stdout[-3000:]
+    index = json.loads((state / "store" / "predictive-analytics" / "metadata.json").read_text())
+    new = max(index["versions"], key=lambda name: int(name[1:]))
+    assert index["versions"][new]["status"] == "duplicate" and index["versions"][new]["duplicate_of"] == stable
+    assert index["versions"][new]["sha256"] == index["versions"][stable]["sha256"] and index["stable"] == stable
+    assert f"is a duplicate of stable {stable} (same sha256); not deployed" in result.stdout
+    assert f"canary predictive-analytics {new} at" not in result.stdout, "no canary for a duplicate"
+    assert f"predictive-analytics serving: stable {stable}" in result.stdout
+
+
 def test_missing_file_and_unknown_parameter_are_explained(two_runs, tmp_path):
     state, _, _ = two_runs
     result = run_cli("run", "predictive-analytics", "--local", "--state-dir", str(state), "--param", "source=file", "--param", f"file_path={tmp_path / 'nope.parquet'}")
