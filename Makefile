@@ -22,9 +22,10 @@ test: $(STAMP) ## run the whole test suite, end-to-end tests included
 compile: $(STAMP) ## recompile compiled/ (the default and one folder per platform profile)
 	$(BIN)/model-pipelines compile --all-platforms --output-dir compiled
 
-bench: $(STAMP) ## local-run overhead and serving latency, each as ratios against an in-process baseline
+bench: $(STAMP) ## local-run overhead and serving latency as ratios against an in-process baseline; load during a rolled-back canary
 	$(BIN)/python -m benchmarks.local_run
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.load
 
 DATA ?= ../shared/datasets
 quality: $(STAMP) ## model quality on real data against the upstream recipes (benchmarks/results/)

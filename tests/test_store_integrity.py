@@ -12,7 +12,8 @@ from sklearn.dummy import DummyRegressor
 from components.s3_store import S3Store
 from components.storage import INDEX_FILENAME, FilesystemStore, StoreError, load_model
 from tests.conftest import run_cli
-from tests.servers import S3_BUCKET, SeaweedS3
+from tests.servers import S3_BUCKET
+from tests.test_s3_store import s3  # noqa: F401 (the SeaweedFS fixture)
 
 MODEL = "predictive-analytics"
 
@@ -101,15 +102,6 @@ def test_store_cli_lists_verifies_and_repairs_a_filesystem_store(tmp_path, model
     verified = run_cli("store", "verify", "--store-dir", str(root))
     assert verified.returncode == 0, verified.stdout
     assert FilesystemStore(root).read_index(MODEL)["stable"] == "v2"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_store_cli_verifies_and_repairs_an_s3_store(s3, model_file):
