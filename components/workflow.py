@@ -136,13 +136,14 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
     }
     store = open_store(store_options)
     stored = store.save_version(model_name, Path(model_dir) / MODEL_FILENAME, record)
-    stable = store.read_index(model_name).get("stable")
+    index = store.read_index(model_name)
+    stable = index.get("stable")
 
     def mark_duplicate(index: dict) -> None:
         index["versions"][stored.version].update(status="duplicate", duplicate_of=stable)
         index["history"].append({"at": utc_now(), "event": "duplicate", "version": stored.version,
                                  "detail": f"byte-identical to stable {stable} (sha256 {stored.sha256[:12]}…): saved, not deployed"})
 
-    if stable and stable != stored.version and store.read_index(model_name)["versions"].get(stable, {}).get("sha256") == stored.sha256:
+    if stable and stable != stored.version and index["versions"].get(stable, {}).get("sha256") == stored.sha256:
         store.update_index(model_name, mark_duplicate)
     return stored

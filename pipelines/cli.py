@@ -162,7 +162,7 @@ def _open_store(args: argparse.Namespace):
 def _store(args: argparse.Namespace) -> int:
     """List, verify or repair stored versions; return 1 when verify finds problems or the store cannot be read."""
     from components import store_integrity
-    from components.storage import StoreError
+    from components.storage import StoreError, version_number
 
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
     try:
@@ -172,7 +172,7 @@ def _store(args: argparse.Namespace) -> int:
                 index = store.read_index(model)
                 print(f"{model}  (stable {index.get('stable') or '-'}, candidate {index.get('candidate') or '-'})  {store.location}")
                 print(f"  {'version':<8} {'status':<11} {'sha256':<14} {'saved':<26} metrics")
-                for version, entry in sorted(index["versions"].items(), key=lambda item: int(item[0][1:])):
+                for version, entry in sorted(index["versions"].items(), key=lambda item: version_number(item[0])):
                     metrics = store.version_record(model, version).get("metrics", {})
                     shown = " ".join(f"{key}={value:.3f}" for key, value in list(metrics.items())[:4] if isinstance(value, (int, float)))
                     print(f"  {version:<8} {entry.get('status', '-'):<11} {entry.get('sha256', '')[:12]:<14} {entry.get('saved_at', ''):<26} {shown}")
