@@ -5,6 +5,7 @@ Else rollback, all inside an ExitHandler whose exit task leaves serving safe (st
 Rollout: the same serving half for a version already in the store.
 """
 
+import inspect
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,9 +102,7 @@ def _with_prometheus_token(task: dsl.PipelineTask, p: dict) -> dsl.PipelineTask:
 
 def _validate(ops: SimpleNamespace, p: dict) -> dsl.PipelineTask:
     """Add the first task: one check of every shared run parameter, listing all problems."""
-    names = ("source", "days", "validation_fraction", "model_store", "serving_target", "deployment_mode", "rollout_strategy", "ready_timeout_s",
-             "canary_steps", "canary_interval_s", "probe_requests", "max_error_rate", "max_p95_latency_ms", "max_prediction_shift",
-             "failure_limit", "max_live_p95_latency_ms", "prometheus_window")
+    names = inspect.signature(steps.validate_parameters).parameters  # the step's own inputs, listed once
     return _side_effect(ops.validate_parameters(**{name: p[name] for name in names}))
 
 
