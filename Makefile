@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP) ## train, evaluate and store both models locally (no cluster)
 	$(BIN)/model-pipelines run all --local
 
-test: $(STAMP) ## run the whole test suite, end-to-end tests included
+test: $(STAMP) ## run the whole test suite, end-to-end tests included (installs Prometheus with apt when root)
+	tools/ensure-test-tools
 	$(BIN)/pytest -q
 
 compile: $(STAMP) ## recompile compiled/ (the default and one folder per platform profile)
