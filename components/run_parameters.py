@@ -1,4 +1,4 @@
-"""One validation of the run parameters every pipeline shares, run first in the DAG and by the CLI before a local run.
+"""One validation of every run parameter of every pipeline, run first in the DAG and by the CLI before a local run.
 
 Every problem is listed at once, each naming the parameter, what it got and what it takes, so that a run never
 gets as far as the canary with ``probe_requests=0``, repeated steps or a NaN limit (NaN compares false, so it
@@ -10,10 +10,21 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import datetime
 from typing import Callable
 
+from components.contract import MODEL_NAMES
+
 PROMQL_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+HTTP_URL = re.compile(r"^https?://[^\s/?#@]+(/[^\s]*)?$")
+VERSION = re.compile(r"^v[1-9][0-9]{0,8}$")
+MAX_TEXT = 4096  # a path, prefix or query longer than this is a mistake (or an attack), not a setting
 CHOICES = {
+    "model_name": MODEL_NAMES,
+    "algorithm": ("isolation_forest", "elliptic_envelope"),
+    "scaler": ("standard", "robust"),
     "source": ("synthetic", "file", "prometheus"),
     "model_store": ("pvc", "s3"),
     "serving_target": ("kserve", "local"),
@@ -61,6 +72,63 @@ def _promql_duration(value: object) -> str | None:
     return None if isinstance(value, str) and PROMQL_DURATION.match(value) else "a PromQL duration such as 2m, 90s or 1h"
 
 
+def _kubernetes_name(pattern: re.Pattern, kind: str, *, may_be_empty: bool) -> Callable[[object], str | None]:
+    """Return a rule: a Kubernetes object name matching ``pattern`` (or empty, when that means "the default")."""
+    def rule(value: object) -> str | None:
+        if isinstance(value, str) and ((may_be_empty and value == "") or pattern.match(value)):
+            return None
+        return f"{'empty or ' if may_be_empty else ''}a Kubernetes {kind}: lower-case letters, digits and '-'"
+    return rule
+
+
+def _http_url(value: object) -> str | None:
+    """Rule for URLs: empty (the default applies) or one http(s) URL without credentials."""
+    return None if value == "" or (isinstance(value, str) and HTTP_URL.match(value)) else "empty or an http(s) URL with no user:password@ part"
+
+
+def _text(value: object) -> str | None:
+    """Rule for free text (paths, prefixes): a string of bounded length without control characters."""
+    if isinstance(value, str) and len(value) <= MAX_TEXT and value.isprintable():
+        return None
+    return f"text of at most {MAX_TEXT} printable characters"
+
+
+def _store_prefix(value: object) -> str | None:
+    """Rule for s3_prefix: a relative key prefix that cannot climb out of the bucket's model area."""
+    if _text(value) is None and not str(value).startswith("/") and ".." not in str(value).split("/"):
+        return None
+    return "a relative key prefix such as models (no leading '/', no '..')"
+
+
+def _timestamp(value: object) -> str | None:
+    """Rule for prometheus_end: empty (now) or an ISO-8601 time."""
+    if value == "":
+        return None
+    try:
+        datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return None
+    except ValueError:
+        return "empty (now) or an ISO-8601 time such as 2026-11-20T00:00:00Z"
+
+
+def _queries(value: object) -> str | None:
+    """Rule for prometheus_queries: an object mapping metric names to PromQL strings."""
+    queries = json.loads(value) if isinstance(value, str) else value
+    if isinstance(queries, dict) and all(isinstance(k, str) and isinstance(v, str) and _text(v) is None for k, v in queries.items()):
+        return None
+    return 'an object of metric name -> PromQL, e.g. {"cpu_usage": "avg(rate(...[5m]))"}'
+
+
+def _boolean(value: object) -> str | None:
+    """Rule for flags: true or false."""
+    return None if isinstance(value, bool) or str(value).lower() in {"true", "false"} else "true or false"
+
+
+def _version(value: object) -> str | None:
+    """Rule for version: a store version name."""
+    return None if isinstance(value, str) and VERSION.match(value) else "a version name such as v3"
+
+
 def _choice(name: str) -> Callable[[object], str | None]:
     """Return a rule: one of the parameter's choices."""
     return lambda value: None if value in CHOICES[name] else f"one of {', '.join(CHOICES[name])}"
@@ -81,7 +149,25 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "ready_timeout_s": _in_range(0, 86_400, low_open=True),
     "prometheus_window": _promql_duration,
     **{name: _choice(name) for name in CHOICES},
-    # model-specific knobs (checked by the CLI; in the DAG their own steps check them)
+    "version": _version,
+    "seed": _in_range(0, 2**32 - 1, integer=True),
+    "random_state": _in_range(0, 2**32 - 1, integer=True),
+    "file_path": _text,
+    "prometheus_url": _http_url,
+    "endpoint": _http_url,
+    "prometheus_queries": _queries,
+    "prometheus_end": _timestamp,
+    "prometheus_ca_bundle": _text,
+    "s3_ca_bundle": _text,
+    "s3_prefix": _store_prefix,
+    "allow_synthetic_fallback": _boolean,
+    "s3_verify": _boolean,
+    "namespace": _kubernetes_name(DNS_LABEL, "namespace name", may_be_empty=True),
+    "runtime": _kubernetes_name(DNS_SUBDOMAIN, "ServingRuntime name", may_be_empty=True),
+    "service_account": _kubernetes_name(DNS_SUBDOMAIN, "ServiceAccount name", may_be_empty=True),
+    "pvc_name": _kubernetes_name(DNS_SUBDOMAIN, "PersistentVolumeClaim name", may_be_empty=False),
+    "s3_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
+    "prometheus_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
     "min_f1": _in_range(0, 1),
     "max_anomaly_rate": _in_range(0, 1, low_open=True),
     "max_mase": _in_range(0, INF, low_open=True),
@@ -98,10 +184,10 @@ RULES: dict[str, Callable[[object], str | None]] = {
 
 
 def problems(values: dict) -> list[str]:
-    """Return one line per invalid parameter among ``values`` (the ones RULES knows), naming what it takes."""
+    """Return one line per invalid parameter among ``values`` (None means "not a parameter of this pipeline")."""
     found = []
     for name, rule in RULES.items():
-        if name not in values:
+        if values.get(name) is None:
             continue
         try:
             wanted = rule(values[name])
@@ -109,6 +195,8 @@ def problems(values: dict) -> list[str]:
             wanted = "valid JSON"
         if wanted:
             found.append(f"{name}={values[name]!r}: must be {wanted}")
+    if values.get("source") == "file" and values.get("file_path") == "":
+        found.append("file_path='': must name a CSV or Parquet file when source=file")
     return found
 
 

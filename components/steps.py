@@ -5,19 +5,37 @@ The functions are plain so that ``pipelines.retrain`` can turn them into compone
 bodies because KFP ships only the function source to the pod, where the image provides the package.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def validate_parameters(
     source: str,
+    file_path: str,
     days: float,
+    seed: int,
     validation_fraction: float,
+    prometheus_url: str,
+    prometheus_secret: str,
+    prometheus_ca_bundle: str,
+    prometheus_queries: dict,
+    prometheus_end: str,
+    allow_synthetic_fallback: bool,
+    prometheus_window: str,
     model_store: str,
+    pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
     serving_target: str,
+    namespace: str,
+    runtime: str,
     deployment_mode: str,
     rollout_strategy: str,
+    service_account: str,
+    endpoint: str,
     ready_timeout_s: float,
     canary_steps: list,
     canary_interval_s: float,
@@ -27,9 +45,25 @@ def validate_parameters(
     max_prediction_shift: float,
     failure_limit: int,
     max_live_p95_latency_ms: float,
-    prometheus_window: str,
+    algorithm: str,
+    scaler: str,
+    n_estimators: int,
+    max_samples: int,
+    pca_components: int,
+    target_false_positive_rate: float,
+    random_state: int,
+    horizon_minutes: int,
+    alpha: float,
+    min_f1: float,
+    max_anomaly_rate: float,
+    max_mase: float,
+    max_predict_latency_ms: float,
+    max_pickle_mb: float,
+    champion_tolerance: float,
+    model_name: Optional[str] = None,
+    version: Optional[str] = None,
 ) -> str:
-    """Check every shared run parameter at the start of the DAG; fail listing all problems, else return "ok"."""
+    """Check every run parameter of the pipeline at the start of the DAG; fail listing all problems, else return "ok"."""
     from components.run_parameters import check
 
     check(dict(locals()))

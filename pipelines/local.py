@@ -88,7 +88,7 @@ def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
             arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean, "List": _number_list, "Dict": _json_object}.get(kind, str)(text)
         except ValueError:
             raise ValueError(f"--param {name}={text!r}: {name} is a {kind}") from None
-    check_run_parameters(arguments)
+    check_run_parameters({**{name: spec.default for name, spec in declared.items()}, **arguments})
     return arguments
 
 

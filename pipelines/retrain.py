@@ -6,6 +6,7 @@ Rollout: the same serving half for a version already in the store.
 """
 
 import inspect
+from dataclasses import asdict
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -100,10 +101,15 @@ def _with_prometheus_token(task: dsl.PipelineTask, p: dict) -> dsl.PipelineTask:
     return task
 
 
+# A model knob the pipeline lacks reaches the check as its (valid) default: kfp.local cannot pass an unset int.
+MODEL_KNOB_DEFAULTS = {**asdict(DETECTOR), **asdict(FORECASTER), **asdict(GATES)}
+
+
 def _validate(ops: SimpleNamespace, p: dict) -> dsl.PipelineTask:
-    """Add the first task: one check of every shared run parameter, listing all problems."""
+    """Add the first task: one check of every run parameter of the pipeline, listing all problems."""
     names = inspect.signature(steps.validate_parameters).parameters  # the step's own inputs, listed once
-    return _side_effect(ops.validate_parameters(**{name: p[name] for name in names}))
+    wired = {name: p[name] if name in p else MODEL_KNOB_DEFAULTS[name] for name in names if name in p or name in MODEL_KNOB_DEFAULTS}
+    return _side_effect(ops.validate_parameters(**wired))
 
 
 def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:

@@ -119,3 +119,17 @@ def test_image_build_manifests_produce_the_default_image_tag():
     assert DEFAULT_IMAGE.endswith(f"/{build['metadata']['namespace']}/{tag}") and tag.endswith(f":{__version__}")
     containerfile = (REPO / "Containerfile").read_text()
     assert "ubi9/python-311" in containerfile and "pip install --no-cache-dir ." in containerfile
+
+
+def test_the_first_task_checks_every_run_parameter_of_every_pipeline():
+    for name in FILES:
+        pipeline_spec = load(name)[0]
+        declared = set(pipeline_spec["root"]["inputDefinitions"]["parameters"])
+        check = all_tasks(pipeline_spec)["validate-parameters"]
+        wired = {  # in a sub-DAG the pipeline parameter arrives under the name the sub-DAG gives it
+            argument: spec["componentInputParameter"].removeprefix("pipelinechannel--")
+            for argument, spec in check["inputs"]["parameters"].items() if "componentInputParameter" in spec
+        }
+        assert set(wired.values()) == declared, f"{name}: unchecked run parameters {sorted(declared - set(wired.values()))}"
+        assert all(argument == parameter for argument, parameter in wired.items())
+        assert not check.get("dependentTasks"), "it runs first"

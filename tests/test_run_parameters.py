@@ -20,6 +20,18 @@ def test_every_bad_value_is_named_with_what_it_takes():
     assert problems({"probe_requests": 20, "canary_steps": [10, 50, 100], "prometheus_window": "2m", "max_error_rate": 0.01}) == []
 
 
+def test_names_urls_prefixes_and_model_knobs_are_checked_too():
+    found = problems({"namespace": "Prod_NS", "s3_prefix": "../other-team", "prometheus_url": "https://user:pw@thanos:9091",
+                      "version": "3", "model_name": "anomaly-detektor", "n_estimators": 0, "prometheus_end": "yesterday",
+                      "source": "file", "file_path": "", "prometheus_queries": {"cpu_usage": 1}})
+    named = sorted(line.split("=")[0] for line in found)
+    assert named == sorted(["namespace", "s3_prefix", "prometheus_url", "version", "model_name", "n_estimators", "prometheus_end",
+                            "file_path", "prometheus_queries"]), found
+    assert any(line.startswith("version=") and "such as v3" in line for line in found)
+    assert problems({"namespace": "", "s3_prefix": "teams/sre/models", "prometheus_url": "https://thanos-querier.openshift-monitoring.svc:9091",
+                     "version": "v12", "model_name": "predictive-analytics", "source": "file", "file_path": "/data/m.csv"}) == []
+
+
 def test_the_cli_lists_every_problem_before_anything_runs(tmp_path):
     state = tmp_path / "state"
     arguments = [item for name, value in BAD.items() for item in ("--param", f"{name}={value}")]
@@ -35,8 +47,8 @@ def test_the_dag_checks_the_parameters_first_when_the_cli_is_bypassed(tmp_path, 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
     with pytest.raises(RuntimeError, match="validate-parameters"):
         build_rollout_pipeline()(version="v1", serving_target="local", probe_requests=0, canary_steps=[10, 10, 10],
-                                 max_error_rate=2.0, prometheus_window="5m) or vector(1")
+                                 max_error_rate=2.0, prometheus_window="5m) or vector(1", namespace="Prod_NS")
     output = capfd.readouterr()
     text = output.out + output.err
-    assert "4 invalid parameter(s)" in text and "prometheus_window=" in text
+    assert "5 invalid parameter(s)" in text and "prometheus_window=" in text and "namespace=" in text
     assert "ingest" not in {line.split("'")[1] for line in text.splitlines() if "Executing task '" in line}, "nothing ran after the check"
