@@ -1,10 +1,13 @@
 """The KServe model server for one stored version: the stock sklearn runtime's behaviour, hardened.
 
 Run as ``python -m components.model_server --name NAME --model-dir DIR --version vN --sha256 HEX --port P``.
-Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, v1 protocol,
-``{"predictions": model.predict(instances).tolist()}``. Unlike it:
+Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, the V1 protocol
+(``{"predictions": model.predict(instances).tolist()}``) and the V2 (Open Inference) protocol (one input tensor
+``[rows, features]`` in, one output tensor ``output-0`` out: INT64 for the detector's -1/1, FP64 otherwise). Unlike it:
 - it refuses to start without the version's sha256, and unpickles exactly the bytes it hashed;
-- every value must be a finite JSON number within range and every row the model's width, else 400 naming it;
+- every value must be a finite JSON number within range and every row the model's width, and a value the
+  contract sends as a ratio must lie in 0-1 (a percent is refused), else 400 naming it,
+  and an inference request must carry Content-Type: application/json, else 415 naming the header;
   bodies over ``--max-body-bytes`` get 413 while they are read, more rows than ``--max-rows`` get 413;
 - predict runs in a worker thread, so health and readiness keep answering during a long request;
 - the repository load/unload routes are not served;
@@ -22,9 +25,12 @@ import hashlib
 import io
 import os
 import sys
+import uuid
 from pathlib import Path
 
-from components.request_guard import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, BodyLimit, InvalidRequest, parse_instances
+from components.request_guard import (
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, BodyLimit, InvalidRequest, JsonContentType, check_ratio_inputs, parse_instances, parse_v2_inputs,
+)
 
 MODEL_SUFFIXES = (".pkl", ".joblib", ".pickle")
 
@@ -71,13 +77,25 @@ def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEF
             return self.ready
 
         async def predict(self, payload, headers=None):
-            """Return ``{"predictions": [...]}`` for validated instances, predicting in a worker thread."""
+            """Return V1 ``{"predictions": [...]}`` or a V2 response for validated rows, predicting in a worker thread."""
             requests.labels(name, version).inc()
             try:
-                if not isinstance(payload, dict) or "instances" not in payload:
-                    raise InvalidRequest('the request body must be JSON {"instances": [[...], ...]} sent with Content-Type: application/json')
-                rows = parse_instances(payload["instances"], getattr(self._model, "n_features_in_", None), max_rows)
+                features = getattr(self._model, "n_features_in_", None)
+                if isinstance(payload, kserve.InferRequest):
+                    tensors = [{"name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype, "data": tensor.data}
+                               for tensor in payload.inputs]
+                    rows = parse_v2_inputs(tensors, features, max_rows)
+                elif isinstance(payload, dict) and "instances" in payload:
+                    rows = parse_instances(payload["instances"], features, max_rows)
+                else:
+                    raise InvalidRequest('the request body must be JSON {"instances": [[...], ...]} (V1) or {"inputs": [...]} (V2)')
+                check_ratio_inputs(rows, name)
                 predictions = await asyncio.to_thread(self._model.predict, np.asarray(rows, dtype=float))
+                if isinstance(payload, kserve.InferRequest):
+                    integer = predictions.dtype.kind in "iu"
+                    output = kserve.InferOutput("output-0", list(predictions.shape), "INT64" if integer else "FP64",
+                                                predictions.astype("int64" if integer else "float64").flatten().tolist())
+                    return kserve.InferResponse(payload.id or str(uuid.uuid4()), name, [output], model_version=version)
                 return {"predictions": predictions.tolist()}
             except Exception:
                 errors.labels(name, version).inc()
@@ -128,6 +146,7 @@ def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: 
         def _add_middlewares(self, app):
             super()._add_middlewares(app)
             app.add_middleware(RepositoryRoutesRefused)
+            app.add_middleware(JsonContentType)
             app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
         def _add_exception_handlers(self, app):

@@ -1,7 +1,8 @@
 """Bounds and validation for untrusted inference requests, shared by the runtime and the router.
 
 A body is limited in bytes while it is read (``BodyLimit``, an ASGI middleware answering 413 before buffering
-more than the limit), and ``parse_instances`` turns a V1 ``instances`` list or V2 tensor data into a float matrix
+more than the limit), an inference request must say it is JSON (``JsonContentType``, 415 naming the header), and
+``parse_instances`` / ``parse_v2_inputs`` turn a V1 ``instances`` list or a V2 input tensor into a float matrix
 only when every value is a finite JSON number within range, the shape matches and the rows are within the limit.
 """
 
@@ -74,6 +75,22 @@ def parse_v2_inputs(inputs: object, features: int | None, max_rows: int = DEFAUL
     return parse_instances([data[row * shape[1]:(row + 1) * shape[1]] for row in range(shape[0])], features, max_rows)
 
 
+def check_ratio_inputs(rows: list[list[float]], model_name: str) -> None:
+    """Raise InvalidRequest when a value the contract sends as a ratio (0-1) is outside 0-1, e.g. a percent."""
+    from components.contract import SCHEMAS, Unit
+
+    schema = SCHEMAS.get(model_name)
+    if schema is None or schema.engineered:  # engineered features (differences, changes) are not bounded
+        return
+    ratio_columns = [column for column, metric in enumerate(schema.base_metrics) if metric.unit is Unit.RATIO]
+    for row_number, row in enumerate(rows):
+        for column in ratio_columns:
+            if not 0.0 <= row[column] <= 1.0:
+                hint = "it looks like a percent: divide by 100" if 1.0 < row[column] <= 100.0 else "check the units"
+                raise InvalidRequest(f"instances[{row_number}][{column}] = {row[column]:g} ({schema.base_metrics[column].name}) is outside "
+                                     f"0-1: {model_name} takes ratios; {hint}")
+
+
 class BodyLimit:
     """ASGI middleware: 413 for a body over ``max_bytes``, by Content-Length up front or while it streams in."""
 
@@ -121,3 +138,30 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     """Raised inside BodyLimit when the streamed body passes the limit."""
+
+
+INFERENCE_SUFFIXES = (":predict", "/infer")
+JSON_TYPES = (b"application/json", b"application/cloudevents+json")
+
+
+class JsonContentType:
+    """ASGI middleware: 415 naming the header when a predict or infer POST does not say Content-Type: application/json."""
+
+    def __init__(self, app) -> None:
+        """Wrap ``app``."""
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        """Refuse an inference request without a JSON Content-Type; pass everything else on."""
+        if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").endswith(INFERENCE_SUFFIXES):
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"content-type", b"")
+        if given.split(b";")[0].strip().lower() in JSON_TYPES:
+            return await self.app(scope, receive, send)
+        named = f"is {given.decode('latin-1')!r}" if given else "is missing"
+        message = (f"the Content-Type header {named}: inference requests are JSON, so send Content-Type: application/json "
+                   "(curl: -H 'Content-Type: application/json')")
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": 415,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

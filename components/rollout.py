@@ -40,13 +40,15 @@ def probe_sample(validation: pd.DataFrame, model_name: str, rows: int = 50) -> n
     return picked
 
 
-def _record(store: ModelStore, model_name: str, version: str, event: str, detail: str, change: Callable[[dict], None]) -> None:
-    """Apply ``change`` to the index and append a history event."""
+def _record(
+    store: ModelStore, model_name: str, version: str, event: str, detail: str, change: Callable[[dict], None], report: str = ""
+) -> None:
+    """Apply ``change`` to the index and append a history event (with the URI of the step's report, when there is one)."""
 
     def apply(index: dict) -> None:
         index["versions"].setdefault(version, {})
         change(index)
-        index["history"].append({"at": utc_now(), "event": event, "version": version, "detail": detail})
+        index["history"].append({"at": utc_now(), "event": event, "version": version, "detail": detail, **({"report": report} if report else {})})
 
     store.update_index(model_name, apply)
 
@@ -115,6 +117,14 @@ class SmokeReport:
     def passed(self) -> bool:
         """Return whether every check passed."""
         return bool(self.checks) and all(passed for _, passed, _ in self.checks)
+
+    @property
+    def rejection(self) -> str:
+        """Return "rejected at smoke-test: <first failing check>", or "" when every check passed."""
+        failed = next(((name, detail) for name, passed, detail in self.checks if not passed), None)
+        if failed:
+            return f"rejected at smoke-test: {failed[0]}: {failed[1]}"
+        return "" if self.checks else "rejected at smoke-test: no check ran"
 
     def markdown(self) -> str:
         """Return the report as Markdown."""
@@ -206,6 +216,8 @@ def smoke_test(
         refused = (400 <= status < 500 if target.strict_client_errors else status >= 400) and has_error
         check(f"refuses {name}", refused, f"-> {status} {str(body)[:120]}")
 
+    _check_v2(session, server, model_name, sample, np.asarray(served), check, refuses_with_4xx=target.strict_client_errors, timeout_s=timeout_s)
+
     timings = []
     for row in sample[:latency_requests]:
         status, _, seconds = _predict(session, endpoint, {"instances": [row.tolist()]}, timeout_s)
@@ -215,10 +227,51 @@ def smoke_test(
     return report
 
 
-def record_smoke_test(store: ModelStore, model_name: str, report: SmokeReport) -> None:
-    """Append the smoke test's verdict, naming any failed checks, to the index history."""
+def _v2_infer(session: requests.Session, server: str, model_name: str, rows: list, timeout_s: float) -> tuple[int, object]:
+    """POST a V2 (Open Inference) infer request with ``rows`` as one FP64 tensor; return (status, parsed body or text)."""
+    width = len(rows[0]) if rows else 0
+    body = {"inputs": [{"name": "input-0", "shape": [len(rows), width], "datatype": "FP64", "data": [v for row in rows for v in row]}]}
+    try:
+        response = session.post(f"{server}/v2/models/{model_name}/infer", json=body, timeout=timeout_s)
+    except requests.RequestException as error:
+        return 0, str(error)
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text
+
+
+def _check_v2(
+    session: requests.Session, server: str, model_name: str, sample: np.ndarray, served_v1: np.ndarray,
+    check: Callable[[str, bool, str], bool], *, refuses_with_4xx: bool, timeout_s: float,
+) -> None:
+    """Check the V2 protocol on the version's server: readiness, infer equal to V1 (integers for the detector), a 4xx."""
+    try:
+        ready = session.get(f"{server}/v2/models/{model_name}/ready", timeout=timeout_s)
+        check("V2 model ready", ready.status_code == 200, f"GET /v2/models/{model_name}/ready -> {ready.status_code} {ready.text[:120]}")
+    except requests.RequestException as error:
+        check("V2 model ready", False, f"did not answer: {error}")
+        return
+    status, body = _v2_infer(session, server, model_name, sample.tolist(), timeout_s)
+    outputs = body.get("outputs") if isinstance(body, dict) else None
+    if not check("V2 infer", status == 200 and isinstance(outputs, list) and len(outputs) == 1,
+                 f"POST /v2/models/{model_name}/infer with [{len(sample)}, {sample.shape[1]}] FP64 -> {status} {str(body)[:160]}"):
+        return
+    tensor = outputs[0]
+    data = np.asarray(tensor.get("data", []), dtype=float).reshape(served_v1.shape) if len(tensor.get("data", [])) == served_v1.size else None
+    integer = model_name != ANOMALY_DETECTOR or (tensor.get("datatype") == "INT64" and all(type(v) is int for v in tensor["data"]))
+    same = data is not None and np.allclose(data, served_v1.astype(float), rtol=1e-9, atol=1e-12)
+    check("V2 equals V1", same and integer, f"output {tensor.get('datatype')} shape {tensor.get('shape')} "
+          f"{'matches' if same else 'DIFFERS from'} the V1 predictions{'' if integer else '; the detector must answer INT64'}")
+    status, body = _v2_infer(session, server, model_name, [row[:-1] for row in sample[:1].tolist()], timeout_s)
+    refused = (400 <= status < 500) if refuses_with_4xx else status >= 400
+    check("V2 refuses wrong feature count", refused, f"-> {status} {str(body)[:120]}")
+
+
+def record_smoke_test(store: ModelStore, model_name: str, report: SmokeReport, report_uri: str = "") -> None:
+    """Append the smoke test's verdict, naming any failed checks, and where its report is to the index history."""
     failed = [f"{name}: {detail}" for name, passed, detail in report.checks if not passed]
-    _record(store, model_name, report.version, "smoke-tested", "; ".join(failed) if failed else "passed", lambda index: None)
+    _record(store, model_name, report.version, "smoke-tested", "; ".join(failed) if failed else "passed", lambda index: None, report_uri)
 
 
 # -- canary analysis ---------------------------------------------------------------------------------------------
@@ -362,6 +415,7 @@ def canary_promote(
     *,
     timeout_s: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
+    report_uri: str = "",
 ) -> CanaryResult:
     """Step the candidate's traffic through ``spec.steps``, analysing each; promote at the end or roll back."""
     duplicate = store.read_index(model_name)["versions"].get(version, {}).get("status") == "duplicate"
@@ -397,12 +451,12 @@ def canary_promote(
                     break
                 failures += 1
                 if failures > spec.failure_limit:
-                    rollback(target, store, model_name, version, f"canary analysis at {weight}%: {verdict}: {detail}")
-                    result.outcome, result.reason = "rolled back", f"at {weight}% traffic: {verdict}: {detail}"
+                    result.outcome, result.reason = "rolled back", f"rejected at canary-promote: {weight}% traffic, {verdict}: {detail}"
+                    rollback(target, store, model_name, version, result.reason, timeout_s, report_uri)
                     return result
     except Exception as error:  # whatever failed, the candidate ends at 0 % and rejected
-        rollback(target, store, model_name, version, f"canary step failed: {type(error).__name__}: {error}")
-        result.outcome, result.reason = "rolled back", f"the canary failed: {type(error).__name__}: {error}"
+        result.outcome, result.reason = "rolled back", f"rejected at canary-promote: the step failed: {type(error).__name__}: {error}"
+        rollback(target, store, model_name, version, result.reason, timeout_s, report_uri)
         return result
     target.promote(model_name, timeout_s)
 
@@ -413,13 +467,15 @@ def canary_promote(
         index["stable"], index["candidate"] = version, None
         index["versions"][version]["status"] = "stable"
 
-    _record(store, model_name, version, "promoted", f"through {', '.join(f'{s}%' for s in spec.steps)}", promoted)
+    _record(store, model_name, version, "promoted", f"through {', '.join(f'{s}%' for s in spec.steps)}", promoted, report_uri)
     result.outcome, result.reason = "promoted", f"passed analysis at {', '.join(f'{s}%' for s in spec.steps)}"
     return result
 
 
-def rollback(target: ServingTarget, store: ModelStore, model_name: str, version: str, reason: str, timeout_s: float = 60.0) -> StepOutcome:
-    """Send all traffic to stable, remove the candidate and mark it rejected with ``reason`` in the index.
+def rollback(
+    target: ServingTarget, store: ModelStore, model_name: str, version: str, reason: str, timeout_s: float = 60.0, report_uri: str = ""
+) -> StepOutcome:
+    """Send all traffic to stable, remove the candidate and mark it rejected with ``reason`` (and its report) in the index.
 
     A stable version is only taken down when it is this model's first deployment (no other version ever served):
     rejecting a version that already served never stops it serving.
@@ -439,7 +495,7 @@ def rollback(target: ServingTarget, store: ModelStore, model_name: str, version:
             index["stable"] = None
         index["versions"][version].update(status="rejected", rejected_reason=reason)
 
-    _record(store, model_name, version, "rolled back", reason, rejected)
+    _record(store, model_name, version, "rolled back", reason, rejected, report_uri)
     after = target.status(model_name)
     return StepOutcome(True, f"{version} rejected ({reason}); stable is {after.stable or 'nothing'}")
 

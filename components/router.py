@@ -4,7 +4,10 @@ Run as ``python -m components.router --model NAME --routes FILE --port P``. It r
 atomically by the local serving target) when it changes, so traffic moves without a restart. A request that fails
 on a pooled connection the server has dropped is sent once more on a fresh connection (prediction is idempotent);
 a candidate that still cannot be reached is retried on the stable server, as a mesh retry on connect-failure
-would. Bodies over ``--max-body-bytes`` are refused with 413 while they are read. Per-version
+would. It speaks both protocols: V1 (``/v1/models/...``) and V2 (``/v2/health/{live,ready}``,
+``/v2/models/<name>[/ready]``, ``/v2/models/<name>/infer``), with the same split, retries and metrics; the V2
+repository routes are not forwarded. Bodies over ``--max-body-bytes`` are refused with 413 while they are read,
+and an inference request without Content-Type: application/json gets 415 naming the header. Per-version
 request, error and latency metrics are exposed on ``/metrics``. Binds 127.0.0.1 only.
 """
 
@@ -19,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from components.request_guard import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from components.request_guard import DEFAULT_MAX_BODY_BYTES, BodyLimit, JsonContentType
 
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
 
@@ -54,7 +57,7 @@ def choose_backend(table: dict, draw: float) -> str:
 
 
 def build_app(model: str, routes: Routes, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
-    """Return the ASGI app that proxies /v1 requests by the routing table and serves /metrics, bodies bounded."""
+    """Return the ASGI app that proxies V1 and V2 requests by the routing table and serves /metrics, bodies bounded."""
     import httpx
     from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
     from starlette.applications import Starlette
@@ -113,8 +116,11 @@ def build_app(model: str, routes: Routes, max_body_bytes: int = DEFAULT_MAX_BODY
         await pooled.aclose()
         await fresh.aclose()
 
-    app = Starlette(routes=[Route("/metrics", metrics), Route("/v1/{path:path}", proxy, methods=["GET", "POST"])], lifespan=lifespan)
-    return BodyLimit(app, max_body_bytes)
+    v2_routes = [Route(path, proxy, methods=["GET", "POST"]) for path in (
+        "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready", "/v2/models/{name}/infer")]
+    app = Starlette(routes=[Route("/metrics", metrics), Route("/v1/{path:path}", proxy, methods=["GET", "POST"]), *v2_routes],
+                    lifespan=lifespan)
+    return BodyLimit(JsonContentType(app), max_body_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:

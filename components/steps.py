@@ -67,7 +67,7 @@ def validate_parameters(
     from components.run_parameters import check
 
     check(dict(locals()))
-    print("run parameters: ok")
+    print("result: every run parameter is valid")
     return "ok"
 
 
@@ -103,7 +103,7 @@ def ingest(
     result.validation.to_parquet(validation_data.path, index=False)
     train_data.metadata.update({"rows": len(result.train), "source": source})
     validation_data.metadata.update({"rows": len(result.validation), "source": source})
-    print(result.description)
+    print(f"result: {result.description}")
     return result.description
 
 
@@ -133,6 +133,7 @@ def train_anomaly_detector(
     training = {"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "training_rows": trained.training_rows}
     (directory / "training.json").write_text(json.dumps(training, indent=2))
     model.metadata.update(training)
+    print(f"result: {algorithm} on {trained.training_rows:,} rows")
 
 
 def train_predictive_analytics(
@@ -155,6 +156,7 @@ def train_predictive_analytics(
     training = {"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "training_rows": trained.training_rows}
     (directory / "training.json").write_text(json.dumps(training, indent=2))
     model.metadata.update(training)
+    print(f"result: ridge, {horizon_minutes} min ahead, on {trained.training_rows:,} rows")
 
 
 def evaluate_anomaly_detector(
@@ -193,6 +195,7 @@ def evaluate_anomaly_detector(
     with open(report.path, "w") as handle:
         handle.write(markdown)
     print(markdown)
+    print(f"result: {'deploy' if evaluation.deploy else 'do not deploy'} ({evaluation.reason})")
     return evaluation.deploy
 
 
@@ -228,6 +231,7 @@ def evaluate_predictive_analytics(
     with open(report.path, "w") as handle:
         handle.write(markdown)
     print(markdown)
+    print(f"result: {'deploy' if evaluation.deploy else 'do not deploy'} ({evaluation.reason})")
     return evaluation.deploy
 
 
@@ -249,7 +253,7 @@ def save_to_storage(
     from components.workflow import StoreOptions, save_step
 
     stored = save_step(model_name, model.path, dict(metrics.metadata), StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), run_name)
-    print(f"saved {model_name} {stored.version} -> {stored.storage_uri} ({stored.location})")
+    print(f"result: saved {stored.version} -> {stored.storage_uri}")
     return namedtuple("SaveOutputs", ["version", "storage_uri"])(stored.version, stored.storage_uri)
 
 
@@ -278,7 +282,7 @@ def deploy_inference_service(
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
     outcome = deploy_step(model_name, version, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), ready_timeout_s, options)
-    print(outcome.message)
+    print(f"result: {outcome.message}")
     return outcome.message
 
 
@@ -301,8 +305,10 @@ def smoke_test(
     validation_data: Input[Dataset],
     max_p95_latency_ms: float,
     report: Output[Markdown],
-) -> bool:
-    """Probe the version's own endpoint against the contract and its offline predictions; return whether it passed."""
+) -> NamedTuple("SmokeOutputs", [("passed", bool), ("reason", str)]):
+    """Probe the version's own endpoint against the contract and its offline predictions; return passed and why not."""
+    from collections import namedtuple
+
     from components.kserve_target import KServeOptions
     from components.rollout import record_smoke_test, smoke_test as run_smoke_test
     from components.workflow import StoreOptions, serving_context
@@ -310,12 +316,14 @@ def smoke_test(
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
     target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path)
     result = run_smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=max_p95_latency_ms)
-    record_smoke_test(store, model_name, result)
     markdown = result.markdown()
     with open(report.path, "w") as handle:
         handle.write(markdown)
+    record_smoke_test(store, model_name, result, report.uri)
     print(markdown)
-    return result.passed
+    passed_checks = sum(passed for _, passed, _ in result.checks)
+    print(f"result: {'passed' if result.passed else 'FAILED'} {passed_checks}/{len(result.checks)} checks{'' if result.passed else ': ' + result.rejection}")
+    return namedtuple("SmokeOutputs", ["passed", "reason"])(result.passed, result.rejection)
 
 
 def canary_promote(
@@ -364,10 +372,10 @@ def canary_promote(
     if prometheus_url:
         print(token_source(prometheus_secret))
         providers.append(PrometheusProvider(PrometheusClient(prometheus_url, prometheus_ca_bundle), prometheus_window))
-    result = run_canary(target, store, model_name, version, spec, providers, timeout_s=ready_timeout_s)
+    result = run_canary(target, store, model_name, version, spec, providers, timeout_s=ready_timeout_s, report_uri=report.uri)
     with open(report.path, "w") as handle:
         handle.write(result.html())
-    print(f"{model_name} {version}: {result.outcome} ({result.reason})")
+    print(f"result: {result.outcome} ({result.reason})")
     return result.outcome
 
 
@@ -398,7 +406,7 @@ def rollback(
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
     target, store, _ = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options)
     outcome = run_rollback(target, store, model_name, version, reason, ready_timeout_s)
-    print(outcome.message)
+    print(f"result: {outcome.message}")
     return outcome.message
 
 
@@ -420,5 +428,5 @@ def ensure_safe_serving(
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
     outcome = make_safe(target_from_environment(serving_target, options), model_name, ready_timeout_s)
-    print(outcome.message)
+    print(f"result: {outcome.message}")
     return outcome.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import pickletools
@@ -11,7 +12,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
+from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.covariance import EllipticEnvelope
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
@@ -37,7 +38,10 @@ HOLDOUT_FRACTION = 0.2
 # How far below the fallback vector's score the detector threshold sits, relative to that score.
 FALLBACK_MARGIN = 0.01
 # Modules a stock sklearn server can import when it unpickles a model.
-STOCK_PICKLE_MODULES = ("sklearn", "numpy", "scipy", "joblib", "builtins", "copyreg", "_codecs", "collections")
+STOCK_PICKLE_MODULES = ("sklearn", "numpy", "scipy", "joblib", "builtins", "copyreg", "_codecs", "collections", "functools")
+# Each forecaster output's physical range, in contract order: ratios of capacity, and network as the engine
+# scales it (bytes/s / 125e6, clamped to 0-1 by the engine, so a forecast above 1 could never be observed).
+OUTPUT_RANGES = {"cpu": (0.0, 1.0), "memory": (0.0, 1.0), "disk": (0.0, 1.0), "network_in": (0.0, 1.0), "network_out": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -183,12 +187,13 @@ def train_predictive_analytics(train: pd.DataFrame, params: ForecasterParams) ->
     return TrainedModel(ridge, {"model_name": PREDICTIVE_ANALYTICS, **asdict(params)}, data_fingerprint(train), len(current))
 
 
-def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> Ridge:
-    """Return a stock Ridge that predicts ``future`` rows from ``current`` rows, never worse than persistence on holdout.
+def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> TransformedTargetRegressor:
+    """Return a stock regressor that predicts ``future`` rows from ``current`` rows within physical ranges.
 
     A Ridge learns the change x_{t+h} - x_t; adding the identity to its coefficients turns it into a stock
     Ridge that predicts levels, so the served object needs nothing but scikit-learn. An output whose learned
-    change loses to persistence on the newest ``HOLDOUT_FRACTION`` of the pairs predicts persistence.
+    change loses to persistence on the newest ``HOLDOUT_FRACTION`` of the pairs predicts persistence. A stock
+    ``TransformedTargetRegressor`` then clips each output to its unit's range (``OUTPUT_RANGES``).
     """
     holdout = int(len(current) * (1.0 - HOLDOUT_FRACTION))
     probe = Ridge(alpha=alpha).fit(current[:holdout], future[:holdout] - current[:holdout])
@@ -200,16 +205,40 @@ def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> Rid
     # persistence: coefficient row 0 and intercept 0 before the identity is added.
     ridge.coef_ = np.where(keep_learned[:, None], ridge.coef_, 0.0) + np.eye(current.shape[1])
     ridge.intercept_ = np.where(keep_learned, ridge.intercept_, 0.0)
-    return ridge
+    return within_output_ranges(ridge, current, future)
+
+
+def within_output_ranges(levels: Ridge, current: np.ndarray, future: np.ndarray) -> TransformedTargetRegressor:
+    """Return ``levels`` wrapped so that every prediction is clipped to its output's physical range.
+
+    The wrapper is fitted once on the pairs (which sets up its stock ``FunctionTransformer``), then given the
+    fitted ``levels`` model as its regressor; ``functools.partial(numpy.clip, ...)`` pickles by reference, so the
+    stock sklearn runtime loads it.
+    """
+    lows, highs = (np.array(bound, dtype=float) for bound in zip(*OUTPUT_RANGES.values()))
+    clip = functools.partial(np.clip, a_min=lows, a_max=highs)
+    wrapper = TransformedTargetRegressor(regressor=Ridge(), func=clip, inverse_func=clip, check_inverse=False)
+    wrapper.fit(current, future)
+    wrapper.regressor_ = levels
+    return wrapper
 
 
 def foreign_pickle_modules(estimator: object) -> list[str]:
     """Return the modules pickling ``estimator`` would import that a stock sklearn server lacks (empty if clean)."""
     modules: set[str] = set()
     strings: list[str] = []
+    memo: list[str | None] = []  # a module name pickled once is fetched again from the memo (BINGET)
+    last: str | None = None
     for opcode, argument, _ in pickletools.genops(pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)):
         if opcode.name in {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE"}:
-            strings.append(str(argument))
+            strings.append(last := str(argument))
+            continue
+        if opcode.name == "MEMOIZE":
+            memo.append(last)
+            continue
+        last = None
+        if opcode.name in {"BINGET", "LONG_BINGET", "GET"} and isinstance(remembered := memo[int(argument)], str):
+            strings.append(last := remembered)
         elif opcode.name == "GLOBAL":
             modules.add(str(argument).split(" ")[0])
         elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:

@@ -33,7 +33,8 @@ from components.train import MODEL_FILENAME
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
 SERVING_HOME_ENV = "MODEL_SERVING_HOME"
-DEFAULT_SERVING_HOME = ".model-pipelines/serving"
+STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
+DEFAULT_STATE_DIR = ".model-pipelines"
 SERVING_TARGETS = ("kserve", "local")
 
 
@@ -49,10 +50,31 @@ class StoreOptions:
     s3_ca_bundle: str = ""
 
 
+def state_dir() -> Path:
+    """Return the local state directory: $MODEL_PIPELINES_HOME, else .model-pipelines in the working directory."""
+    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+def store_root() -> Path:
+    """Return the filesystem store's root: $MODEL_STORE_ROOT, the PVC when /mnt/models is a mount (a pod), else <state dir>/store.
+
+    So that a compiled pipeline run by kfp.local outside a pod keeps its store beside its serving state, and
+    never silently creates /mnt/models on a laptop.
+    """
+    if os.environ.get(STORE_ROOT_ENV):
+        return Path(os.environ[STORE_ROOT_ENV])
+    return Path(DEFAULT_STORE_ROOT) if os.path.ismount(DEFAULT_STORE_ROOT) else state_dir() / "store"
+
+
+def serving_home() -> Path:
+    """Return the local serving target's home: $MODEL_SERVING_HOME, else <state dir>/serving."""
+    return Path(os.environ.get(SERVING_HOME_ENV) or state_dir() / "serving")
+
+
 def open_store(options: StoreOptions) -> ModelStore:
-    """Return the store: the filesystem at $MODEL_STORE_ROOT (default the PVC mount /mnt/models), or S3."""
+    """Return the store: the filesystem at ``store_root()`` (the PVC mount in a pod), or S3."""
     if options.kind == "pvc":
-        return FilesystemStore(os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT), options.pvc_name)
+        return FilesystemStore(store_root(), options.pvc_name)
     if options.kind == "s3":
         client, bucket = s3_client_from_environment(options.s3_secret, options.s3_ca_bundle, options.s3_verify)
         return S3Store(client, bucket, options.s3_prefix)
@@ -62,8 +84,7 @@ def open_store(options: StoreOptions) -> ModelStore:
 def target_from_environment(name: str, options: KServeOptions | None = None, store: ModelStore | None = None) -> ServingTarget:
     """Return the named serving target: ``kserve`` configured by ``options``, ``local`` from the environment."""
     if name == "local":
-        return LocalTarget(os.environ.get(SERVING_HOME_ENV, DEFAULT_SERVING_HOME), os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT),
-                           s3_store=store if isinstance(store, S3Store) else None)
+        return LocalTarget(serving_home(), store_root(), s3_store=store if isinstance(store, S3Store) else None)
     if name == "kserve":
         return KServeTarget(options or KServeOptions())
     raise ServingError(f"unknown serving_target {name!r}: use one of {', '.join(SERVING_TARGETS)}")
@@ -89,7 +110,7 @@ def deploy_step(
         return deploy_version(target, store, model_name, version, timeout_s)
     except ServingError as error:
         if version in store.read_index(model_name)["versions"]:
-            rollback(target, store, model_name, version, f"deploy failed: {error}")
+            rollback(target, store, model_name, version, f"rejected at deploy-inference-service: {error}")
         raise
 
 

@@ -13,7 +13,10 @@ import tempfile
 
 from components.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
 from pipelines import kfp_remote
-from pipelines.local import DEFAULT_STATE_DIR, RunSummary, local_target, parse_params, run_local
+from components.storage import StoreError
+from pipelines.local import (
+    DEFAULT_STATE_DIR, HELD_BACK, RunSummary, check_stored_version, exit_code, local_target, open_run_store, params_per_model, parse_params, run_local,
+)
 from components.s3_store import DEFAULT_SECRET
 from pipelines.platforms import DEFAULT_PLATFORM, STORES, platform_named
 from pipelines.retrain import DEFAULT_IMAGE, PIPELINE_FILES, ROLLOUT, compile_every_profile, compile_pipelines
@@ -47,12 +50,12 @@ def _require_local(args: argparse.Namespace) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Run the chosen retraining pipelines locally, print a summary and return 0 only if every run succeeded."""
+    """Run the chosen retraining pipelines locally, print progress and a summary; return the exit code (README)."""
     if not _require_local(args):
         return 2
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
     try:
-        arguments = {model: parse_params([LOCAL_SERVING, *args.param], model) for model in models}
+        arguments = params_per_model([LOCAL_SERVING, *args.param], models)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -60,26 +63,27 @@ def _run(args: argparse.Namespace) -> int:
     print(f"model store: {(state_dir / 'store').resolve()}  (change with --state-dir or MODEL_PIPELINES_HOME)")
     summaries = []
     for number, model in enumerate(models, start=1):
-        print(f"\n==> [{number}/{len(models)}] {model}: ingest -> train -> evaluate -> save -> deploy -> smoke-test -> canary", flush=True)
-        summaries.append(run_local(model, arguments[model], state_dir))
+        print(f"==> [{number}/{len(models)}] {model}", flush=True)
+        summaries.append(run_local(model, arguments[model], state_dir, verbose=args.verbose))
     print(format_summary(summaries, state_dir))
-    return 0 if all(summary.succeeded for summary in summaries) else 1
+    return exit_code(summaries)
 
 
 def _rollout(args: argparse.Namespace) -> int:
-    """Roll out a stored version locally (deploy, smoke-test, canary); return 0 when the run finished."""
+    """Roll out a stored version locally (deploy, smoke-test, canary); return the exit code (README)."""
     if not _require_local(args):
         return 2
+    state_dir = Path(args.state_dir)
     try:
         arguments = parse_params([LOCAL_SERVING, *args.param, f"model_name={args.model}", f"version={args.version}"], ROLLOUT)
-    except ValueError as error:
+        check_stored_version(open_run_store(arguments, state_dir), args.model, args.version)
+    except (ValueError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    state_dir = Path(args.state_dir)
     print(f"==> {args.model} {args.version}: deploy -> smoke-test -> canary", flush=True)
-    summary = run_local(args.model, arguments, state_dir, pipeline_name=ROLLOUT)
+    summary = run_local(args.model, arguments, state_dir, pipeline_name=ROLLOUT, verbose=args.verbose)
     print(format_summary([summary], state_dir))
-    return 0 if summary.succeeded else 1
+    return exit_code([summary])
 
 
 def curl_line(url: str, model_name: str) -> str:
@@ -89,21 +93,22 @@ def curl_line(url: str, model_name: str) -> str:
     return f"curl -s -H 'Content-Type: application/json' {url}:predict -d {shlex.quote(body)}"
 
 
+EXIT_MEANINGS = {0: "every candidate was promoted or needed no rollout", 3: "a candidate was rejected or held back by a gate",
+                 1: "a run failed"}
+
+
 def format_summary(summaries: list[RunSummary], state_dir: Path) -> str:
-    """Return the end-of-run table: model, result, new version, key metrics, decision, serving and paths."""
-    lines = ["", "Summary", f"{'model':<22} {'result':<8} {'version':<8} {'metrics':<40} decision"]
+    """Return the end-of-run summary: per model what happened to the new version and why, its report, serving and paths."""
+    lines = ["", "Summary"]
     for summary in summaries:
-        if not summary.succeeded:
-            lines.append(f"{summary.model_name:<22} {'FAILED':<8} {'-':<8} {'-':<40} {summary.error}")
-            continue
+        lines.append(f"  {summary.model_name:<21} {summary.version or '-':<5} {summary.outcome}")
         keys = ("f1", "precision", "recall", "roc_auc") if "f1" in summary.metrics else ("mase_mean", "mase_cpu", "mase_memory")
-        metrics = " ".join(f"{key}={summary.metrics[key]:.3f}" for key in keys if key in summary.metrics) or "-"
-        version = ",".join(summary.new_versions) or "none"
-        lines.append(f"{summary.model_name:<22} {'ok':<8} {version:<8} {metrics:<40} {summary.decision or '-'}")
-    lines.append("")
-    for summary in summaries:
-        for version, state in summary.version_states.items():
-            lines.append(f"  {summary.model_name} {version}: {state}")
+        metrics = " ".join(f"{key}={summary.metrics[key]:.3f}" for key in keys if key in summary.metrics)
+        decision = f"; {summary.decision}" if summary.decision and summary.kind != HELD_BACK else ""
+        if metrics or decision:
+            lines.append(f"      evaluate: {metrics or 'no metrics'}{decision}")
+        if summary.report:
+            lines.append(f"      report:   {summary.report}")
         serving = summary.serving
         if serving and serving.url:
             candidate = f", candidate {serving.candidate} at {serving.candidate_percent} %" if serving.candidate else ""
@@ -115,11 +120,14 @@ def format_summary(summaries: list[RunSummary], state_dir: Path) -> str:
     for summary in summaries:
         for uri in summary.storage_uris:
             lines.append(f"  {summary.model_name}: {uri}")
-    lines.append(f"reports: {(state_dir / 'runs').resolve()}")
+    logs = [summary.log for summary in summaries if summary.log]
+    lines.append(f"logs:    {', '.join(logs) or '-'}  (--verbose prints them as they run)")
     served = [summary for summary in summaries if summary.serving and summary.serving.url]
     if served:
         lines.append("try:")
         lines += [f"  {curl_line(summary.serving.url, summary.model_name)}" for summary in served]
+    code = exit_code(summaries)
+    lines.append(f"exit code {code}: {EXIT_MEANINGS[code]}")
     return "\n".join(lines)
 
 
@@ -192,12 +200,18 @@ def _store(args: argparse.Namespace) -> int:
 
 
 def _remote(handler):
-    """Wrap a remote verb: connect, run it, and turn RemoteError into a clear message and exit code 1."""
+    """Wrap a remote verb: check its command line (exit 2), connect, run it, and turn RemoteError into exit code 1."""
 
     def run(args: argparse.Namespace) -> int:
-        try:
+        try:  # a bad command line is reported before any talk of the connection
             if getattr(args, "cron", None):
                 kfp_remote.check_cron(args.cron)
+            if hasattr(args, "param"):
+                args.arguments = parse_params(args.param, args.pipeline)
+        except (kfp_remote.RemoteError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        try:
             connection = kfp_remote.resolve_connection(args.host, args.token, args.ca_cert, args.namespace)
             return handler(args, kfp_remote.connect(connection), connection)
         except (kfp_remote.RemoteError, ValueError) as error:
@@ -228,8 +242,7 @@ def _upload(args: argparse.Namespace, client, connection) -> int:
 
 def _submit(args: argparse.Namespace, client, connection) -> int:
     """Start a run; with --wait, stream its state and return 0 only if it succeeded."""
-    arguments = parse_params(args.param, args.pipeline)
-    run = kfp_remote.submit(client, _pipeline_name(args.pipeline), arguments, args.experiment, connection.host, args.run_name)
+    run = kfp_remote.submit(client, _pipeline_name(args.pipeline), args.arguments, args.experiment, connection.host, args.run_name)
     print(f"run {run.run_id} started in experiment {args.experiment!r}")
     if not args.wait:
         return 0
@@ -243,7 +256,7 @@ def _schedule(args: argparse.Namespace, client, connection) -> int:
     """Create, list, enable, disable or delete recurring runs; return 0."""
     if args.schedule_verb == "create":
         name = args.name or f"{_pipeline_name(args.pipeline)}-schedule"
-        schedule = kfp_remote.create_schedule(client, _pipeline_name(args.pipeline), name, args.cron, parse_params(args.param, args.pipeline),
+        schedule = kfp_remote.create_schedule(client, _pipeline_name(args.pipeline), name, args.cron, args.arguments,
                                               args.experiment, connection.host, args.max_concurrency)
         print(f"schedule {name} ({schedule.recurring_run_id}) created: cron {args.cron!r}, max concurrency {args.max_concurrency}, no catch-up")
     elif args.schedule_verb == "list":
@@ -272,7 +285,9 @@ def _add_connection_options(verb: argparse.ArgumentParser) -> None:
 def _add_local_options(verb: argparse.ArgumentParser) -> None:
     """Add --local, --param and --state-dir to a verb that runs a pipeline."""
     verb.add_argument("--local", action="store_true", help="run on this machine with kfp.local (no cluster)")
-    verb.add_argument("--param", action="append", default=[], metavar="K=V", help="set a pipeline parameter; repeatable")
+    verb.add_argument("--param", action="append", default=[], metavar="K=V",
+                      help="set a pipeline parameter; repeatable; <model>.K=V sets it for one model only under `run all`")
+    verb.add_argument("--verbose", action="store_true", help="print every step's log as it runs (it always goes to the run's log file)")
     _add_state_dir(verb)
 
 

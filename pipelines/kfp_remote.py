@@ -132,9 +132,21 @@ def latest_version(client, pipeline_name: str, host: str) -> tuple[str, str]:
     return pipeline_id, versions[0].pipeline_version_id
 
 
+def check_uploaded_inputs(client, pipeline_id: str, version_id: str, arguments: dict, pipeline_name: str) -> None:
+    """Raise RemoteError unless the uploaded version declares every parameter in ``arguments``."""
+    spec = client.get_pipeline_version(pipeline_id, version_id).pipeline_spec or {}
+    spec = spec.get("pipeline_spec", spec)  # a version uploaded with its platform spec nests the pipeline spec
+    declared = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
+    unknown = sorted(set(arguments) - declared)
+    if unknown:
+        raise RemoteError(f"the uploaded {pipeline_name} (newest version {version_id}) has no parameter(s) {', '.join(unknown)}; "
+                          f"it is older than this CLI: run `model-pipelines upload` to add the current version")
+
+
 def submit(client, pipeline_name: str, arguments: dict, experiment: str, host: str, run_name: str | None = None):
     """Start a run of the pipeline's newest version in ``experiment`` and return it."""
     pipeline_id, version_id = latest_version(client, pipeline_name, host)
+    check_uploaded_inputs(client, pipeline_id, version_id, arguments, pipeline_name)
     experiment_id = client.create_experiment(experiment).experiment_id
     name = run_name or f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return client.run_pipeline(experiment_id=experiment_id, job_name=name, pipeline_id=pipeline_id, version_id=version_id, params=arguments)
@@ -173,6 +185,7 @@ def create_schedule(client, pipeline_name: str, name: str, cron: str, arguments:
                     max_concurrency: int = 1):
     """Create an enabled recurring run without catch-up and return it."""
     pipeline_id, version_id = latest_version(client, pipeline_name, host)
+    check_uploaded_inputs(client, pipeline_id, version_id, arguments, pipeline_name)
     experiment_id = client.create_experiment(experiment).experiment_id
     return client.create_recurring_run(experiment_id=experiment_id, job_name=name, cron_expression=check_cron(cron),
                                        max_concurrency=max_concurrency, no_catchup=True, params=arguments,

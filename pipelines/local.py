@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import io
+import difflib
+import functools
 import json
 import os
-import re
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +19,31 @@ from kfp import local
 from components.local_serving import LocalTarget
 from components.run_parameters import check as check_run_parameters
 from components.serving import ServingStatus
-from components.storage import StoreError, champion_version
-from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, open_store
-from pipelines.retrain import BUILDERS, DEFAULT_IMAGE
+from components.contract import MODEL_NAMES
+from components.storage import ModelStore, StoreError, champion_version, version_number
+from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, open_store, state_dir
+from pipelines.retrain import BUILDERS, DEFAULT_IMAGE, ROLLOUT
+from pipelines.run_log import RunLog
 
-DEFAULT_STATE_DIR = Path(os.environ.get("MODEL_PIPELINES_HOME", ".model-pipelines"))
+DEFAULT_STATE_DIR = state_dir()
+
+
+# What happened to a run's new version, for its summary row and the exit code (README: "Exit codes").
+PROMOTED, NOT_NEEDED, REJECTED, HELD_BACK, FAILED = "promoted", "not needed", "rejected", "held back", "failed"
+EXIT_CODES = {PROMOTED: 0, NOT_NEEDED: 0, REJECTED: 3, HELD_BACK: 3, FAILED: 1}
 
 
 @dataclass
 class RunSummary:
-    """What one local pipeline run decided and stored."""
+    """What one local pipeline run decided and stored, and what happened to its new version."""
 
     model_name: str
     succeeded: bool
+    kind: str = FAILED
+    version: str = ""
+    outcome: str = ""
+    report: str = ""
+    log: str = ""
     decision: str = ""
     metrics: dict = field(default_factory=dict)
     new_versions: list[str] = field(default_factory=list)
@@ -43,46 +55,30 @@ class RunSummary:
     error: str = ""
 
 
-# The last line of a Python traceback: "package.module.SomeError: message".
-EXCEPTION_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception): .+")
+def exit_code(summaries: list[RunSummary]) -> int:
+    """Return 1 if a run failed, 3 if a candidate was rejected or held back by a gate, else 0."""
+    codes = {EXIT_CODES[summary.kind] for summary in summaries}
+    return 1 if 1 in codes else 3 if 3 in codes else 0
 
 
-class _TailingStdout(io.TextIOBase):
-    """Passes writes through to the real stdout and remembers the last lines (the steps' logs land here)."""
-
-    def __init__(self, target: io.TextIOBase, keep: int = 400) -> None:
-        self.target = target
-        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
-
-    def write(self, text: str) -> int:
-        """Remember the lines of ``text`` and pass it on; return what the real stdout wrote."""
-        self.lines.extend(text.splitlines())
-        return self.target.write(text)
-
-    def flush(self) -> None:
-        """Flush the real stdout."""
-        self.target.flush()
-
-    def last_exception(self) -> str:
-        """Return the last exception line seen, without its module path, or ''."""
-        for line in reversed(self.lines):
-            if EXCEPTION_LINE.match(line):
-                kind, _, message = line.strip().partition(": ")
-                return f"{kind.rsplit('.', 1)[-1]}: {message}"
-        return ""
+@functools.lru_cache(maxsize=None)
+def declared_inputs(pipeline_name: str) -> dict:
+    """Return the run parameters a pipeline declares, by name (their type and default)."""
+    return dict(BUILDERS[pipeline_name](DEFAULT_IMAGE).component_spec.inputs or {})
 
 
 def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
-    """Return pipeline arguments from ``k=v`` strings, converted to each parameter's declared type."""
-    pipeline = BUILDERS[pipeline_name](DEFAULT_IMAGE)
-    declared = pipeline.component_spec.inputs or {}
+    """Return pipeline arguments from ``k=v`` strings, converted to each parameter's declared type and checked."""
+    declared = declared_inputs(pipeline_name)
     arguments: dict[str, object] = {}
     for pair in pairs:
         name, separator, text = pair.partition("=")
         if not separator:
             raise ValueError(f"--param {pair!r} is not k=v; for example --param days=3")
         if name not in declared:
-            raise ValueError(f"{pipeline_name} has no parameter {name!r}; its parameters are {', '.join(sorted(declared))}")
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{pipeline_name} has no parameter {name!r}; {hint}its parameters are {', '.join(sorted(declared))}")
         kind = declared[name].type
         try:
             arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean, "List": _number_list, "Dict": _json_object}.get(kind, str)(text)
@@ -90,6 +86,40 @@ def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
             raise ValueError(f"--param {name}={text!r}: {name} is a {kind}") from None
     check_run_parameters({**{name: spec.default for name, spec in declared.items()}, **arguments})
     return arguments
+
+
+def params_per_model(pairs: list[str], models: list[str]) -> dict[str, dict[str, object]]:
+    """Return each model's arguments from ``k=v`` and ``<model>.k=v``; an unscoped name goes to every model that has it."""
+    chosen: dict[str, list[str]] = {model: [] for model in models}
+    for pair in pairs:
+        name = pair.partition("=")[0]
+        scope, dot, _ = name.partition(".")
+        if dot and scope in MODEL_NAMES:
+            if scope not in chosen:
+                raise ValueError(f"--param {pair!r} is scoped to {scope}, which this run does not include")
+            chosen[scope].append(pair.removeprefix(f"{scope}."))
+            continue
+        takers = [model for model in models if name in declared_inputs(model)] or models  # none: parse_params explains
+        for model in takers:
+            chosen[model].append(pair)
+    return {model: parse_params(model_pairs, model) for model, model_pairs in chosen.items()}
+
+
+def open_run_store(arguments: dict[str, object], state_dir: Path) -> ModelStore:
+    """Return the store a local run with ``arguments`` uses (the state dir's, or S3 when model_store=s3)."""
+    with _local_environment(state_dir):
+        given = {knob: arguments[knob] for knob in ("pvc_name", "s3_prefix", "s3_secret", "s3_verify", "s3_ca_bundle") if knob in arguments}
+        return open_store(StoreOptions(kind=str(arguments.get("model_store", "pvc")), **given))
+
+
+def check_stored_version(store: ModelStore, model_name: str, version: str) -> None:
+    """Raise ValueError, with a hint, unless ``version`` names a stored version of ``model_name``."""
+    stored = sorted(store.read_index(model_name)["versions"], key=version_number)
+    if version in stored:
+        return
+    hint = f"did you mean v{version}? " if f"v{version}" in stored else ""
+    listing = ", ".join(stored) if stored else "none yet: run `model-pipelines run` first"
+    raise ValueError(f"{model_name} has no stored version {version!r}; {hint}stored versions: {listing} (in {store.location})")
 
 
 def _boolean(text: str) -> bool:
@@ -136,44 +166,72 @@ def _local_environment(state_dir: Path) -> Iterator[None]:
 
 
 def run_local(
-    model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, pipeline_name: str | None = None
+    model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, pipeline_name: str | None = None,
+    verbose: bool = False,
 ) -> RunSummary:
-    """Run a model's retraining pipeline (or ``pipeline_name``) with kfp.local's SubprocessRunner; return its summary."""
+    """Run a model's retraining pipeline (or ``pipeline_name``) with kfp.local, logging to a file; return its summary."""
+    pipeline = pipeline_name or model_name
     (state_dir / "store").mkdir(parents=True, exist_ok=True)
+    log_path = (state_dir / "logs" / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
     try:
-        with _local_environment(state_dir):
-            given = {knob: arguments[knob] for knob in ("pvc_name", "s3_prefix", "s3_secret", "s3_verify", "s3_ca_bundle") if knob in arguments}
-            store = open_store(StoreOptions(kind=str(arguments.get("model_store", "pvc")), **given))
+        store = open_run_store(arguments, state_dir)
         before = store.read_index(model_name)["versions"]
     except StoreError as error:
-        return RunSummary(model_name, succeeded=False, error=str(error))
+        return RunSummary(model_name, succeeded=False, outcome=f"failed at start: {error}", error=str(error))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str((state_dir / "runs").resolve()), raise_on_error=True)
-    summary = RunSummary(model_name, succeeded=False)
-    tail = _TailingStdout(sys.stdout)
-    with _local_environment(state_dir), warnings.catch_warnings(), contextlib.redirect_stdout(tail):
+    summary = RunSummary(model_name, succeeded=False, log=str(log_path))
+    run_log = RunLog(log_path, sys.stdout, verbose)
+    with _local_environment(state_dir), warnings.catch_warnings(), contextlib.redirect_stdout(run_log), run_log:
         # kfp.local warns about any image whose name lacks "python"; the project image is a Python image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
-            task = BUILDERS[pipeline_name or model_name](DEFAULT_IMAGE)(**arguments)
+            task = BUILDERS[pipeline](DEFAULT_IMAGE)(**arguments)
         except RuntimeError as error:
-            cause = tail.last_exception()
-            summary.error = f"{error}" + (f" -- {cause}" if cause else "")
+            failed = run_log.first_failure()
+            summary.error = f"failed at {failed.task}: {failed.result}" if failed else f"failed: {error}"
             task = None
+    evaluation_report = ""
     if task is not None:
         summary.succeeded = True
         if "metrics" in task.outputs:
             summary.metrics = dict(task.outputs["metrics"].metadata)
-            summary.decision = _decision_line(Path(task.outputs["report"].path))
+            evaluation_report = task.outputs["report"].path
+            summary.decision = _decision_line(Path(evaluation_report))
     index = store.read_index(model_name)
     summary.new_versions = sorted(set(index["versions"]) - set(before), key=lambda name: int(name[1:]))
     summary.storage_uris = [store.storage_uri(model_name, version) for version in summary.new_versions]
     summary.version_states = {
         version: _describe(entry) for version, entry in index["versions"].items() if entry != before.get(version)
     }
+    version = str(arguments["version"]) if pipeline == ROLLOUT else (summary.new_versions or [None])[-1]
+    summary.version = version or ""
+    summary.kind, summary.outcome, summary.report = _outcome(summary, index, before, version, evaluation_report)
     summary.champion = champion_version(index)
     summary.serving = local_target(state_dir).status(model_name)
     summary.store_location = store.location
     return summary
+
+
+def _outcome(summary: RunSummary, index: dict, before: dict, version: str | None, evaluation_report: str) -> tuple[str, str, str]:
+    """Return (kind, row text, report path) saying what happened to the run's new (or rolled-out) version."""
+    if summary.error:
+        return FAILED, summary.error, summary.log
+    if version is None:
+        reason = summary.decision.removeprefix("do not deploy (").removesuffix(")")
+        return HELD_BACK, f"not deployed: {reason}", evaluation_report
+    entry = index["versions"].get(version, {})
+    reports = [event["report"] for event in index.get("history", []) if event.get("version") == version and event.get("report")]
+    report = reports[-1] if reports else evaluation_report
+    status = entry.get("status")
+    if status == "stable":
+        if before.get(version, {}).get("status") == "stable":
+            return NOT_NEEDED, f"{version} already stable: nothing to roll out", report
+        return PROMOTED, "promoted", report
+    if status == "rejected":
+        return REJECTED, entry.get("rejected_reason") or "rejected", report
+    if status == "duplicate":
+        return NOT_NEEDED, f"duplicate of stable {entry.get('duplicate_of')}", report
+    return FAILED, f"failed: {version} was left {status or 'unknown'}; see the log", summary.log
 
 
 def _describe(entry: dict) -> str:

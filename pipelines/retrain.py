@@ -23,6 +23,7 @@ from components.rollout import CanarySpec
 from components.s3_store import DATA_CONNECTION_KEYS, DEFAULT_SECRET
 from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT
 from components.train import DetectorParams, ForecasterParams
+from pipelines.parameter_help import with_parameter_help
 from pipelines.platforms import DEFAULT_PLATFORM, PLATFORMS, STORES, Platform, adapt, group_label, is_default_output, output_key, platform_named
 
 DEFAULT_IMAGE = f"image-registry.openshift-image-registry.svc:5000/self-healing-platform/model-pipelines:{__version__}"
@@ -109,7 +110,7 @@ def _validate(ops: SimpleNamespace, p: dict) -> dsl.PipelineTask:
     """Add the first task: one check of every run parameter of the pipeline, listing all problems."""
     names = inspect.signature(steps.validate_parameters).parameters  # the step's own inputs, listed once
     wired = {name: p[name] if name in p else MODEL_KNOB_DEFAULTS[name] for name in names if name in p or name in MODEL_KNOB_DEFAULTS}
-    return _side_effect(ops.validate_parameters(**wired))
+    return _side_effect(ops.validate_parameters(**wired)).set_display_name("Check run parameters")
 
 
 def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
@@ -119,7 +120,7 @@ def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
         validation_fraction=p["validation_fraction"], prometheus_url=p["prometheus_url"], prometheus_secret=p["prometheus_secret"],
         prometheus_ca_bundle=p["prometheus_ca_bundle"], prometheus_queries=p["prometheus_queries"], prometheus_end=p["prometheus_end"],
         allow_synthetic_fallback=p["allow_synthetic_fallback"],
-    ).after(_validate(ops, p))), p)
+    ).after(_validate(ops, p))).set_display_name("Ingest metrics"), p)
 
 
 SERVING_KNOBS = ("namespace", "runtime", "deployment_mode", "rollout_strategy", "service_account", "endpoint", "ready_timeout_s")
@@ -135,13 +136,13 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
     serving = {**_serving(model_name, p), **_store(p)}
     deploy = _side_effect(
         ops.deploy_inference_service(version=version, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p
-    )
+    ).set_display_name("Deploy as dark candidate")
     smoke_arguments = {key: value for key, value in serving.items() if key != "ready_timeout_s"}
     smoke = _side_effect(
         ops.smoke_test(version=version, validation_data=validation_data, max_p95_latency_ms=p["max_p95_latency_ms"], **smoke_arguments),
         p,
-    ).after(deploy)
-    with dsl.If(smoke.outputs["Output"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
+    ).after(deploy).set_display_name("Smoke-test the new version")
+    with dsl.If(smoke.outputs["passed"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
         _with_prometheus_token(_side_effect(
             ops.canary_promote(
                 version=version, validation_data=validation_data, canary_steps=p["canary_steps"],
@@ -152,14 +153,14 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
                 prometheus_window=p["prometheus_window"], max_live_p95_latency_ms=p["max_live_p95_latency_ms"], **serving,
             ),
             p,
-        ), p)
+        ), p).set_display_name("Canary-promote or roll back")
     with dsl.Else(name="smoke-test-failed"):
-        _side_effect(ops.rollback(version=version, reason="smoke test failed: see the smoke-test report", **serving), p)
+        _side_effect(ops.rollback(version=version, reason=smoke.outputs["reason"], **serving), p).set_display_name("Roll back (smoke test failed)")
 
 
 def _exit_task(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     """Return the exit task that leaves serving safe whatever happened."""
-    return _side_effect(ops.ensure_safe_serving(**_serving(model_name, p)))
+    return _side_effect(ops.ensure_safe_serving(**_serving(model_name, p))).set_display_name("Leave serving safe")
 
 
 def _save_and_roll_out(ops: SimpleNamespace, model_name: str, train, evaluate, validation_data, p: dict) -> None:
@@ -172,7 +173,7 @@ def _save_and_roll_out(ops: SimpleNamespace, model_name: str, train, evaluate, v
                     run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_store(p),
                 ),
                 p,
-            )
+            ).set_display_name("Save version to the store")
             _rollout(ops, model_name, save.outputs["version"], validation_data, p)
 
 
@@ -184,6 +185,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         name="anomaly-detector-retrain",
         description="Retrain the anomaly detector; evaluate against gates and the champion; save; deploy, smoke-test and canary-promote.",
     )
+    @with_parameter_help("Retrain, evaluate, store and roll out the anomaly detector; return its evaluation.")
     def anomaly_detector_retrain(
         source: str = "synthetic",
         file_path: str = "",
@@ -232,14 +234,13 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         failure_limit: int = CANARY.failure_limit,
         max_live_p95_latency_ms: float = CANARY.max_live_p95_latency_ms,
     ) -> PipelineOutputs:
-        """Retrain, evaluate, store and roll out the anomaly detector; return its evaluation."""
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         ingest = _ingest(ops, ANOMALY_DETECTOR, p)
         train = ops.train_anomaly_detector(
             train_data=ingest.outputs["train_data"], algorithm=algorithm, scaler=scaler, n_estimators=n_estimators,
             max_samples=max_samples, pca_components=pca_components,
             target_false_positive_rate=target_false_positive_rate, random_state=random_state,
-        )
+        ).set_display_name("Train the detector")
         evaluate = _side_effect(
             ops.evaluate_anomaly_detector(
                 model=train.outputs["model"], validation_data=ingest.outputs["validation_data"],
@@ -248,7 +249,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
                 max_pickle_mb=max_pickle_mb, champion_tolerance=champion_tolerance, **_store(p),
             ),
             p,
-        )
+        ).set_display_name("Evaluate against gates and champion")
         _save_and_roll_out(ops, ANOMALY_DETECTOR, train, evaluate, ingest.outputs["validation_data"], p)
         return PipelineOutputs(metrics=evaluate.outputs["metrics"], report=evaluate.outputs["report"])
 
@@ -263,6 +264,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         name="predictive-analytics-retrain",
         description="Retrain the forecaster; evaluate against persistence and the champion; save; deploy, smoke-test and canary-promote.",
     )
+    @with_parameter_help("Retrain, evaluate, store and roll out the forecaster; return its evaluation.")
     def predictive_analytics_retrain(
         source: str = "synthetic",
         file_path: str = "",
@@ -305,12 +307,11 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         failure_limit: int = CANARY.failure_limit,
         max_live_p95_latency_ms: float = CANARY.max_live_p95_latency_ms,
     ) -> PipelineOutputs:
-        """Retrain, evaluate, store and roll out the forecaster; return its evaluation."""
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         ingest = _ingest(ops, PREDICTIVE_ANALYTICS, p)
         train = ops.train_predictive_analytics(
             train_data=ingest.outputs["train_data"], horizon_minutes=horizon_minutes, alpha=alpha
-        )
+        ).set_display_name("Train the forecaster")
         evaluate = _side_effect(
             ops.evaluate_predictive_analytics(
                 model=train.outputs["model"], validation_data=ingest.outputs["validation_data"],
@@ -319,7 +320,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
                 champion_tolerance=champion_tolerance, **_store(p),
             ),
             p,
-        )
+        ).set_display_name("Evaluate against gates and champion")
         _save_and_roll_out(ops, PREDICTIVE_ANALYTICS, train, evaluate, ingest.outputs["validation_data"], p)
         return PipelineOutputs(metrics=evaluate.outputs["metrics"], report=evaluate.outputs["report"])
 
@@ -334,6 +335,7 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         name="model-rollout",
         description="Roll out a stored model version: deploy as a dark candidate, smoke-test, canary-promote or roll back.",
     )
+    @with_parameter_help("Roll out a stored version: deploy, smoke-test, canary-promote or roll back.")
     def model_rollout(
         model_name: str = ANOMALY_DETECTOR,
         version: str = "v1",
@@ -372,7 +374,6 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         failure_limit: int = CANARY.failure_limit,
         max_live_p95_latency_ms: float = CANARY.max_live_p95_latency_ms,
     ):
-        """Roll out a stored version: deploy, smoke-test, canary-promote or roll back."""
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         with dsl.ExitHandler(_exit_task(ops, model_name, p), name="rollout-safely"):
             ingest = _ingest(ops, model_name, p)

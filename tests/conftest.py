@@ -23,6 +23,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def logged(result: subprocess.CompletedProcess) -> str:
+    """Return a run's output plus the step logs it wrote to the log files that its summary names."""
+    line = next((line for line in result.stdout.splitlines() if line.startswith("logs:")), "")
+    paths = [part.strip() for part in line.removeprefix("logs:").split("(")[0].split(",") if part.strip() and part.strip() != "-"]
+    return result.stdout + "".join(Path(path).read_text() for path in paths)
+
+
 def snapshot(directory: Path) -> dict[str, str]:
     """Return {relative path: sha256} of every file under ``directory`` (lock files excluded)."""
     return {

@@ -1,13 +1,16 @@
 """A stand-in for the KFP v2beta1 REST API (as Data Science Pipelines serves it) on 127.0.0.1.
 
-It keeps pipelines, versions, experiments, runs and recurring runs in memory, answers with the API's JSON
-shapes so that the real ``kfp.Client`` parses them, requires a bearer token when one is configured (401
-otherwise), refuses a duplicate version name with 409, and records every request (method, path, query, headers,
-body) so that tests can assert exactly what the client sent.
+It keeps pipelines, versions (with the uploaded spec), experiments, runs and recurring runs in memory, answers
+with the API's JSON shapes so that the real ``kfp.Client`` parses them, and is as strict as the API: a bearer
+token when one is configured (401), an upload needs a file (400) and a new name (409), versions of an unknown
+pipeline are 404, ``sort_by`` is honoured, and a run or recurring run needs a pipeline version reference that
+exists (400 without one, 404 for an unknown one) and a known experiment. Every request (method, path, query,
+headers, body) is recorded so that tests can assert exactly what the client sent.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -17,11 +20,23 @@ from email.parser import BytesParser
 from email.policy import default as email_policy
 from http.server import ThreadingHTTPServer
 
+import yaml
+
 from tests.http_json import JsonHandler
 
 
+_TICKS = itertools.count()
+
+
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """Return an RFC 3339 creation time, strictly increasing even within one second (so sort_by has an order)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{next(_TICKS) % 1_000_000:06d}Z"
+
+
+def _error(code: int, message: str) -> tuple[int, dict]:
+    """Return the API's error body for an HTTP status."""
+    grpc = {400: 3, 404: 5, 409: 6}[code]
+    return code, {"error": message, "code": grpc, "message": message}
 
 
 class KfpStandIn:
@@ -80,6 +95,26 @@ class KfpStandIn:
         return Handler
 
     @staticmethod
+    def _sorted(items: list[dict], query: dict) -> list[dict]:
+        """Return ``items`` in the order ``sort_by`` ("field" or "field desc") asks for, else as stored."""
+        if not query.get("sort_by"):
+            return items
+        field, _, direction = query["sort_by"].partition(" ")
+        return sorted(items, key=lambda item: item.get(field, ""), reverse=direction.strip().lower() == "desc")
+
+    def _version_reference_error(self, body: dict) -> tuple[int, dict] | None:
+        """Return the API's error for a run body whose pipeline version reference or experiment is missing or unknown."""
+        reference = body.get("pipeline_version_reference") or {}
+        pipeline_id, version_id = reference.get("pipeline_id"), reference.get("pipeline_version_id")
+        if not pipeline_id or not version_id:
+            return _error(400, "Invalid input error: a run needs pipeline_version_reference with pipeline_id and pipeline_version_id")
+        if version_id not in {version["pipeline_version_id"] for version in self.versions.get(pipeline_id, [])}:
+            return _error(404, f"pipeline version {version_id} of pipeline {pipeline_id} not found")
+        if body.get("experiment_id") and body["experiment_id"] not in self.experiments:
+            return _error(404, f"experiment {body['experiment_id']} not found")
+        return None
+
+    @staticmethod
     def _filtered(items: list[dict], query: dict) -> list[dict]:
         if "filter" not in query:
             return items
@@ -89,6 +124,13 @@ class KfpStandIn:
             items = [item for item in items if item.get(key) == value]
         return items
 
+    @staticmethod
+    def _version(pipeline_id: str, name: str, package: bytes) -> dict:
+        """Return a new pipeline version holding the uploaded package's pipeline spec."""
+        spec = next(yaml.safe_load_all(package))
+        return {"pipeline_id": pipeline_id, "pipeline_version_id": str(uuid.uuid4()), "display_name": name, "created_at": _now(),
+                "pipeline_spec": spec}
+
     def handle(self, method: str, path: str, query: dict, record: dict) -> tuple[int, dict]:
         parts = path.removeprefix("/apis/v2beta1/").split("/")
         if path == "/apis/v2beta1/healthz":
@@ -97,27 +139,37 @@ class KfpStandIn:
             if method == "GET" and len(parts) == 1:
                 items = self._filtered(list(self.pipelines.values()), query)
                 return 200, {"pipelines": items, "total_size": len(items)}
+            uploaded = record.get("files", {}).get("uploadfile")
+            if method == "POST" and parts[1:] in (["upload"], ["upload_version"]) and not uploaded:
+                return _error(400, "Invalid input error: no uploadfile in the request")
             if method == "POST" and parts[1:] == ["upload"]:
-                pipeline = {"pipeline_id": str(uuid.uuid4()), "display_name": query.get("name") or query.get("display_name"),
-                            "description": query.get("description", ""), "created_at": _now()}
+                name = query.get("name") or query.get("display_name")
+                if any(pipeline["display_name"] == name for pipeline in self.pipelines.values()):
+                    return _error(409, f"Already exist error: a pipeline named {name} already exists")
+                pipeline = {"pipeline_id": str(uuid.uuid4()), "display_name": name, "description": query.get("description", ""), "created_at": _now()}
                 self.pipelines[pipeline["pipeline_id"]] = pipeline
-                self.versions[pipeline["pipeline_id"]] = [{"pipeline_id": pipeline["pipeline_id"], "pipeline_version_id": str(uuid.uuid4()),
-                                                          "display_name": pipeline["display_name"], "created_at": _now()}]
+                self.versions[pipeline["pipeline_id"]] = [self._version(pipeline["pipeline_id"], name, uploaded)]
                 return 200, pipeline
             if method == "POST" and parts[1:] == ["upload_version"]:
-                pipeline_id = query["pipelineid"]
+                pipeline_id = query.get("pipelineid", "")
                 if pipeline_id not in self.pipelines:
-                    return 404, {"error": "pipeline not found", "code": 5, "message": "pipeline not found"}
+                    return _error(404, f"pipeline {pipeline_id} not found")
                 name = query.get("name") or query.get("display_name")
                 if any(v["display_name"] == name for v in self.versions[pipeline_id]):
-                    return 409, {"error": "already exists", "code": 6, "message": f"version {name} already exists"}
-                version = {"pipeline_id": pipeline_id, "pipeline_version_id": str(uuid.uuid4()), "display_name": name, "created_at": _now()}
+                    return _error(409, f"Already exist error: version {name} already exists")
+                version = self._version(pipeline_id, name, uploaded)
                 self.versions[pipeline_id].append(version)
                 return 200, version
             if method == "GET" and len(parts) == 2 and parts[1] in self.pipelines:
                 return 200, self.pipelines[parts[1]]
-            if method == "GET" and len(parts) == 3 and parts[2] == "versions":
-                versions = list(reversed(self.versions.get(parts[1], [])))
+            if method == "GET" and len(parts) >= 3 and parts[2] == "versions":
+                if parts[1] not in self.pipelines:
+                    return _error(404, f"pipeline {parts[1]} not found")
+                versions = self.versions[parts[1]]
+                if len(parts) == 4:
+                    found = [version for version in versions if version["pipeline_version_id"] == parts[3]]
+                    return (200, found[0]) if found else _error(404, f"pipeline version {parts[3]} not found")
+                versions = self._sorted(versions, query)
                 return 200, {"pipeline_versions": versions, "total_size": len(versions)}
         if parts[0] == "experiments":
             if method == "GET":
@@ -129,6 +181,8 @@ class KfpStandIn:
                 return 200, experiment
         if parts[0] == "runs":
             if method == "POST":
+                if refused := self._version_reference_error(record["json"]):
+                    return refused
                 run = {**record["json"], "run_id": str(uuid.uuid4()), "created_at": _now(), "state": self.run_states[0]}
                 self.runs[run["run_id"]] = run
                 return 200, run
@@ -139,6 +193,8 @@ class KfpStandIn:
                 return 200, run
         if parts[0] == "recurringruns":
             if method == "POST" and len(parts) == 1:
+                if refused := self._version_reference_error(record["json"]):
+                    return refused
                 recurring = {**record["json"], "recurring_run_id": str(uuid.uuid4()), "created_at": _now(),
                              "status": "ENABLED" if record["json"].get("mode") == "ENABLE" else "DISABLED"}
                 self.recurring[recurring["recurring_run_id"]] = recurring

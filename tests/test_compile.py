@@ -133,3 +133,14 @@ def test_the_first_task_checks_every_run_parameter_of_every_pipeline():
         assert set(wired.values()) == declared, f"{name}: unchecked run parameters {sorted(declared - set(wired.values()))}"
         assert all(argument == parameter for argument, parameter in wired.items())
         assert not check.get("dependentTasks"), "it runs first"
+
+
+def test_every_parameter_has_a_description_and_every_task_a_display_name():
+    for name in FILES:
+        pipeline_spec = load(name)[0]
+        parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
+        undescribed = sorted(parameter for parameter, spec in parameters.items() if len(spec.get("description", "")) < 15)
+        assert undescribed == [], f"{name}: parameters without a description (pipelines/parameter_help.py): {undescribed}"
+        for task_name, task in all_tasks(pipeline_spec).items():
+            shown = task["taskInfo"]["name"]
+            assert shown != task_name and shown[0].isupper(), f"{name}: task {task_name} has no display name (.set_display_name)"

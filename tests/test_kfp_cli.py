@@ -1,11 +1,10 @@
 """upload, submit and schedule through the real kfp.Client, driven by the CLI, against a KFP v2beta1 API stand-in."""
 
-import json
 
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.kfp_standin import KfpStandIn
 
 
@@ -87,7 +86,7 @@ def test_schedule_lifecycle_and_recurring_run_body(kfp):
 
 def test_five_field_cron_is_refused_with_a_hint(kfp):
     result = cli(kfp, "schedule", "create", "anomaly-detector", "--cron", "0 2 * * 0")
-    assert result.returncode == 1 and "6 fields, seconds first" in result.stdout and "did you mean '0 0 2 * * 0'" in result.stdout
+    assert result.returncode == 2 and "6 fields, seconds first" in result.stdout and "did you mean '0 0 2 * * 0'" in result.stdout
     assert kfp.requests == [], "refused before contacting the server"
 
 
@@ -106,3 +105,58 @@ def test_host_and_token_come_from_the_environment(kfp):
     result = run_cli("upload", "anomaly-detector", env={"KF_PIPELINES_ENDPOINT": kfp.url, "KF_PIPELINES_TOKEN": "kfp-test-token"})
     assert result.returncode == 0, result.stdout
     assert kfp.sent("POST", "/apis/v2beta1/pipelines/upload")[0]["headers"]["authorization"] == "Bearer kfp-test-token"
+
+
+def test_a_misspelt_parameter_is_named_before_any_connection(kfp):
+    for verb in (("submit", "anomaly-detector"), ("schedule", "create", "anomaly-detector", "--cron", "0 0 2 * * 0")):
+        result = cli(kfp, *verb, "--param", "dayz=3")
+        assert result.returncode == 2 and "has no parameter 'dayz'; did you mean 'days'?" in result.stdout, result.stdout
+        offline = run_cli(*verb, "--param", "dayz=3", "--host", "http://127.0.0.1:9", "--token", "x")
+        assert offline.returncode == 2 and "dayz" in offline.stdout and "cannot reach" not in offline.stdout
+    bad_value = cli(kfp, "submit", "anomaly-detector", "--param", "canary_steps=50,10")
+    assert bad_value.returncode == 2 and "canary_steps=[50, 10]: must be strictly increasing" in bad_value.stdout
+    assert kfp.requests == [], "refused before contacting the server"
+
+
+def test_submit_and_schedule_use_the_newest_of_two_uploaded_versions(kfp):
+    assert cli(kfp, "upload", "anomaly-detector").returncode == 0
+    assert cli(kfp, "upload", "anomaly-detector", "--image", "quay.io/acme/model-pipelines:dev").returncode == 0
+    pipeline_id = upload_id(kfp)
+    first, newest = (version["pipeline_version_id"] for version in kfp.versions[pipeline_id])
+    assert cli(kfp, "submit", "anomaly-detector", "--experiment", "nightly").returncode == 0
+    assert cli(kfp, "schedule", "create", "anomaly-detector", "--cron", "0 0 2 * * 0", "--experiment", "nightly").returncode == 0
+    experiment_id = next(experiment_id for experiment_id, e in kfp.experiments.items() if e["display_name"] == "nightly")
+    for body in (kfp.sent("POST", "/apis/v2beta1/runs")[0]["json"], kfp.sent("POST", "/apis/v2beta1/recurringruns")[0]["json"]):
+        assert body["pipeline_version_reference"] == {"pipeline_id": pipeline_id, "pipeline_version_id": newest}, "the newest, not the first"
+        assert body["experiment_id"] == experiment_id
+    assert newest != first
+
+
+def test_a_parameter_the_uploaded_version_lacks_is_refused_with_the_fix(kfp, tmp_path):
+    package = tmp_path / "old.yaml"
+    documents = list(yaml.safe_load_all((REPO / "compiled" / "anomaly-detector-retrain.yaml").read_text()))
+    del documents[0]["root"]["inputDefinitions"]["parameters"]["max_live_p95_latency_ms"]  # as an older release had it
+    package.write_text(yaml.safe_dump_all(documents))
+    assert cli(kfp, "upload", "anomaly-detector", "--package", str(package)).returncode == 0
+    result = cli(kfp, "submit", "anomaly-detector", "--param", "max_live_p95_latency_ms=50")
+    assert result.returncode == 1 and "has no parameter(s) max_live_p95_latency_ms" in result.stdout and "model-pipelines upload" in result.stdout
+    assert kfp.sent("POST", "/apis/v2beta1/runs") == []
+
+
+def test_the_standin_is_as_strict_as_the_api(kfp):
+    import requests
+
+    headers = {"Authorization": "Bearer kfp-test-token"}
+    api = f"{kfp.url}/apis/v2beta1"
+    assert requests.post(f"{api}/runs", json={"display_name": "r"}, headers=headers, timeout=10).status_code == 400
+    assert requests.post(f"{api}/runs", json={"display_name": "r", "pipeline_version_reference": {"pipeline_id": "p", "pipeline_version_id": "v"}},
+                         headers=headers, timeout=10).status_code == 404
+    assert requests.post(f"{api}/recurringruns", json={"display_name": "r"}, headers=headers, timeout=10).status_code == 400
+    assert requests.post(f"{api}/pipelines/upload?name=x", headers=headers, timeout=10).status_code == 400
+    assert requests.get(f"{api}/pipelines/unknown/versions", headers=headers, timeout=10).status_code == 404
+    assert cli(kfp, "upload", "anomaly-detector").returncode == 0
+    package = (REPO / "compiled" / "anomaly-detector-retrain.yaml").read_bytes()
+    duplicate = requests.post(f"{api}/pipelines/upload?name=anomaly-detector-retrain", files={"uploadfile": ("p.yaml", package)}, headers=headers, timeout=10)
+    assert duplicate.status_code == 409
+    versions = requests.get(f"{api}/pipelines/{upload_id(kfp)}/versions?sort_by=created_at", headers=headers, timeout=10).json()["pipeline_versions"]
+    assert len(versions) == 1 and versions[0]["pipeline_spec"]["pipelineInfo"]["name"] == "anomaly-detector-retrain"

@@ -1,16 +1,18 @@
 """End to end: `model-pipelines run --local` through kfp.local, as a user drives it, good runs and bad input."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import requests
 
 from components.synthetic import generate_cluster_metrics
-from tests.conftest import FAST_CANARY, run_cli, snapshot
+from tests.conftest import FAST_CANARY, REPO, logged, run_cli, snapshot
 
 
 def test_two_runs_store_v1_then_v2_and_the_second_faces_the_champion(two_runs):
@@ -29,12 +31,27 @@ def test_two_runs_store_v1_then_v2_and_the_second_faces_the_champion(two_runs):
     summary = second.stdout[second.stdout.rindex("Summary"):]
     assert summary.count("not worse than champion v1") == 2
     assert "f1=" in summary and "mase_mean=" in summary
-    assert "ingest" in first.stdout and "finished with status" in first.stdout
+    assert "exit code 0:" in summary
     for model in ("anomaly-detector", "predictive-analytics"):
+        assert f"  {model:<21} v2    promoted" in summary
         for weight in (10, 50, 100):
-            assert f"canary {model} v2 at {weight}%: pass" in second.stdout
-        assert f"{model} v2: stable" in summary and f"{model} v1: retired" in summary
+            assert f"canary {model} v2 at {weight}%: pass" in logged(second)
+        index = json.loads((state / "store" / model / "metadata.json").read_text())
+        assert (index["versions"]["v2"]["status"], index["versions"]["v1"]["status"]) == ("stable", "retired")
         assert f"{model} serving: stable v2 at http://127.0.0.1:" in summary
+
+
+def test_the_log_is_one_line_per_step_and_the_details_go_to_the_run_log(two_runs):
+    _, first, second = two_runs
+    for result in (first, second):
+        lines = result.stdout.splitlines()
+        assert len(lines) <= 60, f"{len(lines)} lines"
+        assert "\x1b[" not in result.stdout, "no colour codes when the output is not a terminal"
+        assert "Executing task" not in result.stdout and "executor_input" not in result.stdout
+        progress = [line.split()[0] for line in lines if line.startswith("  ") and line.split()[1:2] == ["ok"]]
+        assert progress.count("ingest") == 2 and progress.count("canary-promote") == 2 and progress.count("save-to-storage") == 2
+        log = logged(result)
+        assert "Executing task" in log and "finished with status" in log and "\x1b[" not in log
 
 
 def test_after_the_runs_both_models_serve_the_contract_on_their_main_url(two_runs):
@@ -103,7 +120,7 @@ def test_bad_input_fails_the_run_clearly_and_leaves_the_store_intact(two_runs, t
     result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(state), "--param", "source=file", "--param", f"file_path={path}")
     assert result.returncode == 1
     summary = result.stdout[result.stdout.rindex("Summary"):]
-    assert "FAILED" in summary and "ingest" in summary and message in summary
+    assert "failed at ingest: ContractError: " in summary and message in summary
     assert snapshot(state / "store") == before
 
 
@@ -111,9 +128,13 @@ def test_a_model_that_fails_its_checks_is_not_stored(two_runs):
     state, _, _ = two_runs
     before = snapshot(state / "store")
     result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(state), "--param", "min_f1=0.99", *FAST_CANARY)
-    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.returncode == 3, result.stdout[-3000:]
     summary = result.stdout[result.stdout.rindex("Summary"):]
-    assert "do not deploy" in summary and "min_f1: F1" in summary and "(gate 0.99)" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("  anomaly-detector "))
+    assert "not deployed: " in row and "min_f1: F1" in row and "(gate 0.99)" in row
+    assert "exit code 3: a candidate was rejected or held back by a gate" in summary
+    report = next(line for line in summary.splitlines() if line.strip().startswith("report:")).split("report:")[1].strip()
+    assert report.endswith("evaluate-anomaly-detector/report") and "**Decision:** do not deploy" in open(report).read()
     assert "anomaly-detector serving: stable v2" in summary
     assert snapshot(state / "store") == before
 
@@ -128,8 +149,9 @@ def test_retraining_on_unchanged_data_stores_a_duplicate_and_deploys_nothing(two
     new = max(index["versions"], key=lambda name: int(name[1:]))
     assert index["versions"][new]["status"] == "duplicate" and index["versions"][new]["duplicate_of"] == stable
     assert index["versions"][new]["sha256"] == index["versions"][stable]["sha256"] and index["stable"] == stable
-    assert f"is a duplicate of stable {stable} (same sha256); not deployed" in result.stdout
-    assert f"canary predictive-analytics {new} at" not in result.stdout, "no canary for a duplicate"
+    assert f"  predictive-analytics  {new:<5} duplicate of stable {stable}" in result.stdout
+    assert f"is a duplicate of stable {stable} (same sha256); not deployed" in logged(result)
+    assert f"canary predictive-analytics {new} at" not in logged(result), "no canary for a duplicate"
     assert f"predictive-analytics serving: stable {stable}" in result.stdout
 
 
@@ -138,7 +160,7 @@ def test_missing_file_and_unknown_parameter_are_explained(two_runs, tmp_path):
     result = run_cli("run", "predictive-analytics", "--local", "--state-dir", str(state), "--param", "source=file", "--param", f"file_path={tmp_path / 'nope.parquet'}")
     assert result.returncode == 1 and "does not exist or is not a file; check the path" in result.stdout
     result = run_cli("run", "all", "--local", "--state-dir", str(state), "--param", "dayz=3")
-    assert result.returncode == 2 and "has no parameter 'dayz'" in result.stdout and "days" in result.stdout
+    assert result.returncode == 2 and "has no parameter 'dayz'; did you mean 'days'?" in result.stdout
     result = run_cli("run", "all", "--local", "--state-dir", str(state), "--param", "days=many")
     assert result.returncode == 2 and "days is a Float" in result.stdout
 
@@ -153,3 +175,30 @@ def test_parquet_file_source_trains_and_stores(two_runs, tmp_path):
         run_cli("serve", "stop", "--state-dir", str(fresh))
     assert result.returncode == 0, result.stdout[-3000:]
     assert "pvc://model-storage-pvc/anomaly-detector/v1" in result.stdout
+
+
+def test_a_committed_compiled_yaml_runs_in_kfp_local_with_store_and_serving_in_one_place(tmp_path):
+    """Outside the CLI and with no MODEL_* environment, store and serving both land in ./.model-pipelines."""
+    script = textwrap.dedent(
+        f"""
+        from kfp import components, local
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root="runs", raise_on_error=True)
+        pipeline = components.load_component_from_file({str(REPO / "compiled" / "anomaly-detector-retrain.yaml")!r})
+        pipeline(serving_target="local", canary_interval_s=0.3, probe_requests=10)
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MODEL_")}
+    mnt_models_existed = Path("/mnt/models").exists()
+    state = tmp_path / ".model-pipelines"
+    try:
+        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        index = json.loads((state / "store" / "anomaly-detector" / "metadata.json").read_text())
+        assert index["stable"] == "v1" and (state / "store" / "anomaly-detector" / "v1" / "model.pkl").is_file()
+        served = json.loads(run_cli("serve", "status", "--json", "--state-dir", str(state)).stdout)["anomaly-detector"]
+        assert served["stable"] == index["stable"], "serving and the store index agree"
+        listed = run_cli("store", "list", "--store-dir", str(state / "store"))
+        assert listed.returncode == 0 and "stable v1" in listed.stdout
+        assert Path("/mnt/models").exists() == mnt_models_existed, "nothing was created at /mnt/models outside a pod"
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))

@@ -1,6 +1,5 @@
 """Prometheus as a data source and as a canary metrics provider, against a real Prometheus on 127.0.0.1."""
 
-import datetime as dt
 import json
 import ssl
 import subprocess
@@ -18,7 +17,7 @@ from components.prometheus import PrometheusClient, PrometheusError, series_fram
 from components.storage import FilesystemStore
 from components.synthetic import generate_cluster_metrics
 from components.train import DetectorParams, train_anomaly_detector
-from tests.conftest import run_cli
+from tests.conftest import logged, run_cli
 from tests.servers import PrometheusServer
 from tests.test_serving import MainUrlClient, save
 
@@ -108,11 +107,14 @@ def test_local_run_trains_from_prometheus_and_never_leaks_its_token(history, tmp
         run_cli("serve", "stop", "--state-dir", str(state))
     assert result.returncode == 0, result.stdout[-3000:]
     record = json.loads((state / "store" / ANOMALY_DETECTOR / "v1" / "version.json").read_text())
-    assert record["run_name"] and "prometheus" in result.stdout
-    assert f"not sending the bearer token to {server.url}: tokens go only over https" in result.stdout
+    log = logged(result)
+    ingest_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("ingest "))
+    assert f"prometheus: {server.url}, " in ingest_line and "SYNTHETIC" not in log, "trained from Prometheus, no fallback"
+    assert record["run_name"].startswith(f"{ANOMALY_DETECTOR}-retrain-")
+    assert f"not sending the bearer token to {server.url}: tokens go only over https" in log
     files = [path for path in state.rglob("*") if path.is_file()]
     assert len(files) > 20, "the run wrote its logs and artifacts"
-    assert PLANTED_TOKEN not in result.stdout
+    assert PLANTED_TOKEN not in logged(result)
     assert [str(path) for path in files if PLANTED_TOKEN.encode() in path.read_bytes()] == []
 
 
@@ -202,7 +204,7 @@ def test_canary_rolls_back_on_prometheus_latency_alone(tmp_path):
             result = run_cli("rollout", ANOMALY_DETECTOR, "--version", slow, "--local", "--state-dir", str(state), "--param", "days=1",
                              "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=10s", "--param", "canary_interval_s=4",
                              "--param", "max_p95_latency_ms=5000", "--param", "max_live_p95_latency_ms=15", "--param", "canary_steps=[50,100]")
-        assert result.returncode == 0, result.stdout[-3000:]
+        assert result.returncode == 3, result.stdout[-3000:]
         assert engine.sent > 20 and engine.failures == []
         entry = store.read_index(ANOMALY_DETECTOR)["versions"][slow]
         assert entry["status"] == "rejected" and "live_p95_latency_ms" in entry["rejected_reason"]

@@ -19,9 +19,10 @@ from sklearn.neighbors import KNeighborsRegressor
 
 from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance
 from components.ingest import IngestRequest, ingest
-from components.storage import FilesystemStore
+from components.rollout import probe_sample
+from components.storage import FilesystemStore, load_model
 from components.train import DetectorParams, train_anomaly_detector
-from tests.conftest import CLI, REPO, run_cli
+from tests.conftest import CLI, REPO, logged, run_cli
 
 FAST = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10", "--param", "days=1")
 FALLBACK = {"instances": [fallback_instance()]}
@@ -140,16 +141,21 @@ def test_faulty_candidate_is_rolled_back_without_a_failed_request(served, traini
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *extra)
-    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.returncode == 3, result.stdout[-3000:]
     assert client.sent > 20 and client.failures == []
     index = store.read_index(ANOMALY_DETECTOR)
     entry = index["versions"][version]
     smoke = next(event["detail"] for event in index["history"] if event["version"] == version and event["event"] == "smoke-tested")
-    if stopped_by == "smoke":
-        assert entry["status"] == "rejected" and entry["rejected_reason"].startswith("smoke test failed")
-        assert reason in smoke
-    else:
-        assert smoke == "passed" and entry["status"] == "rejected" and reason in entry["rejected_reason"]
+    step = {"smoke": "smoke-test", "canary": "canary-promote"}[stopped_by]
+    assert entry["status"] == "rejected" and entry["rejected_reason"].startswith(f"rejected at {step}: ") and reason in entry["rejected_reason"]
+    assert (reason in smoke) if stopped_by == "smoke" else (smoke == "passed")
+    summary = result.stdout[result.stdout.rindex("Summary"):].splitlines()
+    row = next(line for line in summary if line.startswith(f"  {ANOMALY_DETECTOR} "))
+    assert row.split(None, 2)[2] == entry["rejected_reason"], "the summary row and the stored reason say the same"
+    report = Path(next(line for line in summary if line.strip().startswith("report:")).split("report:")[1].strip())
+    assert report.parts[-2:] == (step, "report") and report.is_file()
+    assert ("FAIL" in report.read_text()) if stopped_by == "smoke" else ("rolled back" in report.read_text())
+    assert "exit code 3: a candidate was rejected" in summary[-1]
     assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}
     assert index["stable"] == stable
     live = router_requests(url, version)
@@ -192,10 +198,10 @@ def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(se
         assert candidate and candidate["version"] == version
         os.kill(candidate["pid"], signal.SIGKILL)
         output, _ = rollout.communicate(timeout=300)
-    assert rollout.returncode == 0, output[-3000:]
+    assert rollout.returncode == 3, output[-3000:]
     entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
     assert entry["status"] == "rejected", entry
-    assert entry["rejected_reason"].startswith("canary"), entry["rejected_reason"]
+    assert entry["rejected_reason"].startswith("rejected at canary-promote: "), entry["rejected_reason"]
     assert "not running" in entry["rejected_reason"] or "error_rate" in entry["rejected_reason"], entry["rejected_reason"]
     assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}
     assert client.sent > 20 and client.failures == [], client.failures[:3]
@@ -209,7 +215,7 @@ def test_good_candidate_is_promoted_through_every_step(served, training):
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST)
     assert result.returncode == 0, result.stdout[-3000:]
     for weight in (10, 50, 100):
-        assert f"canary {ANOMALY_DETECTOR} {version} at {weight}%: pass" in result.stdout
+        assert f"canary {ANOMALY_DETECTOR} {version} at {weight}%: pass" in logged(result)
     assert client.sent > 20 and client.failures == []
     index = store.read_index(ANOMALY_DETECTOR)
     assert index["stable"] == version and index["versions"][version]["status"] == "stable"
@@ -226,8 +232,8 @@ def test_a_metrics_outage_during_the_canary_is_inconclusive_and_rolls_back(serve
     with MainUrlClient(url) as client:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST,
                          "--param", "prometheus_url=http://127.0.0.1:9", "--param", "failure_limit=1")
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert f"canary {ANOMALY_DETECTOR} {version} at 10%: inconclusive" in result.stdout
+    assert result.returncode == 3, result.stdout[-3000:]
+    assert f"canary {ANOMALY_DETECTOR} {version} at 10%: inconclusive" in logged(result)
     entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
     assert entry["status"] == "rejected" and "PrometheusProvider failed: cannot reach Prometheus" in entry["rejected_reason"]
     assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}
@@ -313,3 +319,73 @@ def test_serve_stop_never_signals_a_recycled_pid(tmp_path):
         assert not (serving / f"{ANOMALY_DETECTOR}.json").exists()
     finally:
         unrelated.kill()
+
+
+class V2AndV1Client(MainUrlClient):
+    """Sends the same rows over V2 infer and V1 predict to the main URL in a loop; keeps every answer with its serving version."""
+
+    def __init__(self, url: str, rows: list[list[float]]) -> None:
+        super().__init__(url)
+        self.rows = rows
+        self.answers: list[tuple[str, str, list]] = []  # (protocol, served version, predictions)
+
+    def _loop(self) -> None:
+        session = requests.Session()
+        server, model = self.url.split("/v1/models/")
+        body = {"inputs": [{"name": "input-0", "shape": [len(self.rows), len(self.rows[0])], "datatype": "FP64",
+                            "data": [value for row in self.rows for value in row]}]}
+        while not self._stop.is_set():
+            for protocol, url, payload in (("v2", f"{server}/v2/models/{model}/infer", body), ("v1", f"{self.url}:predict", {"instances": self.rows})):
+                try:
+                    answer = session.post(url, json=payload, timeout=30)
+                    if answer.status_code != 200:
+                        self.failures.append(f"{protocol} {answer.status_code} {answer.text[:100]}")
+                        continue
+                    document = answer.json()
+                    if protocol == "v2":
+                        (output,) = document["outputs"]
+                        assert output["datatype"] == "INT64" and output["shape"] == [len(self.rows)], output
+                        predictions = output["data"]
+                    else:
+                        predictions = document["predictions"]
+                    self.answers.append((protocol, answer.headers["x-served-version"], predictions))
+                except (requests.RequestException, ValueError, KeyError, AssertionError) as error:
+                    self.failures.append(f"{protocol} {error!r}")
+                self.sent += 1
+            time.sleep(0.02)
+
+
+def test_v2_infer_on_the_main_url_during_a_canary_matches_v1(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(algorithm="isolation_forest", random_state=4)).estimator, state)
+    url = status(state)["url"]
+    sample = probe_sample(training.validation, ANOMALY_DETECTOR, rows=40)
+    with V2AndV1Client(url, sample.tolist()) as client:
+        result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST,
+                         "--param", "canary_interval_s=1.5", "--param", "max_prediction_shift=1")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert client.sent > 20 and client.failures == [], client.failures[:3]
+    expected = {name: load_model(store, ANOMALY_DETECTOR, name).predict(sample).tolist() for name in (stable, version)}
+    assert expected[stable] != expected[version], "the two versions disagree on some rows, so the check can tell them apart"
+    for protocol, served_by, predictions in client.answers:
+        assert predictions == expected[served_by], f"{protocol} answer from {served_by} differs from its offline predictions"
+        assert all(type(value) is int for value in predictions)
+    v2_versions = {served_by for protocol, served_by, _ in client.answers if protocol == "v2"}
+    assert v2_versions == {stable, version}, "V2 requests followed the traffic split to both versions"
+
+
+def test_the_main_url_speaks_v2_health_and_names_a_wrong_content_type(served):
+    state, _ = served
+    url = status(state)["url"]
+    server = url.split("/v1/models/")[0]
+    assert requests.get(f"{server}/v2/health/live", timeout=10).status_code == 200
+    assert requests.get(f"{server}/v2/health/ready", timeout=10).status_code == 200
+    assert requests.get(f"{server}/v2/models/{ANOMALY_DETECTOR}/ready", timeout=10).json()["ready"] is True
+    assert requests.post(f"{server}/v2/repository/models/{ANOMALY_DETECTOR}/unload", timeout=10).status_code == 404
+    body = json.dumps(FALLBACK)
+    for headers, named in (({"Content-Type": "application/x-www-form-urlencoded"}, "'application/x-www-form-urlencoded'"), ({}, "is missing")):
+        for target in (f"{url}:predict", f"{server}/v2/models/{ANOMALY_DETECTOR}/infer"):
+            answer = requests.post(target, data=body, headers=headers, timeout=10)  # as plain `curl -d` sends it
+            assert answer.status_code == 415, (target, answer.status_code, answer.text)
+            assert "Content-Type header" in answer.json()["error"] and named in answer.json()["error"] and "application/json" in answer.json()["error"]

@@ -76,7 +76,7 @@ def test_no_data_values_are_imputed_per_feature_column(detector_data):
 
 def test_forecaster_learns_the_future_not_the_present(forecaster_data):
     trained = train_predictive_analytics(forecaster_data.train, ForecasterParams(horizon_minutes=60))
-    assert not np.allclose(trained.estimator.coef_, np.eye(5)), "an identity map is the upstream bug"
+    assert not np.allclose(trained.estimator.regressor_.coef_, np.eye(5)), "an identity map is the upstream bug"
     current, future = forecast_pairs(forecaster_data.validation, 60)
     model_error = np.abs(trained.estimator.predict(current) - future).mean(axis=0)
     persistence_error = np.abs(current - future).mean(axis=0)
@@ -139,3 +139,16 @@ def test_unlabelled_cluster_data_is_judged_on_anomaly_rate_and_contract(detector
     assert "no is_anomaly labels" in evaluation.checks["min_f1"][1] and "no labels to compare" in evaluation.checks["champion"][1]
     strict = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), unlabelled, Gates(max_anomaly_rate=0.0001))
     assert not strict.deploy and "max_anomaly_rate" in strict.reason
+
+
+def test_forecasts_stay_within_physical_ranges_as_a_stock_object(forecaster_data):
+    trained = train_predictive_analytics(forecaster_data.train, ForecasterParams(horizon_minutes=60))
+    extremes = np.array([[1.0] * 5, [0.0] * 5, [0.99, 0.01, 1.0, 0.0, 1.0]])
+    unclipped = trained.estimator.regressor_.predict(extremes)
+    assert (unclipped > 1).any() or (unclipped < 0).any(), "the linear model alone leaves the range, so the clip matters"
+    predicted = trained.estimator.predict(extremes)
+    assert predicted.shape == (3, 5) and (predicted >= 0).all() and (predicted <= 1).all()
+    inside = trained.estimator.regressor_.predict(forecaster_data.validation[["cpu", "memory", "disk", "network_in", "network_out"]].to_numpy()[:50])
+    assert np.allclose(trained.estimator.predict(forecaster_data.validation[["cpu", "memory", "disk", "network_in", "network_out"]].to_numpy()[:50]),
+                       np.clip(inside, 0, 1))
+    assert foreign_pickle_modules(trained.estimator) == []

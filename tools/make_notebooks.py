@@ -71,7 +71,7 @@ NOTEBOOKS = {
         new_code_cell(
             "summary = run_local('anomaly-detector', {'serving_target': 'local', 'canary_interval_s': canary_interval_s}, state_dir)\n"
             "assert summary.succeeded, summary.error\n"
-            "print(summary.decision)\nprint(summary.version_states)\nprint(summary.serving)"
+            "print(summary.outcome)\nprint(summary.report)\nprint(summary.serving)"
         ),
         new_code_cell(
             "answer = requests.post(f'{summary.serving.url}:predict', json={'instances': [fallback_instance()]}, timeout=10)\n"

@@ -1,0 +1,77 @@
+"""What each run parameter means, written once and turned into each pipeline's docstring ``Args:`` section.
+
+KFP reads that section into ``inputDefinitions.parameters.<name>.description``, which the OpenShift AI dashboard
+shows beside each field of a new run.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+PARAMETER_HELP = {
+    "model_name": "Which model to roll out: anomaly-detector or predictive-analytics.",
+    "version": "The stored version to roll out, e.g. v3 (see `model-pipelines store list`).",
+    "source": "Where training data comes from: synthetic (generated, the default), file (file_path) or prometheus (prometheus_url).",
+    "file_path": "CSV or Parquet file of raw metrics when source=file (a path inside the step's pod, e.g. on the store PVC).",
+    "days": "How many days of metrics to read or generate.",
+    "seed": "Seed of the synthetic data generator (source=synthetic).",
+    "validation_fraction": "Share of the newest minutes held out for evaluation, in (0, 0.9].",
+    "prometheus_url": "Prometheus or Thanos querier URL for source=prometheus and the canary's live signals, e.g. "
+                      "https://thanos-querier.openshift-monitoring.svc:9091; empty: no live signals.",
+    "prometheus_secret": "Secret whose key `token` holds the Prometheus bearer token; when it is absent the service-account token "
+                         "is sent, over https only.",
+    "prometheus_ca_bundle": "CA bundle file for Prometheus TLS; empty: the system CAs (and the service CA in a pod).",
+    "prometheus_queries": "Override PromQL per base metric, as a JSON object {metric: query}; empty: the built-in queries.",
+    "prometheus_end": "End of the training window as an ISO-8601 time; empty: now.",
+    "allow_synthetic_fallback": "Train on synthetic data when Prometheus has too little (the report says so); false: fail instead.",
+    "prometheus_window": "PromQL range of the canary's live signals, e.g. 2m.",
+    "algorithm": "Detector algorithm: elliptic_envelope or isolation_forest.",
+    "scaler": "Feature scaling before the detector: standard or robust.",
+    "n_estimators": "Trees of the isolation forest.",
+    "max_samples": "Samples per isolation-forest tree.",
+    "pca_components": "PCA components before the detector.",
+    "target_false_positive_rate": "Share of normal training minutes the detector may flag; sets its threshold.",
+    "random_state": "Seed of the detector's randomness.",
+    "horizon_minutes": "How far ahead the forecaster predicts, in minutes.",
+    "alpha": "Ridge regularisation of the forecaster.",
+    "min_f1": "Gate: lowest F1 on labelled validation minutes that may deploy.",
+    "max_anomaly_rate": "Gate: highest share of validation minutes the detector may flag.",
+    "max_mase": "Gate: highest mean MASE against persistence that may deploy (1 = no better than persistence).",
+    "max_predict_latency_ms": "Gate: highest single-row predict latency in ms.",
+    "max_pickle_mb": "Gate: largest model.pkl in MB.",
+    "champion_tolerance": "How much worse than the serving (champion) version a candidate may score and still deploy.",
+    "model_store": "Where versions are stored: pvc (the pvc_name volume) or s3 (the s3_secret data connection).",
+    "pvc_name": "PersistentVolumeClaim of the model store, mounted at /mnt/models.",
+    "s3_prefix": "Key prefix of the model store in the data connection's bucket.",
+    "s3_secret": "OpenShift AI data connection Secret (AWS_* keys) for model_store=s3.",
+    "s3_verify": "Verify the S3 endpoint's TLS certificate.",
+    "s3_ca_bundle": "CA bundle file for the S3 endpoint; empty: AWS_CA_BUNDLE or the system CAs.",
+    "serving_target": "Where versions are served: kserve (InferenceServices) or local (this machine).",
+    "namespace": "Namespace of the InferenceServices; empty: the pipeline's own.",
+    "runtime": "ServingRuntime name; empty: KServe picks the sklearn runtime.",
+    "deployment_mode": "auto (from the InferenceService), Serverless/Knative or RawDeployment/Standard.",
+    "rollout_strategy": "How the candidate gets traffic: auto, knative, standard-canary or candidate-isvc.",
+    "service_account": "Service account of the predictor pods (storage credentials); empty: the default.",
+    "endpoint": "How steps reach the predictor: empty (status.url), cluster (in-cluster Service) or a base URL.",
+    "ready_timeout_s": "Seconds to wait for a version to become Ready before rolling it back.",
+    "canary_steps": "Candidate traffic percentages in order, strictly increasing, e.g. [10, 50, 100].",
+    "canary_interval_s": "Seconds at each traffic step before it is analysed.",
+    "probe_requests": "Probe requests per analysis, sent to candidate and stable alike.",
+    "max_error_rate": "Canary limit: highest candidate error rate.",
+    "max_p95_latency_ms": "Smoke test and canary limit: highest p95 latency of probe requests, in ms.",
+    "max_prediction_shift": "Canary limit: how far candidate predictions may move from stable's on the same inputs.",
+    "failure_limit": "Failed or inconclusive analyses tolerated before rolling back.",
+    "max_live_p95_latency_ms": "Canary limit on live traffic (needs prometheus_url): highest p95 latency in ms.",
+}
+
+
+def with_parameter_help(summary: str) -> Callable[[Callable], Callable]:
+    """Return a decorator that gives a pipeline function a docstring: ``summary`` and an ``Args:`` line per parameter."""
+
+    def decorate(function: Callable) -> Callable:
+        names = function.__code__.co_varnames[: function.__code__.co_argcount]
+        lines = [summary, "", "Args:"] + [f"    {name}: {PARAMETER_HELP[name]}" for name in names]
+        function.__doc__ = "\n".join(lines)
+        return function
+
+    return decorate
