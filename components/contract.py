@@ -9,8 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where it is used: a step that only reads the schema starts faster
+    import pandas as pd
 
 ANOMALY_DETECTOR = "anomaly-detector"
 PREDICTIVE_ANALYTICS = "predictive-analytics"
@@ -125,6 +129,8 @@ def validate_raw_metrics(frame: pd.DataFrame, model_name: str, *, source: str = 
     Raises ContractError for an empty frame, missing or non-numeric columns, NaN or inf, negative values,
     and ratios that look like percent.
     """
+    import pandas as pd
+
     schema = schema_for(model_name)
     if frame is None or len(frame) == 0:
         raise ContractError(f"{source}: the dataset is empty; provide at least {MIN_FEATURE_ROWS} per-minute rows")
@@ -181,6 +187,8 @@ def metric_features(raw: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Return the 9 contract features of every column (value, 5-minute mean/std/min/max, lag 1, lag 5, diff,
     relative change), grouped by column, without the first 5 rows that lack a full window.
     """
+    import pandas as pd
+
     if len(raw) < MIN_FEATURE_ROWS:
         raise ContractError(
             f"series too short: {len(raw)} row(s), the 9 features need at least {MIN_FEATURE_ROWS} consecutive minutes"

@@ -13,11 +13,15 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import requests
 
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, TIMESTAMP_COLUMN, ContractError, Unit, scale_network, schema_for
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the canary step never needs it
+    import pandas as pd
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 TOKEN_ENV = "PROMETHEUS_TOKEN"
@@ -124,6 +128,8 @@ def series_frame(result: list, name: str, aggregate: str) -> pd.Series:
     Samples are floored to the minute; duplicates within a series average; then the series are combined per
     minute: a count (``aggregate="sum"``) adds up, a level averages.
     """
+    import pandas as pd
+
     points = [(number, float(ts), float(value)) for number, series in enumerate(result) for ts, value in series.get("values", [])]
     if not points:
         return pd.Series(dtype=float, name=name)
@@ -136,6 +142,8 @@ def series_frame(result: list, name: str, aggregate: str) -> pd.Series:
 
 def fetch_metrics(client: PrometheusClient, model_name: str, start: dt.datetime, end: dt.datetime, queries: dict[str, str]) -> pd.DataFrame:
     """Return raw per-minute metrics for ``model_name`` between ``start`` and ``end`` in contract units."""
+    import pandas as pd
+
     schema = schema_for(model_name)
     merged = {**DEFAULT_QUERIES[model_name], **queries}
     unknown = set(queries) - set(schema.metric_names)

@@ -14,13 +14,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import requests
 
 from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance, schema_for
 from components.serving import ServingError, ServingTarget
 from components.storage import ModelStore, load_model, utc_now
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -411,13 +415,17 @@ def canary_promote(
     model_name: str,
     version: str,
     spec: CanarySpec,
-    providers: list[MetricProvider],
+    providers: list[MetricProvider] | Callable[[], list[MetricProvider]],
     *,
     timeout_s: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
     report_uri: str = "",
 ) -> CanaryResult:
-    """Step the candidate's traffic through ``spec.steps``, analysing each; promote at the end or roll back."""
+    """Step the candidate's traffic through ``spec.steps``, analysing each; promote at the end or roll back.
+
+    ``providers`` may be a function that builds them, called only when there is a candidate to analyse, so that a
+    canary with nothing to do (a first deployment, a duplicate) loads no probe data.
+    """
     duplicate = store.read_index(model_name)["versions"].get(version, {}).get("status") == "duplicate"
     if duplicate:
         return CanaryResult(model_name, version, "duplicate", not_needed(target, store, model_name, version) or "", spec)
@@ -426,6 +434,8 @@ def canary_promote(
         return CanaryResult(model_name, version, "stable", "stable with all traffic: no candidate to compare against", spec)
     if status.candidate != version:
         raise ServingError(f"{model_name} {version} is not the candidate (candidate is {status.candidate})")
+    if callable(providers):
+        providers = providers()
     result = CanaryResult(model_name, version, "", "", spec, strategy=target.traffic_strategy(model_name))
     print(f"canary {model_name} {version}: {result.strategy}", flush=True)
     failures = 0

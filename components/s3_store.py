@@ -22,6 +22,7 @@ from components.contract import schema_for
 from components.storage import (
     BACKUP_SUFFIX,
     INDEX_FILENAME,
+    MODEL_FILENAME,
     QUARANTINE_DIR,
     RECORD_FILENAME,
     VERSION_PATTERN,
@@ -35,7 +36,6 @@ from components.storage import (
     utc_now,
     version_number,
 )
-from components.train import MODEL_FILENAME
 
 DATA_CONNECTION_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET")
 DEFAULT_SECRET = "model-storage-config"

@@ -362,16 +362,22 @@ def canary_promote(
     from components.kserve_target import KServeOptions
     from components.prometheus import PrometheusClient, PrometheusProvider, token_source
     from components.rollout import CanarySpec, ProbeProvider, canary_promote as run_canary
-    from components.workflow import StoreOptions, serving_context
+    from components.workflow import StoreOptions, probe_sample_from, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
-    target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path)
+    store_options = StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle)
+    target, store, _ = serving_context(model_name, serving_target, store_options, options)
     spec = CanarySpec(tuple(int(step) for step in canary_steps), canary_interval_s, probe_requests, max_error_rate,
                       max_p95_latency_ms, max_prediction_shift, failure_limit, max_live_p95_latency_ms)
-    providers = [ProbeProvider(sample, probe_requests)]
-    if prometheus_url:
-        print(token_source(prometheus_secret))
-        providers.append(PrometheusProvider(PrometheusClient(prometheus_url, prometheus_ca_bundle), prometheus_window))
+
+    def providers():
+        """Build the metric providers once there is a candidate to analyse (the probe data is read only then)."""
+        built = [ProbeProvider(probe_sample_from(validation_data.path, model_name), probe_requests)]
+        if prometheus_url:
+            print(token_source(prometheus_secret))
+            built.append(PrometheusProvider(PrometheusClient(prometheus_url, prometheus_ca_bundle), prometheus_window))
+        return built
+
     result = run_canary(target, store, model_name, version, spec, providers, timeout_s=ready_timeout_s, report_uri=report.uri)
     with open(report.path, "w") as handle:
         handle.write(result.html())

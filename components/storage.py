@@ -25,10 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-import joblib
-
 from components.contract import schema_for
-from components.train import MODEL_FILENAME
 
 RECORD_FILENAME = "version.json"
 INDEX_FILENAME = "metadata.json"
@@ -38,6 +35,7 @@ STALE_STAGING_S = 3600
 VERSION_PATTERN = re.compile(r"^v([1-9][0-9]*)$")
 DEFAULT_PVC = "model-storage-pvc"
 DEFAULT_STORE_ROOT = "/mnt/models"
+MODEL_FILENAME = "model.pkl"  # the one file the stock sklearn runtime loads from a version directory
 
 
 class StoreError(RuntimeError):
@@ -150,6 +148,8 @@ def repair_index(index: dict, stored: list[str], read_record: Callable[[str], di
 
 def load_model(store: ModelStore, model_name: str, version: str) -> object:
     """Return the estimator of a stored version, verified against its checksum."""
+    import joblib
+
     return joblib.load(io.BytesIO(store.model_bytes(model_name, version)))
 
 

@@ -32,8 +32,8 @@ from components.contract import (
     feature_labels,
     forecast_pairs,
 )
+from components.storage import MODEL_FILENAME
 
-MODEL_FILENAME = "model.pkl"
 HOLDOUT_FRACTION = 0.2
 # How far below the fallback vector's score the detector threshold sits, relative to that score.
 FALLBACK_MARGIN = 0.01

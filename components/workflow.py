@@ -1,18 +1,20 @@
-"""The steps as the pipeline runs them: artifact paths in, results out, the store located from the environment."""
+"""The steps as the pipeline runs them: artifact paths in, results out, the store located from the environment.
+
+Each step runs in its own process, so pandas, scikit-learn and the evaluation are imported only by the steps
+that use them: a serving step starts without paying for them.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+from importlib.metadata import version as package_version
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
-import sklearn
+from typing import TYPE_CHECKING
 
 from components import __version__
-from components.evaluate import Evaluation, Gates, evaluate_candidate, markdown_report
 from components.kserve_target import KServeOptions, KServeTarget
 from components.local_serving import LocalTarget
 from components.rollout import StepOutcome, deploy_version, probe_sample, rollback
@@ -21,6 +23,7 @@ from components.s3_store import DEFAULT_SECRET, S3Store, s3_client_from_environm
 from components.storage import (
     DEFAULT_PVC,
     DEFAULT_STORE_ROOT,
+    MODEL_FILENAME,
     FilesystemStore,
     ModelStore,
     StoredVersion,
@@ -29,7 +32,9 @@ from components.storage import (
     load_model,
     utc_now,
 )
-from components.train import MODEL_FILENAME
+
+if TYPE_CHECKING:
+    from components.evaluate import Evaluation, Gates
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
 SERVING_HOME_ENV = "MODEL_SERVING_HOME"
@@ -95,9 +100,16 @@ def serving_context(
     validation_path: str | None = None,
 ):
     """Return (target, store, probe sample or None) for a serving step."""
-    sample = probe_sample(pd.read_parquet(validation_path), model_name) if validation_path else None
+    sample = probe_sample_from(validation_path, model_name) if validation_path else None
     store = open_store(store_options)
     return target_from_environment(serving_target, options, store), store, sample
+
+
+def probe_sample_from(validation_path: str, model_name: str):
+    """Return the probe instances (``rollout.probe_sample``) of the validation Parquet at ``validation_path``."""
+    import pandas as pd
+
+    return probe_sample(pd.read_parquet(validation_path), model_name)
 
 
 def deploy_step(
@@ -134,6 +146,10 @@ def evaluate_step(
         except (StoreError, OSError, ValueError) as error:
             print(f"warning: champion {champion_name} cannot be loaded ({error}); judging the candidate on gates alone")
     model_bytes = (Path(model_dir) / MODEL_FILENAME).read_bytes()
+    import pandas as pd
+
+    from components.evaluate import evaluate_candidate, markdown_report
+
     validation = pd.read_parquet(validation_path)
     evaluation = evaluate_candidate(
         model_name, model_bytes, validation, gates, horizon_minutes=horizon_minutes, champion=champion
@@ -150,7 +166,7 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
         "parameters": training["parameters"],
         "data_fingerprint": training["data_fingerprint"],
         "training_rows": training["training_rows"],
-        "sklearn_version": sklearn.__version__,
+        "sklearn_version": package_version("scikit-learn"),
         "project_version": __version__,
         "python_version": platform.python_version(),
         "run_name": run_name,

@@ -184,6 +184,8 @@ def run_local(
     with _local_environment(state_dir), warnings.catch_warnings(), contextlib.redirect_stdout(run_log), run_log:
         # kfp.local warns about any image whose name lacks "python"; the project image is a Python image.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        # Display names and timeouts are for the dashboard and the cluster; kfp.local says it ignores them.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             task = BUILDERS[pipeline](DEFAULT_IMAGE)(**arguments)
         except RuntimeError as error:

@@ -65,6 +65,10 @@ def test_after_the_runs_both_models_serve_the_contract_on_their_main_url(two_run
     forecast = requests.post(f"{status['predictive-analytics']['url']}:predict", json={"instances": [[0.4, 0.6, 0.5, 0.1, 0.05]]}, timeout=10)
     rows = forecast.json()["predictions"]
     assert forecast.status_code == 200 and len(rows) == 1 and len(rows[0]) == 5 and all(type(v) is float for v in rows[0])
+    saturated = requests.post(f"{status['predictive-analytics']['url']}:predict", json={"instances": [[1.0] * 5]}, timeout=10).json()["predictions"]
+    assert all(0.0 <= value <= 1.0 for value in saturated[0]), "forecasts stay within the ratio range"
+    percent = requests.post(f"{status['predictive-analytics']['url']}:predict", json={"instances": [[40, 60, 50, 10, 5]]}, timeout=10)
+    assert percent.status_code == 400 and "instances[0][0] = 40 (cpu) is outside 0-1" in percent.json()["error"] and "divide by 100" in percent.json()["error"]
     # The summary's curl line works as printed.
     curl = next(line.strip() for line in second.stdout.splitlines() if line.strip().startswith("curl") and "anomaly-detector" in line)
     answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
