@@ -23,7 +23,7 @@ from pathlib import Path
 from components.contract import ANOMALY_DETECTOR, MODEL_NAMES
 from components.evaluate import Gates
 from components.ingest import IngestRequest, ingest
-from components.train import DetectorParams, ForecasterParams, save_model, train_anomaly_detector, train_predictive_analytics
+from components.train import DetectorParams, ForecasterParams, save_trained, train_anomaly_detector, train_predictive_analytics
 from components.rollout import CanarySpec, ProbeProvider, canary_promote, smoke_test
 from components.workflow import (
     SERVING_HOME_ENV,
@@ -52,10 +52,7 @@ def direct_run(model_name: str, state_dir: Path) -> None:
         trained = train_anomaly_detector(data.train, DetectorParams())
     else:
         trained = train_predictive_analytics(data.train, ForecasterParams())
-    save_model(trained, work / "model")
-    (work / "model" / "training.json").write_text(
-        json.dumps({"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "training_rows": trained.training_rows})
-    )
+    save_trained(trained, work / "model")
     evaluation, _ = evaluate_step(model_name, str(work / "model"), str(work / "validation.parquet"), data.description, Gates(), STORE)
     if not evaluation.deploy:
         return

@@ -11,7 +11,10 @@ Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, the V
   bodies over ``--max-body-bytes`` get 413 while they are read, more rows than ``--max-rows`` get 413;
 - predict runs in a worker thread, so health and readiness keep answering during a long request;
 - the repository load/unload routes are not served;
-- per-version request and error counters join KServe's ``request_predict_seconds`` histogram on ``/metrics``.
+- ``/metrics`` has, by model and version, the series the platform's guide queries
+  (``kserve_inference_requests_total``, ``kserve_inference_errors_total``, ``kserve_inference_latency_bucket``)
+  and what the model answered (``model_predictions_total`` by outcome for the detector, a ``model_forecast``
+  histogram per output for the forecaster), beside KServe's own ``request_predict_seconds``.
 It binds 127.0.0.1 unless ``--host`` says otherwise (the
 ServingRuntime in ``manifests/`` runs it in predictor pods with ``--host 0.0.0.0``, reading the version and
 checksum from the ``MODEL_VERSION`` and ``MODEL_SHA256`` environment the kserve target sets).
@@ -28,6 +31,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from components.contract import SCHEMAS, schema_for
 from components.request_guard import (
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, BodyLimit, InvalidRequest, JsonContentType, check_ratio_inputs, parse_instances, parse_v2_inputs,
 )
@@ -59,13 +63,33 @@ def verified_model_bytes(model_dir: Path, expected_sha256: str) -> bytes:
 
 def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEFAULT_MAX_ROWS):
     """Return a loaded kserve.Model that serves the pickled ``model_bytes`` under ``name``."""
+    import time
+
     import joblib
     import kserve
     import numpy as np
-    from prometheus_client import Counter
+    from prometheus_client import Counter, Histogram
 
-    requests = Counter("model_predict_requests", "Predict requests by served version", ["model_name", "version"])
-    errors = Counter("model_predict_errors", "Predict requests that failed, by served version", ["model_name", "version"])
+    # The names the platform's guide queries, labelled by model and version, beside KServe's request_predict_seconds.
+    requests = Counter("kserve_inference_requests", "Inference requests (V1 and V2) by model and served version", ["model", "version"])
+    errors = Counter("kserve_inference_errors", "Inference requests that failed (bad input included), by model and version", ["model", "version"])
+    latency = Histogram("kserve_inference_latency", "Inference latency in seconds, validation and predict included", ["model", "version"])
+    # What the model answered: the detector's outcomes, the forecaster's value per output (ratios, so 0-1 buckets).
+    outcomes = Counter("model_predictions", "Detector predictions by outcome", ["model", "version", "outcome"])
+    forecasts = Histogram("model_forecast", "Forecast values by output", ["model", "version", "output"],
+                          buckets=[step / 20 for step in range(21)])
+    output_names = schema_for(name).metric_names if name in SCHEMAS and not SCHEMAS[name].engineered else []
+
+    def observe(predictions) -> None:
+        """Count the detector's outcomes or histogram the forecaster's outputs of one answered request."""
+        if predictions.ndim == 1 and predictions.dtype.kind in "iu":
+            anomalies = int((predictions == -1).sum())
+            outcomes.labels(name, version, "anomaly").inc(anomalies)
+            outcomes.labels(name, version, "normal").inc(len(predictions) - anomalies)
+        elif predictions.ndim == 2 and predictions.shape[1] == len(output_names):
+            for column, output in enumerate(output_names):
+                for value in predictions[:, column]:
+                    forecasts.labels(name, version, output).observe(float(value))
 
     class SklearnVersionModel(kserve.Model):
         """A stored sklearn version behind the v1 protocol."""
@@ -79,6 +103,7 @@ def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEF
         async def predict(self, payload, headers=None):
             """Return V1 ``{"predictions": [...]}`` or a V2 response for validated rows, predicting in a worker thread."""
             requests.labels(name, version).inc()
+            started = time.perf_counter()
             try:
                 features = getattr(self._model, "n_features_in_", None)
                 if isinstance(payload, kserve.InferRequest):
@@ -91,6 +116,8 @@ def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEF
                     raise InvalidRequest('the request body must be JSON {"instances": [[...], ...]} (V1) or {"inputs": [...]} (V2)')
                 check_ratio_inputs(rows, name)
                 predictions = await asyncio.to_thread(self._model.predict, np.asarray(rows, dtype=float))
+                observe(predictions)
+                latency.labels(name, version).observe(time.perf_counter() - started)
                 if isinstance(payload, kserve.InferRequest):
                     integer = predictions.dtype.kind in "iu"
                     output = kserve.InferOutput("output-0", list(predictions.shape), "INT64" if integer else "FP64",

@@ -49,7 +49,7 @@ NETWORK_METRICS = {"network_in", "network_out"}
 # model_version is the label the scrape configuration gives each version (the local target's targets file does).
 DEFAULT_CANARY_QUERIES = {
     "live_p95_latency_ms": 'histogram_quantile(0.95, sum by (le) (rate(request_predict_seconds_bucket{{model_name="{model}",model_version="{version}"}}[{window}]))) * 1000',
-    "live_error_rate": 'sum(rate(model_predict_errors_total{{model_name="{model}",version="{version}"}}[{window}])) / sum(rate(model_predict_requests_total{{model_name="{model}",version="{version}"}}[{window}]))',
+    "live_error_rate": 'sum(rate(kserve_inference_errors_total{{model="{model}",version="{version}"}}[{window}])) / sum(rate(kserve_inference_requests_total{{model="{model}",version="{version}"}}[{window}]))',
 }
 # With KServe Serverless, queue-proxy counts every request to a revision, errors included:
 SERVERLESS_ERROR_RATE = ('sum(rate(revision_request_count{{revision_name=~"{model}-predictor.*",response_code_class="5xx"}}[{window}]))'

@@ -118,21 +118,17 @@ def train_anomaly_detector(
     random_state: int,
     model: Output[Model],
 ):
-    """Fit the anomaly detector and write model.pkl plus training.json into the Model artifact directory."""
-    import json
+    """Fit the anomaly detector and write model.pkl plus training.json (with the input profile) into the Model artifact."""
     from pathlib import Path
 
     import pandas as pd
 
-    from components.train import DetectorParams, save_model, train_anomaly_detector as fit
+    from components.train import DetectorParams, save_trained, train_anomaly_detector as fit
 
     params = DetectorParams(algorithm, scaler, n_estimators, max_samples, pca_components, target_false_positive_rate, random_state)
     trained = fit(pd.read_parquet(train_data.path), params)
-    directory = Path(model.path)
-    save_model(trained, directory)
-    training = {"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "training_rows": trained.training_rows}
-    (directory / "training.json").write_text(json.dumps(training, indent=2))
-    model.metadata.update(training)
+    training = save_trained(trained, Path(model.path))
+    model.metadata.update({key: value for key, value in training.items() if key != "profile"})
     print(f"result: {algorithm} on {trained.training_rows:,} rows")
 
 
@@ -142,20 +138,16 @@ def train_predictive_analytics(
     alpha: float,
     model: Output[Model],
 ):
-    """Fit the forecaster and write model.pkl plus training.json into the Model artifact directory."""
-    import json
+    """Fit the forecaster and write model.pkl plus training.json (with the input profile) into the Model artifact."""
     from pathlib import Path
 
     import pandas as pd
 
-    from components.train import ForecasterParams, save_model, train_predictive_analytics as fit
+    from components.train import ForecasterParams, save_trained, train_predictive_analytics as fit
 
     trained = fit(pd.read_parquet(train_data.path), ForecasterParams(horizon_minutes, alpha))
-    directory = Path(model.path)
-    save_model(trained, directory)
-    training = {"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "training_rows": trained.training_rows}
-    (directory / "training.json").write_text(json.dumps(training, indent=2))
-    model.metadata.update(training)
+    training = save_trained(trained, Path(model.path))
+    model.metadata.update({key: value for key, value in training.items() if key != "profile"})
     print(f"result: ridge, {horizon_minutes} min ahead, on {trained.training_rows:,} rows")
 
 

@@ -36,6 +36,7 @@ VERSION_PATTERN = re.compile(r"^v([1-9][0-9]*)$")
 DEFAULT_PVC = "model-storage-pvc"
 DEFAULT_STORE_ROOT = "/mnt/models"
 MODEL_FILENAME = "model.pkl"  # the one file the stock sklearn runtime loads from a version directory
+TRAINING_FILENAME = "training.json"  # beside model.pkl in a trained Model artifact: parameters, lineage, input profile
 
 
 class StoreError(RuntimeError):

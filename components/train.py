@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import pickle
 import pickletools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import joblib
@@ -31,8 +32,10 @@ from components.contract import (
     fallback_instance,
     feature_labels,
     forecast_pairs,
+    schema_for,
 )
-from components.storage import MODEL_FILENAME
+from components.drift import feature_profile
+from components.storage import MODEL_FILENAME, TRAINING_FILENAME
 
 HOLDOUT_FRACTION = 0.2
 # How far below the fallback vector's score the detector threshold sits, relative to that score.
@@ -73,6 +76,7 @@ class TrainedModel:
     parameters: dict
     data_fingerprint: str
     training_rows: int
+    profile: dict = field(default_factory=dict)  # drift.feature_profile of the training inputs
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
@@ -177,14 +181,16 @@ def train_anomaly_detector(train: pd.DataFrame, params: DetectorParams) -> Train
     normal = features if labels is None else features[labels == 0]
     pipeline, calibration = fit_detector(normal, params)
     parameters = {"model_name": ANOMALY_DETECTOR, **asdict(params), **calibration}
-    return TrainedModel(pipeline, parameters, data_fingerprint(train), len(normal))
+    names = schema_for(ANOMALY_DETECTOR).feature_names
+    return TrainedModel(pipeline, parameters, data_fingerprint(train), len(normal), feature_profile(names, features))
 
 
 def train_predictive_analytics(train: pd.DataFrame, params: ForecasterParams) -> TrainedModel:
     """Fit the forecaster (``fit_forecaster``) on raw per-minute training metrics and return it with lineage."""
     current, future = forecast_pairs(train, params.horizon_minutes)
     ridge = fit_forecaster(current, future, params.alpha)
-    return TrainedModel(ridge, {"model_name": PREDICTIVE_ANALYTICS, **asdict(params)}, data_fingerprint(train), len(current))
+    profile = feature_profile(schema_for(PREDICTIVE_ANALYTICS).feature_names, current)
+    return TrainedModel(ridge, {"model_name": PREDICTIVE_ANALYTICS, **asdict(params)}, data_fingerprint(train), len(current), profile)
 
 
 def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> TransformedTargetRegressor:
@@ -244,6 +250,15 @@ def foreign_pickle_modules(estimator: object) -> list[str]:
         elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
             modules.add(strings[-2])
     return sorted(module for module in modules if module.split(".")[0] not in STOCK_PICKLE_MODULES)
+
+
+def save_trained(trained: TrainedModel, directory: Path) -> dict:
+    """Write ``model.pkl`` and ``training.json`` (parameters, lineage, input profile) to ``directory``; return the latter's content."""
+    save_model(trained, directory)
+    training = {"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint,
+                "training_rows": trained.training_rows, "profile": trained.profile}
+    (directory / TRAINING_FILENAME).write_text(json.dumps(training, indent=2))
+    return training
 
 
 def save_model(trained: TrainedModel, directory: Path) -> Path:

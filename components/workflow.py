@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components import __version__
+from components.drift import validation_profile
 from components.kserve_target import KServeOptions, KServeTarget
 from components.local_serving import LocalTarget
 from components.rollout import StepOutcome, deploy_version, probe_sample, rollback
@@ -24,6 +25,7 @@ from components.storage import (
     DEFAULT_PVC,
     DEFAULT_STORE_ROOT,
     MODEL_FILENAME,
+    TRAINING_FILENAME,
     FilesystemStore,
     ModelStore,
     StoredVersion,
@@ -159,7 +161,7 @@ def evaluate_step(
 
 def save_step(model_name: str, model_dir: str, scores: dict, store_options: StoreOptions, run_name: str) -> StoredVersion:
     """Save the candidate as the next version with its full record (metrics, parameters, lineage)."""
-    training = json.loads((Path(model_dir) / "training.json").read_text())
+    training = json.loads((Path(model_dir) / TRAINING_FILENAME).read_text())
     record = {
         "model": model_name,
         "metrics": scores,
@@ -170,6 +172,8 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
         "project_version": __version__,
         "python_version": platform.python_version(),
         "run_name": run_name,
+        # What drift is measured against later: the training inputs' distribution and what validation showed.
+        "profile": {"features": training.get("profile", {}), "validation": validation_profile(scores)},
     }
     store = open_store(store_options)
     stored = store.save_version(model_name, Path(model_dir) / MODEL_FILENAME, record)

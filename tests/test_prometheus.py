@@ -4,14 +4,16 @@ import json
 import ssl
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
-from components.contract import ANOMALY_DETECTOR, ContractError
+from components.contract import ANOMALY_DETECTOR, ContractError, fallback_instance
 from components.ingest import IngestRequest, ingest
 from components.prometheus import PrometheusClient, PrometheusError, series_frame
 from components.storage import FilesystemStore
@@ -210,6 +212,52 @@ def test_canary_rolls_back_on_prometheus_latency_alone(tmp_path):
         assert entry["status"] == "rejected" and "live_p95_latency_ms" in entry["rejected_reason"]
         assert "p95_latency_ms " not in entry["rejected_reason"].replace("live_p95_latency_ms", ""), "the probes alone would have passed"
         assert store.read_index(ANOMALY_DETECTOR)["stable"] == "v1"
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))
+        server.stop()
+
+
+# The platform's guide (user-model-deployment-guide.md, "Monitoring") tells users to watch these, as written.
+GUIDE_QUERIES = (
+    'rate(kserve_inference_requests_total{model="anomaly-detector"}[5m])',
+    "histogram_quantile(0.95, rate(kserve_inference_latency_bucket[5m]))",
+    'rate(kserve_inference_errors_total{model="anomaly-detector"}[5m])',
+)
+GUIDE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "user-model-deployment-guide.md"
+
+
+def test_the_guides_queries_and_prediction_metrics_return_data_from_the_runtime(tmp_path):
+    if GUIDE.is_file():
+        assert all(query in GUIDE.read_text() for query in GUIDE_QUERIES), "the queries are the guide's, verbatim"
+    state = tmp_path / "state"
+    (state / "serving").mkdir(parents=True)
+    targets = state / "serving" / "prometheus-targets.json"
+    targets.write_text("[]")
+    server = PrometheusServer(tmp_path / "prometheus", file_sd=targets).start()
+    store = FilesystemStore(state / "store")
+    try:
+        save(store, train_anomaly_detector(ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3)).train, DetectorParams()).estimator, state)
+        assert run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1").returncode == 0
+        port = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())["router"]["port"]
+        url = f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}"
+        client = PrometheusClient(server.url)
+        deadline = time.monotonic() + 60
+        answers: dict[str, list] = {}
+
+        def complete() -> bool:
+            errors_seen = any(float(sample["value"][1]) > 0 for sample in answers.get(GUIDE_QUERIES[2], []))
+            return errors_seen and all(answers.get(query) for query in (*GUIDE_QUERIES, "model_predictions_total"))
+
+        while time.monotonic() < deadline and not complete():
+            requests.post(f"{url}:predict", json={"instances": [fallback_instance()]}, timeout=10)
+            requests.post(f"{url}:predict", json={"instances": [[None] * 45]}, timeout=10)  # a bad request: an error
+            answers = {query: client.query(query) for query in (*GUIDE_QUERIES, "model_predictions_total")}
+            time.sleep(0.5)
+        for query in GUIDE_QUERIES:
+            assert answers[query], f"{query} returned nothing"
+        assert any(float(sample["value"][1]) > 0 for sample in answers[GUIDE_QUERIES[2]]), "the bad requests count as errors"
+        outcomes = {sample["metric"]["outcome"] for sample in answers["model_predictions_total"]}
+        assert "normal" in outcomes and {sample["metric"]["version"] for sample in answers["model_predictions_total"]} == {"v1"}
     finally:
         run_cli("serve", "stop", "--state-dir", str(state))
         server.stop()
