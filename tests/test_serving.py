@@ -358,7 +358,7 @@ class V2AndV1Client(MainUrlClient):
 def test_v2_infer_on_the_main_url_during_a_canary_matches_v1(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(algorithm="isolation_forest", random_state=4)).estimator, state)
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(target_false_positive_rate=0.3)).estimator, state)
     url = status(state)["url"]
     sample = probe_sample(training.validation, ANOMALY_DETECTOR, rows=40)
     with V2AndV1Client(url, sample.tolist()) as client:
