@@ -7,6 +7,7 @@ and inconclusive never counts as a pass.
 
 from __future__ import annotations
 
+import concurrent.futures
 import html
 import json
 import math
@@ -37,7 +38,11 @@ class StepOutcome:
 
 def probe_sample(validation: pd.DataFrame, model_name: str, rows: int = 50) -> np.ndarray:
     """Return up to ``rows`` served instances spread over the validation data (the detector's fallback first)."""
-    features = engineer_features(validation, model_name).to_numpy()
+    return probe_rows(engineer_features(validation, model_name).to_numpy(), model_name, rows)
+
+
+def probe_rows(features: np.ndarray, model_name: str, rows: int = 50) -> np.ndarray:
+    """Return up to ``rows`` of the served ``features`` spread evenly over them (the detector's fallback first)."""
     picked = features[np.unique(np.linspace(0, len(features) - 1, min(rows, len(features))).astype(int))]
     if model_name == ANOMALY_DETECTOR:
         picked = np.vstack([np.array([fallback_instance()]), picked])
@@ -175,7 +180,7 @@ def smoke_test(
     latency_requests: int = 20,
     timeout_s: float = 10.0,
 ) -> SmokeReport:
-    """Probe the version's own endpoint: listing, readiness, contract types, offline equality, 4xx, latency."""
+    """Probe the version's own endpoint: listing, readiness, contract types, 4xx, the V2 protocol, offline equality, latency."""
     if store.read_index(model_name)["versions"].get(version, {}).get("status") == "duplicate":
         report = SmokeReport(model_name, version, "-")
         report.checks.append(("rollout needed", True, not_needed(target, store, model_name, version) or ""))
@@ -189,46 +194,51 @@ def smoke_test(
         report.checks.append((name, bool(passed), detail))
         return bool(passed)
 
-    try:
-        listing = session.get(f"{server}/v1/models", timeout=timeout_s)
-        check("list models", listing.status_code == 200 and model_name in listing.json().get("models", []), f"GET /v1/models -> {listing.status_code} {listing.text[:120]}")
-        ready = session.get(endpoint, timeout=timeout_s)
-        check("model ready", ready.status_code == 200 and ready.json().get("ready") is True, f"GET /v1/models/{model_name} -> {ready.status_code} {ready.text[:120]}")
-    except (requests.RequestException, ValueError) as error:
-        check("reachable", False, f"{endpoint} did not answer: {error}")
+    # Unpickling the stored version imports scikit-learn, which takes about a second: do it while the HTTP checks
+    # wait on the server, and compare once it is loaded (the latency checks run after, without the loader).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as loader:
+        stored_model = loader.submit(load_model, store, model_name, version)
+        try:
+            listing = session.get(f"{server}/v1/models", timeout=timeout_s)
+            check("list models", listing.status_code == 200 and model_name in listing.json().get("models", []), f"GET /v1/models -> {listing.status_code} {listing.text[:120]}")
+            ready = session.get(endpoint, timeout=timeout_s)
+            check("model ready", ready.status_code == 200 and ready.json().get("ready") is True, f"GET /v1/models/{model_name} -> {ready.status_code} {ready.text[:120]}")
+        except (requests.RequestException, ValueError) as error:
+            check("reachable", False, f"{endpoint} did not answer: {error}")
+            return report
+
+        status, body, _ = _predict(session, endpoint, {"instances": sample.tolist()}, timeout_s)
+        if not check("predict", status == 200 and isinstance(body, dict), f"POST :predict with {len(sample)} instances -> {status} {str(body)[:160]}"):
+            return report
+        served = body.get("predictions")
+        typed, detail = predictions_follow_contract(model_name, served, len(sample))
+        if not check("contract types and shape", typed, detail):
+            return report
+
+        width = schema_for(model_name).n_features
+        for name, malformed in (
+            ("wrong feature count", {"instances": [[0.5] * (width - 1)]}),
+            ("non-numeric values", {"instances": [["high"] * width]}),
+            ("missing instances", {"rows": [[0.5] * width]}),
+        ):
+            status, body, _ = _predict(session, endpoint, malformed, timeout_s)
+            has_error = isinstance(body, dict) and bool(body.get("error"))
+            refused = (400 <= status < 500 if target.strict_client_errors else status >= 400) and has_error
+            check(f"refuses {name}", refused, f"-> {status} {str(body)[:120]}")
+
+        _check_v2(session, server, model_name, sample, np.asarray(served), check, refuses_with_4xx=target.strict_client_errors, timeout_s=timeout_s)
+
+        offline = stored_model.result().predict(sample)
+        equal = np.array_equal(np.asarray(served), offline) if model_name == ANOMALY_DETECTOR else np.allclose(np.asarray(served, dtype=float), offline, rtol=1e-9, atol=1e-12)
+        check("equals stored version offline", equal, f"served predictions {'match' if equal else 'DIFFER from'} {version}'s model.pkl on {len(sample)} validation instances")
+
+        timings = []
+        for row in sample[:latency_requests]:
+            status, _, seconds = _predict(session, endpoint, {"instances": [row.tolist()]}, timeout_s)
+            timings.append(seconds * 1000.0 if status == 200 else math.inf)
+        p95 = float(np.percentile(timings, 95)) if timings else math.inf
+        check("p95 latency", p95 <= max_p95_latency_ms, f"{p95:.1f} ms over {len(timings)} single-row requests (limit {max_p95_latency_ms:g} ms)")
         return report
-
-    status, body, _ = _predict(session, endpoint, {"instances": sample.tolist()}, timeout_s)
-    if not check("predict", status == 200 and isinstance(body, dict), f"POST :predict with {len(sample)} instances -> {status} {str(body)[:160]}"):
-        return report
-    served = body.get("predictions")
-    typed, detail = predictions_follow_contract(model_name, served, len(sample))
-    if not check("contract types and shape", typed, detail):
-        return report
-    offline = load_model(store, model_name, version).predict(sample)
-    equal = np.array_equal(np.asarray(served), offline) if model_name == ANOMALY_DETECTOR else np.allclose(np.asarray(served, dtype=float), offline, rtol=1e-9, atol=1e-12)
-    check("equals stored version offline", equal, f"served predictions {'match' if equal else 'DIFFER from'} {version}'s model.pkl on {len(sample)} validation instances")
-
-    width = schema_for(model_name).n_features
-    for name, malformed in (
-        ("wrong feature count", {"instances": [[0.5] * (width - 1)]}),
-        ("non-numeric values", {"instances": [["high"] * width]}),
-        ("missing instances", {"rows": [[0.5] * width]}),
-    ):
-        status, body, _ = _predict(session, endpoint, malformed, timeout_s)
-        has_error = isinstance(body, dict) and bool(body.get("error"))
-        refused = (400 <= status < 500 if target.strict_client_errors else status >= 400) and has_error
-        check(f"refuses {name}", refused, f"-> {status} {str(body)[:120]}")
-
-    _check_v2(session, server, model_name, sample, np.asarray(served), check, refuses_with_4xx=target.strict_client_errors, timeout_s=timeout_s)
-
-    timings = []
-    for row in sample[:latency_requests]:
-        status, _, seconds = _predict(session, endpoint, {"instances": [row.tolist()]}, timeout_s)
-        timings.append(seconds * 1000.0 if status == 200 else math.inf)
-    p95 = float(np.percentile(timings, 95)) if timings else math.inf
-    check("p95 latency", p95 <= max_p95_latency_ms, f"{p95:.1f} ms over {len(timings)} single-row requests (limit {max_p95_latency_ms:g} ms)")
-    return report
 
 
 def _v2_infer(session: requests.Session, server: str, model_name: str, rows: list, timeout_s: float) -> tuple[int, object]:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components import __version__
+from components.contract import schema_for
 from components.drift import validation_profile
 from components.kserve_target import KServeOptions, KServeTarget
 from components.local_serving import LocalTarget
-from components.rollout import StepOutcome, deploy_version, probe_sample, rollback
+from components.rollout import StepOutcome, deploy_version, probe_rows, probe_sample, rollback
 from components.serving import ServingError, ServingTarget
 from components.s3_store import DEFAULT_SECRET, S3Store, s3_client_from_environment
 from components.storage import (
@@ -108,7 +109,17 @@ def serving_context(
 
 
 def probe_sample_from(validation_path: str, model_name: str):
-    """Return the probe instances (``rollout.probe_sample``) of the validation Parquet at ``validation_path``."""
+    """Return the probe instances (``rollout.probe_sample``) of the validation Parquet at ``validation_path``.
+
+    A model that takes the raw metrics reads them with pyarrow alone; pandas is imported only to engineer features.
+    """
+    schema = schema_for(model_name)
+    if not schema.engineered:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(validation_path, columns=schema.metric_names)
+        return probe_rows(np.column_stack([table.column(name).to_numpy() for name in schema.metric_names]).astype(float), model_name)
     import pandas as pd
 
     return probe_sample(pd.read_parquet(validation_path), model_name)
