@@ -126,7 +126,9 @@ def _boolean(value: object) -> str | None:
 
 def _version(value: object) -> str | None:
     """Rule for version: a store version name."""
-    return None if isinstance(value, str) and VERSION.match(value) else "a version name such as v3"
+    if isinstance(value, str) and VERSION.match(value):
+        return None
+    return f"a version name: did you mean v{value}?" if str(value).isdigit() else "a version name such as v3"
 
 
 def _choice(name: str) -> Callable[[object], str | None]:

@@ -21,11 +21,11 @@ from components.run_parameters import check as check_run_parameters
 from components.serving import ServingStatus
 from components.contract import MODEL_NAMES
 from components.storage import ModelStore, StoreError, champion_version, version_number
-from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, open_store, state_dir
+from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, open_store, state_dir as configured_state_dir
 from pipelines.retrain import BUILDERS, DEFAULT_IMAGE, ROLLOUT
 from pipelines.run_log import RunLog
 
-DEFAULT_STATE_DIR = state_dir()
+DEFAULT_STATE_DIR = configured_state_dir()
 
 
 # What happened to a run's new version, for its summary row and the exit code (README: "Exit codes").

@@ -4,6 +4,7 @@ import pytest
 from kfp import local
 
 from components.run_parameters import problems
+from pipelines.local import params_per_model
 from pipelines.retrain import build_rollout_pipeline
 from tests.conftest import run_cli
 
@@ -27,7 +28,7 @@ def test_names_urls_prefixes_and_model_knobs_are_checked_too():
     named = sorted(line.split("=")[0] for line in found)
     assert named == sorted(["namespace", "s3_prefix", "prometheus_url", "version", "model_name", "n_estimators", "prometheus_end",
                             "file_path", "prometheus_queries"]), found
-    assert any(line.startswith("version=") and "such as v3" in line for line in found)
+    assert any(line.startswith("version=") and "did you mean v3?" in line for line in found)
     assert problems({"namespace": "", "s3_prefix": "teams/sre/models", "prometheus_url": "https://thanos-querier.openshift-monitoring.svc:9091",
                      "version": "v12", "model_name": "predictive-analytics", "source": "file", "file_path": "/data/m.csv"}) == []
 
@@ -52,3 +53,23 @@ def test_the_dag_checks_the_parameters_first_when_the_cli_is_bypassed(tmp_path, 
     text = output.out + output.err
     assert "5 invalid parameter(s)" in text and "prometheus_window=" in text and "namespace=" in text
     assert "ingest" not in {line.split("'")[1] for line in text.splitlines() if "Executing task '" in line}, "nothing ran after the check"
+
+
+def test_run_all_gives_each_model_its_own_parameters_and_scoped_ones_to_one_model():
+    per_model = params_per_model(["days=3", "alpha=2", "anomaly-detector.n_estimators=50", "predictive-analytics.max_pickle_mb=5"],
+                                 ["anomaly-detector", "predictive-analytics"])
+    assert per_model == {"anomaly-detector": {"days": 3.0, "n_estimators": 50},
+                         "predictive-analytics": {"days": 3.0, "alpha": 2.0, "max_pickle_mb": 5.0}}
+    with pytest.raises(ValueError, match="anomaly-detector has no parameter 'alpha'"):
+        params_per_model(["anomaly-detector.alpha=2"], ["anomaly-detector", "predictive-analytics"])
+    with pytest.raises(ValueError, match="scoped to predictive-analytics, which this run does not include"):
+        params_per_model(["predictive-analytics.alpha=2"], ["anomaly-detector"])
+
+
+def test_a_misspelt_version_is_refused_with_a_hint_before_anything_runs(tmp_path):
+    state = tmp_path / "state"
+    result = run_cli("rollout", "anomaly-detector", "--version", "3", "--local", "--state-dir", str(state))
+    assert result.returncode == 2 and "version='3': must be a version name: did you mean v3?" in result.stdout
+    absent = run_cli("rollout", "anomaly-detector", "--version", "v7", "--local", "--state-dir", str(state))
+    assert absent.returncode == 2 and "has no stored version 'v7'" in absent.stdout and "none yet: run `model-pipelines run` first" in absent.stdout
+    assert not (state / "runs").exists(), "nothing ran"
