@@ -10,15 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import joblib
 import pytest
 import requests
+import yaml
 
-from components.contract import ANOMALY_DETECTOR, ContractError, fallback_instance
+from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, fallback_instance
 from components.ingest import IngestRequest, ingest
 from components.prometheus import PrometheusClient, PrometheusError, series_frame
 from components.storage import FilesystemStore
 from components.synthetic import generate_cluster_metrics
-from components.train import DetectorParams, train_anomaly_detector
+from components.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics
 from tests.conftest import logged, run_cli
 from tests.servers import PrometheusServer
 from tests.test_serving import MainUrlClient, save
@@ -226,7 +228,24 @@ GUIDE_QUERIES = (
 GUIDE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "user-model-deployment-guide.md"
 
 
-def test_the_guides_queries_and_prediction_metrics_return_data_from_the_runtime(tmp_path):
+MONITORING = Path(__file__).resolve().parents[1] / "manifests" / "monitoring"
+
+
+def rule_groups() -> dict:
+    """Return the PrometheusRule's groups as a Prometheus rule file."""
+    return {"groups": yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())["spec"]["groups"]}
+
+
+def test_the_alert_rules_pass_promtool(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule_groups()))
+    checked = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "SUCCESS: 3 rules found" in checked.stdout, checked.stdout + checked.stderr
+    monitor = yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())
+    assert monitor["kind"] == "PodMonitor" and monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tmp_path):
     if GUIDE.is_file():
         assert all(query in GUIDE.read_text() for query in GUIDE_QUERIES), "the queries are the guide's, verbatim"
     state = tmp_path / "state"
@@ -235,29 +254,41 @@ def test_the_guides_queries_and_prediction_metrics_return_data_from_the_runtime(
     targets.write_text("[]")
     server = PrometheusServer(tmp_path / "prometheus", file_sd=targets).start()
     store = FilesystemStore(state / "store")
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    panel_queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    rule_queries = [rule["expr"] for group in rule_groups()["groups"] for rule in group["rules"]]
     try:
         save(store, train_anomaly_detector(ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3)).train, DetectorParams()).estimator, state)
-        assert run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1").returncode == 0
-        port = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())["router"]["port"]
-        url = f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}"
+        forecaster = train_predictive_analytics(ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=2, seed=3)).train, ForecasterParams()).estimator
+        joblib.dump(forecaster, state / "forecaster.pkl")
+        store.save_version(PREDICTIVE_ANALYTICS, state / "forecaster.pkl", {"run_name": "test"})
+        urls = {}
+        for model in (ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS):
+            assert run_cli("rollout", model, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1").returncode == 0
+            port = json.loads((state / "serving" / f"{model}.json").read_text())["router"]["port"]
+            urls[model] = f"http://127.0.0.1:{port}/v1/models/{model}"
         client = PrometheusClient(server.url)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
+        wanted = (*GUIDE_QUERIES, "model_predictions_total", *panel_queries)
         answers: dict[str, list] = {}
 
         def complete() -> bool:
             errors_seen = any(float(sample["value"][1]) > 0 for sample in answers.get(GUIDE_QUERIES[2], []))
-            return errors_seen and all(answers.get(query) for query in (*GUIDE_QUERIES, "model_predictions_total"))
+            return errors_seen and all(answers.get(query) for query in wanted)
 
         while time.monotonic() < deadline and not complete():
-            requests.post(f"{url}:predict", json={"instances": [fallback_instance()]}, timeout=10)
-            requests.post(f"{url}:predict", json={"instances": [[None] * 45]}, timeout=10)  # a bad request: an error
-            answers = {query: client.query(query) for query in (*GUIDE_QUERIES, "model_predictions_total")}
+            requests.post(f"{urls[ANOMALY_DETECTOR]}:predict", json={"instances": [fallback_instance()]}, timeout=10)
+            requests.post(f"{urls[ANOMALY_DETECTOR]}:predict", json={"instances": [[None] * 45]}, timeout=10)  # a bad request: an error
+            requests.post(f"{urls[PREDICTIVE_ANALYTICS]}:predict", json={"instances": [[0.4, 0.6, 0.5, 0.1, 0.05]]}, timeout=10)
+            answers = {query: client.query(query) for query in wanted}
             time.sleep(0.5)
-        for query in GUIDE_QUERIES:
+        for query in (*GUIDE_QUERIES, *panel_queries):
             assert answers[query], f"{query} returned nothing"
         assert any(float(sample["value"][1]) > 0 for sample in answers[GUIDE_QUERIES[2]]), "the bad requests count as errors"
         outcomes = {sample["metric"]["outcome"] for sample in answers["model_predictions_total"]}
         assert "normal" in outcomes and {sample["metric"]["version"] for sample in answers["model_predictions_total"]} == {"v1"}
+        for query in rule_queries:
+            client.query(query)  # every alert expression is valid PromQL over these series (an error raises)
     finally:
         run_cli("serve", "stop", "--state-dir", str(state))
         server.stop()
