@@ -228,7 +228,8 @@ def _outcome(summary: RunSummary, index: dict, before: dict, version: str | None
     if status == "stable":
         if before.get(version, {}).get("status") == "stable":
             return NOT_NEEDED, f"{version} already stable: nothing to roll out", report
-        return PROMOTED, "promoted", report
+        events = {event["event"] for event in index.get("history", []) if event.get("version") == version}
+        return PROMOTED, "promoted" if "promoted" in events else "promoted (the first version: stable at once, no canary to run)", report
     if status == "rejected":
         return REJECTED, entry.get("rejected_reason") or "rejected", report
     if status == "duplicate":

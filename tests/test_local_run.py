@@ -33,7 +33,8 @@ def test_two_runs_store_v1_then_v2_and_the_second_faces_the_champion(two_runs):
     assert "f1=" in summary and "mase_mean=" in summary
     assert "exit code 0:" in summary
     for model in ("anomaly-detector", "predictive-analytics"):
-        assert f"  {model:<21} v2    promoted" in summary
+        assert f"  {model:<21} v2    promoted\n" in summary, "promoted through the canary"
+        assert f"  {model:<21} v1    promoted (the first version: stable at once, no canary to run)" in first.stdout
         for weight in (10, 50, 100):
             assert f"canary {model} v2 at {weight}%: pass" in logged(second)
         index = json.loads((state / "store" / model / "metadata.json").read_text())
