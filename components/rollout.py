@@ -144,10 +144,15 @@ class SmokeReport:
 
 
 def _predict(session: requests.Session, endpoint: str, body: object, timeout: float) -> tuple[int, object, float]:
-    """POST a predict request; return (status, parsed body or text, seconds), status 0 when nothing answered."""
+    """POST a V1 predict request to ``endpoint``; return (status, parsed body or text, seconds) as ``_post_json`` does."""
+    return _post_json(session, f"{endpoint}:predict", body, timeout)
+
+
+def _post_json(session: requests.Session, url: str, body: object, timeout: float) -> tuple[int, object, float]:
+    """POST ``body`` as JSON; return (status, parsed body or text, seconds), status 0 when nothing answered."""
     started = time.perf_counter()
     try:
-        response = session.post(f"{endpoint}:predict", json=body, timeout=timeout)
+        response = session.post(url, json=body, timeout=timeout)
     except requests.RequestException as error:
         return 0, str(error), time.perf_counter() - started
     elapsed = time.perf_counter() - started
@@ -245,14 +250,8 @@ def _v2_infer(session: requests.Session, server: str, model_name: str, rows: lis
     """POST a V2 (Open Inference) infer request with ``rows`` as one FP64 tensor; return (status, parsed body or text)."""
     width = len(rows[0]) if rows else 0
     body = {"inputs": [{"name": "input-0", "shape": [len(rows), width], "datatype": "FP64", "data": [v for row in rows for v in row]}]}
-    try:
-        response = session.post(f"{server}/v2/models/{model_name}/infer", json=body, timeout=timeout_s)
-    except requests.RequestException as error:
-        return 0, str(error)
-    try:
-        return response.status_code, response.json()
-    except ValueError:
-        return response.status_code, response.text
+    status, answer, _ = _post_json(session, f"{server}/v2/models/{model_name}/infer", body, timeout_s)
+    return status, answer
 
 
 def _check_v2(
