@@ -34,6 +34,7 @@ from pathlib import Path
 from components.contract import SCHEMAS, schema_for
 from components.request_guard import (
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, BodyLimit, InvalidRequest, JsonContentType, check_ratio_inputs, parse_instances, parse_v2_inputs,
+    send_json_error,
 )
 
 MODEL_SUFFIXES = (".pkl", ".joblib", ".pickle")
@@ -143,11 +144,7 @@ class RepositoryRoutesRefused:
     async def __call__(self, scope, receive, send):
         """Answer 404 to repository paths; pass everything else on."""
         if scope["type"] == "http" and scope.get("path", "").startswith("/v2/repository/"):
-            body = b'{"error": "model repository routes are not served: a version is loaded once, at start"}'
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
+            return await send_json_error(send, 404, "model repository routes are not served: a version is loaded once, at start")
         await self.app(scope, receive, send)
 
 

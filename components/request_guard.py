@@ -91,6 +91,14 @@ def check_ratio_inputs(rows: list[list[float]], model_name: str) -> None:
                                      f"0-1: {model_name} takes ratios; {hint}")
 
 
+async def send_json_error(send, status: int, message: str, *, close: bool = False) -> None:
+    """Answer an ASGI request with ``status`` and the JSON body ``{"error": message}`` (closing the connection if asked)."""
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + ([(b"connection", b"close")] if close else [])})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyLimit:
     """ASGI middleware: 413 for a body over ``max_bytes``, by Content-Length up front or while it streams in."""
 
@@ -129,11 +137,8 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send) -> None:
-        """Answer 413 naming the limit."""
-        body = json.dumps({"error": f"request body is larger than {self.max_bytes} bytes; send fewer rows per request"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        """Answer 413 naming the limit, closing the connection (the rest of the body is never read)."""
+        await send_json_error(send, 413, f"request body is larger than {self.max_bytes} bytes; send fewer rows per request", close=True)
 
 
 class _TooLarge(Exception):
@@ -159,9 +164,5 @@ class JsonContentType:
         if given.split(b";")[0].strip().lower() in JSON_TYPES:
             return await self.app(scope, receive, send)
         named = f"is {given.decode('latin-1')!r}" if given else "is missing"
-        message = (f"the Content-Type header {named}: inference requests are JSON, so send Content-Type: application/json "
-                   "(curl: -H 'Content-Type: application/json')")
-        body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": 415,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 415, f"the Content-Type header {named}: inference requests are JSON, so send Content-Type: "
+                              "application/json (curl: -H 'Content-Type: application/json')")
