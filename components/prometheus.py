@@ -12,7 +12,6 @@ import os
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-from importlib.metadata import version as package_version
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,6 +150,10 @@ def evaluate_step(
     horizon_minutes: int = 60,
 ) -> tuple[Evaluation, str]:
     """Evaluate the candidate in ``model_dir`` against the store's champion; return the evaluation and its report."""
+    import pandas as pd
+
+    from components.evaluate import evaluate_candidate, markdown_report
+
     store = open_store(store_options)
     champion_name = champion_version(store.read_index(model_name))
     champion = None
@@ -159,10 +163,6 @@ def evaluate_step(
         except (StoreError, OSError, ValueError) as error:
             print(f"warning: champion {champion_name} cannot be loaded ({error}); judging the candidate on gates alone")
     model_bytes = (Path(model_dir) / MODEL_FILENAME).read_bytes()
-    import pandas as pd
-
-    from components.evaluate import evaluate_candidate, markdown_report
-
     validation = pd.read_parquet(validation_path)
     evaluation = evaluate_candidate(
         model_name, model_bytes, validation, gates, horizon_minutes=horizon_minutes, champion=champion

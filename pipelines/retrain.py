@@ -6,8 +6,8 @@ Rollout: the same serving half for a version already in the store.
 """
 
 import inspect
-from dataclasses import asdict
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -109,7 +109,8 @@ MODEL_KNOB_DEFAULTS = {**asdict(DETECTOR), **asdict(FORECASTER), **asdict(GATES)
 def _validate(ops: SimpleNamespace, p: dict) -> dsl.PipelineTask:
     """Add the first task: one check of every run parameter of the pipeline, listing all problems."""
     names = inspect.signature(steps.validate_parameters).parameters  # the step's own inputs, listed once
-    wired = {name: p[name] if name in p else MODEL_KNOB_DEFAULTS[name] for name in names if name in p or name in MODEL_KNOB_DEFAULTS}
+    known = {**MODEL_KNOB_DEFAULTS, **p}  # the pipeline's own parameters win over the defaults
+    wired = {name: known[name] for name in names if name in known}
     return _side_effect(ops.validate_parameters(**wired)).set_display_name("Check run parameters")
 
 
