@@ -93,3 +93,15 @@ def test_instances_are_checked_for_count_and_values():
         validate_instances([["a", "b", "c", "d", "e"]], PREDICTIVE_ANALYTICS)
     with pytest.raises(ContractError, match="unknown model 'nope'"):
         validate_instances([[1]], "nope")
+
+
+@pytest.mark.parametrize("model_name", ["anomaly-detector", "predictive-analytics"])
+def test_probe_sample_read_from_parquet_equals_the_one_engineered_from_the_frame(tmp_path, model_name):
+    from components.ingest import IngestRequest, ingest
+    from components.rollout import probe_sample
+    from components.workflow import probe_sample_from
+
+    validation = ingest(IngestRequest(model_name, days=2, seed=3)).validation
+    validation.to_parquet(tmp_path / "validation.parquet", index=False)
+    from_parquet = probe_sample_from(str(tmp_path / "validation.parquet"), model_name)
+    assert from_parquet.dtype == float and np.array_equal(from_parquet, probe_sample(validation, model_name))
