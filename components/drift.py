@@ -1,19 +1,37 @@
-"""Reference profiles kept with each version: what later drift checks compare live data against.
+"""Reference profiles kept with each version, and the drift of live data measured against them.
 
-A profile is compact JSON written with the version and immutable like it: per model input feature, the training
-data's quantile bin edges and the fraction of training rows in each bin; plus what the model did on validation
-(the detector's predicted anomaly rate, the forecaster's error per output). Effect sizes such as the population
-stability index and the Kolmogorov-Smirnov statistic can be computed on these bins without the training data.
+A profile is compact JSON written with the version and immutable like it:
+- ``seasonal``: per base metric, the training median for each hour of the day on weekdays and on weekends (UTC);
+- ``features``: per model input feature, quantile bin edges and the fraction of training rows in each bin, of
+  the feature with its seasonal median taken away when it is a level (value, window mean/min/max, lags);
+- ``validation``: what the model did on validation (the detector's anomaly rate, the forecaster's error per output).
+
+Cluster metrics follow the working day, so a few live hours compared with the whole training distribution look
+drifted at every check. Taking away the seasonal median first compares like with like, and a shift in level,
+spread or mix still shows. Effect sizes, the population stability index (PSI) and the Kolmogorov-Smirnov
+statistic, are computed on the bins, without the training data.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from components.contract import TIMESTAMP_COLUMN, WINDOW_MINUTES, engineer_features, schema_for
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 PROFILE_BINS = 10
 SIGNIFICANT_DIGITS = 6  # keeps a 45-feature profile at a few KB
+HOURS_PER_DAY_TYPE = 24  # seasonal slots: hour of day on weekdays, then on weekends (UTC)
+LEVEL_SUFFIXES = ("value", "mean_5m", "min_5m", "max_5m", "lag_1m", "lag_5m")  # features that follow the day's load
+PSI_FLOOR = 1e-4  # a bin fraction below this counts as this, so an empty bin adds a bounded term
+DRIFT_WINDOW_MINUTES = 180  # the live window a check compares; the profile's null is measured on windows this long
+NULL_STRIDE_MINUTES = 5  # how far apart the training windows of the null are
 
 
 def _rounded(values: np.ndarray) -> list[float]:
@@ -54,3 +72,122 @@ def validation_profile(metrics: dict[str, float]) -> dict[str, float]:
     kept = {key: float(value) for key, value in metrics.items()
             if (key == "anomaly_rate" or key.startswith("mae_")) and isinstance(value, (int, float)) and math.isfinite(value)}
     return dict(sorted(kept.items()))
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    """When a feature counts as drifted: both effect sizes past their limits."""
+
+    psi: float = 0.25  # population stability index of the live window against the training bins
+    ks_excess: float = 0.35  # share of the way from the training windows' largest KS statistic to 1
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """How far one feature's live distribution is from its training profile, and whether that counts as drift."""
+
+    feature: str
+    psi: float
+    ks: float
+    ks_null: float  # the largest KS statistic of a training window of the same length: what no drift looks like
+    live_fractions: list[float]
+
+    @property
+    def score(self) -> float:
+        """Return the KS statistic's excess over the training windows', scaled to 0-1 (0: no more than training showed)."""
+        return max(0.0, (self.ks - self.ks_null) / max(1.0 - self.ks_null, 1e-9))
+
+    def drifted(self, thresholds: DriftThresholds) -> bool:
+        """Return whether both effect sizes pass ``thresholds``."""
+        return self.psi >= thresholds.psi and self.score >= thresholds.ks_excess
+
+
+def season_slots(timestamps: pd.Series) -> np.ndarray:
+    """Return each timestamp's seasonal slot: its UTC hour, plus 24 on Saturdays and Sundays."""
+    import pandas as pd
+
+    stamps = pd.to_datetime(timestamps, utc=True)
+    return (stamps.dt.hour.to_numpy() + HOURS_PER_DAY_TYPE * (stamps.dt.dayofweek.to_numpy() >= 5)).astype(int)
+
+
+def seasonal_baseline(raw: pd.DataFrame, model_name: str) -> dict[str, list[float]]:
+    """Return, per base metric, the median of each of the 48 slots; a slot training never saw takes the hour's
+    median over both day types, or the metric's overall median."""
+    slots = season_slots(raw[TIMESTAMP_COLUMN])
+    baseline = {}
+    for metric in schema_for(model_name).metric_names:
+        values = raw[metric].to_numpy(dtype=float)
+        overall = float(np.median(values))
+        medians = []
+        for slot in range(2 * HOURS_PER_DAY_TYPE):
+            in_slot = values[slots == slot]
+            same_hour = values[slots % HOURS_PER_DAY_TYPE == slot % HOURS_PER_DAY_TYPE]
+            medians.append(float(np.median(in_slot)) if len(in_slot) else float(np.median(same_hour)) if len(same_hour) else overall)
+        baseline[metric] = _rounded(np.asarray(medians))
+    return baseline
+
+
+def deseasonalised_features(raw: pd.DataFrame, model_name: str, baseline: dict[str, list[float]]) -> tuple[list[str], np.ndarray]:
+    """Return the model's input features of ``raw`` with each level feature's seasonal median taken away."""
+    schema = schema_for(model_name)
+    features = engineer_features(raw, model_name).to_numpy(dtype=float)
+    slots = season_slots(raw[TIMESTAMP_COLUMN])[WINDOW_MINUTES:] if schema.engineered else season_slots(raw[TIMESTAMP_COLUMN])
+    names = schema.feature_names
+    for column, name in enumerate(names):
+        metric, _, suffix = name.partition("__")
+        if (suffix or "value") in LEVEL_SUFFIXES:
+            features[:, column] -= np.asarray(baseline[metric])[slots]
+    return names, features
+
+
+def drift_profile(raw: pd.DataFrame, model_name: str, window_minutes: int = DRIFT_WINDOW_MINUTES) -> dict:
+    """Return the training side of a profile: seasonal medians, bins of the deseasonalised features, and per
+    feature the largest KS statistic of a ``window_minutes`` training window against those bins (``ks_null``)."""
+    baseline = seasonal_baseline(raw, model_name)
+    names, features = deseasonalised_features(raw, model_name, baseline)
+    profile = feature_profile(names, features)
+    for column, name in enumerate(names):
+        profile[name]["ks_null"] = round(window_ks_maximum(profile[name], features[:, column], window_minutes), 4)
+    return {"seasonal": baseline, "window_minutes": window_minutes, "features": profile}
+
+
+def window_ks_maximum(bins: dict, values: np.ndarray, window: int, stride: int = NULL_STRIDE_MINUTES) -> float:
+    """Return the largest KS statistic of any ``window``-row slice of ``values`` (every ``stride`` rows) against ``bins``.
+
+    Counts per bin come from running sums, so the cost is linear in the rows times the bins.
+    """
+    reference_cdf = np.cumsum(np.asarray(bins["fractions"], dtype=float))
+    if len(values) <= window:
+        return float(np.max(np.abs(reference_cdf - np.cumsum(bin_fractions(bins["edges"], values)))))
+    interior = np.asarray(bins["edges"], dtype=float)[1:]
+    bin_of_row = np.searchsorted(interior, values, side="right")
+    running = np.zeros((len(values) + 1, len(interior) + 1))
+    running[np.arange(1, len(values) + 1), bin_of_row] = 1.0
+    running = np.cumsum(running, axis=0)
+    ends = np.arange(window, len(values) + 1, stride)
+    live_cdf = np.cumsum(running[ends] - running[ends - window], axis=1) / window
+    return float(np.max(np.abs(live_cdf - reference_cdf)))
+
+
+def population_stability_index(reference: np.ndarray, live: np.ndarray) -> float:
+    """Return the PSI between two sets of bin fractions: sum of (live - reference) * ln(live / reference)."""
+    reference, live = np.maximum(reference, PSI_FLOOR), np.maximum(live, PSI_FLOOR)
+    return float(np.sum((live - reference) * np.log(live / reference)))
+
+
+def ks_statistic(reference: np.ndarray, live: np.ndarray) -> float:
+    """Return the Kolmogorov-Smirnov statistic at the bin edges: the largest gap between the cumulative fractions."""
+    return float(np.max(np.abs(np.cumsum(reference) - np.cumsum(live))))
+
+
+def measure_drift(profile: dict, live_raw: pd.DataFrame, model_name: str) -> list[FeatureDrift]:
+    """Return each feature's drift of ``live_raw`` (validated per-minute metrics) from ``profile``, largest score first."""
+    names, features = deseasonalised_features(live_raw, model_name, profile["seasonal"])
+    drifts = []
+    for column, name in enumerate(names):
+        bins = profile["features"][name]
+        live = bin_fractions(bins["edges"], features[:, column])
+        reference = np.asarray(bins["fractions"], dtype=float)
+        drifts.append(FeatureDrift(name, population_stability_index(reference, live), ks_statistic(reference, live),
+                                   float(bins["ks_null"]), _rounded(live)))
+    return sorted(drifts, key=lambda drift: (drift.score, drift.psi), reverse=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -169,14 +169,33 @@ def split_by_time(frame: pd.DataFrame, validation_fraction: float) -> tuple[pd.D
     return train, validation
 
 
-def ingest(request: IngestRequest) -> IngestResult:
-    """Read raw metrics from the requested source, validate them and return the time-based split."""
+def read_metrics(request: IngestRequest) -> tuple[pd.DataFrame, str]:
+    """Read raw metrics from the requested source and validate them; return them with a one-line description."""
     schema_for(request.model_name)
     try:
         read = SOURCES[request.source]
     except KeyError:
         raise ContractError(f"unknown source {request.source!r}: use one of {', '.join(SOURCES)}") from None
     frame, description = read(request)
-    frame = validate_raw_metrics(frame, request.model_name, source=request.source)
+    return validate_raw_metrics(frame, request.model_name, source=request.source), description
+
+
+def read_window(request: IngestRequest, minutes: int) -> tuple[pd.DataFrame, str]:
+    """Return the last ``minutes`` of validated metrics from the source (``days`` is set to cover them) and a description.
+
+    A file's or Prometheus' last minutes are the most recent ones; synthetic data is a fresh series that long.
+    """
+    frame, description = read_metrics(replace(request, days=minutes / 1440.0))
+    window = frame.iloc[-minutes:].reset_index(drop=True)
+    if len(window) < minutes:
+        raise ContractError(f"{description}: only {len(window)} of the {minutes} minutes a drift check compares; "
+                            f"wait until the source has {minutes} minutes, or point it at more data")
+    first, last = window[TIMESTAMP_COLUMN].iloc[0], window[TIMESTAMP_COLUMN].iloc[-1]
+    return window, f"{description}; window {pd.Timestamp(first):%Y-%m-%d %H:%M} to {pd.Timestamp(last):%Y-%m-%d %H:%M} UTC ({minutes} minutes)"
+
+
+def ingest(request: IngestRequest) -> IngestResult:
+    """Read raw metrics from the requested source, validate them and return the time-based split."""
+    frame, description = read_metrics(request)
     train, validation = split_by_time(frame, request.validation_fraction)
     return IngestResult(train, validation, f"{description}; {len(train)} train and {len(validation)} validation minutes")

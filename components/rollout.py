@@ -20,7 +20,7 @@ import requests
 
 from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance, schema_for
 from components.serving import ServingError, ServingTarget
-from components.storage import ModelStore, load_model, utc_now
+from components.storage import ModelStore, StoreError, load_model, utc_now
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -197,10 +197,10 @@ def smoke_test(
         report.checks.append((name, bool(passed), detail))
         return bool(passed)
 
-    # Unpickling the stored version imports scikit-learn, which takes about a second: do it while the HTTP checks
-    # wait on the server, and compare once it is loaded (the latency checks run after, without the loader).
+    # A version saved without reference predictions is unpickled instead, which imports scikit-learn (about a
+    # second): do it while the HTTP checks wait on the server (the latency checks run after, without the loader).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as loader:
-        stored_model = loader.submit(load_model, store, model_name, version)
+        expected = loader.submit(expected_predictions, store, model_name, version, sample)
         try:
             listing = session.get(f"{server}/v1/models", timeout=timeout_s)
             check("list models", listing.status_code == 200 and model_name in listing.json().get("models", []), f"GET /v1/models -> {listing.status_code} {listing.text[:120]}")
@@ -231,9 +231,17 @@ def smoke_test(
 
         _check_v2(session, server, model_name, sample, np.asarray(served), check, refuses_with_4xx=target.strict_client_errors, timeout_s=timeout_s)
 
-        offline = stored_model.result().predict(sample)
-        equal = np.array_equal(np.asarray(served), offline) if model_name == ANOMALY_DETECTOR else np.allclose(np.asarray(served, dtype=float), offline, rtol=1e-9, atol=1e-12)
-        check("equals stored version offline", equal, f"served predictions {'match' if equal else 'DIFFER from'} {version}'s model.pkl on {len(sample)} validation instances")
+        try:
+            instances, offline, source = expected.result()
+        except (StoreError, OSError, ValueError, TypeError, KeyError) as error:
+            check("equals stored version offline", False, f"the stored version's expected predictions cannot be read: {error}")
+            return report
+        status, body, _ = _predict(session, endpoint, {"instances": instances.tolist()}, timeout_s)
+        served_reference = np.asarray(body.get("predictions") if status == 200 and isinstance(body, dict) else [])
+        equal = served_reference.shape == offline.shape and (
+            np.array_equal(served_reference, offline) if model_name == ANOMALY_DETECTOR
+            else np.allclose(served_reference.astype(float), offline, rtol=1e-9, atol=1e-12))
+        check("equals stored version offline", equal, f"served predictions {'match' if equal else 'DIFFER from'} {source} on {len(instances)} instances")
 
         timings = []
         for row in sample[:latency_requests]:
@@ -242,6 +250,18 @@ def smoke_test(
         p95 = float(np.percentile(timings, 95)) if timings else math.inf
         check("p95 latency", p95 <= max_p95_latency_ms, f"{p95:.1f} ms over {len(timings)} single-row requests (limit {max_p95_latency_ms:g} ms)")
         return report
+
+
+def expected_predictions(store: ModelStore, model_name: str, version: str, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Return (instances, the stored version's predictions for them, where those come from) for the equality check.
+
+    The version's reference predictions, recorded at training time, are used when it has them; an older version
+    without them is unpickled and asked about ``sample``.
+    """
+    reference = store.version_record(model_name, version).get("reference") or {}
+    if reference.get("instances"):
+        return np.asarray(reference["instances"], dtype=float), np.asarray(reference["predictions"]), f"{version}'s predictions recorded at training"
+    return sample, np.asarray(load_model(store, model_name, version).predict(sample)), f"{version}'s model.pkl"
 
 
 def _v2_infer(session: requests.Session, server: str, model_name: str, rows: list, timeout_s: float) -> tuple[int, object]:

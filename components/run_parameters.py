@@ -30,7 +30,9 @@ CHOICES = {
     "serving_target": ("kserve", "local"),
     "deployment_mode": ("auto", "Serverless", "RawDeployment", "Knative", "Standard"),
     "rollout_strategy": ("auto", "knative", "standard-canary", "candidate-isvc"),
+    "action": ("report", "submit"),
 }
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 
 
 def _number(value: object) -> float | None:
@@ -131,6 +133,15 @@ def _version(value: object) -> str | None:
     return f"a version name: did you mean v{value}?" if str(value).isdigit() else "a version name such as v3"
 
 
+def _retrain_parameters(value: object) -> str | None:
+    """Rule for retrain_parameters: an object of parameter name -> value, small enough to be a run's settings."""
+    parameters = json.loads(value) if isinstance(value, str) else value
+    if isinstance(parameters, dict) and all(isinstance(key, str) and IDENTIFIER.match(key) for key in parameters) \
+            and len(json.dumps(parameters)) <= MAX_TEXT:
+        return None
+    return 'an object of retrain pipeline parameter -> value, e.g. {"source": "prometheus", "days": 7}'
+
+
 def _choice(name: str) -> Callable[[object], str | None]:
     """Return a rule: one of the parameter's choices."""
     return lambda value: None if value in CHOICES[name] else f"one of {', '.join(CHOICES[name])}"
@@ -182,6 +193,16 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "pca_components": _in_range(1, 10_000, integer=True),
     "horizon_minutes": _in_range(1, 1440, integer=True),
     "alpha": _in_range(0, 1e9, low_open=True),
+    "psi_threshold": _in_range(0, 100, low_open=True),
+    "ks_excess": _in_range(0, 1, low_open=True),
+    "cooldown_hours": _in_range(0, 8760),
+    "anomaly_rate_factor": _in_range(1, 1000),
+    "forecast_bias_factor": _in_range(0, 1000, low_open=True),
+    "min_predictions": _in_range(1, 1e9, integer=True),
+    "dsp_api_url": _http_url,
+    "dsp_ca_bundle": _text,
+    "experiment": _text,
+    "retrain_parameters": _retrain_parameters,
 }
 
 

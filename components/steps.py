@@ -7,7 +7,7 @@ bodies because KFP ships only the function source to the pod, where the image pr
 
 from typing import NamedTuple, Optional
 
-from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def validate_parameters(
@@ -60,6 +60,17 @@ def validate_parameters(
     max_predict_latency_ms: float,
     max_pickle_mb: float,
     champion_tolerance: float,
+    psi_threshold: float,
+    ks_excess: float,
+    cooldown_hours: float,
+    anomaly_rate_factor: float,
+    forecast_bias_factor: float,
+    min_predictions: int,
+    action: str,
+    dsp_api_url: str,
+    dsp_ca_bundle: str,
+    experiment: str,
+    retrain_parameters: dict,
     model_name: Optional[str] = None,
     version: Optional[str] = None,
 ) -> str:
@@ -428,3 +439,104 @@ def ensure_safe_serving(
     outcome = make_safe(target_from_environment(serving_target, options), model_name, ready_timeout_s)
     print(f"result: {outcome.message}")
     return outcome.message
+
+
+def monitor_drift(
+    model_name: str,
+    source: str,
+    file_path: str,
+    seed: int,
+    prometheus_url: str,
+    prometheus_secret: str,
+    prometheus_ca_bundle: str,
+    prometheus_queries: dict,
+    prometheus_end: str,
+    psi_threshold: float,
+    ks_excess: float,
+    cooldown_hours: float,
+    anomaly_rate_factor: float,
+    forecast_bias_factor: float,
+    min_predictions: int,
+    dsp_api_url: str,
+    dsp_ca_bundle: str,
+    model_store: str,
+    pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+    distributions: Output[Artifact],
+) -> NamedTuple("MonitorOutputs", [("decision", str), ("reason", str), ("stable_version", str)]):
+    """Measure the live window's drift from the stable version's profile and decide; return decision, reason, stable version."""
+    from collections import namedtuple
+
+    from components.drift import DriftThresholds
+    from components.ingest import IngestRequest
+    from components.monitor import MonitorSettings, drift_table
+    from components.workflow import StoreOptions, active_local_run, monitor_step
+
+    if dsp_api_url:
+        from pipelines import kfp_remote
+
+        connection = kfp_remote.resolve_connection(dsp_api_url, None, dsp_ca_bundle or None, None)
+        active = ", ".join(kfp_remote.active_runs(kfp_remote.connect(connection), f"{model_name}-retrain")) or None
+    else:
+        active = active_local_run(model_name)
+    settings = MonitorSettings(DriftThresholds(psi_threshold, ks_excess), cooldown_hours, anomaly_rate_factor, forecast_bias_factor, min_predictions)
+    request = IngestRequest(model_name, source, file_path, seed=seed, prometheus_url=prometheus_url, prometheus_ca_bundle=prometheus_ca_bundle,
+                            prometheus_queries=prometheus_queries, prometheus_end=prometheus_end)
+    result = monitor_step(model_name, request, settings, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), active)
+    assessment = result.assessment
+    metrics.log_metric("drift_score", round(assessment.drift_score, 4))
+    metrics.log_metric("drifted_features", len(assessment.drifted_features))
+    metrics.log_metric("max_psi", round(max(drift.psi for drift in assessment.features), 4))
+    with open(report.path, "w") as handle:
+        handle.write(result.markdown)
+    with open(distributions.path, "wb") as handle:
+        handle.write(result.plot_png)
+    distributions.metadata["mimeType"] = "image/png"
+    print("\n".join(drift_table(assessment)))
+    print(f"result: {result.decision.action}: {result.decision.reason}")
+    return namedtuple("MonitorOutputs", ["decision", "reason", "stable_version"])(result.decision.action, result.decision.reason, assessment.stable_version)
+
+
+def trigger_retrain(
+    model_name: str,
+    decision: str,
+    stable_version: str,
+    reason: str,
+    action: str,
+    dsp_api_url: str,
+    dsp_ca_bundle: str,
+    experiment: str,
+    retrain_parameters: dict,
+    model_store: str,
+    pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
+) -> str:
+    """Act on a retrain decision (submit: start the retrain run via the KFP API, record the trigger); return the run id or ""."""
+    from components.monitor import RETRAIN, record_trigger
+    from components.workflow import StoreOptions, open_store
+
+    if decision != RETRAIN:
+        print(f"result: nothing to start ({decision})")
+        return ""
+    if action != "submit":
+        print(f"result: retrain recommended, not started (action={action}): {reason}")
+        return ""
+    if not dsp_api_url:
+        raise ValueError("action=submit needs dsp_api_url, the DSP API's in-cluster address, e.g. https://ds-pipeline-dspa.<project>.svc:8443")
+    from pipelines import kfp_remote
+
+    connection = kfp_remote.resolve_connection(dsp_api_url, None, dsp_ca_bundle or None, None)
+    run = kfp_remote.submit(kfp_remote.connect(connection), f"{model_name}-retrain", dict(retrain_parameters), experiment, connection.host,
+                            run_name=f"{model_name}-retrain-on-drift")
+    store = open_store(StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle))
+    record_trigger(store, model_name, stable_version, reason, f"run {run.run_id} of {model_name}-retrain")
+    print(f"result: started run {run.run_id} of {model_name}-retrain")
+    return run.run_id

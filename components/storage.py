@@ -113,6 +113,9 @@ class ModelStore(Protocol):
     def model_bytes(self, model_name: str, version: str) -> bytes:
         """Return a version's model.pkl bytes after checking them against the recorded sha256."""
 
+    def version_record(self, model_name: str, version: str) -> dict:
+        """Return a version's immutable record."""
+
     def read_index(self, model_name: str) -> dict:
         """Return the model's index (an empty one when nothing is stored)."""
 

@@ -34,7 +34,7 @@ from components.contract import (
     forecast_pairs,
     schema_for,
 )
-from components.drift import feature_profile
+from components.drift import drift_profile
 from components.storage import MODEL_FILENAME, TRAINING_FILENAME
 
 HOLDOUT_FRACTION = 0.2
@@ -45,6 +45,8 @@ STOCK_PICKLE_MODULES = ("sklearn", "numpy", "scipy", "joblib", "builtins", "copy
 # Each forecaster output's physical range, in contract order: ratios of capacity, and network as the engine
 # scales it (bytes/s / 125e6, clamped to 0-1 by the engine, so a forecast above 1 could never be observed).
 OUTPUT_RANGES = {"cpu": (0.0, 1.0), "memory": (0.0, 1.0), "disk": (0.0, 1.0), "network_in": (0.0, 1.0), "network_out": (0.0, 1.0)}
+# How many training inputs, with the model's predictions for them, are stored with a version for the smoke test.
+REFERENCE_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ class TrainedModel:
     parameters: dict
     data_fingerprint: str
     training_rows: int
-    profile: dict = field(default_factory=dict)  # drift.feature_profile of the training inputs
+    profile: dict = field(default_factory=dict)  # drift.drift_profile of the training data
+    reference: dict = field(default_factory=dict)  # reference_predictions on a few training inputs
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
@@ -181,16 +184,26 @@ def train_anomaly_detector(train: pd.DataFrame, params: DetectorParams) -> Train
     normal = features if labels is None else features[labels == 0]
     pipeline, calibration = fit_detector(normal, params)
     parameters = {"model_name": ANOMALY_DETECTOR, **asdict(params), **calibration}
-    names = schema_for(ANOMALY_DETECTOR).feature_names
-    return TrainedModel(pipeline, parameters, data_fingerprint(train), len(normal), feature_profile(names, features))
+    return TrainedModel(pipeline, parameters, data_fingerprint(train), len(normal), drift_profile(train, ANOMALY_DETECTOR),
+                        reference_predictions(pipeline, features))
 
 
 def train_predictive_analytics(train: pd.DataFrame, params: ForecasterParams) -> TrainedModel:
     """Fit the forecaster (``fit_forecaster``) on raw per-minute training metrics and return it with lineage."""
     current, future = forecast_pairs(train, params.horizon_minutes)
     ridge = fit_forecaster(current, future, params.alpha)
-    profile = feature_profile(schema_for(PREDICTIVE_ANALYTICS).feature_names, current)
-    return TrainedModel(ridge, {"model_name": PREDICTIVE_ANALYTICS, **asdict(params)}, data_fingerprint(train), len(current), profile)
+    return TrainedModel(ridge, {"model_name": PREDICTIVE_ANALYTICS, **asdict(params)}, data_fingerprint(train), len(current),
+                        drift_profile(train, PREDICTIVE_ANALYTICS), reference_predictions(ridge, current))
+
+
+def reference_predictions(estimator, features: np.ndarray, rows: int = REFERENCE_ROWS) -> dict:
+    """Return ``rows`` training inputs spread over the data and the fitted model's predictions for them.
+
+    Stored with the version, they let the smoke test check that the server reproduces what the model predicted
+    when it was trained, without unpickling it (and importing scikit-learn) again.
+    """
+    picked = features[np.unique(np.linspace(0, len(features) - 1, rows).astype(int))]
+    return {"instances": picked.tolist(), "predictions": estimator.predict(picked).tolist()}
 
 
 def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> TransformedTargetRegressor:
@@ -253,10 +266,10 @@ def foreign_pickle_modules(estimator: object) -> list[str]:
 
 
 def save_trained(trained: TrainedModel, directory: Path) -> dict:
-    """Write ``model.pkl`` and ``training.json`` (parameters, lineage, input profile) to ``directory``; return the latter's content."""
+    """Write ``model.pkl`` and ``training.json`` (parameters, lineage, input profile, reference predictions) to ``directory``; return the latter's content."""
     save_model(trained, directory)
     training = {"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint,
-                "training_rows": trained.training_rows, "profile": trained.profile}
+                "training_rows": trained.training_rows, "profile": trained.profile, "reference": trained.reference}
     (directory / TRAINING_FILENAME).write_text(json.dumps(training, indent=2))
     return training
 

@@ -6,16 +6,19 @@ that use them: a serving step starts without paying for them.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import json
 import os
 import platform
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from components import __version__
-from components.contract import schema_for
+from components.contract import TIMESTAMP_COLUMN, schema_for
 from components.drift import validation_profile
 from components.kserve_target import KServeOptions, KServeTarget
 from components.local_serving import LocalTarget
@@ -38,10 +41,13 @@ from components.storage import (
 
 if TYPE_CHECKING:
     from components.evaluate import Evaluation, Gates
+    from components.ingest import IngestRequest
+    from components.monitor import Assessment, Decision, MonitorSettings
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
 SERVING_HOME_ENV = "MODEL_SERVING_HOME"
 STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
+RUN_LOCKS_ENV = "MODEL_PIPELINES_RUN_LOCKS"  # set by local runs: where a retrain or rollout holds its model's lock
 DEFAULT_STATE_DIR = ".model-pipelines"
 SERVING_TARGETS = ("kserve", "local")
 
@@ -118,7 +124,8 @@ def probe_sample_from(validation_path: str, model_name: str):
         import numpy as np
         import pyarrow.parquet as pq
 
-        table = pq.read_table(validation_path, columns=schema.metric_names)
+        # ParquetFile, unlike read_table, does not import pyarrow.dataset (and with it pandas).
+        table = pq.ParquetFile(validation_path).read(columns=schema.metric_names)
         return probe_rows(np.column_stack([table.column(name).to_numpy() for name in schema.metric_names]).astype(float), model_name)
     import pandas as pd
 
@@ -184,7 +191,9 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
         "python_version": platform.python_version(),
         "run_name": run_name,
         # What drift is measured against later: the training inputs' distribution and what validation showed.
-        "profile": {"features": training.get("profile", {}), "validation": validation_profile(scores)},
+        "profile": {**training.get("profile", {}), "validation": validation_profile(scores)},
+        # What the smoke test expects the served model to answer: training inputs and the fitted model's predictions.
+        "reference": training.get("reference", {}),
     }
     store = open_store(store_options)
     stored = store.save_version(model_name, Path(model_dir) / MODEL_FILENAME, record)
@@ -199,3 +208,93 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
     if stable and stable != stored.version and index["versions"].get(stable, {}).get("sha256") == stored.sha256:
         store.update_index(model_name, mark_duplicate)
     return stored
+
+
+@contextlib.contextmanager
+def local_run_lock(model_name: str) -> Iterator[None]:
+    """Hold the model's run lock under $MODEL_PIPELINES_RUN_LOCKS while a local retrain or rollout runs.
+
+    A second local run of the same model fails at once, naming the holder, and the drift monitor sees the run as active.
+    """
+    directory = Path(os.environ[RUN_LOCKS_ENV])
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / f"{model_name}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise StoreError(f"another local run of {model_name} is active ({handle.read().strip() or 'holder unknown'}); "
+                             "wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {utc_now()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def active_local_run(model_name: str) -> str | None:
+    """Return who holds the model's local run lock (a retrain or rollout running now), or None."""
+    if not os.environ.get(RUN_LOCKS_ENV):
+        return None
+    path = Path(os.environ[RUN_LOCKS_ENV]) / f"{model_name}.lock"
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"local run, {handle.read().strip() or 'holder unknown'}"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """One drift check: what was measured, what was decided, and the report with its plot."""
+
+    assessment: Assessment
+    decision: Decision
+    markdown: str
+    plot_png: bytes
+
+
+def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSettings, store_options: StoreOptions,
+                 active_run: str | None) -> MonitorResult:
+    """Read the live window the stable version's profile asks for, measure drift and decide; return the result."""
+    import base64
+
+    from components.ingest import read_window
+    from components.monitor import (
+        assess,
+        decide,
+        distribution_plot,
+        live_prediction_stats,
+        markdown_report,
+        prediction_checks,
+        stable_profile,
+        unmeasured_predictions,
+    )
+    from components.prometheus import PrometheusClient, PrometheusError
+
+    store = open_store(store_options)
+    stable, profile = stable_profile(store, model_name)
+    minutes = int(profile["window_minutes"])
+    live, description = read_window(request, minutes)
+    if request.prometheus_url:
+        end = live[TIMESTAMP_COLUMN].iloc[-1].to_pydatetime()
+        try:
+            stats = live_prediction_stats(PrometheusClient(request.prometheus_url, request.prometheus_ca_bundle), model_name, stable, minutes, end)
+            predictions = prediction_checks(model_name, profile.get("validation", {}), live, stats, settings)
+        except PrometheusError as error:
+            predictions = unmeasured_predictions(str(error))
+    else:
+        predictions = unmeasured_predictions("no prometheus_url to read the runtime's metrics from")
+    assessment = assess(profile, stable, live, description, model_name, settings, predictions)
+    decision = decide(assessment, store.read_index(model_name), dt.datetime.now(dt.timezone.utc), settings, active_run)
+    plot = distribution_plot(assessment, profile)
+    markdown = markdown_report(assessment, decision, f"data:image/png;base64,{base64.b64encode(plot).decode()}")
+    return MonitorResult(assessment, decision, markdown, plot)

@@ -15,11 +15,12 @@ from components.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
 from pipelines import kfp_remote
 from components.storage import StoreError
 from pipelines.local import (
-    DEFAULT_STATE_DIR, HELD_BACK, RunSummary, check_stored_version, exit_code, local_target, open_run_store, params_per_model, parse_params, run_local,
+    DEFAULT_STATE_DIR, HELD_BACK, MonitorSummary, RunSummary, check_stored_version, exit_code, local_target,
+    open_run_store, params_per_model, parse_params, retrain_arguments, run_local, run_monitor_local,
 )
 from components.s3_store import DEFAULT_SECRET
 from pipelines.platforms import DEFAULT_PLATFORM, STORES, platform_named
-from pipelines.retrain import DEFAULT_IMAGE, PIPELINE_FILES, ROLLOUT, compile_every_profile, compile_pipelines
+from pipelines.retrain import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT, compile_every_profile, compile_pipelines
 
 
 # Local runs serve on this machine unless --param serving_target=kserve points them at a cluster (KUBECONFIG).
@@ -69,6 +70,44 @@ def _run(args: argparse.Namespace) -> int:
     return exit_code(summaries)
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    """Check each chosen model for drift locally, print the drift table and decision; return the exit code (README)."""
+    if not _require_local(args):
+        return 2
+    models = list(MODEL_NAMES) if args.model == "all" else [args.model]
+    try:
+        arguments = parse_params(args.param, MONITOR)
+        for model in models:
+            retrain_arguments(model, dict(arguments.get("retrain_parameters") or {}))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    state_dir = Path(args.state_dir)
+    summaries = []
+    for number, model in enumerate(models, start=1):
+        print(f"==> [{number}/{len(models)}] drift check of {model}", flush=True)
+        summary = run_monitor_local(model, arguments, state_dir, verbose=args.verbose)
+        summaries.append(summary)
+        print(format_monitor_summary(summary))
+    code = 1 if any(s.exit_code == 1 for s in summaries) else 3 if any(s.exit_code == 3 for s in summaries) else 0
+    print(f"exit code {code}: {MONITOR_EXIT_MEANINGS[code]}")
+    return code
+
+
+def format_monitor_summary(summary: MonitorSummary) -> str:
+    """Return a drift check's table of the most drifted features, its decision and where its report and log are."""
+    if not summary.succeeded:
+        return f"  {summary.model_name}: {summary.error}\n  log: {summary.log}"
+    table = [line for line in Path(summary.report).read_text().splitlines() if line.startswith("|") and "---" not in line]
+    lines = [f"  {line}" for line in table]
+    lines.append(f"  decision: {summary.decision}: {summary.reason}")
+    if summary.retrain is not None:
+        lines.append(f"  retrain: {summary.retrain.version or '-'} {summary.retrain.outcome}")
+    lines.append(f"  report:   {summary.report}")
+    lines.append(f"  log:      {summary.log}")
+    return "\n".join(lines)
+
+
 def _rollout(args: argparse.Namespace) -> int:
     """Roll out a stored version locally (deploy, smoke-test, canary); return the exit code (README)."""
     if not _require_local(args):
@@ -95,6 +134,10 @@ def curl_line(url: str, model_name: str) -> str:
 
 EXIT_MEANINGS = {0: "every candidate was promoted or needed no rollout", 3: "a candidate was rejected or held back by a gate",
                  1: "a run failed"}
+MONITOR_EXIT_MEANINGS = {0: "no drift, or the retrain it started promoted its candidate or needed no rollout",
+                         3: "drift found but no retrain started (action=report, cooldown or a running retrain), or the retrain's "
+                            "candidate was rejected or held back",
+                         1: "a check or the retrain it started failed"}
 
 
 def format_summary(summaries: list[RunSummary], state_dir: Path) -> str:
@@ -327,7 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_local_options(rollout_verb)
     rollout_verb.set_defaults(handler=_rollout)
 
-    pipelines = [*MODEL_NAMES, ROLLOUT]
+    monitor_verb = verbs.add_parser("monitor", help="check models for drift against their stable version's profile; retrain on drift "
+                                    "with --param action=submit")
+    monitor_verb.add_argument("model", choices=[*MODEL_NAMES, "all"])
+    _add_local_options(monitor_verb)
+    monitor_verb.set_defaults(handler=_monitor)
+
+    pipelines = [*MODEL_NAMES, ROLLOUT, MONITOR]
     upload_verb = verbs.add_parser("upload", help="upload a pipeline, or a new version of it, to a KFP server (by name)")
     upload_verb.add_argument("pipeline", choices=[*pipelines, "all"])
     upload_verb.add_argument("--image", default=DEFAULT_IMAGE, help="component image to compile with")

@@ -21,8 +21,17 @@ from components.run_parameters import check as check_run_parameters
 from components.serving import ServingStatus
 from components.contract import MODEL_NAMES
 from components.storage import ModelStore, StoreError, champion_version, version_number
-from components.workflow import SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, open_store, state_dir as configured_state_dir
-from pipelines.retrain import BUILDERS, DEFAULT_IMAGE, ROLLOUT
+from components.workflow import (
+    RUN_LOCKS_ENV,
+    SERVING_HOME_ENV,
+    STORE_ROOT_ENV,
+    StoreOptions,
+    local_run_lock,
+    open_store,
+    state_dir as configured_state_dir,
+)
+from components.monitor import NO_ACTION, RETRAIN, record_trigger
+from pipelines.retrain import BUILDERS, DEFAULT_IMAGE, MONITOR, ROLLOUT
 from pipelines.run_log import RunLog
 
 DEFAULT_STATE_DIR = configured_state_dir()
@@ -152,7 +161,8 @@ def local_target(state_dir: Path) -> LocalTarget:
 @contextlib.contextmanager
 def _local_environment(state_dir: Path) -> Iterator[None]:
     """Point the step subprocesses at the state directory's store and serving home for the duration of a run."""
-    settings = {STORE_ROOT_ENV: str((state_dir / "store").resolve()), SERVING_HOME_ENV: str((state_dir / "serving").resolve())}
+    settings = {STORE_ROOT_ENV: str((state_dir / "store").resolve()), SERVING_HOME_ENV: str((state_dir / "serving").resolve()),
+                RUN_LOCKS_ENV: str((state_dir / "locks").resolve())}
     previous = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
@@ -163,6 +173,29 @@ def _local_environment(state_dir: Path) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_path: Path, verbose: bool, lock: str | None = None):
+    """Run ``pipeline`` with kfp.local in the state dir, its step output in the run log; return (task, "") or (None, error).
+
+    With ``lock``, the model's local run lock is held for the run, so that two local retrains or rollouts of a model
+    never overlap and the drift monitor sees the run as active.
+    """
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str((state_dir / "runs").resolve()), raise_on_error=True)
+    run_log = RunLog(log_path, sys.stdout, verbose)
+    with _local_environment(state_dir), warnings.catch_warnings(), contextlib.redirect_stdout(run_log), run_log:
+        # kfp.local warns about any image whose name lacks "python"; the project image is a Python image.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        # Display names and timeouts are for the dashboard and the cluster; kfp.local says it ignores them.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        try:
+            with local_run_lock(lock) if lock else contextlib.nullcontext():
+                return BUILDERS[pipeline](DEFAULT_IMAGE)(**arguments), ""
+        except StoreError as error:
+            return None, f"failed at start: {error}"
+        except RuntimeError as error:
+            failed = run_log.first_failure()
+            return None, f"failed at {failed.task}: {failed.result}" if failed else f"failed: {error}"
 
 
 def run_local(
@@ -178,20 +211,8 @@ def run_local(
         before = store.read_index(model_name)["versions"]
     except StoreError as error:
         return RunSummary(model_name, succeeded=False, outcome=f"failed at start: {error}", error=str(error))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str((state_dir / "runs").resolve()), raise_on_error=True)
     summary = RunSummary(model_name, succeeded=False, log=str(log_path))
-    run_log = RunLog(log_path, sys.stdout, verbose)
-    with _local_environment(state_dir), warnings.catch_warnings(), contextlib.redirect_stdout(run_log), run_log:
-        # kfp.local warns about any image whose name lacks "python"; the project image is a Python image.
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        # Display names and timeouts are for the dashboard and the cluster; kfp.local says it ignores them.
-        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        try:
-            task = BUILDERS[pipeline](DEFAULT_IMAGE)(**arguments)
-        except RuntimeError as error:
-            failed = run_log.first_failure()
-            summary.error = f"failed at {failed.task}: {failed.result}" if failed else f"failed: {error}"
-            task = None
+    task, summary.error = _execute(pipeline, arguments, state_dir, log_path, verbose, lock=model_name)
     evaluation_report = ""
     if task is not None:
         summary.succeeded = True
@@ -249,3 +270,57 @@ def _decision_line(report: Path) -> str:
         if line.startswith("**Decision:**"):
             return line.removeprefix("**Decision:**").strip()
     return "unknown"
+
+
+@dataclass
+class MonitorSummary:
+    """What one local drift check found and did, and what the retrain it started did."""
+
+    model_name: str
+    succeeded: bool = False
+    decision: str = ""
+    reason: str = ""
+    report: str = ""
+    log: str = ""
+    metrics: dict = field(default_factory=dict)
+    error: str = ""
+    retrain: RunSummary | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """Return 1 if the check failed, the retrain's code if one ran, 3 for drift not acted on, else 0."""
+        if not self.succeeded:
+            return 1
+        if self.retrain is not None:
+            return EXIT_CODES[self.retrain.kind]
+        return 0 if self.decision == NO_ACTION else 3
+
+
+def retrain_arguments(model_name: str, parameters: dict) -> dict[str, object]:
+    """Return ``retrain_parameters`` as the model's retrain pipeline arguments, typed and checked (ValueError names a problem)."""
+    as_text = [f"{name}={json.dumps(value) if isinstance(value, (dict, list, bool)) else value}" for name, value in parameters.items()]
+    try:
+        return parse_params(as_text, model_name)
+    except ValueError as error:
+        raise ValueError(f"retrain_parameters: {error}") from None
+
+
+def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, verbose: bool = False) -> MonitorSummary:
+    """Run the drift monitor with kfp.local (action=submit and drift: record the trigger, retrain locally); return what happened."""
+    log_path = (state_dir / "logs" / f"{MONITOR}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
+    summary = MonitorSummary(model_name, log=str(log_path))
+    # In the pipeline a retrain decision is only reported: starting a local run is this function's job, not a step's.
+    task, summary.error = _execute(MONITOR, {**arguments, "model_name": model_name, "action": "report"}, state_dir, log_path, verbose)
+    if task is None:
+        return summary
+    summary.succeeded = True
+    summary.decision, summary.reason = task.outputs["decision"], task.outputs["reason"]
+    summary.metrics = dict(task.outputs["metrics"].metadata)
+    summary.report = task.outputs["report"].path
+    if summary.decision == RETRAIN and arguments.get("action") == "submit":
+        store = open_run_store(arguments, state_dir)
+        record_trigger(store, model_name, str(store.read_index(model_name).get("stable")), summary.reason, f"a local run of {model_name}-retrain")
+        print(f"==> drift: retraining {model_name} locally", flush=True)
+        retrain = retrain_arguments(model_name, {"serving_target": "local", **dict(arguments.get("retrain_parameters") or {})})
+        summary.retrain = run_local(model_name, retrain, state_dir, verbose=verbose)
+    return summary

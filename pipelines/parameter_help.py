@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 PARAMETER_HELP = {
-    "model_name": "Which model to roll out: anomaly-detector or predictive-analytics.",
+    "model_name": "Which model to roll out or check: anomaly-detector or predictive-analytics.",
     "version": "The stored version to roll out, e.g. v3 (see `model-pipelines store list`).",
     "source": "Where training data comes from: synthetic (generated, the default), file (file_path) or prometheus (prometheus_url).",
     "file_path": "CSV or Parquet file of raw metrics when source=file (a path inside the step's pod, e.g. on the store PVC).",
@@ -62,6 +62,19 @@ PARAMETER_HELP = {
     "max_prediction_shift": "Canary limit: how far candidate predictions may move from stable's on the same inputs.",
     "failure_limit": "Failed or inconclusive analyses tolerated before rolling back.",
     "max_live_p95_latency_ms": "Canary limit on live traffic (needs prometheus_url): highest p95 latency in ms.",
+    "psi_threshold": "Drift: smallest population stability index of a feature's live window against its training bins that counts.",
+    "ks_excess": "Drift: how far a feature's KS statistic must exceed the largest of any training window of the same length, "
+                 "as a share of the way to 1 (0.35: a third of the remaining distance).",
+    "cooldown_hours": "Hours after a retrain (or a trigger) during which drift is reported but starts no retrain.",
+    "anomaly_rate_factor": "Drift: the detector's live anomaly rate may be at most this many times its validation rate.",
+    "forecast_bias_factor": "Drift: the forecaster's live mean forecast may be off the live mean by at most this many validation MAEs.",
+    "min_predictions": "Fewest live predictions in the window for the prediction checks; fewer: inconclusive, not a pass.",
+    "action": "What a retrain decision does: report (artifacts only) or submit (start the model's retrain pipeline).",
+    "dsp_api_url": "DSP (KFP) API address from inside the cluster for action=submit and the active-run check, e.g. "
+                   "https://ds-pipeline-dspa.<project>.svc:8443; the service-account token is sent over https only.",
+    "dsp_ca_bundle": "CA bundle file for the DSP API's TLS, e.g. the service CA; empty: the system CAs.",
+    "experiment": "Experiment of the retrain runs the monitor starts.",
+    "retrain_parameters": "Run parameters of the retrain the monitor starts, as a JSON object, e.g. {\"source\": \"prometheus\"}.",
 }
 
 

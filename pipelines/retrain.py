@@ -3,6 +3,8 @@
 Retrain: ingest → train → evaluate → If(deploy) save → deploy → smoke-test → If(passed) canary-promote,
 Else rollback, all inside an ExitHandler whose exit task leaves serving safe (stable serving, candidate at 0 %).
 Rollout: the same serving half for a version already in the store.
+Monitor: measure the live window's drift from the stable version's profile and decide → act: on a retrain decision
+start the model's retrain pipeline through the KFP API (action=submit) or only report it.
 """
 
 import inspect
@@ -18,6 +20,7 @@ from kfp.dsl import Markdown, Metrics
 from components import __version__, steps
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.evaluate import Gates
+from components.monitor import MonitorSettings
 from components.prometheus import TOKEN_ENV
 from components.rollout import CanarySpec
 from components.s3_store import DATA_CONNECTION_KEYS, DEFAULT_SECRET
@@ -28,10 +31,12 @@ from pipelines.platforms import DEFAULT_PLATFORM, PLATFORMS, STORES, Platform, a
 
 DEFAULT_IMAGE = f"image-registry.openshift-image-registry.svc:5000/self-healing-platform/model-pipelines:{__version__}"
 ROLLOUT = "model-rollout"
+MONITOR = "model-monitor"
 PIPELINE_FILES = {
     ANOMALY_DETECTOR: "anomaly-detector-retrain.yaml",
     PREDICTIVE_ANALYTICS: "predictive-analytics-retrain.yaml",
     ROLLOUT: "model-rollout.yaml",
+    MONITOR: "model-monitor.yaml",
 }
 STEP_FUNCTIONS = (
     steps.validate_parameters,
@@ -46,6 +51,8 @@ STEP_FUNCTIONS = (
     steps.canary_promote,
     steps.rollback,
     steps.ensure_safe_serving,
+    steps.monitor_drift,
+    steps.trigger_retrain,
 )
 DETECTOR = DetectorParams()
 FORECASTER = ForecasterParams()
@@ -53,8 +60,12 @@ GATES = Gates()
 CANARY = CanarySpec()
 DEFAULT_TARGET = "kserve"
 DEFAULT_PROMETHEUS_SECRET = "prometheus-token"
+DEFAULT_EXPERIMENT = "self-healing-models"
+MONITORING = MonitorSettings()
 # Every retraining pipeline returns its evaluation, so that local runs and the kfp client can summarise a run.
 PipelineOutputs = NamedTuple("PipelineOutputs", [("metrics", Metrics), ("report", Markdown)])
+# The monitor returns its drift metrics and report, and the decision with its reason.
+MonitorOutputs = NamedTuple("MonitorOutputs", [("metrics", Metrics), ("report", Markdown), ("decision", str), ("reason", str)])
 
 
 def make_components(image: str) -> SimpleNamespace:
@@ -70,7 +81,7 @@ def make_components(image: str) -> SimpleNamespace:
 # Upper bounds (activeDeadlineSeconds) for tasks with side effects, so that a hung step cannot hold a rollout open.
 TIMEOUTS_S = {
     "validate-parameters": 300, "ingest": 3600, "evaluate": 3600, "save-to-storage": 900, "deploy-inference-service": 3600, "smoke-test": 1800,
-    "canary-promote": 4 * 3600, "rollback": 3600, "ensure-safe-serving": 1800,
+    "canary-promote": 4 * 3600, "rollback": 3600, "ensure-safe-serving": 1800, "monitor-drift": 1800, "trigger-retrain": 600,
 }
 
 
@@ -103,7 +114,13 @@ def _with_prometheus_token(task: dsl.PipelineTask, p: dict) -> dsl.PipelineTask:
 
 
 # A model knob the pipeline lacks reaches the check as its (valid) default: kfp.local cannot pass an unset int.
-MODEL_KNOB_DEFAULTS = {**asdict(DETECTOR), **asdict(FORECASTER), **asdict(GATES)}
+MONITOR_KNOB_DEFAULTS = {
+    "psi_threshold": MONITORING.thresholds.psi, "ks_excess": MONITORING.thresholds.ks_excess, "cooldown_hours": MONITORING.cooldown_hours,
+    "anomaly_rate_factor": MONITORING.anomaly_rate_factor, "forecast_bias_factor": MONITORING.forecast_bias_factor,
+    "min_predictions": MONITORING.min_predictions, "action": "report", "dsp_api_url": "", "dsp_ca_bundle": "",
+    "experiment": DEFAULT_EXPERIMENT, "retrain_parameters": {},
+}
+MODEL_KNOB_DEFAULTS = {**asdict(DETECTOR), **asdict(FORECASTER), **asdict(GATES), **MONITOR_KNOB_DEFAULTS}
 
 
 def _validate(ops: SimpleNamespace, p: dict) -> dsl.PipelineTask:
@@ -383,10 +400,70 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
     return model_rollout
 
 
+def build_monitor_pipeline(image: str = DEFAULT_IMAGE):
+    """Return the drift monitor pipeline: one model per run, hourly on a schedule."""
+    ops = make_components(image)
+    # The monitor has no serving, canary or training-window knobs; the parameter check takes the rollout's defaults for them.
+    rollout_defaults = {name: spec.default for name, spec in build_rollout_pipeline(image).component_spec.inputs.items()}
+
+    @dsl.pipeline(
+        name="model-monitor",
+        description="Measure drift of the live metrics from the stable version's profile; retrain (or report) when it crosses the thresholds.",
+    )
+    @with_parameter_help("Check one model for drift and start its retrain pipeline when needed; return the drift report and decision.")
+    def model_monitor(
+        model_name: str = ANOMALY_DETECTOR,
+        source: str = "synthetic",
+        file_path: str = "",
+        seed: int = 7,
+        prometheus_url: str = "",
+        prometheus_secret: str = DEFAULT_PROMETHEUS_SECRET,
+        prometheus_ca_bundle: str = "",
+        prometheus_queries: dict = {},
+        prometheus_end: str = "",
+        psi_threshold: float = MONITORING.thresholds.psi,
+        ks_excess: float = MONITORING.thresholds.ks_excess,
+        cooldown_hours: float = MONITORING.cooldown_hours,
+        anomaly_rate_factor: float = MONITORING.anomaly_rate_factor,
+        forecast_bias_factor: float = MONITORING.forecast_bias_factor,
+        min_predictions: int = MONITORING.min_predictions,
+        action: str = "report",
+        dsp_api_url: str = "",
+        dsp_ca_bundle: str = "",
+        experiment: str = DEFAULT_EXPERIMENT,
+        retrain_parameters: dict = {},
+        model_store: str = "pvc",
+        pvc_name: str = DEFAULT_PVC,
+        s3_prefix: str = "models",
+        s3_secret: str = DEFAULT_SECRET,
+        s3_verify: bool = True,
+        s3_ca_bundle: str = "",
+    ) -> MonitorOutputs:
+        p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
+        monitor = _with_prometheus_token(_side_effect(ops.monitor_drift(
+            model_name=model_name, source=source, file_path=file_path, seed=seed, prometheus_url=prometheus_url,
+            prometheus_secret=prometheus_secret, prometheus_ca_bundle=prometheus_ca_bundle, prometheus_queries=prometheus_queries,
+            prometheus_end=prometheus_end, psi_threshold=psi_threshold, ks_excess=ks_excess, cooldown_hours=cooldown_hours,
+            anomaly_rate_factor=anomaly_rate_factor, forecast_bias_factor=forecast_bias_factor, min_predictions=min_predictions,
+            dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, **_store(p),
+        ).after(_validate(ops, {**rollout_defaults, **p})), p), p).set_display_name("Measure drift and decide")
+        # No dsl.If on the decision: kfp.local cannot resolve a named output in a condition, so the step decides itself.
+        _side_effect(ops.trigger_retrain(
+            model_name=model_name, decision=monitor.outputs["decision"], stable_version=monitor.outputs["stable_version"],
+            reason=monitor.outputs["reason"], action=action, dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, experiment=experiment,
+            retrain_parameters=retrain_parameters, **_store(p),
+        ), p).set_display_name("Act on the decision")
+        return MonitorOutputs(metrics=monitor.outputs["metrics"], report=monitor.outputs["report"],
+                              decision=monitor.outputs["decision"], reason=monitor.outputs["reason"])
+
+    return model_monitor
+
+
 BUILDERS = {
     ANOMALY_DETECTOR: build_anomaly_detector_pipeline,
     PREDICTIVE_ANALYTICS: build_predictive_analytics_pipeline,
     ROLLOUT: build_rollout_pipeline,
+    MONITOR: build_monitor_pipeline,
 }
 
 

@@ -4,14 +4,23 @@ import json
 
 import pytest
 
-from benchmarks.local_run import main
+from benchmarks.local_run import main, timed
 
 
 def test_local_run_benchmark_reports_both_timings_and_their_ratio(tmp_path):
+    """Both sides must run the whole DAG to v1 serving (a failed run raises), so the ratio compares like with like."""
     main(["--model", "predictive-analytics", "--repeats", "1", "--json", str(tmp_path / "out.json")])
     result = json.loads((tmp_path / "out.json").read_text())["predictive-analytics"]
     assert result["local_run_s"] > 0 and result["direct_s"] > 0
     assert result["ratio"] == pytest.approx(result["local_run_s"] / result["direct_s"], rel=0.05)
+
+
+def test_a_run_that_serves_nothing_is_an_error_not_a_timing(tmp_path):
+    def stops_after_training(model_name, state_dir):
+        return None
+
+    with pytest.raises(RuntimeError, match="stops_after_training of predictive-analytics ended with nothing serving"):
+        timed(stops_after_training, "predictive-analytics", tmp_path)
 
 
 def test_serving_benchmark_reports_ratios_against_in_process_predict(tmp_path):

@@ -2,12 +2,26 @@
 
 import json
 
+import joblib
 import numpy as np
 
+import pytest
+
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, engineer_features, schema_for
-from components.drift import bin_fractions, feature_profile
+from components.drift import (
+    DriftThresholds,
+    bin_fractions,
+    deseasonalised_features,
+    drift_profile,
+    feature_profile,
+    ks_statistic,
+    measure_drift,
+    season_slots,
+    window_ks_maximum,
+)
 from components.ingest import IngestRequest, ingest
-from components.train import DetectorParams, train_anomaly_detector
+from components.synthetic import generate_cluster_metrics
+from components.train import REFERENCE_ROWS, DetectorParams, train_anomaly_detector
 
 
 def test_profile_bins_hold_the_training_quantiles_and_live_values_outside_still_land():
@@ -21,7 +35,7 @@ def test_profile_bins_hold_the_training_quantiles_and_live_values_outside_still_
     assert collapsed["edges"] == [0.0, 1.0] and collapsed["fractions"] == [0.99, 0.01], "repeated edges collapse"
 
 
-def test_each_stored_version_keeps_a_profile_of_a_few_kb(two_runs):
+def test_each_stored_version_keeps_a_profile_of_a_few_kb_and_its_reference_predictions(two_runs):
     state, _, _ = two_runs
     for model in (ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS):
         record = json.loads((state / "store" / model / "v2" / "version.json").read_text())
@@ -33,13 +47,46 @@ def test_each_stored_version_keeps_a_profile_of_a_few_kb(two_runs):
             assert profile["validation"]["anomaly_rate"] == record["metrics"]["anomaly_rate"]
         else:
             assert set(profile["validation"]) == {f"mae_{name}" for name in schema_for(model).metric_names} | {"mae_mean"}
+        reference = record["reference"]
+        model_file = state / "store" / model / "v2" / "model.pkl"
+        instances = np.asarray(reference["instances"])
+        assert instances.shape == (REFERENCE_ROWS, schema_for(model).n_features) and len(np.unique(instances, axis=0)) == REFERENCE_ROWS
+        assert np.array_equal(joblib.load(model_file).predict(instances), np.asarray(reference["predictions"])), "what the smoke test expects"
 
 
-def test_the_profile_describes_the_training_inputs():
+def test_the_profile_describes_the_deseasonalised_training_inputs():
     data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=4))
     trained = train_anomaly_detector(data.train, DetectorParams())
-    features = engineer_features(data.train, ANOMALY_DETECTOR)
-    cpu = trained.profile["node_cpu_utilization__value"]
-    assert cpu["edges"][0] == float(f"{features['node_cpu_utilization__value'].min():.6g}") and np.isclose(sum(cpu["fractions"]), 1.0)
-    median = float(np.median(features["node_cpu_utilization__value"]))
-    assert cpu["edges"][5] == float(f"{median:.6g}")
+    seasonal = trained.profile["seasonal"]["node_cpu_utilization"]
+    slots = season_slots(data.train["timestamp"])
+    afternoon = data.train["node_cpu_utilization"].to_numpy()[slots == 15]
+    assert len(seasonal) == 48 and seasonal[15] == float(f"{np.median(afternoon):.6g}") and seasonal[15] > seasonal[3], "the daily cycle"
+    names, features = deseasonalised_features(data.train, ANOMALY_DETECTOR, trained.profile["seasonal"])
+    column = names.index("node_cpu_utilization__value")
+    cpu = trained.profile["features"]["node_cpu_utilization__value"]
+    assert cpu["edges"][0] == float(f"{features[:, column].min():.6g}") and np.isclose(sum(cpu["fractions"]), 1.0)
+    assert cpu["edges"][5] == float(f"{np.median(features[:, column]):.6g}")
+    raw_std = engineer_features(data.train, ANOMALY_DETECTOR)["node_cpu_utilization__std_5m"].to_numpy()
+    assert np.allclose(features[:, names.index("node_cpu_utilization__std_5m")], raw_std), "spreads are not deseasonalised"
+
+
+def test_the_null_ks_is_the_largest_of_every_training_window():
+    rng = np.random.default_rng(3)
+    values = np.r_[rng.normal(0, 1, 600), rng.normal(0.8, 1, 300)]
+    bins = feature_profile(["x"], values[:, None])["x"]
+    brute = max(ks_statistic(np.asarray(bins["fractions"]), bin_fractions(bins["edges"], values[end - 120:end]))
+                for end in range(120, len(values) + 1, 5))
+    assert window_ks_maximum(bins, values, 120, stride=5) == pytest.approx(brute)
+
+
+def test_stationary_days_do_not_drift_and_a_cpu_shift_does():
+    train = generate_cluster_metrics(PREDICTIVE_ANALYTICS, days=7, seed=1)
+    profile = drift_profile(train, PREDICTIVE_ANALYTICS)
+    live = generate_cluster_metrics(PREDICTIVE_ANALYTICS, days=3, seed=2)
+    window = profile["window_minutes"]
+    quiet = [measure_drift(profile, live.iloc[end - window:end], PREDICTIVE_ANALYTICS) for end in range(window, len(live), 360)]
+    assert not any(drift.drifted(DriftThresholds()) for check in quiet for drift in check)
+    shifted = live.iloc[-window:].copy()
+    shifted["cpu"] = np.clip(shifted["cpu"] + 0.2, 0, 1)
+    top = measure_drift(profile, shifted, PREDICTIVE_ANALYTICS)[0]
+    assert top.feature == "cpu" and top.drifted(DriftThresholds()) and top.psi > 1 and top.score > 0.5, top

@@ -79,10 +79,10 @@ def served(tmp_path_factory, training):
         run_cli("serve", "stop", "--state-dir", str(state))
 
 
-def save(store: FilesystemStore, estimator, state: Path) -> str:
+def save(store: FilesystemStore, estimator, state: Path, **record) -> str:
     path = state / "candidate.pkl"
     joblib.dump(estimator, path)
-    return store.save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}).version
+    return store.save_version(ANOMALY_DETECTOR, path, {"run_name": "test", **record}).version
 
 
 def status(state: Path) -> dict:
@@ -178,6 +178,21 @@ def test_candidate_whose_file_does_not_match_its_checksum_is_refused(served, tra
     entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
     assert entry["status"] == "rejected" and "does not match the recorded" in entry["rejected_reason"]
     assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}
+
+
+def test_a_server_that_does_not_reproduce_the_recorded_predictions_is_rejected_at_smoke(served, training):
+    """The version's model.pkl is not the model whose predictions its record holds: the smoke test says so."""
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    recorded = train_anomaly_detector(training.train, DetectorParams()).reference
+    version = save(store, alarmist_model(training), state, reference=recorded)
+    result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST)
+    assert result.returncode == 3, result.stdout[-3000:]
+    entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
+    assert entry["rejected_reason"] == (
+        f"rejected at smoke-test: equals stored version offline: served predictions DIFFER from {version}'s predictions "
+        f"recorded at training on {len(recorded['instances'])} instances"), entry["rejected_reason"]
+    assert status(state)["stable"] == stable and router_requests(status(state)["url"], version) == 0
 
 
 def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(served, training):

@@ -1,0 +1,268 @@
+"""The drift monitor: measure a recent window of live metrics against the stable version's profile, decide, act.
+
+One check per model: ``assess`` measures every input feature's drift (``drift.measure_drift``) and what the model
+answered (the detector's live anomaly rate, the forecaster's live bias, both from the runtime's own metrics) against
+what validation showed; ``decide`` turns that into ``retrain``, ``none`` or ``held`` (drift, but a retrain ran or was
+triggered within the cooldown, or one is still running); the caller acts on it and ``record_trigger`` writes the
+trigger into the store's index history, which is also where the cooldown is read from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from components.contract import ANOMALY_DETECTOR, schema_for
+from components.drift import DriftThresholds, FeatureDrift, measure_drift
+from components.storage import ModelStore, utc_now
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from components.prometheus import PrometheusClient
+
+RETRAIN, NO_ACTION, HELD = "retrain", "none", "held"
+TRIGGER_EVENT = "retrain-triggered"
+RETRAIN_EVENTS = (TRIGGER_EVENT, "saved")  # what starts the cooldown: a trigger, or a version saved by any retrain
+TOP_FEATURES = 5
+
+
+class MonitorError(RuntimeError):
+    """The check cannot be made (no stable version, no profile); the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """What counts as drift and how often a retrain may follow it."""
+
+    thresholds: DriftThresholds = field(default_factory=DriftThresholds)
+    cooldown_hours: float = 24.0
+    anomaly_rate_factor: float = 3.0  # live anomaly rate above this many times validation's is drift
+    forecast_bias_factor: float = 3.0  # live mean forecast off the live mean by more than this many validation MAEs
+    min_predictions: int = 100  # fewer live predictions than this: the prediction check is inconclusive
+
+
+@dataclass(frozen=True)
+class PredictionCheck:
+    """One check of what the served model answered in the window; ``measured`` is False when there was no data."""
+
+    name: str
+    measured: bool
+    drifted: bool
+    detail: str
+
+
+@dataclass
+class Assessment:
+    """Everything one check measured for a model."""
+
+    model_name: str
+    stable_version: str
+    window: str
+    thresholds: DriftThresholds
+    features: list[FeatureDrift]
+    predictions: list[PredictionCheck]
+
+    @property
+    def drifted_features(self) -> list[FeatureDrift]:
+        """Return the features whose drift passes both thresholds, most drifted first."""
+        return [drift for drift in self.features if drift.drifted(self.thresholds)]
+
+    @property
+    def drift_score(self) -> float:
+        """Return the largest feature score (0-1): the value exported and alerted on."""
+        return max((drift.score for drift in self.features), default=0.0)
+
+    @property
+    def drifted(self) -> bool:
+        """Return whether any feature or prediction check found drift."""
+        return bool(self.drifted_features) or any(check.drifted for check in self.predictions)
+
+    def reason(self) -> str:
+        """Return one line naming what drifted, with numbers, or that nothing did."""
+        parts = [f"{drift.feature} PSI {drift.psi:.2f}, KS {drift.ks:.2f} (training windows up to {drift.ks_null:.2f})"
+                 for drift in self.drifted_features[:3]]
+        more = len(self.drifted_features) - 3
+        parts += [f"{more} more feature(s)"] if more > 0 else []
+        parts += [f"{check.name}: {check.detail}" for check in self.predictions if check.drifted]
+        if parts:
+            return "drift: " + "; ".join(parts)
+        return f"no drift in {len(self.features)} features (largest score {self.drift_score:.2f} < {self.thresholds.ks_excess:g})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the monitor does about an assessment, and why."""
+
+    action: str
+    reason: str
+
+
+def stable_profile(store: ModelStore, model_name: str) -> tuple[str, dict]:
+    """Return the stable version and its profile, or raise MonitorError naming what is missing and the fix."""
+    stable = store.read_index(model_name).get("stable")
+    if not stable:
+        raise MonitorError(f"{model_name} has no stable version in {store.location}: run its retrain pipeline first")
+    profile = store.version_record(model_name, stable).get("profile") or {}
+    if "seasonal" not in profile or "features" not in profile:
+        raise MonitorError(f"{model_name} {stable} was saved without a drift profile (an older release); retrain once to record one")
+    return stable, profile
+
+
+def assess(
+    profile: dict, stable_version: str, live_raw: pd.DataFrame, window: str, model_name: str, settings: MonitorSettings,
+    predictions: list[PredictionCheck],
+) -> Assessment:
+    """Measure every feature's drift of ``live_raw`` from ``profile`` and bundle it with the prediction checks."""
+    return Assessment(model_name, stable_version, window, settings.thresholds, measure_drift(profile, live_raw, model_name), predictions)
+
+
+def live_prediction_stats(client: PrometheusClient, model_name: str, version: str, window_minutes: int, end: dt.datetime) -> dict:
+    """Return what the runtime counted for ``version`` in the window: detector outcomes, or forecast sums and counts."""
+    selector = f'model="{model_name}",version="{version}"'
+    total = _scalar(client, f"sum(increase(kserve_inference_requests_total{{{selector}}}[{window_minutes}m]))", end)
+    if model_name == ANOMALY_DETECTOR:
+        outcomes = {outcome: _scalar(client, f'sum(increase(model_predictions_total{{{selector},outcome="{outcome}"}}[{window_minutes}m]))', end)
+                    for outcome in ("anomaly", "normal")}
+        return {"requests": total, **outcomes}
+    forecasts = {}
+    for output in schema_for(model_name).metric_names:
+        labelled = f'{selector},output="{output}"'
+        forecasts[output] = {
+            "sum": _scalar(client, f"sum(increase(model_forecast_sum{{{labelled}}}[{window_minutes}m]))", end),
+            "count": _scalar(client, f"sum(increase(model_forecast_count{{{labelled}}}[{window_minutes}m]))", end),
+        }
+    return {"requests": total, "forecasts": forecasts}
+
+
+def _scalar(client: PrometheusClient, query: str, end: dt.datetime) -> float:
+    """Return an instant query's single value at ``end`` (0 when the series does not exist)."""
+    result = client.query(query, at=end)
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def unmeasured_predictions(why: str) -> list[PredictionCheck]:
+    """Return the prediction check of a window whose live predictions could not be read, saying why."""
+    return [PredictionCheck("predictions", False, False, f"not measured: {why}")]
+
+
+def prediction_checks(model_name: str, validation: dict, live_raw: pd.DataFrame, stats: dict, settings: MonitorSettings) -> list[PredictionCheck]:
+    """Return the checks of what the model answered: anomaly rate against validation's, or forecast bias per output."""
+    if model_name == ANOMALY_DETECTOR:
+        answered = stats["anomaly"] + stats["normal"]
+        if answered < settings.min_predictions:
+            return [PredictionCheck("anomaly rate", False, False, f"inconclusive: {answered:.0f} live predictions < {settings.min_predictions}")]
+        live_rate, reference = stats["anomaly"] / answered, validation.get("anomaly_rate")
+        if reference is None:
+            return [PredictionCheck("anomaly rate", False, False, f"live {live_rate:.3f}; the profile has no validation anomaly rate")]
+        limit = max(settings.anomaly_rate_factor * reference, 0.01)
+        return [PredictionCheck("anomaly rate", True, live_rate > limit,
+                                f"live {live_rate:.3f} on {answered:.0f} predictions, validation {reference:.3f} (limit {limit:.3f})")]
+    checks = []
+    for output, forecast in stats["forecasts"].items():
+        if forecast["count"] < settings.min_predictions:
+            checks.append(PredictionCheck(f"{output} forecast", False, False, f"inconclusive: {forecast['count']:.0f} live forecasts < {settings.min_predictions}"))
+            continue
+        bias = forecast["sum"] / forecast["count"] - float(live_raw[output].mean())
+        mae = validation.get(f"mae_{output}")
+        if not mae:
+            checks.append(PredictionCheck(f"{output} forecast", False, False, f"bias {bias:+.3f}; the profile has no validation MAE"))
+            continue
+        limit = settings.forecast_bias_factor * mae
+        checks.append(PredictionCheck(f"{output} forecast", True, abs(bias) > limit,
+                                      f"live bias {bias:+.3f} on {forecast['count']:.0f} forecasts, limit {limit:.3f} ({settings.forecast_bias_factor:g} x validation MAE)"))
+    return checks
+
+
+def last_retrain(index: dict) -> dt.datetime | None:
+    """Return when the model was last retrained or a retrain was triggered, from the index history."""
+    times = [dt.datetime.fromisoformat(event["at"]) for event in index.get("history", []) if event.get("event") in RETRAIN_EVENTS]
+    return max(times, default=None)
+
+
+def decide(assessment: Assessment, index: dict, now: dt.datetime, settings: MonitorSettings, active_run: str | None) -> Decision:
+    """Return ``retrain`` only when drift was found, the cooldown has passed and no retrain of the model is running."""
+    if not assessment.drifted:
+        return Decision(NO_ACTION, assessment.reason())
+    if active_run:
+        return Decision(HELD, f"{assessment.reason()}; held: a retrain is still running ({active_run})")
+    last = last_retrain(index)
+    if last is not None and now - last < dt.timedelta(hours=settings.cooldown_hours):
+        until = last + dt.timedelta(hours=settings.cooldown_hours)
+        return Decision(HELD, f"{assessment.reason()}; held: last retrain at {last:%Y-%m-%d %H:%M} UTC, cooldown "
+                              f"{settings.cooldown_hours:g} h until {until:%Y-%m-%d %H:%M} UTC")
+    return Decision(RETRAIN, assessment.reason())
+
+
+def record_trigger(store: ModelStore, model_name: str, stable_version: str, reason: str, run: str) -> None:
+    """Append the trigger, its reason and the run it started to the model's index history (starts the cooldown)."""
+
+    def append(index: dict) -> None:
+        index["history"].append({"at": utc_now(), "event": TRIGGER_EVENT, "version": stable_version, "detail": f"{reason}; started {run}"})
+
+    store.update_index(model_name, append)
+
+
+def drift_table(assessment: Assessment, top: int = TOP_FEATURES) -> list[str]:
+    """Return the most drifted features as fixed-width lines for the terminal."""
+    lines = [f"  {'feature':<40} {'PSI':>7} {'KS':>6} {'train':>6} {'score':>6}  drifted"]
+    for drift in assessment.features[:top]:
+        lines.append(f"  {drift.feature:<40} {drift.psi:7.3f} {drift.ks:6.3f} {drift.ks_null:6.3f} {drift.score:6.3f}  "
+                     f"{'YES' if drift.drifted(assessment.thresholds) else 'no'}")
+    lines += [f"  {check.name}: {check.detail}" for check in assessment.predictions]
+    return lines
+
+
+def markdown_report(assessment: Assessment, decision: Decision, plot_name: str = "") -> str:
+    """Return the Markdown report: decision, thresholds, the top drifted features and the prediction checks."""
+    thresholds = assessment.thresholds
+    lines = [
+        f"# Drift check: {assessment.model_name} (stable {assessment.stable_version})",
+        "",
+        f"**Decision: {decision.action}** - {html.escape(decision.reason, quote=False)}",
+        "",
+        f"Window: {html.escape(assessment.window, quote=False)}. A feature drifts when its PSI >= {thresholds.psi:g} and its KS statistic "
+        f"exceeds the largest of any training window of the same length by {thresholds.ks_excess:g} of the way to 1 (score).",
+        "",
+        "| feature | PSI | KS | KS of training windows | score | drifted |",
+        "|---|---|---|---|---|---|",
+    ]
+    for drift in assessment.features[:TOP_FEATURES]:
+        lines.append(f"| {drift.feature} | {drift.psi:.3f} | {drift.ks:.3f} | {drift.ks_null:.3f} | {drift.score:.3f} | "
+                     f"{'**yes**' if drift.drifted(thresholds) else 'no'} |")
+    lines += ["", "| prediction check | measured | drifted | detail |", "|---|---|---|---|"]
+    lines += [f"| {check.name} | {'yes' if check.measured else 'no'} | {'**yes**' if check.drifted else 'no'} | {html.escape(check.detail, quote=False)} |"
+              for check in assessment.predictions]
+    if plot_name:
+        lines += ["", f"![reference against live distributions]({plot_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def distribution_plot(assessment: Assessment, profile: dict, top: int = 3) -> bytes:
+    """Return a PNG of the training (reference) against the live bin fractions of the ``top`` most drifted features."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = assessment.features[:top]
+    figure, axes = plt.subplots(1, max(len(shown), 1), figsize=(4.5 * max(len(shown), 1), 3.2), squeeze=False)
+    for axis, drift in zip(axes[0], shown):
+        reference = profile["features"][drift.feature]["fractions"]
+        positions = np.arange(len(reference))
+        axis.bar(positions - 0.2, reference, width=0.4, label="training")
+        axis.bar(positions + 0.2, drift.live_fractions, width=0.4, label="live")
+        axis.set_title(f"{drift.feature}\nPSI {drift.psi:.2f}  KS {drift.ks:.2f}", fontsize=9)
+        axis.set_xlabel("training quantile bin (deseasonalised)")
+        axis.set_ylabel("fraction of minutes")
+    axes[0][0].legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return buffer.getvalue()
