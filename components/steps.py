@@ -478,10 +478,9 @@ def monitor_drift(
     from components.workflow import StoreOptions, active_local_run, monitor_step
 
     if dsp_api_url:
-        from pipelines import kfp_remote
+        from components.dsp_api import DspApi
 
-        connection = kfp_remote.resolve_connection(dsp_api_url, None, dsp_ca_bundle or None, None)
-        active = ", ".join(kfp_remote.active_runs(kfp_remote.connect(connection), f"{model_name}-retrain")) or None
+        active = ", ".join(DspApi(dsp_api_url, dsp_ca_bundle).active_runs(f"{model_name}-retrain")) or None
     else:
         active = active_local_run(model_name)
     settings = MonitorSettings(DriftThresholds(psi_threshold, ks_excess), cooldown_hours, anomaly_rate_factor, forecast_bias_factor, min_predictions)
@@ -531,12 +530,11 @@ def trigger_retrain(
         return ""
     if not dsp_api_url:
         raise ValueError("action=submit needs dsp_api_url, the DSP API's in-cluster address, e.g. https://ds-pipeline-dspa.<project>.svc:8443")
-    from pipelines import kfp_remote
+    from components.dsp_api import DspApi
 
-    connection = kfp_remote.resolve_connection(dsp_api_url, None, dsp_ca_bundle or None, None)
-    run = kfp_remote.submit(kfp_remote.connect(connection), f"{model_name}-retrain", dict(retrain_parameters), experiment, connection.host,
-                            run_name=f"{model_name}-retrain-on-drift")
+    pipeline = f"{model_name}-retrain"
+    run_id = DspApi(dsp_api_url, dsp_ca_bundle).start_run(pipeline, dict(retrain_parameters), experiment, f"{pipeline}-on-drift")
     store = open_store(StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle))
-    record_trigger(store, model_name, stable_version, reason, f"run {run.run_id} of {model_name}-retrain")
-    print(f"result: started run {run.run_id} of {model_name}-retrain")
-    return run.run_id
+    record_trigger(store, model_name, stable_version, reason, f"run {run_id} of {pipeline}")
+    print(f"result: started run {run_id} of {pipeline}")
+    return run_id

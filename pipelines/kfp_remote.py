@@ -19,9 +19,8 @@ from typing import Callable
 
 import requests
 
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}  # a token may go over plain http only to this machine
-ACTIVE_STATES = {"PENDING", "RUNNING", "PAUSED", "CANCELING"}
+from components.dsp_api import LOOPBACK_HOSTS, SERVICE_ACCOUNT_TOKEN
+
 FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}
 
 
@@ -137,16 +136,6 @@ def latest_version(client, pipeline_name: str, host: str) -> tuple[str, str]:
     if not versions:
         raise RemoteError(f"pipeline {pipeline_name!r} has no versions on {host}; upload it again")
     return pipeline_id, versions[0].pipeline_version_id
-
-
-def active_runs(client, pipeline_name: str, newest: int = 100) -> list[str]:
-    """Return 'run <id> (<state>)' for each run of the pipeline, any version, among the ``newest`` runs that has not ended."""
-    pipeline_id = client.get_pipeline_id(pipeline_name)
-    if pipeline_id is None:
-        return []
-    runs = client.list_runs(page_size=newest, sort_by="created_at desc").runs or []
-    return [f"run {run.run_id} ({run.state})" for run in runs
-            if run.pipeline_version_reference and run.pipeline_version_reference.pipeline_id == pipeline_id and str(run.state) in ACTIVE_STATES]
 
 
 def check_uploaded_inputs(client, pipeline_id: str, version_id: str, arguments: dict, pipeline_name: str) -> None:

@@ -186,6 +186,9 @@ class KfpStandIn:
                 run = {**record["json"], "run_id": str(uuid.uuid4()), "created_at": _now(), "state": self.run_states[0]}
                 self.runs[run["run_id"]] = run
                 return 200, run
+            if method == "GET" and len(parts) == 1:
+                runs = self._sorted(self._filtered(list(self.runs.values()), query), query)[: int(query.get("page_size") or 10)]
+                return 200, {"runs": runs, "total_size": len(runs)}
             if method == "GET" and len(parts) == 2 and parts[1] in self.runs:
                 polls = self.run_polls[parts[1]] = self.run_polls.get(parts[1], 0) + 1
                 run = self.runs[parts[1]]

@@ -1,0 +1,211 @@
+"""The drift monitor: a real Prometheus backfilled with live metrics, the compiled model-monitor pipeline run by
+kfp.local against the KFP API stand-in, and the `monitor` CLI on this machine."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.contract import PREDICTIVE_ANALYTICS
+from components.synthetic import generate_cluster_metrics
+from components.workflow import RUN_LOCKS_ENV, local_run_lock
+from tests.conftest import FAST_CANARY, REPO, run_cli
+from tests.kfp_standin import KfpStandIn
+from tests.servers import PrometheusServer
+
+FORECASTER = PREDICTIVE_ANALYTICS
+METRICS = ("cpu", "memory", "disk", "network_in", "network_out")
+QUERIES = {name: f"avg(test_{name})" for name in METRICS}
+TOKEN = "kfp-test-token"
+SHIFT_MINUTES = 180
+RETRAIN_PARAMETERS = {"source": "prometheus", "days": 3}
+
+
+def shifted(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return ``frame`` with cpu 0.2 higher over its last SHIFT_MINUTES minutes."""
+    frame = frame.copy()
+    frame.loc[frame.index[-SHIFT_MINUTES:], "cpu"] = np.clip(frame["cpu"].iloc[-SHIFT_MINUTES:] + 0.2, 0, 1)
+    return frame
+
+
+def openmetrics(frame: pd.DataFrame) -> str:
+    """One gauge per metric, a sample a minute; network as bytes/s, the unit ingest scales from."""
+    seconds = frame.timestamp.astype("int64") // 10**9
+    lines = []
+    for name in METRICS:
+        scale = 125e6 if name.startswith("network") else 1.0
+        lines.append(f"# TYPE test_{name} gauge")
+        lines += [f"test_{name} {value * scale} {ts}" for ts, value in zip(seconds, frame[name])]
+    return "\n".join(lines) + "\n# EOF\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store whose forecaster v1 (with its drift profile, from the default ten days) is stable; serving stopped."""
+    state = tmp_path_factory.mktemp("trained")
+    try:
+        result = run_cli("run", FORECASTER, "--local", "--state-dir", str(state), *FAST_CANARY)
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))
+    assert result.returncode == 0, result.stdout[-3000:]
+    return state
+
+
+def copy_of(trained: Path, tmp_path: Path) -> Path:
+    """Return a state dir holding a copy of the trained store, so that each test starts from the same history."""
+    state = tmp_path / "state"
+    shutil.copytree(trained / "store", state / "store")
+    return state
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A Prometheus holding a day of live metrics whose last three hours have cpu +0.2; the KFP stand-in with the
+    forecaster's retrain pipeline uploaded. Yields (prometheus, kfp, end of the shifted window, end of a quiet one)."""
+    frame = shifted(generate_cluster_metrics(FORECASTER, days=1, seed=31))
+    prometheus = PrometheusServer(tmp_path_factory.mktemp("prometheus"))
+    prometheus.backfill(openmetrics(frame))
+    prometheus.start()
+    kfp = KfpStandIn(token=TOKEN, run_states=("PENDING",)).start()
+    try:
+        uploaded = run_cli("upload", FORECASTER, "--host", kfp.url, env={"KF_PIPELINES_TOKEN": TOKEN}, timeout=300)
+        assert uploaded.returncode == 0, uploaded.stdout
+        end = frame.timestamp.iloc[-1] + pd.Timedelta(minutes=1)
+        yield prometheus, kfp, end.isoformat(), (end - pd.Timedelta(minutes=SHIFT_MINUTES + 60)).isoformat()
+    finally:
+        kfp.stop()
+        prometheus.stop()
+
+
+def monitor_pipeline_process(state: Path, **arguments) -> subprocess.CompletedProcess:
+    """Run compiled/model-monitor.yaml with kfp.local on ``state``'s store, with a KFP token in the environment."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from kfp import components, local
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root="runs", raise_on_error=True)
+        pipeline = components.load_component_from_file({str(REPO / "compiled" / "model-monitor.yaml")!r})
+        task = pipeline(**json.loads(sys.argv[1]))
+        print("OUTPUTS " + json.dumps({{"decision": task.outputs["decision"], "reason": task.outputs["reason"]}}))
+        """
+    )
+    env = {**{key: value for key, value in os.environ.items() if not key.startswith("MODEL_")},
+           "MODEL_STORE_ROOT": str(state / "store"), "KF_PIPELINES_TOKEN": TOKEN}
+    return subprocess.run([sys.executable, "-c", script, json.dumps(arguments)], cwd=state, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_monitor_pipeline(state: Path, **arguments) -> dict:
+    """Run the monitor pipeline (``monitor_pipeline_process``); return its decision and reason."""
+    result = monitor_pipeline_process(state, **arguments)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert TOKEN not in result.stdout + result.stderr, "the token is never printed"
+    return json.loads(next(line for line in result.stdout.splitlines() if line.startswith("OUTPUTS ")).removeprefix("OUTPUTS "))
+
+
+def test_a_shifted_window_in_prometheus_submits_the_retrain_then_an_active_run_and_the_cooldown_hold_it(trained, live, tmp_path):
+    prometheus, kfp, shifted_end, quiet_end = live
+    state = copy_of(trained, tmp_path)
+    common = {"model_name": FORECASTER, "source": "prometheus", "prometheus_url": prometheus.url, "prometheus_queries": QUERIES,
+              "action": "submit", "dsp_api_url": kfp.url, "retrain_parameters": RETRAIN_PARAMETERS, "experiment": "drift"}
+
+    quiet = run_monitor_pipeline(state, **common, prometheus_end=quiet_end, cooldown_hours=0.0)
+    assert quiet["decision"] == "none" and quiet["reason"].startswith("no drift in 5 features"), quiet
+    assert kfp.sent("POST", "/apis/v2beta1/runs") == []
+
+    drifted = run_monitor_pipeline(state, **common, prometheus_end=shifted_end, cooldown_hours=0.0)
+    assert drifted["decision"] == "retrain" and drifted["reason"].startswith("drift: cpu PSI "), drifted
+    (post,) = kfp.sent("POST", "/apis/v2beta1/runs")
+    pipeline_id = next(pipeline_id for pipeline_id, pipeline in kfp.pipelines.items() if pipeline["display_name"] == f"{FORECASTER}-retrain")
+    (version,) = kfp.versions[pipeline_id]
+    experiment_id = next(experiment_id for experiment_id, e in kfp.experiments.items() if e["display_name"] == "drift")
+    assert post["json"] == {
+        "display_name": f"{FORECASTER}-retrain-on-drift",
+        "experiment_id": experiment_id,
+        "pipeline_version_reference": {"pipeline_id": pipeline_id, "pipeline_version_id": version["pipeline_version_id"]},
+        "runtime_config": {"parameters": RETRAIN_PARAMETERS},
+    }
+    assert post["headers"]["authorization"] == f"Bearer {TOKEN}"
+    (run_id,) = kfp.runs
+    index = json.loads((state / "store" / FORECASTER / "metadata.json").read_text())
+    trigger = index["history"][-1]
+    assert trigger["event"] == "retrain-triggered" and trigger["version"] == "v1"
+    assert trigger["detail"] == f"{drifted['reason']}; started run {run_id} of {FORECASTER}-retrain"
+
+    running = run_monitor_pipeline(state, **common, prometheus_end=shifted_end, cooldown_hours=0.0)
+    assert running["decision"] == "held" and running["reason"].endswith(f"held: a retrain is still running (run {run_id} (PENDING))"), running
+    kfp.runs[run_id]["state"] = "SUCCEEDED"
+    cooling = run_monitor_pipeline(state, **common, prometheus_end=shifted_end, cooldown_hours=24.0)
+    assert cooling["decision"] == "held" and "held: last retrain at " in cooling["reason"] and "cooldown 24 h until" in cooling["reason"], cooling
+    assert len(kfp.sent("POST", "/apis/v2beta1/runs")) == 1, "held decisions start nothing"
+
+
+def test_submit_refuses_to_send_the_token_over_plain_http_to_another_host(trained, tmp_path):
+    state = copy_of(trained, tmp_path)
+    (state / "shifted.csv").write_text(shifted(generate_cluster_metrics(FORECASTER, days=0.5, seed=3)).to_csv(index=False))
+    script_arguments = {"model_name": FORECASTER, "source": "file", "file_path": str(state / "shifted.csv"), "action": "submit",
+                        "dsp_api_url": "http://ds-pipeline-dspa.example.svc:8888", "cooldown_hours": 0.0}
+    result = monitor_pipeline_process(state, **script_arguments)
+    assert result.returncode != 0
+    assert "refusing to send the token over plain http to http://ds-pipeline-dspa.example.svc:8888" in result.stdout + result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def monitor_cli(state: Path, csv: Path, *params: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_cli("monitor", FORECASTER, "--local", "--state-dir", str(state), "--param", "source=file", "--param", f"file_path={csv}",
+                   *params, env=env)
+
+
+def test_the_cli_retrains_locally_on_drift_and_then_holds_while_a_run_is_active_or_in_cooldown(trained, tmp_path):
+    state = copy_of(trained, tmp_path)
+    live_frame = generate_cluster_metrics(FORECASTER, days=0.5, seed=3)
+    quiet_csv, drift_csv = state / "quiet.csv", state / "drift.csv"
+    quiet_csv.write_text(live_frame.to_csv(index=False))
+    drift_csv.write_text(shifted(live_frame).to_csv(index=False))
+    try:
+        quiet = monitor_cli(state, quiet_csv, "--param", "action=submit", "--param", "cooldown_hours=0")
+        assert quiet.returncode == 0, quiet.stdout[-3000:]
+        assert "decision: none: no drift in 5 features" in quiet.stdout and "retrain:" not in quiet.stdout
+
+        retrain = json.dumps({"days": 3, "seed": 5, "canary_interval_s": 0.3, "probe_requests": 10})
+        drifted = monitor_cli(state, drift_csv, "--param", "action=submit", "--param", "cooldown_hours=0", "--param", f"retrain_parameters={retrain}")
+        assert drifted.returncode == 0, drifted.stdout[-3000:]
+        table = [line for line in drifted.stdout.splitlines() if line.startswith("  | cpu |")]
+        assert table and table[0].endswith("| **yes** |"), "the drift table shows cpu drifted"
+        assert "decision: retrain: drift: cpu PSI" in drifted.stdout and "retrain: v2 promoted" in drifted.stdout
+        index = json.loads((state / "store" / FORECASTER / "metadata.json").read_text())
+        assert index["stable"] == "v2"
+        assert [event["event"] for event in index["history"] if event["event"] == "retrain-triggered"] == ["retrain-triggered"]
+
+        cooling = monitor_cli(state, drift_csv, "--param", "action=submit")
+        assert cooling.returncode == 3 and "decision: held: drift: cpu" in cooling.stdout and "cooldown 24 h until" in cooling.stdout
+
+        os.environ[RUN_LOCKS_ENV] = str(state / "locks")
+        try:
+            with local_run_lock(FORECASTER):
+                running = monitor_cli(state, drift_csv, "--param", "action=submit", "--param", "cooldown_hours=0")
+                blocked = run_cli("run", FORECASTER, "--local", "--state-dir", str(state), "--param", "days=1")
+        finally:
+            del os.environ[RUN_LOCKS_ENV]
+        assert running.returncode == 3 and f"held: a retrain is still running (local run, pid {os.getpid()} since" in running.stdout
+        assert blocked.returncode == 1 and f"another local run of {FORECASTER} is active (pid {os.getpid()}" in blocked.stdout
+        assert "exit code 3: drift found but no retrain started" in running.stdout
+        assert json.loads((state / "store" / FORECASTER / "metadata.json").read_text())["stable"] == "v2", "held checks change nothing"
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))
+
+
+def test_percent_units_are_an_input_error_not_drift(trained, tmp_path):
+    state = copy_of(trained, tmp_path)
+    percent = generate_cluster_metrics(FORECASTER, days=0.5, seed=3)
+    percent["cpu"] *= 100
+    csv = state / "percent.csv"
+    csv.write_text(percent.to_csv(index=False))
+    result = monitor_cli(state, csv)
+    assert result.returncode == 1 and "percent" in result.stdout and "decision:" not in result.stdout, result.stdout[-2000:]
