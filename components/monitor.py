@@ -208,6 +208,27 @@ def record_trigger(store: ModelStore, model_name: str, stable_version: str, reas
     store.update_index(model_name, append)
 
 
+def push_drift_metrics(pushgateway_url: str, assessment: Assessment, decision: Decision, timeout_s: float = 10.0) -> str:
+    """Replace the model's drift gauges on a Prometheus Pushgateway (what the drift alerts read); return "" or a warning."""
+    import requests
+
+    labels = f'version="{assessment.stable_version}"'
+    body = "".join(f"# TYPE {name} gauge\n{name}{{{labels}}} {value}\n" for name, value in (
+        ("model_drift_score", round(assessment.drift_score, 4)),
+        ("model_drifted_features", len(assessment.drifted_features)),
+        ("model_drift_retrain_decision", int(decision.action == RETRAIN)),
+        ("model_drift_check_timestamp_seconds", round(dt.datetime.now(dt.timezone.utc).timestamp())),
+    ))
+    url = f"{pushgateway_url.rstrip('/')}/metrics/job/model-monitor/model/{assessment.model_name}"
+    try:
+        answer = requests.put(url, data=body.encode(), timeout=timeout_s, allow_redirects=False)
+    except requests.RequestException as error:
+        return f"warning: drift metrics not pushed: cannot reach the Pushgateway at {pushgateway_url} ({error.__class__.__name__}); check pushgateway_url"
+    if answer.status_code >= 300:
+        return f"warning: drift metrics not pushed: the Pushgateway at {pushgateway_url} answered {answer.status_code}: {answer.text[:160]}"
+    return ""
+
+
 def drift_table(assessment: Assessment, top: int = TOP_FEATURES) -> list[str]:
     """Return the most drifted features as fixed-width lines for the terminal."""
     lines = [f"  {'feature':<40} {'PSI':>7} {'KS':>6} {'train':>6} {'score':>6}  drifted"]

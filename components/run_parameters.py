@@ -200,6 +200,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "forecast_bias_factor": _in_range(0, 1000, low_open=True),
     "min_predictions": _in_range(1, 1e9, integer=True),
     "dsp_api_url": _http_url,
+    "pushgateway_url": _http_url,
     "dsp_ca_bundle": _text,
     "experiment": _text,
     "retrain_parameters": _retrain_parameters,

@@ -71,6 +71,7 @@ def validate_parameters(
     dsp_ca_bundle: str,
     experiment: str,
     retrain_parameters: dict,
+    pushgateway_url: str,
     model_name: Optional[str] = None,
     version: Optional[str] = None,
 ) -> str:
@@ -459,6 +460,7 @@ def monitor_drift(
     min_predictions: int,
     dsp_api_url: str,
     dsp_ca_bundle: str,
+    pushgateway_url: str,
     model_store: str,
     pvc_name: str,
     s3_prefix: str,
@@ -486,7 +488,8 @@ def monitor_drift(
     settings = MonitorSettings(DriftThresholds(psi_threshold, ks_excess), cooldown_hours, anomaly_rate_factor, forecast_bias_factor, min_predictions)
     request = IngestRequest(model_name, source, file_path, seed=seed, prometheus_url=prometheus_url, prometheus_ca_bundle=prometheus_ca_bundle,
                             prometheus_queries=prometheus_queries, prometheus_end=prometheus_end)
-    result = monitor_step(model_name, request, settings, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), active)
+    store = StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle)
+    result = monitor_step(model_name, request, settings, store, active, pushgateway_url)
     assessment = result.assessment
     metrics.log_metric("drift_score", round(assessment.drift_score, 4))
     metrics.log_metric("drifted_features", len(assessment.drifted_features))

@@ -263,8 +263,8 @@ class MonitorResult:
 
 
 def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSettings, store_options: StoreOptions,
-                 active_run: str | None) -> MonitorResult:
-    """Read the live window the stable version's profile asks for, measure drift and decide; return the result."""
+                 active_run: str | None, pushgateway_url: str = "") -> MonitorResult:
+    """Read the live window the stable version's profile asks for, measure drift, decide and push the drift gauges."""
     import base64
 
     from components.ingest import read_window
@@ -275,6 +275,7 @@ def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSetti
         live_prediction_stats,
         markdown_report,
         prediction_checks,
+        push_drift_metrics,
         stable_profile,
         unmeasured_predictions,
     )
@@ -295,6 +296,8 @@ def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSetti
         predictions = unmeasured_predictions("no prometheus_url to read the runtime's metrics from")
     assessment = assess(profile, stable, live, description, model_name, settings, predictions)
     decision = decide(assessment, store.read_index(model_name), dt.datetime.now(dt.timezone.utc), settings, active_run)
+    if pushgateway_url and (warning := push_drift_metrics(pushgateway_url, assessment, decision)):
+        print(warning)
     plot = distribution_plot(assessment, profile)
     markdown = markdown_report(assessment, decision, f"data:image/png;base64,{base64.b64encode(plot).decode()}")
     return MonitorResult(assessment, decision, markdown, plot)

@@ -73,6 +73,8 @@ PARAMETER_HELP = {
     "dsp_api_url": "DSP (KFP) API address from inside the cluster for action=submit and the active-run check, e.g. "
                    "https://ds-pipeline-dspa.<project>.svc:8443; the service-account token is sent over https only.",
     "dsp_ca_bundle": "CA bundle file for the DSP API's TLS, e.g. the service CA; empty: the system CAs.",
+    "pushgateway_url": "Prometheus Pushgateway the monitor pushes its drift gauges to (the drift alerts read them), e.g. "
+                       "http://prometheus-pushgateway.monitoring.svc:9091; empty: none.",
     "experiment": "Experiment of the retrain runs the monitor starts.",
     "retrain_parameters": "Run parameters of the retrain the monitor starts, as a JSON object, e.g. {\"source\": \"prometheus\"}.",
 }

@@ -118,7 +118,7 @@ MONITOR_KNOB_DEFAULTS = {
     "psi_threshold": MONITORING.thresholds.psi, "ks_excess": MONITORING.thresholds.ks_excess, "cooldown_hours": MONITORING.cooldown_hours,
     "anomaly_rate_factor": MONITORING.anomaly_rate_factor, "forecast_bias_factor": MONITORING.forecast_bias_factor,
     "min_predictions": MONITORING.min_predictions, "action": "report", "dsp_api_url": "", "dsp_ca_bundle": "",
-    "experiment": DEFAULT_EXPERIMENT, "retrain_parameters": {},
+    "experiment": DEFAULT_EXPERIMENT, "retrain_parameters": {}, "pushgateway_url": "",
 }
 MODEL_KNOB_DEFAULTS = {**asdict(DETECTOR), **asdict(FORECASTER), **asdict(GATES), **MONITOR_KNOB_DEFAULTS}
 
@@ -432,6 +432,7 @@ def build_monitor_pipeline(image: str = DEFAULT_IMAGE):
         dsp_ca_bundle: str = "",
         experiment: str = DEFAULT_EXPERIMENT,
         retrain_parameters: dict = {},
+        pushgateway_url: str = "",
         model_store: str = "pvc",
         pvc_name: str = DEFAULT_PVC,
         s3_prefix: str = "models",
@@ -445,7 +446,7 @@ def build_monitor_pipeline(image: str = DEFAULT_IMAGE):
             prometheus_secret=prometheus_secret, prometheus_ca_bundle=prometheus_ca_bundle, prometheus_queries=prometheus_queries,
             prometheus_end=prometheus_end, psi_threshold=psi_threshold, ks_excess=ks_excess, cooldown_hours=cooldown_hours,
             anomaly_rate_factor=anomaly_rate_factor, forecast_bias_factor=forecast_bias_factor, min_predictions=min_predictions,
-            dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, **_store(p),
+            dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, pushgateway_url=pushgateway_url, **_store(p),
         ).after(_validate(ops, {**rollout_defaults, **p})), p), p).set_display_name("Measure drift and decide")
         # No dsl.If on the decision: kfp.local cannot resolve a named output in a condition, so the step decides itself.
         _side_effect(ops.trigger_retrain(

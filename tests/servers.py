@@ -141,3 +141,31 @@ class PrometheusServer:
         if self.process:
             stop_process(self.process.pid)
             self.process.wait(10)
+
+
+class PushgatewayServer:
+    """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on 127.0.0.1, without persistence."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.process = None
+        self.address = ""
+
+    def start(self) -> "PushgatewayServer":
+        (port,) = free_ports(1)
+        self.address = f"127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [shutil.which("prometheus-pushgateway") or "prometheus-pushgateway", f"--web.listen-address={self.address}", "--log.level=warn"],
+            stdout=open(self.work / "pushgateway.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_http(f"http://{self.address}/-/ready", timeout_s=30)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def stop(self) -> None:
+        if self.process:
+            stop_process(self.process.pid)
+            self.process.wait(10)

@@ -7,18 +7,21 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from components.contract import PREDICTIVE_ANALYTICS
+from components.prometheus import PrometheusClient
 from components.synthetic import generate_cluster_metrics
 from components.workflow import RUN_LOCKS_ENV, local_run_lock
 from tests.conftest import FAST_CANARY, REPO, run_cli
 from tests.kfp_standin import KfpStandIn
-from tests.servers import PrometheusServer
+from tests.servers import PrometheusServer, PushgatewayServer
 
 FORECASTER = PREDICTIVE_ANALYTICS
 METRICS = ("cpu", "memory", "disk", "network_in", "network_out")
@@ -209,3 +212,43 @@ def test_percent_units_are_an_input_error_not_drift(trained, tmp_path):
     csv.write_text(percent.to_csv(index=False))
     result = monitor_cli(state, csv)
     assert result.returncode == 1 and "percent" in result.stdout and "decision:" not in result.stdout, result.stdout[-2000:]
+
+
+def drift_alert_expressions() -> dict[str, str]:
+    rules = yaml.safe_load((REPO / "manifests" / "monitoring" / "prometheusrule.yaml").read_text())
+    return {rule["alert"]: rule["expr"] for group in rules["spec"]["groups"] for rule in group["rules"] if group["name"] == "model-pipelines-drift"}
+
+
+def test_the_drift_score_reaches_prometheus_through_a_pushgateway_and_fires_the_drift_alert(trained, tmp_path):
+    state = copy_of(trained, tmp_path)
+    drift_csv = state / "drift.csv"
+    drift_csv.write_text(shifted(generate_cluster_metrics(FORECASTER, days=0.5, seed=3)).to_csv(index=False))
+    pushgateway = PushgatewayServer(tmp_path).start()
+    targets = tmp_path / "targets.json"
+    targets.write_text(json.dumps([{"targets": [pushgateway.address]}]))
+    prometheus = PrometheusServer(tmp_path / "prometheus", file_sd=targets).start()
+    alerts = drift_alert_expressions()
+    try:
+        result = monitor_cli(state, drift_csv, "--param", f"pushgateway_url={pushgateway.url}")
+        assert result.returncode == 3 and "decision: held: drift: cpu" in result.stdout, result.stdout[-2000:]  # cooldown: v1 is new
+        client = PrometheusClient(prometheus.url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not client.query(alerts["ModelInputsDrifted"]):
+            time.sleep(0.5)
+        (firing,) = client.query(alerts["ModelInputsDrifted"])
+        assert firing["metric"] == {"model": FORECASTER, "version": "v1"} and float(firing["value"][1]) >= 0.35
+        assert client.query(alerts["ModelDriftCheckStale"]) == [], "a check just ran"
+        (decision,) = client.query("model_drift_retrain_decision")
+        assert decision["value"][1] == "0", "held by the cooldown, not a retrain"
+    finally:
+        prometheus.stop()
+        pushgateway.stop()
+
+
+def test_an_unreachable_pushgateway_is_a_warning_and_the_check_still_decides(trained, tmp_path):
+    state = copy_of(trained, tmp_path)
+    quiet_csv = state / "quiet.csv"
+    quiet_csv.write_text(generate_cluster_metrics(FORECASTER, days=0.5, seed=3).to_csv(index=False))
+    result = monitor_cli(state, quiet_csv, "--param", "pushgateway_url=http://127.0.0.1:9", "--verbose")
+    assert result.returncode == 0 and "decision: none" in result.stdout, result.stdout[-2000:]
+    assert "warning: drift metrics not pushed: cannot reach the Pushgateway at http://127.0.0.1:9" in result.stdout
