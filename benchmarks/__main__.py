@@ -3,6 +3,7 @@
     python -m benchmarks anomaly  --data-dir ../shared/datasets/smd [--machines machine-1-2 ...] --json OUT
     python -m benchmarks nab      --data-dir ../shared/datasets/nab --json OUT
     python -m benchmarks forecast --data-dir ../shared/datasets/datacenter-traces --json OUT
+    python -m benchmarks drift    [--data-dir ../shared/datasets/datacenter-traces] --json OUT
 
 Each verb prints progress and a summary, writes its JSON to ``--json`` and a Markdown table plus PNG plots to
 ``--results-dir`` (default ``benchmarks/results``).
@@ -16,11 +17,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from benchmarks import drift as drift_benchmark
 from benchmarks import quality
 from benchmarks import quality_report as report
 from components.contract import ContractError
 
 RESULTS_DIR = Path(__file__).parent / "results"
+DEFAULT_TRACES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "datacenter-traces"
 
 
 def anomaly(args: argparse.Namespace) -> dict:
@@ -70,6 +73,14 @@ def forecast(args: argparse.Namespace) -> dict:
     return result
 
 
+def drift(args: argparse.Namespace) -> dict:
+    """Measure the drift monitor's false triggers and detection delays against the upstream rule; return the JSON report."""
+    result = drift_benchmark.run(args.data_dir if args.data_dir.is_dir() else None, report=lambda line: print(line, flush=True))
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "drift.md").write_text(drift_benchmark.markdown(result, _command()))
+    return result
+
+
 def _write_detection(args: argparse.Namespace, verb: str, title: str, result: dict, fields: tuple[str, ...], plotted: str) -> None:
     """Write the Markdown table and the bar chart of one detection verb."""
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +95,10 @@ def _command() -> str:
 
 def summary(verb: str, result: dict) -> str:
     """Return the closing summary line of a run."""
+    if verb == "drift":
+        synthetic = next(iter(result["false_triggers"].values()))
+        return "stationary synthetic days: " + ", ".join(f"{model} {counts['project']} triggers (upstream {counts['upstream_ks_p05']}) in {counts['checks']} checks"
+                                                         for model, counts in synthetic.items())
     if verb == "forecast":
         return "; ".join(f"{dataset} mean MASE vs persistence {sum(o['mase_persistence'] for o in outputs.values()) / len(outputs):.3f}"
                          for dataset, outputs in result.items())
@@ -106,9 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown and PNG output (default %(default)s)")
         if verb == "anomaly":
             command.add_argument("--machines", nargs="+", help="machine names (default: every machine under train/)")
+    command = verbs.add_parser("drift", help="drift monitor: false triggers and detection delays (synthetic, plus the traces if found)")
+    command.add_argument("--data-dir", type=Path, default=DEFAULT_TRACES, help="datacenter traces, if present (default %(default)s)")
+    command.add_argument("--json", type=Path, required=True, help="where to write the JSON results")
+    command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown output (default %(default)s)")
     args = parser.parse_args(argv)
     try:
-        result = {"anomaly": anomaly, "nab": nab, "forecast": forecast}[args.verb](args)
+        result = {"anomaly": anomaly, "nab": nab, "forecast": forecast, "drift": drift}[args.verb](args)
     except (ContractError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -75,8 +75,8 @@ class Assessment:
 
     @property
     def drift_score(self) -> float:
-        """Return the largest feature score (0-1): the value exported and alerted on."""
-        return max((drift.score for drift in self.features), default=0.0)
+        """Return the largest score (0-1) of a judged feature: the value exported and alerted on."""
+        return max((drift.score for drift in self.features if drift.judged), default=0.0)
 
     @property
     def drifted(self) -> bool:
@@ -234,7 +234,7 @@ def drift_table(assessment: Assessment, top: int = TOP_FEATURES) -> list[str]:
     lines = [f"  {'feature':<40} {'PSI':>7} {'KS':>6} {'train':>6} {'score':>6}  drifted"]
     for drift in assessment.features[:top]:
         lines.append(f"  {drift.feature:<40} {drift.psi:7.3f} {drift.ks:6.3f} {drift.ks_null:6.3f} {drift.score:6.3f}  "
-                     f"{'YES' if drift.drifted(assessment.thresholds) else 'no'}")
+                     f"{'YES' if drift.drifted(assessment.thresholds) else 'no' if drift.judged else 'not judged'}")
     lines += [f"  {check.name}: {check.detail}" for check in assessment.predictions]
     return lines
 
@@ -255,7 +255,7 @@ def markdown_report(assessment: Assessment, decision: Decision, plot_name: str =
     ]
     for drift in assessment.features[:TOP_FEATURES]:
         lines.append(f"| {drift.feature} | {drift.psi:.3f} | {drift.ks:.3f} | {drift.ks_null:.3f} | {drift.score:.3f} | "
-                     f"{'**yes**' if drift.drifted(thresholds) else 'no'} |")
+                     f"{'**yes**' if drift.drifted(thresholds) else 'no' if drift.judged else 'not judged (counter level)'} |")
     lines += ["", "| prediction check | measured | drifted | detail |", "|---|---|---|---|"]
     lines += [f"| {check.name} | {'yes' if check.measured else 'no'} | {'**yes**' if check.drifted else 'no'} | {html.escape(check.detail, quote=False)} |"
               for check in assessment.predictions]

@@ -32,7 +32,6 @@ from components.contract import (
     fallback_instance,
     feature_labels,
     forecast_pairs,
-    schema_for,
 )
 from components.drift import drift_profile
 from components.storage import MODEL_FILENAME, TRAINING_FILENAME
