@@ -97,7 +97,7 @@ def summary(verb: str, result: dict) -> str:
     """Return the closing summary line of a run."""
     if verb == "drift":
         synthetic = next(iter(result["false_triggers"].values()))
-        return "stationary synthetic days: " + ", ".join(f"{model} {counts['project']} triggers (upstream {counts['upstream_ks_p05']}) in {counts['checks']} checks"
+        return "stationary synthetic days (first seed): " + ", ".join(f"{model} {counts['project']} triggers (upstream {counts['upstream_ks_p05']}) in {counts['checks']} checks"
                                                          for model, counts in synthetic.items())
     if verb == "forecast":
         return "; ".join(f"{dataset} mean MASE vs persistence {sum(o['mase_persistence'] for o in outputs.values()) / len(outputs):.3f}"

@@ -4,8 +4,9 @@ A profile is compact JSON written with the version and immutable like it:
 - ``seasonal``: per base metric, the training median for each hour of the day on weekdays and on weekends (UTC);
 - ``features``: per model input feature, quantile bin edges and the fraction of training rows in each bin, of
   the feature with its seasonal median taken away when it is a level (value, window mean/min/max, lags); the
-  largest KS statistic of any training window as long as a check's (``ks_null``); and ``judged: false`` for the
-  level of a cumulative counter (restarts), which only says how long ago pods last restarted;
+  largest KS statistic of any training window as long as a check's (``ks_null``); and ``judged: false`` where a
+  feature is not judged: the window mean/min/max and lags of a metric (its value is judged once, not six times
+  over), and the level of a cumulative counter (restarts), which only says how long ago pods last restarted;
 - ``validation``: what the model did on validation (the detector's anomaly rate, the forecaster's error per output).
 
 Cluster metrics follow the working day, so a few live hours compared with the whole training distribution look
@@ -81,7 +82,7 @@ class DriftThresholds:
     """When a feature counts as drifted: both effect sizes past their limits."""
 
     psi: float = 0.25  # population stability index of the live window against the training bins
-    ks_excess: float = 0.35  # share of the way from the training windows' largest KS statistic to 1
+    ks_excess: float = 0.45  # share of the way from the training windows' largest KS statistic to 1
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class FeatureDrift:
     ks: float
     ks_null: float  # the largest KS statistic of a training window of the same length: what no drift looks like
     live_fractions: list[float]
-    judged: bool = True  # False for a cumulative counter's level, which says how long ago pods restarted, not how the cluster behaves
+    judged: bool = True  # False for a value seen through a window (judged once, as the value) and a counter's level
 
     @property
     def score(self) -> float:
@@ -153,8 +154,8 @@ def drift_profile(raw: pd.DataFrame, model_name: str, window_minutes: int = DRIF
     for column, name in enumerate(names):
         profile[name]["ks_null"] = round(window_ks_maximum(profile[name], features[:, column], window_minutes), 4)
         metric, _, suffix = name.partition("__")
-        if metric in counters and (suffix or "value") in LEVEL_SUFFIXES:
-            profile[name]["judged"] = False  # its increments (diff_1m) are judged instead
+        if (suffix or "value") in LEVEL_SUFFIXES and (metric in counters or (suffix or "value") != "value"):
+            profile[name]["judged"] = False
     return {"seasonal": baseline, "window_minutes": window_minutes, "features": profile}
 
 

@@ -255,7 +255,7 @@ def markdown_report(assessment: Assessment, decision: Decision, plot_name: str =
     ]
     for drift in assessment.features[:TOP_FEATURES]:
         lines.append(f"| {drift.feature} | {drift.psi:.3f} | {drift.ks:.3f} | {drift.ks_null:.3f} | {drift.score:.3f} | "
-                     f"{'**yes**' if drift.drifted(thresholds) else 'no' if drift.judged else 'not judged (counter level)'} |")
+                     f"{'**yes**' if drift.drifted(thresholds) else 'no' if drift.judged else 'not judged'} |")
     lines += ["", "| prediction check | measured | drifted | detail |", "|---|---|---|---|"]
     lines += [f"| {check.name} | {'yes' if check.measured else 'no'} | {'**yes**' if check.drifted else 'no'} | {html.escape(check.detail, quote=False)} |"
               for check in assessment.predictions]

@@ -64,7 +64,7 @@ PARAMETER_HELP = {
     "max_live_p95_latency_ms": "Canary limit on live traffic (needs prometheus_url): highest p95 latency in ms.",
     "psi_threshold": "Drift: smallest population stability index of a feature's live window against its training bins that counts.",
     "ks_excess": "Drift: how far a feature's KS statistic must exceed the largest of any training window of the same length, "
-                 "as a share of the way to 1 (0.35: a third of the remaining distance).",
+                 "as a share of the way to 1 (0.45: almost half of the remaining distance).",
     "cooldown_hours": "Hours after a retrain (or a trigger) during which drift is reported but starts no retrain.",
     "anomaly_rate_factor": "Drift: the detector's live anomaly rate may be at most this many times its validation rate.",
     "forecast_bias_factor": "Drift: the forecaster's live mean forecast may be off the live mean by at most this many validation MAEs.",
