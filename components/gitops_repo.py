@@ -1,0 +1,148 @@
+"""The Git side of GitOps serving: write manifests under a path of a repository, commit, push, revert.
+
+Every change is a commit whose message names the model, version, step and pipeline run. A push that the server
+refuses as non-fast-forward (someone else pushed first) is rebased onto the new remote head and retried; the
+repository is never force-pushed. Only files this project created are ever changed or deleted: their list is kept
+in ``.model-pipelines-owned`` under the path, and a file there that the list does not name is refused.
+
+Credentials never come from parameters. Over HTTPS the token is read from ``$GITOPS_TOKEN`` (a Secret's key
+injected into the pod) by a credential helper, so it is in no command line and no URL; it goes only to an https
+remote, or over plain http to this machine. Over SSH the key file is ``$GITOPS_SSH_KEY_FILE`` with the hosts in
+``$GITOPS_KNOWN_HOSTS_FILE`` (host keys are checked).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+OWNED_LIST = ".model-pipelines-owned"
+TOKEN_ENV = "GITOPS_TOKEN"
+SSH_KEY_ENV = "GITOPS_SSH_KEY_FILE"
+KNOWN_HOSTS_ENV = "GITOPS_KNOWN_HOSTS_FILE"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+PUSH_ATTEMPTS = 5
+AUTHOR = ("model-pipelines", "model-pipelines@self-healing-platform.invalid")
+# A credential helper that answers with the token from the environment, so that the token is never an argument.
+CREDENTIAL_HELPER = f'!f() {{ test "$1" = get && echo username=model-pipelines && echo "password=${TOKEN_ENV}"; }}; f'
+
+
+class GitopsError(RuntimeError):
+    """A Git operation failed or was refused; the message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class GitopsRepo:
+    """A clone of ``url`` at ``branch`` in ``workdir``, whose files under ``path`` this project manages."""
+
+    url: str
+    branch: str
+    path: str
+    workdir: Path
+
+    def _environment(self) -> dict[str, str]:
+        """Return git's environment: no prompts, a fixed author, and SSH with a checked host key when configured."""
+        environment = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_AUTHOR_NAME": AUTHOR[0], "GIT_AUTHOR_EMAIL": AUTHOR[1],
+                       "GIT_COMMITTER_NAME": AUTHOR[0], "GIT_COMMITTER_EMAIL": AUTHOR[1]}
+        if os.environ.get(SSH_KEY_ENV):
+            known_hosts = os.environ.get(KNOWN_HOSTS_ENV, "/dev/null")
+            environment["GIT_SSH_COMMAND"] = (f"ssh -i {os.environ[SSH_KEY_ENV]} -o IdentitiesOnly=yes -o BatchMode=yes "
+                                              f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={known_hosts}")
+        return environment
+
+    def _git(self, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """Run git with the credential helper when a token is set (refusing plain http to another machine)."""
+        options: list[str] = []
+        if os.environ.get(TOKEN_ENV):
+            parsed = urllib.parse.urlparse(self.url)
+            if parsed.scheme == "http" and parsed.hostname not in LOOPBACK_HOSTS:
+                raise GitopsError(f"refusing to send the Git token over plain http to {self.url}: use the https URL of the repository")
+            options = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"]
+        result = subprocess.run(["git", *options, *args], cwd=cwd or self.workdir, env=self._environment(), capture_output=True,
+                                text=True, timeout=300)
+        if check and result.returncode != 0:
+            raise GitopsError(f"git {args[0]} failed for {self.url}: {result.stderr.strip()[-400:]}")
+        return result
+
+    @property
+    def root(self) -> Path:
+        """Return the directory of ``path`` in the clone."""
+        return self.workdir / self.path
+
+    def sync(self) -> str:
+        """Clone the branch, or fetch it and reset the clone to it; return the head revision."""
+        if not (self.workdir / ".git").is_dir():
+            self.workdir.parent.mkdir(parents=True, exist_ok=True)
+            self._git("clone", "--quiet", "--branch", self.branch, self.url, str(self.workdir), cwd=self.workdir.parent)
+        else:
+            self._git("fetch", "--quiet", "origin", self.branch)
+            self._git("reset", "--quiet", "--hard", f"origin/{self.branch}")
+        return self.head()
+
+    def head(self) -> str:
+        """Return the clone's head revision."""
+        return self._git("rev-parse", "HEAD").stdout.strip()
+
+    def owned(self) -> set[str]:
+        """Return the files under ``path`` this project created (relative to ``path``)."""
+        listing = self.root / OWNED_LIST
+        return set(listing.read_text().split()) if listing.is_file() else set()
+
+    def write(self, files: dict[str, str]) -> list[str]:
+        """Write ``files`` (relative to ``path``) as owned ones, refusing others' files; return those whose content changed."""
+        owned, changed = self.owned(), []
+        for relative, content in sorted(files.items()):
+            pure = PurePosixPath(relative)
+            if pure.is_absolute() or ".." in pure.parts or relative == OWNED_LIST:
+                raise GitopsError(f"{relative!r} is not a file name under {self.path}")
+            target = self.root / relative
+            if target.exists() and relative not in owned:
+                raise GitopsError(f"{self.path}/{relative} exists and was not created by model-pipelines; it is left alone: "
+                                  "move it, or choose another gitops_path")
+            if not target.exists() or target.read_text() != content:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(content)
+                changed.append(relative)
+        if changed:
+            (self.root / OWNED_LIST).write_text("".join(f"{name}\n" for name in sorted(owned | set(files))))
+        return changed
+
+    def commit_and_push(self, message: str) -> str:
+        """Commit everything written under ``path`` and push it (``_push``); return the head (unchanged when nothing changed)."""
+        self._git("add", "--all", "--", self.path)
+        if self._git("diff", "--cached", "--quiet", check=False).returncode == 0:
+            return self.head()
+        self._git("commit", "--quiet", "-m", message)
+        return self._push(message.splitlines()[0])
+
+    def revert(self, revision: str, message: str) -> str:
+        """Commit the revert of ``revision`` (one of ours) and push it (``_push``); return the pushed head."""
+        self._git("revert", "--no-edit", "--no-commit", revision)
+        self._git("commit", "--quiet", "--allow-empty", "-m", message)
+        return self._push(message.splitlines()[0])
+
+    def _push(self, what: str) -> str:
+        """Push the head; when the branch moved on, rebase onto it and try again (never force). Return the pushed head."""
+        for _ in range(PUSH_ATTEMPTS):
+            pushed = self._git("push", "--quiet", "origin", f"HEAD:refs/heads/{self.branch}", check=False)
+            if pushed.returncode == 0:
+                return self.head()
+            if any(sign in pushed.stderr for sign in ("Authentication failed", "could not read Username", "403", "Permission denied")):
+                raise GitopsError(f"{self.url} refused to let model-pipelines push: put a token with push access in ${TOKEN_ENV} "
+                                  f"(from a Secret), or an SSH key in ${SSH_KEY_ENV}")
+            if "rejected" not in pushed.stderr:
+                raise GitopsError(f"git push to {self.url} failed: {pushed.stderr.strip()[-400:]}")
+            self._git("fetch", "--quiet", "origin", self.branch)
+            if self._git("rebase", "--quiet", f"origin/{self.branch}", check=False).returncode != 0:
+                self._git("rebase", "--abort", check=False)
+                raise GitopsError(f"someone else changed the same lines under {self.path} on {self.branch}; {what!r} was not "
+                                  "pushed: resolve it in the repository and run again")
+        raise GitopsError(f"{self.url} refused the push of {what!r} {PUSH_ATTEMPTS} times (the branch keeps moving); run again")
+
+
+def commit_message(model_name: str, version: str, step: str, run: str, detail: str = "") -> str:
+    """Return a commit message naming the model, version, step and pipeline run (and what changed)."""
+    return f"{model_name} {version}: {step}\n\n{detail + chr(10) + chr(10) if detail else ''}Pipeline run: {run}\n"

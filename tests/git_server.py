@@ -1,0 +1,94 @@
+"""A real Git server on 127.0.0.1: ``git http-backend`` (smart HTTP) behind a small HTTP server that asks for a
+password on push, as a Git host does for the HTTPS form. Every push's user is recorded."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class GitHttpServer:
+    """Bare repositories under ``root``, served read-only to anyone and writable with ``password``."""
+
+    def __init__(self, root: Path, password: str) -> None:
+        self.root, self.password = root, password
+        self.pushes: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def create(self, name: str, files: dict[str, str]) -> str:
+        """Create a bare repository ``name`` with a first commit on main holding ``files``; return its URL."""
+        bare = self.root / name
+        subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(bare)], check=True)
+        subprocess.run(["git", "-C", str(bare), "config", "http.receivepack", "true"], check=True)
+        seed = self.root / f"{name}-seed"
+        subprocess.run(["git", "init", "--quiet", "--initial-branch=main", str(seed)], check=True)
+        for relative, content in files.items():
+            (seed / relative).parent.mkdir(parents=True, exist_ok=True)
+            (seed / relative).write_text(content)
+        environment = {**os.environ, "GIT_AUTHOR_NAME": "platform team", "GIT_AUTHOR_EMAIL": "platform@example.com",
+                       "GIT_COMMITTER_NAME": "platform team", "GIT_COMMITTER_EMAIL": "platform@example.com"}
+        for command in (["add", "--all"], ["commit", "--quiet", "-m", "fleet repository"], ["push", "--quiet", str(bare), "main"]):
+            subprocess.run(["git", "-C", str(seed), *command], check=True, env=environment)
+        return f"{self.url}/{name}"
+
+    def start(self) -> "GitHttpServer":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+    def _handler(self):
+        git = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _authorised_user(self) -> str | None:
+                header = self.headers.get("Authorization", "")
+                if not header.startswith("Basic "):
+                    return None
+                user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+                return user if password == git.password else None
+
+            def _serve(self) -> None:
+                path, _, query = self.path.partition("?")
+                pushing = "git-receive-pack" in path or "service=git-receive-pack" in query
+                user = self._authorised_user() if pushing else "anonymous"
+                if user is None:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                environment = {**os.environ, "GIT_PROJECT_ROOT": str(git.root), "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path,
+                               "QUERY_STRING": query, "REQUEST_METHOD": self.command, "REMOTE_USER": user, "REMOTE_ADDR": "127.0.0.1",
+                               "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
+                               "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""), "GIT_HTTP_MAX_REQUEST_BUFFER": "100M"}
+                result = subprocess.run(["git", "http-backend"], input=body, env=environment, capture_output=True, timeout=120)
+                head, _, payload = result.stdout.partition(b"\r\n\r\n")
+                if not _:
+                    head, _, payload = result.stdout.partition(b"\n\n")
+                headers = [line.split(":", 1) for line in head.decode().splitlines() if ":" in line]
+                status = next((int(value.split()[0]) for name, value in headers if name.lower() == "status"), 200)
+                if pushing and self.command == "POST" and status == 200:
+                    git.pushes.append(user)
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() != "status":
+                        self.send_header(name, value.strip())
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _serve
+
+        return Handler

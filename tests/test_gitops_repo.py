@@ -1,0 +1,119 @@
+"""The GitOps repository writer against a real Git server (git http-backend, password on push) on 127.0.0.1."""
+
+import os
+import subprocess
+
+import pytest
+
+from components.gitops_repo import OWNED_LIST, TOKEN_ENV, GitopsError, GitopsRepo, commit_message
+from tests.git_server import GitHttpServer
+
+PASSWORD = "git-push-secret-7d1f"
+PATH = "fleet/models"
+HUMAN_FILE = "fleet/models/README.md"
+
+
+@pytest.fixture
+def git(tmp_path):
+    server = GitHttpServer(tmp_path / "server", PASSWORD)
+    (tmp_path / "server").mkdir()
+    url = server.create("fleet.git", {HUMAN_FILE: "Owned by the platform team.\n", "clusters/spoke-1.yaml": "name: spoke-1\n"})
+    server.start()
+    yield server, url
+    server.stop()
+
+
+@pytest.fixture
+def token(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, PASSWORD)
+
+
+def remote_log(url: str, tmp_path, name: str = "check") -> list[str]:
+    clone = tmp_path / name
+    subprocess.run(["git", "clone", "--quiet", url, str(clone)], check=True)
+    return subprocess.run(["git", "-C", str(clone), "log", "--format=%s|%an", "main"], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def someone_else_commits(url: str, tmp_path, relative: str, content: str) -> None:
+    clone = tmp_path / "colleague"
+    subprocess.run(["git", "clone", "--quiet", url, str(clone)], check=True)
+    (clone / relative).parent.mkdir(parents=True, exist_ok=True)
+    (clone / relative).write_text(content)
+    environment = {**os.environ, "GIT_AUTHOR_NAME": "colleague", "GIT_AUTHOR_EMAIL": "c@example.com",
+                   "GIT_COMMITTER_NAME": "colleague", "GIT_COMMITTER_EMAIL": "c@example.com"}
+    push_url = url.replace("http://", f"http://colleague:{PASSWORD}@")
+    for command in (["add", "--all"], ["commit", "--quiet", "-m", f"colleague edits {relative}"], ["push", "--quiet", push_url, "main"]):
+        subprocess.run(["git", "-C", str(clone), *command], check=True, env=environment)
+
+
+def test_a_change_is_one_commit_naming_model_version_step_and_run_pushed_with_the_token(git, token, tmp_path):
+    server, url = git
+    repo = GitopsRepo(url, "main", PATH, tmp_path / "work")
+    repo.sync()
+    assert repo.write({"base/anomaly-detector/inferenceservice.yaml": "kind: InferenceService\n"}) == ["base/anomaly-detector/inferenceservice.yaml"]
+    head = repo.commit_and_push(commit_message("anomaly-detector", "v3", "deploy", "anomaly-detector-retrain-abc"))
+    assert remote_log(url, tmp_path)[0] == "anomaly-detector v3: deploy|model-pipelines"
+    assert server.pushes == ["model-pipelines"]
+    assert repo.commit_and_push(commit_message("anomaly-detector", "v3", "deploy", "again")) == head, "nothing changed: no commit"
+    assert PASSWORD not in (tmp_path / "work" / ".git" / "config").read_text(), "the token is in no remote URL or config"
+    assert (tmp_path / "work" / PATH / OWNED_LIST).read_text() == "base/anomaly-detector/inferenceservice.yaml\n"
+
+
+def test_a_push_without_the_token_is_refused_with_the_fix(git, tmp_path, monkeypatch):
+    _, url = git
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    repo = GitopsRepo(url, "main", PATH, tmp_path / "work")
+    repo.sync()
+    repo.write({"base/x.yaml": "a: 1\n"})
+    with pytest.raises(GitopsError, match=r"refused to let model-pipelines push: put a token with push access in \$GITOPS_TOKEN"):
+        repo.commit_and_push("x")
+
+
+def test_a_concurrent_commit_is_rebased_onto_never_forced_over(git, token, tmp_path):
+    _, url = git
+    repo = GitopsRepo(url, "main", PATH, tmp_path / "work")
+    repo.sync()
+    repo.write({"waves/canary/kustomization.yaml": "resources: []\n"})
+    someone_else_commits(url, tmp_path, "clusters/spoke-2.yaml", "name: spoke-2\n")
+    repo.commit_and_push(commit_message("anomaly-detector", "v4", "deploy to wave canary", "run-1"))
+    assert [line.split("|")[0] for line in remote_log(url, tmp_path)] == [
+        "anomaly-detector v4: deploy to wave canary", "colleague edits clusters/spoke-2.yaml", "fleet repository"]
+
+
+def test_files_it_did_not_create_are_never_touched(git, token, tmp_path):
+    _, url = git
+    repo = GitopsRepo(url, "main", PATH, tmp_path / "work")
+    repo.sync()
+    with pytest.raises(GitopsError, match="README.md exists and was not created by model-pipelines"):
+        repo.write({"README.md": "overwritten\n"})
+    for outside in ("../clusters/spoke-1.yaml", "/etc/passwd", OWNED_LIST):
+        with pytest.raises(GitopsError, match="is not a file name under"):
+            repo.write({outside: "x\n"})
+    repo.write({"base/a.yaml": "a: 1\n"})
+    repo.commit_and_push("ours")
+    assert (tmp_path / "work" / HUMAN_FILE).read_text() == "Owned by the platform team.\n"
+
+
+def test_a_revert_restores_the_previous_files_and_a_conflict_is_reported_not_forced(git, token, tmp_path):
+    _, url = git
+    repo = GitopsRepo(url, "main", PATH, tmp_path / "work")
+    repo.sync()
+    repo.write({"waves/canary/version.yaml": "version: v1\n"})
+    repo.commit_and_push("v1")
+    repo.write({"waves/canary/version.yaml": "version: v2\n"})
+    candidate = repo.commit_and_push("v2")
+    repo.revert(candidate, commit_message("anomaly-detector", "v2", "roll back wave canary", "run-2"))
+    assert (tmp_path / "work" / PATH / "waves/canary/version.yaml").read_text() == "version: v1\n"
+    assert remote_log(url, tmp_path)[0].startswith("anomaly-detector v2: roll back wave canary")
+
+    repo.write({"waves/canary/version.yaml": "version: v3\n"})
+    someone_else_commits(url, tmp_path, f"{PATH}/waves/canary/version.yaml", "version: hand-edited\n")
+    with pytest.raises(GitopsError, match="someone else changed the same lines"):
+        repo.commit_and_push("v3")
+    assert remote_log(url, tmp_path, "after")[0].startswith("colleague edits"), "their commit stays; ours was not forced"
+
+
+def test_the_token_goes_over_plain_http_only_to_this_machine(token, tmp_path):
+    repo = GitopsRepo("http://git.example.com/fleet.git", "main", PATH, tmp_path / "work")
+    with pytest.raises(GitopsError, match="refusing to send the Git token over plain http to http://git.example.com/fleet.git"):
+        repo.sync()
