@@ -125,11 +125,9 @@ def assess(
 def live_prediction_stats(client: PrometheusClient, model_name: str, version: str, window_minutes: int, end: dt.datetime) -> dict:
     """Return what the runtime counted for ``version`` in the window: detector outcomes, or forecast sums and counts."""
     selector = f'model="{model_name}",version="{version}"'
-    total = _scalar(client, f"sum(increase(kserve_inference_requests_total{{{selector}}}[{window_minutes}m]))", end)
     if model_name == ANOMALY_DETECTOR:
-        outcomes = {outcome: _scalar(client, f'sum(increase(model_predictions_total{{{selector},outcome="{outcome}"}}[{window_minutes}m]))', end)
-                    for outcome in ("anomaly", "normal")}
-        return {"requests": total, **outcomes}
+        return {outcome: _scalar(client, f'sum(increase(model_predictions_total{{{selector},outcome="{outcome}"}}[{window_minutes}m]))', end)
+                for outcome in ("anomaly", "normal")}
     forecasts = {}
     for output in schema_for(model_name).metric_names:
         labelled = f'{selector},output="{output}"'
@@ -137,7 +135,7 @@ def live_prediction_stats(client: PrometheusClient, model_name: str, version: st
             "sum": _scalar(client, f"sum(increase(model_forecast_sum{{{labelled}}}[{window_minutes}m]))", end),
             "count": _scalar(client, f"sum(increase(model_forecast_count{{{labelled}}}[{window_minutes}m]))", end),
         }
-    return {"requests": total, "forecasts": forecasts}
+    return {"forecasts": forecasts}
 
 
 def _scalar(client: PrometheusClient, query: str, end: dt.datetime) -> float:

@@ -458,6 +458,7 @@ def monitor_drift(
     anomaly_rate_factor: float,
     forecast_bias_factor: float,
     min_predictions: int,
+    action: str,
     dsp_api_url: str,
     dsp_ca_bundle: str,
     pushgateway_url: str,
@@ -479,6 +480,8 @@ def monitor_drift(
     from components.monitor import MonitorSettings, drift_table
     from components.workflow import StoreOptions, active_local_run, monitor_step
 
+    if action == "submit" and not dsp_api_url:  # fail every run, not only the first one that finds drift
+        raise ValueError("action=submit needs dsp_api_url, the DSP API's in-cluster address, e.g. https://ds-pipeline-dspa.<project>.svc:8443")
     if dsp_api_url:
         from components.dsp_api import DspApi
 
@@ -531,8 +534,6 @@ def trigger_retrain(
     if action != "submit":
         print(f"result: retrain recommended, not started (action={action}): {reason}")
         return ""
-    if not dsp_api_url:
-        raise ValueError("action=submit needs dsp_api_url, the DSP API's in-cluster address, e.g. https://ds-pipeline-dspa.<project>.svc:8443")
     from components.dsp_api import DspApi
 
     pipeline = f"{model_name}-retrain"

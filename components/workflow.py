@@ -210,6 +210,10 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
     return stored
 
 
+class RunActiveError(RuntimeError):
+    """Another local run of the model holds its run lock."""
+
+
 @contextlib.contextmanager
 def local_run_lock(model_name: str) -> Iterator[None]:
     """Hold the model's run lock under $MODEL_PIPELINES_RUN_LOCKS while a local retrain or rollout runs.
@@ -223,7 +227,7 @@ def local_run_lock(model_name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            raise StoreError(f"another local run of {model_name} is active ({handle.read().strip() or 'holder unknown'}); "
+            raise RunActiveError(f"another local run of {model_name} is active ({handle.read().strip() or 'holder unknown'}); "
                              "wait for it to finish") from None
         handle.seek(0)
         handle.truncate()

@@ -24,6 +24,7 @@ from components.storage import ModelStore, StoreError, champion_version, version
 from components.workflow import (
     RUN_LOCKS_ENV,
     SERVING_HOME_ENV,
+    RunActiveError,
     STORE_ROOT_ENV,
     StoreOptions,
     local_run_lock,
@@ -191,7 +192,7 @@ def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_p
         try:
             with local_run_lock(lock) if lock else contextlib.nullcontext():
                 return BUILDERS[pipeline](DEFAULT_IMAGE)(**arguments), ""
-        except StoreError as error:
+        except RunActiveError as error:
             return None, f"failed at start: {error}"
         except RuntimeError as error:
             failed = run_log.first_failure()

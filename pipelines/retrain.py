@@ -446,7 +446,7 @@ def build_monitor_pipeline(image: str = DEFAULT_IMAGE):
             prometheus_secret=prometheus_secret, prometheus_ca_bundle=prometheus_ca_bundle, prometheus_queries=prometheus_queries,
             prometheus_end=prometheus_end, psi_threshold=psi_threshold, ks_excess=ks_excess, cooldown_hours=cooldown_hours,
             anomaly_rate_factor=anomaly_rate_factor, forecast_bias_factor=forecast_bias_factor, min_predictions=min_predictions,
-            dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, pushgateway_url=pushgateway_url, **_store(p),
+            action=action, dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, pushgateway_url=pushgateway_url, **_store(p),
         ).after(_validate(ops, {**rollout_defaults, **p})), p), p).set_display_name("Measure drift and decide")
         # No dsl.If on the decision: kfp.local cannot resolve a named output in a condition, so the step decides itself.
         _side_effect(ops.trigger_retrain(

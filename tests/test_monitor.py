@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components.contract import PREDICTIVE_ANALYTICS
+from components.monitor import MonitorSettings, prediction_checks
 from components.prometheus import PrometheusClient
 from components.synthetic import generate_cluster_metrics
 from components.workflow import RUN_LOCKS_ENV, local_run_lock
@@ -149,7 +150,7 @@ def test_a_shifted_window_in_prometheus_submits_the_retrain_then_an_active_run_a
     assert len(kfp.sent("POST", "/apis/v2beta1/runs")) == 1, "held decisions start nothing"
 
 
-def test_submit_refuses_to_send_the_token_over_plain_http_to_another_host(trained, tmp_path):
+def test_submit_without_the_dsp_address_fails_every_run_and_refuses_a_token_over_plain_http(trained, tmp_path):
     state = copy_of(trained, tmp_path)
     (state / "shifted.csv").write_text(shifted(generate_cluster_metrics(FORECASTER, days=0.5, seed=3)).to_csv(index=False))
     script_arguments = {"model_name": FORECASTER, "source": "file", "file_path": str(state / "shifted.csv"), "action": "submit",
@@ -158,6 +159,10 @@ def test_submit_refuses_to_send_the_token_over_plain_http_to_another_host(traine
     assert result.returncode != 0
     assert "refusing to send the token over plain http to http://ds-pipeline-dspa.example.svc:8888" in result.stdout + result.stderr
     assert TOKEN not in result.stdout + result.stderr
+    quiet = {**script_arguments, "file_path": str(state / "quiet.csv"), "dsp_api_url": ""}
+    (state / "quiet.csv").write_text(generate_cluster_metrics(FORECASTER, days=0.5, seed=3).to_csv(index=False))
+    unaddressed = monitor_pipeline_process(state, **quiet)
+    assert unaddressed.returncode != 0 and "action=submit needs dsp_api_url" in unaddressed.stdout + unaddressed.stderr
 
 
 def monitor_cli(state: Path, csv: Path, *params: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -252,3 +257,27 @@ def test_an_unreachable_pushgateway_is_a_warning_and_the_check_still_decides(tra
     result = monitor_cli(state, quiet_csv, "--param", "pushgateway_url=http://127.0.0.1:9", "--verbose")
     assert result.returncode == 0 and "decision: none" in result.stdout, result.stdout[-2000:]
     assert "warning: drift metrics not pushed: cannot reach the Pushgateway at http://127.0.0.1:9" in result.stdout
+
+
+def test_the_prediction_checks_judge_the_live_anomaly_rate_and_forecast_bias_and_say_when_there_is_too_little():
+    settings = MonitorSettings()
+    flagged = prediction_checks("anomaly-detector", {"anomaly_rate": 0.05}, pd.DataFrame(), {"anomaly": 60.0, "normal": 140.0}, settings)
+    assert [(check.measured, check.drifted) for check in flagged] == [(True, True)]
+    assert flagged[0].detail == "live 0.300 on 200 predictions, validation 0.050 (limit 0.150)"
+    usual = prediction_checks("anomaly-detector", {"anomaly_rate": 0.05}, pd.DataFrame(), {"anomaly": 8.0, "normal": 192.0}, settings)
+    assert [(check.measured, check.drifted) for check in usual] == [(True, False)]
+    quiet = prediction_checks("anomaly-detector", {"anomaly_rate": 0.05}, pd.DataFrame(), {"anomaly": 1.0, "normal": 20.0}, settings)
+    assert quiet[0].measured is False and quiet[0].detail == "inconclusive: 21 live predictions < 100"
+    live = generate_cluster_metrics(FORECASTER, days=0.1, seed=1)
+    validation = {f"mae_{name}": 0.02 for name in METRICS}
+    forecasts = {name: {"sum": (float(live[name].mean()) + (0.1 if name == "cpu" else 0.0)) * 500, "count": 500.0} for name in METRICS}
+    biased = {check.name: check for check in prediction_checks(FORECASTER, validation, live, {"forecasts": forecasts}, settings)}
+    assert biased["cpu forecast"].drifted and not biased["memory forecast"].drifted
+    assert biased["cpu forecast"].detail == "live bias +0.100 on 500 forecasts, limit 0.060 (3 x validation MAE)"
+
+
+def test_a_model_without_a_stable_version_is_a_failed_check_that_names_the_fix(tmp_path):
+    csv = tmp_path / "quiet.csv"
+    csv.write_text(generate_cluster_metrics(FORECASTER, days=0.5, seed=3).to_csv(index=False))
+    result = monitor_cli(tmp_path / "empty", csv)
+    assert result.returncode == 1 and "has no stable version" in result.stdout and "run its retrain pipeline first" in result.stdout, result.stdout[-2000:]

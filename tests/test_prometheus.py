@@ -17,6 +17,7 @@ import yaml
 
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, fallback_instance
 from components.ingest import IngestRequest, ingest
+from components.monitor import live_prediction_stats
 from components.prometheus import PrometheusClient, PrometheusError, series_frame
 from components.storage import FilesystemStore
 from components.synthetic import generate_cluster_metrics
@@ -289,6 +290,11 @@ def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tm
         assert "normal" in outcomes and {sample["metric"]["version"] for sample in answers["model_predictions_total"]} == {"v1"}
         for query in rule_queries:
             client.query(query)  # every alert expression is valid PromQL over these series (an error raises)
+        now = pd.Timestamp.now(tz="UTC").to_pydatetime()
+        detector = live_prediction_stats(client, ANOMALY_DETECTOR, "v1", 5, now)
+        assert detector["normal"] > 0 and detector["anomaly"] >= 0, "the drift monitor reads the detector's outcomes"
+        forecasts = live_prediction_stats(client, PREDICTIVE_ANALYTICS, "v1", 5, now)["forecasts"]
+        assert forecasts["cpu"]["count"] > 0 and 0 <= forecasts["cpu"]["sum"] / forecasts["cpu"]["count"] <= 1
     finally:
         run_cli("serve", "stop", "--state-dir", str(state))
         server.stop()
