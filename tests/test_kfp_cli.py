@@ -1,6 +1,8 @@
 """upload, submit and schedule through the real kfp.Client, driven by the CLI, against a KFP v2beta1 API stand-in."""
 
 
+import json
+
 import pytest
 import yaml
 
@@ -160,3 +162,20 @@ def test_the_standin_is_as_strict_as_the_api(kfp):
     assert duplicate.status_code == 409
     versions = requests.get(f"{api}/pipelines/{upload_id(kfp)}/versions?sort_by=created_at", headers=headers, timeout=10).json()["pipeline_versions"]
     assert len(versions) == 1 and versions[0]["pipeline_spec"]["pipelineInfo"]["name"] == "anomaly-detector-retrain"
+
+
+def test_the_hourly_drift_monitor_schedule_as_the_readme_shows_it(kfp):
+    assert cli(kfp, "upload", "model-monitor").returncode == 0
+    retrain = '{"source": "prometheus", "prometheus_url": "https://thanos-querier.openshift-monitoring.svc:9091"}'
+    created = cli(kfp, "schedule", "create", "model-monitor", "--cron", "0 0 * * * *", "--name", "drift-anomaly-detector",
+                  "--param", "model_name=anomaly-detector", "--param", "source=prometheus",
+                  "--param", "prometheus_url=https://thanos-querier.openshift-monitoring.svc:9091", "--param", "action=submit",
+                  "--param", "dsp_api_url=https://ds-pipeline-dspa.models.svc:8443", "--param", f"retrain_parameters={retrain}")
+    assert created.returncode == 0, created.stdout
+    (request,) = kfp.sent("POST", "/apis/v2beta1/recurringruns")
+    body = request["json"]
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 * * * *" and body["display_name"] == "drift-anomaly-detector"
+    assert body["runtime_config"]["parameters"]["retrain_parameters"] == json.loads(retrain)
+    assert body["runtime_config"]["parameters"]["action"] == "submit"
+    bad = cli(kfp, "schedule", "create", "model-monitor", "--cron", "0 0 * * * *", "--param", "action=retrain")
+    assert bad.returncode == 2 and "action='retrain': must be one of report, submit" in bad.stdout

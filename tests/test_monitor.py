@@ -125,6 +125,10 @@ def test_a_shifted_window_in_prometheus_submits_the_retrain_then_an_active_run_a
 
     drifted = run_monitor_pipeline(state, **common, prometheus_end=shifted_end, cooldown_hours=0.0)
     assert drifted["decision"] == "retrain" and drifted["reason"].startswith("drift: cpu PSI "), drifted
+    report_dir = sorted((state / "runs").glob("model-monitor-*/monitor-drift"))[-1]
+    assert (report_dir / "distributions").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (report_dir / "report").read_text()
+    assert "| cpu |" in report and "**yes**" in report and "](data:image/png;base64," in report
     (post,) = kfp.sent("POST", "/apis/v2beta1/runs")
     pipeline_id = next(pipeline_id for pipeline_id, pipeline in kfp.pipelines.items() if pipeline["display_name"] == f"{FORECASTER}-retrain")
     (version,) = kfp.versions[pipeline_id]
