@@ -3,7 +3,8 @@
 A profile is compact JSON written with the version and immutable like it:
 - ``seasonal``: per base metric, the training median for each hour of the day on weekdays and on weekends (UTC);
 - ``features``: per model input feature, quantile bin edges and the fraction of training rows in each bin, of
-  the feature with its seasonal median taken away when it is a level (value, window mean/min/max, lags); the
+  the feature with its seasonal median taken away when it is a level (value, window mean/min/max, lags), or
+  divided by it (as a log ratio) for network traffic, which scales with load; the
   largest KS statistic of any training window as long as a check's (``ks_null``); and ``judged: false`` where a
   feature is not judged: the window mean/min/max and lags of a metric (its value is judged once, not six times
   over), and the level of a cumulative counter (restarts), which only says how long ago pods last restarted;
@@ -32,6 +33,8 @@ PROFILE_BINS = 10
 SIGNIFICANT_DIGITS = 6  # keeps a 45-feature profile at a few KB
 HOURS_PER_DAY_TYPE = 24  # seasonal slots: hour of day on weekdays, then on weekends (UTC)
 LEVEL_SUFFIXES = ("value", "mean_5m", "min_5m", "max_5m", "lag_1m", "lag_5m")  # features that follow the day's load
+PROPORTIONAL_METRICS = {"network_in", "network_out"}  # their noise and their changes scale with the traffic
+RATIO_FLOOR = 1e-3  # keeps the ratio of a near-zero rate finite
 PSI_FLOOR = 1e-4  # a bin fraction below this counts as this, so an empty bin adds a bounded term
 DRIFT_WINDOW_MINUTES = 120  # benchmarks/drift.py: 180 found a +0.2 cpu shift a check later, 120 no more false triggers  # the live window a check compares; the profile's null is measured on windows this long
 NULL_STRIDE_MINUTES = 5  # how far apart the training windows of the null are
@@ -139,8 +142,13 @@ def deseasonalised_features(raw: pd.DataFrame, model_name: str, baseline: dict[s
     names = schema.feature_names
     for column, name in enumerate(names):
         metric, _, suffix = name.partition("__")
-        if (suffix or "value") in LEVEL_SUFFIXES:
-            features[:, column] -= np.asarray(baseline[metric])[slots]
+        if (suffix or "value") not in LEVEL_SUFFIXES:
+            continue
+        median = np.asarray(baseline[metric])[slots]
+        if metric in PROPORTIONAL_METRICS:  # traffic varies in proportion to load: compare ratios, not differences
+            features[:, column] = np.log((features[:, column] + RATIO_FLOOR) / (median + RATIO_FLOOR))
+        else:
+            features[:, column] -= median
     return names, features
 
 
