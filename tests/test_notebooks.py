@@ -50,7 +50,7 @@ def test_03_uploads_submits_and_schedules_on_the_stand_in(tmp_path):
         execute("03-upload-submit-schedule.ipynb", tmp_path, {"KF_PIPELINES_ENDPOINT": kfp.url, "KF_PIPELINES_TOKEN": "kfp-test-token"})
     finally:
         kfp.stop()
-    assert {p["display_name"] for p in kfp.pipelines.values()} == {"anomaly-detector-retrain", "predictive-analytics-retrain", "model-rollout"}
+    assert {p["display_name"] for p in kfp.pipelines.values()} == {"anomaly-detector-retrain", "predictive-analytics-retrain", "model-rollout", "model-monitor"}
     assert len(kfp.runs) == 1
     (schedule,) = kfp.recurring.values()
     assert schedule["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * 0" and schedule["no_catchup"] is True
