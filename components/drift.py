@@ -36,7 +36,9 @@ LEVEL_SUFFIXES = ("value", "mean_5m", "min_5m", "max_5m", "lag_1m", "lag_5m")  #
 PROPORTIONAL_METRICS = {"network_in", "network_out"}  # their noise and their changes scale with the traffic
 RATIO_FLOOR = 1e-3  # keeps the ratio of a near-zero rate finite
 PSI_FLOOR = 1e-4  # a bin fraction below this counts as this, so an empty bin adds a bounded term
-DRIFT_WINDOW_MINUTES = 120  # benchmarks/drift.py: 180 found a +0.2 cpu shift a check later, 120 no more false triggers  # the live window a check compares; the profile's null is measured on windows this long
+# The live window a check compares; the profile's null is measured on windows this long. benchmarks/drift.py: with
+# 180 a +0.2 cpu shift was found a check later, and 120 brought no more false triggers.
+DRIFT_WINDOW_MINUTES = 120
 NULL_STRIDE_MINUTES = 5  # how far apart the training windows of the null are
 
 
@@ -118,8 +120,7 @@ def season_slots(timestamps: pd.Series) -> np.ndarray:
 
 
 def seasonal_baseline(raw: pd.DataFrame, model_name: str) -> dict[str, list[float]]:
-    """Return, per base metric, the median of each of the 48 slots; a slot training never saw takes the hour's
-    median over both day types, or the metric's overall median."""
+    """Return, per base metric, the median of each of the 48 slots (an unseen slot: its hour's, else the overall median)."""
     slots = season_slots(raw[TIMESTAMP_COLUMN])
     baseline = {}
     for metric in schema_for(model_name).metric_names:
@@ -153,8 +154,7 @@ def deseasonalised_features(raw: pd.DataFrame, model_name: str, baseline: dict[s
 
 
 def drift_profile(raw: pd.DataFrame, model_name: str, window_minutes: int = DRIFT_WINDOW_MINUTES) -> dict:
-    """Return the training side of a profile: seasonal medians, bins of the deseasonalised features, and per
-    feature the largest KS statistic of a ``window_minutes`` training window against those bins (``ks_null``)."""
+    """Return the training side of a profile: seasonal medians, deseasonalised feature bins, and each feature's ``ks_null``."""
     baseline = seasonal_baseline(raw, model_name)
     names, features = deseasonalised_features(raw, model_name, baseline)
     profile = feature_profile(names, features)
