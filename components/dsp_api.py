@@ -8,15 +8,12 @@ sent only over https, or over plain http to this machine, never followed through
 from __future__ import annotations
 
 import json
-import os
-import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 
 import requests
 
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+from components.credentials import token_from_environment, token_may_go_to
+
 ACTIVE_STATES = {"PENDING", "RUNNING", "PAUSED", "CANCELING"}
 NEWEST_RUNS = 100  # how many of the newest runs the active-run check looks at
 
@@ -40,11 +37,10 @@ class DspApi:
 
     def _headers(self) -> dict:
         """Return the Authorization header, refusing a token over plain http to another machine."""
-        token = os.environ.get("KF_PIPELINES_TOKEN") or (SERVICE_ACCOUNT_TOKEN.read_text().strip() if SERVICE_ACCOUNT_TOKEN.is_file() else "")
+        token = token_from_environment("KF_PIPELINES_TOKEN")
         if not token:
             return {}
-        parsed = urllib.parse.urlparse(self.url)
-        if parsed.scheme != "https" and parsed.hostname not in LOOPBACK_HOSTS:
+        if not token_may_go_to(self.url):
             raise DspApiError(f"refusing to send the token over plain http to {self.url}: use the https address, e.g. "
                               "https://ds-pipeline-dspa.<project>.svc:8443")
         return {"Authorization": f"Bearer {token}"}

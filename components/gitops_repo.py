@@ -19,11 +19,12 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from components.credentials import token_may_go_to
+
 OWNED_LIST = ".model-pipelines-owned"
 TOKEN_ENV = "GITOPS_TOKEN"
 SSH_KEY_ENV = "GITOPS_SSH_KEY_FILE"
 KNOWN_HOSTS_ENV = "GITOPS_KNOWN_HOSTS_FILE"
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 PUSH_ATTEMPTS = 5
 AUTHOR = ("model-pipelines", "model-pipelines@self-healing-platform.invalid")
 # A credential helper that answers with the token from the environment, so that the token is never an argument.
@@ -57,8 +58,7 @@ class GitopsRepo:
         """Run git with the credential helper when a token is set (refusing plain http to another machine)."""
         options: list[str] = []
         if os.environ.get(TOKEN_ENV):
-            parsed = urllib.parse.urlparse(self.url)
-            if parsed.scheme == "http" and parsed.hostname not in LOOPBACK_HOSTS:
+            if urllib.parse.urlparse(self.url).scheme == "http" and not token_may_go_to(self.url):
                 raise GitopsError(f"refusing to send the Git token over plain http to {self.url}: use the https URL of the repository")
             options = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"]
         result = subprocess.run(["git", *options, *args], cwd=cwd or self.workdir, env=self._environment(), capture_output=True,

@@ -8,21 +8,19 @@ duplicates are merged and short gaps interpolated. A query that returns nothing 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import requests
 
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, TIMESTAMP_COLUMN, ContractError, Unit, scale_network, schema_for
+from components.credentials import token_from_environment
 
 if TYPE_CHECKING:  # pandas is imported where it is used: the canary step never needs it
     import pandas as pd
 
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 TOKEN_ENV = "PROMETHEUS_TOKEN"
 _WARNED_PLAIN_HTTP: set[str] = set()
 STEP_SECONDS = 60
@@ -67,7 +65,7 @@ def token_source(secret_name: str) -> str:
 
 def bearer_token() -> str:
     """Return the Prometheus token: $PROMETHEUS_TOKEN (injected from a Secret), else the pod's service-account token."""
-    return os.environ.get(TOKEN_ENV, "") or (SERVICE_ACCOUNT_TOKEN.read_text().strip() if SERVICE_ACCOUNT_TOKEN.is_file() else "")
+    return token_from_environment(TOKEN_ENV)
 
 
 @dataclass(frozen=True)

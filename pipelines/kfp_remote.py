@@ -19,7 +19,7 @@ from typing import Callable
 
 import requests
 
-from components.dsp_api import LOOPBACK_HOSTS, SERVICE_ACCOUNT_TOKEN
+from components.credentials import token_from_environment, token_may_go_to
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}
 
@@ -49,12 +49,9 @@ def resolve_connection(host: str | None, token: str | None, ca_cert: str | None,
             "no KFP host: pass --host https://ds-pipeline-dspa-<project>.apps.<cluster> or set KF_PIPELINES_ENDPOINT "
             "(oc get route ds-pipeline-dspa -o jsonpath='{.spec.host}')"
         )
-    token = token or os.environ.get("KF_PIPELINES_TOKEN")
-    if not token and SERVICE_ACCOUNT_TOKEN.is_file():
-        token = SERVICE_ACCOUNT_TOKEN.read_text().strip()
-    parsed = urllib.parse.urlparse(host)
-    if token and parsed.scheme != "https" and parsed.hostname not in LOOPBACK_HOSTS:
-        raise RemoteError(f"refusing to send the token over plain {parsed.scheme or 'http'} to {host}: use the https address "
+    token = token or token_from_environment("KF_PIPELINES_TOKEN")
+    if token and not token_may_go_to(host):
+        raise RemoteError(f"refusing to send the token over plain {urllib.parse.urlparse(host).scheme or 'http'} to {host}: use the https address "
                           "(the DSP route, or https://ds-pipeline-dspa.<project>.svc:8443 from inside the cluster)")
     return Connection(host.rstrip("/"), token, ca_cert, namespace)
 
