@@ -214,15 +214,20 @@ class RunActiveError(RuntimeError):
     """Another local run of the model holds its run lock."""
 
 
+def _run_lock_path(model_name: str) -> Path:
+    """Return the model's run lock file under $MODEL_PIPELINES_RUN_LOCKS."""
+    return Path(os.environ[RUN_LOCKS_ENV]) / f"{model_name}.lock"
+
+
 @contextlib.contextmanager
 def local_run_lock(model_name: str) -> Iterator[None]:
     """Hold the model's run lock under $MODEL_PIPELINES_RUN_LOCKS while a local retrain or rollout runs.
 
     A second local run of the same model fails at once, naming the holder, and the drift monitor sees the run as active.
     """
-    directory = Path(os.environ[RUN_LOCKS_ENV])
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / f"{model_name}.lock", "a+") as handle:
+    path = _run_lock_path(model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -244,7 +249,7 @@ def active_local_run(model_name: str) -> str | None:
     """Return who holds the model's local run lock (a retrain or rollout running now), or None."""
     if not os.environ.get(RUN_LOCKS_ENV):
         return None
-    path = Path(os.environ[RUN_LOCKS_ENV]) / f"{model_name}.lock"
+    path = _run_lock_path(model_name)
     if not path.is_file():
         return None
     with open(path) as handle:

@@ -16,7 +16,7 @@ from pipelines import kfp_remote
 from components.storage import StoreError
 from pipelines.local import (
     DEFAULT_STATE_DIR, HELD_BACK, MonitorSummary, RunSummary, check_stored_version, exit_code, local_target,
-    open_run_store, params_per_model, parse_params, retrain_arguments, run_local, run_monitor_local,
+    open_run_store, params_per_model, parse_params, retrain_arguments, run_local, run_monitor_local, worst_exit_code,
 )
 from components.s3_store import DEFAULT_SECRET
 from pipelines.platforms import DEFAULT_PLATFORM, STORES, platform_named
@@ -89,7 +89,7 @@ def _monitor(args: argparse.Namespace) -> int:
         summary = run_monitor_local(model, arguments, state_dir, verbose=args.verbose)
         summaries.append(summary)
         print(format_monitor_summary(summary))
-    code = 1 if any(s.exit_code == 1 for s in summaries) else 3 if any(s.exit_code == 3 for s in summaries) else 0
+    code = worst_exit_code(summary.exit_code for summary in summaries)
     print(f"exit code {code}: {MONITOR_EXIT_MEANINGS[code]}")
     return code
 

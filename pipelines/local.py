@@ -12,7 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from kfp import local
 
@@ -67,8 +67,13 @@ class RunSummary:
 
 def exit_code(summaries: list[RunSummary]) -> int:
     """Return 1 if a run failed, 3 if a candidate was rejected or held back by a gate, else 0."""
-    codes = {EXIT_CODES[summary.kind] for summary in summaries}
-    return 1 if 1 in codes else 3 if 3 in codes else 0
+    return worst_exit_code(EXIT_CODES[summary.kind] for summary in summaries)
+
+
+def worst_exit_code(codes: Iterable[int]) -> int:
+    """Return the code a command with several outcomes exits with: 1 if any failed, else 3 if any was held, else 0."""
+    found = set(codes)
+    return 1 if 1 in found else 3 if 3 in found else 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -283,7 +288,6 @@ class MonitorSummary:
     reason: str = ""
     report: str = ""
     log: str = ""
-    metrics: dict = field(default_factory=dict)
     error: str = ""
     retrain: RunSummary | None = None
 
@@ -316,7 +320,6 @@ def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: 
         return summary
     summary.succeeded = True
     summary.decision, summary.reason = task.outputs["decision"], task.outputs["reason"]
-    summary.metrics = dict(task.outputs["metrics"].metadata)
     summary.report = task.outputs["report"].path
     if summary.decision == RETRAIN and arguments.get("action") == "submit":
         store = open_run_store(arguments, state_dir)
