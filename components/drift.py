@@ -129,8 +129,9 @@ def seasonal_baseline(raw: pd.DataFrame, model_name: str) -> dict[str, list[floa
         medians = []
         for slot in range(2 * HOURS_PER_DAY_TYPE):
             in_slot = values[slots == slot]
-            same_hour = values[slots % HOURS_PER_DAY_TYPE == slot % HOURS_PER_DAY_TYPE]
-            medians.append(float(np.median(in_slot)) if len(in_slot) else float(np.median(same_hour)) if len(same_hour) else overall)
+            if not len(in_slot):
+                in_slot = values[slots % HOURS_PER_DAY_TYPE == slot % HOURS_PER_DAY_TYPE]
+            medians.append(float(np.median(in_slot)) if len(in_slot) else overall)
         baseline[metric] = _rounded(np.asarray(medians))
     return baseline
 
@@ -142,8 +143,8 @@ def deseasonalised_features(raw: pd.DataFrame, model_name: str, baseline: dict[s
     slots = season_slots(raw[TIMESTAMP_COLUMN])[WINDOW_MINUTES:] if schema.engineered else season_slots(raw[TIMESTAMP_COLUMN])
     names = schema.feature_names
     for column, name in enumerate(names):
-        metric, _, suffix = name.partition("__")
-        if (suffix or "value") not in LEVEL_SUFFIXES:
+        metric, kind = _metric_and_kind(name)
+        if kind not in LEVEL_SUFFIXES:
             continue
         median = np.asarray(baseline[metric])[slots]
         if metric in PROPORTIONAL_METRICS:  # traffic varies in proportion to load: compare ratios, not differences
@@ -151,6 +152,12 @@ def deseasonalised_features(raw: pd.DataFrame, model_name: str, baseline: dict[s
         else:
             features[:, column] -= median
     return names, features
+
+
+def _metric_and_kind(feature: str) -> tuple[str, str]:
+    """Return a feature's base metric and kind: "cpu__mean_5m" is ("cpu", "mean_5m"), a raw metric "cpu" is ("cpu", "value")."""
+    metric, _, suffix = feature.partition("__")
+    return metric, suffix or "value"
 
 
 def drift_profile(raw: pd.DataFrame, model_name: str, window_minutes: int = DRIFT_WINDOW_MINUTES) -> dict:
@@ -161,8 +168,8 @@ def drift_profile(raw: pd.DataFrame, model_name: str, window_minutes: int = DRIF
     counters = {metric.name for metric in schema_for(model_name).base_metrics if metric.unit is Unit.COUNT}
     for column, name in enumerate(names):
         profile[name]["ks_null"] = round(window_ks_maximum(profile[name], features[:, column], window_minutes), 4)
-        metric, _, suffix = name.partition("__")
-        if (suffix or "value") in LEVEL_SUFFIXES and (metric in counters or (suffix or "value") != "value"):
+        metric, kind = _metric_and_kind(name)
+        if kind in LEVEL_SUFFIXES and (metric in counters or kind != "value"):
             profile[name]["judged"] = False
     return {"seasonal": baseline, "window_minutes": window_minutes, "features": profile}
 
@@ -172,9 +179,9 @@ def window_ks_maximum(bins: dict, values: np.ndarray, window: int, stride: int =
 
     Counts per bin come from running sums, so the cost is linear in the rows times the bins.
     """
-    reference_cdf = np.cumsum(np.asarray(bins["fractions"], dtype=float))
     if len(values) <= window:
-        return float(np.max(np.abs(reference_cdf - np.cumsum(bin_fractions(bins["edges"], values)))))
+        return ks_statistic(np.asarray(bins["fractions"], dtype=float), bin_fractions(bins["edges"], values))
+    reference_cdf = np.cumsum(np.asarray(bins["fractions"], dtype=float))
     interior = np.asarray(bins["edges"], dtype=float)[1:]
     bin_of_row = np.searchsorted(interior, values, side="right")
     running = np.zeros((len(values) + 1, len(interior) + 1))
