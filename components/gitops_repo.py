@@ -118,11 +118,55 @@ class GitopsRepo:
         self._git("commit", "--quiet", "-m", message)
         return self._push(message.splitlines()[0])
 
-    def revert(self, revision: str, message: str) -> str:
-        """Commit the revert of ``revision`` (one of ours) and push it (``_push``); return the pushed head."""
-        self._git("revert", "--no-edit", "--no-commit", revision)
+    def revert(self, revisions: list[str], message: str) -> str:
+        """Commit the revert of ``revisions`` (ours, newest first) as one commit and push it (``_push``); return the pushed head."""
+        if self._git("revert", "--no-edit", "--no-commit", *revisions, check=False).returncode != 0:
+            self._git("revert", "--abort", check=False)
+            raise GitopsError(f"the revert of {', '.join(r[:7] for r in revisions)} conflicts with later changes under {self.path} on "
+                              f"{self.branch}; nothing was pushed: revert them in the repository by hand")
         self._git("commit", "--quiet", "--allow-empty", "-m", message)
         return self._push(message.splitlines()[0])
+
+    def remove(self, files: list[str]) -> list[str]:
+        """Delete owned ``files`` (relative to ``path``), refusing others' files; return those that existed."""
+        owned = self.owned()
+        foreign = [relative for relative in files if relative not in owned and (self.root / relative).exists()]
+        if foreign:
+            raise GitopsError(f"{', '.join(f'{self.path}/{name}' for name in foreign)} was not created by model-pipelines; it is left alone")
+        removed = [relative for relative in files if (self.root / relative).exists()]
+        for relative in removed:
+            (self.root / relative).unlink()
+        if removed:
+            (self.root / OWNED_LIST).write_text("".join(f"{name}\n" for name in sorted(owned - set(removed))))
+        return removed
+
+    def read(self, relative: str) -> str | None:
+        """Return the text of a file under ``path`` in the clone, or None when it does not exist."""
+        target = self.root / relative
+        return target.read_text() if target.is_file() else None
+
+    def history(self, *relatives: str) -> list[tuple[str, str]]:
+        """Return (revision, message) of the commits that touched ``relatives`` under ``path``, newest first."""
+        paths = [f"{self.path}/{relative}" for relative in relatives]
+        output = self._git("log", "--format=%H%x1f%B%x1e", "--", *paths).stdout
+        return [tuple(entry.strip("\n").split("\x1f", 1)) for entry in output.split("\x1e") if "\x1f" in entry]
+
+    def last_change(self, *relatives: str) -> str:
+        """Return the newest revision that touched ``relatives`` under ``path`` ("" when none did)."""
+        return self._git("log", "-1", "--format=%H", "--", *[f"{self.path}/{relative}" for relative in relatives]).stdout.strip()
+
+    def changed_files(self, revision: str) -> list[str]:
+        """Return the files ``revision`` changed, relative to ``path``."""
+        output = self._git("diff-tree", "--no-commit-id", "--name-only", "-r", revision).stdout.split()
+        return [name.removeprefix(f"{self.path}/") for name in output if name.startswith(f"{self.path}/")]
+
+    def contains(self, revision: str, ancestor: str) -> bool:
+        """Return whether ``revision`` (e.g. what Argo CD synced) includes ``ancestor``, fetching when it is unknown here."""
+        if not revision:
+            return False
+        if self._git("cat-file", "-e", f"{revision}^{{commit}}", check=False).returncode != 0:
+            self._git("fetch", "--quiet", "origin", self.branch, check=False)
+        return self._git("merge-base", "--is-ancestor", ancestor, revision, check=False).returncode == 0
 
     def _push(self, what: str) -> str:
         """Push the head; when the branch moved on, rebase onto it and try again (never force). Return the pushed head."""

@@ -327,6 +327,10 @@ class LocalTarget:
         """Return how the local router shifts traffic."""
         return "the local router sends each percentage step of the main URL's requests to the candidate"
 
+    def metric_scope(self, model_name: str) -> str:
+        """Return "": one machine, so no label narrows the live metrics."""
+        return ""
+
     def stop_all(self) -> list[str]:
         """Stop every process of every model and forget their state; return the models stopped."""
         stopped = []

@@ -45,12 +45,12 @@ NETWORK_METRICS = {"network_in", "network_out"}
 # Canary templates: {model}, {version} and {window} are filled in. request_predict_seconds is KServe's histogram;
 # model_version is the label the scrape configuration gives each version (the local target's targets file does).
 DEFAULT_CANARY_QUERIES = {
-    "live_p95_latency_ms": 'histogram_quantile(0.95, sum by (le) (rate(request_predict_seconds_bucket{{model_name="{model}",model_version="{version}"}}[{window}]))) * 1000',
-    "live_error_rate": 'sum(rate(kserve_inference_errors_total{{model="{model}",version="{version}"}}[{window}])) / sum(rate(kserve_inference_requests_total{{model="{model}",version="{version}"}}[{window}]))',
+    "live_p95_latency_ms": 'histogram_quantile(0.95, sum by (le) (rate(request_predict_seconds_bucket{{model_name="{model}",model_version="{version}"{scope}}}[{window}]))) * 1000',
+    "live_error_rate": 'sum(rate(kserve_inference_errors_total{{model="{model}",version="{version}"{scope}}}[{window}])) / sum(rate(kserve_inference_requests_total{{model="{model}",version="{version}"{scope}}}[{window}]))',
 }
 # With KServe Serverless, queue-proxy counts every request to a revision, errors included:
-SERVERLESS_ERROR_RATE = ('sum(rate(revision_request_count{{revision_name=~"{model}-predictor.*",response_code_class="5xx"}}[{window}]))'
-                         ' / sum(rate(revision_request_count{{revision_name=~"{model}-predictor.*"}}[{window}]))')
+SERVERLESS_ERROR_RATE = ('sum(rate(revision_request_count{{revision_name=~"{model}-predictor.*",response_code_class="5xx"{scope}}}[{window}]))'
+                         ' / sum(rate(revision_request_count{{revision_name=~"{model}-predictor.*"{scope}}}[{window}]))')
 
 
 class PrometheusError(RuntimeError):
@@ -167,12 +167,13 @@ class PrometheusProvider:
     client: PrometheusClient
     window: str = "30s"
     queries: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CANARY_QUERIES))
+    scope: str = ""  # extra label matchers, e.g. ',cluster=~"spoke-1"' for the clusters of a fleet's first wave
 
     def measure(self, model_name: str, stable_endpoint: str, candidate_endpoint: str, candidate_version: str = "") -> dict[str, float | None]:
         """Return each templated query's value for the candidate version, or None without data."""
         values: dict[str, float | None] = {}
         for name, template in self.queries.items():
-            result = self.client.query(template.format(model=model_name, version=candidate_version, window=self.window))
+            result = self.client.query(template.format(model=model_name, version=candidate_version, window=self.window, scope=self.scope))
             numbers = [float(sample["value"][1]) for sample in result]
             finite = [number for number in numbers if np.isfinite(number)]
             values[name] = max(finite) if finite else None

@@ -495,7 +495,15 @@ def canary_promote(
         result.outcome, result.reason = "rolled back", f"rejected at canary-promote: the step failed: {type(error).__name__}: {error}"
         rollback(target, store, model_name, version, result.reason, timeout_s, report_uri)
         return result
-    target.promote(model_name, timeout_s)
+    try:
+        target.promote(model_name, timeout_s)
+    except ServingError as error:
+        if target.status(model_name).stable == version:
+            raise
+        # The target put stable back itself (gitops reverts a promotion that stopped in a later wave): reject the candidate.
+        result.outcome, result.reason = "rolled back", f"rejected at canary-promote: promotion failed: {error}"
+        rollback(target, store, model_name, version, result.reason, timeout_s, report_uri)
+        return result
 
     def promoted(index: dict) -> None:
         previous = index.get("stable")

@@ -27,12 +27,14 @@ CHOICES = {
     "scaler": ("standard", "robust"),
     "source": ("synthetic", "file", "prometheus"),
     "model_store": ("pvc", "s3"),
-    "serving_target": ("kserve", "local"),
+    "serving_target": ("kserve", "local", "gitops"),
     "deployment_mode": ("auto", "Serverless", "RawDeployment", "Knative", "Standard"),
     "rollout_strategy": ("auto", "knative", "standard-canary", "candidate-isvc"),
     "action": ("report", "submit"),
 }
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+GIT_URL = re.compile(r"^(https://[^\s/?#@]+/[^\s?#]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?/[^\s?#]+|ssh://[^\s/?#:]+@[^\s/?#]+/[^\s?#]+|[a-z0-9_.-]+@[^\s/?#:]+:[^\s?#]+)$")
+GIT_BRANCH = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<![/.])$")
 
 
 def _number(value: object) -> float | None:
@@ -142,6 +144,29 @@ def _retrain_parameters(value: object) -> str | None:
     return 'an object of retrain pipeline parameter -> value, e.g. {"source": "prometheus", "days": 7}'
 
 
+def _git_repository(value: object) -> str | None:
+    """Rule for gitops_repo: empty (no fleet) or an https URL without credentials, or an SSH URL."""
+    if value == "" or (isinstance(value, str) and len(value) <= MAX_TEXT and GIT_URL.match(value)):
+        return None
+    return "empty or the fleet repository as https://host/path (the token comes from a Secret, never the URL) or ssh://git@host/path (plain http only on this machine)"
+
+
+def _git_branch(value: object) -> str | None:
+    """Rule for gitops_branch: a branch name."""
+    return None if isinstance(value, str) and GIT_BRANCH.match(value) else "a branch name such as main"
+
+
+def _fleet_waves(value: object) -> str | None:
+    """Rule for fleet_waves: lists of cluster wave labels, "*" alone as the last wave."""
+    from components.gitops_target import fleet_waves
+
+    try:
+        fleet_waves(json.loads(value) if isinstance(value, str) else value)
+        return None
+    except ValueError:
+        return 'non-empty lists of cluster wave labels, each label in one wave, "*" (every other cluster) only alone as the last wave, e.g. [["canary"], ["*"]]'
+
+
 def _choice(name: str) -> Callable[[object], str | None]:
     """Return a rule: one of the parameter's choices."""
     return lambda value: None if value in CHOICES[name] else f"one of {', '.join(CHOICES[name])}"
@@ -204,6 +229,10 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "dsp_ca_bundle": _text,
     "experiment": _text,
     "retrain_parameters": _retrain_parameters,
+    "gitops_repo": _git_repository,
+    "gitops_branch": _git_branch,
+    "gitops_path": _store_prefix,
+    "fleet_waves": _fleet_waves,
 }
 
 
@@ -221,6 +250,12 @@ def problems(values: dict) -> list[str]:
             found.append(f"{name}={values[name]!r}: must be {wanted}")
     if values.get("source") == "file" and values.get("file_path") == "":
         found.append("file_path='': must name a CSV or Parquet file when source=file")
+    if values.get("serving_target") == "gitops":
+        if not values.get("gitops_repo"):
+            found.append("gitops_repo='': must name the fleet repository when serving_target=gitops")
+        if "{cluster}" not in str(values.get("endpoint", "")):
+            found.append(f"endpoint={values.get('endpoint')!r}: must be the URL template of a spoke's routes when serving_target=gitops, "
+                         "e.g. https://{service}-{namespace}.apps.{cluster}.example.com")
     return found
 
 

@@ -65,6 +65,9 @@ class ServingTarget(Protocol):
     def traffic_strategy(self, model_name: str) -> str:
         """Return one sentence on how candidate traffic is shifted for this model (shown in canary reports)."""
 
+    def metric_scope(self, model_name: str) -> str:
+        """Return extra PromQL label matchers (",cluster=~..." or "") that limit live metrics to where the candidate serves."""
+
 
 def model_url(base: str, model_name: str) -> str:
     """Return the v1 model URL under a server's base URL."""

@@ -36,6 +36,10 @@ def validate_parameters(
     rollout_strategy: str,
     service_account: str,
     endpoint: str,
+    gitops_repo: str,
+    gitops_branch: str,
+    gitops_path: str,
+    fleet_waves: list,
     ready_timeout_s: float,
     canary_steps: list,
     canary_interval_s: float,
@@ -277,15 +281,21 @@ def deploy_inference_service(
     rollout_strategy: str,
     service_account: str,
     endpoint: str,
+    gitops_repo: str,
+    gitops_branch: str,
+    gitops_path: str,
+    fleet_waves: list,
     run_name: str,
     ready_timeout_s: float,
 ) -> str:
     """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %); return what happened."""
+    from components.gitops_target import GitopsOptions, fleet_waves as checked_waves
     from components.kserve_target import KServeOptions
     from components.workflow import StoreOptions, deploy_step
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
-    outcome = deploy_step(model_name, version, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), ready_timeout_s, options)
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
+    outcome = deploy_step(model_name, version, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), ready_timeout_s, options, gitops)
     print(f"result: {outcome.message}")
     return outcome.message
 
@@ -306,6 +316,10 @@ def smoke_test(
     rollout_strategy: str,
     service_account: str,
     endpoint: str,
+    gitops_repo: str,
+    gitops_branch: str,
+    gitops_path: str,
+    fleet_waves: list,
     validation_data: Input[Dataset],
     max_p95_latency_ms: float,
     report: Output[Markdown],
@@ -313,12 +327,14 @@ def smoke_test(
     """Probe the version's own endpoint against the contract and its offline predictions; return passed and why not."""
     from collections import namedtuple
 
+    from components.gitops_target import GitopsOptions, fleet_waves as checked_waves
     from components.kserve_target import KServeOptions
     from components.rollout import record_smoke_test, smoke_test as run_smoke_test
     from components.workflow import StoreOptions, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
-    target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path)
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
+    target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path, gitops)
     result = run_smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=max_p95_latency_ms)
     markdown = result.markdown()
     with open(report.path, "w") as handle:
@@ -346,6 +362,11 @@ def canary_promote(
     rollout_strategy: str,
     service_account: str,
     endpoint: str,
+    gitops_repo: str,
+    gitops_branch: str,
+    gitops_path: str,
+    fleet_waves: list,
+    run_name: str,
     validation_data: Input[Dataset],
     canary_steps: list,
     canary_interval_s: float,
@@ -363,14 +384,16 @@ def canary_promote(
     report: Output[HTML],
 ) -> str:
     """Step traffic to the candidate with analysis at each step; promote or roll back; return the outcome."""
+    from components.gitops_target import GitopsOptions, fleet_waves as checked_waves
     from components.kserve_target import KServeOptions
     from components.prometheus import PrometheusClient, PrometheusProvider, token_source
     from components.rollout import CanarySpec, ProbeProvider, canary_promote as run_canary
     from components.workflow import StoreOptions, probe_sample_from, serving_context
 
-    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
     store_options = StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle)
-    target, store, _ = serving_context(model_name, serving_target, store_options, options)
+    target, store, _ = serving_context(model_name, serving_target, store_options, options, gitops=gitops)
     spec = CanarySpec(tuple(int(step) for step in canary_steps), canary_interval_s, probe_requests, max_error_rate,
                       max_p95_latency_ms, max_prediction_shift, failure_limit, max_live_p95_latency_ms)
 
@@ -379,7 +402,7 @@ def canary_promote(
         built = [ProbeProvider(probe_sample_from(validation_data.path, model_name), probe_requests)]
         if prometheus_url:
             print(token_source(prometheus_secret))
-            built.append(PrometheusProvider(PrometheusClient(prometheus_url, prometheus_ca_bundle), prometheus_window))
+            built.append(PrometheusProvider(PrometheusClient(prometheus_url, prometheus_ca_bundle), prometheus_window, scope=target.metric_scope(model_name)))
         return built
 
     result = run_canary(target, store, model_name, version, spec, providers, timeout_s=ready_timeout_s, report_uri=report.uri)
@@ -405,16 +428,23 @@ def rollback(
     rollout_strategy: str,
     service_account: str,
     endpoint: str,
+    gitops_repo: str,
+    gitops_branch: str,
+    gitops_path: str,
+    fleet_waves: list,
+    run_name: str,
     reason: str,
     ready_timeout_s: float,
 ) -> str:
     """Send all traffic to stable, remove the candidate and mark it rejected; return what happened."""
+    from components.gitops_target import GitopsOptions, fleet_waves as checked_waves
     from components.kserve_target import KServeOptions
     from components.rollout import rollback as run_rollback
     from components.workflow import StoreOptions, serving_context
 
-    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
-    target, store, _ = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
+    target, store, _ = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, gitops=gitops)
     outcome = run_rollback(target, store, model_name, version, reason, ready_timeout_s)
     print(f"result: {outcome.message}")
     return outcome.message
@@ -429,15 +459,22 @@ def ensure_safe_serving(
     rollout_strategy: str,
     service_account: str,
     endpoint: str,
+    gitops_repo: str,
+    gitops_branch: str,
+    gitops_path: str,
+    fleet_waves: list,
+    run_name: str,
     ready_timeout_s: float,
 ) -> str:
     """Exit handler: whatever failed, leave stable serving and any candidate at 0 %; return the state."""
+    from components.gitops_target import GitopsOptions, fleet_waves as checked_waves
     from components.kserve_target import KServeOptions
     from components.rollout import make_safe
     from components.workflow import target_from_environment
 
-    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
-    outcome = make_safe(target_from_environment(serving_target, options), model_name, ready_timeout_s)
+    options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
+    outcome = make_safe(target_from_environment(serving_target, options, gitops=gitops), model_name, ready_timeout_s)
     print(f"result: {outcome.message}")
     return outcome.message
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator
 from components import __version__
 from components.contract import TIMESTAMP_COLUMN, schema_for
 from components.drift import validation_profile
+from components.gitops_target import GitopsOptions, GitopsTarget
 from components.kserve_target import KServeOptions, KServeTarget
 from components.local_serving import LocalTarget
 from components.rollout import StepOutcome, deploy_version, probe_rows, probe_sample, rollback
@@ -49,7 +50,7 @@ SERVING_HOME_ENV = "MODEL_SERVING_HOME"
 STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
 RUN_LOCKS_ENV = "MODEL_PIPELINES_RUN_LOCKS"  # set by local runs: where a retrain or rollout holds its model's lock
 DEFAULT_STATE_DIR = ".model-pipelines"
-SERVING_TARGETS = ("kserve", "local")
+SERVING_TARGETS = ("kserve", "local", "gitops")
 
 
 @dataclass(frozen=True)
@@ -95,23 +96,27 @@ def open_store(options: StoreOptions) -> ModelStore:
     raise StoreError(f"unknown model_store {options.kind!r}: use pvc or s3")
 
 
-def target_from_environment(name: str, options: KServeOptions | None = None, store: ModelStore | None = None) -> ServingTarget:
-    """Return the named serving target: ``kserve`` configured by ``options``, ``local`` from the environment."""
+def target_from_environment(
+    name: str, options: KServeOptions | None = None, store: ModelStore | None = None, gitops: GitopsOptions | None = None,
+) -> ServingTarget:
+    """Return the named serving target: ``kserve`` or ``gitops`` configured by the options, ``local`` from the environment."""
     if name == "local":
         return LocalTarget(serving_home(), store_root(), s3_store=store if isinstance(store, S3Store) else None)
     if name == "kserve":
         return KServeTarget(options or KServeOptions())
+    if name == "gitops":
+        return GitopsTarget(options or KServeOptions(), gitops or GitopsOptions())
     raise ServingError(f"unknown serving_target {name!r}: use one of {', '.join(SERVING_TARGETS)}")
 
 
 def serving_context(
     model_name: str, serving_target: str, store_options: StoreOptions, options: KServeOptions | None = None,
-    validation_path: str | None = None,
+    validation_path: str | None = None, gitops: GitopsOptions | None = None,
 ):
     """Return (target, store, probe sample or None) for a serving step."""
     sample = probe_sample_from(validation_path, model_name) if validation_path else None
     store = open_store(store_options)
-    return target_from_environment(serving_target, options, store), store, sample
+    return target_from_environment(serving_target, options, store, gitops), store, sample
 
 
 def probe_sample_from(validation_path: str, model_name: str):
@@ -134,10 +139,10 @@ def probe_sample_from(validation_path: str, model_name: str):
 
 def deploy_step(
     model_name: str, version: str, serving_target: str, store_options: StoreOptions, timeout_s: float,
-    options: KServeOptions | None = None,
+    options: KServeOptions | None = None, gitops: GitopsOptions | None = None,
 ) -> StepOutcome:
     """Deploy a stored version; if serving refuses it, reject it in the index (stable keeps serving) and re-raise."""
-    target, store, _ = serving_context(model_name, serving_target, store_options, options)
+    target, store, _ = serving_context(model_name, serving_target, store_options, options, gitops=gitops)
     try:
         return deploy_version(target, store, model_name, version, timeout_s)
     except ServingError as error:

@@ -13,9 +13,10 @@ import tempfile
 
 from components.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
 from pipelines import kfp_remote
+from components.serving import ServingError
 from components.storage import StoreError
 from pipelines.local import (
-    DEFAULT_STATE_DIR, HELD_BACK, MonitorSummary, RunSummary, check_stored_version, exit_code, local_target,
+    DEFAULT_STATE_DIR, HELD_BACK, MonitorSummary, RunSummary, check_stored_version, declared_inputs, exit_code, local_target,
     open_run_store, params_per_model, parse_params, retrain_arguments, run_local, run_monitor_local, worst_exit_code,
 )
 from components.s3_store import DEFAULT_SECRET
@@ -174,8 +175,35 @@ def format_summary(summaries: list[RunSummary], state_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _fleet_status(args: argparse.Namespace) -> int:
+    """Print each wave's clusters with their Application's revision, sync and health, and what the wave serves; return 0 or 1."""
+    from components.gitops_target import GitopsOptions, GitopsTarget, fleet_waves
+    from components.kserve_target import KServeOptions
+
+    try:
+        p = {**{name: spec.default for name, spec in declared_inputs(ROLLOUT).items()}, **parse_params(args.param, ROLLOUT)}
+        target = GitopsTarget(KServeOptions(p["namespace"], endpoint=p["endpoint"], rollout_strategy=p["rollout_strategy"]),
+                              GitopsOptions(p["gitops_repo"], p["gitops_branch"], p["gitops_path"], fleet_waves(p["fleet_waves"])))
+        rows = {model: target.fleet_status(model) for model in MODEL_NAMES}
+    except (ValueError, ServingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<22} {'wave':<14} {'cluster':<14} {'revision':<9} {'sync':<10} {'health':<12} {'stable':<8} {'candidate':<10} traffic")
+    for model, model_rows in rows.items():
+        for row in model_rows:
+            traffic = f"{row['candidate_percent']}%" if row["candidate"] else "-"
+            print(f"{model:<22} {str(row['wave']) + ' ' + row['labels']:<14} {row['cluster']:<14} {row['revision'] or '-':<9} {row['sync']:<10} "
+                  f"{row['health']:<12} {row['stable'] or '-':<8} {row['candidate'] or '-':<10} {traffic}")
+    return 0
+
+
 def _serve_status(args: argparse.Namespace) -> int:
-    """Print the local serving status of every model, as a table or as JSON; return 0."""
+    """Print the serving status of every model (local, or the fleet with --target gitops), as a table or as JSON; return 0."""
+    if args.target == "gitops":
+        return _fleet_status(args)
     target = local_target(Path(args.state_dir))
     statuses = {model: target.status(model) for model in MODEL_NAMES}
     if args.json:
@@ -429,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_verbs = serve_verb.add_subparsers(dest="serve_verb", required=True)
     status_verb = serve_verbs.add_parser("status", help="show what serves each model")
     status_verb.add_argument("--json", action="store_true", help="print JSON")
+    status_verb.add_argument("--target", choices=("local", "gitops"), default="local",
+                             help="local: this machine's servers; gitops: each wave's spoke clusters, read from the hub and the fleet repository")
+    status_verb.add_argument("--param", action="append", default=[], metavar="K=V",
+                             help="with --target gitops: gitops_repo, gitops_branch, gitops_path, fleet_waves, endpoint, namespace, rollout_strategy")
     _add_state_dir(status_verb)
     status_verb.set_defaults(handler=_serve_status)
     stop_verb = serve_verbs.add_parser("stop", help="stop every local model server and router")

@@ -96,7 +96,7 @@ def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
             raise ValueError(f"{pipeline_name} has no parameter {name!r}; {hint}its parameters are {', '.join(sorted(declared))}")
         kind = declared[name].type
         try:
-            arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean, "List": _number_list, "Dict": _json_object}.get(kind, str)(text)
+            arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean, "List": _list, "Dict": _json_object}.get(kind, str)(text)
         except ValueError:
             raise ValueError(f"--param {name}={text!r}: {name} is a {kind}") from None
     check_run_parameters({**{name: spec.default for name, spec in declared.items()}, **arguments})
@@ -154,9 +154,15 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _number_list(text: str) -> list[int]:
-    """Return the integers a list parameter spells, as JSON ``[10,50,100]`` or plain ``10,50,100``."""
-    return [int(part) for part in text.strip("[] ").split(",") if part.strip()]
+def _list(text: str) -> list:
+    """Return the list a parameter spells: JSON (``[10,50,100]``, ``[["canary"],["*"]]``) or plain integers ``10,50,100``."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return [int(part) for part in text.strip("[] ").split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise ValueError(f"{text!r} is not a list")
+    return value
 
 
 def local_target(state_dir: Path) -> LocalTarget:

@@ -20,6 +20,7 @@ from kfp.dsl import Markdown, Metrics
 from components import __version__, steps
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.evaluate import Gates
+from components.gitops_target import DEFAULT_WAVES
 from components.monitor import MonitorSettings
 from components.prometheus import TOKEN_ENV
 from components.rollout import CanarySpec
@@ -141,7 +142,10 @@ def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     ).after(_validate(ops, p))).set_display_name("Ingest metrics"), p)
 
 
-SERVING_KNOBS = ("namespace", "runtime", "deployment_mode", "rollout_strategy", "service_account", "endpoint", "ready_timeout_s")
+SERVING_KNOBS = (
+    "namespace", "runtime", "deployment_mode", "rollout_strategy", "service_account", "endpoint", "ready_timeout_s",
+    "gitops_repo", "gitops_branch", "gitops_path", "fleet_waves",
+)
 
 
 def _serving(model_name, p: dict) -> dict:
@@ -168,17 +172,18 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
                 max_error_rate=p["max_error_rate"], max_p95_latency_ms=p["max_p95_latency_ms"],
                 max_prediction_shift=p["max_prediction_shift"], failure_limit=p["failure_limit"],
                 prometheus_url=p["prometheus_url"], prometheus_secret=p["prometheus_secret"], prometheus_ca_bundle=p["prometheus_ca_bundle"],
-                prometheus_window=p["prometheus_window"], max_live_p95_latency_ms=p["max_live_p95_latency_ms"], **serving,
+                prometheus_window=p["prometheus_window"], max_live_p95_latency_ms=p["max_live_p95_latency_ms"],
+                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving,
             ),
             p,
         ), p).set_display_name("Canary-promote or roll back")
     with dsl.Else(name="smoke-test-failed"):
-        _side_effect(ops.rollback(version=version, reason=smoke.outputs["reason"], **serving), p).set_display_name("Roll back (smoke test failed)")
+        _side_effect(ops.rollback(version=version, reason=smoke.outputs["reason"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p).set_display_name("Roll back (smoke test failed)")
 
 
 def _exit_task(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     """Return the exit task that leaves serving safe whatever happened."""
-    return _side_effect(ops.ensure_safe_serving(**_serving(model_name, p))).set_display_name("Leave serving safe")
+    return _side_effect(ops.ensure_safe_serving(run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_serving(model_name, p))).set_display_name("Leave serving safe")
 
 
 def _save_and_roll_out(ops: SimpleNamespace, model_name: str, train, evaluate, validation_data, p: dict) -> None:
@@ -242,6 +247,10 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         rollout_strategy: str = "auto",
         service_account: str = "",
         endpoint: str = "",
+        gitops_repo: str = "",
+        gitops_branch: str = "main",
+        gitops_path: str = "fleet/models",
+        fleet_waves: list = [list(wave) for wave in DEFAULT_WAVES],
         ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
         canary_interval_s: float = CANARY.interval_s,
@@ -315,6 +324,10 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         rollout_strategy: str = "auto",
         service_account: str = "",
         endpoint: str = "",
+        gitops_repo: str = "",
+        gitops_branch: str = "main",
+        gitops_path: str = "fleet/models",
+        fleet_waves: list = [list(wave) for wave in DEFAULT_WAVES],
         ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
         canary_interval_s: float = CANARY.interval_s,
@@ -382,6 +395,10 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         rollout_strategy: str = "auto",
         service_account: str = "",
         endpoint: str = "",
+        gitops_repo: str = "",
+        gitops_branch: str = "main",
+        gitops_path: str = "fleet/models",
+        fleet_waves: list = [list(wave) for wave in DEFAULT_WAVES],
         ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
         canary_interval_s: float = CANARY.interval_s,

@@ -17,6 +17,7 @@ class GitHttpServer:
     def __init__(self, root: Path, password: str) -> None:
         self.root, self.password = root, password
         self.pushes: list[str] = []
+        self.before_next_push: list = []  # callables run once, just before the next push is received
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
@@ -25,6 +26,7 @@ class GitHttpServer:
         bare = self.root / name
         subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(bare)], check=True)
         subprocess.run(["git", "-C", str(bare), "config", "http.receivepack", "true"], check=True)
+        subprocess.run(["git", "-C", str(bare), "config", "receive.denyNonFastForwards", "true"], check=True)  # no force push lands
         seed = self.root / f"{name}-seed"
         subprocess.run(["git", "init", "--quiet", "--initial-branch=main", str(seed)], check=True)
         for relative, content in files.items():
@@ -35,6 +37,17 @@ class GitHttpServer:
         for command in (["add", "--all"], ["commit", "--quiet", "-m", "fleet repository"], ["push", "--quiet", str(bare), "main"]):
             subprocess.run(["git", "-C", str(seed), *command], check=True, env=environment)
         return f"{self.url}/{name}"
+
+    def commit_directly(self, name: str, relative: str, content: str, author: str = "colleague") -> None:
+        """Commit ``content`` to ``relative`` on main of repository ``name`` as ``author``, bypassing HTTP (another writer)."""
+        clone = self.root / f"{name}-{author}-{len(list(self.root.glob(f'{name}-{author}-*')))}"
+        environment = {**os.environ, "GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": f"{author}@example.com",
+                       "GIT_COMMITTER_NAME": author, "GIT_COMMITTER_EMAIL": f"{author}@example.com"}
+        subprocess.run(["git", "clone", "--quiet", str(self.root / name), str(clone)], check=True, env=environment)
+        (clone / relative).parent.mkdir(parents=True, exist_ok=True)
+        (clone / relative).write_text(content)
+        for command in (["add", "--all"], ["commit", "--quiet", "-m", f"{author} edits {relative}"], ["push", "--quiet", "origin", "main"]):
+            subprocess.run(["git", "-C", str(clone), *command], check=True, env=environment, capture_output=True)
 
     def start(self) -> "GitHttpServer":
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -69,6 +82,8 @@ class GitHttpServer:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if pushing and self.command == "POST" and git.before_next_push:
+                    git.before_next_push.pop(0)()
                 environment = {**os.environ, "GIT_PROJECT_ROOT": str(git.root), "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path,
                                "QUERY_STRING": query, "REQUEST_METHOD": self.command, "REMOTE_USER": user, "REMOTE_ADDR": "127.0.0.1",
                                "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),

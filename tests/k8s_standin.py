@@ -30,8 +30,10 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 from components.local_serving import free_port, http_get, process_alive, stop_process
+from components.merge_patch import merge_patch
 from tests.http_json import JsonHandler
 
 ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$")
@@ -39,19 +41,6 @@ MODE_KEY = "serving.kserve.io/deploymentMode"
 NORMALIZED = {"Serverless": "Knative", "Knative": "Knative", "RawDeployment": "Standard", "Standard": "Standard"}
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SERVER_MANAGED = ("generation", "uid", "creationTimestamp", "namespace")
-
-
-def merge_patch(target: object, patch: object) -> object:
-    """Return ``target`` with an RFC 7386 JSON merge patch applied (null removes a key)."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def prune(value: object, schema: dict | None) -> object:
@@ -145,6 +134,46 @@ def webhook_errors(new: dict, old: dict | None) -> str | None:
     return None
 
 
+def forwarding_proxy(resolve: Callable[[str], int | None]) -> type[BaseHTTPRequestHandler]:
+    """Return an HTTP proxy handler that forwards a request for ``http://<host>/...`` to the loopback port ``resolve(host)``."""
+
+    class Network(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _forward(self) -> None:
+            target = urllib.parse.urlparse(self.path)
+            port = resolve(target.hostname or "")
+            if port is None:
+                self.send_error(502, f"no Service answers at {target.hostname}")
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(length) if length else None
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{target.path}" + (f"?{target.query}" if target.query else ""),
+                                             data=data, method=self.command,
+                                             headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")})
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            try:
+                with opener.open(request, timeout=30) as response:
+                    code, headers, payload = response.status, response.headers, response.read()
+            except urllib.error.HTTPError as error:
+                code, headers, payload = error.code, error.headers, error.read()
+            except OSError as error:
+                self.send_error(503, f"Service {target.hostname}: {error}")
+                return
+            self.send_response(code)
+            for key, value in headers.items():
+                if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _forward
+
+    return Network
+
+
 class KubeStandIn:
     """The API server, its objects and the KServe-like controller."""
 
@@ -162,6 +191,7 @@ class KubeStandIn:
         self.requests: list[tuple[str, str, str]] = []
         self.writes: list[dict] = []
         self.faults: list[tuple[str, int]] = []
+        self.failing_revisions = ""  # when set, every predictor revision started from now on fails with this message
         self.lock = threading.RLock()
         self.resource_version = 100
         self._stop = threading.Event()
@@ -257,43 +287,7 @@ class KubeStandIn:
 
     def _network_handler(self):
         """Return a forwarding proxy handler: ``http://<service>.<ns>.svc.cluster.local/...`` reaches that Service."""
-        standin = self
-
-        class Network(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _forward(self) -> None:
-                target = urllib.parse.urlparse(self.path)
-                port = standin.services.get(target.hostname or "")
-                if port is None:
-                    self.send_error(502, f"no Service answers at {target.hostname}")
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                data = self.rfile.read(length) if length else None
-                request = urllib.request.Request(f"http://127.0.0.1:{port}{target.path}" + (f"?{target.query}" if target.query else ""),
-                                                 data=data, method=self.command,
-                                                 headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")})
-                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-                try:
-                    with opener.open(request, timeout=30) as response:
-                        code, headers, payload = response.status, response.headers, response.read()
-                except urllib.error.HTTPError as error:
-                    code, headers, payload = error.code, error.headers, error.read()
-                except OSError as error:
-                    self.send_error(503, f"Service {target.hostname}: {error}")
-                    return
-                self.send_response(code)
-                for key, value in headers.items():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = _forward
-
-        return Network
+        return forwarding_proxy(lambda host: self.services.get(host))
 
     def _failure(self, code: int, reason: str, message: str) -> tuple[int, dict]:
         return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code}
@@ -498,6 +492,9 @@ class KubeStandIn:
 
     def _start_revision(self, name: str, suffix: str, predictor: dict, template: str) -> dict:
         revision = {"name": f"{name}-predictor-{suffix}", "template": template}
+        if self.failing_revisions:
+            revision["failure"] = self.failing_revisions
+            return revision
         uri = predictor["model"]["storageUri"]
         if not uri.startswith("pvc://"):
             revision["failure"] = f"storage initializer: unsupported storageUri {uri}"
@@ -513,7 +510,7 @@ class KubeStandIn:
             (hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(model_dir.glob("*.pkl"))), "")
         with open(log, "ab") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "components.model_server", "--name", name.removesuffix("-candidate"), "--version", revision["name"],
+                [sys.executable, "-m", "components.model_server", "--name", name.removesuffix("-candidate"), "--version", env.get("MODEL_VERSION") or revision["name"],
                  "--model-dir", str(model_dir), "--port", str(port), "--sha256", checksum],
                 stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
             )

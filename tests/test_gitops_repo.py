@@ -102,7 +102,7 @@ def test_a_revert_restores_the_previous_files_and_a_conflict_is_reported_not_for
     repo.commit_and_push("v1")
     repo.write({"waves/canary/version.yaml": "version: v2\n"})
     candidate = repo.commit_and_push("v2")
-    repo.revert(candidate, commit_message("anomaly-detector", "v2", "roll back wave canary", "run-2"))
+    repo.revert([candidate], commit_message("anomaly-detector", "v2", "roll back wave canary", "run-2"))
     assert (tmp_path / "work" / PATH / "waves/canary/version.yaml").read_text() == "version: v1\n"
     assert remote_log(url, tmp_path)[0].startswith("anomaly-detector v2: roll back wave canary")
 

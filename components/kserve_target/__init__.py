@@ -191,6 +191,10 @@ class KServeTarget:
         strategy = self.strategy_for(self.api.get(model_name))
         return f"rollout strategy {self.last_choice}: {strategy.describe(model_name)}"
 
+    def metric_scope(self, model_name: str) -> str:
+        """Return "": the namespace's Prometheus sees only this cluster."""
+        return ""
+
     def endpoints(self, model_name: str) -> Endpoints:
         """Return model URLs: an explicit override, the in-cluster services ('cluster'), or the status URLs."""
         main = self.api.get(model_name)

@@ -1,0 +1,514 @@
+"""The gitops serving target: rollouts become commits to a fleet repository that Argo CD syncs to ACM spoke clusters.
+
+Layout under ``gitops_path`` (kustomize): ``base/<model>/`` holds the InferenceService of the model's first
+deployment; every wave's Applications sync one directory (their ``spec.source.path``, e.g. ``waves/canary``), whose
+``<model>/`` overlay patches the base with the version, storageUri and traffic that wave serves.
+
+The documents are the kserve target's own: its rollout strategies talk to ``WaveOverlays``, which answers their
+CustomObjectsApi calls from one wave's overlay and turns each write into a commit naming the model, version, step and
+run. An InferenceService read back is Ready when every Application of the wave reports ``Synced`` at a revision that
+contains the model's last commit, and ``Healthy``; the Applications are read from the hub with GET (no watch).
+
+Deploy, smoke test and canary analysis act on wave 1. Promotion promotes wave 1, then gives each later wave the same
+overlay, one wave at a time. Rollback is one revert commit of every commit for the model since the fleet was last
+settled (a first deployment, a finished promotion or a rollback), then a wait until every affected wave is Synced at
+it and Healthy. Nothing is force-pushed and no file this project did not create is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+import re
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from components.gitops_repo import GitopsError, GitopsRepo, commit_message
+from components.kserve_target import KServeOptions, KServeTarget
+from components.kserve_target.api import MODE_ANNOTATION, recorded_backend
+from components.merge_patch import merge_diff, merge_patch
+from components.serving import Endpoints, ServingError, ServingStatus
+
+APPLICATIONS = ("argoproj.io", "v1alpha1", "applications")
+HUB_NAMESPACE = "openshift-gitops"
+APPLICATION_SELECTOR = "app.kubernetes.io/part-of=model-pipelines"
+WAVE_LABEL = "model-pipelines.io/wave"
+CLUSTER_LABEL = "model-pipelines.io/cluster"
+DEFAULT_WAVES = (("canary",), ("*",))
+REST_OF_FLEET = "*"
+PATCH_FILE = "inferenceservice-patch.yaml"
+KUSTOMIZATION = "kustomization.yaml"
+SETTLED, ROLLING = "settled", "rolling"
+TRAILER = re.compile(r"^(Model|Version|Fleet-state): (.+)$", re.MULTILINE)
+
+
+def fleet_waves(value: object) -> tuple[tuple[str, ...], ...]:
+    """Return ``fleet_waves`` checked: non-empty lists of wave label values, with "*" (every other cluster) alone and last."""
+    if not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(wave, (list, tuple)) and wave and all(isinstance(label, str) and label for label in wave) for wave in value):
+        raise ValueError(f"fleet_waves must be a list of non-empty lists of cluster wave labels, e.g. [[\"canary\"], [\"*\"]]; got {value!r}")
+    waves = tuple(tuple(wave) for wave in value)
+    starred = [number for number, wave in enumerate(waves) if REST_OF_FLEET in wave]
+    if starred and (starred != [len(waves) - 1] or waves[-1] != (REST_OF_FLEET,)):
+        raise ValueError(f"\"*\" (every cluster not in an earlier wave) may only be the whole last wave; got {value!r}")
+    labels = [label for wave in waves for label in wave]
+    if len(labels) != len(set(labels)):
+        raise ValueError(f"a wave label may appear in one wave only; got {value!r}")
+    return waves
+
+
+@dataclass(frozen=True)
+class GitopsOptions:
+    """Which fleet repository, branch and path the target commits to, and the waves its clusters form."""
+
+    repo: str = ""
+    branch: str = "main"
+    path: str = "fleet/models"
+    waves: tuple[tuple[str, ...], ...] = DEFAULT_WAVES
+    hub_namespace: str = HUB_NAMESPACE
+
+
+@dataclass(frozen=True)
+class Application:
+    """What the hub reports about one Argo CD Application: its cluster, wave, path, sync and health."""
+
+    name: str
+    cluster: str
+    wave: str
+    path: str
+    namespace: str
+    sync: str
+    revision: str
+    health: str
+    detail: str
+
+    @classmethod
+    def parse(cls, document: dict) -> "Application":
+        """Return the Application's fields from its object on the hub."""
+        labels = document["metadata"].get("labels") or {}
+        spec, status = document.get("spec") or {}, document.get("status") or {}
+        operation = status.get("operationState") or {}
+        details = [status.get("health", {}).get("message", "")]
+        details += [f"{c.get('type')}: {c.get('message', '')}" for c in status.get("conditions") or []]
+        if operation.get("phase") in ("Failed", "Error"):
+            details.append(f"sync {operation['phase']}: {operation.get('message', '')}")
+        return cls(
+            name=document["metadata"]["name"], cluster=labels.get(CLUSTER_LABEL) or spec.get("destination", {}).get("name", ""),
+            wave=labels.get(WAVE_LABEL, ""), path=(spec.get("source") or {}).get("path", ""),
+            namespace=spec.get("destination", {}).get("namespace", ""), sync=status.get("sync", {}).get("status", "Unknown"),
+            revision=status.get("sync", {}).get("revision", ""), health=status.get("health", {}).get("status", "Unknown"),
+            detail="; ".join(part for part in details if part),
+        )
+
+    def line(self) -> str:
+        """Return one line on where this Application stands, quoting its conditions."""
+        return (f"Application {self.name} (cluster {self.cluster}): {self.sync} at {self.revision[:7] or 'no revision'}, {self.health}"
+                + (f" ({self.detail})" if self.detail else ""))
+
+
+@dataclass(frozen=True)
+class Wave:
+    """One rollout wave: its number, the wave labels it takes and the Applications of its clusters."""
+
+    number: int
+    labels: tuple[str, ...]
+    applications: tuple[Application, ...]
+    directory: str
+
+    @property
+    def clusters(self) -> list[str]:
+        """Return the wave's cluster names."""
+        return [application.cluster for application in self.applications]
+
+    def describe(self, total: int) -> str:
+        """Return e.g. "wave 1/2 (canary: spoke-1)"."""
+        return f"wave {self.number}/{total} ({','.join(self.labels)}: {', '.join(self.clusters)})"
+
+
+class Hub:
+    """The Argo CD Applications on the ACM hub, read with GET (list by label), never watched or written."""
+
+    def __init__(self, api, namespace: str) -> None:
+        """Wrap a CustomObjectsApi connected to the hub."""
+        self.api, self.namespace = api, namespace
+
+    def applications(self) -> list[Application]:
+        """Return this project's Applications (label app.kubernetes.io/part-of=model-pipelines), by name."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            listing = self.api.list_namespaced_custom_object(*APPLICATIONS[:2], self.namespace, APPLICATIONS[2], label_selector=APPLICATION_SELECTOR)
+        except ApiException as error:
+            hint = " apply manifests/gitops/hub-rbac.yaml on the hub" if error.status in (401, 403) else ""
+            raise ServingError(f"cannot list Argo CD Applications in {self.namespace} on the hub: {error.status} {error.reason};{hint}") from error
+        return sorted((Application.parse(item) for item in listing.get("items", [])), key=lambda application: application.name)
+
+    def waves(self, options: GitopsOptions) -> list[Wave]:
+        """Group the Applications into ``options.waves`` by their wave label; each wave must have some, all under the path."""
+        applications, claimed, waves = self.applications(), set(), []
+        for number, labels in enumerate(options.waves, start=1):
+            members = tuple(a for a in applications if a.name not in claimed and (labels == (REST_OF_FLEET,) or a.wave in labels))
+            if not members:
+                raise ServingError(f"no Argo CD Application on the hub (namespace {self.namespace}, label {APPLICATION_SELECTOR}) has "
+                                   f"{WAVE_LABEL} in {list(labels)} for wave {number}: apply manifests/gitops/, label a ManagedCluster "
+                                   f"{WAVE_LABEL}=..., or change fleet_waves")
+            directories = {a.path for a in members}
+            outside = sorted(path for path in directories if not path.startswith(f"{options.path.rstrip('/')}/"))
+            if outside or len(directories) != 1:
+                raise ServingError(f"wave {number}'s Applications must all sync one directory under gitops_path {options.path}; they sync "
+                                   f"{sorted(directories)}: point each wave's ApplicationSet generator at {options.path}/waves/<wave>")
+            claimed.update(a.name for a in members)
+            waves.append(Wave(number, labels, members, directories.pop().removeprefix(f"{options.path.rstrip('/')}/")))
+        return waves
+
+
+def identity(document: dict) -> dict:
+    """Return the fields kustomize matches a patch by: apiVersion, kind and name."""
+    return {"apiVersion": document["apiVersion"], "kind": document["kind"], "metadata": {"name": document["metadata"]["name"]}}
+
+
+def dump(document: dict) -> str:
+    """Return a document as block-style YAML in its own key order."""
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+class WaveOverlays:
+    """The CustomObjectsApi calls of the kserve target, answered from one wave's overlay of the model; writes are commits."""
+
+    def __init__(self, fleet: "GitopsTarget", wave: Wave) -> None:
+        """Bind to the fleet's repository and hub and to ``wave``."""
+        self.fleet, self.wave = fleet, wave
+
+    # The files of one model in this wave, relative to gitops_path.
+    def _overlay(self, model_name: str) -> str:
+        return f"{self.wave.directory}/{model_name}"
+
+    def _extra(self, model_name: str, name: str) -> str:
+        return f"{self._overlay(model_name)}/{name}.yaml"
+
+    def document(self, name: str) -> dict | None:
+        """Return the InferenceService ``name`` as this wave's overlay renders it (without status), or None."""
+        model_name, repo = self.fleet.model_name, self.fleet.repo
+        if name != model_name:
+            text = repo.read(self._extra(model_name, name))
+            return yaml.safe_load(text) if text else None
+        base, patch = repo.read(base_file(model_name)), repo.read(f"{self._overlay(model_name)}/{PATCH_FILE}")
+        if base is None or patch is None:
+            return None
+        return merge_patch(yaml.safe_load(base), yaml.safe_load(patch))
+
+    def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str) -> dict:
+        """Return the rendered InferenceService with a status read from the wave's Applications; 404 when absent."""
+        from kubernetes.client.rest import ApiException
+
+        document = self.document(name)
+        if document is None:
+            raise ApiException(status=404, reason="NotFound")
+        done, detail = self.fleet.wave_state(self.wave)
+        document["metadata"].update(generation=1, resourceVersion=self.fleet.repo.head(), uid=f"gitops-{name}")
+        document["status"] = self.fleet.synthesized_status(document, self.wave, done, detail)
+        return document
+
+    def create_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, body: dict) -> dict:
+        """Write a new InferenceService: the model's first deployment goes to every wave in one commit."""
+        model_name, name = self.fleet.model_name, body["metadata"]["name"]
+        document = strip_server_fields(body)
+        if name == model_name:
+            files = {base_file(model_name): dump(document), f"base/{model_name}/{KUSTOMIZATION}": dump(kustomization(["inferenceservice.yaml"]))}
+            for wave in self.fleet.waves:
+                files.update(WaveOverlays(self.fleet, wave).overlay_files(document, {}))
+            self.fleet.commit(files, [], "first deployment to every wave", SETTLED)
+        else:
+            extras = self._extras(model_name)
+            extras[name] = document
+            self.fleet.commit(self.overlay_files(self.document(model_name), extras), [], f"create {name} in {self.fleet.where(self.wave)}")
+        return self.get_namespaced_custom_object(group, version, namespace, plural, name)
+
+    def patch_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str, body: dict) -> dict:
+        """Merge-patch the InferenceService in this wave's overlay and commit it."""
+        model_name = self.fleet.model_name
+        current = self.document(name)
+        if current is None:
+            from kubernetes.client.rest import ApiException
+
+            raise ApiException(status=404, reason="NotFound")
+        changed = strip_server_fields(merge_patch(current, {key: value for key, value in body.items() if key != "status"}))
+        extras = self._extras(model_name)
+        main = changed if name == model_name else self.document(model_name)
+        if name != model_name:
+            extras[name] = changed
+        self.fleet.commit(self.overlay_files(main, extras), [], self.fleet.step_name(self.wave))
+        return self.get_namespaced_custom_object(group, version, namespace, plural, name)
+
+    def delete_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str, body: dict | None = None) -> dict:
+        """Remove a second InferenceService (a candidate's) from this wave's overlay; the main one is removed by a revert."""
+        model_name = self.fleet.model_name
+        if name == model_name:
+            raise ServingError(f"the gitops target never deletes {model_name} by a commit: it reverts the model's commits instead")
+        extras = self._extras(model_name)
+        extras.pop(name, None)
+        self.fleet.commit(self.overlay_files(self.document(model_name), extras), [self._extra(model_name, name)],
+                          f"remove {name} from {self.fleet.where(self.wave)}")
+        return {"kind": "Status", "status": "Success"}
+
+    def _extras(self, model_name: str) -> dict[str, dict]:
+        """Return the model's other InferenceServices in this wave (e.g. ``<model>-candidate``), by name."""
+        listed = yaml.safe_load(self.fleet.repo.read(f"{self._overlay(model_name)}/{KUSTOMIZATION}") or "{}") or {}
+        names = [entry.removesuffix(".yaml") for entry in listed.get("resources", []) if not entry.startswith(".")]
+        return {name: self.document(name) for name in names}
+
+    def overlay_files(self, main: dict, extras: dict[str, dict]) -> dict[str, str]:
+        """Return the wave's overlay of the model: a kustomization over the base, the patch, and any other InferenceServices."""
+        model_name = main["metadata"]["name"]
+        base = yaml.safe_load(self.fleet.repo.read(base_file(model_name)) or "null") or main
+        overlay = self._overlay(model_name)
+        to_base = posixpath.relpath(f"base/{model_name}", overlay)
+        files = {f"{overlay}/{PATCH_FILE}": dump(merge_patch(identity(main), merge_diff(base, main))),
+                 f"{overlay}/{KUSTOMIZATION}": dump(kustomization([to_base, *(f"{name}.yaml" for name in sorted(extras))], [PATCH_FILE]))}
+        files.update({self._extra(model_name, name): dump(document) for name, document in extras.items()})
+        models = {model_name, *(path.parent.name for path in (self.fleet.repo.root / self.wave.directory).glob(f"*/{KUSTOMIZATION}"))}
+        files[f"{self.wave.directory}/{KUSTOMIZATION}"] = dump(kustomization(sorted(models)))
+        return files
+
+
+def base_file(model_name: str) -> str:
+    """Return the base InferenceService file of a model, relative to gitops_path."""
+    return f"base/{model_name}/inferenceservice.yaml"
+
+
+def kustomization(resources: list[str], patches: list[str] = ()) -> dict:
+    """Return a kustomization listing ``resources`` and applying the merge-patch files ``patches``."""
+    document: dict = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": list(resources)}
+    if patches:
+        document["patches"] = [{"path": patch} for patch in patches]
+    return document
+
+
+def strip_server_fields(document: dict) -> dict:
+    """Return a document without status and the fields an API server owns, as it belongs in Git."""
+    cleaned = copy.deepcopy(document)
+    cleaned.pop("status", None)
+    for field in ("resourceVersion", "generation", "uid", "creationTimestamp", "namespace"):
+        cleaned.get("metadata", {}).pop(field, None)
+    return cleaned
+
+
+class GitopsTarget:
+    """Serves models on a fleet of spoke clusters through Git, wave by wave (see the module's docstring)."""
+
+    strict_client_errors = False  # the spokes run the same runtimes as the kserve target
+
+    def __init__(self, options: KServeOptions, gitops: GitopsOptions, hub_api=None, workdir: Path | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        """Clone the fleet repository and connect to the hub (the pod's service account, else the kubeconfig)."""
+        if not gitops.repo:
+            raise ServingError("serving_target=gitops needs gitops_repo: the https:// or ssh:// URL of the fleet repository")
+        if "{cluster}" not in options.endpoint:
+            raise ServingError("serving_target=gitops needs endpoint: the URL template of a spoke's routes with {cluster}, {service} and "
+                               "{namespace}, e.g. https://{service}-{namespace}.apps.{cluster}.example.com")
+        self.options, self.gitops, self.sleep = options, gitops, sleep
+        self.repo = GitopsRepo(gitops.repo, gitops.branch, gitops.path.strip("/"), workdir or Path(tempfile.mkdtemp(prefix="gitops-")))
+        self.hub = Hub(hub_api or KServeTarget._connect(), gitops.hub_namespace)
+        self.model_name, self.version, self.step, self.state = "", "", "", ROLLING
+        self.waves: list[Wave] = []
+
+    # -- context shared with WaveOverlays -----------------------------------------------------------------------
+    def _begin(self, model_name: str, version: str, step: str, state: str = ROLLING) -> None:
+        """Fetch the branch and the waves, and name the model, version and step the next commits are for."""
+        self.repo.sync()
+        self.waves = self.hub.waves(self.gitops)
+        self.model_name, self.version, self.step, self.state = model_name, version, step, state
+
+    def where(self, wave: Wave) -> str:
+        """Return e.g. "wave 1/2 (canary: spoke-1)"."""
+        return wave.describe(len(self.waves))
+
+    def step_name(self, wave: Wave) -> str:
+        """Return the current step and the wave it acts on, for a commit message."""
+        return f"{self.step} in {self.where(wave)}"
+
+    def commit(self, files: dict[str, str], removed: list[str], step: str, state: str | None = None) -> str:
+        """Write and remove owned files, then commit and push one change naming model, version, step and run."""
+        try:
+            self.repo.write(files)
+            self.repo.remove(removed)
+            detail = f"Model: {self.model_name}\nVersion: {self.version}\nFleet-state: {state or self.state}"
+            return self.repo.commit_and_push(commit_message(self.model_name, self.version, step, self.options.run_name or "local", detail))
+        except GitopsError as error:
+            raise ServingError(str(error)) from error
+
+    # -- reading the fleet ------------------------------------------------------------------------------------------
+    def wave_state(self, wave: Wave) -> tuple[bool, str]:
+        """Return whether every Application of ``wave`` is Synced at the model's last commit and Healthy, and what is not."""
+        required = self.repo.last_change(f"base/{self.model_name}", f"{wave.directory}/{self.model_name}")
+        names = {application.name for application in wave.applications}
+        lagging = [a for a in self.hub.applications() if a.name in names and not (
+            a.sync == "Synced" and a.health == "Healthy" and self.repo.contains(a.revision, required))]
+        return not lagging, f"waiting for {required[:7]}: " + "; ".join(a.line() for a in lagging) if lagging else "every Application Synced and Healthy"
+
+    def wait(self, wave: Wave, timeout_s: float) -> None:
+        """Poll the hub until ``wave`` is done (``wave_state``); on timeout raise quoting each unhealthy Application."""
+        deadline, delay = time.monotonic() + timeout_s, 0.2
+        while True:
+            done, detail = self.wave_state(wave)
+            if done:
+                return
+            if time.monotonic() >= deadline:
+                raise ServingError(f"{self.where(wave)} was not Synced and Healthy within {timeout_s:g} s: {detail}")
+            self.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    def spoke_url(self, url: str, wave: Wave) -> str:
+        """Return ``url`` as the first cluster of ``wave`` exposes it: in-cluster Service names become the endpoint template."""
+        parsed = urllib.parse.urlsplit(url)
+        host = parsed.hostname or ""
+        if not host.endswith(".svc.cluster.local"):
+            return url
+        service, namespace = host.split(".")[:2]
+        return self.options.endpoint.format(service=service, namespace=namespace, cluster=wave.clusters[0]).rstrip("/") + parsed.path
+
+    def synthesized_status(self, document: dict, wave: Wave, done: bool, detail: str) -> dict:
+        """Return the status a wave's InferenceService is read with: Ready when the wave is done, URLs on its first cluster."""
+        name, namespace = document["metadata"]["name"], wave.applications[0].namespace
+        url = self.options.endpoint.format(service=name, namespace=namespace, cluster=wave.clusters[0]).rstrip("/")
+        predictor = document["spec"]["predictor"]
+        status: dict = {
+            "observedGeneration": 1 if done else 0, "url": url,
+            "conditions": [{"type": "Ready", "status": "True" if done else "False", **({} if done else {"reason": "FleetNotSynced", "message": detail})}],
+        }
+        written_mode = document["metadata"].get("annotations", {}).get(MODE_ANNOTATION)
+        if written_mode:  # as written: KServe < 0.20 reports the name it was given, and a normalised one would be written back
+            status["deploymentMode"] = written_mode
+        canaries = document["spec"].get("canary") or []
+        if canaries:
+            status["canaryStatuses"] = [{"name": e["predictor"]["name"], "ready": done, "trafficPercent": e.get("trafficPercent", 0)} for e in canaries]
+            status["conditions"].append({"type": "CanaryPredictorReady", "status": "True" if done else "False"})
+        percent = predictor.get("canaryTrafficPercent")
+        tag_url = lambda tag: self.options.endpoint.format(service=f"{tag}-{name}", namespace=namespace, cluster=wave.clusters[0]).rstrip("/")  # noqa: E731
+        traffic = [{"tag": "latest", "latestRevision": True, "percent": 100 if percent is None else percent, "url": tag_url("latest")}]
+        if percent is not None:
+            traffic.append({"tag": "prev", "latestRevision": False, "percent": 100 - percent, "url": tag_url("prev")})
+        status["components"] = {"predictor": {"traffic": traffic}}
+        return status
+
+    def _wave_target(self, wave: Wave) -> KServeTarget:
+        """Return the kserve target whose InferenceServices are this wave's overlay (URLs come from the endpoint template)."""
+        options = replace(self.options, endpoint="", namespace=wave.applications[0].namespace or self.options.namespace)
+        return KServeTarget(options, api=WaveOverlays(self, wave), sleep=self.sleep)
+
+    # -- the ServingTarget interface --------------------------------------------------------------------------------
+    def deploy(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> ServingStatus:
+        """First deployment: commit it to every wave and wait for all; else a dark candidate in wave 1, waited for."""
+        self._begin(model_name, version, "deploy as dark candidate")
+        first = self.repo.read(base_file(model_name)) is None
+        status = self._wave_target(self.waves[0]).deploy(model_name, version, storage_uri, checksum, timeout_s)
+        if first:
+            for wave in self.waves[1:]:
+                self.wait(wave, timeout_s)
+        return status
+
+    def status(self, model_name: str) -> ServingStatus:
+        """Return what wave 1 serves (it leads every rollout; later waves follow after promotion)."""
+        self._begin(model_name, "", "status")
+        return self._wave_target(self.waves[0]).status(model_name)
+
+    def set_traffic(self, model_name: str, candidate_percent: int, timeout_s: float) -> ServingStatus:
+        """Commit the candidate's traffic share in wave 1 and wait for its clusters."""
+        candidate = self.status(model_name).candidate or ""
+        self._begin(model_name, candidate, f"canary {candidate_percent} %")
+        return self._wave_target(self.waves[0]).set_traffic(model_name, candidate_percent, timeout_s)
+
+    def promote(self, model_name: str, timeout_s: float) -> ServingStatus:
+        """Promote in wave 1, then give each later wave the same overlay, waiting for each; on any failure revert them all."""
+        candidate = self.status(model_name).candidate or ""
+        total = len(self.waves)
+        self._begin(model_name, candidate, "promote", SETTLED if total == 1 else ROLLING)
+        first = self.waves[0]
+        try:
+            self._wave_target(first).promote(model_name, timeout_s)
+            for wave in self.waves[1:]:
+                self._begin(model_name, candidate, "promote", SETTLED if wave.number == total else ROLLING)
+                lead = WaveOverlays(self, first)
+                follower = WaveOverlays(self, wave)
+                extras = {name: lead.document(name) for name in lead._extras(model_name)}
+                stale = [follower._extra(model_name, name) for name in follower._extras(model_name) if name not in extras]
+                self.commit(follower.overlay_files(lead.document(model_name), extras), stale, f"promote to {self.where(wave)}")
+                self.wait(wave, timeout_s)
+        except ServingError as error:
+            stable = self._revert(model_name, f"promotion failed: {error}", timeout_s)
+            raise ServingError(f"promotion of {model_name} {candidate} stopped: {error}; every wave was reverted to {stable or 'nothing'}") from error
+        return self.status(model_name)
+
+    def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
+        """Revert the model's commits since the fleet was last settled, in one commit, and wait for every affected wave."""
+        self._revert(model_name, "rolled back", timeout_s)
+        return self.status(model_name)
+
+    def _revert(self, model_name: str, why: str, timeout_s: float) -> str:
+        """Revert this model's unsettled commits and wait for the waves they touched; return the stable version after."""
+        self._begin(model_name, "", "rollback", SETTLED)
+        unsettled, ours = [], [(revision, dict(TRAILER.findall(message))) for revision, message in self.repo.history(
+            f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves))]
+        ours = [(revision, trailers) for revision, trailers in ours if trailers.get("Model") == model_name]
+        for revision, trailers in ours:
+            if trailers.get("Fleet-state") == SETTLED:
+                break
+            unsettled.append((revision, trailers.get("Version", "")))
+        if not unsettled and len(ours) == 1 and recorded_backend(WaveOverlays(self, self.waves[0]).document(model_name), "candidate") is None:
+            # Only the first deployment was ever committed and nothing else serves: rolling it back removes the model.
+            unsettled = [(ours[0][0], ours[0][1].get("Version", ""))]
+        if unsettled:
+            self.version = unsettled[0][1]
+            reverted = ", ".join(revision[:7] for revision, _ in unsettled)
+            message = commit_message(model_name, self.version, "rollback", self.options.run_name or "local",
+                                     f"Reverts {reverted}: {why}\n\nModel: {model_name}\nVersion: {self.version}\nFleet-state: {SETTLED}")
+            try:
+                revision = self.repo.revert([revision for revision, _ in unsettled], message)
+            except GitopsError as error:
+                raise ServingError(str(error)) from error
+            touched = self.repo.changed_files(revision)
+            for wave in self.waves:
+                if any(name.startswith((f"base/{model_name}/", f"{wave.directory}/{model_name}/")) for name in touched):
+                    self.wait(wave, timeout_s)
+        document = WaveOverlays(self, self.waves[0]).document(model_name)
+        stable = recorded_backend(document, "stable") if document else None
+        return stable["version"] if stable else ""
+
+    def endpoints(self, model_name: str) -> Endpoints:
+        """Return the main, stable and candidate URLs on wave 1's first cluster."""
+        self._begin(model_name, "", "endpoints")
+        wave = self.waves[0]
+        found = self._wave_target(wave).endpoints(model_name)
+        return Endpoints(*(self.spoke_url(url, wave) if url else None for url in (found.main, found.stable, found.candidate)))
+
+    def traffic_strategy(self, model_name: str) -> str:
+        """Return how wave 1 shifts traffic and that later waves follow one at a time after promotion."""
+        self._begin(model_name, "", "strategy")
+        first = self.waves[0]
+        return (f"GitOps, {self.where(first)} first: {self._wave_target(first).traffic_strategy(model_name)}; after promotion each later "
+                f"wave follows in turn ({', '.join(self.where(wave) for wave in self.waves[1:]) or 'none'})")
+
+    def metric_scope(self, model_name: str) -> str:
+        """Return the PromQL label matcher that limits live metrics to wave 1's clusters."""
+        self._begin(model_name, "", "scope")
+        return f',cluster=~"{"|".join(self.waves[0].clusters)}"'
+
+    def fleet_status(self, model_name: str) -> list[dict]:
+        """Return, per wave and cluster, the Application's revision, sync and health and what the wave's overlay serves."""
+        self._begin(model_name, "", "status")
+        rows = []
+        for wave in self.waves:
+            document = WaveOverlays(self, wave).document(model_name)
+            stable, candidate = recorded_backend(document, "stable"), recorded_backend(document, "candidate")
+            percent = self._wave_target(wave).strategy_for(document).candidate_percent(document) if document and candidate else 0
+            for application in wave.applications:
+                rows.append({"wave": wave.number, "labels": ",".join(wave.labels), "cluster": application.cluster, "application": application.name,
+                             "revision": application.revision[:7], "sync": application.sync, "health": application.health,
+                             "stable": stable and stable["version"], "candidate": candidate and candidate["version"], "candidate_percent": percent})
+        return rows

@@ -1,0 +1,360 @@
+"""A stand-in for an ACM hub running OpenShift GitOps (Argo CD), on 127.0.0.1, over spoke clusters that are
+``KubeStandIn``s (KServe 0.20) serving with the real KServe model server.
+
+- **Applications** are generated from the project's own ApplicationSet and Placements (``manifests/gitops/``): each
+  ``clusterDecisionResource`` generator takes the clusters its Placement's selector picks from the spokes' ManagedCluster
+  labels (the PlacementDecision), and fills the generator's ``values`` and each cluster's name and server into the
+  template, as the ApplicationSet controller does.
+- **The hub API** serves ``applications.argoproj.io`` to the real ``kubernetes`` client: get and list (with
+  ``labelSelector``) only; every write and every watch is 403, as ``manifests/gitops/hub-rbac.yaml`` grants.
+- **The controller** polls the real Git server. When a branch moves it exports the new revision, renders each
+  Application's path with kustomize (``kubectl kustomize`` when this machine has it, else the same merge-patch
+  semantics in Python) and applies the documents to that spoke: create, merge-patch from what it applied last, and
+  prune what left the render. It then writes ``status.sync`` (Synced at the revision, or OutOfSync with a failed
+  ``operationState``) and ``status.health`` from the InferenceServices: Healthy when Ready for their generation,
+  Degraded when a revision failed, Progressing otherwise.
+- **Knobs:** ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message)`` makes every predictor that
+  spoke starts from then on fail (``None`` heals it).
+- **The fleet network:** an HTTP proxy that resolves ``<service>.<namespace>.<cluster>.fleet.test`` to that spoke's
+  Service (or the InferenceService's router for its own name), for the endpoint template
+  ``http://{service}.{namespace}.{cluster}.fleet.test``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+import io
+import threading
+import time
+import urllib.parse
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import yaml
+
+from components.kserve_target.api import is_ready
+from components.merge_patch import merge_diff, merge_patch
+from tests.http_json import JsonHandler
+from tests.k8s_standin import KubeStandIn, forwarding_proxy, selector_matches
+
+APPLICATION_PATH = re.compile(r"^/apis/argoproj\.io/v1alpha1/namespaces/([^/]+)/applications(?:/([^/]+))?$")
+FLEET_DOMAIN = ".fleet.test"
+ENDPOINT_TEMPLATE = "http://{service}.{namespace}.{cluster}" + FLEET_DOMAIN
+
+
+def kubectl_kustomize() -> str | None:
+    """Return the kubectl binary when it builds kustomizations with ``patches`` (kustomize v4 or later), else None."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        return None
+    result = subprocess.run([kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60)
+    try:
+        version = json.loads(result.stdout).get("kustomizeVersion", "v0")
+    except ValueError:
+        return None
+    return kubectl if int(re.sub(r"^v(\d+).*", r"\1", version) or 0) >= 4 else None
+
+
+def render_in_python(directory: Path) -> list[dict]:
+    """Return the documents of a kustomization: resources (files or directories), then merge-patch ``patches``."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    documents: list[dict] = []
+    for resource in kustomization.get("resources", []):
+        path = (directory / resource).resolve()
+        documents += render_in_python(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for entry in kustomization.get("patches", []):
+        patch = yaml.safe_load((directory / entry["path"]).read_text())
+        documents = [merge_patch(document, patch) if (document["kind"], document["metadata"]["name"]) ==
+                     (patch["kind"], patch["metadata"]["name"]) else document for document in documents]
+    return documents
+
+
+def render(directory: Path, kubectl: str | None) -> list[dict]:
+    """Return the rendered documents of ``directory`` with kubectl's kustomize, or in Python without it."""
+    if kubectl is None:
+        return render_in_python(directory)
+    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise ValueError(f"kustomize build {directory.name} failed: {result.stderr.strip()[-400:]}")
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
+
+
+def placement_selects(placement: dict, labels: dict) -> bool:
+    """Return whether an ACM Placement's requiredClusterSelector (matchLabels, matchExpressions) selects a cluster's labels."""
+    for predicate in placement["spec"].get("predicates", []):
+        selector = predicate["requiredClusterSelector"]["labelSelector"]
+        if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+            return False
+        for expression in selector.get("matchExpressions", []):
+            key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+            if not {"In": lambda: labels.get(key) in values, "NotIn": lambda: labels.get(key) not in values,
+                    "Exists": lambda: key in labels, "DoesNotExist": lambda: key not in labels}[operator]():
+                return False
+    return True
+
+
+class Spoke:
+    """One managed cluster: its KubeStandIn, ManagedCluster labels and sync knobs."""
+
+    def __init__(self, name: str, labels: dict, standin: KubeStandIn) -> None:
+        self.name, self.labels, self.standin = name, labels, standin
+        self.lag_s = 0.0
+        self.seen: dict[str, float] = {}  # revision -> when this spoke first saw it (for the lag knob)
+
+
+class ArgoHub:
+    """The hub API, the Argo CD-like controller and the fleet network over ``spokes`` (name -> wave label)."""
+
+    def __init__(self, work: Path, repo_url: str, branch: str, spokes: dict[str, dict], store_root: Path, crd_file: Path | None,
+                 applicationset: dict, placements: list[dict], namespace: str = "openshift-gitops") -> None:
+        self.work, self.repo_url, self.branch, self.namespace = work, repo_url, branch, namespace
+        self.kubectl = kubectl_kustomize()
+        self.spokes = {name: Spoke(name, labels, KubeStandIn(store_root, self._mkdir(f"spoke-{name}"), kserve="0.20", crd_file=crd_file))
+                       for name, labels in spokes.items()}
+        self.placements = {placement["metadata"]["name"]: placement for placement in placements}
+        self.applications = {document["metadata"]["name"]: document for document in self.generate(applicationset)}
+        self.applied: dict[str, dict[str, dict]] = {name: {} for name in self.applications}
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self.mirror = work / "mirror.git"
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.network = ThreadingHTTPServer(("127.0.0.1", 0), forwarding_proxy(self.resolve))
+        self.network_proxy = f"http://127.0.0.1:{self.network.server_address[1]}"
+        self.scrape_targets = work / "targets.json"
+        self.scrape_targets.write_text("[]")
+
+    def _mkdir(self, name: str) -> Path:
+        path = self.work / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- the ApplicationSet controller, for ACM placement decisions -------------------------------------------------
+    def generate(self, applicationset: dict) -> list[dict]:
+        """Return the Applications the ApplicationSet generates: per generator, one per spoke its Placement chose."""
+        generated = []
+        template = json.dumps(applicationset["spec"]["template"])
+        for generator in applicationset["spec"]["generators"]:
+            values = generator["clusterDecisionResource"].get("values", {})
+            placement = self.placements[generator["clusterDecisionResource"]["labelSelector"]["matchLabels"]["cluster.open-cluster-management.io/placement"]]
+            chosen = [spoke for spoke in self.spokes.values() if placement_selects(placement, spoke.labels)]
+            for spoke in chosen:
+                text = template.replace("{{ .name }}", spoke.name).replace("{{ .server }}", f"https://api.{spoke.name}{FLEET_DOMAIN}:6443")
+                for key, value in values.items():
+                    text = text.replace(f"{{{{ .values.{key} }}}}", value)
+                spec = json.loads(text)
+                spec["spec"]["source"]["repoURL"] = self.repo_url
+                generated.append({"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+                                  "metadata": {**spec["metadata"], "namespace": self.namespace, "resourceVersion": "1",
+                                               "uid": f"uid-{spec['metadata']['name']}", "generation": 1},
+                                  "spec": spec["spec"], "status": {"sync": {"status": "OutOfSync"}, "health": {"status": "Missing"}}})
+        return generated
+
+    # -- lifecycle --------------------------------------------------------------------------------------------------
+    def start(self) -> "ArgoHub":
+        for spoke in self.spokes.values():
+            spoke.standin.start()
+        subprocess.run(["git", "clone", "--quiet", "--mirror", self.repo_url, str(self.mirror)], check=True, capture_output=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.network.serve_forever, daemon=True).start()
+        threading.Thread(target=self._control_loop, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.network.shutdown()
+        for spoke in self.spokes.values():
+            spoke.standin.stop()
+
+    def client_env(self, kubeconfig: Path) -> dict[str, str]:
+        """Return the environment of a pipeline step on the hub: its kubeconfig and the fleet network."""
+        return {"KUBECONFIG": str(kubeconfig), "HTTP_PROXY": self.network_proxy, "http_proxy": self.network_proxy,
+                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        config = {"apiVersion": "v1", "kind": "Config", "current-context": "hub",
+                  "clusters": [{"name": "hub", "cluster": {"server": self.url}}],
+                  "users": [{"name": "hub", "user": {"token": "hub-token"}}],
+                  "contexts": [{"name": "hub", "context": {"cluster": "hub", "user": "hub", "namespace": self.namespace}}]}
+        path.write_text(json.dumps(config))
+        return path
+
+    # -- knobs ----------------------------------------------------------------------------------------------------
+    def lag(self, cluster: str, seconds: float) -> None:
+        """Make ``cluster`` sync each new revision only ``seconds`` after it appears."""
+        self.spokes[cluster].lag_s = seconds
+
+    def fail(self, cluster: str, message: str | None) -> None:
+        """Make every predictor ``cluster`` starts from now on fail with ``message`` (None heals it)."""
+        self.spokes[cluster].standin.failing_revisions = message or ""
+
+    def application(self, name: str) -> dict:
+        with self.lock:
+            return copy.deepcopy(self.applications[name])
+
+    def application_of(self, cluster: str) -> dict:
+        return next(self.application(name) for name, app in self.applications.items()
+                    if app["metadata"]["labels"]["model-pipelines.io/cluster"] == cluster)
+
+    # -- the fleet network -------------------------------------------------------------------------------------------
+    def resolve(self, host: str) -> int | None:
+        """Return the loopback port behind ``<service>.<namespace>.<cluster>.fleet.test``, or None."""
+        if not host.endswith(FLEET_DOMAIN):
+            return None
+        service, namespace, cluster = host.removesuffix(FLEET_DOMAIN).split(".", 2)
+        spoke = self.spokes.get(cluster)
+        if spoke is None:
+            return None
+        isvc = spoke.standin.get(namespace, service)
+        if isvc and isvc.get("status", {}).get("url"):
+            return urllib.parse.urlparse(isvc["status"]["url"]).port
+        return spoke.standin.services.get(f"{service}.{namespace}.svc.cluster.local")
+
+    def main_url(self, cluster: str, model_name: str, namespace: str = "self-healing-platform") -> str:
+        """Return the model's main URL on ``cluster`` as the coordination engine there calls it (its router)."""
+        isvc = self.spokes[cluster].standin.get(namespace, model_name)
+        return f"{isvc['status']['url']}/v1/models/{model_name}"
+
+    # -- the hub API ------------------------------------------------------------------------------------------------
+    def _handler(self):
+        hub = self
+
+        class Handler(JsonHandler):
+            def _refuse(self, code: int, reason: str, message: str) -> None:
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code})
+
+            def _dispatch(self, method: str) -> None:
+                parsed = urllib.parse.urlparse(self.path)
+                query = urllib.parse.parse_qs(parsed.query)
+                hub.requests.append((method, self.path))
+                match = APPLICATION_PATH.match(parsed.path)
+                if not match:
+                    return self._refuse(404, "NotFound", f"the server could not find the requested resource {parsed.path}")
+                verb = "watch" if query.get("watch", ["false"])[0].lower() in ("true", "1") else {
+                    "GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+                if verb not in ("get", "list") and not (verb == "get" and match.group(2) is None):
+                    return self._refuse(403, "Forbidden", f'applications.argoproj.io is forbidden: User "system:serviceaccount:self-healing-platform:'
+                                                          f'pipeline-runner-dspa" cannot {verb} resource "applications"')
+                namespace, name = match.groups()
+                with hub.lock:
+                    if name is None:
+                        selector = query.get("labelSelector", [""])[0]
+                        items = [copy.deepcopy(app) for app in hub.applications.values()
+                                 if app["metadata"]["namespace"] == namespace and selector_matches(app["metadata"].get("labels", {}), selector)]
+                        return self._send(200, {"apiVersion": "argoproj.io/v1alpha1", "kind": "ApplicationList", "items": items,
+                                                "metadata": {"resourceVersion": "1"}})
+                    found = hub.applications.get(name)
+                    if found is None or found["metadata"]["namespace"] != namespace:
+                        return self._refuse(404, "NotFound", f'applications.argoproj.io "{name}" not found')
+                    return self._send(200, copy.deepcopy(found))
+
+        return Handler
+
+    # -- the Argo CD-like controller ------------------------------------------------------------------------------
+    def _head(self) -> str:
+        result = subprocess.run(["git", "ls-remote", self.repo_url, f"refs/heads/{self.branch}"], capture_output=True, text=True, timeout=60)
+        return result.stdout.split()[0] if result.returncode == 0 and result.stdout else ""
+
+    def _export(self, revision: str) -> Path:
+        """Return a directory holding the repository at ``revision`` (fetched into the mirror when new)."""
+        target = self.work / "revisions" / revision
+        if not target.is_dir():
+            subprocess.run(["git", "-C", str(self.mirror), "fetch", "--quiet", "origin", "+refs/heads/*:refs/heads/*"], check=True, capture_output=True)
+            archive = subprocess.run(["git", "-C", str(self.mirror), "archive", "--format=tar", revision], check=True, capture_output=True).stdout
+            staging = target.with_suffix(".partial")
+            staging.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(staging, filter="data")
+            staging.rename(target)
+        return target
+
+    def _control_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                head = self._head()
+                for name in list(self.applications):
+                    self._reconcile(name, head)
+                self._write_scrape_targets()
+            except Exception as error:  # the controller keeps going, as Argo CD does; the error shows on the Application
+                with self.lock:
+                    for app in self.applications.values():
+                        app["status"]["conditions"] = [{"type": "ComparisonError", "message": str(error)[:300]}]
+            time.sleep(0.2)
+
+    def _reconcile(self, name: str, head: str) -> None:
+        """Sync one Application to ``head`` when due (the lag knob), then report its health."""
+        app = self.application(name)
+        spoke = self.spokes[app["metadata"]["labels"]["model-pipelines.io/cluster"]]
+        namespace = app["spec"]["destination"]["namespace"]
+        synced = app["status"]["sync"].get("revision")
+        due = head and head != synced and time.monotonic() - spoke.seen.setdefault(head, time.monotonic()) >= spoke.lag_s
+        status = copy.deepcopy(app["status"])
+        if due:
+            directory = self._export(head) / app["spec"]["source"]["path"]
+            try:
+                documents = render(directory, self.kubectl) if (directory / "kustomization.yaml").is_file() else []
+                self._apply(name, spoke, namespace, documents)
+                status["sync"] = {"status": "Synced", "revision": head}
+                status["operationState"] = {"phase": "Succeeded", "message": "successfully synced (all tasks run)", "syncResult": {"revision": head}}
+                status.pop("conditions", None)
+            except ValueError as error:
+                status["sync"] = {"status": "OutOfSync", "revision": synced or ""}
+                status["operationState"] = {"phase": "Failed", "message": str(error), "syncResult": {"revision": head}}
+        status["health"] = self._health(name, spoke, namespace)
+        with self.lock:
+            self.applications[name]["status"] = status
+
+    def _apply(self, name: str, spoke: Spoke, namespace: str, documents: list[dict]) -> None:
+        """Create, merge-patch (from the last applied document) and prune, as ``kubectl apply --prune`` does."""
+        applied, wanted = self.applied[name], {document["metadata"]["name"]: document for document in documents}
+        for object_name, document in wanted.items():
+            if spoke.standin.get(namespace, object_name) is None:
+                code, answer = spoke.standin.handle("POST", namespace, None, {**document, "metadata": {**document["metadata"], "namespace": namespace}})
+            else:
+                patch = merge_diff(applied.get(object_name) or {}, document)
+                code, answer = spoke.standin.handle("PATCH", namespace, object_name, patch) if patch else (200, {})
+            if code >= 400:
+                raise ValueError(f"InferenceService {namespace}/{object_name}: {answer.get('message')}")
+            applied[object_name] = document
+        for object_name in [n for n in applied if n not in wanted]:
+            spoke.standin.handle("DELETE", namespace, object_name, None)
+            del applied[object_name]
+
+    def _health(self, name: str, spoke: Spoke, namespace: str) -> dict:
+        """Return Argo CD's health of the Application: the worst of its InferenceServices'."""
+        worst, message = "Healthy", ""
+        for object_name in self.applied[name]:
+            isvc = spoke.standin.get(namespace, object_name)
+            ready = next((c for c in (isvc or {}).get("status", {}).get("conditions", []) if c.get("type") == "Ready"), {})
+            if isvc is None:
+                state, why = "Missing", f"InferenceService {object_name} is missing"
+            elif is_ready(isvc):
+                continue
+            elif ready.get("status") == "False" and ready.get("reason") == "RevisionFailed":
+                state, why = "Degraded", f"InferenceService {object_name}: {ready.get('message', '')}"
+            else:
+                state, why = "Progressing", f"InferenceService {object_name} is not Ready yet"
+            if ["Healthy", "Progressing", "Missing", "Degraded"].index(state) > ["Healthy", "Progressing", "Missing", "Degraded"].index(worst):
+                worst, message = state, why
+        return {"status": worst, **({"message": message} if message else {})}
+
+    def _write_scrape_targets(self) -> None:
+        """Write every spoke predictor's metrics address, labelled with its cluster, for the hub's Prometheus (file_sd)."""
+        groups = []
+        for spoke in self.spokes.values():
+            with spoke.standin.lock:
+                ports = [revision["port"] for state in spoke.standin.runtime.values() for revision in state["revisions"] if revision.get("ready")]
+            if ports:
+                groups.append({"targets": [f"127.0.0.1:{port}" for port in sorted(ports)], "labels": {"cluster": spoke.name}})
+        text = json.dumps(groups)
+        if self.scrape_targets.read_text() != text:
+            temporary = self.scrape_targets.with_suffix(".tmp")
+            temporary.write_text(text)
+            temporary.replace(self.scrape_targets)

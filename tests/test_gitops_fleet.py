@@ -1,0 +1,232 @@
+"""The gitops serving target end to end: a rollout over three spoke clusters in two waves, through the CLI and the real
+kfp local runner, against a real Git server (git http-backend, password on push), an Argo CD hub stand-in that renders
+the overlays with kustomize and applies them to each spoke's KubeStandIn, real KServe model servers on every spoke,
+and a real Prometheus scraping them with a ``cluster`` label.
+
+The tests share one fleet and run in order: a first deployment, a promotion (with a colleague's concurrent commit),
+a candidate that fails analysis in wave 1, and a spoke that never becomes Healthy during promotion.
+"""
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.contract import ANOMALY_DETECTOR
+from components.storage import FilesystemStore
+from tests.argo_hub import ENDPOINT_TEMPLATE, ArgoHub, render, render_in_python
+from tests.conftest import REPO, logged, run_cli
+from tests.git_server import GitHttpServer
+from tests.servers import PrometheusServer
+from tests.test_gitops_manifests import errors, validators  # noqa: F401 (a fixture)
+from tests.test_kserve import CRDS, models  # noqa: F401 (a fixture)
+from tests.test_serving import MainUrlClient
+
+PASSWORD = "fleet-push-token-5c2e"
+NAMESPACE = "self-healing-platform"
+PVC = "fleet-models"
+PATH = "fleet/models"
+SPOKES = {  # ManagedCluster labels; the Placements in manifests/gitops pick the waves from them
+    "spoke-1": {"model-pipelines.io/serving": "true", "model-pipelines.io/wave": "canary"},
+    "spoke-2": {"model-pipelines.io/serving": "true"},
+    "spoke-3": {"model-pipelines.io/serving": "true"},
+}
+WAVE_2 = ("spoke-2", "spoke-3")
+
+
+@dataclass
+class Fleet:
+    """The Git server, the hub with its spokes, the hub's Prometheus, and a local state directory whose store is the PVC."""
+
+    git: GitHttpServer
+    repo_url: str
+    hub: ArgoHub
+    prometheus: PrometheusServer
+    state: Path
+    env: dict
+
+    def rollout(self, version: str, *extra: str) -> subprocess.CompletedProcess:
+        return run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(self.state),
+                       *parameters(self.repo_url), "--param", "canary_interval_s=0.3", "--param", "probe_requests=10",
+                       "--param", "days=1", "--param", f"pvc_name={PVC}", "--param", "ready_timeout_s=60", *extra, env=self.env, timeout=900)
+
+    def store_version(self, estimator) -> str:
+        import joblib
+
+        path = self.state / "candidate.pkl"
+        joblib.dump(estimator, path)
+        return FilesystemStore(self.state / "store").save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}).version
+
+    def serving(self, cluster: str) -> dict:
+        return self.hub.spokes[cluster].standin.get(NAMESPACE, ANOMALY_DETECTOR)
+
+    def stable(self, cluster: str) -> str:
+        return self.serving(cluster)["metadata"]["annotations"]["model-pipelines.io/stable-version"]
+
+    def log(self, name: str) -> list[str]:
+        clone = self.state.parent / f"log-{name}"
+        subprocess.run(["git", "clone", "--quiet", self.repo_url, str(clone)], check=True)
+        return subprocess.run(["git", "-C", str(clone), "log", "--format=%h %s|%an", "main"], capture_output=True, text=True, check=True).stdout.splitlines()
+
+    def clients(self) -> dict[str, MainUrlClient]:
+        return {cluster: MainUrlClient(self.hub.main_url(cluster, ANOMALY_DETECTOR)) for cluster in SPOKES}
+
+
+def parameters(repo_url: str) -> list[str]:
+    """Return the run parameters that point a run at the fleet."""
+    pairs = {"serving_target": "gitops", "gitops_repo": repo_url, "gitops_path": PATH, "endpoint": ENDPOINT_TEMPLATE,
+             "namespace": NAMESPACE, "rollout_strategy": "standard-canary"}
+    return [argument for name, value in pairs.items() for argument in ("--param", f"{name}={value}")]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, models):  # noqa: F811 (the fixture)
+    work = tmp_path_factory.mktemp("fleet")
+    (work / "git").mkdir()
+    git = GitHttpServer(work / "git", PASSWORD).start()
+    repo_url = git.create("fleet.git", {"README.md": "The platform team's fleet repository.\n", f"{PATH}/README.md": "Models, managed by model-pipelines.\n"})
+    gitops = REPO / "manifests" / "gitops"
+    placements = list(yaml.safe_load_all((gitops / "placements.yaml").read_text()))
+    crd = CRDS / "rhoai-3.5" / "serving.kserve.io_inferenceservices.yaml"
+    (work / "pvcs" / PVC).mkdir(parents=True)
+    hub = ArgoHub(work / "hub", repo_url, "main", SPOKES, work / "pvcs", crd if crd.is_file() else None,
+                  yaml.safe_load((gitops / "applicationset.yaml").read_text()), placements)
+    hub.start()
+    prometheus = PrometheusServer(work / "prometheus", file_sd=hub.scrape_targets).start()
+    state = work / "state"
+    state.mkdir()
+    (state / "store").symlink_to(work / "pvcs" / PVC, target_is_directory=True)
+    env = {**hub.client_env(hub.write_kubeconfig(work / "hub-kubeconfig")), "GITOPS_TOKEN": PASSWORD}
+    fleet = Fleet(git, repo_url, hub, prometheus, state, env)
+    try:
+        v1 = fleet.store_version(models["detector"](1))
+        first = fleet.rollout(v1)
+        assert first.returncode == 0, first.stdout[-4000:]
+        yield fleet
+    finally:
+        prometheus.stop()
+        hub.stop()
+        git.stop()
+
+
+def test_the_first_deployment_reaches_every_cluster_through_one_commit_and_the_generated_applications_match_the_crd(fleet, validators):  # noqa: F811
+    assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: "v1" for cluster in SPOKES}
+    subjects = fleet.log("first")
+    assert subjects[0].split(" ", 1)[1] == f"{ANOMALY_DETECTOR} v1: first deployment to every wave|model-pipelines"
+    waves = {app["metadata"]["labels"]["model-pipelines.io/cluster"]: app["spec"]["source"]["path"] for app in fleet.hub.applications.values()}
+    assert waves == {"spoke-1": f"{PATH}/waves/canary", "spoke-2": f"{PATH}/waves/fleet", "spoke-3": f"{PATH}/waves/fleet"}
+    for name in fleet.hub.applications:
+        application = fleet.hub.application(name)
+        application.pop("status")
+        assert errors(validators, application) == [], name
+    # kustomize (kubectl's, where this machine has it) and the stand-in's own renderer agree on every wave.
+    export = fleet.hub._export(fleet.hub._head())
+    for wave in ("canary", "fleet"):
+        rendered = render(export / PATH / "waves" / wave, fleet.hub.kubectl)
+        assert rendered == render_in_python(export / PATH / "waves" / wave)
+        assert [document["metadata"]["name"] for document in rendered] == [ANOMALY_DETECTOR]
+
+
+def test_a_good_candidate_goes_wave_by_wave_past_a_colleagues_concurrent_commit(fleet, models):  # noqa: F811
+    v2 = fleet.store_version(models["detector"](2))
+    fleet.git.before_next_push.append(lambda: fleet.git.commit_directly("fleet.git", "clusters/spoke-4.yaml", "name: spoke-4\n"))
+    clients = fleet.clients()
+    for client in clients.values():
+        client.__enter__()
+    try:
+        result = fleet.rollout(v2, "--param", f"prometheus_url={fleet.prometheus.url}", "--param", "prometheus_window=10s",
+                               "--param", "canary_interval_s=3", "--param", "failure_limit=2")
+    finally:
+        for client in clients.values():
+            client.__exit__()
+    output = logged(result)
+    assert result.returncode == 0, output[-4000:]
+    assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: v2 for cluster in SPOKES}
+    for cluster, client in clients.items():
+        assert client.sent > 10 and client.failures == [], f"{cluster}: {client.failures[:3]}"
+    assert len([version for version in clients["spoke-1"].served if version]) >= 2, "wave 1's live traffic reached the canary"
+
+    subjects = [line.split(" ", 1)[1] for line in fleet.log("promotion")]
+    ours = [subject for subject in subjects if subject.startswith(f"{ANOMALY_DETECTOR} {v2}:")]
+    assert [subject.split(": ", 1)[1].split(" in wave")[0].split(" to wave")[0].split("|")[0] for subject in reversed(ours)] == [
+        "deploy as dark candidate", "canary 10 %", "canary 50 %", "canary 100 %", "promote", "promote"]
+    assert "wave 1/2 (canary: spoke-1)" in ours[-1] and "to wave 2/2 (fleet: spoke-2, spoke-3)" in ours[0]
+    assert "colleague edits clusters/spoke-4.yaml|colleague" in subjects, "the colleague's commit stays in the history"
+    assert subjects.index("colleague edits clusters/spoke-4.yaml|colleague") > subjects.index(ours[-1]), "ours were rebased onto theirs"
+    assert all(subject.endswith("|model-pipelines") for subject in ours)
+    # Every step passed, and a pass needs the live metrics the hub's Prometheus has for the candidate on wave 1's clusters.
+    measured = [line for line in output.splitlines() if line.startswith(f"canary {ANOMALY_DETECTOR} {v2} at ") and ": pass" in line]
+    assert len(measured) >= 3, output[-3000:]
+
+    status = run_cli("serve", "status", "--target", "gitops", "--json", *parameters(fleet.repo_url), env=fleet.env)
+    assert status.returncode == 0, status.stdout
+    rows = json.loads(status.stdout)[ANOMALY_DETECTOR]
+    assert [(row["wave"], row["cluster"], row["sync"], row["health"], row["stable"], row["candidate"]) for row in rows] == [
+        (1, "spoke-1", "Synced", "Healthy", v2, None), (2, "spoke-2", "Synced", "Healthy", v2, None), (2, "spoke-3", "Synced", "Healthy", v2, None)]
+    table = run_cli("serve", "status", "--target", "gitops", *parameters(fleet.repo_url), env=fleet.env)
+    assert "spoke-3" in table.stdout and "Healthy" in table.stdout, table.stdout
+
+
+def test_a_candidate_failing_analysis_in_wave_1_is_reverted_and_wave_2_is_never_touched(fleet, models):  # noqa: F811
+    stable = fleet.stable("spoke-1")
+    before = fleet.serving("spoke-1")["spec"]
+    wave_2_writes = {cluster: len(fleet.hub.spokes[cluster].standin.writes) for cluster in WAVE_2}
+    bad = fleet.store_version(models["alarmist"](0))
+    clients = fleet.clients()
+    for client in clients.values():
+        client.__enter__()
+    try:
+        result = fleet.rollout(bad)
+    finally:
+        for client in clients.values():
+            client.__exit__()
+    assert result.returncode == 3, logged(result)[-4000:]
+    assert "rejected at canary-promote" in logged(result)
+    for cluster, client in clients.items():
+        assert client.sent > 10 and client.failures == [], f"{cluster}: {client.failures[:3]}"
+    assert {cluster: len(fleet.hub.spokes[cluster].standin.writes) for cluster in WAVE_2} == wave_2_writes, "wave 2 got no write"
+    assert fleet.serving("spoke-1")["spec"] == before and fleet.stable("spoke-1") == stable
+    subjects = [line.split(" ", 1)[1] for line in fleet.log("rejected")]
+    assert subjects[0].startswith(f"{ANOMALY_DETECTOR} {bad}: rollback|model-pipelines")
+    assert not any(subject.startswith(f"{ANOMALY_DETECTOR} {bad}: promote") for subject in subjects)
+    index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
+    assert index["versions"][bad]["status"] == "rejected" and index["stable"] == stable
+    application = fleet.hub.application_of("spoke-1")["status"]
+    assert application["sync"]["status"] == "Synced" and application["health"]["status"] == "Healthy"
+
+
+def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and_every_wave_is_reverted(fleet, models):  # noqa: F811
+    stable = fleet.stable("spoke-1")
+    candidate = fleet.store_version(models["detector"](4))
+    fleet.hub.lag("spoke-2", 2.0)
+    fleet.hub.fail("spoke-3", "0/3 nodes are available: 3 Insufficient memory")
+    clients = fleet.clients()
+    for client in clients.values():
+        client.__enter__()
+    try:
+        result = fleet.rollout(candidate, "--param", "ready_timeout_s=20")
+    finally:
+        for client in clients.values():
+            client.__exit__()
+        fleet.hub.fail("spoke-3", None)
+        fleet.hub.lag("spoke-2", 0.0)
+    output = logged(result)
+    assert result.returncode == 3, output[-4000:]
+    assert "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 20 s" in output
+    assert "Application models-spoke-3 (cluster spoke-3): Synced at" in output and "Degraded (InferenceService anomaly-detector" in output
+    assert "3 Insufficient memory" in output
+    assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: stable for cluster in SPOKES}
+    for cluster, client in clients.items():
+        assert client.sent > 10 and client.failures == [], f"{cluster}: {client.failures[:3]}"
+    subjects = [line.split(" ", 1)[1] for line in fleet.log("timeout")]
+    assert subjects[0].startswith(f"{ANOMALY_DETECTOR} {candidate}: rollback|model-pipelines")
+    assert subjects[1].startswith(f"{ANOMALY_DETECTOR} {candidate}: promote to wave 2/2")
+    head = fleet.log("after-timeout")[0].split()[0]
+    for name in fleet.hub.applications:
+        application = fleet.hub.application(name)["status"]
+        assert application["sync"]["revision"].startswith(head) and application["health"]["status"] == "Healthy", name
+    index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
+    assert index["versions"][candidate]["status"] == "rejected" and index["stable"] == stable
