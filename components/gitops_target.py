@@ -128,7 +128,8 @@ class Wave:
 
     def describe(self, total: int) -> str:
         """Return e.g. "wave 1/2 (canary: spoke-1)"."""
-        return f"wave {self.number}/{total} ({','.join(self.labels)}: {', '.join(self.clusters)})"
+        labels = sorted({application.wave for application in self.applications}) or list(self.labels)
+        return f"wave {self.number}/{total} ({','.join(labels)}: {', '.join(self.clusters)})"
 
 
 class Hub:
@@ -441,35 +442,36 @@ class GitopsTarget:
                 self.commit(follower.overlay_files(lead.document(model_name), extras), stale, f"promote to {self.where(wave)}")
                 self.wait(wave, timeout_s)
         except ServingError as error:
-            stable = self._revert(model_name, f"promotion failed: {error}", timeout_s)
+            stable = self._revert(model_name, candidate, f"promotion failed: {error}", timeout_s)
             raise ServingError(f"promotion of {model_name} {candidate} stopped: {error}; every wave was reverted to {stable or 'nothing'}") from error
         return self.status(model_name)
 
     def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Revert the model's commits since the fleet was last settled, in one commit, and wait for every affected wave."""
-        self._revert(model_name, "rolled back", timeout_s)
+        """Revert the candidate's commits (with none, the first deployment's) in one commit and wait for every affected wave."""
+        status = self.status(model_name)
+        self._revert(model_name, status.candidate or status.stable or "", "rolled back", timeout_s)
         return self.status(model_name)
 
-    def _revert(self, model_name: str, why: str, timeout_s: float) -> str:
-        """Revert this model's unsettled commits and wait for the waves they touched; return the stable version after."""
-        self._begin(model_name, "", "rollback", SETTLED)
-        unsettled, ours = [], [(revision, dict(TRAILER.findall(message))) for revision, message in self.repo.history(
-            f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves))]
-        ours = [(revision, trailers) for revision, trailers in ours if trailers.get("Model") == model_name]
-        for revision, trailers in ours:
-            if trailers.get("Fleet-state") == SETTLED:
+    def _revert(self, model_name: str, version: str, why: str, timeout_s: float) -> str:
+        """Revert ``version``'s commits and any unsettled ones after the fleet's last settled state; wait for the waves they touched.
+
+        Return the stable version wave 1 serves after.
+        """
+        self._begin(model_name, version, "rollback", SETTLED)
+        reverted = []
+        for revision, message in self.repo.history(f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)):
+            trailers = dict(TRAILER.findall(message))
+            if trailers.get("Model") != model_name:
+                continue
+            if trailers.get("Version") != version and trailers.get("Fleet-state") == SETTLED:
                 break
-            unsettled.append((revision, trailers.get("Version", "")))
-        if not unsettled and len(ours) == 1 and recorded_backend(WaveOverlays(self, self.waves[0]).document(model_name), "candidate") is None:
-            # Only the first deployment was ever committed and nothing else serves: rolling it back removes the model.
-            unsettled = [(ours[0][0], ours[0][1].get("Version", ""))]
-        if unsettled:
-            self.version = unsettled[0][1]
-            reverted = ", ".join(revision[:7] for revision, _ in unsettled)
-            message = commit_message(model_name, self.version, "rollback", self.options.run_name or "local",
-                                     f"Reverts {reverted}: {why}\n\nModel: {model_name}\nVersion: {self.version}\nFleet-state: {SETTLED}")
+            reverted.append(revision)
+        if reverted:
+            message = commit_message(model_name, version, "rollback", self.options.run_name or "local",
+                                     f"Reverts {', '.join(revision[:7] for revision in reverted)}: {why}\n\n"
+                                     f"Model: {model_name}\nVersion: {version}\nFleet-state: {SETTLED}")
             try:
-                revision = self.repo.revert([revision for revision, _ in unsettled], message)
+                revision = self.repo.revert(reverted, message)
             except GitopsError as error:
                 raise ServingError(str(error)) from error
             touched = self.repo.changed_files(revision)

@@ -158,7 +158,7 @@ def test_a_good_candidate_goes_wave_by_wave_past_a_colleagues_concurrent_commit(
     assert subjects.index("colleague edits clusters/spoke-4.yaml|colleague") > subjects.index(ours[-1]), "ours were rebased onto theirs"
     assert all(subject.endswith("|model-pipelines") for subject in ours)
     # Every step passed, and a pass needs the live metrics the hub's Prometheus has for the candidate on wave 1's clusters.
-    measured = [line for line in output.splitlines() if line.startswith(f"canary {ANOMALY_DETECTOR} {v2} at ") and ": pass" in line]
+    measured = [line for line in output.splitlines() if line.strip().startswith(f"canary {ANOMALY_DETECTOR} {v2} at ") and ": pass" in line]
     assert len(measured) >= 3, output[-3000:]
 
     status = run_cli("serve", "status", "--target", "gitops", "--json", *parameters(fleet.repo_url), env=fleet.env)
