@@ -7,8 +7,9 @@ in ``.model-pipelines-owned`` under the path, and a file there that the list doe
 
 Credentials never come from parameters. Over HTTPS the token is read from ``$GITOPS_TOKEN`` (a Secret's key
 injected into the pod) by a credential helper, so it is in no command line and no URL; it goes only to an https
-remote, or over plain http to this machine. Over SSH the key file is ``$GITOPS_SSH_KEY_FILE`` with the hosts in
-``$GITOPS_KNOWN_HOSTS_FILE`` (host keys are checked).
+remote, or over plain http to this machine. Over SSH the key is ``$GITOPS_SSH_KEY`` with the hosts in
+``$GITOPS_KNOWN_HOSTS`` (a Secret's ``ssh-privatekey`` and ``known_hosts``), or on a laptop the files
+``$GITOPS_SSH_KEY_FILE`` and ``$GITOPS_KNOWN_HOSTS_FILE``; host keys are always checked.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ OWNED_LIST = ".model-pipelines-owned"
 TOKEN_ENV = "GITOPS_TOKEN"
 SSH_KEY_ENV = "GITOPS_SSH_KEY_FILE"
 KNOWN_HOSTS_ENV = "GITOPS_KNOWN_HOSTS_FILE"
+# In a pod the Secret's keys arrive as contents (ssh-privatekey, known_hosts), written to 0600 files beside the clone.
+SSH_KEY_CONTENT_ENV = "GITOPS_SSH_KEY"
+KNOWN_HOSTS_CONTENT_ENV = "GITOPS_KNOWN_HOSTS"
 PUSH_ATTEMPTS = 5
 AUTHOR = ("model-pipelines", "model-pipelines@self-healing-platform.invalid")
 # A credential helper that answers with the token from the environment, so that the token is never an argument.
@@ -48,11 +52,24 @@ class GitopsRepo:
         """Return git's environment: no prompts, a fixed author, and SSH with a checked host key when configured."""
         environment = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_AUTHOR_NAME": AUTHOR[0], "GIT_AUTHOR_EMAIL": AUTHOR[1],
                        "GIT_COMMITTER_NAME": AUTHOR[0], "GIT_COMMITTER_EMAIL": AUTHOR[1]}
-        if os.environ.get(SSH_KEY_ENV):
-            known_hosts = os.environ.get(KNOWN_HOSTS_ENV, "/dev/null")
-            environment["GIT_SSH_COMMAND"] = (f"ssh -i {os.environ[SSH_KEY_ENV]} -o IdentitiesOnly=yes -o BatchMode=yes "
+        key_file, known_hosts = os.environ.get(SSH_KEY_ENV, ""), os.environ.get(KNOWN_HOSTS_ENV, "/dev/null")
+        if os.environ.get(SSH_KEY_CONTENT_ENV):
+            key_file = self._private_file("ssh-key", os.environ[SSH_KEY_CONTENT_ENV])
+            if os.environ.get(KNOWN_HOSTS_CONTENT_ENV):
+                known_hosts = self._private_file("known_hosts", os.environ[KNOWN_HOSTS_CONTENT_ENV])
+        if key_file:
+            environment["GIT_SSH_COMMAND"] = (f"ssh -i {key_file} -o IdentitiesOnly=yes -o BatchMode=yes "
                                               f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={known_hosts}")
         return environment
+
+    def _private_file(self, name: str, content: str) -> str:
+        """Write ``content`` to a file only this user can read, beside (never inside) the clone; return its path."""
+        path = self.workdir.parent / f".{self.workdir.name}-{name}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(content if content.endswith("\n") else content + "\n")
+        return str(path)
 
     def _git(self, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """Run git with the credential helper when a token is set (refusing plain http to another machine)."""
@@ -176,7 +193,7 @@ class GitopsRepo:
                 return self.head()
             if any(sign in pushed.stderr for sign in ("Authentication failed", "could not read Username", "403", "Permission denied")):
                 raise GitopsError(f"{self.url} refused to let model-pipelines push: put a token with push access in ${TOKEN_ENV} "
-                                  f"(from a Secret), or an SSH key in ${SSH_KEY_ENV}")
+                                  f"(from the gitops_secret Secret's key token), or an SSH key in ${SSH_KEY_CONTENT_ENV} (its key ssh-privatekey)")
             if "rejected" not in pushed.stderr:
                 raise GitopsError(f"git push to {self.url} failed: {pushed.stderr.strip()[-400:]}")
             self._git("fetch", "--quiet", "origin", self.branch)

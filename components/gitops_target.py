@@ -186,18 +186,19 @@ class WaveOverlays:
         """Bind to the fleet's repository and hub and to ``wave``."""
         self.fleet, self.wave = fleet, wave
 
-    # The files of one model in this wave, relative to gitops_path.
     def _overlay(self, model_name: str) -> str:
+        """Return the model's overlay directory in this wave, relative to gitops_path."""
         return f"{self.wave.directory}/{model_name}"
 
-    def _extra(self, model_name: str, name: str) -> str:
+    def extra_file(self, model_name: str, name: str) -> str:
+        """Return the file of another InferenceService of the model (e.g. ``<model>-candidate``) in this wave."""
         return f"{self._overlay(model_name)}/{name}.yaml"
 
     def document(self, name: str) -> dict | None:
         """Return the InferenceService ``name`` as this wave's overlay renders it (without status), or None."""
         model_name, repo = self.fleet.model_name, self.fleet.repo
         if name != model_name:
-            text = repo.read(self._extra(model_name, name))
+            text = repo.read(self.extra_file(model_name, name))
             return yaml.safe_load(text) if text else None
         base, patch = repo.read(base_file(model_name)), repo.read(f"{self._overlay(model_name)}/{PATCH_FILE}")
         if base is None or patch is None:
@@ -226,7 +227,7 @@ class WaveOverlays:
                 files.update(WaveOverlays(self.fleet, wave).overlay_files(document, {}))
             self.fleet.commit(files, [], "first deployment to every wave", SETTLED)
         else:
-            extras = self._extras(model_name)
+            extras = self.extras(model_name)
             extras[name] = document
             self.fleet.commit(self.overlay_files(self.document(model_name), extras), [], f"create {name} in {self.fleet.where(self.wave)}")
         return self.get_namespaced_custom_object(group, version, namespace, plural, name)
@@ -240,7 +241,7 @@ class WaveOverlays:
 
             raise ApiException(status=404, reason="NotFound")
         changed = strip_server_fields(merge_patch(current, {key: value for key, value in body.items() if key != "status"}))
-        extras = self._extras(model_name)
+        extras = self.extras(model_name)
         main = changed if name == model_name else self.document(model_name)
         if name != model_name:
             extras[name] = changed
@@ -252,13 +253,13 @@ class WaveOverlays:
         model_name = self.fleet.model_name
         if name == model_name:
             raise ServingError(f"the gitops target never deletes {model_name} by a commit: it reverts the model's commits instead")
-        extras = self._extras(model_name)
+        extras = self.extras(model_name)
         extras.pop(name, None)
-        self.fleet.commit(self.overlay_files(self.document(model_name), extras), [self._extra(model_name, name)],
+        self.fleet.commit(self.overlay_files(self.document(model_name), extras), [self.extra_file(model_name, name)],
                           f"remove {name} from {self.fleet.where(self.wave)}")
         return {"kind": "Status", "status": "Success"}
 
-    def _extras(self, model_name: str) -> dict[str, dict]:
+    def extras(self, model_name: str) -> dict[str, dict]:
         """Return the model's other InferenceServices in this wave (e.g. ``<model>-candidate``), by name."""
         listed = yaml.safe_load(self.fleet.repo.read(f"{self._overlay(model_name)}/{KUSTOMIZATION}") or "{}") or {}
         names = [entry.removesuffix(".yaml") for entry in listed.get("resources", []) if not entry.startswith(".")]
@@ -272,7 +273,7 @@ class WaveOverlays:
         to_base = posixpath.relpath(f"base/{model_name}", overlay)
         files = {f"{overlay}/{PATCH_FILE}": dump(merge_patch(identity(main), merge_diff(base, main))),
                  f"{overlay}/{KUSTOMIZATION}": dump(kustomization([to_base, *(f"{name}.yaml" for name in sorted(extras))], [PATCH_FILE]))}
-        files.update({self._extra(model_name, name): dump(document) for name, document in extras.items()})
+        files.update({self.extra_file(model_name, name): dump(document) for name, document in extras.items()})
         models = {model_name, *(path.parent.name for path in (self.fleet.repo.root / self.wave.directory).glob(f"*/{KUSTOMIZATION}"))}
         files[f"{self.wave.directory}/{KUSTOMIZATION}"] = dump(kustomization(sorted(models)))
         return files
@@ -437,8 +438,8 @@ class GitopsTarget:
                 self._begin(model_name, candidate, "promote", SETTLED if wave.number == total else ROLLING)
                 lead = WaveOverlays(self, first)
                 follower = WaveOverlays(self, wave)
-                extras = {name: lead.document(name) for name in lead._extras(model_name)}
-                stale = [follower._extra(model_name, name) for name in follower._extras(model_name) if name not in extras]
+                extras = {name: lead.document(name) for name in lead.extras(model_name)}
+                stale = [follower.extra_file(model_name, name) for name in follower.extras(model_name) if name not in extras]
                 self.commit(follower.overlay_files(lead.document(model_name), extras), stale, f"promote to {self.where(wave)}")
                 self.wait(wave, timeout_s)
         except ServingError as error:

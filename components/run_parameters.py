@@ -206,6 +206,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "pvc_name": _kubernetes_name(DNS_SUBDOMAIN, "PersistentVolumeClaim name", may_be_empty=False),
     "s3_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
     "prometheus_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
+    "gitops_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=True),
     "min_f1": _in_range(0, 1),
     "max_anomaly_rate": _in_range(0, 1, low_open=True),
     "max_mase": _in_range(0, INF, low_open=True),

@@ -40,6 +40,7 @@ def validate_parameters(
     gitops_branch: str,
     gitops_path: str,
     fleet_waves: list,
+    gitops_secret: str,
     ready_timeout_s: float,
     canary_steps: list,
     canary_interval_s: float,

@@ -56,6 +56,7 @@ PARAMETER_HELP = {
     "gitops_repo": "gitops: the fleet repository (https or ssh URL; the token or key comes from a Secret).",
     "gitops_branch": "gitops: the branch Argo CD syncs.",
     "gitops_path": "gitops: the directory holding base/<model> and the wave overlays the Applications sync.",
+    "gitops_secret": "gitops: the Secret whose key token (HTTPS) or ssh-privatekey and known_hosts (SSH) reach the fleet repository.",
     "fleet_waves": 'gitops: cluster groups by wave label, rolled out in order; "*" is every other cluster.',
     "ready_timeout_s": "Seconds to wait for a version to become Ready before rolling it back.",
     "canary_steps": "Candidate traffic percentages in order, strictly increasing, e.g. [10, 50, 100].",

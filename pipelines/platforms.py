@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from components.gitops_repo import TOKEN_ENV as GITOPS_TOKEN_ENV
 from components.prometheus import TOKEN_ENV
 
 STORES = ("pvc", "s3")
@@ -103,9 +104,9 @@ def _bind_root_parameter(pipeline_spec: dict, name: str, value: object) -> None:
                 spec["runtimeValue"] = {"constant": value}
 
 
-def _is_prometheus_token(secret: dict) -> bool:
-    """Return whether a secretAsEnv entry injects the Prometheus token."""
-    return any(pair.get("envVar") == TOKEN_ENV for pair in secret.get("keyToEnv", []))
+def _is_optional_credential(secret: dict) -> bool:
+    """Return whether a secretAsEnv entry injects an optional credential: the Prometheus token or the fleet repository's."""
+    return any(pair.get("envVar") in (TOKEN_ENV, GITOPS_TOKEN_ENV) for pair in secret.get("keyToEnv", []))
 
 
 def _adapt_executor(config: dict, platform: Platform, store: str, s3_secret: str) -> dict:
@@ -116,8 +117,9 @@ def _adapt_executor(config: dict, platform: Platform, store: str, s3_secret: str
             mount.pop("pvcNameParameter", None)
     if platform.optional_secrets or "secretAsEnv" not in config:
         return config
-    # Without optional Secrets, the Prometheus token is the service account's, and the S3 Secret only with --store s3.
-    config["secretAsEnv"] = [secret for secret in config["secretAsEnv"] if not _is_prometheus_token(secret) and store == "s3"]
+    # Without optional Secrets, the Prometheus token is the service account's, the fleet repository's credentials come
+    # from no Secret (gitops needs a release with optional Secrets), and the S3 Secret is injected only with --store s3.
+    config["secretAsEnv"] = [secret for secret in config["secretAsEnv"] if not _is_optional_credential(secret) and store == "s3"]
     if not config["secretAsEnv"]:
         del config["secretAsEnv"]
         return config
@@ -137,7 +139,7 @@ def describe(platform: Platform, store: str, s3_secret: str) -> str:
     if platform.store_is_a_run_parameter:
         return f" Compiled for {releases}; default store {store}, default rollout strategy {platform.rollout_strategy}."
     secret = f"the S3 store with data connection Secret {s3_secret!r} (required)" if store == "s3" else "the PVC store and no Secret"
-    return (f" Compiled for {releases}, which has no optional Secrets: {secret}, fixed at compile time; Prometheus uses the service account token;"
+    return (f" Compiled for {releases}, which has no optional Secrets: {secret}, fixed at compile time; Prometheus uses the service account token; serving_target=gitops has no credentials Secret;"
             f" default rollout strategy {platform.rollout_strategy}.")
 
 
@@ -158,6 +160,7 @@ def adapt(pipeline_spec: dict, platform_spec: dict, platform: Platform, store: s
         _bind_root_parameter(pipeline_spec, "model_store", store)
         _bind_root_parameter(pipeline_spec, "s3_secret", s3_secret)
         _bind_root_parameter(pipeline_spec, "prometheus_secret", "")
+        _bind_root_parameter(pipeline_spec, "gitops_secret", "")
         executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         for name, config in executors.items():
             executors[name] = _adapt_executor(config, platform, store, s3_secret)

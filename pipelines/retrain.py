@@ -17,7 +17,7 @@ from typing import NamedTuple
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Markdown, Metrics
 
-from components import __version__, steps
+from components import __version__, gitops_repo, steps
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.evaluate import Gates
 from components.gitops_target import DEFAULT_WAVES
@@ -61,6 +61,7 @@ GATES = Gates()
 CANARY = CanarySpec()
 DEFAULT_TARGET = "kserve"
 DEFAULT_PROMETHEUS_SECRET = "prometheus-token"
+DEFAULT_GITOPS_SECRET = "gitops-credentials"
 DEFAULT_EXPERIMENT = "self-healing-models"
 MONITORING = MonitorSettings()
 # Every retraining pipeline returns its evaluation, so that local runs and the kfp client can summarise a run.
@@ -106,6 +107,16 @@ def _side_effect(task: dsl.PipelineTask, p: dict | None = None) -> dsl.PipelineT
     step = task.component_spec.name.replace("_", "-")
     kubernetes.set_timeout(task, next(seconds for prefix, seconds in TIMEOUTS_S.items() if step.startswith(prefix)))
     return task.set_caching_options(False)
+
+
+GITOPS_SECRET_KEYS = {"token": gitops_repo.TOKEN_ENV, "ssh-privatekey": gitops_repo.SSH_KEY_CONTENT_ENV,
+                      "known_hosts": gitops_repo.KNOWN_HOSTS_CONTENT_ENV}
+
+
+def _with_gitops_credentials(task: dsl.PipelineTask, p: dict) -> dsl.PipelineTask:
+    """Inject the fleet repository's token or SSH key and known hosts from the Secret ``gitops_secret`` (optional)."""
+    kubernetes.use_secret_as_env(task, secret_name=p["gitops_secret"], secret_key_to_env=GITOPS_SECRET_KEYS, optional=True)
+    return task
 
 
 def _with_prometheus_token(task: dsl.PipelineTask, p: dict) -> dsl.PipelineTask:
@@ -156,16 +167,16 @@ def _serving(model_name, p: dict) -> dict:
 def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict) -> None:
     """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``."""
     serving = {**_serving(model_name, p), **_store(p)}
-    deploy = _side_effect(
+    deploy = _with_gitops_credentials(_side_effect(
         ops.deploy_inference_service(version=version, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p
-    ).set_display_name("Deploy as dark candidate")
+    ), p).set_display_name("Deploy as dark candidate")
     smoke_arguments = {key: value for key, value in serving.items() if key != "ready_timeout_s"}
-    smoke = _side_effect(
+    smoke = _with_gitops_credentials(_side_effect(
         ops.smoke_test(version=version, validation_data=validation_data, max_p95_latency_ms=p["max_p95_latency_ms"], **smoke_arguments),
         p,
-    ).after(deploy).set_display_name("Smoke-test the new version")
+    ), p).after(deploy).set_display_name("Smoke-test the new version")
     with dsl.If(smoke.outputs["passed"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
-        _with_prometheus_token(_side_effect(
+        _with_gitops_credentials(_with_prometheus_token(_side_effect(
             ops.canary_promote(
                 version=version, validation_data=validation_data, canary_steps=p["canary_steps"],
                 canary_interval_s=p["canary_interval_s"], probe_requests=p["probe_requests"],
@@ -176,14 +187,18 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving,
             ),
             p,
-        ), p).set_display_name("Canary-promote or roll back")
+        ), p), p).set_display_name("Canary-promote or roll back")
     with dsl.Else(name="smoke-test-failed"):
-        _side_effect(ops.rollback(version=version, reason=smoke.outputs["reason"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p).set_display_name("Roll back (smoke test failed)")
+        _with_gitops_credentials(_side_effect(
+            ops.rollback(version=version, reason=smoke.outputs["reason"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p
+        ), p).set_display_name("Roll back (smoke test failed)")
 
 
 def _exit_task(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     """Return the exit task that leaves serving safe whatever happened."""
-    return _side_effect(ops.ensure_safe_serving(run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_serving(model_name, p))).set_display_name("Leave serving safe")
+    return _with_gitops_credentials(_side_effect(
+        ops.ensure_safe_serving(run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_serving(model_name, p))
+    ), p).set_display_name("Leave serving safe")
 
 
 def _save_and_roll_out(ops: SimpleNamespace, model_name: str, train, evaluate, validation_data, p: dict) -> None:
@@ -251,6 +266,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         gitops_branch: str = "main",
         gitops_path: str = "fleet/models",
         fleet_waves: list = [list(wave) for wave in DEFAULT_WAVES],
+        gitops_secret: str = DEFAULT_GITOPS_SECRET,
         ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
         canary_interval_s: float = CANARY.interval_s,
@@ -328,6 +344,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         gitops_branch: str = "main",
         gitops_path: str = "fleet/models",
         fleet_waves: list = [list(wave) for wave in DEFAULT_WAVES],
+        gitops_secret: str = DEFAULT_GITOPS_SECRET,
         ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
         canary_interval_s: float = CANARY.interval_s,
@@ -399,6 +416,7 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         gitops_branch: str = "main",
         gitops_path: str = "fleet/models",
         fleet_waves: list = [list(wave) for wave in DEFAULT_WAVES],
+        gitops_secret: str = DEFAULT_GITOPS_SECRET,
         ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
         canary_interval_s: float = CANARY.interval_s,

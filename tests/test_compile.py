@@ -89,6 +89,10 @@ def test_side_effect_tasks_have_timeouts_and_the_yaml_holds_no_secrets():
                 if secret["secretNameParameter"]["componentInputParameter"].endswith("prometheus_secret"):
                     assert secret["keyToEnv"] == [{"envVar": "PROMETHEUS_TOKEN", "secretKey": "token"}]
                     continue
+                if secret["secretNameParameter"]["componentInputParameter"].endswith("gitops_secret"):
+                    assert {(pair["secretKey"], pair["envVar"]) for pair in secret["keyToEnv"]} == {
+                        ("token", "GITOPS_TOKEN"), ("ssh-privatekey", "GITOPS_SSH_KEY"), ("known_hosts", "GITOPS_KNOWN_HOSTS")}
+                    continue
                 assert secret["secretNameParameter"]["componentInputParameter"].endswith("s3_secret")
                 assert {pair["envVar"] for pair in secret["keyToEnv"]} == {
                     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET"}

@@ -161,6 +161,11 @@ def test_a_good_candidate_goes_wave_by_wave_past_a_colleagues_concurrent_commit(
     measured = [line for line in output.splitlines() if line.strip().startswith(f"canary {ANOMALY_DETECTOR} {v2} at ") and ": pass" in line]
     assert len(measured) >= 3, output[-3000:]
 
+    export = fleet.hub._export(fleet.hub._head())
+    for wave in ("canary", "fleet"):  # the promoted overlays patch labels, env and the predictor: both renderers agree
+        rendered = render(export / PATH / "waves" / wave, fleet.hub.kubectl)
+        assert rendered == render_in_python(export / PATH / "waves" / wave) and rendered[0]["spec"]["predictor"]["name"] == v2
+
     status = run_cli("serve", "status", "--target", "gitops", "--json", *parameters(fleet.repo_url), env=fleet.env)
     assert status.returncode == 0, status.stdout
     rows = json.loads(status.stdout)[ANOMALY_DETECTOR]
