@@ -1,12 +1,16 @@
-"""A real Git server on 127.0.0.1: ``git http-backend`` (smart HTTP) behind a small HTTP server that asks for a
-password on push, as a Git host does for the HTTPS form. Every push's user is recorded."""
+"""Real Git servers on 127.0.0.1: ``git http-backend`` (smart HTTP) behind a small HTTP server that asks for a
+password on push, as a Git host does for the HTTPS form (every push's user is recorded), and OpenSSH's sshd with
+key authentication only, for the SSH form."""
 
 from __future__ import annotations
 
 import base64
+import getpass
 import os
+import socket
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -107,3 +111,54 @@ class GitHttpServer:
             do_GET = do_POST = _serve
 
         return Handler
+
+
+class GitSshServer:
+    """A real OpenSSH server on 127.0.0.1 (run as this user, key authentication only) serving the bare repositories
+    of a ``GitHttpServer`` over ``ssh://<user>@127.0.0.1:<port>/<path>``."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> "GitSshServer":
+        self.work.mkdir(parents=True, exist_ok=True)
+        for name in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.work / name)], check=True)
+        (self.work / "authorized_keys").write_text((self.work / "client.pub").read_text())
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = self.work / "sshd_config"
+        config.write_text(f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.work / 'host'}\nAuthorizedKeysFile {self.work / 'authorized_keys'}\n"
+                          f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+                          f"PidFile {self.work / 'sshd.pid'}\n")
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
+        self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=open(self.work / "sshd.log", "ab"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.user = getpass.getuser()
+        for _ in range(100):
+            with socket.socket() as attempt:
+                if attempt.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.1)
+        raise TimeoutError(f"sshd did not listen: {(self.work / 'sshd.log').read_text()[-500:]}")
+
+    def url(self, bare: Path) -> str:
+        """Return the SSH URL of a bare repository on this machine."""
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{bare}"
+
+    def known_hosts(self) -> str:
+        """Return the known_hosts line of this server's host key."""
+        kind, key = (self.work / "host.pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {kind} {key}\n"
+
+    def client_key(self) -> str:
+        """Return the private key authorised to log in."""
+        return (self.work / "client").read_text()
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.terminate()
+            self.process.wait(10)

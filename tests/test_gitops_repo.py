@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from components.gitops_repo import OWNED_LIST, TOKEN_ENV, GitopsError, GitopsRepo, commit_message
-from tests.git_server import GitHttpServer
+from components.gitops_repo import KNOWN_HOSTS_CONTENT_ENV, OWNED_LIST, SSH_KEY_CONTENT_ENV, TOKEN_ENV, GitopsError, GitopsRepo, commit_message
+from tests.git_server import GitHttpServer, GitSshServer
 
 PASSWORD = "git-push-secret-7d1f"
 PATH = "fleet/models"
@@ -117,3 +117,25 @@ def test_the_token_goes_over_plain_http_only_to_this_machine(token, tmp_path):
     repo = GitopsRepo("http://git.example.com/fleet.git", "main", PATH, tmp_path / "work")
     with pytest.raises(GitopsError, match="refusing to send the Git token over plain http to http://git.example.com/fleet.git"):
         repo.sync()
+
+
+def test_over_ssh_the_key_and_known_hosts_come_from_the_secrets_contents_and_an_unknown_host_key_is_refused(git, tmp_path, monkeypatch):
+    server, url = git
+    ssh = GitSshServer(tmp_path / "ssh").start()
+    try:
+        ssh_url = ssh.url(server.root / "fleet.git")
+        monkeypatch.setenv(SSH_KEY_CONTENT_ENV, ssh.client_key())
+        monkeypatch.setenv(KNOWN_HOSTS_CONTENT_ENV, "[127.0.0.1]:1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ\n")
+        with pytest.raises(GitopsError, match="Host key verification failed"):
+            GitopsRepo(ssh_url, "main", PATH, tmp_path / "refused").sync()
+        monkeypatch.setenv(KNOWN_HOSTS_CONTENT_ENV, ssh.known_hosts())
+        repo = GitopsRepo(ssh_url, "main", PATH, tmp_path / "work")
+        repo.sync()
+        repo.write({"waves/canary/version.yaml": "version: v1\n"})
+        repo.commit_and_push(commit_message("anomaly-detector", "v1", "deploy over ssh", "run-ssh"))
+        key_file = tmp_path / ".work-ssh-key"
+        assert key_file.stat().st_mode & 0o077 == 0, "the key file is readable by its owner only"
+        assert not (tmp_path / "work" / ".work-ssh-key").exists(), "the key is never inside the clone"
+    finally:
+        ssh.stop()
+    assert remote_log(url, tmp_path)[0] == "anomaly-detector v1: deploy over ssh|model-pipelines"
