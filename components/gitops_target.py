@@ -316,7 +316,7 @@ class GitopsTarget:
                                "{namespace}, e.g. https://{service}-{namespace}.apps.{cluster}.example.com")
         self.options, self.gitops, self.sleep = options, gitops, sleep
         self.repo = GitopsRepo(gitops.repo, gitops.branch, gitops.path.strip("/"), workdir or Path(tempfile.mkdtemp(prefix="gitops-")))
-        self.hub = Hub(hub_api or KServeTarget._connect(), gitops.hub_namespace)
+        self.hub = Hub(hub_api or KServeTarget.connect(), gitops.hub_namespace)
         self.model_name, self.version, self.step, self.state = "", "", "", ROLLING
         self.waves: list[Wave] = []
 

@@ -22,7 +22,7 @@ from tests.conftest import REPO, logged, run_cli
 from tests.git_server import GitHttpServer
 from tests.servers import PrometheusServer
 from tests.test_gitops_manifests import errors, validators  # noqa: F401 (a fixture)
-from tests.test_kserve import CRDS, models  # noqa: F401 (a fixture)
+from tests.test_kserve import CRDS, crd_schemas, models  # noqa: F401 (fixtures)
 from tests.test_serving import MainUrlClient
 
 PASSWORD = "fleet-push-token-5c2e"
@@ -235,3 +235,22 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
         assert application["sync"]["revision"].startswith(head) and application["health"]["status"] == "Healthy", name
     index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
     assert index["versions"][candidate]["status"] == "rejected" and index["stable"] == stable
+
+
+def test_every_inference_service_the_spokes_received_matches_the_kserve_0_20_crds(fleet, crd_schemas):  # noqa: F811
+    written = [write for spoke in fleet.hub.spokes.values() for write in spoke.standin.writes]
+    assert len(written) > 10
+    for release in ("rhoai-3.5", "v0.20.0"):
+        for document in written:
+            body = {key: value for key, value in document.items() if key != "status"}
+            assert [error.message for error in crd_schemas[release].iter_errors(body)] == [], (release, body["metadata"]["name"])
+
+
+def test_waves_without_applications_and_bad_wave_lists_are_refused_with_the_fix(fleet):
+    result = run_cli("serve", "status", "--target", "gitops", *parameters(fleet.repo_url), "--param", 'fleet_waves=[["eu-west"], ["*"]]', env=fleet.env)
+    assert result.returncode == 1, result.stdout
+    assert "has model-pipelines.io/wave in ['eu-west'] for wave 1: apply manifests/gitops/, label a ManagedCluster" in result.stdout
+    refused = fleet.rollout("v1", "--param", 'fleet_waves=[["*"], ["canary"]]', "--param", "gitops_repo=https://token:x@git.example.com/f.git")
+    assert refused.returncode == 2
+    assert "fleet_waves=[['*'], ['canary']]: must be non-empty lists of cluster wave labels" in refused.stdout
+    assert "gitops_repo='https://token:x@git.example.com/f.git': must be empty or the fleet repository" in refused.stdout

@@ -50,12 +50,12 @@ class KServeTarget:
             raise ServingError(f"rollout_strategy must be one of {', '.join(ROLLOUT_STRATEGIES)}, got {options.rollout_strategy!r}")
         self.options = options
         namespace = options.namespace or (NAMESPACE_FILE.read_text().strip() if NAMESPACE_FILE.is_file() else "default")
-        self.api = InferenceServiceApi(api or self._connect(), namespace, sleep)
+        self.api = InferenceServiceApi(api or self.connect(), namespace, sleep)
         self.namespace = namespace
         self.last_choice = ""
 
     @staticmethod
-    def _connect():
+    def connect():
         """Return a CustomObjectsApi from the in-cluster config, or from the kubeconfig on a laptop."""
         from kubernetes import client, config
 
