@@ -19,6 +19,7 @@ that plays the cluster network (set ``HTTP_PROXY`` to it).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -65,12 +66,18 @@ def prune(value: object, schema: dict | None) -> object:
     return value
 
 
-def crd_schema(crd_file: Path) -> dict:
-    """Return the v1beta1 openAPIV3Schema of an InferenceService CRD file."""
+@functools.lru_cache(maxsize=None)
+def load_crd(crd_file: Path) -> dict:
+    """Return a CRD file parsed once per process, with libyaml (the CRDs are megabytes of YAML)."""
     import yaml
 
-    crd = yaml.safe_load(Path(crd_file).read_text())
-    return next(version for version in crd["spec"]["versions"] if version["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
+    return yaml.load(Path(crd_file).read_text(), Loader=yaml.CSafeLoader)
+
+
+def crd_schema(crd_file: Path) -> dict:
+    """Return the v1beta1 openAPIV3Schema of an InferenceService CRD file."""
+    crd = load_crd(Path(crd_file))
+    return copy.deepcopy(next(version for version in crd["spec"]["versions"] if version["name"] == "v1beta1")["schema"]["openAPIV3Schema"])
 
 
 def selector_matches(labels: dict, selector: str) -> bool:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.k8s_standin import load_crd
 from tests.test_kserve import strict
 
 GITOPS = REPO / "manifests" / "gitops"
@@ -25,7 +26,7 @@ def validators():
         pytest.skip(f"the GitOps CRD schemas are not at {CRDS} (they ship beside the project in shared/reference)")
     found = {}
     for kind, name in CRD_FILES.items():
-        crd = yaml.safe_load((CRDS / name).read_text())
+        crd = load_crd(CRDS / name)
         version = next(version for version in crd["spec"]["versions"] if version.get("storage"))
         schema = strict(version["schema"]["openAPIV3Schema"])
         schema["properties"].pop("status", None)

@@ -23,7 +23,7 @@ from components.ingest import IngestRequest, ingest
 from components.storage import FilesystemStore
 from components.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics
 from tests.conftest import REPO, logged, run_cli
-from tests.k8s_standin import KubeStandIn
+from tests.k8s_standin import KubeStandIn, crd_schema
 from tests.test_serving import FALLBACK, MainUrlClient, alarmist_model
 
 CRDS = REPO.parent / "shared" / "reference" / "kserve-crds"
@@ -370,9 +370,7 @@ def crd_schemas():
         pytest.skip(f"KServe CRD schemas are not at {CRDS} (they ship beside the project in shared/reference, not with a clone)")
     schemas = {}
     for release in sorted({release for *_, releases in STRATEGIES.values() for release in releases}):
-        crd = yaml.safe_load((CRDS / release / "serving.kserve.io_inferenceservices.yaml").read_text())
-        version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")
-        schema = strict(version["schema"]["openAPIV3Schema"])
+        schema = strict(crd_schema(CRDS / release / "serving.kserve.io_inferenceservices.yaml"))
         schema["properties"].pop("status", None)
         schema["properties"]["metadata"] = {"type": "object"}
         schemas[release] = jsonschema.Draft7Validator(schema)
