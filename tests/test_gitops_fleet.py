@@ -235,6 +235,9 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
         assert application["sync"]["revision"].startswith(head) and application["health"]["status"] == "Healthy", name
     index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
     assert index["versions"][candidate]["status"] == "rejected" and index["stable"] == stable
+    clone = fleet.state.parent / "log-after-timeout"
+    assert (clone / PATH / "README.md").read_text() == "Models, managed by model-pipelines.\n", "a file it did not create is untouched"
+    assert {method for method, _ in fleet.hub.requests} == {"GET"} and not any("watch" in path for _, path in fleet.hub.requests)
 
 
 def test_every_inference_service_the_spokes_received_matches_the_kserve_0_20_crds(fleet, crd_schemas):  # noqa: F811
