@@ -1,5 +1,5 @@
 """A stand-in for an ACM hub running OpenShift GitOps (Argo CD), on 127.0.0.1, over spoke clusters that are
-``KubeStandIn``s (KServe 0.20) serving with the real KServe model server.
+``KubeStandIn``s (KServe 0.20, or 0.15) serving with the real KServe model server.
 
 - **Applications** are generated from the project's own ApplicationSet and Placements (``manifests/gitops/``): each
   ``clusterDecisionResource`` generator takes the clusters its Placement's selector picks from the spokes' ManagedCluster
@@ -111,10 +111,10 @@ class ArgoHub:
     """The hub API, the Argo CD-like controller and the fleet network over ``spokes`` (name -> wave label)."""
 
     def __init__(self, work: Path, repo_url: str, branch: str, spokes: dict[str, dict], store_root: Path, crd_file: Path | None,
-                 applicationset: dict, placements: list[dict], namespace: str = "openshift-gitops") -> None:
+                 applicationset: dict, placements: list[dict], namespace: str = "openshift-gitops", kserve: str = "0.20") -> None:
         self.work, self.repo_url, self.branch, self.namespace = work, repo_url, branch, namespace
         self.kubectl = kubectl_kustomize()
-        self.spokes = {name: Spoke(name, labels, KubeStandIn(store_root, self._mkdir(f"spoke-{name}"), kserve="0.20", crd_file=crd_file))
+        self.spokes = {name: Spoke(name, labels, KubeStandIn(store_root, self._mkdir(f"spoke-{name}"), kserve=kserve, crd_file=crd_file))
                        for name, labels in spokes.items()}
         self.placements = {placement["metadata"]["name"]: placement for placement in placements}
         self.applications = {document["metadata"]["name"]: document for document in self.generate(applicationset)}

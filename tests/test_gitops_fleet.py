@@ -12,10 +12,15 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import joblib
 import pytest
 import yaml
+from kubernetes import client, config
 
 from components.contract import ANOMALY_DETECTOR
+from components.gitops_repo import TOKEN_ENV
+from components.gitops_target import GitopsOptions, GitopsTarget
+from components.kserve_target import KServeOptions
 from components.storage import FilesystemStore
 from tests.argo_hub import ENDPOINT_TEMPLATE, ArgoHub, render, render_in_python
 from tests.conftest import REPO, logged, run_cli
@@ -54,8 +59,6 @@ class Fleet:
                        "--param", "days=1", "--param", f"pvc_name={PVC}", "--param", "ready_timeout_s=60", *extra, env=self.env, timeout=900)
 
     def store_version(self, estimator) -> str:
-        import joblib
-
         path = self.state / "candidate.pkl"
         joblib.dump(estimator, path)
         return FilesystemStore(self.state / "store").save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}).version
@@ -212,7 +215,7 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     for client in clients.values():
         client.__enter__()
     try:
-        result = fleet.rollout(candidate, "--param", "ready_timeout_s=20")
+        result = fleet.rollout(candidate, "--param", "ready_timeout_s=12")
     finally:
         for client in clients.values():
             client.__exit__()
@@ -220,7 +223,7 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
         fleet.hub.lag("spoke-2", 0.0)
     output = logged(result)
     assert result.returncode == 3, output[-4000:]
-    assert "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 20 s" in output
+    assert "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 12 s" in output
     assert "Application models-spoke-3 (cluster spoke-3): Synced at" in output and "Degraded (InferenceService anomaly-detector" in output
     assert "3 Insufficient memory" in output
     assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: stable for cluster in SPOKES}
@@ -257,3 +260,50 @@ def test_waves_without_applications_and_bad_wave_lists_are_refused_with_the_fix(
     assert refused.returncode == 2
     assert "fleet_waves=[['*'], ['canary']]: must be non-empty lists of cluster wave labels" in refused.stdout
     assert "gitops_repo='https://token:x@git.example.com/f.git': must be empty or the fleet repository" in refused.stdout
+
+
+def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_service(tmp_path, models, monkeypatch):  # noqa: F811
+    """The rhoai-3.x strategy, through the target's own interface: a second InferenceService in wave 1's overlay."""
+    (tmp_path / "git").mkdir()
+    git = GitHttpServer(tmp_path / "git", PASSWORD).start()
+    repo_url = git.create("fleet.git", {"README.md": "fleet\n"})
+    gitops = REPO / "manifests" / "gitops"
+    crd = CRDS / "rhoai-3.4" / "serving.kserve.io_inferenceservices.yaml"
+    (tmp_path / "pvcs" / PVC).mkdir(parents=True)
+    hub = ArgoHub(tmp_path / "hub", repo_url, "main", {"spoke-1": SPOKES["spoke-1"], "spoke-2": SPOKES["spoke-2"]}, tmp_path / "pvcs",
+                  crd if crd.is_file() else None, yaml.safe_load((gitops / "applicationset.yaml").read_text()),
+                  list(yaml.safe_load_all((gitops / "placements.yaml").read_text())), kserve="0.15").start()
+    try:
+        monkeypatch.setenv(TOKEN_ENV, PASSWORD)
+        hub_api = client.CustomObjectsApi(config.new_client_from_config(config_file=str(hub.write_kubeconfig(tmp_path / "kubeconfig"))))
+        store = FilesystemStore(tmp_path / "pvcs" / PVC)
+        versions = []
+        for seed in (1, 2, 3):
+            path = tmp_path / f"model-{seed}.pkl"
+            joblib.dump(models["detector"](seed), path)
+            versions.append(store.save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}))
+        target = GitopsTarget(KServeOptions(NAMESPACE, endpoint=ENDPOINT_TEMPLATE, rollout_strategy="candidate-isvc", run_name="run-1"),
+                              GitopsOptions(repo_url, "main", PATH), hub_api=hub_api)
+        uri = lambda stored: f"pvc://{PVC}/{ANOMALY_DETECTOR}/{stored.version}"  # noqa: E731
+        target.deploy(ANOMALY_DETECTOR, "v1", uri(versions[0]), versions[0].sha256, 60)
+        status = target.deploy(ANOMALY_DETECTOR, "v2", uri(versions[1]), versions[1].sha256, 60)
+        assert (status.stable, status.candidate) == ("v1", "v2")
+        candidate_name = f"{ANOMALY_DETECTOR}-candidate"
+        assert hub.spokes["spoke-1"].standin.get(NAMESPACE, candidate_name) is not None
+        assert hub.spokes["spoke-2"].standin.get(NAMESPACE, candidate_name) is None, "wave 2 never sees the candidate"
+        endpoints = target.endpoints(ANOMALY_DETECTOR)
+        assert endpoints.candidate == f"http://{candidate_name}.{NAMESPACE}.spoke-1.fleet.test/v1/models/{ANOMALY_DETECTOR}"
+        promoted = target.promote(ANOMALY_DETECTOR, 60)
+        assert (promoted.stable, promoted.candidate) == ("v2", None)
+        for cluster in ("spoke-1", "spoke-2"):
+            standin = hub.spokes[cluster].standin
+            assert standin.get(NAMESPACE, ANOMALY_DETECTOR)["spec"]["predictor"]["model"]["storageUri"].endswith("/v2")
+            assert standin.get(NAMESPACE, candidate_name) is None, f"{cluster}: the candidate is pruned after promotion"
+        target.deploy(ANOMALY_DETECTOR, "v3", uri(versions[2]), versions[2].sha256, 60)
+        rolled_back = target.rollback(ANOMALY_DETECTOR, 60)
+        assert (rolled_back.stable, rolled_back.candidate) == ("v2", None)
+        assert hub.spokes["spoke-1"].standin.get(NAMESPACE, candidate_name) is None
+        assert hub.spokes["spoke-1"].standin.get(NAMESPACE, ANOMALY_DETECTOR)["metadata"]["annotations"]["model-pipelines.io/stable-version"] == "v2"
+    finally:
+        hub.stop()
+        git.stop()

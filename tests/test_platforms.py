@@ -5,7 +5,7 @@ import filecmp
 import pytest
 import yaml
 
-from pipelines.platforms import PLATFORMS
+from pipelines.platforms import PLATFORMS, output_key
 from pipelines.retrain import PIPELINE_FILES, compile_pipelines
 from tests.conftest import REPO, run_cli
 from tests.dsp_protos import DSP_BACKENDS, message_classes, releases, strict_parse_errors
@@ -23,13 +23,16 @@ def protos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Compile every release with both stores, once, through the public compile function."""
+    """Compile every release with both stores through the public compile function, once per group of identical outputs."""
     root = tmp_path_factory.mktemp("profiles")
-    outputs = {}
+    outputs, by_key = {}, {}
     for release in RELEASES:
         for store in ("pvc", "s3"):
-            paths = compile_pipelines(root / f"{release}-{store}", platform=release, store=store)
-            outputs[release, store] = {path.name: list(yaml.safe_load_all(path.read_text())) for path in paths}
+            key = output_key(PLATFORMS[release], store)
+            if key not in by_key:
+                paths = compile_pipelines(root / f"{release}-{store}", platform=release, store=store)
+                by_key[key] = {path.name: list(yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)) for path in paths}
+            outputs[release, store] = by_key[key]
     return outputs
 
 
