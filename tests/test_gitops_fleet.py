@@ -7,6 +7,7 @@ The tests share one fleet and run in order: a first deployment, a promotion (wit
 a candidate that fails analysis in wave 1, and a spoke that never becomes Healthy during promotion.
 """
 
+import contextlib
 import json
 import subprocess
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import joblib
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import client as kubernetes_client, config as kubernetes_config
 
 from components.contract import ANOMALY_DETECTOR
 from components.gitops_repo import TOKEN_ENV
@@ -74,8 +75,9 @@ class Fleet:
         subprocess.run(["git", "clone", "--quiet", self.repo_url, str(clone)], check=True)
         return subprocess.run(["git", "-C", str(clone), "log", "--format=%h %s|%an", "main"], capture_output=True, text=True, check=True).stdout.splitlines()
 
-    def clients(self) -> dict[str, MainUrlClient]:
-        return {cluster: MainUrlClient(self.hub.main_url(cluster, ANOMALY_DETECTOR)) for cluster in SPOKES}
+    def clients(self, stack: contextlib.ExitStack) -> dict[str, MainUrlClient]:
+        """Start a client on every cluster's main URL, as each cluster's coordination engine calls it, until ``stack`` closes."""
+        return {cluster: stack.enter_context(MainUrlClient(self.hub.main_url(cluster, ANOMALY_DETECTOR))) for cluster in SPOKES}
 
 
 def parameters(repo_url: str) -> list[str]:
@@ -136,15 +138,10 @@ def test_the_first_deployment_reaches_every_cluster_through_one_commit_and_the_g
 def test_a_good_candidate_goes_wave_by_wave_past_a_colleagues_concurrent_commit(fleet, models):  # noqa: F811
     v2 = fleet.store_version(models["detector"](2))
     fleet.git.before_next_push.append(lambda: fleet.git.commit_directly("fleet.git", "clusters/spoke-4.yaml", "name: spoke-4\n"))
-    clients = fleet.clients()
-    for client in clients.values():
-        client.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        clients = fleet.clients(stack)
         result = fleet.rollout(v2, "--param", f"prometheus_url={fleet.prometheus.url}", "--param", "prometheus_window=10s",
                                "--param", "canary_interval_s=3", "--param", "failure_limit=2")
-    finally:
-        for client in clients.values():
-            client.__exit__()
     output = logged(result)
     assert result.returncode == 0, output[-4000:]
     assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: v2 for cluster in SPOKES}
@@ -183,14 +180,9 @@ def test_a_candidate_failing_analysis_in_wave_1_is_reverted_and_wave_2_is_never_
     before = fleet.serving("spoke-1")["spec"]
     wave_2_writes = {cluster: len(fleet.hub.spokes[cluster].standin.writes) for cluster in WAVE_2}
     bad = fleet.store_version(models["alarmist"](0))
-    clients = fleet.clients()
-    for client in clients.values():
-        client.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        clients = fleet.clients(stack)
         result = fleet.rollout(bad)
-    finally:
-        for client in clients.values():
-            client.__exit__()
     assert result.returncode == 3, logged(result)[-4000:]
     assert "rejected at canary-promote" in logged(result)
     for cluster, client in clients.items():
@@ -211,16 +203,13 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     candidate = fleet.store_version(models["detector"](4))
     fleet.hub.lag("spoke-2", 2.0)
     fleet.hub.fail("spoke-3", "0/3 nodes are available: 3 Insufficient memory")
-    clients = fleet.clients()
-    for client in clients.values():
-        client.__enter__()
-    try:
-        result = fleet.rollout(candidate, "--param", "ready_timeout_s=12")
-    finally:
-        for client in clients.values():
-            client.__exit__()
-        fleet.hub.fail("spoke-3", None)
-        fleet.hub.lag("spoke-2", 0.0)
+    with contextlib.ExitStack() as stack:
+        clients = fleet.clients(stack)
+        try:
+            result = fleet.rollout(candidate, "--param", "ready_timeout_s=12")
+        finally:
+            fleet.hub.fail("spoke-3", None)
+            fleet.hub.lag("spoke-2", 0.0)
     output = logged(result)
     assert result.returncode == 3, output[-4000:]
     assert "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 12 s" in output
@@ -275,7 +264,7 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
                   list(yaml.safe_load_all((gitops / "placements.yaml").read_text())), kserve="0.15").start()
     try:
         monkeypatch.setenv(TOKEN_ENV, PASSWORD)
-        hub_api = client.CustomObjectsApi(config.new_client_from_config(config_file=str(hub.write_kubeconfig(tmp_path / "kubeconfig"))))
+        hub_api = kubernetes_client.CustomObjectsApi(kubernetes_config.new_client_from_config(config_file=str(hub.write_kubeconfig(tmp_path / "kubeconfig"))))
         store = FilesystemStore(tmp_path / "pvcs" / PVC)
         versions = []
         for seed in (1, 2, 3):
