@@ -40,11 +40,12 @@ import yaml
 from components.kserve_target.api import is_ready
 from components.merge_patch import merge_diff, merge_patch
 from tests.http_json import JsonHandler
-from tests.k8s_standin import KubeStandIn, forwarding_proxy, selector_matches
+from tests.k8s_standin import KubeStandIn, LoopbackCluster, forwarding_proxy, selector_matches
 
 APPLICATION_PATH = re.compile(r"^/apis/argoproj\.io/v1alpha1/namespaces/([^/]+)/applications(?:/([^/]+))?$")
 FLEET_DOMAIN = ".fleet.test"
 ENDPOINT_TEMPLATE = "http://{service}.{namespace}.{cluster}" + FLEET_DOMAIN
+HEALTH_ORDER = ["Healthy", "Progressing", "Missing", "Degraded"]  # an Application is as healthy as its worst resource
 
 
 def kubectl_kustomize() -> str | None:
@@ -107,8 +108,10 @@ class Spoke:
         self.seen: dict[str, float] = {}  # revision -> when this spoke first saw it (for the lag knob)
 
 
-class ArgoHub:
-    """The hub API, the Argo CD-like controller and the fleet network over ``spokes`` (name -> wave label)."""
+class ArgoHub(LoopbackCluster):
+    """The hub API, the Argo CD-like controller and the fleet network over ``spokes`` (name -> ManagedCluster labels)."""
+
+    context = "hub"
 
     def __init__(self, work: Path, repo_url: str, branch: str, spokes: dict[str, dict], store_root: Path, crd_file: Path | None,
                  applicationset: dict, placements: list[dict], namespace: str = "openshift-gitops", kserve: str = "0.20") -> None:
@@ -125,8 +128,6 @@ class ArgoHub:
         self.mirror = work / "mirror.git"
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.network = ThreadingHTTPServer(("127.0.0.1", 0), forwarding_proxy(self.resolve))
-        self.network_proxy = f"http://127.0.0.1:{self.network.server_address[1]}"
         self.scrape_targets = work / "targets.json"
         self.scrape_targets.write_text("[]")
 
@@ -161,30 +162,13 @@ class ArgoHub:
         for spoke in self.spokes.values():
             spoke.standin.start()
         subprocess.run(["git", "clone", "--quiet", "--mirror", self.repo_url, str(self.mirror)], check=True, capture_output=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        threading.Thread(target=self.network.serve_forever, daemon=True).start()
-        threading.Thread(target=self._control_loop, daemon=True).start()
+        self._serve(forwarding_proxy(self.resolve))
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self.server.shutdown()
-        self.network.shutdown()
+        self._shut_down()
         for spoke in self.spokes.values():
             spoke.standin.stop()
-
-    def client_env(self, kubeconfig: Path) -> dict[str, str]:
-        """Return the environment of a pipeline step on the hub: its kubeconfig and the fleet network."""
-        return {"KUBECONFIG": str(kubeconfig), "HTTP_PROXY": self.network_proxy, "http_proxy": self.network_proxy,
-                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-
-    def write_kubeconfig(self, path: Path) -> Path:
-        config = {"apiVersion": "v1", "kind": "Config", "current-context": "hub",
-                  "clusters": [{"name": "hub", "cluster": {"server": self.url}}],
-                  "users": [{"name": "hub", "user": {"token": "hub-token"}}],
-                  "contexts": [{"name": "hub", "context": {"cluster": "hub", "user": "hub", "namespace": self.namespace}}]}
-        path.write_text(json.dumps(config))
-        return path
 
     # -- knobs ----------------------------------------------------------------------------------------------------
     def lag(self, cluster: str, seconds: float) -> None:
@@ -341,7 +325,7 @@ class ArgoHub:
                 state, why = "Degraded", f"InferenceService {object_name}: {ready.get('message', '')}"
             else:
                 state, why = "Progressing", f"InferenceService {object_name} is not Ready yet"
-            if ["Healthy", "Progressing", "Missing", "Degraded"].index(state) > ["Healthy", "Progressing", "Missing", "Degraded"].index(worst):
+            if HEALTH_ORDER.index(state) > HEALTH_ORDER.index(worst):
                 worst, message = state, why
         return {"status": worst, **({"message": message} if message else {})}
 

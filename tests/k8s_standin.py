@@ -181,7 +181,46 @@ def forwarding_proxy(resolve: Callable[[str], int | None]) -> type[BaseHTTPReque
     return Network
 
 
-class KubeStandIn:
+class LoopbackCluster:
+    """What the stand-ins share: an API server, a cluster-network proxy and a control loop on 127.0.0.1, and the
+    kubeconfig and environment a client process reaches them with. Subclasses set ``server``, ``url`` and ``_stop``."""
+
+    context = "standin"  # the kubeconfig's cluster, user and context name; its token is "<context>-token"
+    namespace = "self-healing-platform"  # the kubeconfig context's namespace
+
+    def _serve(self, network_handler: type[BaseHTTPRequestHandler]) -> None:
+        """Start the API server, the cluster-network proxy (``network_handler``) and ``_control_loop``, each on a thread."""
+        self.network = ThreadingHTTPServer(("127.0.0.1", 0), network_handler)
+        self.network_proxy = f"http://127.0.0.1:{self.network.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.network.serve_forever, daemon=True).start()
+        threading.Thread(target=self._control_loop, daemon=True).start()
+
+    def _shut_down(self) -> None:
+        """Stop the control loop and both servers."""
+        self._stop.set()
+        self.server.shutdown()
+        self.network.shutdown()
+
+    def client_env(self, kubeconfig: Path) -> dict[str, str]:
+        """Return the environment a client process needs: the kubeconfig and the cluster network for Service names."""
+        return {"KUBECONFIG": str(kubeconfig), "HTTP_PROXY": self.network_proxy, "http_proxy": self.network_proxy,
+                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+    def write_kubeconfig(self, path: Path, namespace: str | None = None) -> Path:
+        """Write a kubeconfig for this API server (context namespace ``namespace``, else the class's) and return its path."""
+        name = self.context
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": name,
+            "clusters": [{"name": name, "cluster": {"server": self.url}}],
+            "users": [{"name": name, "user": {"token": f"{name}-token"}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name, "namespace": namespace or self.namespace}}],
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+
+class KubeStandIn(LoopbackCluster):
     """The API server, its objects and the KServe-like controller."""
 
     def __init__(self, store_root: Path, work: Path, *, ready_delay_s: float = 0.1, kserve: str = "0.15",
@@ -207,36 +246,15 @@ class KubeStandIn:
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> "KubeStandIn":
-        self.network = ThreadingHTTPServer(("127.0.0.1", 0), self._network_handler())
-        self.network_proxy = f"http://127.0.0.1:{self.network.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        threading.Thread(target=self.network.serve_forever, daemon=True).start()
-        threading.Thread(target=self._control_loop, daemon=True).start()
+        self._serve(self._network_handler())
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self.server.shutdown()
-        self.network.shutdown()
+        self._shut_down()
         with self.lock:
             for state in self.runtime.values():
                 self._stop_runtime(state)
             self.runtime.clear()
-
-    def client_env(self, kubeconfig: Path) -> dict[str, str]:
-        """Return the environment a client process needs: the kubeconfig and the cluster network for Service names."""
-        return {"KUBECONFIG": str(kubeconfig), "HTTP_PROXY": self.network_proxy, "http_proxy": self.network_proxy,
-                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-
-    def write_kubeconfig(self, path: Path, namespace: str = "self-healing-platform") -> Path:
-        config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "standin",
-            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "standin", "user": {"token": "standin-token"}}],
-            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin", "namespace": namespace}}],
-        }
-        path.write_text(json.dumps(config))
-        return path
 
     def inject(self, method: str, status: int) -> None:
         """Answer the next ``method`` request with ``status`` (once)."""
