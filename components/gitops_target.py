@@ -373,12 +373,16 @@ class GitopsTarget:
         if not host.endswith(".svc.cluster.local"):
             return url
         service, namespace = host.split(".")[:2]
-        return self.options.endpoint.format(service=service, namespace=namespace, cluster=wave.clusters[0]).rstrip("/") + parsed.path
+        return self.route(service, namespace, wave) + parsed.path
+
+    def route(self, service: str, namespace: str, wave: Wave) -> str:
+        """Return the base URL of ``service`` on ``wave``'s first cluster, from the endpoint template."""
+        return self.options.endpoint.format(service=service, namespace=namespace, cluster=wave.clusters[0]).rstrip("/")
 
     def synthesized_status(self, document: dict, wave: Wave, done: bool, detail: str) -> dict:
         """Return the status a wave's InferenceService is read with: Ready when the wave is done, URLs on its first cluster."""
         name, namespace = document["metadata"]["name"], wave.applications[0].namespace
-        url = self.options.endpoint.format(service=name, namespace=namespace, cluster=wave.clusters[0]).rstrip("/")
+        url = self.route(name, namespace, wave)
         predictor = document["spec"]["predictor"]
         status: dict = {
             "observedGeneration": 1 if done else 0, "url": url,
@@ -392,10 +396,10 @@ class GitopsTarget:
             status["canaryStatuses"] = [{"name": e["predictor"]["name"], "ready": done, "trafficPercent": e.get("trafficPercent", 0)} for e in canaries]
             status["conditions"].append({"type": "CanaryPredictorReady", "status": "True" if done else "False"})
         percent = predictor.get("canaryTrafficPercent")
-        tag_url = lambda tag: self.options.endpoint.format(service=f"{tag}-{name}", namespace=namespace, cluster=wave.clusters[0]).rstrip("/")  # noqa: E731
-        traffic = [{"tag": "latest", "latestRevision": True, "percent": 100 if percent is None else percent, "url": tag_url("latest")}]
+        traffic = [{"tag": "latest", "latestRevision": True, "percent": 100 if percent is None else percent,
+                    "url": self.route(f"latest-{name}", namespace, wave)}]
         if percent is not None:
-            traffic.append({"tag": "prev", "latestRevision": False, "percent": 100 - percent, "url": tag_url("prev")})
+            traffic.append({"tag": "prev", "latestRevision": False, "percent": 100 - percent, "url": self.route(f"prev-{name}", namespace, wave)})
         status["components"] = {"predictor": {"traffic": traffic}}
         return status
 
@@ -422,15 +426,15 @@ class GitopsTarget:
 
     def set_traffic(self, model_name: str, candidate_percent: int, timeout_s: float) -> ServingStatus:
         """Commit the candidate's traffic share in wave 1 and wait for its clusters."""
-        candidate = self.status(model_name).candidate or ""
-        self._begin(model_name, candidate, f"canary {candidate_percent} %")
+        self._begin(model_name, "", f"canary {candidate_percent} %")
+        self.version = self._recorded(model_name)[1]
         return self._wave_target(self.waves[0]).set_traffic(model_name, candidate_percent, timeout_s)
 
     def promote(self, model_name: str, timeout_s: float) -> ServingStatus:
         """Promote in wave 1, then give each later wave the same overlay, waiting for each; on any failure revert them all."""
-        candidate = self.status(model_name).candidate or ""
-        total = len(self.waves)
-        self._begin(model_name, candidate, "promote", SETTLED if total == 1 else ROLLING)
+        self._begin(model_name, "", "promote")
+        candidate, total = self._recorded(model_name)[1], len(self.waves)
+        self.version, self.state = candidate, SETTLED if total == 1 else ROLLING
         first = self.waves[0]
         try:
             self._wave_target(first).promote(model_name, timeout_s)
@@ -449,16 +453,23 @@ class GitopsTarget:
 
     def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
         """Revert the candidate's commits (with none, the first deployment's) in one commit and wait for every affected wave."""
-        status = self.status(model_name)
-        self._revert(model_name, status.candidate or status.stable or "", "rolled back", timeout_s)
+        self._revert(model_name, None, "rolled back", timeout_s)
         return self.status(model_name)
 
-    def _revert(self, model_name: str, version: str, why: str, timeout_s: float) -> str:
-        """Revert ``version``'s commits and any unsettled ones after the fleet's last settled state; wait for the waves they touched.
+    def _recorded(self, model_name: str) -> tuple[str, str]:
+        """Return the (stable, candidate) versions wave 1's overlay records in the clone as last fetched ("" for none)."""
+        document = WaveOverlays(self, self.waves[0]).document(model_name)
+        stable, candidate = recorded_backend(document, "stable"), recorded_backend(document, "candidate")
+        return (stable["version"] if stable else ""), (candidate["version"] if candidate else "")
 
-        Return the stable version wave 1 serves after.
+    def _revert(self, model_name: str, version: str | None, why: str, timeout_s: float) -> str:
+        """Revert ``version``'s commits (None: wave 1's candidate, else its stable) and any unsettled ones after the
+        fleet's last settled state; wait for the waves they touched. Return the stable version wave 1 serves after.
         """
-        self._begin(model_name, version, "rollback", SETTLED)
+        self._begin(model_name, version or "", "rollback", SETTLED)
+        if version is None:
+            stable, candidate = self._recorded(model_name)
+            version = self.version = candidate or stable
         reverted = []
         for revision, message in self.repo.history(f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)):
             trailers = dict(TRAILER.findall(message))
@@ -479,9 +490,7 @@ class GitopsTarget:
             for wave in self.waves:
                 if any(name.startswith((f"base/{model_name}/", f"{wave.directory}/{model_name}/")) for name in touched):
                     self.wait(wave, timeout_s)
-        document = WaveOverlays(self, self.waves[0]).document(model_name)
-        stable = recorded_backend(document, "stable") if document else None
-        return stable["version"] if stable else ""
+        return self._recorded(model_name)[0]
 
     def endpoints(self, model_name: str) -> Endpoints:
         """Return the main, stable and candidate URLs on wave 1's first cluster."""
