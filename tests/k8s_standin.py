@@ -238,6 +238,7 @@ class KubeStandIn(LoopbackCluster):
         self.writes: list[dict] = []
         self.faults: list[tuple[str, int]] = []
         self.failing_revisions = ""  # when set, every predictor revision started from now on fails with this message
+        self.held: set[str] = set()  # InferenceService names the controller leaves unreconciled for now (a slow controller)
         self.lock = threading.RLock()
         self.resource_version = 100
         self._stop = threading.Event()
@@ -414,7 +415,8 @@ class KubeStandIn(LoopbackCluster):
         while not self._stop.is_set():
             with self.lock:
                 pending = [key for key, obj in self.objects.items()
-                           if obj.get("status", {}).get("observedGeneration") != obj["metadata"]["generation"] and key not in busy]
+                           if obj.get("status", {}).get("observedGeneration") != obj["metadata"]["generation"]
+                           and key not in busy and key[1] not in self.held]
             for key in pending:
                 busy.add(key)
                 threading.Thread(target=self._reconcile, args=(key, busy), daemon=True).start()

@@ -20,6 +20,7 @@ from kubernetes.client.rest import ApiException
 
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.ingest import IngestRequest, ingest
+from components.kserve_target import KServeOptions, KServeTarget
 from components.storage import FilesystemStore
 from components.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics
 from tests.conftest import REPO, logged, run_cli
@@ -476,9 +477,13 @@ def test_a_hand_made_inference_service_handed_over_by_label_is_adopted_as_stable
     api = client.CustomObjectsApi(config.new_client_from_config(knative_cluster.env["KUBECONFIG"]))
     hand_made = project.store_version(name, models["forecaster"](1.0))
     labels = {"app.kubernetes.io/managed-by": "model-pipelines", "model-pipelines.io/model": name}
+    knative_cluster.standin.held.add(name)
     api.create_namespaced_custom_object("serving.kserve.io", "v1beta1", project.namespace, "inferenceservices", {
         "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": name, "labels": labels},
         "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": f"pvc://{project.pvc}/{name}/{hand_made}"}}}})
+    not_reconciled = KServeTarget(KServeOptions(project.namespace), api=api).status(name)
+    assert (not_reconciled.stable, not_reconciled.url) == (None, None), "an InferenceService without status.url yet is read, not an error"
+    knative_cluster.standin.held.clear()
     new = project.store_version(name, models["forecaster"](2.0))
     result = project.rollout(name, new, "--param", "deployment_mode=Serverless")
     assert result.returncode == 0, result.stdout[-3000:]

@@ -155,7 +155,11 @@ class KServeTarget:
         stable, candidate = recorded_backend(main, "stable"), recorded_backend(main, "candidate")
         strategy = self.strategy_for(main)
         percent = strategy.candidate_percent(main) if candidate else 0
-        return ServingStatus(model_name, stable and stable["version"], candidate and candidate["version"], percent, strategy.main_url(main))
+        try:
+            url = strategy.main_url(main)
+        except ServingError:  # not reconciled yet (no status.url): the status is still worth reading
+            url = None
+        return ServingStatus(model_name, stable and stable["version"], candidate and candidate["version"], percent, url)
 
     def set_traffic(self, model_name: str, candidate_percent: int, timeout_s: float) -> ServingStatus:
         """Send ``candidate_percent`` of live traffic to the candidate the way its strategy does."""
