@@ -84,7 +84,7 @@ class Checker:
         self.training_features = engineer_features(training, model_name).to_numpy(dtype=float)
 
     def project(self, window: pd.DataFrame) -> bool:
-        """Return whether the monitor's rule (PSI and excess KS past the thresholds, on any feature) triggers."""
+        """Return whether the monitor's rule (PSI, and KS excess or level excess, past the thresholds on any feature) triggers."""
         return any(drift.drifted(self.thresholds) for drift in measure_drift(self.profile, window, self.model_name))
 
     def upstream(self, window: pd.DataFrame) -> bool:
@@ -165,8 +165,9 @@ def run(data_dir: Path | None, thresholds: DriftThresholds = DriftThresholds(), 
 def markdown(result: dict, command: str) -> str:
     """Return the benchmark's tables as Markdown."""
     lines = ["# Drift monitor: false triggers and detection delay", "", f"`{command}`", "",
-             f"Window {result['settings']['window_minutes']} minutes, a check every hour; thresholds PSI >= {result['settings']['psi']}, "
-             f"KS excess >= {result['settings']['ks_excess']}; upstream rule: {result['settings']['upstream_rule']}.", "",
+             f"Window {result['settings']['window_minutes']} minutes, a check every hour; thresholds PSI >= {result['settings']['psi']} and "
+             f"(KS excess >= {result['settings']['ks_excess']} or level excess >= {result['settings']['level_excess']}); "
+             f"upstream rule: {result['settings']['upstream_rule']}.", "",
              "| data | model | checks | project triggers | upstream triggers |", "|---|---|---|---|---|"]
     for data, models in result["false_triggers"].items():
         lines += [f"| {data} | {model} | {counts['checks']} | {counts['project']} | {counts['upstream_ks_p05']} |" for model, counts in models.items()]

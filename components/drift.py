@@ -5,7 +5,8 @@ A profile is compact JSON written with the version and immutable like it:
 - ``features``: per model input feature, quantile bin edges and the fraction of training rows in each bin, of
   the feature with its seasonal median taken away when it is a level (value, window mean/min/max, lags), or
   divided by it (as a log ratio) for network traffic, which scales with load; the
-  largest KS statistic of any training window as long as a check's (``ks_null``); and ``judged: false`` where a
+  largest KS statistic of any training window as long as a check's (``ks_null``); for the value of each judged level
+  metric, the lowest and highest median of those windows (``median_range``); and ``judged: false`` where a
   feature is not judged: the window mean/min/max and lags of a metric (its value is judged once, not six times
   over), and the level of a cumulative counter (restarts), which only says how long ago pods last restarted;
 - ``validation``: what the model did on validation (the detector's anomaly rate, the forecaster's error per output).
@@ -14,6 +15,10 @@ Cluster metrics follow the working day, so a few live hours compared with the wh
 drifted at every check. Taking away the seasonal median first compares like with like, and a shift in level,
 spread or mix still shows. Effect sizes, the population stability index (PSI) and the Kolmogorov-Smirnov
 statistic, are computed on the bins, without the training data.
+
+Metrics wander for an hour or more at a time, so even a training window's KS statistic can be large, and a slow
+change (a memory leak) reaches a KS excess late. The window's median is steadier: one beyond every training
+window's, by a share of their range, is drift too (``level_score``), judged with the PSI like the KS excess.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from components.contract import TIMESTAMP_COLUMN, WINDOW_MINUTES, Unit, engineer_features, schema_for
 
@@ -88,6 +94,9 @@ class DriftThresholds:
 
     psi: float = 0.25  # population stability index of the live window against the training bins
     ks_excess: float = 0.45  # share of the way from the training windows' largest KS statistic to 1
+    # or: the window's median beyond the training windows' medians by this share of their range. benchmarks/drift.py:
+    # the stationary days' windows reach 0.38 at most, a 0.05/h memory leak's second window 0.45 or more.
+    level_excess: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -100,15 +109,25 @@ class FeatureDrift:
     ks_null: float  # the largest KS statistic of a training window of the same length: what no drift looks like
     live_fractions: list[float]
     judged: bool = True  # False for a value seen through a window (judged once, as the value) and a counter's level
+    median: float | None = None  # the live window's median, for a judged level (deseasonalised)
+    median_range: tuple[float, float] | None = None  # the lowest and highest median of a training window
 
     @property
     def score(self) -> float:
         """Return the KS statistic's excess over the training windows', scaled to 0-1 (0: no more than training showed)."""
         return max(0.0, (self.ks - self.ks_null) / max(1.0 - self.ks_null, 1e-9))
 
+    @property
+    def level_score(self) -> float:
+        """Return how far the live median lies beyond the training windows' medians, in widths of their range (0: within)."""
+        if self.median is None or self.median_range is None:
+            return 0.0
+        low, high = self.median_range
+        return max(0.0, self.median - high, low - self.median) / max(high - low, 1e-9)
+
     def drifted(self, thresholds: DriftThresholds) -> bool:
-        """Return whether the feature is judged and both effect sizes pass ``thresholds``."""
-        return self.judged and self.psi >= thresholds.psi and self.score >= thresholds.ks_excess
+        """Return whether the feature is judged, its PSI passes, and its KS excess or its level passes ``thresholds``."""
+        return self.judged and self.psi >= thresholds.psi and (self.score >= thresholds.ks_excess or self.level_score >= thresholds.level_excess)
 
 
 def season_slots(timestamps: pd.Series) -> np.ndarray:
@@ -171,6 +190,8 @@ def drift_profile(raw: pd.DataFrame, model_name: str, window_minutes: int = DRIF
         metric, kind = _metric_and_kind(name)
         if kind in LEVEL_SUFFIXES and (metric in counters or kind != "value"):
             profile[name]["judged"] = False
+        elif kind == "value":
+            profile[name]["median_range"] = _rounded(np.asarray(window_median_range(features[:, column], window_minutes)))
     return {"seasonal": baseline, "window_minutes": window_minutes, "features": profile}
 
 
@@ -192,6 +213,15 @@ def window_ks_maximum(bins: dict, values: np.ndarray, window: int, stride: int =
     return float(np.max(np.abs(live_cdf - reference_cdf)))
 
 
+def window_median_range(values: np.ndarray, window: int, stride: int = NULL_STRIDE_MINUTES) -> tuple[float, float]:
+    """Return the lowest and highest median of any ``window``-row slice of ``values`` (every ``stride`` rows); linear in the rows."""
+    if len(values) <= window:
+        median = float(np.median(values))
+        return median, median
+    medians = np.median(sliding_window_view(values, window)[::stride], axis=1)
+    return float(medians.min()), float(medians.max())
+
+
 def population_stability_index(reference: np.ndarray, live: np.ndarray) -> float:
     """Return the PSI between two sets of bin fractions: sum of (live - reference) * ln(live / reference)."""
     reference, live = np.maximum(reference, PSI_FLOOR), np.maximum(live, PSI_FLOOR)
@@ -211,6 +241,8 @@ def measure_drift(profile: dict, live_raw: pd.DataFrame, model_name: str) -> lis
         bins = profile["features"][name]
         live = bin_fractions(bins["edges"], features[:, column])
         reference = np.asarray(bins["fractions"], dtype=float)
+        median_range = tuple(bins["median_range"]) if "median_range" in bins else None  # profiles saved before it have none
+        median = float(np.median(features[:, column])) if median_range else None
         drifts.append(FeatureDrift(name, population_stability_index(reference, live), ks_statistic(reference, live),
-                                   float(bins["ks_null"]), _rounded(live), bool(bins.get("judged", True))))
-    return sorted(drifts, key=lambda drift: (drift.judged, drift.score, drift.psi), reverse=True)
+                                   float(bins["ks_null"]), _rounded(live), bool(bins.get("judged", True)), median, median_range))
+    return sorted(drifts, key=lambda drift: (drift.judged, max(drift.score, drift.level_score), drift.psi), reverse=True)

@@ -75,8 +75,13 @@ class Assessment:
 
     @property
     def drift_score(self) -> float:
-        """Return the largest score (0-1) of a judged feature: the value exported and alerted on."""
+        """Return the largest KS score (0-1) of a judged feature."""
         return max((drift.score for drift in self.features if drift.judged), default=0.0)
+
+    @property
+    def level_score(self) -> float:
+        """Return the largest level score of a judged feature (how far its median left the training windows')."""
+        return max((drift.level_score for drift in self.features if drift.judged), default=0.0)
 
     @property
     def drifted(self) -> bool:
@@ -85,14 +90,22 @@ class Assessment:
 
     def reason(self) -> str:
         """Return one line naming what drifted, with numbers, or that nothing did."""
-        parts = [f"{drift.feature} PSI {drift.psi:.2f}, KS {drift.ks:.2f} (training windows up to {drift.ks_null:.2f})"
-                 for drift in self.drifted_features[:3]]
+        parts = [_drift_text(drift, self.thresholds) for drift in self.drifted_features[:3]]
         more = len(self.drifted_features) - 3
         parts += [f"{more} more feature(s)"] if more > 0 else []
         parts += [f"{check.name}: {check.detail}" for check in self.predictions if check.drifted]
         if parts:
             return "drift: " + "; ".join(parts)
-        return f"no drift in {len(self.features)} features (largest score {self.drift_score:.2f} < {self.thresholds.ks_excess:g})"
+        return (f"no drift in {len(self.features)} features (largest KS score {self.drift_score:.2f}, ks_excess {self.thresholds.ks_excess:g}; "
+                f"largest level score {self.level_score:.2f}, level_excess {self.thresholds.level_excess:g})")
+
+
+def _drift_text(drift: FeatureDrift, thresholds: DriftThresholds) -> str:
+    """Return what made a drifted feature drift: its KS against the training windows', or its median beyond theirs."""
+    if drift.score >= thresholds.ks_excess or drift.median is None or drift.median_range is None:
+        return f"{drift.feature} PSI {drift.psi:.2f}, KS {drift.ks:.2f} (training windows up to {drift.ks_null:.2f})"
+    low, high = drift.median_range
+    return f"{drift.feature} PSI {drift.psi:.2f}, median {drift.median:+.3g} (training windows {low:+.3g} to {high:+.3g})"
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,7 @@ def push_drift_metrics(pushgateway_url: str, assessment: Assessment, decision: D
     labels = f'version="{assessment.stable_version}"'
     body = "".join(f"# TYPE {name} gauge\n{name}{{{labels}}} {value}\n" for name, value in (
         ("model_drift_score", round(assessment.drift_score, 4)),
+        ("model_drift_level_score", round(assessment.level_score, 4)),
         ("model_drifted_features", len(assessment.drifted_features)),
         ("model_drift_retrain_decision", int(decision.action == RETRAIN)),
         ("model_drift_check_timestamp_seconds", round(dt.datetime.now(dt.timezone.utc).timestamp())),
@@ -229,12 +243,17 @@ def push_drift_metrics(pushgateway_url: str, assessment: Assessment, decision: D
 
 def drift_table(assessment: Assessment, top: int = TOP_FEATURES) -> list[str]:
     """Return the most drifted features as fixed-width lines for the terminal."""
-    lines = [f"  {'feature':<40} {'PSI':>7} {'KS':>6} {'train':>6} {'score':>6}  drifted"]
+    lines = [f"  {'feature':<40} {'PSI':>7} {'KS':>6} {'train':>6} {'score':>6} {'level':>6}  drifted"]
     for drift in assessment.features[:top]:
-        lines.append(f"  {drift.feature:<40} {drift.psi:7.3f} {drift.ks:6.3f} {drift.ks_null:6.3f} {drift.score:6.3f}  "
+        lines.append(f"  {drift.feature:<40} {drift.psi:7.3f} {drift.ks:6.3f} {drift.ks_null:6.3f} {drift.score:6.3f} {_level_cell(drift):>6}  "
                      f"{'YES' if drift.drifted(assessment.thresholds) else 'no' if drift.judged else 'not judged'}")
     lines += [f"  {check.name}: {check.detail}" for check in assessment.predictions]
     return lines
+
+
+def _level_cell(drift: FeatureDrift) -> str:
+    """Return a feature's level score for a table, or "-" where the profile keeps no medians for it."""
+    return f"{drift.level_score:.3f}" if drift.median_range else "-"
 
 
 def markdown_report(assessment: Assessment, decision: Decision, plot_name: str = "") -> str:
@@ -245,14 +264,18 @@ def markdown_report(assessment: Assessment, decision: Decision, plot_name: str =
         "",
         f"**Decision: {decision.action}** - {html.escape(decision.reason, quote=False)}",
         "",
-        f"Window: {html.escape(assessment.window, quote=False)}. A feature drifts when its PSI >= {thresholds.psi:g} and its KS statistic "
-        f"exceeds the largest of any training window of the same length by {thresholds.ks_excess:g} of the way to 1 (score).",
+        f"Window: {html.escape(assessment.window, quote=False)}. A feature drifts when its PSI >= {thresholds.psi:g} and either its KS "
+        f"statistic exceeds the largest of any training window of the same length by {thresholds.ks_excess:g} of the way to 1 (score), "
+        f"or its median lies beyond every such window's median by {thresholds.level_excess:g} of their range (level).",
         "",
-        "| feature | PSI | KS | KS of training windows | score | drifted |",
-        "|---|---|---|---|---|---|",
+        "| feature | PSI | KS | KS of training windows | score | median | medians of training windows | level | drifted |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for drift in assessment.features[:TOP_FEATURES]:
-        lines.append(f"| {drift.feature} | {drift.psi:.3f} | {drift.ks:.3f} | {drift.ks_null:.3f} | {drift.score:.3f} | "
+        medians = f"{drift.median_range[0]:+.3g} to {drift.median_range[1]:+.3g}" if drift.median_range else "-"
+        median = f"{drift.median:+.3g}" if drift.median is not None else "-"
+        lines.append(f"| {drift.feature} | {drift.psi:.3f} | {drift.ks:.3f} | {drift.ks_null:.3f} | {drift.score:.3f} | {median} | {medians} | "
+                     f"{_level_cell(drift)} | "
                      f"{'**yes**' if drift.drifted(thresholds) else 'no' if drift.judged else 'not judged'} |")
     lines += ["", "| prediction check | measured | drifted | detail |", "|---|---|---|---|"]
     lines += [f"| {check.name} | {'yes' if check.measured else 'no'} | {'**yes**' if check.drifted else 'no'} | {html.escape(check.detail, quote=False)} |"

@@ -221,6 +221,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "alpha": _in_range(0, 1e9, low_open=True),
     "psi_threshold": _in_range(0, 100, low_open=True),
     "ks_excess": _in_range(0, 1, low_open=True),
+    "level_excess": _in_range(0, 100, low_open=True),
     "cooldown_hours": _in_range(0, 8760),
     "anomaly_rate_factor": _in_range(1, 1000),
     "forecast_bias_factor": _in_range(0, 1000, low_open=True),

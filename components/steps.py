@@ -67,6 +67,7 @@ def validate_parameters(
     champion_tolerance: float,
     psi_threshold: float,
     ks_excess: float,
+    level_excess: float,
     cooldown_hours: float,
     anomaly_rate_factor: float,
     forecast_bias_factor: float,
@@ -492,6 +493,7 @@ def monitor_drift(
     prometheus_end: str,
     psi_threshold: float,
     ks_excess: float,
+    level_excess: float,
     cooldown_hours: float,
     anomaly_rate_factor: float,
     forecast_bias_factor: float,
@@ -526,13 +528,14 @@ def monitor_drift(
         active = ", ".join(DspApi(dsp_api_url, dsp_ca_bundle).active_runs(f"{model_name}-retrain")) or None
     else:
         active = active_local_run(model_name)
-    settings = MonitorSettings(DriftThresholds(psi_threshold, ks_excess), cooldown_hours, anomaly_rate_factor, forecast_bias_factor, min_predictions)
+    settings = MonitorSettings(DriftThresholds(psi_threshold, ks_excess, level_excess), cooldown_hours, anomaly_rate_factor, forecast_bias_factor, min_predictions)
     request = IngestRequest(model_name, source, file_path, seed=seed, prometheus_url=prometheus_url, prometheus_ca_bundle=prometheus_ca_bundle,
                             prometheus_queries=prometheus_queries, prometheus_end=prometheus_end)
     store = StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle)
     result = monitor_step(model_name, request, settings, store, active, pushgateway_url)
     assessment = result.assessment
     metrics.log_metric("drift_score", round(assessment.drift_score, 4))
+    metrics.log_metric("level_score", round(assessment.level_score, 4))
     metrics.log_metric("drifted_features", len(assessment.drifted_features))
     metrics.log_metric("max_psi", round(max(drift.psi for drift in assessment.features), 4))
     with open(report.path, "w") as handle:

@@ -70,6 +70,8 @@ PARAMETER_HELP = {
     "psi_threshold": "Drift: smallest population stability index of a feature's live window against its training bins that counts.",
     "ks_excess": "Drift: how far a feature's KS statistic must exceed the largest of any training window of the same length, "
                  "as a share of the way to 1 (0.45: almost half of the remaining distance).",
+    "level_excess": "Drift, or instead of ks_excess: how far a level feature's live median must lie beyond the medians of every "
+                    "training window of the same length, in widths of their range.",
     "cooldown_hours": "Hours after a retrain (or a trigger) during which drift is reported but starts no retrain.",
     "anomaly_rate_factor": "Drift: the detector's live anomaly rate may be at most this many times its validation rate.",
     "forecast_bias_factor": "Drift: the forecaster's live mean forecast may be off the live mean by at most this many validation MAEs.",

@@ -127,7 +127,8 @@ def _with_prometheus_token(task: dsl.PipelineTask, p: dict) -> dsl.PipelineTask:
 
 # A model knob the pipeline lacks reaches the check as its (valid) default: kfp.local cannot pass an unset int.
 MONITOR_KNOB_DEFAULTS = {
-    "psi_threshold": MONITORING.thresholds.psi, "ks_excess": MONITORING.thresholds.ks_excess, "cooldown_hours": MONITORING.cooldown_hours,
+    "psi_threshold": MONITORING.thresholds.psi, "ks_excess": MONITORING.thresholds.ks_excess,
+    "level_excess": MONITORING.thresholds.level_excess, "cooldown_hours": MONITORING.cooldown_hours,
     "anomaly_rate_factor": MONITORING.anomaly_rate_factor, "forecast_bias_factor": MONITORING.forecast_bias_factor,
     "min_predictions": MONITORING.min_predictions, "action": "report", "dsp_api_url": "", "dsp_ca_bundle": "",
     "experiment": DEFAULT_EXPERIMENT, "retrain_parameters": {}, "pushgateway_url": "",
@@ -458,6 +459,7 @@ def build_monitor_pipeline(image: str = DEFAULT_IMAGE):
         prometheus_end: str = "",
         psi_threshold: float = MONITORING.thresholds.psi,
         ks_excess: float = MONITORING.thresholds.ks_excess,
+        level_excess: float = MONITORING.thresholds.level_excess,
         cooldown_hours: float = MONITORING.cooldown_hours,
         anomaly_rate_factor: float = MONITORING.anomaly_rate_factor,
         forecast_bias_factor: float = MONITORING.forecast_bias_factor,
@@ -479,7 +481,7 @@ def build_monitor_pipeline(image: str = DEFAULT_IMAGE):
         monitor = _with_prometheus_token(_side_effect(ops.monitor_drift(
             model_name=model_name, source=source, file_path=file_path, seed=seed, prometheus_url=prometheus_url,
             prometheus_secret=prometheus_secret, prometheus_ca_bundle=prometheus_ca_bundle, prometheus_queries=prometheus_queries,
-            prometheus_end=prometheus_end, psi_threshold=psi_threshold, ks_excess=ks_excess, cooldown_hours=cooldown_hours,
+            prometheus_end=prometheus_end, psi_threshold=psi_threshold, ks_excess=ks_excess, level_excess=level_excess, cooldown_hours=cooldown_hours,
             anomaly_rate_factor=anomaly_rate_factor, forecast_bias_factor=forecast_bias_factor, min_predictions=min_predictions,
             action=action, dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, pushgateway_url=pushgateway_url, **_store(p),
         ).after(_validate(ops, {**rollout_defaults, **p})), p), p).set_display_name("Measure drift and decide")
