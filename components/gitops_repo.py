@@ -15,6 +15,7 @@ remote, or over plain http to this machine. Over SSH the key is ``$GITOPS_SSH_KE
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import urllib.parse
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ KNOWN_HOSTS_ENV = "GITOPS_KNOWN_HOSTS_FILE"
 SSH_KEY_CONTENT_ENV = "GITOPS_SSH_KEY"
 KNOWN_HOSTS_CONTENT_ENV = "GITOPS_KNOWN_HOSTS"
 PUSH_ATTEMPTS = 5
+# What git prints when the server refuses the credentials. Not a bare "403": a push's output quotes commit hashes and
+# the URL's port, which can contain it.
+AUTH_REFUSED = re.compile(r"Authentication failed|could not read Username|returned error: 40[13]\b|Permission denied")
 AUTHOR = ("model-pipelines", "model-pipelines@self-healing-platform.invalid")
 # A credential helper that answers with the token from the environment, so that the token is never an argument.
 CREDENTIAL_HELPER = f'!f() {{ test "$1" = get && echo username=model-pipelines && echo "password=${TOKEN_ENV}"; }}; f'
@@ -191,7 +195,7 @@ class GitopsRepo:
             pushed = self._git("push", "--quiet", "origin", f"HEAD:refs/heads/{self.branch}", check=False)
             if pushed.returncode == 0:
                 return self.head()
-            if any(sign in pushed.stderr for sign in ("Authentication failed", "could not read Username", "403", "Permission denied")):
+            if AUTH_REFUSED.search(pushed.stderr):
                 raise GitopsError(f"{self.url} refused to let model-pipelines push: put a token with push access in ${TOKEN_ENV} "
                                   f"(from the gitops_secret Secret's key token), or an SSH key in ${SSH_KEY_CONTENT_ENV} (its key ssh-privatekey)")
             if "rejected" not in pushed.stderr:

@@ -18,11 +18,11 @@ from pathlib import Path
 class GitHttpServer:
     """Bare repositories under ``root``, served read-only to anyone and writable with ``password``."""
 
-    def __init__(self, root: Path, password: str) -> None:
+    def __init__(self, root: Path, password: str, port: int = 0) -> None:
         self.root, self.password = root, password
         self.pushes: list[str] = []
         self.before_next_push: list = []  # callables run once, just before the next push is received
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def create(self, name: str, files: dict[str, str]) -> str:

@@ -1,6 +1,7 @@
 """The GitOps repository writer against a real Git server (git http-backend, password on push) on 127.0.0.1."""
 
 import os
+import socket
 import subprocess
 
 import pytest
@@ -13,9 +14,20 @@ PATH = "fleet/models"
 HUMAN_FILE = "fleet/models/README.md"
 
 
-@pytest.fixture
-def git(tmp_path):
-    server = GitHttpServer(tmp_path / "server", PASSWORD)
+def free_port_containing(digits: str) -> int:
+    """Return a free loopback port whose number contains ``digits``."""
+    for port in range(1024, 65536):
+        if digits in str(port):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) != 0:
+                    return port
+    raise RuntimeError(f"no free port containing {digits}")
+
+
+@pytest.fixture(params=["any port", "port containing 403"])
+def git(tmp_path, request):
+    """A Git server; the second one's URL contains "403", which git quotes when it rejects a push."""
+    server = GitHttpServer(tmp_path / "server", PASSWORD, free_port_containing("403") if request.param.endswith("403") else 0)
     (tmp_path / "server").mkdir()
     url = server.create("fleet.git", {HUMAN_FILE: "Owned by the platform team.\n", "clusters/spoke-1.yaml": "name: spoke-1\n"})
     server.start()
