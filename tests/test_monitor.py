@@ -245,9 +245,9 @@ def test_the_drift_score_reaches_prometheus_through_a_pushgateway_and_fires_the_
         while time.monotonic() < deadline and not client.query(alerts["ModelInputsDrifted"]):
             time.sleep(0.5)
         (firing,) = client.query(alerts["ModelInputsDrifted"])
-        assert firing["metric"] == {"model": FORECASTER, "version": "v1"} and float(firing["value"][1]) >= 1, "drifted features"
-        (level,) = client.query("model_drift_level_score")
-        assert float(level["value"][1]) > 0, "the shifted cpu's median left the training windows'"
+        assert firing["metric"] == {"model": FORECASTER, "version": "v1"} and float(firing["value"][1]) >= 0.4
+        (drifted,) = client.query("model_drifted_features")
+        assert float(drifted["value"][1]) >= 1, "the check's own verdict is there too"
         assert client.query(alerts["ModelDriftCheckStale"]) == [], "a check just ran"
         (decision,) = client.query("model_drift_retrain_decision")
         assert decision["value"][1] == "0", "held by the cooldown, not a retrain"
