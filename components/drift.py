@@ -95,7 +95,7 @@ class DriftThresholds:
     psi: float = 0.25  # population stability index of the live window against the training bins
     ks_excess: float = 0.45  # share of the way from the training windows' largest KS statistic to 1
     # or: the window's median beyond the training windows' medians by this share of their range. benchmarks/drift.py:
-    # the stationary days' windows reach 0.38 at most, a 0.05/h memory leak's second window 0.45 or more.
+    # stationary windows reach 0.38 at most; a 0.05/h leak in the detector's pod memory scores 0.45 or more two hours in.
     level_excess: float = 0.4
 
 
