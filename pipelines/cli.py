@@ -44,18 +44,21 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_local(args: argparse.Namespace) -> bool:
-    """Return whether --local was given, explaining otherwise."""
+def _require_local(args: argparse.Namespace, verb: str, submissions: list[list[str]]) -> bool:
+    """Return whether --local was given; otherwise print the ``submit`` commands that do the same on a cluster."""
     if not args.local:
-        print("error: only --local runs exist so far; add --local to run on this machine", file=sys.stderr)
+        commands = [shlex.join(["model-pipelines", "submit", *submission, *(part for param in args.param for part in ("--param", param))])
+                    for submission in submissions]
+        print(f"error: `model-pipelines {verb}` runs on this machine, with --local. On a cluster, upload the pipeline once "
+              "(`model-pipelines upload all`), then:\n  " + "\n  ".join(commands), file=sys.stderr)
     return args.local
 
 
 def _run(args: argparse.Namespace) -> int:
     """Run the chosen retraining pipelines locally, print progress and a summary; return the exit code (README)."""
-    if not _require_local(args):
-        return 2
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
+    if not _require_local(args, "run", [[model] for model in models]):
+        return 2
     try:
         arguments = params_per_model([LOCAL_SERVING, *args.param], models)
     except ValueError as error:
@@ -73,9 +76,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _monitor(args: argparse.Namespace) -> int:
     """Check each chosen model for drift locally, print the drift table and decision; return the exit code (README)."""
-    if not _require_local(args):
-        return 2
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
+    if not _require_local(args, "monitor", [[MONITOR, "--param", f"model_name={model}"] for model in models]):
+        return 2
     try:
         arguments = parse_params(args.param, MONITOR)
         for model in models:
@@ -111,7 +114,7 @@ def format_monitor_summary(summary: MonitorSummary) -> str:
 
 def _rollout(args: argparse.Namespace) -> int:
     """Roll out a stored version locally (deploy, smoke-test, canary); return the exit code (README)."""
-    if not _require_local(args):
+    if not _require_local(args, "rollout", [[ROLLOUT, "--param", f"model_name={args.model}", "--param", f"version={args.version}"]]):
         return 2
     state_dir = Path(args.state_dir)
     try:

@@ -2,6 +2,7 @@
 
 
 import json
+import shlex
 
 import pytest
 import yaml
@@ -179,3 +180,18 @@ def test_the_hourly_drift_monitor_schedule_as_the_readme_shows_it(kfp):
     assert body["runtime_config"]["parameters"]["action"] == "submit"
     bad = cli(kfp, "schedule", "create", "model-monitor", "--cron", "0 0 * * * *", "--param", "action=retrain")
     assert bad.returncode == 2 and "action='retrain': must be one of report, submit" in bad.stdout
+
+
+def test_a_local_verb_without_local_prints_the_submit_command_that_does_it_on_a_cluster(kfp):
+    refused = run_cli("rollout", "anomaly-detector", "--version", "v3", "--param", "canary_steps=[5, 50]")
+    assert refused.returncode == 2 and "`model-pipelines rollout` runs on this machine, with --local" in refused.stdout, refused.stdout
+    (command,) = [line.strip() for line in refused.stdout.splitlines() if line.strip().startswith("model-pipelines submit")]
+    assert cli(kfp, "upload", "model-rollout").returncode == 0
+    submitted = cli(kfp, *shlex.split(command)[1:])
+    assert submitted.returncode == 0, submitted.stdout
+    (run,) = kfp.sent("POST", "/apis/v2beta1/runs")
+    assert run["json"]["runtime_config"]["parameters"] == {"model_name": "anomaly-detector", "version": "v3", "canary_steps": [5, 50]}
+    monitor = run_cli("monitor", "all")
+    assert monitor.returncode == 2 and [line.strip() for line in monitor.stdout.splitlines() if "submit" in line] == [
+        "model-pipelines submit model-monitor --param model_name=anomaly-detector",
+        "model-pipelines submit model-monitor --param model_name=predictive-analytics"]
