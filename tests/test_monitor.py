@@ -248,6 +248,9 @@ def test_the_drift_score_reaches_prometheus_through_a_pushgateway_and_fires_the_
         assert firing["metric"] == {"model": FORECASTER, "version": "v1"} and float(firing["value"][1]) >= 0.4
         (drifted,) = client.query("model_drifted_features")
         assert float(drifted["value"][1]) >= 1, "the check's own verdict is there too"
+        dashboard = json.loads((REPO / "manifests" / "monitoring" / "grafana-dashboard.json").read_text())
+        drift_panels = [target["expr"] for panel in dashboard["panels"] if panel["title"].startswith("Drift") for target in panel["targets"]]
+        assert len(drift_panels) == 4 and all(client.query(expr) for expr in drift_panels), "every drift panel of the dashboard shows data"
         assert client.query(alerts["ModelDriftCheckStale"]) == [], "a check just ran"
         (decision,) = client.query("model_drift_retrain_decision")
         assert decision["value"][1] == "0", "held by the cooldown, not a retrain"
