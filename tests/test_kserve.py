@@ -8,6 +8,8 @@ works in its own namespace and store, so that any subset of the tests runs alone
 import hashlib
 import itertools
 import json
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -483,9 +485,18 @@ def test_a_hand_made_inference_service_handed_over_by_label_is_adopted_as_stable
         "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": f"pvc://{project.pvc}/{name}/{hand_made}"}}}})
     not_reconciled = KServeTarget(KServeOptions(project.namespace), api=api).status(name)
     assert (not_reconciled.stable, not_reconciled.url) == (None, None), "an InferenceService without status.url yet is read, not an error"
-    knative_cluster.standin.held.clear()
+
+    def release_once_adopted() -> None:  # the controller gets to it only after the deploy step took it over
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and "model-pipelines.io/stable-version" not in (project.isvc(name)["metadata"].get("annotations") or {}):
+            time.sleep(0.05)
+        knative_cluster.standin.held.clear()
+
+    releaser = threading.Thread(target=release_once_adopted, daemon=True)
+    releaser.start()
     new = project.store_version(name, models["forecaster"](2.0))
     result = project.rollout(name, new, "--param", "deployment_mode=Serverless")
+    releaser.join()
     assert result.returncode == 0, result.stdout[-3000:]
     assert f"canary {name} {new} at 10%: pass" in logged(result), "the new version went through the canary"
     assert project.isvc(name)["metadata"]["annotations"]["model-pipelines.io/stable-version"] == new

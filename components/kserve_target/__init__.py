@@ -113,7 +113,9 @@ class KServeTarget:
             # Made by hand (the old workflow) and handed over with the ownership labels: adopt what it serves as stable.
             serving_uri = main["spec"]["predictor"].get("model", {}).get("storageUri", "")
             adopted = {"version": serving_uri.rstrip("/").rsplit("/", 1)[-1] or "unmanaged", "storage_uri": serving_uri, "checksum": ""}
-            main = self.api.change(model_name, lambda current: {"metadata": {"annotations": backend_annotations("stable", adopted)}}, model_name)
+            self.api.change(model_name, lambda current: {"metadata": {"annotations": backend_annotations("stable", adopted)}}, model_name)
+            # A candidate launched beside a service whose first revision is not rolled out yet would take all its traffic.
+            main = self.api.wait_ready(model_name, timeout_s)
         strategy = self.strategy_for(main)
         print(f"deploy {model_name} {version}: rollout strategy {self.last_choice}", flush=True)
         if not strategy.deploy_candidate(main, backend, timeout_s):
