@@ -34,9 +34,18 @@ PUSH_ATTEMPTS = 5
 # What git prints when the server refuses the credentials. Not a bare "403": a push's output quotes commit hashes and
 # the URL's port, which can contain it.
 AUTH_REFUSED = re.compile(r"Authentication failed|could not read Username|returned error: 40[13]\b|Permission denied")
+REDIRECTED = re.compile(r"returned error: 30[1278]\b|redirect", re.IGNORECASE)
 AUTHOR = ("model-pipelines", "model-pipelines@self-healing-platform.invalid")
-# A credential helper that answers with the token from the environment, so that the token is never an argument.
-CREDENTIAL_HELPER = f'!f() {{ test "$1" = get && echo username=model-pipelines && echo "password=${TOKEN_ENV}"; }}; f'
+# Where the token may go: the configured repository's protocol and host[:port], handed to the helper in the environment.
+CREDENTIAL_PROTOCOL_ENV, CREDENTIAL_HOST_ENV = "GITOPS_CREDENTIAL_PROTOCOL", "GITOPS_CREDENTIAL_HOST"
+# A credential helper that answers with the token from the environment, so that the token is never an argument, and
+# only when git asks for the configured repository's protocol and host (not a host a redirect or a submodule names).
+CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || return 0; protocol=; host=; '
+    'while IFS= read -r line; do case "$line" in protocol=*) protocol="${line#protocol=}";; host=*) host="${line#host=}";; esac; done; '
+    f'test -n "$protocol" && test "$protocol" = "${CREDENTIAL_PROTOCOL_ENV}" && test "$host" = "${CREDENTIAL_HOST_ENV}" || return 0; '
+    f'echo username=model-pipelines; echo "password=${TOKEN_ENV}"; }}; f'
+)
 
 
 class GitopsError(RuntimeError):
@@ -51,6 +60,12 @@ class GitopsRepo:
     branch: str
     path: str
     workdir: Path
+
+    def __post_init__(self) -> None:
+        """Refuse a URL or branch that git would read as an option."""
+        for name, value in (("gitops_repo", self.url), ("gitops_branch", self.branch)):
+            if value.startswith("-"):
+                raise GitopsError(f"{name}={value!r} starts with '-', which git would take as an option: give the repository's https:// or ssh:// URL")
 
     def _environment(self) -> dict[str, str]:
         """Return git's environment: no prompts, a fixed author, and SSH with a checked host key when configured."""
@@ -75,17 +90,23 @@ class GitopsRepo:
             handle.write(content if content.endswith("\n") else content + "\n")
         return str(path)
 
-    def _git(self, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def _git(self, *args: str, cwd: Path | None = None, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
         """Run git with the credential helper when a token is set (refusing plain http to another machine)."""
         options: list[str] = []
+        environment = self._environment()
         if os.environ.get(TOKEN_ENV):
-            if urllib.parse.urlparse(self.url).scheme == "http" and not token_may_go_to(self.url):
+            parsed = urllib.parse.urlsplit(self.url)
+            if parsed.scheme == "http" and not token_may_go_to(self.url):
                 raise GitopsError(f"refusing to send the Git token over plain http to {self.url}: use the https URL of the repository")
-            options = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"]
-        result = subprocess.run(["git", *options, *args], cwd=cwd or self.workdir, env=self._environment(), capture_output=True,
-                                text=True, timeout=300)
+            # An authenticated remote is never left through a redirect, and the helper answers for its own host alone.
+            options = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}", "-c", "http.followRedirects=false"]
+            environment.update({CREDENTIAL_PROTOCOL_ENV: parsed.scheme, CREDENTIAL_HOST_ENV: parsed.netloc.rpartition("@")[2]})
+        result = subprocess.run(["git", *options, *args], cwd=cwd or self.workdir, env=environment, capture_output=True,
+                                text=True, timeout=300, input=stdin)
         if check and result.returncode != 0:
-            raise GitopsError(f"git {args[0]} failed for {self.url}: {result.stderr.strip()[-400:]}")
+            hint = ("; the server redirects, and an authenticated remote is never followed through a redirect: "
+                    "set gitops_repo to the URL it redirects to") if options and REDIRECTED.search(result.stderr) else ""
+            raise GitopsError(f"git {args[0]} failed for {self.url}: {result.stderr.strip()[-400:]}{hint}")
         return result
 
     @property
@@ -97,7 +118,7 @@ class GitopsRepo:
         """Clone the branch, or fetch it and reset the clone to it; return the head revision."""
         if not (self.workdir / ".git").is_dir():
             self.workdir.parent.mkdir(parents=True, exist_ok=True)
-            self._git("clone", "--quiet", "--branch", self.branch, self.url, str(self.workdir), cwd=self.workdir.parent)
+            self._git("clone", "--quiet", "--branch", self.branch, "--", self.url, str(self.workdir), cwd=self.workdir.parent)
         else:
             self._git("fetch", "--quiet", "origin", self.branch)
             self._git("reset", "--quiet", "--hard", f"origin/{self.branch}")
@@ -183,7 +204,7 @@ class GitopsRepo:
 
     def contains(self, revision: str, ancestor: str) -> bool:
         """Return whether ``revision`` (e.g. what Argo CD synced) includes ``ancestor``, fetching when it is unknown here."""
-        if not revision:
+        if not re.fullmatch(r"[0-9a-f]{7,64}", revision or ""):
             return False
         if self._git("cat-file", "-e", f"{revision}^{{commit}}", check=False).returncode != 0:
             self._git("fetch", "--quiet", "origin", self.branch, check=False)

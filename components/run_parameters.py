@@ -33,8 +33,8 @@ CHOICES = {
     "action": ("report", "submit"),
 }
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
-GIT_URL = re.compile(r"^(https://[^\s/?#@]+/[^\s?#]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?/[^\s?#]+|ssh://[^\s/?#:]+@[^\s/?#]+/[^\s?#]+|[a-z0-9_.-]+@[^\s/?#:]+:[^\s?#]+)$")
-GIT_BRANCH = re.compile(r"^(?!/)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<![/.])$")
+GIT_URL = re.compile(r"^(https://[^\s/?#@]+/[^\s?#]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?/[^\s?#]+|ssh://[^\s/?#:-][^\s/?#:]*@[^\s/?#-][^\s/?#]*/[^\s?#]+|[a-z0-9_][a-z0-9_.-]*@[^\s/?#:-][^\s/?#:]*:[^\s?#-][^\s?#]*)$")
+GIT_BRANCH = re.compile(r"^(?![/-])(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<![/.])$")
 
 
 def _number(value: object) -> float | None:

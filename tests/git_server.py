@@ -21,6 +21,7 @@ class GitHttpServer:
     def __init__(self, root: Path, password: str, port: int = 0) -> None:
         self.root, self.password = root, password
         self.pushes: list[str] = []
+        self.authorizations: list[str] = []  # every Authorization header received, on any request
         self.before_next_push: list = []  # callables run once, just before the next push is received
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -75,6 +76,8 @@ class GitHttpServer:
                 return user if password == git.password else None
 
             def _serve(self) -> None:
+                if self.headers.get("Authorization"):
+                    git.authorizations.append(self.headers["Authorization"])
                 path, _, query = self.path.partition("?")
                 pushing = "git-receive-pack" in path or "service=git-receive-pack" in query
                 user = self._authorised_user() if pushing else "anonymous"
@@ -109,6 +112,39 @@ class GitHttpServer:
                 self.wfile.write(payload)
 
             do_GET = do_POST = _serve
+
+        return Handler
+
+
+class RedirectServer:
+    """An HTTP server on 127.0.0.1 that answers every request with a redirect to the same path under ``target``."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target.rstrip("/")
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> "RedirectServer":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+    def _handler(self):
+        redirect = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _redirect(self) -> None:
+                self.send_response(302)
+                self.send_header("Location", redirect.target + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _redirect
 
         return Handler
 

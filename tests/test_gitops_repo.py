@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from components.gitops_repo import KNOWN_HOSTS_CONTENT_ENV, OWNED_LIST, SSH_KEY_CONTENT_ENV, TOKEN_ENV, GitopsError, GitopsRepo, commit_message
-from tests.git_server import GitHttpServer, GitSshServer
+from tests.git_server import GitHttpServer, GitSshServer, RedirectServer
 
 PASSWORD = "git-push-secret-7d1f"
 PATH = "fleet/models"
@@ -129,6 +129,45 @@ def test_the_token_goes_over_plain_http_only_to_this_machine(token, tmp_path):
     repo = GitopsRepo("http://git.example.com/fleet.git", "main", PATH, tmp_path / "work")
     with pytest.raises(GitopsError, match="refusing to send the Git token over plain http to http://git.example.com/fleet.git"):
         repo.sync()
+
+
+def test_the_token_never_follows_a_redirect_to_another_host(token, tmp_path):
+    other = GitHttpServer(tmp_path / "other", PASSWORD)
+    (tmp_path / "other").mkdir()
+    other.create("fleet.git", {HUMAN_FILE: "Owned by the platform team.\n"})
+    other.start()
+    redirect = RedirectServer(other.url.replace("127.0.0.1", "localhost")).start()
+    try:
+        repo = GitopsRepo(f"{redirect.url}/fleet.git", "main", PATH, tmp_path / "work")
+        with pytest.raises(GitopsError, match=r"returned error: 302; the server redirects, and an authenticated remote is never followed through a redirect"):
+            repo.sync()
+            repo.write({"base/x.yaml": "a: 1\n"})
+            repo.commit_and_push(commit_message("anomaly-detector", "v1", "deploy", "run"))
+    finally:
+        redirect.stop()
+        other.stop()
+    assert other.authorizations == [] and other.pushes == [], "the server a redirect named never saw the token"
+
+
+def test_the_credential_helper_answers_only_for_the_configured_protocol_and_host(git, token, tmp_path):
+    _, url = git
+    repo = GitopsRepo(url, "main", PATH, tmp_path / "work")
+    repo.sync()
+    host = url.split("/")[2]
+
+    def fill(protocol: str, asked_host: str) -> str:
+        return repo._git("credential", "fill", check=False, stdin=f"protocol={protocol}\nhost={asked_host}\npath=fleet.git\n\n").stdout
+
+    assert f"password={PASSWORD}" in fill("http", host)
+    for protocol, asked_host in (("http", host.replace("127.0.0.1", "localhost")), ("https", host), ("http", "evil.example.com")):
+        assert PASSWORD not in fill(protocol, asked_host), (protocol, asked_host)
+
+
+def test_a_repository_or_branch_that_git_would_read_as_an_option_is_refused(tmp_path):
+    for url, branch in (("-uevil@host:path", "main"), ("https://git.example.com/fleet.git", "--upload-pack=touch x")):
+        with pytest.raises(GitopsError, match="starts with '-', which git would take as an option"):
+            GitopsRepo(url, branch, PATH, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
 
 
 def test_over_ssh_the_key_and_known_hosts_come_from_the_secrets_contents_and_an_unknown_host_key_is_refused(git, tmp_path, monkeypatch):
