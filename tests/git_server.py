@@ -15,7 +15,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
-class GitHttpServer:
+class LoopbackHttpServer:
+    """An HTTP server on 127.0.0.1 answering with the handler class ``_handler()`` returns, in a daemon thread once started."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _handler(self):
+        raise NotImplementedError
+
+    def start(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+class GitHttpServer(LoopbackHttpServer):
     """Bare repositories under ``root``, served read-only to anyone and writable with ``password``."""
 
     def __init__(self, root: Path, password: str, port: int = 0) -> None:
@@ -23,8 +41,7 @@ class GitHttpServer:
         self.pushes: list[str] = []
         self.authorizations: list[str] = []  # every Authorization header received, on any request
         self.before_next_push: list = []  # callables run once, just before the next push is received
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(port)
 
     def create(self, name: str, files: dict[str, str]) -> str:
         """Create a bare repository ``name`` with a first commit on main holding ``files``; return its URL."""
@@ -53,13 +70,6 @@ class GitHttpServer:
         (clone / relative).write_text(content)
         for command in (["add", "--all"], ["commit", "--quiet", "-m", f"{author} edits {relative}"], ["push", "--quiet", "origin", "main"]):
             subprocess.run(["git", "-C", str(clone), *command], check=True, env=environment, capture_output=True)
-
-    def start(self) -> "GitHttpServer":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
     def _handler(self):
         git = self
@@ -116,20 +126,12 @@ class GitHttpServer:
         return Handler
 
 
-class RedirectServer:
+class RedirectServer(LoopbackHttpServer):
     """An HTTP server on 127.0.0.1 that answers every request with a redirect to the same path under ``target``."""
 
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> "RedirectServer":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
+        super().__init__()
 
     def _handler(self):
         redirect = self
