@@ -113,21 +113,30 @@ def test_oversized_bodies_and_rows_get_413_while_reading(runtime):
 
 def test_readiness_answers_while_a_long_predict_runs(runtime):
     url, _, _ = runtime
-    body = {"instances": [fallback_instance()] * 5000}
-    finished = {}
+    row = json.dumps(fallback_instance()).encode()
+    body = b'{"instances": [' + b",".join([row] * 5000) + b"]}"
+    sent = [threading.Event() for _ in range(3)]
+    finished: list[tuple[int, float]] = []
 
-    def long_predict():
-        finished["status"] = requests.post(f"{url}:predict", json=body, timeout=60).status_code
-        finished["at"] = time.monotonic()
+    def long_predict(index: int) -> None:
+        def chunks():
+            yield body
+            sent[index].set()
 
-    worker = threading.Thread(target=long_predict)
-    worker.start()
-    time.sleep(0.5)
-    ready = requests.get(url, timeout=10)
+        answer = requests.post(f"{url}:predict", data=chunks(), headers={"Content-Type": "application/json"}, timeout=120)
+        finished.append((answer.status_code, time.monotonic()))
+
+    workers = [threading.Thread(target=long_predict, args=(index,)) for index in range(len(sent))]
+    for worker in workers:
+        worker.start()
+    assert all(event.wait(60) for event in sent)
+    ready = requests.get(url, timeout=60)
     ready_at = time.monotonic()
-    worker.join(60)
-    assert ready.status_code == 200 and finished["status"] == 200
-    assert ready_at < finished["at"], "readiness waited for the predict: it ran on the event loop"
+    for worker in workers:
+        worker.join(120)
+    assert ready.status_code == 200 and [status for status, _ in finished] == [200] * len(sent)
+    # Three slow predicts were sent before the probe; had they run on the event loop, the probe would wait for one at least.
+    assert ready_at < min(at for _, at in finished), "readiness waited for a predict: it ran on the event loop"
 
 
 def test_the_runtime_refuses_to_start_without_a_checksum(runtime, tmp_path):
