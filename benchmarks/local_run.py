@@ -58,10 +58,10 @@ def direct_run(model_name: str, state_dir: Path) -> None:
     if not evaluation.deploy:
         return
     version = save_step(model_name, str(work / "model"), evaluation.metrics, STORE, "benchmark").version
-    deploy_step(model_name, version, "local", STORE, 120.0)
+    deploy_step(model_name, version, "local", STORE, 120.0, "benchmark")
     target, store, sample = serving_context(model_name, "local", STORE, validation_path=str(work / "validation.parquet"))
     if smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=CANARY.max_p95_latency_ms).passed:
-        canary_promote(target, store, model_name, version, CANARY, [ProbeProvider(sample, CANARY.probe_requests)])
+        canary_promote(target, store, model_name, version, CANARY, [ProbeProvider(sample, CANARY.probe_requests)], run_name="benchmark")
 
 
 def local_run(model_name: str, state_dir: Path) -> None:

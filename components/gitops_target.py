@@ -452,8 +452,19 @@ class GitopsTarget:
         return self.status(model_name)
 
     def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Revert the candidate's commits (with none, the first deployment's) in one commit and wait for every affected wave."""
+        """Revert the candidate's commits in one commit and wait for every affected wave; with no candidate, change nothing."""
         self._revert(model_name, None, "rolled back", timeout_s)
+        return self.status(model_name)
+
+    def remove(self, model_name: str, version: str, timeout_s: float) -> ServingStatus:
+        """Revert a failed first deployment of ``version``, only when this run made every one of its commits; wait."""
+        self._begin(model_name, version, "remove", SETTLED)
+        ours = f"Pipeline run: {self.options.run_name}\n"
+        for revision, message in self._unsettled_commits(model_name, version):
+            if not self.options.run_name or ours not in message + "\n":
+                raise ServingError(f"{model_name} {version}: commit {revision[:7]} was not made by this run, so the deployment is left "
+                                   "serving; revert it in Git by hand if it must go")
+        self._revert(model_name, version, "rolled back", timeout_s)
         return self.status(model_name)
 
     def _recorded(self, model_name: str) -> tuple[str, str]:
@@ -462,22 +473,29 @@ class GitopsTarget:
         stable, candidate = recorded_backend(document, "stable"), recorded_backend(document, "candidate")
         return (stable["version"] if stable else ""), (candidate["version"] if candidate else "")
 
-    def _revert(self, model_name: str, version: str | None, why: str, timeout_s: float) -> str:
-        """Revert ``version``'s commits (None: wave 1's candidate, else its stable) and any unsettled ones after the
-        fleet's last settled state; wait for the waves they touched. Return the stable version wave 1 serves after.
-        """
-        self._begin(model_name, version or "", "rollback", SETTLED)
-        if version is None:
-            stable, candidate = self._recorded(model_name)
-            version = self.version = candidate or stable
-        reverted = []
+    def _unsettled_commits(self, model_name: str, version: str) -> list[tuple[str, str]]:
+        """Return (revision, message) of ``version``'s commits and any unsettled ones since the fleet last settled, newest first."""
+        found = []
         for revision, message in self.repo.history(f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)):
             trailers = dict(TRAILER.findall(message))
             if trailers.get("Model") != model_name:
                 continue
             if trailers.get("Version") != version and trailers.get("Fleet-state") == SETTLED:
                 break
-            reverted.append(revision)
+            found.append((revision, message))
+        return found
+
+    def _revert(self, model_name: str, version: str | None, why: str, timeout_s: float) -> str:
+        """Revert ``version``'s commits (None: wave 1's candidate, if any) and any unsettled ones after the fleet's last
+        settled state; wait for the waves they touched. Return the stable version wave 1 serves after.
+        """
+        self._begin(model_name, version or "", "rollback", SETTLED)
+        if version is None:
+            stable, candidate = self._recorded(model_name)
+            if not candidate:
+                return stable
+            version = self.version = candidate
+        reverted = [revision for revision, _ in self._unsettled_commits(model_name, version)]
         if reverted:
             message = commit_message(model_name, version, "rollback", self.options.run_name or "local",
                                      f"Reverts {', '.join(revision[:7] for revision in reverted)}: {why}\n\n"

@@ -229,12 +229,16 @@ class LocalTarget:
 
     # -- the ServingTarget interface ---------------------------------------------------------------------------
     def deploy(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> ServingStatus:
-        """Serve ``version``: as stable when nothing serves yet, else as the candidate at 0 % traffic."""
+        """Serve ``version``: as stable when nothing serves yet, else as the candidate at 0 % traffic (stable's own: restart it)."""
         with self._locked(model_name) as state:
             stable = state.get("stable")
             if stable and not process_alive(started_process(stable)):
                 state["stable"] = self._start_version(model_name, stable["version"], stable["storage_uri"], stable["checksum"], timeout_s)
                 self._write(model_name, state)
+            if stable and stable["version"] == version:
+                self._ensure_router(model_name, state, timeout_s)
+                self._write(model_name, state)
+                return self.status(model_name)
             previous = state.get("candidate")
             backend = self._start_version(model_name, version, storage_uri, checksum, timeout_s)
             if state.get("stable"):
@@ -248,12 +252,12 @@ class LocalTarget:
         return self.status(model_name)
 
     def status(self, model_name: str) -> ServingStatus:
-        """Return the serving status as recorded in the state file."""
+        """Return the serving status as recorded in the state file; a stable whose server died counts as nothing serving."""
         state = self._read(model_name)
-        router = state.get("router")
+        router, stable = state.get("router"), state.get("stable")
         return ServingStatus(
             model_name,
-            (state.get("stable") or {}).get("version"),
+            stable["version"] if stable and process_alive(started_process(stable)) else None,
             (state.get("candidate") or {}).get("version"),
             int(state.get("candidate_percent", 0)),
             model_url(f"http://127.0.0.1:{router['port']}", model_name) if router else None,
@@ -298,17 +302,24 @@ class LocalTarget:
         return self.status(model_name)
 
     def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Send all traffic to stable and stop the candidate; with no stable, stop serving the model."""
+        """Send all traffic to stable and stop the candidate; stable is never touched."""
         with self._locked(model_name) as state:
             candidate = state.get("candidate")
-            if candidate:
-                state.update(candidate=None, candidate_percent=0)
-                self._write(model_name, state)
-                removed = [candidate]
-            else:
-                removed = [state.get("stable"), state.get("router")]
-                state.update(stable=None, router=None, candidate_percent=0)
-                self._write(model_name, state)
+            state.update(candidate=None, candidate_percent=0)
+            self._write(model_name, state)
+        if candidate:
+            stop_process(started_process(candidate))
+        return self.status(model_name)
+
+    def remove(self, model_name: str, version: str, timeout_s: float) -> ServingStatus:
+        """Stop the stable ``version`` and its router (a failed first deployment); refuse when another version is stable."""
+        with self._locked(model_name) as state:
+            stable = state.get("stable")
+            if stable and stable["version"] != version:
+                raise ServingError(f"{model_name} serves {stable['version']} as stable, not {version}; it is left serving")
+            removed = [stable, state.get("candidate"), state.get("router")]
+            state.update(stable=None, candidate=None, router=None, candidate_percent=0)
+            self._write(model_name, state)
         for backend in removed:
             if backend:
                 stop_process(started_process(backend))

@@ -71,22 +71,75 @@ def not_needed(target: ServingTarget, store: ModelStore, model_name: str, versio
     return None
 
 
-def deploy_version(target: ServingTarget, store: ModelStore, model_name: str, version: str, timeout_s: float) -> StepOutcome:
-    """Deploy a stored version: stable on the first deployment ever, else a dark candidate at 0 % traffic."""
-    record_checksum = store.read_index(model_name)["versions"].get(version, {}).get("sha256")
+# What a run's deploy step made of a version, recorded in the index as ``versions.<v>.deployment = {run, role}``.
+# Rollback and the exit handler undo only the roles below, and only for the run that recorded them.
+ATTEMPTED, FIRST_DEPLOYMENT, CANDIDATE = "attempted", "first deployment", "candidate"
+UNDOABLE_ROLES = (ATTEMPTED, FIRST_DEPLOYMENT, CANDIDATE)
+KEPT_SERVING = "kept serving"
+
+
+def _record_deployment(store: ModelStore, model_name: str, version: str, run_name: str, role: str, change: Callable[[dict], None] | None = None,
+                       event: str = "", detail: str = "") -> None:
+    """Record that ``run_name`` gave ``version`` this ``role`` (and apply ``change``, with a history event when named)."""
+
+    def apply(index: dict) -> None:
+        index["versions"][version]["deployment"] = {"run": run_name, "role": role}
+        if change:
+            change(index)
+
+    if event:
+        _record(store, model_name, version, event, detail, apply)
+    else:
+        store.update_index(model_name, apply)
+
+
+def deployed_by(index: dict, version: str, run_name: str) -> str | None:
+    """Return the role ``run_name`` deployed ``version`` in (first deployment, candidate, attempted), or None if it did not."""
+    deployment = index["versions"].get(version, {}).get("deployment") or {}
+    if run_name and deployment.get("run") == run_name and deployment.get("role") in UNDOABLE_ROLES:
+        return deployment["role"]
+    return None
+
+
+def restore_stable(target: ServingTarget, store: ModelStore, model_name: str, timeout_s: float) -> str | None:
+    """Serve the index's stable version again when the target serves nothing; return what was restored, or None."""
+    index = store.read_index(model_name)
+    stable = index.get("stable")
+    if not stable or target.status(model_name).stable is not None:
+        return None
+    checksum = index["versions"].get(stable, {}).get("sha256")
+    if not checksum:
+        raise ServingError(f"{model_name}: the index names stable {stable} but has no checksum for it; run `model-pipelines store repair`")
+    status = target.deploy(model_name, stable, store.storage_uri(model_name, stable), checksum, timeout_s)
+    if status.stable != stable:
+        raise ServingError(f"{model_name}: restoring stable {stable} left {status.stable or 'nothing'} serving")
+    message = f"restored stable {stable}: nothing was serving"
+    _record(store, model_name, stable, "restored", message, lambda index: None)
+    return message
+
+
+def deploy_version(target: ServingTarget, store: ModelStore, model_name: str, version: str, timeout_s: float, *, run_name: str) -> StepOutcome:
+    """Deploy a stored version: stable on the first deployment ever, else a dark candidate at 0 % traffic; record it as this run's."""
+    index = store.read_index(model_name)
+    record_checksum = index["versions"].get(version, {}).get("sha256")
     if not record_checksum:
         raise ServingError(f"{model_name} {version} is not in the store's index; save it before deploying")
     reason = not_needed(target, store, model_name, version)
     if reason:
         return StepOutcome(True, reason)
+    restored = restore_stable(target, store, model_name, timeout_s)
+    if index.get("stable") == version:
+        return StepOutcome(True, restored or f"{version} is already the stable version; nothing to deploy")
+    prefix = f"{restored}; " if restored else ""
+    _record_deployment(store, model_name, version, run_name, ATTEMPTED)
     status = target.deploy(model_name, version, store.storage_uri(model_name, version), record_checksum, timeout_s)
     if status.stable == version:
         def as_stable(index: dict) -> None:
             index["stable"] = version
             index["versions"][version]["status"] = "stable"
 
-        _record(store, model_name, version, "deployed", "first deployment: stable with all traffic", as_stable)
-        return StepOutcome(True, f"{version} is the first version served: stable at {status.url}")
+        _record_deployment(store, model_name, version, run_name, FIRST_DEPLOYMENT, as_stable, "deployed", "first deployment: stable with all traffic")
+        return StepOutcome(True, f"{prefix}{version} is the first version served: stable at {status.url}")
 
     def as_candidate(index: dict) -> None:
         replaced = index.get("candidate")
@@ -95,8 +148,8 @@ def deploy_version(target: ServingTarget, store: ModelStore, model_name: str, ve
         index["candidate"] = version
         index["versions"][version]["status"] = "candidate"
 
-    _record(store, model_name, version, "deployed", "candidate at 0 % traffic", as_candidate)
-    return StepOutcome(True, f"{version} serves as a dark candidate (0 % traffic) beside stable {status.stable}")
+    _record_deployment(store, model_name, version, run_name, CANDIDATE, as_candidate, "deployed", "candidate at 0 % traffic")
+    return StepOutcome(True, f"{prefix}{version} serves as a dark candidate (0 % traffic) beside stable {status.stable}")
 
 
 def version_endpoint(target: ServingTarget, model_name: str, version: str) -> str:
@@ -444,6 +497,7 @@ def canary_promote(
     spec: CanarySpec,
     providers: list[MetricProvider] | Callable[[], list[MetricProvider]],
     *,
+    run_name: str,
     timeout_s: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
     report_uri: str = "",
@@ -489,11 +543,11 @@ def canary_promote(
                 failures += 1
                 if failures > spec.failure_limit:
                     result.outcome, result.reason = "rolled back", f"rejected at canary-promote: {weight}% traffic, {verdict}: {detail}"
-                    rollback(target, store, model_name, version, result.reason, timeout_s, report_uri)
+                    rollback(target, store, model_name, version, result.reason, run_name=run_name, timeout_s=timeout_s, report_uri=report_uri)
                     return result
     except Exception as error:  # whatever failed, the candidate ends at 0 % and rejected
         result.outcome, result.reason = "rolled back", f"rejected at canary-promote: the step failed: {type(error).__name__}: {error}"
-        rollback(target, store, model_name, version, result.reason, timeout_s, report_uri)
+        rollback(target, store, model_name, version, result.reason, run_name=run_name, timeout_s=timeout_s, report_uri=report_uri)
         return result
     try:
         target.promote(model_name, timeout_s)
@@ -502,7 +556,7 @@ def canary_promote(
             raise
         # The target put stable back itself (gitops reverts a promotion that stopped in a later wave): reject the candidate.
         result.outcome, result.reason = "rolled back", f"rejected at canary-promote: promotion failed: {error}"
-        rollback(target, store, model_name, version, result.reason, timeout_s, report_uri)
+        rollback(target, store, model_name, version, result.reason, run_name=run_name, timeout_s=timeout_s, report_uri=report_uri)
         return result
 
     def promoted(index: dict) -> None:
@@ -518,20 +572,25 @@ def canary_promote(
 
 
 def rollback(
-    target: ServingTarget, store: ModelStore, model_name: str, version: str, reason: str, timeout_s: float = 60.0, report_uri: str = ""
+    target: ServingTarget, store: ModelStore, model_name: str, version: str, reason: str, *, run_name: str, timeout_s: float = 60.0,
+    report_uri: str = "",
 ) -> StepOutcome:
-    """Send all traffic to stable, remove the candidate and mark it rejected with ``reason`` (and its report) in the index.
+    """Undo what this run deployed of ``version`` and mark it rejected with ``reason`` (and its report); return what happened.
 
-    A stable version is only taken down when it is this model's first deployment (no other version ever served):
-    rejecting a version that already served never stops it serving.
+    A candidate this run launched is removed with all traffic back on stable; a first deployment this run created
+    stops serving. A version this run did not deploy (stable before the run, another run's candidate) is left as
+    it is: the event is recorded as "kept serving" and its status does not change.
     """
+    role = deployed_by(store.read_index(model_name), version, run_name)
+    if role is None:
+        _record(store, model_name, version, KEPT_SERVING, f"{reason} (not deployed by this run, so left as it was)", lambda index: None, report_uri)
+        status = target.status(model_name)
+        return StepOutcome(True, f"{version} was not deployed by this run and is left as it was (stable {status.stable or 'nothing'}); {reason}")
     status = target.status(model_name)
-    versions = store.read_index(model_name)["versions"]
-    first_deployment = not any(entry.get("status") in ("stable", "retired") for name, entry in versions.items() if name != version)
-    if status.candidate == version or (status.stable == version and status.candidate is None and first_deployment):
+    if status.candidate == version:
         target.rollback(model_name, timeout_s)
-    elif status.stable == version:
-        return StepOutcome(True, f"{version} keeps serving as stable; {reason}")
+    elif status.stable == version and role != CANDIDATE:
+        target.remove(model_name, version, timeout_s)
 
     def rejected(index: dict) -> None:
         if index.get("candidate") == version:
@@ -545,10 +604,22 @@ def rollback(
     return StepOutcome(True, f"{version} rejected ({reason}); stable is {after.stable or 'nothing'}")
 
 
-def make_safe(target: ServingTarget, model_name: str, timeout_s: float = 60.0) -> StepOutcome:
-    """Leave serving safe after any failure: stable serving and a remaining candidate at 0 % traffic."""
+def make_safe(target: ServingTarget, store: ModelStore, model_name: str, *, run_name: str, timeout_s: float = 60.0) -> StepOutcome:
+    """Leave serving safe after any failure: the index's stable serving (restored if nothing serves) and this run's
+    candidate at 0 % traffic; raise ``ServingError`` when stable cannot be brought back.
+    """
+    try:
+        restored = restore_stable(target, store, model_name, timeout_s)
+    except ServingError as error:
+        raise ServingError(f"{model_name}: nothing is serving and stable {store.read_index(model_name).get('stable')} could not be "
+                           f"restored: {error}") from error
     status = target.status(model_name)
+    done = [restored] if restored else []
     if status.candidate and status.candidate_percent:
-        target.set_traffic(model_name, 0, timeout_s)
-        return StepOutcome(True, f"{model_name}: candidate {status.candidate} set back to 0 % traffic; stable {status.stable} serves")
-    return StepOutcome(True, f"{model_name}: serving is safe (stable {status.stable}, candidate {status.candidate or 'none'} at {status.candidate_percent} %)")
+        if deployed_by(store.read_index(model_name), status.candidate, run_name):
+            status = target.set_traffic(model_name, 0, timeout_s)
+            done.append(f"candidate {status.candidate} set back to 0 % traffic")
+        else:
+            done.append(f"candidate {status.candidate} at {status.candidate_percent} % is another run's, left as it is")
+    summary = f"stable {status.stable or 'none'}, candidate {status.candidate or 'none'} at {status.candidate_percent} %"
+    return StepOutcome(True, f"{model_name}: {'; '.join(done) + '; ' if done else ''}serving is safe ({summary})")

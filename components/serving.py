@@ -57,7 +57,10 @@ class ServingTarget(Protocol):
         """Make the candidate the stable version with all traffic; wait until it applies."""
 
     def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Send all traffic to stable and remove the candidate (or, with no stable, stop serving); wait."""
+        """Send all traffic to stable and remove the candidate (stable is never touched); wait."""
+
+    def remove(self, model_name: str, version: str, timeout_s: float) -> ServingStatus:
+        """Stop serving the stable ``version`` of a first deployment this run created; refuse anything else; wait."""
 
     def endpoints(self, model_name: str) -> Endpoints:
         """Return the main, stable and candidate model URLs."""

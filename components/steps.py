@@ -297,7 +297,8 @@ def deploy_inference_service(
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
     gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
-    outcome = deploy_step(model_name, version, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), ready_timeout_s, options, gitops)
+    outcome = deploy_step(model_name, version, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle),
+                          ready_timeout_s, run_name, options, gitops)
     print(f"result: {outcome.message}")
     return outcome.message
 
@@ -407,7 +408,7 @@ def canary_promote(
             built.append(PrometheusProvider(PrometheusClient(prometheus_url, prometheus_ca_bundle), prometheus_window, scope=target.metric_scope(model_name)))
         return built
 
-    result = run_canary(target, store, model_name, version, spec, providers, timeout_s=ready_timeout_s, report_uri=report.uri)
+    result = run_canary(target, store, model_name, version, spec, providers, run_name=run_name, timeout_s=ready_timeout_s, report_uri=report.uri)
     with open(report.path, "w") as handle:
         handle.write(result.html())
     print(f"result: {result.outcome} ({result.reason})")
@@ -438,7 +439,7 @@ def rollback(
     reason: str,
     ready_timeout_s: float,
 ) -> str:
-    """Send all traffic to stable, remove the candidate and mark it rejected; return what happened."""
+    """Undo what this run deployed of the version (its candidate, or its failed first deployment) and reject it; return what happened."""
     from components.gitops_target import GitopsOptions, fleet_waves as checked_waves
     from components.kserve_target import KServeOptions
     from components.rollout import rollback as run_rollback
@@ -447,7 +448,7 @@ def rollback(
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
     gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
     target, store, _ = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, gitops=gitops)
-    outcome = run_rollback(target, store, model_name, version, reason, ready_timeout_s)
+    outcome = run_rollback(target, store, model_name, version, reason, run_name=run_name, timeout_s=ready_timeout_s)
     print(f"result: {outcome.message}")
     return outcome.message
 
@@ -455,6 +456,12 @@ def rollback(
 def ensure_safe_serving(
     model_name: str,
     serving_target: str,
+    model_store: str,
+    pvc_name: str,
+    s3_prefix: str,
+    s3_secret: str,
+    s3_verify: bool,
+    s3_ca_bundle: str,
     namespace: str,
     runtime: str,
     deployment_mode: str,
@@ -468,15 +475,17 @@ def ensure_safe_serving(
     run_name: str,
     ready_timeout_s: float,
 ) -> str:
-    """Exit handler: whatever failed, leave stable serving and any candidate at 0 %; return the state."""
+    """Exit handler: whatever failed, leave the stored stable serving (restored if nothing serves) and this run's candidate at 0 %; return the state."""
     from components.gitops_target import GitopsOptions, fleet_waves as checked_waves
     from components.kserve_target import KServeOptions
     from components.rollout import make_safe
-    from components.workflow import target_from_environment
+    from components.workflow import StoreOptions, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
     gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
-    outcome = make_safe(target_from_environment(serving_target, options, gitops=gitops), model_name, ready_timeout_s)
+    target, store, _ = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle),
+                                       options, gitops=gitops)
+    outcome = make_safe(target, store, model_name, run_name=run_name, timeout_s=ready_timeout_s)
     print(f"result: {outcome.message}")
     return outcome.message
 

@@ -138,16 +138,16 @@ def probe_sample_from(validation_path: str, model_name: str):
 
 
 def deploy_step(
-    model_name: str, version: str, serving_target: str, store_options: StoreOptions, timeout_s: float,
+    model_name: str, version: str, serving_target: str, store_options: StoreOptions, timeout_s: float, run_name: str,
     options: KServeOptions | None = None, gitops: GitopsOptions | None = None,
 ) -> StepOutcome:
-    """Deploy a stored version; if serving refuses it, reject it in the index (stable keeps serving) and re-raise."""
+    """Deploy a stored version as this run's; if serving refuses it, undo what this run deployed, reject it and re-raise."""
     target, store, _ = serving_context(model_name, serving_target, store_options, options, gitops=gitops)
     try:
-        return deploy_version(target, store, model_name, version, timeout_s)
+        return deploy_version(target, store, model_name, version, timeout_s, run_name=run_name)
     except ServingError as error:
         if version in store.read_index(model_name)["versions"]:
-            rollback(target, store, model_name, version, f"rejected at deploy-inference-service: {error}")
+            rollback(target, store, model_name, version, f"rejected at deploy-inference-service: {error}", run_name=run_name, timeout_s=timeout_s)
         raise
 
 

@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 from kfp import local
 
 from components.local_serving import LocalTarget
+from components.rollout import KEPT_SERVING
 from components.run_parameters import check as check_run_parameters
 from components.serving import ServingStatus
 from components.contract import MODEL_NAMES
@@ -220,7 +221,8 @@ def run_local(
     log_path = (state_dir / "logs" / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
     try:
         store = open_run_store(arguments, state_dir)
-        before = store.read_index(model_name)["versions"]
+        before_index = store.read_index(model_name)
+        before = before_index["versions"]
     except StoreError as error:
         return RunSummary(model_name, succeeded=False, outcome=f"failed at start: {error}", error=str(error))
     summary = RunSummary(model_name, succeeded=False, log=str(log_path))
@@ -240,15 +242,25 @@ def run_local(
     }
     version = str(arguments["version"]) if pipeline == ROLLOUT else (summary.new_versions or [None])[-1]
     summary.version = version or ""
-    summary.kind, summary.outcome, summary.report = _outcome(summary, index, before, version, evaluation_report)
+    new_events = index.get("history", [])[len(before_index.get("history", [])):]
+    summary.kind, summary.outcome, summary.report = _outcome(summary, index, before, version, evaluation_report, new_events)
     summary.champion = champion_version(index)
     summary.serving = local_target(state_dir).status(model_name)
     summary.store_location = store.location
     return summary
 
 
-def _outcome(summary: RunSummary, index: dict, before: dict, version: str | None, evaluation_report: str) -> tuple[str, str, str]:
-    """Return (kind, row text, report path) saying what happened to the run's new (or rolled-out) version."""
+def _outcome(summary: RunSummary, index: dict, before: dict, version: str | None, evaluation_report: str,
+             new_events: list[dict]) -> tuple[str, str, str]:
+    """Return (kind, row text, report path) saying what happened to the run's new (or rolled-out) version (and any restore)."""
+    kind, text, report = _version_outcome(summary, index, before, version, evaluation_report, new_events)
+    restored = [event["detail"] for event in new_events if event["event"] == "restored"]
+    return kind, "; ".join([text, *restored]), report
+
+
+def _version_outcome(summary: RunSummary, index: dict, before: dict, version: str | None, evaluation_report: str,
+                     new_events: list[dict]) -> tuple[str, str, str]:
+    """Return (kind, row text, report path) for the run's new (or rolled-out) version alone."""
     if summary.error:
         return FAILED, summary.error, summary.log
     if version is None:
@@ -259,6 +271,9 @@ def _outcome(summary: RunSummary, index: dict, before: dict, version: str | None
     report = reports[-1] if reports else evaluation_report
     status = entry.get("status")
     if status == "stable":
+        kept = [event["detail"] for event in new_events if event["event"] == KEPT_SERVING and event.get("version") == version]
+        if kept:
+            return HELD_BACK, f"{version} stays stable and serving, but this run's check failed: {kept[-1]}", report
         if before.get(version, {}).get("status") == "stable":
             return NOT_NEEDED, f"{version} already stable: nothing to roll out", report
         events = {event["event"] for event in index.get("history", []) if event.get("version") == version}

@@ -198,7 +198,7 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
 def _exit_task(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
     """Return the exit task that leaves serving safe whatever happened."""
     return _with_gitops_credentials(_side_effect(
-        ops.ensure_safe_serving(run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_serving(model_name, p))
+        ops.ensure_safe_serving(run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_serving(model_name, p), **_store(p)), p
     ), p).set_display_name("Leave serving safe")
 
 

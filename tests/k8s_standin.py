@@ -236,7 +236,7 @@ class KubeStandIn(LoopbackCluster):
         self.runtime: dict[tuple[str, str], dict] = {}
         self.requests: list[tuple[str, str, str]] = []
         self.writes: list[dict] = []
-        self.faults: list[tuple[str, int]] = []
+        self.faults: list[tuple[str, int, Callable[[dict | None], bool]]] = []
         self.failing_revisions = ""  # when set, every predictor revision started from now on fails with this message
         self.held: set[str] = set()  # InferenceService names the controller leaves unreconciled for now (a slow controller)
         self.lock = threading.RLock()
@@ -257,10 +257,10 @@ class KubeStandIn(LoopbackCluster):
                 self._stop_runtime(state)
             self.runtime.clear()
 
-    def inject(self, method: str, status: int) -> None:
-        """Answer the next ``method`` request with ``status`` (once)."""
+    def inject(self, method: str, status: int, when: Callable[[dict | None], bool] = lambda body: True) -> None:
+        """Answer the next ``method`` request whose body satisfies ``when`` with ``status`` (once)."""
         with self.lock:
-            self.faults.append((method, status))
+            self.faults.append((method, status, when))
 
     def change_before_next_patch(self, name: str, patch: dict) -> None:
         """Apply ``patch`` as another writer would, between the client's GET of ``name`` and its next PATCH (once)."""
@@ -288,7 +288,7 @@ class KubeStandIn(LoopbackCluster):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 with standin.lock:
-                    fault = next((f for f in standin.faults if f[0] == method), None)
+                    fault = next((f for f in standin.faults if f[0] == method and f[2](body)), None)
                     if fault:
                         standin.faults.remove(fault)
                 if fault:

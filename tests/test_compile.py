@@ -12,7 +12,7 @@ FILES = ["anomaly-detector-retrain.yaml", "predictive-analytics-retrain.yaml", "
 EXECUTOR_COUNTS = {FILES[0]: 10, FILES[1]: 10, FILES[2]: 7}
 # Never cached and time-bounded: every task but train (validate-parameters must run on every run too).
 SIDE_EFFECTS = ("validate", "ingest", "evaluate", "save", "deploy", "smoke", "canary", "rollback", "ensure-safe")
-STORE_USERS = {"evaluate", "save", "deploy", "smoke", "canary", "rollback"}
+STORE_USERS = {"evaluate", "save", "deploy", "smoke", "canary", "rollback", "ensure-safe"}
 
 
 def load(name: str) -> list[dict]:

@@ -23,6 +23,7 @@ from kubernetes.client.rest import ApiException
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.ingest import IngestRequest, ingest
 from components.kserve_target import KServeOptions, KServeTarget
+from components.serving import ServingError
 from components.storage import FilesystemStore
 from components.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics
 from tests.conftest import REPO, logged, run_cli
@@ -458,7 +459,78 @@ def test_rolling_out_the_stable_version_again_is_a_no_op_even_when_writes_fail(k
     after = project.isvc(ANOMALY_DETECTOR)
     assert after is not None and after["spec"] == before["spec"] and after["metadata"]["generation"] == before["metadata"]["generation"]
     assert project.index(ANOMALY_DETECTOR)["versions"][stable]["status"] == "stable"
+    assert [fault[:2] for fault in knative_cluster.standin.faults] == [("PATCH", 422)], "the no-op wrote nothing, so the fault is still pending"
     knative_cluster.standin.faults.clear()
+
+
+def deletes(project: Project) -> list:
+    """Return the DELETE requests sent to the project's namespace."""
+    return [request for request in project.cluster.standin.requests if request[0] == "DELETE" and f"/namespaces/{project.namespace}/" in request[1]]
+
+
+def test_faults_while_rolling_out_the_stable_version_never_take_it_down(knative_cluster, models):
+    project, before = knative_project(knative_cluster, models)
+    standin, stable = knative_cluster.standin, before["metadata"]["annotations"]["model-pipelines.io/stable-version"]
+    for _ in range(6):  # every retry of the deploy step's first read fails
+        standin.inject("GET", 503)
+    unreadable = project.rollout(ANOMALY_DETECTOR, stable)
+    assert standin.faults == [], "all six 503s were answered"
+    assert unreadable.returncode == 1 and "cannot read InferenceService" in unreadable.stdout, unreadable.stdout[-3000:]
+    slow = project.rollout(ANOMALY_DETECTOR, stable, "--param", "max_p95_latency_ms=0.001")
+    assert slow.returncode == 3, slow.stdout[-3000:]
+    assert f"{stable} stays stable and serving, but this run's check failed: rejected at smoke-test: p95 latency" in slow.stdout
+    index = project.index(ANOMALY_DETECTOR)
+    assert index["stable"] == stable and index["versions"][stable]["status"] == "stable"
+    assert [event["event"] for event in index["history"]].count("kept serving") == 2
+    assert deletes(project) == [], "no DELETE was sent"
+    after = project.isvc(ANOMALY_DETECTOR)
+    assert after["spec"] == before["spec"] and after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert requests.post(main_url(project) + ":predict", json=FALLBACK, timeout=10).json()["predictions"] == [1]
+
+
+def test_a_first_deployment_that_fails_its_smoke_test_is_deleted_because_this_run_created_it(knative_cluster, models):
+    project = new_project(knative_cluster)
+    v1 = project.store_version(ANOMALY_DETECTOR, models["detector"](1))
+    result = project.rollout(ANOMALY_DETECTOR, v1, "--param", "deployment_mode=Serverless", "--param", "max_p95_latency_ms=0.001")
+    assert result.returncode == 3, result.stdout[-3000:]
+    created = next(write for write in project.cluster.standin.writes
+                   if write["metadata"]["namespace"] == project.namespace and write["metadata"]["name"] == ANOMALY_DETECTOR)
+    assert created["metadata"]["annotations"]["model-pipelines.io/created-by-run"].startswith("model-rollout-")
+    assert [path.rsplit("/", 1)[1] for _, path, _ in deletes(project)] == [ANOMALY_DETECTOR]
+    assert project.isvc(ANOMALY_DETECTOR) is None
+    index = project.index(ANOMALY_DETECTOR)
+    assert index["stable"] is None and index["versions"][v1]["status"] == "rejected" and "p95 latency" in index["versions"][v1]["rejected_reason"]
+
+
+def test_another_runs_inference_service_is_never_deleted(knative_cluster, models):
+    project, before = knative_project(knative_cluster, models)
+    stable = before["metadata"]["annotations"]["model-pipelines.io/stable-version"]
+    target = KServeTarget(KServeOptions(namespace=project.namespace, run_name="some-later-run"), api=client.CustomObjectsApi(
+        config.new_client_from_config(knative_cluster.env["KUBECONFIG"])))
+    with pytest.raises(ServingError, match="was not created by this run .*oc delete isvc anomaly-detector"):
+        target.remove(ANOMALY_DETECTOR, stable, 10)
+    assert target.rollback(ANOMALY_DETECTOR, 10).stable == stable, "with no candidate, rollback changes nothing"
+    assert deletes(project) == [] and project.isvc(ANOMALY_DETECTOR)["metadata"]["generation"] == before["metadata"]["generation"]
+
+
+def test_a_failed_traffic_patch_rolls_back_only_this_runs_candidate(knative_cluster, models):
+    project, before = knative_project(knative_cluster, models)
+    standin, stable = knative_cluster.standin, before["metadata"]["annotations"]["model-pipelines.io/stable-version"]
+    version = project.store_version(ANOMALY_DETECTOR, models["detector"](6))
+
+    def shifts_traffic(body: dict | None) -> bool:
+        return bool(body) and (body.get("spec", {}).get("predictor") or {}).get("canaryTrafficPercent") == 10
+
+    for _ in range(6):
+        standin.inject("PATCH", 503, shifts_traffic)
+    result = project.rollout(ANOMALY_DETECTOR, version)
+    assert standin.faults == [], "every traffic PATCH was answered 503"
+    assert result.returncode == 3, result.stdout[-3000:]
+    entry = project.index(ANOMALY_DETECTOR)["versions"][version]
+    assert entry["status"] == "rejected" and entry["rejected_reason"].startswith("rejected at canary-promote: the step failed") and "503" in entry["rejected_reason"]
+    assert project.index(ANOMALY_DETECTOR)["stable"] == stable and deletes(project) == []
+    after = project.isvc(ANOMALY_DETECTOR)
+    assert after["spec"] == before["spec"] and after["metadata"]["annotations"]["model-pipelines.io/stable-version"] == stable
 
 
 def test_serving_runtime_manifest_matches_the_published_crds():

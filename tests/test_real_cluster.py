@@ -25,6 +25,7 @@ def test_deploy_predict_and_remove_on_a_real_cluster():
     target = KServeTarget(KServeOptions(
         namespace=os.environ["MODEL_PIPELINES_E2E_NAMESPACE"], runtime=os.environ.get("MODEL_PIPELINES_E2E_RUNTIME", ""),
         deployment_mode=os.environ.get("MODEL_PIPELINES_E2E_MODE", "auto"), endpoint=os.environ.get("MODEL_PIPELINES_E2E_ENDPOINT", ""),
+        run_name="model-pipelines-e2e-test",
     ))
     if target.status(name).stable:
         pytest.skip(f"{name} already serves in that namespace; use an empty namespace for this test")
@@ -34,5 +35,5 @@ def test_deploy_predict_and_remove_on_a_real_cluster():
         answer = requests.post(f"{target.endpoints(name).main}:predict", json={"instances": [fallback_instance()]}, timeout=60)
         assert answer.status_code == 200 and answer.json()["predictions"] in ([1], [-1])
     finally:
-        target.rollback(name, timeout_s=600)
+        target.remove(name, "e2e", timeout_s=600)
     assert target.status(name).stable is None

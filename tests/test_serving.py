@@ -301,22 +301,66 @@ def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_z
     assert served_versions(url) == {stable}, "after the exit handler no live request reaches the candidate"
 
 
-def test_exit_handler_takes_a_live_candidate_back_to_zero(served, training):
+def test_exit_handler_takes_only_its_own_runs_live_candidate_back_to_zero(served, training):
     from components.local_serving import LocalTarget
-    from components.rollout import make_safe
+    from components.rollout import deploy_version, make_safe, rollback
 
     state, store = served
     target = LocalTarget(state / "serving", state / "store")
     stable = target.status(ANOMALY_DETECTOR).stable
     version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=11)).estimator, state)
-    target.deploy(ANOMALY_DETECTOR, version, store.storage_uri(ANOMALY_DETECTOR, version), store.read_index(ANOMALY_DETECTOR)["versions"][version]["sha256"], 60)
+    deploy_version(target, store, ANOMALY_DETECTOR, version, 60, run_name="run-a")
     target.set_traffic(ANOMALY_DETECTOR, 50, 10)
     url = status(state)["url"]
     assert served_versions(url) == {stable, version}, "half the live traffic reaches the candidate before"
-    outcome = make_safe(target, ANOMALY_DETECTOR)
-    assert "set back to 0 % traffic" in outcome.message
+    elsewhere = make_safe(target, store, ANOMALY_DETECTOR, run_name="run-b")
+    assert f"candidate {version} at 50 % is another run's, left as it is" in elsewhere.message
+    assert target.status(ANOMALY_DETECTOR).candidate_percent == 50
+    not_ours = rollback(target, store, ANOMALY_DETECTOR, version, "run-b's check failed", run_name="run-b")
+    assert "was not deployed by this run" in not_ours.message and target.status(ANOMALY_DETECTOR).candidate == version
+    assert store.read_index(ANOMALY_DETECTOR)["versions"][version]["status"] == "candidate"
+    outcome = make_safe(target, store, ANOMALY_DETECTOR, run_name="run-a")
+    assert f"candidate {version} set back to 0 % traffic" in outcome.message
     assert served_versions(url) == {stable}, "and none after"
-    target.rollback(ANOMALY_DETECTOR, 30)
+    rollback(target, store, ANOMALY_DETECTOR, version, "test over", run_name="run-a")
+    assert target.status(ANOMALY_DETECTOR).candidate is None and store.read_index(ANOMALY_DETECTOR)["versions"][version]["status"] == "rejected"
+
+
+def test_a_failed_smoke_test_of_the_stable_version_keeps_it_stable_and_serving(served):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    result = run_cli("rollout", ANOMALY_DETECTOR, "--version", stable, "--local", "--state-dir", str(state), *FAST,
+                     "--param", "max_p95_latency_ms=0.001")
+    assert result.returncode == 3, result.stdout[-3000:]
+    index = store.read_index(ANOMALY_DETECTOR)
+    smoke = [event["detail"] for event in index["history"] if event["version"] == stable and event["event"] == "smoke-tested"]
+    assert "p95 latency" in smoke[-1], "the smoke test failed"
+    assert index["history"][-1]["event"] == "kept serving" and index["stable"] == stable and index["versions"][stable]["status"] == "stable"
+    assert f"{stable} stays stable and serving, but this run's check failed: rejected at smoke-test: p95 latency" in result.stdout
+    assert status(state)["stable"] == stable
+    assert requests.post(f"{status(state)['url']}:predict", json=FALLBACK, timeout=10).json()["predictions"] == [1]
+
+
+def test_a_run_brings_stable_back_when_nothing_serves_or_fails_saying_why(served):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    run_cli("serve", "stop", "--state-dir", str(state))
+    assert json.loads(run_cli("serve", "status", "--json", "--state-dir", str(state)).stdout) == {}, "nothing serves"
+    model_file = state / "store" / ANOMALY_DETECTOR / stable / "model.pkl"
+    good = model_file.read_bytes()
+    model_file.write_bytes(good + b"\0")
+    try:
+        broken = run_cli("rollout", ANOMALY_DETECTOR, "--version", stable, "--local", "--state-dir", str(state), *FAST)
+    finally:
+        model_file.write_bytes(good)
+    assert broken.returncode == 1, broken.stdout[-3000:]
+    assert f"nothing is serving and stable {stable} could not be restored" in broken.stdout and "does not match" in broken.stdout
+    assert store.read_index(ANOMALY_DETECTOR)["versions"][stable]["status"] == "stable"
+    restored = run_cli("rollout", ANOMALY_DETECTOR, "--version", stable, "--local", "--state-dir", str(state), *FAST)
+    assert restored.returncode == 0, restored.stdout[-3000:]
+    assert f"restored stable {stable}: nothing was serving" in restored.stdout[restored.stdout.rindex("Summary"):]
+    assert status(state)["stable"] == stable
+    assert requests.post(f"{status(state)['url']}:predict", json=FALLBACK, timeout=10).json()["predictions"] == [1]
 
 
 def test_serve_stop_never_signals_a_recycled_pid(tmp_path):

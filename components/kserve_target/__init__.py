@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from components.kserve_target.api import (
-    KNATIVE, MODE_ANNOTATION, STANDARD, STRATEGY_ANNOTATION, InferenceServiceApi, backend_annotations, conditions_text, is_ready,
+    CREATED_BY_RUN_ANNOTATION, KNATIVE, MODE_ANNOTATION, STANDARD, STRATEGY_ANNOTATION, InferenceServiceApi, backend_annotations, conditions_text, is_ready,
     normalized_mode, not_owned_error, owned_by, recorded_backend,
 )
 from components.kserve_target.candidate_isvc import CandidateIsvcStrategy
@@ -180,16 +180,26 @@ class KServeTarget:
         return self.status(model_name)
 
     def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Send all traffic to stable and remove the candidate so the spec matches what serves; no stable: delete."""
+        """Send all traffic to stable and remove the candidate so the spec matches what serves; never delete the service."""
+        main = self.api.get(model_name)
+        if main is None or recorded_backend(main, "candidate") is None:
+            return self.status(model_name)
+        self.strategy_for(main).rollback(main, recorded_backend(main, "stable"), timeout_s)
+        return self.status(model_name)
+
+    def remove(self, model_name: str, version: str, timeout_s: float) -> ServingStatus:
+        """Delete the InferenceService of a failed first deployment, only when this run created it and it serves ``version``."""
         main = self.api.get(model_name)
         if main is None:
             return self.status(model_name)
-        stable, candidate = recorded_backend(main, "stable"), recorded_backend(main, "candidate")
-        if candidate is None:
-            # A first deployment that failed: nothing serves rather than something wrong.
-            self.api.delete(model_name, model_name)
-            return self.status(model_name)
-        self.strategy_for(main).rollback(main, stable, timeout_s)
+        stable = recorded_backend(main, "stable")
+        creator = main["metadata"].get("annotations", {}).get(CREATED_BY_RUN_ANNOTATION, "")
+        if not self.options.run_name or creator != self.options.run_name:
+            raise ServingError(f"InferenceService {self.namespace}/{model_name} was not created by this run (created by "
+                               f"{creator or 'someone else'}), so it is left serving; delete it with `oc delete isvc {model_name}` if it must go")
+        if not stable or stable["version"] != version:
+            raise ServingError(f"InferenceService {self.namespace}/{model_name} serves {stable and stable['version']}, not {version}; it is left serving")
+        self.api.delete(model_name, model_name)
         return self.status(model_name)
 
     def traffic_strategy(self, model_name: str) -> str:

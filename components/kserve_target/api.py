@@ -17,6 +17,7 @@ PREFIX = "model-pipelines.io"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 STRATEGY_ANNOTATION = f"{PREFIX}/rollout-strategy"
+CREATED_BY_RUN_ANNOTATION = f"{PREFIX}/created-by-run"  # set once, when a run creates the InferenceService
 # KServe 0.20 renamed the modes; the old names stay accepted as aliases and are normalised in status.
 KNATIVE, STANDARD = "Knative", "Standard"
 MODE_ALIASES = {"Serverless": KNATIVE, "Knative": KNATIVE, "RawDeployment": STANDARD, "Standard": STANDARD}

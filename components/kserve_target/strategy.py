@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from components.kserve_target.api import (
-    GROUP, MODE_ANNOTATION, PREFIX, STRATEGY_ANNOTATION, TAG_ROUTING_ANNOTATION, VERSION, InferenceServiceApi, backend_annotations,
+    CREATED_BY_RUN_ANNOTATION, GROUP, MODE_ANNOTATION, PREFIX, STRATEGY_ANNOTATION, TAG_ROUTING_ANNOTATION, VERSION, InferenceServiceApi, backend_annotations,
     model_env,
 )
 from components.serving import Endpoints, ServingError, model_url
@@ -92,7 +92,7 @@ class RolloutStrategy:
         if mode:
             annotations[MODE_ANNOTATION] = mode
         if self.options.run_name:
-            annotations[f"{PREFIX}/pipeline-run"] = self.options.run_name
+            annotations[f"{PREFIX}/pipeline-run"] = annotations[CREATED_BY_RUN_ANNOTATION] = self.options.run_name
         return {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "InferenceService",
