@@ -53,7 +53,8 @@ def _record(
     """Apply ``change`` to the index and append a history event (with the URI of the step's report, when there is one)."""
 
     def apply(index: dict) -> None:
-        index["versions"].setdefault(version, {})
+        if version not in index["versions"]:
+            raise StoreError(f"{model_name} {version} is not in the store's index, and only a save creates versions; nothing recorded")
         change(index)
         index["history"].append({"at": utc_now(), "event": event, "version": version, "detail": detail, **({"report": report} if report else {})})
 

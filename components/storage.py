@@ -5,12 +5,16 @@
     <root>/<model>/v<N>/model.pkl      the stock sklearn pickle
     <root>/<model>/v<N>/version.json   that version's immutable record (sha256, metrics, parameters, ...)
     <root>/<model>/metadata.json       the index: versions, stable and candidate pointers, history
+
+Only ``save_version`` adds a version to the index, and the index's sha256 is what vouches for a version's bytes
+(never the version.json beside them). Files are opened one path component at a time without following links.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import io
@@ -33,6 +37,7 @@ BACKUP_SUFFIX = ".last-good"
 QUARANTINE_DIR = ".quarantine"
 STALE_STAGING_S = 3600
 VERSION_PATTERN = re.compile(r"^v([1-9][0-9]*)$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_PVC = "model-storage-pvc"
 DEFAULT_STORE_ROOT = "/mnt/models"
 MODEL_FILENAME = "model.pkl"  # the one file the stock sklearn runtime loads from a version directory
@@ -41,6 +46,14 @@ TRAINING_FILENAME = "training.json"  # beside model.pkl in a trained Model artif
 
 class StoreError(RuntimeError):
     """A store operation failed; the message names what and how to fix it."""
+
+
+class ChecksumMismatch(StoreError):
+    """A version's model.pkl or record does not match the sha256 its index entry holds."""
+
+
+class LinkRefused(StoreError):
+    """A path in the store is a symbolic link (or would leave the store), which the store never follows."""
 
 
 @dataclass(frozen=True)
@@ -59,22 +72,78 @@ def parse_json(data: bytes | str, where: str, model_name: str) -> dict:
     try:
         parsed = json.loads(data)
     except ValueError as error:
-        raise StoreError(f"{where} is damaged ({error}); run `model-pipelines store repair {model_name}` to rebuild it from the "
-                         "version records (nothing is deleted)") from None
+        raise StoreError(f"{where} is damaged ({error}); run `model-pipelines store repair {model_name}`: it restores the index's "
+                         "last good copy and quarantines the versions it cannot vouch for (nothing is deleted)") from None
     if not isinstance(parsed, dict):
         raise StoreError(f"{where} is damaged (not a JSON object); run `model-pipelines store repair {model_name}`")
     return parsed
 
 
-def checked_bytes(data: bytes, model_name: str, version: str, record_sha256: str, index_sha256: str | None) -> bytes:
-    """Return ``data`` if its sha256 matches the record's and the index's, else raise StoreError saying which differs."""
+def index_shape_problem(index: dict) -> str | None:
+    """Return what keeps ``index`` from being a model index (versions, history, pointers of the right types), or None."""
+    versions = index.get("versions")
+    if not isinstance(versions, dict):
+        return "'versions' is missing or not an object"
+    for version, entry in versions.items():
+        if not VERSION_PATTERN.match(version):
+            return f"{version!r} in 'versions' is not a version name"
+        if not isinstance(entry, dict):
+            return f"the entry of {version} is not an object"
+    if not isinstance(index.get("history"), list):
+        return "'history' is missing or not a list"
+    for pointer in ("stable", "candidate"):
+        if index.get(pointer) is not None and not VERSION_PATTERN.match(str(index[pointer])):
+            return f"'{pointer}' is not a version name"
+    return None
+
+
+def parse_index(data: bytes | str, where: str, model_name: str) -> dict:
+    """Return the index in ``data`` or raise StoreError naming ``where``, what is wrong and the repair command."""
+    index = parse_json(data, where, model_name)
+    problem = index_shape_problem(index)
+    if problem:
+        raise StoreError(f"{where} is not a model index ({problem}); run `model-pipelines store repair {model_name}` to restore "
+                         "its last good copy (nothing is deleted)")
+    return index
+
+
+def check_index_change(model_name: str, listed_before: set[str], after: dict, saved_version: str | None = None) -> None:
+    """Raise StoreError unless ``after`` is a well-formed index that lists no new version but ``saved_version``."""
+    problem = index_shape_problem(after)
+    if problem:
+        raise StoreError(f"{model_name}: refusing to write an index that is not well formed ({problem})")
+    added = set(after["versions"]) - listed_before - {saved_version}
+    if added:
+        raise StoreError(f"{model_name}: refusing to add {', '.join(sorted(added))} to the index: only a save creates versions")
+
+
+def listed_sha256(index: dict, model_name: str, version: str) -> str:
+    """Return the sha256 the index holds for ``version``; a bad name or a version it does not list is a StoreError."""
+    version_number(version)
+    entry = index["versions"].get(version)
+    if entry is None:
+        raise StoreError(f"{model_name} {version} is not in the index, and only a save creates versions: nothing vouches for it "
+                         f"(`model-pipelines store list {model_name}` shows the versions; `store repair` quarantines what the index does not list)")
+    sha256 = entry.get("sha256")
+    if not isinstance(sha256, str) or not SHA256_PATTERN.match(sha256):
+        raise StoreError(f"{model_name} {version}: its index entry holds no sha256, so nothing vouches for its bytes; "
+                         f"run `model-pipelines store repair {model_name}` to quarantine it")
+    return sha256
+
+
+def checked_bytes(data: bytes, model_name: str, version: str, index_sha256: str, record_sha256: str | None) -> bytes:
+    """Return ``data`` if its sha256 is the index's and the record repeats it, else raise ChecksumMismatch saying which differs."""
     actual = hashlib.sha256(data).hexdigest()
-    if actual != record_sha256:
-        raise StoreError(f"{model_name} {version}: model.pkl has sha256 {actual[:12]}… but the record says {record_sha256[:12]}…; "
-                         "the file was changed or corrupted after it was saved: do not serve it, save a new version instead")
-    if index_sha256 and actual != index_sha256:
-        raise StoreError(f"{model_name} {version}: model.pkl and its record agree on sha256 {actual[:12]}… but the index says "
-                         f"{index_sha256[:12]}…: both were replaced after the save; do not serve it, run `model-pipelines store verify`")
+    fix = f"do not serve it; `model-pipelines store repair {model_name}` quarantines it (nothing is deleted)"
+    if actual != index_sha256 and actual == record_sha256:
+        raise ChecksumMismatch(f"{model_name} {version}: model.pkl and its record agree on sha256 {actual[:12]}… but the index says "
+                               f"{index_sha256[:12]}…: both were replaced after the save; {fix}")
+    if actual != index_sha256:
+        raise ChecksumMismatch(f"{model_name} {version}: model.pkl has sha256 {actual[:12]}… but the record says {(record_sha256 or '-')[:12]}… "
+                               f"and the index {index_sha256[:12]}…: the file was changed or corrupted after it was saved; {fix}")
+    if record_sha256 != index_sha256:
+        raise ChecksumMismatch(f"{model_name} {version}: version.json says sha256 {(record_sha256 or '-')[:12]}… but model.pkl and the "
+                               f"index agree on {actual[:12]}…: the record was changed after the save; {fix}")
     return data
 
 
@@ -120,7 +189,7 @@ class ModelStore(Protocol):
         """Return the model's index (an empty one when nothing is stored)."""
 
     def update_index(self, model_name: str, change: Callable[[dict], None]) -> dict:
-        """Apply ``change`` to the index under concurrency control and return the new index."""
+        """Apply ``change`` to the index under concurrency control and return the new index (it may add no version)."""
 
     def storage_uri(self, model_name: str, version: str) -> str:
         """Return the storageUri KServe uses to load a version."""
@@ -133,21 +202,6 @@ class ModelStore(Protocol):
 def index_entry(record: dict) -> dict:
     """Return the index entry of a freshly saved version from its record."""
     return {"status": "stored", "sha256": record["sha256"], "saved_at": record.get("saved_at", ""), "run_name": record.get("run_name", "")}
-
-
-def repair_index(index: dict, stored: list[str], read_record: Callable[[str], dict]) -> None:
-    """Add index entries for complete versions a crashed save left unindexed (the index is always written last).
-
-    A version whose record cannot be read is left out, so one damaged record never blocks the index; ``store
-    verify`` names it and ``store repair`` quarantines it.
-    """
-    for version in stored:
-        if version not in index["versions"]:
-            try:
-                index["versions"][version] = index_entry(read_record(version))
-            except StoreError:
-                continue
-            index["history"].append({"at": utc_now(), "event": "repaired", "version": version})
 
 
 def load_model(store: ModelStore, model_name: str, version: str) -> object:
@@ -200,12 +254,16 @@ class FilesystemStore:
         return str(self.root.resolve())
 
     def model_dir(self, model_name: str) -> Path:
-        """Return the directory holding a model's versions and index."""
+        """Return the directory holding a model's versions and index; a symbolic link there is refused."""
         schema_for(model_name)
-        return self.root / model_name
+        directory = self.root / model_name
+        if directory.is_symlink():
+            raise LinkRefused(f"{directory} is a symbolic link, which the store never follows: put the model's real directory there")
+        return directory
 
     def storage_uri(self, model_name: str, version: str) -> str:
         """Return ``pvc://<pvc>/<model>/<version>``."""
+        version_number(version)
         return f"pvc://{self.pvc_name}/{model_name}/{version}"
 
     def version_dir(self, model_name: str, version: str) -> Path:
@@ -214,42 +272,74 @@ class FilesystemStore:
         return self.model_dir(model_name) / version
 
     def stored_versions(self, model_name: str) -> list[str]:
-        """Return the complete versions on disk, oldest first (staging directories are never listed)."""
+        """Return the version directories on disk, links included so that verify and repair see them, oldest first."""
         directory = self.model_dir(model_name)
         if not directory.is_dir():
             return []
-        names = [entry.name for entry in directory.iterdir() if VERSION_PATTERN.match(entry.name) and entry.is_dir()]
+        with os.scandir(directory) as entries:
+            names = [entry.name for entry in entries
+                     if VERSION_PATTERN.match(entry.name) and (entry.is_symlink() or entry.is_dir(follow_symlinks=False))]
         return sorted(names, key=version_number)
 
+    def _open_inside(self, model_name: str, *parts: str) -> int:
+        """Return a read-only descriptor of ``<root>/<model>/<parts>``, opened one component at a time following no link."""
+        names = (self.model_dir(model_name).name, *parts)
+        descriptor = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for position, name in enumerate(names):
+                if name in ("", ".", "..") or "/" in name:
+                    raise LinkRefused(f"{name!r} would leave the model's directory in {self.root}; the store reads only its own files")
+                last = position == len(names) - 1
+                try:
+                    child = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | (0 if last else os.O_DIRECTORY), dir_fd=descriptor)
+                except OSError as error:
+                    path = self.root.joinpath(*names[:position + 1])
+                    if error.errno in (errno.ELOOP, errno.ENOTDIR) and path.is_symlink():
+                        raise LinkRefused(f"{path} is a symbolic link, which the store never follows; run "
+                                          f"`model-pipelines store repair {model_name}` to quarantine it (nothing is deleted)") from None
+                    raise
+                os.close(descriptor)
+                descriptor = child
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return descriptor
+
+    def _read_inside(self, model_name: str, *parts: str) -> bytes:
+        """Return the bytes of the file ``<root>/<model>/<parts>``, following no link."""
+        with os.fdopen(self._open_inside(model_name, *parts), "rb") as handle:
+            return handle.read()
+
     def save_version(self, model_name: str, model_file: Path, record: dict) -> StoredVersion:
-        """Copy ``model_file`` into a staging directory, then rename it to the next free v<N>, then index it."""
+        """Copy ``model_file`` into a staging directory; under the index lock, rename it to the next free v<N> and index it."""
         directory = self.model_dir(model_name)
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create {directory}: {error}; is the model-storage PVC mounted and writable?") from error
-        self.read_index(model_name)  # a damaged index fails the save before anything is published
         staging = directory / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
             shutil.copyfile(model_file, staging / MODEL_FILENAME)
             checksum = sha256_file(staging / MODEL_FILENAME)
             full_record = {**record, "sha256": checksum, "saved_at": utc_now()}
-            version = self._publish(model_name, staging, full_record)
+            # Publishing and indexing under one lock: ``store repair`` never sees a saved version its index does not list yet.
+            with self.index_lock(model_name):
+                self.read_index(model_name)  # a damaged index fails the save before anything is published
+                version = self._publish(model_name, staging, full_record)
+
+                def add_entry(index: dict) -> None:
+                    index["versions"][version] = index_entry(full_record)
+                    index["history"].append({"at": utc_now(), "event": "saved", "version": version})
+
+                try:
+                    self._update_index_locked(model_name, add_entry, saved_version=version)
+                except Exception:
+                    self.quarantine(model_name, version, reason="failed-save")  # never leave a version visible without its index entry
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        stored = StoredVersion(model_name, version, checksum, self.storage_uri(model_name, version), str(directory / version))
-
-        def add_entry(index: dict) -> None:
-            index["versions"][version] = index_entry(full_record)
-            index["history"].append({"at": utc_now(), "event": "saved", "version": version})
-
-        try:
-            self.update_index(model_name, add_entry)
-        except Exception:
-            self.quarantine(model_name, version, reason="failed-save")  # never leave a version visible without its index entry
-            raise
-        return stored
+        return StoredVersion(model_name, version, checksum, self.storage_uri(model_name, version), str(directory / version))
 
     def _publish(self, model_name: str, staging: Path, record: dict) -> str:
         """Finish the staging directory and rename it to the first free v<N>; return N's name."""
@@ -264,7 +354,7 @@ class FilesystemStore:
             target = self.model_dir(model_name) / version
             try:
                 # rename(2) of a directory fails when the target exists and is not empty: the atomic claim of vN.
-                if target.exists():
+                if os.path.lexists(target):
                     raise FileExistsError(target)
                 os.rename(staging, target)
             except OSError:
@@ -276,50 +366,58 @@ class FilesystemStore:
     def version_record(self, model_name: str, version: str) -> dict:
         """Return a version's immutable record."""
         path = self.version_dir(model_name, version) / RECORD_FILENAME
-        if not path.is_file():
-            raise StoreError(f"{model_name} {version} does not exist in {self.root}; see the index {INDEX_FILENAME} for versions")
-        return parse_json(path.read_bytes(), str(path), model_name)
+        try:
+            data = self._read_inside(model_name, version, RECORD_FILENAME)
+        except (FileNotFoundError, NotADirectoryError):
+            raise StoreError(f"{model_name} {version} does not exist in {self.root}; see the index {INDEX_FILENAME} for versions") from None
+        except OSError as error:
+            raise StoreError(f"{model_name} {version}: cannot read {path}: {error}") from error
+        return parse_json(data, str(path), model_name)
 
     def raw_model_bytes(self, model_name: str, version: str) -> bytes:
         """Return a version's model.pkl bytes unchecked (``model_bytes`` checks them)."""
         path = self.version_dir(model_name, version) / MODEL_FILENAME
         try:
-            return path.read_bytes()
+            return self._read_inside(model_name, version, MODEL_FILENAME)
         except OSError as error:
             raise StoreError(f"{model_name} {version}: cannot read {path}: {error}") from error
 
     def model_bytes(self, model_name: str, version: str) -> bytes:
-        """Return a version's model.pkl bytes after checking them against the record's and the index's sha256."""
+        """Return a version's model.pkl bytes after checking them against the index's sha256 (and the record's)."""
+        index_sha256 = listed_sha256(self.read_index(model_name), model_name, version)
         record = self.version_record(model_name, version)
-        index_sha256 = self.read_index(model_name)["versions"].get(version, {}).get("sha256")
-        return checked_bytes(self.raw_model_bytes(model_name, version), model_name, version, record.get("sha256", ""), index_sha256)
+        return checked_bytes(self.raw_model_bytes(model_name, version), model_name, version, index_sha256, record.get("sha256"))
 
     def quarantine(self, model_name: str, version: str, reason: str = "quarantined") -> str:
-        """Move a version out of view into ``.quarantine/`` (nothing is deleted); return where it went."""
-        target = self.model_dir(model_name) / QUARANTINE_DIR / f"{version}-{reason}-{uuid.uuid4().hex[:8]}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(self.version_dir(model_name, version), target)
+        """Move a version (a link itself, never what it points to) into ``.quarantine/``; nothing is deleted. Return where it went."""
+        source = self.version_dir(model_name, version)
+        holding = self.model_dir(model_name) / QUARANTINE_DIR
+        if holding.is_symlink():
+            raise LinkRefused(f"{holding} is a symbolic link, which the store never follows: put a real directory there")
+        holding.mkdir(exist_ok=True)
+        target = holding / f"{version}-{reason}-{uuid.uuid4().hex[:8]}"
+        os.rename(source, target)
         return str(target)
 
     def last_good_index(self, model_name: str) -> dict | None:
-        """Return the copy of the index written beside it at its last update, if it is readable."""
+        """Return the copy of the index written beside it at its last update, if it is readable and well formed."""
         path = self.model_dir(model_name) / (INDEX_FILENAME + BACKUP_SUFFIX)
         try:
-            return parse_json(path.read_bytes(), str(path), model_name) if path.is_file() else None
-        except StoreError:
+            return parse_index(self._read_inside(model_name, path.name), str(path), model_name)
+        except (StoreError, OSError):
             return None
 
     def write_index(self, model_name: str, index: dict) -> None:
-        """Replace the index under the lock (``store repair``)."""
-        with self._index_lock(model_name):
-            self._write_index_files(model_name, index)
+        """Replace the index and its last good copy (``store repair``; call it under ``index_lock``)."""
+        self._write_index_files(model_name, index)
 
     @contextlib.contextmanager
-    def _index_lock(self, model_name: str) -> Iterator[None]:
-        """Hold an exclusive lock on the model's index."""
+    def index_lock(self, model_name: str) -> Iterator[None]:
+        """Hold the model's exclusive index lock (not reentrant): saves, index updates and repairs take it."""
         directory = self.model_dir(model_name)
         directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ".index.lock", "a") as lock:
+        descriptor = os.open(directory / ".index.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(descriptor, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -327,21 +425,30 @@ class FilesystemStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def read_index(self, model_name: str) -> dict:
-        """Return the model's index (an empty one when nothing is stored); a damaged one is a StoreError."""
+        """Return the model's index (an empty one when nothing is stored); a damaged or wrong-shaped one is a StoreError."""
         path = self.model_dir(model_name) / INDEX_FILENAME
-        if not path.is_file():
+        try:
+            data = self._read_inside(model_name, INDEX_FILENAME)
+        except FileNotFoundError:
             return empty_index(model_name)
-        return parse_json(path.read_bytes(), str(path), model_name)
+        except OSError as error:
+            raise StoreError(f"cannot read {path}: {error}") from error
+        return parse_index(data, str(path), model_name)
 
     def update_index(self, model_name: str, change: Callable[[dict], None]) -> dict:
-        """Apply ``change`` under the lock, repairing entries for versions a crashed run left unindexed."""
-        with self._index_lock(model_name):
-            self._remove_stale_staging(model_name)
-            index = self.read_index(model_name)
-            change(index)
-            repair_index(index, self.stored_versions(model_name), lambda version: self.version_record(model_name, version))
-            self._write_index_files(model_name, index)
-            return index
+        """Apply ``change`` to the index under the lock and write it; a change may not add a version (only a save does)."""
+        with self.index_lock(model_name):
+            return self._update_index_locked(model_name, change)
+
+    def _update_index_locked(self, model_name: str, change: Callable[[dict], None], saved_version: str | None = None) -> dict:
+        """Apply ``change`` to the index and write it; the caller holds the lock and only a save passes ``saved_version``."""
+        self._remove_stale_staging(model_name)
+        index = self.read_index(model_name)
+        listed_before = set(index["versions"])
+        change(index)
+        check_index_change(model_name, listed_before, index, saved_version)
+        self._write_index_files(model_name, index)
+        return index
 
     def _write_index_files(self, model_name: str, index: dict) -> None:
         """Write the index, then its last good copy (what ``store repair`` falls back on if the index is damaged)."""

@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_verbs = store_verb.add_subparsers(dest="store_verb", required=True)
     for verb_name, verb_help in (("list", "show versions, status, sha256 and metrics"),
                                  ("verify", "check every index, record and checksum; exit 1 naming each problem"),
-                                 ("repair", "rebuild the index from the version records; quarantine unreadable versions (deletes nothing)")):
+                                 ("repair", "restore the index (its last good copy if damaged); quarantine versions it does not list or that do not match it (deletes nothing)")):
         verb = store_verbs.add_parser(verb_name, help=verb_help)
         verb.add_argument("model", nargs="?", default="all", choices=[*MODEL_NAMES, "all"])
         verb.add_argument("--store-dir", default=str(DEFAULT_STATE_DIR / "store"), help=f"filesystem store root (default: {DEFAULT_STATE_DIR / 'store'}; /mnt/models in a pod)")

@@ -117,3 +117,16 @@ def test_full_local_pipeline_run_with_the_s3_store(s3, tmp_path):
     index = json.loads(s3.client().get_object(Bucket=S3_BUCKET, Key=f"pipeline/{MODEL}/metadata.json")["Body"].read())
     assert index["stable"] == "v1" and index["versions"]["v1"]["status"] == "stable"
     assert not (state / "store" / MODEL).exists(), "nothing went to the filesystem store"
+
+
+def test_keys_are_built_only_from_version_names_under_the_prefix(store, s3, model_file):
+    store.save_version(MODEL, model_file, {})
+    for name in ("../v1", "v1/../../other", "latest"):
+        for read in (store.model_bytes, store.raw_model_bytes, store.version_record, store.storage_uri):
+            with pytest.raises(StoreError, match="is not a version name"):
+                read(MODEL, name)
+    # A version-named directory nested deeper is not a version of this model.
+    store.client.put_object(Bucket=S3_BUCKET, Key=f"{store.prefix}/{MODEL}/nested/v7/version.json", Body=b"{}")
+    assert store.stored_versions(MODEL) == ["v1"]
+    with pytest.raises(StoreError, match="'..' segment"):
+        S3Store(s3.client(), S3_BUCKET, "models/../elsewhere")

@@ -9,6 +9,7 @@ import pytest
 from sklearn.dummy import DummyRegressor
 
 from components.storage import FilesystemStore, StoreError, champion_version, load_model
+from tests.conftest import run_cli
 
 MODEL = "predictive-analytics"
 
@@ -60,7 +61,7 @@ def test_concurrent_saves_get_distinct_versions_and_a_complete_index(tmp_path, m
     assert len({entry["run_name"] for entry in index["versions"].values()}) == 20
 
 
-def test_a_crash_mid_save_leaves_no_visible_version_and_next_run_repairs_the_index(tmp_path, model_file):
+def test_a_crash_mid_save_leaves_no_visible_version_and_repair_quarantines_what_the_index_never_listed(tmp_path, model_file):
     store = FilesystemStore(tmp_path / "store")
     store.save_version(MODEL, model_file, {})
     model_dir = tmp_path / "store" / MODEL
@@ -68,15 +69,19 @@ def test_a_crash_mid_save_leaves_no_visible_version_and_next_run_repairs_the_ind
     (model_dir / ".staging-dead").mkdir()
     (model_dir / ".staging-dead" / "model.pkl").write_bytes(b"half")
     assert store.stored_versions(MODEL) == ["v1"]
-    # A crash after the rename but before the index update leaves an unindexed version: the next save repairs it.
+    # A crash after the rename but before the index update leaves an unindexed version: the next save does not adopt it.
     (model_dir / "v2").mkdir()
     for name in ("model.pkl", "version.json"):
         (model_dir / "v2" / name).write_bytes((model_dir / "v1" / name).read_bytes())
     third = store.save_version(MODEL, model_file, {})
     assert third.version == "v3"
-    index = store.read_index(MODEL)
-    assert set(index["versions"]) == {"v1", "v2", "v3"}
-    assert {"event": "repaired", "version": "v2"}.items() <= next(e for e in index["history"] if e["version"] == "v2").items()
+    assert set(store.read_index(MODEL)["versions"]) == {"v1", "v3"}
+    with pytest.raises(StoreError, match="v2 is not in the index, and only a save creates versions"):
+        load_model(store, MODEL, "v2")
+    repaired = run_cli("store", "repair", MODEL, "--store-dir", str(tmp_path / "store"))
+    assert repaired.returncode == 0 and "v2: quarantined" in repaired.stdout and "(unlisted:" in repaired.stdout, repaired.stdout
+    assert store.stored_versions(MODEL) == ["v1", "v3"] and set(store.read_index(MODEL)["versions"]) == {"v1", "v3"}
+    assert [path.name.split("-")[:2] for path in (model_dir / ".quarantine").iterdir()] == [["v2", "unlisted"]]
 
 
 def test_a_changed_model_file_is_refused_on_load(tmp_path, model_file):
