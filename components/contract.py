@@ -249,3 +249,11 @@ def validate_instances(instances: object, model_name: str) -> np.ndarray:
         )
     _check_finite(matrix, "instances")
     return matrix
+
+
+SYNTHETIC_FALLBACK = "synthetic fallback"  # the data_source of a run that found too little cluster data and generated it
+
+
+def is_synthetic(data_source: str) -> bool:
+    """Return whether a version's recorded ``data_source`` means it learned generated data, not a cluster's."""
+    return data_source in ("synthetic", SYNTHETIC_FALLBACK)

@@ -13,6 +13,7 @@ import pandas as pd
 from components.contract import (
     LABEL_COLUMN,
     MIN_FEATURE_ROWS,
+    SYNTHETIC_FALLBACK,
     TIMESTAMP_COLUMN,
     ContractError,
     schema_for,
@@ -49,6 +50,7 @@ class IngestResult:
     train: pd.DataFrame
     validation: pd.DataFrame
     description: str
+    data_source: str = "synthetic"  # what the rows really are: synthetic, file, prometheus or SYNTHETIC_FALLBACK
 
 
 def _synthetic(request: IngestRequest) -> tuple[pd.DataFrame, str]:
@@ -198,4 +200,5 @@ def ingest(request: IngestRequest) -> IngestResult:
     """Read raw metrics from the requested source, validate them and return the time-based split."""
     frame, description = read_metrics(request)
     train, validation = split_by_time(frame, request.validation_fraction)
-    return IngestResult(train, validation, f"{description}; {len(train)} train and {len(validation)} validation minutes")
+    data_source = SYNTHETIC_FALLBACK if description.startswith("SYNTHETIC FALLBACK") else request.source
+    return IngestResult(train, validation, f"{description}; {len(train)} train and {len(validation)} validation minutes", data_source)

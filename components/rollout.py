@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 import requests
 
-from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance, schema_for
+from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance, is_synthetic, schema_for
 from components.serving import ServingError, ServingTarget
 from components.storage import ModelStore, StoreError, load_model, utc_now
 
@@ -61,11 +61,18 @@ def _record(
     store.update_index(model_name, apply)
 
 
+# Statuses of versions that are stored but never deployed: smoke-test and canary-promote have nothing to do for them.
+NOT_DEPLOYED = ("duplicate", "held")
+TRAINED_ON_SYNTHETIC_DATA = "trained on synthetic data"
+
+
 def not_needed(target: ServingTarget, store: ModelStore, model_name: str, version: str) -> str | None:
-    """Return why ``version`` needs no rollout (already stable, or a byte-identical duplicate of stable), else None."""
+    """Return why ``version`` needs no rollout (already stable, a byte-identical duplicate of stable, held back), else None."""
     entry = store.read_index(model_name)["versions"].get(version, {})
     if entry.get("status") == "duplicate":
         return f"{version} is a duplicate of stable {entry.get('duplicate_of')} (same sha256); not deployed"
+    if entry.get("status") == "held":
+        return f"{version} not deployed: {entry.get('held_reason')}"
     status = target.status(model_name)
     if status.stable == version and status.candidate is None:
         return f"{version} is already the stable version; nothing to deploy"
@@ -119,13 +126,26 @@ def restore_stable(target: ServingTarget, store: ModelStore, model_name: str, ti
     return message
 
 
-def deploy_version(target: ServingTarget, store: ModelStore, model_name: str, version: str, timeout_s: float, *, run_name: str) -> StepOutcome:
-    """Deploy a stored version: stable on the first deployment ever, else a dark candidate at 0 % traffic; record it as this run's."""
+def deploy_version(
+    target: ServingTarget, store: ModelStore, model_name: str, version: str, timeout_s: float, *, run_name: str, refuse_synthetic: bool = False,
+) -> StepOutcome:
+    """Deploy a stored version: stable on the first deployment ever, else a dark candidate at 0 % traffic; record it as this run's.
+
+    With ``refuse_synthetic`` (production targets), a version trained on synthetic data is held instead: not deployed.
+    """
     index = store.read_index(model_name)
-    record_checksum = index["versions"].get(version, {}).get("sha256")
+    entry = index["versions"].get(version, {})
+    record_checksum = entry.get("sha256")
     if not record_checksum:
         raise ServingError(f"{model_name} {version} is not in the store's index; save it before deploying")
-    reason = not_needed(target, store, model_name, version)
+    if refuse_synthetic and entry.get("status") != "duplicate" and is_synthetic(entry.get("data_source", "")):
+        if entry.get("status") != "held":
+            def as_held(index: dict) -> None:
+                index["versions"][version].update(status="held", held_reason=TRAINED_ON_SYNTHETIC_DATA)
+
+            _record(store, model_name, version, "held", f"{TRAINED_ON_SYNTHETIC_DATA}: set allow_synthetic_deploy=true to serve it anyway", as_held)
+        return StepOutcome(True, f"{version} not deployed: {TRAINED_ON_SYNTHETIC_DATA} (set allow_synthetic_deploy=true to serve it on this target)")
+    reason = None if entry.get("status") == "held" else not_needed(target, store, model_name, version)
     if reason:
         return StepOutcome(True, reason)
     restored = restore_stable(target, store, model_name, timeout_s)
@@ -238,7 +258,7 @@ def smoke_test(
     timeout_s: float = 10.0,
 ) -> SmokeReport:
     """Probe the version's own endpoint: listing, readiness, contract types, 4xx, the V2 protocol, offline equality, latency."""
-    if store.read_index(model_name)["versions"].get(version, {}).get("status") == "duplicate":
+    if store.read_index(model_name)["versions"].get(version, {}).get("status") in NOT_DEPLOYED:
         report = SmokeReport(model_name, version, "-")
         report.checks.append(("rollout needed", True, not_needed(target, store, model_name, version) or ""))
         return report
@@ -508,9 +528,9 @@ def canary_promote(
     ``providers`` may be a function that builds them, called only when there is a candidate to analyse, so that a
     canary with nothing to do (a first deployment, a duplicate) loads no probe data.
     """
-    duplicate = store.read_index(model_name)["versions"].get(version, {}).get("status") == "duplicate"
-    if duplicate:
-        return CanaryResult(model_name, version, "duplicate", not_needed(target, store, model_name, version) or "", spec)
+    not_deployed = store.read_index(model_name)["versions"].get(version, {}).get("status")
+    if not_deployed in NOT_DEPLOYED:
+        return CanaryResult(model_name, version, not_deployed, not_needed(target, store, model_name, version) or "", spec)
     status = target.status(model_name)
     if status.stable == version and status.candidate is None:
         return CanaryResult(model_name, version, "stable", "stable with all traffic: no candidate to compare against", spec)

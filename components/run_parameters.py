@@ -199,6 +199,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "s3_ca_bundle": _text,
     "s3_prefix": _store_prefix,
     "allow_synthetic_fallback": _boolean,
+    "allow_synthetic_deploy": _boolean,
     "s3_verify": _boolean,
     "namespace": _kubernetes_name(DNS_LABEL, "namespace name", may_be_empty=True),
     "runtime": _kubernetes_name(DNS_SUBDOMAIN, "ServingRuntime name", may_be_empty=True),

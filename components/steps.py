@@ -22,6 +22,7 @@ def validate_parameters(
     prometheus_queries: dict,
     prometheus_end: str,
     allow_synthetic_fallback: bool,
+    allow_synthetic_deploy: bool,
     prometheus_window: str,
     model_store: str,
     pvc_name: str,
@@ -119,8 +120,8 @@ def ingest(
     ))
     result.train.to_parquet(train_data.path, index=False)
     result.validation.to_parquet(validation_data.path, index=False)
-    train_data.metadata.update({"rows": len(result.train), "source": source})
-    validation_data.metadata.update({"rows": len(result.validation), "source": source})
+    train_data.metadata.update({"rows": len(result.train), "source": source, "data_source": result.data_source})
+    validation_data.metadata.update({"rows": len(result.validation), "source": source, "data_source": result.data_source})
     print(f"result: {result.description}")
     return result.description
 
@@ -145,7 +146,7 @@ def train_anomaly_detector(
 
     params = DetectorParams(algorithm, scaler, n_estimators, max_samples, pca_components, target_false_positive_rate, random_state)
     trained = fit(pd.read_parquet(train_data.path), params)
-    training = save_trained(trained, Path(model.path))
+    training = save_trained(trained, Path(model.path), train_data.metadata.get("data_source", "unknown"))
     model.metadata.update({key: value for key, value in training.items() if key != "profile"})
     print(f"result: {algorithm} on {trained.training_rows:,} rows")
 
@@ -164,7 +165,7 @@ def train_predictive_analytics(
     from components.train import ForecasterParams, save_trained, train_predictive_analytics as fit
 
     trained = fit(pd.read_parquet(train_data.path), ForecasterParams(horizon_minutes, alpha))
-    training = save_trained(trained, Path(model.path))
+    training = save_trained(trained, Path(model.path), train_data.metadata.get("data_source", "unknown"))
     model.metadata.update({key: value for key, value in training.items() if key != "profile"})
     print(f"result: ridge, {horizon_minutes} min ahead, on {trained.training_rows:,} rows")
 
@@ -289,8 +290,10 @@ def deploy_inference_service(
     fleet_waves: list,
     run_name: str,
     ready_timeout_s: float,
+    allow_synthetic_deploy: bool,
 ) -> str:
-    """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %); return what happened."""
+    """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %; held if trained on synthetic data and
+    the target is a cluster, unless allowed); return what happened."""
     from components.gitops_target import GitopsOptions, fleet_waves as checked_waves
     from components.kserve_target import KServeOptions
     from components.workflow import StoreOptions, deploy_step
@@ -298,7 +301,7 @@ def deploy_inference_service(
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
     gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
     outcome = deploy_step(model_name, version, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle),
-                          ready_timeout_s, run_name, options, gitops)
+                          ready_timeout_s, run_name, options, gitops, allow_synthetic_deploy)
     print(f"result: {outcome.message}")
     return outcome.message
 

@@ -201,7 +201,8 @@ class ModelStore(Protocol):
 
 def index_entry(record: dict) -> dict:
     """Return the index entry of a freshly saved version from its record."""
-    return {"status": "stored", "sha256": record["sha256"], "saved_at": record.get("saved_at", ""), "run_name": record.get("run_name", "")}
+    return {"status": "stored", "sha256": record["sha256"], "saved_at": record.get("saved_at", ""), "run_name": record.get("run_name", ""),
+            "data_source": record.get("data_source", "unknown")}
 
 
 def load_model(store: ModelStore, model_name: str, version: str) -> object:

@@ -139,12 +139,16 @@ def probe_sample_from(validation_path: str, model_name: str):
 
 def deploy_step(
     model_name: str, version: str, serving_target: str, store_options: StoreOptions, timeout_s: float, run_name: str,
-    options: KServeOptions | None = None, gitops: GitopsOptions | None = None,
+    options: KServeOptions | None = None, gitops: GitopsOptions | None = None, allow_synthetic_deploy: bool = False,
 ) -> StepOutcome:
-    """Deploy a stored version as this run's; if serving refuses it, undo what this run deployed, reject it and re-raise."""
+    """Deploy a stored version as this run's; if serving refuses it, undo what this run deployed, reject it and re-raise.
+
+    A cluster target (not ``local``) serves a version trained on synthetic data only with ``allow_synthetic_deploy``.
+    """
     target, store, _ = serving_context(model_name, serving_target, store_options, options, gitops=gitops)
+    refuse_synthetic = serving_target != "local" and not allow_synthetic_deploy
     try:
-        return deploy_version(target, store, model_name, version, timeout_s, run_name=run_name)
+        return deploy_version(target, store, model_name, version, timeout_s, run_name=run_name, refuse_synthetic=refuse_synthetic)
     except ServingError as error:
         if version in store.read_index(model_name)["versions"]:
             rollback(target, store, model_name, version, f"rejected at deploy-inference-service: {error}", run_name=run_name, timeout_s=timeout_s)
@@ -190,6 +194,7 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
         "metrics": scores,
         "parameters": training["parameters"],
         "data_fingerprint": training["data_fingerprint"],
+        "data_source": training.get("data_source", "unknown"),
         "training_rows": training["training_rows"],
         "sklearn_version": package_version("scikit-learn"),
         "project_version": __version__,

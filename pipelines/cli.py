@@ -17,15 +17,11 @@ from components.serving import ServingError
 from components.storage import StoreError
 from pipelines.local import (
     DEFAULT_STATE_DIR, HELD_BACK, MonitorSummary, RunSummary, check_stored_version, declared_inputs, exit_code, local_target,
-    open_run_store, params_per_model, parse_params, retrain_arguments, run_local, run_monitor_local, worst_exit_code,
+    local_defaults, open_run_store, params_per_model, parse_params, retrain_arguments, run_local, run_monitor_local, worst_exit_code,
 )
 from components.s3_store import DEFAULT_SECRET
 from pipelines.platforms import DEFAULT_PLATFORM, STORES, platform_named
 from pipelines.retrain import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT, compile_every_profile, compile_pipelines
-
-
-# Local runs serve on this machine unless --param serving_target=kserve points them at a cluster (KUBECONFIG).
-LOCAL_SERVING = "serving_target=local"
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -60,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     if not _require_local(args, "run", [[model] for model in models]):
         return 2
     try:
-        arguments = params_per_model([LOCAL_SERVING, *args.param], models)
+        arguments = params_per_model([*local_defaults(models[0]), *args.param], models)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -80,7 +76,7 @@ def _monitor(args: argparse.Namespace) -> int:
     if not _require_local(args, "monitor", [[MONITOR, "--param", f"model_name={model}"] for model in models]):
         return 2
     try:
-        arguments = parse_params(args.param, MONITOR)
+        arguments = parse_params([*local_defaults(MONITOR), *args.param], MONITOR)
         for model in models:
             retrain_arguments(model, dict(arguments.get("retrain_parameters") or {}))
     except ValueError as error:
@@ -118,7 +114,7 @@ def _rollout(args: argparse.Namespace) -> int:
         return 2
     state_dir = Path(args.state_dir)
     try:
-        arguments = parse_params([LOCAL_SERVING, *args.param, f"model_name={args.model}", f"version={args.version}"], ROLLOUT)
+        arguments = parse_params([*local_defaults(ROLLOUT), *args.param, f"model_name={args.model}", f"version={args.version}"], ROLLOUT)
         check_stored_version(open_run_store(arguments, state_dir), args.model, args.version)
     except (ValueError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)

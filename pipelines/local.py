@@ -83,6 +83,17 @@ def declared_inputs(pipeline_name: str) -> dict:
     return dict(BUILDERS[pipeline_name](DEFAULT_IMAGE).component_spec.inputs or {})
 
 
+# A local run differs from a cluster run's defaults: it serves on this machine and learns synthetic data, with no
+# Prometheus, unless --param says otherwise (serving_target=kserve with KUBECONFIG, source=prometheus, ...).
+LOCAL_DEFAULTS = {"serving_target": "local", "source": "synthetic", "prometheus_url": "", "prometheus_ca_bundle": ""}
+
+
+def local_defaults(pipeline_name: str) -> list[str]:
+    """Return the ``k=v`` pairs that give a local run of ``pipeline_name`` its local defaults (only parameters it declares)."""
+    declared = declared_inputs(pipeline_name)
+    return [f"{name}={value}" for name, value in LOCAL_DEFAULTS.items() if name in declared]
+
+
 def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
     """Return pipeline arguments from ``k=v`` strings, converted to each parameter's declared type and checked."""
     declared = declared_inputs(pipeline_name)
@@ -282,6 +293,8 @@ def _version_outcome(summary: RunSummary, index: dict, before: dict, version: st
         return REJECTED, entry.get("rejected_reason") or "rejected", report
     if status == "duplicate":
         return NOT_NEEDED, f"duplicate of stable {entry.get('duplicate_of')}", report
+    if status == "held":
+        return HELD_BACK, f"not deployed: {entry.get('held_reason')}", report
     return FAILED, f"failed: {version} was left {status or 'unknown'}; see the log", summary.log
 
 
@@ -346,6 +359,6 @@ def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: 
         store = open_run_store(arguments, state_dir)
         record_trigger(store, model_name, str(store.read_index(model_name).get("stable")), summary.reason, f"a local run of {model_name}-retrain")
         print(f"==> drift: retraining {model_name} locally", flush=True)
-        retrain = retrain_arguments(model_name, {"serving_target": "local", **dict(arguments.get("retrain_parameters") or {})})
+        retrain = retrain_arguments(model_name, {**LOCAL_DEFAULTS, **dict(arguments.get("retrain_parameters") or {})})
         summary.retrain = run_local(model_name, retrain, state_dir, verbose=verbose)
     return summary

@@ -24,6 +24,7 @@ PARAMETER_HELP = {
     "prometheus_queries": "Override PromQL per base metric, as a JSON object {metric: query}; empty: the built-in queries.",
     "prometheus_end": "End of the training window as an ISO-8601 time; empty: now.",
     "allow_synthetic_fallback": "Train on synthetic data when Prometheus has too little (the report says so); false: fail instead.",
+    "allow_synthetic_deploy": "Deploy a version trained on synthetic data to kserve or gitops; false: it is held, `not deployed: trained on synthetic data`.",
     "prometheus_window": "PromQL range of the canary's live signals, e.g. 2m.",
     "algorithm": "Detector algorithm: elliptic_envelope or isolation_forest.",
     "scaler": "Feature scaling before the detector: standard or robust.",

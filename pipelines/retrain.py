@@ -60,6 +60,11 @@ FORECASTER = ForecasterParams()
 GATES = Gates()
 CANARY = CanarySpec()
 DEFAULT_TARGET = "kserve"
+# A cluster run with its defaults learns the cluster's own metrics from OpenShift's in-cluster querier (local runs
+# default to synthetic data instead: pipelines/local.py LOCAL_DEFAULTS).
+DEFAULT_SOURCE = "prometheus"
+IN_CLUSTER_PROMETHEUS = "https://thanos-querier.openshift-monitoring.svc.cluster.local:9091"
+SERVICE_CA_BUNDLE = "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt"
 DEFAULT_PROMETHEUS_SECRET = "prometheus-token"
 DEFAULT_GITOPS_SECRET = "gitops-credentials"
 DEFAULT_EXPERIMENT = "self-healing-models"
@@ -169,7 +174,8 @@ def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict
     """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``."""
     serving = {**_serving(model_name, p), **_store(p)}
     deploy = _with_gitops_credentials(_side_effect(
-        ops.deploy_inference_service(version=version, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **serving), p
+        ops.deploy_inference_service(version=version, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                     allow_synthetic_deploy=p["allow_synthetic_deploy"], **serving), p
     ), p).set_display_name("Deploy as dark candidate")
     smoke_arguments = {key: value for key, value in serving.items() if key != "ready_timeout_s"}
     smoke = _with_gitops_credentials(_side_effect(
@@ -226,17 +232,18 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
     )
     @with_parameter_help("Retrain, evaluate, store and roll out the anomaly detector; return its evaluation.")
     def anomaly_detector_retrain(
-        source: str = "synthetic",
+        source: str = DEFAULT_SOURCE,
         file_path: str = "",
         days: float = 10.0,
         seed: int = 42,
         validation_fraction: float = 0.3,
-        prometheus_url: str = "",
+        prometheus_url: str = IN_CLUSTER_PROMETHEUS,
         prometheus_secret: str = DEFAULT_PROMETHEUS_SECRET,
-        prometheus_ca_bundle: str = "",
+        prometheus_ca_bundle: str = SERVICE_CA_BUNDLE,
         prometheus_queries: dict = {},
         prometheus_end: str = "",
         allow_synthetic_fallback: bool = False,
+        allow_synthetic_deploy: bool = False,
         prometheus_window: str = "2m",
         algorithm: str = DETECTOR.algorithm,
         scaler: str = DETECTOR.scaler,
@@ -310,17 +317,18 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
     )
     @with_parameter_help("Retrain, evaluate, store and roll out the forecaster; return its evaluation.")
     def predictive_analytics_retrain(
-        source: str = "synthetic",
+        source: str = DEFAULT_SOURCE,
         file_path: str = "",
         days: float = 10.0,
         seed: int = 42,
         validation_fraction: float = 0.3,
-        prometheus_url: str = "",
+        prometheus_url: str = IN_CLUSTER_PROMETHEUS,
         prometheus_secret: str = DEFAULT_PROMETHEUS_SECRET,
-        prometheus_ca_bundle: str = "",
+        prometheus_ca_bundle: str = SERVICE_CA_BUNDLE,
         prometheus_queries: dict = {},
         prometheus_end: str = "",
         allow_synthetic_fallback: bool = False,
+        allow_synthetic_deploy: bool = False,
         prometheus_window: str = "2m",
         horizon_minutes: int = FORECASTER.horizon_minutes,
         alpha: float = FORECASTER.alpha,
@@ -388,17 +396,18 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
     def model_rollout(
         model_name: str = ANOMALY_DETECTOR,
         version: str = "v1",
-        source: str = "synthetic",
+        source: str = DEFAULT_SOURCE,
         file_path: str = "",
         days: float = 2.0,
         seed: int = 7,
         validation_fraction: float = 0.5,
-        prometheus_url: str = "",
+        prometheus_url: str = IN_CLUSTER_PROMETHEUS,
         prometheus_secret: str = DEFAULT_PROMETHEUS_SECRET,
-        prometheus_ca_bundle: str = "",
+        prometheus_ca_bundle: str = SERVICE_CA_BUNDLE,
         prometheus_queries: dict = {},
         prometheus_end: str = "",
         allow_synthetic_fallback: bool = False,
+        allow_synthetic_deploy: bool = False,
         prometheus_window: str = "2m",
         model_store: str = "pvc",
         pvc_name: str = DEFAULT_PVC,
@@ -449,12 +458,12 @@ def build_monitor_pipeline(image: str = DEFAULT_IMAGE):
     @with_parameter_help("Check one model for drift and start its retrain pipeline when needed; return the drift report and decision.")
     def model_monitor(
         model_name: str = ANOMALY_DETECTOR,
-        source: str = "synthetic",
+        source: str = DEFAULT_SOURCE,
         file_path: str = "",
         seed: int = 7,
-        prometheus_url: str = "",
+        prometheus_url: str = IN_CLUSTER_PROMETHEUS,
         prometheus_secret: str = DEFAULT_PROMETHEUS_SECRET,
-        prometheus_ca_bundle: str = "",
+        prometheus_ca_bundle: str = SERVICE_CA_BUNDLE,
         prometheus_queries: dict = {},
         prometheus_end: str = "",
         psi_threshold: float = MONITORING.thresholds.psi,

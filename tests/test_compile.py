@@ -41,6 +41,19 @@ def test_executors_install_nothing_and_use_the_project_image():
         assert defaults["serving_target"] == "kserve" and defaults["deployment_mode"] == "auto"
 
 
+def test_every_compiled_cluster_pipeline_defaults_to_the_clusters_own_metrics():
+    compiled = sorted(COMPILED.glob("**/*.yaml"))
+    assert len(compiled) > 20
+    for path in compiled:
+        parameters = next(yaml.safe_load_all(path.read_text()))["root"]["inputDefinitions"]["parameters"]
+        defaults = {name: spec.get("defaultValue") for name, spec in parameters.items()}
+        assert defaults["source"] == "prometheus", path
+        assert defaults["prometheus_url"] == "https://thanos-querier.openshift-monitoring.svc.cluster.local:9091", path
+        assert defaults["prometheus_ca_bundle"] == "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt", path
+        if "allow_synthetic_deploy" in parameters or "monitor" not in path.name:
+            assert defaults["allow_synthetic_deploy"] is False, path
+
+
 def test_image_option_changes_every_executor(tmp_path):
     result = run_cli("compile", "--output-dir", str(tmp_path), "--image", "quay.io/acme/model-pipelines:dev")
     assert result.returncode == 0, result.stdout

@@ -68,12 +68,12 @@ class Project:
         return run_cli("rollout", model_name, "--version", version, "--local", "--state-dir", str(self.state), *FAST,
                        "--param", f"namespace={self.namespace}", "--param", f"pvc_name={self.pvc}", *extra, env=self.cluster.env)
 
-    def store_version(self, model_name: str, estimator) -> str:
+    def store_version(self, model_name: str, estimator, data_source: str = "prometheus") -> str:
         import joblib
 
         path = self.state / "candidate.pkl"
         joblib.dump(estimator, path)
-        return FilesystemStore(self.state / "store").save_version(model_name, path, {"run_name": "test"}).version
+        return FilesystemStore(self.state / "store").save_version(model_name, path, {"run_name": "test", "data_source": data_source}).version
 
     def isvc(self, name: str) -> dict | None:
         return self.cluster.standin.get(self.namespace, name)
@@ -461,6 +461,21 @@ def test_rolling_out_the_stable_version_again_is_a_no_op_even_when_writes_fail(k
     assert project.index(ANOMALY_DETECTOR)["versions"][stable]["status"] == "stable"
     assert [fault[:2] for fault in knative_cluster.standin.faults] == [("PATCH", 422)], "the no-op wrote nothing, so the fault is still pending"
     knative_cluster.standin.faults.clear()
+
+
+def test_a_version_trained_on_synthetic_data_is_held_unless_the_run_allows_it(knative_cluster, models):
+    project = new_project(knative_cluster)
+    v1 = project.store_version(ANOMALY_DETECTOR, models["detector"](1), data_source="synthetic")
+    held = project.rollout(ANOMALY_DETECTOR, v1)
+    assert held.returncode == 3, held.stdout[-3000:]
+    assert f"{v1} not deployed: trained on synthetic data (set allow_synthetic_deploy=true" in logged(held)
+    assert "not deployed: trained on synthetic data" in held.stdout[held.stdout.rindex("Summary"):]
+    assert project.isvc(ANOMALY_DETECTOR) is None, "nothing was created"
+    entry = project.index(ANOMALY_DETECTOR)["versions"][v1]
+    assert (entry["status"], entry["held_reason"], entry["data_source"]) == ("held", "trained on synthetic data", "synthetic")
+    allowed = project.rollout(ANOMALY_DETECTOR, v1, "--param", "allow_synthetic_deploy=true")
+    assert allowed.returncode == 0, allowed.stdout[-3000:]
+    assert project.index(ANOMALY_DETECTOR)["stable"] == v1 and project.isvc(ANOMALY_DETECTOR) is not None
 
 
 def deletes(project: Project) -> list:

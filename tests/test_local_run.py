@@ -27,6 +27,7 @@ def test_two_runs_store_v1_then_v2_and_the_second_faces_the_champion(two_runs):
         record = json.loads((state / "store" / model / "v2" / "version.json").read_text())
         assert record["run_name"].startswith(f"{model}-retrain-")
         assert {"sha256", "metrics", "parameters", "data_fingerprint", "sklearn_version", "project_version"} <= set(record)
+        assert record["data_source"] == index["versions"]["v2"]["data_source"] == "synthetic", "a local run learns synthetic data by default"
     assert first.stdout[first.stdout.rindex("Summary"):].count("no champion yet") == 2
     summary = second.stdout[second.stdout.rindex("Summary"):]
     assert summary.count("not worse than champion v1") == 2
