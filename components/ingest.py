@@ -41,6 +41,7 @@ class IngestRequest:
     prometheus_queries: dict = field(default_factory=dict)
     prometheus_end: str = ""
     allow_synthetic_fallback: bool = False
+    regime_start: str = ""  # ISO time: keep only minutes from it on (a drift-triggered retrain learns the new regime)
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,16 @@ def read_metrics(request: IngestRequest) -> tuple[pd.DataFrame, str]:
     except KeyError:
         raise ContractError(f"unknown source {request.source!r}: use one of {', '.join(SOURCES)}") from None
     frame, description = read(request)
+    if request.regime_start:
+        start = pd.Timestamp(request.regime_start)
+        start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+        kept = frame[pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True) >= start].reset_index(drop=True)
+        if len(kept) < MIN_FEATURE_ROWS:
+            raise ContractError(f"regime_start {start:%Y-%m-%d %H:%M} UTC leaves {len(kept)} of the source's {len(frame)} minutes (at least "
+                                f"{MIN_FEATURE_ROWS} are needed): the source has too little data after the drift's onset; point the retrain "
+                                "at the source the monitor reads, or wait for more data")
+        description = f"{description}; from {start:%Y-%m-%d %H:%M} UTC on (the drift's onset): {len(kept)} of {len(frame)} minutes"
+        frame = kept
     return validate_raw_metrics(frame, request.model_name, source=request.source), description
 
 

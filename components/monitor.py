@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
     from components.prometheus import PrometheusClient
 
-RETRAIN, NO_ACTION, HELD = "retrain", "none", "held"
+RETRAIN, NO_ACTION, HELD, NEEDS_HUMAN = "retrain", "none", "held", "needs a human"
+EPISODE_KEY = "drift_episode"  # the index's record of the current drift episode (see ``next_episode``)
 TRIGGER_EVENT = "retrain-triggered"
 RETRAIN_EVENTS = (TRIGGER_EVENT, "saved")  # what starts the cooldown: a trigger, or a version saved by any retrain
 TOP_FEATURES = 5
@@ -45,6 +46,8 @@ class MonitorSettings:
     anomaly_rate_factor: float = 3.0  # live anomaly rate above this many times validation's is drift
     forecast_bias_factor: float = 3.0  # live mean forecast off the live mean by more than this many validation MAEs
     min_predictions: int = 100  # fewer live predictions than this: the prediction check is inconclusive
+    min_regime_hours: float = 24.0  # a drift-triggered retrain waits for this much data after the onset, to learn the new regime
+    max_retrains_per_episode: int = 2  # promoted retrains after which a persisting drift needs a human, not another retrain
 
 
 @dataclass(frozen=True)
@@ -196,10 +199,48 @@ def last_retrain(index: dict) -> dt.datetime | None:
     return max(times, default=None)
 
 
-def decide(assessment: Assessment, index: dict, now: dt.datetime, settings: MonitorSettings, active_run: str | None) -> Decision:
-    """Return ``retrain`` only when drift was found, the cooldown has passed and no retrain of the model is running."""
+def next_episode(index: dict, drifted: bool, window_start: dt.datetime, now: dt.datetime) -> dict | None:
+    """Return the drift episode after this check: None when it did not drift, else the episode it opens or continues.
+
+    An episode's ``onset`` is the start of its first drifted check's window (the new regime began within it);
+    ``since`` is when retrains began to count against it (its opening, or the last time the stable version changed
+    after a human was needed).
+    """
+    if not drifted:
+        return None
+    episode = dict(index.get(EPISODE_KEY) or {})
+    if not episode:
+        episode = {"onset": window_start.isoformat(), "since": now.isoformat(timespec="seconds"), "checks": 0}
+    if episode.get("needs_human_for") and episode["needs_human_for"] != index.get("stable"):
+        # The profile changed (a new stable version): count retrains afresh against it.
+        episode.update(since=now.isoformat(timespec="seconds"), needs_human_for=None)
+    episode["checks"] += 1
+    return episode
+
+
+def promoted_retrains(index: dict, since: str) -> int:
+    """Return how many candidates were promoted at or after ``since`` (an ISO time)."""
+    return sum(1 for event in index.get("history", []) if event.get("at", "") >= since and event.get("event") == "promoted")
+
+
+def decide(
+    assessment: Assessment, index: dict, now: dt.datetime, settings: MonitorSettings, active_run: str | None,
+    episode: dict | None = None, data_end: dt.datetime | None = None,
+) -> Decision:
+    """Return ``retrain`` only when drift was found, enough of the new regime is there to learn, the cooldown has passed,
+    no retrain of the model is running, and the drift has not outlasted ``max_retrains_per_episode`` promoted retrains.
+    """
     if not assessment.drifted:
         return Decision(NO_ACTION, assessment.reason())
+    if episode is not None:
+        promoted = promoted_retrains(index, episode["since"])
+        if episode.get("needs_human_for") or promoted >= settings.max_retrains_per_episode:
+            return Decision(NEEDS_HUMAN, f"{assessment.reason()}; needs a human: drift persists after {promoted} retrains since "
+                                         f"{episode['onset'][:16]} UTC; not retrained again until the stable version changes or a run "
+                                         "with action=clear forgets the episode")
+        hours = ((data_end or now) - dt.datetime.fromisoformat(episode["onset"])).total_seconds() / 3600
+        if hours < settings.min_regime_hours:
+            return Decision(HELD, f"{assessment.reason()}; held: waiting for the new regime ({hours:.0f} of {settings.min_regime_hours:g} hours)")
     if active_run:
         return Decision(HELD, f"{assessment.reason()}; held: a retrain is still running ({active_run})")
     last = last_retrain(index)
@@ -208,6 +249,25 @@ def decide(assessment: Assessment, index: dict, now: dt.datetime, settings: Moni
         return Decision(HELD, f"{assessment.reason()}; held: last retrain at {last:%Y-%m-%d %H:%M} UTC, cooldown "
                               f"{settings.cooldown_hours:g} h until {until:%Y-%m-%d %H:%M} UTC")
     return Decision(RETRAIN, assessment.reason())
+
+
+def record_episode(store: ModelStore, model_name: str, episode: dict | None) -> None:
+    """Write the drift episode after a check into the index (None: close it, with a history event if one was open)."""
+
+    def apply(index: dict) -> None:
+        previous = index.get(EPISODE_KEY)
+        if episode is None:
+            index.pop(EPISODE_KEY, None)
+            if previous:
+                index["history"].append({"at": utc_now(), "event": "drift-cleared", "version": index.get("stable"),
+                                         "detail": f"drift since {previous['onset'][:16]} UTC ended after {previous['checks']} drifted checks"})
+        else:
+            index[EPISODE_KEY] = episode
+            if not previous:
+                index["history"].append({"at": utc_now(), "event": "drift-onset", "version": index.get("stable"),
+                                         "detail": f"drift began in the window from {episode['onset'][:16]} UTC"})
+
+    store.update_index(model_name, apply)
 
 
 def record_trigger(store: ModelStore, model_name: str, stable_version: str, reason: str, run: str) -> None:
@@ -229,6 +289,7 @@ def push_drift_metrics(pushgateway_url: str, assessment: Assessment, decision: D
         ("model_drift_level_score", round(assessment.level_score, 4)),
         ("model_drifted_features", len(assessment.drifted_features)),
         ("model_drift_retrain_decision", int(decision.action == RETRAIN)),
+        ("model_drift_needs_human", int(decision.action == NEEDS_HUMAN)),
         ("model_drift_check_timestamp_seconds", round(dt.datetime.now(dt.timezone.utc).timestamp())),
     ))
     url = f"{pushgateway_url.rstrip('/')}/metrics/job/model-monitor/model/{assessment.model_name}"

@@ -30,7 +30,7 @@ CHOICES = {
     "serving_target": ("kserve", "local", "gitops"),
     "deployment_mode": ("auto", "Serverless", "RawDeployment", "Knative", "Standard"),
     "rollout_strategy": ("auto", "knative", "standard-canary", "candidate-isvc"),
-    "action": ("report", "submit"),
+    "action": ("report", "submit", "clear"),
 }
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 GIT_URL = re.compile(r"^(https://[^\s/?#@]+/[^\s?#]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?/[^\s?#]+|ssh://[^\s/?#:-][^\s/?#:]*@[^\s/?#-][^\s/?#]*/[^\s?#]+|[a-z0-9_][a-z0-9_.-]*@[^\s/?#:-][^\s/?#:]*:[^\s?#-][^\s?#]*)$")
@@ -105,7 +105,7 @@ def _store_prefix(value: object) -> str | None:
 
 
 def _timestamp(value: object) -> str | None:
-    """Rule for prometheus_end: empty (now) or an ISO-8601 time."""
+    """Rule for prometheus_end and regime_start: empty (now, or no start) or an ISO-8601 time."""
     if value == "":
         return None
     try:
@@ -195,6 +195,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "endpoint": _http_url,
     "prometheus_queries": _queries,
     "prometheus_end": _timestamp,
+    "regime_start": _timestamp,
     "prometheus_ca_bundle": _text,
     "s3_ca_bundle": _text,
     "s3_prefix": _store_prefix,
@@ -224,6 +225,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "ks_excess": _in_range(0, 1, low_open=True),
     "level_excess": _in_range(0, 100, low_open=True),
     "cooldown_hours": _in_range(0, 8760),
+    "min_regime_hours": _in_range(0, 8760),
     "anomaly_rate_factor": _in_range(1, 1000),
     "forecast_bias_factor": _in_range(0, 1000, low_open=True),
     "min_predictions": _in_range(1, 1e9, integer=True),

@@ -21,6 +21,7 @@ def validate_parameters(
     prometheus_ca_bundle: str,
     prometheus_queries: dict,
     prometheus_end: str,
+    regime_start: str,
     allow_synthetic_fallback: bool,
     allow_synthetic_deploy: bool,
     prometheus_window: str,
@@ -73,6 +74,7 @@ def validate_parameters(
     anomaly_rate_factor: float,
     forecast_bias_factor: float,
     min_predictions: int,
+    min_regime_hours: float,
     action: str,
     dsp_api_url: str,
     dsp_ca_bundle: str,
@@ -103,6 +105,7 @@ def ingest(
     prometheus_queries: dict,
     prometheus_end: str,
     allow_synthetic_fallback: bool,
+    regime_start: str,
     train_data: Output[Dataset],
     validation_data: Output[Dataset],
 ) -> str:
@@ -116,7 +119,7 @@ def ingest(
     result = run_ingest(IngestRequest(
         model_name, source, file_path, days, seed, validation_fraction, prometheus_url=prometheus_url,
         prometheus_ca_bundle=prometheus_ca_bundle, prometheus_queries=prometheus_queries, prometheus_end=prometheus_end,
-        allow_synthetic_fallback=allow_synthetic_fallback,
+        allow_synthetic_fallback=allow_synthetic_fallback, regime_start=regime_start,
     ))
     result.train.to_parquet(train_data.path, index=False)
     result.validation.to_parquet(validation_data.path, index=False)
@@ -510,6 +513,7 @@ def monitor_drift(
     anomaly_rate_factor: float,
     forecast_bias_factor: float,
     min_predictions: int,
+    min_regime_hours: float,
     action: str,
     dsp_api_url: str,
     dsp_ca_bundle: str,
@@ -523,8 +527,9 @@ def monitor_drift(
     metrics: Output[Metrics],
     report: Output[Markdown],
     distributions: Output[Artifact],
-) -> NamedTuple("MonitorOutputs", [("decision", str), ("reason", str), ("stable_version", str)]):
-    """Measure the live window's drift from the stable version's profile and decide; return decision, reason, stable version."""
+) -> NamedTuple("MonitorOutputs", [("decision", str), ("reason", str), ("stable_version", str), ("regime_start", str)]):
+    """Measure the live window's drift from the stable version's profile and decide; return decision, reason, stable version and,
+    with a retrain decision, the drift's onset the retrain learns from."""
     from collections import namedtuple
 
     from components.drift import DriftThresholds
@@ -540,11 +545,12 @@ def monitor_drift(
         active = ", ".join(DspApi(dsp_api_url, dsp_ca_bundle).active_runs(f"{model_name}-retrain")) or None
     else:
         active = active_local_run(model_name)
-    settings = MonitorSettings(DriftThresholds(psi_threshold, ks_excess, level_excess), cooldown_hours, anomaly_rate_factor, forecast_bias_factor, min_predictions)
+    settings = MonitorSettings(DriftThresholds(psi_threshold, ks_excess, level_excess), cooldown_hours, anomaly_rate_factor, forecast_bias_factor,
+                               min_predictions, min_regime_hours)
     request = IngestRequest(model_name, source, file_path, seed=seed, prometheus_url=prometheus_url, prometheus_ca_bundle=prometheus_ca_bundle,
                             prometheus_queries=prometheus_queries, prometheus_end=prometheus_end)
     store = StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle)
-    result = monitor_step(model_name, request, settings, store, active, pushgateway_url)
+    result = monitor_step(model_name, request, settings, store, active, pushgateway_url, clear=action == "clear")
     assessment = result.assessment
     metrics.log_metric("drift_score", round(assessment.drift_score, 4))
     metrics.log_metric("level_score", round(assessment.level_score, 4))
@@ -557,7 +563,8 @@ def monitor_drift(
     distributions.metadata["mimeType"] = "image/png"
     print("\n".join(drift_table(assessment)))
     print(f"result: {result.decision.action}: {result.decision.reason}")
-    return namedtuple("MonitorOutputs", ["decision", "reason", "stable_version"])(result.decision.action, result.decision.reason, assessment.stable_version)
+    return namedtuple("MonitorOutputs", ["decision", "reason", "stable_version", "regime_start"])(
+        result.decision.action, result.decision.reason, assessment.stable_version, result.regime_start)
 
 
 def trigger_retrain(
@@ -565,6 +572,7 @@ def trigger_retrain(
     decision: str,
     stable_version: str,
     reason: str,
+    regime_start: str,
     action: str,
     dsp_api_url: str,
     dsp_ca_bundle: str,
@@ -577,7 +585,8 @@ def trigger_retrain(
     s3_verify: bool,
     s3_ca_bundle: str,
 ) -> str:
-    """Act on a retrain decision (submit: start the retrain run via the KFP API, record the trigger); return the run id or ""."""
+    """Act on a retrain decision (submit: start the retrain run via the KFP API, learning from the drift's onset on, and record the
+    trigger); return the run id or ""."""
     from components.monitor import RETRAIN, record_trigger
     from components.workflow import StoreOptions, open_store
 
@@ -590,7 +599,7 @@ def trigger_retrain(
     from components.dsp_api import DspApi
 
     pipeline = f"{model_name}-retrain"
-    run_id = DspApi(dsp_api_url, dsp_ca_bundle).start_run(pipeline, dict(retrain_parameters), experiment, f"{pipeline}-on-drift")
+    run_id = DspApi(dsp_api_url, dsp_ca_bundle).start_run(pipeline, {**retrain_parameters, "regime_start": regime_start}, experiment, f"{pipeline}-on-drift")
     store = open_store(StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle))
     record_trigger(store, model_name, stable_version, reason, f"run {run_id} of {pipeline}")
     print(f"result: started run {run_id} of {pipeline}")

@@ -279,18 +279,26 @@ class MonitorResult:
     decision: Decision
     markdown: str
     plot_png: bytes
+    regime_start: str = ""  # with a retrain decision: the drift's onset, from which the retrain learns
 
 
 def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSettings, store_options: StoreOptions,
-                 active_run: str | None, pushgateway_url: str = "") -> MonitorResult:
-    """Read the live window the stable version's profile asks for, measure drift, decide and push the drift gauges."""
+                 active_run: str | None, pushgateway_url: str = "", clear: bool = False) -> MonitorResult:
+    """Read the live window the stable version's profile asks for, measure drift, track its episode, decide and push the gauges.
+
+    With ``clear``, the current drift episode (its onset and retrain count) is forgotten first.
+    """
     import base64
 
     from components.ingest import read_window
     from components.monitor import (
         assess,
+        NEEDS_HUMAN,
+        RETRAIN,
         decide,
         distribution_plot,
+        next_episode,
+        record_episode,
         live_prediction_stats,
         markdown_report,
         prediction_checks,
@@ -314,9 +322,17 @@ def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSetti
     else:
         predictions = unmeasured_predictions("no prometheus_url to read the runtime's metrics from")
     assessment = assess(profile, stable, live, description, model_name, settings, predictions)
-    decision = decide(assessment, store.read_index(model_name), dt.datetime.now(dt.timezone.utc), settings, active_run)
+    if clear:
+        record_episode(store, model_name, None)
+    index, now = store.read_index(model_name), dt.datetime.now(dt.timezone.utc)
+    window_start, window_end = (live[TIMESTAMP_COLUMN].iloc[position].to_pydatetime() for position in (0, -1))
+    episode = next_episode(index, assessment.drifted, window_start, now)
+    decision = decide(assessment, index, now, settings, active_run, episode, window_end)
+    if decision.action == NEEDS_HUMAN:
+        episode["needs_human_for"] = index.get("stable")
+    record_episode(store, model_name, episode)
     if pushgateway_url and (warning := push_drift_metrics(pushgateway_url, assessment, decision)):
         print(warning)
     plot = distribution_plot(assessment, profile)
     markdown = markdown_report(assessment, decision, f"data:image/png;base64,{base64.b64encode(plot).decode()}")
-    return MonitorResult(assessment, decision, markdown, plot)
+    return MonitorResult(assessment, decision, markdown, plot, episode["onset"] if decision.action == RETRAIN and episode else "")

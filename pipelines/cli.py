@@ -135,7 +135,8 @@ def curl_line(url: str, model_name: str) -> str:
 EXIT_MEANINGS = {0: "every candidate was promoted or needed no rollout", 3: "a candidate was rejected or held back by a gate",
                  1: "a run failed"}
 MONITOR_EXIT_MEANINGS = {0: "no drift, or the retrain it started promoted its candidate or needed no rollout",
-                         3: "drift found but no retrain started (action=report, cooldown or a running retrain), or the retrain's "
+                         3: "drift found but no retrain started (action=report, cooldown, a running retrain, waiting for the new regime or "
+                            "needs a human), or the retrain's "
                             "candidate was rejected or held back",
                          1: "a check or the retrain it started failed"}
 

@@ -349,16 +349,18 @@ def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: 
     log_path = (state_dir / "logs" / f"{MONITOR}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
     summary = MonitorSummary(model_name, log=str(log_path))
     # In the pipeline a retrain decision is only reported: starting a local run is this function's job, not a step's.
-    task, summary.error = _execute(MONITOR, {**arguments, "model_name": model_name, "action": "report"}, state_dir, log_path, verbose)
+    action = "clear" if arguments.get("action") == "clear" else "report"
+    task, summary.error = _execute(MONITOR, {**arguments, "model_name": model_name, "action": action}, state_dir, log_path, verbose)
     if task is None:
         return summary
     summary.succeeded = True
     summary.decision, summary.reason = task.outputs["decision"], task.outputs["reason"]
+    regime_start = task.outputs["regime_start"]
     summary.report = task.outputs["report"].path
     if summary.decision == RETRAIN and arguments.get("action") == "submit":
         store = open_run_store(arguments, state_dir)
         record_trigger(store, model_name, str(store.read_index(model_name).get("stable")), summary.reason, f"a local run of {model_name}-retrain")
         print(f"==> drift: retraining {model_name} locally", flush=True)
-        retrain = retrain_arguments(model_name, {**LOCAL_DEFAULTS, **dict(arguments.get("retrain_parameters") or {})})
+        retrain = retrain_arguments(model_name, {**LOCAL_DEFAULTS, **dict(arguments.get("retrain_parameters") or {}), "regime_start": regime_start})
         summary.retrain = run_local(model_name, retrain, state_dir, verbose=verbose)
     return summary

@@ -23,6 +23,8 @@ PARAMETER_HELP = {
     "prometheus_ca_bundle": "CA bundle file for Prometheus TLS; empty: the system CAs (and the service CA in a pod).",
     "prometheus_queries": "Override PromQL per base metric, as a JSON object {metric: query}; empty: the built-in queries.",
     "prometheus_end": "End of the training window as an ISO-8601 time; empty: now.",
+    "regime_start": "Train only on minutes from this ISO-8601 time on (a drift-triggered retrain sets it to the drift's onset); empty: the whole window.",
+    "min_regime_hours": "Hours of data after a drift's onset before a retrain is started, so that it learns the new regime.",
     "allow_synthetic_fallback": "Train on synthetic data when Prometheus has too little (the report says so); false: fail instead.",
     "allow_synthetic_deploy": "Deploy a version trained on synthetic data to kserve or gitops; false: it is held, `not deployed: trained on synthetic data`.",
     "prometheus_window": "PromQL range of the canary's live signals, e.g. 2m.",
@@ -77,7 +79,8 @@ PARAMETER_HELP = {
     "anomaly_rate_factor": "Drift: the detector's live anomaly rate may be at most this many times its validation rate.",
     "forecast_bias_factor": "Drift: the forecaster's live mean forecast may be off the live mean by at most this many validation MAEs.",
     "min_predictions": "Fewest live predictions in the window for the prediction checks; fewer: inconclusive, not a pass.",
-    "action": "What a retrain decision does: report (artifacts only) or submit (start the model's retrain pipeline).",
+    "action": "What a retrain decision does: report (artifacts only) or submit (start the model's retrain pipeline); clear: forget the "
+              "current drift episode first (after a human handled a drift that retrains could not absorb).",
     "dsp_api_url": "DSP (KFP) API address from inside the cluster for action=submit and the active-run check, e.g. "
                    "https://ds-pipeline-dspa.<project>.svc:8443; the service-account token is sent over https only.",
     "dsp_ca_bundle": "CA bundle file for the DSP API's TLS, e.g. the service CA; empty: the system CAs.",

@@ -72,7 +72,7 @@ MONITORING = MonitorSettings()
 # Every retraining pipeline returns its evaluation, so that local runs and the kfp client can summarise a run.
 PipelineOutputs = NamedTuple("PipelineOutputs", [("metrics", Metrics), ("report", Markdown)])
 # The monitor returns its drift metrics and report, and the decision with its reason.
-MonitorOutputs = NamedTuple("MonitorOutputs", [("metrics", Metrics), ("report", Markdown), ("decision", str), ("reason", str)])
+MonitorOutputs = NamedTuple("MonitorOutputs", [("metrics", Metrics), ("report", Markdown), ("decision", str), ("reason", str), ("regime_start", str)])
 
 
 def make_components(image: str) -> SimpleNamespace:
@@ -135,10 +135,10 @@ MONITOR_KNOB_DEFAULTS = {
     "psi_threshold": MONITORING.thresholds.psi, "ks_excess": MONITORING.thresholds.ks_excess,
     "level_excess": MONITORING.thresholds.level_excess, "cooldown_hours": MONITORING.cooldown_hours,
     "anomaly_rate_factor": MONITORING.anomaly_rate_factor, "forecast_bias_factor": MONITORING.forecast_bias_factor,
-    "min_predictions": MONITORING.min_predictions, "action": "report", "dsp_api_url": "", "dsp_ca_bundle": "",
+    "min_predictions": MONITORING.min_predictions, "min_regime_hours": MONITORING.min_regime_hours, "action": "report", "dsp_api_url": "", "dsp_ca_bundle": "",
     "experiment": DEFAULT_EXPERIMENT, "retrain_parameters": {}, "pushgateway_url": "",
 }
-MODEL_KNOB_DEFAULTS = {**asdict(DETECTOR), **asdict(FORECASTER), **asdict(GATES), **MONITOR_KNOB_DEFAULTS}
+MODEL_KNOB_DEFAULTS = {**asdict(DETECTOR), **asdict(FORECASTER), **asdict(GATES), **MONITOR_KNOB_DEFAULTS, "regime_start": ""}
 
 
 def _validate(ops: SimpleNamespace, p: dict) -> dsl.PipelineTask:
@@ -155,7 +155,7 @@ def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
         model_name=model_name, source=p["source"], file_path=p["file_path"], days=p["days"], seed=p["seed"],
         validation_fraction=p["validation_fraction"], prometheus_url=p["prometheus_url"], prometheus_secret=p["prometheus_secret"],
         prometheus_ca_bundle=p["prometheus_ca_bundle"], prometheus_queries=p["prometheus_queries"], prometheus_end=p["prometheus_end"],
-        allow_synthetic_fallback=p["allow_synthetic_fallback"],
+        allow_synthetic_fallback=p["allow_synthetic_fallback"], regime_start=p.get("regime_start", ""),
     ).after(_validate(ops, p))).set_display_name("Ingest metrics"), p)
 
 
@@ -242,6 +242,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         prometheus_ca_bundle: str = SERVICE_CA_BUNDLE,
         prometheus_queries: dict = {},
         prometheus_end: str = "",
+        regime_start: str = "",
         allow_synthetic_fallback: bool = False,
         allow_synthetic_deploy: bool = False,
         prometheus_window: str = "2m",
@@ -327,6 +328,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         prometheus_ca_bundle: str = SERVICE_CA_BUNDLE,
         prometheus_queries: dict = {},
         prometheus_end: str = "",
+        regime_start: str = "",
         allow_synthetic_fallback: bool = False,
         allow_synthetic_deploy: bool = False,
         prometheus_window: str = "2m",
@@ -473,6 +475,7 @@ def build_monitor_pipeline(image: str = DEFAULT_IMAGE):
         anomaly_rate_factor: float = MONITORING.anomaly_rate_factor,
         forecast_bias_factor: float = MONITORING.forecast_bias_factor,
         min_predictions: int = MONITORING.min_predictions,
+        min_regime_hours: float = MONITORING.min_regime_hours,
         action: str = "report",
         dsp_api_url: str = "",
         dsp_ca_bundle: str = "",
@@ -492,16 +495,18 @@ def build_monitor_pipeline(image: str = DEFAULT_IMAGE):
             prometheus_secret=prometheus_secret, prometheus_ca_bundle=prometheus_ca_bundle, prometheus_queries=prometheus_queries,
             prometheus_end=prometheus_end, psi_threshold=psi_threshold, ks_excess=ks_excess, level_excess=level_excess, cooldown_hours=cooldown_hours,
             anomaly_rate_factor=anomaly_rate_factor, forecast_bias_factor=forecast_bias_factor, min_predictions=min_predictions,
+            min_regime_hours=min_regime_hours,
             action=action, dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, pushgateway_url=pushgateway_url, **_store(p),
         ).after(_validate(ops, {**rollout_defaults, **p})), p), p).set_display_name("Measure drift and decide")
         # No dsl.If on the decision: kfp.local cannot resolve a named output in a condition, so the step decides itself.
         _side_effect(ops.trigger_retrain(
             model_name=model_name, decision=monitor.outputs["decision"], stable_version=monitor.outputs["stable_version"],
-            reason=monitor.outputs["reason"], action=action, dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, experiment=experiment,
+            reason=monitor.outputs["reason"], regime_start=monitor.outputs["regime_start"], action=action, dsp_api_url=dsp_api_url, dsp_ca_bundle=dsp_ca_bundle, experiment=experiment,
             retrain_parameters=retrain_parameters, **_store(p),
         ), p).set_display_name("Act on the decision")
         return MonitorOutputs(metrics=monitor.outputs["metrics"], report=monitor.outputs["report"],
-                              decision=monitor.outputs["decision"], reason=monitor.outputs["reason"])
+                              decision=monitor.outputs["decision"], reason=monitor.outputs["reason"],
+                              regime_start=monitor.outputs["regime_start"])
 
     return model_monitor
 

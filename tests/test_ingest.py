@@ -96,3 +96,15 @@ def test_unknown_source_and_missing_file_are_refused(tmp_path):
         ingest(IngestRequest(ANOMALY_DETECTOR, source="file", file_path=str(tmp_path / "none.csv")))
     with pytest.raises(ContractError, match="needs file_path"):
         ingest(IngestRequest(ANOMALY_DETECTOR, source="file"))
+
+
+def test_regime_start_keeps_only_the_minutes_from_the_drifts_onset_on(tmp_path):
+    frame = generate_cluster_metrics("predictive-analytics", days=2, seed=4)
+    path = tmp_path / "live.csv"
+    frame.to_csv(path, index=False)
+    onset = frame.timestamp.iloc[-600]
+    result = ingest(IngestRequest("predictive-analytics", source="file", file_path=str(path), regime_start=onset.isoformat()))
+    assert len(result.train) + len(result.validation) == 600
+    assert result.train.timestamp.min() == onset and f"from {onset:%Y-%m-%d %H:%M} UTC on (the drift's onset): 600 of {len(frame)} minutes" in result.description
+    with pytest.raises(ContractError, match="regime_start .* leaves 5 of the source's .* point the retrain at the source the monitor reads"):
+        ingest(IngestRequest("predictive-analytics", source="file", file_path=str(path), regime_start=frame.timestamp.iloc[-5].isoformat()))

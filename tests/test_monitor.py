@@ -97,7 +97,7 @@ def monitor_pipeline_process(state: Path, **arguments) -> subprocess.CompletedPr
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root="runs", raise_on_error=True)
         pipeline = components.load_component_from_file({str(REPO / "compiled" / "model-monitor.yaml")!r})
         task = pipeline(**json.loads(sys.argv[1]))
-        print("OUTPUTS " + json.dumps({{"decision": task.outputs["decision"], "reason": task.outputs["reason"]}}))
+        print("OUTPUTS " + json.dumps({{name: task.outputs[name] for name in ("decision", "reason", "regime_start")}}))
         """
     )
     env = {**{key: value for key, value in os.environ.items() if not key.startswith("MODEL_")},
@@ -117,7 +117,7 @@ def test_a_shifted_window_in_prometheus_submits_the_retrain_then_an_active_run_a
     prometheus, kfp, shifted_end, quiet_end = live
     state = copy_of(trained, tmp_path)
     common = {"model_name": FORECASTER, "source": "prometheus", "prometheus_url": prometheus.url, "prometheus_queries": QUERIES,
-              "action": "submit", "dsp_api_url": kfp.url, "retrain_parameters": RETRAIN_PARAMETERS, "experiment": "drift"}
+              "action": "submit", "dsp_api_url": kfp.url, "retrain_parameters": RETRAIN_PARAMETERS, "experiment": "drift", "min_regime_hours": 0.0}
 
     quiet = run_monitor_pipeline(state, **common, prometheus_end=quiet_end, cooldown_hours=0.0)
     assert quiet["decision"] == "none" and quiet["reason"].startswith("no drift in 5 features"), quiet
@@ -137,8 +137,10 @@ def test_a_shifted_window_in_prometheus_submits_the_retrain_then_an_active_run_a
         "display_name": f"{FORECASTER}-retrain-on-drift",
         "experiment_id": experiment_id,
         "pipeline_version_reference": {"pipeline_id": pipeline_id, "pipeline_version_id": version["pipeline_version_id"]},
-        "runtime_config": {"parameters": RETRAIN_PARAMETERS},
+        "runtime_config": {"parameters": {**RETRAIN_PARAMETERS, "regime_start": drifted["regime_start"]}},
     }
+    onset = pd.Timestamp(shifted_end) - pd.Timedelta(minutes=119)  # the 120-minute window ends at prometheus_end
+    assert pd.Timestamp(drifted["regime_start"]) == onset, "the retrain learns from the start of the first drifted window on"
     assert post["headers"]["authorization"] == f"Bearer {TOKEN}"
     (run_id,) = kfp.runs
     index = json.loads((state / "store" / FORECASTER / "metadata.json").read_text())
@@ -180,13 +182,14 @@ def test_the_cli_retrains_locally_on_drift_and_then_holds_while_a_run_is_active_
     quiet_csv, drift_csv = state / "quiet.csv", state / "drift.csv"
     quiet_csv.write_text(live_frame.to_csv(index=False))
     drift_csv.write_text(shifted(live_frame).to_csv(index=False))
+    submit = ("--param", "action=submit", "--param", "min_regime_hours=0")
     try:
-        quiet = monitor_cli(state, quiet_csv, "--param", "action=submit", "--param", "cooldown_hours=0")
+        quiet = monitor_cli(state, quiet_csv, *submit, "--param", "cooldown_hours=0")
         assert quiet.returncode == 0, quiet.stdout[-3000:]
         assert "decision: none: no drift in 5 features" in quiet.stdout and "retrain:" not in quiet.stdout
 
         retrain = json.dumps({"days": 3, "seed": 5, "canary_interval_s": 0.3, "probe_requests": 10})
-        drifted = monitor_cli(state, drift_csv, "--param", "action=submit", "--param", "cooldown_hours=0", "--param", f"retrain_parameters={retrain}")
+        drifted = monitor_cli(state, drift_csv, *submit, "--param", "cooldown_hours=0", "--param", f"retrain_parameters={retrain}")
         assert drifted.returncode == 0, drifted.stdout[-3000:]
         table = [line for line in drifted.stdout.splitlines() if line.startswith("  | cpu |")]
         assert table and table[0].endswith("| **yes** |"), "the drift table shows cpu drifted"
@@ -194,14 +197,17 @@ def test_the_cli_retrains_locally_on_drift_and_then_holds_while_a_run_is_active_
         index = json.loads((state / "store" / FORECASTER / "metadata.json").read_text())
         assert index["stable"] == "v2"
         assert [event["event"] for event in index["history"] if event["event"] == "retrain-triggered"] == ["retrain-triggered"]
+        onset = pd.Timestamp(live_frame.timestamp.iloc[-120])
+        assert f"from {onset:%Y-%m-%d %H:%M} UTC on (the drift's onset)" in (state / "logs").joinpath(
+            sorted(path.name for path in (state / "logs").glob(f"{FORECASTER}-*.log"))[-1]).read_text(), "the retrain learned from the onset on"
 
-        cooling = monitor_cli(state, drift_csv, "--param", "action=submit")
+        cooling = monitor_cli(state, drift_csv, *submit)
         assert cooling.returncode == 3 and "decision: held: drift: cpu" in cooling.stdout and "cooldown 24 h until" in cooling.stdout
 
         os.environ[RUN_LOCKS_ENV] = str(state / "locks")
         try:
             with local_run_lock(FORECASTER):
-                running = monitor_cli(state, drift_csv, "--param", "action=submit", "--param", "cooldown_hours=0")
+                running = monitor_cli(state, drift_csv, *submit, "--param", "cooldown_hours=0")
                 blocked = run_cli("run", FORECASTER, "--local", "--state-dir", str(state), "--param", "days=1")
         finally:
             del os.environ[RUN_LOCKS_ENV]
@@ -209,8 +215,36 @@ def test_the_cli_retrains_locally_on_drift_and_then_holds_while_a_run_is_active_
         assert blocked.returncode == 1 and f"another local run of {FORECASTER} is active (pid {os.getpid()}" in blocked.stdout
         assert "exit code 3: drift found but no retrain started" in running.stdout
         assert json.loads((state / "store" / FORECASTER / "metadata.json").read_text())["stable"] == "v2", "held checks change nothing"
+
+        second = json.dumps({"days": 3, "seed": 6, "canary_interval_s": 0.3, "probe_requests": 10})
+        again = monitor_cli(state, drift_csv, *submit, "--param", "cooldown_hours=0", "--param", f"retrain_parameters={second}")
+        assert again.returncode == 0 and "retrain: v3 promoted" in again.stdout, again.stdout[-3000:]
+        stuck = monitor_cli(state, drift_csv, *submit, "--param", "cooldown_hours=0")
+        assert stuck.returncode == 3, stuck.stdout[-3000:]
+        assert "needs a human: drift persists after 2 retrains since" in stuck.stdout and "==> drift: retraining" not in stuck.stdout
+        cleared = monitor_cli(state, drift_csv, "--param", "action=clear", "--param", "cooldown_hours=0", "--param", "min_regime_hours=0")
+        assert cleared.returncode == 3 and "decision: retrain: drift: cpu" in cleared.stdout, cleared.stdout[-3000:]
+        events = [event["event"] for event in json.loads((state / "store" / FORECASTER / "metadata.json").read_text())["history"]]
+        assert events.count("drift-cleared") == 1 and events.count("drift-onset") == 2, "clearing forgot the episode; the next check began a new one"
     finally:
         run_cli("serve", "stop", "--state-dir", str(state))
+
+
+def test_a_drift_waits_for_the_new_regime_before_a_retrain_and_ends_when_the_inputs_settle(trained, tmp_path):
+    state = copy_of(trained, tmp_path)
+    live_frame = generate_cluster_metrics(FORECASTER, days=0.5, seed=3)
+    quiet_csv, drift_csv = state / "quiet.csv", state / "drift.csv"
+    quiet_csv.write_text(live_frame.to_csv(index=False))
+    drift_csv.write_text(shifted(live_frame).to_csv(index=False))
+    waiting = monitor_cli(state, drift_csv, "--param", "action=submit", "--param", "cooldown_hours=0")
+    assert waiting.returncode == 3, waiting.stdout[-3000:]
+    assert "held: waiting for the new regime (2 of 24 hours)" in waiting.stdout and "==> drift: retraining" not in waiting.stdout
+    index = json.loads((state / "store" / FORECASTER / "metadata.json").read_text())
+    assert pd.Timestamp(index["drift_episode"]["onset"]) == pd.Timestamp(live_frame.timestamp.iloc[-120]) and index["drift_episode"]["checks"] == 1
+    settled = monitor_cli(state, quiet_csv, "--param", "action=submit", "--param", "cooldown_hours=0")
+    assert settled.returncode == 0, settled.stdout[-3000:]
+    index = json.loads((state / "store" / FORECASTER / "metadata.json").read_text())
+    assert "drift_episode" not in index and index["history"][-1]["event"] == "drift-cleared"
 
 
 def test_percent_units_are_an_input_error_not_drift(trained, tmp_path):
