@@ -35,7 +35,7 @@ from components.workflow import (
     save_step,
     serving_context,
 )
-from pipelines.local import local_target, run_local
+from pipelines.local import LOCAL_DEFAULTS, local_target, run_local
 
 CANARY = CanarySpec(interval_s=0.3, probe_requests=10)
 STORE = StoreOptions()
@@ -66,14 +66,14 @@ def direct_run(model_name: str, state_dir: Path) -> None:
 
 def local_run(model_name: str, state_dir: Path) -> None:
     """Run the retraining pipeline with kfp.local, serving locally as the CLI does, with ``direct_run``'s canary settings."""
-    arguments = {"serving_target": "local", "canary_interval_s": CANARY.interval_s, "probe_requests": CANARY.probe_requests}
+    arguments = {**LOCAL_DEFAULTS, "canary_interval_s": CANARY.interval_s, "probe_requests": CANARY.probe_requests}
     summary = run_local(model_name, arguments, state_dir)
     if not summary.succeeded:
         raise RuntimeError(f"the kfp.local run of {model_name} failed ({summary.error}); see {summary.log}")
 
 
-def timed(function, model_name: str, state_dir: Path) -> float:
-    """Return the seconds one run takes, its output silenced; fail unless it ends with v1 serving as stable."""
+def timed(function, model_name: str, state_dir: Path) -> tuple[float, str]:
+    """Return the seconds one run takes (its output silenced) and the version it serves; fail unless that is v1, stable."""
     started = time.perf_counter()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -82,7 +82,7 @@ def timed(function, model_name: str, state_dir: Path) -> float:
         stable = local_target(state_dir).status(model_name).stable
         if stable != "v1":
             raise RuntimeError(f"{function.__name__} of {model_name} ended with {stable or 'nothing'} serving, not v1: it did not run the whole DAG")
-        return seconds
+        return seconds, stable
     finally:
         local_target(state_dir).stop_all()
 
@@ -98,12 +98,15 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for model in models:
-            local_times, direct_times = [], []
+            local_times, direct_times, served = [], [], {}
             for repeat in range(args.repeats):
-                local_times.append(timed(local_run, model, Path(scratch) / f"local-{repeat}"))
-                direct_times.append(timed(direct_run, model, Path(scratch) / f"direct-{repeat}"))
+                seconds, served["local_run"] = timed(local_run, model, Path(scratch) / f"local-{repeat}")
+                local_times.append(seconds)
+                seconds, served["direct"] = timed(direct_run, model, Path(scratch) / f"direct-{repeat}")
+                direct_times.append(seconds)
             local_s, direct_s = statistics.median(local_times), statistics.median(direct_times)
-            results[model] = {"local_run_s": round(local_s, 3), "direct_s": round(direct_s, 3), "ratio": round(local_s / direct_s, 2)}
+            results[model] = {"local_run_s": round(local_s, 3), "direct_s": round(direct_s, 3), "ratio": round(local_s / direct_s, 2),
+                              "runs": args.repeats, "served": served}
             print(f"{model:<22} kfp.local {local_s:6.2f} s   direct {direct_s:6.2f} s   ratio {local_s / direct_s:5.2f}x", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -68,8 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
                 in_process = percentiles(time_calls(lambda: model.predict(rows), args.requests))
                 entry = {"in_process": in_process}
                 for path, url in (("main_url", endpoints.main), ("own_server", endpoints.stable)):
+                    answer = session.post(f"{url}:predict", json=body, timeout=30)
+                    answer.raise_for_status()
+                    served_match = answer.json()["predictions"] == model.predict(rows).tolist()
                     measured = percentiles(time_calls(lambda url=url: session.post(f"{url}:predict", json=body, timeout=30).raise_for_status(), args.requests))
                     measured.update({f"{key}_ratio": round(measured[key] / in_process[key], 2) for key in ("p50_ms", "p99_ms")})
+                    measured.update(requests=args.requests, predictions_match_in_process=served_match)
+                    if path == "main_url":
+                        measured["served_version"] = answer.headers.get("x-served-version", "")
                     entry[path] = measured
                 results[f"{batch}_instances"] = entry
         finally:

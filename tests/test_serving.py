@@ -295,7 +295,9 @@ def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_z
             os.kill(pid, signal.SIGKILL)  # the step dies mid-canary with half the live traffic on the candidate
         output, _ = rollout.communicate(timeout=300)
     assert rollout.returncode == 1, output[-3000:]
-    assert "canary-promote" in output and "ensure-safe-serving" in output
+    steps = {line.split()[0]: line.split(None, 3)[1:] for line in output.splitlines() if line.startswith("  ") and len(line.split()) > 2}
+    assert steps["canary-promote"][0] == "FAILED", output[-3000:]
+    assert steps["ensure-safe-serving"][0] == "ok" and f"candidate {version} set back to 0 % traffic" in steps["ensure-safe-serving"][2], output[-3000:]
     assert status(state) == {"url": url, "stable": stable, "candidate": version, "candidate_percent": 0}
     assert client.sent > 20 and client.failures == [], client.failures[:3]
     assert served_versions(url) == {stable}, "after the exit handler no live request reaches the candidate"

@@ -61,7 +61,7 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             "import os\nfrom pathlib import Path\n\nimport requests\n\n"
-            "from components.contract import fallback_instance\nfrom pipelines.local import local_target, run_local"
+            "from components.contract import fallback_instance\nfrom pipelines.local import LOCAL_DEFAULTS, local_target, run_local"
         ),
         new_code_cell(
             "state_dir = Path(os.environ.get('NOTEBOOK_STATE_DIR', '.model-pipelines-notebook'))  # parameters\n"
@@ -69,7 +69,8 @@ NOTEBOOKS = {
             metadata={"tags": ["parameters"]},
         ),
         new_code_cell(
-            "summary = run_local('anomaly-detector', {'serving_target': 'local', 'canary_interval_s': canary_interval_s}, state_dir)\n"
+            "# LOCAL_DEFAULTS: serve on this machine and learn synthetic data (a cluster run's defaults read Prometheus)\n"
+            "summary = run_local('anomaly-detector', {**LOCAL_DEFAULTS, 'canary_interval_s': canary_interval_s}, state_dir)\n"
             "assert summary.succeeded, summary.error\n"
             "print(summary.outcome)\nprint(summary.report)\nprint(summary.serving)"
         ),
