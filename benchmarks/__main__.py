@@ -4,6 +4,7 @@
     python -m benchmarks nab      --data-dir ../shared/datasets/nab --json OUT
     python -m benchmarks forecast --data-dir ../shared/datasets/datacenter-traces --json OUT
     python -m benchmarks drift    [--data-dir ../shared/datasets/datacenter-traces] --json OUT
+    python -m benchmarks unattended [--days 14] [--seed 7] [--json OUT]
 
 Each verb prints progress and a summary, writes its JSON to ``--json`` and a Markdown table plus PNG plots to
 ``--results-dir`` (default ``benchmarks/results``).
@@ -125,7 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--data-dir", type=Path, default=DEFAULT_TRACES, help="datacenter traces, if present (default %(default)s)")
     command.add_argument("--json", type=Path, required=True, help="where to write the JSON results")
     command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown output (default %(default)s)")
+    command = verbs.add_parser("unattended", help="14 days of unattended operation, time compressed, with faults (benchmarks/unattended.py)")
+    command.add_argument("--days", type=int, default=14)
+    command.add_argument("--seed", type=int, default=7)
+    command.add_argument("--json", type=Path, help="where to write the JSON results")
     args = parser.parse_args(argv)
+    if args.verb == "unattended":
+        from benchmarks import unattended
+
+        unattended.main(["--days", str(args.days), "--seed", str(args.seed), *(["--json", str(args.json)] if args.json else [])])
+        return 0
     try:
         result = {"anomaly": anomaly, "nab": nab, "forecast": forecast, "drift": drift}[args.verb](args)
     except (ContractError, OSError) as error:

@@ -46,7 +46,7 @@ class MonitorSettings:
     anomaly_rate_factor: float = 3.0  # live anomaly rate above this many times validation's is drift
     forecast_bias_factor: float = 3.0  # live mean forecast off the live mean by more than this many validation MAEs
     min_predictions: int = 100  # fewer live predictions than this: the prediction check is inconclusive
-    min_regime_hours: float = 24.0  # a drift-triggered retrain waits for this much data after the onset, to learn the new regime
+    min_regime_hours: float = 36.0  # data after a drift's onset before a retrain: its training share (70 %) covers a whole day
     max_retrains_per_episode: int = 2  # promoted retrains after which a persisting drift needs a human, not another retrain
 
 

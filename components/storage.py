@@ -147,9 +147,24 @@ def checked_bytes(data: bytes, model_name: str, version: str, index_sha256: str,
     return data
 
 
+def wall_clock() -> dt.datetime:
+    """Return the current UTC time."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# What "now" is for the index history and the monitor's decisions. A simulation of days in minutes
+# (``python -m benchmarks unattended``) replaces it with its own clock; nothing else does.
+clock: Callable[[], dt.datetime] = wall_clock
+
+
+def current_time() -> dt.datetime:
+    """Return the current UTC time by ``clock``."""
+    return clock()
+
+
 def utc_now() -> str:
-    """Return the current UTC time as an ISO 8601 string."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    """Return the current UTC time (by ``clock``) as an ISO 8601 string."""
+    return current_time().isoformat(timespec="seconds")
 
 
 def empty_index(model_name: str) -> dict:

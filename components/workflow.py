@@ -36,6 +36,7 @@ from components.storage import (
     StoredVersion,
     StoreError,
     champion_version,
+    current_time,
     load_model,
     utc_now,
 )
@@ -324,7 +325,7 @@ def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSetti
     assessment = assess(profile, stable, live, description, model_name, settings, predictions)
     if clear:
         record_episode(store, model_name, None)
-    index, now = store.read_index(model_name), dt.datetime.now(dt.timezone.utc)
+    index, now = store.read_index(model_name), current_time()
     window_start, window_end = (live[TIMESTAMP_COLUMN].iloc[position].to_pydatetime() for position in (0, -1))
     episode = next_episode(index, assessment.drifted, window_start, now)
     decision = decide(assessment, index, now, settings, active_run, episode, window_end)

@@ -238,7 +238,7 @@ def test_a_drift_waits_for_the_new_regime_before_a_retrain_and_ends_when_the_inp
     drift_csv.write_text(shifted(live_frame).to_csv(index=False))
     waiting = monitor_cli(state, drift_csv, "--param", "action=submit", "--param", "cooldown_hours=0")
     assert waiting.returncode == 3, waiting.stdout[-3000:]
-    assert "held: waiting for the new regime (2 of 24 hours)" in waiting.stdout and "==> drift: retraining" not in waiting.stdout
+    assert "held: waiting for the new regime (2 of 36 hours)" in waiting.stdout and "==> drift: retraining" not in waiting.stdout
     index = json.loads((state / "store" / FORECASTER / "metadata.json").read_text())
     assert pd.Timestamp(index["drift_episode"]["onset"]) == pd.Timestamp(live_frame.timestamp.iloc[-120]) and index["drift_episode"]["checks"] == 1
     settled = monitor_cli(state, quiet_csv, "--param", "action=submit", "--param", "cooldown_hours=0")

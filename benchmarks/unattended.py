@@ -1,0 +1,498 @@
+"""Fourteen days of unattended operation of the anomaly detector, time compressed, with faults on a seeded schedule.
+
+    python -m benchmarks unattended [--days 14] [--seed 7] [--json OUT]
+
+What runs, on one machine, in a work directory:
+- the live metrics: ten days of history, then ``--days`` days in which node memory steps up by 0.15 on day 5 and
+  stays there, containers crash-loop for an hour on day 9, day 7 arrives in percent and day 12 in millicores;
+- hourly drift checks by the monitor's own code (``monitor_step``) with ``action=submit``: a retrain decision starts
+  a retrain from the drift's onset on; a weekly scheduled retrain on the last ten days;
+- every retrain's version rolled out on two targets: the local one (KServe model servers and the router on
+  127.0.0.1) and the KServe target against the Kubernetes API stand-in the tests use;
+- a client that sends the coordination engine's requests to each target's main URL all along, and a client that
+  sends bodies the contract refuses at 10 per second during every canary;
+- faults: bursts of 503s from the API stand-in during deploy and rollback, a Prometheus outage during canaries,
+  latency blips during smoke tests (the candidate's server paused and resumed), a symlinked version planted in the
+  store (``store repair`` runs daily), and one scheduled run misconfigured to train on synthetic data.
+
+Time is compressed by a clock (``components.storage.clock``) that the simulation advances an hour per check; the
+data's timestamps are that clock's. Canary intervals are short, but every step runs the real code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import requests
+
+from components import storage
+from components.contract import ANOMALY_DETECTOR, LABEL_COLUMN, ContractError, fallback_instance, is_synthetic
+from components.evaluate import Gates
+from components.ingest import IngestRequest, ingest
+from components.kserve_target import KServeOptions
+from components.local_serving import LocalTarget, process_alive
+from components.monitor import NEEDS_HUMAN, RETRAIN, MonitorError, MonitorSettings, record_trigger
+from components.prometheus import PrometheusClient, PrometheusProvider
+from components.rollout import CanarySpec, ProbeProvider, canary_promote, make_safe, record_smoke_test, rollback, smoke_test
+from components.serving import ServingError
+from components.store_integrity import repair
+from components.synthetic import generate_cluster_metrics
+from components.train import DetectorParams, save_trained, train_anomaly_detector
+from components.workflow import (
+    SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, deploy_step, evaluate_step, monitor_step, open_store, probe_sample_from, save_step,
+    serving_context,
+)
+
+MODEL = ANOMALY_DETECTOR
+HISTORY_DAYS = 10
+SHIFT_DAY, CRASH_DAY, PERCENT_DAY, MILLICORE_DAY = 5, 9, 7, 12
+CANARY = CanarySpec(interval_s=0.4, probe_requests=10)
+SMOKE_P95_MS = 250.0
+READY_TIMEOUT_S = 60.0
+FAULT_KINDS = ("api_503_burst_deploy", "api_503_burst_rollback", "prometheus_outage", "smoke_latency_blip", "client_4xx",
+               "symlinked_version", "percent_unit_day", "millicore_unit_day", "synthetic_source_run")
+
+
+def live_metrics(days: int, seed: int) -> tuple[pd.DataFrame, dict[str, pd.Timestamp]]:
+    """Return the live series (history plus ``days``) with the regime change, the crash loop and the unit days, and when each starts."""
+    frame = generate_cluster_metrics(MODEL, days=HISTORY_DAYS + days, seed=seed)
+    start = frame.timestamp.iloc[0] + pd.Timedelta(days=HISTORY_DAYS)
+    marks = {name: start + pd.Timedelta(days=day) for name, day in
+             (("start", 0), ("shift", SHIFT_DAY), ("crash", CRASH_DAY), ("percent", PERCENT_DAY), ("millicore", MILLICORE_DAY))}
+    after_shift = frame.timestamp >= marks["shift"]
+    frame.loc[after_shift, "node_memory_utilization"] = np.clip(frame.loc[after_shift, "node_memory_utilization"] + 0.15, 0, 1)
+    crash = (frame.timestamp >= marks["crash"]) & (frame.timestamp < marks["crash"] + pd.Timedelta(hours=1))
+    frame.loc[crash, "container_restart_count"] += np.arange(1, crash.sum() + 1) * 2.0  # a restart every 30 s for an hour
+    frame.loc[frame.timestamp >= marks["crash"] + pd.Timedelta(hours=1), "container_restart_count"] += crash.sum() * 2.0
+    frame.loc[crash, "pod_cpu_usage"] *= 0.2
+    for name, column, factor in (("percent", "node_cpu_utilization", 100.0), ("millicore", "pod_cpu_usage", 1000.0)):
+        day = (frame.timestamp >= marks[name]) & (frame.timestamp < marks[name] + pd.Timedelta(days=1))
+        frame.loc[day, column] *= factor
+    return frame, marks
+
+
+@dataclass
+class Lane:
+    """One serving target with its own store: what the simulation deploys there and what its client saw."""
+
+    name: str
+    target_name: str
+    store_root: Path
+    serving_home: Path
+    options: KServeOptions | None = None
+
+    @contextlib.contextmanager
+    def active(self):
+        """Point the store and serving environment at this lane for the calls inside."""
+        saved = {key: os.environ.get(key) for key in (STORE_ROOT_ENV, SERVING_HOME_ENV)}
+        os.environ[STORE_ROOT_ENV], os.environ[SERVING_HOME_ENV] = str(self.store_root), str(self.serving_home)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+class EngineClient:
+    """Sends the coordination engine's request to a lane's main URL in a loop; counts failures, downtime and versions served."""
+
+    def __init__(self, url_of) -> None:
+        self.url_of, self.sent, self.failed, self.down_s = url_of, 0, 0, 0.0
+        self.served: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        session, down_since = requests.Session(), None
+        while not self._stop.is_set():
+            url = self.url_of()
+            if url:
+                try:
+                    answer = session.post(f"{url}:predict", json={"instances": [fallback_instance()]}, timeout=10)
+                    ok = answer.status_code == 200 and answer.json().get("predictions") == [1]
+                    self.served.add(answer.headers.get("x-served-version", ""))
+                except (requests.RequestException, ValueError):
+                    ok = False
+                self.sent += 1
+                now = time.monotonic()
+                if ok and down_since is not None:
+                    self.down_s += now - down_since
+                    down_since = None
+                elif not ok:
+                    self.failed += 1
+                    down_since = down_since or now
+            time.sleep(0.05)
+
+    def start(self) -> "EngineClient":
+        """Start sending."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sending."""
+        self._stop.set()
+        self._thread.join(30)
+
+
+class BadBodyClient:
+    """Sends a body with one feature too few at 10 per second to a main URL while active; counts the 4xx answers."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.client_errors, self.other = url, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        session = requests.Session()
+        while not self._stop.wait(0.1):
+            try:
+                status = session.post(f"{self.url}:predict", json={"instances": [fallback_instance()[:-1]]}, timeout=10).status_code
+            except requests.RequestException:
+                status = 0
+            if 400 <= status < 500:
+                self.client_errors += 1
+            else:
+                self.other += 1
+
+    def __enter__(self) -> "BadBodyClient":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+@contextlib.contextmanager
+def stuttering(pid: int):
+    """Pause and resume a server process every 0.2 s while inside: a latency blip the smoke test must see."""
+    stop = threading.Event()
+
+    def stutter() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.15)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=stutter, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+@dataclass
+class Tally:
+    """What the simulation counts."""
+
+    faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULT_KINDS, 0))
+    retrains: list[dict] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+    unit_errors: list[str] = field(default_factory=list)
+    rollouts: list[str] = field(default_factory=list)
+
+
+class Simulation:
+    """The scenario: the live data, the two lanes, the clients, and the hourly loop."""
+
+    def __init__(self, work: Path, days: int, seed: int) -> None:
+        from tests.k8s_standin import KubeStandIn  # the same API stand-in the tests use
+
+        self.work, self.days, self.rng = work, days, np.random.default_rng(seed)
+        self.series, self.marks = live_metrics(days, seed)
+        self.live_path = work / "live.parquet"
+        self.tally = Tally()
+        self.runs = 0
+        pvcs = work / "pvcs"
+        (pvcs / "model-storage-pvc").mkdir(parents=True)
+        (work / "standin").mkdir()
+        self.standin = KubeStandIn(pvcs, work / "standin").start()
+        os.environ.update(self.standin.client_env(self.standin.write_kubeconfig(work / "kubeconfig")))
+        self.local = Lane("local", "local", work / "local-store", work / "serving")
+        self.kserve = Lane("kserve", "kserve", pvcs / "model-storage-pvc", work / "serving-unused",
+                           KServeOptions(namespace="unattended", deployment_mode="Serverless", endpoint=""))
+        self.now = self.marks["start"]
+        storage.clock = lambda: self.now.to_pydatetime()
+
+    # -- the pieces of one simulated hour -------------------------------------------------------------------------
+    def publish_live(self) -> None:
+        """Write the live metrics up to the simulated now: what the monitor and the retrains read."""
+        window = self.series[(self.series.timestamp < self.now) & (self.series.timestamp >= self.now - pd.Timedelta(days=HISTORY_DAYS))]
+        # Live metrics carry no incident labels: the detector is gated on its contract and anomaly rate, as on a cluster.
+        window.drop(columns=[LABEL_COLUMN]).to_parquet(self.live_path, index=False)
+
+    def plant_symlinked_version(self) -> None:
+        """Plant ``v99`` in the local store as a symlink to a directory outside it that holds a model and a record."""
+        outside = self.work / "outside" / "v99"
+        outside.mkdir(parents=True)
+        stable = storage.FilesystemStore(self.local.store_root).read_index(MODEL)["stable"]
+        source = self.local.store_root / MODEL / stable
+        for name in ("model.pkl", "version.json"):
+            (outside / name).write_bytes((source / name).read_bytes())
+        (self.local.store_root / MODEL / "v99").symlink_to(outside, target_is_directory=True)
+        self.tally.faults["symlinked_version"] += 1
+
+    def retrain(self, why: str, regime_start: str = "", source: str = "file") -> None:
+        """Ingest, train, evaluate and save as a run would, then roll the version out on both lanes."""
+        self.runs += 1
+        run_name = f"unattended-{self.runs}-{why}"
+        work = self.work / "runs" / run_name
+        work.mkdir(parents=True)
+        request = IngestRequest(MODEL, source=source, file_path=str(self.live_path), days=HISTORY_DAYS, regime_start=regime_start,
+                                seed=int(self.rng.integers(1 << 30)))
+        entry = {"run": run_name, "why": why, "at": str(self.now)}
+        self.tally.retrains.append(entry)
+        try:
+            data = ingest(request)
+        except ContractError as error:
+            entry["outcome"] = f"input error: {error}"
+            self._unit_error(str(error))
+            return
+        trained_from = pd.to_datetime(data.train.timestamp, utc=True) if source == "file" else None
+        entry["post_shift_share"] = float((trained_from >= self.marks["shift"]).mean()) if trained_from is not None else 0.0
+        data.validation.to_parquet(work / "validation.parquet")
+        save_trained(train_anomaly_detector(data.train, DetectorParams()), work / "model", data.data_source)
+        for lane in (self.local, self.kserve):
+            with lane.active():
+                evaluation, _ = evaluate_step(MODEL, str(work / "model"), str(work / "validation.parquet"), data.description, Gates(), StoreOptions())
+                if not evaluation.deploy:
+                    entry[f"{lane.name}_outcome"] = "not deployed: failed its gates"
+                    continue
+                version = save_step(MODEL, str(work / "model"), evaluation.metrics, StoreOptions(), run_name).version
+                entry[f"{lane.name}_outcome"] = self.roll_out(lane, version, run_name, work / "validation.parquet")
+
+    def roll_out(self, lane: Lane, version: str, run_name: str, validation: Path) -> str:
+        """Deploy, smoke-test and canary ``version`` on a lane with this rollout's faults; return the index status it ends in."""
+        options = KServeOptions(**{**lane.options.__dict__, "run_name": run_name}) if lane.options else None
+        storage_options = StoreOptions()
+        burst = lane is self.kserve and self.rng.random() < 0.5
+        if burst:
+            for _ in range(3):  # a burst the client's retries ride out
+                self.standin.inject("GET", 503)
+        try:
+            deploy_step(MODEL, version, lane.target_name, storage_options, READY_TIMEOUT_S, run_name, options)
+        except ServingError as error:
+            print(f"  {lane.name} {version}: deploy failed: {error}", flush=True)
+        if burst and not any(fault[0] == "GET" for fault in self.standin.faults):
+            self.tally.faults["api_503_burst_deploy"] += 1
+        target, store, sample = serving_context(MODEL, lane.target_name, storage_options, options)
+        status = target.status(MODEL)
+        if status.candidate == version:
+            sample = probe_sample_from(str(validation), MODEL)
+            candidate_pid = self._candidate_pid(lane)
+            blip = candidate_pid is not None and self.rng.random() < 0.3
+            with stuttering(candidate_pid) if blip else contextlib.nullcontext():
+                report = smoke_test(target, store, MODEL, version, sample, max_p95_latency_ms=SMOKE_P95_MS)
+            record_smoke_test(store, MODEL, report)
+            if blip and not report.passed and "p95 latency" in report.rejection:
+                self.tally.faults["smoke_latency_blip"] += 1
+            if report.passed:
+                self._canary(lane, target, store, version, sample, run_name)
+            else:
+                self._rollback(lane, target, store, version, report.rejection, run_name)
+        with contextlib.suppress(ServingError):
+            make_safe(target, store, MODEL, run_name=run_name, timeout_s=READY_TIMEOUT_S)
+        final = store.read_index(MODEL)["versions"].get(version, {}).get("status", "unknown")
+        self.tally.rollouts.append(f"{lane.name} {version}: {final}")
+        return final
+
+    def _candidate_pid(self, lane: Lane) -> int | None:
+        """Return the local candidate server's pid (the stand-in's servers are not paused)."""
+        if lane is not self.local:
+            return None
+        state = json.loads((lane.serving_home / f"{MODEL}.json").read_text())
+        pid = (state.get("candidate") or {}).get("pid")
+        return pid if pid and process_alive(pid) else None
+
+    def _canary(self, lane: Lane, target, store, version: str, sample, run_name: str) -> None:
+        """Run the canary with the 4xx client on the main URL, sometimes with Prometheus down (then it rolls back)."""
+        outage = self.rng.random() < 0.3
+        prometheus_url = "http://127.0.0.1:9" if outage else self.prometheus.url
+        providers = [ProbeProvider(sample, CANARY.probe_requests), PrometheusProvider(PrometheusClient(prometheus_url, timeout_s=2.0), "30s")]
+        with BadBodyClient(target.endpoints(MODEL).main) as bad, self._rollback_burst(lane):
+            result = canary_promote(target, store, MODEL, version, CANARY, providers, run_name=run_name, timeout_s=READY_TIMEOUT_S)
+        if bad.client_errors:
+            self.tally.faults["client_4xx"] += 1
+        if outage and any("PrometheusProvider failed" in row.detail for row in result.rows):
+            self.tally.faults["prometheus_outage"] += 1
+
+    def _rollback(self, lane: Lane, target, store, version: str, reason: str, run_name: str) -> None:
+        """Roll back a candidate the smoke test rejected (on the KServe lane, through a burst of 503s)."""
+        with self._rollback_burst(lane):
+            rollback(target, store, MODEL, version, reason, run_name=run_name, timeout_s=READY_TIMEOUT_S)
+
+    @contextlib.contextmanager
+    def _rollback_burst(self, lane: Lane):
+        """On the KServe lane, answer the rollback's first write (traffic back to 0 %) with three 503s; count it if it fired."""
+        if lane is not self.kserve:
+            yield
+            return
+
+        def takes_traffic_back(body: dict | None) -> bool:
+            return body == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+
+        for _ in range(3):
+            self.standin.inject("PATCH", 503, takes_traffic_back)
+        try:
+            yield
+        finally:
+            with self.standin.lock:
+                pending = [fault for fault in self.standin.faults if fault[2] is takes_traffic_back]
+                for fault in pending:
+                    self.standin.faults.remove(fault)
+            if not pending:
+                self.tally.faults["api_503_burst_rollback"] += 1
+
+    def _unit_error(self, message: str) -> None:
+        """Count an input error that names a unit (percent, millicores)."""
+        if any(word in message for word in ("percent", "millicore", "unit")):
+            self.tally.unit_errors.append(message.splitlines()[0][:200])
+
+    def check(self) -> None:
+        """Run one hourly drift check on the local lane's store and act as action=submit would."""
+        from components.drift import DriftThresholds
+
+        settings = MonitorSettings(DriftThresholds())
+        request = IngestRequest(MODEL, source="file", file_path=str(self.live_path))
+        entry = {"at": str(self.now)}
+        self.tally.checks.append(entry)
+        with self.local.active():
+            try:
+                result = monitor_step(MODEL, request, settings, StoreOptions(), None)
+            except (ContractError, MonitorError) as error:
+                entry["decision"] = f"input error: {error}"
+                self._unit_error(str(error))
+                return
+            entry["decision"], entry["reason"] = result.decision.action, result.decision.reason
+            if result.decision.action == RETRAIN:
+                store = open_store(StoreOptions())
+                record_trigger(store, MODEL, result.assessment.stable_version, result.decision.reason, f"a simulated retrain at {self.now}")
+                self.retrain("drift", regime_start=result.regime_start)
+
+    def run(self) -> dict:
+        """Run the whole scenario hour by hour; return the JSON result."""
+        from tests.servers import PrometheusServer
+
+        self.prometheus = PrometheusServer(self.work / "prometheus", file_sd=self.local.serving_home / "prometheus-targets.json").start()
+        clients = []
+        try:
+            self.publish_live()
+            self.retrain("first")
+            local_target = LocalTarget(self.local.serving_home, self.local.store_root)
+            clients = [EngineClient(lambda: local_target.status(MODEL).url).start(),
+                       EngineClient(lambda: self._kserve_url()).start()]
+            for hour in range(1, self.days * 24 + 1):
+                self.now = self.marks["start"] + pd.Timedelta(hours=hour)
+                self.publish_live()
+                if hour == 48:
+                    self.plant_symlinked_version()
+                if hour % 24 == 0:
+                    with self.local.active(), contextlib.redirect_stdout(io.StringIO()):
+                        repair(open_store(StoreOptions()), MODEL)
+                if hour % (7 * 24) == 0:
+                    self.retrain("weekly")
+                if hour == 3 * 24 + 12:
+                    self.tally.faults["synthetic_source_run"] += 1
+                    self.retrain("misconfigured", source="synthetic")
+                self.check()
+                if hour % 24 == 0:
+                    print(f"day {hour // 24}: {self.tally.checks[-1].get('decision')}; rollouts so far: {len(self.tally.rollouts)}", flush=True)
+        finally:
+            for client in clients:
+                client.stop()
+            self.prometheus.stop()
+            LocalTarget(self.local.serving_home, self.local.store_root).stop_all()
+            self.standin.stop()
+            storage.clock = storage.wall_clock
+        return self.result(clients)
+
+    def _kserve_url(self) -> str | None:
+        """Return the KServe lane's main model URL, once the InferenceService exists."""
+        isvc = self.standin.get("unattended", MODEL)
+        url = (isvc or {}).get("status", {}).get("url")
+        return f"{url}/v1/models/{MODEL}" if url else None
+
+    def result(self, clients: list[EngineClient]) -> dict:
+        """Return the JSON the README's table is made of."""
+        stored = {lane.name: storage.FilesystemStore(lane.store_root).read_index(MODEL) for lane in (self.local, self.kserve)}
+        saved = {lane: set(index["versions"]) for lane, index in stored.items()}
+        served = set().union(*(client.served for client in clients)) - {""}
+        shift_hour = SHIFT_DAY * 24
+        decisions = [check.get("decision", "") for check in self.tally.checks]
+        before_shift = decisions[: shift_hour - 1]
+        learning = [entry for entry in self.tally.retrains if entry.get("post_shift_share", 0) >= 0.9]
+        first_learning_hour = self._hour(learning[0]["at"]) if learning else None
+        settled = None
+        if first_learning_hour is not None:
+            settled = next((number for number, decision in enumerate(decisions[first_learning_hour:], 1) if decision == "none"), None)
+        for name, mark in (("percent_unit_day", "percent"), ("millicore_unit_day", "millicore")):
+            day = slice(self._hour(str(self.marks[mark])), self._hour(str(self.marks[mark])) + 24)
+            self.tally.faults[name] = sum(decision.startswith("input error") for decision in decisions[day])
+        return {
+            "days": self.days,
+            "good_requests_sent": sum(client.sent for client in clients),
+            "good_requests_failed": sum(client.failed for client in clients),
+            "production_down_seconds": round(sum(client.down_s for client in clients), 2),
+            "versions_served_from_outside_store": sorted(served - saved["local"] - saved["kserve"]),
+            "synthetic_versions_deployed": sum(1 for index in stored.values() for entry in index["versions"].values()
+                                               if is_synthetic(entry.get("data_source", "")) and entry.get("status") in ("stable", "retired", "candidate")),
+            "false_triggers_before_shift": sum(decision == RETRAIN for decision in before_shift),
+            "retrains": len(self.tally.retrains),
+            "retrains_learning_new_regime": len(learning),
+            "checks_until_settled": settled,
+            "needs_a_human": sum(decision == NEEDS_HUMAN for decision in decisions),
+            "unit_errors_reported": len(self.tally.unit_errors),
+            "faults_injected": self.tally.faults,
+            "retrain_log": self.tally.retrains,
+            "rollouts": self.tally.rollouts,
+            "stable_at_end": {lane: index.get("stable") for lane, index in stored.items()},
+        }
+
+    def _hour(self, at: str) -> int:
+        """Return the simulated hour of a timestamp."""
+        return int((pd.Timestamp(at) - self.marks["start"]) / pd.Timedelta(hours=1))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the simulation, print progress and a summary, and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", help="write the result here as JSON")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as scratch:
+        with contextlib.redirect_stderr(io.StringIO()):
+            result = Simulation(Path(scratch), args.days, args.seed).run()
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    summary = {key: value for key, value in result.items() if key not in ("retrain_log", "rollouts")}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
