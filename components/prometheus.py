@@ -45,6 +45,7 @@ NETWORK_METRICS = {"network_in", "network_out"}
 # Canary templates: {model}, {version}, {window} and {scope} (extra label matchers, e.g. a fleet wave's clusters) are
 # filled in. Both read the project runtime's own series, whose ``version`` label is the version it serves (from
 # MODEL_VERSION), so that they need no relabelling in the scrape configuration, on one cluster or across a fleet.
+# The error rate is server errors (5xx) over all requests: a client sending bad requests (4xx) cannot fail a candidate.
 DEFAULT_CANARY_QUERIES = {
     "live_p95_latency_ms": 'histogram_quantile(0.95, sum by (le) (rate(kserve_inference_latency_bucket{{model="{model}",version="{version}"{scope}}}[{window}]))) * 1000',
     "live_error_rate": 'sum(rate(kserve_inference_errors_total{{model="{model}",version="{version}"{scope}}}[{window}])) / sum(rate(kserve_inference_requests_total{{model="{model}",version="{version}"{scope}}}[{window}]))',

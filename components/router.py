@@ -6,9 +6,12 @@ on a pooled connection the server has dropped is sent once more on a fresh conne
 a candidate that still cannot be reached is retried on the stable server, as a mesh retry on connect-failure
 would. It speaks both protocols: V1 (``/v1/models/...``) and V2 (``/v2/health/{live,ready}``,
 ``/v2/models/<name>[/ready]``, ``/v2/models/<name>/infer``), with the same split, retries and metrics; the V2
-repository routes are not forwarded. Bodies over ``--max-body-bytes`` are refused with 413 while they are read,
-and an inference request without Content-Type: application/json gets 415 naming the header. Per-version
-request, error and latency metrics are exposed on ``/metrics``. Binds 127.0.0.1 only.
+repository routes are not forwarded. Bodies over ``--max-body-bytes`` are refused with 413 while they are read
+(declared or chunked), a body not read within ``--body-timeout-s`` gets 408, a connection that has not sent its
+request headers within ``--header-timeout-s`` is closed, and an inference request without Content-Type:
+application/json gets 415 naming the header. Per-version metrics are exposed on ``/metrics``: requests by HTTP
+status ``code`` (``router_requests_total``), server errors only (``router_request_errors_total``: 5xx answers and
+unreachable versions, never a client's 4xx) and latency. Binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from components.request_guard import DEFAULT_MAX_BODY_BYTES, BodyLimit, JsonContentType
+from components.request_guard import (
+    DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimit, JsonContentType, header_timeout_protocol,
+)
 
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
 
@@ -56,7 +61,7 @@ def choose_backend(table: dict, draw: float) -> str:
     return "stable"
 
 
-def build_app(model: str, routes: Routes, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+def build_app(model: str, routes: Routes, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
     """Return the ASGI app that proxies V1 and V2 requests by the routing table and serves /metrics, bodies bounded."""
     import httpx
     from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -64,8 +69,10 @@ def build_app(model: str, routes: Routes, max_body_bytes: int = DEFAULT_MAX_BODY
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    requests = Counter("router_requests", "Requests by serving version and HTTP code", ["model_name", "version", "code"])
-    errors = Counter("router_request_errors", "Requests a version failed (5xx or unreachable)", ["model_name", "version"])
+    requests = Counter("router_requests", "Requests by serving version and HTTP status code (unreachable: no answer)",
+                       ["model_name", "version", "code"])
+    errors = Counter("router_request_errors", "Requests a version failed: answered 5xx or unreachable (a client's 4xx is no error)",
+                     ["model_name", "version"])
     latency = Histogram("router_request_seconds", "Request latency by serving version", ["model_name", "version"])
     timeout = httpx.Timeout(120.0, connect=2.0)
     pooled = httpx.AsyncClient(timeout=timeout)
@@ -91,17 +98,18 @@ def build_app(model: str, routes: Routes, max_body_bytes: int = DEFAULT_MAX_BODY
             backend = table.get(attempt)
             if not backend:
                 continue
+            version_errors = errors.labels(model, backend["version"])  # exists at 0, so an error rate has data before any error
             started = time.perf_counter()
             try:
                 answer = await forward(backend, request, body)
             except httpx.TransportError:
-                errors.labels(model, backend["version"]).inc()
+                version_errors.inc()
                 requests.labels(model, backend["version"], "unreachable").inc()
                 continue
             latency.labels(model, backend["version"]).observe(time.perf_counter() - started)
             requests.labels(model, backend["version"], str(answer.status_code)).inc()
             if answer.status_code >= 500:
-                errors.labels(model, backend["version"]).inc()
+                version_errors.inc()
             headers = {key: value for key, value in answer.headers.items() if key.lower() not in HOP_HEADERS}
             headers["x-served-version"] = backend["version"]
             return Response(answer.content, status_code=answer.status_code, headers=headers)
@@ -120,7 +128,7 @@ def build_app(model: str, routes: Routes, max_body_bytes: int = DEFAULT_MAX_BODY
         "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready", "/v2/models/{name}/infer")]
     app = Starlette(routes=[Route("/metrics", metrics), Route("/v1/{path:path}", proxy, methods=["GET", "POST"]), *v2_routes],
                     lifespan=lifespan)
-    return BodyLimit(JsonContentType(app), max_body_bytes)
+    return BodyLimit(JsonContentType(app), max_body_bytes, body_timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routes", required=True, type=Path)
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="413 above this (default: $MODEL_MAX_BODY_BYTES or 4 MiB)")
+    parser.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
+                        help="close a connection whose request headers take longer (default: $MODEL_HEADER_TIMEOUT_S or 10)")
+    parser.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                        help="408 when a request body takes longer to arrive (default: $MODEL_BODY_TIMEOUT_S or 30)")
     args = parser.parse_args(argv)
-    app = build_app(args.model, Routes(args.routes), args.max_body_bytes)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_keep_alive=65)
+    app = build_app(args.model, Routes(args.routes), args.max_body_bytes, args.body_timeout_s)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_keep_alive=65,
+                http=header_timeout_protocol(args.header_timeout_s))
     return 0
 
 

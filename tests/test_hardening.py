@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -15,12 +16,14 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.neighbors import LocalOutlierFactor
 
 from components.contract import ANOMALY_DETECTOR, fallback_instance
 from components.local_serving import free_port, http_get, stop_process
 
 FEATURES = len(fallback_instance())
+JSON = {"Content-Type": "application/json"}
 
 
 def start(module_args: list[str], ready_url: str, log: Path) -> subprocess.Popen:
@@ -37,7 +40,7 @@ def start(module_args: list[str], ready_url: str, log: Path) -> subprocess.Popen
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
-    """The project runtime serving a detector with small limits, and its model URL."""
+    """The project runtime serving a detector with small limits (a 2 s body timeout), its model URL, process and model directory."""
     work = tmp_path_factory.mktemp("runtime")
     model_dir = work / "v1"
     model_dir.mkdir()
@@ -48,11 +51,41 @@ def runtime(tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}"
     process = start(["components.model_server", "--name", ANOMALY_DETECTOR, "--version", "v1", "--model-dir", str(model_dir),
-                     "--sha256", checksum, "--port", str(port), "--max-body-bytes", "2000000", "--max-rows", "5000"], url, work / "runtime.log")
+                     "--sha256", checksum, "--port", str(port), "--max-body-bytes", "2000000", "--max-rows", "5000", "--body-timeout-s", "2"],
+                    url, work / "runtime.log")
     try:
         yield url, process, model_dir
     finally:
         stop_process(process.pid)
+
+
+@pytest.fixture(scope="module")
+def router(runtime, tmp_path_factory):
+    """The router in front of the runtime, with a 3 MB body limit and 1 s header and 2 s body timeouts: its model URL, routes and log."""
+    url, _, _ = runtime
+    work = tmp_path_factory.mktemp("router")
+    routes = work / "routes.json"
+    routes.write_text(json.dumps(runtime_routes(url)))
+    port = free_port()
+    process = start(["components.router", "--model", ANOMALY_DETECTOR, "--routes", str(routes), "--port", str(port), "--max-body-bytes", "3000000",
+                     "--header-timeout-s", "1", "--body-timeout-s", "2"], f"http://127.0.0.1:{port}/metrics", work / "router.log")
+    try:
+        yield f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}", routes, work / "router.log"
+    finally:
+        stop_process(process.pid)
+
+
+def runtime_routes(url: str) -> dict:
+    """Return the routing table that sends everything to the runtime at ``url`` as version v1."""
+    return {"stable": {"version": "v1", "port": int(url.split(":")[2].split("/")[0])}, "candidate": None, "candidate_percent": 0}
+
+
+def metric(url: str, name: str, **labels: str) -> float | None:
+    """Return the sum of the samples ``name`` with ``labels`` on the /metrics of the server of ``url``, None when there are none."""
+    text = requests.get(url.split("/v1/")[0] + "/metrics", timeout=5).text
+    values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+              if sample.name == name and labels.items() <= sample.labels.items()]
+    return sum(values) if values else None
 
 
 GOOD = {"instances": [fallback_instance()]}
@@ -72,12 +105,37 @@ def bad_bodies() -> dict[str, object]:
     }
 
 
+def v2_tensor(data: object, shape: object = (1, FEATURES), datatype: str = "FP64") -> dict:
+    """Return a V2 infer body with one input tensor."""
+    return {"inputs": [{"name": "input-0", "shape": list(shape) if isinstance(shape, tuple) else shape, "datatype": datatype, "data": data}]}
+
+
+def bad_v2_bodies() -> dict[str, tuple[dict, str]]:
+    """Return V2 bodies the runtime must refuse with 400, each with the place its error must name."""
+    row = fallback_instance()
+    return {
+        "huge integer": (v2_tensor([int("1" + "0" * 400)] + row[1:]), "inputs[0].data[0] = an integer of about 1e400 is out of range"),
+        "huge INT64": (v2_tensor([1] * (FEATURES - 1) + [-(10**400)], datatype="INT64"), f"inputs[0].data[{FEATURES - 1}] = an integer"),
+        "boolean": (v2_tensor([True] + row[1:]), "inputs[0].data[0] is bool"),
+        "NaN": (v2_tensor(row[:3] + [math.nan] + row[4:]), "inputs[0].data[3] is not finite"),
+        "string": (v2_tensor(row[:-1] + ["0.5"]), f"inputs[0].data[{FEATURES - 1}] is str"),
+        "null": (v2_tensor([None] + row[1:]), "inputs[0].data[0] is null"),
+        "nested boolean": (v2_tensor([row[:-1] + [False]]), f"inputs[0].data[0][{FEATURES - 1}] is bool"),
+        "huge float": (v2_tensor([1e308] + row[1:]), "inputs[0].data[0] = 1e+308 is out of range"),
+    }
+
+
 def test_bad_values_get_400_naming_the_problem(runtime):
     url, process, _ = runtime
     for name, body in bad_bodies().items():
         answer = requests.post(f"{url}:predict", json=body, timeout=10)
         assert answer.status_code == 400, f"{name}: {answer.status_code} {answer.text[:200]}"
         assert "instances" in answer.text, f"{name}: {answer.text[:200]}"
+    infer = url.replace("/v1/", "/v2/") + "/infer"
+    for name, (body, named) in bad_v2_bodies().items():
+        answer = requests.post(infer, data=json.dumps(body), headers=JSON, timeout=10)
+        assert answer.status_code == 400 and named in answer.json().get("error", ""), f"V2 {name}: {answer.status_code} {answer.text[:200]}"
+    assert requests.post(infer, json=v2_tensor(fallback_instance()), timeout=10).json()["outputs"][0]["data"] == [1]
     nan = requests.post(f"{url}:predict", data='{"instances": [[NaN' + ", 0.1" * (FEATURES - 1) + "]]}",
                         headers={"Content-Type": "application/json"}, timeout=10)
     assert 400 <= nan.status_code < 500, nan.text[:200]
@@ -94,21 +152,25 @@ def test_repository_routes_are_not_served(runtime):
     assert requests.post(f"{url}:predict", json=GOOD, timeout=10).status_code == 200
 
 
-def test_oversized_bodies_and_rows_get_413_while_reading(runtime):
+def test_oversized_bodies_and_rows_get_413_while_reading(runtime, router):
     url, process, _ = runtime
-    declared = requests.post(f"{url}:predict", data=b"x" * 3_000_000, headers={"Content-Type": "application/json"}, timeout=30)
+    router_url, _, _ = router
+    declared = requests.post(f"{url}:predict", data=b"x" * 3_000_000, headers=JSON, timeout=30)
     assert declared.status_code == 413 and "2000000 bytes" in declared.text
 
-    def chunks():
+    def chunks(megabytes: int):
         yield b'{"instances": ['
-        for _ in range(12000):
-            yield (json.dumps(fallback_instance()) + ",").encode()
+        block = (json.dumps(fallback_instance()) + ",").encode() * 200
+        for _ in range(megabytes * 1024 * 1024 // len(block)):
+            yield block
 
-    streamed = requests.post(f"{url}:predict", data=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
-    assert streamed.status_code == 413
+    for limited, limit in ((url, 2_000_000), (router_url, 3_000_000)):
+        streamed = requests.post(f"{limited}:predict", data=chunks(64), headers=JSON, timeout=60)
+        assert streamed.status_code == 413 and f"larger than {limit} bytes" in streamed.text, (limited, streamed.status_code, streamed.text[:200])
     rows = requests.post(f"{url}:predict", json={"instances": [fallback_instance()] * 5001}, timeout=30)
     assert rows.status_code == 413 and "limit of 5000" in rows.text
     assert process.poll() is None and requests.post(f"{url}:predict", json=GOOD, timeout=10).status_code == 200
+    assert requests.post(f"{router_url}:predict", json=GOOD, timeout=10).status_code == 200
 
 
 def test_readiness_answers_while_a_long_predict_runs(runtime):
@@ -146,15 +208,26 @@ def test_the_runtime_refuses_to_start_without_a_checksum(runtime, tmp_path):
     assert result.returncode == 1 and "no sha256 given" in result.stderr
 
 
+# JSON scalars, NaN and Infinity (Python's json writes them) and integers far beyond a float (JSON has no limit) included.
+SCALARS = (st.none() | st.booleans() | st.floats() | st.integers() | st.integers(min_value=-(10**400), max_value=10**400)
+           | st.text(max_size=5))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=5),
-                    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-                    max_leaves=60))
-def test_any_json_gets_2xx_or_4xx_and_the_server_stays_up(runtime, value):
+@given(value=st.recursive(SCALARS, lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+                          max_leaves=60),
+       row=st.lists(SCALARS, min_size=FEATURES, max_size=FEATURES),
+       shape=st.just([1, FEATURES]) | st.lists(SCALARS, max_size=3),
+       datatype=st.sampled_from(["FP64", "FP32", "INT64", "INT32", "BOOL", "BYTES", ""]))
+def test_any_json_gets_2xx_or_4xx_and_the_server_stays_up(runtime, value, row, shape, datatype):
     url, process, _ = runtime
-    for body in (value, {"instances": value}):
-        answer = requests.post(f"{url}:predict", data=json.dumps(body), headers={"Content-Type": "application/json"}, timeout=10)
-        assert answer.status_code < 500, f"{json.dumps(body)[:200]} -> {answer.status_code} {answer.text[:200]}"
+    infer = url.replace("/v1/", "/v2/") + "/infer"
+    sent = [(f"{url}:predict", body) for body in (value, {"instances": value}, {"instances": [row]})]
+    sent += [(infer, body) for body in (value, {"inputs": value}, v2_tensor(value, shape, datatype), v2_tensor(row, shape, datatype),
+                                        v2_tensor([row], shape, datatype))]
+    for endpoint, body in sent:
+        answer = requests.post(endpoint, data=json.dumps(body), headers=JSON, timeout=10)
+        assert answer.status_code < 500, f"{endpoint} {json.dumps(body)[:200]} -> {answer.status_code} {answer.text[:200]}"
     assert process.poll() is None
 
 
@@ -201,26 +274,115 @@ class DroppingBackend:
                 self.dropped += 1  # closed without an answer
 
 
-def test_router_retries_a_dropped_pooled_connection_and_bad_clients_never_break_good_ones(runtime, tmp_path):
+def test_router_retries_a_dropped_pooled_connection_and_bad_clients_never_break_good_ones(runtime, router):
     url, _, _ = runtime
+    router_url, routes, _ = router
     dropping = DroppingBackend()
-    routes = tmp_path / "routes.json"
-    port = free_port()
-    router_url = f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}"
     routes.write_text(json.dumps({"stable": {"version": "dropping", "port": dropping.port}, "candidate": None, "candidate_percent": 0}))
-    router = start(["components.router", "--model", ANOMALY_DETECTOR, "--routes", str(routes), "--port", str(port)],
-                   f"http://127.0.0.1:{port}/metrics", tmp_path / "router.log")
-    try:
-        session = requests.Session()
-        answers = [session.post(f"{router_url}:predict", json=GOOD, timeout=10).status_code for _ in range(10)]
-        assert answers == [200] * 10 and dropping.served == 10 and dropping.dropped >= 3, (answers, dropping.dropped)
-        runtime_port = int(url.split(":")[2].split("/")[0])
-        routes.write_text(json.dumps({"stable": {"version": "v1", "port": runtime_port}, "candidate": None, "candidate_percent": 0}))
-        bad, good = list(bad_bodies().values()), []
-        for number in range(30):
-            session.post(f"{router_url}:predict", json=bad[number % len(bad)], timeout=10)
-            good.append(session.post(f"{router_url}:predict", json=GOOD, timeout=10).status_code)
-        assert len(good) == 30 and good == [200] * 30
-        assert requests.post(f"{router_url}:predict", data=b"x" * 5_000_000, timeout=30).status_code == 413
-    finally:
-        stop_process(router.pid)
+    session = requests.Session()
+    answers = [session.post(f"{router_url}:predict", json=GOOD, timeout=10).status_code for _ in range(10)]
+    assert answers == [200] * 10 and dropping.served == 10 and dropping.dropped >= 3, (answers, dropping.dropped)
+    routes.write_text(json.dumps(runtime_routes(url)))
+    before = {"runtime 400": metric(url, "kserve_inference_requests_total", code="400") or 0,
+              "router 400": metric(router_url, "router_requests_total", version="v1", code="400") or 0,
+              "runtime errors": metric(url, "kserve_inference_errors_total"),
+              "router errors": metric(router_url, "router_request_errors_total", version="v1")}
+    assert None not in before.values(), f"the error series exist before any error: {before}"
+    bad, refused, good = list(bad_bodies().values()), [], []
+    for number in range(30):
+        refused.append(session.post(f"{router_url}:predict", json=bad[number % len(bad)], timeout=10).status_code)
+        good.append(session.post(f"{router_url}:predict", json=GOOD, timeout=10).status_code)
+    assert refused == [400] * 30 and good == [200] * 30
+    # A bad client's requests are counted as client errors (code 400), and as no server error, by both servers.
+    assert metric(url, "kserve_inference_requests_total", code="400") - before["runtime 400"] == 30
+    assert metric(router_url, "router_requests_total", version="v1", code="400") - before["router 400"] == 30
+    assert metric(url, "kserve_inference_errors_total") == before["runtime errors"]
+    assert metric(router_url, "router_request_errors_total", version="v1") == before["router errors"]
+    assert requests.post(f"{router_url}:predict", data=b"x" * 5_000_000, timeout=30).status_code == 413
+
+
+def read_response(connection: socket.socket) -> bytes:
+    """Return the next HTTP response (its body sized by Content-Length) from ``connection``."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(65536)
+        assert chunk, f"the connection closed after {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += connection.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def read_answer(connection: socket.socket) -> tuple[bytes, float]:
+    """Return everything the server sends until it closes the connection, and when it closed."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received, time.monotonic()
+
+
+def test_the_router_cuts_off_slow_bodies_with_408_and_slow_headers_by_closing(runtime, router):
+    url, _, _ = runtime
+    router_url, _, log = router
+    host, port = router_url.split("/")[2].split(":")
+    path = f"/v1/models/{ANOMALY_DETECTOR}:predict"
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+    good = json.dumps(GOOD).encode()
+    good_request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(good)}\r\n\r\n").encode() + good
+    results: dict[str, tuple[bytes, float]] = {}
+
+    def drip_feed(connection: socket.socket, drip: bytes) -> None:
+        """Send one byte of ``drip`` every 0.2 s until it is sent or the connection is closed."""
+        for byte in drip:
+            time.sleep(0.2)
+            try:
+                connection.send(bytes([byte]))
+            except OSError:
+                return
+
+    def client(name: str, first: bytes, drip: bytes, server_port: str = port) -> None:
+        """Send ``first``, then ``drip`` byte by byte, and record the answer."""
+        with socket.create_connection((host, int(server_port)), timeout=15) as connection:
+            connection.sendall(first)
+            feeder = threading.Thread(target=drip_feed, args=(connection, drip))
+            feeder.start()
+            try:
+                results[name] = read_answer(connection)
+            except OSError as error:  # a timeout that never fired ends here, after 15 s
+                results[name] = (repr(error).encode(), time.monotonic())
+            feeder.join(30)
+
+    kept_alive = socket.create_connection((host, int(port)), timeout=15)
+    kept_alive.sendall(good_request)
+    assert read_response(kept_alive).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    clients = [threading.Thread(target=client, args=args) for args in (
+        ("stalled body", head + b'{"instances": ', b""),
+        ("dripped body", head, b" " * 100),  # a byte every 0.2 s keeps any per-read timeout from firing
+        ("stalled headers", head[:40], b""),
+        ("dripped headers", head[:40], head[40:]),
+        ("runtime's stalled body", head + b'{"instances": ', b"", url.split("/")[2].split(":")[1]),  # the runtime shares the body limit
+    )]
+    for thread in clients:
+        thread.start()
+    time.sleep(1.5)
+    kept_alive.sendall(good_request)  # idle for longer than the header timeout: a keep-alive connection may wait between requests
+    assert read_response(kept_alive).startswith(b"HTTP/1.1 200")
+    kept_alive.sendall(head[:40])
+    results["later request's headers"] = read_answer(kept_alive)
+    kept_alive.close()
+    for thread in clients:
+        thread.join(30)
+    for name in ("stalled body", "dripped body", "runtime's stalled body"):
+        answer, at = results[name]
+        assert answer.startswith(b"HTTP/1.1 408") and b"within 2 s" in answer, (name, answer[:300])
+        assert 1.9 < at - started < 6, (name, at - started)
+    for name in ("stalled headers", "dripped headers"):
+        answer, at = results[name]
+        assert answer == b"" and 0.9 < at - started < 5, (name, answer[:300], at - started)
+    assert results["later request's headers"][0] == b"" and 2.4 < results["later request's headers"][1] - started < 7
+    assert log.read_text().count("request headers were not complete within 1 s") >= 3
+    assert requests.post(f"{router_url}:predict", json=GOOD, timeout=10).status_code == 200

@@ -1,6 +1,7 @@
 """Prometheus as a data source and as a canary metrics provider, against a real Prometheus on 127.0.0.1."""
 
 import json
+import math
 import ssl
 import subprocess
 import threading
@@ -24,6 +25,7 @@ from components.synthetic import generate_cluster_metrics
 from components.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics
 from tests.conftest import logged, run_cli
 from tests.servers import PrometheusServer
+from tests.test_hardening import metric
 from tests.test_serving import MainUrlClient, save
 
 METRICS = ["node_cpu_utilization", "node_memory_utilization", "pod_cpu_usage", "pod_memory_usage", "container_restart_count"]
@@ -191,33 +193,81 @@ def test_unreachable_prometheus_fails_clearly_and_never_trains_on_made_up_data(t
         PrometheusClient("http://127.0.0.1:9").query("up")
 
 
-def test_canary_rolls_back_on_prometheus_latency_alone(tmp_path):
-    state = tmp_path / "state"
+@pytest.fixture(scope="module")
+def canary_serving(tmp_path_factory):
+    """A detector v1 served as stable on the local target, a Prometheus scraping its model servers, and the training data."""
+    work = tmp_path_factory.mktemp("canary")
+    state = work / "state"
     (state / "serving").mkdir(parents=True)
     targets = state / "serving" / "prometheus-targets.json"
     targets.write_text("[]")
-    server = PrometheusServer(tmp_path / "prometheus", file_sd=targets).start()
+    server = PrometheusServer(work / "prometheus", file_sd=targets).start()
     data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3))
     store = FilesystemStore(state / "store")
     try:
         save(store, train_anomaly_detector(data.train, DetectorParams()).estimator, state)
         first = run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1")
         assert first.returncode == 0, first.stdout[-3000:]
-        slow = save(store, train_anomaly_detector(data.train, DetectorParams(algorithm="isolation_forest", n_estimators=1500)).estimator, state)
-        url = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())["router"]["port"]
-        with MainUrlClient(f"http://127.0.0.1:{url}/v1/models/{ANOMALY_DETECTOR}") as engine:
-            result = run_cli("rollout", ANOMALY_DETECTOR, "--version", slow, "--local", "--state-dir", str(state), "--param", "days=1",
-                             "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=10s", "--param", "canary_interval_s=4",
-                             "--param", "max_p95_latency_ms=5000", "--param", "max_live_p95_latency_ms=15", "--param", "canary_steps=[50,100]")
-        assert result.returncode == 3, result.stdout[-3000:]
-        assert engine.sent > 20 and engine.failures == []
-        entry = store.read_index(ANOMALY_DETECTOR)["versions"][slow]
-        assert entry["status"] == "rejected" and "live_p95_latency_ms" in entry["rejected_reason"]
-        assert "p95_latency_ms " not in entry["rejected_reason"].replace("live_p95_latency_ms", ""), "the probes alone would have passed"
-        assert store.read_index(ANOMALY_DETECTOR)["stable"] == "v1"
+        yield state, store, server, data
     finally:
         run_cli("serve", "stop", "--state-dir", str(state))
         server.stop()
+
+
+def main_url(state: Path) -> str:
+    """Return the model URL of the detector's local router."""
+    port = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())["router"]["port"]
+    return f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}"
+
+
+def test_canary_rolls_back_on_prometheus_latency_alone(canary_serving):
+    state, store, server, data = canary_serving
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    slow = save(store, train_anomaly_detector(data.train, DetectorParams(algorithm="isolation_forest", n_estimators=1500)).estimator, state)
+    with MainUrlClient(main_url(state)) as engine:
+        result = run_cli("rollout", ANOMALY_DETECTOR, "--version", slow, "--local", "--state-dir", str(state), "--param", "days=1",
+                         "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=10s", "--param", "canary_interval_s=4",
+                         "--param", "max_p95_latency_ms=5000", "--param", "max_live_p95_latency_ms=15", "--param", "canary_steps=[50,100]")
+    assert result.returncode == 3, result.stdout[-3000:]
+    assert engine.sent > 20 and engine.failures == []
+    entry = store.read_index(ANOMALY_DETECTOR)["versions"][slow]
+    assert entry["status"] == "rejected" and "live_p95_latency_ms" in entry["rejected_reason"]
+    assert "p95_latency_ms " not in entry["rejected_reason"].replace("live_p95_latency_ms", ""), "the probes alone would have passed"
+    assert store.read_index(ANOMALY_DETECTOR)["stable"] == stable
+
+
+class BadRequestClient(MainUrlClient):
+    """Calls the model's main URL in a loop, as MainUrlClient does, with bodies the runtime must refuse; ``statuses`` has its answers."""
+
+    def _loop(self) -> None:
+        infer = self.url.replace("/v1/", "/v2/") + "/infer"
+        tensor = {"name": "input-0", "shape": [1, 45], "datatype": "FP64"}
+        bodies = [(f"{self.url}:predict", {"instances": [[None] * 45]}), (f"{self.url}:predict", {"instances": [[0.5] * 44]}),
+                  (infer, {"inputs": [{**tensor, "data": [int("1" + "0" * 400)] + [0.5] * 44}]}),
+                  (infer, {"inputs": [{**tensor, "data": [math.nan] * 45}]})]
+        self.statuses: list[int] = []
+        session = requests.Session()
+        while not self._stop.is_set():
+            endpoint, body = bodies[self.sent % len(bodies)]
+            self.statuses.append(session.post(endpoint, data=json.dumps(body), headers={"Content-Type": "application/json"}, timeout=30).status_code)
+            self.sent += 1
+            time.sleep(0.02)
+
+
+def test_a_client_sending_only_bad_requests_during_a_canary_does_not_roll_it_back(canary_serving):
+    state, store, server, data = canary_serving
+    candidate = save(store, train_anomaly_detector(data.train, DetectorParams(random_state=7)).estimator, state)
+    url = main_url(state)
+    with BadRequestClient(url) as client:
+        result = run_cli("rollout", ANOMALY_DETECTOR, "--version", candidate, "--local", "--state-dir", str(state), "--param", "days=1",
+                         "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=5s", "--param", "canary_interval_s=2",
+                         "--param", "max_p95_latency_ms=5000", "--param", "max_live_p95_latency_ms=5000", "--param", "canary_steps=[50,100]")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert client.sent > 20 and set(client.statuses) == {400}, sorted(set(client.statuses))
+    for weight in (50, 100):
+        assert f"canary {ANOMALY_DETECTOR} {candidate} at {weight}%: pass" in logged(result)
+    assert store.read_index(ANOMALY_DETECTOR)["stable"] == candidate
+    assert metric(url, "router_requests_total", version=candidate, code="400") > 10, "the bad requests reached the candidate"
 
 
 # The platform's guide (user-model-deployment-guide.md, "Monitoring") tells users to watch these, as written.
@@ -272,29 +322,34 @@ def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tm
             urls[model] = f"http://127.0.0.1:{port}/v1/models/{model}"
         client = PrometheusClient(server.url)
         deadline = time.monotonic() + 90
-        wanted = (*GUIDE_QUERIES, "model_predictions_total", *panel_queries)
+        refused = 'sum by (model, version) (rate(kserve_inference_requests_total{code="400"}[5m]))'
+        wanted = (*GUIDE_QUERIES, "model_predictions_total", refused, *panel_queries)
         answers: dict[str, list] = {}
 
         def complete() -> bool:
-            errors_seen = any(float(sample["value"][1]) > 0 for sample in answers.get(GUIDE_QUERIES[2], []))
-            return errors_seen and all(answers.get(query) for query in wanted)
+            refusals_seen = any(float(sample["value"][1]) > 0 for sample in answers.get(refused, []))
+            return refusals_seen and all(answers.get(query) for query in wanted)
 
+        anomalous = {"instances": [[1.0] * 45]}  # every metric at its maximum
+        assert requests.post(f"{urls[ANOMALY_DETECTOR]}:predict", json=anomalous, timeout=10).json()["predictions"] == [-1]
         while time.monotonic() < deadline and not complete():
             requests.post(f"{urls[ANOMALY_DETECTOR]}:predict", json={"instances": [fallback_instance()]}, timeout=10)
-            requests.post(f"{urls[ANOMALY_DETECTOR]}:predict", json={"instances": [[None] * 45]}, timeout=10)  # a bad request: an error
+            requests.post(f"{urls[ANOMALY_DETECTOR]}:predict", json=anomalous, timeout=10)
+            requests.post(f"{urls[ANOMALY_DETECTOR]}:predict", json={"instances": [[None] * 45]}, timeout=10)  # a client's error: 400
             requests.post(f"{urls[PREDICTIVE_ANALYTICS]}:predict", json={"instances": [[0.4, 0.6, 0.5, 0.1, 0.05]]}, timeout=10)
             answers = {query: client.query(query) for query in wanted}
             time.sleep(0.5)
         for query in (*GUIDE_QUERIES, *panel_queries):
             assert answers[query], f"{query} returned nothing"
-        assert any(float(sample["value"][1]) > 0 for sample in answers[GUIDE_QUERIES[2]]), "the bad requests count as errors"
+        assert {sample["metric"]["model"] for sample in answers[refused] if float(sample["value"][1]) > 0} == {ANOMALY_DETECTOR}
+        assert [float(sample["value"][1]) for sample in answers[GUIDE_QUERIES[2]]] == [0.0], "a client's bad requests are no server errors"
         outcomes = {sample["metric"]["outcome"] for sample in answers["model_predictions_total"]}
         assert "normal" in outcomes and {sample["metric"]["version"] for sample in answers["model_predictions_total"]} == {"v1"}
         for query in rule_queries:
             client.query(query)  # every alert expression is valid PromQL over these series (an error raises)
         now = pd.Timestamp.now(tz="UTC").to_pydatetime()
         detector = live_prediction_stats(client, ANOMALY_DETECTOR, "v1", 5, now)
-        assert detector["normal"] > 0 and detector["anomaly"] >= 0, "the drift monitor reads the detector's outcomes"
+        assert detector["normal"] > 0 and detector["anomaly"] > 0, "the drift monitor reads the detector's outcomes"
         forecasts = live_prediction_stats(client, PREDICTIVE_ANALYTICS, "v1", 5, now)["forecasts"]
         assert forecasts["cpu"]["count"] > 0 and 0 <= forecasts["cpu"]["sum"] / forecasts["cpu"]["count"] <= 1
     finally:
