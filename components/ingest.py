@@ -19,6 +19,7 @@ from components.contract import (
     schema_for,
     validate_raw_metrics,
 )
+from components.drift import check_scale_jumps
 from components.prometheus import PrometheusClient, fetch_metrics
 from components.synthetic import generate_cluster_metrics
 
@@ -172,14 +173,16 @@ def split_by_time(frame: pd.DataFrame, validation_fraction: float) -> tuple[pd.D
 
 
 def read_metrics(request: IngestRequest) -> tuple[pd.DataFrame, str]:
-    """Read raw metrics from the requested source and validate them; return them with a one-line description."""
+    """Read raw metrics from the requested source and validate them (units, and no unit change within); return them with a one-line description."""
     schema_for(request.model_name)
     try:
         read = SOURCES[request.source]
     except KeyError:
         raise ContractError(f"unknown source {request.source!r}: use one of {', '.join(SOURCES)}") from None
     frame, description = read(request)
-    return validate_raw_metrics(frame, request.model_name, source=request.source), description
+    frame = validate_raw_metrics(frame, request.model_name, source=request.source)
+    check_scale_jumps(frame, request.model_name, request.source)
+    return frame, description
 
 
 def read_window(request: IngestRequest, minutes: int) -> tuple[pd.DataFrame, str]:

@@ -283,9 +283,10 @@ class MonitorResult:
 
 def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSettings, store_options: StoreOptions,
                  active_run: str | None, pushgateway_url: str = "") -> MonitorResult:
-    """Read the live window the stable version's profile asks for, measure drift, decide and push the drift gauges."""
+    """Read the live window the stable version's profile asks for, check its units, measure drift, decide and push the drift gauges."""
     import base64
 
+    from components.drift import check_scale_against_profile
     from components.ingest import read_window
     from components.monitor import (
         assess,
@@ -301,9 +302,10 @@ def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSetti
     from components.prometheus import PrometheusClient, PrometheusError
 
     store = open_store(store_options)
-    stable, profile = stable_profile(store, model_name)
+    stable, profile, data_source = stable_profile(store, model_name)
     minutes = int(profile["window_minutes"])
     live, description = read_window(request, minutes)
+    check_scale_against_profile(profile, data_source, live, model_name, f"stable {stable}")
     if request.prometheus_url:
         end = live[TIMESTAMP_COLUMN].iloc[-1].to_pydatetime()
         try:
