@@ -38,6 +38,40 @@ class Unit(str, Enum):
 
 
 @dataclass(frozen=True)
+class MixUp:
+    """A unit a metric is sent in by mistake, and how many of it make one contract unit (percent: 100 per ratio)."""
+
+    name: str
+    factor: float
+
+
+@dataclass(frozen=True)
+class UnitLimits:
+    """A unit's largest plausible value, the mix-ups that overshoot it, and the fix when none of them explains a value."""
+
+    expected: str  # what a value must be, for messages
+    maximum: float
+    mix_ups: tuple[MixUp, ...]
+    fix: str
+
+
+# The largest plausible value of each unit, and why:
+UNIT_LIMITS: dict[Unit, UnitLimits] = {
+    # A ratio is at most 1 by definition (contract §2-3). Percent is the usual mix-up, and upstream's own.
+    Unit.RATIO: UnitLimits("a ratio 0-1", 1.0, (MixUp("percent", 100.0),), "scale it to 0-1"),
+    # The default query sums the CPU of every container in the cluster. Kubernetes supports clusters of at most 5,000
+    # nodes (kubernetes.io, "Considerations for large clusters"): even 200 busy cores on each is 1e6 cores. Kubernetes
+    # tools show millicores ("250m"); the kubelet's summary API reports nanocores (usageNanoCores).
+    Unit.CORES: UnitLimits("CPU cores (at most 1e6, a whole cluster's)", 1e6, (MixUp("millicores", 1e3), MixUp("nanocores", 1e9)),
+                           "send CPU cores, the rate() of container_cpu_usage_seconds_total, not the counter itself"),
+    # 150,000 pods, Kubernetes' documented maximum, each restarting every 5 minutes (the kubelet's longest back-off) for
+    # three weeks restart 0.9e9 times. A larger value is another series, such as a timestamp in epoch seconds (1.7e9).
+    Unit.COUNT: UnitLimits("a cumulative count (at most 1e9)", 1e9, (),
+                           "send the cumulative restart count, e.g. sum(kube_pod_container_status_restarts_total), not a timestamp"),
+}
+
+
+@dataclass(frozen=True)
 class Metric:
     """One base metric: its column name and unit."""
 
@@ -125,8 +159,8 @@ def scale_network(bytes_per_second: np.ndarray | pd.Series) -> np.ndarray:
 def validate_raw_metrics(frame: pd.DataFrame, model_name: str, *, source: str = "input") -> pd.DataFrame:
     """Check a raw per-minute metrics frame against the contract and return it with float columns.
 
-    Raises ContractError for an empty frame, missing or non-numeric columns, NaN or inf, negative values,
-    and ratios that look like percent.
+    Raises ContractError for an empty frame, missing or non-numeric columns, NaN or inf, negative values, and values
+    beyond their unit's plausible maximum (``UNIT_LIMITS``), naming the likely mix-up such as percent or millicores.
     """
     import pandas as pd
 
@@ -150,13 +184,20 @@ def validate_raw_metrics(frame: pd.DataFrame, model_name: str, *, source: str = 
         _check_finite(values, f"{source}: column {metric.name!r}")
         if (values < 0).any():
             raise ContractError(f"{source}: column {metric.name!r} has negative values; {metric.unit.value} cannot be negative")
-        if metric.unit is Unit.RATIO and values.max() > 1.0 + 1e-9:
-            hint = "it looks like percent: divide by 100" if values.max() <= 100.0 else "scale it to 0-1"
+        limits = UNIT_LIMITS[metric.unit]
+        if values.max() > limits.maximum * (1.0 + 1e-9):
             raise ContractError(
-                f"{source}: column {metric.name!r} must be a ratio 0-1 but reaches {values.max():.4g}; {hint}"
+                f"{source}: column {metric.name!r} must be {limits.expected} but reaches {values.max():.4g}; "
+                f"{_over_limit_hint(values.max(), limits)}"
             )
         result[metric.name] = values
     return result
+
+
+def _over_limit_hint(largest: float, limits: UnitLimits) -> str:
+    """Return the mix-ups that would bring ``largest`` within the unit's maximum and how to undo them, else the unit's fix."""
+    fitting = [f"{mix_up.name}: divide by {mix_up.factor:g}" for mix_up in limits.mix_ups if largest / mix_up.factor <= limits.maximum]
+    return f"it looks like {', or '.join(fitting)}" if fitting else limits.fix
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:

@@ -19,6 +19,11 @@ statistic, are computed on the bins, without the training data.
 Metrics wander for an hour or more at a time, so even a training window's KS statistic can be large, and a slow
 change (a memory leak) reaches a KS excess late. The window's median is steadier: one beyond every training
 window's, by a share of their range, is drift too (``level_score``), judged with the PSI like the KS excess.
+
+A unit mix-up is an input error, not drift: a metric whose median is about 100 or 1000 times another's, the factor
+of one of its unit's mix-ups (``contract.UNIT_LIMITS``: percent for a ratio, millicores for cores), changed unit,
+not load. ``check_scale_jumps`` looks for that within a series and ``check_scale_against_profile`` between a live
+window and the profile.
 """
 
 from __future__ import annotations
@@ -30,7 +35,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from components.contract import TIMESTAMP_COLUMN, WINDOW_MINUTES, Unit, engineer_features, schema_for
+from components.contract import (
+    TIMESTAMP_COLUMN,
+    UNIT_LIMITS,
+    WINDOW_MINUTES,
+    ContractError,
+    Metric,
+    MixUp,
+    Unit,
+    engineer_features,
+    is_synthetic,
+    schema_for,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,6 +62,12 @@ PSI_FLOOR = 1e-4  # a bin fraction below this counts as this, so an empty bin ad
 # 180 a +0.2 cpu shift was found a check later, and 120 brought no more false triggers.
 DRIFT_WINDOW_MINUTES = 120
 NULL_STRIDE_MINUTES = 5  # how far apart the training windows of the null are
+# A median ratio within this factor of a mix-up's is that mix-up: 50-200x is percent, 500-2000x millicores (either way). A
+# mix-up is an exact power of ten, and the load's own change on top of it stays within 2x. A real change that large is
+# rare: a ratio under 2 % rising 50x, or a cluster's cores 500x. Network traffic, which does change that much, is left
+# out (``mix_up_of``). 10x is no mix-up of these units, so a 10x change stays drift.
+MIX_UP_TOLERANCE = 2.0
+SCALE_CHUNK_MINUTES = 60  # a series' scale is compared hour by hour: a median of 60 minutes ignores short incidents
 
 
 def _rounded(values: np.ndarray) -> list[float]:
@@ -246,3 +268,68 @@ def measure_drift(profile: dict, live_raw: pd.DataFrame, model_name: str) -> lis
         drifts.append(FeatureDrift(name, population_stability_index(reference, live), ks_statistic(reference, live),
                                    float(bins["ks_null"]), _rounded(live), bool(bins.get("judged", True)), median, median_range))
     return sorted(drifts, key=lambda drift: (drift.judged, max(drift.score, drift.level_score), drift.psi), reverse=True)
+
+
+def mix_up_of(metric: Metric, factor: float) -> MixUp | None:
+    """Return the unit mix-up that ``factor`` (one median of ``metric`` over another) looks like, or None for a real change.
+
+    Network traffic is left out: its level really changes by orders of magnitude, and no one sends it in percent.
+    """
+    if metric.name in PROPORTIONAL_METRICS or not (factor > 0 and math.isfinite(factor)):
+        return None
+    size = max(factor, 1.0 / factor)
+    return next((mix_up for mix_up in UNIT_LIMITS[metric.unit].mix_ups
+                 if mix_up.factor / MIX_UP_TOLERANCE <= size <= mix_up.factor * MIX_UP_TOLERANCE), None)
+
+
+def check_scale_jumps(raw: pd.DataFrame, model_name: str, source: str) -> None:
+    """Raise ContractError when a metric's hourly median jumps by a unit mix-up's factor (``mix_up_of``) within ``raw``.
+
+    Each hour is compared with the next two, so a jump inside an hour is found too. Linear in the rows.
+    """
+    import pandas as pd
+
+    chunks = len(raw) // SCALE_CHUNK_MINUTES
+    if chunks < 2:
+        return
+    starts = pd.to_datetime(raw[TIMESTAMP_COLUMN].iloc[::SCALE_CHUNK_MINUTES], utc=True).to_list()
+    for metric in schema_for(model_name).base_metrics:
+        values = raw[metric.name].to_numpy(dtype=float)[: chunks * SCALE_CHUNK_MINUTES]
+        medians = np.median(values.reshape(chunks, SCALE_CHUNK_MINUTES), axis=1)
+        for distance in (1, 2):
+            for first, (before, after) in enumerate(zip(medians, medians[distance:])):
+                mix_up = mix_up_of(metric, after / before if before > 0 else math.nan)
+                if mix_up is None:
+                    continue
+                larger, change = ("later", "rises") if after > before else ("earlier", "falls")
+                raise ContractError(
+                    f"{source}: {metric.name} {change} {max(after / before, before / after):.0f}x between {starts[first]:%Y-%m-%d %H:%M} and "
+                    f"{starts[first + distance] + pd.Timedelta(minutes=SCALE_CHUNK_MINUTES):%Y-%m-%d %H:%M} UTC (hourly median "
+                    f"{before:.4g}, then {after:.4g}): the {larger} part looks like {mix_up.name}, and the contract unit is "
+                    f"{metric.unit.value}; divide that part by {mix_up.factor:g}, or read only one side of the change"
+                )
+
+
+def check_scale_against_profile(profile: dict, data_source: str, live_raw: pd.DataFrame, model_name: str, version: str) -> None:
+    """Raise ContractError when a metric's live median is a unit mix-up's factor (``mix_up_of``) off what ``version`` learned.
+
+    The reference is the profile's seasonal median for the live window's hours. A version that learned synthetic data
+    (or whose data source was not recorded) has a made-up cluster's scale and is not compared.
+    """
+    if is_synthetic(data_source) or data_source == "unknown":
+        return
+    slots = season_slots(live_raw[TIMESTAMP_COLUMN])
+    for metric in schema_for(model_name).base_metrics:
+        learned = float(np.median(np.asarray(profile["seasonal"][metric.name], dtype=float)[slots]))
+        live = float(np.median(live_raw[metric.name].to_numpy(dtype=float)))
+        factor = live / learned if learned > 0 else math.nan
+        mix_up = mix_up_of(metric, factor)
+        if mix_up is None:
+            continue
+        if factor > 1.0:
+            size, cause = f"{factor:.0f}x", f"is it in {mix_up.name}? The contract unit is {metric.unit.value}: divide by {mix_up.factor:g}"
+        else:
+            size, cause = f"1/{1.0 / factor:.0f} of", (f"was this window divided by {mix_up.factor:g} twice, or did {version} learn it in "
+                                                      f"{mix_up.name}? The contract unit is {metric.unit.value}: fix the data, then retrain")
+        raise ContractError(f"input error, not drift: {metric.name} median {live:.4g} is {size} the {learned:.4g} that {version} "
+                            f"learned for these hours: {cause}. Nothing is retrained on it")

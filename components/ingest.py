@@ -19,6 +19,7 @@ from components.contract import (
     schema_for,
     validate_raw_metrics,
 )
+from components.drift import check_scale_jumps
 from components.prometheus import PrometheusClient, fetch_metrics
 from components.synthetic import generate_cluster_metrics
 
@@ -173,7 +174,7 @@ def split_by_time(frame: pd.DataFrame, validation_fraction: float) -> tuple[pd.D
 
 
 def read_metrics(request: IngestRequest) -> tuple[pd.DataFrame, str]:
-    """Read raw metrics from the requested source and validate them; return them with a one-line description."""
+    """Read raw metrics from the requested source and validate them (units, and no unit change within); return them with a one-line description."""
     schema_for(request.model_name)
     try:
         read = SOURCES[request.source]
@@ -190,7 +191,9 @@ def read_metrics(request: IngestRequest) -> tuple[pd.DataFrame, str]:
                                 "at the source the monitor reads, or wait for more data")
         description = f"{description}; from {start:%Y-%m-%d %H:%M} UTC on (the drift's onset): {len(kept)} of {len(frame)} minutes"
         frame = kept
-    return validate_raw_metrics(frame, request.model_name, source=request.source), description
+    frame = validate_raw_metrics(frame, request.model_name, source=request.source)
+    check_scale_jumps(frame, request.model_name, request.source)
+    return frame, description
 
 
 def read_window(request: IngestRequest, minutes: int) -> tuple[pd.DataFrame, str]:

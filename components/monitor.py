@@ -5,6 +5,9 @@ answered (the detector's live anomaly rate, the forecaster's live bias, both fro
 what validation showed; ``decide`` turns that into ``retrain``, ``none`` or ``held`` (drift, but a retrain ran or was
 triggered within the cooldown, or one is still running); the caller acts on it and ``record_trigger`` writes the
 trigger into the store's index history, which is also where the cooldown is read from.
+
+A live window in the wrong unit (a metric 100 or 1000 times what the stable version learned, ``drift.check_scale_against_profile``)
+is an input error, not drift: the check fails with a ContractError, so nothing is decided, pushed or retrained.
 """
 
 from __future__ import annotations
@@ -119,15 +122,16 @@ class Decision:
     reason: str
 
 
-def stable_profile(store: ModelStore, model_name: str) -> tuple[str, dict]:
-    """Return the stable version and its profile, or raise MonitorError naming what is missing and the fix."""
+def stable_profile(store: ModelStore, model_name: str) -> tuple[str, dict, str]:
+    """Return the stable version, its profile and the source of its data, or raise MonitorError naming what is missing and the fix."""
     stable = store.read_index(model_name).get("stable")
     if not stable:
         raise MonitorError(f"{model_name} has no stable version in {store.location}: run its retrain pipeline first")
-    profile = store.version_record(model_name, stable).get("profile") or {}
+    record = store.version_record(model_name, stable)
+    profile = record.get("profile") or {}
     if "seasonal" not in profile or "features" not in profile:
         raise MonitorError(f"{model_name} {stable} was saved without a drift profile (an older release); retrain once to record one")
-    return stable, profile
+    return stable, profile, record.get("data_source") or "unknown"
 
 
 def assess(

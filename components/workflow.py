@@ -285,34 +285,37 @@ class MonitorResult:
 
 def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSettings, store_options: StoreOptions,
                  active_run: str | None, pushgateway_url: str = "", clear: bool = False) -> MonitorResult:
-    """Read the live window the stable version's profile asks for, measure drift, track its episode, decide and push the gauges.
+    """Read the live window the stable version's profile asks for, check its units, measure drift, track its episode, decide and push
+    the gauges.
 
     With ``clear``, the current drift episode (its onset and retrain count) is forgotten first.
     """
     import base64
 
+    from components.drift import check_scale_against_profile
     from components.ingest import read_window
     from components.monitor import (
-        assess,
         NEEDS_HUMAN,
         RETRAIN,
+        assess,
         decide,
         distribution_plot,
-        next_episode,
-        record_episode,
         live_prediction_stats,
         markdown_report,
+        next_episode,
         prediction_checks,
         push_drift_metrics,
+        record_episode,
         stable_profile,
         unmeasured_predictions,
     )
     from components.prometheus import PrometheusClient, PrometheusError
 
     store = open_store(store_options)
-    stable, profile = stable_profile(store, model_name)
+    stable, profile, data_source = stable_profile(store, model_name)
     minutes = int(profile["window_minutes"])
     live, description = read_window(request, minutes)
+    check_scale_against_profile(profile, data_source, live, model_name, f"stable {stable}")
     if request.prometheus_url:
         end = live[TIMESTAMP_COLUMN].iloc[-1].to_pydatetime()
         try:

@@ -67,6 +67,10 @@ def test_features_are_linear_in_rows_and_keep_order():
         (lambda f: f.assign(pod_cpu_usage=np.where(f.index == 3, np.inf, f.pod_cpu_usage)), "NaN or inf"),
         (lambda f: f.assign(pod_memory_usage="high"), "non-numeric value 'high'"),
         (lambda f: f.assign(container_restart_count=-1.0), "negative values"),
+        (lambda f: f.assign(pod_cpu_usage=(f.pod_cpu_usage + 2000) * 1000),
+         "'pod_cpu_usage' must be CPU cores (at most 1e6, a whole cluster's) but reaches 2.007e+06; it looks like millicores: divide by 1000"),
+        (lambda f: f.assign(container_restart_count=1.7e9),
+         "'container_restart_count' must be a cumulative count (at most 1e9) but reaches 1.7e+09; send the cumulative restart count"),
     ],
 )
 def test_bad_raw_metrics_get_a_clear_error(change, message):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, validate_raw_metrics
-from components.ingest import IngestRequest, ingest
+from components.ingest import IngestRequest, IngestResult, ingest
 from components.synthetic import INCIDENT_TYPES, generate_cluster_metrics
 
 
@@ -108,3 +108,22 @@ def test_regime_start_keeps_only_the_minutes_from_the_drifts_onset_on(tmp_path):
     assert result.train.timestamp.min() == onset and f"from {onset:%Y-%m-%d %H:%M} UTC on (the drift's onset): 600 of {len(frame)} minutes" in result.description
     with pytest.raises(ContractError, match="regime_start .* leaves 5 of the source's .* point the retrain at the source the monitor reads"):
         ingest(IngestRequest("predictive-analytics", source="file", file_path=str(path), regime_start=frame.timestamp.iloc[-5].isoformat()))
+
+
+def test_a_unit_change_inside_the_data_is_an_input_error_but_a_real_step_is_not(tmp_path):
+    frame = generate_cluster_metrics(ANOMALY_DETECTOR, days=1, seed=2)
+    later = frame.index >= 900  # from 15:00 on
+
+    def ingested(changes: dict) -> IngestResult:
+        changed = frame.assign(**{column: np.where(later, change(frame[column]), frame[column]) for column, change in changes.items()})
+        return ingest(IngestRequest(ANOMALY_DETECTOR, source="file", file_path=str(write(changed, tmp_path / "metrics.csv"))))
+
+    with pytest.raises(ContractError) as millicores:
+        ingested({"pod_cpu_usage": lambda cores: cores * 1000})
+    assert ("pod_cpu_usage rises 971x between 2026-01-05 14:00 and 2026-01-05 16:00 UTC" in str(millicores.value)
+            and "the later part looks like millicores, and the contract unit is CPU cores; divide that part by 1000" in str(millicores.value))
+    with pytest.raises(ContractError) as percent:
+        ingested({"node_cpu_utilization": lambda ratio: ratio / 100})
+    assert "node_cpu_utilization falls 104x" in str(percent.value) and "the earlier part looks like percent" in str(percent.value)
+    stepped = ingested({"pod_cpu_usage": lambda cores: cores * 2, "node_memory_utilization": lambda ratio: np.clip(ratio + 0.15, 0, 1)})
+    assert len(stepped.train) + len(stepped.validation) == len(frame), "twice the cores and +0.15 memory are real steps: ingested"

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.contract import PREDICTIVE_ANALYTICS
+from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.monitor import MonitorSettings, prediction_checks
 from components.prometheus import PrometheusClient
 from components.synthetic import generate_cluster_metrics
@@ -25,6 +25,7 @@ from tests.kfp_standin import KfpStandIn
 from tests.servers import PrometheusServer, PushgatewayServer
 
 FORECASTER = PREDICTIVE_ANALYTICS
+DETECTOR = ANOMALY_DETECTOR
 METRICS = ("cpu", "memory", "disk", "network_in", "network_out")
 QUERIES = {name: f"avg(test_{name})" for name in METRICS}
 TOKEN = "kfp-test-token"
@@ -171,8 +172,8 @@ def test_submit_without_the_dsp_address_fails_every_run_and_refuses_a_token_over
     assert unaddressed.returncode != 0 and "action=submit needs dsp_api_url" in unaddressed.stdout + unaddressed.stderr
 
 
-def monitor_cli(state: Path, csv: Path, *params: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run_cli("monitor", FORECASTER, "--local", "--state-dir", str(state), "--param", "source=file", "--param", f"file_path={csv}",
+def monitor_cli(state: Path, csv: Path, *params: str, env: dict | None = None, model: str = FORECASTER) -> subprocess.CompletedProcess:
+    return run_cli("monitor", model, "--local", "--state-dir", str(state), "--param", "source=file", "--param", f"file_path={csv}",
                    *params, env=env)
 
 
@@ -255,6 +256,48 @@ def test_percent_units_are_an_input_error_not_drift(trained, tmp_path):
     csv.write_text(percent.to_csv(index=False))
     result = monitor_cli(state, csv)
     assert result.returncode == 1 and "percent" in result.stdout and "decision:" not in result.stdout, result.stdout[-2000:]
+
+
+@pytest.fixture(scope="module")
+def detector_on_file(tmp_path_factory):
+    """A store whose stable detector v1 learned three days of a file (a cluster's scale, unlike synthetic data); serving stopped."""
+    state = tmp_path_factory.mktemp("detector")
+    csv = state / "cluster.csv"
+    csv.write_text(generate_cluster_metrics(DETECTOR, days=3, seed=8).to_csv(index=False))
+    try:
+        result = run_cli("run", DETECTOR, "--local", "--state-dir", str(state), "--param", "source=file", "--param", f"file_path={csv}",
+                         *FAST_CANARY)
+    finally:
+        run_cli("serve", "stop", "--state-dir", str(state))
+    assert result.returncode == 0, result.stdout[-3000:]
+    return state
+
+
+def test_a_unit_mix_up_against_the_profile_is_an_input_error_that_retrains_nothing_but_a_real_shift_is_drift(detector_on_file, tmp_path):
+    state = copy_of(detector_on_file, tmp_path)
+    live = generate_cluster_metrics(DETECTOR, days=0.5, seed=3)
+
+    def monitored(name: str, changes: dict, *params: str, rows: np.ndarray = np.full(len(live), True)) -> subprocess.CompletedProcess:
+        csv = state / f"{name}.csv"
+        changed = live.assign(**{column: np.where(rows, change(live[column]), live[column]) for column, change in changes.items()})
+        csv.write_text(changed.to_csv(index=False))
+        return monitor_cli(state, csv, *params, model=DETECTOR)
+
+    submit = ("--param", "action=submit", "--param", "cooldown_hours=0")  # were it drift, this would retrain
+    millicores = monitored("millicores", {"pod_cpu_usage": lambda cores: cores * 1000}, *submit)
+    assert millicores.returncode == 1 and "decision:" not in millicores.stdout, millicores.stdout[-2000:]
+    assert ("input error, not drift: pod_cpu_usage median " in millicores.stdout and "that stable v1 learned for these hours: is it in millicores? "
+            "The contract unit is CPU cores: divide by 1000. Nothing is retrained on it" in millicores.stdout), millicores.stdout[-2000:]
+    divided = monitored("divided", {"node_cpu_utilization": lambda ratio: ratio / 100}, *submit)
+    assert divided.returncode == 1 and "node_cpu_utilization median " in divided.stdout, divided.stdout[-2000:]
+    assert "was this window divided by 100 twice, or did stable v1 learn it in percent? The contract unit is ratio 0-1" in divided.stdout
+    index = json.loads((state / "store" / DETECTOR / "metadata.json").read_text())
+    assert index["stable"] == "v1" and [event["event"] for event in index["history"] if event["event"] == "retrain-triggered"] == []
+
+    # Twice the cores and a +0.15 node memory step over the last three hours are real changes: drift (held by v1's cooldown).
+    for column, change in (("pod_cpu_usage", lambda cores: cores * 2), ("node_memory_utilization", lambda ratio: np.clip(ratio + 0.15, 0, 1))):
+        shifted_live = monitored(column, {column: change}, rows=live.index >= len(live) - SHIFT_MINUTES)
+        assert shifted_live.returncode == 3 and f"decision: held: drift: {column}" in shifted_live.stdout, shifted_live.stdout[-2000:]
 
 
 def drift_alert_expressions() -> dict[str, str]:
