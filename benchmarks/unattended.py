@@ -4,9 +4,9 @@
 
 What runs, on one machine, in a work directory:
 - the live metrics: ten days of history, then ``--days`` days in which node memory steps up by 0.15 on day 5 and
-  stays there, containers crash-loop for an hour on day 9, day 7 arrives in percent and day 12 in millicores;
+  stays there, containers crash-loop for an hour on day 9, day 11 arrives in percent and day 13 in millicores;
 - hourly drift checks by the monitor's own code (``monitor_step``) with ``action=submit``: a retrain decision starts
-  a retrain from the drift's onset on; a weekly scheduled retrain on the last ten days;
+  a retrain from the drift's onset on; a weekly scheduled retrain (days 1 and 8) on the last ten days;
 - every retrain's version rolled out on two targets: the local one (KServe model servers and the router on
   127.0.0.1) and the KServe target against the Kubernetes API stand-in the tests use;
 - a client that sends the coordination engine's requests to each target's main URL all along, and a client that
@@ -57,8 +57,9 @@ from components.workflow import (
 
 MODEL = ANOMALY_DETECTOR
 HISTORY_DAYS = 10
-SHIFT_DAY, CRASH_DAY, PERCENT_DAY, MILLICORE_DAY = 5, 9, 7, 12
-CANARY = CanarySpec(interval_s=0.4, probe_requests=10)
+SHIFT_DAY, CRASH_DAY, PERCENT_DAY, MILLICORE_DAY = 5, 9, 11, 13
+# Long enough per step for Prometheus (scraping every second) to see the candidate's live traffic.
+CANARY = CanarySpec(interval_s=3.0, probe_requests=10)
 SMOKE_P95_MS = 250.0
 READY_TIMEOUT_S = 60.0
 FAULT_KINDS = ("api_503_burst_deploy", "api_503_burst_rollback", "prometheus_outage", "smoke_latency_blip", "client_4xx",
@@ -180,14 +181,14 @@ class BadBodyClient:
 
 @contextlib.contextmanager
 def stuttering(pid: int):
-    """Pause and resume a server process every 0.2 s while inside: a latency blip the smoke test must see."""
+    """Pause a server process for 0.4 s of every 0.45 s while inside: a latency blip the smoke test must see."""
     stop = threading.Event()
 
     def stutter() -> None:
         while not stop.is_set():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
-            time.sleep(0.15)
+            time.sleep(0.4)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
             time.sleep(0.05)
@@ -222,7 +223,7 @@ class Simulation:
 
         self.work, self.days, self.rng = work, days, np.random.default_rng(seed)
         self.series, self.marks = live_metrics(days, seed)
-        self.live_path = work / "live.parquet"
+        self.live_path, self.window_path = work / "live.parquet", work / "window.parquet"
         self.tally = Tally()
         self.runs = 0
         pvcs = work / "pvcs"
@@ -238,10 +239,13 @@ class Simulation:
 
     # -- the pieces of one simulated hour -------------------------------------------------------------------------
     def publish_live(self) -> None:
-        """Write the live metrics up to the simulated now: what the monitor and the retrains read."""
-        window = self.series[(self.series.timestamp < self.now) & (self.series.timestamp >= self.now - pd.Timedelta(days=HISTORY_DAYS))]
+        """Write the live metrics up to the simulated now: ten days for the retrains, the last three hours for the monitor
+        (as a Prometheus query for its window would return)."""
+        history = self.series[(self.series.timestamp < self.now) & (self.series.timestamp >= self.now - pd.Timedelta(days=HISTORY_DAYS))]
         # Live metrics carry no incident labels: the detector is gated on its contract and anomaly rate, as on a cluster.
-        window.drop(columns=[LABEL_COLUMN]).to_parquet(self.live_path, index=False)
+        history = history.drop(columns=[LABEL_COLUMN])
+        history.to_parquet(self.live_path, index=False)
+        history.iloc[-180:].to_parquet(self.window_path, index=False)
 
     def plant_symlinked_version(self) -> None:
         """Plant ``v99`` in the local store as a symlink to a directory outside it that holds a model and a record."""
@@ -254,8 +258,8 @@ class Simulation:
         (self.local.store_root / MODEL / "v99").symlink_to(outside, target_is_directory=True)
         self.tally.faults["symlinked_version"] += 1
 
-    def retrain(self, why: str, regime_start: str = "", source: str = "file") -> None:
-        """Ingest, train, evaluate and save as a run would, then roll the version out on both lanes."""
+    def retrain(self, why: str, regime_start: str = "", source: str = "file", lanes: tuple[str, ...] = ("local", "kserve")) -> None:
+        """Ingest, train, evaluate and save as a run would, then roll the version out on the named lanes."""
         self.runs += 1
         run_name = f"unattended-{self.runs}-{why}"
         work = self.work / "runs" / run_name
@@ -274,7 +278,7 @@ class Simulation:
         entry["post_shift_share"] = float((trained_from >= self.marks["shift"]).mean()) if trained_from is not None else 0.0
         data.validation.to_parquet(work / "validation.parquet")
         save_trained(train_anomaly_detector(data.train, DetectorParams()), work / "model", data.data_source)
-        for lane in (self.local, self.kserve):
+        for lane in (lane for lane in (self.local, self.kserve) if lane.name in lanes):
             with lane.active():
                 evaluation, _ = evaluate_step(MODEL, str(work / "model"), str(work / "validation.parquet"), data.description, Gates(), StoreOptions())
                 if not evaluation.deploy:
@@ -287,7 +291,7 @@ class Simulation:
         """Deploy, smoke-test and canary ``version`` on a lane with this rollout's faults; return the index status it ends in."""
         options = KServeOptions(**{**lane.options.__dict__, "run_name": run_name}) if lane.options else None
         storage_options = StoreOptions()
-        burst = lane is self.kserve and self.rng.random() < 0.5
+        burst = lane is self.kserve and (not self.tally.faults["api_503_burst_deploy"] or self.rng.random() < 0.3)
         if burst:
             for _ in range(3):  # a burst the client's retries ride out
                 self.standin.inject("GET", 503)
@@ -302,7 +306,7 @@ class Simulation:
         if status.candidate == version:
             sample = probe_sample_from(str(validation), MODEL)
             candidate_pid = self._candidate_pid(lane)
-            blip = candidate_pid is not None and self.rng.random() < 0.3
+            blip = candidate_pid is not None and (not self.tally.faults["smoke_latency_blip"] or self.rng.random() < 0.2)
             with stuttering(candidate_pid) if blip else contextlib.nullcontext():
                 report = smoke_test(target, store, MODEL, version, sample, max_p95_latency_ms=SMOKE_P95_MS)
             record_smoke_test(store, MODEL, report)
@@ -314,8 +318,9 @@ class Simulation:
                 self._rollback(lane, target, store, version, report.rejection, run_name)
         with contextlib.suppress(ServingError):
             make_safe(target, store, MODEL, run_name=run_name, timeout_s=READY_TIMEOUT_S)
-        final = store.read_index(MODEL)["versions"].get(version, {}).get("status", "unknown")
-        self.tally.rollouts.append(f"{lane.name} {version}: {final}")
+        entry = store.read_index(MODEL)["versions"].get(version, {})
+        final = entry.get("status", "unknown")
+        self.tally.rollouts.append(f"{lane.name} {version}: {final} {entry.get('rejected_reason') or entry.get('held_reason') or ''}".strip())
         return final
 
     def _candidate_pid(self, lane: Lane) -> int | None:
@@ -327,10 +332,16 @@ class Simulation:
         return pid if pid and process_alive(pid) else None
 
     def _canary(self, lane: Lane, target, store, version: str, sample, run_name: str) -> None:
-        """Run the canary with the 4xx client on the main URL, sometimes with Prometheus down (then it rolls back)."""
-        outage = self.rng.random() < 0.3
-        prometheus_url = "http://127.0.0.1:9" if outage else self.prometheus.url
-        providers = [ProbeProvider(sample, CANARY.probe_requests), PrometheusProvider(PrometheusClient(prometheus_url, timeout_s=2.0), "30s")]
+        """Run the canary with the 4xx client on the main URL, sometimes with Prometheus down (then it rolls back).
+
+        The local lane's live metrics come from a real Prometheus scraping its servers; nothing scrapes the stand-in's,
+        so the KServe lane reads Prometheus only when it is down.
+        """
+        outage = not self.tally.faults["prometheus_outage"] or self.rng.random() < 0.2
+        providers = [ProbeProvider(sample, CANARY.probe_requests)]
+        if outage or lane is self.local:
+            prometheus_url = "http://127.0.0.1:9" if outage else self.prometheus.url
+            providers.append(PrometheusProvider(PrometheusClient(prometheus_url, timeout_s=2.0), "30s"))
         with BadBodyClient(target.endpoints(MODEL).main) as bad, self._rollback_burst(lane):
             result = canary_promote(target, store, MODEL, version, CANARY, providers, run_name=run_name, timeout_s=READY_TIMEOUT_S)
         if bad.client_errors:
@@ -351,7 +362,7 @@ class Simulation:
             return
 
         def takes_traffic_back(body: dict | None) -> bool:
-            return body == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+            return bool(body) and (body.get("spec") or {}).get("predictor") == {"canaryTrafficPercent": 0}
 
         for _ in range(3):
             self.standin.inject("PATCH", 503, takes_traffic_back)
@@ -375,7 +386,7 @@ class Simulation:
         from components.drift import DriftThresholds
 
         settings = MonitorSettings(DriftThresholds())
-        request = IngestRequest(MODEL, source="file", file_path=str(self.live_path))
+        request = IngestRequest(MODEL, source="file", file_path=str(self.window_path))
         entry = {"at": str(self.now)}
         self.tally.checks.append(entry)
         with self.local.active():
@@ -411,11 +422,11 @@ class Simulation:
                 if hour % 24 == 0:
                     with self.local.active(), contextlib.redirect_stdout(io.StringIO()):
                         repair(open_store(StoreOptions()), MODEL)
-                if hour % (7 * 24) == 0:
+                if hour % (7 * 24) == 24:
                     self.retrain("weekly")
                 if hour == 3 * 24 + 12:
                     self.tally.faults["synthetic_source_run"] += 1
-                    self.retrain("misconfigured", source="synthetic")
+                    self.retrain("misconfigured", source="synthetic", lanes=("kserve",))  # a cluster run left at source=synthetic
                 self.check()
                 if hour % 24 == 0:
                     print(f"day {hour // 24}: {self.tally.checks[-1].get('decision')}; rollouts so far: {len(self.tally.rollouts)}", flush=True)
@@ -437,16 +448,18 @@ class Simulation:
     def result(self, clients: list[EngineClient]) -> dict:
         """Return the JSON the README's table is made of."""
         stored = {lane.name: storage.FilesystemStore(lane.store_root).read_index(MODEL) for lane in (self.local, self.kserve)}
-        saved = {lane: set(index["versions"]) for lane, index in stored.items()}
-        served = set().union(*(client.served for client in clients)) - {""}
+        # The local router names the version it sent each request to; the stand-in's names a revision, not a version.
+        served_locally = clients[0].served - {""}
         shift_hour = SHIFT_DAY * 24
         decisions = [check.get("decision", "") for check in self.tally.checks]
         before_shift = decisions[: shift_hour - 1]
         learning = [entry for entry in self.tally.retrains if entry.get("post_shift_share", 0) >= 0.9]
-        first_learning_hour = self._hour(learning[0]["at"]) if learning else None
-        settled = None
+        promoted = [entry for entry in learning if entry.get("local_outcome") == "stable"]
+        first_learning_hour = self._hour(promoted[0]["at"]) if promoted else None
+        settled = after_settling = None
         if first_learning_hour is not None:
             settled = next((number for number, decision in enumerate(decisions[first_learning_hour:], 1) if decision == "none"), None)
+            after_settling = sum(decision in (RETRAIN, "held", NEEDS_HUMAN) for decision in decisions[first_learning_hour + (settled or 0):])
         for name, mark in (("percent_unit_day", "percent"), ("millicore_unit_day", "millicore")):
             day = slice(self._hour(str(self.marks[mark])), self._hour(str(self.marks[mark])) + 24)
             self.tally.faults[name] = sum(decision.startswith("input error") for decision in decisions[day])
@@ -455,17 +468,20 @@ class Simulation:
             "good_requests_sent": sum(client.sent for client in clients),
             "good_requests_failed": sum(client.failed for client in clients),
             "production_down_seconds": round(sum(client.down_s for client in clients), 2),
-            "versions_served_from_outside_store": sorted(served - saved["local"] - saved["kserve"]),
+            "versions_served_from_outside_store": sorted(served_locally - set(stored["local"]["versions"])),
             "synthetic_versions_deployed": sum(1 for index in stored.values() for entry in index["versions"].values()
                                                if is_synthetic(entry.get("data_source", "")) and entry.get("status") in ("stable", "retired", "candidate")),
             "false_triggers_before_shift": sum(decision == RETRAIN for decision in before_shift),
             "retrains": len(self.tally.retrains),
             "retrains_learning_new_regime": len(learning),
             "checks_until_settled": settled,
+            "drifted_checks_after_settling": after_settling,
             "needs_a_human": sum(decision == NEEDS_HUMAN for decision in decisions),
             "unit_errors_reported": len(self.tally.unit_errors),
             "faults_injected": self.tally.faults,
             "retrain_log": self.tally.retrains,
+            "check_log": [{"hour": self._hour(check["at"]), "decision": check["decision"][:60], "reason": check.get("reason", "")[-160:]}
+                          for check in self.tally.checks if check.get("decision") != "none"],
             "rollouts": self.tally.rollouts,
             "stable_at_end": {lane: index.get("stable") for lane, index in stored.items()},
         }
@@ -487,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
         with contextlib.redirect_stderr(io.StringIO()):
             result = Simulation(Path(scratch), args.days, args.seed).run()
     result["wall_seconds"] = round(time.monotonic() - started, 1)
-    summary = {key: value for key, value in result.items() if key not in ("retrain_log", "rollouts")}
+    summary = {key: value for key, value in result.items() if key not in ("retrain_log", "rollouts", "check_log")}
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
