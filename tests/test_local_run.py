@@ -190,7 +190,8 @@ def test_a_committed_compiled_yaml_runs_in_kfp_local_with_store_and_serving_in_o
         from kfp import components, local
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root="runs", raise_on_error=True)
         pipeline = components.load_component_from_file({str(REPO / "compiled" / "anomaly-detector-retrain.yaml")!r})
-        pipeline(serving_target="local", canary_interval_s=0.3, probe_requests=10)
+        # The compiled defaults are a cluster's (Prometheus in the cluster); a laptop passes the local ones.
+        pipeline(serving_target="local", source="synthetic", prometheus_url="", prometheus_ca_bundle="", canary_interval_s=0.3, probe_requests=10)
         """
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("MODEL_")}
