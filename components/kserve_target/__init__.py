@@ -13,6 +13,7 @@ InferenceService, so the later steps (separate pods) move it the same way.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -63,7 +64,8 @@ class KServeTarget:
             config.load_incluster_config()
         except config.ConfigException:
             try:
-                config.load_kube_config()
+                # Read $KUBECONFIG now: the client reads it once, when it is first imported.
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             except (config.ConfigException, OSError) as error:
                 raise ServingError(
                     f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({error}); set KUBECONFIG or run in the cluster"
