@@ -18,7 +18,7 @@ run: $(STAMP) ## train, evaluate and store both models locally (no cluster)
 
 test: $(STAMP) ## run the whole test suite, end-to-end tests included (installs Prometheus with apt when root)
 	tools/ensure-test-tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 compile: $(STAMP) ## recompile compiled/ (the default and one folder per platform profile)
 	$(BIN)/model-pipelines compile --all-platforms --output-dir compiled
