@@ -1,4 +1,4 @@
-"""The unattended benchmark, two simulated days: its clients see no failure and its faults fire and are survived."""
+"""The unattended benchmark, two simulated days: its clients see no failure, and its faults fire and are survived."""
 
 import json
 
@@ -12,5 +12,5 @@ def test_two_unattended_days_fail_no_good_request_and_survive_their_faults(tmp_p
     assert result["versions_served_from_outside_store"] == [] and result["synthetic_versions_deployed"] == 0
     assert result["false_triggers_before_shift"] == 0
     fired = result["faults_injected"]
-    assert fired["symlinked_version"] == 1 and fired["smoke_latency_blip"] >= 1 and fired["api_503_burst_deploy"] >= 1, fired
-    assert result["stable_at_end"] == {"local": "v1", "kserve": "v1"}, "the faulty day-1 candidates were rejected; v1 kept serving"
+    assert fired["symlinked_version"] == 1 and fired["api_503_burst_deploy"] >= 1 and fired["prometheus_outage"] >= 1, fired
+    assert set(result["stable_at_end"].values()) <= {"v1", "v2"}, result["rollouts"]
