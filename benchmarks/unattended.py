@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -94,19 +95,9 @@ class Lane:
     serving_home: Path
     options: KServeOptions | None = None
 
-    @contextlib.contextmanager
     def active(self):
-        """Point the store and serving environment at this lane for the calls inside."""
-        saved = {key: os.environ.get(key) for key in (STORE_ROOT_ENV, SERVING_HOME_ENV)}
-        os.environ[STORE_ROOT_ENV], os.environ[SERVING_HOME_ENV] = str(self.store_root), str(self.serving_home)
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        """Point the store and serving environment at this lane for the calls inside (restored after)."""
+        return mock.patch.dict(os.environ, {STORE_ROOT_ENV: str(self.store_root), SERVING_HOME_ENV: str(self.serving_home)})
 
 
 class EngineClient:

@@ -177,12 +177,18 @@ def monitor_cli(state: Path, csv: Path, *params: str, env: dict | None = None, m
                    *params, env=env)
 
 
-def test_the_cli_retrains_locally_on_drift_and_then_holds_while_a_run_is_active_or_in_cooldown(trained, tmp_path):
-    state = copy_of(trained, tmp_path)
+def quiet_and_drifted(state: Path) -> tuple[pd.DataFrame, Path, Path]:
+    """Return half a day of live metrics and CSVs of it as it is and with cpu shifted (``shifted``) in ``state``."""
     live_frame = generate_cluster_metrics(FORECASTER, days=0.5, seed=3)
     quiet_csv, drift_csv = state / "quiet.csv", state / "drift.csv"
     quiet_csv.write_text(live_frame.to_csv(index=False))
     drift_csv.write_text(shifted(live_frame).to_csv(index=False))
+    return live_frame, quiet_csv, drift_csv
+
+
+def test_the_cli_retrains_locally_on_drift_and_then_holds_while_a_run_is_active_or_in_cooldown(trained, tmp_path):
+    state = copy_of(trained, tmp_path)
+    live_frame, quiet_csv, drift_csv = quiet_and_drifted(state)
     submit = ("--param", "action=submit", "--param", "min_regime_hours=0")
     try:
         quiet = monitor_cli(state, quiet_csv, *submit, "--param", "cooldown_hours=0")
@@ -233,10 +239,7 @@ def test_the_cli_retrains_locally_on_drift_and_then_holds_while_a_run_is_active_
 
 def test_a_drift_waits_for_the_new_regime_before_a_retrain_and_ends_when_the_inputs_settle(trained, tmp_path):
     state = copy_of(trained, tmp_path)
-    live_frame = generate_cluster_metrics(FORECASTER, days=0.5, seed=3)
-    quiet_csv, drift_csv = state / "quiet.csv", state / "drift.csv"
-    quiet_csv.write_text(live_frame.to_csv(index=False))
-    drift_csv.write_text(shifted(live_frame).to_csv(index=False))
+    live_frame, quiet_csv, drift_csv = quiet_and_drifted(state)
     waiting = monitor_cli(state, drift_csv, "--param", "action=submit", "--param", "cooldown_hours=0")
     assert waiting.returncode == 3, waiting.stdout[-3000:]
     assert "held: waiting for the new regime (2 of 36 hours)" in waiting.stdout and "==> drift: retraining" not in waiting.stdout
