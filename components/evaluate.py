@@ -19,21 +19,10 @@ from components.contract import (
     forecast_pairs,
     schema_for,
 )
+from components.settings import Gates
 
 LATENCY_REPEATS = 50
 ROC_POINTS = 101
-
-
-@dataclass(frozen=True)
-class Gates:
-    """Absolute thresholds a candidate must meet, plus the champion/challenger tolerance."""
-
-    min_f1: float = 0.25
-    max_mase: float = 1.0
-    max_predict_latency_ms: float = 50.0
-    max_pickle_mb: float = 50.0
-    champion_tolerance: float = 0.05
-    max_anomaly_rate: float = 0.2
 
 
 @dataclass

@@ -23,6 +23,8 @@ from typing import Iterator
 from components.contract import MODEL_NAMES, schema_for
 from components.serving import Endpoints, ServingError, ServingStatus, model_url
 
+STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
+DEFAULT_STATE_DIR = ".model-pipelines"
 STOP_GRACE_S = 5.0
 POLL_S = 0.1
 
@@ -358,3 +360,13 @@ class LocalTarget:
     def served_models(self) -> list[str]:
         """Return the models that have serving state here."""
         return [model_name for model_name in MODEL_NAMES if self._state_path(model_name).is_file()]
+
+
+def state_dir() -> Path:
+    """Return the local state directory: $MODEL_PIPELINES_HOME, else .model-pipelines in the working directory."""
+    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+def local_target(state_directory: Path) -> LocalTarget:
+    """Return the local serving target of a state directory."""
+    return LocalTarget(state_directory / "serving", state_directory / "store")

@@ -34,6 +34,7 @@ from components.contract import (
     forecast_pairs,
 )
 from components.drift import drift_profile
+from components.settings import DetectorParams, ForecasterParams
 from components.storage import MODEL_FILENAME, TRAINING_FILENAME
 
 HOLDOUT_FRACTION = 0.2
@@ -46,27 +47,6 @@ STOCK_PICKLE_MODULES = ("sklearn", "numpy", "scipy", "joblib", "builtins", "copy
 OUTPUT_RANGES = {"cpu": (0.0, 1.0), "memory": (0.0, 1.0), "disk": (0.0, 1.0), "network_in": (0.0, 1.0), "network_out": (0.0, 1.0)}
 # How many training inputs, with the model's predictions for them, are stored with a version for the smoke test.
 REFERENCE_ROWS = 16
-
-
-@dataclass(frozen=True)
-class DetectorParams:
-    """Hyperparameters of the anomaly detector recipe."""
-
-    algorithm: str = "elliptic_envelope"
-    scaler: str = "standard"
-    n_estimators: int = 200
-    max_samples: int = 256
-    pca_components: int = 15
-    target_false_positive_rate: float = 0.02
-    random_state: int = 42
-
-
-@dataclass(frozen=True)
-class ForecasterParams:
-    """Hyperparameters of the forecaster recipe."""
-
-    horizon_minutes: int = 60
-    alpha: float = 1.0
 
 
 @dataclass(frozen=True)

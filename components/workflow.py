@@ -22,7 +22,7 @@ from components.contract import TIMESTAMP_COLUMN, schema_for
 from components.drift import validation_profile
 from components.gitops_target import GitopsOptions, GitopsTarget
 from components.kserve_target import KServeOptions, KServeTarget
-from components.local_serving import LocalTarget
+from components.local_serving import LocalTarget, state_dir
 from components.rollout import StepOutcome, deploy_version, probe_rows, probe_sample, rollback
 from components.serving import ServingError, ServingTarget
 from components.s3_store import DEFAULT_SECRET, S3Store, s3_client_from_environment
@@ -48,9 +48,7 @@ if TYPE_CHECKING:
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
 SERVING_HOME_ENV = "MODEL_SERVING_HOME"
-STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
 RUN_LOCKS_ENV = "MODEL_PIPELINES_RUN_LOCKS"  # set by local runs: where a retrain or rollout holds its model's lock
-DEFAULT_STATE_DIR = ".model-pipelines"
 SERVING_TARGETS = ("kserve", "local", "gitops")
 
 
@@ -64,11 +62,6 @@ class StoreOptions:
     s3_secret: str = DEFAULT_SECRET
     s3_verify: bool = True
     s3_ca_bundle: str = ""
-
-
-def state_dir() -> Path:
-    """Return the local state directory: $MODEL_PIPELINES_HOME, else .model-pipelines in the working directory."""
-    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
 
 
 def store_root() -> Path:

@@ -1,4 +1,7 @@
-"""The ``model-pipelines`` command line: compile the pipelines, run them locally, manage local serving."""
+"""The ``model-pipelines`` command line: compile the pipelines, run them locally, manage local serving.
+
+Verbs import kfp and the pipelines only when they compile or run one, so that ``serve`` and ``store`` answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +10,29 @@ import json
 import shlex
 import sys
 import time
-from pathlib import Path
-
 import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
-from pipelines import kfp_remote
+from components.local_serving import local_target, state_dir
+from components.s3_store import DEFAULT_SECRET
 from components.serving import ServingError
 from components.storage import StoreError
-from pipelines.local import (
-    DEFAULT_STATE_DIR, HELD_BACK, MonitorSummary, RunSummary, check_stored_version, declared_inputs, exit_code, local_target,
-    local_defaults, open_run_store, params_per_model, parse_params, retrain_arguments, run_local, run_monitor_local, worst_exit_code,
-)
-from components.s3_store import DEFAULT_SECRET
+from pipelines import kfp_remote
+from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT
 from pipelines.platforms import DEFAULT_PLATFORM, STORES, platform_named
-from pipelines.retrain import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT, compile_every_profile, compile_pipelines
+
+if TYPE_CHECKING:
+    from pipelines.local import MonitorSummary, RunSummary
+
+DEFAULT_STATE_DIR = state_dir()
 
 
 def _compile(args: argparse.Namespace) -> int:
     """Compile every pipeline for one platform (or every profile) and print where they went; return the exit code."""
+    from pipelines.retrain import compile_every_profile, compile_pipelines
+
     if args.all_platforms:
         paths = compile_every_profile(args.output_dir, args.image)
     else:
@@ -52,6 +59,8 @@ def _require_local(args: argparse.Namespace, verb: str, submissions: list[list[s
 
 def _run(args: argparse.Namespace) -> int:
     """Run the chosen retraining pipelines locally, print progress and a summary; return the exit code (README)."""
+    from pipelines.local import exit_code, local_defaults, params_per_model, run_local
+
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
     if not _require_local(args, "run", [[model] for model in models]):
         return 2
@@ -72,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _monitor(args: argparse.Namespace) -> int:
     """Check each chosen model for drift locally, print the drift table and decision; return the exit code (README)."""
+    from pipelines.local import local_defaults, parse_params, retrain_arguments, run_monitor_local, worst_exit_code
+
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
     if not _require_local(args, "monitor", [[MONITOR, "--param", f"model_name={model}"] for model in models]):
         return 2
@@ -110,6 +121,8 @@ def format_monitor_summary(summary: MonitorSummary) -> str:
 
 def _rollout(args: argparse.Namespace) -> int:
     """Roll out a stored version locally (deploy, smoke-test, canary); return the exit code (README)."""
+    from pipelines.local import check_stored_version, exit_code, local_defaults, open_run_store, parse_params, run_local
+
     if not _require_local(args, "rollout", [[ROLLOUT, "--param", f"model_name={args.model}", "--param", f"version={args.version}"]]):
         return 2
     state_dir = Path(args.state_dir)
@@ -143,6 +156,8 @@ MONITOR_EXIT_MEANINGS = {0: "no drift, or the retrain it started promoted its ca
 
 def format_summary(summaries: list[RunSummary], state_dir: Path) -> str:
     """Return the end-of-run summary: per model what happened to the new version and why, its report, serving and paths."""
+    from pipelines.local import HELD_BACK, exit_code
+
     lines = ["", "Summary"]
     for summary in summaries:
         lines.append(f"  {summary.model_name:<21} {summary.version or '-':<5} {summary.outcome}")
@@ -179,6 +194,7 @@ def _fleet_status(args: argparse.Namespace) -> int:
     """Print each wave's clusters with their Application's revision, sync and health, and what the wave serves; return 0 or 1."""
     from components.gitops_target import GitopsOptions, GitopsTarget, fleet_waves
     from components.kserve_target import KServeOptions
+    from pipelines.local import declared_inputs, parse_params
 
     try:
         p = {**{name: spec.default for name, spec in declared_inputs(ROLLOUT).items()}, **parse_params(args.param, ROLLOUT)}
@@ -274,6 +290,8 @@ def _remote(handler):
     """Wrap a remote verb: check its command line (exit 2), connect, run it, and turn RemoteError into exit code 1."""
 
     def run(args: argparse.Namespace) -> int:
+        from pipelines.local import parse_params
+
         try:  # a bad command line is reported before any talk of the connection
             if getattr(args, "cron", None):
                 kfp_remote.check_cron(args.cron)
@@ -299,6 +317,8 @@ def _pipeline_name(key: str) -> str:
 
 def _upload(args: argparse.Namespace, client, connection) -> int:
     """Upload each chosen pipeline (compiled now with --image, or --package); return 0."""
+    from pipelines.retrain import compile_pipelines
+
     keys = list(PIPELINE_FILES) if args.pipeline == "all" else [args.pipeline]
     with tempfile.TemporaryDirectory() as scratch:
         if args.package:

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 from kfp import local
 
-from components.local_serving import LocalTarget
+from components.local_serving import local_target, state_dir as configured_state_dir
 from components.rollout import KEPT_SERVING
 from components.run_parameters import check as check_run_parameters
 from components.serving import ServingStatus
@@ -30,10 +30,10 @@ from components.workflow import (
     StoreOptions,
     local_run_lock,
     open_store,
-    state_dir as configured_state_dir,
 )
 from components.monitor import NO_ACTION, RETRAIN, record_trigger
-from pipelines.retrain import BUILDERS, DEFAULT_IMAGE, MONITOR, ROLLOUT
+from pipelines.catalog import DEFAULT_IMAGE, MONITOR, ROLLOUT
+from pipelines.retrain import BUILDERS
 from pipelines.run_log import RunLog
 
 DEFAULT_STATE_DIR = configured_state_dir()
@@ -175,11 +175,6 @@ def _list(text: str) -> list:
     if not isinstance(value, list):
         raise ValueError(f"{text!r} is not a list")
     return value
-
-
-def local_target(state_dir: Path) -> LocalTarget:
-    """Return the local serving target of a state directory."""
-    return LocalTarget(state_dir / "serving", state_dir / "store")
 
 
 @contextlib.contextmanager

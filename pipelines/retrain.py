@@ -17,28 +17,19 @@ from typing import NamedTuple
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Markdown, Metrics
 
-from components import __version__, gitops_repo, steps
+from components import gitops_repo, steps
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
-from components.evaluate import Gates
 from components.gitops_target import DEFAULT_WAVES
 from components.monitor import MonitorSettings
 from components.prometheus import TOKEN_ENV
 from components.rollout import CanarySpec
 from components.s3_store import DATA_CONNECTION_KEYS, DEFAULT_SECRET
+from components.settings import DetectorParams, ForecasterParams, Gates
 from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT
-from components.train import DetectorParams, ForecasterParams
+from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT
 from pipelines.parameter_help import with_parameter_help
 from pipelines.platforms import DEFAULT_PLATFORM, PLATFORMS, STORES, Platform, adapt, group_label, is_default_output, output_key, platform_named
 
-DEFAULT_IMAGE = f"image-registry.openshift-image-registry.svc:5000/self-healing-platform/model-pipelines:{__version__}"
-ROLLOUT = "model-rollout"
-MONITOR = "model-monitor"
-PIPELINE_FILES = {
-    ANOMALY_DETECTOR: "anomaly-detector-retrain.yaml",
-    PREDICTIVE_ANALYTICS: "predictive-analytics-retrain.yaml",
-    ROLLOUT: "model-rollout.yaml",
-    MONITOR: "model-monitor.yaml",
-}
 STEP_FUNCTIONS = (
     steps.validate_parameters,
     steps.ingest,
