@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP) ## train, evaluate and store both models locally (no cluster)
 	$(BIN)/model-pipelines run all --local
 
-test: $(STAMP) ## run the whole test suite, end-to-end tests included (installs Prometheus with apt when root)
+test: $(STAMP) ## run the whole test suite, end-to-end tests included, on two xdist workers (installs Prometheus with apt when root)
 	tools/ensure-test-tools
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q --durations=15 -n 2 --dist loadgroup --no-loadscope-reorder
 
 compile: $(STAMP) ## recompile compiled/ (the default and one folder per platform profile)
 	$(BIN)/model-pipelines compile --all-platforms --output-dir compiled

@@ -26,6 +26,8 @@ from components.serving import Endpoints, ServingError, ServingStatus, model_url
 STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
 DEFAULT_STATE_DIR = ".model-pipelines"
 STOP_GRACE_S = 5.0
+PORT_ATTEMPTS = 3
+PORT_TAKEN = "address already in use"  # what a server that lost its port to another process logs
 POLL_S = 0.1
 
 
@@ -64,6 +66,18 @@ def started_process(entry: dict | None) -> int | None:
     ours = any(argument in (b"components.model_server", b"components.router") for argument in arguments)
     port = str(entry.get("port", "")).encode()
     return entry["pid"] if ours and b"--port" in arguments and arguments[arguments.index(b"--port") + 1:][:1] == [port] else None
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Return whether process ``pid`` holds the socket listening on TCP ``port`` (from /proc), not some other process."""
+    try:
+        sockets = {os.readlink(fd)[len("socket:["):-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
+                   if os.readlink(fd).startswith("socket:[")}
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in sockets
+               for fields in (line.split() for line in table))
 
 
 def stop_process(pid: int | None) -> None:
@@ -185,24 +199,31 @@ class LocalTarget:
         model_dir = self._local_path(storage_uri)
         if not model_dir.is_dir():
             raise ServingError(f"{storage_uri} does not exist at {model_dir}; was the version saved to this store?")
-        port = free_port()
         log_name = f"{model_name}-{version}"
-        pid = self._spawn(
-            ["components.model_server", "--name", model_name, "--version", version, "--model-dir", str(model_dir),
-             "--sha256", checksum, "--port", str(port)],
-            log_name,
-        )
-        backend = {"version": version, "pid": pid, "port": port, "storage_uri": storage_uri, "checksum": checksum}
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not process_alive(pid):
-                raise ServingError(f"{model_name} {version} did not start: {self._log_tail(log_name)}")
-            status, body = http_get(model_url(f"http://127.0.0.1:{port}", model_name), timeout=1.0)
-            if status == 200 and json.loads(body or b"{}").get("ready"):
-                return backend
-            time.sleep(POLL_S)
-        stop_process(pid)
-        raise ServingError(f"{model_name} {version} was not ready within {timeout_s:g} s: {self._log_tail(log_name)}")
+        for _attempt in range(PORT_ATTEMPTS):
+            # Another process may take the free port before the server binds it: only our pid's socket counts, and a
+            # server that lost the port is started again on another.
+            port = free_port()
+            pid = self._spawn(
+                ["components.model_server", "--name", model_name, "--version", version, "--model-dir", str(model_dir),
+                 "--sha256", checksum, "--port", str(port)],
+                log_name,
+            )
+            while time.monotonic() < deadline:
+                if not process_alive(pid):
+                    if PORT_TAKEN in self._log_tail(log_name).lower():
+                        break
+                    raise ServingError(f"{model_name} {version} did not start: {self._log_tail(log_name)}")
+                if listens_on(pid, port):
+                    status, body = http_get(model_url(f"http://127.0.0.1:{port}", model_name), timeout=1.0)
+                    if status == 200 and json.loads(body or b"{}").get("ready"):
+                        return {"version": version, "pid": pid, "port": port, "storage_uri": storage_uri, "checksum": checksum}
+                time.sleep(POLL_S)
+            else:
+                stop_process(pid)
+                raise ServingError(f"{model_name} {version} was not ready within {timeout_s:g} s: {self._log_tail(log_name)}")
+        raise ServingError(f"{model_name} {version} did not start: another process took its port {PORT_ATTEMPTS} times: {self._log_tail(log_name)}")
 
     def _ensure_router(self, model_name: str, state: dict, timeout_s: float) -> None:
         """Start the model's router if it is not running, on its previous port when that is free."""
@@ -224,7 +245,7 @@ class LocalTarget:
         while time.monotonic() < deadline:
             if not process_alive(pid):
                 raise ServingError(f"the {model_name} router did not start: {self._log_tail(f'{model_name}-router')}")
-            if http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200:
+            if listens_on(pid, port) and http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200:
                 return
             time.sleep(POLL_S)
         raise ServingError(f"the {model_name} router was not ready within {timeout_s:g} s")

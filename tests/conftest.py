@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -54,3 +55,72 @@ def two_runs(tmp_path_factory) -> Iterator[tuple[Path, subprocess.CompletedProce
         yield state, first, second
     finally:
         run_cli("serve", "stop", "--state-dir", str(state))
+
+
+# Module-scoped fixtures whose tests do not depend on one another: read-only data, a store that each test copies, a
+# stand-in cluster where each test makes its own namespace. Each xdist worker builds its own, so their tests spread.
+PER_WORKER_FIXTURES = {"models", "knative_cluster", "crd_schemas", "validators", "training", "trained", "detector_data", "forecaster_data"}
+
+
+def shared_fixture_group(item: pytest.Item) -> str | None:
+    """Return the xdist group of a test that shares state through a module- or session-scoped fixture, else None.
+
+    Tests of one module that share such a fixture run on one worker, in order (one group per parameter of a
+    parametrized fixture), and so do all the tests of a session-scoped one; the fixture is set up once.
+    """
+    module = item.nodeid.split("::")[0]
+    callspec = getattr(item, "callspec", None)
+    keys = set()
+    for name in item.fixturenames:
+        definitions = item._fixtureinfo.name2fixturedefs.get(name)
+        if (not definitions or name in PER_WORKER_FIXTURES or definitions[-1].scope not in ("module", "session")
+                or not definitions[-1].func.__module__.startswith("tests.")):  # pytest's own (tmp_path_factory) are per worker
+            continue
+        parameter = str(callspec.params[name]) if callspec is not None and name in callspec.params else ""
+        keys.add(f"session:{name}" if definitions[-1].scope == "session" else f"{module}{':' + parameter if parameter else ''}")  # no "]": xdist reads a group after the last "]"
+    return max(keys) if keys else None  # the most specific: a parameter's group over its module's
+
+
+DURATIONS = Path(__file__).with_name("durations.json")  # seconds per test id, from `pytest --record-durations`
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add --record-durations, which rewrites tests/durations.json (what orders the groups) from this run."""
+    parser.addoption("--record-durations", action="store_true", help=f"rewrite {DURATIONS.name} with this run's test durations")
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark a test with its shared-fixture group (``shared_fixture_group``) for ``--dist loadgroup``."""
+    group = shared_fixture_group(item)
+    if group:
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the longest groups of tests first, each group's tests in their file's order.
+
+    Under ``--dist loadgroup --no-loadscope-reorder`` xdist hands out groups in this order, so that the long ones start
+    at once instead of finishing last; a test missing from tests/durations.json counts as one second.
+    """
+    recorded = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(shared_fixture_group(item) or item.nodeid, []).append(index)
+    weight = {group: sum(recorded.get(items[index].nodeid.split("@")[0], 1.0) for index in indexes) for group, indexes in groups.items()}
+    order = sorted(groups, key=lambda group: (-weight[group], groups[group][0]))
+    items[:] = [items[index] for group in order for index in groups[group]]
+
+
+_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add up each test's setup, call and teardown time for --record-durations (on the xdist controller too)."""
+    nodeid = report.nodeid.split("@")[0]  # without xdist's group suffix
+    _durations[nodeid] = _durations.get(nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With --record-durations, write every test's total time, in seconds, to tests/durations.json."""
+    if session.config.getoption("record_durations") and not hasattr(session.config, "workerinput"):
+        DURATIONS.write_text(json.dumps({nodeid: round(seconds, 1) for nodeid, seconds in sorted(_durations.items())}, indent=0) + "\n")

@@ -383,6 +383,43 @@ def test_serve_stop_never_signals_a_recycled_pid(tmp_path):
         unrelated.kill()
 
 
+def test_a_server_whose_port_another_process_holds_is_started_on_another_and_never_confused_with_it(training, tmp_path, monkeypatch):
+    """The free port is taken before the server binds it, by a look-alike that answers ready for the same model."""
+    import http.server
+
+    from components import local_serving
+
+    class LookAlike(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            body = json.dumps({"name": ANOMALY_DETECTOR, "ready": True}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    impostor = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LookAlike)
+    threading.Thread(target=impostor.serve_forever, daemon=True).start()
+    ports, free_port = iter([impostor.server_address[1]]), local_serving.free_port
+    monkeypatch.setattr(local_serving, "free_port", lambda: next(ports, None) or free_port())
+    store = FilesystemStore(tmp_path / "store")
+    version = save(store, train_anomaly_detector(training.train, DetectorParams()).estimator, tmp_path)
+    target = local_serving.local_target(tmp_path)
+    try:
+        status = target.deploy(ANOMALY_DETECTOR, version, f"pvc://models/{ANOMALY_DETECTOR}/{version}",
+                               store.read_index(ANOMALY_DETECTOR)["versions"][version]["sha256"], timeout_s=120)
+        backend = json.loads((tmp_path / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())["stable"]
+        assert backend["port"] != impostor.server_address[1], "the look-alike's port is not recorded as ours"
+        assert local_serving.listens_on(backend["pid"], backend["port"]), "the recorded pid is the one listening"
+        assert "address already in use" in (tmp_path / "serving" / "logs" / f"{ANOMALY_DETECTOR}-{version}.log").read_text().lower()
+        assert requests.post(f"{status.url}:predict", json=FALLBACK, timeout=10).json()["predictions"] == [1]
+    finally:
+        target.stop_all()
+        impostor.shutdown()
+
+
 class V2AndV1Client(MainUrlClient):
     """Sends the same rows over V2 infer and V1 predict to the main URL in a loop; keeps every answer with its serving version."""
 
