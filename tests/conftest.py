@@ -121,6 +121,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """With --record-durations, write every test's total time, in seconds, to tests/durations.json."""
+    """With --record-durations, write each test's total seconds from this run into tests/durations.json, keeping the others'."""
     if session.config.getoption("record_durations") and not hasattr(session.config, "workerinput"):
-        DURATIONS.write_text(json.dumps({nodeid: round(seconds, 1) for nodeid, seconds in sorted(_durations.items())}, indent=0) + "\n")
+        recorded = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+        recorded.update({nodeid: round(seconds, 1) for nodeid, seconds in _durations.items()})
+        DURATIONS.write_text(json.dumps(dict(sorted(recorded.items())), indent=0) + "\n")
