@@ -24,7 +24,7 @@ from components.contract import MODEL_NAMES, schema_for
 from components.serving import Endpoints, ServingError, ServingStatus, model_url
 
 STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
-DEFAULT_STATE_DIR = ".model-pipelines"
+STATE_DIR_NAME = ".model-pipelines"  # under the working directory, when $MODEL_PIPELINES_HOME is unset
 STOP_GRACE_S = 5.0
 PORT_ATTEMPTS = 3
 PORT_TAKEN = "address already in use"  # what a server that lost its port to another process logs
@@ -385,7 +385,7 @@ class LocalTarget:
 
 def state_dir() -> Path:
     """Return the local state directory: $MODEL_PIPELINES_HOME, else .model-pipelines in the working directory."""
-    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    return Path(os.environ.get(STATE_DIR_ENV) or STATE_DIR_NAME)
 
 
 def local_target(state_directory: Path) -> LocalTarget:
