@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from components.contract import MODEL_NAMES, schema_for
 from components.serving import Endpoints, ServingError, ServingStatus, model_url
@@ -199,31 +199,17 @@ class LocalTarget:
         model_dir = self._local_path(storage_uri)
         if not model_dir.is_dir():
             raise ServingError(f"{storage_uri} does not exist at {model_dir}; was the version saved to this store?")
-        log_name = f"{model_name}-{version}"
-        deadline = time.monotonic() + timeout_s
-        for _attempt in range(PORT_ATTEMPTS):
-            # Another process may take the free port before the server binds it: only our pid's socket counts, and a
-            # server that lost the port is started again on another.
-            port = free_port()
-            pid = self._spawn(
-                ["components.model_server", "--name", model_name, "--version", version, "--model-dir", str(model_dir),
-                 "--sha256", checksum, "--port", str(port)],
-                log_name,
-            )
-            while time.monotonic() < deadline:
-                if not process_alive(pid):
-                    if PORT_TAKEN in self._log_tail(log_name).lower():
-                        break
-                    raise ServingError(f"{model_name} {version} did not start: {self._log_tail(log_name)}")
-                if listens_on(pid, port):
-                    status, body = http_get(model_url(f"http://127.0.0.1:{port}", model_name), timeout=1.0)
-                    if status == 200 and json.loads(body or b"{}").get("ready"):
-                        return {"version": version, "pid": pid, "port": port, "storage_uri": storage_uri, "checksum": checksum}
-                time.sleep(POLL_S)
-            else:
-                stop_process(pid)
-                raise ServingError(f"{model_name} {version} was not ready within {timeout_s:g} s: {self._log_tail(log_name)}")
-        raise ServingError(f"{model_name} {version} did not start: another process took its port {PORT_ATTEMPTS} times: {self._log_tail(log_name)}")
+
+        def ready(port: int) -> bool:
+            status, body = http_get(model_url(f"http://127.0.0.1:{port}", model_name), timeout=1.0)
+            return status == 200 and bool(json.loads(body or b"{}").get("ready"))
+
+        pid, port = self._start_listening(
+            lambda port: ["components.model_server", "--name", model_name, "--version", version, "--model-dir", str(model_dir),
+                          "--sha256", checksum, "--port", str(port)],
+            f"{model_name}-{version}", f"{model_name} {version}", ready, timeout_s,
+        )
+        return {"version": version, "pid": pid, "port": port, "storage_uri": storage_uri, "checksum": checksum}
 
     def _ensure_router(self, model_name: str, state: dict, timeout_s: float) -> None:
         """Start the model's router if it is not running, on its previous port when that is free."""
@@ -236,19 +222,37 @@ class LocalTarget:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 port = free_port()
-        pid = self._spawn(
-            ["components.router", "--model", model_name, "--routes", str(self._state_path(model_name)), "--port", str(port)],
-            f"{model_name}-router",
+        pid, port = self._start_listening(
+            lambda port: ["components.router", "--model", model_name, "--routes", str(self._state_path(model_name)), "--port", str(port)],
+            f"{model_name}-router", f"the {model_name} router",
+            lambda port: http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200, timeout_s, port,
         )
         state["router"] = {"pid": pid, "port": port}
+
+    def _start_listening(self, command: Callable[[int], list[str]], log_name: str, what: str, ready: Callable[[int], bool],
+                         timeout_s: float, port: int | None = None) -> tuple[int, int]:
+        """Start the module ``command(port)`` names on ``port`` (else a free one); wait until it is ready; return (pid, port).
+
+        Another process may take a free port before the server binds it: only this pid's own listening socket counts,
+        and a server that lost its port (it logs PORT_TAKEN) is started again on another, up to PORT_ATTEMPTS times.
+        """
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not process_alive(pid):
-                raise ServingError(f"the {model_name} router did not start: {self._log_tail(f'{model_name}-router')}")
-            if listens_on(pid, port) and http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200:
-                return
-            time.sleep(POLL_S)
-        raise ServingError(f"the {model_name} router was not ready within {timeout_s:g} s")
+        port = port or free_port()
+        for _attempt in range(PORT_ATTEMPTS):
+            pid = self._spawn(command(port), log_name)
+            while time.monotonic() < deadline:
+                if not process_alive(pid):
+                    if PORT_TAKEN in self._log_tail(log_name).lower():
+                        break
+                    raise ServingError(f"{what} did not start: {self._log_tail(log_name)}")
+                if listens_on(pid, port) and ready(port):
+                    return pid, port
+                time.sleep(POLL_S)
+            else:
+                stop_process(pid)
+                raise ServingError(f"{what} was not ready within {timeout_s:g} s: {self._log_tail(log_name)}")
+            port = free_port()
+        raise ServingError(f"{what} did not start: another process took its port {PORT_ATTEMPTS} times: {self._log_tail(log_name)}")
 
     # -- the ServingTarget interface ---------------------------------------------------------------------------
     def deploy(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> ServingStatus:
