@@ -80,6 +80,32 @@ def listens_on(pid: int, port: int) -> bool:
                for fields in (line.split() for line in table))
 
 
+def start_listening(spawn: Callable[[int], int], log_tail: Callable[[], str], what: str, ready: Callable[[int], bool],
+                    timeout_s: float, port: int | None = None) -> tuple[int, int]:
+    """Start a server with ``spawn(port)`` on ``port`` (else a free one) and wait until it listens and is ready; return (pid, port).
+
+    Another process may take a free port before the server binds it: only the spawned pid's own listening socket counts,
+    and a server that lost its port (its log ends with PORT_TAKEN) is started again on another, up to PORT_ATTEMPTS times.
+    """
+    deadline = time.monotonic() + timeout_s
+    port = port or free_port()
+    for _attempt in range(PORT_ATTEMPTS):
+        pid = spawn(port)
+        while time.monotonic() < deadline:
+            if not process_alive(pid):
+                if PORT_TAKEN in log_tail().lower():
+                    break
+                raise ServingError(f"{what} did not start: {log_tail()}")
+            if listens_on(pid, port) and ready(port):
+                return pid, port
+            time.sleep(POLL_S)
+        else:
+            stop_process(pid)
+            raise ServingError(f"{what} was not ready within {timeout_s:g} s: {log_tail()}")
+        port = free_port()
+    raise ServingError(f"{what} did not start: another process took its port {PORT_ATTEMPTS} times: {log_tail()}")
+
+
 def stop_process(pid: int | None) -> None:
     """Terminate ``pid`` gracefully (in-flight requests finish), killing it after STOP_GRACE_S."""
     if not process_alive(pid):
@@ -231,28 +257,8 @@ class LocalTarget:
 
     def _start_listening(self, command: Callable[[int], list[str]], log_name: str, what: str, ready: Callable[[int], bool],
                          timeout_s: float, port: int | None = None) -> tuple[int, int]:
-        """Start the module ``command(port)`` names on ``port`` (else a free one); wait until it is ready; return (pid, port).
-
-        Another process may take a free port before the server binds it: only this pid's own listening socket counts,
-        and a server that lost its port (it logs PORT_TAKEN) is started again on another, up to PORT_ATTEMPTS times.
-        """
-        deadline = time.monotonic() + timeout_s
-        port = port or free_port()
-        for _attempt in range(PORT_ATTEMPTS):
-            pid = self._spawn(command(port), log_name)
-            while time.monotonic() < deadline:
-                if not process_alive(pid):
-                    if PORT_TAKEN in self._log_tail(log_name).lower():
-                        break
-                    raise ServingError(f"{what} did not start: {self._log_tail(log_name)}")
-                if listens_on(pid, port) and ready(port):
-                    return pid, port
-                time.sleep(POLL_S)
-            else:
-                stop_process(pid)
-                raise ServingError(f"{what} was not ready within {timeout_s:g} s: {self._log_tail(log_name)}")
-            port = free_port()
-        raise ServingError(f"{what} did not start: another process took its port {PORT_ATTEMPTS} times: {self._log_tail(log_name)}")
+        """Start the module ``command(port)`` names, logging to ``logs/<log_name>.log``, as ``start_listening`` does; return (pid, port)."""
+        return start_listening(lambda port: self._spawn(command(port), log_name), lambda: self._log_tail(log_name), what, ready, timeout_s, port)
 
     # -- the ServingTarget interface ---------------------------------------------------------------------------
     def deploy(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> ServingStatus:

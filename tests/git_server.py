@@ -7,12 +7,12 @@ from __future__ import annotations
 import base64
 import getpass
 import os
-import socket
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from tests.servers import start_server
 
 
 class LoopbackHttpServer:
@@ -165,23 +165,18 @@ class GitSshServer:
         for name in ("host", "client"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.work / name)], check=True)
         (self.work / "authorized_keys").write_text((self.work / "client.pub").read_text())
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
         config = self.work / "sshd_config"
-        config.write_text(f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.work / 'host'}\nAuthorizedKeysFile {self.work / 'authorized_keys'}\n"
-                          f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-                          f"PidFile {self.work / 'sshd.pid'}\n")
+
+        def arguments(port: int) -> list[str]:
+            config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {self.work / 'host'}\nAuthorizedKeysFile {self.work / 'authorized_keys'}\n"
+                              f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+                              f"PidFile {self.work / 'sshd.pid'}\n")
+            return ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)]
+
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
-        self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=open(self.work / "sshd.log", "ab"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process, self.port = start_server(arguments, self.work / "sshd.log", "sshd", timeout_s=10)
         self.user = getpass.getuser()
-        for _ in range(100):
-            with socket.socket() as attempt:
-                if attempt.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.1)
-        raise TimeoutError(f"sshd did not listen: {(self.work / 'sshd.log').read_text()[-500:]}")
+        return self
 
     def url(self, bare: Path) -> str:
         """Return the SSH URL of a bare repository on this machine."""

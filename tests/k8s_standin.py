@@ -23,7 +23,6 @@ import functools
 import hashlib
 import json
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -33,9 +32,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
-from components.local_serving import free_port, http_get, process_alive, stop_process
+from components.local_serving import http_get, process_alive, stop_process
 from components.merge_patch import merge_patch
+from components.serving import ServingError
 from tests.http_json import JsonHandler
+from tests.servers import start_server
 
 ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$")
 MODE_KEY = "serving.kserve.io/deploymentMode"
@@ -528,48 +529,33 @@ class KubeStandIn(LoopbackCluster):
             return revision
         pvc, _, path = uri.removeprefix("pvc://").partition("/")
         model_dir = self.store_root / pvc / path  # store_root holds one directory per PVC
-        port = free_port()
-        log = self.work / f"{revision['name']}.log"
         env = {item["name"]: item.get("value", "") for item in predictor["model"].get("env", [])}
         # A predictor without the project's MODEL_SHA256 stands for the stock runtime, which checks nothing: the
         # stand-in hands the project's runtime the file's own checksum so that it serves whatever is there.
         checksum = env.get("MODEL_SHA256") or next(
             (hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(model_dir.glob("*.pkl"))), "")
-        with open(log, "ab") as handle:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "components.model_server", "--name", name.removesuffix("-candidate"), "--version", env.get("MODEL_VERSION") or revision["name"],
-                 "--model-dir", str(model_dir), "--port", str(port), "--sha256", checksum],
-                stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        revision.update(pid=process.pid, port=port, url=f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-2:])
-                revision["failure"] = f"container exited: {tail}"
-                return revision
-            if http_get(f"{revision['url']}/v1/models/{name.removesuffix('-candidate')}", timeout=1.0)[0] == 200:
-                revision["ready"] = True
-                return revision
-            time.sleep(0.1)
-        stop_process(process.pid)
-        revision["failure"] = "container not ready in 90 s"
+        model = name.removesuffix("-candidate")
+        try:
+            process, port = start_server(
+                lambda port: [sys.executable, "-m", "components.model_server", "--name", model, "--version", env.get("MODEL_VERSION") or revision["name"],
+                              "--model-dir", str(model_dir), "--port", str(port), "--sha256", checksum],
+                self.work / f"{revision['name']}.log", "container",
+                lambda port: http_get(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=1.0)[0] == 200, timeout_s=90)
+        except ServingError as error:
+            revision["failure"] = str(error)
+            return revision
+        revision.update(pid=process.pid, port=port, url=f"http://127.0.0.1:{port}", ready=True)
         return revision
 
     def _ensure_router(self, name: str, state: dict) -> None:
         if state["router"] and process_alive(state["router"]["pid"]):
             return
-        port = free_port()
         routes = self.work / f"{name}.routes.json"
         routes.write_text("{}")
-        log = open(self.work / f"{name}-router.log", "ab")
-        process = subprocess.Popen([sys.executable, "-m", "components.router", "--model", name.removesuffix("-candidate"),
-                                    "--routes", str(routes), "--port", str(port)],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process, port = start_server(
+            lambda port: [sys.executable, "-m", "components.router", "--model", name.removesuffix("-candidate"), "--routes", str(routes), "--port", str(port)],
+            self.work / f"{name}-router.log", "the router", lambda port: http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200, timeout_s=30)
         state["router"] = {"pid": process.pid, "port": port, "routes": routes}
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] != 200:
-            time.sleep(0.1)
 
     def _route(self, name: str, state: dict, latest: dict, canary: int | None, status: dict) -> None:
         """Knative: the latest revision gets ``canaryTrafficPercent`` (all without it); the previous one the rest."""

@@ -8,11 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
-from components.local_serving import stop_process
+from components.local_serving import start_listening, stop_process
 
 S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET = "pipeline-test-key", "pipeline-test-secret", "models"
 SEAWEED_PORTS = (
@@ -34,18 +34,34 @@ def free_ports(count: int) -> list[int]:
             handle.close()
 
 
-def wait_http(url: str, timeout_s: float = 30.0) -> None:
-    """Wait until ``url`` answers anything over HTTP."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+def start_server(arguments: Callable[[int], list[str]], log: Path, what: str, ready: Callable[[int], bool] = lambda port: True,
+                 timeout_s: float = 60.0) -> tuple[subprocess.Popen, int]:
+    """Start ``arguments(port)`` logging to ``log`` and wait until it holds that port and is ``ready``; return (process, port).
+
+    Tests run in parallel: a port another worker takes first is replaced by another (``start_listening``), and a
+    readiness probe can never be answered by someone else's server on the same port.
+    """
+    started: list[subprocess.Popen] = []
+
+    def spawn(port: int) -> int:
+        with open(log, "ab") as handle:
+            started.append(subprocess.Popen(arguments(port), stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                            start_new_session=True))
+        return started[-1].pid
+
+    def log_tail() -> str:
+        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:]) if log.is_file() else ""
+
+    _pid, port = start_listening(spawn, log_tail, what, ready, timeout_s)
+    return started[-1], port
+
+
+def answers_http(url: str) -> bool:
+    """Return whether ``url`` answers 200."""
+    try:
+        return urllib.request.urlopen(url, timeout=1).status == 200
+    except OSError:
+        return False
 
 
 class SeaweedS3:
@@ -62,12 +78,14 @@ class SeaweedS3:
         config = self.work / "s3.json"
         config.write_text(json.dumps({"identities": [{"name": "tests", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
                                                       "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        ports = dict(zip(SEAWEED_PORTS, free_ports(len(SEAWEED_PORTS))))
-        arguments = [str(weed), "mini", f"-dir={self.work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}",
-                     "-webdav=false", "-admin.ui=false", *(f"-{name}={port}" for name, port in ports.items())]
-        self.process = subprocess.Popen(arguments, stdout=open(self.work / "weed.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-        wait_http(self.endpoint)
+
+        def arguments(s3_port: int) -> list[str]:
+            ports = dict(zip(SEAWEED_PORTS, free_ports(len(SEAWEED_PORTS))), **{"s3.port": s3_port})
+            return [str(weed), "mini", f"-dir={self.work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}",
+                    "-webdav=false", "-admin.ui=false", *(f"-{name}={port}" for name, port in ports.items())]
+
+        self.process, s3_port = start_server(arguments, self.work / "weed.log", "SeaweedFS", timeout_s=60)
+        self.endpoint = f"http://127.0.0.1:{s3_port}"
         client = self.client()
         deadline = time.monotonic() + 30
         while True:
@@ -120,22 +138,12 @@ class PrometheusServer:
                       f"    file_sd_configs:\n      - files: ['{self.file_sd}']\n        refresh_interval: 1s\n")
         config = self.work / "prometheus.yml"
         config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n" + scrape)
-        (port,) = free_ports(1)
-        self.process = subprocess.Popen(
-            [shutil.which("prometheus") or "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.work / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=100y", "--log.level=warn"],
-            stdout=open(self.work / "prometheus.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.process, port = start_server(
+            lambda port: [shutil.which("prometheus") or "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.work / 'data'}",
+                          f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=100y", "--log.level=warn"],
+            self.work / "prometheus.log", "Prometheus", lambda port: answers_http(f"http://127.0.0.1:{port}/-/ready"))
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"{self.url}/-/ready", timeout=1).status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"Prometheus did not become ready: {(self.work / 'prometheus.log').read_text()[-500:]}")
+        return self
 
     def stop(self) -> None:
         if self.process:
@@ -152,13 +160,11 @@ class PushgatewayServer:
         self.address = ""
 
     def start(self) -> "PushgatewayServer":
-        (port,) = free_ports(1)
+        self.process, port = start_server(
+            lambda port: [shutil.which("prometheus-pushgateway") or "prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
+                          "--log.level=warn"],
+            self.work / "pushgateway.log", "the Pushgateway", lambda port: answers_http(f"http://127.0.0.1:{port}/-/ready"), timeout_s=30)
         self.address = f"127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            [shutil.which("prometheus-pushgateway") or "prometheus-pushgateway", f"--web.listen-address={self.address}", "--log.level=warn"],
-            stdout=open(self.work / "pushgateway.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_http(f"http://{self.address}/-/ready", timeout_s=30)
         return self
 
     @property

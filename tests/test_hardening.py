@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import joblib
 import numpy as np
@@ -21,21 +20,10 @@ from sklearn.neighbors import LocalOutlierFactor
 
 from components.contract import ANOMALY_DETECTOR, fallback_instance
 from components.local_serving import free_port, http_get, stop_process
+from tests.servers import start_server
 
 FEATURES = len(fallback_instance())
 JSON = {"Content-Type": "application/json"}
-
-
-def start(module_args: list[str], ready_url: str, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as handle:
-        process = subprocess.Popen([sys.executable, "-m", *module_args], stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-2000:]
-        if http_get(ready_url, timeout=1.0)[0] == 200:
-            return process
-        time.sleep(0.1)
-    raise AssertionError(f"not ready: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +36,12 @@ def runtime(tmp_path_factory):
     slow = LocalOutlierFactor(novelty=True, algorithm="brute", n_neighbors=5).fit(np.random.default_rng(5).random((40_000, FEATURES)))
     joblib.dump(slow, model_dir / "model.pkl")
     checksum = hashlib.sha256((model_dir / "model.pkl").read_bytes()).hexdigest()
-    port = free_port()
+    process, port = start_server(
+        lambda port: [sys.executable, "-m", "components.model_server", "--name", ANOMALY_DETECTOR, "--version", "v1", "--model-dir", str(model_dir),
+                      "--sha256", checksum, "--port", str(port), "--max-body-bytes", "2000000", "--max-rows", "5000", "--body-timeout-s", "2"],
+        work / "runtime.log", "the runtime", lambda port: http_get(f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}", timeout=1.0)[0] == 200,
+        timeout_s=90)
     url = f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}"
-    process = start(["components.model_server", "--name", ANOMALY_DETECTOR, "--version", "v1", "--model-dir", str(model_dir),
-                     "--sha256", checksum, "--port", str(port), "--max-body-bytes", "2000000", "--max-rows", "5000", "--body-timeout-s", "2"],
-                    url, work / "runtime.log")
     try:
         yield url, process, model_dir
     finally:
@@ -66,9 +55,10 @@ def router(runtime, tmp_path_factory):
     work = tmp_path_factory.mktemp("router")
     routes = work / "routes.json"
     routes.write_text(json.dumps(runtime_routes(url)))
-    port = free_port()
-    process = start(["components.router", "--model", ANOMALY_DETECTOR, "--routes", str(routes), "--port", str(port), "--max-body-bytes", "3000000",
-                     "--header-timeout-s", "1", "--body-timeout-s", "2"], f"http://127.0.0.1:{port}/metrics", work / "router.log")
+    process, port = start_server(
+        lambda port: [sys.executable, "-m", "components.router", "--model", ANOMALY_DETECTOR, "--routes", str(routes), "--port", str(port),
+                      "--max-body-bytes", "3000000", "--header-timeout-s", "1", "--body-timeout-s", "2"],
+        work / "router.log", "the router", lambda port: http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200)
     try:
         yield f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}", routes, work / "router.log"
     finally:

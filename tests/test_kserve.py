@@ -286,7 +286,7 @@ def test_never_ready_times_out_quoting_conditions_then_rolls_back(knative_cluste
     result = project.rollout(ANOMALY_DETECTOR, broken, "--param", "ready_timeout_s=8")
     assert result.returncode == 1
     log = logged(result)
-    assert "was not Ready within 8 s" in log and "PredictorReady=False (RevisionFailed: container exited" in log
+    assert "was not Ready within 8 s" in log and "PredictorReady=False (RevisionFailed: container did not start" in log
     entry = project.index(ANOMALY_DETECTOR)["versions"][broken]
     assert entry["status"] == "rejected" and "RevisionFailed" in entry["rejected_reason"]
     after = project.isvc(ANOMALY_DETECTOR)
