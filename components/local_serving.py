@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from components.contract import MODEL_NAMES, schema_for
+from components.server_launcher import ServerLauncher
 from components.serving import Endpoints, ServingError, ServingStatus, model_url
 
 STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
@@ -29,6 +31,8 @@ STOP_GRACE_S = 5.0
 PORT_ATTEMPTS = 3
 PORT_TAKEN = "address already in use"  # what a server that lost its port to another process logs
 POLL_S = 0.1
+# The modules a server of ours runs as (a model server forked by the launcher shows the launcher's command line).
+SERVER_MODULES = (b"components.model_server", b"components.router", b"components.server_launcher")
 
 
 def free_port() -> int:
@@ -53,7 +57,7 @@ def process_alive(pid: int | None) -> bool:
 
 
 def started_process(entry: dict | None) -> int | None:
-    """Return the recorded pid only while /proc shows it is the project's server started on the recorded port.
+    """Return the recorded pid only while /proc shows it is the project's server listening on the recorded port.
 
     A pid from a state file may have been recycled by an unrelated process since; that one is never signalled.
     """
@@ -63,9 +67,8 @@ def started_process(entry: dict | None) -> int | None:
         arguments = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    ours = any(argument in (b"components.model_server", b"components.router") for argument in arguments)
-    port = str(entry.get("port", "")).encode()
-    return entry["pid"] if ours and b"--port" in arguments and arguments[arguments.index(b"--port") + 1:][:1] == [port] else None
+    ours = any(argument in SERVER_MODULES for argument in arguments)
+    return entry["pid"] if ours and listens_on(entry["pid"], int(entry.get("port") or 0)) else None
 
 
 def listens_on(pid: int, port: int) -> bool:
@@ -80,12 +83,17 @@ def listens_on(pid: int, port: int) -> bool:
                for fields in (line.split() for line in table))
 
 
-def start_listening(spawn: Callable[[int], int], log_tail: Callable[[], str], what: str, ready: Callable[[int], bool],
+def log_tail(path: Path, lines: int = 5) -> str:
+    """Return the last ``lines`` lines of a log file joined with " | " (nothing when it does not exist)."""
+    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.is_file() else ""
+
+
+def start_listening(spawn: Callable[[int], int], read_log: Callable[[], str], what: str, ready: Callable[[int], bool],
                     timeout_s: float, port: int | None = None) -> tuple[int, int]:
     """Start a server with ``spawn(port)`` on ``port`` (else a free one) and wait until it listens and is ready; return (pid, port).
 
     Another process may take a free port before the server binds it: only the spawned pid's own listening socket counts,
-    and a server that lost its port (its log ends with PORT_TAKEN) is started again on another, up to PORT_ATTEMPTS times.
+    and a server that lost its port (``read_log()`` shows PORT_TAKEN) is started again on another, up to PORT_ATTEMPTS times.
     """
     deadline = time.monotonic() + timeout_s
     port = port or free_port()
@@ -93,17 +101,17 @@ def start_listening(spawn: Callable[[int], int], log_tail: Callable[[], str], wh
         pid = spawn(port)
         while time.monotonic() < deadline:
             if not process_alive(pid):
-                if PORT_TAKEN in log_tail().lower():
+                if PORT_TAKEN in read_log().lower():
                     break
-                raise ServingError(f"{what} did not start: {log_tail()}")
+                raise ServingError(f"{what} did not start: {read_log()}")
             if listens_on(pid, port) and ready(port):
                 return pid, port
             time.sleep(POLL_S)
         else:
             stop_process(pid)
-            raise ServingError(f"{what} was not ready within {timeout_s:g} s: {log_tail()}")
+            raise ServingError(f"{what} was not ready within {timeout_s:g} s: {read_log()}")
         port = free_port()
-    raise ServingError(f"{what} did not start: another process took its port {PORT_ATTEMPTS} times: {log_tail()}")
+    raise ServingError(f"{what} did not start: another process took its port {PORT_ATTEMPTS} times: {read_log()}")
 
 
 def stop_process(pid: int | None) -> None:
@@ -141,6 +149,11 @@ class LocalTarget:
         self.home = Path(home)
         self.store_root = Path(store_root)
         self.s3_store = s3_store
+
+    @functools.cached_property
+    def launcher(self) -> ServerLauncher:
+        """Return the warm launcher that forks this directory's model servers."""
+        return ServerLauncher(self.home)
 
     # -- state ---------------------------------------------------------------------------------------------
     def _state_path(self, model_name: str) -> Path:
@@ -198,9 +211,8 @@ class LocalTarget:
             )
         return process.pid
 
-    def _log_tail(self, log_name: str, lines: int = 5) -> str:
-        path = self.home / "logs" / f"{log_name}.log"
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.is_file() else ""
+    def _log_tail(self, log_name: str) -> str:
+        return log_tail(self.home / "logs" / f"{log_name}.log")
 
     def _local_path(self, storage_uri: str) -> Path:
         """Return a directory holding the version: the local store for pvc://, a verified download for s3://.
@@ -230,10 +242,11 @@ class LocalTarget:
             status, body = http_get(model_url(f"http://127.0.0.1:{port}", model_name), timeout=1.0)
             return status == 200 and bool(json.loads(body or b"{}").get("ready"))
 
+        log_name = f"{model_name}-{version}"
         pid, port = self._start_listening(
-            lambda port: ["components.model_server", "--name", model_name, "--version", version, "--model-dir", str(model_dir),
-                          "--sha256", checksum, "--port", str(port)],
-            f"{model_name}-{version}", f"{model_name} {version}", ready, timeout_s,
+            lambda port: self.launcher.spawn(["--name", model_name, "--version", version, "--model-dir", str(model_dir),
+                                              "--sha256", checksum, "--port", str(port)], log_name),
+            log_name, f"{model_name} {version}", ready, timeout_s,
         )
         return {"version": version, "pid": pid, "port": port, "storage_uri": storage_uri, "checksum": checksum}
 
@@ -249,16 +262,17 @@ class LocalTarget:
             except OSError:
                 port = free_port()
         pid, port = self._start_listening(
-            lambda port: ["components.router", "--model", model_name, "--routes", str(self._state_path(model_name)), "--port", str(port)],
+            lambda port: self._spawn(["components.router", "--model", model_name, "--routes", str(self._state_path(model_name)), "--port", str(port)],
+                                     f"{model_name}-router"),
             f"{model_name}-router", f"the {model_name} router",
             lambda port: http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200, timeout_s, port,
         )
         state["router"] = {"pid": pid, "port": port}
 
-    def _start_listening(self, command: Callable[[int], list[str]], log_name: str, what: str, ready: Callable[[int], bool],
+    def _start_listening(self, spawn: Callable[[int], int], log_name: str, what: str, ready: Callable[[int], bool],
                          timeout_s: float, port: int | None = None) -> tuple[int, int]:
-        """Start the module ``command(port)`` names, logging to ``logs/<log_name>.log``, as ``start_listening`` does; return (pid, port)."""
-        return start_listening(lambda port: self._spawn(command(port), log_name), lambda: self._log_tail(log_name), what, ready, timeout_s, port)
+        """Start a server with ``spawn(port)``, logging to ``logs/<log_name>.log``, as ``start_listening`` does; return (pid, port)."""
+        return start_listening(spawn, lambda: self._log_tail(log_name), what, ready, timeout_s, port)
 
     # -- the ServingTarget interface ---------------------------------------------------------------------------
     def deploy(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> ServingStatus:
@@ -386,6 +400,7 @@ class LocalTarget:
             stopped.append(model_name)
         if stopped:
             self._write_prometheus_targets()
+        self.launcher.stop()
         return stopped
 
     def served_models(self) -> list[str]:

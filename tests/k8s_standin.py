@@ -32,8 +32,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
-from components.local_serving import http_get, process_alive, stop_process
+from components.local_serving import http_get, log_tail, process_alive, start_listening, stop_process
 from components.merge_patch import merge_patch
+from components.server_launcher import ServerLauncher
 from components.serving import ServingError
 from tests.http_json import JsonHandler
 from tests.servers import start_server
@@ -227,6 +228,7 @@ class KubeStandIn(LoopbackCluster):
     def __init__(self, store_root: Path, work: Path, *, ready_delay_s: float = 0.1, kserve: str = "0.15",
                  crd_file: Path | None = None) -> None:
         self.store_root, self.work = Path(store_root), Path(work)
+        self.launcher = ServerLauncher(self.work / "runtimes")  # forks each revision's model server, warm
         self.ready_delay_s, self.kserve = ready_delay_s, kserve
         self.default_mode = "Standard" if kserve == "0.20" else "Serverless"
         self.schema = crd_schema(crd_file) if crd_file else None
@@ -257,6 +259,7 @@ class KubeStandIn(LoopbackCluster):
             for state in self.runtime.values():
                 self._stop_runtime(state)
             self.runtime.clear()
+        self.launcher.stop()
 
     def inject(self, method: str, status: int, when: Callable[[dict | None], bool] = lambda body: True) -> None:
         """Answer the next ``method`` request whose body satisfies ``when`` with ``status`` (once)."""
@@ -536,15 +539,15 @@ class KubeStandIn(LoopbackCluster):
             (hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(model_dir.glob("*.pkl"))), "")
         model = name.removesuffix("-candidate")
         try:
-            process, port = start_server(
-                lambda port: [sys.executable, "-m", "components.model_server", "--name", model, "--version", env.get("MODEL_VERSION") or revision["name"],
-                              "--model-dir", str(model_dir), "--port", str(port), "--sha256", checksum],
-                self.work / f"{revision['name']}.log", "container",
+            pid, port = start_listening(
+                lambda port: self.launcher.spawn(["--name", model, "--version", env.get("MODEL_VERSION") or revision["name"], "--model-dir", str(model_dir),
+                                                  "--port", str(port), "--sha256", checksum], revision["name"]),
+                lambda: log_tail(self.launcher.home / "logs" / f"{revision['name']}.log"), "container",
                 lambda port: http_get(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=1.0)[0] == 200, timeout_s=90)
         except ServingError as error:
             revision["failure"] = str(error)
             return revision
-        revision.update(pid=process.pid, port=port, url=f"http://127.0.0.1:{port}", ready=True)
+        revision.update(pid=pid, port=port, url=f"http://127.0.0.1:{port}", ready=True)
         return revision
 
     def _ensure_router(self, name: str, state: dict) -> None:

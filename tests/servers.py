@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from components.local_serving import start_listening, stop_process
+from components.local_serving import log_tail, start_listening, stop_process
 
 S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET = "pipeline-test-key", "pipeline-test-secret", "models"
 SEAWEED_PORTS = (
@@ -49,10 +49,7 @@ def start_server(arguments: Callable[[int], list[str]], log: Path, what: str, re
                                             start_new_session=True))
         return started[-1].pid
 
-    def log_tail() -> str:
-        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:]) if log.is_file() else ""
-
-    _pid, port = start_listening(spawn, log_tail, what, ready, timeout_s)
+    _pid, port = start_listening(spawn, lambda: log_tail(log), what, ready, timeout_s)
     return started[-1], port
 
 

@@ -1,0 +1,95 @@
+"""The warm launcher that forks model servers: one per state directory, bounded requests, gone after `serve stop`."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import requests
+from sklearn.ensemble import IsolationForest
+
+from components.contract import ANOMALY_DETECTOR, fallback_instance
+from components.local_serving import local_target, process_alive
+from components.server_launcher import MAX_REQUEST_BYTES, ServerLauncher, launcher_address
+from components.serving import ServingError
+from components.storage import FilesystemStore
+from tests.conftest import REPO, run_cli
+
+
+def parent_pid(pid: int) -> int:
+    return int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("PPid:")))
+
+
+def answers(home: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(launcher_address(home)) == 0
+
+
+def ask(home: Path, line: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(30)
+        connection.connect(launcher_address(home))
+        connection.sendall(line)
+        return json.loads(connection.makefile("rb").readline())
+
+
+def test_model_servers_are_forked_by_one_warm_launcher_that_serve_stop_ends(tmp_path):
+    store = FilesystemStore(tmp_path / "store")
+    detector = IsolationForest(n_estimators=5, random_state=0).fit(np.random.default_rng(0).random((200, len(fallback_instance()))))
+    joblib.dump(detector, tmp_path / "model.pkl")
+    versions = [store.save_version(ANOMALY_DETECTOR, tmp_path / "model.pkl", {"run_name": "test"}).version for _ in range(2)]
+    target = local_target(tmp_path)
+    try:
+        for version in versions:
+            status = target.deploy(ANOMALY_DETECTOR, version, store.storage_uri(ANOMALY_DETECTOR, version),
+                                   store.read_index(ANOMALY_DETECTOR)["versions"][version]["sha256"], timeout_s=120)
+        assert (status.stable, status.candidate) == tuple(versions)
+        state = json.loads((tmp_path / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())
+        servers = [state["stable"]["pid"], state["candidate"]["pid"]]
+        launchers = {parent_pid(pid) for pid in servers}
+        assert len(launchers) == 1, "both versions' servers were forked by the same process"
+        (launcher,) = launchers
+        command = Path(f"/proc/{launcher}/cmdline").read_bytes().split(b"\0")
+        assert b"components.server_launcher" in command and str(tmp_path / "serving").encode() in command
+        assert parent_pid(state["router"]["pid"]) != launcher, "the router is started as its own command"
+        assert requests.post(f"{status.url}:predict", json={"instances": [fallback_instance()]}, timeout=10).json()["predictions"] in ([1], [-1])
+        assert "Uvicorn running" in (tmp_path / "serving" / "logs" / f"{ANOMALY_DETECTOR}-{versions[1]}.log").read_text()
+    finally:
+        result = run_cli("serve", "stop", "--state-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (answers(tmp_path / "serving") or any(process_alive(pid) for pid in [*servers, launcher])):
+        time.sleep(0.1)
+    assert not answers(tmp_path / "serving") and not any(process_alive(pid) for pid in [*servers, launcher]), "serve stop left a process"
+
+
+def test_the_launcher_takes_only_bounded_server_arguments_and_a_log_of_its_own(tmp_path):
+    home = tmp_path / "serving"
+    launcher = ServerLauncher(home)
+    try:
+        with pytest.raises(ServingError, match="refused to start a model server: bad request: the log must be a file in"):
+            launcher.spawn(["--name", ANOMALY_DETECTOR], "../../escaped")
+        logs = str(home / "logs" / "x.log")
+        assert "arguments must be a list" in ask(home, json.dumps({"arguments": "--name x; rm -rf /", "log": logs}).encode() + b"\n")["error"]
+        assert "arguments must be a list" in ask(home, json.dumps({"arguments": ["--name"] * 65, "log": logs}).encode() + b"\n")["error"]
+        assert "over" in ask(home, b'{"arguments": ["' + b"a" * (MAX_REQUEST_BYTES + 10) + b'"]}\n')["error"]
+        assert "bad request" in ask(home, b"not json\n")["error"]
+        assert not (home / "logs" / "x.log").exists() and not (tmp_path / "escaped.log").exists(), "nothing was started"
+    finally:
+        launcher.stop()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and answers(home):
+        time.sleep(0.1)
+    assert not answers(home)
+
+
+def test_a_launcher_with_no_server_exits_by_itself_and_each_directory_gets_its_own(tmp_path):
+    assert launcher_address(tmp_path / "a") != launcher_address(tmp_path / "b")
+    process = subprocess.Popen([sys.executable, "-m", "components.server_launcher", "--home", str(tmp_path), "--idle-exit-s", "0.5"], cwd=REPO)
+    assert process.wait(timeout=120) == 0
+    assert not answers(tmp_path)
