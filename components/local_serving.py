@@ -31,8 +31,7 @@ STOP_GRACE_S = 5.0
 PORT_ATTEMPTS = 3
 PORT_TAKEN = "address already in use"  # what a server that lost its port to another process logs
 POLL_S = 0.1
-# The modules a server of ours runs as (a model server forked by the launcher shows the launcher's command line).
-SERVER_MODULES = (b"components.model_server", b"components.router", b"components.server_launcher")
+SERVER_MODULES = (b"components.model_server", b"components.router")  # a forked model server's title names its module too
 
 
 def free_port() -> int:
@@ -64,10 +63,10 @@ def started_process(entry: dict | None) -> int | None:
     if not entry or not entry.get("pid"):
         return None
     try:
-        arguments = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().split(b"\0")
+        words = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().replace(b"\0", b" ").split()
     except OSError:
         return None
-    ours = any(argument in SERVER_MODULES for argument in arguments)
+    ours = any(word in SERVER_MODULES for word in words)
     return entry["pid"] if ours and listens_on(entry["pid"], int(entry.get("port") or 0)) else None
 
 

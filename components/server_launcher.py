@@ -6,7 +6,7 @@ fraction of that. The launcher listens on an abstract Unix socket named after it
 launcher never serves another directory or an older checkout; each end checks that the other runs as the same user.
 A request is one JSON line: the model server's arguments and a log file in the serving directory's ``logs/``.
 The answer is the server's pid. The server runs ``components.model_server.main`` in a session of its own, as the
-command would, and outlives the launcher. The launcher exits on a ``stop`` request, or after IDLE_EXIT_S with no
+command would, shows that command as its process title, and outlives the launcher. The launcher exits on a ``stop`` request, or after IDLE_EXIT_S with no
 living server. Its environment is the one it started with: every server it forks shares it.
 
 ``ServerLauncher(home).spawn(arguments, log_name)`` starts the launcher when none answers; ``LocalTarget`` uses it.
@@ -144,8 +144,12 @@ def run_server(arguments: list[str], log: Path) -> None:
         os.dup2(descriptor, 1)
         os.dup2(descriptor, 2)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        import setproctitle
+
         from components import model_server
 
+        # ps, pgrep -f and the ownership check read the command line: show the one the server would have been run with.
+        setproctitle.setproctitle(" ".join([sys.executable, "-m", "components.model_server", *arguments]))
         sys.argv = ["components.model_server", *arguments]
         code = model_server.main(arguments)
     except SystemExit as exit_:

@@ -57,6 +57,10 @@ def test_model_servers_are_forked_by_one_warm_launcher_that_serve_stop_ends(tmp_
         command = Path(f"/proc/{launcher}/cmdline").read_bytes().split(b"\0")
         assert b"components.server_launcher" in command and str(tmp_path / "serving").encode() in command
         assert parent_pid(state["router"]["pid"]) != launcher, "the router is started as its own command"
+        for role in ("stable", "candidate"):
+            title = Path(f"/proc/{state[role]['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            assert f"-m components.model_server --name {ANOMALY_DETECTOR} --version {state[role]['version']}" in title, "ps shows the server's own command"
+            assert title.split()[-2:] == ["--port", str(state[role]["port"])]
         assert requests.post(f"{status.url}:predict", json={"instances": [fallback_instance()]}, timeout=10).json()["predictions"] in ([1], [-1])
         assert "Uvicorn running" in (tmp_path / "serving" / "logs" / f"{ANOMALY_DETECTOR}-{versions[1]}.log").read_text()
     finally:
