@@ -31,7 +31,7 @@ STOP_GRACE_S = 5.0
 PORT_ATTEMPTS = 3
 PORT_TAKEN = "address already in use"  # what a server that lost its port to another process logs
 POLL_S = 0.1
-SERVER_MODULES = (b"components.model_server", b"components.router")  # a forked model server's title names its module too
+SERVER_MODULES = (b"components.model_server", b"components.router")
 
 
 def free_port() -> int:
@@ -56,30 +56,37 @@ def process_alive(pid: int | None) -> bool:
 
 
 def started_process(entry: dict | None) -> int | None:
-    """Return the recorded pid only while /proc shows it is the project's server listening on the recorded port.
+    """Return the recorded pid only while /proc shows it is the project's server started on the recorded port.
 
     A pid from a state file may have been recycled by an unrelated process since; that one is never signalled.
     """
     if not entry or not entry.get("pid"):
         return None
-    try:
+    try:  # a server forked by the launcher shows its command as one title: split on spaces as well as NULs
         words = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().replace(b"\0", b" ").split()
     except OSError:
         return None
     ours = any(word in SERVER_MODULES for word in words)
-    return entry["pid"] if ours and listens_on(entry["pid"], int(entry.get("port") or 0)) else None
+    port = str(entry.get("port", "")).encode()
+    return entry["pid"] if ours and b"--port" in words and words[words.index(b"--port") + 1:][:1] == [port] else None
 
 
 def listens_on(pid: int, port: int) -> bool:
     """Return whether process ``pid`` holds the socket listening on TCP ``port`` (from /proc), not some other process."""
     try:
-        sockets = {os.readlink(fd)[len("socket:["):-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
-                   if os.readlink(fd).startswith("socket:[")}
         table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return False
-    return any(fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in sockets
-               for fields in (line.split() for line in table))
+    listening = {fields[9] for fields in (line.split() for line in table) if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port}
+    for descriptor in descriptors:
+        try:
+            target = os.readlink(descriptor)
+            if target.startswith("socket:[") and target[len("socket:["):-1] in listening:
+                return True
+        except OSError:
+            continue  # closed since it was listed: a busy server opens and closes connections all the time
+    return False
 
 
 def log_tail(path: Path, lines: int = 5) -> str:
