@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from components.contract import MODEL_NAMES, schema_for
-from components.server_launcher import ServerLauncher
+from components.server_launcher import ServerLauncher, log_tail
 from components.serving import Endpoints, ServingError, ServingStatus, model_url
 
 STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
@@ -87,11 +87,6 @@ def listens_on(pid: int, port: int) -> bool:
         except OSError:
             continue  # closed since it was listed: a busy server opens and closes connections all the time
     return False
-
-
-def log_tail(path: Path, lines: int = 5) -> str:
-    """Return the last ``lines`` lines of a log file joined with " | " (nothing when it does not exist)."""
-    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.is_file() else ""
 
 
 def start_listening(spawn: Callable[[int], int], read_log: Callable[[], str], what: str, ready: Callable[[int], bool],

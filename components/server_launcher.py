@@ -2,12 +2,13 @@
 
 Starting ``python -m components.model_server`` costs about 3 s of CPU, nearly all of it importing KServe, FastAPI,
 pandas and scikit-learn. The launcher imports them once; a server forked from it loads its model and listens in a
-fraction of that. The launcher listens on an abstract Unix socket named after its serving directory and the project's code, so a
-launcher never serves another directory or an older checkout; each end checks that the other runs as the same user.
-A request is one JSON line: the model server's arguments and a log file in the serving directory's ``logs/``.
-The answer is the server's pid. The server runs ``components.model_server.main`` in a session of its own, as the
-command would, shows that command as its process title, and outlives the launcher. The launcher exits on a ``stop`` request, or after IDLE_EXIT_S with no
-living server. Its environment is the one it started with: every server it forks shares it.
+fraction of that. The launcher listens on an abstract Unix socket named after its serving directory and the
+project's code, so a launcher never serves another directory or an older checkout; each end checks that the other
+runs as the same user. A request is one JSON line: the model server's arguments and a log file in the serving
+directory's ``logs/``. The answer is the server's pid. The server runs ``components.model_server.main`` in a session
+of its own, as the command would, shows that command as its process title, and outlives the launcher. The launcher
+exits on a ``stop`` request, or after IDLE_EXIT_S with no living server. Its environment is the one it started
+with: every server it forks shares it.
 
 ``ServerLauncher(home).spawn(arguments, log_name)`` starts the launcher when none answers; ``LocalTarget`` uses it.
 """
@@ -36,6 +37,11 @@ MAX_ARGUMENTS = 64
 ACCEPT_POLL_S = 1.0
 START_TIMEOUT_S = 60.0
 CODE = Path(__file__).resolve().parent
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """Return the last ``lines`` lines of a log file joined with " | " (nothing when it does not exist)."""
+    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.is_file() else ""
 
 
 def launcher_address(home: Path) -> str:
@@ -96,8 +102,7 @@ class ServerLauncher:
                 if self._answers():
                     return
                 time.sleep(0.05)
-            tail = " | ".join((logs / "launcher.log").read_text(errors="replace").strip().splitlines()[-3:])
-            raise ServingError(f"the server launcher did not start within {START_TIMEOUT_S:g} s: {tail}")
+            raise ServingError(f"the server launcher did not start within {START_TIMEOUT_S:g} s: {log_tail(logs / 'launcher.log')}")
 
     def _answers(self) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
