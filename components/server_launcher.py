@@ -36,6 +36,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_ARGUMENTS = 64
 ACCEPT_POLL_S = 1.0
 START_TIMEOUT_S = 60.0
+ASK_TIMEOUT_S = 30.0
 CODE = Path(__file__).resolve().parent
 
 
@@ -64,10 +65,13 @@ class ServerLauncher:
         log = self.home / "logs" / f"{log_name}.log"
         request = {"arguments": arguments, "log": str(log)}
         try:
-            reply = self._ask(request)
-        except OSError:
-            self._start()
-            reply = self._ask(request)
+            try:
+                reply = self._ask(request)
+            except ConnectionRefusedError:  # no launcher listens (none yet, or it exited idle): start one, ask once more
+                self._start()
+                reply = self._ask(request)
+        except OSError as error:  # never asked again: the launcher may have forked a server before the answer was lost
+            raise ServingError(f"the server launcher did not answer: {error}; its log: {log_tail(self.home / 'logs' / 'launcher.log')}") from error
         if "pid" not in reply:
             raise ServingError(f"the server launcher refused to start a model server: {reply.get('error')}")
         return int(reply["pid"])
@@ -79,7 +83,7 @@ class ServerLauncher:
 
     def _ask(self, request: dict) -> dict:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.settimeout(30)
+            connection.settimeout(ASK_TIMEOUT_S)
             connection.connect(self.address)
             if peer_uid(connection) != os.getuid():
                 raise ServingError("the server launcher's address is held by another user's process; stop it, or use another state directory")

@@ -97,3 +97,24 @@ def test_a_launcher_with_no_server_exits_by_itself_and_each_directory_gets_its_o
     process = subprocess.Popen([sys.executable, "-m", "components.server_launcher", "--home", str(tmp_path), "--idle-exit-s", "0.5"], cwd=REPO)
     assert process.wait(timeout=120) == 0
     assert not answers(tmp_path)
+
+
+def test_a_launcher_that_takes_a_request_but_never_answers_is_an_error_and_is_not_asked_twice(tmp_path, monkeypatch):
+    """A lost answer may follow a fork: asking again could start a second, untracked server on the same port."""
+    from components import server_launcher
+
+    monkeypatch.setattr(server_launcher, "ASK_TIMEOUT_S", 0.5)
+    home = tmp_path / "serving"
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(launcher_address(home))
+    silent.listen(4)
+    try:
+        with pytest.raises(ServingError, match="the server launcher did not answer"):
+            ServerLauncher(home).spawn(["--name", ANOMALY_DETECTOR], "v1")
+        silent.settimeout(0.5)
+        first, _ = silent.accept()
+        first.close()
+        with pytest.raises(socket.timeout):
+            silent.accept()  # the request was sent once, and no second connection came
+    finally:
+        silent.close()
