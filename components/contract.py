@@ -1,7 +1,8 @@
 """The platform contract in one place: model schemas, units, feature engineering and input validation.
 
-Source: ``platform-contract.md`` §2-3. Everything that turns raw per-minute metrics into model inputs, or that
-checks an input, lives here so that training, evaluation, smoke tests and serving agree byte for byte.
+Source: the platform contract, summarised in ``docs/contract.md``. Everything that turns raw per-minute metrics
+into model inputs, or that checks an input, lives here so that training, evaluation, smoke tests and serving agree
+byte for byte.
 """
 
 from __future__ import annotations
