@@ -24,8 +24,8 @@ KUBERNETES_GROUPS = {"", "apps", "batch", "policy", "autoscaling"}  # and every 
 # Kinds with no schema in shared/reference, each checked by hand (2026-12) against its upstream schema, named in the
 # reason. A kind that is neither here nor in shared/reference fails the test; a CRD added there is used at once.
 WITHOUT_SCHEMA = {
-    "DataSciencePipelinesApplication": "no DSPA CRD in shared/reference; checked against data-science-pipelines-operator v2.8.0 "
-                                       "(OpenShift AI 2.16, the first with v1), v2.10.0, v2.18.0 and main",
+    "DataSciencePipelinesApplication": "no DSPA CRD in shared/reference; checked against the data-science-pipelines-operator CRD "
+                                       "of OpenShift AI 2.16 (the first with v1), 2.19, 2.25, 3.4 and 3.5",
     "ImageStream": "an OpenShift API type, not a CRD; checked against openshift/api's openapi.json",
     "BuildConfig": "an OpenShift API type, not a CRD; checked against openshift/api's openapi.json",
     "PodMonitor": "no prometheus-operator CRDs in shared/reference; checked against prometheus-operator main",
@@ -162,6 +162,14 @@ def test_setting_the_namespace_and_the_pipeline_server_once_changes_every_object
     assert application_set["spec"]["template"]["spec"]["destination"]["namespace"] == "ml-serving"
     assert {item["metadata"]["namespace"] for item in gitops} == {"openshift-gitops"}
     assert not [line for item in gitops for line in yaml.safe_dump(item).splitlines() if NAMESPACE in line]
+
+
+def test_base_renders_without_its_optional_parts(tmp_path):
+    kustomization = copy_of(tmp_path, "base") / "base" / "kustomization.yaml"
+    optional = ("dspa.yaml", "sklearn-pvc-runtime.yaml", "image-build.yaml")
+    kustomization.write_text("".join(line for line in kustomization.read_text().splitlines(keepends=True) if line.strip("- \n") not in optional))
+    kinds = {item["kind"] for item in rendered(kustomization.parent)}
+    assert kinds == {"ServiceAccount", "Role", "RoleBinding", "Secret", "PersistentVolumeClaim", "NetworkPolicy"}
 
 
 def test_each_placeholder_is_marked_and_named_in_its_kustomizations_header():
