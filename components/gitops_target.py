@@ -146,7 +146,7 @@ class Hub:
         try:
             listing = self.api.list_namespaced_custom_object(*APPLICATIONS[:2], self.namespace, APPLICATIONS[2], label_selector=APPLICATION_SELECTOR)
         except ApiException as error:
-            hint = " apply manifests/gitops/hub-rbac.yaml on the hub" if error.status in (401, 403) else ""
+            hint = " apply manifests/gitops on the hub (oc apply -k manifests/gitops)" if error.status in (401, 403) else ""
             raise ServingError(f"cannot list Argo CD Applications in {self.namespace} on the hub: {error.status} {error.reason};{hint}") from error
         return sorted((Application.parse(item) for item in listing.get("items", [])), key=lambda application: application.name)
 
@@ -157,7 +157,7 @@ class Hub:
             members = tuple(a for a in applications if a.name not in claimed and (labels == (REST_OF_FLEET,) or a.wave in labels))
             if not members:
                 raise ServingError(f"no Argo CD Application on the hub (namespace {self.namespace}, label {APPLICATION_SELECTOR}) has "
-                                   f"{WAVE_LABEL} in {list(labels)} for wave {number}: apply manifests/gitops/, label a ManagedCluster "
+                                   f"{WAVE_LABEL} in {list(labels)} for wave {number}: apply manifests/gitops (oc apply -k), label a ManagedCluster "
                                    f"{WAVE_LABEL}=..., or change fleet_waves")
             directories = {a.path for a in members}
             outside = sorted(path for path in directories if not path.startswith(f"{options.path.rstrip('/')}/"))

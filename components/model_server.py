@@ -19,7 +19,7 @@ Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, the V
   (``model_predictions_total`` by outcome for the detector, a ``model_forecast`` histogram per output for the
   forecaster), beside KServe's own ``request_predict_seconds``.
 It binds 127.0.0.1 unless ``--host`` says otherwise (the
-ServingRuntime in ``manifests/`` runs it in predictor pods with ``--host 0.0.0.0``, reading the version and
+ServingRuntime in ``manifests/base/`` runs it in predictor pods with ``--host 0.0.0.0``, reading the version and
 checksum from the ``MODEL_VERSION`` and ``MODEL_SHA256`` environment the kserve target sets).
 """
 

@@ -6,7 +6,7 @@
   labels (the PlacementDecision), and fills the generator's ``values`` and each cluster's name and server into the
   template, as the ApplicationSet controller does.
 - **The hub API** serves ``applications.argoproj.io`` to the real ``kubernetes`` client: get and list (with
-  ``labelSelector``) only; every write and every watch is 403, as ``manifests/gitops/hub-rbac.yaml`` grants.
+  ``labelSelector``) only; every write and every watch is 403, as ``manifests/gitops``' hub-rbac.yaml grants.
 - **The controller** polls the real Git server. When a branch moves it exports the new revision, renders each
   Application's path with kustomize (``kubectl kustomize`` when this machine has it, else the same merge-patch
   semantics in Python) and applies the documents to that spoke: create, merge-patch from what it applied last, and

@@ -6,6 +6,7 @@ import os
 import yaml
 
 from tests.conftest import REPO, run_cli
+from tests.kustomize import MANIFESTS, by_kind, rendered
 
 COMPILED = REPO / "compiled"
 FILES = ["anomaly-detector-retrain.yaml", "predictive-analytics-retrain.yaml", "model-rollout.yaml"]
@@ -125,15 +126,18 @@ def test_retrain_dag_order_and_safe_exit():
     assert any("evaluate-anomaly-detector-Output" in condition for condition in conditions)
 
 
-def test_image_build_manifests_produce_the_default_image_tag():
+def test_image_build_manifests_produce_the_default_image_tag_without_building_on_apply():
     from components import __version__
     from pipelines.retrain import DEFAULT_IMAGE
 
-    stream, build = yaml.safe_load_all((REPO / "manifests" / "image-build.yaml").read_text())
-    assert stream["kind"] == "ImageStream" and build["kind"] == "BuildConfig"
+    base = rendered(MANIFESTS / "base")
+    (stream,), (build,), (runtime,) = by_kind(base, "ImageStream"), by_kind(base, "BuildConfig"), by_kind(base, "ServingRuntime")
     assert build["spec"]["strategy"]["dockerStrategy"]["dockerfilePath"] == "Containerfile"
+    assert "triggers" not in build["spec"], "a trigger would start a build from the placeholder Git URL on `oc apply`"
     tag = build["spec"]["output"]["to"]["name"]
-    assert DEFAULT_IMAGE.endswith(f"/{build['metadata']['namespace']}/{tag}") and tag.endswith(f":{__version__}")
+    assert tag.split(":")[0] == stream["metadata"]["name"] and tag.endswith(f":{__version__}")
+    assert DEFAULT_IMAGE.endswith(f"/{build['metadata']['namespace']}/{tag}")
+    assert runtime["spec"]["containers"][0]["image"] == DEFAULT_IMAGE, "the ServingRuntime runs the image the build pushes"
     containerfile = (REPO / "Containerfile").read_text()
     assert "ubi9/python-311" in containerfile and "pip install --no-cache-dir ." in containerfile
 

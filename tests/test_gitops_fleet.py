@@ -15,7 +15,6 @@ from pathlib import Path
 
 import joblib
 import pytest
-import yaml
 from kubernetes import client as kubernetes_client, config as kubernetes_config
 
 from components.contract import ANOMALY_DETECTOR
@@ -24,8 +23,9 @@ from components.gitops_target import GitopsOptions, GitopsTarget
 from components.kserve_target import KServeOptions
 from components.storage import FilesystemStore
 from tests.argo_hub import ENDPOINT_TEMPLATE, ArgoHub, render, render_in_python
-from tests.conftest import REPO, logged, run_cli
+from tests.conftest import logged, run_cli
 from tests.git_server import GitHttpServer
+from tests.kustomize import MANIFESTS, by_kind, rendered
 from tests.servers import PrometheusServer
 from tests.test_gitops_manifests import errors, validators  # noqa: F401 (a fixture)
 from tests.test_kserve import CRDS, crd_schemas, models  # noqa: F401 (fixtures)
@@ -93,12 +93,11 @@ def fleet(tmp_path_factory, models):  # noqa: F811 (the fixture)
     (work / "git").mkdir()
     git = GitHttpServer(work / "git", PASSWORD).start()
     repo_url = git.create("fleet.git", {"README.md": "The platform team's fleet repository.\n", f"{PATH}/README.md": "Models, managed by model-pipelines.\n"})
-    gitops = REPO / "manifests" / "gitops"
-    placements = list(yaml.safe_load_all((gitops / "placements.yaml").read_text()))
+    gitops = rendered(MANIFESTS / "gitops")
     crd = CRDS / "rhoai-3.5" / "serving.kserve.io_inferenceservices.yaml"
     (work / "pvcs" / PVC).mkdir(parents=True)
     hub = ArgoHub(work / "hub", repo_url, "main", SPOKES, work / "pvcs", crd if crd.is_file() else None,
-                  yaml.safe_load((gitops / "applicationset.yaml").read_text()), placements)
+                  by_kind(gitops, "ApplicationSet")[0], by_kind(gitops, "Placement"))
     hub.start()
     prometheus = PrometheusServer(work / "prometheus", file_sd=hub.scrape_targets).start()
     state = work / "state"
@@ -244,7 +243,7 @@ def test_every_inference_service_the_spokes_received_matches_the_kserve_0_20_crd
 def test_waves_without_applications_and_bad_wave_lists_are_refused_with_the_fix(fleet):
     result = run_cli("serve", "status", "--target", "gitops", *parameters(fleet.repo_url), "--param", 'fleet_waves=[["eu-west"], ["*"]]', env=fleet.env)
     assert result.returncode == 1, result.stdout
-    assert "has model-pipelines.io/wave in ['eu-west'] for wave 1: apply manifests/gitops/, label a ManagedCluster" in result.stdout
+    assert "has model-pipelines.io/wave in ['eu-west'] for wave 1: apply manifests/gitops (oc apply -k), label a ManagedCluster" in result.stdout
     refused = fleet.rollout("v1", "--param", 'fleet_waves=[["*"], ["canary"]]', "--param", "gitops_repo=https://token:x@git.example.com/f.git")
     assert refused.returncode == 2
     assert "fleet_waves=[['*'], ['canary']]: must be non-empty lists of cluster wave labels" in refused.stdout
@@ -256,12 +255,11 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
     (tmp_path / "git").mkdir()
     git = GitHttpServer(tmp_path / "git", PASSWORD).start()
     repo_url = git.create("fleet.git", {"README.md": "fleet\n"})
-    gitops = REPO / "manifests" / "gitops"
+    gitops = rendered(MANIFESTS / "gitops")
     crd = CRDS / "rhoai-3.4" / "serving.kserve.io_inferenceservices.yaml"
     (tmp_path / "pvcs" / PVC).mkdir(parents=True)
     hub = ArgoHub(tmp_path / "hub", repo_url, "main", {"spoke-1": SPOKES["spoke-1"], "spoke-2": SPOKES["spoke-2"]}, tmp_path / "pvcs",
-                  crd if crd.is_file() else None, yaml.safe_load((gitops / "applicationset.yaml").read_text()),
-                  list(yaml.safe_load_all((gitops / "placements.yaml").read_text())), kserve="0.15").start()
+                  crd if crd.is_file() else None, by_kind(gitops, "ApplicationSet")[0], by_kind(gitops, "Placement"), kserve="0.15").start()
     try:
         monkeypatch.setenv(TOKEN_ENV, PASSWORD)
         hub_api = kubernetes_client.CustomObjectsApi(kubernetes_config.new_client_from_config(config_file=str(hub.write_kubeconfig(tmp_path / "kubeconfig"))))

@@ -1,4 +1,4 @@
-"""The fleet manifests under manifests/gitops, checked against the Argo CD and ACM CRD schemas in shared/reference."""
+"""The fleet manifests (the manifests/gitops kustomization, rendered), checked against the Argo CD and ACM CRD schemas in shared/reference."""
 
 import copy
 import re
@@ -9,9 +9,9 @@ import yaml
 
 from tests.conftest import REPO
 from tests.k8s_standin import load_crd
+from tests.kustomize import MANIFESTS, rendered
 from tests.test_kserve import strict
 
-GITOPS = REPO / "manifests" / "gitops"
 CRDS = REPO.parent / "shared" / "reference" / "gitops-crds"
 CRD_FILES = {
     "ApplicationSet": "argoproj.io_applicationsets.yaml",
@@ -36,7 +36,8 @@ def validators():
 
 
 def documents() -> list[dict]:
-    return [document for path in sorted(GITOPS.glob("*.yaml")) for document in yaml.safe_load_all(path.read_text()) if document]
+    """Return the objects the gitops kustomization renders."""
+    return rendered(MANIFESTS / "gitops")
 
 
 def errors(validators, document: dict) -> list[str]:

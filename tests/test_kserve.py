@@ -400,7 +400,7 @@ def test_rbac_grants_exactly_the_verbs_a_rollout_uses_and_writes_only_named_obje
     assert project.rollout(PREDICTIVE_ANALYTICS, v1, "--param", "rollout_strategy=candidate-isvc").returncode == 0
     v2 = project.store_version(PREDICTIVE_ANALYTICS, models["forecaster"](2.0))
     assert project.rollout(PREDICTIVE_ANALYTICS, v2, "--param", "rollout_strategy=candidate-isvc", "--param", "canary_steps=[100]").returncode == 0
-    role = next(yaml.safe_load_all((REPO / "manifests" / "pipeline-runner-rbac.yaml").read_text()))
+    role = next(yaml.safe_load_all((REPO / "manifests" / "base" / "pipeline-runner-rbac.yaml").read_text()))
     assert role["kind"] == "Role"
     assert all(rule["apiGroups"] == ["serving.kserve.io"] and rule["resources"] == ["inferenceservices"] for rule in role["rules"])
     granted = {(verb, name) for rule in role["rules"] for verb in rule["verbs"] for name in rule.get("resourceNames", ["*"])}
@@ -546,18 +546,6 @@ def test_a_failed_traffic_patch_rolls_back_only_this_runs_candidate(knative_clus
     assert project.index(ANOMALY_DETECTOR)["stable"] == stable and deletes(project) == []
     after = project.isvc(ANOMALY_DETECTOR)
     assert after["spec"] == before["spec"] and after["metadata"]["annotations"]["model-pipelines.io/stable-version"] == stable
-
-
-def test_serving_runtime_manifest_matches_the_published_crds():
-    if not CRDS.is_dir():
-        pytest.skip(f"KServe CRD schemas are not at {CRDS}")
-    runtime = yaml.safe_load((REPO / "manifests" / "sklearn-pvc-runtime.yaml").read_text())
-    for release in ("v0.20.0", "v0.15.0", "rhoai-2.16", "rhoai-3.5"):
-        crd = yaml.safe_load((CRDS / release / "serving.kserve.io_servingruntimes.yaml").read_text())
-        schema = strict(next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"])
-        schema["properties"]["metadata"] = {"type": "object"}
-        errors = [error.message for error in jsonschema.Draft7Validator(schema).iter_errors(runtime)]
-        assert errors == [], f"{release}: {errors}"
 
 
 def test_a_hand_made_inference_service_handed_over_by_label_is_adopted_as_stable(knative_cluster, models):
