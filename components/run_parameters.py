@@ -132,7 +132,7 @@ def _version(value: object) -> str | None:
     """Rule for version: a store version name."""
     if isinstance(value, str) and VERSION.match(value):
         return None
-    return f"a version name: did you mean v{value}?" if str(value).isdigit() else "a version name such as v3"
+    return f"a version name, which starts with v: version {value} is v{value}" if str(value).isdigit() else "a version name such as v3"
 
 
 def _retrain_parameters(value: object) -> str | None:

@@ -1,6 +1,6 @@
-"""The ``model-pipelines`` command line: compile the pipelines, run them locally, manage local serving.
+"""The model-pipelines command line: compile the pipelines, run them locally or on a cluster, manage local serving.
 
-Verbs import kfp and the pipelines only when they compile or run one, so that ``serve`` and ``store`` answer at once.
+Verbs import kfp and the pipelines only when they compile or run one, so that serve and store answer at once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from components.serving import ServingError
 from components.storage import StoreError
 from pipelines import kfp_remote
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT
-from pipelines.platforms import DEFAULT_PLATFORM, STORES, platform_named
+from pipelines.platforms import DEFAULT_PLATFORM, STORES, Platform, compile_time_parameters, compiled_for, platform_named, profile_folder
 
 if TYPE_CHECKING:
     from pipelines.local import MonitorSummary, RunSummary
@@ -29,19 +29,40 @@ if TYPE_CHECKING:
 DEFAULT_STATE_DIR = state_dir()
 
 
+def _profile(args: argparse.Namespace) -> tuple[Platform, str, str]:
+    """Return the chosen platform, store and S3 Secret, defaults filled in; raise ValueError for an unknown platform."""
+    return platform_named(args.platform or DEFAULT_PLATFORM), args.store or "pvc", args.s3_secret or DEFAULT_SECRET
+
+
+def _profile_chosen(args: argparse.Namespace) -> bool:
+    """Return whether --platform, --store or --s3-secret was given (rather than left to its default)."""
+    return any(value is not None for value in (args.platform, args.store, args.s3_secret))
+
+
+def _describe_profile(platform: Platform, store: str) -> str:
+    """Return how output names a compile profile: the platform, the store and the compiled/ folder with the same output."""
+    return f"platform {platform.name}, store {store} (the {profile_folder(platform, store)} profile)"
+
+
 def _compile(args: argparse.Namespace) -> int:
     """Compile every pipeline for one platform (or every profile) and print where they went; return the exit code."""
     from pipelines.retrain import compile_every_profile, compile_pipelines
 
     if args.all_platforms:
-        paths = compile_every_profile(args.output_dir, args.image)
+        if _profile_chosen(args):
+            print("error: --all-platforms compiles every platform with both stores: drop --platform, --store and --s3-secret", file=sys.stderr)
+            return 2
+        paths = compile_every_profile(args.output_dir or "compiled", args.image)
     else:
         try:
-            platform_named(args.platform)
+            platform, store, s3_secret = _profile(args)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        paths = compile_pipelines(args.output_dir, args.image, args.platform, args.store, args.s3_secret)
+        # A chosen profile goes to its own folder, as `compile --all-platforms` lays them out, never over the default files.
+        output_dir = Path(args.output_dir or (Path("compiled") / profile_folder(platform, store) if _profile_chosen(args) else "compiled"))
+        print(f"compiling for {_describe_profile(platform, store)} into {output_dir}/")
+        paths = compile_pipelines(output_dir, args.image, platform.name, store, s3_secret)
     for path in paths:
         print(f"compiled {path}")
     return 0
@@ -53,7 +74,7 @@ def _require_local(args: argparse.Namespace, verb: str, submissions: list[list[s
         commands = [shlex.join(["model-pipelines", "submit", *submission, *(part for param in args.param for part in ("--param", param))])
                     for submission in submissions]
         print(f"error: `model-pipelines {verb}` runs on this machine, with --local. On a cluster, upload the pipeline once "
-              "(`model-pipelines upload all`), then:\n  " + "\n  ".join(commands), file=sys.stderr)
+              "(`model-pipelines upload all --platform <your release, e.g. rhoai-2.25>`), then:\n  " + "\n  ".join(commands), file=sys.stderr)
     return args.local
 
 
@@ -295,8 +316,13 @@ def _remote(handler):
         try:  # a bad command line is reported before any talk of the connection
             if getattr(args, "cron", None):
                 kfp_remote.check_cron(args.cron)
+            if hasattr(args, "platform"):
+                _profile(args)
+            if hasattr(args, "package"):
+                _check_package(args)
             if hasattr(args, "param"):
                 args.arguments = parse_params(args.param, args.pipeline)
+                _check_profile_parameters(args)
         except (kfp_remote.RemoteError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -315,25 +341,75 @@ def _pipeline_name(key: str) -> str:
     return PIPELINE_FILES[key].removesuffix(".yaml")
 
 
+def _check_package(args: argparse.Namespace) -> None:
+    """Raise ValueError unless --package is one compiled pipeline, the one requested, given without the compile options."""
+    if not args.package:
+        return
+    given = [option for option, value in (("--platform", args.platform), ("--store", args.store), ("--s3-secret", args.s3_secret),
+                                          ("--image", args.image)) if value is not None]
+    if given:
+        raise ValueError(f"--package uploads a compiled file as it is, so it takes none of the compile options ({', '.join(given)}): "
+                         "drop them, or drop --package")
+    package = Path(args.package)
+    declared = kfp_remote.package_pipeline_name(package)
+    declared_key = next((key for key in PIPELINE_FILES if _pipeline_name(key) == declared), None)
+    upload_as_itself = f"`model-pipelines upload {declared_key} --package {package}`" if declared_key else ""
+    if args.pipeline == "all":
+        raise ValueError(f"--package is one pipeline ({package} is {declared!r}) and `upload all` is {len(PIPELINE_FILES)}: run "
+                         "`model-pipelines upload all --platform <your release>` to compile and upload all of them for your release, "
+                         f"or upload each file with its own pipeline name{', e.g. ' + upload_as_itself if upload_as_itself else ''}")
+    wanted = _pipeline_name(args.pipeline)
+    if declared != wanted:
+        own_file = package.with_name(PIPELINE_FILES[args.pipeline])
+        raise ValueError(f"{package} is pipeline {declared!r}, not {wanted!r} (what `upload {args.pipeline}` uploads): pass "
+                         f"{args.pipeline}'s own file{f' ({own_file})' if own_file.is_file() else ''}"
+                         f"{', or upload this one as ' + upload_as_itself if upload_as_itself else ''}")
+
+
+def _check_profile_parameters(args: argparse.Namespace) -> None:
+    """Raise ValueError if --param sets a run parameter that the chosen platform fixes at compile time."""
+    if not _profile_chosen(args):
+        return
+    platform, store, _ = _profile(args)
+    fixed = [name for name in args.arguments if name in compile_time_parameters(platform)]
+    if fixed:
+        raise ValueError(f"{platform.name} has no optional Secrets, so the compile fixes {', '.join(fixed)} (here for --store {store}): "
+                         f"drop --param {fixed[0]}; for another store, run `model-pipelines upload {args.pipeline} --platform {platform.name} "
+                         "--store pvc|s3 [--s3-secret NAME]` and pass the same --store here")
+
+
+def _expected_profile(args: argparse.Namespace) -> kfp_remote.ExpectedProfile | None:
+    """Return the profile the newest uploaded version must be compiled for, when --platform, --store or --s3-secret is given."""
+    if not _profile_chosen(args):
+        return None
+    platform, store, s3_secret = _profile(args)
+    upload = ["model-pipelines", "upload", args.pipeline, "--platform", platform.name, "--store", store]
+    upload += ["--s3-secret", s3_secret] if args.s3_secret else []
+    return kfp_remote.ExpectedProfile(compiled_for(platform, store, s3_secret), f"{platform.name} --store {store}", shlex.join(upload))
+
+
 def _upload(args: argparse.Namespace, client, connection) -> int:
-    """Upload each chosen pipeline (compiled now with --image, or --package); return 0."""
+    """Upload the --package file as it is, or each chosen pipeline compiled now for --platform and --store; return 0."""
+    if args.package:
+        print(kfp_remote.upload(client, Path(args.package), _pipeline_name(args.pipeline)))
+        return 0
     from pipelines.retrain import compile_pipelines
 
+    platform, store, s3_secret = _profile(args)
     keys = list(PIPELINE_FILES) if args.pipeline == "all" else [args.pipeline]
     with tempfile.TemporaryDirectory() as scratch:
-        if args.package:
-            packages = {keys[0]: Path(args.package)}
-        else:
-            compile_pipelines(scratch, args.image)
-            packages = {key: Path(scratch) / PIPELINE_FILES[key] for key in keys}
+        compile_pipelines(scratch, args.image or DEFAULT_IMAGE, platform.name, store, s3_secret)
+        default = "" if args.platform else "; the default: for OpenShift AI pass --platform rhoai-<your release>"
+        print(f"compiled for {_describe_profile(platform, store)}{default}")
         for key in keys:
-            print(kfp_remote.upload(client, packages[key], _pipeline_name(key)))
+            print(kfp_remote.upload(client, Path(scratch) / PIPELINE_FILES[key], _pipeline_name(key)))
     return 0
 
 
 def _submit(args: argparse.Namespace, client, connection) -> int:
     """Start a run; with --wait, stream its state and return 0 only if it succeeded."""
-    run = kfp_remote.submit(client, _pipeline_name(args.pipeline), args.arguments, args.experiment, connection.host, args.run_name)
+    run = kfp_remote.submit(client, _pipeline_name(args.pipeline), args.arguments, args.experiment, connection.host, args.run_name,
+                            _expected_profile(args))
     print(f"run {run.run_id} started in experiment {args.experiment!r}")
     if not args.wait:
         return 0
@@ -348,7 +424,7 @@ def _schedule(args: argparse.Namespace, client, connection) -> int:
     if args.schedule_verb == "create":
         name = args.name or f"{_pipeline_name(args.pipeline)}-schedule"
         schedule = kfp_remote.create_schedule(client, _pipeline_name(args.pipeline), name, args.cron, args.arguments,
-                                              args.experiment, connection.host, args.max_concurrency)
+                                              args.experiment, connection.host, args.max_concurrency, _expected_profile(args))
         print(f"schedule {name} ({schedule.recurring_run_id}) created: cron {args.cron!r}, max concurrency {args.max_concurrency}, no catch-up")
     elif args.schedule_verb == "list":
         print(f"{'name':<40} {'status':<10} {'cron':<18} id")
@@ -373,11 +449,25 @@ def _add_connection_options(verb: argparse.ArgumentParser) -> None:
     verb.add_argument("--namespace", help="the data science project (namespace) of a multi-user server")
 
 
-def _add_local_options(verb: argparse.ArgumentParser) -> None:
-    """Add --local, --param and --state-dir to a verb that runs a pipeline."""
+def _add_platform_options(verb: argparse.ArgumentParser, purpose: str, default: str) -> None:
+    """Add the compile profile options (--platform, --store, --s3-secret) to a verb; ``purpose`` says what the profile is for."""
+    verb.add_argument("--platform", help=f"OpenShift AI release (rhoai-2.16 ... rhoai-3.5) or KFP backend (kfp-2.2 ... kfp-2.16) {purpose} "
+                      f"(default: {default})")
+    verb.add_argument("--store", choices=STORES, help="model store; before OpenShift AI 3.0 it is fixed at compile time, from 3.0 on "
+                      "it sets model_store's default (default: pvc)")
+    verb.add_argument("--s3-secret", help=f"data connection Secret injected with --store s3 before 3.0 (default: {DEFAULT_SECRET})")
+
+
+def _version_name(text: str) -> str:
+    """Return the stored version name --version means: v7 as given, and a bare number such as 7 as v7."""
+    return f"v{text}" if text.isdigit() else text
+
+
+def _add_local_options(verb: argparse.ArgumentParser, per_model: bool = False) -> None:
+    """Add --local, --param and --state-dir to a verb that runs a pipeline (``per_model``: one that runs several models)."""
     verb.add_argument("--local", action="store_true", help="run on this machine with kfp.local (no cluster)")
     verb.add_argument("--param", action="append", default=[], metavar="K=V",
-                      help="set a pipeline parameter; repeatable; <model>.K=V sets it for one model only under `run all`")
+                      help="set a pipeline parameter; repeatable" + ("; <model>.K=V sets it for one model only (with all)" if per_model else ""))
     verb.add_argument("--verbose", action="store_true", help="print every step's log as it runs (it always goes to the run's log file)")
     _add_state_dir(verb)
 
@@ -391,30 +481,26 @@ def _add_state_dir(verb: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every verb."""
-    parser = argparse.ArgumentParser(prog="model-pipelines", description=__doc__)
+    parser = argparse.ArgumentParser(prog="model-pipelines", description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     compile_verb = verbs.add_parser("compile", help="compile the pipelines to YAML for Data Science Pipelines")
-    compile_verb.add_argument("--output-dir", default="compiled", help="directory for the YAML files (default: compiled)")
+    compile_verb.add_argument("--output-dir", help="directory for the YAML files (default: compiled/<profile folder> when --platform or "
+                              "--store is given, else compiled, whose top-level files are the default)")
     compile_verb.add_argument("--image", default=DEFAULT_IMAGE, help=f"component image (default: {DEFAULT_IMAGE})")
-    compile_verb.add_argument("--platform", default=DEFAULT_PLATFORM,
-                              help=f"OpenShift AI release (rhoai-2.16 ... rhoai-3.5) or KFP backend (kfp-2.2 ... kfp-2.16) to compile for (default: {DEFAULT_PLATFORM})")
-    compile_verb.add_argument("--store", choices=STORES, default="pvc",
-                              help="model store; before OpenShift AI 3.0 it is fixed at compile time, from 3.0 on it sets model_store's default")
-    compile_verb.add_argument("--s3-secret", default=DEFAULT_SECRET,
-                              help=f"data connection Secret injected with --store s3 before 3.0 (default: {DEFAULT_SECRET})")
+    _add_platform_options(compile_verb, "to compile for", DEFAULT_PLATFORM)
     compile_verb.add_argument("--all-platforms", action="store_true",
                               help="write the default and one folder per distinct platform output (what compiled/ holds)")
     compile_verb.set_defaults(handler=_compile)
 
     run_verb = verbs.add_parser("run", help="run a retraining pipeline: train, evaluate, save, deploy, smoke-test, canary")
     run_verb.add_argument("model", choices=[*MODEL_NAMES, "all"])
-    _add_local_options(run_verb)
+    _add_local_options(run_verb, per_model=True)
     run_verb.set_defaults(handler=_run)
 
     rollout_verb = verbs.add_parser("rollout", help="roll out a version already in the store: deploy, smoke-test, canary")
     rollout_verb.add_argument("model", choices=MODEL_NAMES)
-    rollout_verb.add_argument("--version", required=True, help="the stored version, e.g. v3")
+    rollout_verb.add_argument("--version", required=True, type=_version_name, help="the stored version, e.g. v3 (3 means v3)")
     _add_local_options(rollout_verb)
     rollout_verb.set_defaults(handler=_rollout)
 
@@ -427,8 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     pipelines = [*MODEL_NAMES, ROLLOUT, MONITOR]
     upload_verb = verbs.add_parser("upload", help="upload a pipeline, or a new version of it, to a KFP server (by name)")
     upload_verb.add_argument("pipeline", choices=[*pipelines, "all"])
-    upload_verb.add_argument("--image", default=DEFAULT_IMAGE, help="component image to compile with")
-    upload_verb.add_argument("--package", help="upload this compiled YAML instead of compiling")
+    upload_verb.add_argument("--image", help=f"component image to compile with (default: {DEFAULT_IMAGE})")
+    _add_platform_options(upload_verb, "to compile for", DEFAULT_PLATFORM)
+    upload_verb.add_argument("--package", help="upload this compiled YAML (one pipeline, e.g. compiled/rhoai-2.20-2.25-pvc/model-rollout.yaml) "
+                             "as it is, instead of compiling")
     _add_connection_options(upload_verb)
     upload_verb.set_defaults(handler=_remote(_upload))
 
@@ -440,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_verb.add_argument("--wait", action="store_true", help="stream the run's state and exit non-zero unless it succeeds")
     submit_verb.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait with --wait")
     submit_verb.add_argument("--poll", type=float, default=5.0, help="seconds between status checks with --wait")
+    _add_platform_options(submit_verb, "the uploaded pipeline must be compiled for; --param is checked against it too", "no check")
     _add_connection_options(submit_verb)
     submit_verb.set_defaults(handler=_remote(_submit))
 
@@ -452,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     create_verb.add_argument("--param", action="append", default=[], metavar="K=V")
     create_verb.add_argument("--experiment", default="self-healing-models")
     create_verb.add_argument("--max-concurrency", type=int, default=1)
+    _add_platform_options(create_verb, "the uploaded pipeline must be compiled for; --param is checked against it too", "no check")
     for verb_name in ("list", "enable", "disable", "delete"):
         verb = schedule_verbs.add_parser(verb_name, help=f"{verb_name} recurring runs")
         if verb_name != "list":

@@ -13,15 +13,19 @@ import os
 import re
 import time
 import urllib.parse
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import requests
+import yaml
 
 from components.credentials import token_from_environment, token_may_go_to
+from pipelines.platforms import COMPILE_TIME_PARAMETERS
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}
+COMPILED_FOR = r" Compiled for (\S+) \("  # the sentence platforms.describe adds to a profile's description, and its group label
 
 
 class RemoteError(RuntimeError):
@@ -78,13 +82,38 @@ def check_reachable(connection: Connection, timeout_s: float = 10.0) -> None:
         raise RemoteError(f"{connection.host} answered {answer.status_code} on healthz; is it a KFP v2 API endpoint?")
 
 
+@dataclass(frozen=True)
+class ExpectedProfile:
+    """The compile profile a run must start: the sentence it adds to the description, its name, the command that uploads it."""
+
+    compiled_for: str  # "" for the default output, which adds none
+    name: str
+    upload_command: str
+
+
 def connect(connection: Connection):
     """Return a ``kfp.Client`` for a reachable, authorised API."""
     import kfp
 
     check_reachable(connection)
-    return kfp.Client(host=connection.host, existing_token=connection.token, ssl_ca_cert=connection.ca_cert,
-                      namespace=connection.namespace)
+    with warnings.catch_warnings():  # kfp.Client warns on every construction that it needs KFP >= 2.0.0-beta.2, which DSP 2.x is
+        warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline v2", category=FutureWarning)
+        return kfp.Client(host=connection.host, existing_token=connection.token, ssl_ca_cert=connection.ca_cert,
+                          namespace=connection.namespace)
+
+
+def package_pipeline_name(package: Path) -> str:
+    """Return the pipeline name a compiled package declares (its ``pipelineInfo.name``), or explain why it has none."""
+    if not package.is_file():
+        raise RemoteError(f"{package} does not exist; pass a YAML file from compiled/ or run `model-pipelines compile` first")
+    try:
+        document = next(yaml.load_all(package.read_text(), Loader=yaml.CSafeLoader), None)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RemoteError(f"{package} is not YAML ({error.__class__.__name__}); pass a compiled pipeline from compiled/") from None
+    name = document.get("pipelineInfo", {}).get("name") if isinstance(document, dict) else None
+    if not isinstance(name, str):
+        raise RemoteError(f"{package} has no pipelineInfo.name, so it is not a compiled pipeline; pass a YAML file from compiled/")
+    return name
 
 
 def package_digest(package: Path) -> str:
@@ -135,21 +164,52 @@ def latest_version(client, pipeline_name: str, host: str) -> tuple[str, str]:
     return pipeline_id, versions[0].pipeline_version_id
 
 
-def check_uploaded_inputs(client, pipeline_id: str, version_id: str, arguments: dict, pipeline_name: str) -> None:
-    """Raise RemoteError unless the uploaded version declares every parameter in ``arguments``."""
+def uploaded_spec(client, pipeline_id: str, version_id: str) -> dict:
+    """Return the pipeline spec of an uploaded version."""
     spec = client.get_pipeline_version(pipeline_id, version_id).pipeline_spec or {}
-    spec = spec.get("pipeline_spec", spec)  # a version uploaded with its platform spec nests the pipeline spec
+    return spec.get("pipeline_spec", spec)  # a version uploaded with its platform spec nests the pipeline spec
+
+
+def check_uploaded_profile(spec: dict, expected: ExpectedProfile, version_id: str, pipeline_name: str) -> None:
+    """Raise RemoteError, naming the upload that fixes it, unless the uploaded version was compiled for ``expected``."""
+    description = spec.get("pipelineInfo", {}).get("description", "")
+    found = re.search(COMPILED_FOR, description)
+    if (expected.compiled_for in description) if expected.compiled_for else found is None:
+        return
+    uploaded = f"{found.group(1)} with other store settings" if found and found.group(0) in expected.compiled_for else (
+        found.group(1) if found else "the default profile (kfp-2.15-2.16, --store pvc)")
+    raise RemoteError(f"the newest uploaded {pipeline_name} (version {version_id}) was compiled for {uploaded}, not for {expected.name}: "
+                      f"run `{expected.upload_command}`, then start it again")
+
+
+def check_uploaded_inputs(spec: dict, version_id: str, arguments: dict, pipeline_name: str) -> None:
+    """Raise RemoteError unless the uploaded version's spec declares every parameter in ``arguments``."""
     declared = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
     unknown = sorted(set(arguments) - declared)
+    profile = re.search(COMPILED_FOR, spec.get("pipelineInfo", {}).get("description", ""))
+    if unknown and profile and set(unknown) <= set(COMPILE_TIME_PARAMETERS):
+        raise RemoteError(f"the uploaded {pipeline_name} (newest version {version_id}) was compiled for {profile.group(1)}, which fixes "
+                          f"{', '.join(unknown)} at compile time: drop --param {unknown[0]}, or upload it compiled with the store you "
+                          "want (`model-pipelines upload <pipeline> --platform <your release> --store pvc|s3 [--s3-secret NAME]`)")
     if unknown:
         raise RemoteError(f"the uploaded {pipeline_name} (newest version {version_id}) has no parameter(s) {', '.join(unknown)}; "
                           f"it is older than this CLI: run `model-pipelines upload` to add the current version")
 
 
-def submit(client, pipeline_name: str, arguments: dict, experiment: str, host: str, run_name: str | None = None):
-    """Start a run of the pipeline's newest version in ``experiment`` and return it."""
+def _checked_latest_version(client, pipeline_name: str, host: str, arguments: dict, expected: ExpectedProfile | None) -> tuple[str, str]:
+    """Return (pipeline id, newest version id) once that version takes ``arguments`` and, if given, is ``expected``'s compile."""
     pipeline_id, version_id = latest_version(client, pipeline_name, host)
-    check_uploaded_inputs(client, pipeline_id, version_id, arguments, pipeline_name)
+    spec = uploaded_spec(client, pipeline_id, version_id)
+    if expected is not None:
+        check_uploaded_profile(spec, expected, version_id, pipeline_name)
+    check_uploaded_inputs(spec, version_id, arguments, pipeline_name)
+    return pipeline_id, version_id
+
+
+def submit(client, pipeline_name: str, arguments: dict, experiment: str, host: str, run_name: str | None = None,
+           expected: ExpectedProfile | None = None):
+    """Start a run of the pipeline's newest version (checked against ``expected`` if given) in ``experiment`` and return it."""
+    pipeline_id, version_id = _checked_latest_version(client, pipeline_name, host, arguments, expected)
     experiment_id = client.create_experiment(experiment).experiment_id
     name = run_name or f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return client.run_pipeline(experiment_id=experiment_id, job_name=name, pipeline_id=pipeline_id, version_id=version_id, params=arguments)
@@ -185,10 +245,9 @@ def check_cron(cron: str) -> str:
 
 
 def create_schedule(client, pipeline_name: str, name: str, cron: str, arguments: dict, experiment: str, host: str,
-                    max_concurrency: int = 1):
-    """Create an enabled recurring run without catch-up and return it."""
-    pipeline_id, version_id = latest_version(client, pipeline_name, host)
-    check_uploaded_inputs(client, pipeline_id, version_id, arguments, pipeline_name)
+                    max_concurrency: int = 1, expected: ExpectedProfile | None = None):
+    """Create an enabled recurring run of the newest version (checked against ``expected`` if given) without catch-up; return it."""
+    pipeline_id, version_id = _checked_latest_version(client, pipeline_name, host, arguments, expected)
     experiment_id = client.create_experiment(experiment).experiment_id
     return client.create_recurring_run(experiment_id=experiment_id, job_name=name, cron_expression=check_cron(cron),
                                        max_concurrency=max_concurrency, no_catchup=True, params=arguments,

@@ -23,6 +23,8 @@ from components.gitops_repo import TOKEN_ENV as GITOPS_TOKEN_ENV
 from components.prometheus import TOKEN_ENV
 
 STORES = ("pvc", "s3")
+# Before OpenShift AI 3.0 (no optional Secrets) these stop being run parameters: the compile binds them to constants.
+COMPILE_TIME_PARAMETERS = ("model_store", "s3_secret", "prometheus_secret", "gitops_secret")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,16 @@ def group_label(platform: Platform, store: str) -> str:
     return f"{prefix}-{first}" if first == last else f"{prefix}-{first}-{last}"
 
 
+def profile_folder(platform: Platform, store: str) -> str:
+    """Return the ``compiled/`` folder that holds ``platform``'s output with ``store``, e.g. ``rhoai-2.20-2.25-pvc``."""
+    return f"{group_label(platform, store)}-{store}"
+
+
+def compile_time_parameters(platform: Platform) -> tuple[str, ...]:
+    """Return the run parameters a compile for ``platform`` fixes as constants (none where a Secret can be optional)."""
+    return () if platform.store_is_a_run_parameter else COMPILE_TIME_PARAMETERS
+
+
 def is_default_output(platform: Platform, store: str) -> bool:
     """Return whether ``platform`` with ``store`` compiles to exactly the default YAML in ``compiled/``."""
     return output_key(platform, store) == output_key(PLATFORMS[DEFAULT_PLATFORM], "pvc")
@@ -132,6 +144,11 @@ def _adapt_executor(config: dict, platform: Platform, store: str, s3_secret: str
     return config
 
 
+def compiled_for(platform: Platform, store: str, s3_secret: str) -> str:
+    """Return the sentence a compile for ``platform`` and ``store`` adds to the pipeline description ("" for the default output)."""
+    return "" if is_default_output(platform, store) else describe(platform, store, s3_secret)
+
+
 def describe(platform: Platform, store: str, s3_secret: str) -> str:
     """Return the sentence the pipeline description gains for ``platform``'s group of releases."""
     backends = sorted({other.kfp_backend for other in group_of(platform, store)}, key=lambda v: tuple(map(int, v.split("."))))
@@ -157,10 +174,8 @@ def adapt(pipeline_spec: dict, platform_spec: dict, platform: Platform, store: s
         if "model_store" in parameters:
             parameters["model_store"]["defaultValue"] = store
     else:
-        _bind_root_parameter(pipeline_spec, "model_store", store)
-        _bind_root_parameter(pipeline_spec, "s3_secret", s3_secret)
-        _bind_root_parameter(pipeline_spec, "prometheus_secret", "")
-        _bind_root_parameter(pipeline_spec, "gitops_secret", "")
+        for name, value in zip(COMPILE_TIME_PARAMETERS, (store, s3_secret, "", "")):
+            _bind_root_parameter(pipeline_spec, name, value)
         executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         for name, config in executors.items():
             executors[name] = _adapt_executor(config, platform, store, s3_secret)

@@ -28,7 +28,7 @@ from components.settings import DetectorParams, ForecasterParams, Gates
 from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT
 from pipelines.parameter_help import with_parameter_help
-from pipelines.platforms import DEFAULT_PLATFORM, PLATFORMS, STORES, Platform, adapt, group_label, is_default_output, output_key, platform_named
+from pipelines.platforms import DEFAULT_PLATFORM, PLATFORMS, STORES, Platform, adapt, is_default_output, output_key, platform_named, profile_folder
 
 STEP_FUNCTIONS = (
     steps.validate_parameters,
@@ -558,7 +558,7 @@ def compile_every_profile(output_dir: "str | Path", image: str = DEFAULT_IMAGE) 
             if key in seen:
                 continue
             seen.add(key)
-            folder = directory / f"{group_label(profile, store)}-{store}"
+            folder = directory / profile_folder(profile, store)
             folder.mkdir(parents=True, exist_ok=True)
             for name in PIPELINE_FILES.values():
                 _write_adapted(directory / name, folder / name, profile, store, DEFAULT_SECRET)

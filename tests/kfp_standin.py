@@ -1,6 +1,6 @@
 """A stand-in for the KFP v2beta1 REST API (as Data Science Pipelines serves it) on 127.0.0.1.
 
-It keeps pipelines, versions (with the uploaded spec), experiments, runs and recurring runs in memory, answers
+It keeps pipelines, versions (with the uploaded spec and file), experiments, runs and recurring runs in memory, answers
 with the API's JSON shapes so that the real ``kfp.Client`` parses them, and is as strict as the API: a bearer
 token when one is configured (401), an upload needs a file (400) and a new name (409), versions of an unknown
 pipeline are 404, ``sort_by`` is honoured, and a run or recurring run needs a pipeline version reference that
@@ -51,6 +51,7 @@ class KfpStandIn:
         self.runs: dict[str, dict] = {}
         self.run_polls: dict[str, int] = {}
         self.recurring: dict[str, dict] = {}
+        self.packages: dict[str, bytes] = {}  # each stored version's uploaded file, by pipeline_version_id
         self.requests: list[dict] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -127,7 +128,7 @@ class KfpStandIn:
     @staticmethod
     def _version(pipeline_id: str, name: str, package: bytes) -> dict:
         """Return a new pipeline version holding the uploaded package's pipeline spec."""
-        spec = next(yaml.safe_load_all(package))
+        spec = next(yaml.load_all(package, Loader=yaml.CSafeLoader))
         return {"pipeline_id": pipeline_id, "pipeline_version_id": str(uuid.uuid4()), "display_name": name, "created_at": _now(),
                 "pipeline_spec": spec}
 
@@ -149,6 +150,7 @@ class KfpStandIn:
                 pipeline = {"pipeline_id": str(uuid.uuid4()), "display_name": name, "description": query.get("description", ""), "created_at": _now()}
                 self.pipelines[pipeline["pipeline_id"]] = pipeline
                 self.versions[pipeline["pipeline_id"]] = [self._version(pipeline["pipeline_id"], name, uploaded)]
+                self.packages[self.versions[pipeline["pipeline_id"]][0]["pipeline_version_id"]] = uploaded
                 return 200, pipeline
             if method == "POST" and parts[1:] == ["upload_version"]:
                 pipeline_id = query.get("pipelineid", "")
@@ -159,6 +161,7 @@ class KfpStandIn:
                     return _error(409, f"Already exist error: version {name} already exists")
                 version = self._version(pipeline_id, name, uploaded)
                 self.versions[pipeline_id].append(version)
+                self.packages[version["pipeline_version_id"]] = uploaded
                 return 200, version
             if method == "GET" and len(parts) == 2 and parts[1] in self.pipelines:
                 return 200, self.pipelines[parts[1]]

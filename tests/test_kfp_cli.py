@@ -7,6 +7,8 @@ import shlex
 import pytest
 import yaml
 
+from pipelines.catalog import PIPELINE_FILES
+from pipelines.cli import main
 from tests.conftest import REPO, run_cli
 from tests.kfp_standin import KfpStandIn
 
@@ -26,7 +28,7 @@ def cli(kfp, *args, token="kfp-test-token", env=None):
 def test_upload_creates_then_versions_then_is_idempotent(kfp):
     first = cli(kfp, "upload", "anomaly-detector")
     assert first.returncode == 0, first.stdout
-    assert "uploaded pipeline anomaly-detector-retrain" in first.stdout
+    assert "uploaded pipeline anomaly-detector-retrain" in first.stdout and "Warning" not in first.stdout
     (upload,) = kfp.sent("POST", "/apis/v2beta1/pipelines/upload")
     assert upload["query"]["name"] == "anomaly-detector-retrain"
     assert upload["headers"]["content-type"].startswith("multipart/form-data")
@@ -195,3 +197,75 @@ def test_a_local_verb_without_local_prints_the_submit_command_that_does_it_on_a_
     assert monitor.returncode == 2 and [line.strip() for line in monitor.stdout.splitlines() if "submit" in line] == [
         "model-pipelines submit model-monitor --param model_name=anomaly-detector",
         "model-pipelines submit model-monitor --param model_name=predictive-analytics"]
+
+
+def test_every_profile_folder_uploads_under_its_pipelines_names_byte_for_byte_and_platform_compiles_the_same(kfp, capsys):
+    """One stand-in for every upload; the CLI runs in this process so that kfp is imported once for about sixty uploads."""
+    connection = ("--host", kfp.url, "--token", "kfp-test-token")
+    by_platform = {("rhoai-2.22", "pvc"): "rhoai-2.20-2.25-pvc", ("rhoai-2.16", "s3"): "rhoai-2.16-2.19-s3"}
+    for (platform, store), folder in by_platform.items():
+        assert main(["upload", "all", "--platform", platform, "--store", store, *connection]) == 0
+        assert f"compiled for platform {platform}, store {store} (the {folder} profile)" in capsys.readouterr().out
+    folders = sorted(path for path in (REPO / "compiled").iterdir() if path.is_dir())
+    assert len(folders) == 14
+    for folder in folders:
+        for key, file_name in PIPELINE_FILES.items():
+            assert main(["upload", key, "--package", str(folder / file_name), *connection]) == 0
+        printed = capsys.readouterr().out
+        # the --platform uploads above compiled exactly these files, so uploading them again adds nothing
+        assert printed.count("already has this package") == (4 if folder.name in by_platform.values() else 0), printed
+
+    names = {pipeline_id: pipeline["display_name"] for pipeline_id, pipeline in kfp.pipelines.items()}
+    stored = [(names[version["pipeline_id"]], version) for versions in kfp.versions.values() for version in versions]
+    assert sorted(names.values()) == sorted(name.removesuffix(".yaml") for name in PIPELINE_FILES.values())
+    assert all(version["pipeline_spec"]["pipelineInfo"]["name"] == name for name, version in stored)
+    files = {(path.stem, path.read_bytes()) for folder in folders for path in folder.glob("*.yaml")}
+    assert len(stored) == len(files) == 14 * 4
+    assert {(name, kfp.packages[version["pipeline_version_id"]]) for name, version in stored} == files
+
+
+def test_a_package_for_all_or_for_another_pipeline_is_refused_naming_both_and_the_fix(kfp, capsys):
+    detector = "compiled/rhoai-2.20-2.25-pvc/anomaly-detector-retrain.yaml"
+    connection = ("--host", kfp.url, "--token", "kfp-test-token")
+    assert main(["upload", "all", "--package", detector, *connection]) == 2
+    refused = capsys.readouterr().err
+    assert "--package is one pipeline" in refused and "model-pipelines upload all --platform <your release>" in refused
+    assert f"model-pipelines upload anomaly-detector --package {detector}" in refused
+    assert main(["upload", "predictive-analytics", "--package", detector, *connection]) == 2
+    refused = capsys.readouterr().err
+    assert f"{detector} is pipeline 'anomaly-detector-retrain', not 'predictive-analytics-retrain'" in refused
+    assert "predictive-analytics's own file (compiled/rhoai-2.20-2.25-pvc/predictive-analytics-retrain.yaml)" in refused
+    assert main(["upload", "anomaly-detector", "--package", detector, "--platform", "rhoai-2.22", *connection]) == 2
+    assert "takes none of the compile options (--platform)" in capsys.readouterr().err
+    assert kfp.requests == [], "refused before contacting the server"
+
+
+def test_submit_and_schedule_with_a_platform_start_only_its_upload_and_refuse_the_parameters_it_fixes(kfp, capsys):
+    connection = ("--host", kfp.url, "--token", "kfp-test-token")
+    assert main(["upload", "anomaly-detector", "--package", "compiled/rhoai-2.20-2.25-pvc/anomaly-detector-retrain.yaml", *connection]) == 0
+    assert main(["submit", "anomaly-detector", "--platform", "rhoai-2.22", "--param", "days=3", *connection]) == 0
+    assert main(["schedule", "create", "anomaly-detector", "--platform", "rhoai-2.25", "--cron", "0 0 2 * * 0", *connection]) == 0
+    capsys.readouterr()
+    assert main(["submit", "anomaly-detector", "--platform", "rhoai-3.5", *connection]) == 1
+    assert ("was compiled for rhoai-2.20-2.25, not for rhoai-3.5 --store pvc: "
+            "run `model-pipelines upload anomaly-detector --platform rhoai-3.5 --store pvc`") in capsys.readouterr().err
+    assert main(["schedule", "create", "anomaly-detector", "--platform", "rhoai-2.22", "--store", "s3", "--cron", "0 0 2 * * 0", *connection]) == 1
+    assert "compiled for rhoai-2.20-2.25 with other store settings, not for rhoai-2.22 --store s3" in capsys.readouterr().err
+    assert main(["submit", "anomaly-detector", "--param", "model_store=s3", *connection]) == 1
+    assert "was compiled for rhoai-2.20-2.25, which fixes model_store at compile time" in capsys.readouterr().err
+    contacted = len(kfp.requests)
+    assert main(["submit", "anomaly-detector", "--platform", "rhoai-2.22", "--param", "model_store=s3", *connection]) == 2
+    assert "rhoai-2.22 has no optional Secrets, so the compile fixes model_store" in capsys.readouterr().err
+    assert len(kfp.requests) == contacted, "refused before contacting the server"
+    assert len(kfp.runs) == 1 and len(kfp.recurring) == 1
+
+
+def test_help_is_plain_text_and_only_run_speaks_of_scoping_a_parameter_to_one_model(capsys):
+    shown = {}
+    for verb in ("", "run", "rollout", "monitor"):
+        with pytest.raises(SystemExit):
+            main([*verb.split(), "--help"])
+        shown[verb] = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert [verb for verb, text in shown.items() if "``" in text] == []
+    assert "<model>.K=V sets it for one model only (with all)" in shown["run"]
+    assert "<model>.K=V" not in shown["rollout"] + shown["monitor"] and "run all" not in shown["rollout"] + shown["monitor"]

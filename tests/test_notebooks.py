@@ -51,6 +51,8 @@ def test_03_uploads_submits_and_schedules_on_the_stand_in(tmp_path):
     finally:
         kfp.stop()
     assert {p["display_name"] for p in kfp.pipelines.values()} == {"anomaly-detector-retrain", "predictive-analytics-retrain", "model-rollout", "model-monitor"}
+    assert all(" Compiled for rhoai-2.20-2.25 (" in versions[-1]["pipeline_spec"]["pipelineInfo"]["description"]  # the notebook's platform
+               for versions in kfp.versions.values())
     assert len(kfp.runs) == 1
     (schedule,) = kfp.recurring.values()
     assert schedule["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * 0" and schedule["no_catchup"] is True

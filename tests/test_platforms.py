@@ -1,11 +1,12 @@
 """Compile profiles per OpenShift AI release / KFP backend, proved against each release's own protos."""
 
 import filecmp
+import shutil
 
 import pytest
 import yaml
 
-from pipelines.platforms import PLATFORMS, output_key
+from pipelines.platforms import PLATFORMS, output_key, profile_folder
 from pipelines.retrain import PIPELINE_FILES, compile_pipelines
 from tests.conftest import REPO, run_cli
 from tests.dsp_protos import DSP_BACKENDS, message_classes, releases, strict_parse_errors
@@ -82,6 +83,29 @@ def test_legacy_fields_and_no_optional_secret_before_3_0(compiled):
                 assert secrets == [], f"{release} --store pvc must reference no Secret"
             else:
                 assert secrets and all(secret["secretName"] == "model-storage-config" for secret in secrets)
+
+
+@needs_protos
+def test_compiling_for_each_release_gives_the_committed_folder_of_its_profile(compiled):
+    for (release, store), outputs in compiled.items():
+        folder = COMPILED / profile_folder(PLATFORMS[release], store)
+        for name, documents in outputs.items():
+            assert documents == list(yaml.load_all((folder / name).read_text(), Loader=yaml.CSafeLoader)), f"{release} --store {store}: {name}"
+
+
+def test_compile_for_a_platform_writes_its_profile_folder_and_leaves_the_default_files(tmp_path):
+    (tmp_path / "compiled").mkdir()
+    for name in PIPELINE_FILES.values():
+        shutil.copy(COMPILED / name, tmp_path / "compiled" / name)
+    result = run_cli("compile", "--platform", "rhoai-2.22", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines()[0] == ("compiling for platform rhoai-2.22, store pvc (the rhoai-2.20-2.25-pvc profile) "
+                                             "into compiled/rhoai-2.20-2.25-pvc/")
+    for name in PIPELINE_FILES.values():
+        assert filecmp.cmp(tmp_path / "compiled" / name, COMPILED / name, shallow=False), f"the default {name} was rewritten"
+        assert filecmp.cmp(tmp_path / "compiled" / "rhoai-2.20-2.25-pvc" / name, COMPILED / "rhoai-2.20-2.25-pvc" / name, shallow=False)
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*.yaml")) == sorted(
+        [f"compiled/{name}" for name in PIPELINE_FILES.values()] + [f"compiled/rhoai-2.20-2.25-pvc/{name}" for name in PIPELINE_FILES.values()])
 
 
 def test_pre_3_0_store_is_passed_as_a_constant_to_the_steps(tmp_path):

@@ -28,7 +28,7 @@ def test_names_urls_prefixes_and_model_knobs_are_checked_too():
     named = sorted(line.split("=")[0] for line in found)
     assert named == sorted(["namespace", "s3_prefix", "prometheus_url", "version", "model_name", "n_estimators", "prometheus_end",
                             "file_path", "prometheus_queries"]), found
-    assert any(line.startswith("version=") and "did you mean v3?" in line for line in found)
+    assert any(line.startswith("version=") and "version 3 is v3" in line for line in found)
     assert problems({"namespace": "", "s3_prefix": "teams/sre/models", "prometheus_url": "https://thanos-querier.openshift-monitoring.svc:9091",
                      "version": "v12", "model_name": "predictive-analytics", "source": "file", "file_path": "/data/m.csv"}) == []
 
@@ -66,10 +66,10 @@ def test_run_all_gives_each_model_its_own_parameters_and_scoped_ones_to_one_mode
         params_per_model(["predictive-analytics.alpha=2"], ["anomaly-detector"])
 
 
-def test_a_misspelt_version_is_refused_with_a_hint_before_anything_runs(tmp_path):
+def test_a_bare_version_number_means_that_version_and_an_absent_one_is_refused_before_anything_runs(tmp_path):
     state = tmp_path / "state"
     result = run_cli("rollout", "anomaly-detector", "--version", "3", "--local", "--state-dir", str(state))
-    assert result.returncode == 2 and "version='3': must be a version name: did you mean v3?" in result.stdout
+    assert result.returncode == 2 and "has no stored version 'v3'" in result.stdout and "did you mean" not in result.stdout
     absent = run_cli("rollout", "anomaly-detector", "--version", "v7", "--local", "--state-dir", str(state))
     assert absent.returncode == 2 and "has no stored version 'v7'" in absent.stdout and "none yet: run `model-pipelines run` first" in absent.stdout
     assert not (state / "runs").exists(), "nothing ran"

@@ -91,15 +91,19 @@ NOTEBOOKS = {
             "import os\n\n"
             "host = os.environ.get('KF_PIPELINES_ENDPOINT', 'https://ds-pipeline-dspa-self-healing-platform.apps.example.com')  # parameters\n"
             "token = os.environ.get('KF_PIPELINES_TOKEN')  # from `oc whoami -t`\n"
-            "ca_cert = os.environ.get('KF_PIPELINES_CA_CERT')",
+            "ca_cert = os.environ.get('KF_PIPELINES_CA_CERT')\n"
+            "platform = 'rhoai-2.25'  # your OpenShift AI release, rhoai-2.16 ... rhoai-3.5 (upstream KFP: kfp-2.2 ... kfp-2.16)\n"
+            "store = 'pvc'  # model store, pvc or s3; before OpenShift AI 3.0 it is fixed when the pipelines are compiled",
             metadata={"tags": ["parameters"]},
         ),
         new_code_cell(
             "import tempfile\nfrom pathlib import Path\n\n"
-            "from pipelines import kfp_remote\nfrom pipelines.retrain import PIPELINE_FILES, compile_pipelines\n\n"
+            "from pipelines import kfp_remote\nfrom pipelines.platforms import platform_named, profile_folder\n"
+            "from pipelines.retrain import PIPELINE_FILES, compile_pipelines\n\n"
             "connection = kfp_remote.resolve_connection(host, token, ca_cert, None)\n"
             "client = kfp_remote.connect(connection)\n"
-            "compiled = Path(tempfile.mkdtemp())\ncompile_pipelines(compiled)\n"
+            "compiled = Path(tempfile.mkdtemp())\ncompile_pipelines(compiled, platform=platform, store=store)\n"
+            "print(f'compiled for {platform} with the {store} store (as compiled/{profile_folder(platform_named(platform), store)}/)')\n"
             "for key, file in PIPELINE_FILES.items():\n"
             "    print(kfp_remote.upload(client, compiled / file, file.removesuffix('.yaml')))"
         ),
