@@ -293,6 +293,20 @@ def validate_instances(instances: object, model_name: str) -> np.ndarray:
     return matrix
 
 
+def served_identity(answer: dict, expected: dict[str, object]) -> tuple[list[str], list[str]]:
+    """Return (the fields of ``expected`` that ``answer`` names as expected, a message for each it names otherwise).
+
+    The project runtime names the model and version that answered: ``model_name`` and ``model_version`` in a V1
+    predict and a V2 infer answer, ``name`` and ``version`` in V1 metadata, ``versions`` in V2 metadata. The stock
+    sklearn runtime cannot: its answers lack these fields or send null, and the coordination engine reads
+    ``predictions`` only, so an absent or null field is accepted (in neither list).
+    """
+    present = {field: value for field, value in expected.items() if answer.get(field) is not None}
+    named = [field for field, value in present.items() if answer[field] == value]
+    wrong = [f"{field} is {answer[field]!r}, expected {value!r}" for field, value in present.items() if answer[field] != value]
+    return named, wrong
+
+
 SYNTHETIC_FALLBACK = "synthetic fallback"  # the data_source of a run that found too little cluster data and generated it
 
 

@@ -4,7 +4,12 @@ Run as ``python -m components.model_server --name NAME --model-dir DIR --version
 Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, the V1 protocol
 (``{"predictions": model.predict(instances).tolist()}``) and the V2 (Open Inference) protocol (one input tensor
 ``[rows, features]`` in, one output tensor ``output-0`` out: INT64 for the detector's -1/1, FP64 otherwise). Unlike it:
-- it refuses to start without the version's sha256, and unpickles exactly the bytes it hashed;
+- it names what answered, as the platform's guide documents: V1 predict adds ``"model_name"`` and
+  ``"model_version"`` beside ``"predictions"``, V1 metadata (``GET /v1/models/<name>``) is
+  ``{"name", "version", "ready"}``, V2 metadata lists the version in KServe's ``"versions"`` and a V2 infer
+  answer carries it as ``"model_version"``;
+- it refuses to start without the version (``--version``, known at deploy time) or its sha256, and unpickles
+  exactly the bytes it hashed;
 - every value must be a finite JSON number within range and every row the model's width, and a value the
   contract sends as a ratio must lie in 0-1 (a percent is refused), else 400 naming it,
   and an inference request must carry Content-Type: application/json, else 415 naming the header;
@@ -103,7 +108,7 @@ def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEF
             return self.ready
 
         async def predict(self, payload, headers=None):
-            """Return V1 ``{"predictions": [...]}`` or a V2 response for validated rows, predicting in a worker thread."""
+            """Return V1 ``{"predictions": [...], "model_name", "model_version"}`` or a V2 response for validated rows, predicting in a worker thread."""
             started = time.perf_counter()
             features = getattr(self._model, "n_features_in_", None)
             if isinstance(payload, kserve.InferRequest):
@@ -123,7 +128,7 @@ def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEF
                 output = kserve.InferOutput("output-0", list(predictions.shape), "INT64" if integer else "FP64",
                                             predictions.astype("int64" if integer else "float64").flatten().tolist())
                 return kserve.InferResponse(payload.id or str(uuid.uuid4()), name, [output], model_version=version)
-            return {"predictions": predictions.tolist()}
+            return {"predictions": predictions.tolist(), "model_name": name, "model_version": version}
 
     model = SklearnVersionModel(name)
     model.load()
@@ -188,7 +193,9 @@ def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: 
     import kserve.model_server
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from kserve.errors import ModelNotReady
     from kserve.protocol.rest.server import RESTServer
+    from kserve.protocol.rest.v2_datamodels import ModelMetadataResponse
     from prometheus_client import Counter
 
     # The names the platform's guide queries; the status code as ``code``, the convention of Prometheus's own HTTP instrumentation.
@@ -209,12 +216,29 @@ def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: 
                              '{"inputs": [{"name": "input-0", "shape": [rows, features], "datatype": "FP64", "data": [...]}]}'}, status_code=422)
 
     class HardenedRESTServer(RESTServer):
-        """KServe's REST server bound to ``host`` (it always binds 0.0.0.0 otherwise), with bounded, validated input."""
+        """KServe's REST server bound to ``host`` (it always binds 0.0.0.0 otherwise), with bounded, validated input
+        and metadata that names the served version."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.config.host = host
             self._server = type(self._server)(self.config)
+
+        def _register_endpoints(self, app):
+            # Registered before KServe's own routes for the same paths, so these answer them.
+            dataplane = self.dataplane
+
+            async def v1_metadata(model_name: str) -> dict:
+                if not await dataplane.model_ready(model_name):
+                    raise ModelNotReady(model_name)
+                return {"name": model_name, "version": version, "ready": True}
+
+            async def v2_metadata(model_name: str) -> ModelMetadataResponse:
+                return ModelMetadataResponse.model_validate({**await dataplane.model_metadata(model_name), "versions": [version]})
+
+            app.add_api_route("/v1/models/{model_name}", v1_metadata, methods=["GET"], tags=["V1"])
+            app.add_api_route("/v2/models/{model_name}", v2_metadata, response_model=ModelMetadataResponse, methods=["GET"], tags=["V2"])
+            super()._register_endpoints(app)
 
         def _add_middlewares(self, app):
             super()._add_middlewares(app)
@@ -237,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments and serve; return 1 with a message when the version cannot be served."""
     parser = argparse.ArgumentParser(description="Serve one stored model version with the KServe model server.")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--version", default=os.environ.get("MODEL_VERSION", "unknown"), help="default: $MODEL_VERSION")
+    parser.add_argument("--version", default=os.environ.get("MODEL_VERSION", ""),
+                        help="required: the store version served (vN), named in every answer (default: $MODEL_VERSION)")
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--sha256", default=os.environ.get("MODEL_SHA256", ""),
                         help="required: serve only if the model file has this sha256 (default: $MODEL_SHA256)")
@@ -248,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
     args = parser.parse_args(argv)
+    if not args.version:
+        print(f"model server: cannot serve {args.name}: no version given: pass --version or set MODEL_VERSION to the store version it serves (e.g. v3)",
+              file=sys.stderr, flush=True)
+        return 1
     try:
         serve(args.name, args.version, args.model_dir, args.sha256, args.port, args.host, args.max_body_bytes, args.max_rows, args.body_timeout_s)
     except (RuntimeError, OSError, ValueError) as error:

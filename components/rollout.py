@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 import requests
 
-from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance, is_synthetic, schema_for
+from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance, is_synthetic, schema_for, served_identity
 from components.serving import ServingError, ServingTarget
 from components.storage import ModelStore, StoreError, load_model, utc_now
 
@@ -246,6 +246,16 @@ def predictions_follow_contract(model_name: str, predictions: object, rows: int)
     return not bad, f"rows of {width} numbers" if not bad else f"rows are not {width} finite numbers: {bad[:1]}"
 
 
+def names_served_version(answers: dict[str, tuple[dict, dict[str, object]]]) -> tuple[bool, str]:
+    """Return whether each answer (label -> (answer, expected fields)) names what is expected wherever it names it, with a description."""
+    named, wrong = [], []
+    for label, (answer, expected) in answers.items():
+        fields, mismatches = served_identity(answer, expected)
+        named.append(f"{label} {', '.join(fields) if fields else 'none (the stock runtime answers without them)'}")
+        wrong += [f"{label}: {mismatch}" for mismatch in mismatches]
+    return not wrong, "; ".join(wrong) if wrong else "named: " + "; ".join(named)
+
+
 def smoke_test(
     target: ServingTarget,
     store: ModelStore,
@@ -279,7 +289,8 @@ def smoke_test(
             listing = session.get(f"{server}/v1/models", timeout=timeout_s)
             check("list models", listing.status_code == 200 and model_name in listing.json().get("models", []), f"GET /v1/models -> {listing.status_code} {listing.text[:120]}")
             ready = session.get(endpoint, timeout=timeout_s)
-            check("model ready", ready.status_code == 200 and ready.json().get("ready") is True, f"GET /v1/models/{model_name} -> {ready.status_code} {ready.text[:120]}")
+            metadata = ready.json() if ready.status_code == 200 else {}
+            check("model ready", isinstance(metadata, dict) and metadata.get("ready") is True, f"GET /v1/models/{model_name} -> {ready.status_code} {ready.text[:120]}")
         except (requests.RequestException, ValueError) as error:
             check("reachable", False, f"{endpoint} did not answer: {error}")
             return report
@@ -291,6 +302,9 @@ def smoke_test(
         typed, detail = predictions_follow_contract(model_name, served, len(sample))
         if not check("contract types and shape", typed, detail):
             return report
+        check("names model and version", *names_served_version({
+            "metadata": (metadata if isinstance(metadata, dict) else {}, {"name": model_name, "version": version}),
+            "predict": (body, {"model_name": model_name, "model_version": version})}))
 
         width = schema_for(model_name).n_features
         for name, malformed in (
@@ -303,7 +317,7 @@ def smoke_test(
             refused = (400 <= status < 500 if target.strict_client_errors else status >= 400) and has_error
             check(f"refuses {name}", refused, f"-> {status} {str(body)[:120]}")
 
-        _check_v2(session, server, model_name, sample, np.asarray(served), check, refuses_with_4xx=target.strict_client_errors, timeout_s=timeout_s)
+        _check_v2(session, server, model_name, version, sample, np.asarray(served), check, refuses_with_4xx=target.strict_client_errors, timeout_s=timeout_s)
 
         try:
             instances, offline, source = expected.result()
@@ -347,21 +361,30 @@ def _v2_infer(session: requests.Session, server: str, model_name: str, rows: lis
 
 
 def _check_v2(
-    session: requests.Session, server: str, model_name: str, sample: np.ndarray, served_v1: np.ndarray,
+    session: requests.Session, server: str, model_name: str, version: str, sample: np.ndarray, served_v1: np.ndarray,
     check: Callable[[str, bool, str], bool], *, refuses_with_4xx: bool, timeout_s: float,
 ) -> None:
-    """Check the V2 protocol on the version's server: readiness, infer equal to V1 (integers for the detector), a 4xx."""
+    """Check the V2 protocol on the version's server: readiness, metadata, infer equal to V1 (integers for the detector), a 4xx."""
     try:
         ready = session.get(f"{server}/v2/models/{model_name}/ready", timeout=timeout_s)
         check("V2 model ready", ready.status_code == 200, f"GET /v2/models/{model_name}/ready -> {ready.status_code} {ready.text[:120]}")
+        answer = session.get(f"{server}/v2/models/{model_name}", timeout=timeout_s)
     except requests.RequestException as error:
         check("V2 model ready", False, f"did not answer: {error}")
+        return
+    try:
+        metadata = answer.json() if answer.status_code == 200 else None
+    except ValueError:
+        metadata = None
+    if not check("V2 metadata", isinstance(metadata, dict), f"GET /v2/models/{model_name} -> {answer.status_code} {answer.text[:120]}"):
         return
     status, body = _v2_infer(session, server, model_name, sample.tolist(), timeout_s)
     outputs = body.get("outputs") if isinstance(body, dict) else None
     if not check("V2 infer", status == 200 and isinstance(outputs, list) and len(outputs) == 1,
                  f"POST /v2/models/{model_name}/infer with [{len(sample)}, {sample.shape[1]}] FP64 -> {status} {str(body)[:160]}"):
         return
+    check("V2 names model and version", *names_served_version({
+        "metadata": (metadata, {"name": model_name, "versions": [version]}), "infer": (body, {"model_name": model_name, "model_version": version})}))
     tensor = outputs[0]
     data = np.asarray(tensor.get("data", []), dtype=float).reshape(served_v1.shape) if len(tensor.get("data", [])) == served_v1.size else None
     integer = model_name != ANOMALY_DETECTOR or (tensor.get("datatype") == "INT64" and all(type(v) is int for v in tensor["data"]))

@@ -12,6 +12,11 @@ request headers within ``--header-timeout-s`` is closed, and an inference reques
 application/json gets 415 naming the header. Per-version metrics are exposed on ``/metrics``: requests by HTTP
 status ``code`` (``router_requests_total``), server errors only (``router_request_errors_total``: 5xx answers and
 unreachable versions, never a client's 4xx) and latency. Binds 127.0.0.1 only.
+
+A backend's answer is passed on as it is (the project runtime's body names the version that answered:
+``model_version`` in a predict or infer answer, ``version`` in V1 metadata), with one header added:
+``x-served-version``, the version of the backend the router sent the request to and that answered it. The
+backend's ``date`` and ``server`` headers are replaced by the router's own, so no header appears twice.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from components.request_guard import (
 )
 
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
+# Headers the router's own HTTP server (uvicorn) sets on every answer: a backend's are dropped, so none appears twice.
+OWN_HEADERS = {"date", "server"}
+SERVED_VERSION_HEADER = "x-served-version"  # set by the router: the version of the backend that answered
+NOT_PASSED_ON = HOP_HEADERS | OWN_HEADERS | {SERVED_VERSION_HEADER}
 
 
 class Routes:
@@ -110,8 +119,8 @@ def build_app(model: str, routes: Routes, max_body_bytes: int = DEFAULT_MAX_BODY
             requests.labels(model, backend["version"], str(answer.status_code)).inc()
             if answer.status_code >= 500:
                 version_errors.inc()
-            headers = {key: value for key, value in answer.headers.items() if key.lower() not in HOP_HEADERS}
-            headers["x-served-version"] = backend["version"]
+            headers = {key: value for key, value in answer.headers.items() if key.lower() not in NOT_PASSED_ON}
+            headers[SERVED_VERSION_HEADER] = backend["version"]
             return Response(answer.content, status_code=answer.status_code, headers=headers)
         return JSONResponse({"error": f"no serving version of {model} is reachable; run `model-pipelines serve status`"}, 503)
 

@@ -12,6 +12,7 @@ from components.contract import (
     fallback_instance,
     forecast_pairs,
     schema_for,
+    served_identity,
     validate_instances,
     validate_raw_metrics,
 )
@@ -109,3 +110,31 @@ def test_probe_sample_read_from_parquet_equals_the_one_engineered_from_the_frame
     validation.to_parquet(tmp_path / "validation.parquet", index=False)
     from_parquet = probe_sample_from(str(tmp_path / "validation.parquet"), model_name)
     assert from_parquet.dtype == float and np.array_equal(from_parquet, probe_sample(validation, model_name))
+
+
+PREDICT = {"model_name": ANOMALY_DETECTOR, "model_version": "v3"}
+METADATA = {"name": ANOMALY_DETECTOR, "version": "v3"}
+V2_METADATA = {"name": ANOMALY_DETECTOR, "versions": ["v3"]}
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected", "named", "wrong"),
+    [
+        # The project runtime's answers: the seed guide's V1 shapes, KServe's V2 metadata.
+        ({"predictions": [1], "model_name": ANOMALY_DETECTOR, "model_version": "v3"}, PREDICT, ["model_name", "model_version"], []),
+        ({"name": ANOMALY_DETECTOR, "version": "v3", "ready": True}, METADATA, ["name", "version"], []),
+        ({"name": ANOMALY_DETECTOR, "versions": ["v3"], "platform": "", "inputs": [], "outputs": []}, V2_METADATA, ["name", "versions"], []),
+        # The stock sklearn runtime's: predictions only, metadata without a version, V2 versions and model_version null.
+        ({"predictions": [1]}, PREDICT, [], []),
+        ({"name": ANOMALY_DETECTOR, "ready": True}, METADATA, ["name"], []),
+        ({"name": ANOMALY_DETECTOR, "versions": None, "platform": "", "inputs": [], "outputs": []}, V2_METADATA, ["name"], []),
+        ({"model_name": ANOMALY_DETECTOR, "model_version": None, "outputs": []}, PREDICT, ["model_name"], []),
+        # Another version answered.
+        ({"predictions": [1], "model_name": ANOMALY_DETECTOR, "model_version": "v2"}, PREDICT, ["model_name"], ["model_version is 'v2', expected 'v3'"]),
+        ({"name": ANOMALY_DETECTOR, "versions": ["v2"]}, V2_METADATA, ["name"], ["versions is ['v2'], expected ['v3']"]),
+    ],
+    ids=["predict", "metadata", "v2-metadata", "stock-predict", "stock-metadata", "stock-v2-metadata", "stock-v2-infer", "other-version",
+         "other-version-v2"],
+)
+def test_answers_may_name_model_and_version_and_must_name_them_right(answer, expected, named, wrong):
+    assert served_identity(answer, expected) == (named, wrong)

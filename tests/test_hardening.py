@@ -1,6 +1,7 @@
 """The runtime and router under bad clients: validation, limits, removed routes, stale connections, fuzzing."""
 
 import hashlib
+import http.client
 import json
 import math
 import socket
@@ -142,6 +143,53 @@ def test_repository_routes_are_not_served(runtime):
     assert requests.post(f"{url}:predict", json=GOOD, timeout=10).status_code == 200
 
 
+def raw_answer(url: str, body: dict | None = None, headers: dict[str, str] | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Return (status, the header lines as received, the body) of a GET, or a POST of ``body`` as JSON, made with http.client."""
+    address, path = url.removeprefix("http://").split("/", 1)
+    connection = http.client.HTTPConnection(address, timeout=30)
+    try:
+        connection.request("GET" if body is None else "POST", f"/{path}", body=None if body is None else json.dumps(body),
+                           headers=JSON if headers is None else headers)
+        answer = connection.getresponse()
+        return answer.status, answer.getheaders(), answer.read()
+    finally:
+        connection.close()
+
+
+def repeated_headers(header_lines: list[tuple[str, str]]) -> list[str]:
+    """Return the header names that appear more than once (case-insensitively)."""
+    names = [name.lower() for name, _ in header_lines]
+    return sorted({name for name in names if names.count(name) > 1})
+
+
+def test_answers_name_model_and_version_and_the_router_sends_every_header_once(runtime, router):
+    """The seed guide's V1 shapes and KServe's V2 ones name the version, on the runtime and through the router, each header once."""
+    runtime_url, router_url = runtime[0], router[0]
+    for model_url in (runtime_url, router_url):
+        v2_url = model_url.replace("/v1/", "/v2/")
+        for url, body, expected in (
+            (model_url, None, {"name": ANOMALY_DETECTOR, "version": "v1", "ready": True}),
+            (f"{model_url}:predict", GOOD, {"model_name": ANOMALY_DETECTOR, "model_version": "v1"}),
+            (v2_url, None, {"name": ANOMALY_DETECTOR, "versions": ["v1"], "platform": ""}),
+            (f"{v2_url}/infer", v2_tensor(fallback_instance()), {"model_name": ANOMALY_DETECTOR, "model_version": "v1"}),
+        ):
+            status, header_lines, raw = raw_answer(url, body)
+            document = json.loads(raw)
+            assert status == 200 and expected.items() <= document.items(), (url, status, document)
+            assert repeated_headers(header_lines) == [], (url, header_lines)
+            assert dict(header_lines).get("x-served-version") == ("v1" if model_url == router_url else None), (url, header_lines)
+        metadata = json.loads(raw_answer(model_url)[2])
+        assert set(metadata) == {"name", "version", "ready"}, metadata
+        predicted = json.loads(raw_answer(f"{model_url}:predict", GOOD)[2])
+        assert set(predicted) == {"predictions", "model_name", "model_version"} and len(predicted["predictions"]) == 1, predicted
+    base = router_url.split("/v1/")[0]
+    # The router's own 415 (no Content-Type), a backend's 404 passed on, the router's metrics.
+    for url, body, headers, expected_status in ((f"{router_url}:predict", GOOD, {}, 415), (f"{base}/v1/models/missing", None, None, 404),
+                                                (f"{base}/metrics", None, None, 200)):
+        status, header_lines, _ = raw_answer(url, body, headers)
+        assert status == expected_status and repeated_headers(header_lines) == [], (url, status, header_lines)
+
+
 def test_oversized_bodies_and_rows_get_413_while_reading(runtime, router):
     url, process, _ = runtime
     router_url, _, _ = router
@@ -191,11 +239,13 @@ def test_readiness_answers_while_a_long_predict_runs(runtime):
     assert ready_at < min(at for _, at in finished), "readiness waited for a predict: it ran on the event loop"
 
 
-def test_the_runtime_refuses_to_start_without_a_checksum(runtime, tmp_path):
+@pytest.mark.parametrize(("given", "refusal"), [(("--version", "v1"), "no sha256 given"), (("--sha256", "0" * 64), "no version given")],
+                         ids=["no-checksum", "no-version"])
+def test_the_runtime_refuses_to_start_without_a_checksum_or_version(runtime, given, refusal):
     _, _, model_dir = runtime
     result = subprocess.run([sys.executable, "-m", "components.model_server", "--name", ANOMALY_DETECTOR, "--model-dir", str(model_dir),
-                             "--port", str(free_port())], capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin"})
-    assert result.returncode == 1 and "no sha256 given" in result.stderr
+                             "--port", str(free_port()), *given], capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin"})
+    assert result.returncode == 1 and refusal in result.stderr, result.stderr
 
 
 # JSON scalars, NaN and Infinity (Python's json writes them) and integers far beyond a float (JSON has no limit) included.

@@ -274,7 +274,13 @@ def executor_processes(function_name: str) -> list[int]:
 
 
 def served_versions(url: str, requests_count: int = 30) -> set[str]:
-    return {requests.post(f"{url}:predict", json=FALLBACK, timeout=10).headers["x-served-version"] for _ in range(requests_count)}
+    """Return the versions named by the answers to ``requests_count`` predict and as many metadata requests to the main URL."""
+    named = set()
+    for _ in range(requests_count):
+        for answer, field in ((requests.post(f"{url}:predict", json=FALLBACK, timeout=10), "model_version"), (requests.get(url, timeout=10), "version")):
+            assert answer.headers["x-served-version"] == answer.json()[field], "the router's header names the version that answered"
+            named.add(answer.json()[field])
+    return named
 
 
 def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_zero(served, training):
@@ -424,12 +430,12 @@ def test_a_server_whose_port_another_process_holds_is_started_on_another_and_nev
 
 
 class V2AndV1Client(MainUrlClient):
-    """Sends the same rows over V2 infer and V1 predict to the main URL in a loop; keeps every answer with its serving version."""
+    """Sends the same rows over V2 infer and V1 predict to the main URL in a loop; keeps every answer with the version its body names."""
 
     def __init__(self, url: str, rows: list[list[float]]) -> None:
         super().__init__(url)
         self.rows = rows
-        self.answers: list[tuple[str, str, list]] = []  # (protocol, served version, predictions)
+        self.answers: list[tuple[str, str, list]] = []  # (protocol, the body's model_version, predictions)
 
     def _loop(self) -> None:
         session = requests.Session()
@@ -450,7 +456,9 @@ class V2AndV1Client(MainUrlClient):
                         predictions = output["data"]
                     else:
                         predictions = document["predictions"]
-                    self.answers.append((protocol, answer.headers["x-served-version"], predictions))
+                    assert document["model_name"] == model, document
+                    assert answer.headers["x-served-version"] == document["model_version"], "the router's header names the version that answered"
+                    self.answers.append((protocol, document["model_version"], predictions))
                 except (requests.RequestException, ValueError, KeyError, AssertionError) as error:
                     self.failures.append(f"{protocol} {error!r}")
                 self.sent += 1
@@ -470,11 +478,12 @@ def test_v2_infer_on_the_main_url_during_a_canary_matches_v1(served, training):
     assert client.sent > 20 and client.failures == [], client.failures[:3]
     expected = {name: load_model(store, ANOMALY_DETECTOR, name).predict(sample).tolist() for name in (stable, version)}
     assert expected[stable] != expected[version], "the two versions disagree on some rows, so the check can tell them apart"
-    for protocol, served_by, predictions in client.answers:
-        assert predictions == expected[served_by], f"{protocol} answer from {served_by} differs from its offline predictions"
+    for protocol, named, predictions in client.answers:
+        assert predictions == expected[named], f"a {protocol} answer naming {named} has another version's predictions"
         assert all(type(value) is int for value in predictions)
-    v2_versions = {served_by for protocol, served_by, _ in client.answers if protocol == "v2"}
-    assert v2_versions == {stable, version}, "V2 requests followed the traffic split to both versions"
+    for protocol in ("v1", "v2"):
+        named = {version_named for sent_by, version_named, _ in client.answers if sent_by == protocol}
+        assert named == {stable, version}, f"{protocol} requests followed the traffic split to both versions, each named by its answer"
 
 
 def test_the_main_url_speaks_v2_health_and_names_a_wrong_content_type(served):
@@ -484,6 +493,10 @@ def test_the_main_url_speaks_v2_health_and_names_a_wrong_content_type(served):
     assert requests.get(f"{server}/v2/health/live", timeout=10).status_code == 200
     assert requests.get(f"{server}/v2/health/ready", timeout=10).status_code == 200
     assert requests.get(f"{server}/v2/models/{ANOMALY_DETECTOR}/ready", timeout=10).json()["ready"] is True
+    stable = status(state)["stable"]
+    assert requests.get(url, timeout=10).json() == {"name": ANOMALY_DETECTOR, "version": stable, "ready": True}
+    v2_metadata = requests.get(f"{server}/v2/models/{ANOMALY_DETECTOR}", timeout=10).json()
+    assert (v2_metadata["name"], v2_metadata["versions"]) == (ANOMALY_DETECTOR, [stable]), v2_metadata
     assert requests.post(f"{server}/v2/repository/models/{ANOMALY_DETECTOR}/unload", timeout=10).status_code == 404
     body = json.dumps(FALLBACK)
     for headers, named in (({"Content-Type": "application/x-www-form-urlencoded"}, "'application/x-www-form-urlencoded'"), ({}, "is missing")):
