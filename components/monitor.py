@@ -22,7 +22,7 @@ import numpy as np
 
 from components.contract import ANOMALY_DETECTOR, schema_for
 from components.drift import DriftThresholds, FeatureDrift, measure_drift
-from components.storage import ModelStore, utc_now
+from components.storage import DUPLICATE_EVENT, ModelStore, utc_now
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 RETRAIN, NO_ACTION, HELD, NEEDS_HUMAN = "retrain", "none", "held", "needs a human"
 EPISODE_KEY = "drift_episode"  # the index's record of the current drift episode (see ``next_episode``)
 TRIGGER_EVENT = "retrain-triggered"
-RETRAIN_EVENTS = (TRIGGER_EVENT, "saved")  # what starts the cooldown: a trigger, or a version saved by any retrain
+# What starts the cooldown: a trigger, or a retrain's save (a new version, or a model identical to a stored one).
+RETRAIN_EVENTS = (TRIGGER_EVENT, "saved", DUPLICATE_EVENT)
 TOP_FEATURES = 5
 
 

@@ -62,6 +62,7 @@ def _record(
 
 
 # Statuses of versions that are stored but never deployed: smoke-test and canary-promote have nothing to do for them.
+# ("duplicate": a copy of stable that saves stored before they reused the version holding the same bytes.)
 NOT_DEPLOYED = ("duplicate", "held")
 TRAINED_ON_SYNTHETIC_DATA = "trained on synthetic data"
 

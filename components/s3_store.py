@@ -5,7 +5,9 @@ Layout: ``s3://<bucket>/<prefix>/<model>/v<N>/model.pkl``, ``.../v<N>/version.js
 (never overwritten; a taken N answers 412 and the next is tried) and becomes visible when its record is written.
 Uploads carry their SHA-256 so that the server rejects a corrupted transfer, and downloads are checked against the
 record. The index is written last, with ``If-Match`` on the ETag read (``If-None-Match`` for a new index), redone
-on 412, so concurrent saves never lose an entry; only a save adds a version to it. Keys are built only from a known
+on 412, so concurrent saves never lose an entry; only a save adds a version to it. A save with ``reuse_identical``
+returns the version the index already lists for the same bytes instead of claiming a number (S3 has no lock: two
+such saves racing with identical bytes may both store them, as distinct versions). Keys are built only from a known
 model name, a checked version name and the store's own file names, under the store's prefix. Credentials come from an
 OpenShift AI data connection's keys.
 """
@@ -38,6 +40,8 @@ from components.storage import (
     listed_sha256,
     parse_index,
     parse_json,
+    record_duplicate,
+    reusable_version,
     utc_now,
     version_number,
 )
@@ -135,12 +139,21 @@ class S3Store:
         """Return the complete versions (those with a record), oldest first."""
         return self._versions_with(model_name, RECORD_FILENAME)
 
-    def save_version(self, model_name: str, model_file: Path, record: dict) -> StoredVersion:
-        """Claim the next free v<N> with a conditional create, upload with checksums, write the record, then index."""
+    def save_version(self, model_name: str, model_file: Path, record: dict, *, reuse_identical: bool = False) -> StoredVersion:
+        """Claim the next free v<N> with a conditional create, upload with checksums, write the record, then index.
+
+        With ``reuse_identical``, bytes the index already lists are not stored again: the existing version is returned
+        and the history records the duplicate.
+        """
         from botocore.exceptions import ClientError
 
         body = Path(model_file).read_bytes()
         checksum = hashlib.sha256(body).hexdigest()
+        existing = reusable_version(self, model_name, self.read_index(model_name), checksum) if reuse_identical else None
+        if existing:
+            self._update_index(model_name, lambda index: record_duplicate(index, existing, record.get("run_name", "")))
+            uri = self.storage_uri(model_name, existing)
+            return StoredVersion(model_name, existing, checksum, uri, uri, already_stored=True)
         # Every N whose model.pkl exists is taken, complete or not: a claimed number is never reused.
         claimed = self._versions_with(model_name, MODEL_FILENAME)
         number = version_number(claimed[-1]) + 1 if claimed else 1

@@ -261,13 +261,16 @@ def save_to_storage(
     s3_ca_bundle: str,
     run_name: str,
 ) -> NamedTuple("SaveOutputs", [("version", str), ("storage_uri", str)]):
-    """Store the model as the next immutable version; return the version and its storageUri."""
+    """Store the model as the next immutable version (or find the version holding the same bytes); return the version and its storageUri."""
     from collections import namedtuple
 
     from components.workflow import StoreOptions, save_step
 
     stored = save_step(model_name, model.path, dict(metrics.metadata), StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), run_name)
-    print(f"result: saved {stored.version} -> {stored.storage_uri}")
+    if stored.already_stored:
+        print(f"result: byte-identical to stored {stored.version}: nothing new saved -> {stored.storage_uri}")
+    else:
+        print(f"result: saved {stored.version} -> {stored.storage_uri}")
     return namedtuple("SaveOutputs", ["version", "storage_uri"])(stored.version, stored.storage_uri)
 
 

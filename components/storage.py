@@ -7,7 +7,9 @@
     <root>/<model>/metadata.json       the index: versions, stable and candidate pointers, history
 
 Only ``save_version`` adds a version to the index, and the index's sha256 is what vouches for a version's bytes
-(never the version.json beside them). Files are opened one path component at a time without following links.
+(never the version.json beside them). The pipeline's save passes ``reuse_identical``: bytes already stored under a
+version get no new number, the history records the duplicate. Files are opened one path component at a time without
+following links.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class StoredVersion:
     sha256: str
     storage_uri: str
     location: str
+    already_stored: bool = False  # the bytes were already stored as ``version``: nothing new was written
 
 
 def parse_json(data: bytes | str, where: str, model_name: str) -> dict:
@@ -180,6 +183,34 @@ def champion_version(index: dict) -> str | None:
     return max(usable, key=version_number) if usable else None
 
 
+DUPLICATE_EVENT = "duplicate"  # a history event: a save whose bytes were already stored, so no new version
+
+
+def reusable_version(store: ModelStore, model_name: str, index: dict, sha256: str) -> str | None:
+    """Return the indexed version whose bytes have ``sha256`` and still check out (stable first, then newest first), or None.
+
+    A version whose stored bytes no longer check out is never reused: without an intact one the save stores a good
+    copy, and ``store repair`` deals with the damaged one.
+    """
+    matches = sorted((version for version, entry in index["versions"].items() if entry.get("sha256") == sha256),
+                     key=lambda version: (version == index.get("stable"), version_number(version)), reverse=True)
+    for version in matches:
+        try:
+            store.model_bytes(model_name, version)
+        except (StoreError, OSError):
+            continue
+        return version
+    return None
+
+
+def record_duplicate(index: dict, version: str, run_name: str) -> None:
+    """Append to the history that a save by ``run_name`` found its bytes already stored as ``version``."""
+    entry = index["versions"][version]
+    existing = f"stable {version}" if index.get("stable") == version else f"{version} ({entry.get('status', 'stored')})"
+    index["history"].append({"at": utc_now(), "event": DUPLICATE_EVENT, "version": version,
+                             "detail": f"{run_name or 'a save'}: byte-identical to {existing} (sha256 {entry['sha256'][:12]}…), nothing new stored"})
+
+
 def version_number(version: str) -> int:
     """Return N for a version name 'vN'."""
     match = VERSION_PATTERN.match(version)
@@ -191,8 +222,12 @@ def version_number(version: str) -> int:
 class ModelStore(Protocol):
     """Where versions live: immutable versions plus an index updated last."""
 
-    def save_version(self, model_name: str, model_file: Path, record: dict) -> StoredVersion:
-        """Store ``model_file`` as the next version with ``record`` and return it; never overwrite."""
+    def save_version(self, model_name: str, model_file: Path, record: dict, *, reuse_identical: bool = False) -> StoredVersion:
+        """Store ``model_file`` as the next version with ``record`` and return it; never overwrite.
+
+        With ``reuse_identical``, bytes the index already lists are not stored again: the existing version is returned
+        (``already_stored``) and the history records the duplicate.
+        """
 
     def model_bytes(self, model_name: str, version: str) -> bytes:
         """Return a version's model.pkl bytes after checking them against the recorded sha256."""
@@ -326,8 +361,12 @@ class FilesystemStore:
         with os.fdopen(self._open_inside(model_name, *parts), "rb") as handle:
             return handle.read()
 
-    def save_version(self, model_name: str, model_file: Path, record: dict) -> StoredVersion:
-        """Copy ``model_file`` into a staging directory; under the index lock, rename it to the next free v<N> and index it."""
+    def save_version(self, model_name: str, model_file: Path, record: dict, *, reuse_identical: bool = False) -> StoredVersion:
+        """Copy ``model_file`` into a staging directory; under the index lock, rename it to the next free v<N> and index it.
+
+        With ``reuse_identical``, bytes the index already lists (checked under the lock, so concurrent identical saves
+        store them once) are not stored again: the existing version is returned and the history records the duplicate.
+        """
         directory = self.model_dir(model_name)
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -341,7 +380,12 @@ class FilesystemStore:
             full_record = {**record, "sha256": checksum, "saved_at": utc_now()}
             # Publishing and indexing under one lock: ``store repair`` never sees a saved version its index does not list yet.
             with self.index_lock(model_name):
-                self.read_index(model_name)  # a damaged index fails the save before anything is published
+                index = self.read_index(model_name)  # a damaged index fails the save before anything is published
+                existing = reusable_version(self, model_name, index, checksum) if reuse_identical else None
+                if existing:
+                    self._update_index_locked(model_name, lambda index: record_duplicate(index, existing, record.get("run_name", "")))
+                    return StoredVersion(model_name, existing, checksum, self.storage_uri(model_name, existing), str(directory / existing),
+                                         already_stored=True)
                 version = self._publish(model_name, staging, full_record)
 
                 def add_entry(index: dict) -> None:

@@ -181,7 +181,8 @@ def evaluate_step(
 
 
 def save_step(model_name: str, model_dir: str, scores: dict, store_options: StoreOptions, run_name: str) -> StoredVersion:
-    """Save the candidate as the next version with its full record (metrics, parameters, lineage)."""
+    """Save the candidate as the next version with its full record (metrics, parameters, lineage), or return the version
+    that already holds its bytes."""
     training = json.loads((Path(model_dir) / TRAINING_FILENAME).read_text())
     record = {
         "model": model_name,
@@ -199,19 +200,8 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
         # What the smoke test expects the served model to answer: training inputs and the fitted model's predictions.
         "reference": training.get("reference", {}),
     }
-    store = open_store(store_options)
-    stored = store.save_version(model_name, Path(model_dir) / MODEL_FILENAME, record)
-    index = store.read_index(model_name)
-    stable = index.get("stable")
-
-    def mark_duplicate(index: dict) -> None:
-        index["versions"][stored.version].update(status="duplicate", duplicate_of=stable)
-        index["history"].append({"at": utc_now(), "event": "duplicate", "version": stored.version,
-                                 "detail": f"byte-identical to stable {stable} (sha256 {stored.sha256[:12]}…): saved, not deployed"})
-
-    if stable and stable != stored.version and index["versions"].get(stable, {}).get("sha256") == stored.sha256:
-        store.update_index(model_name, mark_duplicate)
-    return stored
+    # A model byte-identical to a stored version takes no new number: the run goes on with that version.
+    return open_store(store_options).save_version(model_name, Path(model_dir) / MODEL_FILENAME, record, reuse_identical=True)
 
 
 class RunActiveError(RuntimeError):

@@ -7,6 +7,7 @@ import difflib
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -21,7 +22,7 @@ from components.rollout import KEPT_SERVING
 from components.run_parameters import check as check_run_parameters
 from components.serving import ServingStatus
 from components.contract import MODEL_NAMES
-from components.storage import ModelStore, StoreError, champion_version, version_number
+from components.storage import DUPLICATE_EVENT, ModelStore, StoreError, champion_version, version_number
 from components.workflow import (
     RUN_LOCKS_ENV,
     SERVING_HOME_ENV,
@@ -33,7 +34,7 @@ from components.workflow import (
 )
 from components.monitor import NO_ACTION, RETRAIN, record_trigger
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, ROLLOUT
-from pipelines.retrain import BUILDERS
+from pipelines.retrain import BUILDERS, make_components
 from pipelines.run_log import RunLog
 
 DEFAULT_STATE_DIR = configured_state_dir()
@@ -246,10 +247,13 @@ def run_local(
     summary.version_states = {
         version: _describe(entry) for version, entry in index["versions"].items() if entry != before.get(version)
     }
-    version = str(arguments["version"]) if pipeline == ROLLOUT else (summary.new_versions or [None])[-1]
-    summary.version = version or ""
     new_events = index.get("history", [])[len(before_index.get("history", [])):]
-    summary.kind, summary.outcome, summary.report = _outcome(summary, index, before, version, evaluation_report, new_events)
+    # A retrain whose model is byte-identical to a stored version saves no new one: the run goes on with that version.
+    reused = [event["version"] for event in new_events if event["event"] == DUPLICATE_EVENT]
+    version = str(arguments["version"]) if pipeline == ROLLOUT else (summary.new_versions or reused or [None])[-1]
+    summary.version = version or ""
+    summary.kind, summary.outcome, report = _outcome(summary, index, before, version, evaluation_report, new_events)
+    summary.report = openable_report(report)
     summary.champion = champion_version(index)
     summary.serving = local_target(state_dir).status(model_name)
     summary.store_location = store.location
@@ -281,16 +285,47 @@ def _version_outcome(summary: RunSummary, index: dict, before: dict, version: st
         if kept:
             return HELD_BACK, f"{version} stays stable and serving, but this run's check failed: {kept[-1]}", report
         if before.get(version, {}).get("status") == "stable":
+            if any(event["event"] == DUPLICATE_EVENT and event["version"] == version for event in new_events):
+                return NOT_NEEDED, f"duplicate of stable {version}: byte-identical, nothing new stored or deployed", report
             return NOT_NEEDED, f"{version} already stable: nothing to roll out", report
         events = {event["event"] for event in index.get("history", []) if event.get("version") == version}
         return PROMOTED, "promoted" if "promoted" in events else "promoted (the first version: stable at once, no canary to run)", report
     if status == "rejected":
         return REJECTED, entry.get("rejected_reason") or "rejected", report
-    if status == "duplicate":
+    if status == "duplicate":  # a copy of stable saved before saves reused the version holding the same bytes
         return NOT_NEEDED, f"duplicate of stable {entry.get('duplicate_of')}", report
     if status == "held":
         return HELD_BACK, f"not deployed: {entry.get('held_reason')}", report
     return FAILED, f"failed: {version} was left {status or 'unknown'}; see the log", summary.log
+
+
+# KFP names a report artifact's file after its output ("report"); the dashboard renders it by its type. For a local
+# run, the summary points to a copy named with the extension the type calls for, which a browser or editor opens.
+REPORT_EXTENSIONS = {"system.HTML": ".html", "system.Markdown": ".md"}
+
+
+@functools.lru_cache(maxsize=None)
+def report_extensions() -> dict[str, str]:
+    """Return, per step (the folder kfp.local writes its outputs to), the file extension of its ``report`` output's type."""
+    extensions = {}
+    for component in vars(make_components(DEFAULT_IMAGE)).values():
+        report = (component.component_spec.outputs or {}).get("report")
+        kind = report.type.partition("@")[0] if report is not None else ""
+        if kind in REPORT_EXTENSIONS:
+            extensions[component.component_spec.name] = REPORT_EXTENSIONS[kind]
+    return extensions
+
+
+def openable_report(path: str) -> str:
+    """Return the path of a copy of a local report artifact named with its type's extension (made once), else ``path``."""
+    artifact = Path(path)
+    extension = report_extensions().get(artifact.parent.name) if path else None
+    if extension is None or not artifact.is_file():
+        return path
+    named = artifact.with_name(artifact.name + extension)
+    if not named.is_file():
+        shutil.copyfile(artifact, named)
+    return str(named)
 
 
 def _describe(entry: dict) -> str:
@@ -351,7 +386,7 @@ def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: 
     summary.succeeded = True
     summary.decision, summary.reason = task.outputs["decision"], task.outputs["reason"]
     regime_start = task.outputs["regime_start"]
-    summary.report = task.outputs["report"].path
+    summary.report = openable_report(task.outputs["report"].path)
     if summary.decision == RETRAIN and arguments.get("action") == "submit":
         store = open_run_store(arguments, state_dir)
         record_trigger(store, model_name, str(store.read_index(model_name).get("stable")), summary.reason, f"a local run of {model_name}-retrain")

@@ -1,8 +1,10 @@
 """The pipelines: per-model retraining DAGs and a rollout DAG, wiring the step components and exposing knobs.
 
-Retrain: ingest → train → evaluate → If(deploy) save → deploy → smoke-test → If(passed) canary-promote,
+Retrain: validate → ingest → train → evaluate → If(deploy) save → deploy → smoke-test → If(passed) canary-promote,
 Else rollback, all inside an ExitHandler whose exit task leaves serving safe (stable serving, candidate at 0 %).
-Rollout: the same serving half for a version already in the store.
+Rollout: validate → ingest → the same serving half for a version already in the store. The ingest is needed even when
+the version already serves: the smoke test checks the served version against its stored model on that data, and the
+canary probes with it.
 Monitor: measure the live window's drift from the stable version's profile and decide → act: on a retrain decision
 start the model's retrain pipeline through the KFP API (action=submit) or only report it.
 """
@@ -161,13 +163,15 @@ def _serving(model_name, p: dict) -> dict:
     return {"model_name": model_name, "serving_target": p["serving_target"], **{knob: p[knob] for knob in SERVING_KNOBS}}
 
 
-def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict) -> None:
-    """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``."""
+def _rollout(ops: SimpleNamespace, model_name, version, validation_data, p: dict, after: dsl.PipelineTask | None = None) -> None:
+    """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``; deploy waits for ``after`` too."""
     serving = {**_serving(model_name, p), **_store(p)}
     deploy = _with_gitops_credentials(_side_effect(
         ops.deploy_inference_service(version=version, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                      allow_synthetic_deploy=p["allow_synthetic_deploy"], **serving), p
     ), p).set_display_name("Deploy as dark candidate")
+    if after is not None:
+        deploy.after(after)
     smoke_arguments = {key: value for key, value in serving.items() if key != "ready_timeout_s"}
     smoke = _with_gitops_credentials(_side_effect(
         ops.smoke_test(version=version, validation_data=validation_data, max_p95_latency_ms=p["max_p95_latency_ms"], **smoke_arguments),
@@ -433,7 +437,9 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         p = dict(locals())  # the parameter channels, by name, for the shared wiring helpers
         with dsl.ExitHandler(_exit_task(ops, model_name, p), name="rollout-safely"):
             ingest = _ingest(ops, model_name, p)
-            _rollout(ops, model_name, version, ingest.outputs["validation_data"], p)
+            # Deploy only after the parameter check and once the data to check the deployment is in: a bad parameter
+            # or a failing source then leaves serving untouched (and the step list follows the DAG).
+            _rollout(ops, model_name, version, ingest.outputs["validation_data"], p, after=ingest)
 
     return model_rollout
 

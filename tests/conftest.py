@@ -50,7 +50,7 @@ def two_runs(tmp_path_factory) -> Iterator[tuple[Path, subprocess.CompletedProce
     state = tmp_path_factory.mktemp("state")
     try:
         first = run_cli("run", "all", "--local", "--state-dir", str(state), *FAST_CANARY)
-        # New data (another seed): unchanged data would retrain a byte-identical duplicate that is not deployed.
+        # New data (another seed): unchanged data would retrain a model byte-identical to stable, which stores nothing new.
         second = run_cli("run", "all", "--local", "--state-dir", str(state), *FAST_CANARY, "--param", "seed=43")
         yield state, first, second
     finally:

@@ -142,6 +142,24 @@ def test_image_build_manifests_produce_the_default_image_tag_without_building_on
     assert "ubi9/python-311" in containerfile and "pip install --no-cache-dir ." in containerfile
 
 
+def waited_for(pipeline_spec: dict) -> dict[str, set[str]]:
+    """Return, per task, every task it starts after: its dependencies, the tasks inside them, theirs, and its group's."""
+    dags = {"": pipeline_spec["root"]["dag"]["tasks"]}
+    dags.update({name: component["dag"]["tasks"] for name, component in pipeline_spec["components"].items() if "dag" in component})
+    group_of = {spec["componentRef"]["name"]: task for tasks in dags.values() for task, spec in tasks.items() if spec["componentRef"]["name"] in dags}
+    parent = {task: group_of.get(component) for component, tasks in dags.items() for task in tasks}
+    direct = {task: set(spec.get("dependentTasks", [])) for tasks in dags.values() for task, spec in tasks.items()}
+    inside = {group: set(dags[component]) for component, group in group_of.items()}
+
+    def before(task: str) -> set[str]:
+        found = set()
+        for upstream in direct[task]:
+            found |= {upstream, *inside.get(upstream, ())} | before(upstream)
+        return found | (before(parent[task]) if parent[task] else set())
+
+    return {task: before(task) for task in direct}
+
+
 def test_the_first_task_checks_every_run_parameter_of_every_pipeline():
     for name in FILES:
         pipeline_spec = load(name)[0]
@@ -154,6 +172,10 @@ def test_the_first_task_checks_every_run_parameter_of_every_pipeline():
         assert set(wired.values()) == declared, f"{name}: unchecked run parameters {sorted(declared - set(wired.values()))}"
         assert all(argument == parameter for argument, parameter in wired.items())
         assert not check.get("dependentTasks"), "it runs first"
+        # Every other task starts after the check (the exit handler after the whole group that holds it).
+        unchecked = [task for task, upstream in waited_for(pipeline_spec).items() if task in all_tasks(pipeline_spec)
+                     and "validate-parameters" not in upstream and task != "validate-parameters"]
+        assert unchecked == [], f"{name}: {unchecked} may start before the parameter check"
 
 
 def test_every_parameter_has_a_description_and_every_task_a_display_name():

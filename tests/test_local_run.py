@@ -41,6 +41,10 @@ def test_two_runs_store_v1_then_v2_and_the_second_faces_the_champion(two_runs):
         index = json.loads((state / "store" / model / "metadata.json").read_text())
         assert (index["versions"]["v2"]["status"], index["versions"]["v1"]["status"]) == ("stable", "retired")
         assert f"{model} serving: stable v2 at http://127.0.0.1:" in summary
+    # The promoted rows point to the canary's HTML report under a name a browser opens as HTML.
+    reports = [line.split("report:")[1].strip() for line in summary.splitlines() if line.strip().startswith("report:")]
+    assert len(reports) == 2 and all(report.endswith("/canary-promote/report.html") for report in reports)
+    assert all(Path(report).read_text().startswith("<html>") and "promoted" in Path(report).read_text() for report in reports)
 
 
 def test_the_log_is_one_line_per_step_and_the_details_go_to_the_run_log(two_runs):
@@ -140,25 +144,45 @@ def test_a_model_that_fails_its_checks_is_not_stored(two_runs):
     assert "not deployed: " in row and "min_f1: F1" in row and "(gate 0.99)" in row
     assert "exit code 3: a candidate was rejected or held back by a gate" in summary
     report = next(line for line in summary.splitlines() if line.strip().startswith("report:")).split("report:")[1].strip()
-    assert report.endswith("evaluate-anomaly-detector/report") and "**Decision:** do not deploy" in open(report).read()
+    assert report.endswith("evaluate-anomaly-detector/report.md") and "**Decision:** do not deploy" in open(report).read()
     assert "anomaly-detector serving: stable v2" in summary
     assert snapshot(state / "store") == before
 
 
-def test_retraining_on_unchanged_data_stores_a_duplicate_and_deploys_nothing(two_runs):
+def test_retraining_on_unchanged_data_stores_nothing_new_and_deploys_nothing(two_runs):
     state, _, _ = two_runs
-    stable = json.loads((state / "store" / "predictive-analytics" / "metadata.json").read_text())["stable"]
+    model_dir = state / "store" / "predictive-analytics"
+    before = json.loads((model_dir / "metadata.json").read_text())
+    versions_before = {path: digest for path, digest in snapshot(model_dir).items() if not path.startswith("metadata.json")}
+    stable = before["stable"]
     # The same data as the second run (seed 43): the retrained pickle is byte-identical to the stable version.
     result = run_cli("run", "predictive-analytics", "--local", "--state-dir", str(state), "--param", "seed=43", *FAST_CANARY)
     assert result.returncode == 0, result.stdout[-3000:]
-    index = json.loads((state / "store" / "predictive-analytics" / "metadata.json").read_text())
-    new = max(index["versions"], key=lambda name: int(name[1:]))
-    assert index["versions"][new]["status"] == "duplicate" and index["versions"][new]["duplicate_of"] == stable
-    assert index["versions"][new]["sha256"] == index["versions"][stable]["sha256"] and index["stable"] == stable
-    assert f"  predictive-analytics  {new:<5} duplicate of stable {stable}" in result.stdout
-    assert f"is a duplicate of stable {stable} (same sha256); not deployed" in logged(result)
-    assert f"canary predictive-analytics {new} at" not in logged(result), "no canary for a duplicate"
+    index = json.loads((model_dir / "metadata.json").read_text())
+    assert index["versions"].keys() == before["versions"].keys() and index["stable"] == stable, "no version number used up"
+    assert {path: digest for path, digest in snapshot(model_dir).items() if not path.startswith("metadata.json")} == versions_before
+    saves = [event for event in index["history"][len(before["history"]):] if event["event"] in ("saved", "duplicate")]
+    assert [(event["event"], event["version"]) for event in saves] == [("duplicate", stable)]
+    assert saves[0]["detail"].startswith("predictive-analytics-retrain-") and f"byte-identical to stable {stable}" in saves[0]["detail"]
+    assert f"  predictive-analytics  {stable:<5} duplicate of stable {stable}: byte-identical, nothing new stored or deployed" in result.stdout
+    assert f"byte-identical to stored {stable}: nothing new saved" in result.stdout
+    assert f"{stable} is already the stable version; nothing to deploy" in result.stdout
+    assert f"canary predictive-analytics {stable} at" not in logged(result), "no canary for a duplicate"
     assert f"predictive-analytics serving: stable {stable}" in result.stdout
+
+
+def test_rolling_out_the_stable_version_again_checks_it_in_the_dag_order(two_runs):
+    state, _, _ = two_runs
+    stable = json.loads((state / "store" / "anomaly-detector" / "metadata.json").read_text())["stable"]
+    result = run_cli("rollout", "anomaly-detector", "--version", stable, "--local", "--state-dir", str(state), *FAST_CANARY)
+    assert result.returncode == 0, result.stdout[-3000:]
+    steps = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ") and line.split()[1:2] == ["ok"]]
+    assert steps == ["validate-parameters", "ingest", "deploy-inference-service", "smoke-test", "canary-promote", "ensure-safe-serving"]
+    summary = result.stdout[result.stdout.rindex("Summary"):]
+    assert f"  anomaly-detector      {stable:<5} {stable} already stable: nothing to roll out" in summary
+    # The ingest is what the smoke test checks the stable version with; its report opens as Markdown.
+    report = next(line for line in summary.splitlines() if line.strip().startswith("report:")).split("report:")[1].strip()
+    assert report.endswith("/smoke-test/report.md") and "**Result:** passed" in Path(report).read_text()
 
 
 def test_missing_file_and_unknown_parameter_are_explained(two_runs, tmp_path):

@@ -50,6 +50,22 @@ def test_versions_are_immutable_checked_and_indexed(store, model_file):
     assert isinstance(load_model(store, MODEL, "v2"), DummyRegressor)
 
 
+def test_identical_bytes_saved_with_reuse_identical_claim_no_number(store, model_file, tmp_path):
+    first = store.save_version(MODEL, model_file, {"run_name": "r1"}, reuse_identical=True)
+    again = store.save_version(MODEL, model_file, {"run_name": "r2"}, reuse_identical=True)
+    assert (first.version, first.already_stored, again.version, again.already_stored) == ("v1", False, "v1", True)
+    assert again.storage_uri == first.storage_uri
+    keys = {item["Key"] for item in store.client.list_objects_v2(Bucket=S3_BUCKET, Prefix=store.prefix)["Contents"]}
+    assert not any("/v2/" in key for key in keys), "no number was claimed"
+    index = store.read_index(MODEL)
+    assert list(index["versions"]) == ["v1"] and index["history"][-1]["event"] == "duplicate"
+    assert index["history"][-1]["detail"].startswith("r2: byte-identical to v1 (stored)")
+    assert store.version_record(MODEL, "v1")["run_name"] == "r1", "the stored version is untouched"
+    other = tmp_path / "other.pkl"
+    joblib.dump(DummyRegressor(strategy="median"), other)
+    assert store.save_version(MODEL, other, {}, reuse_identical=True).version == "v2"
+
+
 def _save(prefix: str, environment: dict, path: str, count: int, results) -> None:
     os.environ.update(environment)
     client, bucket = s3_client_from_environment()

@@ -157,7 +157,7 @@ def test_faulty_candidate_is_rolled_back_without_a_failed_request(served, traini
     row = next(line for line in summary if line.startswith(f"  {ANOMALY_DETECTOR} "))
     assert row.split(None, 2)[2] == entry["rejected_reason"], "the summary row and the stored reason say the same"
     report = Path(next(line for line in summary if line.strip().startswith("report:")).split("report:")[1].strip())
-    assert report.parts[-2:] == (step, "report") and report.is_file()
+    assert report.parts[-2:] == (step, {"smoke-test": "report.md", "canary-promote": "report.html"}[step]) and report.is_file()
     assert ("FAIL" in report.read_text()) if stopped_by == "smoke" else ("rolled back" in report.read_text())
     assert "exit code 3: a candidate was rejected" in summary[-1]
     assert status(state) == {"url": url, "stable": stable, "candidate": None, "candidate_percent": 0}

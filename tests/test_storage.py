@@ -61,6 +61,43 @@ def test_concurrent_saves_get_distinct_versions_and_a_complete_index(tmp_path, m
     assert len({entry["run_name"] for entry in index["versions"].values()}) == 20
 
 
+def _save_identical(root: str, model_file: str, run_name: str, queue) -> None:
+    stored = FilesystemStore(root).save_version(MODEL, model_file, {"run_name": run_name}, reuse_identical=True)
+    queue.put((stored.version, stored.already_stored))
+
+
+def test_identical_bytes_saved_at_once_with_reuse_identical_get_one_version_and_a_duplicate_event_each(tmp_path, model_file):
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [context.Process(target=_save_identical, args=(str(tmp_path / "store"), str(model_file), f"run-{n}", queue)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    results = sorted(queue.get(timeout=5) for _ in range(4))
+    assert results == [("v1", False), ("v1", True), ("v1", True), ("v1", True)], "stored once, under the index lock"
+    store = FilesystemStore(tmp_path / "store")
+    index = store.read_index(MODEL)
+    assert list(index["versions"]) == ["v1"] and store.stored_versions(MODEL) == ["v1"]
+    assert not list((tmp_path / "store" / MODEL).glob(".staging-*"))
+    duplicates = [event for event in index["history"] if event["event"] == "duplicate"]
+    assert [event["event"] for event in index["history"]].count("saved") == 1 and len(duplicates) == 3
+    saver = json.loads((tmp_path / "store" / MODEL / "v1" / "version.json").read_text())["run_name"]
+    assert {event["detail"].split(":")[0] for event in duplicates} == {f"run-{n}" for n in range(4)} - {saver}
+    assert all(f"byte-identical to v1 (stored) (sha256 {index['versions']['v1']['sha256'][:12]}" in event["detail"] for event in duplicates)
+    other = tmp_path / "other.pkl"
+    joblib.dump(DummyRegressor(strategy="median"), other)
+    assert store.save_version(MODEL, other, {}, reuse_identical=True).version == "v2", "new bytes take the next number"
+    assert store.save_version(MODEL, model_file, {}).version == "v3", "without reuse_identical every save is a new version"
+    with open(tmp_path / "store" / MODEL / "v3" / "model.pkl", "ab") as handle:
+        handle.write(b"damaged")
+    assert store.save_version(MODEL, model_file, {}, reuse_identical=True).version == "v1", "an intact copy, not the damaged v3"
+    with open(tmp_path / "store" / MODEL / "v1" / "model.pkl", "ab") as handle:
+        handle.write(b"damaged")
+    assert store.save_version(MODEL, model_file, {}, reuse_identical=True).version == "v4", "no intact copy: a good one is stored"
+
+
 def test_a_crash_mid_save_leaves_no_visible_version_and_repair_quarantines_what_the_index_never_listed(tmp_path, model_file):
     store = FilesystemStore(tmp_path / "store")
     store.save_version(MODEL, model_file, {})
