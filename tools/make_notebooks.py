@@ -15,7 +15,7 @@ INSTALL_CELL = (
     "# Install the project, pinned to one release: your Git URL at a tag or commit, or a wheel built with\n"
     "# `pip wheel --no-deps -w dist .` and uploaded next to this notebook. Skipped where the project is importable.\n"
     "import importlib.util\nimport subprocess\nimport sys\n\n"
-    "project = 'model-pipelines @ git+https://github.com/your-org/model-pipelines.git@TAG-OR-COMMIT'  # or 'model_pipelines-0.1.0-py3-none-any.whl'\n"
+    "project = 'git+https://github.com/your-org/model-pipelines.git@TAG-OR-COMMIT'  # or 'model_pipelines-0.1.0-py3-none-any.whl'\n"
     "if importlib.util.find_spec('pipelines') and importlib.util.find_spec('components'):\n"
     "    print('model-pipelines is importable: nothing to install')\n"
     "elif 'your-org' in project or 'TAG-OR-COMMIT' in project:\n"
