@@ -1,4 +1,4 @@
-"""The notebooks run top to bottom: 01 and 02 in full on this machine, 03 against the KFP API stand-in."""
+"""The notebooks run top to bottom (their install cell finds the project and installs nothing): 01 and 02 in full on this machine, 03 against the KFP API stand-in."""
 
 import os
 
@@ -20,6 +20,8 @@ def execute(name: str, tmp_path, env: dict) -> nbformat.NotebookNode:
     finally:
         for key, value in previous.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    install = "".join(str(output.get("text", "")) for output in notebook.cells[1].outputs)
+    assert install == "model-pipelines is importable: nothing to install\n", f"the install cell must not install here: {install}"
     return notebook
 
 

@@ -1,13 +1,32 @@
 """Write the notebooks in notebooks/ from the cell sources below (run: python tools/make_notebooks.py).
 
 Keeping the source here makes notebook changes reviewable as plain Python; the .ipynb files are committed
-without outputs.
+without outputs. Every notebook starts with its title, then the install cell below, then its own cells.
 """
 
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+# Installs the project in a workbench (OpenShift AI), pinned; does nothing where the project is already importable (the
+# project's own .venv, and so the tests that execute the notebooks).
+INSTALL_CELL = (
+    "# Install the project, pinned to one release: your Git URL at a tag or commit, or a wheel built with\n"
+    "# `pip wheel --no-deps -w dist .` and uploaded next to this notebook. Skipped where the project is importable.\n"
+    "import importlib.util\nimport subprocess\nimport sys\n\n"
+    "project = 'git+https://github.com/your-org/model-pipelines.git@TAG-OR-COMMIT'  # or 'model_pipelines-0.1.0-py3-none-any.whl'\n"
+    "if importlib.util.find_spec('pipelines') and importlib.util.find_spec('components'):\n"
+    "    print('model-pipelines is importable: nothing to install')\n"
+    "elif 'your-org' in project or 'TAG-OR-COMMIT' in project:\n"
+    "    raise RuntimeError('set project in this cell to your Git URL at a tag or commit, or to a wheel file, then run it again')\n"
+    "else:\n"
+    "    result = subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', project], capture_output=True, text=True)\n"
+    "    if result.returncode != 0:\n"
+    "        raise RuntimeError(f'pip install {project} failed:\\n{result.stdout}{result.stderr}')\n"
+    "    importlib.invalidate_caches()\n"
+    "    print('installed', project, '(if an import below fails, restart the kernel and run again)')"
+)
 
 NOTEBOOKS = {
     "01-train-and-evaluate.ipynb": [
@@ -121,10 +140,20 @@ NOTEBOOKS = {
 }
 
 
+def keep_cell_ids(cells: list, path: Path) -> None:
+    """Give each cell whose source is unchanged the id it has in the notebook at ``path``, so diffs show only real changes."""
+    if path.exists():
+        previous = {cell.source: cell.id for cell in nbformat.read(path, as_version=4).cells}
+        for cell in cells:
+            cell.id = previous.get(cell.source, cell.id)
+
+
 def main() -> None:
     """Write every notebook, without outputs."""
     directory = Path(__file__).resolve().parents[1] / "notebooks"
-    for name, cells in NOTEBOOKS.items():
+    for name, (title, *cells) in NOTEBOOKS.items():
+        cells = [title, new_code_cell(INSTALL_CELL), *cells]
+        keep_cell_ids(cells, directory / name)
         notebook = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
         nbformat.write(notebook, directory / name)
 
