@@ -33,6 +33,7 @@ run: $(STAMP) ## train, evaluate and store both models locally (no cluster)
 
 test: $(STAMP) test-py312 ## the Python 3.12 check, then the whole test suite, end-to-end tests included, on two xdist workers (installs Prometheus with apt when root)
 	tools/ensure-test-tools
+	$(BIN)/python -m compileall -q components pipelines  # the tests start hundreds of step and server processes: none compiles the project again (PYTHONDONTWRITEBYTECODE may be set)
 	$(BIN)/pytest -q --durations=15 -n 2 --dist loadgroup --no-loadscope-reorder
 
 test-py312: $(STAMP312) ## under Python 3.12: the unit tests of ingest, train, evaluate, store and run parameters, and a compile equal to compiled/
