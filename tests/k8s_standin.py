@@ -18,12 +18,16 @@ that plays the cluster network (set ``HTTP_PROXY`` to it).
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import hashlib
+import itertools
 import json
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -44,6 +48,20 @@ MODE_KEY = "serving.kserve.io/deploymentMode"
 NORMALIZED = {"Serverless": "Knative", "Knative": "Knative", "RawDeployment": "Standard", "Standard": "Standard"}
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SERVER_MANAGED = ("generation", "uid", "creationTimestamp", "namespace")
+CLUSTER_NUMBERS = itertools.count(1)  # names each stand-in's runtime logs in the shared launcher's logs/
+
+
+@functools.cache
+def shared_launcher() -> ServerLauncher:
+    """Return this test process's one warm launcher, shared by its stand-in clusters, stopped when the process exits.
+
+    A launcher preloads KServe and scikit-learn (about 2.5 s of CPU): one per worker instead of one per cluster or spoke.
+    """
+    home = Path(tempfile.mkdtemp(prefix="standin-runtimes-"))
+    launcher = ServerLauncher(home)
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    atexit.register(launcher.stop)  # runs first: atexit calls in reverse order
+    return launcher
 
 
 def prune(value: object, schema: dict | None) -> object:
@@ -228,7 +246,8 @@ class KubeStandIn(LoopbackCluster):
     def __init__(self, store_root: Path, work: Path, *, ready_delay_s: float = 0.1, kserve: str = "0.15",
                  crd_file: Path | None = None) -> None:
         self.store_root, self.work = Path(store_root), Path(work)
-        self.launcher = ServerLauncher(self.work / "runtimes")  # forks each revision's model server, warm
+        self.launcher = shared_launcher()  # forks each revision's model server, warm
+        self.log_prefix = f"cluster{next(CLUSTER_NUMBERS)}-"  # this stand-in's runtime logs in the launcher's logs/
         self.ready_delay_s, self.kserve = ready_delay_s, kserve
         self.default_mode = "Standard" if kserve == "0.20" else "Serverless"
         self.schema = crd_schema(crd_file) if crd_file else None
@@ -259,7 +278,6 @@ class KubeStandIn(LoopbackCluster):
             for state in self.runtime.values():
                 self._stop_runtime(state)
             self.runtime.clear()
-        self.launcher.stop()
 
     def inject(self, method: str, status: int, when: Callable[[dict | None], bool] = lambda body: True) -> None:
         """Answer the next ``method`` request whose body satisfies ``when`` with ``status`` (once)."""
@@ -541,8 +559,8 @@ class KubeStandIn(LoopbackCluster):
         try:
             pid, port = start_listening(
                 lambda port: self.launcher.spawn(["--name", model, "--version", env.get("MODEL_VERSION") or revision["name"], "--model-dir", str(model_dir),
-                                                  "--port", str(port), "--sha256", checksum], revision["name"]),
-                lambda: log_tail(self.launcher.home / "logs" / f"{revision['name']}.log"), "container",
+                                                  "--port", str(port), "--sha256", checksum], self.log_prefix + revision["name"]),
+                lambda: log_tail(self.launcher.home / "logs" / f"{self.log_prefix}{revision['name']}.log"), "container",
                 lambda port: http_get(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=1.0)[0] == 200, timeout_s=90)
         except ServingError as error:
             revision["failure"] = str(error)

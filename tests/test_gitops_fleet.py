@@ -28,7 +28,7 @@ from tests.git_server import GitHttpServer
 from tests.kustomize import MANIFESTS, by_kind, rendered
 from tests.servers import PrometheusServer
 from tests.test_gitops_manifests import errors, validators  # noqa: F401 (a fixture)
-from tests.test_kserve import CRDS, crd_schemas, models  # noqa: F401 (fixtures)
+from tests.test_kserve import CRDS, crd_schemas, models, version_record  # noqa: F401 (fixtures)
 from tests.test_serving import MainUrlClient
 
 PASSWORD = "fleet-push-token-5c2e"
@@ -59,10 +59,11 @@ class Fleet:
                        *parameters(self.repo_url), "--param", "canary_interval_s=0.3", "--param", "probe_requests=10",
                        "--param", "days=1", "--param", f"pvc_name={PVC}", "--param", "ready_timeout_s=60", *extra, env=self.env, timeout=900)
 
-    def store_version(self, estimator) -> str:
+    def store_version(self, model) -> str:
         path = self.state / "candidate.pkl"
+        estimator, record = version_record(model, run_name="test")
         joblib.dump(estimator, path)
-        return FilesystemStore(self.state / "store").save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}).version
+        return FilesystemStore(self.state / "store").save_version(ANOMALY_DETECTOR, path, record).version
 
     def serving(self, cluster: str) -> dict:
         return self.hub.spokes[cluster].standin.get(NAMESPACE, ANOMALY_DETECTOR)
@@ -267,7 +268,7 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
         versions = []
         for seed in (1, 2, 3):
             path = tmp_path / f"model-{seed}.pkl"
-            joblib.dump(models["detector"](seed), path)
+            joblib.dump(models["detector"](seed).estimator, path)
             versions.append(store.save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}))
         target = GitopsTarget(KServeOptions(NAMESPACE, endpoint=ENDPOINT_TEMPLATE, rollout_strategy="candidate-isvc", run_name="run-1"),
                               GitopsOptions(repo_url, "main", PATH), hub_api=hub_api)

@@ -25,7 +25,7 @@ from components.ingest import IngestRequest, ingest
 from components.kserve_target import KServeOptions, KServeTarget
 from components.serving import ServingError
 from components.storage import FilesystemStore
-from components.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics
+from components.train import DetectorParams, ForecasterParams, TrainedModel, train_anomaly_detector, train_predictive_analytics
 from tests.conftest import REPO, logged, run_cli
 from tests.k8s_standin import KubeStandIn, crd_schema
 from tests.test_serving import FALLBACK, MainUrlClient, alarmist_model
@@ -68,18 +68,30 @@ class Project:
         return run_cli("rollout", model_name, "--version", version, "--local", "--state-dir", str(self.state), *FAST,
                        "--param", f"namespace={self.namespace}", "--param", f"pvc_name={self.pvc}", *extra, env=self.cluster.env)
 
-    def store_version(self, model_name: str, estimator, data_source: str = "prometheus") -> str:
+    def store_version(self, model_name: str, model, data_source: str = "prometheus") -> str:
         import joblib
 
         path = self.state / "candidate.pkl"
+        estimator, record = version_record(model, run_name="test", data_source=data_source)
         joblib.dump(estimator, path)
-        return FilesystemStore(self.state / "store").save_version(model_name, path, {"run_name": "test", "data_source": data_source}).version
+        return FilesystemStore(self.state / "store").save_version(model_name, path, record).version
 
     def isvc(self, name: str) -> dict | None:
         return self.cluster.standin.get(self.namespace, name)
 
     def index(self, model_name: str) -> dict:
         return FilesystemStore(self.state / "store").read_index(model_name)
+
+
+def version_record(model, **record) -> tuple[object, dict]:
+    """Return (the estimator to store, its version record): a trained model's reference predictions go with it, as in the pipeline.
+
+    With them the smoke test compares served answers to what the model predicted at training; a bare estimator (a
+    hand-made bad model) is stored without, and the smoke test unpickles it instead.
+    """
+    if isinstance(model, TrainedModel):
+        return model.estimator, {**record, "reference": model.reference}
+    return model, record
 
 
 def start_cluster(tmp_path_factory, kserve: str, crd_release: str | None) -> Cluster:
@@ -123,9 +135,9 @@ def models():
     detector_data = ingest(IngestRequest(ANOMALY_DETECTOR, days=3, seed=31))
     forecaster_data = ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=4, seed=31))
     return {
-        "detector": lambda seed: train_anomaly_detector(detector_data.train, DetectorParams(random_state=seed)).estimator,
+        "detector": lambda seed: train_anomaly_detector(detector_data.train, DetectorParams(random_state=seed)),
         "alarmist": lambda seed: alarmist_model(detector_data),
-        "forecaster": lambda seed: train_predictive_analytics(forecaster_data.train, ForecasterParams(alpha=seed)).estimator,
+        "forecaster": lambda seed: train_predictive_analytics(forecaster_data.train, ForecasterParams(alpha=seed)),
     }
 
 
