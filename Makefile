@@ -31,13 +31,23 @@ $(STAMP312): pyproject.toml | $(STAMP)
 run: $(STAMP) ## train, evaluate and store both models locally (no cluster)
 	$(BIN)/model-pipelines run all --local
 
-test: $(STAMP) test-py312 ## the Python 3.12 check, then the whole test suite, end-to-end tests included, on two xdist workers (installs Prometheus with apt when root)
+# The Python 3.12 check runs beside the suite (its install waits on the network, the suite on the CPU); its log is
+# printed in full when it fails, and make test fails if either does.
+PY312_LOG := build/test-py312.log
+
+test: $(STAMP) ## the whole test suite, end-to-end tests included, on two xdist workers, and beside it the Python 3.12 check (installs Prometheus with apt when root)
 	tools/ensure-test-tools
 	$(BIN)/python -m compileall -q components pipelines  # the tests start hundreds of step and server processes: none compiles the project again (PYTHONDONTWRITEBYTECODE may be set)
-	$(BIN)/pytest -q --durations=15 -n 2 --dist loadgroup --no-loadscope-reorder
+	@mkdir -p build; echo "make test: the Python 3.12 check (make test-py312) runs beside the suite, logging to $(PY312_LOG)"
+	@$(MAKE) --no-print-directory test-py312 > $(PY312_LOG) 2>&1 & py312=$$!; \
+	$(BIN)/pytest -q --durations=15 -n 2 --dist loadgroup --no-loadscope-reorder; suite=$$?; \
+	wait $$py312; py312_status=$$?; \
+	if [ $$py312_status -eq 0 ]; then echo "make test: the Python 3.12 check passed: $$(grep -c '' $(PY312_LOG)) lines in $(PY312_LOG)"; \
+	else cat $(PY312_LOG); echo "make test: the Python 3.12 check failed (its log is above, and in $(PY312_LOG))"; fi; \
+	[ $$suite -eq 0 ] && [ $$py312_status -eq 0 ]
 
-test-py312: $(STAMP312) ## under Python 3.12: the unit tests of ingest, train, evaluate, store and run parameters, and a compile equal to compiled/
-	PYTHONDONTWRITEBYTECODE= $(VENV312)/bin/pytest -q $(PY312_TESTS)
+test-py312: $(STAMP312) ## under Python 3.12: the unit tests of contract, ingest, train, evaluate, store and run parameters, and a compile equal to compiled/
+	PYTHONDONTWRITEBYTECODE= $(VENV312)/bin/pytest -q -p no:cacheprovider --basetemp=build/py312-tmp $(PY312_TESTS)
 	output=$$(mktemp -d) && PYTHONDONTWRITEBYTECODE= $(VENV312)/bin/model-pipelines compile --output-dir "$$output" >/dev/null \
 	  && for file in "$$output"/*.yaml; do cmp "$$file" "compiled/$${file##*/}" || exit 1; done \
 	  && echo "Python 3.12 compile: $$(ls "$$output" | wc -l) files equal to compiled/" && rm -r "$$output"

@@ -399,7 +399,7 @@ def _upload(args: argparse.Namespace, client, connection) -> int:
     keys = list(PIPELINE_FILES) if args.pipeline == "all" else [args.pipeline]
     with tempfile.TemporaryDirectory() as scratch:
         compile_pipelines(scratch, args.image or DEFAULT_IMAGE, platform.name, store, s3_secret)
-        default = "" if args.platform else "; the default: for OpenShift AI pass --platform rhoai-<your release>"
+        default = "" if args.platform else "; the default, which needs OpenShift AI 3.0 or later: for 2.x pass --platform rhoai-<your release>"
         print(f"compiled for {_describe_profile(platform, store)}{default}")
         for key in keys:
             print(kfp_remote.upload(client, Path(scratch) / PIPELINE_FILES[key], _pipeline_name(key)))
@@ -449,13 +449,14 @@ def _add_connection_options(verb: argparse.ArgumentParser) -> None:
     verb.add_argument("--namespace", help="the data science project (namespace) of a multi-user server")
 
 
-def _add_platform_options(verb: argparse.ArgumentParser, purpose: str, default: str) -> None:
+def _add_platform_options(verb: argparse.ArgumentParser, purpose: str, compiles: bool) -> None:
     """Add the compile profile options (--platform, --store, --s3-secret) to a verb; ``purpose`` says what the profile is for."""
+    defaults = (DEFAULT_PLATFORM, "pvc", DEFAULT_SECRET) if compiles else ("no check",) * 3
     verb.add_argument("--platform", help=f"OpenShift AI release (rhoai-2.16 ... rhoai-3.5) or KFP backend (kfp-2.2 ... kfp-2.16) {purpose} "
-                      f"(default: {default})")
+                      f"(default: {defaults[0]})")
     verb.add_argument("--store", choices=STORES, help="model store; before OpenShift AI 3.0 it is fixed at compile time, from 3.0 on "
-                      "it sets model_store's default (default: pvc)")
-    verb.add_argument("--s3-secret", help=f"data connection Secret injected with --store s3 before 3.0 (default: {DEFAULT_SECRET})")
+                      f"it sets model_store's default (default: {defaults[1]})")
+    verb.add_argument("--s3-secret", help=f"data connection Secret injected with --store s3 before 3.0 (default: {defaults[2]})")
 
 
 def _version_name(text: str) -> str:
@@ -488,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_verb.add_argument("--output-dir", help="directory for the YAML files (default: compiled/<profile folder> when --platform or "
                               "--store is given, else compiled, whose top-level files are the default)")
     compile_verb.add_argument("--image", default=DEFAULT_IMAGE, help=f"component image (default: {DEFAULT_IMAGE})")
-    _add_platform_options(compile_verb, "to compile for", DEFAULT_PLATFORM)
+    _add_platform_options(compile_verb, "to compile for", compiles=True)
     compile_verb.add_argument("--all-platforms", action="store_true",
                               help="write the default and one folder per distinct platform output (what compiled/ holds)")
     compile_verb.set_defaults(handler=_compile)
@@ -514,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload_verb = verbs.add_parser("upload", help="upload a pipeline, or a new version of it, to a KFP server (by name)")
     upload_verb.add_argument("pipeline", choices=[*pipelines, "all"])
     upload_verb.add_argument("--image", help=f"component image to compile with (default: {DEFAULT_IMAGE})")
-    _add_platform_options(upload_verb, "to compile for", DEFAULT_PLATFORM)
+    _add_platform_options(upload_verb, "to compile for", compiles=True)
     upload_verb.add_argument("--package", help="upload this compiled YAML (one pipeline, e.g. compiled/rhoai-2.20-2.25-pvc/model-rollout.yaml) "
                              "as it is, instead of compiling")
     _add_connection_options(upload_verb)
@@ -528,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_verb.add_argument("--wait", action="store_true", help="stream the run's state and exit non-zero unless it succeeds")
     submit_verb.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait with --wait")
     submit_verb.add_argument("--poll", type=float, default=5.0, help="seconds between status checks with --wait")
-    _add_platform_options(submit_verb, "the uploaded pipeline must be compiled for; --param is checked against it too", "no check")
+    _add_platform_options(submit_verb, "the uploaded pipeline must be compiled for; --param is checked against it too", compiles=False)
     _add_connection_options(submit_verb)
     submit_verb.set_defaults(handler=_remote(_submit))
 
@@ -541,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     create_verb.add_argument("--param", action="append", default=[], metavar="K=V")
     create_verb.add_argument("--experiment", default="self-healing-models")
     create_verb.add_argument("--max-concurrency", type=int, default=1)
-    _add_platform_options(create_verb, "the uploaded pipeline must be compiled for; --param is checked against it too", "no check")
+    _add_platform_options(create_verb, "the uploaded pipeline must be compiled for; --param is checked against it too", compiles=False)
     for verb_name in ("list", "enable", "disable", "delete"):
         verb = schedule_verbs.add_parser(verb_name, help=f"{verb_name} recurring runs")
         if verb_name != "list":

@@ -14,18 +14,19 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 INSTALL_CELL = (
     "# Install the project, pinned to one release: your Git URL at a tag or commit, or a wheel built with\n"
     "# `pip wheel --no-deps -w dist .` and uploaded next to this notebook. Skipped where the project is importable.\n"
-    "import importlib.util\nimport subprocess\nimport sys\n\n"
+    "import importlib.util\nimport re\nimport subprocess\nimport sys\n\n"
     "project = 'git+https://github.com/your-org/model-pipelines.git@TAG-OR-COMMIT'  # or 'model_pipelines-0.1.0-py3-none-any.whl'\n"
     "if importlib.util.find_spec('pipelines') and importlib.util.find_spec('components'):\n"
     "    print('model-pipelines is importable: nothing to install')\n"
     "elif 'your-org' in project or 'TAG-OR-COMMIT' in project:\n"
     "    raise RuntimeError('set project in this cell to your Git URL at a tag or commit, or to a wheel file, then run it again')\n"
     "else:\n"
+    "    shown = re.sub(r'//[^/@]*@', '//', project)  # a token in the URL never reaches the saved output\n"
     "    result = subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', project], capture_output=True, text=True)\n"
     "    if result.returncode != 0:\n"
-    "        raise RuntimeError(f'pip install {project} failed:\\n{result.stdout}{result.stderr}')\n"
+    "        raise RuntimeError(f'pip install {shown} failed:\\n' + (result.stdout + result.stderr).replace(project, shown))\n"
     "    importlib.invalidate_caches()\n"
-    "    print('installed', project, '(if an import below fails, restart the kernel and run again)')"
+    "    print('installed', shown, '(if an import below fails, restart the kernel and run again)')"
 )
 
 NOTEBOOKS = {
