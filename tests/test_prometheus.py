@@ -327,7 +327,7 @@ def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tm
         answers: dict[str, list] = {}
 
         def complete() -> bool:
-            refusals_seen = any(float(sample["value"][1]) > 0 for sample in answers.get(refused, []))
+            refusals_seen = any(sample["metric"]["model"] == ANOMALY_DETECTOR and float(sample["value"][1]) > 0 for sample in answers.get(refused, []))
             return refusals_seen and all(answers.get(query) for query in wanted)
 
         anomalous = {"instances": [[1.0] * 45]}  # every metric at its maximum
@@ -341,7 +341,8 @@ def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tm
             time.sleep(0.5)
         for query in (*GUIDE_QUERIES, *panel_queries):
             assert answers[query], f"{query} returned nothing"
-        assert {sample["metric"]["model"] for sample in answers[refused] if float(sample["value"][1]) > 0} == {ANOMALY_DETECTOR}
+        # The smoke test's malformed requests are refusals too, so either model may show some; the loop's must show.
+        assert ANOMALY_DETECTOR in {sample["metric"]["model"] for sample in answers[refused] if float(sample["value"][1]) > 0}
         assert [float(sample["value"][1]) for sample in answers[GUIDE_QUERIES[2]]] == [0.0], "a client's bad requests are no server errors"
         outcomes = {sample["metric"]["outcome"] for sample in answers["model_predictions_total"]}
         assert "normal" in outcomes and {sample["metric"]["version"] for sample in answers["model_predictions_total"]} == {"v1"}
