@@ -279,6 +279,7 @@ class DroppingBackend:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.served = self.dropped = 0
+        self.count_lock = threading.Lock()
         threading.Thread(target=self._loop, daemon=True).start()
 
     def _loop(self) -> None:
@@ -308,10 +309,12 @@ class DroppingBackend:
             if not self._read_request(connection):
                 return
             payload = json.dumps({"predictions": [1]}).encode()
+            with self.count_lock:  # counted before the answer leaves: the client may check the count as soon as it has the answer
+                self.served += 1
             connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
-            self.served += 1
             if self._read_request(connection):
-                self.dropped += 1  # closed without an answer
+                with self.count_lock:
+                    self.dropped += 1  # closed without an answer
 
 
 def test_router_retries_a_dropped_pooled_connection_and_bad_clients_never_break_good_ones(runtime, router):
@@ -323,6 +326,8 @@ def test_router_retries_a_dropped_pooled_connection_and_bad_clients_never_break_
     answers = [session.post(f"{router_url}:predict", json=GOOD, timeout=10).status_code for _ in range(10)]
     assert answers == [200] * 10 and dropping.served == 10 and dropping.dropped >= 3, (answers, dropping.dropped)
     routes.write_text(json.dumps(runtime_routes(url)))
+    # One good request through the new route: the router creates a version's series (at 0) when it first routes to it.
+    assert session.post(f"{router_url}:predict", json=GOOD, timeout=10).status_code == 200
     before = {"runtime 400": metric(url, "kserve_inference_requests_total", code="400") or 0,
               "router 400": metric(router_url, "router_requests_total", version="v1", code="400") or 0,
               "runtime errors": metric(url, "kserve_inference_errors_total"),
