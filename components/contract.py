@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-if TYPE_CHECKING:  # pandas is imported where it is used: a step that only reads the schema starts faster
+if TYPE_CHECKING:  # numpy and pandas are imported where they are used: a step that only reads the schema starts faster
+    import numpy as np
     import pandas as pd
 
 ANOMALY_DETECTOR = "anomaly-detector"
@@ -154,6 +153,8 @@ def fallback_instance(n_metrics: int = len(SCHEMAS[ANOMALY_DETECTOR].base_metric
 
 def scale_network(bytes_per_second: np.ndarray | pd.Series) -> np.ndarray:
     """Return network throughput in the engine's unit: bytes/s / 125e6, clamped to 0-1."""
+    import numpy as np
+
     return np.clip(np.asarray(bytes_per_second, dtype=float) / NETWORK_SCALE_BYTES_PER_SECOND, 0.0, 1.0)
 
 
@@ -203,6 +204,8 @@ def _over_limit_hint(largest: float, limits: UnitLimits) -> str:
 
 def _check_finite(values: np.ndarray, what: str) -> None:
     """Raise ContractError naming ``what`` when ``values`` holds NaN or inf."""
+    import numpy as np
+
     bad = ~np.isfinite(values)
     if bad.any():
         first = int(np.flatnonzero(bad.ravel())[0])
@@ -228,6 +231,7 @@ def metric_features(raw: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Return the 9 contract features of every column (value, 5-minute mean/std/min/max, lag 1, lag 5, diff,
     relative change), grouped by column, without the first 5 rows that lack a full window.
     """
+    import numpy as np
     import pandas as pd
 
     if len(raw) < MIN_FEATURE_ROWS:
@@ -277,6 +281,8 @@ def horizon_pairs(values: np.ndarray, horizon_steps: int, step: str = "step") ->
 
 def validate_instances(instances: object, model_name: str) -> np.ndarray:
     """Return served instances as a float matrix, or raise ContractError on shape, type, NaN or inf problems."""
+    import numpy as np
+
     schema = schema_for(model_name)
     try:
         matrix = np.asarray(instances, dtype=float)

@@ -15,15 +15,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
-import numpy as np
-import requests
-
 from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance, is_synthetic, schema_for, served_identity
 from components.serving import ServingError, ServingTarget
 from components.storage import ModelStore, StoreError, load_model, utc_now
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy and requests are imported by the functions that measure: deploy and rollback steps start without them
+    import numpy as np
     import pandas as pd
+    import requests
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,8 @@ def probe_sample(validation: pd.DataFrame, model_name: str, rows: int = 50) -> n
 
 def probe_rows(features: np.ndarray, model_name: str, rows: int = 50) -> np.ndarray:
     """Return up to ``rows`` of the served ``features`` spread evenly over them (the detector's fallback first)."""
+    import numpy as np
+
     picked = features[np.unique(np.linspace(0, len(features) - 1, min(rows, len(features))).astype(int))]
     if model_name == ANOMALY_DETECTOR:
         picked = np.vstack([np.array([fallback_instance()]), picked])
@@ -223,6 +224,8 @@ def _predict(session: requests.Session, endpoint: str, body: object, timeout: fl
 
 def _post_json(session: requests.Session, url: str, body: object, timeout: float) -> tuple[int, object, float]:
     """POST ``body`` as JSON; return (status, parsed body or text, seconds), status 0 when nothing answered."""
+    import requests
+
     started = time.perf_counter()
     try:
         response = session.post(url, json=body, timeout=timeout)
@@ -269,6 +272,9 @@ def smoke_test(
     timeout_s: float = 10.0,
 ) -> SmokeReport:
     """Probe the version's own endpoint: listing, readiness, contract types, 4xx, the V2 protocol, offline equality, latency."""
+    import numpy as np
+    import requests
+
     if store.read_index(model_name)["versions"].get(version, {}).get("status") in NOT_DEPLOYED:
         report = SmokeReport(model_name, version, "-")
         report.checks.append(("rollout needed", True, not_needed(target, store, model_name, version) or ""))
@@ -347,6 +353,8 @@ def expected_predictions(store: ModelStore, model_name: str, version: str, sampl
     The version's reference predictions, recorded at training time, are used when it has them; an older version
     without them is unpickled and asked about ``sample``.
     """
+    import numpy as np
+
     reference = store.version_record(model_name, version).get("reference") or {}
     if reference.get("instances"):
         return np.asarray(reference["instances"], dtype=float), np.asarray(reference["predictions"]), f"{version}'s predictions recorded at training"
@@ -366,6 +374,9 @@ def _check_v2(
     check: Callable[[str, bool, str], bool], *, refuses_with_4xx: bool, timeout_s: float,
 ) -> None:
     """Check the V2 protocol on the version's server: readiness, metadata, infer equal to V1 (integers for the detector), a 4xx."""
+    import numpy as np
+    import requests
+
     try:
         ready = session.get(f"{server}/v2/models/{model_name}/ready", timeout=timeout_s)
         check("V2 model ready", ready.status_code == 200, f"GET /v2/models/{model_name}/ready -> {ready.status_code} {ready.text[:120]}")
@@ -443,6 +454,9 @@ class ProbeProvider:
 
     def measure(self, model_name: str, stable_endpoint: str, candidate_endpoint: str, candidate_version: str = "") -> dict[str, float | None]:
         """Return candidate error rate, candidate p95 latency (ms) and prediction shift against stable."""
+        import numpy as np
+        import requests
+
         if self.requests_per_step == 0 or len(self.sample) == 0:
             return {"error_rate": None, "p95_latency_ms": None, "prediction_shift": None}
         session = requests.Session()
@@ -468,6 +482,8 @@ class ProbeProvider:
 
 def prediction_shift(model_name: str, candidate: list, stable: list) -> float | None:
     """Return the anomaly-rate difference (detector) or mean absolute difference (forecaster); None without data."""
+    import numpy as np
+
     if not candidate:
         return None
     try:

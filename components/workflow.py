@@ -7,23 +7,17 @@ that use them: a serving step starts without paying for them.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import json
 import os
 import platform
 from dataclasses import dataclass
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from components import __version__
 from components.contract import TIMESTAMP_COLUMN, schema_for
-from components.drift import validation_profile
-from components.gitops_target import GitopsOptions, GitopsTarget
-from components.kserve_target import KServeOptions, KServeTarget
 from components.local_serving import LocalTarget, state_dir
-from components.rollout import StepOutcome, deploy_version, probe_rows, probe_sample, rollback
 from components.serving import ServingError, ServingTarget
 from components.s3_store import DEFAULT_SECRET, S3Store, s3_client_from_environment
 from components.storage import (
@@ -41,8 +35,11 @@ from components.storage import (
     utc_now,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a serving step imports only its target's module, and numpy and requests only when it measures
     from components.evaluate import Evaluation, Gates
+    from components.gitops_target import GitopsOptions
+    from components.kserve_target import KServeOptions
+    from components.rollout import StepOutcome
     from components.ingest import IngestRequest
     from components.monitor import Assessment, Decision, MonitorSettings
 
@@ -96,9 +93,13 @@ def target_from_environment(
     """Return the named serving target: ``kserve`` or ``gitops`` configured by the options, ``local`` from the environment."""
     if name == "local":
         return LocalTarget(serving_home(), store_root(), s3_store=store if isinstance(store, S3Store) else None)
+    from components.kserve_target import KServeOptions, KServeTarget
+
     if name == "kserve":
         return KServeTarget(options or KServeOptions())
     if name == "gitops":
+        from components.gitops_target import GitopsOptions, GitopsTarget
+
         return GitopsTarget(options or KServeOptions(), gitops or GitopsOptions())
     raise ServingError(f"unknown serving_target {name!r}: use one of {', '.join(SERVING_TARGETS)}")
 
@@ -118,6 +119,8 @@ def probe_sample_from(validation_path: str, model_name: str):
 
     A model that takes the raw metrics reads them with pyarrow alone; pandas is imported only to engineer features.
     """
+    from components.rollout import probe_rows, probe_sample
+
     schema = schema_for(model_name)
     if not schema.engineered:
         import numpy as np
@@ -139,6 +142,8 @@ def deploy_step(
 
     A cluster target (not ``local``) serves a version trained on synthetic data only with ``allow_synthetic_deploy``.
     """
+    from components.rollout import deploy_version, rollback
+
     target, store, _ = serving_context(model_name, serving_target, store_options, options, gitops=gitops)
     refuse_synthetic = serving_target != "local" and not allow_synthetic_deploy
     try:
@@ -183,6 +188,10 @@ def evaluate_step(
 def save_step(model_name: str, model_dir: str, scores: dict, store_options: StoreOptions, run_name: str) -> StoredVersion:
     """Save the candidate as the next version with its full record (metrics, parameters, lineage), or return the version
     that already holds its bytes."""
+    from importlib.metadata import version as package_version
+
+    from components.drift import validation_profile
+
     training = json.loads((Path(model_dir) / TRAINING_FILENAME).read_text())
     record = {
         "model": model_name,
