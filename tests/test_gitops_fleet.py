@@ -76,9 +76,43 @@ class Fleet:
         subprocess.run(["git", "clone", "--quiet", self.repo_url, str(clone)], check=True)
         return subprocess.run(["git", "-C", str(clone), "log", "--format=%h %s|%an", "main"], capture_output=True, text=True, check=True).stdout.splitlines()
 
+    def commits(self, name: str) -> list["Commit"]:
+        """Return the branch's commits in a fresh clone, newest first, with the trailers git itself parses (``%(trailers)``)."""
+        clone = self.state.parent / f"trailers-{name}"
+        subprocess.run(["git", "clone", "--quiet", self.repo_url, str(clone)], check=True)
+        output = subprocess.run(["git", "-C", str(clone), "log", "--format=%H%x1f%s%x1f%b%x1f%(trailers:only,unfold)%x1e", "main"],
+                                capture_output=True, text=True, check=True).stdout
+        # What the lead's closing note quotes: one line per commit and its trailers, as a reviewer would read them.
+        (self.state.parent / f"history-{name}.txt").write_text(subprocess.run(
+            ["git", "-C", str(clone), "log", "--format=%h %s%n%b", "main"], capture_output=True, text=True, check=True).stdout)
+        commits = []
+        for entry in output.split("\x1e"):
+            if "\x1f" in entry:
+                revision, subject, body, block = entry.strip("\n").split("\x1f")
+                trailers: dict[str, list[str]] = {}
+                for line in block.splitlines():
+                    key, _, value = line.partition(": ")
+                    trailers.setdefault(key, []).append(value)
+                commits.append(Commit(revision, subject, body, trailers))
+        return commits
+
     def clients(self, stack: contextlib.ExitStack) -> dict[str, MainUrlClient]:
         """Start a client on every cluster's main URL, as each cluster's coordination engine calls it, until ``stack`` closes."""
         return {cluster: stack.enter_context(MainUrlClient(self.hub.main_url(cluster, ANOMALY_DETECTOR))) for cluster in SPOKES}
+
+
+@dataclass
+class Commit:
+    """One commit of the fleet repository: its hash, subject, body and trailers (key -> values, as git parses them)."""
+
+    revision: str
+    subject: str
+    body: str
+    trailers: dict[str, list[str]]
+
+    def reverts(self) -> list[str]:
+        """Return the commits this one says it reverts (git revert's ``This reverts commit <sha>.`` lines)."""
+        return [line.removeprefix("This reverts commit ").removesuffix(".") for line in self.body.splitlines() if line.startswith("This reverts commit ")]
 
 
 def parameters(repo_url: str) -> list[str]:
@@ -157,6 +191,16 @@ def test_a_good_candidate_goes_wave_by_wave_past_a_colleagues_concurrent_commit(
     assert "colleague edits clusters/spoke-4.yaml|colleague" in subjects, "the colleague's commit stays in the history"
     assert subjects.index("colleague edits clusters/spoke-4.yaml|colleague") > subjects.index(ours[-1]), "ours were rebased onto theirs"
     assert all(subject.endswith("|model-pipelines") for subject in ours)
+    history = fleet.commits("promotion")
+    promotion = [commit for commit in history if commit.trailers.get("Version") == [v2]]
+    run = promotion[0].trailers["Pipeline-Run"]
+    assert len(promotion) == len(ours) and len(run) == 1 and run[0], "every commit of the promotion carries its run"
+    assert [(c.trailers["Model"], c.trailers["Step"], c.trailers["Wave"], c.trailers["Pipeline-Run"]) for c in reversed(promotion)] == [
+        ([ANOMALY_DETECTOR], [step], [wave], run) for step, wave in (
+            ("deploy as dark candidate", "1/2 (canary: spoke-1)"), ("canary 10 %", "1/2 (canary: spoke-1)"), ("canary 50 %", "1/2 (canary: spoke-1)"),
+            ("canary 100 %", "1/2 (canary: spoke-1)"), ("promote", "1/2 (canary: spoke-1)"), ("promote", "2/2 (fleet: spoke-2, spoke-3)"))]
+    assert not any("Fleet-state" in commit.body for commit in history), (
+        "no commit claims the fleet settled: only Argo CD knows it confirmed a revision, after the commit")
     # Every step passed, and a pass needs the live metrics the hub's Prometheus has for the candidate on wave 1's clusters.
     measured = [line for line in output.splitlines() if line.strip().startswith(f"canary {ANOMALY_DETECTOR} {v2} at ") and ": pass" in line]
     assert len(measured) >= 3, output[-3000:]
@@ -194,6 +238,13 @@ def test_a_candidate_failing_analysis_in_wave_1_is_reverted_and_wave_2_is_never_
     assert not any(subject.startswith(f"{ANOMALY_DETECTOR} {bad}: promote") for subject in subjects)
     index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
     assert index["versions"][bad]["status"] == "rejected" and index["stable"] == stable
+    revert, *earlier = fleet.commits("rejected")
+    reason = " ".join(index["versions"][bad]["rejected_reason"].split())
+    assert reason.startswith("rejected at canary-promote: ") and revert.trailers["Reason"] == [reason], "the revert says why, as the store does"
+    assert (revert.trailers["Step"], revert.trailers["Wave"]) == (["rollback"], ["1/2 (canary: spoke-1)"])
+    assert revert.reverts() == [commit.revision for commit in earlier if commit.trailers.get("Version") == [bad]] != []
+    table = run_cli("serve", "status", "--target", "gitops", *parameters(fleet.repo_url), env=fleet.env)
+    assert f"{ANOMALY_DETECTOR}: last rollback {bad} in {revert.revision[:7]}: {reason}" in table.stdout, table.stdout
     application = fleet.hub.application_of("spoke-1")["status"]
     assert application["sync"]["status"] == "Synced" and application["health"]["status"] == "Healthy"
 
@@ -227,6 +278,12 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
         assert application["sync"]["revision"].startswith(head) and application["health"]["status"] == "Healthy", name
     index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
     assert index["versions"][candidate]["status"] == "rejected" and index["stable"] == stable
+    revert, *earlier = fleet.commits("timeout")
+    assert revert.trailers["Wave"] == ["1/2 (canary: spoke-1)", "2/2 (fleet: spoke-2, spoke-3)"]
+    [reason] = revert.trailers["Reason"]
+    assert reason.startswith("promotion failed: wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 12 s") and (
+        "Application models-spoke-3 (cluster spoke-3)" in reason and "3 Insufficient memory" in reason), reason
+    assert revert.reverts() == [commit.revision for commit in earlier if commit.trailers.get("Version") == [candidate]] != []
     clone = fleet.state.parent / "log-after-timeout"
     assert (clone / PATH / "README.md").read_text() == "Models, managed by model-pipelines.\n", "a file it did not create is untouched"
     assert {method for method, _ in fleet.hub.requests} == {"GET"} and not any("watch" in path for _, path in fleet.hub.requests)
@@ -288,7 +345,7 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
             assert standin.get(NAMESPACE, ANOMALY_DETECTOR)["spec"]["predictor"]["model"]["storageUri"].endswith("/v2")
             assert standin.get(NAMESPACE, candidate_name) is None, f"{cluster}: the candidate is pruned after promotion"
         target.deploy(ANOMALY_DETECTOR, "v3", uri(versions[2]), versions[2].sha256, 60)
-        rolled_back = target.rollback(ANOMALY_DETECTOR, 60)
+        rolled_back = target.rollback(ANOMALY_DETECTOR, 60, reason="test: v3 is not wanted")
         assert (rolled_back.stable, rolled_back.candidate) == ("v2", None)
         assert hub.spokes["spoke-1"].standin.get(NAMESPACE, candidate_name) is None
         assert hub.spokes["spoke-1"].standin.get(NAMESPACE, ANOMALY_DETECTOR)["metadata"]["annotations"]["model-pipelines.io/stable-version"] == "v2"
