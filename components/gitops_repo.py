@@ -235,11 +235,12 @@ class GitopsRepo:
 
 
 def commit_message(model_name: str, version: str, subject: str, run: str, body: str = "", trailers: list[tuple[str, str]] = ()) -> str:
-    """Return "<model> <version>: <subject>", the body, and a last paragraph of git trailers: Model, Version, ``trailers``, Pipeline-Run.
+    """Return "<model> <version>: <subject>" ("<model>: <subject>" without a version), the body, and a last paragraph of git
+    trailers: Model, Version, ``trailers``, Pipeline-Run.
 
     Each trailer value is put on one line (whitespace collapsed) so that ``git interpret-trailers --parse`` reads it whole;
     empty values are left out.
     """
     pairs = [("Model", model_name), ("Version", version), *trailers, ("Pipeline-Run", run)]
     block = "\n".join(f"{key}: {' '.join(value.split())}" for key, value in pairs if value.strip())
-    return f"{model_name} {version}: {subject}\n\n" + (f"{body.strip()}\n\n" if body.strip() else "") + f"{block}\n"
+    return f"{' '.join(part for part in (model_name, version) if part)}: {subject}\n\n" + (f"{body.strip()}\n\n" if body.strip() else "") + f"{block}\n"

@@ -10,10 +10,14 @@ trailers: Model, Version, Step, Wave (the wave it acts on) and Pipeline-Run. An 
 contains the model's last commit, and ``Healthy``; the Applications are read from the hub with GET (no watch).
 
 Deploy, smoke test and canary analysis act on wave 1. Promotion promotes wave 1, then gives each later wave the same
-overlay, one wave at a time. Rollback is one revert commit of every commit for the model since its last rollout finished
-in Git (a first deployment, a promotion to the last wave or a rollback), then a wait until every affected wave is
-Synced at it and Healthy; the revert says why (a Reason trailer) and ``This reverts commit <sha>.`` for each commit.
-Whether a wave confirmed a commit is Argo CD's record (the Applications' sync and health), not Git's: no commit claims it. Nothing is force-pushed and no file this project did not create is written.
+overlay, one wave at a time. When a rollout is confirmed (a first deployment once every wave is Synced at it and
+Healthy, a promotion once the last wave is, a rollback once every wave it changed is), one more commit writes the
+model's fleet-settled record ``status/<model>.yaml``, which no Application syncs: the stable version, the revision each
+wave was confirmed at and its Applications as read, the run (and a rollback's reason); its trailers are Step: settled
+and Fleet-state: settled. A wait that fails writes no record. Rollback is one revert commit of every commit for the
+model since its last record, then a wait until every affected wave is Synced at it and Healthy; the revert says why (a
+Reason trailer) and ``This reverts commit <sha>.`` for each commit. Nothing is force-pushed and no file this project
+did not create is written.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ DEFAULT_WAVES = (("canary",), ("*",))
 REST_OF_FLEET = "*"
 PATCH_FILE = "inferenceservice-patch.yaml"
 KUSTOMIZATION = "kustomization.yaml"
-FIRST_DEPLOYMENT, PROMOTE, ROLLBACK = "first deployment", "promote", "rollback"
+FIRST_DEPLOYMENT, PROMOTE, ROLLBACK, SETTLED = "first deployment", "promote", "rollback", "settled"
 
 
 def fleet_waves(value: object) -> tuple[tuple[str, ...], ...]:
@@ -278,6 +282,11 @@ class WaveOverlays:
         return files
 
 
+def status_file(model_name: str) -> str:
+    """Return the model's fleet-settled record, relative to gitops_path (under status/, which no Application syncs)."""
+    return f"status/{model_name}.yaml"
+
+
 def base_file(model_name: str) -> str:
     """Return the base InferenceService file of a model, relative to gitops_path."""
     return f"base/{model_name}/inferenceservice.yaml"
@@ -415,13 +424,16 @@ class GitopsTarget:
 
     # -- the ServingTarget interface --------------------------------------------------------------------------------
     def deploy(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> ServingStatus:
-        """First deployment: commit it to every wave and wait for all; else a dark candidate in wave 1, waited for."""
+        """First deployment: commit it to every wave, wait for all, then commit the fleet-settled record; else a dark candidate
+        in wave 1, waited for.
+        """
         self._begin(model_name, version, "deploy as dark candidate")
         first = self.repo.read(base_file(model_name)) is None
         status = self._wave_target(self.waves[0]).deploy(model_name, version, storage_uri, checksum, timeout_s)
         if first:
             for wave in self.waves[1:]:
                 self.wait(wave, timeout_s)
+            self._settle(model_name, FIRST_DEPLOYMENT, self.waves)
         return status
 
     def status(self, model_name: str) -> ServingStatus:
@@ -436,7 +448,9 @@ class GitopsTarget:
         return self._wave_target(self.waves[0]).set_traffic(model_name, candidate_percent, timeout_s)
 
     def promote(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Promote in wave 1, then give each later wave the same overlay, waiting for each; on any failure revert them all."""
+        """Promote in wave 1, then give each later wave the same overlay, waiting for each, and commit the fleet-settled record
+        once the last is confirmed; on any failure revert them all.
+        """
         self._begin(model_name, "", PROMOTE)
         candidate = self.version = self._recorded(model_name)[1]
         first = self.waves[0]
@@ -450,9 +464,12 @@ class GitopsTarget:
                 stale = [follower.extra_file(model_name, name) for name in follower.extras(model_name) if name not in extras]
                 self.commit(follower.overlay_files(lead.document(model_name), extras), stale, f"promote to {self.where(wave)}", wave)
                 self.wait(wave, timeout_s)
+            for wave in self.waves[:-1]:  # the earlier waves still hold now that the last one is confirmed
+                self.wait(wave, timeout_s)
         except ServingError as error:
             stable = self._revert(model_name, candidate, f"promotion failed: {error}", timeout_s)
             raise ServingError(f"promotion of {model_name} {candidate} stopped: {error}; every wave was reverted to {stable or 'nothing'}") from error
+        self._settle(model_name, PROMOTE, self.waves)
         return self.status(model_name)
 
     def rollback(self, model_name: str, timeout_s: float, *, reason: str) -> ServingStatus:
@@ -467,7 +484,7 @@ class GitopsTarget:
         run's Pipeline-Run trailer (and no other); wait.
         """
         self._begin(model_name, version, "remove")
-        for revision, trailers in self._unsettled_commits(model_name, version):
+        for revision, trailers in self._unsettled_commits(model_name, version)[0]:
             if not self.options.run_name or [value for key, value in trailers if key == "Pipeline-Run"] != [self.options.run_name]:
                 raise ServingError(f"{model_name} {version}: commit {revision[:7]} was not made by this run, so the deployment is left "
                                    "serving; revert it in Git by hand if it must go")
@@ -480,29 +497,33 @@ class GitopsTarget:
         stable, candidate = recorded_backend(document, "stable"), recorded_backend(document, "candidate")
         return (stable["version"] if stable else ""), (candidate["version"] if candidate else "")
 
-    def _unsettled_commits(self, model_name: str, version: str) -> list[tuple[str, list[tuple[str, str]]]]:
-        """Return (revision, trailers) of ``version``'s commits and any unfinished rollout's since the model's last finished
-        one, newest first.
+    def _model_paths(self, model_name: str) -> list[str]:
+        """Return the model's manifests that Applications sync, relative to gitops_path: its base and every wave's overlay."""
+        return [f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)]
 
-        A rollout is finished in Git by a rollback, or by another version's first deployment or promotion to the last wave;
-        the walk stops there (it goes past ``version``'s own, which this revert undoes).
+    def _unsettled_commits(self, model_name: str, version: str) -> tuple[list[tuple[str, list[tuple[str, str]]]], str]:
+        """Return (revision, trailers) of the model's commits since its last fleet-settled record, newest first, and that
+        record's revision ("" when there is none).
+
+        The walk stops at the newest record of another version; it goes past a record of ``version`` itself (a first
+        deployment confirmed on every wave whose smoke test then failed), which this revert undoes. The records passed
+        are listed too (``remove`` checks every commit), but are never reverted.
         """
         found = []
-        for revision, trailers in self.repo.history(f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)):
+        for revision, trailers in self.repo.history(status_file(model_name), *self._model_paths(model_name)):
             values = dict(trailers)
             if values.get("Model") != model_name:
                 continue
-            step, (number, _, total) = values.get("Step"), values.get("Wave", "").partition(" ")[0].partition("/")
-            finished = step == FIRST_DEPLOYMENT or (step == PROMOTE and bool(number) and number == total)
-            if step == ROLLBACK or (finished and values.get("Version") != version):
-                break
+            if values.get("Fleet-state") == SETTLED and values.get("Version") != version:
+                return found, revision
             found.append((revision, trailers))
-        return found
+        return found, ""
 
     def _revert(self, model_name: str, version: str | None, reason: str, timeout_s: float) -> str:
-        """Revert ``version``'s commits (None: wave 1's candidate, if any) and any of an unfinished rollout before them in
-        one commit, whose message says ``This reverts commit <sha>.`` for each and carries the trailers Step: rollback,
-        Wave (each wave it changes) and Reason; wait for those waves. Return the stable version wave 1 serves after.
+        """Revert ``version``'s commits (None: wave 1's candidate, if any) and any of an unconfirmed rollout before them (every
+        commit of the model since its last fleet-settled record) in one commit, whose message says ``This reverts commit
+        <sha>.`` for each and carries the trailers Step: rollback, Wave (each wave it changes) and Reason; wait for those
+        waves, then commit the fleet-settled record. Return the stable version wave 1 serves after.
         """
         self._begin(model_name, version or "", ROLLBACK)
         if version is None:
@@ -510,22 +531,63 @@ class GitopsTarget:
             if not candidate:
                 return stable
             version = self.version = candidate
-        reverted = [revision for revision, _ in self._unsettled_commits(model_name, version)]
+        found, settled = self._unsettled_commits(model_name, version)
+        unsettled = [(revision, dict(trailers)) for revision, trailers in found if dict(trailers).get("Fleet-state") != SETTLED]
+        reverted = [revision for revision, _ in unsettled]
         if reverted:
             touched = {name for revision in reverted for name in self.repo.changed_files(revision)}
             waves = [wave for wave in self.waves
                      if any(name.startswith((f"base/{model_name}/", f"{wave.directory}/{model_name}/")) for name in touched)]
+            others = sorted({values.get("Version", "") for _, values in unsettled} - {version, ""})
+            since = f"its last fleet-settled record {settled[:7]}" if settled else "its first commit (it has no fleet-settled record)"
             body = (f"Reverts {len(reverted)} commit{'s' if len(reverted) > 1 else ''} of {model_name}: {reason}\n\n"
+                    + (f"Every commit of {model_name} since {since} is reverted, so this includes {', '.join(others)}, whose rollout "
+                       "was never confirmed on every wave.\n\n" if others else "")
                     + "\n".join(f"This reverts commit {revision}." for revision in reverted))
             trailers = [("Step", ROLLBACK), *(self.wave_trailer(wave) for wave in waves), ("Reason", reason or "not given")]
             message = commit_message(model_name, version, ROLLBACK, self.options.run_name or "local", body, trailers)
             try:
-                self.repo.revert(reverted, message)
+                revert = self.repo.revert(reverted, message)
             except GitopsError as error:
                 raise ServingError(str(error)) from error
-            for wave in waves:
-                self.wait(wave, timeout_s)
+            try:
+                for wave in waves:
+                    self.wait(wave, timeout_s)
+            except ServingError as error:
+                raise ServingError(f"{error}; the revert {revert[:7]} is pushed but not confirmed, so no fleet-settled record was written "
+                                   f"(the model's last is {settled[:7] or 'none'}): the next rollback reverts from there again") from error
+            self._settle(model_name, ROLLBACK, waves, reason or "not given")
         return self._recorded(model_name)[0]
+
+    def _settle(self, model_name: str, after: str, waves: list[Wave], reason: str = "") -> str:
+        """Commit the model's fleet-settled record (``status_file``) once ``waves`` are confirmed after ``after``: the stable
+        version, the revision each wave was confirmed at and its Applications as the hub reports them now, the run and the
+        reason; trailers Step: settled, Fleet-state: settled (and Reason). Return the pushed head.
+        """
+        stable, run = self._recorded(model_name)[0], self.options.run_name or "local"
+        reported = {application.name: application for application in self.hub.applications()}
+        confirmed = []
+        for wave in waves:
+            applications = [reported[application.name] for application in wave.applications if application.name in reported]
+            confirmed.append({"wave": self.where(wave).removeprefix("wave "),
+                              "revision": self.repo.last_change(f"base/{model_name}", f"{wave.directory}/{model_name}"),
+                              "applications": [{"name": a.name, "cluster": a.cluster, "sync": a.sync, "revision": a.revision, "health": a.health}
+                                               for a in applications]})
+        revision = self.repo.last_change(*self._model_paths(model_name))
+        record = {"model": model_name, "stable": stable or None, "after": after, "revision": revision, "waves": confirmed, "run": run,
+                  **({"reason": reason} if reason else {})}
+        body = (f"After {after}, each wave below is Synced and Healthy at a revision containing its last change to {model_name} "
+                f"(the rollout's last commit is {revision[:7]}):\n"
+                + "\n".join(f"- wave {entry['wave']} at {entry['revision'][:7]}: "
+                             + ", ".join(f"{a['cluster']} {a['sync']} at {a['revision'][:7]} {a['health']}" for a in entry["applications"])
+                             for entry in confirmed))
+        trailers = [("Step", SETTLED), ("Fleet-state", SETTLED), *([("Reason", reason)] if reason else [])]
+        try:
+            self.repo.write({status_file(model_name): dump(record)})
+            return self.repo.commit_and_push(commit_message(model_name, stable, "fleet settled", run, body, trailers))
+        except GitopsError as error:
+            raise ServingError(f"{model_name}: every wave is confirmed after {after}, but the fleet-settled record could not be "
+                               f"committed: {error}; until a record is, the next rollback reverts this rollout too") from error
 
     def last_reason(self, model_name: str) -> dict | None:
         """Return the newest rollback of the model in the fleet repository as {revision, version, reason}, or None."""

@@ -209,3 +209,9 @@ def test_the_message_ends_in_trailers_git_parses_and_no_subject_or_body_line_pas
                 ("Reason", "rejected at canary-promote: 10% traffic, fail: prediction_shift 0.9 > 0.1; max_drift 0.4 > 0.3"), ("Pipeline-Run", "run-7")]
     assert parsed == "".join(f"{key}: {value}\n" for key, value in expected)
     assert repo.history("waves/canary") == [(repo.head(), expected)], "the clone reads the trailers as git parses them, not lines of the subject or body"
+    # The fleet-settled record after a first deployment was removed names no version: "<model>: fleet settled", no Version trailer.
+    record = commit_message("anomaly-detector", "", "fleet settled", "run-7", "After rollback, every wave below is Synced and Healthy",
+                            [("Step", "settled"), ("Fleet-state", "settled"), ("Reason", "smoke test failed")])
+    parsed = subprocess.run(["git", "interpret-trailers", "--parse"], input=record, capture_output=True, text=True, check=True).stdout
+    assert record.splitlines()[0] == "anomaly-detector: fleet settled" and parsed == (
+        "Model: anomaly-detector\nStep: settled\nFleet-state: settled\nReason: smoke test failed\nPipeline-Run: run-7\n")
