@@ -1,6 +1,6 @@
 """The Git side of GitOps serving: write manifests under a path of a repository, commit, push, revert.
 
-Every change is a commit whose message names the model, version, step and pipeline run. A push that the server
+Every change is a commit whose message's last paragraph holds git trailers (Model, Version, Step, Pipeline-Run, ...). A push that the server
 refuses as non-fast-forward (someone else pushed first) is rebased onto the new remote head and retried; the
 repository is never force-pushed. Only files this project created are ever changed or deleted: their list is kept
 in ``.model-pipelines-owned`` under the path, and a file there that the list does not name is refused.
@@ -187,11 +187,16 @@ class GitopsRepo:
         target = self.root / relative
         return target.read_text() if target.is_file() else None
 
-    def history(self, *relatives: str) -> list[tuple[str, str]]:
-        """Return (revision, message) of the commits that touched ``relatives`` under ``path``, newest first."""
+    def history(self, *relatives: str) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Return (revision, trailers) of the commits that touched ``relatives`` under ``path``, newest first.
+
+        The trailers are (key, value) pairs of the message's last paragraph as git itself parses them
+        (``%(trailers:only,unfold)``, the rules of ``git interpret-trailers --parse``), so no subject or body line counts.
+        """
         paths = [f"{self.path}/{relative}" for relative in relatives]
-        output = self._git("log", "--format=%H%x1f%B%x1e", "--", *paths).stdout
-        return [tuple(entry.strip("\n").split("\x1f", 1)) for entry in output.split("\x1e") if "\x1f" in entry]
+        output = self._git("log", "--format=%H%x1f%(trailers:only,unfold)%x1e", "--", *paths).stdout
+        entries = [entry.strip("\n").split("\x1f", 1) for entry in output.split("\x1e") if "\x1f" in entry]
+        return [(revision, [tuple(line.split(": ", 1)) for line in block.splitlines() if ": " in line]) for revision, block in entries]
 
     def last_change(self, *relatives: str) -> str:
         """Return the newest revision that touched ``relatives`` under ``path`` ("" when none did)."""
@@ -229,6 +234,13 @@ class GitopsRepo:
         raise GitopsError(f"{self.url} refused the push of {what!r} {PUSH_ATTEMPTS} times (the branch keeps moving); run again")
 
 
-def commit_message(model_name: str, version: str, step: str, run: str, detail: str = "") -> str:
-    """Return a commit message naming the model, version, step and pipeline run (and what changed)."""
-    return f"{model_name} {version}: {step}\n\n{detail + chr(10) + chr(10) if detail else ''}Pipeline run: {run}\n"
+def commit_message(model_name: str, version: str, subject: str, run: str, body: str = "", trailers: list[tuple[str, str]] = ()) -> str:
+    """Return "<model> <version>: <subject>" ("<model>: <subject>" without a version), the body, and a last paragraph of git
+    trailers: Model, Version, ``trailers``, Pipeline-Run.
+
+    Each trailer value is put on one line (whitespace collapsed) so that ``git interpret-trailers --parse`` reads it whole;
+    empty values are left out.
+    """
+    pairs = [("Model", model_name), ("Version", version), *trailers, ("Pipeline-Run", run)]
+    block = "\n".join(f"{key}: {' '.join(value.split())}" for key, value in pairs if value.strip())
+    return f"{' '.join(part for part in (model_name, version) if part)}: {subject}\n\n" + (f"{body.strip()}\n\n" if body.strip() else "") + f"{block}\n"

@@ -5,21 +5,25 @@ deployment; every wave's Applications sync one directory (their ``spec.source.pa
 ``<model>/`` overlay patches the base with the version, storageUri and traffic that wave serves.
 
 The documents are the kserve target's own: its rollout strategies talk to ``WaveOverlays``, which answers their
-CustomObjectsApi calls from one wave's overlay and turns each write into a commit naming the model, version, step and
-run. An InferenceService read back is Ready when every Application of the wave reports ``Synced`` at a revision that
+CustomObjectsApi calls from one wave's overlay and turns each write into a commit whose last paragraph holds git
+trailers: Model, Version, Step, Wave (the wave it acts on) and Pipeline-Run. An InferenceService read back is Ready when every Application of the wave reports ``Synced`` at a revision that
 contains the model's last commit, and ``Healthy``; the Applications are read from the hub with GET (no watch).
 
 Deploy, smoke test and canary analysis act on wave 1. Promotion promotes wave 1, then gives each later wave the same
-overlay, one wave at a time. Rollback is one revert commit of every commit for the model since the fleet was last
-settled (a first deployment, a finished promotion or a rollback), then a wait until every affected wave is Synced at
-it and Healthy. Nothing is force-pushed and no file this project did not create is written.
+overlay, one wave at a time. When a rollout is confirmed (a first deployment once every wave is Synced at it and
+Healthy, a promotion once the last wave is, a rollback once every wave it changed is), one more commit writes the
+model's fleet-settled record ``status/<model>.yaml``, which no Application syncs: the stable version, the revision each
+wave was confirmed at and its Applications as read, the run (and a rollback's reason); its trailers are Step: settled
+and Fleet-state: settled. A wait that fails writes no record. Rollback is one revert commit of every commit for the
+model since its last record, then a wait until every affected wave is Synced at it and Healthy; the revert says why (a
+Reason trailer) and ``This reverts commit <sha>.`` for each commit. Nothing is force-pushed and no file this project
+did not create is written.
 """
 
 from __future__ import annotations
 
 import copy
 import posixpath
-import re
 import tempfile
 import time
 import urllib.parse
@@ -44,8 +48,7 @@ DEFAULT_WAVES = (("canary",), ("*",))
 REST_OF_FLEET = "*"
 PATCH_FILE = "inferenceservice-patch.yaml"
 KUSTOMIZATION = "kustomization.yaml"
-SETTLED, ROLLING = "settled", "rolling"
-TRAILER = re.compile(r"^(Model|Version|Fleet-state): (.+)$", re.MULTILINE)
+FIRST_DEPLOYMENT, PROMOTE, ROLLBACK, SETTLED = "first deployment", "promote", "rollback", "settled"
 
 
 def fleet_waves(value: object) -> tuple[tuple[str, ...], ...]:
@@ -225,11 +228,11 @@ class WaveOverlays:
             files = {base_file(model_name): dump(document), f"base/{model_name}/{KUSTOMIZATION}": dump(kustomization(["inferenceservice.yaml"]))}
             for wave in self.fleet.waves:
                 files.update(WaveOverlays(self.fleet, wave).overlay_files(document, {}))
-            self.fleet.commit(files, [], "first deployment to every wave", SETTLED)
+            self.fleet.commit(files, [], "first deployment to every wave", step=FIRST_DEPLOYMENT)
         else:
             extras = self.extras(model_name)
             extras[name] = document
-            self.fleet.commit(self.overlay_files(self.document(model_name), extras), [], f"create {name} in {self.fleet.where(self.wave)}")
+            self.fleet.commit(self.overlay_files(self.document(model_name), extras), [], f"create {name} in {self.fleet.where(self.wave)}", self.wave)
         return self.get_namespaced_custom_object(group, version, namespace, plural, name)
 
     def patch_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str, body: dict) -> dict:
@@ -245,7 +248,7 @@ class WaveOverlays:
         main = changed if name == model_name else self.document(model_name)
         if name != model_name:
             extras[name] = changed
-        self.fleet.commit(self.overlay_files(main, extras), [], self.fleet.step_name(self.wave))
+        self.fleet.commit(self.overlay_files(main, extras), [], self.fleet.step_name(self.wave), self.wave)
         return self.get_namespaced_custom_object(group, version, namespace, plural, name)
 
     def delete_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str, body: dict | None = None) -> dict:
@@ -256,7 +259,7 @@ class WaveOverlays:
         extras = self.extras(model_name)
         extras.pop(name, None)
         self.fleet.commit(self.overlay_files(self.document(model_name), extras), [self.extra_file(model_name, name)],
-                          f"remove {name} from {self.fleet.where(self.wave)}")
+                          f"remove {name} from {self.fleet.where(self.wave)}", self.wave)
         return {"kind": "Status", "status": "Success"}
 
     def extras(self, model_name: str) -> dict[str, dict]:
@@ -277,6 +280,11 @@ class WaveOverlays:
         models = {model_name, *(path.parent.name for path in (self.fleet.repo.root / self.wave.directory).glob(f"*/{KUSTOMIZATION}"))}
         files[f"{self.wave.directory}/{KUSTOMIZATION}"] = dump(kustomization(sorted(models)))
         return files
+
+
+def status_file(model_name: str) -> str:
+    """Return the model's fleet-settled record, relative to gitops_path (under status/, which no Application syncs)."""
+    return f"status/{model_name}.yaml"
 
 
 def base_file(model_name: str) -> str:
@@ -317,15 +325,15 @@ class GitopsTarget:
         self.options, self.gitops, self.sleep = options, gitops, sleep
         self.repo = GitopsRepo(gitops.repo, gitops.branch, gitops.path.strip("/"), workdir or Path(tempfile.mkdtemp(prefix="gitops-")))
         self.hub = Hub(hub_api or KServeTarget.connect(), gitops.hub_namespace)
-        self.model_name, self.version, self.step, self.state = "", "", "", ROLLING
+        self.model_name, self.version, self.step = "", "", ""
         self.waves: list[Wave] = []
 
     # -- context shared with WaveOverlays -----------------------------------------------------------------------
-    def _begin(self, model_name: str, version: str, step: str, state: str = ROLLING) -> None:
+    def _begin(self, model_name: str, version: str, step: str) -> None:
         """Fetch the branch and the waves, and name the model, version and step the next commits are for."""
         self.repo.sync()
         self.waves = self.hub.waves(self.gitops)
-        self.model_name, self.version, self.step, self.state = model_name, version, step, state
+        self.model_name, self.version, self.step = model_name, version, step
 
     def where(self, wave: Wave) -> str:
         """Return e.g. "wave 1/2 (canary: spoke-1)"."""
@@ -335,13 +343,19 @@ class GitopsTarget:
         """Return the current step and the wave it acts on, for a commit message."""
         return f"{self.step} in {self.where(wave)}"
 
-    def commit(self, files: dict[str, str], removed: list[str], step: str, state: str | None = None) -> str:
-        """Write and remove owned files, then commit and push one change naming model, version, step and run."""
+    def wave_trailer(self, wave: Wave) -> tuple[str, str]:
+        """Return the ``Wave`` trailer of a commit acting on ``wave``, e.g. ("Wave", "1/2 (canary: spoke-1)")."""
+        return "Wave", self.where(wave).removeprefix("wave ")
+
+    def commit(self, files: dict[str, str], removed: list[str], subject: str, wave: Wave | None = None, step: str = "") -> str:
+        """Write and remove owned files, then commit and push one change with the trailers Model, Version, Step, Wave
+        (when it acts on one wave) and Pipeline-Run; return the pushed head.
+        """
+        trailers = [("Step", step or self.step), *([self.wave_trailer(wave)] if wave else [])]
         try:
             self.repo.write(files)
             self.repo.remove(removed)
-            detail = f"Model: {self.model_name}\nVersion: {self.version}\nFleet-state: {state or self.state}"
-            return self.repo.commit_and_push(commit_message(self.model_name, self.version, step, self.options.run_name or "local", detail))
+            return self.repo.commit_and_push(commit_message(self.model_name, self.version, subject, self.options.run_name or "local", trailers=trailers))
         except GitopsError as error:
             raise ServingError(str(error)) from error
 
@@ -410,13 +424,16 @@ class GitopsTarget:
 
     # -- the ServingTarget interface --------------------------------------------------------------------------------
     def deploy(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> ServingStatus:
-        """First deployment: commit it to every wave and wait for all; else a dark candidate in wave 1, waited for."""
+        """First deployment: commit it to every wave, wait for all, then commit the fleet-settled record; else a dark candidate
+        in wave 1, waited for.
+        """
         self._begin(model_name, version, "deploy as dark candidate")
         first = self.repo.read(base_file(model_name)) is None
         status = self._wave_target(self.waves[0]).deploy(model_name, version, storage_uri, checksum, timeout_s)
         if first:
             for wave in self.waves[1:]:
                 self.wait(wave, timeout_s)
+            self._settle(model_name, FIRST_DEPLOYMENT, self.waves)
         return status
 
     def status(self, model_name: str) -> ServingStatus:
@@ -431,40 +448,47 @@ class GitopsTarget:
         return self._wave_target(self.waves[0]).set_traffic(model_name, candidate_percent, timeout_s)
 
     def promote(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Promote in wave 1, then give each later wave the same overlay, waiting for each; on any failure revert them all."""
-        self._begin(model_name, "", "promote")
-        candidate, total = self._recorded(model_name)[1], len(self.waves)
-        self.version, self.state = candidate, SETTLED if total == 1 else ROLLING
+        """Promote in wave 1, then give each later wave the same overlay, waiting for each, and commit the fleet-settled record
+        once the last is confirmed; on any failure revert them all.
+        """
+        self._begin(model_name, "", PROMOTE)
+        candidate = self.version = self._recorded(model_name)[1]
         first = self.waves[0]
         try:
             self._wave_target(first).promote(model_name, timeout_s)
             for wave in self.waves[1:]:
-                self._begin(model_name, candidate, "promote", SETTLED if wave.number == total else ROLLING)
+                self._begin(model_name, candidate, PROMOTE)
                 lead = WaveOverlays(self, first)
                 follower = WaveOverlays(self, wave)
                 extras = {name: lead.document(name) for name in lead.extras(model_name)}
                 stale = [follower.extra_file(model_name, name) for name in follower.extras(model_name) if name not in extras]
-                self.commit(follower.overlay_files(lead.document(model_name), extras), stale, f"promote to {self.where(wave)}")
+                self.commit(follower.overlay_files(lead.document(model_name), extras), stale, f"promote to {self.where(wave)}", wave)
+                self.wait(wave, timeout_s)
+            for wave in self.waves[:-1]:  # the earlier waves still hold now that the last one is confirmed
                 self.wait(wave, timeout_s)
         except ServingError as error:
             stable = self._revert(model_name, candidate, f"promotion failed: {error}", timeout_s)
             raise ServingError(f"promotion of {model_name} {candidate} stopped: {error}; every wave was reverted to {stable or 'nothing'}") from error
+        self._settle(model_name, PROMOTE, self.waves)
         return self.status(model_name)
 
-    def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Revert the candidate's commits in one commit and wait for every affected wave; with no candidate, change nothing."""
-        self._revert(model_name, None, "rolled back", timeout_s)
+    def rollback(self, model_name: str, timeout_s: float, *, reason: str) -> ServingStatus:
+        """Revert the candidate's commits in one commit giving ``reason`` and wait for every affected wave; with no candidate,
+        change nothing.
+        """
+        self._revert(model_name, None, reason, timeout_s)
         return self.status(model_name)
 
-    def remove(self, model_name: str, version: str, timeout_s: float) -> ServingStatus:
-        """Revert a failed first deployment of ``version``, only when this run made every one of its commits; wait."""
-        self._begin(model_name, version, "remove", SETTLED)
-        ours = f"Pipeline run: {self.options.run_name}\n"
-        for revision, message in self._unsettled_commits(model_name, version):
-            if not self.options.run_name or ours not in message + "\n":
+    def remove(self, model_name: str, version: str, timeout_s: float, *, reason: str) -> ServingStatus:
+        """Revert a failed first deployment of ``version`` giving ``reason``, only when every one of its commits carries this
+        run's Pipeline-Run trailer (and no other); wait.
+        """
+        self._begin(model_name, version, "remove")
+        for revision, trailers in self._unsettled_commits(model_name, version)[0]:
+            if not self.options.run_name or [value for key, value in trailers if key == "Pipeline-Run"] != [self.options.run_name]:
                 raise ServingError(f"{model_name} {version}: commit {revision[:7]} was not made by this run, so the deployment is left "
                                    "serving; revert it in Git by hand if it must go")
-        self._revert(model_name, version, "rolled back", timeout_s)
+        self._revert(model_name, version, reason, timeout_s)
         return self.status(model_name)
 
     def _recorded(self, model_name: str) -> tuple[str, str]:
@@ -473,42 +497,106 @@ class GitopsTarget:
         stable, candidate = recorded_backend(document, "stable"), recorded_backend(document, "candidate")
         return (stable["version"] if stable else ""), (candidate["version"] if candidate else "")
 
-    def _unsettled_commits(self, model_name: str, version: str) -> list[tuple[str, str]]:
-        """Return (revision, message) of ``version``'s commits and any unsettled ones since the fleet last settled, newest first."""
-        found = []
-        for revision, message in self.repo.history(f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)):
-            trailers = dict(TRAILER.findall(message))
-            if trailers.get("Model") != model_name:
-                continue
-            if trailers.get("Version") != version and trailers.get("Fleet-state") == SETTLED:
-                break
-            found.append((revision, message))
-        return found
+    def _model_paths(self, model_name: str) -> list[str]:
+        """Return the model's manifests that Applications sync, relative to gitops_path: its base and every wave's overlay."""
+        return [f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)]
 
-    def _revert(self, model_name: str, version: str | None, why: str, timeout_s: float) -> str:
-        """Revert ``version``'s commits (None: wave 1's candidate, if any) and any unsettled ones after the fleet's last
-        settled state; wait for the waves they touched. Return the stable version wave 1 serves after.
+    def _unsettled_commits(self, model_name: str, version: str) -> tuple[list[tuple[str, list[tuple[str, str]]]], str]:
+        """Return (revision, trailers) of the model's commits since its last fleet-settled record, newest first, and that
+        record's revision ("" when there is none).
+
+        The walk stops at the newest record of another version; it goes past a record of ``version`` itself (a first
+        deployment confirmed on every wave whose smoke test then failed), which this revert undoes. The records passed
+        are listed too (``remove`` checks every commit), but are never reverted.
         """
-        self._begin(model_name, version or "", "rollback", SETTLED)
+        found = []
+        for revision, trailers in self.repo.history(status_file(model_name), *self._model_paths(model_name)):
+            values = dict(trailers)
+            if values.get("Model") != model_name:
+                continue
+            if values.get("Fleet-state") == SETTLED and values.get("Version") != version:
+                return found, revision
+            found.append((revision, trailers))
+        return found, ""
+
+    def _revert(self, model_name: str, version: str | None, reason: str, timeout_s: float) -> str:
+        """Revert ``version``'s commits (None: wave 1's candidate, if any) and any of an unconfirmed rollout before them (every
+        commit of the model since its last fleet-settled record) in one commit, whose message says ``This reverts commit
+        <sha>.`` for each and carries the trailers Step: rollback, Wave (each wave it changes) and Reason; wait for those
+        waves, then commit the fleet-settled record. Return the stable version wave 1 serves after.
+        """
+        self._begin(model_name, version or "", ROLLBACK)
         if version is None:
             stable, candidate = self._recorded(model_name)
             if not candidate:
                 return stable
             version = self.version = candidate
-        reverted = [revision for revision, _ in self._unsettled_commits(model_name, version)]
+        found, settled = self._unsettled_commits(model_name, version)
+        unsettled = [(revision, dict(trailers)) for revision, trailers in found if dict(trailers).get("Fleet-state") != SETTLED]
+        reverted = [revision for revision, _ in unsettled]
         if reverted:
-            message = commit_message(model_name, version, "rollback", self.options.run_name or "local",
-                                     f"Reverts {', '.join(revision[:7] for revision in reverted)}: {why}\n\n"
-                                     f"Model: {model_name}\nVersion: {version}\nFleet-state: {SETTLED}")
+            touched = {name for revision in reverted for name in self.repo.changed_files(revision)}
+            waves = [wave for wave in self.waves
+                     if any(name.startswith((f"base/{model_name}/", f"{wave.directory}/{model_name}/")) for name in touched)]
+            others = sorted({values.get("Version", "") for _, values in unsettled} - {version, ""})
+            since = f"its last fleet-settled record {settled[:7]}" if settled else "its first commit (it has no fleet-settled record)"
+            body = (f"Reverts {len(reverted)} commit{'s' if len(reverted) > 1 else ''} of {model_name}: {reason}\n\n"
+                    + (f"Every commit of {model_name} since {since} is reverted, so this includes {', '.join(others)}, whose rollout "
+                       "was never confirmed on every wave.\n\n" if others else "")
+                    + "\n".join(f"This reverts commit {revision}." for revision in reverted))
+            trailers = [("Step", ROLLBACK), *(self.wave_trailer(wave) for wave in waves), ("Reason", reason or "not given")]
+            message = commit_message(model_name, version, ROLLBACK, self.options.run_name or "local", body, trailers)
             try:
-                revision = self.repo.revert(reverted, message)
+                revert = self.repo.revert(reverted, message)
             except GitopsError as error:
                 raise ServingError(str(error)) from error
-            touched = self.repo.changed_files(revision)
-            for wave in self.waves:
-                if any(name.startswith((f"base/{model_name}/", f"{wave.directory}/{model_name}/")) for name in touched):
+            try:
+                for wave in waves:
                     self.wait(wave, timeout_s)
+            except ServingError as error:
+                raise ServingError(f"{error}; the revert {revert[:7]} is pushed but not confirmed, so no fleet-settled record was written "
+                                   f"(the model's last is {settled[:7] or 'none'}): the next rollback reverts from there again") from error
+            self._settle(model_name, ROLLBACK, waves, reason or "not given")
         return self._recorded(model_name)[0]
+
+    def _settle(self, model_name: str, after: str, waves: list[Wave], reason: str = "") -> str:
+        """Commit the model's fleet-settled record (``status_file``) once ``waves`` are confirmed after ``after``: the stable
+        version, the revision each wave was confirmed at and its Applications as the hub reports them now, the run and the
+        reason; trailers Step: settled, Fleet-state: settled (and Reason). Return the pushed head.
+        """
+        stable, run = self._recorded(model_name)[0], self.options.run_name or "local"
+        reported = {application.name: application for application in self.hub.applications()}
+        confirmed = []
+        for wave in waves:
+            applications = [reported[application.name] for application in wave.applications if application.name in reported]
+            confirmed.append({"wave": self.where(wave).removeprefix("wave "),
+                              "revision": self.repo.last_change(f"base/{model_name}", f"{wave.directory}/{model_name}"),
+                              "applications": [{"name": a.name, "cluster": a.cluster, "sync": a.sync, "revision": a.revision, "health": a.health}
+                                               for a in applications]})
+        revision = self.repo.last_change(*self._model_paths(model_name))
+        record = {"model": model_name, "stable": stable or None, "after": after, "revision": revision, "waves": confirmed, "run": run,
+                  **({"reason": reason} if reason else {})}
+        body = (f"After {after}, each wave below is Synced and Healthy at a revision containing its last change to {model_name} "
+                f"(the rollout's last commit is {revision[:7]}):\n"
+                + "\n".join(f"- wave {entry['wave']} at {entry['revision'][:7]}: "
+                             + ", ".join(f"{a['cluster']} {a['sync']} at {a['revision'][:7]} {a['health']}" for a in entry["applications"])
+                             for entry in confirmed))
+        trailers = [("Step", SETTLED), ("Fleet-state", SETTLED), *([("Reason", reason)] if reason else [])]
+        try:
+            self.repo.write({status_file(model_name): dump(record)})
+            return self.repo.commit_and_push(commit_message(model_name, stable, "fleet settled", run, body, trailers))
+        except GitopsError as error:
+            raise ServingError(f"{model_name}: every wave is confirmed after {after}, but the fleet-settled record could not be "
+                               f"committed: {error}; until a record is, the next rollback reverts this rollout too") from error
+
+    def last_reason(self, model_name: str) -> dict | None:
+        """Return the newest rollback of the model in the fleet repository as {revision, version, reason}, or None."""
+        self._begin(model_name, "", "status")
+        for revision, trailers in self.repo.history(f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)):
+            values = dict(trailers)
+            if values.get("Model") == model_name and "Reason" in values:
+                return {"revision": revision[:7], "version": values.get("Version", ""), "reason": values["Reason"]}
+        return None
 
     def endpoints(self, model_name: str) -> Endpoints:
         """Return the main, stable and candidate URLs on wave 1's first cluster."""

@@ -349,8 +349,8 @@ class LocalTarget:
             stop_process(started_process(retired))
         return self.status(model_name)
 
-    def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Send all traffic to stable and stop the candidate; stable is never touched."""
+    def rollback(self, model_name: str, timeout_s: float, *, reason: str) -> ServingStatus:
+        """Send all traffic to stable and stop the candidate; stable is never touched (``reason`` is the model store's to keep)."""
         with self._locked(model_name) as state:
             candidate = state.get("candidate")
             state.update(candidate=None, candidate_percent=0)
@@ -359,8 +359,10 @@ class LocalTarget:
             stop_process(started_process(candidate))
         return self.status(model_name)
 
-    def remove(self, model_name: str, version: str, timeout_s: float) -> ServingStatus:
-        """Stop the stable ``version`` and its router (a failed first deployment); refuse when another version is stable."""
+    def remove(self, model_name: str, version: str, timeout_s: float, *, reason: str) -> ServingStatus:
+        """Stop the stable ``version`` and its router (a failed first deployment); refuse when another version is stable
+        (``reason`` is the model store's to keep).
+        """
         with self._locked(model_name) as state:
             stable = state.get("stable")
             if stable and stable["version"] != version:

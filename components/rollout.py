@@ -649,9 +649,9 @@ def rollback(
         return StepOutcome(True, f"{version} was not deployed by this run and is left as it was (stable {status.stable or 'nothing'}); {reason}")
     status = target.status(model_name)
     if status.candidate == version:
-        target.rollback(model_name, timeout_s)
+        target.rollback(model_name, timeout_s, reason=reason)
     elif status.stable == version and role != CANDIDATE:
-        target.remove(model_name, version, timeout_s)
+        target.remove(model_name, version, timeout_s, reason=reason)
 
     def rejected(index: dict) -> None:
         if index.get("candidate") == version:

@@ -56,11 +56,15 @@ class ServingTarget(Protocol):
     def promote(self, model_name: str, timeout_s: float) -> ServingStatus:
         """Make the candidate the stable version with all traffic; wait until it applies."""
 
-    def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Send all traffic to stable and remove the candidate (stable is never touched); wait."""
+    def rollback(self, model_name: str, timeout_s: float, *, reason: str) -> ServingStatus:
+        """Send all traffic to stable and remove the candidate (stable is never touched), recording ``reason`` where the
+        target keeps a history (gitops: the revert commit); wait.
+        """
 
-    def remove(self, model_name: str, version: str, timeout_s: float) -> ServingStatus:
-        """Stop serving the stable ``version`` of a first deployment this run created; refuse anything else; wait."""
+    def remove(self, model_name: str, version: str, timeout_s: float, *, reason: str) -> ServingStatus:
+        """Stop serving the stable ``version`` of a first deployment this run created, recording ``reason`` where the target
+        keeps a history; refuse anything else; wait.
+        """
 
     def endpoints(self, model_name: str) -> Endpoints:
         """Return the main, stable and candidate model URLs."""

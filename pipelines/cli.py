@@ -212,7 +212,9 @@ def format_summary(summaries: list[RunSummary], state_dir: Path) -> str:
 
 
 def _fleet_status(args: argparse.Namespace) -> int:
-    """Print each wave's clusters with their Application's revision, sync and health, and what the wave serves; return 0 or 1."""
+    """Print each wave's clusters with their Application's revision, sync and health, what the wave serves, and each model's last
+    rollback with its reason (from the fleet repository's Reason trailer); return 0 or 1.
+    """
     from components.gitops_target import GitopsOptions, GitopsTarget, fleet_waves
     from components.kserve_target import KServeOptions
     from pipelines.local import declared_inputs, parse_params
@@ -222,6 +224,7 @@ def _fleet_status(args: argparse.Namespace) -> int:
         target = GitopsTarget(KServeOptions(p["namespace"], endpoint=p["endpoint"], rollout_strategy=p["rollout_strategy"]),
                               GitopsOptions(p["gitops_repo"], p["gitops_branch"], p["gitops_path"], fleet_waves(p["fleet_waves"])))
         rows = {model: target.fleet_status(model) for model in MODEL_NAMES}
+        reasons = {model: target.last_reason(model) for model in MODEL_NAMES}
     except (ValueError, ServingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -234,6 +237,9 @@ def _fleet_status(args: argparse.Namespace) -> int:
             traffic = f"{row['candidate_percent']}%" if row["candidate"] else "-"
             print(f"{model:<22} {str(row['wave']) + ' ' + row['labels']:<14} {row['cluster']:<14} {row['revision'] or '-':<9} {row['sync']:<10} "
                   f"{row['health']:<12} {row['stable'] or '-':<8} {row['candidate'] or '-':<10} {traffic}")
+    for model, last in reasons.items():
+        if last:
+            print(f"{model}: last rollback {last['version']} in {last['revision']}: {last['reason']}")
     return 0
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import joblib
 import pytest
+import yaml
 from kubernetes import client as kubernetes_client, config as kubernetes_config
 
 from components.contract import ANOMALY_DETECTOR
 from components.gitops_repo import TOKEN_ENV
 from components.gitops_target import GitopsOptions, GitopsTarget
 from components.kserve_target import KServeOptions
+from components.serving import ServingError
 from components.storage import FilesystemStore
 from tests.argo_hub import ENDPOINT_TEMPLATE, ArgoHub, render, render_in_python
 from tests.conftest import logged, run_cli
@@ -76,9 +78,72 @@ class Fleet:
         subprocess.run(["git", "clone", "--quiet", self.repo_url, str(clone)], check=True)
         return subprocess.run(["git", "-C", str(clone), "log", "--format=%h %s|%an", "main"], capture_output=True, text=True, check=True).stdout.splitlines()
 
+    def commits(self, name: str) -> list["Commit"]:
+        """Return the branch's commits in a fresh clone, newest first, with the trailers git itself parses (``%(trailers)``)."""
+        clone = self.state.parent / f"trailers-{name}"
+        subprocess.run(["git", "clone", "--quiet", self.repo_url, str(clone)], check=True)
+        output = subprocess.run(["git", "-C", str(clone), "log", "--format=%H%x1f%s%x1f%b%x1f%(trailers:only,unfold)%x1e", "main"],
+                                capture_output=True, text=True, check=True).stdout
+        # What the lead's closing note quotes: one line per commit and its trailers, as a reviewer would read them.
+        (self.state.parent / f"history-{name}.txt").write_text(subprocess.run(
+            ["git", "-C", str(clone), "log", "--format=%h %s%n%b", "main"], capture_output=True, text=True, check=True).stdout)
+        commits = []
+        for entry in output.split("\x1e"):
+            if "\x1f" in entry:
+                revision, subject, body, block = entry.strip("\n").split("\x1f")
+                trailers: dict[str, list[str]] = {}
+                for line in block.splitlines():
+                    key, _, value = line.partition(": ")
+                    trailers.setdefault(key, []).append(value)
+                commits.append(Commit(revision, subject, body, trailers))
+        return commits
+
     def clients(self, stack: contextlib.ExitStack) -> dict[str, MainUrlClient]:
         """Start a client on every cluster's main URL, as each cluster's coordination engine calls it, until ``stack`` closes."""
         return {cluster: stack.enter_context(MainUrlClient(self.hub.main_url(cluster, ANOMALY_DETECTOR))) for cluster in SPOKES}
+
+
+@dataclass
+class Commit:
+    """One commit of the fleet repository: its hash, subject, body and trailers (key -> values, as git parses them)."""
+
+    revision: str
+    subject: str
+    body: str
+    trailers: dict[str, list[str]]
+
+    def reverts(self) -> list[str]:
+        """Return the commits this one says it reverts (git revert's ``This reverts commit <sha>.`` lines)."""
+        return [line.removeprefix("This reverts commit ").removesuffix(".") for line in self.body.splitlines() if line.startswith("This reverts commit ")]
+
+    @property
+    def settled(self) -> bool:
+        """Return whether this is a fleet-settled record (git parses ``Fleet-state: settled`` from its trailers)."""
+        return self.trailers.get("Fleet-state") == ["settled"]
+
+
+def since_last_record(history: list[Commit], start: int) -> list[Commit]:
+    """Return the commits of ``history`` (newest first) from ``start`` back to, not including, the next fleet-settled record."""
+    end = next(index for index in range(start, len(history)) if history[index].settled)
+    return history[start:end]
+
+
+def settled_record(fleet: Fleet, name: str, record: Commit, run: list[str], version: str, reason: str = "") -> dict:
+    """Assert ``record``'s trailers and that the clone ``name`` holds its status file at it; return the file's content."""
+    assert record.subject == f"{ANOMALY_DETECTOR} {version}: fleet settled"
+    assert record.trailers == {"Model": [ANOMALY_DETECTOR], "Version": [version], "Step": ["settled"], "Fleet-state": ["settled"],
+                               **({"Reason": [reason]} if reason else {}), "Pipeline-Run": run}, record.trailers
+    clone = fleet.state.parent / f"trailers-{name}"
+    text = subprocess.run(["git", "-C", str(clone), "show", f"{record.revision}:{PATH}/status/{ANOMALY_DETECTOR}.yaml"],
+                          capture_output=True, text=True, check=True).stdout
+    content = yaml.safe_load(text)
+    assert (content["model"], content["stable"], content["run"], content.get("reason", "")) == (ANOMALY_DETECTOR, version, run[0], reason)
+    for wave in content["waves"]:
+        for application in wave["applications"]:
+            assert (application["sync"], application["health"]) == ("Synced", "Healthy"), wave
+            contains = subprocess.run(["git", "-C", str(clone), "merge-base", "--is-ancestor", wave["revision"], application["revision"]])
+            assert contains.returncode == 0, f"{application['name']} was read at a revision without what its wave was confirmed at: {wave}"
+    return content
 
 
 def parameters(repo_url: str) -> list[str]:
@@ -120,7 +185,13 @@ def fleet(tmp_path_factory, models):  # noqa: F811 (the fixture)
 def test_the_first_deployment_reaches_every_cluster_through_one_commit_and_the_generated_applications_match_the_crd(fleet, validators):  # noqa: F811
     assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: "v1" for cluster in SPOKES}
     subjects = fleet.log("first")
-    assert subjects[0].split(" ", 1)[1] == f"{ANOMALY_DETECTOR} v1: first deployment to every wave|model-pipelines"
+    assert [subject.split(" ", 1)[1] for subject in subjects[:2]] == [
+        f"{ANOMALY_DETECTOR} v1: fleet settled|model-pipelines", f"{ANOMALY_DETECTOR} v1: first deployment to every wave|model-pipelines"]
+    record, deployment, *_ = fleet.commits("first")
+    content = settled_record(fleet, "first", record, deployment.trailers["Pipeline-Run"], "v1")
+    assert (content["after"], content["revision"]) == ("first deployment", deployment.revision)
+    assert [(wave["wave"], wave["revision"], [a["cluster"] for a in wave["applications"]]) for wave in content["waves"]] == [
+        ("1/2 (canary: spoke-1)", deployment.revision, ["spoke-1"]), ("2/2 (fleet: spoke-2, spoke-3)", deployment.revision, ["spoke-2", "spoke-3"])]
     waves = {app["metadata"]["labels"]["model-pipelines.io/cluster"]: app["spec"]["source"]["path"] for app in fleet.hub.applications.values()}
     assert waves == {"spoke-1": f"{PATH}/waves/canary", "spoke-2": f"{PATH}/waves/fleet", "spoke-3": f"{PATH}/waves/fleet"}
     for name in fleet.hub.applications:
@@ -129,10 +200,11 @@ def test_the_first_deployment_reaches_every_cluster_through_one_commit_and_the_g
         assert errors(validators, application) == [], name
     # kustomize (kubectl's, where this machine has it) and the stand-in's own renderer agree on every wave.
     export = fleet.hub._export(fleet.hub._head())
+    assert (export / PATH / "status" / f"{ANOMALY_DETECTOR}.yaml").is_file(), "the record is in the tree the Applications render"
     for wave in ("canary", "fleet"):
         rendered = render(export / PATH / "waves" / wave, fleet.hub.kubectl)
         assert rendered == render_in_python(export / PATH / "waves" / wave)
-        assert [document["metadata"]["name"] for document in rendered] == [ANOMALY_DETECTOR]
+        assert [document["metadata"]["name"] for document in rendered] == [ANOMALY_DETECTOR], "no Application renders the record"
 
 
 def test_a_good_candidate_goes_wave_by_wave_past_a_colleagues_concurrent_commit(fleet, models):  # noqa: F811
@@ -152,11 +224,26 @@ def test_a_good_candidate_goes_wave_by_wave_past_a_colleagues_concurrent_commit(
     subjects = [line.split(" ", 1)[1] for line in fleet.log("promotion")]
     ours = [subject for subject in subjects if subject.startswith(f"{ANOMALY_DETECTOR} {v2}:")]
     assert [subject.split(": ", 1)[1].split(" in wave")[0].split(" to wave")[0].split("|")[0] for subject in reversed(ours)] == [
-        "deploy as dark candidate", "canary 10 %", "canary 50 %", "canary 100 %", "promote", "promote"]
-    assert "wave 1/2 (canary: spoke-1)" in ours[-1] and "to wave 2/2 (fleet: spoke-2, spoke-3)" in ours[0]
+        "deploy as dark candidate", "canary 10 %", "canary 50 %", "canary 100 %", "promote", "promote", "fleet settled"]
+    assert "wave 1/2 (canary: spoke-1)" in ours[-1] and "to wave 2/2 (fleet: spoke-2, spoke-3)" in ours[1]
     assert "colleague edits clusters/spoke-4.yaml|colleague" in subjects, "the colleague's commit stays in the history"
     assert subjects.index("colleague edits clusters/spoke-4.yaml|colleague") > subjects.index(ours[-1]), "ours were rebased onto theirs"
     assert all(subject.endswith("|model-pipelines") for subject in ours)
+    history = fleet.commits("promotion")
+    record, *promotion = [commit for commit in history if commit.trailers.get("Version") == [v2]]
+    run = promotion[0].trailers["Pipeline-Run"]
+    assert len(promotion) + 1 == len(ours) and len(run) == 1 and run[0], "every commit of the promotion carries its run"
+    assert [(c.trailers["Model"], c.trailers["Step"], c.trailers["Wave"], c.trailers["Pipeline-Run"]) for c in reversed(promotion)] == [
+        ([ANOMALY_DETECTOR], [step], [wave], run) for step, wave in (
+            ("deploy as dark candidate", "1/2 (canary: spoke-1)"), ("canary 10 %", "1/2 (canary: spoke-1)"), ("canary 50 %", "1/2 (canary: spoke-1)"),
+            ("canary 100 %", "1/2 (canary: spoke-1)"), ("promote", "1/2 (canary: spoke-1)"), ("promote", "2/2 (fleet: spoke-2, spoke-3)"))]
+    # The fleet settled only after the last wave's promote commit was confirmed: the record comes right after it.
+    assert history[0] == record and history[1] == promotion[0], [commit.subject for commit in history[:3]]
+    assert [commit.subject for commit in history if commit.settled] == [f"{ANOMALY_DETECTOR} {v2}: fleet settled", f"{ANOMALY_DETECTOR} v1: fleet settled"]
+    content = settled_record(fleet, "promotion", record, run, v2)
+    assert (content["after"], content["revision"]) == ("promote", promotion[0].revision)
+    assert [(wave["wave"], wave["revision"]) for wave in content["waves"]] == [
+        ("1/2 (canary: spoke-1)", promotion[1].revision), ("2/2 (fleet: spoke-2, spoke-3)", promotion[0].revision)]
     # Every step passed, and a pass needs the live metrics the hub's Prometheus has for the candidate on wave 1's clusters.
     measured = [line for line in output.splitlines() if line.strip().startswith(f"canary {ANOMALY_DETECTOR} {v2} at ") and ": pass" in line]
     assert len(measured) >= 3, output[-3000:]
@@ -190,10 +277,23 @@ def test_a_candidate_failing_analysis_in_wave_1_is_reverted_and_wave_2_is_never_
     assert {cluster: len(fleet.hub.spokes[cluster].standin.writes) for cluster in WAVE_2} == wave_2_writes, "wave 2 got no write"
     assert fleet.serving("spoke-1")["spec"] == before and fleet.stable("spoke-1") == stable
     subjects = [line.split(" ", 1)[1] for line in fleet.log("rejected")]
-    assert subjects[0].startswith(f"{ANOMALY_DETECTOR} {bad}: rollback|model-pipelines")
+    assert subjects[0] == f"{ANOMALY_DETECTOR} {stable}: fleet settled|model-pipelines"
+    assert subjects[1].startswith(f"{ANOMALY_DETECTOR} {bad}: rollback|model-pipelines")
     assert not any(subject.startswith(f"{ANOMALY_DETECTOR} {bad}: promote") for subject in subjects)
     index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
     assert index["versions"][bad]["status"] == "rejected" and index["stable"] == stable
+    history = fleet.commits("rejected")
+    record, revert, *earlier = history
+    reason = " ".join(index["versions"][bad]["rejected_reason"].split())
+    assert reason.startswith("rejected at canary-promote: ") and revert.trailers["Reason"] == [reason], "the revert says why, as the store does"
+    assert (revert.trailers["Step"], revert.trailers["Wave"]) == (["rollback"], ["1/2 (canary: spoke-1)"])
+    assert revert.reverts() == [commit.revision for commit in earlier if commit.trailers.get("Version") == [bad]] != []
+    assert revert.reverts() == [commit.revision for commit in since_last_record(history, 2)], "it reverts every commit since the last record"
+    content = settled_record(fleet, "rejected", record, revert.trailers["Pipeline-Run"], stable, reason)
+    assert (content["after"], content["revision"], [wave["wave"] for wave in content["waves"]]) == (
+        "rollback", revert.revision, ["1/2 (canary: spoke-1)"]), "settled once wave 1, the one the revert changed, was confirmed at it"
+    table = run_cli("serve", "status", "--target", "gitops", *parameters(fleet.repo_url), env=fleet.env)
+    assert f"{ANOMALY_DETECTOR}: last rollback {bad} in {revert.revision[:7]}: {reason}" in table.stdout, table.stdout
     application = fleet.hub.application_of("spoke-1")["status"]
     assert application["sync"]["status"] == "Synced" and application["health"]["status"] == "Healthy"
 
@@ -219,14 +319,28 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     for cluster, client in clients.items():
         assert client.sent > 10 and client.failures == [], f"{cluster}: {client.failures[:3]}"
     subjects = [line.split(" ", 1)[1] for line in fleet.log("timeout")]
-    assert subjects[0].startswith(f"{ANOMALY_DETECTOR} {candidate}: rollback|model-pipelines")
-    assert subjects[1].startswith(f"{ANOMALY_DETECTOR} {candidate}: promote to wave 2/2")
-    head = fleet.log("after-timeout")[0].split()[0]
+    assert subjects[0] == f"{ANOMALY_DETECTOR} {stable}: fleet settled|model-pipelines", "settled only after the revert was confirmed"
+    assert subjects[1].startswith(f"{ANOMALY_DETECTOR} {candidate}: rollback|model-pipelines")
+    assert subjects[2].startswith(f"{ANOMALY_DETECTOR} {candidate}: promote to wave 2/2"), "no record between the failed wait and its revert"
+    fleet.log("after-timeout")
+    history = fleet.commits("timeout")
     for name in fleet.hub.applications:
         application = fleet.hub.application(name)["status"]
-        assert application["sync"]["revision"].startswith(head) and application["health"]["status"] == "Healthy", name
+        contains = subprocess.run(["git", "-C", str(fleet.state.parent / "trailers-timeout"), "merge-base", "--is-ancestor",
+                                   history[1].revision, application["sync"]["revision"]])
+        assert contains.returncode == 0 and application["health"]["status"] == "Healthy", name
     index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
     assert index["versions"][candidate]["status"] == "rejected" and index["stable"] == stable
+    record, revert, *earlier = history
+    assert revert.trailers["Wave"] == ["1/2 (canary: spoke-1)", "2/2 (fleet: spoke-2, spoke-3)"]
+    [reason] = revert.trailers["Reason"]
+    assert reason.startswith("promotion failed: wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 12 s") and (
+        "Application models-spoke-3 (cluster spoke-3)" in reason and "3 Insufficient memory" in reason), reason
+    assert revert.reverts() == [commit.revision for commit in earlier if commit.trailers.get("Version") == [candidate]] != []
+    assert revert.reverts() == [commit.revision for commit in since_last_record(history, 2)], "nothing claimed settled in between"
+    content = settled_record(fleet, "timeout", record, revert.trailers["Pipeline-Run"], stable, reason)
+    assert (content["after"], content["revision"], [wave["wave"] for wave in content["waves"]]) == (
+        "rollback", revert.revision, ["1/2 (canary: spoke-1)", "2/2 (fleet: spoke-2, spoke-3)"])
     clone = fleet.state.parent / "log-after-timeout"
     assert (clone / PATH / "README.md").read_text() == "Models, managed by model-pipelines.\n", "a file it did not create is untouched"
     assert {method for method, _ in fleet.hub.requests} == {"GET"} and not any("watch" in path for _, path in fleet.hub.requests)
@@ -266,7 +380,7 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
         hub_api = kubernetes_client.CustomObjectsApi(kubernetes_config.new_client_from_config(config_file=str(hub.write_kubeconfig(tmp_path / "kubeconfig"))))
         store = FilesystemStore(tmp_path / "pvcs" / PVC)
         versions = []
-        for seed in (1, 2, 3):
+        for seed in (1, 2, 3, 4):
             path = tmp_path / f"model-{seed}.pkl"
             joblib.dump(models["detector"](seed).estimator, path)
             versions.append(store.save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}))
@@ -288,10 +402,24 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
             assert standin.get(NAMESPACE, ANOMALY_DETECTOR)["spec"]["predictor"]["model"]["storageUri"].endswith("/v2")
             assert standin.get(NAMESPACE, candidate_name) is None, f"{cluster}: the candidate is pruned after promotion"
         target.deploy(ANOMALY_DETECTOR, "v3", uri(versions[2]), versions[2].sha256, 60)
-        rolled_back = target.rollback(ANOMALY_DETECTOR, 60)
+        rolled_back = target.rollback(ANOMALY_DETECTOR, 60, reason="test: v3 is not wanted")
         assert (rolled_back.stable, rolled_back.candidate) == ("v2", None)
         assert hub.spokes["spoke-1"].standin.get(NAMESPACE, candidate_name) is None
         assert hub.spokes["spoke-1"].standin.get(NAMESPACE, ANOMALY_DETECTOR)["metadata"]["annotations"]["model-pipelines.io/stable-version"] == "v2"
+        # A revert whose wave is not confirmed in time: pushed, but nothing claims the fleet settled, and the error says so.
+        target.deploy(ANOMALY_DETECTOR, "v4", uri(versions[3]), versions[3].sha256, 60)
+        hub.lag("spoke-1", 600)
+        with pytest.raises(ServingError, match=r"; the revert [0-9a-f]{7} is pushed but not confirmed, so no fleet-settled record was written "
+                                               r"\(the model's last is [0-9a-f]{7}\)"):
+            target.rollback(ANOMALY_DETECTOR, 1, reason="test: v4 is not wanted")
+        hub.lag("spoke-1", 0)
+        clone = tmp_path / "after-unconfirmed-revert"
+        subprocess.run(["git", "clone", "--quiet", repo_url, str(clone)], check=True)
+        newest = subprocess.run(["git", "-C", str(clone), "log", "--format=%s|%(trailers:key=Fleet-state,valueonly,separator=)"],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        last_record = next(index for index, line in enumerate(newest) if line.endswith("|settled"))
+        assert newest[0] == f"{ANOMALY_DETECTOR} v4: rollback|" and newest[last_record] == f"{ANOMALY_DETECTOR} v2: fleet settled|settled", newest
+        assert all(line.startswith(f"{ANOMALY_DETECTOR} v4: ") for line in newest[:last_record]), newest
     finally:
         hub.stop()
         git.stop()

@@ -190,3 +190,28 @@ def test_over_ssh_the_key_and_known_hosts_come_from_the_secrets_contents_and_an_
     finally:
         ssh.stop()
     assert remote_log(url, tmp_path)[0] == "anomaly-detector v1: deploy over ssh|model-pipelines"
+
+
+def test_the_message_ends_in_trailers_git_parses_and_no_subject_or_body_line_passes_for_one(git, token, tmp_path):
+    _, url = git
+    repo = GitopsRepo(url, "main", PATH, tmp_path / "work")
+    repo.sync()
+    repo.write({"waves/canary/version.yaml": "version: v2\n"})
+    reason = "rejected at canary-promote: 10% traffic, fail: prediction_shift 0.9 > 0.1;\n  max_drift 0.4 > 0.3"
+    message = commit_message("anomaly-detector", "v2", "Pipeline-Run: forged-in-subject", "run-7", "Model: forged-in-body\nPipeline-Run: forged",
+                             [("Step", "rollback"), ("Wave", "1/2 (canary: spoke-1)"), ("Reason", reason)])
+    repo.commit_and_push(message)
+    clone = tmp_path / "check"
+    subprocess.run(["git", "clone", "--quiet", url, str(clone)], check=True)
+    body = subprocess.run(["git", "-C", str(clone), "log", "-1", "--format=%B"], capture_output=True, text=True, check=True).stdout
+    parsed = subprocess.run(["git", "interpret-trailers", "--parse"], input=body, capture_output=True, text=True, check=True).stdout
+    expected = [("Model", "anomaly-detector"), ("Version", "v2"), ("Step", "rollback"), ("Wave", "1/2 (canary: spoke-1)"),
+                ("Reason", "rejected at canary-promote: 10% traffic, fail: prediction_shift 0.9 > 0.1; max_drift 0.4 > 0.3"), ("Pipeline-Run", "run-7")]
+    assert parsed == "".join(f"{key}: {value}\n" for key, value in expected)
+    assert repo.history("waves/canary") == [(repo.head(), expected)], "the clone reads the trailers as git parses them, not lines of the subject or body"
+    # The fleet-settled record after a first deployment was removed names no version: "<model>: fleet settled", no Version trailer.
+    record = commit_message("anomaly-detector", "", "fleet settled", "run-7", "After rollback, every wave below is Synced and Healthy",
+                            [("Step", "settled"), ("Fleet-state", "settled"), ("Reason", "smoke test failed")])
+    parsed = subprocess.run(["git", "interpret-trailers", "--parse"], input=record, capture_output=True, text=True, check=True).stdout
+    assert record.splitlines()[0] == "anomaly-detector: fleet settled" and parsed == (
+        "Model: anomaly-detector\nStep: settled\nFleet-state: settled\nReason: smoke test failed\nPipeline-Run: run-7\n")

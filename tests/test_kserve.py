@@ -535,8 +535,8 @@ def test_another_runs_inference_service_is_never_deleted(knative_cluster, models
     target = KServeTarget(KServeOptions(namespace=project.namespace, run_name="some-later-run"), api=client.CustomObjectsApi(
         config.new_client_from_config(knative_cluster.env["KUBECONFIG"])))
     with pytest.raises(ServingError, match="was not created by this run .*oc delete isvc anomaly-detector"):
-        target.remove(ANOMALY_DETECTOR, stable, 10)
-    assert target.rollback(ANOMALY_DETECTOR, 10).stable == stable, "with no candidate, rollback changes nothing"
+        target.remove(ANOMALY_DETECTOR, stable, 10, reason="test: not this run's")
+    assert target.rollback(ANOMALY_DETECTOR, 10, reason="test: no candidate").stable == stable, "with no candidate, rollback changes nothing"
     assert deletes(project) == [] and project.isvc(ANOMALY_DETECTOR)["metadata"]["generation"] == before["metadata"]["generation"]
 
 

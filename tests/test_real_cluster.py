@@ -35,5 +35,5 @@ def test_deploy_predict_and_remove_on_a_real_cluster():
         answer = requests.post(f"{target.endpoints(name).main}:predict", json={"instances": [fallback_instance()]}, timeout=60)
         assert answer.status_code == 200 and answer.json()["predictions"] in ([1], [-1])
     finally:
-        target.remove(name, "e2e", timeout_s=600)
+        target.remove(name, "e2e", timeout_s=600, reason="end-to-end test over")
     assert target.status(name).stable is None

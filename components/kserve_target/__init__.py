@@ -181,16 +181,20 @@ class KServeTarget:
         self.strategy_for(main).promote(main, candidate, timeout_s)
         return self.status(model_name)
 
-    def rollback(self, model_name: str, timeout_s: float) -> ServingStatus:
-        """Send all traffic to stable and remove the candidate so the spec matches what serves; never delete the service."""
+    def rollback(self, model_name: str, timeout_s: float, *, reason: str) -> ServingStatus:
+        """Send all traffic to stable and remove the candidate so the spec matches what serves; never delete the service
+        (``reason`` is the model store's to keep).
+        """
         main = self.api.get(model_name)
         if main is None or recorded_backend(main, "candidate") is None:
             return self.status(model_name)
         self.strategy_for(main).rollback(main, recorded_backend(main, "stable"), timeout_s)
         return self.status(model_name)
 
-    def remove(self, model_name: str, version: str, timeout_s: float) -> ServingStatus:
-        """Delete the InferenceService of a failed first deployment, only when this run created it and it serves ``version``."""
+    def remove(self, model_name: str, version: str, timeout_s: float, *, reason: str) -> ServingStatus:
+        """Delete the InferenceService of a failed first deployment, only when this run created it and it serves ``version``
+        (``reason`` is the model store's to keep).
+        """
         main = self.api.get(model_name)
         if main is None:
             return self.status(model_name)
