@@ -18,8 +18,8 @@
   prune what left the render. It then writes ``status.sync`` (Synced at the revision, or OutOfSync with a failed
   ``operationState``) and ``status.health`` from the InferenceServices: Healthy when Ready for their generation,
   Degraded when a revision failed, Progressing otherwise.
-- **Knobs:** ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message)`` makes every predictor that
-  spoke starts from then on fail (``None`` heals it).
+- **Knobs:** ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message, model_name="")`` makes every
+  predictor that spoke starts from then on (only that model's, if named) fail (``None`` heals it).
 - **The fleet network:** an HTTP proxy that resolves ``<service>.<namespace>.<cluster>.fleet.test`` to that spoke's
   Service (or the InferenceService's router for its own name), for the endpoint template
   ``http://{service}.{namespace}.{cluster}.fleet.test``.
@@ -237,9 +237,10 @@ class ArgoHub(LoopbackCluster):
         """Make ``cluster`` sync each new revision only ``seconds`` after it appears."""
         self.spokes[cluster].lag_s = seconds
 
-    def fail(self, cluster: str, message: str | None) -> None:
-        """Make every predictor ``cluster`` starts from now on fail with ``message`` (None heals it)."""
+    def fail(self, cluster: str, message: str | None, model_name: str = "") -> None:
+        """Make every predictor ``cluster`` starts from now on (only ``model_name``'s, if given) fail with ``message`` (None heals it)."""
         self.spokes[cluster].standin.failing_revisions = message or ""
+        self.spokes[cluster].standin.failing_model = model_name
 
     def application(self, name: str) -> dict:
         with self.lock:

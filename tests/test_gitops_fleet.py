@@ -10,6 +10,7 @@ a candidate that fails analysis in wave 1, and a spoke that never becomes Health
 import contextlib
 import json
 import subprocess
+import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -240,33 +241,45 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     assert {method for method, _ in fleet.hub.requests} == {"GET"} and not any("watch" in path for _, path in fleet.hub.requests)
 
 
-def test_two_models_rolled_out_at_once_each_read_only_their_own_applications_and_keep_their_own_outcome(fleet, models):  # noqa: F811
-    """A candidate of the detector that fails analysis and one of the forecaster that passes, in two runs at once."""
+def test_two_models_rolled_out_at_once_each_wait_for_their_own_applications_only(fleet, models):  # noqa: F811
+    """Two runs at once: the detector's promotion stalls Degraded on spoke-2 and is reverted; meanwhile the forecaster's
+    candidate passes wave 1 and is promoted to wave 2, spoke-2 included, while the detector's Application there is Degraded."""
     first = fleet.rollout(fleet.store_version(models["forecaster"](1.0), PREDICTIVE_ANALYTICS), model=PREDICTIVE_ANALYTICS)
     assert first.returncode == 0, logged(first)[-4000:]
-    detector_before, detector_stable = fleet.serving("spoke-1")["spec"], fleet.stable("spoke-1")
-    bad = fleet.store_version(models["alarmist"](0))
-    good = fleet.store_version(models["forecaster"](3.0), PREDICTIVE_ANALYTICS)
+    detector_stable = fleet.stable("spoke-1")
+    stalled, good = fleet.store_version(models["detector"](5)), fleet.store_version(models["forecaster"](3.0), PREDICTIVE_ANALYTICS)
+    detector_on_spoke_2 = lambda: fleet.hub.application_of("spoke-2", ANOMALY_DETECTOR)["status"]["health"]["status"]  # noqa: E731
     requests_before = len(fleet.hub.requests)
-    with ThreadPoolExecutor(2) as pool:
-        rejecting = pool.submit(fleet.rollout, bad)
-        promoting = pool.submit(fleet.rollout, good, "--param", "canary_steps=[25,100]", model=PREDICTIVE_ANALYTICS)
-        rejected, promoted = rejecting.result(), promoting.result()
-    assert rejected.returncode == 3 and "rejected at canary-promote" in logged(rejected), logged(rejected)[-4000:]
+    fleet.hub.fail("spoke-2", "0/3 nodes are available: 3 Insufficient memory", ANOMALY_DETECTOR)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            stalling = pool.submit(fleet.rollout, stalled, "--param", "ready_timeout_s=75")  # outlasts the forecaster's whole run (about 40 s)
+            deadline = time.monotonic() + 300
+            while detector_on_spoke_2() != "Degraded" and not stalling.done() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert detector_on_spoke_2() == "Degraded", logged(stalling.result())[-4000:] if stalling.done() else "spoke-2 never Degraded"
+            promoted = pool.submit(fleet.rollout, good, "--param", "canary_steps=[25,100]", model=PREDICTIVE_ANALYTICS).result()
+            meanwhile = detector_on_spoke_2()
+            reverted = stalling.result()
+    finally:
+        fleet.hub.fail("spoke-2", None)
     assert promoted.returncode == 0, logged(promoted)[-4000:]
+    assert meanwhile == "Degraded", "the forecaster's run ended while the detector's Application on spoke-2 was still Degraded"
     assert {cluster: fleet.stable(cluster, PREDICTIVE_ANALYTICS) for cluster in SPOKES} == {cluster: good for cluster in SPOKES}
-    assert fleet.serving("spoke-1")["spec"] == detector_before and {cluster: fleet.stable(cluster) for cluster in SPOKES} == {
-        cluster: detector_stable for cluster in SPOKES}
-    # Each run listed only its own model's Applications.
+    output = logged(reverted)
+    assert reverted.returncode == 3 and "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 75 s" in output, output[-4000:]
+    assert f"Application {ANOMALY_DETECTOR}-spoke-2 (cluster spoke-2)" in output and PREDICTIVE_ANALYTICS not in output.split("was not Synced")[1][:2000]
+    assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: detector_stable for cluster in SPOKES}
+    # Each run listed only its own model's Applications, and the detector's rollback reverted only the detector's commits.
     selectors = {urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("labelSelector", [""])[0] for _, path in fleet.hub.requests[requests_before:]}
     assert {f"app.kubernetes.io/part-of=model-pipelines,model-pipelines.io/model={name}" for name in (ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS)} <= selectors
-    # The detector's rollback reverted only the detector's commits: the forecaster's promotion stands in Git.
     subjects = [line.split(" ", 1)[1] for line in fleet.log("two-models")]
-    assert any(subject.startswith(f"{ANOMALY_DETECTOR} {bad}: rollback|") for subject in subjects)
+    rollback = next(number for number, subject in enumerate(subjects) if subject.startswith(f"{ANOMALY_DETECTOR} {stalled}: rollback|"))
+    promotion = subjects.index(f"{PREDICTIVE_ANALYTICS} {good}: promote to wave 2/2 (fleet: spoke-2, spoke-3)|model-pipelines")
+    assert rollback < promotion, "the forecaster reached wave 2 before the detector's revert (newest first)"
     assert not any(subject.startswith(f"{PREDICTIVE_ANALYTICS} {good}: rollback") for subject in subjects)
-    assert f"{PREDICTIVE_ANALYTICS} {good}: promote to wave 2/2 (fleet: spoke-2, spoke-3)|model-pipelines" in subjects
     store = FilesystemStore(fleet.state / "store")
-    assert store.read_index(ANOMALY_DETECTOR)["versions"][bad]["status"] == "rejected"
+    assert store.read_index(ANOMALY_DETECTOR)["versions"][stalled]["status"] == "rejected"
     assert store.read_index(PREDICTIVE_ANALYTICS)["stable"] == good
     for cluster in SPOKES:
         application = fleet.hub.application_of(cluster, PREDICTIVE_ANALYTICS)
