@@ -264,7 +264,7 @@ def test_two_models_rolled_out_at_once_each_wait_for_their_own_applications_only
     finally:
         fleet.hub.fail("spoke-2", None)
     assert promoted.returncode == 0, logged(promoted)[-4000:]
-    assert meanwhile == "Degraded", "the forecaster's run ended while the detector's Application on spoke-2 was still Degraded"
+    assert meanwhile == "Degraded", "the forecaster's run waited for the detector's Degraded Application on spoke-2 (until its revert)"
     assert {cluster: fleet.stable(cluster, PREDICTIVE_ANALYTICS) for cluster in SPOKES} == {cluster: good for cluster in SPOKES}
     output = logged(reverted)
     assert reverted.returncode == 3 and "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 75 s" in output, output[-4000:]

@@ -5,10 +5,12 @@ import copy
 import jsonschema
 import pytest
 
+from components.gitops_target import GitopsOptions, Hub
 from components.s3_store import DEFAULT_SECRET
+from components.serving import ServingError
 from tests.argo_hub import generated_applications, placement_selects
 from tests.conftest import REPO
-from tests.k8s_standin import load_crd
+from tests.k8s_standin import load_crd, selector_matches
 from tests.kustomize import MANIFESTS, rendered
 from tests.test_kserve import strict
 from tests.test_manifests import REFERENCE, object_errors
@@ -168,3 +170,30 @@ def test_the_hub_rbac_only_reads_applications():
     assert role["rules"] == [{"apiGroups": ["argoproj.io"], "resources": ["applications"], "verbs": ["get", "list"]}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner-dspa", "namespace": "self-healing-platform"}]
+
+
+class GeneratedApplications:
+    """The hub's list call (CustomObjectsApi.list_namespaced_custom_object) over a fixed set of Applications, filtered by labels."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+
+    def list_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, label_selector: str = "") -> dict:
+        """Return the Applications whose labels match ``label_selector``."""
+        return {"items": [item for item in self.items if selector_matches(item["metadata"].get("labels", {}), label_selector)]}
+
+
+def test_the_gitops_target_groups_only_its_models_generated_applications_into_waves_and_names_the_fix_otherwise():
+    objects = documents()
+    hub = Hub(GeneratedApplications(applications(objects, "model-pipelines-models") + applications(objects, "model-pipelines-spoke")), "openshift-gitops")
+    options = GitopsOptions("https://git.example.com/platform/model-fleet.git", "main", "fleet/models")
+    canary, fleet = hub.waves(options, "predictive-analytics")
+    assert (canary.directory, canary.clusters, fleet.directory, fleet.clusters) == ("waves/canary", ["spoke-1"], "waves/fleet", ["spoke-2", "spoke-3"])
+    assert {application.name for wave in (canary, fleet) for application in wave.applications} == {
+        "predictive-analytics-spoke-1", "predictive-analytics-spoke-2", "predictive-analytics-spoke-3"}
+    with pytest.raises(ServingError, match=r"labels app.kubernetes.io/part-of=model-pipelines,model-pipelines.io/model=churn: list churn in the "
+                                           r"models of manifests/gitops/applicationset.yaml"):
+        hub.waves(options, "churn")
+    moved = GitopsOptions(options.repo, "main", "elsewhere/models")
+    with pytest.raises(ServingError, match=r"must all sync elsewhere/models/waves/<wave>/predictive-analytics .*\.values\.wave \}\}/\{\{ \.model \}\}"):
+        hub.waves(moved, "predictive-analytics")
