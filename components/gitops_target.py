@@ -1,8 +1,10 @@
 """The gitops serving target: rollouts become commits to a fleet repository that Argo CD syncs to ACM spoke clusters.
 
 Layout under ``gitops_path`` (kustomize): ``base/<model>/`` holds the InferenceService of the model's first
-deployment; every wave's Applications sync one directory (their ``spec.source.path``, e.g. ``waves/canary``), whose
-``<model>/`` overlay patches the base with the version, storageUri and traffic that wave serves.
+deployment; ``waves/<wave>/<model>/`` is the model's overlay in a wave, which patches the base with the version,
+storageUri and traffic that wave serves. Each model has its own Application per cluster (``manifests/gitops``: labels
+``model-pipelines.io/model``, ``/wave`` and ``/cluster``), whose ``spec.source.path`` is that overlay; a rollout reads
+only its model's Applications, so another model's state never blocks it.
 
 The documents are the kserve target's own: its rollout strategies talk to ``WaveOverlays``, which answers their
 CustomObjectsApi calls from one wave's overlay and turns each write into a commit whose last paragraph holds git
@@ -42,6 +44,7 @@ from components.serving import Endpoints, ServingError, ServingStatus
 APPLICATIONS = ("argoproj.io", "v1alpha1", "applications")
 HUB_NAMESPACE = "openshift-gitops"
 APPLICATION_SELECTOR = "app.kubernetes.io/part-of=model-pipelines"
+MODEL_LABEL = "model-pipelines.io/model"
 WAVE_LABEL = "model-pipelines.io/wave"
 CLUSTER_LABEL = "model-pipelines.io/cluster"
 DEFAULT_WAVES = (("canary",), ("*",))
@@ -142,33 +145,42 @@ class Hub:
         """Wrap a CustomObjectsApi connected to the hub."""
         self.api, self.namespace = api, namespace
 
-    def applications(self) -> list[Application]:
-        """Return this project's Applications (label app.kubernetes.io/part-of=model-pipelines), by name."""
+    def applications(self, model_name: str = "") -> list[Application]:
+        """Return this project's Applications (label app.kubernetes.io/part-of=model-pipelines), only ``model_name``'s if given, by name."""
         from kubernetes.client.rest import ApiException
 
+        selector = f"{APPLICATION_SELECTOR},{MODEL_LABEL}={model_name}" if model_name else APPLICATION_SELECTOR
         try:
-            listing = self.api.list_namespaced_custom_object(*APPLICATIONS[:2], self.namespace, APPLICATIONS[2], label_selector=APPLICATION_SELECTOR)
+            listing = self.api.list_namespaced_custom_object(*APPLICATIONS[:2], self.namespace, APPLICATIONS[2], label_selector=selector)
         except ApiException as error:
             hint = " apply manifests/gitops on the hub (oc apply -k manifests/gitops)" if error.status in (401, 403) else ""
             raise ServingError(f"cannot list Argo CD Applications in {self.namespace} on the hub: {error.status} {error.reason};{hint}") from error
         return sorted((Application.parse(item) for item in listing.get("items", [])), key=lambda application: application.name)
 
-    def waves(self, options: GitopsOptions) -> list[Wave]:
-        """Group the Applications into ``options.waves`` by their wave label; each wave must have some, all under the path."""
-        applications, claimed, waves = self.applications(), set(), []
+    def waves(self, options: GitopsOptions, model_name: str) -> list[Wave]:
+        """Group ``model_name``'s Applications into ``options.waves`` by their wave label; each wave must have some, all
+        syncing ``<gitops_path>/<one directory>/<model_name>``.
+        """
+        applications, claimed, waves = self.applications(model_name), set(), []
+        selector, root = f"{APPLICATION_SELECTOR},{MODEL_LABEL}={model_name}", options.path.rstrip("/")
+        if not applications:
+            raise ServingError(f"no Argo CD Application on the hub (namespace {self.namespace}) has the labels {selector}: list {model_name} "
+                               "in the models of manifests/gitops/applicationset.yaml and apply it (oc apply -k manifests/gitops); "
+                               "Applications without the model label come from an older manifests/gitops")
         for number, labels in enumerate(options.waves, start=1):
             members = tuple(a for a in applications if a.name not in claimed and (labels == (REST_OF_FLEET,) or a.wave in labels))
             if not members:
-                raise ServingError(f"no Argo CD Application on the hub (namespace {self.namespace}, label {APPLICATION_SELECTOR}) has "
+                raise ServingError(f"no Argo CD Application on the hub (namespace {self.namespace}, labels {selector}) has "
                                    f"{WAVE_LABEL} in {list(labels)} for wave {number}: apply manifests/gitops (oc apply -k), label a ManagedCluster "
                                    f"{WAVE_LABEL}=..., or change fleet_waves")
-            directories = {a.path for a in members}
-            outside = sorted(path for path in directories if not path.startswith(f"{options.path.rstrip('/')}/"))
-            if outside or len(directories) != 1:
-                raise ServingError(f"wave {number}'s Applications must all sync one directory under gitops_path {options.path}; they sync "
-                                   f"{sorted(directories)}: point each wave's ApplicationSet generator at {options.path}/waves/<wave>")
+            directories = {posixpath.dirname(a.path) for a in members}
+            misplaced = sorted(a.path for a in members if posixpath.basename(a.path) != model_name or not a.path.startswith(f"{root}/"))
+            if misplaced or len(directories) != 1:
+                raise ServingError(f"wave {number}'s Applications of {model_name} must all sync {root}/waves/<wave>/{model_name} (gitops_path "
+                                   f"{options.path}); they sync {sorted({a.path for a in members})}: set the ApplicationSet's source path to "
+                                   f"{root}/waves/{{{{ .values.wave }}}}/{{{{ .model }}}}")
             claimed.update(a.name for a in members)
-            waves.append(Wave(number, labels, members, directories.pop().removeprefix(f"{options.path.rstrip('/')}/")))
+            waves.append(Wave(number, labels, members, directories.pop().removeprefix(f"{root}/")))
         return waves
 
 
@@ -277,8 +289,6 @@ class WaveOverlays:
         files = {f"{overlay}/{PATCH_FILE}": dump(merge_patch(identity(main), merge_diff(base, main))),
                  f"{overlay}/{KUSTOMIZATION}": dump(kustomization([to_base, *(f"{name}.yaml" for name in sorted(extras))], [PATCH_FILE]))}
         files.update({self.extra_file(model_name, name): dump(document) for name, document in extras.items()})
-        models = {model_name, *(path.parent.name for path in (self.fleet.repo.root / self.wave.directory).glob(f"*/{KUSTOMIZATION}"))}
-        files[f"{self.wave.directory}/{KUSTOMIZATION}"] = dump(kustomization(sorted(models)))
         return files
 
 
@@ -332,7 +342,7 @@ class GitopsTarget:
     def _begin(self, model_name: str, version: str, step: str) -> None:
         """Fetch the branch and the waves, and name the model, version and step the next commits are for."""
         self.repo.sync()
-        self.waves = self.hub.waves(self.gitops)
+        self.waves = self.hub.waves(self.gitops, model_name)
         self.model_name, self.version, self.step = model_name, version, step
 
     def where(self, wave: Wave) -> str:
@@ -364,7 +374,7 @@ class GitopsTarget:
         """Return whether every Application of ``wave`` is Synced at the model's last commit and Healthy, and what is not."""
         required = self.repo.last_change(f"base/{self.model_name}", f"{wave.directory}/{self.model_name}")
         names = {application.name for application in wave.applications}
-        lagging = [a for a in self.hub.applications() if a.name in names and not (
+        lagging = [a for a in self.hub.applications(self.model_name) if a.name in names and not (
             a.sync == "Synced" and a.health == "Healthy" and self.repo.contains(a.revision, required))]
         return not lagging, f"waiting for {required[:7]}: " + "; ".join(a.line() for a in lagging) if lagging else "every Application Synced and Healthy"
 
@@ -565,7 +575,7 @@ class GitopsTarget:
         reason; trailers Step: settled, Fleet-state: settled (and Reason). Return the pushed head.
         """
         stable, run = self._recorded(model_name)[0], self.options.run_name or "local"
-        reported = {application.name: application for application in self.hub.applications()}
+        reported = {application.name: application for application in self.hub.applications(self.model_name)}
         confirmed = []
         for wave in waves:
             applications = [reported[application.name] for application in wave.applications if application.name in reported]

@@ -1,10 +1,15 @@
 """A stand-in for an ACM hub running OpenShift GitOps (Argo CD), on 127.0.0.1, over spoke clusters that are
 ``KubeStandIn``s (KServe 0.20, or 0.15) serving with the real KServe model server.
 
-- **Applications** are generated from the project's own ApplicationSet and Placements (``manifests/gitops/``): each
-  ``clusterDecisionResource`` generator takes the clusters its Placement's selector picks from the spokes' ManagedCluster
-  labels (the PlacementDecision), and fills the generator's ``values`` and each cluster's name and server into the
-  template, as the ApplicationSet controller does.
+- **Applications** are generated from the project's own ApplicationSets, Placements and GitOpsCluster
+  (``manifests/gitops/``), as Argo CD's ApplicationSet controller (argo-cd v3, ``applicationset/generators/``) does:
+  a ``clusterDecisionResource`` generator gives, per cluster its Placement's selector picks from the spokes'
+  ManagedCluster labels (the PlacementDecision), the decision's ``clusterName`` and ``reason``, the ``name`` and
+  ``server`` of the Argo CD cluster of that name (a cluster the GitOpsCluster's Placement did not register is skipped)
+  and its ``values``; a ``list`` generator its elements; a ``matrix`` generator every combination of its two children's
+  parameters, merged with the first child's winning (goTemplate). The template's ``{{ .a.b }}`` fields are filled in
+  with missingkey=error, and without ``syncPolicy.preserveResourcesOnDeletion`` an Application gets the resources
+  finalizer.
 - **The hub API** serves ``applications.argoproj.io`` to the real ``kubernetes`` client: get and list (with
   ``labelSelector``) only; every write and every watch is 403, as ``manifests/gitops``' hub-rbac.yaml grants.
 - **The controller** polls the real Git server. When a branch moves it exports the new revision, renders each
@@ -13,8 +18,8 @@
   prune what left the render. It then writes ``status.sync`` (Synced at the revision, or OutOfSync with a failed
   ``operationState``) and ``status.health`` from the InferenceServices: Healthy when Ready for their generation,
   Degraded when a revision failed, Progressing otherwise.
-- **Knobs:** ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message)`` makes every predictor that
-  spoke starts from then on fail (``None`` heals it).
+- **Knobs:** ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message, model_name="")`` makes every
+  predictor that spoke starts from then on (only that model's, if named) fail (``None`` heals it).
 - **The fleet network:** an HTTP proxy that resolves ``<service>.<namespace>.<cluster>.fleet.test`` to that spoke's
   Service (or the InferenceService's router for its own name), for the endpoint template
   ``http://{service}.{namespace}.{cluster}.fleet.test``.
@@ -45,6 +50,9 @@ from tests.k8s_standin import KubeStandIn, LoopbackCluster, forwarding_proxy, se
 APPLICATION_PATH = re.compile(r"^/apis/argoproj\.io/v1alpha1/namespaces/([^/]+)/applications(?:/([^/]+))?$")
 FLEET_DOMAIN = ".fleet.test"
 ENDPOINT_TEMPLATE = "http://{service}.{namespace}.{cluster}" + FLEET_DOMAIN
+PLACEMENT_LABEL = "cluster.open-cluster-management.io/placement"
+GO_FIELD = re.compile(r"\{\{\s*\.([\w.]+)\s*\}\}")
+RESOURCES_FINALIZER = "resources-finalizer.argocd.argoproj.io"
 HEALTH_ORDER = ["Healthy", "Progressing", "Missing", "Degraded"]  # an Application is as healthy as its worst resource
 
 
@@ -99,6 +107,70 @@ def placement_selects(placement: dict, labels: dict) -> bool:
     return True
 
 
+def go_template(text: str, parameters: dict) -> str:
+    """Return ``text`` with each ``{{ .a.b }}`` replaced by that parameter; a missing one is an error (missingkey=error)."""
+    def field(match: re.Match) -> str:
+        value = parameters
+        for key in match.group(1).split("."):
+            if not isinstance(value, dict) or key not in value:
+                raise KeyError(f"template: map has no entry for key {key!r} (in {match.group(0)})")
+            value = value[key]
+        return str(value)
+
+    filled = GO_FIELD.sub(field, text)
+    if "{{" in filled:
+        raise ValueError(f"the stand-in fills in only {{{{ .field }}}} actions: {filled[filled.index('{{'):][:80]}")
+    return filled
+
+
+def merged(fallback: dict, preferred: dict) -> dict:
+    """Return ``fallback`` deep-merged with ``preferred``, whose values win (mergo.Merge WithOverride, as matrix does)."""
+    result = copy.deepcopy(fallback)
+    for key, value in preferred.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else copy.deepcopy(value)
+    return result
+
+
+def cluster_server(cluster: str) -> str:
+    """Return the API server URL the GitOpsCluster registers for a spoke (its ManagedCluster's API URL)."""
+    return f"https://api.{cluster}{FLEET_DOMAIN}:6443"
+
+
+def generator_parameters(generator: dict, manifests: list[dict], clusters: dict[str, dict]) -> list[dict]:
+    """Return the parameter sets one generator (list, clusterDecisionResource or matrix) produces over ``clusters``
+    (name -> ManagedCluster labels), in goTemplate form, given the Placements and GitOpsClusters in ``manifests``.
+    """
+    if "list" in generator:
+        return copy.deepcopy(generator["list"]["elements"])
+    if "clusterDecisionResource" in generator:
+        placements = {item["metadata"]["name"]: item for item in manifests if item["kind"] == "Placement"}
+        registered = {name for item in manifests if item["kind"] == "GitOpsCluster" for name, labels in clusters.items()
+                      if placement_selects(placements[item["spec"]["placementRef"]["name"]], labels)}
+        decisions = generator["clusterDecisionResource"]
+        placement = placements[decisions["labelSelector"]["matchLabels"][PLACEMENT_LABEL]]
+        values = {"values": dict(decisions["values"])} if decisions.get("values") else {}
+        return [{"name": name, "server": cluster_server(name), "clusterName": name, "reason": "", **values}
+                for name, labels in clusters.items() if placement_selects(placement, labels) and name in registered]
+    if "matrix" in generator:
+        first, second = generator["matrix"]["generators"]
+        return [merged(b, a) for a in generator_parameters(first, manifests, clusters) for b in generator_parameters(second, manifests, clusters)]
+    raise ValueError(f"the stand-in generates from list, clusterDecisionResource and matrix generators, not {sorted(generator)}")
+
+
+def generated_applications(applicationset: dict, manifests: list[dict], clusters: dict[str, dict]) -> list[dict]:
+    """Return the Applications an ApplicationSet generates: its template filled in with each generator's parameter sets."""
+    spec, generated = applicationset["spec"], []
+    template = json.dumps(spec["template"])
+    preserve = (spec.get("syncPolicy") or {}).get("preserveResourcesOnDeletion", False)
+    for generator in spec["generators"]:
+        for parameters in generator_parameters(generator, manifests, clusters):
+            application = json.loads(go_template(template, parameters))
+            if not preserve:
+                application["metadata"]["finalizers"] = [RESOURCES_FINALIZER]
+            generated.append({"apiVersion": "argoproj.io/v1alpha1", "kind": "Application", **application})
+    return generated
+
+
 class Spoke:
     """One managed cluster: its KubeStandIn, ManagedCluster labels and sync knobs."""
 
@@ -114,13 +186,14 @@ class ArgoHub(LoopbackCluster):
     context = "hub"
 
     def __init__(self, work: Path, repo_url: str, branch: str, spokes: dict[str, dict], store_root: Path, crd_file: Path | None,
-                 applicationset: dict, placements: list[dict], namespace: str = "openshift-gitops", kserve: str = "0.20") -> None:
+                 manifests: list[dict], namespace: str = "openshift-gitops", kserve: str = "0.20") -> None:
         self.work, self.repo_url, self.branch, self.namespace = work, repo_url, branch, namespace
         self.kubectl = kubectl_kustomize()
         self.spokes = {name: Spoke(name, labels, KubeStandIn(store_root, self._mkdir(f"spoke-{name}"), kserve=kserve, crd_file=crd_file))
                        for name, labels in spokes.items()}
-        self.placements = {placement["metadata"]["name"]: placement for placement in placements}
-        self.applications = {document["metadata"]["name"]: document for document in self.generate(applicationset)}
+        self.manifests = manifests
+        self.applications = {document["metadata"]["name"]: document for item in manifests if item["kind"] == "ApplicationSet"
+                             for document in self.generate(item)}
         self.applied: dict[str, dict[str, dict]] = {name: {} for name in self.applications}
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.RLock()
@@ -138,23 +211,12 @@ class ArgoHub(LoopbackCluster):
 
     # -- the ApplicationSet controller, for ACM placement decisions -------------------------------------------------
     def generate(self, applicationset: dict) -> list[dict]:
-        """Return the Applications the ApplicationSet generates: per generator, one per spoke its Placement chose."""
+        """Return the Applications the ApplicationSet generates over the spokes, as stored on the hub (pointing at the test's Git server)."""
         generated = []
-        template = json.dumps(applicationset["spec"]["template"])
-        for generator in applicationset["spec"]["generators"]:
-            values = generator["clusterDecisionResource"].get("values", {})
-            placement = self.placements[generator["clusterDecisionResource"]["labelSelector"]["matchLabels"]["cluster.open-cluster-management.io/placement"]]
-            chosen = [spoke for spoke in self.spokes.values() if placement_selects(placement, spoke.labels)]
-            for spoke in chosen:
-                text = template.replace("{{ .name }}", spoke.name).replace("{{ .server }}", f"https://api.{spoke.name}{FLEET_DOMAIN}:6443")
-                for key, value in values.items():
-                    text = text.replace(f"{{{{ .values.{key} }}}}", value)
-                spec = json.loads(text)
-                spec["spec"]["source"]["repoURL"] = self.repo_url
-                generated.append({"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
-                                  "metadata": {**spec["metadata"], "namespace": self.namespace, "resourceVersion": "1",
-                                               "uid": f"uid-{spec['metadata']['name']}", "generation": 1},
-                                  "spec": spec["spec"], "status": {"sync": {"status": "OutOfSync"}, "health": {"status": "Missing"}}})
+        for application in generated_applications(applicationset, self.manifests, {name: spoke.labels for name, spoke in self.spokes.items()}):
+            application["spec"]["source"]["repoURL"] = self.repo_url
+            application["metadata"].update(namespace=self.namespace, resourceVersion="1", uid=f"uid-{application['metadata']['name']}", generation=1)
+            generated.append({**application, "status": {"sync": {"status": "OutOfSync"}, "health": {"status": "Missing"}}})
         return generated
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
@@ -175,17 +237,19 @@ class ArgoHub(LoopbackCluster):
         """Make ``cluster`` sync each new revision only ``seconds`` after it appears."""
         self.spokes[cluster].lag_s = seconds
 
-    def fail(self, cluster: str, message: str | None) -> None:
-        """Make every predictor ``cluster`` starts from now on fail with ``message`` (None heals it)."""
+    def fail(self, cluster: str, message: str | None, model_name: str = "") -> None:
+        """Make every predictor ``cluster`` starts from now on (only ``model_name``'s, if given) fail with ``message`` (None heals it)."""
         self.spokes[cluster].standin.failing_revisions = message or ""
+        self.spokes[cluster].standin.failing_model = model_name
 
     def application(self, name: str) -> dict:
         with self.lock:
             return copy.deepcopy(self.applications[name])
 
-    def application_of(self, cluster: str) -> dict:
+    def application_of(self, cluster: str, model_name: str) -> dict:
+        """Return the Application of ``model_name`` on ``cluster``."""
         return next(self.application(name) for name, app in self.applications.items()
-                    if app["metadata"]["labels"]["model-pipelines.io/cluster"] == cluster)
+                    if app["metadata"]["labels"]["model-pipelines.io/cluster"] == cluster and app["metadata"]["labels"].get("model-pipelines.io/model") == model_name)
 
     # -- the fleet network -------------------------------------------------------------------------------------------
     def resolve(self, host: str) -> int | None:

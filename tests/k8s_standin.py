@@ -260,6 +260,7 @@ class KubeStandIn(LoopbackCluster):
         self.writes: list[dict] = []
         self.faults: list[tuple[str, int, Callable[[dict | None], bool]]] = []
         self.failing_revisions = ""  # when set, every predictor revision started from now on fails with this message
+        self.failing_model = ""  # when set, only that model's revisions (its own InferenceService and its candidate's) fail
         self.held: set[str] = set()  # InferenceService names the controller leaves unreconciled for now (a slow controller)
         self.lock = threading.RLock()
         self.resource_version = 100
@@ -541,7 +542,7 @@ class KubeStandIn(LoopbackCluster):
 
     def _start_revision(self, name: str, suffix: str, predictor: dict, template: str) -> dict:
         revision = {"name": f"{name}-predictor-{suffix}", "template": template}
-        if self.failing_revisions:
+        if self.failing_revisions and self.failing_model in ("", name.removesuffix("-candidate")):
             revision["failure"] = self.failing_revisions
             return revision
         uri = predictor["model"]["storageUri"]

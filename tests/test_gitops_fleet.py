@@ -10,6 +10,9 @@ a candidate that fails analysis in wave 1, and a spoke that never becomes Health
 import contextlib
 import json
 import subprocess
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import pytest
 import yaml
 from kubernetes import client as kubernetes_client, config as kubernetes_config
 
-from components.contract import ANOMALY_DETECTOR
+from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.gitops_repo import TOKEN_ENV
 from components.gitops_target import GitopsOptions, GitopsTarget
 from components.kserve_target import KServeOptions
@@ -27,7 +30,7 @@ from components.storage import FilesystemStore
 from tests.argo_hub import ENDPOINT_TEMPLATE, ArgoHub, render, render_in_python
 from tests.conftest import logged, run_cli
 from tests.git_server import GitHttpServer
-from tests.kustomize import MANIFESTS, by_kind, rendered
+from tests.kustomize import MANIFESTS, rendered
 from tests.servers import PrometheusServer
 from tests.test_gitops_manifests import errors, validators  # noqa: F401 (a fixture)
 from tests.test_kserve import CRDS, crd_schemas, models, version_record  # noqa: F401 (fixtures)
@@ -56,22 +59,22 @@ class Fleet:
     state: Path
     env: dict
 
-    def rollout(self, version: str, *extra: str) -> subprocess.CompletedProcess:
-        return run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(self.state),
+    def rollout(self, version: str, *extra: str, model: str = ANOMALY_DETECTOR) -> subprocess.CompletedProcess:
+        return run_cli("rollout", model, "--version", version, "--local", "--state-dir", str(self.state),
                        *parameters(self.repo_url), "--param", "canary_interval_s=0.3", "--param", "probe_requests=10",
                        "--param", "days=1", "--param", f"pvc_name={PVC}", "--param", "ready_timeout_s=60", *extra, env=self.env, timeout=900)
 
-    def store_version(self, model) -> str:
-        path = self.state / "candidate.pkl"
+    def store_version(self, model, name: str = ANOMALY_DETECTOR) -> str:
+        path = self.state / f"candidate-{name}.pkl"
         estimator, record = version_record(model, run_name="test")
         joblib.dump(estimator, path)
-        return FilesystemStore(self.state / "store").save_version(ANOMALY_DETECTOR, path, record).version
+        return FilesystemStore(self.state / "store").save_version(name, path, record).version
 
-    def serving(self, cluster: str) -> dict:
-        return self.hub.spokes[cluster].standin.get(NAMESPACE, ANOMALY_DETECTOR)
+    def serving(self, cluster: str, name: str = ANOMALY_DETECTOR) -> dict:
+        return self.hub.spokes[cluster].standin.get(NAMESPACE, name)
 
-    def stable(self, cluster: str) -> str:
-        return self.serving(cluster)["metadata"]["annotations"]["model-pipelines.io/stable-version"]
+    def stable(self, cluster: str, name: str = ANOMALY_DETECTOR) -> str:
+        return self.serving(cluster, name)["metadata"]["annotations"]["model-pipelines.io/stable-version"]
 
     def log(self, name: str) -> list[str]:
         clone = self.state.parent / f"log-{name}"
@@ -163,7 +166,7 @@ def fleet(tmp_path_factory, models):  # noqa: F811 (the fixture)
     crd = CRDS / "rhoai-3.5" / "serving.kserve.io_inferenceservices.yaml"
     (work / "pvcs" / PVC).mkdir(parents=True)
     hub = ArgoHub(work / "hub", repo_url, "main", SPOKES, work / "pvcs", crd if crd.is_file() else None,
-                  by_kind(gitops, "ApplicationSet")[0], by_kind(gitops, "Placement"))
+                  gitops)
     hub.start()
     prometheus = PrometheusServer(work / "prometheus", file_sd=hub.scrape_targets).start()
     state = work / "state"
@@ -192,8 +195,13 @@ def test_the_first_deployment_reaches_every_cluster_through_one_commit_and_the_g
     assert (content["after"], content["revision"]) == ("first deployment", deployment.revision)
     assert [(wave["wave"], wave["revision"], [a["cluster"] for a in wave["applications"]]) for wave in content["waves"]] == [
         ("1/2 (canary: spoke-1)", deployment.revision, ["spoke-1"]), ("2/2 (fleet: spoke-2, spoke-3)", deployment.revision, ["spoke-2", "spoke-3"])]
-    waves = {app["metadata"]["labels"]["model-pipelines.io/cluster"]: app["spec"]["source"]["path"] for app in fleet.hub.applications.values()}
-    assert waves == {"spoke-1": f"{PATH}/waves/canary", "spoke-2": f"{PATH}/waves/fleet", "spoke-3": f"{PATH}/waves/fleet"}
+    paths = {name: app["spec"]["source"]["path"] for name, app in fleet.hub.applications.items()}
+    for model in (ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS):  # one Application per model and cluster, each syncing its model's overlay
+        assert {f"{model}-{cluster}": paths[f"{model}-{cluster}"] for cluster in SPOKES} == {
+            f"{model}-spoke-1": f"{PATH}/waves/canary/{model}", f"{model}-spoke-2": f"{PATH}/waves/fleet/{model}", f"{model}-spoke-3": f"{PATH}/waves/fleet/{model}"}
+    assert {name: path for name, path in paths.items() if name.startswith("model-pipelines-spoke-")} == {
+        f"model-pipelines-spoke-{cluster}": f"{PATH}/spoke" for cluster in SPOKES}
+    assert not [name for name in paths if "finalizers" in fleet.hub.applications[name]["metadata"]], "preserveResourcesOnDeletion: no resources finalizer"
     for name in fleet.hub.applications:
         application = fleet.hub.application(name)
         application.pop("status")
@@ -202,9 +210,10 @@ def test_the_first_deployment_reaches_every_cluster_through_one_commit_and_the_g
     export = fleet.hub._export(fleet.hub._head())
     assert (export / PATH / "status" / f"{ANOMALY_DETECTOR}.yaml").is_file(), "the record is in the tree the Applications render"
     for wave in ("canary", "fleet"):
-        rendered = render(export / PATH / "waves" / wave, fleet.hub.kubectl)
-        assert rendered == render_in_python(export / PATH / "waves" / wave)
+        rendered = render(export / PATH / "waves" / wave / ANOMALY_DETECTOR, fleet.hub.kubectl)
+        assert rendered == render_in_python(export / PATH / "waves" / wave / ANOMALY_DETECTOR)
         assert [document["metadata"]["name"] for document in rendered] == [ANOMALY_DETECTOR], "no Application renders the record"
+        assert not (export / PATH / "waves" / wave / "kustomization.yaml").exists(), "each model's Applications sync its own overlay"
 
 
 def test_a_good_candidate_goes_wave_by_wave_past_a_colleagues_concurrent_commit(fleet, models):  # noqa: F811
@@ -250,8 +259,8 @@ def test_a_good_candidate_goes_wave_by_wave_past_a_colleagues_concurrent_commit(
 
     export = fleet.hub._export(fleet.hub._head())
     for wave in ("canary", "fleet"):  # the promoted overlays patch labels, env and the predictor: both renderers agree
-        rendered = render(export / PATH / "waves" / wave, fleet.hub.kubectl)
-        assert rendered == render_in_python(export / PATH / "waves" / wave) and rendered[0]["spec"]["predictor"]["name"] == v2
+        rendered = render(export / PATH / "waves" / wave / ANOMALY_DETECTOR, fleet.hub.kubectl)
+        assert rendered == render_in_python(export / PATH / "waves" / wave / ANOMALY_DETECTOR) and rendered[0]["spec"]["predictor"]["name"] == v2
 
     status = run_cli("serve", "status", "--target", "gitops", "--json", *parameters(fleet.repo_url), env=fleet.env)
     assert status.returncode == 0, status.stdout
@@ -294,7 +303,7 @@ def test_a_candidate_failing_analysis_in_wave_1_is_reverted_and_wave_2_is_never_
         "rollback", revert.revision, ["1/2 (canary: spoke-1)"]), "settled once wave 1, the one the revert changed, was confirmed at it"
     table = run_cli("serve", "status", "--target", "gitops", *parameters(fleet.repo_url), env=fleet.env)
     assert f"{ANOMALY_DETECTOR}: last rollback {bad} in {revert.revision[:7]}: {reason}" in table.stdout, table.stdout
-    application = fleet.hub.application_of("spoke-1")["status"]
+    application = fleet.hub.application_of("spoke-1", ANOMALY_DETECTOR)["status"]
     assert application["sync"]["status"] == "Synced" and application["health"]["status"] == "Healthy"
 
 
@@ -313,7 +322,7 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     output = logged(result)
     assert result.returncode == 3, output[-4000:]
     assert "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 12 s" in output
-    assert "Application models-spoke-3 (cluster spoke-3): Synced at" in output and "Degraded (InferenceService anomaly-detector" in output
+    assert f"Application {ANOMALY_DETECTOR}-spoke-3 (cluster spoke-3): Synced at" in output and "Degraded (InferenceService anomaly-detector" in output
     assert "3 Insufficient memory" in output
     assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: stable for cluster in SPOKES}
     for cluster, client in clients.items():
@@ -346,6 +355,51 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     assert {method for method, _ in fleet.hub.requests} == {"GET"} and not any("watch" in path for _, path in fleet.hub.requests)
 
 
+def test_two_models_rolled_out_at_once_each_wait_for_their_own_applications_only(fleet, models):  # noqa: F811
+    """Two runs at once: the detector's promotion stalls Degraded on spoke-2 and is reverted; meanwhile the forecaster's
+    candidate passes wave 1 and is promoted to wave 2, spoke-2 included, while the detector's Application there is Degraded."""
+    first = fleet.rollout(fleet.store_version(models["forecaster"](1.0), PREDICTIVE_ANALYTICS), model=PREDICTIVE_ANALYTICS)
+    assert first.returncode == 0, logged(first)[-4000:]
+    detector_stable = fleet.stable("spoke-1")
+    stalled, good = fleet.store_version(models["detector"](5)), fleet.store_version(models["forecaster"](3.0), PREDICTIVE_ANALYTICS)
+    detector_on_spoke_2 = lambda: fleet.hub.application_of("spoke-2", ANOMALY_DETECTOR)["status"]["health"]["status"]  # noqa: E731
+    requests_before = len(fleet.hub.requests)
+    fleet.hub.fail("spoke-2", "0/3 nodes are available: 3 Insufficient memory", ANOMALY_DETECTOR)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            stalling = pool.submit(fleet.rollout, stalled, "--param", "ready_timeout_s=75")  # outlasts the forecaster's whole run (about 40 s)
+            deadline = time.monotonic() + 300
+            while detector_on_spoke_2() != "Degraded" and not stalling.done() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert detector_on_spoke_2() == "Degraded", logged(stalling.result())[-4000:] if stalling.done() else "spoke-2 never Degraded"
+            promoted = pool.submit(fleet.rollout, good, "--param", "canary_steps=[25,100]", model=PREDICTIVE_ANALYTICS).result()
+            meanwhile = detector_on_spoke_2()
+            reverted = stalling.result()
+    finally:
+        fleet.hub.fail("spoke-2", None)
+    assert promoted.returncode == 0, logged(promoted)[-4000:]
+    assert meanwhile == "Degraded", "the forecaster's run waited for the detector's Degraded Application on spoke-2 (until its revert)"
+    assert {cluster: fleet.stable(cluster, PREDICTIVE_ANALYTICS) for cluster in SPOKES} == {cluster: good for cluster in SPOKES}
+    output = logged(reverted)
+    assert reverted.returncode == 3 and "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 75 s" in output, output[-4000:]
+    assert f"Application {ANOMALY_DETECTOR}-spoke-2 (cluster spoke-2)" in output and PREDICTIVE_ANALYTICS not in output.split("was not Synced")[1][:2000]
+    assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: detector_stable for cluster in SPOKES}
+    # Each run listed only its own model's Applications, and the detector's rollback reverted only the detector's commits.
+    selectors = {urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("labelSelector", [""])[0] for _, path in fleet.hub.requests[requests_before:]}
+    assert {f"app.kubernetes.io/part-of=model-pipelines,model-pipelines.io/model={name}" for name in (ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS)} <= selectors
+    subjects = [line.split(" ", 1)[1] for line in fleet.log("two-models")]
+    rollback = next(number for number, subject in enumerate(subjects) if subject.startswith(f"{ANOMALY_DETECTOR} {stalled}: rollback|"))
+    promotion = subjects.index(f"{PREDICTIVE_ANALYTICS} {good}: promote to wave 2/2 (fleet: spoke-2, spoke-3)|model-pipelines")
+    assert rollback < promotion, "the forecaster reached wave 2 before the detector's revert (newest first)"
+    assert not any(subject.startswith(f"{PREDICTIVE_ANALYTICS} {good}: rollback") for subject in subjects)
+    store = FilesystemStore(fleet.state / "store")
+    assert store.read_index(ANOMALY_DETECTOR)["versions"][stalled]["status"] == "rejected"
+    assert store.read_index(PREDICTIVE_ANALYTICS)["stable"] == good
+    for cluster in SPOKES:
+        application = fleet.hub.application_of(cluster, PREDICTIVE_ANALYTICS)
+        assert application["metadata"]["name"] == f"{PREDICTIVE_ANALYTICS}-{cluster}" and application["status"]["health"]["status"] == "Healthy"
+
+
 def test_every_inference_service_the_spokes_received_matches_the_kserve_0_20_crds(fleet, crd_schemas):  # noqa: F811
     written = [write for spoke in fleet.hub.spokes.values() for write in spoke.standin.writes]
     assert len(written) > 10
@@ -374,7 +428,7 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
     crd = CRDS / "rhoai-3.4" / "serving.kserve.io_inferenceservices.yaml"
     (tmp_path / "pvcs" / PVC).mkdir(parents=True)
     hub = ArgoHub(tmp_path / "hub", repo_url, "main", {"spoke-1": SPOKES["spoke-1"], "spoke-2": SPOKES["spoke-2"]}, tmp_path / "pvcs",
-                  crd if crd.is_file() else None, by_kind(gitops, "ApplicationSet")[0], by_kind(gitops, "Placement"), kserve="0.15").start()
+                  crd if crd.is_file() else None, gitops, kserve="0.15").start()
     try:
         monkeypatch.setenv(TOKEN_ENV, PASSWORD)
         hub_api = kubernetes_client.CustomObjectsApi(kubernetes_config.new_client_from_config(config_file=str(hub.write_kubeconfig(tmp_path / "kubeconfig"))))

@@ -157,9 +157,10 @@ def test_setting_the_namespace_and_the_pipeline_server_once_changes_every_object
     assert leftovers == [], "the old namespace is hard-coded somewhere"
 
     gitops = rendered(manifests / "gitops")
-    (hub_binding,), (application_set,) = by_kind(gitops, "RoleBinding"), by_kind(gitops, "ApplicationSet")
+    (hub_binding,), (project,) = by_kind(gitops, "RoleBinding"), by_kind(gitops, "AppProject")
     assert hub_binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner-pipelines", "namespace": "ml-hub"}]
-    assert application_set["spec"]["template"]["spec"]["destination"]["namespace"] == "ml-serving"
+    assert [item["spec"]["template"]["spec"]["destination"]["namespace"] for item in by_kind(gitops, "ApplicationSet")] == ["ml-serving"] * 2
+    assert project["spec"]["destinations"][0]["namespace"] == "ml-serving" and project["spec"]["clusterResourceWhitelist"][0]["name"] == "ml-serving"
     assert {item["metadata"]["namespace"] for item in gitops} == {"openshift-gitops"}
     assert not [line for item in gitops for line in yaml.safe_dump(item).splitlines() if NAMESPACE in line]
 
