@@ -344,7 +344,7 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     assert revert.trailers["Wave"] == ["1/2 (canary: spoke-1)", "2/2 (fleet: spoke-2, spoke-3)"]
     [reason] = revert.trailers["Reason"]
     assert reason.startswith("promotion failed: wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 12 s") and (
-        "Application models-spoke-3 (cluster spoke-3)" in reason and "3 Insufficient memory" in reason), reason
+        f"Application {ANOMALY_DETECTOR}-spoke-3 (cluster spoke-3)" in reason and "3 Insufficient memory" in reason), reason
     assert revert.reverts() == [commit.revision for commit in earlier if commit.trailers.get("Version") == [candidate]] != []
     assert revert.reverts() == [commit.revision for commit in since_last_record(history, 2)], "nothing claimed settled in between"
     content = settled_record(fleet, "timeout", record, revert.trailers["Pipeline-Run"], stable, reason)
