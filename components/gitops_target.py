@@ -94,7 +94,9 @@ class Application:
         labels = document["metadata"].get("labels") or {}
         spec, status = document.get("spec") or {}, document.get("status") or {}
         operation = status.get("operationState") or {}
-        details = [status.get("health", {}).get("message", "")]
+        details = [status.get("health", {}).get("message", "")]  # Argo CD < 3 wrote a message here; later ones per resource:
+        details += [f"{r.get('kind')} {r.get('name')}: {r['health'].get('status')}, {r['health'].get('message', '')}".rstrip(", ")
+                    for r in status.get("resources") or [] if (r.get("health") or {}).get("status", "Healthy") != "Healthy"]
         details += [f"{c.get('type')}: {c.get('message', '')}" for c in status.get("conditions") or []]
         if operation.get("phase") in ("Failed", "Error"):
             details.append(f"sync {operation['phase']}: {operation.get('message', '')}")

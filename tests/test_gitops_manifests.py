@@ -92,3 +92,20 @@ def test_the_hub_rbac_only_reads_applications():
     assert role["rules"] == [{"apiGroups": ["argoproj.io"], "resources": ["applications"], "verbs": ["get", "list"]}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner-dspa", "namespace": "self-healing-platform"}]
+
+
+def test_the_inference_service_health_check_renders_from_its_one_lua_file_for_argo_cd_and_for_openshift_gitops():
+    from tests.test_manifests import object_errors
+
+    lua = (MANIFESTS / "gitops" / "health" / "inferenceservice.lua").read_text()
+    (config_map,) = rendered(MANIFESTS / "gitops" / "health")
+    assert (config_map["kind"], config_map["metadata"]["name"], config_map["metadata"]["namespace"]) == ("ConfigMap", "argocd-cm", "argocd")
+    assert config_map["metadata"]["labels"]["app.kubernetes.io/part-of"] == "argocd", "Argo CD reads only a labelled argocd-cm"
+    assert config_map["data"] == {"resource.customizations.health.serving.kserve.io_InferenceService": lua}
+    assert object_errors(config_map)[0] == []
+    # The ArgoCD resource of OpenShift GitOps (argoproj.io/v1beta1; checked by hand against argoproj-labs/argocd-operator's
+    # config/crd/bases/argoproj.io_argocds.yaml at cf5d1c0, 2026-07: resourceHealthChecks[] of group, kind and check).
+    (argocd,) = rendered(MANIFESTS / "gitops" / "health-openshift-gitops")
+    assert (argocd["apiVersion"], argocd["kind"], argocd["metadata"]) == (
+        "argoproj.io/v1beta1", "ArgoCD", {"name": "openshift-gitops", "namespace": "openshift-gitops"})
+    assert argocd["spec"] == {"resourceHealthChecks": [{"group": "serving.kserve.io", "kind": "InferenceService", "check": lua}]}
