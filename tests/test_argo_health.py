@@ -5,12 +5,13 @@ faithful; the project's customization must agree with it on those cases and diff
 """
 
 import copy
+import types
 
 import pytest
 import yaml
 
-from components.gitops_target import Application
-from tests.argo_hub import HEALTH_CHECKS, lua_health
+from components.gitops_target import NO_VERSION, Application, VersionProbe, served_version
+from tests.argo_hub import HEALTH_CHECKS, ArgoHub, lua_health
 
 UPSTREAM = HEALTH_CHECKS["stock"].parent
 
@@ -102,3 +103,29 @@ def test_an_applications_line_quotes_each_unhealthy_resources_health_message():
                                          {"kind": "ConfigMap", "name": "c"}]}}
     assert Application.parse(document).line() == (
         "Application models-spoke-3 (cluster spoke-3): Synced at abcdef0, Progressing (InferenceService b: Progressing, canary v7 is not ready)")
+
+
+def test_the_wave_gate_reads_the_served_version_from_v1_metadata_and_names_what_each_cluster_serves():
+    assert served_version(200, b'{"name": "anomaly-detector", "version": "v3", "ready": true}') == "v3"  # the project's runtime
+    assert served_version(200, b'{"name": "anomaly-detector", "ready": true}') == NO_VERSION  # stock KServe: no version
+    assert served_version(502, b"") is None and served_version(200, b"<html>") is None and served_version(0, b"") is None
+    probe = VersionProbe("spoke-3", "main URL", "http://anomaly-detector.models.spoke-3.fleet.test/v1/models/anomaly-detector",
+                         frozenset({"v5"}), "v4")
+    assert probe.problem() == "spoke-3 serves v4 on its main URL, not v5"
+    assert VersionProbe("spoke-3", "main URL", probe.url, frozenset({"v4", "v5"}), "v4").problem() == ""
+    assert VersionProbe("spoke-3", "main URL", probe.url, frozenset({"v5"}), NO_VERSION).problem() == "", "stock runtime: Argo CD's view alone"
+    assert VersionProbe("spoke-3", "stable predictor", probe.url, frozenset({"v5"}), None).problem() == (
+        f"spoke-3: stable predictor did not answer GET {probe.url}")
+
+
+def test_the_hub_plays_argo_cd_with_the_projects_check_its_own_or_none_before_2_8():
+    hub = types.SimpleNamespace()
+    stuck_canary = raw_mode(generation=2, observed=2, canaryStatuses=[{"name": "v7", "ready": False, "trafficPercent": 10}])
+    verdicts = {}
+    for mode in ("customized", "stock", "none"):
+        ArgoHub.use_health_check(hub, mode)
+        verdicts[mode] = ArgoHub.resource_health(hub, stuck_canary)
+    assert verdicts == {"customized": {"status": "Progressing", "message": "canary v7 is not ready (trafficPercent 10)"},
+                        "stock": {"status": "Healthy", "message": "InferenceService is healthy."}, "none": None}
+    with pytest.raises(ValueError, match=r"health_check must be one of \['customized', 'none', 'stock'\]; got 'argo-2.7'"):
+        ArgoHub.use_health_check(hub, "argo-2.7")

@@ -4,12 +4,15 @@ the overlays with kustomize and applies them to each spoke's KubeStandIn, real K
 and a real Prometheus scraping them with a ``cluster`` label.
 
 The tests share one fleet and run in order: a first deployment, a promotion (with a colleague's concurrent commit),
-a candidate that fails analysis in wave 1, and a spoke that never becomes Healthy during promotion.
+a candidate that fails analysis in wave 1, a spoke that never becomes Healthy during promotion, and a spoke whose new
+pods stay Pending while Argo CD reads it Healthy. The hub runs the project's InferenceService health check
+(manifests/gitops/health) through the real Lua, as Argo CD does.
 """
 
 import contextlib
 import json
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +24,9 @@ from components.contract import ANOMALY_DETECTOR
 from components.gitops_repo import TOKEN_ENV
 from components.gitops_target import GitopsOptions, GitopsTarget
 from components.kserve_target import KServeOptions
+from components.kserve_target.standard_canary import predictor_name_for
 from components.storage import FilesystemStore
-from tests.argo_hub import ENDPOINT_TEMPLATE, ArgoHub, render, render_in_python
+from tests.argo_hub import ENDPOINT_TEMPLATE, HEALTH_CHECKS, ArgoHub, lua_health, render, render_in_python
 from tests.conftest import logged, run_cli
 from tests.git_server import GitHttpServer
 from tests.kustomize import MANIFESTS, by_kind, rendered
@@ -202,7 +206,7 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     stable = fleet.stable("spoke-1")
     candidate = fleet.store_version(models["detector"](4))
     fleet.hub.lag("spoke-2", 2.0)
-    fleet.hub.fail("spoke-3", "0/3 nodes are available: 3 Insufficient memory")
+    fleet.hub.fail("spoke-3", "model server exited: MemoryError while unpickling model.pkl")
     with contextlib.ExitStack() as stack:
         clients = fleet.clients(stack)
         try:
@@ -212,9 +216,10 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
             fleet.hub.lag("spoke-2", 0.0)
     output = logged(result)
     assert result.returncode == 3, output[-4000:]
-    assert "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 12 s" in output
-    assert "Application models-spoke-3 (cluster spoke-3): Synced at" in output and "Degraded (InferenceService anomaly-detector" in output
-    assert "3 Insufficient memory" in output
+    assert "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced, Healthy and serving the overlay's versions within 12 s" in output
+    assert "Application models-spoke-3 (cluster spoke-3): Synced at" in output
+    assert ("Degraded (InferenceService anomaly-detector: Degraded, 0: transitionStatus | BlockedByFailedLoad | 2: PredictorReady | False | "
+            "RevisionFailed | model server exited: MemoryError while unpickling model.pkl") in output  # the Lua's message
     assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: stable for cluster in SPOKES}
     for cluster, client in clients.items():
         assert client.sent > 10 and client.failures == [], f"{cluster}: {client.failures[:3]}"
@@ -230,6 +235,44 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     clone = fleet.state.parent / "log-after-timeout"
     assert (clone / PATH / "README.md").read_text() == "Models, managed by model-pipelines.\n", "a file it did not create is untouched"
     assert {method for method, _ in fleet.hub.requests} == {"GET"} and not any("watch" in path for _, path in fleet.hub.requests)
+
+
+def test_a_spoke_whose_new_pods_stay_pending_reads_healthy_but_the_wave_is_not_promoted_while_it_serves_the_old_version(fleet, models):  # noqa: F811
+    """Standard mode: the Deployment stays Available on its old pods, so KServe keeps every condition True and Argo CD's
+    health check (the project's as much as the stock one) reads Healthy; the wave gate reads the served version."""
+    stable = fleet.stable("spoke-1")
+    candidate = fleet.store_version(models["detector"](5))
+    checks = {mode: HEALTH_CHECKS[mode].read_text() for mode in ("stock", "customized")}
+    stuck_health: list[tuple[str, str]] = []  # (stock, customized) health of spoke-3's live InferenceService at the candidate
+    done = threading.Event()
+
+    def watch_spoke_3() -> None:
+        while not done.wait(0.2):
+            isvc = fleet.serving("spoke-3")
+            if isvc["spec"]["predictor"].get("name") == predictor_name_for(candidate):
+                stuck_health.append((lua_health(checks["stock"], isvc, True)["status"], lua_health(checks["customized"], isvc, False)["status"]))
+
+    fleet.hub.unschedulable("spoke-3", "0/3 nodes are available: 3 Insufficient memory.")
+    watcher = threading.Thread(target=watch_spoke_3, daemon=True)
+    watcher.start()
+    try:
+        result = fleet.rollout(candidate, "--param", "ready_timeout_s=12")
+    finally:
+        done.set()
+        watcher.join()
+        fleet.hub.unschedulable("spoke-3", None)
+    output = logged(result)
+    assert result.returncode == 3, output[-4000:]
+    assert stuck_health and set(stuck_health) == {("Healthy", "Healthy")}, stuck_health
+    assert ("wave 2/2 (fleet: spoke-2, spoke-3) was not Synced, Healthy and serving the overlay's versions within 12 s: every Application "
+            f"Synced and Healthy, but spoke-3 serves {stable} on its main URL, not {candidate}") in output
+    assert "spoke-2 serves" not in output, "spoke-2 had room: it serves the candidate"
+    assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: stable for cluster in SPOKES}
+    subjects = [line.split(" ", 1)[1] for line in fleet.log("pending")]
+    assert subjects[0].startswith(f"{ANOMALY_DETECTOR} {candidate}: rollback|model-pipelines")
+    assert subjects[1].startswith(f"{ANOMALY_DETECTOR} {candidate}: promote to wave 2/2")
+    index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
+    assert index["versions"][candidate]["status"] == "rejected" and index["stable"] == stable
 
 
 def test_every_inference_service_the_spokes_received_matches_the_kserve_0_20_crds(fleet, crd_schemas):  # noqa: F811
