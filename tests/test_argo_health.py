@@ -25,10 +25,12 @@ def upstream_cases() -> list[tuple[str, dict, dict]]:
 
 
 def stock(obj: dict) -> dict:
+    """Return the health Argo CD's own check (v2.8 and later) gives ``obj``."""
     return lua_health(HEALTH_CHECKS["stock"].read_text(), obj, standard_libraries=True)
 
 
 def customized(obj: dict) -> dict:
+    """Return the health the project's check (manifests/gitops/health) gives ``obj``, run as an argocd-cm customization."""
     return lua_health(HEALTH_CHECKS["customized"].read_text(), obj, standard_libraries=False)
 
 

@@ -310,6 +310,9 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
                   crd if crd.is_file() else None, by_kind(gitops, "ApplicationSet")[0], by_kind(gitops, "Placement"), kserve="0.15").start()
     try:
         monkeypatch.setenv(TOKEN_ENV, PASSWORD)
+        for key, value in hub.client_env(tmp_path / "kubeconfig").items():  # the fleet network: the wave gate GETs each spoke's version
+            if key != "KUBECONFIG":
+                monkeypatch.setenv(key, value)
         hub_api = kubernetes_client.CustomObjectsApi(kubernetes_config.new_client_from_config(config_file=str(hub.write_kubeconfig(tmp_path / "kubeconfig"))))
         store = FilesystemStore(tmp_path / "pvcs" / PVC)
         versions = []
