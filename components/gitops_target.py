@@ -51,6 +51,7 @@ KUSTOMIZATION = "kustomization.yaml"
 SETTLED, ROLLING = "settled", "rolling"
 TRAILER = re.compile(r"^(Model|Version|Fleet-state): (.+)$", re.MULTILINE)
 NO_VERSION = ""  # what served_version returns for a runtime that answers without naming its version (stock KServe)
+UNCONFIRMED = "versions not confirmed on"
 
 
 def served_version(status: int, body: bytes) -> str | None:
@@ -400,7 +401,7 @@ class GitopsTarget:
             return False, "every Application Synced and Healthy, but " + "; ".join(problems)
         unconfirmed = sorted({probe.cluster for probe in probes if probe.answer == NO_VERSION})
         return True, "every Application Synced and Healthy" + (
-            f"; versions not confirmed on {', '.join(unconfirmed)}: its runtime names no version (the stock KServe runtime), "
+            f"; {UNCONFIRMED} {', '.join(unconfirmed)}: its runtime names no version (the stock KServe runtime), "
             "so Argo CD's health alone was trusted there" if unconfirmed else "")
 
     def served_versions(self, wave: Wave) -> list[VersionProbe]:
@@ -444,6 +445,8 @@ class GitopsTarget:
         while True:
             done, detail = self.wave_state(wave)
             if done:
+                if UNCONFIRMED in detail:
+                    print(f"{self.where(wave)}: {detail}", flush=True)
                 return
             if time.monotonic() >= deadline:
                 raise ServingError(f"{self.where(wave)} was not Synced, Healthy and serving the overlay's versions within {timeout_s:g} s: {detail}")
