@@ -23,7 +23,9 @@ import posixpath
 import re
 import tempfile
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -34,7 +36,6 @@ from components.gitops_repo import GitopsError, GitopsRepo, commit_message
 from components.kserve_target import KServeOptions, KServeTarget
 from components.kserve_target.candidate_isvc import CandidateIsvcStrategy
 from components.kserve_target.standard_canary import StandardCanaryStrategy
-from components.local_serving import http_get
 from components.kserve_target.api import MODE_ANNOTATION, recorded_backend
 from components.merge_patch import merge_diff, merge_patch
 from components.serving import Endpoints, ServingError, ServingStatus
@@ -52,6 +53,17 @@ SETTLED, ROLLING = "settled", "rolling"
 TRAILER = re.compile(r"^(Model|Version|Fleet-state): (.+)$", re.MULTILINE)
 NO_VERSION = ""  # what served_version returns for a runtime that answers without naming its version (stock KServe)
 UNCONFIRMED = "versions not confirmed on"
+
+
+def get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """Return (HTTP status, body) of a GET of ``url`` (the environment's proxy applies), with status 0 when nothing answers."""
+    try:
+        with urllib.request.build_opener().open(url, timeout=timeout_s) as response:  # proxies read from the environment now
+            return response.status, response.read(65536)
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+    except (urllib.error.URLError, OSError):
+        return 0, b""
 
 
 def served_version(status: int, body: bytes) -> str | None:
@@ -436,7 +448,7 @@ class GitopsTarget:
         for cluster in wave.clusters:
             for role, service, wanted in urls:
                 url = f"{self.options.endpoint.format(service=service, namespace=namespace, cluster=cluster).rstrip('/')}/v1/models/{name}"
-                probes.append(VersionProbe(cluster, role, url, frozenset(wanted), served_version(*http_get(url, timeout=5.0))))
+                probes.append(VersionProbe(cluster, role, url, frozenset(wanted), served_version(*get(url))))
         return probes
 
     def wait(self, wave: Wave, timeout_s: float) -> None:
