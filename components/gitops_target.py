@@ -25,10 +25,13 @@ did not create is written.
 from __future__ import annotations
 
 import copy
+import json
 import posixpath
 import tempfile
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -37,6 +40,8 @@ import yaml
 
 from components.gitops_repo import GitopsError, GitopsRepo, commit_message
 from components.kserve_target import KServeOptions, KServeTarget
+from components.kserve_target.candidate_isvc import CandidateIsvcStrategy
+from components.kserve_target.standard_canary import StandardCanaryStrategy
 from components.kserve_target.api import MODE_ANNOTATION, recorded_backend
 from components.merge_patch import merge_diff, merge_patch
 from components.serving import Endpoints, ServingError, ServingStatus
@@ -52,6 +57,51 @@ REST_OF_FLEET = "*"
 PATCH_FILE = "inferenceservice-patch.yaml"
 KUSTOMIZATION = "kustomization.yaml"
 FIRST_DEPLOYMENT, PROMOTE, ROLLBACK, SETTLED = "first deployment", "promote", "rollback", "settled"
+NO_VERSION = ""  # what served_version returns for a runtime that answers without naming its version (stock KServe)
+UNCONFIRMED = "versions not confirmed on"
+
+
+def get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """Return (HTTP status, body) of a GET of ``url`` (the environment's proxy applies), with status 0 when nothing answers."""
+    try:
+        with urllib.request.build_opener().open(url, timeout=timeout_s) as response:  # proxies read from the environment now
+            return response.status, response.read(65536)
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def served_version(status: int, body: bytes) -> str | None:
+    """Return the version a V1 metadata answer (``GET /v1/models/<name>``) names, NO_VERSION if it names none, None if it failed."""
+    if status != 200:
+        return None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    return str(answer["version"]) if answer.get("version") else NO_VERSION
+
+
+@dataclass(frozen=True)
+class VersionProbe:
+    """One URL of one cluster that must serve one of ``wanted``, and what it answered."""
+
+    cluster: str
+    role: str
+    url: str
+    wanted: frozenset[str]
+    answer: str | None  # the version named, NO_VERSION, or None when nothing answered with 200
+
+    def problem(self) -> str:
+        """Return "" when the URL serves a wanted version (or cannot say which), else what it serves instead."""
+        if self.answer is None:
+            return f"{self.cluster}: {self.role} did not answer GET {self.url}"
+        if self.answer != NO_VERSION and self.answer not in self.wanted:
+            return f"{self.cluster} serves {self.answer} on its {self.role}, not {' or '.join(sorted(self.wanted))}"
+        return ""
 
 
 def fleet_waves(value: object) -> tuple[tuple[str, ...], ...]:
@@ -100,7 +150,9 @@ class Application:
         labels = document["metadata"].get("labels") or {}
         spec, status = document.get("spec") or {}, document.get("status") or {}
         operation = status.get("operationState") or {}
-        details = [status.get("health", {}).get("message", "")]
+        details = [status.get("health", {}).get("message", "")]  # Argo CD < 3 wrote a message here; later ones per resource:
+        details += [f"{r.get('kind')} {r.get('name')}: {r['health'].get('status')}, {r['health'].get('message', '')}".rstrip(", ")
+                    for r in status.get("resources") or [] if (r.get("health") or {}).get("status", "Healthy") != "Healthy"]
         details += [f"{c.get('type')}: {c.get('message', '')}" for c in status.get("conditions") or []]
         if operation.get("phase") in ("Failed", "Error"):
             details.append(f"sync {operation['phase']}: {operation.get('message', '')}")
@@ -371,12 +423,57 @@ class GitopsTarget:
 
     # -- reading the fleet ------------------------------------------------------------------------------------------
     def wave_state(self, wave: Wave) -> tuple[bool, str]:
-        """Return whether every Application of ``wave`` is Synced at the model's last commit and Healthy, and what is not."""
+        """Return whether ``wave`` is done, and what is not: every Application Synced at the model's last commit and
+        Healthy, and every cluster serving the versions the overlay names (``served_versions``)."""
         required = self.repo.last_change(f"base/{self.model_name}", f"{wave.directory}/{self.model_name}")
         names = {application.name for application in wave.applications}
         lagging = [a for a in self.hub.applications(self.model_name) if a.name in names and not (
             a.sync == "Synced" and a.health == "Healthy" and self.repo.contains(a.revision, required))]
-        return not lagging, f"waiting for {required[:7]}: " + "; ".join(a.line() for a in lagging) if lagging else "every Application Synced and Healthy"
+        if lagging:
+            return False, f"waiting for {required[:7]}: " + "; ".join(a.line() for a in lagging)
+        probes = self.served_versions(wave)
+        problems = [problem for probe in probes if (problem := probe.problem())]
+        if problems:
+            return False, "every Application Synced and Healthy, but " + "; ".join(problems)
+        unconfirmed = sorted({probe.cluster for probe in probes if probe.answer == NO_VERSION})
+        return True, "every Application Synced and Healthy" + (
+            f"; {UNCONFIRMED} {', '.join(unconfirmed)}: its runtime names no version (the stock KServe runtime), "
+            "so Argo CD's health alone was trusted there" if unconfirmed else "")
+
+    def served_versions(self, wave: Wave) -> list[VersionProbe]:
+        """GET each cluster's V1 metadata on the stable and candidate URLs the overlay implies; return what each names.
+
+        Through the endpoint template, as the smoke test reaches a spoke: the stable predictor's own URL (Standard mode:
+        its Service; Knative with a candidate: the prev- tag; else the main URL) must name the stable version, the
+        candidate's (its Service, latest- tag or InferenceService) the candidate version. The project's runtime names
+        the version it loaded; a runtime that names none (stock KServe) leaves Argo CD's health as the only evidence.
+        """
+        overlay = WaveOverlays(self, wave)
+        main = overlay.document(self.model_name)
+        stable, candidate = recorded_backend(main, "stable"), recorded_backend(main, "candidate")
+        if main is None or stable is None:
+            return []
+        name, namespace = self.model_name, wave.applications[0].namespace or self.options.namespace
+        strategy = self._wave_target(wave).strategy_for(main)
+        predictor = main["spec"]["predictor"].get("name")
+        urls = [("main URL", name, {stable["version"], *([candidate["version"]] if candidate else [])})]
+        if isinstance(strategy, StandardCanaryStrategy):
+            urls.append(("stable predictor", f"{name}-{predictor}-predictor" if predictor else f"{name}-predictor", {stable["version"]}))
+            entries = main["spec"].get("canary") or []
+            if candidate and entries:
+                urls.append(("candidate predictor", f"{name}-{entries[0]['predictor']['name']}-predictor", {candidate["version"]}))
+        elif isinstance(strategy, CandidateIsvcStrategy):
+            urls[0] = ("main URL", name, {stable["version"]})
+            if candidate and f"{name}-candidate" in overlay.extras(name):
+                urls.append(("candidate InferenceService", f"{name}-candidate", {candidate["version"]}))
+        elif candidate:  # Knative: the tag URLs
+            urls += [("prev- tag", f"prev-{name}", {stable["version"]}), ("latest- tag", f"latest-{name}", {candidate["version"]})]
+        probes = []
+        for cluster in wave.clusters:
+            for role, service, wanted in urls:
+                url = f"{self.options.endpoint.format(service=service, namespace=namespace, cluster=cluster).rstrip('/')}/v1/models/{name}"
+                probes.append(VersionProbe(cluster, role, url, frozenset(wanted), served_version(*get(url))))
+        return probes
 
     def wait(self, wave: Wave, timeout_s: float) -> None:
         """Poll the hub until ``wave`` is done (``wave_state``); on timeout raise quoting each unhealthy Application."""
@@ -384,9 +481,11 @@ class GitopsTarget:
         while True:
             done, detail = self.wave_state(wave)
             if done:
+                if UNCONFIRMED in detail:
+                    print(f"{self.where(wave)}: {detail}", flush=True)
                 return
             if time.monotonic() >= deadline:
-                raise ServingError(f"{self.where(wave)} was not Synced and Healthy within {timeout_s:g} s: {detail}")
+                raise ServingError(f"{self.where(wave)} was not Synced, Healthy and serving the overlay's versions within {timeout_s:g} s: {detail}")
             self.sleep(delay)
             delay = min(delay * 1.5, 2.0)
 

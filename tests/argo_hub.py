@@ -16,10 +16,18 @@
   Application's path with kustomize (``kubectl kustomize`` when this machine has it, else the same merge-patch
   semantics in Python) and applies the documents to that spoke: create, merge-patch from what it applied last, and
   prune what left the render. It then writes ``status.sync`` (Synced at the revision, or OutOfSync with a failed
-  ``operationState``) and ``status.health`` from the InferenceServices: Healthy when Ready for their generation,
-  Degraded when a revision failed, Progressing otherwise.
+  ``operationState``), each applied resource's health in ``status.resources[].health`` and the Application's
+  ``status.health.status``: the worst of its resources' in gitops-engine's order (pkg/health/health.go ``healthOrder``:
+  Healthy < Suspended < Progressing < Missing < Degraded < Unknown). A resource's health is what Argo CD's Lua health
+  check says of the live object, run here by the real Lua (``lupa``, Lua 5.1 as gopher-lua) the way Argo CD's
+  util/lua/lua.go runs it: ``obj`` as a table, the returned ``{status, message}`` (Unknown for an invalid status or a
+  script error), a customization without the standard libraries; never ``os``, ``io``, ``debug`` or ``package``.
+- **Health check** (``health_check``, the Argo CD the hub plays): ``"customized"`` (the default: the project's
+  ``manifests/gitops/health/inferenceservice.lua`` is installed), ``"stock"`` (Argo CD 2.8 or later, its own
+  health.lua, from shared/reference) or ``"none"`` (before 2.8: no check, so an InferenceService that exists is Healthy).
 - **Knobs:** ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message, model_name="")`` makes every
-  predictor that spoke starts from then on (only that model's, if named) fail (``None`` heals it).
+  predictor that spoke starts from then on (only that model's, if named) fail to load (``None`` heals it); ``unschedulable(cluster, message)`` leaves every new
+  predictor pod on that spoke Pending with ``message`` (``None`` schedules them), see ``KubeStandIn.unschedulable``.
 - **The fleet network:** an HTTP proxy that resolves ``<service>.<namespace>.<cluster>.fleet.test`` to that spoke's
   Service (or the InferenceService's router for its own name), for the endpoint template
   ``http://{service}.{namespace}.{cluster}.fleet.test``.
@@ -42,7 +50,8 @@ from pathlib import Path
 
 import yaml
 
-from components.kserve_target.api import is_ready
+from lupa import lua51
+
 from components.merge_patch import merge_diff, merge_patch
 from tests.http_json import JsonHandler
 from tests.k8s_standin import KubeStandIn, LoopbackCluster, forwarding_proxy, selector_matches
@@ -53,7 +62,34 @@ ENDPOINT_TEMPLATE = "http://{service}.{namespace}.{cluster}" + FLEET_DOMAIN
 PLACEMENT_LABEL = "cluster.open-cluster-management.io/placement"
 GO_FIELD = re.compile(r"\{\{\s*\.([\w.]+)\s*\}\}")
 RESOURCES_FINALIZER = "resources-finalizer.argocd.argoproj.io"
-HEALTH_ORDER = ["Healthy", "Progressing", "Missing", "Degraded"]  # an Application is as healthy as its worst resource
+# gitops-engine pkg/health/health.go healthOrder, most to least healthy: an Application is as healthy as its worst resource.
+HEALTH_ORDER = ["Healthy", "Suspended", "Progressing", "Missing", "Degraded", "Unknown"]
+REPO = Path(__file__).resolve().parent.parent
+HEALTH_CHECKS = {  # health_check -> the InferenceService health.lua that Argo CD runs (None: it has none)
+    "customized": REPO / "manifests" / "gitops" / "health" / "inferenceservice.lua",
+    "stock": REPO.parent / "shared" / "reference" / "gitops-crds" / "argocd-health-inferenceservice" / "health.lua",
+    "none": None,
+}
+NEVER_IN_SANDBOX = ("io", "os", "debug", "package", "require", "module", "dofile", "loadfile", "load", "loadstring", "python")
+STANDARD_LIBRARIES = ("string", "math", "coroutine")  # Argo CD opens them for its built-in scripts only
+
+
+def lua_health(script: str, obj: dict, standard_libraries: bool) -> dict:
+    """Return the ``{"status", "message"}`` a health.lua ``script`` gives ``obj``, run the way Argo CD's Lua VM runs it."""
+    runtime = lua51.LuaRuntime(register_eval=False, register_builtins=False)
+    lua_globals = runtime.globals()
+    for name in NEVER_IN_SANDBOX + (() if standard_libraries else STANDARD_LIBRARIES):
+        lua_globals[name] = None
+    lua_globals.obj = runtime.table_from(obj, recursive=True)
+    try:
+        result = runtime.execute(script)
+    except lua51.LuaError as error:
+        return {"status": "Unknown", "message": str(error)}
+    if lua51.lua_type(result) != "table":
+        return {"status": "Unknown", "message": f"expect table output from Lua script, not {lua51.lua_type(result) or type(result).__name__}"}
+    if result["status"] not in HEALTH_ORDER:
+        return {"status": "Unknown", "message": "Lua returned an invalid health status"}
+    return {"status": result["status"], **({"message": result["message"]} if result["message"] else {})}
 
 
 def kubectl_kustomize() -> str | None:
@@ -186,8 +222,11 @@ class ArgoHub(LoopbackCluster):
     context = "hub"
 
     def __init__(self, work: Path, repo_url: str, branch: str, spokes: dict[str, dict], store_root: Path, crd_file: Path | None,
-                 manifests: list[dict], namespace: str = "openshift-gitops", kserve: str = "0.20") -> None:
+                 manifests: list[dict], namespace: str = "openshift-gitops", kserve: str = "0.20",
+                 health_check: str = "customized") -> None:
         self.work, self.repo_url, self.branch, self.namespace = work, repo_url, branch, namespace
+        self.health_script, self.health_check = None, ""
+        self.use_health_check(health_check)
         self.kubectl = kubectl_kustomize()
         self.spokes = {name: Spoke(name, labels, KubeStandIn(store_root, self._mkdir(f"spoke-{name}"), kserve=kserve, crd_file=crd_file))
                        for name, labels in spokes.items()}
@@ -241,6 +280,25 @@ class ArgoHub(LoopbackCluster):
         """Make every predictor ``cluster`` starts from now on (only ``model_name``'s, if given) fail with ``message`` (None heals it)."""
         self.spokes[cluster].standin.failing_revisions = message or ""
         self.spokes[cluster].standin.failing_model = model_name
+
+    def unschedulable(self, cluster: str, message: str | None) -> None:
+        """Leave every predictor pod ``cluster`` starts from now on Pending with ``message`` (None schedules them)."""
+        self.spokes[cluster].standin.unschedulable = message or ""
+
+    def use_health_check(self, mode: str) -> None:
+        """Play an Argo CD with the project's check ("customized"), its own (>= 2.8, "stock") or none (< 2.8, "none")."""
+        if mode not in HEALTH_CHECKS:
+            raise ValueError(f"health_check must be one of {sorted(HEALTH_CHECKS)}; got {mode!r}")
+        path = HEALTH_CHECKS[mode]
+        if path is not None and not path.is_file():
+            raise ValueError(f"health_check={mode} needs {path}: it ships beside the project in shared/reference")
+        self.health_script, self.health_check = path.read_text() if path else None, mode
+
+    def resource_health(self, isvc: dict) -> dict | None:
+        """Return Argo CD's health of a live InferenceService under the current health check (None: Argo CD has none)."""
+        if self.health_script is None:
+            return None
+        return lua_health(self.health_script, isvc, standard_libraries=self.health_check == "stock")
 
     def application(self, name: str) -> dict:
         with self.lock:
@@ -355,7 +413,7 @@ class ArgoHub(LoopbackCluster):
             except ValueError as error:
                 status["sync"] = {"status": "OutOfSync", "revision": synced or ""}
                 status["operationState"] = {"phase": "Failed", "message": str(error), "syncResult": {"revision": head}}
-        status["health"] = self._health(name, spoke, namespace)
+        status["resources"], status["health"] = self._health(name, spoke, namespace)
         with self.lock:
             self.applications[name]["status"] = status
 
@@ -375,23 +433,18 @@ class ArgoHub(LoopbackCluster):
             spoke.standin.handle("DELETE", namespace, object_name, None)
             del applied[object_name]
 
-    def _health(self, name: str, spoke: Spoke, namespace: str) -> dict:
-        """Return Argo CD's health of the Application: the worst of its InferenceServices'."""
-        worst, message = "Healthy", ""
+    def _health(self, name: str, spoke: Spoke, namespace: str) -> tuple[list[dict], dict]:
+        """Return the Application's resources with their health, and its health: the worst of theirs (controller/health.go)."""
+        resources, worst = [], "Healthy"
         for object_name in self.applied[name]:
             isvc = spoke.standin.get(namespace, object_name)
-            ready = next((c for c in (isvc or {}).get("status", {}).get("conditions", []) if c.get("type") == "Ready"), {})
-            if isvc is None:
-                state, why = "Missing", f"InferenceService {object_name} is missing"
-            elif is_ready(isvc):
-                continue
-            elif ready.get("status") == "False" and ready.get("reason") == "RevisionFailed":
-                state, why = "Degraded", f"InferenceService {object_name}: {ready.get('message', '')}"
-            else:
-                state, why = "Progressing", f"InferenceService {object_name} is not Ready yet"
-            if HEALTH_ORDER.index(state) > HEALTH_ORDER.index(worst):
-                worst, message = state, why
-        return {"status": worst, **({"message": message} if message else {})}
+            health = {"status": "Missing"} if isvc is None else self.resource_health(isvc)
+            resource = {"group": "serving.kserve.io", "version": "v1beta1", "kind": "InferenceService", "namespace": namespace,
+                        "name": object_name, "status": "Synced"}
+            resources.append({**resource, **({"health": health} if health else {})})
+            if health and HEALTH_ORDER.index(health["status"]) > HEALTH_ORDER.index(worst):
+                worst = health["status"]
+        return resources, {"status": worst}
 
     def _write_scrape_targets(self) -> None:
         """Write every spoke predictor's metrics address, labelled with its cluster, for the hub's Prometheus (file_sd)."""

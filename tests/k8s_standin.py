@@ -14,6 +14,16 @@ canary: a revision and a Service ``<isvc>-<name>-predictor`` per ``spec.canary``
 real KServe model server (``components.model_server``); the main URL (``status.url``) is a router that splits
 traffic. Services are reachable by their in-cluster names through ``network_proxy``, an HTTP proxy on loopback
 that plays the cluster network (set ``HTTP_PROXY`` to it).
+
+Status follows KServe 0.20 (pkg/apis/serving/v1beta1/inference_service_status.go): ``modelStatus.transitionStatus``
+UpToDate when ready, BlockedByFailedLoad (with ``lastFailureInfo``) when a predictor failed to load
+(``failing_revisions``). ``unschedulable`` leaves every new predictor pod Pending with the scheduler's message; in
+Standard mode a rolling update then keeps the old pods serving and, as KServe's ``PropagateRawStatus`` takes
+PredictorReady from the Deployment's Available condition (still True) and ``PropagateModelStatus`` reports a Ready raw
+predictor as Loaded, every condition stays True and transitionStatus UpToDate, with ``observedGeneration`` current
+(KServe copies the Deployment's, which advances as soon as the Deployment controller sees the new template; the
+stand-in's Deployment counts like the InferenceService). A first deployment that cannot be scheduled is not Available:
+PredictorReady and Ready False (MinimumReplicasUnavailable), transitionStatus InProgress. Clearing the knob schedules them.
 """
 
 from __future__ import annotations
@@ -261,6 +271,7 @@ class KubeStandIn(LoopbackCluster):
         self.faults: list[tuple[str, int, Callable[[dict | None], bool]]] = []
         self.failing_revisions = ""  # when set, every predictor revision started from now on fails with this message
         self.failing_model = ""  # when set, only that model's revisions (its own InferenceService and its candidate's) fail
+        self.unschedulable = ""  # when set, every predictor pod started from now on stays Pending with this message
         self.held: set[str] = set()  # InferenceService names the controller leaves unreconciled for now (a slow controller)
         self.lock = threading.RLock()
         self.resource_version = 100
@@ -438,7 +449,8 @@ class KubeStandIn(LoopbackCluster):
         while not self._stop.is_set():
             with self.lock:
                 pending = [key for key, obj in self.objects.items()
-                           if obj.get("status", {}).get("observedGeneration") != obj["metadata"]["generation"]
+                           if (obj.get("status", {}).get("observedGeneration") != obj["metadata"]["generation"]
+                               or self.runtime.get(key, {}).get("pending") and not self.unschedulable)
                            and key not in busy and key[1] not in self.held]
             for key in pending:
                 busy.add(key)
@@ -465,6 +477,7 @@ class KubeStandIn(LoopbackCluster):
                 canary_revision, canary_failure = self._revision(name, state, generation, merged)
                 canaries.append((entry, canary_revision))
                 failure = failure or canary_failure
+            pending = next((r["pending"] for r in [revision, *(r for _, r in canaries)] if r.get("pending")), "")
             self._ensure_router(name, state)
             with self.lock:
                 current = self.objects.get(key)
@@ -473,12 +486,27 @@ class KubeStandIn(LoopbackCluster):
                 status = current.setdefault("status", {})
                 status["deploymentMode"] = mode
                 status["observedGeneration"] = generation
+                state["pending"] = bool(pending) and not failure
                 if failure:
                     status["conditions"] = [
                         {"type": "IngressReady", "status": "True"},
                         {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed", "message": failure},
                         {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": failure},
                     ]
+                    status["modelStatus"] = {"transitionStatus": "BlockedByFailedLoad", "modelRevisionStates": {"targetModelState": "FailedToLoad"},
+                                             "lastFailureInfo": {"reason": "ModelLoadFailed", "message": failure}}
+                    return
+                if pending:
+                    if mode in ("Standard", "RawDeployment") and state["rolled"]:  # the old ReplicaSet keeps the Deployment Available
+                        status["conditions"] = [{"type": "IngressReady", "status": "True"},
+                                                {"type": "PredictorReady", "status": "True", "reason": "MinimumReplicasAvailable",
+                                                 "message": "Deployment has minimum availability."},
+                                                {"type": "Ready", "status": "True"}]
+                        status["modelStatus"] = {"transitionStatus": "UpToDate", "modelRevisionStates": {"activeModelState": "Loaded", "targetModelState": "Loaded"}}
+                    else:
+                        unavailable = {"status": "False", "reason": "MinimumReplicasUnavailable", "message": f"Deployment does not have minimum availability. ({pending})"}
+                        status["conditions"] = [{"type": "IngressReady", "status": "True"}, {"type": "PredictorReady", **unavailable}, {"type": "Ready", **unavailable}]
+                        status["modelStatus"] = {"transitionStatus": "InProgress", "modelRevisionStates": {"targetModelState": "Pending"}}
                     return
                 if mode in ("Serverless", "Knative"):
                     self._route(name, state, revision, predictor.get("canaryTrafficPercent"), status)
@@ -487,6 +515,7 @@ class KubeStandIn(LoopbackCluster):
                 status["conditions"] = [{"type": kind, "status": "True"} for kind in ("IngressReady", "PredictorReady", "Ready")]
                 if canaries:
                     status["conditions"].append({"type": "CanaryPredictorReady", "status": "True", "reason": "AllCanariesReady"})
+                status["modelStatus"] = {"transitionStatus": "UpToDate", "modelRevisionStates": {"activeModelState": "Loaded", "targetModelState": "Loaded"}}
                 status["url"] = f"http://127.0.0.1:{state['router']['port']}"
                 self.resource_version += 1
                 current["metadata"]["resourceVersion"] = str(self.resource_version)
@@ -499,6 +528,11 @@ class KubeStandIn(LoopbackCluster):
         revision = next((r for r in state["revisions"] if r["template"] == template and r.get("ready")), None)
         if revision is not None:
             return revision, None
+        waiting = next((r for r in state["revisions"] if r["template"] == template and r.get("pending")), None)
+        if waiting is not None:
+            if self.unschedulable:
+                return waiting, None
+            state["revisions"].remove(waiting)  # the scheduler found room: the pod starts
         revision = self._start_revision(name, f"{generation:05d}-{len(state['revisions'])}", predictor, template)
         state["revisions"].append(revision)
         return revision, revision.get("failure")
@@ -544,6 +578,9 @@ class KubeStandIn(LoopbackCluster):
         revision = {"name": f"{name}-predictor-{suffix}", "template": template}
         if self.failing_revisions and self.failing_model in ("", name.removesuffix("-candidate")):
             revision["failure"] = self.failing_revisions
+            return revision
+        if self.unschedulable:
+            revision["pending"] = self.unschedulable
             return revision
         uri = predictor["model"]["storageUri"]
         if not uri.startswith("pvc://"):

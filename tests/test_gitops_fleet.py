@@ -4,7 +4,9 @@ the overlays with kustomize and applies them to each spoke's KubeStandIn, real K
 and a real Prometheus scraping them with a ``cluster`` label.
 
 The tests share one fleet and run in order: a first deployment, a promotion (with a colleague's concurrent commit),
-a candidate that fails analysis in wave 1, and a spoke that never becomes Healthy during promotion.
+a candidate that fails analysis in wave 1, a spoke that never becomes Healthy during promotion, and a spoke whose new
+pods stay Pending while Argo CD reads it Healthy. The hub runs the project's InferenceService health check
+(manifests/gitops/health) through the real Lua, as Argo CD does.
 """
 
 import contextlib
@@ -13,6 +15,7 @@ import subprocess
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +29,9 @@ from components.gitops_repo import TOKEN_ENV
 from components.gitops_target import GitopsOptions, GitopsTarget
 from components.kserve_target import KServeOptions
 from components.serving import ServingError
+from components.kserve_target.standard_canary import predictor_name_for
 from components.storage import FilesystemStore
-from tests.argo_hub import ENDPOINT_TEMPLATE, ArgoHub, render, render_in_python
+from tests.argo_hub import ENDPOINT_TEMPLATE, HEALTH_CHECKS, ArgoHub, lua_health, render, render_in_python
 from tests.conftest import logged, run_cli
 from tests.git_server import GitHttpServer
 from tests.kustomize import MANIFESTS, rendered
@@ -311,7 +315,7 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     stable = fleet.stable("spoke-1")
     candidate = fleet.store_version(models["detector"](4))
     fleet.hub.lag("spoke-2", 2.0)
-    fleet.hub.fail("spoke-3", "0/3 nodes are available: 3 Insufficient memory")
+    fleet.hub.fail("spoke-3", "model server exited: MemoryError while unpickling model.pkl")
     with contextlib.ExitStack() as stack:
         clients = fleet.clients(stack)
         try:
@@ -321,9 +325,10 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
             fleet.hub.lag("spoke-2", 0.0)
     output = logged(result)
     assert result.returncode == 3, output[-4000:]
-    assert "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 12 s" in output
-    assert f"Application {ANOMALY_DETECTOR}-spoke-3 (cluster spoke-3): Synced at" in output and "Degraded (InferenceService anomaly-detector" in output
-    assert "3 Insufficient memory" in output
+    assert "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced, Healthy and serving the overlay's versions within 12 s" in output
+    assert f"Application {ANOMALY_DETECTOR}-spoke-3 (cluster spoke-3): Synced at" in output
+    assert ("Degraded (InferenceService anomaly-detector: Degraded, 0: transitionStatus | BlockedByFailedLoad | 2: PredictorReady | False | "
+            "RevisionFailed | model server exited: MemoryError while unpickling model.pkl") in output  # the Lua's message
     assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: stable for cluster in SPOKES}
     for cluster, client in clients.items():
         assert client.sent > 10 and client.failures == [], f"{cluster}: {client.failures[:3]}"
@@ -343,8 +348,9 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     record, revert, *earlier = history
     assert revert.trailers["Wave"] == ["1/2 (canary: spoke-1)", "2/2 (fleet: spoke-2, spoke-3)"]
     [reason] = revert.trailers["Reason"]
-    assert reason.startswith("promotion failed: wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 12 s") and (
-        f"Application {ANOMALY_DETECTOR}-spoke-3 (cluster spoke-3)" in reason and "3 Insufficient memory" in reason), reason
+    assert reason.startswith("promotion failed: wave 2/2 (fleet: spoke-2, spoke-3) was not Synced, Healthy and serving the overlay's versions "
+                             "within 12 s") and (
+        f"Application {ANOMALY_DETECTOR}-spoke-3 (cluster spoke-3)" in reason and "MemoryError while unpickling model.pkl" in reason), reason
     assert revert.reverts() == [commit.revision for commit in earlier if commit.trailers.get("Version") == [candidate]] != []
     assert revert.reverts() == [commit.revision for commit in since_last_record(history, 2)], "nothing claimed settled in between"
     content = settled_record(fleet, "timeout", record, revert.trailers["Pipeline-Run"], stable, reason)
@@ -364,7 +370,7 @@ def test_two_models_rolled_out_at_once_each_wait_for_their_own_applications_only
     stalled, good = fleet.store_version(models["detector"](5)), fleet.store_version(models["forecaster"](3.0), PREDICTIVE_ANALYTICS)
     detector_on_spoke_2 = lambda: fleet.hub.application_of("spoke-2", ANOMALY_DETECTOR)["status"]["health"]["status"]  # noqa: E731
     requests_before = len(fleet.hub.requests)
-    fleet.hub.fail("spoke-2", "0/3 nodes are available: 3 Insufficient memory", ANOMALY_DETECTOR)
+    fleet.hub.fail("spoke-2", "model server exited: MemoryError while unpickling model.pkl", ANOMALY_DETECTOR)
     try:
         with ThreadPoolExecutor(2) as pool:
             stalling = pool.submit(fleet.rollout, stalled, "--param", "ready_timeout_s=75")  # outlasts the forecaster's whole run (about 40 s)
@@ -381,7 +387,7 @@ def test_two_models_rolled_out_at_once_each_wait_for_their_own_applications_only
     assert meanwhile == "Degraded", "the forecaster's run waited for the detector's Degraded Application on spoke-2 (until its revert)"
     assert {cluster: fleet.stable(cluster, PREDICTIVE_ANALYTICS) for cluster in SPOKES} == {cluster: good for cluster in SPOKES}
     output = logged(reverted)
-    assert reverted.returncode == 3 and "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced and Healthy within 75 s" in output, output[-4000:]
+    assert reverted.returncode == 3 and "wave 2/2 (fleet: spoke-2, spoke-3) was not Synced, Healthy and serving the overlay's versions within 75 s" in output, output[-4000:]
     assert f"Application {ANOMALY_DETECTOR}-spoke-2 (cluster spoke-2)" in output and PREDICTIVE_ANALYTICS not in output.split("was not Synced")[1][:2000]
     assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: detector_stable for cluster in SPOKES}
     # Each run listed only its own model's Applications, and the detector's rollback reverted only the detector's commits.
@@ -398,6 +404,49 @@ def test_two_models_rolled_out_at_once_each_wait_for_their_own_applications_only
     for cluster in SPOKES:
         application = fleet.hub.application_of(cluster, PREDICTIVE_ANALYTICS)
         assert application["metadata"]["name"] == f"{PREDICTIVE_ANALYTICS}-{cluster}" and application["status"]["health"]["status"] == "Healthy"
+
+
+def test_a_spoke_whose_new_pods_stay_pending_reads_healthy_but_the_wave_is_not_promoted_while_it_serves_the_old_version(fleet, models):  # noqa: F811
+    """Standard mode: the Deployment stays Available on its old pods, so KServe keeps every condition True and Argo CD's
+    health check (the project's as much as the stock one) reads Healthy; the wave gate reads the served version."""
+    stable = fleet.stable("spoke-1")
+    candidate = fleet.store_version(models["detector"](5))
+    checks = {mode: HEALTH_CHECKS[mode].read_text() for mode in ("stock", "customized")}
+    stuck_health: list[tuple[bool, str, str]] = []  # (status observed?, stock, customized health) of spoke-3's InferenceService at the candidate
+    done = threading.Event()
+
+    def watch_spoke_3() -> None:
+        while not done.wait(0.2):
+            isvc = fleet.serving("spoke-3")
+            if isvc["spec"]["predictor"].get("name") == predictor_name_for(candidate):
+                observed = isvc.get("status", {}).get("observedGeneration") == isvc["metadata"]["generation"]
+                stuck_health.append((observed, lua_health(checks["stock"], isvc, True)["status"], lua_health(checks["customized"], isvc, False)["status"]))
+
+    fleet.hub.unschedulable("spoke-3", "0/3 nodes are available: 3 Insufficient memory.")
+    watcher = threading.Thread(target=watch_spoke_3, daemon=True)
+    watcher.start()
+    try:
+        result = fleet.rollout(candidate, "--param", "ready_timeout_s=12")
+    finally:
+        done.set()
+        watcher.join()
+        fleet.hub.unschedulable("spoke-3", None)
+    output = logged(result)
+    assert result.returncode == 3, output[-4000:]
+    # Once KServe observed the candidate's generation, both checks read Healthy though spoke-3 serves the old version; before,
+    # only the project's check waited.
+    assert {(stock, customized) for observed, stock, customized in stuck_health if observed} == {("Healthy", "Healthy")}, stuck_health
+    assert {(stock, customized) for observed, stock, customized in stuck_health if not observed} <= {("Healthy", "Progressing")}, stuck_health
+    assert ("wave 2/2 (fleet: spoke-2, spoke-3) was not Synced, Healthy and serving the overlay's versions within 12 s: every Application "
+            f"Synced and Healthy, but spoke-3 serves {stable} on its main URL, not {candidate}") in output
+    assert "spoke-2 serves" not in output, "spoke-2 had room: it serves the candidate"
+    assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: stable for cluster in SPOKES}
+    subjects = [line.split(" ", 1)[1] for line in fleet.log("pending")]
+    assert subjects[0] == f"{ANOMALY_DETECTOR} {stable}: fleet settled|model-pipelines"
+    assert subjects[1].startswith(f"{ANOMALY_DETECTOR} {candidate}: rollback|model-pipelines")
+    assert subjects[2].startswith(f"{ANOMALY_DETECTOR} {candidate}: promote to wave 2/2")
+    index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
+    assert index["versions"][candidate]["status"] == "rejected" and index["stable"] == stable
 
 
 def test_every_inference_service_the_spokes_received_matches_the_kserve_0_20_crds(fleet, crd_schemas):  # noqa: F811
@@ -431,6 +480,9 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
                   crd if crd.is_file() else None, gitops, kserve="0.15").start()
     try:
         monkeypatch.setenv(TOKEN_ENV, PASSWORD)
+        for key, value in hub.client_env(tmp_path / "kubeconfig").items():  # the fleet network: the wave gate GETs each spoke's version
+            if key != "KUBECONFIG":
+                monkeypatch.setenv(key, value)
         hub_api = kubernetes_client.CustomObjectsApi(kubernetes_config.new_client_from_config(config_file=str(hub.write_kubeconfig(tmp_path / "kubeconfig"))))
         store = FilesystemStore(tmp_path / "pvcs" / PVC)
         versions = []

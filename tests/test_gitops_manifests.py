@@ -197,3 +197,20 @@ def test_the_gitops_target_groups_only_its_models_generated_applications_into_wa
     moved = GitopsOptions(options.repo, "main", "elsewhere/models")
     with pytest.raises(ServingError, match=r"must all sync elsewhere/models/waves/<wave>/predictive-analytics .*\.values\.wave \}\}/\{\{ \.model \}\}"):
         hub.waves(moved, "predictive-analytics")
+
+
+def test_the_inference_service_health_check_renders_from_its_one_lua_file_for_argo_cd_and_for_openshift_gitops():
+    from tests.test_manifests import object_errors
+
+    lua = (MANIFESTS / "gitops" / "health" / "inferenceservice.lua").read_text()
+    (config_map,) = rendered(MANIFESTS / "gitops" / "health")
+    assert (config_map["kind"], config_map["metadata"]["name"], config_map["metadata"]["namespace"]) == ("ConfigMap", "argocd-cm", "argocd")
+    assert config_map["metadata"]["labels"]["app.kubernetes.io/part-of"] == "argocd", "Argo CD reads only a labelled argocd-cm"
+    assert config_map["data"] == {"resource.customizations.health.serving.kserve.io_InferenceService": lua}
+    assert object_errors(config_map)[0] == []
+    # The ArgoCD resource of OpenShift GitOps (argoproj.io/v1beta1; checked by hand against argoproj-labs/argocd-operator's
+    # config/crd/bases/argoproj.io_argocds.yaml at cf5d1c0, 2026-07: resourceHealthChecks[] of group, kind and check).
+    (argocd,) = rendered(MANIFESTS / "gitops" / "health-openshift-gitops")
+    assert (argocd["apiVersion"], argocd["kind"], argocd["metadata"]) == (
+        "argoproj.io/v1beta1", "ArgoCD", {"name": "openshift-gitops", "namespace": "openshift-gitops"})
+    assert argocd["spec"] == {"resourceHealthChecks": [{"group": "serving.kserve.io", "kind": "InferenceService", "check": lua}]}

@@ -1,0 +1,71 @@
+-- Argo CD health check for serving.kserve.io/InferenceService: "Healthy" means the spec in Git runs.
+--
+-- Argo CD's own check (resource_customizations/serving.kserve.io/InferenceService/health.lua, shipped since v2.8)
+-- reads the conditions only. This one keeps its verdicts and messages, and adds two checks before "Healthy":
+--   * status.observedGeneration must equal metadata.generation: until the controller has written status for the
+--     spec Argo CD just applied, that status describes the previous spec ("Progressing").
+--   * every status.canaryStatuses entry (KServe 0.20's native canary) must be ready ("Progressing").
+-- Kept from upstream: Degraded when modelStatus.transitionStatus is neither UpToDate nor InProgress (a failed model
+-- load), Suspended when Stopped=True, Progressing while any other condition is False or Unknown.
+-- Caveat (KServe <= 0.20, kserve/kserve issue 6081): status.observedGeneration is copied from the predictor
+-- Deployment's (or Knative Service's) own counter, which can drift from the InferenceService's generation; then this
+-- check reads Progressing until the counters meet again. See the project's README, "Health that means the version runs".
+-- Argo CD runs a customization without Lua's standard libraries (base and table only): no string.*, os.* or io.*.
+
+local health = {status = "Progressing", message = "Waiting for InferenceService to report status..."}
+if obj.status == nil then
+  return health
+end
+
+local generation = obj.metadata.generation
+if generation ~= nil and obj.status.observedGeneration ~= generation then
+  health.message = "waiting for the controller to observe generation " .. generation
+    .. " (status is for generation " .. tostring(obj.status.observedGeneration) .. ")"
+  return health
+end
+
+local progressing, degraded, unhealthy = false, false, 0
+local message = ""
+if obj.status.modelStatus ~= nil and obj.status.modelStatus.transitionStatus ~= "UpToDate" then
+  if obj.status.modelStatus.transitionStatus == "InProgress" then
+    progressing = true
+  else
+    degraded = true
+  end
+  message = "0: transitionStatus | " .. tostring(obj.status.modelStatus.transitionStatus)
+end
+
+if obj.status.conditions == nil then
+  return health
+end
+for index, condition in ipairs(obj.status.conditions) do
+  if condition.type == "Stopped" and condition.status == "True" then
+    return {status = "Suspended", message = "InferenceService is Stopped"}
+  end
+  if condition.status == "Unknown" or (condition.status == "False" and condition.type ~= "Stopped") then
+    unhealthy = unhealthy + 1  -- as upstream: Stopped=False is the healthy value, Stopped=Unknown is not
+  end
+  if condition.status ~= "True" and condition.type ~= "Stopped" then
+    message = message .. " | " .. index .. ": " .. condition.type .. " | " .. condition.status
+    if condition.reason ~= nil and condition.reason ~= "" then
+      message = message .. " | " .. condition.reason
+    end
+    if condition.message ~= nil and condition.message ~= "" then
+      message = message .. " | " .. condition.message
+    end
+  end
+end
+
+if degraded then
+  return {status = "Degraded", message = message}
+end
+if progressing or unhealthy > 0 then
+  return {status = "Progressing", message = message}
+end
+for _, canary in ipairs(obj.status.canaryStatuses or {}) do
+  if canary.ready ~= true then
+    return {status = "Progressing", message = "canary " .. tostring(canary.name) .. " is not ready (trafficPercent "
+      .. tostring(canary.trafficPercent) .. ")"}
+  end
+end
+return {status = "Healthy", message = "InferenceService is healthy."}
