@@ -1,26 +1,19 @@
 -- Argo CD health check for serving.kserve.io/InferenceService: "Healthy" means the spec in Git runs.
 --
 -- Argo CD's own check (resource_customizations/serving.kserve.io/InferenceService/health.lua, shipped since v2.8)
--- reads the conditions only. This one keeps its verdicts and messages, and adds two checks before "Healthy":
---   * status.observedGeneration must equal metadata.generation: until the controller has written status for the
---     spec Argo CD just applied, that status describes the previous spec ("Progressing").
---   * every status.canaryStatuses entry (KServe 0.20's native canary) must be ready ("Progressing").
+-- reads the conditions only. This one keeps its verdicts and messages, and adds one check before "Healthy": every
+-- status.canaryStatuses entry (KServe 0.20's native canary) must be ready ("Progressing").
 -- Kept from upstream: Degraded when modelStatus.transitionStatus is neither UpToDate nor InProgress (a failed model
 -- load), Suspended when Stopped=True, Progressing while any other condition is False or Unknown.
--- Caveat (KServe <= 0.20, kserve/kserve issue 6081): status.observedGeneration is copied from the predictor
--- Deployment's (or Knative Service's) own counter, which can drift from the InferenceService's generation; then this
--- check reads Progressing until the counters meet again. See the project's README, "Health that means the version runs".
+-- Not checked: status.observedGeneration against metadata.generation. KServe up to 0.20 copies observedGeneration from
+-- the predictor Deployment's (or Knative Service's) own counter (kserve/kserve issue 6081, fix pending in PR 6096): a
+-- canary traffic step changes the InferenceService but no Deployment, and an autoscaler changes the Deployment but not
+-- the InferenceService, so an equality check would hold a healthy service Progressing for good. Whether the new
+-- version runs is what the pipeline's wave gate confirms instead: it reads the version each cluster serves.
 -- Argo CD runs a customization without Lua's standard libraries (base and table only): no string.*, os.* or io.*.
 
 local health = {status = "Progressing", message = "Waiting for InferenceService to report status..."}
 if obj.status == nil then
-  return health
-end
-
-local generation = obj.metadata.generation
-if generation ~= nil and obj.status.observedGeneration ~= generation then
-  health.message = "waiting for the controller to observe generation " .. generation
-    .. " (status is for generation " .. tostring(obj.status.observedGeneration) .. ")"
   return health
 end
 
