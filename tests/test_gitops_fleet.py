@@ -66,7 +66,8 @@ class Fleet:
     def rollout(self, version: str, *extra: str, model: str = ANOMALY_DETECTOR) -> subprocess.CompletedProcess:
         return run_cli("rollout", model, "--version", version, "--local", "--state-dir", str(self.state),
                        *parameters(self.repo_url), "--param", "canary_interval_s=0.3", "--param", "probe_requests=10",
-                       "--param", "days=1", "--param", f"pvc_name={PVC}", "--param", "ready_timeout_s=60", *extra, env=self.env, timeout=900)
+                       "--param", "days=1", "--param", f"pvc_name={PVC}", "--param", "ready_timeout_s=60",
+                       "--param", "fleet_wave_timeout_s=60", *extra, env=self.env, timeout=900)
 
     def store_version(self, model, name: str = ANOMALY_DETECTOR) -> str:
         path = self.state / f"candidate-{name}.pkl"
@@ -319,7 +320,7 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     with contextlib.ExitStack() as stack:
         clients = fleet.clients(stack)
         try:
-            result = fleet.rollout(candidate, "--param", "ready_timeout_s=12")
+            result = fleet.rollout(candidate, "--param", "fleet_wave_timeout_s=12")
         finally:
             fleet.hub.fail("spoke-3", None)
             fleet.hub.lag("spoke-2", 0.0)
@@ -373,7 +374,7 @@ def test_two_models_rolled_out_at_once_each_wait_for_their_own_applications_only
     fleet.hub.fail("spoke-2", "model server exited: MemoryError while unpickling model.pkl", ANOMALY_DETECTOR)
     try:
         with ThreadPoolExecutor(2) as pool:
-            stalling = pool.submit(fleet.rollout, stalled, "--param", "ready_timeout_s=75")  # outlasts the forecaster's whole run (about 40 s)
+            stalling = pool.submit(fleet.rollout, stalled, "--param", "fleet_wave_timeout_s=75")  # outlasts the forecaster's whole run (about 40 s)
             deadline = time.monotonic() + 300
             while detector_on_spoke_2() != "Degraded" and not stalling.done() and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -426,7 +427,7 @@ def test_a_spoke_whose_new_pods_stay_pending_reads_healthy_but_the_wave_is_not_p
     watcher = threading.Thread(target=watch_spoke_3, daemon=True)
     watcher.start()
     try:
-        result = fleet.rollout(candidate, "--param", "ready_timeout_s=12")
+        result = fleet.rollout(candidate, "--param", "fleet_wave_timeout_s=12")
     finally:
         done.set()
         watcher.join()
@@ -489,7 +490,7 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
             joblib.dump(models["detector"](seed).estimator, path)
             versions.append(store.save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}))
         target = GitopsTarget(KServeOptions(NAMESPACE, endpoint=ENDPOINT_TEMPLATE, rollout_strategy="candidate-isvc", run_name="run-1"),
-                              GitopsOptions(repo_url, "main", PATH), hub_api=hub_api)
+                              GitopsOptions(repo_url, "main", PATH, wave_timeout_s=60), hub_api=hub_api)
         uri = lambda stored: f"pvc://{PVC}/{ANOMALY_DETECTOR}/{stored.version}"  # noqa: E731
         target.deploy(ANOMALY_DETECTOR, "v1", uri(versions[0]), versions[0].sha256, 60)
         status = target.deploy(ANOMALY_DETECTOR, "v2", uri(versions[1]), versions[1].sha256, 60)
@@ -513,9 +514,10 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
         # A revert whose wave is not confirmed in time: pushed, but nothing claims the fleet settled, and the error says so.
         target.deploy(ANOMALY_DETECTOR, "v4", uri(versions[3]), versions[3].sha256, 60)
         hub.lag("spoke-1", 600)
-        with pytest.raises(ServingError, match=r"; the revert [0-9a-f]{7} is pushed but not confirmed, so no fleet-settled record was written "
-                                               r"\(the model's last is [0-9a-f]{7}\)"):
-            target.rollback(ANOMALY_DETECTOR, 1, reason="test: v4 is not wanted")
+        impatient = GitopsTarget(target.options, GitopsOptions(repo_url, "main", PATH, wave_timeout_s=1), hub_api=hub_api)
+        with pytest.raises(ServingError, match=r"within 1 s: .*; the revert [0-9a-f]{7} is pushed but not confirmed, so no fleet-settled record "
+                                               r"was written \(the model's last is [0-9a-f]{7}\)"):
+            impatient.rollback(ANOMALY_DETECTOR, 60, reason="test: v4 is not wanted")
         hub.lag("spoke-1", 0)
         clone = tmp_path / "after-unconfirmed-revert"
         subprocess.run(["git", "clone", "--quiet", repo_url, str(clone)], check=True)
