@@ -156,7 +156,7 @@ class Application:
         details += [f"{r.get('kind')} {r.get('name')}: {r['health'].get('status')}, {r['health'].get('message', '')}".rstrip(", ")
                     for r in status.get("resources") or [] if (r.get("health") or {}).get("status", "Healthy") != "Healthy"]
         details += [f"{c.get('type')}: {c.get('message', '')}" for c in status.get("conditions") or []]
-        if operation.get("phase") in ("Failed", "Error"):
+        if operation.get("phase") in ("Failed", "Error") or (operation.get("phase") == "Running" and operation.get("retryCount")):
             details.append(f"sync {operation['phase']}: {operation.get('message', '')}")
         return cls(
             name=document["metadata"]["name"], cluster=labels.get(CLUSTER_LABEL) or spec.get("destination", {}).get("name", ""),
