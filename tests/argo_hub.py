@@ -1,10 +1,19 @@
 """A stand-in for an ACM hub running OpenShift GitOps (Argo CD), on 127.0.0.1, over spoke clusters that are
 ``KubeStandIn``s (KServe 0.20, or 0.15) serving with the real KServe model server.
 
+- **Placement decisions** (OCM's placement controller, Placement API v1beta1 as in shared/reference/gitops-crds and
+  open-cluster-management.io/concepts/placement "Taints/Tolerations"): a cluster is decided when the Placement's
+  selector picks its ManagedCluster labels and each of its taints (``taint(cluster, key, added_at)``) is tolerated:
+  a toleration matches by key (empty: any), operator Equal (value equal) or Exists, and effect (empty: any), and with
+  ``tolerationSeconds`` only until the taint's ``timeAdded`` plus that many seconds; a NoSelect taint drops an
+  untolerated cluster, NoSelectIfNew only one not decided yet, PreferNoSelect none. Every pass recomputes them.
 - **Applications** are generated from the project's own ApplicationSets, Placements and GitOpsCluster
-  (``manifests/gitops/``), as Argo CD's ApplicationSet controller (argo-cd v3, ``applicationset/generators/``) does:
-  a ``clusterDecisionResource`` generator gives, per cluster its Placement's selector picks from the spokes'
-  ManagedCluster labels (the PlacementDecision), the decision's ``clusterName`` and ``reason``, the ``name`` and
+  (``manifests/gitops/``), as Argo CD's ApplicationSet controller (argo-cd v3, ``applicationset/generators/``) does,
+  regenerated every pass (the real one requeues after ``requeueAfterSeconds``): an Application whose cluster left the
+  decisions is deleted, its spoke's resources with it only when it has the resources finalizer (no
+  ``preserveResourcesOnDeletion``); a regenerated one adopts what is there.
+  A ``clusterDecisionResource`` generator gives, per cluster in its Placement's decisions, the decision's
+  ``clusterName`` and ``reason``, the ``name`` and
   ``server`` of the Argo CD cluster of that name (a cluster the GitOpsCluster's Placement did not register is skipped)
   and its ``values``; a ``list`` generator its elements; a ``matrix`` generator every combination of its two children's
   parameters, merged with the first child's winning (goTemplate). The template's ``{{ .a.b }}`` fields are filled in
@@ -12,12 +21,18 @@
   finalizer.
 - **The hub API** serves ``applications.argoproj.io`` to the real ``kubernetes`` client: get and list (with
   ``labelSelector``) only; every write and every watch is 403, as ``manifests/gitops``' hub-rbac.yaml grants.
-- **The controller** polls the real Git server. When a branch moves it exports the new revision, renders each
+- **The controller** polls the real Git server every ``poll_interval_s`` (Argo CD: timeout.reconciliation, 120 s plus
+  up to 60 s jitter, unless a Git webhook says sooner). When a branch moves it exports the new revision, renders each
   Application's path with kustomize (``kubectl kustomize`` when this machine has it, else the same merge-patch
   semantics in Python) and applies the documents to that spoke: create, merge-patch from what it applied last, and
   prune what left the render. It then writes ``status.sync`` (Synced at the revision, or OutOfSync with a failed
-  ``operationState``), each applied resource's health in ``status.resources[].health`` and the Application's
-  ``status.health.status``: the worst of its resources' in gitops-engine's order (pkg/health/health.go ``healthOrder``:
+  ``operationState``). As Argo CD's automated sync (docs/user-guide/auto_sync.md: it "will not reattempt a sync if the
+  previous sync attempt against the same commit-SHA and parameters had failed"), a failed sync is attempted again only
+  by the Application's ``syncPolicy.retry`` (docs/user-guide/application-specification: ``limit``, negative for no
+  limit; ``backoff.duration`` times ``factor`` per retry, at most ``maxDuration``; RetryStrategy.NextRetryAt), the
+  operationState Running with its ``retryCount`` meanwhile, Failed with a SyncError condition once they are spent;
+  ``time_scale`` compresses the backoff for tests. It also writes each applied resource's health in
+  ``status.resources[].health`` and the Application's ``status.health.status``: the worst of its resources' in gitops-engine's order (pkg/health/health.go ``healthOrder``:
   Healthy < Suspended < Progressing < Missing < Degraded < Unknown). A resource's health is what Argo CD's Lua health
   check says of the live object, run here by the real Lua (``lupa``, Lua 5.1 as gopher-lua) the way Argo CD's
   util/lua/lua.go runs it: ``obj`` as a table, the returned ``{status, message}`` (Unknown for an invalid status or a
@@ -25,7 +40,10 @@
 - **Health check** (``health_check``, the Argo CD the hub plays): ``"customized"`` (the default: the project's
   ``manifests/gitops/health/inferenceservice.lua`` is installed), ``"stock"`` (Argo CD 2.8 or later, its own
   health.lua, from shared/reference) or ``"none"`` (before 2.8: no check, so an InferenceService that exists is Healthy).
-- **Knobs:** ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message, model_name="")`` makes every
+- **Knobs:** ``taint(cluster, key, added_at)`` / ``untaint(cluster, key)`` set a ManagedCluster taint (e.g.
+  cluster.open-cluster-management.io/unreachable, as ACM's registration controller does); ``fail_sync(cluster, times,
+  message)`` fails each Application's next ``times`` sync attempts to that spoke (math.inf: all, 0 heals);
+  ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message, model_name="")`` makes every
   predictor that spoke starts from then on (only that model's, if named) fail to load (``None`` heals it); ``unschedulable(cluster, message)`` leaves every new
   predictor pod on that spoke Pending with ``message`` (``None`` schedules them), see ``KubeStandIn.unschedulable``.
 - **The fleet network:** an HTTP proxy that resolves ``<service>.<namespace>.<cluster>.fleet.test`` to that spoke's

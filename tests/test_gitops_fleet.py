@@ -26,7 +26,7 @@ from kubernetes import client as kubernetes_client, config as kubernetes_config
 
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.gitops_repo import TOKEN_ENV
-from components.gitops_target import GitopsOptions, GitopsTarget
+from components.gitops_target import GitopsOptions, GitopsTarget, get, served_version
 from components.kserve_target import KServeOptions
 from components.serving import ServingError
 from components.kserve_target.standard_canary import predictor_name_for
@@ -50,6 +50,7 @@ SPOKES = {  # ManagedCluster labels; the Placements in manifests/gitops pick the
     "spoke-3": {"model-pipelines.io/serving": "true"},
 }
 WAVE_2 = ("spoke-2", "spoke-3")
+UNREACHABLE = "cluster.open-cluster-management.io/unreachable"  # the taint ACM's registration controller puts on a ManagedCluster
 
 
 @dataclass
@@ -446,6 +447,48 @@ def test_a_spoke_whose_new_pods_stay_pending_reads_healthy_but_the_wave_is_not_p
     assert subjects[2].startswith(f"{ANOMALY_DETECTOR} {candidate}: promote to wave 2/2")
     index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
     assert index["versions"][candidate]["status"] == "rejected" and index["stable"] == stable
+
+
+def test_a_wave_cluster_that_leaves_the_placement_mid_promotion_fails_the_wave_at_once_and_its_spoke_keeps_serving(fleet, models):  # noqa: F811
+    """spoke-3 stops syncing (its agent lost the hub) and ACM's unreachable taint on it is older than the Placements' 3600 s
+    toleration: the ApplicationSet controller deletes its Applications while wave 2 waits for it."""
+    stable, candidate = fleet.stable("spoke-1"), fleet.store_version(models["detector"](7))
+    done = threading.Event()
+
+    def taint_spoke_3_once_wave_2_is_promoted() -> None:
+        while not done.wait(0.2):
+            if fleet.serving("spoke-2")["spec"]["predictor"].get("name") == predictor_name_for(candidate):
+                fleet.hub.taint("spoke-3", UNREACHABLE, time.time() - 3600)
+                return
+
+    fleet.hub.lag("spoke-3", 600)
+    watcher = threading.Thread(target=taint_spoke_3_once_wave_2_is_promoted, daemon=True)
+    watcher.start()
+    try:
+        result = fleet.rollout(candidate)
+        left = fleet.hub.application_of("spoke-3", ANOMALY_DETECTOR)
+    finally:
+        done.set()
+        watcher.join()
+        fleet.hub.lag("spoke-3", 0.0)
+        fleet.hub.untaint("spoke-3", UNREACHABLE)
+    output = logged(result)
+    assert result.returncode == 3 and left is None, output[-4000:]
+    assert (f"wave 2/2 (fleet: spoke-2, spoke-3): the Application {ANOMALY_DETECTOR}-spoke-3 of cluster spoke-3 was deleted from the hub "
+            "during the rollout") in output and "within 60 s" not in output, output[-4000:]
+    assert fleet.hub.spokes["spoke-3"].standin.get(NAMESPACE, ANOMALY_DETECTOR) is not None, "preserveResourcesOnDeletion"
+    assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: stable for cluster in SPOKES}
+    with MainUrlClient(fleet.hub.main_url("spoke-3", ANOMALY_DETECTOR)) as client:
+        time.sleep(1)
+    assert client.sent > 0 and client.failures == [], client.failures[:3]
+    assert served_version(*get(fleet.hub.main_url("spoke-3", ANOMALY_DETECTOR))) == stable, "spoke-3 still serves the stable version"
+    [reason] = fleet.commits("left")[1].trailers["Reason"]
+    assert reason.startswith(f"promotion failed: wave 2/2 (fleet: spoke-2, spoke-3): the Application {ANOMALY_DETECTOR}-spoke-3"), reason
+    deadline = time.monotonic() + 60  # untainted, spoke-3 is decided again: its regenerated Application adopts the InferenceService
+    while time.monotonic() < deadline and ((fleet.hub.application_of("spoke-3", ANOMALY_DETECTOR) or {}).get("status", {}).get("health", {})
+                                           .get("status") != "Healthy"):
+        time.sleep(0.2)
+    assert fleet.hub.application_of("spoke-3", ANOMALY_DETECTOR)["status"]["sync"]["status"] == "Synced"
 
 
 def test_every_inference_service_the_spokes_received_matches_the_kserve_0_20_crds(fleet, crd_schemas):  # noqa: F811
