@@ -59,6 +59,7 @@ KUSTOMIZATION = "kustomization.yaml"
 FIRST_DEPLOYMENT, PROMOTE, ROLLBACK, SETTLED = "first deployment", "promote", "rollback", "settled"
 NO_VERSION = ""  # what served_version returns for a runtime that answers without naming its version (stock KServe)
 UNCONFIRMED = "versions not confirmed on"
+DEFAULT_WAVE_TIMEOUT_S = 900.0  # Argo CD polls Git every 120 s plus up to 60 s jitter; a failed sync retries for about 5 min more
 
 
 def get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
@@ -128,6 +129,7 @@ class GitopsOptions:
     path: str = "fleet/models"
     waves: tuple[tuple[str, ...], ...] = DEFAULT_WAVES
     hub_namespace: str = HUB_NAMESPACE
+    wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S  # fleet_wave_timeout_s: how long every wave wait lasts, wave 1's included
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class Application:
         details += [f"{r.get('kind')} {r.get('name')}: {r['health'].get('status')}, {r['health'].get('message', '')}".rstrip(", ")
                     for r in status.get("resources") or [] if (r.get("health") or {}).get("status", "Healthy") != "Healthy"]
         details += [f"{c.get('type')}: {c.get('message', '')}" for c in status.get("conditions") or []]
-        if operation.get("phase") in ("Failed", "Error"):
+        if operation.get("phase") in ("Failed", "Error") or (operation.get("phase") == "Running" and operation.get("retryCount")):
             details.append(f"sync {operation['phase']}: {operation.get('message', '')}")
         return cls(
             name=document["metadata"]["name"], cluster=labels.get(CLUSTER_LABEL) or spec.get("destination", {}).get("name", ""),
@@ -424,11 +426,20 @@ class GitopsTarget:
     # -- reading the fleet ------------------------------------------------------------------------------------------
     def wave_state(self, wave: Wave) -> tuple[bool, str]:
         """Return whether ``wave`` is done, and what is not: every Application Synced at the model's last commit and
-        Healthy, and every cluster serving the versions the overlay names (``served_versions``)."""
+        Healthy, and every cluster serving the versions the overlay names (``served_versions``). Raise at once when one of
+        the wave's Applications is gone from the hub: waiting cannot bring its cluster back."""
         required = self.repo.last_change(f"base/{self.model_name}", f"{wave.directory}/{self.model_name}")
-        names = {application.name for application in wave.applications}
-        lagging = [a for a in self.hub.applications(self.model_name) if a.name in names and not (
-            a.sync == "Synced" and a.health == "Healthy" and self.repo.contains(a.revision, required))]
+        reported = {application.name: application for application in self.hub.applications(self.model_name)}
+        gone = [application for application in wave.applications if application.name not in reported]
+        if gone:
+            raise ServingError(f"{self.where(wave)}: " + "; ".join(
+                f"the Application {a.name} of cluster {a.cluster} was deleted from the hub during the rollout, so {a.cluster} no longer "
+                "follows the fleet repository" for a in gone)
+                + ": its cluster left the Placement's decisions (ACM taints an unreachable or unavailable ManagedCluster and the Placement "
+                  "tolerates that only for tolerationSeconds, or its labels changed); the spoke keeps what it last synced "
+                  "(preserveResourcesOnDeletion). Bring the cluster back, or relabel it out of the fleet, then roll out again")
+        lagging = [reported[a.name] for a in wave.applications if not (
+            reported[a.name].sync == "Synced" and reported[a.name].health == "Healthy" and self.repo.contains(reported[a.name].revision, required))]
         if lagging:
             return False, f"waiting for {required[:7]}: " + "; ".join(a.line() for a in lagging)
         probes = self.served_versions(wave)
@@ -475,8 +486,9 @@ class GitopsTarget:
                 probes.append(VersionProbe(cluster, role, url, frozenset(wanted), served_version(*get(url))))
         return probes
 
-    def wait(self, wave: Wave, timeout_s: float) -> None:
-        """Poll the hub until ``wave`` is done (``wave_state``); on timeout raise quoting each unhealthy Application."""
+    def wait(self, wave: Wave) -> None:
+        """Poll the hub until ``wave`` is done (``wave_state``); after ``gitops.wave_timeout_s`` raise quoting each unhealthy Application."""
+        timeout_s = self.gitops.wave_timeout_s
         deadline, delay = time.monotonic() + timeout_s, 0.2
         while True:
             done, detail = self.wave_state(wave)
@@ -532,16 +544,18 @@ class GitopsTarget:
         return KServeTarget(options, api=WaveOverlays(self, wave), sleep=self.sleep)
 
     # -- the ServingTarget interface --------------------------------------------------------------------------------
+    # Every wave waits ``gitops.wave_timeout_s`` (fleet_wave_timeout_s), wave 1's included, since every change reaches a
+    # cluster through Argo CD's Git polling; the ``timeout_s`` these methods take (ready_timeout_s) is the kserve target's.
     def deploy(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> ServingStatus:
         """First deployment: commit it to every wave, wait for all, then commit the fleet-settled record; else a dark candidate
         in wave 1, waited for.
         """
         self._begin(model_name, version, "deploy as dark candidate")
         first = self.repo.read(base_file(model_name)) is None
-        status = self._wave_target(self.waves[0]).deploy(model_name, version, storage_uri, checksum, timeout_s)
+        status = self._wave_target(self.waves[0]).deploy(model_name, version, storage_uri, checksum, self.gitops.wave_timeout_s)
         if first:
             for wave in self.waves[1:]:
-                self.wait(wave, timeout_s)
+                self.wait(wave)
             self._settle(model_name, FIRST_DEPLOYMENT, self.waves)
         return status
 
@@ -554,7 +568,7 @@ class GitopsTarget:
         """Commit the candidate's traffic share in wave 1 and wait for its clusters."""
         self._begin(model_name, "", f"canary {candidate_percent} %")
         self.version = self._recorded(model_name)[1]
-        return self._wave_target(self.waves[0]).set_traffic(model_name, candidate_percent, timeout_s)
+        return self._wave_target(self.waves[0]).set_traffic(model_name, candidate_percent, self.gitops.wave_timeout_s)
 
     def promote(self, model_name: str, timeout_s: float) -> ServingStatus:
         """Promote in wave 1, then give each later wave the same overlay, waiting for each, and commit the fleet-settled record
@@ -564,7 +578,7 @@ class GitopsTarget:
         candidate = self.version = self._recorded(model_name)[1]
         first = self.waves[0]
         try:
-            self._wave_target(first).promote(model_name, timeout_s)
+            self._wave_target(first).promote(model_name, self.gitops.wave_timeout_s)
             for wave in self.waves[1:]:
                 self._begin(model_name, candidate, PROMOTE)
                 lead = WaveOverlays(self, first)
@@ -572,11 +586,11 @@ class GitopsTarget:
                 extras = {name: lead.document(name) for name in lead.extras(model_name)}
                 stale = [follower.extra_file(model_name, name) for name in follower.extras(model_name) if name not in extras]
                 self.commit(follower.overlay_files(lead.document(model_name), extras), stale, f"promote to {self.where(wave)}", wave)
-                self.wait(wave, timeout_s)
+                self.wait(wave)
             for wave in self.waves[:-1]:  # the earlier waves still hold now that the last one is confirmed
-                self.wait(wave, timeout_s)
+                self.wait(wave)
         except ServingError as error:
-            stable = self._revert(model_name, candidate, f"promotion failed: {error}", timeout_s)
+            stable = self._revert(model_name, candidate, f"promotion failed: {error}")
             raise ServingError(f"promotion of {model_name} {candidate} stopped: {error}; every wave was reverted to {stable or 'nothing'}") from error
         self._settle(model_name, PROMOTE, self.waves)
         return self.status(model_name)
@@ -585,7 +599,7 @@ class GitopsTarget:
         """Revert the candidate's commits in one commit giving ``reason`` and wait for every affected wave; with no candidate,
         change nothing.
         """
-        self._revert(model_name, None, reason, timeout_s)
+        self._revert(model_name, None, reason)
         return self.status(model_name)
 
     def remove(self, model_name: str, version: str, timeout_s: float, *, reason: str) -> ServingStatus:
@@ -597,7 +611,7 @@ class GitopsTarget:
             if not self.options.run_name or [value for key, value in trailers if key == "Pipeline-Run"] != [self.options.run_name]:
                 raise ServingError(f"{model_name} {version}: commit {revision[:7]} was not made by this run, so the deployment is left "
                                    "serving; revert it in Git by hand if it must go")
-        self._revert(model_name, version, reason, timeout_s)
+        self._revert(model_name, version, reason)
         return self.status(model_name)
 
     def _recorded(self, model_name: str) -> tuple[str, str]:
@@ -628,7 +642,7 @@ class GitopsTarget:
             found.append((revision, trailers))
         return found, ""
 
-    def _revert(self, model_name: str, version: str | None, reason: str, timeout_s: float) -> str:
+    def _revert(self, model_name: str, version: str | None, reason: str) -> str:
         """Revert ``version``'s commits (None: wave 1's candidate, if any) and any of an unconfirmed rollout before them (every
         commit of the model since its last fleet-settled record) in one commit, whose message says ``This reverts commit
         <sha>.`` for each and carries the trailers Step: rollback, Wave (each wave it changes) and Reason; wait for those
@@ -661,7 +675,7 @@ class GitopsTarget:
                 raise ServingError(str(error)) from error
             try:
                 for wave in waves:
-                    self.wait(wave, timeout_s)
+                    self.wait(wave)
             except ServingError as error:
                 raise ServingError(f"{error}; the revert {revert[:7]} is pushed but not confirmed, so no fleet-settled record was written "
                                    f"(the model's last is {settled[:7] or 'none'}): the next rollback reverts from there again") from error

@@ -185,6 +185,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "max_prediction_shift": _in_range(0, INF),
     "failure_limit": _in_range(0, 100, integer=True),
     "ready_timeout_s": _in_range(0, 86_400, low_open=True),
+    "fleet_wave_timeout_s": _in_range(0, 86_400, low_open=True),
     "prometheus_window": _promql_duration,
     **{name: _choice(name) for name in CHOICES},
     "version": _version,

@@ -42,6 +42,7 @@ def validate_parameters(
     gitops_branch: str,
     gitops_path: str,
     fleet_waves: list,
+    fleet_wave_timeout_s: float,
     gitops_secret: str,
     ready_timeout_s: float,
     canary_steps: list,
@@ -294,6 +295,7 @@ def deploy_inference_service(
     gitops_branch: str,
     gitops_path: str,
     fleet_waves: list,
+    fleet_wave_timeout_s: float,
     run_name: str,
     ready_timeout_s: float,
     allow_synthetic_deploy: bool,
@@ -305,7 +307,7 @@ def deploy_inference_service(
     from components.workflow import StoreOptions, deploy_step
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
-    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves), wave_timeout_s=fleet_wave_timeout_s)
     outcome = deploy_step(model_name, version, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle),
                           ready_timeout_s, run_name, options, gitops, allow_synthetic_deploy)
     print(f"result: {outcome.message}")
@@ -332,6 +334,7 @@ def smoke_test(
     gitops_branch: str,
     gitops_path: str,
     fleet_waves: list,
+    fleet_wave_timeout_s: float,
     validation_data: Input[Dataset],
     max_p95_latency_ms: float,
     report: Output[Markdown],
@@ -345,7 +348,7 @@ def smoke_test(
     from components.workflow import StoreOptions, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, rollout_strategy=rollout_strategy)
-    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves), wave_timeout_s=fleet_wave_timeout_s)
     target, store, sample = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, validation_data.path, gitops)
     result = run_smoke_test(target, store, model_name, version, sample, max_p95_latency_ms=max_p95_latency_ms)
     markdown = result.markdown()
@@ -378,6 +381,7 @@ def canary_promote(
     gitops_branch: str,
     gitops_path: str,
     fleet_waves: list,
+    fleet_wave_timeout_s: float,
     run_name: str,
     validation_data: Input[Dataset],
     canary_steps: list,
@@ -403,7 +407,7 @@ def canary_promote(
     from components.workflow import StoreOptions, probe_sample_from, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
-    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves), wave_timeout_s=fleet_wave_timeout_s)
     store_options = StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle)
     target, store, _ = serving_context(model_name, serving_target, store_options, options, gitops=gitops)
     spec = CanarySpec(tuple(int(step) for step in canary_steps), canary_interval_s, probe_requests, max_error_rate,
@@ -444,6 +448,7 @@ def rollback(
     gitops_branch: str,
     gitops_path: str,
     fleet_waves: list,
+    fleet_wave_timeout_s: float,
     run_name: str,
     reason: str,
     ready_timeout_s: float,
@@ -455,7 +460,7 @@ def rollback(
     from components.workflow import StoreOptions, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
-    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves), wave_timeout_s=fleet_wave_timeout_s)
     target, store, _ = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle), options, gitops=gitops)
     outcome = run_rollback(target, store, model_name, version, reason, run_name=run_name, timeout_s=ready_timeout_s)
     print(f"result: {outcome.message}")
@@ -481,6 +486,7 @@ def ensure_safe_serving(
     gitops_branch: str,
     gitops_path: str,
     fleet_waves: list,
+    fleet_wave_timeout_s: float,
     run_name: str,
     ready_timeout_s: float,
 ) -> str:
@@ -491,7 +497,7 @@ def ensure_safe_serving(
     from components.workflow import StoreOptions, serving_context
 
     options = KServeOptions(namespace, runtime, deployment_mode, service_account, endpoint, run_name, rollout_strategy)
-    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves))
+    gitops = GitopsOptions(gitops_repo, gitops_branch, gitops_path, checked_waves(fleet_waves), wave_timeout_s=fleet_wave_timeout_s)
     target, store, _ = serving_context(model_name, serving_target, StoreOptions(model_store, pvc_name, s3_prefix, s3_secret, s3_verify, s3_ca_bundle),
                                        options, gitops=gitops)
     outcome = make_safe(target, store, model_name, run_name=run_name, timeout_s=ready_timeout_s)

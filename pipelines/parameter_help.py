@@ -61,7 +61,9 @@ PARAMETER_HELP = {
     "gitops_path": "gitops: the directory holding base/<model> and the wave overlays the Applications sync.",
     "gitops_secret": "gitops: the Secret whose key token (HTTPS) or ssh-privatekey and known_hosts (SSH) reach the fleet repository.",
     "fleet_waves": 'gitops: cluster groups by wave label, rolled out in order; "*" is every other cluster.',
-    "ready_timeout_s": "Seconds to wait for a version to become Ready before rolling it back.",
+    "fleet_wave_timeout_s": "gitops: seconds each wave (wave 1 included) may take to be Synced, Healthy and serving after a commit, "
+                            "before the rollout is reverted; Argo CD polls Git every 120-180 s unless a webhook tells it at once.",
+    "ready_timeout_s": "Seconds to wait for a version to become Ready before rolling it back (kserve and local; gitops waits fleet_wave_timeout_s).",
     "canary_steps": "Candidate traffic percentages in order, strictly increasing, e.g. [10, 50, 100].",
     "canary_interval_s": "Seconds at each traffic step before it is analysed.",
     "probe_requests": "Probe requests per analysis, sent to candidate and stable alike.",

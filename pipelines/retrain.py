@@ -21,7 +21,7 @@ from kfp.dsl import Markdown, Metrics
 
 from components import gitops_repo, steps
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
-from components.gitops_target import DEFAULT_WAVES
+from components.gitops_target import DEFAULT_WAVE_TIMEOUT_S, DEFAULT_WAVES
 from components.monitor import MonitorSettings
 from components.prometheus import TOKEN_ENV
 from components.rollout import CanarySpec
@@ -154,7 +154,7 @@ def _ingest(ops: SimpleNamespace, model_name, p: dict) -> dsl.PipelineTask:
 
 SERVING_KNOBS = (
     "namespace", "runtime", "deployment_mode", "rollout_strategy", "service_account", "endpoint", "ready_timeout_s",
-    "gitops_repo", "gitops_branch", "gitops_path", "fleet_waves",
+    "gitops_repo", "gitops_branch", "gitops_path", "fleet_waves", "fleet_wave_timeout_s",
 )
 
 
@@ -270,6 +270,7 @@ def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE):
         gitops_branch: str = "main",
         gitops_path: str = "fleet/models",
         fleet_waves: list = [list(wave) for wave in DEFAULT_WAVES],
+        fleet_wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S,
         gitops_secret: str = DEFAULT_GITOPS_SECRET,
         ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
@@ -350,6 +351,7 @@ def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE):
         gitops_branch: str = "main",
         gitops_path: str = "fleet/models",
         fleet_waves: list = [list(wave) for wave in DEFAULT_WAVES],
+        fleet_wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S,
         gitops_secret: str = DEFAULT_GITOPS_SECRET,
         ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),
@@ -423,6 +425,7 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE):
         gitops_branch: str = "main",
         gitops_path: str = "fleet/models",
         fleet_waves: list = [list(wave) for wave in DEFAULT_WAVES],
+        fleet_wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S,
         gitops_secret: str = DEFAULT_GITOPS_SECRET,
         ready_timeout_s: float = 300.0,
         canary_steps: list = list(CANARY.steps),

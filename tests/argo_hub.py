@@ -1,10 +1,19 @@
 """A stand-in for an ACM hub running OpenShift GitOps (Argo CD), on 127.0.0.1, over spoke clusters that are
 ``KubeStandIn``s (KServe 0.20, or 0.15) serving with the real KServe model server.
 
+- **Placement decisions** (OCM's placement controller, Placement API v1beta1 as in shared/reference/gitops-crds and
+  open-cluster-management.io/concepts/placement "Taints/Tolerations"): a cluster is decided when the Placement's
+  selector picks its ManagedCluster labels and each of its taints (``taint(cluster, key, added_at)``) is tolerated:
+  a toleration matches by key (empty: any), operator Equal (value equal) or Exists, and effect (empty: any), and with
+  ``tolerationSeconds`` only until the taint's ``timeAdded`` plus that many seconds; a NoSelect taint drops an
+  untolerated cluster, NoSelectIfNew only one not decided yet, PreferNoSelect none. Every pass recomputes them.
 - **Applications** are generated from the project's own ApplicationSets, Placements and GitOpsCluster
-  (``manifests/gitops/``), as Argo CD's ApplicationSet controller (argo-cd v3, ``applicationset/generators/``) does:
-  a ``clusterDecisionResource`` generator gives, per cluster its Placement's selector picks from the spokes'
-  ManagedCluster labels (the PlacementDecision), the decision's ``clusterName`` and ``reason``, the ``name`` and
+  (``manifests/gitops/``), as Argo CD's ApplicationSet controller (argo-cd v3, ``applicationset/generators/``) does,
+  regenerated every pass (the real one requeues after ``requeueAfterSeconds``): an Application whose cluster left the
+  decisions is deleted, its spoke's resources with it only when it has the resources finalizer (no
+  ``preserveResourcesOnDeletion``); a regenerated one adopts what is there.
+  A ``clusterDecisionResource`` generator gives, per cluster in its Placement's decisions, the decision's
+  ``clusterName`` and ``reason``, the ``name`` and
   ``server`` of the Argo CD cluster of that name (a cluster the GitOpsCluster's Placement did not register is skipped)
   and its ``values``; a ``list`` generator its elements; a ``matrix`` generator every combination of its two children's
   parameters, merged with the first child's winning (goTemplate). The template's ``{{ .a.b }}`` fields are filled in
@@ -12,12 +21,18 @@
   finalizer.
 - **The hub API** serves ``applications.argoproj.io`` to the real ``kubernetes`` client: get and list (with
   ``labelSelector``) only; every write and every watch is 403, as ``manifests/gitops``' hub-rbac.yaml grants.
-- **The controller** polls the real Git server. When a branch moves it exports the new revision, renders each
+- **The controller** polls the real Git server every ``poll_interval_s`` (Argo CD: timeout.reconciliation, 120 s plus
+  up to 60 s jitter, unless a Git webhook says sooner). When a branch moves it exports the new revision, renders each
   Application's path with kustomize (``kubectl kustomize`` when this machine has it, else the same merge-patch
   semantics in Python) and applies the documents to that spoke: create, merge-patch from what it applied last, and
   prune what left the render. It then writes ``status.sync`` (Synced at the revision, or OutOfSync with a failed
-  ``operationState``), each applied resource's health in ``status.resources[].health`` and the Application's
-  ``status.health.status``: the worst of its resources' in gitops-engine's order (pkg/health/health.go ``healthOrder``:
+  ``operationState``). As Argo CD's automated sync (docs/user-guide/auto_sync.md: it "will not reattempt a sync if the
+  previous sync attempt against the same commit-SHA and parameters had failed"), a failed sync is attempted again only
+  by the Application's ``syncPolicy.retry`` (docs/user-guide/application-specification: ``limit``, negative for no
+  limit; ``backoff.duration`` times ``factor`` per retry, at most ``maxDuration``; RetryStrategy.NextRetryAt), the
+  operationState Running with its ``retryCount`` meanwhile, Failed with a SyncError condition once they are spent;
+  ``time_scale`` compresses the backoff for tests. It also writes each applied resource's health in
+  ``status.resources[].health`` and the Application's ``status.health.status``: the worst of its resources' in gitops-engine's order (pkg/health/health.go ``healthOrder``:
   Healthy < Suspended < Progressing < Missing < Degraded < Unknown). A resource's health is what Argo CD's Lua health
   check says of the live object, run here by the real Lua (``lupa``, Lua 5.1 as gopher-lua) the way Argo CD's
   util/lua/lua.go runs it: ``obj`` as a table, the returned ``{status, message}`` (Unknown for an invalid status or a
@@ -25,7 +40,10 @@
 - **Health check** (``health_check``, the Argo CD the hub plays): ``"customized"`` (the default: the project's
   ``manifests/gitops/health/inferenceservice.lua`` is installed), ``"stock"`` (Argo CD 2.8 or later, its own
   health.lua, from shared/reference) or ``"none"`` (before 2.8: no check, so an InferenceService that exists is Healthy).
-- **Knobs:** ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message, model_name="")`` makes every
+- **Knobs:** ``taint(cluster, key, added_at)`` / ``untaint(cluster, key)`` set a ManagedCluster taint (e.g.
+  cluster.open-cluster-management.io/unreachable, as ACM's registration controller does); ``fail_sync(cluster, times,
+  message)`` fails each Application's next ``times`` sync attempts to that spoke (math.inf: all, 0 heals);
+  ``lag(cluster, seconds)`` delays a spoke's syncs; ``fail(cluster, message, model_name="")`` makes every
   predictor that spoke starts from then on (only that model's, if named) fail to load (``None`` heals it); ``unschedulable(cluster, message)`` leaves every new
   predictor pod on that spoke Pending with ``message`` (``None`` schedules them), see ``KubeStandIn.unschedulable``.
 - **The fleet network:** an HTTP proxy that resolves ``<service>.<namespace>.<cluster>.fleet.test`` to that spoke's
@@ -45,6 +63,7 @@ import io
 import threading
 import time
 import urllib.parse
+from datetime import datetime, timezone
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -143,6 +162,53 @@ def placement_selects(placement: dict, labels: dict) -> bool:
     return True
 
 
+def taint_time(taint: dict) -> float:
+    """Return a ManagedCluster taint's ``timeAdded`` (RFC 3339) in epoch seconds; without one, the zero time (long past)."""
+    added = taint.get("timeAdded")
+    return datetime.fromisoformat(added.replace("Z", "+00:00")).timestamp() if added else float("-inf")
+
+
+def tolerates(toleration: dict, taint: dict, now: float) -> bool:
+    """Return whether a Placement's toleration matches ``taint`` at ``now`` (epoch seconds), as OCM's Placement API defines it:
+    key (empty: any), operator Equal (values equal, the default) or Exists, effect (empty: any), and tolerationSeconds (NoSelect
+    and PreferNoSelect only) counted from the taint's timeAdded.
+    """
+    if toleration.get("key") and toleration["key"] != taint["key"]:
+        return False
+    if toleration.get("operator", "Equal") == "Equal" and toleration.get("value", "") != taint.get("value", ""):
+        return False
+    if toleration.get("effect") and toleration["effect"] != taint["effect"]:
+        return False
+    seconds = toleration.get("tolerationSeconds")
+    return seconds is None or taint["effect"] not in ("NoSelect", "PreferNoSelect") or now < taint_time(taint) + seconds
+
+
+def placement_decides(placement: dict, labels: dict, taints: list[dict] = (), now: float = 0.0, decided: bool = False) -> bool:
+    """Return whether a Placement puts a ManagedCluster (its labels and spec.taints) in its decisions at ``now``: its selector
+    picks the labels, and every NoSelect taint (NoSelectIfNew: only for a cluster not ``decided`` yet) is tolerated.
+    PreferNoSelect never filters (OCM: "not implemented yet ... will always be selected").
+    """
+    if not placement_selects(placement, labels):
+        return False
+    for taint in taints:
+        if taint["effect"] == "PreferNoSelect" or (taint["effect"] == "NoSelectIfNew" and decided):
+            continue
+        if not any(tolerates(toleration, taint, now) for toleration in placement["spec"].get("tolerations", [])):
+            return False
+    return True
+
+
+def placement_decisions(manifests: list[dict], clusters: dict[str, dict], now: float, previous: dict[str, set] | None = None) -> dict[str, list[str]]:
+    """Return each Placement's decisions (name -> cluster names) over ``clusters`` (name -> {"labels", "taints"}) at ``now``,
+    ``previous`` being the decisions before (for NoSelectIfNew).
+    """
+    previous = previous or {}
+    return {item["metadata"]["name"]: [name for name, cluster in clusters.items()
+                                       if placement_decides(item, cluster["labels"], cluster.get("taints", []), now,
+                                                            name in previous.get(item["metadata"]["name"], ()))]
+            for item in manifests if item["kind"] == "Placement"}
+
+
 def go_template(text: str, parameters: dict) -> str:
     """Return ``text`` with each ``{{ .a.b }}`` replaced by that parameter; a missing one is an error (missingkey=error)."""
     def field(match: re.Match) -> str:
@@ -167,39 +233,60 @@ def merged(fallback: dict, preferred: dict) -> dict:
     return result
 
 
+def retry_delay(retry: dict, retries: int) -> float:
+    """Return the seconds Argo CD waits before retry number ``retries + 1`` of a failed sync: backoff.duration *
+    factor^retries, at most maxDuration (RetryStrategy.NextRetryAt; defaults 5s, 2, 3m).
+    """
+    backoff = retry.get("backoff") or {}
+    delay = duration_seconds(backoff.get("duration", "5s")) * float(backoff.get("factor", 2)) ** retries
+    return min(delay, duration_seconds(backoff.get("maxDuration", "3m")))
+
+
+def duration_seconds(value: object) -> float:
+    """Return a Go duration ("10s", "3m", "1h30m") or a number of seconds, in seconds."""
+    if isinstance(value, (int, float)) or str(value).isdigit():
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", str(value))
+    if not parts or "".join(number + unit for number, unit in parts) != str(value):
+        raise ValueError(f"not a duration: {value!r}")
+    return sum(float(number) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[unit] for number, unit in parts)
+
+
 def cluster_server(cluster: str) -> str:
     """Return the API server URL the GitOpsCluster registers for a spoke (its ManagedCluster's API URL)."""
     return f"https://api.{cluster}{FLEET_DOMAIN}:6443"
 
 
-def generator_parameters(generator: dict, manifests: list[dict], clusters: dict[str, dict]) -> list[dict]:
+def generator_parameters(generator: dict, manifests: list[dict], clusters: dict[str, dict], decisions: dict[str, list[str]] | None = None) -> list[dict]:
     """Return the parameter sets one generator (list, clusterDecisionResource or matrix) produces over ``clusters``
-    (name -> ManagedCluster labels), in goTemplate form, given the Placements and GitOpsClusters in ``manifests``.
+    (name -> ManagedCluster labels), in goTemplate form, given the Placements and GitOpsClusters in ``manifests`` and the
+    Placements' ``decisions`` (``placement_decisions``; by default every cluster their selector picks, untainted).
     """
     if "list" in generator:
         return copy.deepcopy(generator["list"]["elements"])
+    if decisions is None:
+        decisions = placement_decisions(manifests, {name: {"labels": labels} for name, labels in clusters.items()}, 0.0)
     if "clusterDecisionResource" in generator:
-        placements = {item["metadata"]["name"]: item for item in manifests if item["kind"] == "Placement"}
-        registered = {name for item in manifests if item["kind"] == "GitOpsCluster" for name, labels in clusters.items()
-                      if placement_selects(placements[item["spec"]["placementRef"]["name"]], labels)}
-        decisions = generator["clusterDecisionResource"]
-        placement = placements[decisions["labelSelector"]["matchLabels"][PLACEMENT_LABEL]]
-        values = {"values": dict(decisions["values"])} if decisions.get("values") else {}
+        registered = {name for item in manifests if item["kind"] == "GitOpsCluster" for name in decisions[item["spec"]["placementRef"]["name"]]}
+        resource = generator["clusterDecisionResource"]
+        chosen = decisions[resource["labelSelector"]["matchLabels"][PLACEMENT_LABEL]]
+        values = {"values": dict(resource["values"])} if resource.get("values") else {}
         return [{"name": name, "server": cluster_server(name), "clusterName": name, "reason": "", **values}
-                for name, labels in clusters.items() if placement_selects(placement, labels) and name in registered]
+                for name in clusters if name in chosen and name in registered]
     if "matrix" in generator:
         first, second = generator["matrix"]["generators"]
-        return [merged(b, a) for a in generator_parameters(first, manifests, clusters) for b in generator_parameters(second, manifests, clusters)]
+        return [merged(b, a) for a in generator_parameters(first, manifests, clusters, decisions)
+                for b in generator_parameters(second, manifests, clusters, decisions)]
     raise ValueError(f"the stand-in generates from list, clusterDecisionResource and matrix generators, not {sorted(generator)}")
 
 
-def generated_applications(applicationset: dict, manifests: list[dict], clusters: dict[str, dict]) -> list[dict]:
+def generated_applications(applicationset: dict, manifests: list[dict], clusters: dict[str, dict], decisions: dict[str, list[str]] | None = None) -> list[dict]:
     """Return the Applications an ApplicationSet generates: its template filled in with each generator's parameter sets."""
     spec, generated = applicationset["spec"], []
     template = json.dumps(spec["template"])
     preserve = (spec.get("syncPolicy") or {}).get("preserveResourcesOnDeletion", False)
     for generator in spec["generators"]:
-        for parameters in generator_parameters(generator, manifests, clusters):
+        for parameters in generator_parameters(generator, manifests, clusters, decisions):
             application = json.loads(go_template(template, parameters))
             if not preserve:
                 application["metadata"]["finalizers"] = [RESOURCES_FINALIZER]
@@ -212,8 +299,11 @@ class Spoke:
 
     def __init__(self, name: str, labels: dict, standin: KubeStandIn) -> None:
         self.name, self.labels, self.standin = name, labels, standin
+        self.taints: list[dict] = []  # the ManagedCluster's spec.taints
         self.lag_s = 0.0
         self.seen: dict[str, float] = {}  # revision -> when this spoke first saw it (for the lag knob)
+        self.failing_syncs, self.sync_failure = 0.0, ""  # how many sync attempts of each Application fail, and with what message
+        self.failed_syncs: dict[str, int] = {}  # Application -> its sync attempts failed so far by the fail_sync knob
 
 
 class ArgoHub(LoopbackCluster):
@@ -223,19 +313,23 @@ class ArgoHub(LoopbackCluster):
 
     def __init__(self, work: Path, repo_url: str, branch: str, spokes: dict[str, dict], store_root: Path, crd_file: Path | None,
                  manifests: list[dict], namespace: str = "openshift-gitops", kserve: str = "0.20",
-                 health_check: str = "customized") -> None:
+                 health_check: str = "customized", poll_interval_s: float = 0.2, time_scale: float = 1.0) -> None:
         self.work, self.repo_url, self.branch, self.namespace = work, repo_url, branch, namespace
+        self.poll_interval_s = poll_interval_s  # Argo CD: timeout.reconciliation (120 s) plus jitter, compressed for tests
+        self.time_scale = time_scale  # multiplies the Applications' sync retry backoff (test-only time compression)
         self.health_script, self.health_check = None, ""
         self.use_health_check(health_check)
         self.kubectl = kubectl_kustomize()
         self.spokes = {name: Spoke(name, labels, KubeStandIn(store_root, self._mkdir(f"spoke-{name}"), kserve=kserve, crd_file=crd_file))
                        for name, labels in spokes.items()}
         self.manifests = manifests
-        self.applications = {document["metadata"]["name"]: document for item in manifests if item["kind"] == "ApplicationSet"
-                             for document in self.generate(item)}
-        self.applied: dict[str, dict[str, dict]] = {name: {} for name in self.applications}
+        self.decisions: dict[str, list[str]] = {}
+        self.applications: dict[str, dict] = {}
+        self.applied: dict[str, dict[str, dict]] = {}
+        self.retry_at: dict[str, float] = {}  # Application -> when its next sync retry is due
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.RLock()
+        self.regenerate(time.time())
         self._stop = threading.Event()
         self.mirror = work / "mirror.git"
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -248,21 +342,50 @@ class ArgoHub(LoopbackCluster):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    # -- the ApplicationSet controller, for ACM placement decisions -------------------------------------------------
+    # -- the placement controller and the ApplicationSet controller ------------------------------------------------
     def generate(self, applicationset: dict) -> list[dict]:
-        """Return the Applications the ApplicationSet generates over the spokes, as stored on the hub (pointing at the test's Git server)."""
+        """Return the Applications the ApplicationSet generates from the current decisions, as stored on the hub (pointing at the test's Git server)."""
         generated = []
-        for application in generated_applications(applicationset, self.manifests, {name: spoke.labels for name, spoke in self.spokes.items()}):
+        labels = {name: spoke.labels for name, spoke in self.spokes.items()}
+        for application in generated_applications(applicationset, self.manifests, labels, self.decisions):
             application["spec"]["source"]["repoURL"] = self.repo_url
             application["metadata"].update(namespace=self.namespace, resourceVersion="1", uid=f"uid-{application['metadata']['name']}", generation=1)
             generated.append({**application, "status": {"sync": {"status": "OutOfSync"}, "health": {"status": "Missing"}}})
         return generated
 
+    def regenerate(self, now: float) -> None:
+        """Recompute every Placement's decisions from the ManagedClusters' labels and taints at ``now`` and regenerate the
+        Applications: create the new ones, update the spec and labels of the kept ones, delete those whose cluster left
+        (with the resources finalizer, deleting what they applied to the spoke first; without it, leaving it there).
+        """
+        clusters = {name: {"labels": spoke.labels, "taints": spoke.taints} for name, spoke in self.spokes.items()}
+        self.decisions = placement_decisions(self.manifests, clusters, now, {name: set(chosen) for name, chosen in self.decisions.items()})
+        wanted = {document["metadata"]["name"]: document for item in self.manifests if item["kind"] == "ApplicationSet"
+                  for document in self.generate(item)}
+        with self.lock:
+            for name in [name for name in self.applications if name not in wanted]:
+                self._delete_application(name)
+            for name, document in wanted.items():
+                if name in self.applications:
+                    self.applications[name]["metadata"]["labels"] = document["metadata"]["labels"]
+                    self.applications[name]["spec"] = document["spec"]
+                else:
+                    self.applications[name], self.applied[name] = document, {}
+
+    def _delete_application(self, name: str) -> None:
+        """Delete an Application as Argo CD does: with the resources finalizer its resources go first (cascade), else they stay."""
+        application = self.applications.pop(name)
+        applied = self.applied.pop(name, {})
+        self.retry_at.pop(name, None)
+        if RESOURCES_FINALIZER in application["metadata"].get("finalizers", []):
+            spoke = self.spokes[application["metadata"]["labels"]["model-pipelines.io/cluster"]]
+            for object_name in applied:
+                spoke.standin.handle("DELETE", application["spec"]["destination"]["namespace"], object_name, None)
+
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def start(self) -> "ArgoHub":
         for spoke in self.spokes.values():
             spoke.standin.start()
-        subprocess.run(["git", "clone", "--quiet", "--mirror", self.repo_url, str(self.mirror)], check=True, capture_output=True)
         self._serve(forwarding_proxy(self.resolve))
         return self
 
@@ -280,6 +403,22 @@ class ArgoHub(LoopbackCluster):
         """Make every predictor ``cluster`` starts from now on (only ``model_name``'s, if given) fail with ``message`` (None heals it)."""
         self.spokes[cluster].standin.failing_revisions = message or ""
         self.spokes[cluster].standin.failing_model = model_name
+
+    def taint(self, cluster: str, key: str, added_at: float, effect: str = "NoSelect") -> None:
+        """Taint ``cluster``'s ManagedCluster as ACM's registration controller does (e.g. key
+        cluster.open-cluster-management.io/unreachable), with timeAdded ``added_at`` (epoch seconds)."""
+        added = datetime.fromtimestamp(added_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.untaint(cluster, key)
+        self.spokes[cluster].taints.append({"key": key, "effect": effect, "timeAdded": added})
+
+    def untaint(self, cluster: str, key: str) -> None:
+        """Remove ``cluster``'s taint ``key`` (the cluster is reachable again)."""
+        self.spokes[cluster].taints = [taint for taint in self.spokes[cluster].taints if taint["key"] != key]
+
+    def fail_sync(self, cluster: str, times: float, message: str = "") -> None:
+        """Make each Application's next ``times`` sync attempts to ``cluster`` fail with ``message`` (math.inf: every one; 0 heals it)."""
+        spoke = self.spokes[cluster]
+        spoke.failing_syncs, spoke.sync_failure, spoke.failed_syncs = times, message, {}
 
     def unschedulable(self, cluster: str, message: str | None) -> None:
         """Leave every predictor pod ``cluster`` starts from now on Pending with ``message`` (None schedules them)."""
@@ -304,10 +443,12 @@ class ArgoHub(LoopbackCluster):
         with self.lock:
             return copy.deepcopy(self.applications[name])
 
-    def application_of(self, cluster: str, model_name: str) -> dict:
-        """Return the Application of ``model_name`` on ``cluster``."""
-        return next(self.application(name) for name, app in self.applications.items()
-                    if app["metadata"]["labels"]["model-pipelines.io/cluster"] == cluster and app["metadata"]["labels"].get("model-pipelines.io/model") == model_name)
+    def application_of(self, cluster: str, model_name: str) -> dict | None:
+        """Return the Application of ``model_name`` on ``cluster``, or None when there is none."""
+        with self.lock:
+            return next((self.application(name) for name, app in self.applications.items()
+                         if app["metadata"]["labels"]["model-pipelines.io/cluster"] == cluster
+                         and app["metadata"]["labels"].get("model-pipelines.io/model") == model_name), None)
 
     # -- the fleet network -------------------------------------------------------------------------------------------
     def resolve(self, host: str) -> int | None:
@@ -371,6 +512,8 @@ class ArgoHub(LoopbackCluster):
     def _export(self, revision: str) -> Path:
         """Return a directory holding the repository at ``revision`` (fetched into the mirror when new)."""
         target = self.work / "revisions" / revision
+        if not self.mirror.is_dir():
+            subprocess.run(["git", "clone", "--quiet", "--mirror", self.repo_url, str(self.mirror)], check=True, capture_output=True)
         if not target.is_dir():
             subprocess.run(["git", "-C", str(self.mirror), "fetch", "--quiet", "origin", "+refs/heads/*:refs/heads/*"], check=True, capture_output=True)
             archive = subprocess.run(["git", "-C", str(self.mirror), "archive", "--format=tar", revision], check=True, capture_output=True).stdout
@@ -384,38 +527,67 @@ class ArgoHub(LoopbackCluster):
     def _control_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                head = self._head()
-                for name in list(self.applications):
-                    self._reconcile(name, head)
-                self._write_scrape_targets()
+                self.reconcile(time.time())
             except Exception as error:  # the controller keeps going, as Argo CD does; the error shows on the Application
                 with self.lock:
                     for app in self.applications.values():
                         app["status"]["conditions"] = [{"type": "ComparisonError", "message": str(error)[:300]}]
-            time.sleep(0.2)
+            time.sleep(self.poll_interval_s)
 
-    def _reconcile(self, name: str, head: str) -> None:
-        """Sync one Application to ``head`` when due (the lag knob), then report its health."""
+    def reconcile(self, now: float) -> None:
+        """One pass of the hub's controllers at ``now`` (epoch seconds): placement decisions and Applications, then each
+        Application against the branch's head, then the scrape targets."""
+        self.regenerate(now)
+        head = self._head()
+        for name in list(self.applications):
+            self._reconcile(name, head, now)
+        self._write_scrape_targets()
+
+    def _reconcile(self, name: str, head: str, now: float) -> None:
+        """Auto-sync one Application to ``head`` when due (the lag knob), then report its health.
+
+        As Argo CD's automated sync (docs/user-guide/auto_sync.md): a sync that failed is not attempted again for the same
+        revision, except by the Application's ``syncPolicy.retry``: ``limit`` retries (negative: no limit), the n-th after
+        backoff ``duration * factor^(n-1)``, at most ``maxDuration`` (times ``time_scale``); meanwhile its operationState is
+        Running with a retryCount, and once retries are exhausted Failed, with a SyncError condition.
+        """
         app = self.application(name)
         spoke = self.spokes[app["metadata"]["labels"]["model-pipelines.io/cluster"]]
         namespace = app["spec"]["destination"]["namespace"]
         synced = app["status"]["sync"].get("revision")
-        due = head and head != synced and time.monotonic() - spoke.seen.setdefault(head, time.monotonic()) >= spoke.lag_s
+        operation = app["status"].get("operationState") or {}
+        attempted = operation.get("syncResult", {}).get("revision") == head
+        due = head and head != synced and now - spoke.seen.setdefault(head, now) >= spoke.lag_s
         status = copy.deepcopy(app["status"])
-        if due:
-            directory = self._export(head) / app["spec"]["source"]["path"]
+        if due and attempted and operation.get("phase") == "Failed":
+            status["conditions"] = [{"type": "SyncError", "message": f"Failed sync attempt to {head}: {operation['message']}"}]
+        elif due and not (attempted and operation.get("phase") == "Running" and now < self.retry_at.get(name, now)):
+            retries = operation.get("retryCount", 0) if attempted else 0
             try:
+                if spoke.failed_syncs.get(name, 0) < spoke.failing_syncs:
+                    spoke.failed_syncs[name] = spoke.failed_syncs.get(name, 0) + 1
+                    raise ValueError(spoke.sync_failure or "the spoke refused the sync")
+                directory = self._export(head) / app["spec"]["source"]["path"]
                 documents = render(directory, self.kubectl) if (directory / "kustomization.yaml").is_file() else []
                 self._apply(name, spoke, namespace, documents)
                 status["sync"] = {"status": "Synced", "revision": head}
-                status["operationState"] = {"phase": "Succeeded", "message": "successfully synced (all tasks run)", "syncResult": {"revision": head}}
+                status["operationState"] = {"phase": "Succeeded", "message": "successfully synced (all tasks run)", "retryCount": retries,
+                                            "syncResult": {"revision": head}}
                 status.pop("conditions", None)
             except ValueError as error:
+                retry = (app["spec"].get("syncPolicy") or {}).get("retry")
                 status["sync"] = {"status": "OutOfSync", "revision": synced or ""}
-                status["operationState"] = {"phase": "Failed", "message": str(error), "syncResult": {"revision": head}}
+                if retry is not None and (int(retry.get("limit", 0)) < 0 or retries < int(retry.get("limit", 0))):
+                    self.retry_at[name] = now + retry_delay(retry, retries) * self.time_scale
+                    status["operationState"] = {"phase": "Running", "message": f"{error}. Retrying attempt #{retries + 1}",
+                                                "retryCount": retries + 1, "syncResult": {"revision": head}}
+                else:
+                    status["operationState"] = {"phase": "Failed", "message": str(error) + (f" (retried {retries} times)" if retries else ""),
+                                                "retryCount": retries, "syncResult": {"revision": head}}
         status["resources"], status["health"] = self._health(name, spoke, namespace)
         with self.lock:
-            self.applications[name]["status"] = status
+            if name in self.applications:
+                self.applications[name]["status"] = status
 
     def _apply(self, name: str, spoke: Spoke, namespace: str, documents: list[dict]) -> None:
         """Create, merge-patch (from the last applied document) and prune, as ``kubectl apply --prune`` does."""

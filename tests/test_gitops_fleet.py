@@ -26,7 +26,7 @@ from kubernetes import client as kubernetes_client, config as kubernetes_config
 
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.gitops_repo import TOKEN_ENV
-from components.gitops_target import GitopsOptions, GitopsTarget
+from components.gitops_target import GitopsOptions, GitopsTarget, get, served_version
 from components.kserve_target import KServeOptions
 from components.serving import ServingError
 from components.kserve_target.standard_canary import predictor_name_for
@@ -50,6 +50,7 @@ SPOKES = {  # ManagedCluster labels; the Placements in manifests/gitops pick the
     "spoke-3": {"model-pipelines.io/serving": "true"},
 }
 WAVE_2 = ("spoke-2", "spoke-3")
+UNREACHABLE = "cluster.open-cluster-management.io/unreachable"  # the taint ACM's registration controller puts on a ManagedCluster
 
 
 @dataclass
@@ -66,7 +67,8 @@ class Fleet:
     def rollout(self, version: str, *extra: str, model: str = ANOMALY_DETECTOR) -> subprocess.CompletedProcess:
         return run_cli("rollout", model, "--version", version, "--local", "--state-dir", str(self.state),
                        *parameters(self.repo_url), "--param", "canary_interval_s=0.3", "--param", "probe_requests=10",
-                       "--param", "days=1", "--param", f"pvc_name={PVC}", "--param", "ready_timeout_s=60", *extra, env=self.env, timeout=900)
+                       "--param", "days=1", "--param", f"pvc_name={PVC}", "--param", "ready_timeout_s=60",
+                       "--param", "fleet_wave_timeout_s=60", *extra, env=self.env, timeout=900)
 
     def store_version(self, model, name: str = ANOMALY_DETECTOR) -> str:
         path = self.state / f"candidate-{name}.pkl"
@@ -319,7 +321,7 @@ def test_a_spoke_that_never_becomes_healthy_times_out_quoting_its_conditions_and
     with contextlib.ExitStack() as stack:
         clients = fleet.clients(stack)
         try:
-            result = fleet.rollout(candidate, "--param", "ready_timeout_s=12")
+            result = fleet.rollout(candidate, "--param", "fleet_wave_timeout_s=12")
         finally:
             fleet.hub.fail("spoke-3", None)
             fleet.hub.lag("spoke-2", 0.0)
@@ -373,7 +375,7 @@ def test_two_models_rolled_out_at_once_each_wait_for_their_own_applications_only
     fleet.hub.fail("spoke-2", "model server exited: MemoryError while unpickling model.pkl", ANOMALY_DETECTOR)
     try:
         with ThreadPoolExecutor(2) as pool:
-            stalling = pool.submit(fleet.rollout, stalled, "--param", "ready_timeout_s=75")  # outlasts the forecaster's whole run (about 40 s)
+            stalling = pool.submit(fleet.rollout, stalled, "--param", "fleet_wave_timeout_s=75")  # outlasts the forecaster's whole run (about 40 s)
             deadline = time.monotonic() + 300
             while detector_on_spoke_2() != "Degraded" and not stalling.done() and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -426,7 +428,7 @@ def test_a_spoke_whose_new_pods_stay_pending_reads_healthy_but_the_wave_is_not_p
     watcher = threading.Thread(target=watch_spoke_3, daemon=True)
     watcher.start()
     try:
-        result = fleet.rollout(candidate, "--param", "ready_timeout_s=12")
+        result = fleet.rollout(candidate, "--param", "fleet_wave_timeout_s=12")
     finally:
         done.set()
         watcher.join()
@@ -445,6 +447,48 @@ def test_a_spoke_whose_new_pods_stay_pending_reads_healthy_but_the_wave_is_not_p
     assert subjects[2].startswith(f"{ANOMALY_DETECTOR} {candidate}: promote to wave 2/2")
     index = FilesystemStore(fleet.state / "store").read_index(ANOMALY_DETECTOR)
     assert index["versions"][candidate]["status"] == "rejected" and index["stable"] == stable
+
+
+def test_a_wave_cluster_that_leaves_the_placement_mid_promotion_fails_the_wave_at_once_and_its_spoke_keeps_serving(fleet, models):  # noqa: F811
+    """spoke-3 stops syncing (its agent lost the hub) and ACM's unreachable taint on it is older than the Placements' 3600 s
+    toleration: the ApplicationSet controller deletes its Applications while wave 2 waits for it."""
+    stable, candidate = fleet.stable("spoke-1"), fleet.store_version(models["detector"](7))
+    done = threading.Event()
+
+    def taint_spoke_3_once_wave_2_is_promoted() -> None:
+        while not done.wait(0.2):
+            if fleet.serving("spoke-2")["spec"]["predictor"].get("name") == predictor_name_for(candidate):
+                fleet.hub.taint("spoke-3", UNREACHABLE, time.time() - 3600)
+                return
+
+    fleet.hub.lag("spoke-3", 600)
+    watcher = threading.Thread(target=taint_spoke_3_once_wave_2_is_promoted, daemon=True)
+    watcher.start()
+    try:
+        result = fleet.rollout(candidate)
+        left = fleet.hub.application_of("spoke-3", ANOMALY_DETECTOR)
+    finally:
+        done.set()
+        watcher.join()
+        fleet.hub.lag("spoke-3", 0.0)
+        fleet.hub.untaint("spoke-3", UNREACHABLE)
+    output = logged(result)
+    assert result.returncode == 3 and left is None, output[-4000:]
+    assert (f"wave 2/2 (fleet: spoke-2, spoke-3): the Application {ANOMALY_DETECTOR}-spoke-3 of cluster spoke-3 was deleted from the hub "
+            "during the rollout") in output and "within 60 s" not in output, output[-4000:]
+    assert fleet.hub.spokes["spoke-3"].standin.get(NAMESPACE, ANOMALY_DETECTOR) is not None, "preserveResourcesOnDeletion"
+    assert {cluster: fleet.stable(cluster) for cluster in SPOKES} == {cluster: stable for cluster in SPOKES}
+    with MainUrlClient(fleet.hub.main_url("spoke-3", ANOMALY_DETECTOR)) as client:
+        time.sleep(1)
+    assert client.sent > 0 and client.failures == [], client.failures[:3]
+    assert served_version(*get(fleet.hub.main_url("spoke-3", ANOMALY_DETECTOR))) == stable, "spoke-3 still serves the stable version"
+    [reason] = fleet.commits("left")[1].trailers["Reason"]
+    assert reason.startswith(f"promotion failed: wave 2/2 (fleet: spoke-2, spoke-3): the Application {ANOMALY_DETECTOR}-spoke-3"), reason
+    deadline = time.monotonic() + 60  # untainted, spoke-3 is decided again: its regenerated Application adopts the InferenceService
+    while time.monotonic() < deadline and ((fleet.hub.application_of("spoke-3", ANOMALY_DETECTOR) or {}).get("status", {}).get("health", {})
+                                           .get("status") != "Healthy"):
+        time.sleep(0.2)
+    assert fleet.hub.application_of("spoke-3", ANOMALY_DETECTOR)["status"]["sync"]["status"] == "Synced"
 
 
 def test_every_inference_service_the_spokes_received_matches_the_kserve_0_20_crds(fleet, crd_schemas):  # noqa: F811
@@ -489,7 +533,7 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
             joblib.dump(models["detector"](seed).estimator, path)
             versions.append(store.save_version(ANOMALY_DETECTOR, path, {"run_name": "test"}))
         target = GitopsTarget(KServeOptions(NAMESPACE, endpoint=ENDPOINT_TEMPLATE, rollout_strategy="candidate-isvc", run_name="run-1"),
-                              GitopsOptions(repo_url, "main", PATH), hub_api=hub_api)
+                              GitopsOptions(repo_url, "main", PATH, wave_timeout_s=60), hub_api=hub_api)
         uri = lambda stored: f"pvc://{PVC}/{ANOMALY_DETECTOR}/{stored.version}"  # noqa: E731
         target.deploy(ANOMALY_DETECTOR, "v1", uri(versions[0]), versions[0].sha256, 60)
         status = target.deploy(ANOMALY_DETECTOR, "v2", uri(versions[1]), versions[1].sha256, 60)
@@ -513,9 +557,10 @@ def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_serv
         # A revert whose wave is not confirmed in time: pushed, but nothing claims the fleet settled, and the error says so.
         target.deploy(ANOMALY_DETECTOR, "v4", uri(versions[3]), versions[3].sha256, 60)
         hub.lag("spoke-1", 600)
-        with pytest.raises(ServingError, match=r"; the revert [0-9a-f]{7} is pushed but not confirmed, so no fleet-settled record was written "
-                                               r"\(the model's last is [0-9a-f]{7}\)"):
-            target.rollback(ANOMALY_DETECTOR, 1, reason="test: v4 is not wanted")
+        impatient = GitopsTarget(target.options, GitopsOptions(repo_url, "main", PATH, wave_timeout_s=1), hub_api=hub_api)
+        with pytest.raises(ServingError, match=r"within 1 s: .*; the revert [0-9a-f]{7} is pushed but not confirmed, so no fleet-settled record "
+                                               r"was written \(the model's last is [0-9a-f]{7}\)"):
+            impatient.rollback(ANOMALY_DETECTOR, 60, reason="test: v4 is not wanted")
         hub.lag("spoke-1", 0)
         clone = tmp_path / "after-unconfirmed-revert"
         subprocess.run(["git", "clone", "--quiet", repo_url, str(clone)], check=True)
