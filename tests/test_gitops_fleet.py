@@ -410,7 +410,8 @@ def test_two_models_rolled_out_at_once_each_wait_for_their_own_applications_only
 
 def test_a_spoke_whose_new_pods_stay_pending_reads_healthy_but_the_wave_is_not_promoted_while_it_serves_the_old_version(fleet, models):  # noqa: F811
     """Standard mode: the Deployment stays Available on its old pods, so KServe keeps every condition True and Argo CD's
-    health check (the project's as much as the stock one) reads Healthy; the wave gate reads the served version."""
+    health check (the project's as much as the stock one) reads Healthy; the wave gate reads the served version. The hub
+    plays an Argo CD older than 2.8 here, which has no health check for the kind at all."""
     stable = fleet.stable("spoke-1")
     candidate = fleet.store_version(models["detector"](5))
     checks = {mode: HEALTH_CHECKS[mode].read_text() for mode in ("stock", "customized")}
@@ -425,6 +426,7 @@ def test_a_spoke_whose_new_pods_stay_pending_reads_healthy_but_the_wave_is_not_p
                 stuck_health.append((observed, lua_health(checks["stock"], isvc, True)["status"], lua_health(checks["customized"], isvc, False)["status"]))
 
     fleet.hub.unschedulable("spoke-3", "0/3 nodes are available: 3 Insufficient memory.")
+    fleet.hub.use_health_check("none")
     watcher = threading.Thread(target=watch_spoke_3, daemon=True)
     watcher.start()
     try:
@@ -433,6 +435,7 @@ def test_a_spoke_whose_new_pods_stay_pending_reads_healthy_but_the_wave_is_not_p
         done.set()
         watcher.join()
         fleet.hub.unschedulable("spoke-3", None)
+        fleet.hub.use_health_check("customized")
     output = logged(result)
     assert result.returncode == 3, output[-4000:]
     # Once KServe observed the candidate's generation, both checks read Healthy though spoke-3 serves the old version.
