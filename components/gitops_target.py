@@ -29,9 +29,7 @@ import json
 import posixpath
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -43,6 +41,7 @@ from components.kserve_target import KServeOptions, KServeTarget
 from components.kserve_target.candidate_isvc import CandidateIsvcStrategy
 from components.kserve_target.standard_canary import StandardCanaryStrategy
 from components.kserve_target.api import MODE_ANNOTATION, recorded_backend
+from components.local_serving import http_get
 from components.merge_patch import merge_diff, merge_patch
 from components.serving import Endpoints, ServingError, ServingStatus
 
@@ -60,17 +59,6 @@ FIRST_DEPLOYMENT, PROMOTE, ROLLBACK, SETTLED = "first deployment", "promote", "r
 NO_VERSION = ""  # what served_version returns for a runtime that answers without naming its version (stock KServe)
 UNCONFIRMED = "versions not confirmed on"
 DEFAULT_WAVE_TIMEOUT_S = 900.0  # Argo CD polls Git every 120 s plus up to 60 s jitter; a failed sync retries for about 5 min more
-
-
-def get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """Return (HTTP status, body) of a GET of ``url`` (the environment's proxy applies), with status 0 when nothing answers."""
-    try:
-        with urllib.request.build_opener().open(url, timeout=timeout_s) as response:  # proxies read from the environment now
-            return response.status, response.read(65536)
-    except urllib.error.HTTPError as error:
-        return error.code, b""
-    except (urllib.error.URLError, OSError):
-        return 0, b""
 
 
 def served_version(status: int, body: bytes) -> str | None:
@@ -103,6 +91,11 @@ class VersionProbe:
         if self.answer != NO_VERSION and self.answer not in self.wanted:
             return f"{self.cluster} serves {self.answer} on its {self.role}, not {' or '.join(sorted(self.wanted))}"
         return ""
+
+
+def model_selector(model_name: str) -> str:
+    """Return the label selector of ``model_name``'s Applications (this project's, with the model label)."""
+    return f"{APPLICATION_SELECTOR},{MODEL_LABEL}={model_name}"
 
 
 def fleet_waves(value: object) -> tuple[tuple[str, ...], ...]:
@@ -203,7 +196,7 @@ class Hub:
         """Return this project's Applications (label app.kubernetes.io/part-of=model-pipelines), only ``model_name``'s if given, by name."""
         from kubernetes.client.rest import ApiException
 
-        selector = f"{APPLICATION_SELECTOR},{MODEL_LABEL}={model_name}" if model_name else APPLICATION_SELECTOR
+        selector = model_selector(model_name) if model_name else APPLICATION_SELECTOR
         try:
             listing = self.api.list_namespaced_custom_object(*APPLICATIONS[:2], self.namespace, APPLICATIONS[2], label_selector=selector)
         except ApiException as error:
@@ -216,7 +209,7 @@ class Hub:
         syncing ``<gitops_path>/<one directory>/<model_name>``.
         """
         applications, claimed, waves = self.applications(model_name), set(), []
-        selector, root = f"{APPLICATION_SELECTOR},{MODEL_LABEL}={model_name}", options.path.rstrip("/")
+        selector, root = model_selector(model_name), options.path.rstrip("/")
         if not applications:
             raise ServingError(f"no Argo CD Application on the hub (namespace {self.namespace}) has the labels {selector}: list {model_name} "
                                "in the models of manifests/gitops/applicationset.yaml and apply it (oc apply -k manifests/gitops); "
@@ -428,7 +421,7 @@ class GitopsTarget:
         """Return whether ``wave`` is done, and what is not: every Application Synced at the model's last commit and
         Healthy, and every cluster serving the versions the overlay names (``served_versions``). Raise at once when one of
         the wave's Applications is gone from the hub: waiting cannot bring its cluster back."""
-        required = self.repo.last_change(f"base/{self.model_name}", f"{wave.directory}/{self.model_name}")
+        required = self._last_change(self.model_name, wave)
         reported = {application.name: application for application in self.hub.applications(self.model_name)}
         gone = [application for application in wave.applications if application.name not in reported]
         if gone:
@@ -483,7 +476,7 @@ class GitopsTarget:
         for cluster in wave.clusters:
             for role, service, wanted in urls:
                 url = f"{self.options.endpoint.format(service=service, namespace=namespace, cluster=cluster).rstrip('/')}/v1/models/{name}"
-                probes.append(VersionProbe(cluster, role, url, frozenset(wanted), served_version(*get(url))))
+                probes.append(VersionProbe(cluster, role, url, frozenset(wanted), served_version(*http_get(url, timeout=5.0))))
         return probes
 
     def wait(self, wave: Wave) -> None:
@@ -620,6 +613,10 @@ class GitopsTarget:
         stable, candidate = recorded_backend(document, "stable"), recorded_backend(document, "candidate")
         return (stable["version"] if stable else ""), (candidate["version"] if candidate else "")
 
+    def _last_change(self, model_name: str, wave: Wave) -> str:
+        """Return the newest revision that changed what ``wave``'s Applications of the model render: its base or its overlay."""
+        return self.repo.last_change(f"base/{model_name}", f"{wave.directory}/{model_name}")
+
     def _model_paths(self, model_name: str) -> list[str]:
         """Return the model's manifests that Applications sync, relative to gitops_path: its base and every wave's overlay."""
         return [f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)]
@@ -692,8 +689,7 @@ class GitopsTarget:
         confirmed = []
         for wave in waves:
             applications = [reported[application.name] for application in wave.applications if application.name in reported]
-            confirmed.append({"wave": self.where(wave).removeprefix("wave "),
-                              "revision": self.repo.last_change(f"base/{model_name}", f"{wave.directory}/{model_name}"),
+            confirmed.append({"wave": self.wave_trailer(wave)[1], "revision": self._last_change(model_name, wave),
                               "applications": [{"name": a.name, "cluster": a.cluster, "sync": a.sync, "revision": a.revision, "health": a.health}
                                                for a in applications]})
         revision = self.repo.last_change(*self._model_paths(model_name))
@@ -715,7 +711,7 @@ class GitopsTarget:
     def last_reason(self, model_name: str) -> dict | None:
         """Return the newest rollback of the model in the fleet repository as {revision, version, reason}, or None."""
         self._begin(model_name, "", "status")
-        for revision, trailers in self.repo.history(f"base/{model_name}", *(f"{wave.directory}/{model_name}" for wave in self.waves)):
+        for revision, trailers in self.repo.history(*self._model_paths(model_name)):
             values = dict(trailers)
             if values.get("Model") == model_name and "Reason" in values:
                 return {"revision": revision[:7], "version": values.get("Version", ""), "reason": values["Reason"]}

@@ -129,13 +129,16 @@ def stop_process(pid: int | None) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """Return (status, body) of a GET, with status 0 when nothing answers."""
+def http_get(url: str, timeout: float = 2.0, max_bytes: int = 65536) -> tuple[int, bytes]:
+    """Return (status, at most ``max_bytes`` of the body) of a GET, with status 0 when nothing answers.
+
+    A new opener per call reads the proxy settings from the environment as it is now (``urlopen`` keeps the first ones).
+    """
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
+        with urllib.request.build_opener().open(url, timeout=timeout) as response:
+            return response.status, response.read(max_bytes)
     except urllib.error.HTTPError as error:
-        return error.code, error.read()
+        return error.code, error.read(max_bytes)
     except (urllib.error.URLError, OSError):
         return 0, b""
 

@@ -53,6 +53,8 @@ from components.serving import ServingError
 from tests.http_json import JsonHandler
 from tests.servers import start_server
 
+LOADED_MODEL_STATUS = {"transitionStatus": "UpToDate", "modelRevisionStates": {"activeModelState": "Loaded", "targetModelState": "Loaded"}}  # KServe 0.20's modelStatus of a Ready predictor (PropagateModelStatus)
+
 ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$")
 MODE_KEY = "serving.kserve.io/deploymentMode"
 NORMALIZED = {"Serverless": "Knative", "Knative": "Knative", "RawDeployment": "Standard", "Standard": "Standard"}
@@ -502,7 +504,7 @@ class KubeStandIn(LoopbackCluster):
                                                 {"type": "PredictorReady", "status": "True", "reason": "MinimumReplicasAvailable",
                                                  "message": "Deployment has minimum availability."},
                                                 {"type": "Ready", "status": "True"}]
-                        status["modelStatus"] = {"transitionStatus": "UpToDate", "modelRevisionStates": {"activeModelState": "Loaded", "targetModelState": "Loaded"}}
+                        status["modelStatus"] = copy.deepcopy(LOADED_MODEL_STATUS)
                     else:
                         unavailable = {"status": "False", "reason": "MinimumReplicasUnavailable", "message": f"Deployment does not have minimum availability. ({pending})"}
                         status["conditions"] = [{"type": "IngressReady", "status": "True"}, {"type": "PredictorReady", **unavailable}, {"type": "Ready", **unavailable}]
@@ -515,7 +517,7 @@ class KubeStandIn(LoopbackCluster):
                 status["conditions"] = [{"type": kind, "status": "True"} for kind in ("IngressReady", "PredictorReady", "Ready")]
                 if canaries:
                     status["conditions"].append({"type": "CanaryPredictorReady", "status": "True", "reason": "AllCanariesReady"})
-                status["modelStatus"] = {"transitionStatus": "UpToDate", "modelRevisionStates": {"activeModelState": "Loaded", "targetModelState": "Loaded"}}
+                status["modelStatus"] = copy.deepcopy(LOADED_MODEL_STATUS)
                 status["url"] = f"http://127.0.0.1:{state['router']['port']}"
                 self.resource_version += 1
                 current["metadata"]["resourceVersion"] = str(self.resource_version)

@@ -12,10 +12,10 @@ pods stay Pending while Argo CD reads it Healthy. The hub runs the project's Inf
 import contextlib
 import json
 import subprocess
+import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +26,11 @@ from kubernetes import client as kubernetes_client, config as kubernetes_config
 
 from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.gitops_repo import TOKEN_ENV
-from components.gitops_target import GitopsOptions, GitopsTarget, get, served_version
+from components.gitops_target import GitopsOptions, GitopsTarget, served_version
 from components.kserve_target import KServeOptions
-from components.serving import ServingError
 from components.kserve_target.standard_canary import predictor_name_for
+from components.local_serving import http_get
+from components.serving import ServingError
 from components.storage import FilesystemStore
 from tests.argo_hub import ENDPOINT_TEMPLATE, HEALTH_CHECKS, ArgoHub, lua_health, render, render_in_python
 from tests.conftest import logged, run_cli
@@ -93,9 +94,6 @@ class Fleet:
         subprocess.run(["git", "clone", "--quiet", self.repo_url, str(clone)], check=True)
         output = subprocess.run(["git", "-C", str(clone), "log", "--format=%H%x1f%s%x1f%b%x1f%(trailers:only,unfold)%x1e", "main"],
                                 capture_output=True, text=True, check=True).stdout
-        # What the lead's closing note quotes: one line per commit and its trailers, as a reviewer would read them.
-        (self.state.parent / f"history-{name}.txt").write_text(subprocess.run(
-            ["git", "-C", str(clone), "log", "--format=%h %s%n%b", "main"], capture_output=True, text=True, check=True).stdout)
         commits = []
         for entry in output.split("\x1e"):
             if "\x1f" in entry:
@@ -484,7 +482,7 @@ def test_a_wave_cluster_that_leaves_the_placement_mid_promotion_fails_the_wave_a
     with MainUrlClient(fleet.hub.main_url("spoke-3", ANOMALY_DETECTOR)) as client:
         time.sleep(1)
     assert client.sent > 0 and client.failures == [], client.failures[:3]
-    assert served_version(*get(fleet.hub.main_url("spoke-3", ANOMALY_DETECTOR))) == stable, "spoke-3 still serves the stable version"
+    assert served_version(*http_get(fleet.hub.main_url("spoke-3", ANOMALY_DETECTOR), timeout=5.0)) == stable, "spoke-3 still serves the stable version"
     [reason] = fleet.commits("left")[1].trailers["Reason"]
     assert reason.startswith(f"promotion failed: wave 2/2 (fleet: spoke-2, spoke-3): the Application {ANOMALY_DETECTOR}-spoke-3"), reason
     deadline = time.monotonic() + 60  # untainted, spoke-3 is decided again: its regenerated Application adopts the InferenceService
