@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks import drift as drift_benchmark
 from benchmarks import quality
 from benchmarks import quality_report as report
-from components.contract import ContractError
+from components.model.contract import ContractError
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_TRACES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "datacenter-traces"

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ks_2samp
 
-from components.contract import ANOMALY_DETECTOR, MODEL_NAMES, PREDICTIVE_ANALYTICS, TIMESTAMP_COLUMN, engineer_features
-from components.drift import DRIFT_WINDOW_MINUTES, DriftThresholds, drift_profile, measure_drift
-from components.synthetic import EPOCH, generate_cluster_metrics
+from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES, PREDICTIVE_ANALYTICS, TIMESTAMP_COLUMN, engineer_features
+from components.monitoring.drift import DRIFT_WINDOW_MINUTES, DriftThresholds, drift_profile, measure_drift
+from components.data.synthetic import EPOCH, generate_cluster_metrics
 
 STATIONARY_DAYS = 14
 STATIONARY_SEEDS = (7, 11, 23)  # seed 7 is the target's 14 days; the others show how the count varies

@@ -26,10 +26,10 @@ import requests
 from sklearn.dummy import DummyClassifier
 
 from benchmarks.serving import percentiles
-from components.contract import ANOMALY_DETECTOR, fallback_instance
-from components.ingest import IngestRequest, ingest
-from components.storage import FilesystemStore
-from components.train import DetectorParams, train_anomaly_detector
+from components.model.contract import ANOMALY_DETECTOR, fallback_instance
+from components.data.ingest import IngestRequest, ingest
+from components.store.filesystem import FilesystemStore
+from components.model.train import DetectorParams, train_anomaly_detector
 
 CLI = str(Path(sys.executable).with_name("model-pipelines"))
 

@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.contract import ANOMALY_DETECTOR, MODEL_NAMES
-from components.evaluate import Gates
-from components.ingest import IngestRequest, ingest
-from components.train import DetectorParams, ForecasterParams, save_trained, train_anomaly_detector, train_predictive_analytics
-from components.rollout import CanarySpec, ProbeProvider, canary_promote, smoke_test
-from components.workflow import (
+from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES
+from components.model.evaluate import Gates
+from components.data.ingest import IngestRequest, ingest
+from components.model.train import DetectorParams, ForecasterParams, save_trained, train_anomaly_detector, train_predictive_analytics
+from components.release.rollout import CanarySpec, ProbeProvider, canary_promote, smoke_test
+from components.kfp.workflow import (
     SERVING_HOME_ENV,
     STORE_ROOT_ENV,
     StoreOptions,

@@ -21,7 +21,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import RobustScaler
 
-from components.contract import (
+from components.model.contract import (
     PREDICTIVE_ANALYTICS,
     WINDOW_MINUTES,
     ContractError,
@@ -30,8 +30,8 @@ from components.contract import (
     schema_for,
     validate_raw_metrics,
 )
-from components.evaluate import detection_scores, mase, point_adjusted, single_row_latency_ms
-from components.train import DetectorParams, ForecasterParams, fit_detector, fit_forecaster
+from components.model.evaluate import detection_scores, mase, point_adjusted, single_row_latency_ms
+from components.model.train import DetectorParams, ForecasterParams, fit_detector, fit_forecaster
 
 RECIPES = ("project", "upstream")
 # NAB's convention: the first 15 % of each series is the probationary period, used here for training.

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from components.contract import PREDICTIVE_ANALYTICS, schema_for  # noqa: E402
+from components.model.contract import PREDICTIVE_ANALYTICS, schema_for  # noqa: E402
 
 DETECTION_FIELDS = ("precision", "recall", "f1", "pa_f1", "fit_s", "predict_ms")
 COUNT_FIELDS = ("windows_detected", "windows", "false_positives")

@@ -19,11 +19,11 @@ import joblib
 import numpy as np
 import requests
 
-from components.contract import ANOMALY_DETECTOR, engineer_features
-from components.ingest import IngestRequest, ingest
-from components.local_serving import LocalTarget
-from components.storage import FilesystemStore
-from components.train import DetectorParams, train_anomaly_detector
+from components.model.contract import ANOMALY_DETECTOR, engineer_features
+from components.data.ingest import IngestRequest, ingest
+from components.serving.local import LocalTarget
+from components.store.filesystem import FilesystemStore
+from components.model.train import DetectorParams, train_anomaly_detector
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

@@ -15,7 +15,7 @@ What runs, on one machine, in a work directory:
   latency blips during smoke tests (the candidate's server paused and resumed), a symlinked version planted in the
   store (``store repair`` runs daily), and one scheduled run misconfigured to train on synthetic data.
 
-Time is compressed by a clock (``components.storage.clock``) that the simulation advances an hour per check; the
+Time is compressed by a clock (``components.store.filesystem.clock``) that the simulation advances an hour per check; the
 data's timestamps are that clock's. Canary intervals are short, but every step runs the real code.
 """
 
@@ -38,20 +38,20 @@ import numpy as np
 import pandas as pd
 import requests
 
-from components import storage
-from components.contract import ANOMALY_DETECTOR, LABEL_COLUMN, ContractError, fallback_instance, is_synthetic
-from components.evaluate import Gates
-from components.ingest import IngestRequest, ingest
-from components.kserve_target import KServeOptions
-from components.local_serving import LocalTarget, process_alive
-from components.monitor import NEEDS_HUMAN, RETRAIN, MonitorError, MonitorSettings, record_trigger
-from components.prometheus import PrometheusClient, PrometheusProvider
-from components.rollout import CanarySpec, ProbeProvider, canary_promote, make_safe, record_smoke_test, rollback, smoke_test
-from components.serving import ServingError
-from components.store_integrity import repair
-from components.synthetic import generate_cluster_metrics
-from components.train import DetectorParams, save_trained, train_anomaly_detector
-from components.workflow import (
+from components.store import filesystem as storage
+from components.model.contract import ANOMALY_DETECTOR, LABEL_COLUMN, ContractError, fallback_instance, is_synthetic
+from components.model.evaluate import Gates
+from components.data.ingest import IngestRequest, ingest
+from components.serving.kserve import KServeOptions
+from components.serving.local import LocalTarget, process_alive
+from components.monitoring.monitor import NEEDS_HUMAN, RETRAIN, MonitorError, MonitorSettings, record_trigger
+from components.data.prometheus import PrometheusClient, PrometheusProvider
+from components.release.rollout import CanarySpec, ProbeProvider, canary_promote, make_safe, record_smoke_test, rollback, smoke_test
+from components.serving.target import ServingError
+from components.store.integrity import repair
+from components.data.synthetic import generate_cluster_metrics
+from components.model.train import DetectorParams, save_trained, train_anomaly_detector
+from components.kfp.workflow import (
     SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, deploy_step, evaluate_step, monitor_step, open_store, probe_sample_from, save_step,
     serving_context,
 )
@@ -374,7 +374,7 @@ class Simulation:
 
     def check(self) -> None:
         """Run one hourly drift check on the local lane's store and act as action=submit would."""
-        from components.drift import DriftThresholds
+        from components.monitoring.drift import DriftThresholds
 
         settings = MonitorSettings(DriftThresholds())
         request = IngestRequest(MODEL, source="file", file_path=str(self.window_path))

@@ -1,7 +1,7 @@
 """The pipelines' names, compiled file names and default image: what the command line needs before it imports kfp."""
 
 from components import __version__
-from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
+from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 
 DEFAULT_IMAGE = f"image-registry.openshift-image-registry.svc:5000/self-healing-platform/model-pipelines:{__version__}"
 ROLLOUT = "model-rollout"

@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from components.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
-from components.local_serving import local_target, state_dir
-from components.s3_store import DEFAULT_SECRET
-from components.serving import ServingError
-from components.storage import StoreError
+from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
+from components.serving.local import local_target, state_dir
+from components.store.s3 import DEFAULT_SECRET
+from components.serving.target import ServingError
+from components.store.filesystem import StoreError
 from pipelines import kfp_remote
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT
 from pipelines.platforms import DEFAULT_PLATFORM, STORES, Platform, compile_time_parameters, compiled_for, platform_named, profile_folder
@@ -215,8 +215,8 @@ def _fleet_status(args: argparse.Namespace) -> int:
     """Print each wave's clusters with their Application's revision, sync and health, what the wave serves, and each model's last
     rollback with its reason (from the fleet repository's Reason trailer); return 0 or 1.
     """
-    from components.gitops_target import GitopsOptions, GitopsTarget, fleet_waves
-    from components.kserve_target import KServeOptions
+    from components.serving.gitops.target import GitopsOptions, GitopsTarget, fleet_waves
+    from components.serving.kserve import KServeOptions
     from pipelines.local import declared_inputs, parse_params
 
     try:
@@ -272,8 +272,8 @@ def _serve_stop(args: argparse.Namespace) -> int:
 
 def _open_store(args: argparse.Namespace):
     """Return the store a ``store`` verb works on: the directory, or S3 from the data connection in the environment."""
-    from components.s3_store import S3Store, s3_client_from_environment
-    from components.storage import FilesystemStore
+    from components.store.s3 import S3Store, s3_client_from_environment
+    from components.store.filesystem import FilesystemStore
 
     if args.store == "s3":
         client, bucket = s3_client_from_environment(args.s3_secret)
@@ -283,8 +283,8 @@ def _open_store(args: argparse.Namespace):
 
 def _store(args: argparse.Namespace) -> int:
     """List, verify or repair stored versions; return 1 when verify finds problems or the store cannot be read."""
-    from components import store_integrity
-    from components.storage import StoreError, version_number
+    from components.store import integrity as store_integrity
+    from components.store.filesystem import StoreError, version_number
 
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
     try:

@@ -17,13 +17,13 @@ from typing import Iterable, Iterator
 
 from kfp import local
 
-from components.local_serving import local_target, state_dir as configured_state_dir
-from components.rollout import KEPT_SERVING
-from components.run_parameters import check as check_run_parameters
-from components.serving import ServingStatus
-from components.contract import MODEL_NAMES
-from components.storage import DUPLICATE_EVENT, ModelStore, StoreError, champion_version, version_number
-from components.workflow import (
+from components.serving.local import local_target, state_dir as configured_state_dir
+from components.release.rollout import KEPT_SERVING
+from components.kfp.run_parameters import check as check_run_parameters
+from components.serving.target import ServingStatus
+from components.model.contract import MODEL_NAMES
+from components.store.filesystem import DUPLICATE_EVENT, ModelStore, StoreError, champion_version, version_number
+from components.kfp.workflow import (
     RUN_LOCKS_ENV,
     SERVING_HOME_ENV,
     RunActiveError,
@@ -32,7 +32,7 @@ from components.workflow import (
     local_run_lock,
     open_store,
 )
-from components.monitor import NO_ACTION, RETRAIN, record_trigger
+from components.monitoring.monitor import NO_ACTION, RETRAIN, record_trigger
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, ROLLOUT
 from pipelines.retrain import BUILDERS, make_components
 from pipelines.run_log import RunLog

@@ -19,8 +19,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from components.gitops_repo import TOKEN_ENV as GITOPS_TOKEN_ENV
-from components.prometheus import TOKEN_ENV
+from components.serving.gitops.repo import TOKEN_ENV as GITOPS_TOKEN_ENV
+from components.data.prometheus import TOKEN_ENV
 
 STORES = ("pvc", "s3")
 # Before OpenShift AI 3.0 (no optional Secrets) these stop being run parameters: the compile binds them to constants.

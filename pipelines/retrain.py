@@ -19,15 +19,16 @@ from typing import NamedTuple
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Markdown, Metrics
 
-from components import gitops_repo, steps
-from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
-from components.gitops_target import DEFAULT_WAVE_TIMEOUT_S, DEFAULT_WAVES
-from components.monitor import MonitorSettings
-from components.prometheus import TOKEN_ENV
-from components.rollout import CanarySpec
-from components.s3_store import DATA_CONNECTION_KEYS, DEFAULT_SECRET
-from components.settings import DetectorParams, ForecasterParams, Gates
-from components.storage import DEFAULT_PVC, DEFAULT_STORE_ROOT
+from components.kfp import steps
+from components.serving.gitops import repo as gitops_repo
+from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
+from components.serving.gitops.target import DEFAULT_WAVE_TIMEOUT_S, DEFAULT_WAVES
+from components.monitoring.monitor import MonitorSettings
+from components.data.prometheus import TOKEN_ENV
+from components.release.rollout import CanarySpec
+from components.store.s3 import DATA_CONNECTION_KEYS, DEFAULT_SECRET
+from components.model.settings import DetectorParams, ForecasterParams, Gates
+from components.store.filesystem import DEFAULT_PVC, DEFAULT_STORE_ROOT
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT
 from pipelines.parameter_help import with_parameter_help
 from pipelines.platforms import DEFAULT_PLATFORM, PLATFORMS, STORES, Platform, adapt, is_default_output, output_key, platform_named, profile_folder

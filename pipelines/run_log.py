@@ -14,7 +14,7 @@ TASK_STARTED = re.compile(r"Executing task '(?P<task>[^']+)'")
 TASK_FINISHED = re.compile(r"Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)")
 # The last line of a Python traceback: "package.module.SomeError: message".
 EXCEPTION_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception): .+")
-RESULT_PREFIX = "result: "  # what a step prints as its key result (components/steps.py)
+RESULT_PREFIX = "result: "  # what a step prints as its key result (components/kfp/steps.py)
 RESULT_WIDTH = 110
 
 

@@ -11,7 +11,7 @@ write, silently, as a real API server does with structural schemas.
 written) or ``"0.20"`` (Standard by default, modes normalised in status, the 0.20 validating webhook, and the native
 canary: a revision and a Service ``<isvc>-<name>-predictor`` per ``spec.canary`` entry, traffic split by
 ``trafficPercent``, ``status.canaryStatuses`` and ``CanaryPredictorReady``). Every predictor revision is served by the
-real KServe model server (``components.model_server``); the main URL (``status.url``) is a router that splits
+real KServe model server (``components.runtime.model_server``); the main URL (``status.url``) is a router that splits
 traffic. Services are reachable by their in-cluster names through ``network_proxy``, an HTTP proxy on loopback
 that plays the cluster network (set ``HTTP_PROXY`` to it).
 
@@ -46,10 +46,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
-from components.local_serving import http_get, log_tail, process_alive, start_listening, stop_process
-from components.merge_patch import merge_patch
-from components.server_launcher import ServerLauncher
-from components.serving import ServingError
+from components.serving.local import http_get, log_tail, process_alive, start_listening, stop_process
+from components.serving.kserve.merge_patch import merge_patch
+from components.runtime.server_launcher import ServerLauncher
+from components.serving.target import ServingError
 from tests.http_json import JsonHandler
 from tests.servers import start_server
 
@@ -614,7 +614,7 @@ class KubeStandIn(LoopbackCluster):
         routes = self.work / f"{name}.routes.json"
         routes.write_text("{}")
         process, port = start_server(
-            lambda port: [sys.executable, "-m", "components.router", "--model", name.removesuffix("-candidate"), "--routes", str(routes), "--port", str(port)],
+            lambda port: [sys.executable, "-m", "components.runtime.router", "--model", name.removesuffix("-candidate"), "--routes", str(routes), "--port", str(port)],
             self.work / f"{name}-router.log", "the router", lambda port: http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200, timeout_s=30)
         state["router"] = {"pid": process.pid, "port": port, "routes": routes}
 

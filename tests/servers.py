@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from components.local_serving import log_tail, start_listening, stop_process
+from components.serving.local import log_tail, start_listening, stop_process
 
 S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET = "pipeline-test-key", "pipeline-test-secret", "models"
 SEAWEED_PORTS = (

@@ -10,7 +10,7 @@ import types
 import pytest
 import yaml
 
-from components.gitops_target import NO_VERSION, Application, VersionProbe, served_version
+from components.serving.gitops.target import NO_VERSION, Application, VersionProbe, served_version
 from tests.argo_hub import HEALTH_CHECKS, ArgoHub, lua_health
 
 UPSTREAM = HEALTH_CHECKS["stock"].parent

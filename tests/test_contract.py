@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.contract import (
+from components.model.contract import (
     ANOMALY_DETECTOR,
     PREDICTIVE_ANALYTICS,
     ContractError,
@@ -102,9 +102,9 @@ def test_instances_are_checked_for_count_and_values():
 
 @pytest.mark.parametrize("model_name", ["anomaly-detector", "predictive-analytics"])
 def test_probe_sample_read_from_parquet_equals_the_one_engineered_from_the_frame(tmp_path, model_name):
-    from components.ingest import IngestRequest, ingest
-    from components.rollout import probe_sample
-    from components.workflow import probe_sample_from
+    from components.data.ingest import IngestRequest, ingest
+    from components.release.rollout import probe_sample
+    from components.kfp.workflow import probe_sample_from
 
     validation = ingest(IngestRequest(model_name, days=2, seed=3)).validation
     validation.to_parquet(tmp_path / "validation.parquet", index=False)

@@ -7,8 +7,8 @@ import numpy as np
 
 import pytest
 
-from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, engineer_features, schema_for
-from components.drift import (
+from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, engineer_features, schema_for
+from components.monitoring.drift import (
     DriftThresholds,
     bin_fractions,
     deseasonalised_features,
@@ -20,9 +20,9 @@ from components.drift import (
     window_ks_maximum,
     window_median_range,
 )
-from components.ingest import IngestRequest, ingest
-from components.synthetic import generate_cluster_metrics
-from components.train import REFERENCE_ROWS, DetectorParams, train_anomaly_detector
+from components.data.ingest import IngestRequest, ingest
+from components.data.synthetic import generate_cluster_metrics
+from components.model.train import REFERENCE_ROWS, DetectorParams, train_anomaly_detector
 
 
 def test_profile_bins_hold_the_training_quantiles_and_live_values_outside_still_land():

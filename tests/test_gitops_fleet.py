@@ -24,14 +24,14 @@ import pytest
 import yaml
 from kubernetes import client as kubernetes_client, config as kubernetes_config
 
-from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
-from components.gitops_repo import TOKEN_ENV
-from components.gitops_target import GitopsOptions, GitopsTarget, served_version
-from components.kserve_target import KServeOptions
-from components.kserve_target.standard_canary import predictor_name_for
-from components.local_serving import http_get
-from components.serving import ServingError
-from components.storage import FilesystemStore
+from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
+from components.serving.gitops.repo import TOKEN_ENV
+from components.serving.gitops.target import GitopsOptions, GitopsTarget, served_version
+from components.serving.kserve import KServeOptions
+from components.serving.kserve.standard_canary import predictor_name_for
+from components.serving.local import http_get
+from components.serving.target import ServingError
+from components.store.filesystem import FilesystemStore
 from tests.argo_hub import ENDPOINT_TEMPLATE, HEALTH_CHECKS, ArgoHub, lua_health, render, render_in_python
 from tests.conftest import logged, run_cli
 from tests.git_server import GitHttpServer

@@ -5,9 +5,9 @@ import copy
 import jsonschema
 import pytest
 
-from components.gitops_target import GitopsOptions, Hub
-from components.s3_store import DEFAULT_SECRET
-from components.serving import ServingError
+from components.serving.gitops.target import GitopsOptions, Hub
+from components.store.s3 import DEFAULT_SECRET
+from components.serving.target import ServingError
 from tests.argo_hub import generated_applications, placement_selects
 from tests.conftest import REPO
 from tests.k8s_standin import load_crd, selector_matches

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from components.gitops_repo import KNOWN_HOSTS_CONTENT_ENV, OWNED_LIST, SSH_KEY_CONTENT_ENV, TOKEN_ENV, GitopsError, GitopsRepo, commit_message
+from components.serving.gitops.repo import KNOWN_HOSTS_CONTENT_ENV, OWNED_LIST, SSH_KEY_CONTENT_ENV, TOKEN_ENV, GitopsError, GitopsRepo, commit_message
 from tests.git_server import GitHttpServer, GitSshServer, RedirectServer
 
 PASSWORD = "git-push-secret-7d1f"

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.neighbors import LocalOutlierFactor
 
-from components.contract import ANOMALY_DETECTOR, fallback_instance
-from components.local_serving import free_port, http_get, stop_process
+from components.model.contract import ANOMALY_DETECTOR, fallback_instance
+from components.serving.local import free_port, http_get, stop_process
 from tests.servers import start_server
 
 FEATURES = len(fallback_instance())
@@ -38,7 +38,7 @@ def runtime(tmp_path_factory):
     joblib.dump(slow, model_dir / "model.pkl")
     checksum = hashlib.sha256((model_dir / "model.pkl").read_bytes()).hexdigest()
     process, port = start_server(
-        lambda port: [sys.executable, "-m", "components.model_server", "--name", ANOMALY_DETECTOR, "--version", "v1", "--model-dir", str(model_dir),
+        lambda port: [sys.executable, "-m", "components.runtime.model_server", "--name", ANOMALY_DETECTOR, "--version", "v1", "--model-dir", str(model_dir),
                       "--sha256", checksum, "--port", str(port), "--max-body-bytes", "2000000", "--max-rows", "5000", "--body-timeout-s", "2"],
         work / "runtime.log", "the runtime", lambda port: http_get(f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}", timeout=1.0)[0] == 200,
         timeout_s=90)
@@ -57,7 +57,7 @@ def router(runtime, tmp_path_factory):
     routes = work / "routes.json"
     routes.write_text(json.dumps(runtime_routes(url)))
     process, port = start_server(
-        lambda port: [sys.executable, "-m", "components.router", "--model", ANOMALY_DETECTOR, "--routes", str(routes), "--port", str(port),
+        lambda port: [sys.executable, "-m", "components.runtime.router", "--model", ANOMALY_DETECTOR, "--routes", str(routes), "--port", str(port),
                       "--max-body-bytes", "3000000", "--header-timeout-s", "1", "--body-timeout-s", "2"],
         work / "router.log", "the router", lambda port: http_get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200)
     try:
@@ -243,7 +243,7 @@ def test_readiness_answers_while_a_long_predict_runs(runtime):
                          ids=["no-checksum", "no-version"])
 def test_the_runtime_refuses_to_start_without_a_checksum_or_version(runtime, given, refusal):
     _, _, model_dir = runtime
-    result = subprocess.run([sys.executable, "-m", "components.model_server", "--name", ANOMALY_DETECTOR, "--model-dir", str(model_dir),
+    result = subprocess.run([sys.executable, "-m", "components.runtime.model_server", "--name", ANOMALY_DETECTOR, "--model-dir", str(model_dir),
                              "--port", str(free_port()), *given], capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin"})
     assert result.returncode == 1 and refusal in result.stderr, result.stderr
 

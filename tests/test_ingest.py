@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, validate_raw_metrics
-from components.ingest import IngestRequest, IngestResult, ingest
-from components.synthetic import INCIDENT_TYPES, generate_cluster_metrics
+from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, validate_raw_metrics
+from components.data.ingest import IngestRequest, IngestResult, ingest
+from components.data.synthetic import INCIDENT_TYPES, generate_cluster_metrics
 
 
 def test_synthetic_is_deterministic_by_seed():

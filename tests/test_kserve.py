@@ -20,12 +20,12 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
-from components.ingest import IngestRequest, ingest
-from components.kserve_target import KServeOptions, KServeTarget
-from components.serving import ServingError
-from components.storage import FilesystemStore
-from components.train import DetectorParams, ForecasterParams, TrainedModel, train_anomaly_detector, train_predictive_analytics
+from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
+from components.data.ingest import IngestRequest, ingest
+from components.serving.kserve import KServeOptions, KServeTarget
+from components.serving.target import ServingError
+from components.store.filesystem import FilesystemStore
+from components.model.train import DetectorParams, ForecasterParams, TrainedModel, train_anomaly_detector, train_predictive_analytics
 from tests.conftest import REPO, logged, run_cli
 from tests.k8s_standin import KubeStandIn, crd_schema
 from tests.test_serving import FALLBACK, MainUrlClient, alarmist_model

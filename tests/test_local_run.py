@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import requests
 
-from components.synthetic import generate_cluster_metrics
+from components.data.synthetic import generate_cluster_metrics
 from tests.conftest import FAST_CANARY, REPO, logged, run_cli, snapshot
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from components.s3_store import DEFAULT_SECRET
+from components.store.s3 import DEFAULT_SECRET
 from tests.conftest import REPO
 from tests.k8s_standin import load_crd
 from tests.kustomize import KUSTOMIZATIONS, MANIFESTS, by_kind, rendered

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
-from components.monitor import MonitorSettings, prediction_checks
-from components.prometheus import PrometheusClient
-from components.synthetic import generate_cluster_metrics
-from components.workflow import RUN_LOCKS_ENV, local_run_lock
+from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
+from components.monitoring.monitor import MonitorSettings, prediction_checks
+from components.data.prometheus import PrometheusClient
+from components.data.synthetic import generate_cluster_metrics
+from components.kfp.workflow import RUN_LOCKS_ENV, local_run_lock
 from tests.conftest import FAST_CANARY, REPO, run_cli
 from tests.kfp_standin import KfpStandIn
 from tests.servers import PrometheusServer, PushgatewayServer

@@ -16,13 +16,13 @@ import pytest
 import requests
 import yaml
 
-from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, fallback_instance
-from components.ingest import IngestRequest, ingest
-from components.monitor import live_prediction_stats
-from components.prometheus import PrometheusClient, PrometheusError, series_frame
-from components.storage import FilesystemStore
-from components.synthetic import generate_cluster_metrics
-from components.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics
+from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, fallback_instance
+from components.data.ingest import IngestRequest, ingest
+from components.monitoring.monitor import live_prediction_stats
+from components.data.prometheus import PrometheusClient, PrometheusError, series_frame
+from components.store.filesystem import FilesystemStore
+from components.data.synthetic import generate_cluster_metrics
+from components.model.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics
 from tests.conftest import logged, run_cli
 from tests.servers import PrometheusServer
 from tests.test_hardening import metric

@@ -11,8 +11,8 @@ import os
 import pytest
 import requests
 
-from components.contract import fallback_instance
-from components.kserve_target import KServeOptions, KServeTarget
+from components.model.contract import fallback_instance
+from components.serving.kserve import KServeOptions, KServeTarget
 
 REQUIRED = ("MODEL_PIPELINES_E2E", "KUBECONFIG", "MODEL_PIPELINES_E2E_NAMESPACE", "MODEL_PIPELINES_E2E_STORAGE_URI")
 pytestmark = pytest.mark.skipif(

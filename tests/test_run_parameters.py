@@ -3,7 +3,7 @@
 import pytest
 from kfp import local
 
-from components.run_parameters import problems
+from components.kfp.run_parameters import problems
 from pipelines.local import params_per_model
 from pipelines.retrain import build_rollout_pipeline
 from tests.conftest import run_cli

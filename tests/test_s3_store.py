@@ -9,8 +9,8 @@ import joblib
 import pytest
 from sklearn.dummy import DummyRegressor
 
-from components.s3_store import S3Store, s3_client_from_environment
-from components.storage import StoreError, load_model
+from components.store.s3 import S3Store, s3_client_from_environment
+from components.store.filesystem import StoreError, load_model
 from tests.conftest import run_cli
 from tests.servers import S3_BUCKET, SeaweedS3
 

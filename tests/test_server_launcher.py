@@ -13,11 +13,11 @@ import pytest
 import requests
 from sklearn.ensemble import IsolationForest
 
-from components.contract import ANOMALY_DETECTOR, fallback_instance
-from components.local_serving import local_target, process_alive
-from components.server_launcher import MAX_REQUEST_BYTES, ServerLauncher, launcher_address
-from components.serving import ServingError
-from components.storage import FilesystemStore
+from components.model.contract import ANOMALY_DETECTOR, fallback_instance
+from components.serving.local import local_target, process_alive
+from components.runtime.server_launcher import MAX_REQUEST_BYTES, ServerLauncher, launcher_address
+from components.serving.target import ServingError
+from components.store.filesystem import FilesystemStore
 from tests.conftest import REPO, run_cli
 
 
@@ -55,11 +55,11 @@ def test_model_servers_are_forked_by_one_warm_launcher_that_serve_stop_ends(tmp_
         assert len(launchers) == 1, "both versions' servers were forked by the same process"
         (launcher,) = launchers
         command = Path(f"/proc/{launcher}/cmdline").read_bytes().split(b"\0")
-        assert b"components.server_launcher" in command and str(tmp_path / "serving").encode() in command
+        assert b"components.runtime.server_launcher" in command and str(tmp_path / "serving").encode() in command
         assert parent_pid(state["router"]["pid"]) != launcher, "the router is started as its own command"
         for role in ("stable", "candidate"):
             title = Path(f"/proc/{state[role]['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            assert f"-m components.model_server --name {ANOMALY_DETECTOR} --version {state[role]['version']}" in title, "ps shows the server's own command"
+            assert f"-m components.runtime.model_server --name {ANOMALY_DETECTOR} --version {state[role]['version']}" in title, "ps shows the server's own command"
             assert title.split()[-2:] == ["--port", str(state[role]["port"])]
         assert requests.post(f"{status.url}:predict", json={"instances": [fallback_instance()]}, timeout=10).json()["predictions"] in ([1], [-1])
         assert "Uvicorn running" in (tmp_path / "serving" / "logs" / f"{ANOMALY_DETECTOR}-{versions[1]}.log").read_text()
@@ -94,14 +94,14 @@ def test_the_launcher_takes_only_bounded_server_arguments_and_a_log_of_its_own(t
 
 def test_a_launcher_with_no_server_exits_by_itself_and_each_directory_gets_its_own(tmp_path):
     assert launcher_address(tmp_path / "a") != launcher_address(tmp_path / "b")
-    process = subprocess.Popen([sys.executable, "-m", "components.server_launcher", "--home", str(tmp_path), "--idle-exit-s", "0.5"], cwd=REPO)
+    process = subprocess.Popen([sys.executable, "-m", "components.runtime.server_launcher", "--home", str(tmp_path), "--idle-exit-s", "0.5"], cwd=REPO)
     assert process.wait(timeout=120) == 0
     assert not answers(tmp_path)
 
 
 def test_a_launcher_that_takes_a_request_but_never_answers_is_an_error_and_is_not_asked_twice(tmp_path, monkeypatch):
     """A lost answer may follow a fork: asking again could start a second, untracked server on the same port."""
-    from components import server_launcher
+    from components.runtime import server_launcher
 
     monkeypatch.setattr(server_launcher, "ASK_TIMEOUT_S", 0.5)
     home = tmp_path / "serving"

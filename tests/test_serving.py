@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LinearRegression
 from sklearn.neighbors import KNeighborsRegressor
 
-from components.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance
-from components.ingest import IngestRequest, ingest
-from components.rollout import probe_sample
-from components.storage import FilesystemStore, load_model
-from components.train import DetectorParams, train_anomaly_detector
+from components.model.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance
+from components.data.ingest import IngestRequest, ingest
+from components.release.rollout import probe_sample
+from components.store.filesystem import FilesystemStore, load_model
+from components.model.train import DetectorParams, train_anomaly_detector
 from tests.conftest import CLI, REPO, logged, run_cli
 
 FAST = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10", "--param", "days=1")
@@ -313,8 +313,8 @@ def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_z
 
 
 def test_exit_handler_takes_only_its_own_runs_live_candidate_back_to_zero(served, training):
-    from components.local_serving import LocalTarget
-    from components.rollout import deploy_version, make_safe, rollback
+    from components.serving.local import LocalTarget
+    from components.release.rollout import deploy_version, make_safe, rollback
 
     state, store = served
     target = LocalTarget(state / "serving", state / "store")
@@ -396,7 +396,7 @@ def test_a_server_whose_port_another_process_holds_is_started_on_another_and_nev
     """The free port is taken before the server binds it, by a look-alike that answers ready for the same model."""
     import http.server
 
-    from components import local_serving
+    from components.serving import local as local_serving
 
     class LookAlike(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (the stdlib's name)

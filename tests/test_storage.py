@@ -8,7 +8,7 @@ import joblib
 import pytest
 from sklearn.dummy import DummyRegressor
 
-from components.storage import FilesystemStore, StoreError, champion_version, load_model
+from components.store.filesystem import FilesystemStore, StoreError, champion_version, load_model
 from tests.conftest import run_cli
 
 MODEL = "predictive-analytics"

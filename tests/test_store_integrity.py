@@ -10,8 +10,8 @@ import joblib
 import pytest
 from sklearn.dummy import DummyRegressor
 
-from components.s3_store import S3Store
-from components.storage import INDEX_FILENAME, FilesystemStore, StoreError, load_model
+from components.store.s3 import S3Store
+from components.store.filesystem import INDEX_FILENAME, FilesystemStore, StoreError, load_model
 from tests.conftest import run_cli, snapshot
 from tests.servers import S3_BUCKET
 from tests.test_s3_store import s3  # noqa: F401 (the SeaweedFS fixture)

@@ -8,10 +8,10 @@ import pytest
 from sklearn.dummy import DummyRegressor
 from sklearn.pipeline import Pipeline
 
-from components.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, engineer_features, fallback_instance, forecast_pairs
-from components.evaluate import Gates, evaluate_candidate
-from components.ingest import IngestRequest, ingest
-from components.train import (
+from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, engineer_features, fallback_instance, forecast_pairs
+from components.model.evaluate import Gates, evaluate_candidate
+from components.data.ingest import IngestRequest, ingest
+from components.model.train import (
     DetectorParams,
     ForecasterParams,
     TrainedModel,

@@ -39,9 +39,9 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             "import io\n\nimport joblib\nimport matplotlib.pyplot as plt\nfrom IPython.display import Markdown, display\n\n"
-            "from components.evaluate import Gates, evaluate_candidate, markdown_report\n"
-            "from components.ingest import IngestRequest, ingest\n"
-            "from components.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics"
+            "from components.model.evaluate import Gates, evaluate_candidate, markdown_report\n"
+            "from components.data.ingest import IngestRequest, ingest\n"
+            "from components.model.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics"
         ),
         new_code_cell("days, seed = 10.0, 42  # parameters", metadata={"tags": ["parameters"]}),
         new_code_cell(
@@ -81,7 +81,7 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             "import os\nfrom pathlib import Path\n\nimport requests\n\n"
-            "from components.contract import fallback_instance\nfrom pipelines.local import LOCAL_DEFAULTS, local_target, run_local"
+            "from components.model.contract import fallback_instance\nfrom pipelines.local import LOCAL_DEFAULTS, local_target, run_local"
         ),
         new_code_cell(
             "state_dir = Path(os.environ.get('NOTEBOOK_STATE_DIR', '.model-pipelines-notebook'))  # parameters\n"

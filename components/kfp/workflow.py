@@ -1,0 +1,334 @@
+"""The steps as the pipeline runs them: artifact paths in, results out, the store located from the environment.
+
+Each step runs in its own process, so pandas, scikit-learn and the evaluation are imported only by the steps
+that use them: a serving step starts without paying for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from components import __version__
+from components.model.contract import TIMESTAMP_COLUMN, schema_for
+from components.serving.local import LocalTarget, state_dir
+from components.serving.target import ServingError, ServingTarget
+from components.store.s3 import DEFAULT_SECRET, S3Store, s3_client_from_environment
+from components.store.filesystem import (
+    DEFAULT_PVC,
+    DEFAULT_STORE_ROOT,
+    MODEL_FILENAME,
+    TRAINING_FILENAME,
+    FilesystemStore,
+    ModelStore,
+    StoredVersion,
+    StoreError,
+    champion_version,
+    current_time,
+    load_model,
+    utc_now,
+)
+
+if TYPE_CHECKING:  # a serving step imports only its target's module, and numpy and requests only when it measures
+    from components.model.evaluate import Evaluation, Gates
+    from components.serving.gitops.target import GitopsOptions
+    from components.serving.kserve import KServeOptions
+    from components.release.rollout import StepOutcome
+    from components.data.ingest import IngestRequest
+    from components.monitoring.monitor import Assessment, Decision, MonitorSettings
+
+STORE_ROOT_ENV = "MODEL_STORE_ROOT"
+SERVING_HOME_ENV = "MODEL_SERVING_HOME"
+RUN_LOCKS_ENV = "MODEL_PIPELINES_RUN_LOCKS"  # set by local runs: where a retrain or rollout holds its model's lock
+SERVING_TARGETS = ("kserve", "local", "gitops")
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Which model store a step uses: the PVC (filesystem) or S3 through a data connection."""
+
+    kind: str = "pvc"
+    pvc_name: str = DEFAULT_PVC
+    s3_prefix: str = "models"
+    s3_secret: str = DEFAULT_SECRET
+    s3_verify: bool = True
+    s3_ca_bundle: str = ""
+
+
+def store_root() -> Path:
+    """Return the filesystem store's root: $MODEL_STORE_ROOT, the PVC when /mnt/models is a mount (a pod), else <state dir>/store.
+
+    So that a compiled pipeline run by kfp.local outside a pod keeps its store beside its serving state, and
+    never silently creates /mnt/models on a laptop.
+    """
+    if os.environ.get(STORE_ROOT_ENV):
+        return Path(os.environ[STORE_ROOT_ENV])
+    return Path(DEFAULT_STORE_ROOT) if os.path.ismount(DEFAULT_STORE_ROOT) else state_dir() / "store"
+
+
+def serving_home() -> Path:
+    """Return the local serving target's home: $MODEL_SERVING_HOME, else <state dir>/serving."""
+    return Path(os.environ.get(SERVING_HOME_ENV) or state_dir() / "serving")
+
+
+def open_store(options: StoreOptions) -> ModelStore:
+    """Return the store: the filesystem at ``store_root()`` (the PVC mount in a pod), or S3."""
+    if options.kind == "pvc":
+        return FilesystemStore(store_root(), options.pvc_name)
+    if options.kind == "s3":
+        client, bucket = s3_client_from_environment(options.s3_secret, options.s3_ca_bundle, options.s3_verify)
+        return S3Store(client, bucket, options.s3_prefix)
+    raise StoreError(f"unknown model_store {options.kind!r}: use pvc or s3")
+
+
+def target_from_environment(
+    name: str, options: KServeOptions | None = None, store: ModelStore | None = None, gitops: GitopsOptions | None = None,
+) -> ServingTarget:
+    """Return the named serving target: ``kserve`` or ``gitops`` configured by the options, ``local`` from the environment."""
+    if name == "local":
+        return LocalTarget(serving_home(), store_root(), s3_store=store if isinstance(store, S3Store) else None)
+    from components.serving.kserve import KServeOptions, KServeTarget
+
+    if name == "kserve":
+        return KServeTarget(options or KServeOptions())
+    if name == "gitops":
+        from components.serving.gitops.target import GitopsOptions, GitopsTarget
+
+        return GitopsTarget(options or KServeOptions(), gitops or GitopsOptions())
+    raise ServingError(f"unknown serving_target {name!r}: use one of {', '.join(SERVING_TARGETS)}")
+
+
+def serving_context(
+    model_name: str, serving_target: str, store_options: StoreOptions, options: KServeOptions | None = None,
+    validation_path: str | None = None, gitops: GitopsOptions | None = None,
+):
+    """Return (target, store, probe sample or None) for a serving step."""
+    sample = probe_sample_from(validation_path, model_name) if validation_path else None
+    store = open_store(store_options)
+    return target_from_environment(serving_target, options, store, gitops), store, sample
+
+
+def probe_sample_from(validation_path: str, model_name: str):
+    """Return the probe instances (``rollout.probe_sample``) of the validation Parquet at ``validation_path``.
+
+    A model that takes the raw metrics reads them with pyarrow alone; pandas is imported only to engineer features.
+    """
+    from components.release.rollout import probe_rows, probe_sample
+
+    schema = schema_for(model_name)
+    if not schema.engineered:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        # ParquetFile, unlike read_table, does not import pyarrow.dataset (and with it pandas).
+        table = pq.ParquetFile(validation_path).read(columns=schema.metric_names)
+        return probe_rows(np.column_stack([table.column(name).to_numpy() for name in schema.metric_names]).astype(float), model_name)
+    import pandas as pd
+
+    return probe_sample(pd.read_parquet(validation_path), model_name)
+
+
+def deploy_step(
+    model_name: str, version: str, serving_target: str, store_options: StoreOptions, timeout_s: float, run_name: str,
+    options: KServeOptions | None = None, gitops: GitopsOptions | None = None, allow_synthetic_deploy: bool = False,
+) -> StepOutcome:
+    """Deploy a stored version as this run's; if serving refuses it, undo what this run deployed, reject it and re-raise.
+
+    A cluster target (not ``local``) serves a version trained on synthetic data only with ``allow_synthetic_deploy``.
+    """
+    from components.release.rollout import deploy_version, rollback
+
+    target, store, _ = serving_context(model_name, serving_target, store_options, options, gitops=gitops)
+    refuse_synthetic = serving_target != "local" and not allow_synthetic_deploy
+    try:
+        return deploy_version(target, store, model_name, version, timeout_s, run_name=run_name, refuse_synthetic=refuse_synthetic)
+    except ServingError as error:
+        if version in store.read_index(model_name)["versions"]:
+            rollback(target, store, model_name, version, f"rejected at deploy-inference-service: {error}", run_name=run_name, timeout_s=timeout_s)
+        raise
+
+
+def evaluate_step(
+    model_name: str,
+    model_dir: str,
+    validation_path: str,
+    data_description: str,
+    gates: Gates,
+    store_options: StoreOptions,
+    *,
+    horizon_minutes: int = 60,
+) -> tuple[Evaluation, str]:
+    """Evaluate the candidate in ``model_dir`` against the store's champion; return the evaluation and its report."""
+    import pandas as pd
+
+    from components.model.evaluate import evaluate_candidate, markdown_report
+
+    store = open_store(store_options)
+    champion_name = champion_version(store.read_index(model_name))
+    champion = None
+    if champion_name is not None:
+        try:
+            champion = (champion_name, load_model(store, model_name, champion_name))
+        except (StoreError, OSError, ValueError) as error:
+            print(f"warning: champion {champion_name} cannot be loaded ({error}); judging the candidate on gates alone")
+    model_bytes = (Path(model_dir) / MODEL_FILENAME).read_bytes()
+    validation = pd.read_parquet(validation_path)
+    evaluation = evaluate_candidate(
+        model_name, model_bytes, validation, gates, horizon_minutes=horizon_minutes, champion=champion
+    )
+    return evaluation, markdown_report(evaluation, data_description)
+
+
+def save_step(model_name: str, model_dir: str, scores: dict, store_options: StoreOptions, run_name: str) -> StoredVersion:
+    """Save the candidate as the next version with its full record (metrics, parameters, lineage), or return the version
+    that already holds its bytes."""
+    from importlib.metadata import version as package_version
+
+    from components.monitoring.drift import validation_profile
+
+    training = json.loads((Path(model_dir) / TRAINING_FILENAME).read_text())
+    record = {
+        "model": model_name,
+        "metrics": scores,
+        "parameters": training["parameters"],
+        "data_fingerprint": training["data_fingerprint"],
+        "data_source": training.get("data_source", "unknown"),
+        "training_rows": training["training_rows"],
+        "sklearn_version": package_version("scikit-learn"),
+        "project_version": __version__,
+        "python_version": platform.python_version(),
+        "run_name": run_name,
+        # What drift is measured against later: the training inputs' distribution and what validation showed.
+        "profile": {**training.get("profile", {}), "validation": validation_profile(scores)},
+        # What the smoke test expects the served model to answer: training inputs and the fitted model's predictions.
+        "reference": training.get("reference", {}),
+    }
+    # A model byte-identical to a stored version takes no new number: the run goes on with that version.
+    return open_store(store_options).save_version(model_name, Path(model_dir) / MODEL_FILENAME, record, reuse_identical=True)
+
+
+class RunActiveError(RuntimeError):
+    """Another local run of the model holds its run lock."""
+
+
+def _run_lock_path(model_name: str) -> Path:
+    """Return the model's run lock file under $MODEL_PIPELINES_RUN_LOCKS."""
+    return Path(os.environ[RUN_LOCKS_ENV]) / f"{model_name}.lock"
+
+
+@contextlib.contextmanager
+def local_run_lock(model_name: str) -> Iterator[None]:
+    """Hold the model's run lock under $MODEL_PIPELINES_RUN_LOCKS while a local retrain or rollout runs.
+
+    A second local run of the same model fails at once, naming the holder, and the drift monitor sees the run as active.
+    """
+    path = _run_lock_path(model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise RunActiveError(f"another local run of {model_name} is active ({handle.read().strip() or 'holder unknown'}); "
+                             "wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {utc_now()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def active_local_run(model_name: str) -> str | None:
+    """Return who holds the model's local run lock (a retrain or rollout running now), or None."""
+    if not os.environ.get(RUN_LOCKS_ENV):
+        return None
+    path = _run_lock_path(model_name)
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"local run, {handle.read().strip() or 'holder unknown'}"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """One drift check: what was measured, what was decided, and the report with its plot."""
+
+    assessment: Assessment
+    decision: Decision
+    markdown: str
+    plot_png: bytes
+    regime_start: str = ""  # with a retrain decision: the drift's onset, from which the retrain learns
+
+
+def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSettings, store_options: StoreOptions,
+                 active_run: str | None, pushgateway_url: str = "", clear: bool = False) -> MonitorResult:
+    """Read the live window the stable version's profile asks for, check its units, measure drift, track its episode, decide and push
+    the gauges.
+
+    With ``clear``, the current drift episode (its onset and retrain count) is forgotten first.
+    """
+    import base64
+
+    from components.monitoring.drift import check_scale_against_profile
+    from components.data.ingest import read_window
+    from components.monitoring.monitor import (
+        NEEDS_HUMAN,
+        RETRAIN,
+        assess,
+        decide,
+        distribution_plot,
+        live_prediction_stats,
+        markdown_report,
+        next_episode,
+        prediction_checks,
+        push_drift_metrics,
+        record_episode,
+        stable_profile,
+        unmeasured_predictions,
+    )
+    from components.data.prometheus import PrometheusClient, PrometheusError
+
+    store = open_store(store_options)
+    stable, profile, data_source = stable_profile(store, model_name)
+    minutes = int(profile["window_minutes"])
+    live, description = read_window(request, minutes)
+    check_scale_against_profile(profile, data_source, live, model_name, f"stable {stable}")
+    if request.prometheus_url:
+        end = live[TIMESTAMP_COLUMN].iloc[-1].to_pydatetime()
+        try:
+            stats = live_prediction_stats(PrometheusClient(request.prometheus_url, request.prometheus_ca_bundle), model_name, stable, minutes, end)
+            predictions = prediction_checks(model_name, profile.get("validation", {}), live, stats, settings)
+        except PrometheusError as error:
+            predictions = unmeasured_predictions(str(error))
+    else:
+        predictions = unmeasured_predictions("no prometheus_url to read the runtime's metrics from")
+    assessment = assess(profile, stable, live, description, model_name, settings, predictions)
+    if clear:
+        record_episode(store, model_name, None)
+    index, now = store.read_index(model_name), current_time()
+    window_start, window_end = (live[TIMESTAMP_COLUMN].iloc[position].to_pydatetime() for position in (0, -1))
+    episode = next_episode(index, assessment.drifted, window_start, now)
+    decision = decide(assessment, index, now, settings, active_run, episode, window_end)
+    if decision.action == NEEDS_HUMAN:
+        episode["needs_human_for"] = index.get("stable")
+    record_episode(store, model_name, episode)
+    if pushgateway_url and (warning := push_drift_metrics(pushgateway_url, assessment, decision)):
+        print(warning)
+    plot = distribution_plot(assessment, profile)
+    markdown = markdown_report(assessment, decision, f"data:image/png;base64,{base64.b64encode(plot).decode()}")
+    return MonitorResult(assessment, decision, markdown, plot, episode["onset"] if decision.action == RETRAIN and episode else "")

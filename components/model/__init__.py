@@ -1,0 +1,1 @@
+"""The model: its contract (features, units, outputs), training recipes, evaluation and gates."""

@@ -1,0 +1,1 @@
+"""The serving seam and its targets: local model servers, KServe InferenceServices, a GitOps fleet."""

@@ -1,0 +1,195 @@
+"""InferenceService reads and writes through the official ``kubernetes`` client, and the lineage they carry.
+
+Only GET, POST (create), merge-PATCH and DELETE are used: the DSP ``pipeline-runner`` role has no ``update``
+(PUT) and no ``watch``. Writes that depend on what was read carry its resourceVersion, so a concurrent change
+answers 409 and the write is redone on a fresh read. 429 and 5xx are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from components.serving.target import ServingError
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+PREFIX = "model-pipelines.io"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
+STRATEGY_ANNOTATION = f"{PREFIX}/rollout-strategy"
+CREATED_BY_RUN_ANNOTATION = f"{PREFIX}/created-by-run"  # set once, when a run creates the InferenceService
+# KServe 0.20 renamed the modes; the old names stay accepted as aliases and are normalised in status.
+KNATIVE, STANDARD = "Knative", "Standard"
+MODE_ALIASES = {"Serverless": KNATIVE, "Knative": KNATIVE, "RawDeployment": STANDARD, "Standard": STANDARD}
+MANAGED_BY, MODEL_LABEL = "app.kubernetes.io/managed-by", f"{PREFIX}/model"
+RETRIES = 6
+LINEAGE_KEYS = ("version", "storage_uri", "checksum")
+
+
+def normalized_mode(mode: str | None) -> str | None:
+    """Return ``Knative`` or ``Standard`` for any of KServe's old or new mode names, else None."""
+    return MODE_ALIASES.get(mode or "")
+
+
+def lineage_annotation(role: str, key: str) -> str:
+    """Return the annotation that records a role's version, storage URI or checksum."""
+    return f"{PREFIX}/{role}-{key.replace('_', '-')}"
+
+
+def recorded_backend(isvc: dict | None, role: str) -> dict | None:
+    """Return {"version", "storage_uri", "checksum"} recorded for ``role`` ("stable" or "candidate"), or None."""
+    annotations = (isvc or {}).get("metadata", {}).get("annotations", {}) or {}
+    if not annotations.get(lineage_annotation(role, "version")):
+        return None
+    return {key: annotations.get(lineage_annotation(role, key), "") for key in LINEAGE_KEYS}
+
+
+def backend_annotations(role: str, backend: dict | None) -> dict:
+    """Return the merge-patch annotations that record (or, with None, remove) a role."""
+    return {lineage_annotation(role, key): (backend[key] if backend else None) for key in LINEAGE_KEYS}
+
+
+def model_env(backend: dict) -> list[dict]:
+    """Return the predictor environment that tells the project's runtime which version and checksum it serves."""
+    return [{"name": "MODEL_VERSION", "value": backend["version"]}, {"name": "MODEL_SHA256", "value": backend["checksum"]}]
+
+
+def conditions_text(isvc: dict) -> str:
+    """Return the InferenceService's conditions as 'Type=Status (Reason: message)' for an error message."""
+    conditions = isvc.get("status", {}).get("conditions", [])
+    if not conditions:
+        return "no conditions reported yet"
+    return "; ".join(
+        f"{c.get('type')}={c.get('status')}" + (f" ({c.get('reason', '')}: {c.get('message', '')})" if c.get("status") != "True" else "")
+        for c in conditions
+    )
+
+
+def condition_true(isvc: dict, kind: str) -> bool:
+    """Return whether the InferenceService reports condition ``kind`` as True."""
+    return any(c.get("type") == kind and c.get("status") == "True" for c in isvc.get("status", {}).get("conditions", []))
+
+
+def is_ready(isvc: dict) -> bool:
+    """Return whether the InferenceService is Ready for its current generation (a Ready from before is stale)."""
+    current = isvc.get("status", {}).get("observedGeneration", 0) >= isvc["metadata"].get("generation", 1)
+    return current and condition_true(isvc, "Ready")
+
+
+def owned_by(isvc: dict, model_name: str) -> bool:
+    """Return whether this project created ``isvc`` for ``model_name`` (its ownership labels say so)."""
+    labels = isvc.get("metadata", {}).get("labels") or {}
+    return labels.get(MANAGED_BY) == "model-pipelines" and labels.get(MODEL_LABEL) == model_name
+
+
+def not_owned_error(isvc: dict, namespace: str, model_name: str) -> ServingError:
+    """Return the error for an InferenceService this project did not create, with the command that hands it over."""
+    name = isvc["metadata"]["name"]
+    return ServingError(
+        f"InferenceService {namespace}/{name} exists but was not created by model-pipelines (labels {MANAGED_BY}=model-pipelines and "
+        f"{MODEL_LABEL}={model_name} missing), so it is left untouched. To hand it over: oc label inferenceservice {name} -n {namespace} "
+        f"{MANAGED_BY}=model-pipelines {MODEL_LABEL}={model_name}; or delete it, or pick another model name"
+    )
+
+
+def with_mode_kept(current: dict, body: dict) -> dict:
+    """Return ``body`` writing the mode annotation as status reports it, when the two disagree.
+
+    KServe 0.20 normalises ``RawDeployment``/``Serverless`` to ``Standard``/``Knative`` in status and refuses any
+    update whose annotation differs from the status mode, so an object created under an old name must be written
+    with the new one. Older KServe reports the name it was given, so nothing changes there.
+    """
+    annotation = current["metadata"].get("annotations", {}).get(MODE_ANNOTATION)
+    status_mode = current.get("status", {}).get("deploymentMode")
+    if annotation and status_mode and annotation != status_mode:
+        body.setdefault("metadata", {}).setdefault("annotations", {})[MODE_ANNOTATION] = status_mode
+    return body
+
+
+class InferenceServiceApi:
+    """GET, create, merge-PATCH and DELETE InferenceServices of one namespace, with retries and 409 redo."""
+
+    def __init__(self, api, namespace: str, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Wrap a ``CustomObjectsApi`` for ``namespace``."""
+        self.api, self.namespace, self.sleep = api, namespace, sleep
+
+    def _call(self, operation: str, *args, **kwargs):
+        """Call a CustomObjectsApi method, backing off on 429 and 5xx; other errors propagate."""
+        from kubernetes.client.rest import ApiException
+
+        delay = 0.2
+        for attempt in range(RETRIES):
+            try:
+                return getattr(self.api, operation)(GROUP, VERSION, self.namespace, PLURAL, *args, **kwargs)
+            except ApiException as error:
+                if (error.status == 429 or error.status >= 500) and attempt < RETRIES - 1:
+                    self.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def get(self, name: str) -> dict | None:
+        """Return the InferenceService, or None when it does not exist."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            return self._call("get_namespaced_custom_object", name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise ServingError(f"cannot read InferenceService {self.namespace}/{name}: {error.status} {error.reason}") from error
+
+    def change(self, name: str, build: Callable[[dict | None], dict | None], owner: str) -> dict | None:
+        """Create, or merge-patch if ``owner``'s, ``name`` with what ``build(current)`` returns; redo on 409 with a fresh read."""
+        from kubernetes.client.rest import ApiException
+
+        for _ in range(RETRIES):
+            current = self.get(name)
+            if current is not None and not owned_by(current, owner):
+                raise not_owned_error(current, self.namespace, owner)
+            body = build(current)
+            if body is None:
+                return current
+            try:
+                if current is None:
+                    return self._call("create_namespaced_custom_object", body)
+                body = with_mode_kept(current, body)
+                body.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
+                return self._call("patch_namespaced_custom_object", name, body)
+            except ApiException as error:
+                if error.status == 409:
+                    continue
+                raise ServingError(f"cannot write InferenceService {self.namespace}/{name}: {error.status} {error.reason}: {error.body}") from error
+        raise ServingError(f"InferenceService {self.namespace}/{name} kept changing under us (409 {RETRIES} times); try again")
+
+    def delete(self, name: str, owner: str) -> None:
+        """Delete ``name`` if it is ``owner``'s, exactly the object checked (uid precondition); a missing one is fine."""
+        from kubernetes.client.rest import ApiException
+
+        current = self.get(name)
+        if current is None:
+            return
+        if not owned_by(current, owner):
+            raise not_owned_error(current, self.namespace, owner)
+        try:
+            self._call("delete_namespaced_custom_object", name, body={"preconditions": {"uid": current["metadata"]["uid"]}})
+        except ApiException as error:
+            if error.status != 404:
+                raise ServingError(f"cannot delete InferenceService {self.namespace}/{name}: {error.status} {error.reason}") from error
+
+    def wait_ready(self, name: str, timeout_s: float, settled: Callable[[dict], bool] = lambda isvc: True) -> dict:
+        """Poll with GET until the current generation is Ready (and ``settled``); raise quoting the conditions."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.2
+        while True:
+            isvc = self.get(name)
+            if isvc is not None and is_ready(isvc) and settled(isvc):
+                return isvc
+            if time.monotonic() >= deadline:
+                state = "does not exist" if isvc is None else (
+                    f"generation {isvc['metadata'].get('generation')}, observed {isvc.get('status', {}).get('observedGeneration')}: {conditions_text(isvc)}"
+                )
+                raise ServingError(f"InferenceService {self.namespace}/{name} was not Ready within {timeout_s:g} s ({state})")
+            self.sleep(delay)
+            delay = min(delay * 1.5, 1.0)

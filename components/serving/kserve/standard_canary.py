@@ -1,0 +1,105 @@
+"""standard-canary: KServe >= 0.20's native canary in Standard (formerly RawDeployment) mode.
+
+The candidate is an entry of ``spec.canary`` with its own ``predictor.name`` (the version, e.g. ``v7``) and
+``trafficPercent: 0`` for the dark launch; KServe gives it a Deployment and Service ``<isvc>-<name>-predictor``,
+where smoke tests and probes reach it. Each step patches ``trafficPercent``; readiness is ``status.canaryStatuses``
+and the condition ``CanaryPredictorReady``. Promotion renames the stable predictor to the candidate's and takes its
+model while removing the entry (KServe keeps the candidate's pods); rollback removes the entry.
+"""
+
+from __future__ import annotations
+
+from components.serving.kserve.api import STANDARD, condition_true
+from components.serving.kserve.strategy import RolloutStrategy, service_url
+from components.serving.target import Endpoints, ServingError, model_url
+
+
+def predictor_name_for(version: str) -> str:
+    """Return the predictor name for a stored version: a DNS label, as KServe names Services after it."""
+    return version.lower().replace("_", "-").replace(".", "-")
+
+
+def canary_entry(isvc: dict, name: str) -> dict | None:
+    """Return the ``spec.canary`` entry named ``name``, or None."""
+    return next((entry for entry in isvc.get("spec", {}).get("canary") or [] if entry.get("predictor", {}).get("name") == name), None)
+
+
+def canary_serves(isvc: dict, name: str, percent: int) -> bool:
+    """Return whether status reports canary ``name`` ready at ``percent`` and CanaryPredictorReady True."""
+    statuses = isvc.get("status", {}).get("canaryStatuses") or []
+    found = next((status for status in statuses if status.get("name") == name), None)
+    return bool(found and found.get("ready") and found.get("trafficPercent", 0) == percent and condition_true(isvc, "CanaryPredictorReady"))
+
+
+class StandardCanaryStrategy(RolloutStrategy):
+    """``spec.canary[]`` entries of one Standard-mode InferenceService."""
+
+    name = "standard-canary"
+    creation_mode = STANDARD
+
+    def _entry(self, candidate: dict, percent: int) -> dict:
+        """Return the ``spec.canary`` entry that serves ``candidate`` at ``percent``."""
+        # The 0.20 CRD requires the container name on a canary's model; KServe names the model container so anyway.
+        model = {"name": "kserve-container", **self.predictor_model(candidate)}
+        return {"predictor": {"name": predictor_name_for(candidate["version"]), "model": model}, "trafficPercent": percent}
+
+    def _apply(self, name: str, candidate: dict, percent: int, timeout_s: float, annotations: dict | None = None) -> None:
+        """Write the canary entry at ``percent`` and wait until status shows it ready there."""
+        body = {"spec": {"canary": [self._entry(candidate, percent)]}}
+        if annotations:
+            body["metadata"] = {"annotations": annotations}
+        self.api.change(name, lambda current: body, name)
+        self.api.wait_ready(name, timeout_s, settled=lambda isvc: canary_serves(isvc, predictor_name_for(candidate["version"]), percent))
+
+    def deploy_candidate(self, main: dict, candidate: dict, timeout_s: float) -> bool:
+        """Add the canary at 0 %; return False when the API server pruned ``spec.canary`` (its CRD predates 0.20)."""
+        name = main["metadata"]["name"]
+        entry_name = predictor_name_for(candidate["version"])
+        if entry_name == main["spec"]["predictor"].get("name"):
+            raise ServingError(f"{name}: the stable predictor is already named {entry_name!r}; a canary needs a different name")
+        written = self.api.change(name, lambda current: {"metadata": {"annotations": self.candidate_annotations(candidate)},
+                                                          "spec": {"canary": [self._entry(candidate, 0)]}}, name)
+        if canary_entry(written or {}, entry_name) is None:
+            return False
+        self.api.wait_ready(name, timeout_s, settled=lambda isvc: canary_serves(isvc, entry_name, 0))
+        return True
+
+    def set_traffic(self, main: dict, candidate: dict, percent: int, timeout_s: float) -> None:
+        """Patch the canary entry's trafficPercent and wait for canaryStatuses to report it."""
+        self._apply(main["metadata"]["name"], candidate, percent, timeout_s)
+
+    def candidate_percent(self, main: dict) -> int:
+        """Return the candidate entry's trafficPercent."""
+        entries = main.get("spec", {}).get("canary") or []
+        return int(entries[0].get("trafficPercent", 0)) if entries else 0
+
+    def promote(self, main: dict, candidate: dict, timeout_s: float) -> None:
+        """Rename the stable predictor to the canary's with its model, and remove the entry, in one patch."""
+        name = main["metadata"]["name"]
+        patch = self.serving_patch(candidate, self.finished_annotations(candidate))
+        patch["spec"]["predictor"]["name"] = predictor_name_for(candidate["version"])
+        patch["spec"]["canary"] = None
+        self.api.change(name, lambda current: patch, name)
+        self.api.wait_ready(name, timeout_s, settled=lambda isvc: not isvc.get("status", {}).get("canaryStatuses"))
+
+    def rollback(self, main: dict, stable: dict, timeout_s: float) -> None:
+        """Remove the canary entry; stable never stopped serving."""
+        name = main["metadata"]["name"]
+        self.api.change(name, lambda current: {"metadata": {"annotations": self.finished_annotations(stable)}, "spec": {"canary": None}}, name)
+        self.api.wait_ready(name, timeout_s, settled=lambda isvc: not isvc.get("status", {}).get("canaryStatuses"))
+
+    def endpoints(self, main: dict, has_candidate: bool) -> Endpoints:
+        """Return the main URL and the stable and candidate predictors' own Services."""
+        name = main["metadata"]["name"]
+        stable_name = main["spec"]["predictor"].get("name")
+        stable_service = f"{name}-{stable_name}-predictor" if stable_name else f"{name}-predictor"
+        entries = main.get("spec", {}).get("canary") or []
+        candidate = None
+        if has_candidate and entries:
+            candidate = model_url(service_url(f"{name}-{entries[0]['predictor']['name']}-predictor", self.api.namespace), name)
+        return Endpoints(self.main_url(main), model_url(service_url(stable_service, self.api.namespace), name), candidate)
+
+    def describe(self, model_name: str) -> str:
+        """Return how the native canary moves traffic."""
+        return ("KServe's native canary (spec.canary) shifts each percentage step with trafficPercent; the candidate is probed "
+                f"on its own Service {model_name}-<version>-predictor")
