@@ -39,6 +39,19 @@ def _profile_chosen(args: argparse.Namespace) -> bool:
     return any(value is not None for value in (args.platform, args.store, args.s3_secret))
 
 
+def _installation(args: argparse.Namespace):
+    """Return the installation's PVC and Secret names the compile fixes (flags, else the defaults); raise ValueError for a bad name."""
+    from components.kfp.config import Installation
+    from components.kfp.run_parameters import installation_problems
+
+    given = {name: getattr(args, name, None) for name in ("pvc_name", "s3_secret", "prometheus_secret", "gitops_secret")}
+    installation = Installation(**{name: value for name, value in given.items() if value is not None})
+    problems = installation_problems(vars(installation))
+    if problems:
+        raise ValueError("; ".join(f"--{problem.replace('_', '-', 1)}" for problem in problems))
+    return installation
+
+
 def _describe_profile(platform: Platform, store: str) -> str:
     """Return how output names a compile profile: the platform, the store and the compiled/ folder with the same output."""
     return f"platform {platform.name}, store {store} (the {profile_folder(platform, store)} profile)"
@@ -55,14 +68,15 @@ def _compile(args: argparse.Namespace) -> int:
         paths = compile_every_profile(args.output_dir or "compiled", args.image)
     else:
         try:
-            platform, store, s3_secret = _profile(args)
+            platform, store, _ = _profile(args)
+            installation = _installation(args)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         # A chosen profile goes to its own folder, as `compile --all-platforms` lays them out, never over the default files.
         output_dir = Path(args.output_dir or (Path("compiled") / profile_folder(platform, store) if _profile_chosen(args) else "compiled"))
         print(f"compiling for {_describe_profile(platform, store)} into {output_dir}/")
-        paths = compile_pipelines(output_dir, args.image, platform.name, store, s3_secret)
+        paths = compile_pipelines(output_dir, args.image, platform.name, store, installation)
     for path in paths:
         print(f"compiled {path}")
     return 0
@@ -102,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _monitor(args: argparse.Namespace) -> int:
     """Check each chosen model for drift locally, print the drift table and decision; return the exit code (README)."""
-    from pipelines.local import local_defaults, parse_params, retrain_arguments, run_monitor_local, worst_exit_code
+    from pipelines.local import local_defaults, parse_params, retrain_arguments, run_config, run_monitor_local, worst_exit_code
 
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
     if not _require_local(args, "monitor", [[MONITOR, "--param", f"model_name={model}"] for model in models]):
@@ -110,7 +124,7 @@ def _monitor(args: argparse.Namespace) -> int:
     try:
         arguments = parse_params([*local_defaults(MONITOR), *args.param], MONITOR)
         for model in models:
-            retrain_arguments(model, dict(arguments.get("retrain_parameters") or {}))
+            retrain_arguments(model, run_config(MONITOR, arguments).monitor.retrain_parameters)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -215,14 +229,12 @@ def _fleet_status(args: argparse.Namespace) -> int:
     """Print each wave's clusters with their Application's revision, sync and health, what the wave serves, and each model's last
     rollback with its reason (from the fleet repository's Reason trailer); return 0 or 1.
     """
-    from components.serving.gitops.target import GitopsOptions, GitopsTarget, fleet_waves
-    from components.serving.kserve import KServeOptions
-    from pipelines.local import declared_inputs, parse_params
+    from components.serving.gitops.target import GitopsTarget
+    from pipelines.local import parse_params, run_config
 
     try:
-        p = {**{name: spec.default for name, spec in declared_inputs(ROLLOUT).items()}, **parse_params(args.param, ROLLOUT)}
-        target = GitopsTarget(KServeOptions(p["namespace"], endpoint=p["endpoint"], rollout_strategy=p["rollout_strategy"]),
-                              GitopsOptions(p["gitops_repo"], p["gitops_branch"], p["gitops_path"], fleet_waves(p["fleet_waves"])))
+        config = run_config(ROLLOUT, parse_params(args.param, ROLLOUT))
+        target = GitopsTarget(config.serving.kserve_options(), config.fleet.gitops_options())
         rows = {model: target.fleet_status(model) for model in MODEL_NAMES}
         reasons = {model: target.last_reason(model) for model in MODEL_NAMES}
     except (ValueError, ServingError) as error:
@@ -401,10 +413,10 @@ def _upload(args: argparse.Namespace, client, connection) -> int:
         return 0
     from pipelines.retrain import compile_pipelines
 
-    platform, store, s3_secret = _profile(args)
+    platform, store, _ = _profile(args)
     keys = list(PIPELINE_FILES) if args.pipeline == "all" else [args.pipeline]
     with tempfile.TemporaryDirectory() as scratch:
-        compile_pipelines(scratch, args.image or DEFAULT_IMAGE, platform.name, store, s3_secret)
+        compile_pipelines(scratch, args.image or DEFAULT_IMAGE, platform.name, store, _installation(args))
         default = "" if args.platform else "; the default, which needs OpenShift AI 3.0 or later: for 2.x pass --platform rhoai-<your release>"
         print(f"compiled for {_describe_profile(platform, store)}{default}")
         for key in keys:
@@ -462,7 +474,16 @@ def _add_platform_options(verb: argparse.ArgumentParser, purpose: str, compiles:
                       f"(default: {defaults[0]})")
     verb.add_argument("--store", choices=STORES, help="model store; before OpenShift AI 3.0 it is fixed at compile time, from 3.0 on "
                       f"it sets model_store's default (default: {defaults[1]})")
-    verb.add_argument("--s3-secret", help=f"data connection Secret injected with --store s3 before 3.0 (default: {defaults[2]})")
+    verb.add_argument("--s3-secret", help=f"the data connection Secret (S3 store) the pods read (default: {defaults[2]})")
+    if compiles:
+        from components.kfp.config import Installation
+
+        installed = Installation()
+        verb.add_argument("--pvc-name", help=f"the store's PersistentVolumeClaim the pods mount (default: {installed.pvc_name})")
+        verb.add_argument("--prometheus-secret", help=f"the Secret whose key token holds the Prometheus bearer token; absent: the "
+                          f"service-account token (default: {installed.prometheus_secret})")
+        verb.add_argument("--gitops-secret", help=f"the Secret with the fleet repository's token, or ssh-privatekey and known_hosts "
+                          f"(default: {installed.gitops_secret})")
 
 
 def _version_name(text: str) -> str:

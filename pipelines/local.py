@@ -19,19 +19,11 @@ from kfp import local
 
 from components.serving.local import local_target, state_dir as configured_state_dir
 from components.release.rollout import KEPT_SERVING
-from components.kfp.run_parameters import check as check_run_parameters
 from components.serving.target import ServingStatus
 from components.model.contract import MODEL_NAMES
 from components.store.filesystem import DUPLICATE_EVENT, ModelStore, StoreError, champion_version, version_number
-from components.kfp.workflow import (
-    RUN_LOCKS_ENV,
-    SERVING_HOME_ENV,
-    RunActiveError,
-    STORE_ROOT_ENV,
-    StoreOptions,
-    local_run_lock,
-    open_store,
-)
+from components.kfp.config import MONITOR as MONITOR_KIND, RETRAIN as RETRAIN_KIND, ROLLOUT as ROLLOUT_KIND, Knob, RunConfig, config_from_arguments, knob_label, knobs_of, retrain_arguments as grouped_retrain_arguments
+from components.kfp.workflow import RUN_LOCKS_ENV, SERVING_HOME_ENV, STORE_ROOT_ENV, RunActiveError, local_run_lock, open_store
 from components.monitoring.monitor import NO_ACTION, RETRAIN, record_trigger
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, ROLLOUT
 from pipelines.retrain import BUILDERS, make_components
@@ -78,10 +70,23 @@ def worst_exit_code(codes: Iterable[int]) -> int:
     return 1 if 1 in found else 3 if 3 in found else 0
 
 
-@functools.lru_cache(maxsize=None)
-def declared_inputs(pipeline_name: str) -> dict:
-    """Return the run parameters a pipeline declares, by name (their type and default)."""
-    return dict(BUILDERS[pipeline_name](DEFAULT_IMAGE).component_spec.inputs or {})
+def pipeline_kind(pipeline_name: str) -> tuple[str, str | None]:
+    """Return the kind of ``pipeline_name`` and, for a retrain, its model."""
+    return {ROLLOUT: (ROLLOUT_KIND, None), MONITOR: (MONITOR_KIND, None)}.get(pipeline_name, (RETRAIN_KIND, pipeline_name))
+
+
+def _knob_named(name: str, pipeline_name: str) -> Knob | None:
+    """Return the knob ``pipeline_name`` shows as ``name`` (its flat name, or ``group.key``), or None."""
+    for knob in knobs_of(*pipeline_kind(pipeline_name)):
+        if name in (knob.name, knob_label(knob.name)):
+            return knob
+    return None
+
+
+def accepts(pipeline_name: str, name: str) -> bool:
+    """Return whether ``--param name=...`` sets something of ``pipeline_name``: a knob, ``group.key`` or a whole group."""
+    kind, model = pipeline_kind(pipeline_name)
+    return _knob_named(name, pipeline_name) is not None or name in {knob.group for knob in knobs_of(kind, model)}
 
 
 # A local run differs from a cluster run's defaults: it serves on this machine and learns synthetic data, with no
@@ -90,30 +95,52 @@ LOCAL_DEFAULTS = {"serving_target": "local", "source": "synthetic", "prometheus_
 
 
 def local_defaults(pipeline_name: str) -> list[str]:
-    """Return the ``k=v`` pairs that give a local run of ``pipeline_name`` its local defaults (only parameters it declares)."""
-    declared = declared_inputs(pipeline_name)
-    return [f"{name}={value}" for name, value in LOCAL_DEFAULTS.items() if name in declared]
+    """Return the ``k=v`` pairs that give a local run of ``pipeline_name`` its local defaults (only knobs it shows)."""
+    return [f"{name}={value}" for name, value in LOCAL_DEFAULTS.items() if accepts(pipeline_name, name)]
+
+
+def _converted(knob: Knob, text: str) -> object:
+    """Return ``text`` as the type of ``knob``'s default."""
+    kind = type(knob.default)
+    converter = {bool: _boolean, int: int, float: float, list: _list, dict: _json_object}.get(kind, str)
+    try:
+        return converter(text)
+    except ValueError:
+        raise ValueError(f"--param {knob_label(knob.name)}={text!r}: {knob_label(knob.name)} is a {kind.__name__}") from None
 
 
 def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
-    """Return pipeline arguments from ``k=v`` strings, converted to each parameter's declared type and checked."""
-    declared = declared_inputs(pipeline_name)
+    """Return pipeline arguments from ``k=v`` strings, each a knob (flat name or ``group.key``) or a whole group as JSON, typed and checked."""
+    kind, model = pipeline_kind(pipeline_name)
+    shown = knobs_of(kind, model)
+    groups = {knob.group for knob in shown if knob.group}
     arguments: dict[str, object] = {}
     for pair in pairs:
         name, separator, text = pair.partition("=")
         if not separator:
-            raise ValueError(f"--param {pair!r} is not k=v; for example --param days=3")
-        if name not in declared:
-            close = difflib.get_close_matches(name, declared, n=1)
+            raise ValueError(f"--param {pair!r} is not k=v; for example --param days=3 or --param canary.interval_s=1")
+        knob = _knob_named(name, pipeline_name)
+        if knob is not None and knob.group is None:
+            arguments[name] = _converted(knob, text)
+        elif knob is not None:
+            arguments.setdefault(knob.group, {})[knob.key] = _converted(knob, text)
+        elif name in groups:
+            arguments.setdefault(name, {}).update(_json_object(text))
+        else:
+            names = [*(knob_label(knob.name) for knob in shown), *(knob.name for knob in shown if knob.group)]
+            close = difflib.get_close_matches(name, names, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"{pipeline_name} has no parameter {name!r}; {hint}its parameters are {', '.join(sorted(declared))}")
-        kind = declared[name].type
-        try:
-            arguments[name] = {"Integer": int, "Float": float, "Boolean": _boolean, "List": _list, "Dict": _json_object}.get(kind, str)(text)
-        except ValueError:
-            raise ValueError(f"--param {name}={text!r}: {name} is a {kind}") from None
-    check_run_parameters({**{name: spec.default for name, spec in declared.items()}, **arguments})
+            tops = [knob.name for knob in shown if knob.group is None]
+            raise ValueError(f"{pipeline_name} has no parameter {name!r}; {hint}its parameters are {', '.join(tops)} and the groups "
+                             f"{', '.join(sorted(groups))} (set one key as group.key=value, e.g. canary.interval_s=1)")
+    config_from_arguments(kind, arguments, model_name=model)
     return arguments
+
+
+def run_config(pipeline_name: str, arguments: dict[str, object]) -> RunConfig:
+    """Return the configuration a local run of ``pipeline_name`` with ``arguments`` has (checked, as validate-parameters makes it)."""
+    kind, model = pipeline_kind(pipeline_name)
+    return config_from_arguments(kind, arguments, model_name=model)
 
 
 def params_per_model(pairs: list[str], models: list[str]) -> dict[str, dict[str, object]]:
@@ -127,17 +154,16 @@ def params_per_model(pairs: list[str], models: list[str]) -> dict[str, dict[str,
                 raise ValueError(f"--param {pair!r} is scoped to {scope}, which this run does not include")
             chosen[scope].append(pair.removeprefix(f"{scope}."))
             continue
-        takers = [model for model in models if name in declared_inputs(model)] or models  # none: parse_params explains
+        takers = [model for model in models if accepts(model, name)] or models  # none: parse_params explains
         for model in takers:
             chosen[model].append(pair)
     return {model: parse_params(model_pairs, model) for model, model_pairs in chosen.items()}
 
 
-def open_run_store(arguments: dict[str, object], state_dir: Path) -> ModelStore:
-    """Return the store a local run with ``arguments`` uses (the state dir's, or S3 when model_store=s3)."""
+def open_run_store(config: RunConfig, state_dir: Path) -> ModelStore:
+    """Return the store a local run with ``config`` uses (the state dir's, or S3 when model_store=s3)."""
     with _local_environment(state_dir):
-        given = {knob: arguments[knob] for knob in ("pvc_name", "s3_prefix", "s3_secret", "s3_verify", "s3_ca_bundle") if knob in arguments}
-        return open_store(StoreOptions(kind=str(arguments.get("model_store", "pvc")), **given))
+        return open_store(config.store)
 
 
 def check_stored_version(store: ModelStore, model_name: str, version: str) -> None:
@@ -227,7 +253,7 @@ def run_local(
     (state_dir / "store").mkdir(parents=True, exist_ok=True)
     log_path = (state_dir / "logs" / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
     try:
-        store = open_run_store(arguments, state_dir)
+        store = open_run_store(run_config(pipeline, arguments), state_dir)
         before_index = store.read_index(model_name)
         before = before_index["versions"]
     except StoreError as error:
@@ -365,11 +391,12 @@ class MonitorSummary:
         return 0 if self.decision == NO_ACTION else 3
 
 
-def retrain_arguments(model_name: str, parameters: dict) -> dict[str, object]:
-    """Return ``retrain_parameters`` as the model's retrain pipeline arguments, typed and checked (ValueError names a problem)."""
-    as_text = [f"{name}={json.dumps(value) if isinstance(value, (dict, list, bool)) else value}" for name, value in parameters.items()]
+def retrain_arguments(model_name: str, parameters: dict, regime_start: str = "") -> dict[str, object]:
+    """Return ``retrain_parameters`` as the model's local retrain arguments (local defaults first), checked (ValueError names a problem)."""
     try:
-        return parse_params(as_text, model_name)
+        arguments = grouped_retrain_arguments(model_name, {**LOCAL_DEFAULTS, **parameters}, regime_start)
+        run_config(model_name, arguments)
+        return arguments
     except ValueError as error:
         raise ValueError(f"retrain_parameters: {error}") from None
 
@@ -388,9 +415,9 @@ def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: 
     regime_start = task.outputs["regime_start"]
     summary.report = openable_report(task.outputs["report"].path)
     if summary.decision == RETRAIN and arguments.get("action") == "submit":
-        store = open_run_store(arguments, state_dir)
+        store = open_run_store(run_config(MONITOR, arguments), state_dir)
         record_trigger(store, model_name, str(store.read_index(model_name).get("stable")), summary.reason, f"a local run of {model_name}-retrain")
         print(f"==> drift: retraining {model_name} locally", flush=True)
-        retrain = retrain_arguments(model_name, {**LOCAL_DEFAULTS, **dict(arguments.get("retrain_parameters") or {}), "regime_start": regime_start})
+        retrain = retrain_arguments(model_name, run_config(MONITOR, arguments).monitor.retrain_parameters, regime_start)
         summary.retrain = run_local(model_name, retrain, state_dir, verbose=verbose)
     return summary

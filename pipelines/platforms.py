@@ -8,8 +8,9 @@ compiled documents for an older backend:
   OpenShift AI <= 2.19); the PVC then comes from ``componentInputParameter`` and a Secret from ``secretName``.
 - ``optional`` on ``secretAsEnv`` (KFP >= 2.15 and the OpenShift AI 3.x fork): without it a Secret can only be
   required, so the store is fixed at compile time: ``--store pvc`` references no Secret at all, ``--store s3``
-  injects the data-connection Secret by a name fixed at compile time. ``model_store`` and ``s3_secret`` then stop
-  being run parameters.
+  injects the data-connection Secret. ``model_store`` then stops being a run parameter.
+
+The PVC and Secret names are never run parameters: they are the installation's, fixed at every compile.
 
 Each profile also sets the default ``rollout_strategy`` for the KServe that release ships.
 """
@@ -24,7 +25,7 @@ from components.data.prometheus import TOKEN_ENV
 
 STORES = ("pvc", "s3")
 # Before OpenShift AI 3.0 (no optional Secrets) these stop being run parameters: the compile binds them to constants.
-COMPILE_TIME_PARAMETERS = ("model_store", "s3_secret", "prometheus_secret", "gitops_secret")
+COMPILE_TIME_PARAMETERS = ("model_store",)
 
 
 @dataclass(frozen=True)
@@ -166,16 +167,15 @@ def adapt(pipeline_spec: dict, platform_spec: dict, platform: Platform, store: s
         raise ValueError(f"unknown store {store!r}; use one of {', '.join(STORES)}")
     pipeline_spec, platform_spec = copy.deepcopy(pipeline_spec), copy.deepcopy(platform_spec)
     parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
-    if "rollout_strategy" in parameters:
-        parameters["rollout_strategy"]["defaultValue"] = platform.rollout_strategy
+    if "serving" in parameters:
+        parameters["serving"]["defaultValue"]["rollout_strategy"] = platform.rollout_strategy
     if is_default_output(platform, store):
         return pipeline_spec, platform_spec
     if platform.store_is_a_run_parameter:
         if "model_store" in parameters:
             parameters["model_store"]["defaultValue"] = store
     else:
-        for name, value in zip(COMPILE_TIME_PARAMETERS, (store, s3_secret, "", "")):
-            _bind_root_parameter(pipeline_spec, name, value)
+        _bind_root_parameter(pipeline_spec, "model_store", store)
         executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         for name, config in executors.items():
             executors[name] = _adapt_executor(config, platform, store, s3_secret)

@@ -206,10 +206,6 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "namespace": _kubernetes_name(DNS_LABEL, "namespace name", may_be_empty=True),
     "runtime": _kubernetes_name(DNS_SUBDOMAIN, "ServingRuntime name", may_be_empty=True),
     "service_account": _kubernetes_name(DNS_SUBDOMAIN, "ServiceAccount name", may_be_empty=True),
-    "pvc_name": _kubernetes_name(DNS_SUBDOMAIN, "PersistentVolumeClaim name", may_be_empty=False),
-    "s3_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
-    "prometheus_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
-    "gitops_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=True),
     "min_f1": _in_range(0, 1),
     "max_anomaly_rate": _in_range(0, 1, low_open=True),
     "max_mase": _in_range(0, INF, low_open=True),
@@ -242,10 +238,21 @@ RULES: dict[str, Callable[[object], str | None]] = {
 }
 
 
-def problems(values: dict) -> list[str]:
-    """Return one line per invalid parameter among ``values`` (None means "not a parameter of this pipeline")."""
+# The installation's Kubernetes objects (fixed at compile time, see components.kfp.config.Installation).
+INSTALLATION_RULES: dict[str, Callable[[object], str | None]] = {
+    "pvc_name": _kubernetes_name(DNS_SUBDOMAIN, "PersistentVolumeClaim name", may_be_empty=False),
+    "s3_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
+    "prometheus_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
+    "gitops_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=True),
+}
+
+
+def _broken(values: dict, rules: dict[str, Callable[[object], str | None]]) -> list[str]:
+    """Return one line per value that breaks its rule, named as the run form spells it (None: not set here)."""
+    from components.kfp.config import knob_label
+
     found = []
-    for name, rule in RULES.items():
+    for name, rule in rules.items():
         if values.get(name) is None:
             continue
         try:
@@ -253,16 +260,27 @@ def problems(values: dict) -> list[str]:
         except ValueError:
             wanted = "valid JSON"
         if wanted:
-            found.append(f"{name}={values[name]!r}: must be {wanted}")
+            found.append(f"{knob_label(name)}={values[name]!r}: must be {wanted}")
+    return found
+
+
+def problems(values: dict) -> list[str]:
+    """Return one line per invalid knob among ``values``, by flat name (None means "not a parameter of this pipeline")."""
+    found = _broken(values, RULES)
     if values.get("source") == "file" and values.get("file_path") == "":
-        found.append("file_path='': must name a CSV or Parquet file when source=file")
+        found.append("data.file_path='': must name a CSV or Parquet file when source=file")
     if values.get("serving_target") == "gitops":
         if not values.get("gitops_repo"):
-            found.append("gitops_repo='': must name the fleet repository when serving_target=gitops")
+            found.append("fleet.repo='': must name the fleet repository when serving_target=gitops")
         if "{cluster}" not in str(values.get("endpoint", "")):
-            found.append(f"endpoint={values.get('endpoint')!r}: must be the URL template of a spoke's routes when serving_target=gitops, "
+            found.append(f"serving.endpoint={values.get('endpoint')!r}: must be the URL template of a spoke's routes when serving_target=gitops, "
                          "e.g. https://{service}-{namespace}.apps.{cluster}.example.com")
     return found
+
+
+def installation_problems(installation: dict) -> list[str]:
+    """Return one line per invalid name of the installation's PVC and Secrets."""
+    return _broken(installation, INSTALLATION_RULES)
 
 
 def check(values: dict) -> None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # a serving step imports only its target's module, and numpy 
     from components.serving.kserve import KServeOptions
     from components.release.rollout import StepOutcome
     from components.data.ingest import IngestRequest
+    from components.kfp.config import RunConfig
     from components.monitoring.monitor import Assessment, Decision, MonitorSettings
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
@@ -112,6 +113,22 @@ def serving_context(
     sample = probe_sample_from(validation_path, model_name) if validation_path else None
     store = open_store(store_options)
     return target_from_environment(serving_target, options, store, gitops), store, sample
+
+
+def configured_serving(config: RunConfig, run_name: str = "", validation_path: str | None = None):
+    """Return (target, store, probe sample or None) for a serving step of the run ``config`` describes."""
+    return serving_context(config.model_name, config.serving.target, config.store, config.serving.kserve_options(run_name), validation_path,
+                           config.fleet.gitops_options())
+
+
+def ingest_request(config: RunConfig) -> IngestRequest:
+    """Return what the run ``config`` describes reading: its model's metrics from its source."""
+    from components.data.ingest import IngestRequest
+
+    data, prometheus = config.data, config.prometheus
+    return IngestRequest(config.model_name, data.source, data.file_path, data.days, data.seed, data.validation_fraction,
+                         prometheus_url=prometheus.url, prometheus_ca_bundle=prometheus.ca_bundle, prometheus_queries=prometheus.queries,
+                         prometheus_end=prometheus.end, allow_synthetic_fallback=data.allow_synthetic_fallback, regime_start=data.regime_start)
 
 
 def probe_sample_from(validation_path: str, model_name: str):
