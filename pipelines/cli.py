@@ -156,14 +156,14 @@ def format_monitor_summary(summary: MonitorSummary) -> str:
 
 def _rollout(args: argparse.Namespace) -> int:
     """Roll out a stored version locally (deploy, smoke-test, canary); return the exit code (README)."""
-    from pipelines.local import check_stored_version, exit_code, local_defaults, open_run_store, parse_params, run_local
+    from pipelines.local import check_stored_version, exit_code, local_defaults, open_run_store, parse_params, run_config, run_local
 
     if not _require_local(args, "rollout", [[ROLLOUT, "--param", f"model_name={args.model}", "--param", f"version={args.version}"]]):
         return 2
     state_dir = Path(args.state_dir)
     try:
         arguments = parse_params([*local_defaults(ROLLOUT), *args.param, f"model_name={args.model}", f"version={args.version}"], ROLLOUT)
-        check_stored_version(open_run_store(arguments, state_dir), args.model, args.version)
+        check_stored_version(open_run_store(run_config(ROLLOUT, arguments), state_dir), args.model, args.version)
     except (ValueError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

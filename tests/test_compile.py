@@ -39,7 +39,7 @@ def test_executors_install_nothing_and_use_the_project_image():
             assert "pip install" not in text and "pip3 install" not in text
             assert container["image"].endswith("/model-pipelines:0.1.0")
         defaults = {k: v.get("defaultValue") for k, v in pipeline_spec["root"]["inputDefinitions"]["parameters"].items()}
-        assert defaults["serving_target"] == "kserve" and defaults["deployment_mode"] == "auto"
+        assert defaults["serving_target"] == "kserve" and defaults["serving"]["deployment_mode"] == "auto"
 
 
 def test_every_compiled_cluster_pipeline_defaults_to_the_clusters_own_metrics():
@@ -50,9 +50,9 @@ def test_every_compiled_cluster_pipeline_defaults_to_the_clusters_own_metrics():
         defaults = {name: spec.get("defaultValue") for name, spec in parameters.items()}
         assert defaults["source"] == "prometheus", path
         assert defaults["prometheus_url"] == "https://thanos-querier.openshift-monitoring.svc.cluster.local:9091", path
-        assert defaults["prometheus_ca_bundle"] == "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt", path
-        if "allow_synthetic_deploy" in parameters or "monitor" not in path.name:
-            assert defaults["allow_synthetic_deploy"] is False, path
+        assert defaults["prometheus"]["ca_bundle"] == "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt", path
+        if "monitor" not in path.name:
+            assert defaults["serving"]["allow_synthetic_deploy"] is False, path
 
 
 def test_image_option_changes_every_executor(tmp_path):
@@ -82,7 +82,8 @@ def test_side_effect_tasks_are_not_cached_and_mount_the_store_pvc():
         users = {next(user for user in STORE_USERS if executor.removeprefix("exec-").startswith(user)) for executor in mounting}
         assert users == (STORE_USERS - {"evaluate", "save"} if name == FILES[2] else STORE_USERS)
         assert all(spec["pvcMount"][0]["mountPath"] == "/mnt/models" for spec in mounting.values())
-        assert pipeline_spec["root"]["inputDefinitions"]["parameters"]["pvc_name"]["defaultValue"] == "model-storage-pvc"
+        assert {spec["pvcMount"][0]["constant"] for spec in mounting.values()} == {"model-storage-pvc"}, "the installation's PVC, no run parameter"
+        assert "pvc_name" not in pipeline_spec["root"]["inputDefinitions"]["parameters"]
 
 
 def test_side_effect_tasks_have_timeouts_and_the_yaml_holds_no_secrets():
@@ -100,18 +101,19 @@ def test_side_effect_tasks_have_timeouts_and_the_yaml_holds_no_secrets():
         for spec in executors.values():
             for secret in spec.get("secretAsEnv", []):
                 assert secret["optional"] is True
-                if secret["secretNameParameter"]["componentInputParameter"].endswith("prometheus_secret"):
+                assert secret["secretNameParameter"] == {"runtimeValue": {"constant": secret["secretName"]}}, "the installation's, no run parameter"
+                if secret["secretName"] == "prometheus-token":
                     assert secret["keyToEnv"] == [{"envVar": "PROMETHEUS_TOKEN", "secretKey": "token"}]
                     continue
-                if secret["secretNameParameter"]["componentInputParameter"].endswith("gitops_secret"):
+                if secret["secretName"] == "gitops-credentials":
                     assert {(pair["secretKey"], pair["envVar"]) for pair in secret["keyToEnv"]} == {
                         ("token", "GITOPS_TOKEN"), ("ssh-privatekey", "GITOPS_SSH_KEY"), ("known_hosts", "GITOPS_KNOWN_HOSTS")}
                     continue
-                assert secret["secretNameParameter"]["componentInputParameter"].endswith("s3_secret")
+                assert secret["secretName"] == "model-storage-config"
                 assert {pair["envVar"] for pair in secret["keyToEnv"]} == {
                     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET"}
         parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
-        assert not [name for name in parameters if "token" in name or "password" in name], "no credential is a run parameter"
+        assert not [name for name in parameters if "token" in name or "password" in name or "secret" in name], "no credential is a run parameter"
 
 
 def test_retrain_dag_order_and_safe_exit():
@@ -165,6 +167,7 @@ def test_the_first_task_checks_every_run_parameter_of_every_pipeline():
         pipeline_spec = load(name)[0]
         declared = set(pipeline_spec["root"]["inputDefinitions"]["parameters"])
         check = all_tasks(pipeline_spec)["validate-parameters"]
+        assert "config" in pipeline_spec["components"]["comp-validate-parameters"]["outputDefinitions"]["artifacts"], "it writes the configuration"
         wired = {  # in a sub-DAG the pipeline parameter arrives under the name the sub-DAG gives it
             argument: spec["componentInputParameter"].removeprefix("pipelinechannel--")
             for argument, spec in check["inputs"]["parameters"].items() if "componentInputParameter" in spec
@@ -183,7 +186,7 @@ def test_every_parameter_has_a_description_and_every_task_a_display_name():
         pipeline_spec = load(name)[0]
         parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
         undescribed = sorted(parameter for parameter, spec in parameters.items() if len(spec.get("description", "")) < 15)
-        assert undescribed == [], f"{name}: parameters without a description (pipelines/parameter_help.py): {undescribed}"
+        assert undescribed == [], f"{name}: parameters without a description (components/kfp/config.py KNOBS): {undescribed}"
         for task_name, task in all_tasks(pipeline_spec).items():
             shown = task["taskInfo"]["name"]
             assert shown != task_name and shown[0].isupper(), f"{name}: task {task_name} has no display name (.set_display_name)"

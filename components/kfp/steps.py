@@ -10,9 +10,6 @@ from typing import NamedTuple, Optional
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-GROUP = Optional[dict]
-
-
 def validate_parameters(
     kind: str,
     model_name: str,
@@ -27,20 +24,20 @@ def validate_parameters(
     model_store: Optional[str] = None,
     canary_steps: Optional[list] = None,
     action: Optional[str] = None,
-    data: GROUP = None,
-    prometheus: GROUP = None,
-    training: GROUP = None,
-    gates: GROUP = None,
-    store: GROUP = None,
-    serving: GROUP = None,
-    canary: GROUP = None,
-    fleet: GROUP = None,
-    monitor: GROUP = None,
+    data: Optional[dict] = None,
+    prometheus: Optional[dict] = None,
+    training: Optional[dict] = None,
+    gates: Optional[dict] = None,
+    store: Optional[dict] = None,
+    serving: Optional[dict] = None,
+    canary: Optional[dict] = None,
+    fleet: Optional[dict] = None,
+    monitor: Optional[dict] = None,
 ) -> str:
     """Check every run parameter at the start of the DAG (failing with all problems listed) and write the run's configuration; return "ok"."""
+    arguments = {name: value for name, value in locals().items() if name not in ("kind", "installation", "config")}
     from components.kfp.config import config_from_arguments
 
-    arguments = {name: value for name, value in locals().items() if name not in ("kind", "installation", "config")}
     checked = config_from_arguments(kind, arguments, installation, model_name=model_name)
     with open(config.path, "w") as handle:
         handle.write(checked.to_json())
