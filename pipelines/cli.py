@@ -101,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         arguments = params_per_model([*local_defaults(models[0]), *args.param], models)
+        installation = _installation(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -109,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     summaries = []
     for number, model in enumerate(models, start=1):
         print(f"==> [{number}/{len(models)}] {model}", flush=True)
-        summaries.append(run_local(model, arguments[model], state_dir, verbose=args.verbose))
+        summaries.append(run_local(model, arguments[model], state_dir, verbose=args.verbose, installation=installation))
     print(format_summary(summaries, state_dir))
     return exit_code(summaries)
 
@@ -123,6 +124,7 @@ def _monitor(args: argparse.Namespace) -> int:
         return 2
     try:
         arguments = parse_params([*local_defaults(MONITOR), *args.param], MONITOR)
+        installation = _installation(args)
         for model in models:
             retrain_arguments(model, run_config(MONITOR, arguments).monitor.retrain_parameters)
     except ValueError as error:
@@ -132,7 +134,7 @@ def _monitor(args: argparse.Namespace) -> int:
     summaries = []
     for number, model in enumerate(models, start=1):
         print(f"==> [{number}/{len(models)}] drift check of {model}", flush=True)
-        summary = run_monitor_local(model, arguments, state_dir, verbose=args.verbose)
+        summary = run_monitor_local(model, arguments, state_dir, verbose=args.verbose, installation=installation)
         summaries.append(summary)
         print(format_monitor_summary(summary))
     code = worst_exit_code(summary.exit_code for summary in summaries)
@@ -163,12 +165,13 @@ def _rollout(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     try:
         arguments = parse_params([*local_defaults(ROLLOUT), *args.param, f"model_name={args.model}", f"version={args.version}"], ROLLOUT)
-        check_stored_version(open_run_store(run_config(ROLLOUT, arguments), state_dir), args.model, args.version)
+        installation = _installation(args)
+        check_stored_version(open_run_store(run_config(ROLLOUT, arguments, installation), state_dir), args.model, args.version)
     except (ValueError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"==> {args.model} {args.version}: deploy -> smoke-test -> canary", flush=True)
-    summary = run_local(args.model, arguments, state_dir, pipeline_name=ROLLOUT, verbose=args.verbose)
+    summary = run_local(args.model, arguments, state_dir, pipeline_name=ROLLOUT, verbose=args.verbose, installation=installation)
     print(format_summary([summary], state_dir))
     return exit_code([summary])
 
@@ -476,14 +479,19 @@ def _add_platform_options(verb: argparse.ArgumentParser, purpose: str, compiles:
                       f"it sets model_store's default (default: {defaults[1]})")
     verb.add_argument("--s3-secret", help=f"the data connection Secret (S3 store) the pods read (default: {defaults[2]})")
     if compiles:
-        from components.kfp.config import Installation
+        _add_installation_options(verb)
 
-        installed = Installation()
-        verb.add_argument("--pvc-name", help=f"the store's PersistentVolumeClaim the pods mount (default: {installed.pvc_name})")
-        verb.add_argument("--prometheus-secret", help=f"the Secret whose key token holds the Prometheus bearer token; absent: the "
-                          f"service-account token (default: {installed.prometheus_secret})")
-        verb.add_argument("--gitops-secret", help=f"the Secret with the fleet repository's token, or ssh-privatekey and known_hosts "
-                          f"(default: {installed.gitops_secret})")
+
+def _add_installation_options(verb: argparse.ArgumentParser) -> None:
+    """Add the installation's PVC and Secret names other than --s3-secret (fixed when the pipelines are compiled)."""
+    from components.kfp.config import Installation
+
+    installed = Installation()
+    verb.add_argument("--pvc-name", help=f"the store's PersistentVolumeClaim the pods mount (default: {installed.pvc_name})")
+    verb.add_argument("--prometheus-secret", help=f"the Secret whose key token holds the Prometheus bearer token; absent: the "
+                      f"service-account token (default: {installed.prometheus_secret})")
+    verb.add_argument("--gitops-secret", help=f"the Secret with the fleet repository's token, or ssh-privatekey and known_hosts "
+                      f"(default: {installed.gitops_secret})")
 
 
 def _version_name(text: str) -> str:
@@ -497,6 +505,8 @@ def _add_local_options(verb: argparse.ArgumentParser, per_model: bool = False) -
     verb.add_argument("--param", action="append", default=[], metavar="K=V",
                       help="set a pipeline parameter; repeatable" + ("; <model>.K=V sets it for one model only (with all)" if per_model else ""))
     verb.add_argument("--verbose", action="store_true", help="print every step's log as it runs (it always goes to the run's log file)")
+    verb.add_argument("--s3-secret", help="the data connection Secret named in the run's store records (default: model-storage-config)")
+    _add_installation_options(verb)
     _add_state_dir(verb)
 
 

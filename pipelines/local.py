@@ -22,7 +22,19 @@ from components.release.rollout import KEPT_SERVING
 from components.serving.target import ServingStatus
 from components.model.contract import MODEL_NAMES
 from components.store.filesystem import DUPLICATE_EVENT, ModelStore, StoreError, champion_version, version_number
-from components.kfp.config import MONITOR as MONITOR_KIND, RETRAIN as RETRAIN_KIND, ROLLOUT as ROLLOUT_KIND, Knob, RunConfig, config_from_arguments, knob_label, knobs_of, retrain_arguments as grouped_retrain_arguments
+from components.kfp.config import (
+    INSTALLATION_NAMES,
+    MONITOR as MONITOR_KIND,
+    RETRAIN as RETRAIN_KIND,
+    ROLLOUT as ROLLOUT_KIND,
+    Installation,
+    Knob,
+    RunConfig,
+    config_from_arguments,
+    knob_label,
+    knobs_of,
+    retrain_arguments as grouped_retrain_arguments,
+)
 from components.kfp.workflow import RUN_LOCKS_ENV, SERVING_HOME_ENV, STORE_ROOT_ENV, RunActiveError, local_run_lock, open_store
 from components.monitoring.monitor import NO_ACTION, RETRAIN, record_trigger
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, ROLLOUT
@@ -126,6 +138,9 @@ def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
             arguments.setdefault(knob.group, {})[knob.key] = _converted(knob, text)
         elif name in groups:
             arguments.setdefault(name, {}).update(_json_object(text))
+        elif name in INSTALLATION_NAMES:
+            raise ValueError(f"{name} is the installation's, fixed when the pipelines are compiled, not a run parameter: pass "
+                             f"--{name.replace('_', '-')} to compile or upload (or to a local run, rollout or monitor)")
         else:
             names = [*(knob_label(knob.name) for knob in shown), *(knob.name for knob in shown if knob.group)]
             close = difflib.get_close_matches(name, names, n=1)
@@ -137,10 +152,10 @@ def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
     return arguments
 
 
-def run_config(pipeline_name: str, arguments: dict[str, object]) -> RunConfig:
+def run_config(pipeline_name: str, arguments: dict[str, object], installation: Installation = Installation()) -> RunConfig:
     """Return the configuration a local run of ``pipeline_name`` with ``arguments`` has (checked, as validate-parameters makes it)."""
     kind, model = pipeline_kind(pipeline_name)
-    return config_from_arguments(kind, arguments, model_name=model)
+    return config_from_arguments(kind, arguments, installation, model_name=model)
 
 
 def params_per_model(pairs: list[str], models: list[str]) -> dict[str, dict[str, object]]:
@@ -221,7 +236,8 @@ def _local_environment(state_dir: Path) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_path: Path, verbose: bool, lock: str | None = None):
+def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_path: Path, verbose: bool, lock: str | None = None,
+             installation: Installation = Installation()):
     """Run ``pipeline`` with kfp.local in the state dir, its step output in the run log; return (task, "") or (None, error).
 
     With ``lock``, the model's local run lock is held for the run, so that two local retrains or rollouts of a model
@@ -236,7 +252,7 @@ def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_p
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             with local_run_lock(lock) if lock else contextlib.nullcontext():
-                return BUILDERS[pipeline](DEFAULT_IMAGE)(**arguments), ""
+                return BUILDERS[pipeline](DEFAULT_IMAGE, installation)(**arguments), ""
         except RunActiveError as error:
             return None, f"failed at start: {error}"
         except RuntimeError as error:
@@ -246,20 +262,20 @@ def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_p
 
 def run_local(
     model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, pipeline_name: str | None = None,
-    verbose: bool = False,
+    verbose: bool = False, installation: Installation = Installation(),
 ) -> RunSummary:
     """Run a model's retraining pipeline (or ``pipeline_name``) with kfp.local, logging to a file; return its summary."""
     pipeline = pipeline_name or model_name
     (state_dir / "store").mkdir(parents=True, exist_ok=True)
     log_path = (state_dir / "logs" / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
     try:
-        store = open_run_store(run_config(pipeline, arguments), state_dir)
+        store = open_run_store(run_config(pipeline, arguments, installation), state_dir)
         before_index = store.read_index(model_name)
         before = before_index["versions"]
     except StoreError as error:
         return RunSummary(model_name, succeeded=False, outcome=f"failed at start: {error}", error=str(error))
     summary = RunSummary(model_name, succeeded=False, log=str(log_path))
-    task, summary.error = _execute(pipeline, arguments, state_dir, log_path, verbose, lock=model_name)
+    task, summary.error = _execute(pipeline, arguments, state_dir, log_path, verbose, lock=model_name, installation=installation)
     evaluation_report = ""
     if task is not None:
         summary.succeeded = True
@@ -401,13 +417,15 @@ def retrain_arguments(model_name: str, parameters: dict, regime_start: str = "")
         raise ValueError(f"retrain_parameters: {error}") from None
 
 
-def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, verbose: bool = False) -> MonitorSummary:
+def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, verbose: bool = False,
+                      installation: Installation = Installation()) -> MonitorSummary:
     """Run the drift monitor with kfp.local (action=submit and drift: record the trigger, retrain locally); return what happened."""
     log_path = (state_dir / "logs" / f"{MONITOR}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
     summary = MonitorSummary(model_name, log=str(log_path))
     # In the pipeline a retrain decision is only reported: starting a local run is this function's job, not a step's.
     action = "clear" if arguments.get("action") == "clear" else "report"
-    task, summary.error = _execute(MONITOR, {**arguments, "model_name": model_name, "action": action}, state_dir, log_path, verbose)
+    task, summary.error = _execute(MONITOR, {**arguments, "model_name": model_name, "action": action}, state_dir, log_path, verbose,
+                                   installation=installation)
     if task is None:
         return summary
     summary.succeeded = True
@@ -415,9 +433,9 @@ def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: 
     regime_start = task.outputs["regime_start"]
     summary.report = openable_report(task.outputs["report"].path)
     if summary.decision == RETRAIN and arguments.get("action") == "submit":
-        store = open_run_store(run_config(MONITOR, arguments), state_dir)
+        store = open_run_store(run_config(MONITOR, arguments, installation), state_dir)
         record_trigger(store, model_name, str(store.read_index(model_name).get("stable")), summary.reason, f"a local run of {model_name}-retrain")
         print(f"==> drift: retraining {model_name} locally", flush=True)
         retrain = retrain_arguments(model_name, run_config(MONITOR, arguments).monitor.retrain_parameters, regime_start)
-        summary.retrain = run_local(model_name, retrain, state_dir, verbose=verbose)
+        summary.retrain = run_local(model_name, retrain, state_dir, verbose=verbose, installation=installation)
     return summary

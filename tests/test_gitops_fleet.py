@@ -68,7 +68,7 @@ class Fleet:
     def rollout(self, version: str, *extra: str, model: str = ANOMALY_DETECTOR) -> subprocess.CompletedProcess:
         return run_cli("rollout", model, "--version", version, "--local", "--state-dir", str(self.state),
                        *parameters(self.repo_url), "--param", "canary_interval_s=0.3", "--param", "probe_requests=10",
-                       "--param", "days=1", "--param", f"pvc_name={PVC}", "--param", "ready_timeout_s=60",
+                       "--param", "days=1", "--pvc-name", PVC, "--param", "ready_timeout_s=60",
                        "--param", "fleet_wave_timeout_s=60", *extra, env=self.env, timeout=900)
 
     def store_version(self, model, name: str = ANOMALY_DETECTOR) -> str:

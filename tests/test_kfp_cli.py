@@ -59,7 +59,7 @@ def test_submit_sends_the_run_body_and_wait_streams_states(kfp):
     (run,) = kfp.sent("POST", "/apis/v2beta1/runs")
     body = run["json"]
     assert body["pipeline_version_reference"]["pipeline_id"] == upload_id(kfp)
-    assert body["runtime_config"]["parameters"] == {"horizon_minutes": 30, "canary_steps": [10, 100]}
+    assert body["runtime_config"]["parameters"] == {"training": {"horizon_minutes": 30}, "canary_steps": [10, 100]}
     assert body["experiment_id"] == next(iter(kfp.experiments)) and kfp.experiments[body["experiment_id"]]["display_name"] == "nightly"
     assert "RUNNING" in result.stdout and "SUCCEEDED" in result.stdout
 
@@ -178,7 +178,8 @@ def test_the_hourly_drift_monitor_schedule_as_the_readme_shows_it(kfp):
     (request,) = kfp.sent("POST", "/apis/v2beta1/recurringruns")
     body = request["json"]
     assert body["trigger"]["cron_schedule"]["cron"] == "0 0 * * * *" and body["display_name"] == "drift-anomaly-detector"
-    assert body["runtime_config"]["parameters"]["retrain_parameters"] == json.loads(retrain)
+    assert body["runtime_config"]["parameters"]["monitor"] == {"dsp_api_url": "https://ds-pipeline-dspa.models.svc:8443",
+                                                              "retrain_parameters": json.loads(retrain)}
     assert body["runtime_config"]["parameters"]["action"] == "submit"
     bad = cli(kfp, "schedule", "create", "model-monitor", "--cron", "0 0 * * * *", "--param", "action=retrain")
     assert bad.returncode == 2 and "action='retrain': must be one of report, submit" in bad.stdout

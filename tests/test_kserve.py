@@ -66,7 +66,7 @@ class Project:
 
     def rollout(self, model_name: str, version: str, *extra: str):
         return run_cli("rollout", model_name, "--version", version, "--local", "--state-dir", str(self.state), *FAST,
-                       "--param", f"namespace={self.namespace}", "--param", f"pvc_name={self.pvc}", *extra, env=self.cluster.env)
+                       "--param", f"namespace={self.namespace}", "--pvc-name", self.pvc, *extra, env=self.cluster.env)
 
     def store_version(self, model_name: str, model, data_source: str = "prometheus") -> str:
         import joblib

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from components.kfp.config import grouped
 from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.monitoring.monitor import MonitorSettings, prediction_checks
 from components.data.prometheus import PrometheusClient
@@ -103,7 +104,8 @@ def monitor_pipeline_process(state: Path, **arguments) -> subprocess.CompletedPr
     )
     env = {**{key: value for key, value in os.environ.items() if not key.startswith("MODEL_")},
            "MODEL_STORE_ROOT": str(state / "store"), "KF_PIPELINES_TOKEN": TOKEN}
-    return subprocess.run([sys.executable, "-c", script, json.dumps(arguments)], cwd=state, env=env, capture_output=True, text=True, timeout=600)
+    grouped_arguments = grouped(arguments, "monitor")  # flat knob names, as the run form groups them
+    return subprocess.run([sys.executable, "-c", script, json.dumps(grouped_arguments)], cwd=state, env=env, capture_output=True, text=True, timeout=600)
 
 
 def run_monitor_pipeline(state: Path, **arguments) -> dict:
@@ -138,7 +140,7 @@ def test_a_shifted_window_in_prometheus_submits_the_retrain_then_an_active_run_a
         "display_name": f"{FORECASTER}-retrain-on-drift",
         "experiment_id": experiment_id,
         "pipeline_version_reference": {"pipeline_id": pipeline_id, "pipeline_version_id": version["pipeline_version_id"]},
-        "runtime_config": {"parameters": {**RETRAIN_PARAMETERS, "regime_start": drifted["regime_start"]}},
+        "runtime_config": {"parameters": {**RETRAIN_PARAMETERS, "data": {"regime_start": drifted["regime_start"]}}},
     }
     onset = pd.Timestamp(shifted_end) - pd.Timedelta(minutes=119)  # the 120-minute window ends at prometheus_end
     assert pd.Timestamp(drifted["regime_start"]) == onset, "the retrain learns from the start of the first drifted window on"

@@ -231,6 +231,9 @@ class Installation:
     gitops_secret: str = DEFAULT_GITOPS_SECRET
 
 
+INSTALLATION_NAMES = tuple(item.name for item in fields(Installation))
+
+
 def knobs_of(kind: str, model_name: str | None = None) -> list[Knob]:
     """Return the knobs the ``kind`` pipeline shows (for a retrain, ``model_name``'s), in run-form order."""
     return [knob for knob in KNOBS if knob.shown_in(kind, model_name)]
