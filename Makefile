@@ -11,7 +11,7 @@ VENV312 ?= .venv312
 STAMP312 := $(VENV312)/.installed
 PY312_TESTS := tests/test_contract.py tests/test_ingest.py tests/test_storage.py tests/test_run_parameters.py tests/test_train_evaluate.py
 
-.PHONY: run test test-py312 compile bench quality serve-stop clean
+.PHONY: run test test-py312 compile docs bench quality serve-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ test-py312: $(STAMP312) ## under Python 3.12: the unit tests of contract, ingest
 
 compile: $(STAMP) ## recompile compiled/ (the default and one folder per platform profile)
 	$(BIN)/model-pipelines compile --all-platforms --output-dir compiled
+
+docs: $(STAMP) ## regenerate the knob table in docs/parameters.md from components/kfp/config.py
+	$(BIN)/python tools/parameter_table.py
 
 bench: $(STAMP) ## local-run overhead and serving latency as ratios against an in-process baseline; load during a rolled-back canary
 	$(BIN)/python -m benchmarks.local_run

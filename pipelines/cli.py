@@ -82,6 +82,21 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parameters(args: argparse.Namespace) -> int:
+    """Print a pipeline's run form (top-level parameters and groups with their keys and defaults), or with --markdown the docs table; return 0."""
+    from components.kfp.config import parameter_descriptions, pipeline_parameters, run_form_markdown
+    from pipelines.local import pipeline_kind
+
+    if args.markdown:
+        print(run_form_markdown())
+        return 0
+    kind, model = pipeline_kind(args.pipeline)
+    descriptions = parameter_descriptions(kind, model)
+    for name, default in pipeline_parameters(kind, model).items():
+        print(f"{name} = {json.dumps(default)}\n    {descriptions[name]}")
+    return 0
+
+
 def _require_local(args: argparse.Namespace, verb: str, submissions: list[list[str]]) -> bool:
     """Return whether --local was given; otherwise print the ``submit`` commands that do the same on a cluster."""
     if not args.local:
@@ -530,6 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     compile_verb.add_argument("--all-platforms", action="store_true",
                               help="write the default and one folder per distinct platform output (what compiled/ holds)")
     compile_verb.set_defaults(handler=_compile)
+
+    parameters_verb = verbs.add_parser("parameters", help="show a pipeline's run form: its parameters, groups, keys and defaults")
+    parameters_verb.add_argument("pipeline", nargs="?", default=ANOMALY_DETECTOR, choices=list(PIPELINE_FILES))
+    parameters_verb.add_argument("--markdown", action="store_true", help="print every knob of every pipeline as the docs' table")
+    parameters_verb.set_defaults(handler=_parameters)
 
     run_verb = verbs.add_parser("run", help="run a retraining pipeline: train, evaluate, save, deploy, smoke-test, canary")
     run_verb.add_argument("model", choices=[*MODEL_NAMES, "all"])

@@ -7,7 +7,7 @@ from components.kfp.config import knob_label, pipeline_parameters
 from components.kfp.run_parameters import problems
 from pipelines.local import params_per_model
 from pipelines.retrain import build_rollout_pipeline
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 BAD = {"probe_requests": "0", "canary_steps": "[10,10,10]", "max_error_rate": "nan", "prometheus_window": "5m) or vector(1",
        "canary_interval_s": "-1"}
@@ -105,3 +105,14 @@ def _kind(pipeline_name: str) -> tuple:
     from pipelines.local import pipeline_kind
 
     return pipeline_kind(pipeline_name)
+
+
+def test_the_docs_table_of_every_knob_is_the_knob_table():
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from parameter_table import DOC, regenerated
+
+    text = DOC.read_text()
+    assert regenerated(text) == text, "run `make docs`"
+    assert "| `canary.interval_s` | `canary_interval_s` |" in text

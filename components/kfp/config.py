@@ -267,6 +267,26 @@ def parameter_descriptions(kind: str, model_name: str | None = None) -> dict[str
     return descriptions
 
 
+def _shown_default(value: object) -> str:
+    """Return a default as the run form's JSON spells it."""
+    return json.dumps(value) if not isinstance(value, str) else (value or '""')
+
+
+def run_form_markdown() -> str:
+    """Return the table of every knob (where it sits in the run form, its --param name, pipelines, default, meaning) for the docs."""
+    from components.kfp.run_parameters import CHOICES
+
+    lines = ["| run form | `--param` | pipelines | default | meaning |", "|---|---|---|---|---|"]
+    for knob in KNOBS:
+        pipelines = [kind if kind != RETRAIN else f"retrain ({', '.join(knob.models)})" if knob.models != MODEL_NAMES else "retrain"
+                     for kind in knob.kinds]
+        default = _shown_default(knob.default) + "".join(f" ({kind}: {_shown_default(values[knob.name])})" for kind, values in KIND_DEFAULTS.items()
+                                                         if knob.name in values and kind in knob.kinds)
+        choices = f" One of: {', '.join(CHOICES[knob.name])}." if knob.name in CHOICES else ""
+        lines.append(f"| `{knob_label(knob.name)}` | `{knob.name}` | {', '.join(pipelines)} | `{default}` | {knob.help.replace('|', '/')}{choices} |")
+    return "\n".join(lines)
+
+
 def _close(name: str, choices: list[str]) -> str:
     """Return " (did you mean X?)" for the nearest of ``choices``, or ""."""
     match = difflib.get_close_matches(name, choices, n=1)
@@ -301,8 +321,14 @@ def flatten(arguments: dict[str, object], kind: str, model_name: str | None = No
         else:
             problems.append(f"{name}: the {kind} pipeline has no parameter {name!r}{_close(name, [*top, *by_group])}")
     if problems:
-        raise ConfigError(f"{len(problems)} invalid parameter(s):\n  " + "\n  ".join(problems))
+        raise config_error(problems)
     return values
+
+
+def config_error(problems: list[str]) -> ConfigError:
+    """Return the error listing ``problems``, the first one on the first line (what a run's summary shows)."""
+    more = f" (and {len(problems) - 1} more below)" if len(problems) > 1 else ""
+    return ConfigError(f"{len(problems)} invalid parameter(s): {problems[0]}{more}\n  " + "\n  ".join(problems))
 
 
 def _json(text: str, name: str, problems: list[str]) -> object:
@@ -540,10 +566,11 @@ def config_from_arguments(kind: str, arguments: dict[str, object], installation:
 
     installed = installation if isinstance(installation, Installation) else Installation(**(installation or {}))
     model = str(arguments.get("model_name") or model_name or "")
-    values = flatten({name: value for name, value in arguments.items() if value is not None}, kind, model_name)
+    given = {name: value for name, value in arguments.items() if value is not None and not (kind == RETRAIN and name == "model_name")}
+    values = flatten(given, kind, model_name)
     found = problems({**values, "model_name": model, **({"version": arguments["version"]} if "version" in arguments else {})})
     if found:
-        raise ConfigError(f"{len(found)} invalid parameter(s):\n  " + "\n  ".join(found))
+        raise config_error(found)
     return RunConfig(kind, model, str(arguments.get("version") or ""), values, installed)
 
 
