@@ -183,9 +183,13 @@ def check_uploaded_profile(spec: dict, expected: ExpectedProfile, version_id: st
 
 
 def check_uploaded_inputs(spec: dict, version_id: str, arguments: dict, pipeline_name: str) -> None:
-    """Raise RemoteError unless the uploaded version's spec declares every parameter in ``arguments``."""
-    declared = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
-    unknown = sorted(set(arguments) - declared)
+    """Raise RemoteError unless the uploaded version's spec declares every parameter in ``arguments`` (and every key set in a group)."""
+    parameters = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    unknown = sorted(set(arguments) - set(parameters))
+    for name, value in arguments.items():
+        default = parameters.get(name, {}).get("defaultValue")
+        if isinstance(value, dict) and isinstance(default, dict):
+            unknown += sorted(f"{name}.{key}" for key in set(value) - set(default))
     profile = re.search(COMPILED_FOR, spec.get("pipelineInfo", {}).get("description", ""))
     if unknown and profile and set(unknown) <= set(COMPILE_TIME_PARAMETERS):
         raise RemoteError(f"the uploaded {pipeline_name} (newest version {version_id}) was compiled for {profile.group(1)}, which fixes "

@@ -140,11 +140,11 @@ def test_submit_and_schedule_use_the_newest_of_two_uploaded_versions(kfp):
 def test_a_parameter_the_uploaded_version_lacks_is_refused_with_the_fix(kfp, tmp_path):
     package = tmp_path / "old.yaml"
     documents = list(yaml.safe_load_all((REPO / "compiled" / "anomaly-detector-retrain.yaml").read_text()))
-    del documents[0]["root"]["inputDefinitions"]["parameters"]["max_live_p95_latency_ms"]  # as an older release had it
+    del documents[0]["root"]["inputDefinitions"]["parameters"]["canary"]["defaultValue"]["max_live_p95_latency_ms"]  # as an older release had it
     package.write_text(yaml.safe_dump_all(documents))
     assert cli(kfp, "upload", "anomaly-detector", "--package", str(package)).returncode == 0
     result = cli(kfp, "submit", "anomaly-detector", "--param", "max_live_p95_latency_ms=50")
-    assert result.returncode == 1 and "has no parameter(s) max_live_p95_latency_ms" in result.stdout and "model-pipelines upload" in result.stdout
+    assert result.returncode == 1 and "has no parameter(s) canary.max_live_p95_latency_ms" in result.stdout and "model-pipelines upload" in result.stdout
     assert kfp.sent("POST", "/apis/v2beta1/runs") == []
 
 
