@@ -1,4 +1,5 @@
-"""Thin KFP wrappers: each parses its inputs, calls one step function and writes KFP outputs.
+"""Thin KFP wrappers: each reads the run's configuration artifact and its data inputs, calls one step function and writes
+KFP outputs. Only validate-parameters takes the run parameters (and the exit handler, which KFP lets depend on no task).
 
 The functions are plain so that ``pipelines.retrain`` can turn them into components on any image with
 ``dsl.component(func=..., base_image=image, install_kfp_package=False)``; they import the project inside their
@@ -300,10 +301,11 @@ def ensure_safe_serving(
     from components.kfp.workflow import configured_serving
     from components.release.rollout import make_safe
 
-    arguments = {"serving_target": serving_target, "namespace": namespace, "model_store": model_store, "store": store, "serving": serving, "fleet": fleet}
-    settings = config_from_arguments(kind, {**arguments, **({"model_name": model_name} if kind != "retrain" else {})}, installation, model_name=model_name)
-    target, store_, _ = configured_serving(settings, run_name)
-    outcome = make_safe(target, store_, settings.model_name, run_name=run_name, timeout_s=settings.serving.ready_timeout_s)
+    arguments = {"model_name": model_name, "serving_target": serving_target, "namespace": namespace, "model_store": model_store, "store": store,
+                 "serving": serving, "fleet": fleet}
+    settings = config_from_arguments(kind, arguments, installation, model_name=model_name)
+    target, opened_store, _ = configured_serving(settings, run_name)
+    outcome = make_safe(target, opened_store, settings.model_name, run_name=run_name, timeout_s=settings.serving.ready_timeout_s)
     print(f"result: {outcome.message}")
     return outcome.message
 
