@@ -77,7 +77,7 @@ import yaml
 
 from lupa import lua51
 
-from components.serving.target.kserve.merge_patch import merge_diff, merge_patch
+from components.serving.kserve.merge_patch import merge_diff, merge_patch
 from tests.http_json import JsonHandler
 from tests.k8s_standin import KubeStandIn, LoopbackCluster, forwarding_proxy, selector_matches
 

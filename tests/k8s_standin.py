@@ -54,10 +54,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
-from components.serving.target.local import http_get, log_tail, process_alive, start_listening, stop_process
-from components.serving.target.kserve.merge_patch import merge_patch
+from components.serving.local import http_get, log_tail, process_alive, start_listening, stop_process
+from components.serving.kserve.merge_patch import merge_patch
 from components.runtime.server_launcher import ServerLauncher
-from components.serving.target.target import ServingError
+from components.serving.target import ServingError
 from tests.http_json import JsonHandler
 from tests.servers import start_server
 
