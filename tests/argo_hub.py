@@ -38,8 +38,14 @@
   util/lua/lua.go runs it: ``obj`` as a table, the returned ``{status, message}`` (Unknown for an invalid status or a
   script error), a customization without the standard libraries; never ``os``, ``io``, ``debug`` or ``package``.
 - **Health check** (``health_check``, the Argo CD the hub plays): ``"customized"`` (the default: the project's
-  ``manifests/gitops/health/inferenceservice.lua`` is installed), ``"stock"`` (Argo CD 2.8 or later, its own
-  health.lua, from shared/reference) or ``"none"`` (before 2.8: no check, so an InferenceService that exists is Healthy).
+  ``manifests/gitops/health/inferenceservice.lua`` is installed as manifests/gitops/health renders it),
+  ``"observed-generation"`` (the same, as manifests/gitops/health-observed-generation renders it: its observedGeneration
+  check on), ``"stock"`` (Argo CD 2.8 or later, its own health.lua, from shared/reference) or ``"none"`` (before 2.8: no
+  check, so an InferenceService that exists is Healthy).
+- **KServe** (``kserve``, ``observed_generation``): every spoke's ``KubeStandIn`` plays KServe 0.20 (or 0.15) and by
+  default counts ``status.observedGeneration`` as those releases do, copied from the predictor's Deployment or Knative
+  Service (``"deployment"``); ``"inferenceservice"`` plays a KServe that sets it from the InferenceService's own
+  generation (kserve/kserve PR 6096). See ``KubeStandIn``.
 - **Knobs:** ``taint(cluster, key, added_at)`` / ``untaint(cluster, key)`` set a ManagedCluster taint (e.g.
   cluster.open-cluster-management.io/unreachable, as ACM's registration controller does); ``fail_sync(cluster, times,
   message)`` fails each Application's next ``times`` sync attempts to that spoke (math.inf: all, 0 heals);
@@ -86,9 +92,12 @@ HEALTH_ORDER = ["Healthy", "Suspended", "Progressing", "Missing", "Degraded", "U
 REPO = Path(__file__).resolve().parent.parent
 HEALTH_CHECKS = {  # health_check -> the InferenceService health.lua that Argo CD runs (None: it has none)
     "customized": REPO / "manifests" / "gitops" / "health" / "inferenceservice.lua",
+    "observed-generation": REPO / "manifests" / "gitops" / "health" / "inferenceservice.lua",  # with its switch on
     "stock": REPO.parent / "shared" / "reference" / "gitops-crds" / "argocd-health-inferenceservice" / "health.lua",
     "none": None,
 }
+# inferenceservice.lua's switch sits between two of these; the require-observed-generation component replaces it.
+OBSERVED_GENERATION_MARKER = "--[[require-observed-generation]]"
 NEVER_IN_SANDBOX = ("io", "os", "debug", "package", "require", "module", "dofile", "loadfile", "load", "loadstring", "python")
 STANDARD_LIBRARIES = ("string", "math", "coroutine")  # Argo CD opens them for its built-in scripts only
 
@@ -109,6 +118,23 @@ def lua_health(script: str, obj: dict, standard_libraries: bool) -> dict:
     if result["status"] not in HEALTH_ORDER:
         return {"status": "Unknown", "message": "Lua returned an invalid health status"}
     return {"status": result["status"], **({"message": result["message"]} if result["message"] else {})}
+
+
+def health_script(mode: str) -> str | None:
+    """Return the InferenceService health.lua Argo CD runs under ``health_check=mode`` (None: it has none). For
+    "observed-generation", the project's file with "true" between its two markers, as the kustomize replacement (option
+    delimiter, index 1) of manifests/gitops/health/require-observed-generation writes it."""
+    path = HEALTH_CHECKS[mode]
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ValueError(f"health_check={mode} needs {path}: it ships beside the project in shared/reference")
+    if mode != "observed-generation":
+        return path.read_text()
+    parts = path.read_text().split(OBSERVED_GENERATION_MARKER)
+    if len(parts) != 3:
+        raise ValueError(f"{path} must hold its switch between exactly two {OBSERVED_GENERATION_MARKER} markers")
+    return OBSERVED_GENERATION_MARKER.join([parts[0], "true", parts[2]])
 
 
 def kubectl_kustomize() -> str | None:
@@ -313,14 +339,16 @@ class ArgoHub(LoopbackCluster):
 
     def __init__(self, work: Path, repo_url: str, branch: str, spokes: dict[str, dict], store_root: Path, crd_file: Path | None,
                  manifests: list[dict], namespace: str = "openshift-gitops", kserve: str = "0.20",
-                 health_check: str = "customized", poll_interval_s: float = 0.2, time_scale: float = 1.0) -> None:
+                 health_check: str = "customized", poll_interval_s: float = 0.2, time_scale: float = 1.0,
+                 observed_generation: str = "deployment") -> None:
         self.work, self.repo_url, self.branch, self.namespace = work, repo_url, branch, namespace
         self.poll_interval_s = poll_interval_s  # Argo CD: timeout.reconciliation (120 s) plus jitter, compressed for tests
         self.time_scale = time_scale  # multiplies the Applications' sync retry backoff (test-only time compression)
         self.health_script, self.health_check = None, ""
         self.use_health_check(health_check)
         self.kubectl = kubectl_kustomize()
-        self.spokes = {name: Spoke(name, labels, KubeStandIn(store_root, self._mkdir(f"spoke-{name}"), kserve=kserve, crd_file=crd_file))
+        self.spokes = {name: Spoke(name, labels, KubeStandIn(store_root, self._mkdir(f"spoke-{name}"), kserve=kserve, crd_file=crd_file,
+                                                                observed_generation=observed_generation))
                        for name, labels in spokes.items()}
         self.manifests = manifests
         self.decisions: dict[str, list[str]] = {}
@@ -425,13 +453,11 @@ class ArgoHub(LoopbackCluster):
         self.spokes[cluster].standin.unschedulable = message or ""
 
     def use_health_check(self, mode: str) -> None:
-        """Play an Argo CD with the project's check ("customized"), its own (>= 2.8, "stock") or none (< 2.8, "none")."""
+        """Play an Argo CD with the project's check ("customized", or "observed-generation" with its switch on), its own
+        (>= 2.8, "stock") or none (< 2.8, "none")."""
         if mode not in HEALTH_CHECKS:
             raise ValueError(f"health_check must be one of {sorted(HEALTH_CHECKS)}; got {mode!r}")
-        path = HEALTH_CHECKS[mode]
-        if path is not None and not path.is_file():
-            raise ValueError(f"health_check={mode} needs {path}: it ships beside the project in shared/reference")
-        self.health_script, self.health_check = path.read_text() if path else None, mode
+        self.health_script, self.health_check = health_script(mode), mode
 
     def resource_health(self, isvc: dict) -> dict | None:
         """Return Argo CD's health of a live InferenceService under the current health check (None: Argo CD has none)."""

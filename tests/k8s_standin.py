@@ -20,10 +20,18 @@ UpToDate when ready, BlockedByFailedLoad (with ``lastFailureInfo``) when a predi
 (``failing_revisions``). ``unschedulable`` leaves every new predictor pod Pending with the scheduler's message; in
 Standard mode a rolling update then keeps the old pods serving and, as KServe's ``PropagateRawStatus`` takes
 PredictorReady from the Deployment's Available condition (still True) and ``PropagateModelStatus`` reports a Ready raw
-predictor as Loaded, every condition stays True and transitionStatus UpToDate, with ``observedGeneration`` current
-(KServe copies the Deployment's, which advances as soon as the Deployment controller sees the new template; the
-stand-in's Deployment counts like the InferenceService). A first deployment that cannot be scheduled is not Available:
-PredictorReady and Ready False (MinimumReplicasUnavailable), transitionStatus InProgress. Clearing the knob schedules them.
+predictor as Loaded, every condition stays True and transitionStatus UpToDate, with ``observedGeneration`` current. A
+first deployment that cannot be scheduled is not Available: PredictorReady and Ready False
+(MinimumReplicasUnavailable), transitionStatus InProgress. Clearing the knob schedules them.
+
+``observed_generation`` picks what ``status.observedGeneration`` counts. ``"deployment"`` is KServe up to 0.20 (v0.20.0
+and master of 2026-08-21, pkg/apis/serving/v1beta1/inference_service_status.go, kserve/kserve issue 6081): in Standard
+mode ``PropagateRawStatus`` copies the stable predictor Deployment's ``status.observedGeneration``, in Knative mode
+``PropagateStatus`` the Knative Service's; the stand-in counts those as Kubernetes does (1 on creation, +1 for each
+change of their spec: the stable predictor's pod template in Standard mode, so a ``spec.canary`` entry or its
+``trafficPercent`` moves no counter; the predictor with its ``canaryTrafficPercent`` in Knative mode), observed at once
+by their controllers. ``"inferenceservice"`` (the default) is the InferenceService's own ``metadata.generation``, as
+kserve/kserve PR 6096 (open) would set it.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ MODE_KEY = "serving.kserve.io/deploymentMode"
 NORMALIZED = {"Serverless": "Knative", "Knative": "Knative", "RawDeployment": "Standard", "Standard": "Standard"}
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SERVER_MANAGED = ("generation", "uid", "creationTimestamp", "namespace")
+OBSERVED_GENERATION = ("inferenceservice", "deployment")  # what status.observedGeneration counts (the observed_generation knob)
 CLUSTER_NUMBERS = itertools.count(1)  # names each stand-in's runtime logs in the shared launcher's logs/
 
 
@@ -256,11 +265,14 @@ class KubeStandIn(LoopbackCluster):
     """The API server, its objects and the KServe-like controller."""
 
     def __init__(self, store_root: Path, work: Path, *, ready_delay_s: float = 0.1, kserve: str = "0.15",
-                 crd_file: Path | None = None) -> None:
+                 crd_file: Path | None = None, observed_generation: str = "inferenceservice") -> None:
         self.store_root, self.work = Path(store_root), Path(work)
         self.launcher = shared_launcher()  # forks each revision's model server, warm
         self.log_prefix = f"cluster{next(CLUSTER_NUMBERS)}-"  # this stand-in's runtime logs in the launcher's logs/
         self.ready_delay_s, self.kserve = ready_delay_s, kserve
+        if observed_generation not in OBSERVED_GENERATION:
+            raise ValueError(f"observed_generation must be one of {list(OBSERVED_GENERATION)}; got {observed_generation!r}")
+        self.observed_generation = observed_generation
         self.default_mode = "Standard" if kserve == "0.20" else "Serverless"
         self.schema = crd_schema(crd_file) if crd_file else None
         self.services: dict[str, int] = {}
@@ -451,7 +463,7 @@ class KubeStandIn(LoopbackCluster):
         while not self._stop.is_set():
             with self.lock:
                 pending = [key for key, obj in self.objects.items()
-                           if (obj.get("status", {}).get("observedGeneration") != obj["metadata"]["generation"]
+                           if (self.runtime.get(key, {}).get("reconciled") != obj["metadata"]["generation"]
                                or self.runtime.get(key, {}).get("pending") and not self.unschedulable)
                            and key not in busy and key[1] not in self.held]
             for key in pending:
@@ -487,7 +499,9 @@ class KubeStandIn(LoopbackCluster):
                     return
                 status = current.setdefault("status", {})
                 status["deploymentMode"] = mode
-                status["observedGeneration"] = generation
+                state["reconciled"] = generation
+                status["observedGeneration"] = generation if self.observed_generation == "inferenceservice" else \
+                    self._child_generation(state, mode, predictor)
                 state["pending"] = bool(pending) and not failure
                 if failure:
                     status["conditions"] = [
@@ -523,6 +537,16 @@ class KubeStandIn(LoopbackCluster):
                 current["metadata"]["resourceVersion"] = str(self.resource_version)
         finally:
             busy.discard(key)
+
+    @staticmethod
+    def _child_generation(state: dict, mode: str, predictor: dict) -> int:
+        """Return the observedGeneration of the child KServe copies (the stable predictor's Deployment in Standard mode, the
+        Knative Service in Knative mode), counting a change of its spec since the last reconcile."""
+        spec = json.dumps(predictor if mode in ("Serverless", "Knative") else
+                          {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}, sort_keys=True)
+        if state.get("child_spec") != spec:
+            state["child_spec"], state["child_generation"] = spec, state.get("child_generation", 0) + 1
+        return state["child_generation"]
 
     def _revision(self, name: str, state: dict, generation: int, predictor: dict) -> tuple[dict, str | None]:
         """Return the ready revision serving ``predictor`` (started if new) and its failure, if any."""

@@ -2,16 +2,22 @@
 
 Upstream's health.lua must give every result its own test cases (health_test.yaml) expect, which shows the evaluator is
 faithful; the project's customization must agree with it on those cases and differ where a version may not run yet.
+Its observedGeneration check (on only as manifests/gitops/health-observed-generation renders it) is shown against the
+KServe stand-in counting observedGeneration both ways: as KServe up to 0.20 does and as kserve/kserve PR 6096 would.
 """
 
 import copy
+import time
 import types
 
+import joblib
 import pytest
 import yaml
+from sklearn.dummy import DummyClassifier
 
 from components.serving.gitops.target import NO_VERSION, Application, VersionProbe, served_version
-from tests.argo_hub import HEALTH_CHECKS, ArgoHub, lua_health
+from tests.argo_hub import HEALTH_CHECKS, ArgoHub, health_script, lua_health
+from tests.k8s_standin import MODE_KEY, KubeStandIn
 
 UPSTREAM = HEALTH_CHECKS["stock"].parent
 
@@ -31,7 +37,12 @@ def stock(obj: dict) -> dict:
 
 def customized(obj: dict) -> dict:
     """Return the health the project's check (manifests/gitops/health) gives ``obj``, run as an argocd-cm customization."""
-    return lua_health(HEALTH_CHECKS["customized"].read_text(), obj, standard_libraries=False)
+    return lua_health(health_script("customized"), obj, standard_libraries=False)
+
+
+def with_generation_check(obj: dict) -> dict:
+    """Return the health the project's check with its observedGeneration check on (manifests/gitops/health-observed-generation) gives ``obj``."""
+    return lua_health(health_script("observed-generation"), obj, standard_libraries=False)
 
 
 def raw_mode(generation: int, observed: int, **status) -> dict:
@@ -57,15 +68,62 @@ def test_the_projects_check_agrees_with_upstream_on_every_upstream_case():
         with_generation = copy.deepcopy(obj)
         with_generation["metadata"]["generation"] = 4
         with_generation.setdefault("status", {})["observedGeneration"] = 4
-        assert customized(with_generation) == expected, f"{path} at an observed generation"
+        assert customized(with_generation) == with_generation_check(with_generation) == expected, f"{path} at an observed generation"
 
 
-def test_the_projects_check_is_never_held_by_kserves_child_observed_generation():
-    """KServe <= 0.20 copies observedGeneration from a child's counter (kserve/kserve issue 6081): behind after a canary
-    traffic step, ahead after an autoscaler's change. Neither may hold a service whose conditions are all True."""
-    for observed in (2, 9):
+def test_the_observed_generation_check_holds_a_generation_not_yet_observed_progressing_and_the_default_does_not():
+    """Only the check rendered by health-observed-generation requires status.observedGeneration == metadata.generation;
+    KServe <= 0.20 copies a child's counter (kserve/kserve issue 6081): behind after a canary traffic step, ahead after an
+    autoscaler's change, and the default check must be held by neither."""
+    for observed in (2, 9, None):
         drifted = raw_mode(generation=3, observed=observed)
         assert stock(drifted) == customized(drifted) == {"status": "Healthy", "message": "InferenceService is healthy."}, observed
+        assert with_generation_check(drifted) == {"status": "Progressing", "message": (
+            f"waiting for the controller to observe generation 3 (status is for generation {'nil' if observed is None else observed})")}
+    assert with_generation_check(raw_mode(generation=3, observed=3)) == {"status": "Healthy", "message": "InferenceService is healthy."}
+    failed_before = raw_mode(generation=3, observed=2, modelStatus={"transitionStatus": "BlockedByFailedLoad"})
+    assert with_generation_check(failed_before)["status"] == "Progressing", "a stale failure is not the applied spec's"
+    assert customized(failed_before)["status"] == "Degraded"
+
+
+def canary_step_healths(tmp_path, observed_generation: str) -> list[tuple[int, int, str, str]]:
+    """Serve anomaly-detector with a dark canary on a KServe 0.20 stand-in counting observedGeneration as
+    ``observed_generation`` says, then step the canary to 10 %; return, once KServe reported each state, (generation,
+    observedGeneration, the default check's health, the observed-generation check's health)."""
+    for version in ("v1", "v2"):
+        (tmp_path / "pvcs" / "models" / version).mkdir(parents=True)
+        joblib.dump(DummyClassifier().fit([[0.0], [1.0]], [0, 1]), tmp_path / "pvcs" / "models" / version / "model.pkl")
+    standin = KubeStandIn(tmp_path / "pvcs", tmp_path, kserve="0.20", observed_generation=observed_generation).start()
+    entry = {"predictor": {"name": "v2", "model": {"storageUri": "pvc://models/v2"}}, "trafficPercent": 0}
+    body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "anomaly-detector", "annotations": {MODE_KEY: "Standard"}},
+            "spec": {"predictor": {"name": "v1", "model": {"modelFormat": {"name": "sklearn"}, "storageUri": "pvc://models/v1"}}, "canary": [entry]}}
+    healths = []
+    try:
+        assert standin.handle("POST", "models", None, body)[0] == 201
+        for percent in (0, 10):
+            if percent:
+                assert standin.handle("PATCH", "models", "anomaly-detector", {"spec": {"canary": [{**entry, "trafficPercent": percent}]}})[0] == 200
+            deadline = time.monotonic() + 60
+            while [(c["trafficPercent"], c["ready"]) for c in (standin.get("models", "anomaly-detector").get("status") or {}).get("canaryStatuses", [])] != [(percent, True)]:
+                assert time.monotonic() < deadline, standin.get("models", "anomaly-detector")
+                time.sleep(0.05)
+            isvc = standin.get("models", "anomaly-detector")
+            healths.append((isvc["metadata"]["generation"], isvc["status"]["observedGeneration"], customized(isvc)["status"],
+                            with_generation_check(isvc)["status"]))
+    finally:
+        standin.stop()
+    return healths
+
+
+@pytest.mark.parametrize("observed_generation, expected", [
+    ("deployment", [(1, 1, "Healthy", "Healthy"), (2, 1, "Healthy", "Progressing")]),  # KServe <= 0.20: the check would stall
+    ("inferenceservice", [(1, 1, "Healthy", "Healthy"), (2, 2, "Healthy", "Healthy")]),  # kserve/kserve PR 6096
+])
+def test_a_canary_traffic_step_stalls_the_observed_generation_check_on_kserve_0_20_only(tmp_path, observed_generation, expected):
+    """A Standard-mode canary step changes the InferenceService but not the stable predictor's Deployment, whose counter
+    KServe 0.20 copies: the observed-generation check would hold the step Progressing for good, so the default omits it."""
+    assert canary_step_healths(tmp_path, observed_generation) == expected
 
 
 def test_the_projects_check_waits_for_every_canary():
@@ -78,9 +136,10 @@ def test_the_projects_check_waits_for_every_canary():
 
 def test_a_raw_mode_rolling_update_stuck_pending_reads_healthy_to_every_check():
     """KServe 0.20 takes PredictorReady from the Deployment's Available condition, True while old pods serve, and its
-    observedGeneration from the Deployment's: no health check can see the Pending pod, so the wave gate reads the version."""
+    observedGeneration from the Deployment's, which observes the new template at once (as would the InferenceService's own
+    count): no health check can see the Pending pod, so the wave gate reads the version."""
     stuck = raw_mode(generation=6, observed=6)
-    assert stock(stuck)["status"] == customized(stuck)["status"] == "Healthy"
+    assert stock(stuck)["status"] == customized(stuck)["status"] == with_generation_check(stuck)["status"] == "Healthy"
 
 
 def test_the_lua_sandbox_has_no_os_io_or_python_and_a_customization_no_standard_library():
@@ -120,11 +179,13 @@ def test_the_wave_gate_reads_the_served_version_from_v1_metadata_and_names_what_
 def test_the_hub_plays_argo_cd_with_the_projects_check_its_own_or_none_before_2_8():
     hub = types.SimpleNamespace()
     stuck_canary = raw_mode(generation=2, observed=2, canaryStatuses=[{"name": "v7", "ready": False, "trafficPercent": 10}])
+    not_observed = raw_mode(generation=3, observed=2)
     verdicts = {}
-    for mode in ("customized", "stock", "none"):
+    for mode in ("customized", "observed-generation", "stock", "none"):
         ArgoHub.use_health_check(hub, mode)
-        verdicts[mode] = ArgoHub.resource_health(hub, stuck_canary)
-    assert verdicts == {"customized": {"status": "Progressing", "message": "canary v7 is not ready (trafficPercent 10)"},
-                        "stock": {"status": "Healthy", "message": "InferenceService is healthy."}, "none": None}
-    with pytest.raises(ValueError, match=r"health_check must be one of \['customized', 'none', 'stock'\]; got 'argo-2.7'"):
+        verdicts[mode] = (ArgoHub.resource_health(hub, stuck_canary), ArgoHub.resource_health(hub, not_observed))
+    healthy, waiting = {"status": "Healthy", "message": "InferenceService is healthy."}, {"status": "Progressing", "message": "canary v7 is not ready (trafficPercent 10)"}
+    assert verdicts == {"customized": (waiting, healthy), "stock": (healthy, healthy), "none": (None, None), "observed-generation": (
+        waiting, {"status": "Progressing", "message": "waiting for the controller to observe generation 3 (status is for generation 2)"})}
+    with pytest.raises(ValueError, match=r"health_check must be one of \['customized', 'none', 'observed-generation', 'stock'\]; got 'argo-2.7'"):
         ArgoHub.use_health_check(hub, "argo-2.7")

@@ -8,7 +8,7 @@ import pytest
 from components.serving.gitops.target import GitopsOptions, Hub
 from components.store.s3 import DEFAULT_SECRET
 from components.serving.target import ServingError
-from tests.argo_hub import generated_applications, placement_selects
+from tests.argo_hub import OBSERVED_GENERATION_MARKER, generated_applications, health_script, placement_selects
 from tests.conftest import REPO
 from tests.k8s_standin import load_crd, selector_matches
 from tests.kustomize import MANIFESTS, rendered
@@ -200,17 +200,25 @@ def test_the_gitops_target_groups_only_its_models_generated_applications_into_wa
 
 
 def test_the_inference_service_health_check_renders_from_its_one_lua_file_for_argo_cd_and_for_openshift_gitops():
+    """Each of the two installs comes in two variants from the one Lua file: the default (its observedGeneration check off,
+    for KServe <= 0.20) and the observed-generation one (on, for a KServe whose observedGeneration is the InferenceService's
+    own), which differs only by the switch between the two markers, as the hub stand-in plays it (health_script)."""
     from tests.test_manifests import object_errors
 
     lua = (MANIFESTS / "gitops" / "health" / "inferenceservice.lua").read_text()
-    (config_map,) = rendered(MANIFESTS / "gitops" / "health")
-    assert (config_map["kind"], config_map["metadata"]["name"], config_map["metadata"]["namespace"]) == ("ConfigMap", "argocd-cm", "argocd")
-    assert config_map["metadata"]["labels"]["app.kubernetes.io/part-of"] == "argocd", "Argo CD reads only a labelled argocd-cm"
-    assert config_map["data"] == {"resource.customizations.health.serving.kserve.io_InferenceService": lua}
-    assert object_errors(config_map)[0] == []
+    switched_on = health_script("observed-generation")
+    assert lua.count(OBSERVED_GENERATION_MARKER) == 2 and f"{OBSERVED_GENERATION_MARKER}false{OBSERVED_GENERATION_MARKER}" in lua
+    assert switched_on == lua.replace(f"{OBSERVED_GENERATION_MARKER}false{OBSERVED_GENERATION_MARKER}", f"{OBSERVED_GENERATION_MARKER}true{OBSERVED_GENERATION_MARKER}")
+    for directory, check in (("health", lua), ("health-observed-generation", switched_on)):
+        (config_map,) = rendered(MANIFESTS / "gitops" / directory)
+        assert (config_map["kind"], config_map["metadata"]["name"], config_map["metadata"]["namespace"]) == ("ConfigMap", "argocd-cm", "argocd")
+        assert config_map["metadata"]["labels"]["app.kubernetes.io/part-of"] == "argocd", "Argo CD reads only a labelled argocd-cm"
+        assert config_map["data"] == {"resource.customizations.health.serving.kserve.io_InferenceService": check}, directory
+        assert object_errors(config_map)[0] == []
     # The ArgoCD resource of OpenShift GitOps (argoproj.io/v1beta1; checked by hand against argoproj-labs/argocd-operator's
     # config/crd/bases/argoproj.io_argocds.yaml at cf5d1c0, 2026-07: resourceHealthChecks[] of group, kind and check).
-    (argocd,) = rendered(MANIFESTS / "gitops" / "health-openshift-gitops")
-    assert (argocd["apiVersion"], argocd["kind"], argocd["metadata"]) == (
-        "argoproj.io/v1beta1", "ArgoCD", {"name": "openshift-gitops", "namespace": "openshift-gitops"})
-    assert argocd["spec"] == {"resourceHealthChecks": [{"group": "serving.kserve.io", "kind": "InferenceService", "check": lua}]}
+    for directory, check in (("health-openshift-gitops", lua), ("health-openshift-gitops-observed-generation", switched_on)):
+        (argocd,) = rendered(MANIFESTS / "gitops" / directory)
+        assert (argocd["apiVersion"], argocd["kind"], argocd["metadata"]) == (
+            "argoproj.io/v1beta1", "ArgoCD", {"name": "openshift-gitops", "namespace": "openshift-gitops"})
+        assert argocd["spec"] == {"resourceHealthChecks": [{"group": "serving.kserve.io", "kind": "InferenceService", "check": check}]}, directory

@@ -18,8 +18,10 @@ model's fleet-settled record ``status/<model>.yaml``, which no Application syncs
 wave was confirmed at and its Applications as read, the run (and a rollback's reason); its trailers are Step: settled
 and Fleet-state: settled. A wait that fails writes no record. Rollback is one revert commit of every commit for the
 model since its last record, then a wait until every affected wave is Synced at it and Healthy; the revert says why (a
-Reason trailer) and ``This reverts commit <sha>.`` for each commit. Nothing is force-pushed and no file this project
-did not create is written.
+Reason trailer) and ``This reverts commit <sha>.`` for each commit. A revert is made from Git alone: when every cluster of
+a wave has left the Placement's decisions, the wave's overlay is read from the model's own commits (their Wave trailer),
+reverted like the others and, with no cluster to confirm it on, named in the revert and the record instead of waited
+for. Nothing is force-pushed and no file this project did not create is written.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import posixpath
+import re
 import tempfile
 import time
 import urllib.parse
@@ -58,6 +61,8 @@ KUSTOMIZATION = "kustomization.yaml"
 FIRST_DEPLOYMENT, PROMOTE, ROLLBACK, SETTLED = "first deployment", "promote", "rollback", "settled"
 NO_VERSION = ""  # what served_version returns for a runtime that answers without naming its version (stock KServe)
 UNCONFIRMED = "versions not confirmed on"
+WAVE_TRAILER = re.compile(r"^(\d+)/(\d+) \(([^:]*):")  # the Wave trailer's "<number>/<total> (<labels>: <clusters>)"
+NO_CLUSTERS = "no clusters"  # what a wave whose clusters all left the Placement's decisions lists as its clusters
 DEFAULT_WAVE_TIMEOUT_S = 900.0  # Argo CD polls Git every 120 s plus up to 60 s jitter; a failed sync retries for about 5 min more
 
 
@@ -179,10 +184,15 @@ class Wave:
         """Return the wave's cluster names."""
         return [application.cluster for application in self.applications]
 
+    @property
+    def namespace(self) -> str:
+        """Return the namespace the wave's Applications deploy to ("" when it has none)."""
+        return next((application.namespace for application in self.applications if application.namespace), "")
+
     def describe(self, total: int) -> str:
-        """Return e.g. "wave 1/2 (canary: spoke-1)"."""
+        """Return e.g. "wave 1/2 (canary: spoke-1)", or "wave 1/2 (canary: no clusters)" when it has none."""
         labels = sorted({application.wave for application in self.applications}) or list(self.labels)
-        return f"wave {self.number}/{total} ({','.join(labels)}: {', '.join(self.clusters)})"
+        return f"wave {self.number}/{total} ({','.join(labels)}: {', '.join(self.clusters) or NO_CLUSTERS})"
 
 
 class Hub:
@@ -204,18 +214,22 @@ class Hub:
             raise ServingError(f"cannot list Argo CD Applications in {self.namespace} on the hub: {error.status} {error.reason};{hint}") from error
         return sorted((Application.parse(item) for item in listing.get("items", [])), key=lambda application: application.name)
 
-    def waves(self, options: GitopsOptions, model_name: str) -> list[Wave]:
-        """Group ``model_name``'s Applications into ``options.waves`` by their wave label; each wave must have some, all
-        syncing ``<gitops_path>/<one directory>/<model_name>``.
+    def waves(self, options: GitopsOptions, model_name: str, keep_empty: bool = False) -> list[Wave]:
+        """Group ``model_name``'s Applications into ``options.waves`` by their wave label, all of a wave syncing
+        ``<gitops_path>/<one directory>/<model_name>``; each wave must have some, unless ``keep_empty``: then a wave without
+        any is returned with no Applications and no directory (its clusters all left the Placement's decisions).
         """
         applications, claimed, waves = self.applications(model_name), set(), []
         selector, root = model_selector(model_name), options.path.rstrip("/")
-        if not applications:
+        if not applications and not keep_empty:
             raise ServingError(f"no Argo CD Application on the hub (namespace {self.namespace}) has the labels {selector}: list {model_name} "
                                "in the models of manifests/gitops/applicationset.yaml and apply it (oc apply -k manifests/gitops); "
                                "Applications without the model label come from an older manifests/gitops")
         for number, labels in enumerate(options.waves, start=1):
             members = tuple(a for a in applications if a.name not in claimed and (labels == (REST_OF_FLEET,) or a.wave in labels))
+            if not members and keep_empty:
+                waves.append(Wave(number, labels, (), ""))
+                continue
             if not members:
                 raise ServingError(f"no Argo CD Application on the hub (namespace {self.namespace}, labels {selector}) has "
                                    f"{WAVE_LABEL} in {list(labels)} for wave {number}: apply manifests/gitops (oc apply -k), label a ManagedCluster "
@@ -386,11 +400,38 @@ class GitopsTarget:
         self.waves: list[Wave] = []
 
     # -- context shared with WaveOverlays -----------------------------------------------------------------------
-    def _begin(self, model_name: str, version: str, step: str) -> None:
-        """Fetch the branch and the waves, and name the model, version and step the next commits are for."""
+    def _begin(self, model_name: str, version: str, step: str, from_git: bool = False) -> None:
+        """Fetch the branch and the waves, and name the model, version and step the next commits are for. With ``from_git``
+        (reading and reverting), a wave whose clusters all left the Placement's decisions is kept, its overlay found in Git.
+        """
         self.repo.sync()
-        self.waves = self.hub.waves(self.gitops, model_name)
         self.model_name, self.version, self.step = model_name, version, step
+        self.waves = self.hub.waves(self.gitops, model_name, keep_empty=from_git)
+        self.waves = [wave if wave.applications else replace(wave, directory=self._directory_in_git(wave)) for wave in self.waves]
+
+    def _directory_in_git(self, wave: Wave) -> str:
+        """Return the overlay directory (relative to gitops_path) of a wave with no Application left, from the model's own
+        commits: the one changed by the newest that acted on that wave alone (its one Wave trailer has the wave's number,
+        the number of waves and labels of the wave). Raise naming the wave when no commit says.
+        """
+        others = {label for labels in self.gitops.waves if labels != wave.labels for label in labels}
+        for revision, trailers in self.repo.history(f"*/{self.model_name}/*"):
+            marks = [WAVE_TRAILER.match(value) for key, value in trailers if key == "Wave"]
+            if dict(trailers).get("Model") != self.model_name or len(marks) != 1 or marks[0] is None:
+                continue
+            number, total, labels = int(marks[0][1]), int(marks[0][2]), set(marks[0][3].split(","))
+            if (number, total) != (wave.number, len(self.gitops.waves)) or labels & others or not (
+                    wave.labels == (REST_OF_FLEET,) or labels <= set(wave.labels)):
+                continue
+            directories = {name.partition(f"/{self.model_name}/")[0] for name in self.repo.changed_files(revision) if f"/{self.model_name}/" in name}
+            if len(directories - {"base"}) == 1:
+                return (directories - {"base"}).pop()
+        raise ServingError(f"{self.where(wave)}: no Argo CD Application of {self.model_name} on the hub (namespace {self.hub.namespace}) has "
+                           f"{WAVE_LABEL} in {list(wave.labels)}, and no commit of {self.model_name} in {self.gitops.repo} acted on that "
+                           "wave alone (a Wave trailer), so Git does not say which overlay it syncs either: bring a cluster of the wave back "
+                           "(its ManagedCluster's labels and taints, the Placement's tolerations), label a ManagedCluster "
+                           f"{WAVE_LABEL}=..., or change fleet_waves; meanwhile the model's commits since its last fleet-settled record "
+                           f"({status_file(self.model_name)}) can only be reverted in the repository by hand")
 
     def where(self, wave: Wave) -> str:
         """Return e.g. "wave 1/2 (canary: spoke-1)"."""
@@ -420,7 +461,9 @@ class GitopsTarget:
     def wave_state(self, wave: Wave) -> tuple[bool, str]:
         """Return whether ``wave`` is done, and what is not: every Application Synced at the model's last commit and
         Healthy, and every cluster serving the versions the overlay names (``served_versions``). Raise at once when one of
-        the wave's Applications is gone from the hub: waiting cannot bring its cluster back."""
+        the wave's Applications is gone from the hub: waiting cannot bring its cluster back. A wave with no cluster is never done."""
+        if not wave.applications:
+            return False, f"{self.where(wave)}: every cluster of the wave left the Placement's decisions, so none follows its overlay"
         required = self._last_change(self.model_name, wave)
         reported = {application.name: application for application in self.hub.applications(self.model_name)}
         gone = [application for application in wave.applications if application.name not in reported]
@@ -457,7 +500,7 @@ class GitopsTarget:
         stable, candidate = recorded_backend(main, "stable"), recorded_backend(main, "candidate")
         if main is None or stable is None:
             return []
-        name, namespace = self.model_name, wave.applications[0].namespace or self.options.namespace
+        name, namespace = self.model_name, wave.namespace or self.options.namespace
         strategy = self._wave_target(wave).strategy_for(main)
         predictor = main["spec"]["predictor"].get("name")
         urls = [("main URL", name, {stable["version"], *([candidate["version"]] if candidate else [])})]
@@ -504,12 +547,14 @@ class GitopsTarget:
         return self.route(service, namespace, wave) + parsed.path
 
     def route(self, service: str, namespace: str, wave: Wave) -> str:
-        """Return the base URL of ``service`` on ``wave``'s first cluster, from the endpoint template."""
+        """Return the base URL of ``service`` on ``wave``'s first cluster, from the endpoint template ("" when it has none)."""
+        if not wave.clusters:
+            return ""
         return self.options.endpoint.format(service=service, namespace=namespace, cluster=wave.clusters[0]).rstrip("/")
 
     def synthesized_status(self, document: dict, wave: Wave, done: bool, detail: str) -> dict:
         """Return the status a wave's InferenceService is read with: Ready when the wave is done, URLs on its first cluster."""
-        name, namespace = document["metadata"]["name"], wave.applications[0].namespace
+        name, namespace = document["metadata"]["name"], wave.namespace or self.options.namespace
         url = self.route(name, namespace, wave)
         predictor = document["spec"]["predictor"]
         status: dict = {
@@ -533,7 +578,7 @@ class GitopsTarget:
 
     def _wave_target(self, wave: Wave) -> KServeTarget:
         """Return the kserve target whose InferenceServices are this wave's overlay (URLs come from the endpoint template)."""
-        options = replace(self.options, endpoint="", namespace=wave.applications[0].namespace or self.options.namespace)
+        options = replace(self.options, endpoint="", namespace=wave.namespace or self.options.namespace)
         return KServeTarget(options, api=WaveOverlays(self, wave), sleep=self.sleep)
 
     # -- the ServingTarget interface --------------------------------------------------------------------------------
@@ -553,8 +598,8 @@ class GitopsTarget:
         return status
 
     def status(self, model_name: str) -> ServingStatus:
-        """Return what wave 1 serves (it leads every rollout; later waves follow after promotion)."""
-        self._begin(model_name, "", "status")
+        """Return what wave 1 serves (it leads every rollout; later waves follow after promotion), as its overlay records."""
+        self._begin(model_name, "", "status", from_git=True)
         return self._wave_target(self.waves[0]).status(model_name)
 
     def set_traffic(self, model_name: str, candidate_percent: int, timeout_s: float) -> ServingStatus:
@@ -599,7 +644,7 @@ class GitopsTarget:
         """Revert a failed first deployment of ``version`` giving ``reason``, only when every one of its commits carries this
         run's Pipeline-Run trailer (and no other); wait.
         """
-        self._begin(model_name, version, "remove")
+        self._begin(model_name, version, "remove", from_git=True)
         for revision, trailers in self._unsettled_commits(model_name, version)[0]:
             if not self.options.run_name or [value for key, value in trailers if key == "Pipeline-Run"] != [self.options.run_name]:
                 raise ServingError(f"{model_name} {version}: commit {revision[:7]} was not made by this run, so the deployment is left "
@@ -643,9 +688,10 @@ class GitopsTarget:
         """Revert ``version``'s commits (None: wave 1's candidate, if any) and any of an unconfirmed rollout before them (every
         commit of the model since its last fleet-settled record) in one commit, whose message says ``This reverts commit
         <sha>.`` for each and carries the trailers Step: rollback, Wave (each wave it changes) and Reason; wait for those
-        waves, then commit the fleet-settled record. Return the stable version wave 1 serves after.
+        waves, then commit the fleet-settled record. Return the stable version wave 1 serves after. A wave with no cluster left
+        is reverted all the same (from Git alone) and named in the revert, the log and the record, with nothing to wait for.
         """
-        self._begin(model_name, version or "", ROLLBACK)
+        self._begin(model_name, version or "", ROLLBACK, from_git=True)
         if version is None:
             stable, candidate = self._recorded(model_name)
             if not candidate:
@@ -660,9 +706,14 @@ class GitopsTarget:
                      if any(name.startswith((f"base/{model_name}/", f"{wave.directory}/{model_name}/")) for name in touched)]
             others = sorted({values.get("Version", "") for _, values in unsettled} - {version, ""})
             since = f"its last fleet-settled record {settled[:7]}" if settled else "its first commit (it has no fleet-settled record)"
+            unfollowed = "; ".join(self.where(wave) for wave in waves if not wave.applications)
+            if unfollowed:
+                unfollowed = (f"{unfollowed}: every cluster of the wave left the Placement's decisions, so no cluster confirms this "
+                              "revert there; a returning cluster's Application syncs it.")
             body = (f"Reverts {len(reverted)} commit{'s' if len(reverted) > 1 else ''} of {model_name}: {reason}\n\n"
                     + (f"Every commit of {model_name} since {since} is reverted, so this includes {', '.join(others)}, whose rollout "
                        "was never confirmed on every wave.\n\n" if others else "")
+                    + (f"{unfollowed}\n\n" if unfollowed else "")
                     + "\n".join(f"This reverts commit {revision}." for revision in reverted))
             trailers = [("Step", ROLLBACK), *(self.wave_trailer(wave) for wave in waves), ("Reason", reason or "not given")]
             message = commit_message(model_name, version, ROLLBACK, self.options.run_name or "local", body, trailers)
@@ -670,9 +721,12 @@ class GitopsTarget:
                 revert = self.repo.revert(reverted, message)
             except GitopsError as error:
                 raise ServingError(str(error)) from error
+            if unfollowed:
+                print(f"{model_name}: the revert {revert[:7]} is pushed; {unfollowed}", flush=True)
             try:
                 for wave in waves:
-                    self.wait(wave)
+                    if wave.applications:
+                        self.wait(wave)
             except ServingError as error:
                 raise ServingError(f"{error}; the revert {revert[:7]} is pushed but not confirmed, so no fleet-settled record was written "
                                    f"(the model's last is {settled[:7] or 'none'}): the next rollback reverts from there again") from error
@@ -698,7 +752,8 @@ class GitopsTarget:
         body = (f"After {after}, each wave below is Synced and Healthy at a revision containing its last change to {model_name} "
                 f"(the rollout's last commit is {revision[:7]}):\n"
                 + "\n".join(f"- wave {entry['wave']} at {entry['revision'][:7]}: "
-                             + ", ".join(f"{a['cluster']} {a['sync']} at {a['revision'][:7]} {a['health']}" for a in entry["applications"])
+                             + (", ".join(f"{a['cluster']} {a['sync']} at {a['revision'][:7]} {a['health']}" for a in entry["applications"])
+                                or "no cluster left in the wave, so none to confirm it on")
                              for entry in confirmed))
         trailers = [("Step", SETTLED), ("Fleet-state", SETTLED), *([("Reason", reason)] if reason else [])]
         try:

@@ -1,19 +1,35 @@
 -- Argo CD health check for serving.kserve.io/InferenceService: "Healthy" means the spec in Git runs.
 --
 -- Argo CD's own check (resource_customizations/serving.kserve.io/InferenceService/health.lua, shipped since v2.8)
--- reads the conditions only. This one keeps its verdicts and messages, and adds one check before "Healthy": every
--- status.canaryStatuses entry (KServe 0.20's native canary) must be ready ("Progressing").
+-- reads the conditions only. This one keeps its verdicts and messages, and adds before "Healthy":
+--   * every status.canaryStatuses entry (KServe 0.20's native canary) must be ready ("Progressing");
+--   * only where require_observed_generation is true: status.observedGeneration must equal metadata.generation
+--     ("Progressing" until the controller has written status for the spec Argo CD applied).
 -- Kept from upstream: Degraded when modelStatus.transitionStatus is neither UpToDate nor InProgress (a failed model
 -- load), Suspended when Stopped=True, Progressing while any other condition is False or Unknown.
--- Not checked: status.observedGeneration against metadata.generation. KServe up to 0.20 copies observedGeneration from
--- the predictor Deployment's (or Knative Service's) own counter (kserve/kserve issue 6081, fix pending in PR 6096): a
--- canary traffic step changes the InferenceService but no Deployment, and an autoscaler changes the Deployment but not
--- the InferenceService, so an equality check would hold a healthy service Progressing for good. Whether the new
--- version runs is what the pipeline's wave gate confirms instead: it reads the version each cluster serves.
+-- require_observed_generation is false as manifests/gitops/health and health-openshift-gitops render this file, for
+-- KServe up to 0.20 (and its master of 2026-08-21): there status.observedGeneration is not the InferenceService's own
+-- but a copy of the predictor Deployment's (InferenceServiceStatus.PropagateRawStatus) or Knative Service's
+-- (PropagateStatus) counter, kserve/kserve issue 6081. A canary traffic step changes the InferenceService but no
+-- Deployment, and an autoscaler changes the Deployment but not the InferenceService, so the equality would hold a
+-- healthy service Progressing for good. health-observed-generation and health-openshift-gitops-observed-generation
+-- render it true (the component health/require-observed-generation replaces the text between the two markers below),
+-- for a KServe that sets observedGeneration from the InferenceService's own generation (kserve/kserve PR 6096, open as
+-- of 2026-08-28).
+-- Either way the pipeline's wave gate reads the version each cluster serves: no status shows a new pod stuck Pending
+-- while the old ones keep the Deployment Available.
 -- Argo CD runs a customization without Lua's standard libraries (base and table only): no string.*, os.* or io.*.
+
+local require_observed_generation = --[[require-observed-generation]]false--[[require-observed-generation]]
 
 local health = {status = "Progressing", message = "Waiting for InferenceService to report status..."}
 if obj.status == nil then
+  return health
+end
+
+if require_observed_generation and obj.status.observedGeneration ~= obj.metadata.generation then
+  health.message = "waiting for the controller to observe generation " .. tostring(obj.metadata.generation)
+    .. " (status is for generation " .. tostring(obj.status.observedGeneration) .. ")"
   return health
 end
 
