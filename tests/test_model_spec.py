@@ -130,6 +130,17 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path):
     assert f"{path}:1: $: the file has {path.stat().st_size} bytes, more than the {MAX_SPEC_BYTES}" in problems_of(path)
 
 
+def test_a_spec_carried_as_text_loads_as_its_file_and_names_the_source_in_errors():
+    from components.model.spec import spec_from_text
+
+    text = EXAMPLE_SPEC.read_text()
+    assert spec_from_text(text, "compiled: disk-failure-predictor") == load_spec(EXAMPLE_SPEC)
+    assert spec_from_text(text, "compiled").data_file is None, "text has no folder to find data.file in"
+    line = text[: text.index("unit: per_second")].count("\n") + 1
+    with pytest.raises(SpecError, match=re.escape(f"compiled: disk-failure-predictor:{line}: $.inputs[1].unit: ")):
+        spec_from_text(text.replace("unit: per_second", "unit: iops"), "compiled: disk-failure-predictor")
+
+
 def test_yaml_1_2_exponents_are_numbers(tmp_path):
     path, _ = edited(tmp_path, "bounds: [0, 1.0e+7]", "bounds: [0, 1e7]")
     assert load_spec(path).inputs[1].bounds == (0.0, 1e7)
@@ -255,7 +266,7 @@ def test_the_builtins_state_what_the_code_does_today():
                                       "min_regime_hours": settings.min_regime_hours, "max_retrains_per_episode": settings.max_retrains_per_episode,
                                       "live_factor_name": spec.behaviour.live_factor, "live_factor": getattr(settings, spec.behaviour.live_factor)}
     # The type table's defaults are today's values too: a new model of either type starts where the built-ins are.
-    defaults = {rule.name: rule.default for kind in TYPE_BEHAVIOUR.values() for rule in kind.gates}
+    defaults = {rule.name: rule.limit for kind in TYPE_BEHAVIOUR.values() for rule in kind.gates}
     assert {name: defaults[name] for name in ("min_f1", "max_anomaly_rate", "max_mase")} == {name: gates[name] for name in ("min_f1", "max_anomaly_rate", "max_mase")}
     assert TYPE_BEHAVIOUR["anomaly"].training["target_false_positive_rate"] == DetectorParams().target_false_positive_rate
     assert TYPE_BEHAVIOUR["predictive"].training["horizon_minutes"] == ForecasterParams().horizon_minutes

@@ -15,7 +15,7 @@ checkout are known too. Nothing here imports numpy or scikit-learn until an esti
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -48,7 +48,6 @@ from components.model.spec_types import (
     Estimator,
     EstimatorStep,
     FeatureRecipe,
-    Gate,
     Gates,
     Input,
     Labels,
@@ -59,7 +58,7 @@ from components.model.spec_types import (
     SmokeProbe,
     TypeBehaviour,
 )
-from components.model.spec_yaml import Document, Problem, SpecError, read_document, schema_problems
+from components.model.spec_yaml import Document, Problem, SpecError, parse_document, read_document, schema_problems
 from components.model.units import UNIT_LIMITS
 
 BUILTIN_DIR = Path(__file__).with_name("builtin_specs")  # a link to the checkout's models/, a copy in a wheel
@@ -75,19 +74,31 @@ def load_spec(path: str | Path) -> ModelSpec:
     return _load(Path(path), against_schema=True)
 
 
+def spec_from_text(text: str, source: str) -> ModelSpec:
+    """Return the validated spec in ``text``, a spec file's content (e.g. carried by a compiled pipeline); errors name ``source``.
+
+    Text has no folder, so ``data.file`` is not looked for (``ModelSpec.data_file`` is None).
+    """
+    return _checked(parse_document(text.encode(), source), None, against_schema=True)
+
+
 def _load(path: Path, against_schema: bool) -> ModelSpec:
-    """Return the spec in ``path`` checked by the rules here, and first against the JSON Schema when ``against_schema``."""
-    document = read_document(path, _display(path))
+    """Return the spec in the file ``path``, checked by the rules here and, when ``against_schema``, first by the JSON Schema."""
+    return _checked(read_document(path, _display(path)), path.parent, against_schema)
+
+
+def _checked(document: Document, folder: Path | None, against_schema: bool) -> ModelSpec:
+    """Return the spec of ``document`` (read from ``folder``), checked by the rules here and optionally first by the schema."""
     problems = schema_problems(document, SCHEMA_FILE) if against_schema else []
     if problems:
         raise SpecError(problems=problems)
     checks = _Checks(document)
     try:
-        spec = _build(document.value, checks, path)
+        spec = _build(document.value, checks, folder)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         if against_schema:
             raise
-        return _load(path, against_schema=True)  # a built-in broken beyond the rules: the schema names where
+        return _checked(document, folder, against_schema=True)  # a built-in broken beyond the rules: the schema names where
     checks.raise_any()
     reading = engine_reading(spec)
     if spec.engine is not None:
@@ -190,8 +201,8 @@ def _interval(values: list) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
-def _build(doc: dict, checks: _Checks, path: Path) -> ModelSpec:
-    """Return the spec of a schema-valid document, recording every rule it breaks in ``checks``."""
+def _build(doc: dict, checks: _Checks, folder: Path | None) -> ModelSpec:
+    """Return the spec of a schema-valid document read from ``folder``, recording every rule it breaks in ``checks``."""
     kind = doc["type"]
     behaviour = TYPE_BEHAVIOUR[kind]
     inputs = tuple(_input(item, f"$.inputs[{index}]", checks) for index, item in enumerate(doc["inputs"]))
@@ -204,7 +215,7 @@ def _build(doc: dict, checks: _Checks, path: Path) -> ModelSpec:
     rules = (*behaviour.gates, *COMMON_GATES)
     checks.own_keys({key: value for key, value in gates_doc.items() if key != "champion_tolerance"}, "$.gates",
                     [rule.name for rule in rules], kind, "gate")
-    gates = Gates(tuple(Gate(rule.name, rule.metric, float(gates_doc.get(rule.name, rule.default))) for rule in rules),
+    gates = Gates(tuple(replace(rule, limit=float(gates_doc.get(rule.name, rule.limit))) for rule in rules),
                   behaviour.champion_metric, float(gates_doc.get("champion_tolerance", CHAMPION_TOLERANCE)))
     smoke = _smoke(doc.get("smoke"), kind, inputs, recipe, checks)
     if estimator.training.get("impute_fallback") and not (smoke and smoke.engine_fallback and smoke.per_input):
@@ -221,8 +232,8 @@ def _build(doc: dict, checks: _Checks, path: Path) -> ModelSpec:
         engine = EngineRegistration(section.get("service", f"{doc['name']}-predictor"), section.get("namespace", ""),
                                     section.get("description", doc.get("description", "")), section.get("accept_misread", ""))
     data_file = None
-    if "data" in doc and "file" in doc["data"]:
-        data_file = path.parent / doc["data"]["file"]
+    if folder is not None and "file" in doc.get("data", {}):
+        data_file = folder / doc["data"]["file"]
         if not data_file.is_file():
             checks.add("$.data.file", f"{doc['data']['file']} does not exist beside the spec", "create it (an example's generate.py writes it) or fix the name")
     return ModelSpec(doc["name"], kind, doc.get("description", ""), doc.get("owner", ""), inputs, recipe, labels, outputs, estimator, gates,

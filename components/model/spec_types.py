@@ -57,12 +57,12 @@ ESTIMATOR_ALLOWLIST: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class GateRule:
-    """A gate a type brings: its spec key (min_* or max_*), the evaluation metric it bounds and its default limit."""
+class Gate:
+    """One gate: its spec key, the evaluation metric it bounds and its limit (a floor for min_*, a ceiling for max_*)."""
 
     name: str
     metric: str
-    default: float
+    limit: float
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class TypeBehaviour:
     outputs: str  # the outputs field the type answers with: labels, values or classes
     final_step: str  # the role of the estimator's last step
     metrics: tuple[str, ...]  # what evaluate measures on validation data
-    gates: tuple[GateRule, ...]
+    gates: tuple[Gate, ...]  # with their default limits
     champion_metric: str  # the metric a candidate is compared with the champion on
     training: Mapping[str, object]  # the type's training knobs and their defaults
     canary_compares: tuple[str, ...]  # the comparisons that fit the type; the first is the default
@@ -83,7 +83,7 @@ class TypeBehaviour:
     smoke_expectation: str  # what the contract check and the smoke test require of the probe's answer
 
 
-COMMON_GATES = (GateRule("max_predict_latency_ms", "predict_latency_ms", 50.0), GateRule("max_pickle_mb", "pickle_mb", 50.0))
+COMMON_GATES = (Gate("max_predict_latency_ms", "predict_latency_ms", 50.0), Gate("max_pickle_mb", "pickle_mb", 50.0))
 CHAMPION_TOLERANCE = 0.05
 CANARY_LIMITS: dict[str, dict[str, float]] = {
     "anomaly_rate": {"max_prediction_shift": 0.1},
@@ -100,7 +100,7 @@ TYPE_BEHAVIOUR: dict[str, TypeBehaviour] = {
         summary="detects abnormal behaviour: one JSON integer per instance, -1 anomaly, 1 normal",
         labels="optional", outputs="labels", final_step=OUTLIER,
         metrics=("precision", "recall", "f1", "roc_auc", "anomaly_rate"),
-        gates=(GateRule("min_f1", "f1", 0.25), GateRule("max_anomaly_rate", "anomaly_rate", 0.2)), champion_metric="f1",
+        gates=(Gate("min_f1", "f1", 0.25), Gate("max_anomaly_rate", "anomaly_rate", 0.2)), champion_metric="f1",
         training=MappingProxyType({"target_false_positive_rate": 0.02, "impute_fallback": False}),
         canary_compares=("anomaly_rate",),
         live_check="the live anomaly rate against validation's", live_factor="anomaly_rate_factor",
@@ -110,7 +110,7 @@ TYPE_BEHAVIOUR: dict[str, TypeBehaviour] = {
         summary="forecasts its inputs one horizon ahead: one row of values per instance",
         labels="refused", outputs="values", final_step=REGRESSOR,
         metrics=("mae_<output>", "mase_<output>", "mae_mean", "mase_mean", "mase_max"),
-        gates=(GateRule("max_mase", "mase_mean", 1.0),), champion_metric="mase_mean",
+        gates=(Gate("max_mase", "mase_mean", 1.0),), champion_metric="mase_mean",
         training=MappingProxyType({"horizon_minutes": 60, "fit_change": True, "clip_to_output_ranges": True}),
         canary_compares=("mean_absolute_shift",),
         live_check="each output's live forecast bias against validation's MAE", live_factor="forecast_bias_factor",
@@ -121,7 +121,7 @@ TYPE_BEHAVIOUR: dict[str, TypeBehaviour] = {
         labels="required", outputs="classes", final_step=CLASSIFIER,
         metrics=("roc_auc", "average_precision", "precision", "recall", "f1", "alert_rate"),
         # recall of the alert class at the alert threshold (at predict's class without probabilities)
-        gates=(GateRule("min_roc_auc", "roc_auc", 0.75), GateRule("min_recall", "recall", 0.5)), champion_metric="roc_auc",
+        gates=(Gate("min_roc_auc", "roc_auc", 0.75), Gate("min_recall", "recall", 0.5)), champion_metric="roc_auc",
         training=MappingProxyType({"balance_classes": False}),
         canary_compares=("label_flip_rate_and_probability_shift", "label_flip_rate"),  # the second without probabilities
         live_check="the live alert rate against validation's", live_factor="alert_rate_factor",
@@ -234,15 +234,6 @@ class Estimator:
         from sklearn.pipeline import Pipeline
 
         return Pipeline([(step.name, step.build()) for step in self.steps])
-
-
-@dataclass(frozen=True)
-class Gate:
-    """One gate: a metric's limit, a floor for a min_* gate and a ceiling for a max_* gate."""
-
-    name: str
-    metric: str
-    limit: float
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,14 @@ def read_document(path: Path, display: str) -> Document:
         raise SpecError(problems=[Problem(display, 1, "$", f"the file has {size} bytes, more than the {MAX_SPEC_BYTES} a spec may have",
                                           "a ModelSpec is a few kilobytes: keep data in data.file, not in the spec")])
     with path.open("rb") as stream:
-        raw = stream.read(MAX_SPEC_BYTES + 1)
+        return parse_document(stream.read(MAX_SPEC_BYTES + 1), display)
+
+
+def parse_document(raw: bytes, display: str) -> Document:
+    """Return the JSON value of a spec's bytes with its lines; raise SpecError naming ``display`` and the line."""
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(problems=[Problem(display, 1, "$", f"the spec has more than the {MAX_SPEC_BYTES} bytes a spec may have",
+                                          "a ModelSpec is a few kilobytes: keep data in data.file, not in the spec")])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
