@@ -22,6 +22,7 @@ from components.store.filesystem import StoreError
 from pipelines import kfp_remote
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT
 from pipelines.platforms import DEFAULT_PLATFORM, STORES, Platform, compile_time_parameters, compiled_for, platform_named, profile_folder
+from pipelines.spec_commands import add_spec_verbs
 
 if TYPE_CHECKING:
     from pipelines.local import MonitorSummary, RunSummary
@@ -634,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop_verb = serve_verbs.add_parser("stop", help="stop every local model server and router")
     _add_state_dir(stop_verb)
     stop_verb.set_defaults(handler=_serve_stop)
+    add_spec_verbs(verbs)
     return parser
 
 

@@ -1,17 +1,32 @@
-"""The built package: what a workbench install, the image's `pip install .` and `pip wheel` get holds every module."""
+"""The built package: what a workbench install, the image's `pip install .` and `pip wheel` get holds every module and
+the built-in model specs."""
 
 import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.conftest import REPO
 
 
-def test_the_wheel_holds_every_module_of_the_source_tree(tmp_path):
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path), str(REPO)],
+@pytest.fixture(scope="module")
+def wheel_files(tmp_path_factory) -> set[str]:
+    """Return the names of the files in a wheel built from the source tree."""
+    directory = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(directory), str(REPO)],
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
-    (wheel,) = tmp_path.glob("model_pipelines-*.whl")
-    packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    (wheel,) = directory.glob("model_pipelines-*.whl")
+    return set(zipfile.ZipFile(wheel).namelist())
+
+
+def test_the_wheel_holds_every_module_of_the_source_tree(wheel_files):
+    packaged = {name for name in wheel_files if name.endswith(".py")}
     source = {path.relative_to(REPO).as_posix() for package in ("components", "pipelines") for path in (REPO / package).rglob("*.py")}
     assert source - packaged == set(), "modules missing from the wheel: list their packages in pyproject.toml"
+
+
+def test_the_wheel_holds_the_builtin_model_specs_and_their_schema(wheel_files):
+    specs = {f"components/model/builtin_specs/{path.name}" for path in (REPO / "models").iterdir() if path.suffix in (".yaml", ".json")}
+    assert len(specs) == 3 and specs - wheel_files == set(), "package data missing: see [tool.setuptools.package-data] in pyproject.toml"

@@ -92,6 +92,20 @@ def test_the_launcher_takes_only_bounded_server_arguments_and_a_log_of_its_own(t
     assert not answers(home)
 
 
+def test_a_changed_builtin_model_spec_means_a_new_launcher(tmp_path, monkeypatch):
+    from components.runtime import server_launcher
+
+    before = launcher_address(tmp_path)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for path in server_launcher.SPECS.iterdir():
+        (specs / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr(server_launcher, "SPECS", specs)
+    assert launcher_address(tmp_path) == before
+    (specs / "anomaly-detector.yaml").write_text((specs / "anomaly-detector.yaml").read_text().replace("min_f1: 0.25", "min_f1: 0.3"))
+    assert launcher_address(tmp_path) != before, "a launcher started before the change would serve the old contract"
+
+
 def test_a_launcher_with_no_server_exits_by_itself_and_each_directory_gets_its_own(tmp_path):
     assert launcher_address(tmp_path / "a") != launcher_address(tmp_path / "b")
     process = subprocess.Popen([sys.executable, "-m", "components.runtime.server_launcher", "--home", str(tmp_path), "--idle-exit-s", "0.5"], cwd=REPO)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import requests
 
-from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, TIMESTAMP_COLUMN, ContractError, Unit, scale_network, schema_for
+from components.model.contract import TIMESTAMP_COLUMN, ContractError, Unit, scale_network, schema_for
+from components.model.spec import builtin_specs
 from components.credentials import token_from_environment
 
 if TYPE_CHECKING:  # pandas is imported where it is used: the canary step never needs it
@@ -24,24 +25,10 @@ if TYPE_CHECKING:  # pandas is imported where it is used: the canary step never 
 TOKEN_ENV = "PROMETHEUS_TOKEN"
 _WARNED_PLAIN_HTTP: set[str] = set()
 STEP_SECONDS = 60
-# The base metrics the coordination engine uses, as PromQL. Network queries return bytes/s; ingest scales them.
-DEFAULT_QUERIES: dict[str, dict[str, str]] = {
-    ANOMALY_DETECTOR: {
-        "node_cpu_utilization": '1 - avg(rate(node_cpu_seconds_total{mode="idle"}[5m]))',
-        "node_memory_utilization": "1 - sum(node_memory_MemAvailable_bytes) / sum(node_memory_MemTotal_bytes)",
-        "pod_cpu_usage": 'sum(rate(container_cpu_usage_seconds_total{container!=""}[5m]))',
-        "pod_memory_usage": 'sum(container_memory_working_set_bytes{container!=""}) / sum(kube_pod_container_resource_limits{resource="memory"})',
-        "container_restart_count": "sum(kube_pod_container_status_restarts_total)",
-    },
-    PREDICTIVE_ANALYTICS: {
-        "cpu": '1 - avg(rate(node_cpu_seconds_total{mode="idle"}[5m]))',
-        "memory": "1 - sum(node_memory_MemAvailable_bytes) / sum(node_memory_MemTotal_bytes)",
-        "disk": '1 - sum(node_filesystem_avail_bytes{mountpoint="/"}) / sum(node_filesystem_size_bytes{mountpoint="/"})',
-        "network_in": 'sum(rate(node_network_receive_bytes_total{device!="lo"}[5m]))',
-        "network_out": 'sum(rate(node_network_transmit_bytes_total{device!="lo"}[5m]))',
-    },
-}
-NETWORK_METRICS = {"network_in", "network_out"}
+# The base metrics the coordination engine uses, as PromQL, from the built-in model specs (models/*.yaml). Network
+# queries return bytes/s; ingest scales them (the specs' query_divisor).
+DEFAULT_QUERIES: dict[str, dict[str, str]] = {spec.name: {item.name: item.query for item in spec.inputs} for spec in builtin_specs()}
+NETWORK_METRICS = {item.name for spec in builtin_specs() for item in spec.inputs if item.query_divisor is not None}
 # Canary templates: {model}, {version}, {window} and {scope} (extra label matchers, e.g. a fleet wave's clusters) are
 # filled in. Both read the project runtime's own series, whose ``version`` label is the version it serves (from
 # MODEL_VERSION), so that they need no relabelling in the scrape configuration, on one cluster or across a fleet.

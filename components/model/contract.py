@@ -2,14 +2,17 @@
 
 Source: the platform contract, summarised in ``docs/contract.md``. Everything that turns raw per-minute metrics
 into model inputs, or that checks an input, lives here so that training, evaluation, smoke tests and serving agree
-byte for byte.
+byte for byte. The models, their inputs and units, and the engine's fallback vector are read from the built-in model
+specs, ``models/*.yaml`` (``components.model.spec``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING
+
+from components.model.spec import FEATURE_RECIPES, RAW, WINDOW_9, ModelSpec, builtin_specs
+from components.model.units import UNIT_LIMITS, MixUp, Unit, UnitLimits  # re-exported: importers read the units from the contract
 
 if TYPE_CHECKING:  # numpy and pandas are imported where they are used: a step that only reads the schema starts faster
     import numpy as np
@@ -27,48 +30,6 @@ MIN_FEATURE_ROWS = WINDOW_MINUTES + 1
 
 class ContractError(ValueError):
     """An input that breaks the platform contract; the message names the problem and the fix."""
-
-
-class Unit(str, Enum):
-    """The unit a base metric is sent in."""
-
-    RATIO = "ratio 0-1"
-    CORES = "CPU cores"
-    COUNT = "cumulative count"
-
-
-@dataclass(frozen=True)
-class MixUp:
-    """A unit a metric is sent in by mistake, and how many of it make one contract unit (percent: 100 per ratio)."""
-
-    name: str
-    factor: float
-
-
-@dataclass(frozen=True)
-class UnitLimits:
-    """A unit's largest plausible value, the mix-ups that overshoot it, and the fix when none of them explains a value."""
-
-    expected: str  # what a value must be, for messages
-    maximum: float
-    mix_ups: tuple[MixUp, ...]
-    fix: str
-
-
-# The largest plausible value of each unit, and why:
-UNIT_LIMITS: dict[Unit, UnitLimits] = {
-    # A ratio is at most 1 by definition (contract §2-3). Percent is the usual mix-up, and upstream's own.
-    Unit.RATIO: UnitLimits("a ratio 0-1", 1.0, (MixUp("percent", 100.0),), "scale it to 0-1"),
-    # The default query sums the CPU of every container in the cluster. Kubernetes supports clusters of at most 5,000
-    # nodes (kubernetes.io, "Considerations for large clusters"): even 200 busy cores on each is 1e6 cores. Kubernetes
-    # tools show millicores ("250m"); the kubelet's summary API reports nanocores (usageNanoCores).
-    Unit.CORES: UnitLimits("CPU cores (at most 1e6, a whole cluster's)", 1e6, (MixUp("millicores", 1e3), MixUp("nanocores", 1e9)),
-                           "send CPU cores, the rate() of container_cpu_usage_seconds_total, not the counter itself"),
-    # 150,000 pods, Kubernetes' documented maximum, each restarting every 5 minutes (the kubelet's longest back-off) for
-    # three weeks restart 0.9e9 times. A larger value is another series, such as a timestamp in epoch seconds (1.7e9).
-    Unit.COUNT: UnitLimits("a cumulative count (at most 1e9)", 1e9, (),
-                           "send the cumulative restart count, e.g. sum(kube_pod_container_status_restarts_total), not a timestamp"),
-}
 
 
 @dataclass(frozen=True)
@@ -105,36 +66,19 @@ class ModelSchema:
         return [f"{metric}__{suffix}" for metric in self.metric_names for suffix in FEATURE_SUFFIXES]
 
 
-FEATURE_SUFFIXES = ("value", "mean_5m", "std_5m", "min_5m", "max_5m", "lag_1m", "lag_5m", "diff_1m", "pct_change_1m")
+FEATURE_SUFFIXES = FEATURE_RECIPES[WINDOW_9]
 
-SCHEMAS: dict[str, ModelSchema] = {
-    ANOMALY_DETECTOR: ModelSchema(
-        ANOMALY_DETECTOR,
-        (
-            Metric("node_cpu_utilization", Unit.RATIO),
-            Metric("node_memory_utilization", Unit.RATIO),
-            Metric("pod_cpu_usage", Unit.CORES),
-            Metric("pod_memory_usage", Unit.RATIO),
-            Metric("container_restart_count", Unit.COUNT),
-        ),
-        engineered=True,
-    ),
-    PREDICTIVE_ANALYTICS: ModelSchema(
-        PREDICTIVE_ANALYTICS,
-        (
-            Metric("cpu", Unit.RATIO),
-            Metric("memory", Unit.RATIO),
-            Metric("disk", Unit.RATIO),
-            Metric("network_in", Unit.RATIO),
-            Metric("network_out", Unit.RATIO),
-        ),
-        engineered=False,
-    ),
-}
 
+def schema_of(spec: ModelSpec) -> ModelSchema:
+    """Return the schema of a model spec: its inputs as base metrics, engineered unless its recipe is raw."""
+    return ModelSchema(spec.name, tuple(Metric(item.name, item.unit) for item in spec.inputs), spec.features.name != RAW)
+
+
+# The built-in models (models/*.yaml) are the contract's models, by file name.
+SCHEMAS: dict[str, ModelSchema] = {spec.name: schema_of(spec) for spec in builtin_specs()}
 MODEL_NAMES = tuple(SCHEMAS)
-# What the coordination engine sends for every metric when Prometheus fails (contract §2).
-FALLBACK_METRIC_FEATURES = (0.5, 0.5, 0.1, 0.3, 0.7, 0.5, 0.5, 0.0, 0.0)
+# What the coordination engine sends for every metric when Prometheus fails (contract §2): the built-in probe marked so.
+FALLBACK_METRIC_FEATURES = next(spec.smoke.per_input for spec in builtin_specs() if spec.smoke and spec.smoke.engine_fallback)
 NETWORK_SCALE_BYTES_PER_SECOND = 125e6
 
 
