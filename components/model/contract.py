@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from components.model.spec import FEATURE_RECIPES, RAW, WINDOW_9, ModelSpec, builtin_specs
+from components.model.spec import FEATURE_RECIPES, RAW, WINDOW_9, ModelSpec, SpecError, builtin_specs, spec_for
 from components.model.units import UNIT_LIMITS, MixUp, Unit, UnitLimits  # re-exported: importers read the units from the contract
 
 if TYPE_CHECKING:  # numpy and pandas are imported where they are used: a step that only reads the schema starts faster
@@ -83,11 +83,13 @@ NETWORK_SCALE_BYTES_PER_SECOND = 125e6
 
 
 def schema_for(model_name: str) -> ModelSchema:
-    """Return the schema of ``model_name`` or raise a ContractError listing the known models."""
-    try:
+    """Return the schema of ``model_name`` (a built-in, the spec this process uses, or an example's) or raise a ContractError."""
+    if model_name in SCHEMAS:
         return SCHEMAS[model_name]
-    except KeyError:
-        raise ContractError(f"unknown model {model_name!r}: use one of {', '.join(MODEL_NAMES)}") from None
+    try:
+        return schema_of(spec_for(model_name))
+    except SpecError as error:
+        raise ContractError(f"unknown model {model_name!r}: {error}") from None
 
 
 def fallback_instance(n_metrics: int = len(SCHEMAS[ANOMALY_DETECTOR].base_metrics)) -> list[float]:

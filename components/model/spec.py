@@ -159,6 +159,21 @@ def spec_named(reference: str) -> ModelSpec:
     raise SpecError(f"no known model is called {reference!r}: use one of {', '.join(names)}, or the path of a spec file")
 
 
+_IN_USE: dict[str, ModelSpec] = {}
+
+
+def use_spec(spec: ModelSpec) -> ModelSpec:
+    """Make ``spec`` the one ``spec_for`` returns for its name in this process (a step reads it from the run's configuration,
+    the model server from the version it serves), so a model that is neither built in nor an example works in a pod; return it."""
+    _IN_USE[spec.name] = spec
+    return spec
+
+
+def spec_for(model_name: str) -> ModelSpec:
+    """Return the spec of ``model_name``: the one this process uses (``use_spec``), else a built-in or an example's."""
+    return _IN_USE.get(model_name) or spec_named(model_name)
+
+
 def _display(path: Path) -> str:
     """Return ``path`` as messages name it: relative to the working directory when inside it, else absolute."""
     resolved = path.resolve()
