@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES
-from components.model.evaluate import Gates
+from components.model.contract import MODEL_NAMES
 from components.data.ingest import IngestRequest, ingest
-from components.model.train import DetectorParams, ForecasterParams, save_trained, train_anomaly_detector, train_predictive_analytics
+from components.model.spec import spec_for
+from components.model.train import save_trained, train_model
 from components.release.rollout import CanarySpec, ProbeProvider, canary_promote, smoke_test
 from components.kfp.workflow import (
     SERVING_HOME_ENV,
@@ -35,7 +35,7 @@ from components.kfp.workflow import (
     save_step,
     serving_context,
 )
-from pipelines.local import LOCAL_DEFAULTS, local_target, run_local
+from pipelines.local import local_defaults, local_target, parse_params, run_local
 
 CANARY = CanarySpec(interval_s=0.3, probe_requests=10)
 STORE = StoreOptions()
@@ -49,12 +49,9 @@ def direct_run(model_name: str, state_dir: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = ingest(IngestRequest(model_name))
     data.validation.to_parquet(work / "validation.parquet")
-    if model_name == ANOMALY_DETECTOR:
-        trained = train_anomaly_detector(data.train, DetectorParams())
-    else:
-        trained = train_predictive_analytics(data.train, ForecasterParams())
-    save_trained(trained, work / "model")
-    evaluation, _ = evaluate_step(model_name, str(work / "model"), str(work / "validation.parquet"), data.description, Gates(), STORE)
+    spec = spec_for(model_name)
+    save_trained(train_model(spec, data.train), work / "model")
+    evaluation, _ = evaluate_step(spec, str(work / "model"), str(work / "validation.parquet"), data.description, STORE)
     if not evaluation.deploy:
         return
     version = save_step(model_name, str(work / "model"), evaluation.metrics, STORE, "benchmark").version
@@ -66,7 +63,7 @@ def direct_run(model_name: str, state_dir: Path) -> None:
 
 def local_run(model_name: str, state_dir: Path) -> None:
     """Run the retraining pipeline with kfp.local, serving locally as the CLI does, with ``direct_run``'s canary settings."""
-    arguments = {**LOCAL_DEFAULTS, "canary_interval_s": CANARY.interval_s, "probe_requests": CANARY.probe_requests}
+    arguments = parse_params([*local_defaults(model_name), f"canary_interval_s={CANARY.interval_s}", f"probe_requests={CANARY.probe_requests}"], model_name)
     summary = run_local(model_name, arguments, state_dir)
     if not summary.succeeded:
         raise RuntimeError(f"the kfp.local run of {model_name} failed ({summary.error}); see {summary.log}")

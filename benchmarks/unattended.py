@@ -40,7 +40,6 @@ import requests
 
 from components.store import filesystem as storage
 from components.model.contract import ANOMALY_DETECTOR, LABEL_COLUMN, ContractError, fallback_instance, is_synthetic
-from components.model.evaluate import Gates
 from components.data.ingest import IngestRequest, ingest
 from components.serving.kserve import KServeOptions
 from components.serving.local import LocalTarget, process_alive
@@ -50,7 +49,8 @@ from components.release.rollout import CanarySpec, ProbeProvider, canary_promote
 from components.serving.target import ServingError
 from components.store.integrity import repair
 from components.data.synthetic import generate_cluster_metrics
-from components.model.train import DetectorParams, save_trained, train_anomaly_detector
+from components.model.spec import spec_for
+from components.model.train import save_trained, train_model
 from components.kfp.workflow import (
     SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, deploy_step, evaluate_step, monitor_step, open_store, probe_sample_from, save_step,
     serving_context,
@@ -268,10 +268,10 @@ class Simulation:
         trained_from = pd.to_datetime(data.train.timestamp, utc=True) if source == "file" else None
         entry["post_shift_share"] = float((trained_from >= self.marks["shift"]).mean()) if trained_from is not None else 0.0
         data.validation.to_parquet(work / "validation.parquet")
-        save_trained(train_anomaly_detector(data.train, DetectorParams()), work / "model", data.data_source)
+        save_trained(train_model(spec_for(MODEL), data.train), work / "model", data.data_source)
         for lane in (lane for lane in (self.local, self.kserve) if lane.name in lanes):
             with lane.active():
-                evaluation, _ = evaluate_step(MODEL, str(work / "model"), str(work / "validation.parquet"), data.description, Gates(), StoreOptions())
+                evaluation, _ = evaluate_step(spec_for(MODEL), str(work / "model"), str(work / "validation.parquet"), data.description, StoreOptions())
                 if not evaluation.deploy:
                     entry[f"{lane.name}_outcome"] = "not deployed: failed its gates"
                     continue

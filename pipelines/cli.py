@@ -59,25 +59,32 @@ def _describe_profile(platform: Platform, store: str) -> str:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    """Compile every pipeline for one platform (or every profile) and print where they went; return the exit code."""
+    """Compile every pipeline for one platform (or every profile) and print where they went; return the exit code.
+
+    With --model, the model's own pipelines (retrain, rollout, monitor) go beside its spec, in ``compiled/``, for every profile
+    unless --platform or --store picks one.
+    """
     from pipelines.retrain import compile_every_profile, compile_pipelines
 
-    if args.all_platforms:
-        if _profile_chosen(args):
+    try:
+        spec = _model_spec(args)
+        installation = _installation(args)
+        platform, store, _ = _profile(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    home = Path(args.output_dir or (Path(spec.source).parent / "compiled" if spec is not None else "compiled"))
+    if args.all_platforms or (spec is not None and not _profile_chosen(args)):
+        if args.all_platforms and _profile_chosen(args):
             print("error: --all-platforms compiles every platform with both stores: drop --platform, --store and --s3-secret", file=sys.stderr)
             return 2
-        paths = compile_every_profile(args.output_dir or "compiled", args.image)
+        print(f"compiling {spec.name if spec else 'the built-in models'}' pipelines for every platform profile into {home}/")
+        paths = compile_every_profile(home, args.image, installation, spec)
     else:
-        try:
-            platform, store, _ = _profile(args)
-            installation = _installation(args)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
         # A chosen profile goes to its own folder, as `compile --all-platforms` lays them out, never over the default files.
-        output_dir = Path(args.output_dir or (Path("compiled") / profile_folder(platform, store) if _profile_chosen(args) else "compiled"))
+        output_dir = home / profile_folder(platform, store) if _profile_chosen(args) and not args.output_dir else home
         print(f"compiling for {_describe_profile(platform, store)} into {output_dir}/")
-        paths = compile_pipelines(output_dir, args.image, platform.name, store, installation)
+        paths = compile_pipelines(output_dir, args.image, platform.name, store, installation, spec)
     for path in paths:
         print(f"compiled {path}")
     return 0
@@ -108,15 +115,39 @@ def _require_local(args: argparse.Namespace, verb: str, submissions: list[list[s
     return args.local
 
 
+def _model_spec(args: argparse.Namespace):
+    """Return the spec --model names (a spec file, or a known model's name), or None; raise ValueError (SpecError) naming the problem."""
+    from components.model.spec import spec_named
+
+    return spec_named(args.model_spec) if args.model_spec else None
+
+
+def _chosen_models(args: argparse.Namespace, spec) -> list[str]:
+    """Return the models a verb acts on: --model's, else the positional choice (all: every built-in model); raise ValueError if neither."""
+    if spec is not None:
+        return [spec.name]
+    if not args.model:
+        raise ValueError("name a model (anomaly-detector, predictive-analytics or all), or a spec file with --model FILE")
+    return list(MODEL_NAMES) if args.model == "all" else [args.model]
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the chosen retraining pipelines locally, print progress and a summary; return the exit code (README)."""
-    from pipelines.local import exit_code, local_defaults, params_per_model, run_local
+    from pipelines.local import exit_code, local_defaults, params_per_model, parse_params, run_local
 
-    models = list(MODEL_NAMES) if args.model == "all" else [args.model]
+    try:
+        spec = _model_spec(args)
+        models = _chosen_models(args, spec)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not _require_local(args, "run", [[model] for model in models]):
         return 2
     try:
-        arguments = params_per_model([*local_defaults(models[0]), *args.param], models)
+        if spec is not None:
+            arguments = {spec.name: parse_params([*local_defaults(spec.name, spec), *args.param], spec.name, spec)}
+        else:
+            arguments = params_per_model([*local_defaults(models[0]), *args.param], models)
         installation = _installation(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -126,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
     summaries = []
     for number, model in enumerate(models, start=1):
         print(f"==> [{number}/{len(models)}] {model}", flush=True)
-        summaries.append(run_local(model, arguments[model], state_dir, verbose=args.verbose, installation=installation))
+        summaries.append(run_local(model, arguments[model], state_dir, verbose=args.verbose, installation=installation, spec=spec))
     print(format_summary(summaries, state_dir))
     return exit_code(summaries)
 
@@ -135,14 +166,20 @@ def _monitor(args: argparse.Namespace) -> int:
     """Check each chosen model for drift locally, print the drift table and decision; return the exit code (README)."""
     from pipelines.local import local_defaults, parse_params, retrain_arguments, run_config, run_monitor_local, worst_exit_code
 
-    models = list(MODEL_NAMES) if args.model == "all" else [args.model]
+    try:
+        spec = _model_spec(args)
+        models = _chosen_models(args, spec)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not _require_local(args, "monitor", [[MONITOR, "--param", f"model_name={model}"] for model in models]):
         return 2
     try:
-        arguments = parse_params([*local_defaults(MONITOR), *args.param], MONITOR)
+        arguments = parse_params([*local_defaults(MONITOR, spec), *args.param], MONITOR, spec)
         installation = _installation(args)
         for model in models:
-            retrain_arguments(model, run_config(MONITOR, arguments).monitor.retrain_parameters)
+            chosen = {} if spec is not None else {"model_name": model}
+            retrain_arguments(model, run_config(MONITOR, {**arguments, **chosen}, spec=spec).monitor.retrain_parameters, spec=spec)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -150,7 +187,7 @@ def _monitor(args: argparse.Namespace) -> int:
     summaries = []
     for number, model in enumerate(models, start=1):
         print(f"==> [{number}/{len(models)}] drift check of {model}", flush=True)
-        summary = run_monitor_local(model, arguments, state_dir, verbose=args.verbose, installation=installation)
+        summary = run_monitor_local(model, arguments, state_dir, verbose=args.verbose, installation=installation, spec=spec)
         summaries.append(summary)
         print(format_monitor_summary(summary))
     code = worst_exit_code(summary.exit_code for summary in summaries)
@@ -176,18 +213,25 @@ def _rollout(args: argparse.Namespace) -> int:
     """Roll out a stored version locally (deploy, smoke-test, canary); return the exit code (README)."""
     from pipelines.local import check_stored_version, exit_code, local_defaults, open_run_store, parse_params, run_config, run_local
 
-    if not _require_local(args, "rollout", [[ROLLOUT, "--param", f"model_name={args.model}", "--param", f"version={args.version}"]]):
+    try:
+        spec = _model_spec(args)
+        (model,) = _chosen_models(args, spec)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not _require_local(args, "rollout", [[ROLLOUT, "--param", f"model_name={model}", "--param", f"version={args.version}"]]):
         return 2
     state_dir = Path(args.state_dir)
     try:
-        arguments = parse_params([*local_defaults(ROLLOUT), *args.param, f"model_name={args.model}", f"version={args.version}"], ROLLOUT)
+        chosen = [] if spec is not None else [f"model_name={model}"]
+        arguments = parse_params([*local_defaults(ROLLOUT, spec), *args.param, *chosen, f"version={args.version}"], ROLLOUT, spec)
         installation = _installation(args)
-        check_stored_version(open_run_store(run_config(ROLLOUT, arguments, installation), state_dir), args.model, args.version)
+        check_stored_version(open_run_store(run_config(ROLLOUT, arguments, installation, spec), state_dir), model, args.version)
     except (ValueError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"==> {args.model} {args.version}: deploy -> smoke-test -> canary", flush=True)
-    summary = run_local(args.model, arguments, state_dir, pipeline_name=ROLLOUT, verbose=args.verbose, installation=installation)
+    print(f"==> {model} {args.version}: deploy -> smoke-test -> canary", flush=True)
+    summary = run_local(model, arguments, state_dir, pipeline_name=ROLLOUT, verbose=args.verbose, installation=installation, spec=spec)
     print(format_summary([summary], state_dir))
     return exit_code([summary])
 
@@ -510,6 +554,12 @@ def _add_installation_options(verb: argparse.ArgumentParser) -> None:
                       f"(default: {installed.gitops_secret})")
 
 
+def _add_model_option(verb: argparse.ArgumentParser) -> None:
+    """Add --model, a model spec file (or a known model's name), to a verb."""
+    verb.add_argument("--model", dest="model_spec", metavar="SPEC", help="a model spec file, e.g. examples/<model>/model.yaml (`model-pipelines "
+                      "models` lists the known ones): that model's own pipelines")
+
+
 def _version_name(text: str) -> str:
     """Return the stored version name --version means: v7 as given, and a bare number such as 7 as v7."""
     return f"v{text}" if text.isdigit() else text
@@ -545,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_platform_options(compile_verb, "to compile for", compiles=True)
     compile_verb.add_argument("--all-platforms", action="store_true",
                               help="write the default and one folder per distinct platform output (what compiled/ holds)")
+    _add_model_option(compile_verb)
     compile_verb.set_defaults(handler=_compile)
 
     parameters_verb = verbs.add_parser("parameters", help="show a pipeline's run form: its parameters, groups, keys and defaults")
@@ -553,19 +604,22 @@ def build_parser() -> argparse.ArgumentParser:
     parameters_verb.set_defaults(handler=_parameters)
 
     run_verb = verbs.add_parser("run", help="run a retraining pipeline: train, evaluate, save, deploy, smoke-test, canary")
-    run_verb.add_argument("model", choices=[*MODEL_NAMES, "all"])
+    run_verb.add_argument("model", nargs="?", choices=[*MODEL_NAMES, "all"])
+    _add_model_option(run_verb)
     _add_local_options(run_verb, per_model=True)
     run_verb.set_defaults(handler=_run)
 
     rollout_verb = verbs.add_parser("rollout", help="roll out a version already in the store: deploy, smoke-test, canary")
-    rollout_verb.add_argument("model", choices=MODEL_NAMES)
+    rollout_verb.add_argument("model", nargs="?", choices=MODEL_NAMES)
+    _add_model_option(rollout_verb)
     rollout_verb.add_argument("--version", required=True, type=_version_name, help="the stored version, e.g. v3 (3 means v3)")
     _add_local_options(rollout_verb)
     rollout_verb.set_defaults(handler=_rollout)
 
     monitor_verb = verbs.add_parser("monitor", help="check models for drift against their stable version's profile; retrain on drift "
                                     "with --param action=submit")
-    monitor_verb.add_argument("model", choices=[*MODEL_NAMES, "all"])
+    monitor_verb.add_argument("model", nargs="?", choices=[*MODEL_NAMES, "all"])
+    _add_model_option(monitor_verb)
     _add_local_options(monitor_verb)
     monitor_verb.set_defaults(handler=_monitor)
 

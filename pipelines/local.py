@@ -21,6 +21,7 @@ from components.serving.local import local_target, state_dir as configured_state
 from components.release.rollout import KEPT_SERVING
 from components.serving.target import ServingStatus
 from components.model.contract import MODEL_NAMES
+from components.model.spec import ModelSpec, spec_for
 from components.store.filesystem import DUPLICATE_EVENT, ModelStore, StoreError, champion_version, version_number
 from components.kfp.config import (
     INSTALLATION_NAMES,
@@ -31,14 +32,13 @@ from components.kfp.config import (
     Knob,
     RunConfig,
     config_from_arguments,
-    knob_label,
     knobs_of,
     retrain_arguments as grouped_retrain_arguments,
 )
 from components.kfp.workflow import RUN_LOCKS_ENV, SERVING_HOME_ENV, STORE_ROOT_ENV, RunActiveError, local_run_lock, open_store
 from components.monitoring.monitor import NO_ACTION, RETRAIN, record_trigger
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, ROLLOUT
-from pipelines.retrain import BUILDERS, make_components
+from pipelines.retrain import builder_for, make_components
 from pipelines.run_log import RunLog
 
 DEFAULT_STATE_DIR = configured_state_dir()
@@ -82,33 +82,38 @@ def worst_exit_code(codes: Iterable[int]) -> int:
     return 1 if 1 in found else 3 if 3 in found else 0
 
 
-def pipeline_kind(pipeline_name: str) -> tuple[str, str | None]:
-    """Return the kind of ``pipeline_name`` and, for a retrain, its model."""
-    return {ROLLOUT: (ROLLOUT_KIND, None), MONITOR: (MONITOR_KIND, None)}.get(pipeline_name, (RETRAIN_KIND, pipeline_name))
+def pipeline_kind(pipeline_name: str, spec: ModelSpec | None = None) -> tuple[str, ModelSpec | None]:
+    """Return the kind of ``pipeline_name`` (a model's retrain, ROLLOUT or MONITOR) and the spec its knobs follow: a retrain's model,
+    ``spec``'s own rollout and monitor, or none for the shared ones whose model_name names a built-in model."""
+    if pipeline_name in (ROLLOUT, MONITOR):
+        return (ROLLOUT_KIND if pipeline_name == ROLLOUT else MONITOR_KIND), spec
+    return RETRAIN_KIND, spec if spec is not None else spec_for(pipeline_name)
 
 
-def _knob_named(name: str, pipeline_name: str) -> Knob | None:
+def _knob_named(name: str, pipeline_name: str, spec: ModelSpec | None) -> Knob | None:
     """Return the knob ``pipeline_name`` shows as ``name`` (its flat name, or ``group.key``), or None."""
-    for knob in knobs_of(*pipeline_kind(pipeline_name)):
-        if name in (knob.name, knob_label(knob.name)):
+    for knob in knobs_of(*pipeline_kind(pipeline_name, spec)):
+        if name in (knob.name, f"{knob.group}.{knob.key}"):
             return knob
     return None
 
 
-def accepts(pipeline_name: str, name: str) -> bool:
+def accepts(pipeline_name: str, name: str, spec: ModelSpec | None = None) -> bool:
     """Return whether ``--param name=...`` sets something of ``pipeline_name``: a knob, ``group.key`` or a whole group."""
-    kind, model = pipeline_kind(pipeline_name)
-    return _knob_named(name, pipeline_name) is not None or name in {knob.group for knob in knobs_of(kind, model)}
+    return _knob_named(name, pipeline_name, spec) is not None or name in {knob.group for knob in knobs_of(*pipeline_kind(pipeline_name, spec))}
 
 
 # A local run differs from a cluster run's defaults: it serves on this machine and learns synthetic data, with no
-# Prometheus, unless --param says otherwise (serving_target=kserve with KUBECONFIG, source=prometheus, ...).
+# Prometheus, unless --param says otherwise (serving_target=kserve with KUBECONFIG, source=prometheus, ...). A model whose
+# spec comes with a data file learns from that file instead.
 LOCAL_DEFAULTS = {"serving_target": "local", "source": "synthetic", "prometheus_url": "", "prometheus_ca_bundle": ""}
 
 
-def local_defaults(pipeline_name: str) -> list[str]:
+def local_defaults(pipeline_name: str, spec: ModelSpec | None = None) -> list[str]:
     """Return the ``k=v`` pairs that give a local run of ``pipeline_name`` its local defaults (only knobs it shows)."""
-    return [f"{name}={value}" for name, value in LOCAL_DEFAULTS.items() if accepts(pipeline_name, name)]
+    model = pipeline_kind(pipeline_name, spec)[1]
+    data_file = {"source": "file", "file_path": str(model.data_file.resolve())} if model is not None and model.data_file else {}
+    return [f"{name}={value}" for name, value in {**LOCAL_DEFAULTS, **data_file}.items() if accepts(pipeline_name, name, spec)]
 
 
 def _converted(knob: Knob, text: str) -> object:
@@ -118,12 +123,13 @@ def _converted(knob: Knob, text: str) -> object:
     try:
         return converter(text)
     except ValueError:
-        raise ValueError(f"--param {knob_label(knob.name)}={text!r}: {knob_label(knob.name)} is a {kind.__name__}") from None
+        label = knob.name if knob.group is None else f"{knob.group}.{knob.key}"
+        raise ValueError(f"--param {label}={text!r}: {label} is a {kind.__name__}") from None
 
 
-def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
+def parse_params(pairs: list[str], pipeline_name: str, spec: ModelSpec | None = None) -> dict[str, object]:
     """Return pipeline arguments from ``k=v`` strings, each a knob (flat name or ``group.key``) or a whole group as JSON, typed and checked."""
-    kind, model = pipeline_kind(pipeline_name)
+    kind, model = pipeline_kind(pipeline_name, spec)
     shown = knobs_of(kind, model)
     groups = {knob.group for knob in shown if knob.group}
     arguments: dict[str, object] = {}
@@ -131,7 +137,7 @@ def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
         name, separator, text = pair.partition("=")
         if not separator:
             raise ValueError(f"--param {pair!r} is not k=v; for example --param days=3 or --param canary.interval_s=1")
-        knob = _knob_named(name, pipeline_name)
+        knob = _knob_named(name, pipeline_name, spec)
         if knob is not None and knob.group is None:
             arguments[name] = _converted(knob, text)
         elif knob is not None:
@@ -142,20 +148,20 @@ def parse_params(pairs: list[str], pipeline_name: str) -> dict[str, object]:
             raise ValueError(f"{name} is the installation's, fixed when the pipelines are compiled, not a run parameter: pass "
                              f"--{name.replace('_', '-')} to compile or upload (or to a local run, rollout or monitor)")
         else:
-            names = [*(knob_label(knob.name) for knob in shown), *(knob.name for knob in shown if knob.group)]
+            names = [*(f"{knob.group}.{knob.key}" for knob in shown if knob.group), *(knob.name for knob in shown)]
             close = difflib.get_close_matches(name, names, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             tops = [knob.name for knob in shown if knob.group is None]
             raise ValueError(f"{pipeline_name} has no parameter {name!r}; {hint}its parameters are {', '.join(tops)} and the groups "
                              f"{', '.join(sorted(groups))} (set one key as group.key=value, e.g. canary.interval_s=1)")
-    config_from_arguments(kind, arguments, model_name=model)
+    config_from_arguments(kind, arguments, spec=model)
     return arguments
 
 
-def run_config(pipeline_name: str, arguments: dict[str, object], installation: Installation = Installation()) -> RunConfig:
+def run_config(pipeline_name: str, arguments: dict[str, object], installation: Installation = Installation(), spec: ModelSpec | None = None) -> RunConfig:
     """Return the configuration a local run of ``pipeline_name`` with ``arguments`` has (checked, as validate-parameters makes it)."""
-    kind, model = pipeline_kind(pipeline_name)
-    return config_from_arguments(kind, arguments, installation, model_name=model)
+    kind, model = pipeline_kind(pipeline_name, spec)
+    return config_from_arguments(kind, arguments, installation, model)
 
 
 def params_per_model(pairs: list[str], models: list[str]) -> dict[str, dict[str, object]]:
@@ -237,7 +243,7 @@ def _local_environment(state_dir: Path) -> Iterator[None]:
 
 
 def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_path: Path, verbose: bool, lock: str | None = None,
-             installation: Installation = Installation()):
+             installation: Installation = Installation(), spec: ModelSpec | None = None):
     """Run ``pipeline`` with kfp.local in the state dir, its step output in the run log; return (task, "") or (None, error).
 
     With ``lock``, the model's local run lock is held for the run, so that two local retrains or rollouts of a model
@@ -252,7 +258,7 @@ def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_p
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             with local_run_lock(lock) if lock else contextlib.nullcontext():
-                return BUILDERS[pipeline](DEFAULT_IMAGE, installation)(**arguments), ""
+                return builder_for(pipeline, spec)(DEFAULT_IMAGE, installation)(**arguments), ""
         except RunActiveError as error:
             return None, f"failed at start: {error}"
         except RuntimeError as error:
@@ -262,20 +268,21 @@ def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_p
 
 def run_local(
     model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, pipeline_name: str | None = None,
-    verbose: bool = False, installation: Installation = Installation(),
+    verbose: bool = False, installation: Installation = Installation(), spec: ModelSpec | None = None,
 ) -> RunSummary:
-    """Run a model's retraining pipeline (or ``pipeline_name``) with kfp.local, logging to a file; return its summary."""
+    """Run a model's retraining pipeline (or ``pipeline_name``; ``spec``'s own for a model of one's own) with kfp.local, logging to a
+    file; return its summary."""
     pipeline = pipeline_name or model_name
     (state_dir / "store").mkdir(parents=True, exist_ok=True)
     log_path = (state_dir / "logs" / f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
     try:
-        store = open_run_store(run_config(pipeline, arguments, installation), state_dir)
+        store = open_run_store(run_config(pipeline, arguments, installation, spec), state_dir)
         before_index = store.read_index(model_name)
         before = before_index["versions"]
     except StoreError as error:
         return RunSummary(model_name, succeeded=False, outcome=f"failed at start: {error}", error=str(error))
     summary = RunSummary(model_name, succeeded=False, log=str(log_path))
-    task, summary.error = _execute(pipeline, arguments, state_dir, log_path, verbose, lock=model_name, installation=installation)
+    task, summary.error = _execute(pipeline, arguments, state_dir, log_path, verbose, lock=model_name, installation=installation, spec=spec)
     evaluation_report = ""
     if task is not None:
         summary.succeeded = True
@@ -407,25 +414,27 @@ class MonitorSummary:
         return 0 if self.decision == NO_ACTION else 3
 
 
-def retrain_arguments(model_name: str, parameters: dict, regime_start: str = "") -> dict[str, object]:
+def retrain_arguments(model_name: str, parameters: dict, regime_start: str = "", spec: ModelSpec | None = None) -> dict[str, object]:
     """Return ``retrain_parameters`` as the model's local retrain arguments (local defaults first), checked (ValueError names a problem)."""
+    model = spec if spec is not None else spec_for(model_name)
     try:
-        arguments = grouped_retrain_arguments(model_name, {**LOCAL_DEFAULTS, **parameters}, regime_start)
-        run_config(model_name, arguments)
+        defaults = parse_params(local_defaults(model.name, spec), model.name, spec)
+        arguments = grouped_retrain_arguments(model, {**defaults, **parameters}, regime_start)
+        run_config(model.name, arguments, spec=spec)
         return arguments
     except ValueError as error:
         raise ValueError(f"retrain_parameters: {error}") from None
 
 
 def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: Path = DEFAULT_STATE_DIR, verbose: bool = False,
-                      installation: Installation = Installation()) -> MonitorSummary:
+                      installation: Installation = Installation(), spec: ModelSpec | None = None) -> MonitorSummary:
     """Run the drift monitor with kfp.local (action=submit and drift: record the trigger, retrain locally); return what happened."""
     log_path = (state_dir / "logs" / f"{MONITOR}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}.log").resolve()
     summary = MonitorSummary(model_name, log=str(log_path))
     # In the pipeline a retrain decision is only reported: starting a local run is this function's job, not a step's.
     action = "clear" if arguments.get("action") == "clear" else "report"
-    task, summary.error = _execute(MONITOR, {**arguments, "model_name": model_name, "action": action}, state_dir, log_path, verbose,
-                                   installation=installation)
+    chosen = {} if spec is not None else {"model_name": model_name}
+    task, summary.error = _execute(MONITOR, {**arguments, **chosen, "action": action}, state_dir, log_path, verbose, installation=installation, spec=spec)
     if task is None:
         return summary
     summary.succeeded = True
@@ -433,9 +442,10 @@ def run_monitor_local(model_name: str, arguments: dict[str, object], state_dir: 
     regime_start = task.outputs["regime_start"]
     summary.report = openable_report(task.outputs["report"].path)
     if summary.decision == RETRAIN and arguments.get("action") == "submit":
-        store = open_run_store(run_config(MONITOR, arguments, installation), state_dir)
+        config = run_config(MONITOR, {**arguments, **chosen}, installation, spec)
+        store = open_run_store(config, state_dir)
         record_trigger(store, model_name, str(store.read_index(model_name).get("stable")), summary.reason, f"a local run of {model_name}-retrain")
         print(f"==> drift: retraining {model_name} locally", flush=True)
-        retrain = retrain_arguments(model_name, run_config(MONITOR, arguments).monitor.retrain_parameters, regime_start)
-        summary.retrain = run_local(model_name, retrain, state_dir, verbose=verbose, installation=installation)
+        retrain = retrain_arguments(model_name, config.monitor.retrain_parameters, regime_start, spec)
+        summary.retrain = run_local(model_name, retrain, state_dir, verbose=verbose, installation=installation, spec=spec)
     return summary

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
+from functools import partial
 from typing import Callable, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
@@ -24,7 +25,7 @@ from kfp.dsl import Markdown, Metrics
 from components.data.prometheus import TOKEN_ENV
 from components.kfp import steps
 from components.kfp.config import MONITOR as MONITOR_KIND, RETRAIN, ROLLOUT as ROLLOUT_KIND, Installation, parameter_descriptions, pipeline_parameters
-from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
+from components.model.spec import ModelSpec, builtin_specs, spec_for
 from components.serving.gitops import repo as gitops_repo
 from components.store.filesystem import DEFAULT_STORE_ROOT
 from components.store.s3 import DATA_CONNECTION_KEYS
@@ -34,10 +35,8 @@ from pipelines.platforms import DEFAULT_PLATFORM, PLATFORMS, STORES, Platform, a
 STEP_FUNCTIONS = (
     steps.validate_parameters,
     steps.ingest,
-    steps.train_anomaly_detector,
-    steps.train_predictive_analytics,
-    steps.evaluate_anomaly_detector,
-    steps.evaluate_predictive_analytics,
+    steps.train,
+    steps.evaluate,
     steps.save_to_storage,
     steps.deploy_inference_service,
     steps.smoke_test,
@@ -75,11 +74,12 @@ GITOPS_SECRET_KEYS = {"token": gitops_repo.TOKEN_ENV, "ssh-privatekey": gitops_r
 class Wiring:
     """What every task of one pipeline is built with: the components, the installation's PVC and Secrets, and the pipeline's kind."""
 
-    def __init__(self, image: str, installation: Installation, kind: str, model_name: object) -> None:
+    def __init__(self, image: str, installation: Installation, kind: str, model: ModelSpec | object) -> None:
         self.ops = make_components(image)
         self.installation = installation
         self.kind = kind
-        self.model_name = model_name  # a retrain's own model, or the model_name run parameter's channel
+        self.spec = model if isinstance(model, ModelSpec) else None  # the pipeline's own model, carried in the YAML
+        self.model_name = model.name if isinstance(model, ModelSpec) else model  # else the model_name run parameter's channel
 
     def side_effect(self, task: dsl.PipelineTask, *, store: bool = False, prometheus: bool = False, gitops: bool = False) -> dsl.PipelineTask:
         """Never cache ``task`` and bound its run time; mount the store and inject the credentials it needs.
@@ -103,7 +103,7 @@ class Wiring:
         """Add the first task: one check of every run parameter, writing the configuration every later step reads."""
         arguments = {name: value for name, value in p.items() if name != "model_name"}
         return self.side_effect(self.ops.validate_parameters(
-            kind=self.kind, model_name=self.model_name, installation=asdict(self.installation), **arguments,
+            kind=self.kind, model_name=self.model_name, installation=asdict(self.installation), model_spec=spec_constant(self.spec), **arguments,
         )).set_display_name("Check run parameters")
 
     def ingest(self, config) -> dsl.PipelineTask:
@@ -113,7 +113,8 @@ class Wiring:
     def exit_task(self, p: dict) -> dsl.PipelineTask:
         """Return the exit task that leaves serving safe whatever happened (it may depend on no task, so it takes run parameters)."""
         return self.side_effect(self.ops.ensure_safe_serving(
-            kind=self.kind, model_name=self.model_name, installation=asdict(self.installation), run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            kind=self.kind, model_name=self.model_name, installation=asdict(self.installation), model_spec=spec_constant(self.spec),
+            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             **{name: p[name] for name in ("serving_target", "namespace", "model_store", "store", "serving", "fleet")},
         ), store=True, gitops=True).set_display_name("Leave serving safe")
 
@@ -134,13 +135,13 @@ class Wiring:
                              store=True, gitops=True).set_display_name("Roll back (smoke test failed)")
 
 
-def pipeline_function(kind: str, model_name: str | None, summary: str, body: Callable[[dict], object], returns: object = inspect.Signature.empty) -> Callable:
+def pipeline_function(kind: str, spec: ModelSpec | None, summary: str, body: Callable[[dict], object], returns: object = inspect.Signature.empty) -> Callable:
     """Return a function KFP compiles into a pipeline: the ``kind`` pipeline's run parameters (from the knob table) handed to ``body`` by name.
 
     The signature, the defaults and the docstring's ``Args:`` (which KFP turns into each parameter's description in the
     run form) all come from ``components.kfp.config``, where each knob is written once.
     """
-    parameters = pipeline_parameters(kind, model_name)
+    parameters = pipeline_parameters(kind, spec)
     names = list(parameters)
 
     def pipeline(*arguments):
@@ -150,34 +151,28 @@ def pipeline_function(kind: str, model_name: str | None, summary: str, body: Cal
         [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value, annotation=type(value)) for name, value in parameters.items()],
         return_annotation=returns,
     )
-    descriptions = parameter_descriptions(kind, model_name)
+    descriptions = parameter_descriptions(kind, spec)
     pipeline.__doc__ = "\n".join([summary, "", "Args:", *(f"    {name}: {descriptions[name]}" for name in names)])
     return pipeline
 
 
-RETRAIN_STEPS = {
-    ANOMALY_DETECTOR: ("train_anomaly_detector", "evaluate_anomaly_detector", "Train the detector"),
-    PREDICTIVE_ANALYTICS: ("train_predictive_analytics", "evaluate_predictive_analytics", "Train the forecaster"),
-}
-RETRAIN_TEXT = {
-    ANOMALY_DETECTOR: ("Retrain the anomaly detector; evaluate against gates and the champion; save; deploy, smoke-test and canary-promote.",
-                       "Retrain, evaluate, store and roll out the anomaly detector; return its evaluation."),
-    PREDICTIVE_ANALYTICS: ("Retrain the forecaster; evaluate against persistence and the champion; save; deploy, smoke-test and canary-promote.",
-                           "Retrain, evaluate, store and roll out the forecaster; return its evaluation."),
-}
+def spec_constant(spec: ModelSpec | None) -> dict:
+    """Return what a pipeline carries of its model's spec (its source and document; {} for the built-in model chosen by model_name)."""
+    if spec is None:
+        return {}
+    source = Path(spec.source)  # its folder and file name: the same YAML whichever directory compiles it
+    return {"source": f"{source.parent.name}/{source.name}", "document": spec.document.value}
 
 
-def build_retrain_pipeline(model_name: str, image: str = DEFAULT_IMAGE, installation: Installation = Installation()):
-    """Return ``model_name``'s retraining pipeline on ``image``: validate → ingest → train → evaluate → If(deploy) save and roll out."""
-    wiring = Wiring(image, installation, RETRAIN, model_name)
-    train_step, evaluate_step, train_name = RETRAIN_STEPS[model_name]
-    description, summary = RETRAIN_TEXT[model_name]
+def build_retrain_pipeline(spec: ModelSpec, image: str = DEFAULT_IMAGE, installation: Installation = Installation()):
+    """Return ``spec``'s retraining pipeline on ``image``: validate → ingest → train → evaluate → If(deploy) save and roll out."""
+    wiring = Wiring(image, installation, RETRAIN, spec)
 
     def body(p: dict) -> PipelineOutputs:
         config = wiring.validate(p).outputs["config"]
         ingest = wiring.ingest(config)
-        train = getattr(wiring.ops, train_step)(config=config, train_data=ingest.outputs["train_data"]).set_display_name(train_name)
-        evaluate = wiring.side_effect(getattr(wiring.ops, evaluate_step)(
+        train = wiring.ops.train(config=config, train_data=ingest.outputs["train_data"]).set_display_name(f"Train {spec.name}")
+        evaluate = wiring.side_effect(wiring.ops.evaluate(
             config=config, model=train.outputs["model"], validation_data=ingest.outputs["validation_data"], data_description=ingest.outputs["Output"],
         ), store=True).set_display_name("Evaluate against gates and champion")
         with dsl.ExitHandler(wiring.exit_task(p), name="rollout-safely"):
@@ -188,25 +183,20 @@ def build_retrain_pipeline(model_name: str, image: str = DEFAULT_IMAGE, installa
                 wiring.roll_out(config, save.outputs["version"], ingest.outputs["validation_data"])
         return PipelineOutputs(metrics=evaluate.outputs["metrics"], report=evaluate.outputs["report"])
 
-    function = pipeline_function(RETRAIN, model_name, summary, body, PipelineOutputs)
-    return dsl.pipeline(name=f"{model_name}-retrain", description=description)(function)
+    summary = f"Retrain, evaluate, store and roll out {spec.name} ({spec.type}); return its evaluation."
+    function = pipeline_function(RETRAIN, spec, summary, body, PipelineOutputs)
+    return dsl.pipeline(
+        name=f"{spec.name}-retrain",
+        description=f"Retrain {spec.name} ({spec.description.rstrip('.')}); evaluate against gates and the champion; save; deploy, smoke-test and canary-promote.",
+    )(function)
 
 
-def build_anomaly_detector_pipeline(image: str = DEFAULT_IMAGE, installation: Installation = Installation()):
-    """Return the anomaly-detector retraining pipeline on ``image``."""
-    return build_retrain_pipeline(ANOMALY_DETECTOR, image, installation)
-
-
-def build_predictive_analytics_pipeline(image: str = DEFAULT_IMAGE, installation: Installation = Installation()):
-    """Return the predictive-analytics retraining pipeline on ``image``."""
-    return build_retrain_pipeline(PREDICTIVE_ANALYTICS, image, installation)
-
-
-def build_rollout_pipeline(image: str = DEFAULT_IMAGE, installation: Installation = Installation()):
-    """Return the pipeline that rolls out a version already in the store (deploy, smoke-test, canary)."""
+def build_rollout_pipeline(image: str = DEFAULT_IMAGE, installation: Installation = Installation(), spec: ModelSpec | None = None):
+    """Return the pipeline that rolls out a version already in the store (deploy, smoke-test, canary): of the built-in model
+    model_name names, or of ``spec``'s model."""
 
     def body(p: dict) -> None:
-        wiring = Wiring(image, installation, ROLLOUT_KIND, p["model_name"])
+        wiring = Wiring(image, installation, ROLLOUT_KIND, spec or p["model_name"])
         with dsl.ExitHandler(wiring.exit_task(p), name="rollout-safely"):
             config = wiring.validate(p).outputs["config"]
             ingest = wiring.ingest(config)
@@ -214,17 +204,18 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE, installation: Installatio
             # or a failing source then leaves serving untouched (and the step list follows the DAG).
             wiring.roll_out(config, p["version"], ingest.outputs["validation_data"], after=ingest)
 
-    function = pipeline_function(ROLLOUT_KIND, None, "Roll out a stored version: deploy, smoke-test, canary-promote or roll back.", body)
+    function = pipeline_function(ROLLOUT_KIND, spec, "Roll out a stored version: deploy, smoke-test, canary-promote or roll back.", body)
     return dsl.pipeline(
-        name="model-rollout", description="Roll out a stored model version: deploy as a dark candidate, smoke-test, canary-promote or roll back.",
+        name=f"{spec.name}-rollout" if spec else ROLLOUT,
+        description="Roll out a stored model version: deploy as a dark candidate, smoke-test, canary-promote or roll back.",
     )(function)
 
 
-def build_monitor_pipeline(image: str = DEFAULT_IMAGE, installation: Installation = Installation()):
-    """Return the drift monitor pipeline: one model per run, hourly on a schedule."""
+def build_monitor_pipeline(image: str = DEFAULT_IMAGE, installation: Installation = Installation(), spec: ModelSpec | None = None):
+    """Return the drift monitor pipeline, one model per run, hourly on a schedule: of the built-in model model_name names, or of ``spec``'s."""
 
     def body(p: dict) -> MonitorOutputs:
-        wiring = Wiring(image, installation, MONITOR_KIND, p["model_name"])
+        wiring = Wiring(image, installation, MONITOR_KIND, spec or p["model_name"])
         config = wiring.validate(p).outputs["config"]
         monitor = wiring.side_effect(wiring.ops.monitor_drift(config=config), store=True, prometheus=True).set_display_name("Measure drift and decide")
         # No dsl.If on the decision: kfp.local cannot resolve a named output in a condition, so the step decides itself.
@@ -235,20 +226,44 @@ def build_monitor_pipeline(image: str = DEFAULT_IMAGE, installation: Installatio
         return MonitorOutputs(metrics=monitor.outputs["metrics"], report=monitor.outputs["report"], decision=monitor.outputs["decision"],
                               reason=monitor.outputs["reason"], regime_start=monitor.outputs["regime_start"])
 
-    function = pipeline_function(MONITOR_KIND, None, "Check one model for drift and start its retrain pipeline when needed; return the drift report and decision.",
+    function = pipeline_function(MONITOR_KIND, spec, "Check one model for drift and start its retrain pipeline when needed; return the drift report and decision.",
                                  body, MonitorOutputs)
     return dsl.pipeline(
-        name="model-monitor",
+        name=f"{spec.name}-monitor" if spec else MONITOR,
         description="Measure drift of the live metrics from the stable version's profile; retrain (or report) when it crosses the thresholds.",
     )(function)
 
 
-BUILDERS = {
-    ANOMALY_DETECTOR: build_anomaly_detector_pipeline,
-    PREDICTIVE_ANALYTICS: build_predictive_analytics_pipeline,
-    ROLLOUT: build_rollout_pipeline,
-    MONITOR: build_monitor_pipeline,
-}
+def pipeline_builders(spec: ModelSpec | None = None) -> dict[str, Callable]:
+    """Return the pipelines to compile, by key, each a ``builder(image, installation)``: the built-in models' retrains with the shared
+    rollout and monitor, or ``spec``'s own three."""
+    if spec is None:
+        retrains = {builtin.name: partial(build_retrain_pipeline, builtin) for builtin in builtin_specs()}
+        return {**retrains, ROLLOUT: build_rollout_pipeline, MONITOR: build_monitor_pipeline}
+    return {spec.name: partial(build_retrain_pipeline, spec), f"{spec.name}-rollout": partial(_for_spec, build_rollout_pipeline, spec),
+            f"{spec.name}-monitor": partial(_for_spec, build_monitor_pipeline, spec)}
+
+
+def _for_spec(builder: Callable, spec: ModelSpec, image: str = DEFAULT_IMAGE, installation: Installation = Installation()):
+    """Return ``builder``'s pipeline for ``spec``'s model."""
+    return builder(image, installation, spec)
+
+
+def pipeline_file(key: str) -> str:
+    """Return the compiled file name of the pipeline ``key`` (a model's retrain is ``<model>-retrain.yaml``)."""
+    return PIPELINE_FILES.get(key) or (f"{key}.yaml" if key.endswith(("-rollout", "-monitor")) else f"{key}-retrain.yaml")
+
+
+BUILDERS = pipeline_builders()
+
+
+def builder_for(pipeline_name: str, spec: ModelSpec | None = None) -> Callable:
+    """Return the ``builder(image, installation)`` of ``pipeline_name``: a model's retrain, or ROLLOUT or MONITOR (``spec``'s own, or the
+    shared ones for the built-in models)."""
+    if pipeline_name in (ROLLOUT, MONITOR):
+        builder = build_rollout_pipeline if pipeline_name == ROLLOUT else build_monitor_pipeline
+        return builder if spec is None else partial(_for_spec, builder, spec)
+    return partial(build_retrain_pipeline, spec if spec is not None else spec_for(pipeline_name))
 
 
 HEADER_STRUCT_DEFAULT = re.compile(r"^(#    \w+: dict \[Default: )(\{.*\})(\])$")
@@ -286,7 +301,7 @@ def _write_adapted(compiled: Path, destination: Path, platform: Platform, store:
 
 def compile_pipelines(
     output_dir: "str | Path", image: str = DEFAULT_IMAGE, platform: str = DEFAULT_PLATFORM, store: str = "pvc",
-    installation: Installation = Installation(),
+    installation: Installation = Installation(), spec: ModelSpec | None = None,
 ) -> list[Path]:
     """Compile every pipeline for ``platform``, ``store`` and the installation's PVC and Secrets to ``output_dir``; return the written YAML paths."""
     profile = platform_named(platform)
@@ -294,23 +309,25 @@ def compile_pipelines(
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory() as scratch:
-        for name, builder in BUILDERS.items():
-            path = directory / PIPELINE_FILES[name]
+        for name, builder in pipeline_builders(spec).items():
+            path = directory / pipeline_file(name)
             if is_default_output(profile, store):
                 compiler.Compiler().compile(builder(image, installation), str(path))
                 _stable_header(path)
             else:
-                compiled = Path(scratch) / PIPELINE_FILES[name]
+                compiled = Path(scratch) / pipeline_file(name)
                 compiler.Compiler().compile(builder(image, installation), str(compiled))
                 _write_adapted(compiled, path, profile, store, installation.s3_secret)
             written.append(path)
     return written
 
 
-def compile_every_profile(output_dir: "str | Path", image: str = DEFAULT_IMAGE) -> list[Path]:
-    """Compile the default into ``output_dir`` and one folder per distinct profile output, named for its releases."""
+def compile_every_profile(output_dir: "str | Path", image: str = DEFAULT_IMAGE, installation: Installation = Installation(),
+                          spec: ModelSpec | None = None) -> list[Path]:
+    """Compile the default into ``output_dir`` and one folder per distinct profile output, named for its releases (the built-in
+    models' pipelines, or ``spec``'s)."""
     directory = Path(output_dir)
-    written = compile_pipelines(directory, image)
+    written = compile_pipelines(directory, image, installation=installation, spec=spec)
     seen: set[tuple] = set()
     for profile in PLATFORMS.values():
         for store in STORES:
@@ -320,7 +337,7 @@ def compile_every_profile(output_dir: "str | Path", image: str = DEFAULT_IMAGE) 
             seen.add(key)
             folder = directory / profile_folder(profile, store)
             folder.mkdir(parents=True, exist_ok=True)
-            for name in PIPELINE_FILES.values():
-                _write_adapted(directory / name, folder / name, profile, store, Installation().s3_secret)
+            for name in map(pipeline_file, pipeline_builders(spec)):
+                _write_adapted(directory / name, folder / name, profile, store, installation.s3_secret)
                 written.append(folder / name)
     return written

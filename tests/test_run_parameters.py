@@ -25,10 +25,10 @@ def test_every_bad_value_is_named_with_what_it_takes():
 
 def test_names_urls_prefixes_and_model_knobs_are_checked_too():
     found = problems({"namespace": "Prod_NS", "s3_prefix": "../other-team", "prometheus_url": "https://user:pw@thanos:9091",
-                      "version": "3", "model_name": "anomaly-detektor", "n_estimators": 0, "prometheus_end": "yesterday",
+                      "version": "3", "model_name": "anomaly-detektor", "prometheus_end": "yesterday",
                       "source": "file", "file_path": "", "prometheus_queries": {"cpu_usage": 1}})
     named = sorted(line.split("=")[0] for line in found)
-    assert named == sorted(["namespace", "store.s3_prefix", "prometheus_url", "version", "model_name", "training.n_estimators", "prometheus.end",
+    assert named == sorted(["namespace", "store.s3_prefix", "prometheus_url", "version", "model_name", "prometheus.end",
                             "data.file_path", "prometheus.queries"]), found
     assert any(line.startswith("version=") and "version 3 is v3" in line for line in found)
     assert problems({"namespace": "", "s3_prefix": "teams/sre/models", "prometheus_url": "https://thanos-querier.openshift-monitoring.svc:9091",
@@ -58,14 +58,24 @@ def test_the_dag_checks_the_parameters_first_when_the_cli_is_bypassed(tmp_path, 
 
 
 def test_run_all_gives_each_model_its_own_parameters_and_scoped_ones_to_one_model():
-    per_model = params_per_model(["days=3", "alpha=2", "anomaly-detector.n_estimators=50", "predictive-analytics.max_pickle_mb=5"],
+    per_model = params_per_model(["days=3", "levels.alpha=2", "anomaly-detector.pca.n_components=10", "predictive-analytics.max_pickle_mb=5"],
                                  ["anomaly-detector", "predictive-analytics"])
-    assert per_model == {"anomaly-detector": {"days": 3.0, "training": {"n_estimators": 50}},
-                         "predictive-analytics": {"days": 3.0, "training": {"alpha": 2.0}, "gates": {"max_pickle_mb": 5.0}}}
-    with pytest.raises(ValueError, match="anomaly-detector has no parameter 'alpha'"):
-        params_per_model(["anomaly-detector.alpha=2"], ["anomaly-detector", "predictive-analytics"])
+    assert per_model == {"anomaly-detector": {"days": 3.0, "training": {"pca.n_components": 10}},
+                         "predictive-analytics": {"days": 3.0, "training": {"levels.alpha": 2.0}, "gates": {"max_pickle_mb": 5.0}}}
+    with pytest.raises(ValueError, match="anomaly-detector has no parameter 'levels.alpha'"):
+        params_per_model(["anomaly-detector.levels.alpha=2"], ["anomaly-detector", "predictive-analytics"])
     with pytest.raises(ValueError, match="scoped to predictive-analytics, which this run does not include"):
-        params_per_model(["predictive-analytics.alpha=2"], ["anomaly-detector"])
+        params_per_model(["predictive-analytics.levels.alpha=2"], ["anomaly-detector"])
+
+
+def test_a_training_knob_or_gate_is_checked_by_the_models_own_spec_rules_and_named_as_the_run_form_spells_it(tmp_path):
+    state = tmp_path / "state"
+    result = run_cli("run", "anomaly-detector", "--local", "--state-dir", str(state), "--param", "gates.min_f1=4",
+                     "--param", "training.target_false_positive_rate=0.9")
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert "gates.min_f1: 4.0 is greater than the maximum of 1" in result.stdout
+    assert "training.target_false_positive_rate: 0.9 is greater than or equal to the maximum of 0.5" in result.stdout
+    assert not (state / "store").exists() and not (state / "runs").exists(), "nothing ran"
 
 
 def test_a_bare_version_number_means_that_version_and_an_absent_one_is_refused_before_anything_runs(tmp_path):

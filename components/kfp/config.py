@@ -17,10 +17,11 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import TYPE_CHECKING
 
-from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES, PREDICTIVE_ANALYTICS
-from components.model.settings import DetectorParams, ForecasterParams, Gates
+from components.model.contract import ANOMALY_DETECTOR
+from components.model.spec import ModelSpec, SpecError, spec_for, spec_from_text, use_spec
 from components.monitoring.monitor import MonitorSettings
 from components.release.rollout import CanarySpec
 from components.serving.gitops.target import DEFAULT_WAVE_TIMEOUT_S, DEFAULT_WAVES
@@ -42,7 +43,7 @@ DEFAULT_EXPERIMENT = "self-healing-models"
 # A cluster run with its defaults learns the cluster's own metrics from OpenShift's in-cluster querier (local runs
 # default to synthetic data instead: pipelines/local.py LOCAL_DEFAULTS).
 DEFAULT_SOURCE = "prometheus"
-_DETECTOR, _FORECASTER, _GATES, _CANARY, _MONITOR = DetectorParams(), ForecasterParams(), Gates(), CanarySpec(), MonitorSettings()
+_CANARY, _MONITOR = CanarySpec(), MonitorSettings()
 
 
 class ConfigError(ValueError):
@@ -59,23 +60,19 @@ class Knob:
     default: object
     help: str
     kinds: tuple[str, ...] = KINDS  # the pipelines that show it
-    models: tuple[str, ...] = MODEL_NAMES  # the retrain pipelines that show it (rollout and monitor serve every model)
-
-    def shown_in(self, kind: str, model_name: str | None) -> bool:
-        """Return whether the ``kind`` pipeline (of ``model_name`` for a retrain) shows this knob."""
-        return kind in self.kinds and (kind != RETRAIN or model_name in self.models)
 
 
-def _knobs(group: str | None, kinds: tuple[str, ...], rows: list[tuple], models: tuple[str, ...] = MODEL_NAMES) -> list[Knob]:
+def _knobs(group: str | None, kinds: tuple[str, ...], rows: list[tuple]) -> list[Knob]:
     """Return the knobs of one group from (name, key, default, help) rows."""
-    return [Knob(name, group, key, default, text, kinds, models) for name, key, default, text in rows]
+    return [Knob(name, group, key, default, text, kinds) for name, key, default, text in rows]
 
 
 _ALL, _SERVE = KINDS, (RETRAIN, ROLLOUT)
 KNOBS: tuple[Knob, ...] = tuple([
     # The top of the run form: what a user changes from run to run.
     *_knobs(None, (ROLLOUT, MONITOR), [
-        ("model_name", "model_name", ANOMALY_DETECTOR, "Which model to roll out or check: anomaly-detector or predictive-analytics."),
+        ("model_name", "model_name", ANOMALY_DETECTOR, "Which model to roll out or check: a built-in model (anomaly-detector, predictive-analytics); "
+                                                       "a model of your own has its own pipelines, compiled with --model."),
     ]),
     *_knobs(None, (ROLLOUT,), [
         ("version", "version", "v1", "The stored version to roll out, e.g. v3 (see `model-pipelines store list`)."),
@@ -125,33 +122,6 @@ KNOBS: tuple[Knob, ...] = tuple([
     ]),
     *_knobs("prometheus", _SERVE, [
         ("prometheus_window", "window", "2m", "PromQL range of the canary's live signals, e.g. 2m."),
-    ]),
-    *_knobs("training", (RETRAIN,), [
-        ("algorithm", "algorithm", _DETECTOR.algorithm, "Detector algorithm: elliptic_envelope or isolation_forest."),
-        ("scaler", "scaler", _DETECTOR.scaler, "Feature scaling before the detector: standard or robust."),
-        ("n_estimators", "n_estimators", _DETECTOR.n_estimators, "Trees of the isolation forest."),
-        ("max_samples", "max_samples", _DETECTOR.max_samples, "Samples per isolation-forest tree."),
-        ("pca_components", "pca_components", _DETECTOR.pca_components, "PCA components before the detector."),
-        ("target_false_positive_rate", "target_false_positive_rate", _DETECTOR.target_false_positive_rate,
-         "Share of normal training minutes the detector may flag; sets its threshold."),
-        ("random_state", "random_state", _DETECTOR.random_state, "Seed of the detector's randomness."),
-    ], (ANOMALY_DETECTOR,)),
-    *_knobs("training", (RETRAIN,), [
-        ("horizon_minutes", "horizon_minutes", _FORECASTER.horizon_minutes, "How far ahead the forecaster predicts, in minutes."),
-        ("alpha", "alpha", _FORECASTER.alpha, "Ridge regularisation of the forecaster."),
-    ], (PREDICTIVE_ANALYTICS,)),
-    *_knobs("gates", (RETRAIN,), [
-        ("min_f1", "min_f1", _GATES.min_f1, "Lowest F1 on labelled validation minutes that may deploy."),
-        ("max_anomaly_rate", "max_anomaly_rate", _GATES.max_anomaly_rate, "Highest share of validation minutes the detector may flag."),
-    ], (ANOMALY_DETECTOR,)),
-    *_knobs("gates", (RETRAIN,), [
-        ("max_mase", "max_mase", _GATES.max_mase, "Highest mean MASE against persistence that may deploy (1 = no better than persistence)."),
-    ], (PREDICTIVE_ANALYTICS,)),
-    *_knobs("gates", (RETRAIN,), [
-        ("max_predict_latency_ms", "max_predict_latency_ms", _GATES.max_predict_latency_ms, "Highest single-row predict latency in ms."),
-        ("max_pickle_mb", "max_pickle_mb", _GATES.max_pickle_mb, "Largest model.pkl in MB."),
-        ("champion_tolerance", "champion_tolerance", _GATES.champion_tolerance,
-         "How much worse than the serving (champion) version a candidate may score and still deploy."),
     ]),
     *_knobs("store", _ALL, [
         ("s3_prefix", "s3_prefix", "models", "Key prefix of the model store in the data connection's bucket (model_store=s3)."),
@@ -211,7 +181,7 @@ KNOBS: tuple[Knob, ...] = tuple([
     ]),
 ])
 KNOB_BY_NAME = {knob.name: knob for knob in KNOBS}
-GROUPS = tuple(dict.fromkeys(knob.group for knob in KNOBS if knob.group))
+GROUPS = ("data", "prometheus", "training", "gates", "store", "serving", "canary", "fleet", "monitor")  # training and gates: the spec's
 GROUP_HELP = {
     "data": "Training data", "training": "The model's training recipe", "gates": "What a candidate must meet to deploy",
     "prometheus": "Prometheus details", "store": "The S3 model store", "serving": "How versions are served",
@@ -234,9 +204,51 @@ class Installation:
 INSTALLATION_NAMES = tuple(item.name for item in fields(Installation))
 
 
-def knobs_of(kind: str, model_name: str | None = None) -> list[Knob]:
-    """Return the knobs the ``kind`` pipeline shows (for a retrain, ``model_name``'s), in run-form order."""
-    return [knob for knob in KNOBS if knob.shown_in(kind, model_name)]
+def _schema_help() -> dict[str, str]:
+    """Return the published spec schema's description of each training knob and gate, by key (the help, written once there)."""
+    from components.model.spec import SCHEMA_FILE
+
+    found: dict[str, str] = {}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.get("properties", {}).items():
+                if isinstance(value, dict) and value.get("description"):
+                    found.setdefault(key, value["description"].split(": ", 1)[-1])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(SCHEMA_FILE.read_text()))
+    return found
+
+
+def spec_knobs(spec: ModelSpec) -> list[Knob]:
+    """Return ``spec``'s retrain knobs: its type's training knobs, each estimator step's parameters (``<step>.<param>``) and its
+    gates, each defaulting to what the spec says (a run's value is checked by the spec's own rules)."""
+    described = _schema_help()
+    knobs = [Knob(name, "training", name, value, described.get(name, f"{spec.type} training knob"), (RETRAIN,))
+             for name, value in spec.estimator.training.items()]
+    knobs += [Knob(f"{step.name}.{param}", "training", f"{step.name}.{param}", value, f"{param} of the {step.class_path.rsplit('.', 1)[-1]} step",
+                   (RETRAIN,)) for step in spec.estimator.steps for param, value in step.params.items()]
+    knobs += [Knob(gate.name, "gates", gate.name, gate.limit, f"{'Lowest' if gate.name.startswith('min_') else 'Highest'} {gate.metric} that "
+                   f"may deploy ({described.get(gate.name, gate.metric)}).", (RETRAIN,)) for gate in spec.gates.gates]
+    knobs.append(Knob("champion_tolerance", "gates", "champion_tolerance", spec.gates.champion_tolerance,
+                      f"How much worse than the serving (champion) version's {spec.gates.champion_metric} a candidate may be and still deploy.",
+                      (RETRAIN,)))
+    return knobs
+
+
+def knobs_of(kind: str, spec: ModelSpec | None = None) -> list[Knob]:
+    """Return the knobs the ``kind`` pipeline shows, in run-form order: with a ``spec``, that model's own (no model_name to choose;
+    a retrain gains its training and gates knobs)."""
+    shown = [knob for knob in KNOBS if kind in knob.kinds and not (spec is not None and knob.name == "model_name")]
+    if kind != RETRAIN:
+        return shown
+    at = next(index for index, knob in enumerate(shown) if knob.group == "store")
+    return shown[:at] + spec_knobs(spec) + shown[at:]
 
 
 def default_of(knob: Knob, kind: str) -> object:
@@ -244,10 +256,10 @@ def default_of(knob: Knob, kind: str) -> object:
     return KIND_DEFAULTS.get(kind, {}).get(knob.name, knob.default)
 
 
-def pipeline_parameters(kind: str, model_name: str | None = None) -> dict[str, object]:
+def pipeline_parameters(kind: str, spec: ModelSpec | None = None) -> dict[str, object]:
     """Return the ``kind`` pipeline's run parameters with their defaults: the top-level knobs, then one dict per group."""
     parameters: dict[str, object] = {}
-    for knob in knobs_of(kind, model_name):
+    for knob in knobs_of(kind, spec):
         if knob.group is None:
             parameters[knob.name] = default_of(knob, kind)
         else:
@@ -255,10 +267,10 @@ def pipeline_parameters(kind: str, model_name: str | None = None) -> dict[str, o
     return parameters
 
 
-def parameter_descriptions(kind: str, model_name: str | None = None) -> dict[str, str]:
+def parameter_descriptions(kind: str, spec: ModelSpec | None = None) -> dict[str, str]:
     """Return each run parameter's description; a group's lists every key with its meaning."""
     descriptions: dict[str, str] = {}
-    for knob in knobs_of(kind, model_name):
+    for knob in knobs_of(kind, spec):
         if knob.group is None:
             descriptions[knob.name] = knob.help
         else:
@@ -273,17 +285,20 @@ def _shown_default(value: object) -> str:
 
 
 def run_form_markdown() -> str:
-    """Return the table of every knob (where it sits in the run form, its --param name, pipelines, default, meaning) for the docs."""
+    """Return the table of every knob (where it sits in the run form, its --param name, pipelines, default, meaning) for the docs:
+    the shared knobs, then each built-in model's training knobs and gates."""
     from components.kfp.run_parameters import CHOICES
+    from components.model.spec import builtin_specs
 
     lines = ["| run form | `--param` | pipelines | default | meaning |", "|---|---|---|---|---|"]
-    for knob in KNOBS:
-        pipelines = [kind if kind != RETRAIN else f"retrain ({', '.join(knob.models)})" if knob.models != MODEL_NAMES else "retrain"
-                     for kind in knob.kinds]
+    rows = [(knob, ", ".join(knob.kinds)) for knob in KNOBS]
+    rows += [(knob, f"retrain ({spec.name})") for spec in builtin_specs() for knob in spec_knobs(spec)]
+    for knob, pipelines in rows:
         default = _shown_default(knob.default) + "".join(f" ({kind}: {_shown_default(values[knob.name])})" for kind, values in KIND_DEFAULTS.items()
                                                          if knob.name in values and kind in knob.kinds)
         choices = f" One of: {', '.join(CHOICES[knob.name])}." if knob.name in CHOICES else ""
-        lines.append(f"| `{knob_label(knob.name)}` | `{knob.name}` | {', '.join(pipelines)} | `{default}` | {knob.help.replace('|', '/')}{choices} |")
+        label = knob.name if knob.group is None else f"{knob.group}.{knob.key}"
+        lines.append(f"| `{label}` | `{knob.name}` | {pipelines} | `{default}` | {knob.help.replace('|', '/')}{choices} |")
     return "\n".join(lines)
 
 
@@ -293,13 +308,13 @@ def _close(name: str, choices: list[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def flatten(arguments: dict[str, object], kind: str, model_name: str | None = None) -> dict[str, object]:
+def flatten(arguments: dict[str, object], kind: str, spec: ModelSpec | None = None) -> dict[str, object]:
     """Return every knob of the ``kind`` pipeline by flat name: its defaults, overridden by ``arguments``.
 
     ``arguments`` holds top-level parameters and groups (dicts of some of their keys); a group's unknown key, or a
     parameter the pipeline lacks, is a ConfigError naming the known ones.
     """
-    shown = knobs_of(kind, model_name)
+    shown = knobs_of(kind, spec)
     values = {knob.name: default_of(knob, kind) for knob in shown}
     by_group = {group: {knob.key: knob for knob in shown if knob.group == group} for group in GROUPS}
     top = {knob.name for knob in shown if knob.group is None}
@@ -340,9 +355,9 @@ def _json(text: str, name: str, problems: list[str]) -> object:
         return None
 
 
-def grouped(flat: dict[str, object], kind: str, model_name: str | None = None) -> dict[str, object]:
+def grouped(flat: dict[str, object], kind: str, spec: ModelSpec | None = None) -> dict[str, object]:
     """Return pipeline arguments for knob values by flat name (or whole groups): top-level ones as they are, the others in their groups."""
-    shown = {knob.name: knob for knob in knobs_of(kind, model_name)}
+    shown = {knob.name: knob for knob in knobs_of(kind, spec)}
     arguments: dict[str, object] = {}
     for name, value in flat.items():
         knob = shown.get(name)
@@ -355,12 +370,12 @@ def grouped(flat: dict[str, object], kind: str, model_name: str | None = None) -
     return arguments
 
 
-def retrain_arguments(model_name: str, parameters: dict, regime_start: str = "") -> dict[str, object]:
-    """Return the retrain pipeline's arguments for ``retrain_parameters`` (flat knob names or groups), learning from ``regime_start`` on."""
-    arguments = grouped(parameters, RETRAIN, model_name)
+def retrain_arguments(spec: ModelSpec, parameters: dict, regime_start: str = "") -> dict[str, object]:
+    """Return ``spec``'s retrain pipeline arguments for ``retrain_parameters`` (flat knob names or groups), learning from ``regime_start`` on."""
+    arguments = grouped(parameters, RETRAIN, spec)
     if regime_start:
         arguments.setdefault("data", {})["regime_start"] = regime_start
-    flatten(arguments, RETRAIN, model_name)  # refuses a parameter or key the retrain pipeline lacks
+    flatten(arguments, RETRAIN, spec)  # refuses a parameter or key the retrain pipeline lacks
     return arguments
 
 
@@ -458,13 +473,20 @@ class MonitorConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run's steps need to know, parsed and checked once by validate-parameters."""
+    """Everything a run's steps need to know, parsed and checked once by validate-parameters: the knobs and the model's spec."""
 
     kind: str
     model_name: str
     version: str
     values: dict = field(repr=False)  # every knob by flat name, as checked: the artifact's content
     installation: Installation = field(default_factory=Installation)
+    spec_document: dict = field(default_factory=dict, repr=False)  # the model's spec (a retrain's with its training and gates knobs)
+    spec_source: str = ""
+
+    @cached_property
+    def spec(self) -> ModelSpec:
+        """Return the run's model spec (a retrain's with its training and gates knobs written in)."""
+        return spec_from_text(json.dumps(self.spec_document), self.spec_source)
 
     def _value(self, name: str) -> object:
         """Return knob ``name``'s value (its default when the pipeline does not show it)."""
@@ -517,21 +539,6 @@ class RunConfig:
                            self.installation.gitops_secret)
 
     @property
-    def detector(self) -> DetectorParams:
-        """Return the anomaly detector's training recipe."""
-        return DetectorParams(**{item.name: type(item.default)(self._value(item.name)) for item in fields(DetectorParams)})
-
-    @property
-    def forecaster(self) -> ForecasterParams:
-        """Return the forecaster's training recipe."""
-        return ForecasterParams(**{item.name: type(item.default)(self._value(item.name)) for item in fields(ForecasterParams)})
-
-    @property
-    def gates(self) -> Gates:
-        """Return the deploy gates."""
-        return Gates(**{item.name: float(self._value(item.name)) for item in fields(Gates)})
-
-    @property
     def monitor(self) -> MonitorConfig:
         """Return the drift monitor's settings."""
         typed = {item.name: item.type for item in fields(MonitorConfig)}
@@ -540,7 +547,8 @@ class RunConfig:
     def to_json(self) -> str:
         """Return the configuration artifact's content."""
         return json.dumps({"kind": self.kind, "model_name": self.model_name, "version": self.version, "values": self.values,
-                           "installation": asdict(self.installation)}, indent=1, sort_keys=True)
+                           "installation": asdict(self.installation), "spec": {"source": self.spec_source, "document": self.spec_document}},
+                          indent=1, sort_keys=True)
 
 
 def _true(value: object) -> bool:
@@ -559,26 +567,79 @@ def _typed(value: object, kind: str) -> object:
     return converters[kind](value)
 
 
+SPEC_PATHS = (("$.estimator.training.", "training."), ("$.gates.", "gates."))
+
+
+def with_knobs(spec: ModelSpec, values: dict[str, object]) -> ModelSpec:
+    """Return ``spec`` with a retrain's training and gates knobs written into it, checked by the spec's own rules (SpecError)."""
+    import copy
+
+    document = copy.deepcopy(spec.document.value)
+    estimator = document.setdefault("estimator", {})
+    for knob in spec_knobs(spec):
+        value = values.get(knob.name, knob.default)
+        if knob.group == "gates":
+            document.setdefault("gates", {})[knob.key] = value
+        elif "." in knob.key:
+            step_name, param = knob.key.split(".", 1)
+            step = next(item for item in estimator["steps"] if item.get("name") == step_name)
+            step.setdefault("params", {})[param] = value
+        else:
+            estimator.setdefault("training", {})[knob.key] = value
+    return spec_from_text(json.dumps(document), spec.source)
+
+
+def _spec_problem_label(path: str, spec: ModelSpec) -> str:
+    """Return how the run form names the spec path ``path`` a knob wrote (``training.pca.n_components``, ``gates.min_f1``)."""
+    for prefix, group in SPEC_PATHS:
+        if path.startswith(prefix):
+            return group + path[len(prefix):]
+    if path.startswith("$.estimator.steps["):
+        index, _, rest = path[len("$.estimator.steps["):].partition("].params.")
+        return f"training.{spec.estimator.steps[int(index)].name}.{rest}"
+    return path
+
+
 def config_from_arguments(kind: str, arguments: dict[str, object], installation: Installation | dict | None = None,
-                          model_name: str | None = None) -> RunConfig:
-    """Return the checked configuration of a ``kind`` run from its pipeline arguments, or raise ConfigError listing every problem."""
+                          spec: ModelSpec | None = None) -> RunConfig:
+    """Return the checked configuration of a ``kind`` run from its pipeline arguments (of ``spec``'s pipelines, or the built-in
+    model named by model_name), or raise ConfigError listing every problem."""
     from components.kfp.run_parameters import problems
 
     installed = installation if isinstance(installation, Installation) else Installation(**(installation or {}))
-    model = str(arguments.get("model_name") or model_name or "")
-    given = {name: value for name, value in arguments.items() if value is not None and not (kind == RETRAIN and name == "model_name")}
-    values = flatten(given, kind, model_name)
-    found = problems({**values, "model_name": model, **({"version": arguments["version"]} if "version" in arguments else {})})
+    given = {name: value for name, value in arguments.items() if value is not None and not (spec is not None and name == "model_name")}
+    values = flatten(given, kind, spec)
+    model = spec.name if spec is not None else str(values.get("model_name", ""))
+    found = problems({**values, **({"version": arguments["version"]} if "version" in arguments else {})})
+    chosen = spec
+    if chosen is None and not found:
+        try:
+            chosen = spec_for(model)
+        except SpecError as error:
+            found.append(f"model_name={model!r}: {error}")
+    if chosen is not None and kind == RETRAIN and not found:
+        try:
+            chosen = with_knobs(chosen, values)
+        except SpecError as error:
+            found += [f"{_spec_problem_label(problem.path, chosen)}: {problem.problem}; {problem.fix}" for problem in error.problems]
     if found:
         raise config_error(found)
-    return RunConfig(kind, model, str(arguments.get("version") or ""), values, installed)
+    return RunConfig(kind, model, str(arguments.get("version") or ""), values, installed, dict(chosen.document.value), chosen.source)
+
+
+def carried_spec(carried: dict) -> ModelSpec | None:
+    """Return the spec a pipeline carries (``{"source", "document"}``), or None for one that serves the built-in model_name names."""
+    return spec_from_text(json.dumps(carried["document"]), carried["source"]) if carried else None
 
 
 def read_config(path: str) -> RunConfig:
-    """Return the configuration artifact validate-parameters wrote at ``path``."""
+    """Return the configuration artifact validate-parameters wrote at ``path``; its model's spec is the one this process uses."""
     with open(path) as handle:
         document = json.load(handle)
-    return RunConfig(document["kind"], document["model_name"], document["version"], document["values"], Installation(**document["installation"]))
+    config = RunConfig(document["kind"], document["model_name"], document["version"], document["values"], Installation(**document["installation"]),
+                       document["spec"]["document"], document["spec"]["source"])
+    use_spec(config.spec)  # every later lookup of the model in this step (contract, rollout, monitor) finds its spec
+    return config
 
 
 def knob_label(name: str) -> str:

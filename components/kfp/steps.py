@@ -15,6 +15,7 @@ def validate_parameters(
     kind: str,
     model_name: str,
     installation: dict,
+    model_spec: dict,
     config: Output[Artifact],
     version: Optional[str] = None,
     source: Optional[str] = None,
@@ -36,10 +37,10 @@ def validate_parameters(
     monitor: Optional[dict] = None,
 ) -> str:
     """Check every run parameter at the start of the DAG (failing with all problems listed) and write the run's configuration; return "ok"."""
-    arguments = {name: value for name, value in locals().items() if name not in ("kind", "installation", "config")}
-    from components.kfp.config import config_from_arguments
+    arguments = {name: value for name, value in locals().items() if name not in ("kind", "installation", "model_spec", "config")}
+    from components.kfp.config import carried_spec, config_from_arguments
 
-    checked = config_from_arguments(kind, arguments, installation, model_name=model_name)
+    checked = config_from_arguments(kind, arguments, installation, carried_spec(model_spec))
     with open(config.path, "w") as handle:
         handle.write(checked.to_json())
     config.metadata.update({"kind": kind, "model_name": checked.model_name})
@@ -71,47 +72,27 @@ def ingest(
     return result.description
 
 
-def train_anomaly_detector(
+def train(
     config: Input[Artifact],
     train_data: Input[Dataset],
     model: Output[Model],
 ):
-    """Fit the anomaly detector and write model.pkl plus training.json (with the input profile) into the Model artifact."""
+    """Fit the run's model as its spec says and write model.pkl plus training.json (with the input profile) into the Model artifact."""
     from pathlib import Path
 
     import pandas as pd
 
     from components.kfp.config import read_config
-    from components.model.train import save_trained, train_anomaly_detector as fit
+    from components.model.train import save_trained, train_model
 
-    params = read_config(config.path).detector
-    trained = fit(pd.read_parquet(train_data.path), params)
+    spec = read_config(config.path).spec
+    trained = train_model(spec, pd.read_parquet(train_data.path))
     training = save_trained(trained, Path(model.path), train_data.metadata.get("data_source", "unknown"))
     model.metadata.update({key: value for key, value in training.items() if key != "profile"})
-    print(f"result: {params.algorithm} on {trained.training_rows:,} rows")
+    print(f"result: {spec.name} ({spec.estimator.steps[-1].class_path.rsplit('.', 1)[-1]}) on {trained.training_rows:,} rows")
 
 
-def train_predictive_analytics(
-    config: Input[Artifact],
-    train_data: Input[Dataset],
-    model: Output[Model],
-):
-    """Fit the forecaster and write model.pkl plus training.json (with the input profile) into the Model artifact."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from components.kfp.config import read_config
-    from components.model.train import save_trained, train_predictive_analytics as fit
-
-    params = read_config(config.path).forecaster
-    trained = fit(pd.read_parquet(train_data.path), params)
-    training = save_trained(trained, Path(model.path), train_data.metadata.get("data_source", "unknown"))
-    model.metadata.update({key: value for key, value in training.items() if key != "profile"})
-    print(f"result: ridge, {params.horizon_minutes} min ahead, on {trained.training_rows:,} rows")
-
-
-def evaluate_anomaly_detector(
+def evaluate(
     config: Input[Artifact],
     model: Input[Model],
     validation_data: Input[Dataset],
@@ -120,43 +101,18 @@ def evaluate_anomaly_detector(
     classification_metrics: Output[ClassificationMetrics],
     report: Output[Markdown],
 ) -> bool:
-    """Score the detector, check the contract, gates and champion; return whether to deploy (reason in the report)."""
+    """Score the candidate as its type says, check the contract, gates and champion; return whether to deploy (reason in the report)."""
     from components.kfp.config import read_config
     from components.kfp.workflow import evaluate_step
 
     settings = read_config(config.path)
-    evaluation, markdown = evaluate_step(settings.model_name, model.path, validation_data.path, data_description, settings.gates, settings.store,
-                                         horizon_minutes=settings.forecaster.horizon_minutes)
+    evaluation, markdown = evaluate_step(settings.spec, model.path, validation_data.path, data_description, settings.store)
     for name, value in evaluation.metrics.items():
         metrics.log_metric(name, round(value, 6))
     if evaluation.confusion is not None:
-        classification_metrics.log_confusion_matrix(["normal", "anomaly"], evaluation.confusion)
+        classification_metrics.log_confusion_matrix(list(evaluation.class_names), evaluation.confusion)
     if evaluation.roc is not None:
         classification_metrics.log_roc_curve(*evaluation.roc)
-    with open(report.path, "w") as handle:
-        handle.write(markdown)
-    print(markdown)
-    print(f"result: {'deploy' if evaluation.deploy else 'do not deploy'} ({evaluation.reason})")
-    return evaluation.deploy
-
-
-def evaluate_predictive_analytics(
-    config: Input[Artifact],
-    model: Input[Model],
-    validation_data: Input[Dataset],
-    data_description: str,
-    metrics: Output[Metrics],
-    report: Output[Markdown],
-) -> bool:
-    """Score the forecaster, check the contract, gates and champion; return whether to deploy (reason in the report)."""
-    from components.kfp.config import read_config
-    from components.kfp.workflow import evaluate_step
-
-    settings = read_config(config.path)
-    evaluation, markdown = evaluate_step(settings.model_name, model.path, validation_data.path, data_description, settings.gates, settings.store,
-                                         horizon_minutes=settings.forecaster.horizon_minutes)
-    for name, value in evaluation.metrics.items():
-        metrics.log_metric(name, round(value, 6))
     with open(report.path, "w") as handle:
         handle.write(markdown)
     print(markdown)
@@ -285,6 +241,7 @@ def ensure_safe_serving(
     kind: str,
     model_name: str,
     installation: dict,
+    model_spec: dict,
     run_name: str,
     serving_target: str,
     namespace: str,
@@ -297,13 +254,15 @@ def ensure_safe_serving(
 
     An exit task may depend on no other task, so it reads its few settings from the run parameters, not the configuration artifact.
     """
-    from components.kfp.config import config_from_arguments
+    from components.kfp.config import carried_spec, config_from_arguments
     from components.kfp.workflow import configured_serving
+    from components.model.spec import use_spec
     from components.release.rollout import make_safe
 
     arguments = {"model_name": model_name, "serving_target": serving_target, "namespace": namespace, "model_store": model_store, "store": store,
                  "serving": serving, "fleet": fleet}
-    settings = config_from_arguments(kind, arguments, installation, model_name=model_name)
+    settings = config_from_arguments(kind, arguments, installation, carried_spec(model_spec))
+    use_spec(settings.spec)
     target, opened_store, _ = configured_serving(settings, run_name)
     outcome = make_safe(target, opened_store, settings.model_name, run_name=run_name, timeout_s=settings.serving.ready_timeout_s)
     print(f"result: {outcome.message}")

@@ -36,7 +36,8 @@ from components.store.filesystem import (
 )
 
 if TYPE_CHECKING:  # a serving step imports only its target's module, and numpy and requests only when it measures
-    from components.model.evaluate import Evaluation, Gates
+    from components.model.evaluate import Evaluation
+    from components.model.spec import ModelSpec
     from components.serving.gitops.target import GitopsOptions
     from components.serving.kserve import KServeOptions
     from components.release.rollout import StepOutcome
@@ -171,34 +172,22 @@ def deploy_step(
         raise
 
 
-def evaluate_step(
-    model_name: str,
-    model_dir: str,
-    validation_path: str,
-    data_description: str,
-    gates: Gates,
-    store_options: StoreOptions,
-    *,
-    horizon_minutes: int = 60,
-) -> tuple[Evaluation, str]:
-    """Evaluate the candidate in ``model_dir`` against the store's champion; return the evaluation and its report."""
+def evaluate_step(spec: ModelSpec, model_dir: str, validation_path: str, data_description: str, store_options: StoreOptions) -> tuple[Evaluation, str]:
+    """Evaluate the candidate in ``model_dir`` as ``spec`` says, against the store's champion; return the evaluation and its report."""
     import pandas as pd
 
     from components.model.evaluate import evaluate_candidate, markdown_report
 
     store = open_store(store_options)
-    champion_name = champion_version(store.read_index(model_name))
+    champion_name = champion_version(store.read_index(spec.name))
     champion = None
     if champion_name is not None:
         try:
-            champion = (champion_name, load_model(store, model_name, champion_name))
+            champion = (champion_name, load_model(store, spec.name, champion_name))
         except (StoreError, OSError, ValueError) as error:
             print(f"warning: champion {champion_name} cannot be loaded ({error}); judging the candidate on gates alone")
     model_bytes = (Path(model_dir) / MODEL_FILENAME).read_bytes()
-    validation = pd.read_parquet(validation_path)
-    evaluation = evaluate_candidate(
-        model_name, model_bytes, validation, gates, horizon_minutes=horizon_minutes, champion=champion
-    )
+    evaluation = evaluate_candidate(spec, model_bytes, pd.read_parquet(validation_path), champion=champion)
     return evaluation, markdown_report(evaluation, data_description)
 
 
