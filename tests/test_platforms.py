@@ -154,3 +154,24 @@ def test_no_platform_config_reads_a_run_parameter():
                 assert secret["secretName"] and "componentInputParameter" not in secret.get("secretNameParameter", {}), f"{path}: {secret}"
                 checked += 1
     assert checked > 50
+
+
+@needs_protos
+def test_compile_model_writes_a_spec_models_own_pipelines_for_every_profile_and_each_parses_strictly(protos, tmp_path):
+    spec_file = REPO / "examples" / "disk-failure-predictor" / "model.yaml"
+    result = run_cli("compile", "--model", str(spec_file), "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout
+    names = ["disk-failure-predictor-retrain.yaml", "disk-failure-predictor-rollout.yaml", "disk-failure-predictor-monitor.yaml"]
+    assert sorted(path.name for path in tmp_path.glob("*.yaml")) == sorted(names)
+    for release in RELEASES:
+        folder = tmp_path / profile_folder(PLATFORMS[release], "pvc")
+        for name in names:
+            documents = list(yaml.load_all((folder / name).read_text(), Loader=yaml.CSafeLoader))
+            assert strict_parse_errors(documents, protos[release]) == [], f"{release}: {name}"
+    retrain = next(yaml.safe_load_all((tmp_path / names[0]).read_text()))
+    parameters = retrain["root"]["inputDefinitions"]["parameters"]
+    assert len(parameters) <= 15 and "model_name" not in parameters
+    assert parameters["gates"]["defaultValue"]["min_roc_auc"] == 0.9 and "classifier.C" in parameters["training"]["defaultValue"]
+    carried = [spec["runtimeValue"]["constant"] for task in retrain["root"]["dag"]["tasks"].values()
+               for name, spec in task.get("inputs", {}).get("parameters", {}).items() if name == "model_spec"]
+    assert carried and carried[0]["document"]["name"] == "disk-failure-predictor", "the pipeline carries its model's spec"
