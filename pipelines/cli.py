@@ -12,7 +12,7 @@ import sys
 import time
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
 from components.serving.local import local_target, state_dir
@@ -122,27 +122,28 @@ def _model_spec(args: argparse.Namespace):
     return spec_named(args.model_spec) if args.model_spec else None
 
 
-def _chosen_models(args: argparse.Namespace, spec) -> list[str]:
-    """Return the models a verb acts on: --model's, else the positional choice (all: every built-in model); raise ValueError if neither."""
-    if spec is not None:
-        return [spec.name]
-    if not args.model:
-        raise ValueError("name a model (anomaly-detector, predictive-analytics or all), or a spec file with --model FILE")
-    return list(MODEL_NAMES) if args.model == "all" else [args.model]
+def _local_models(args: argparse.Namespace, verb: str, submission: Callable[[str], list[str]]) -> tuple | None:
+    """Return (spec or None, models) a local verb acts on (--model's, else the positional choice, all: every built-in model), or None
+    after printing why it cannot run: no model named, a bad spec, or no --local (then the ``submission`` that does it on a cluster)."""
+    try:
+        spec = _model_spec(args)
+        if spec is None and not args.model:
+            raise ValueError("name a model (anomaly-detector, predictive-analytics or all), or a spec file with --model FILE")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    models = [spec.name] if spec is not None else list(MODEL_NAMES) if args.model == "all" else [args.model]
+    return (spec, models) if _require_local(args, verb, [submission(model) for model in models]) else None
 
 
 def _run(args: argparse.Namespace) -> int:
     """Run the chosen retraining pipelines locally, print progress and a summary; return the exit code (README)."""
     from pipelines.local import exit_code, local_defaults, params_per_model, parse_params, run_local
 
-    try:
-        spec = _model_spec(args)
-        models = _chosen_models(args, spec)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    chosen = _local_models(args, "run", lambda model: [model])
+    if chosen is None:
         return 2
-    if not _require_local(args, "run", [[model] for model in models]):
-        return 2
+    spec, models = chosen
     try:
         if spec is not None:
             arguments = {spec.name: parse_params([*local_defaults(spec.name, spec), *args.param], spec.name, spec)}
@@ -166,14 +167,10 @@ def _monitor(args: argparse.Namespace) -> int:
     """Check each chosen model for drift locally, print the drift table and decision; return the exit code (README)."""
     from pipelines.local import local_defaults, parse_params, retrain_arguments, run_config, run_monitor_local, worst_exit_code
 
-    try:
-        spec = _model_spec(args)
-        models = _chosen_models(args, spec)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    chosen = _local_models(args, "monitor", lambda model: [MONITOR, "--param", f"model_name={model}"])
+    if chosen is None:
         return 2
-    if not _require_local(args, "monitor", [[MONITOR, "--param", f"model_name={model}"] for model in models]):
-        return 2
+    spec, models = chosen
     try:
         arguments = parse_params([*local_defaults(MONITOR, spec), *args.param], MONITOR, spec)
         installation = _installation(args)
@@ -213,14 +210,10 @@ def _rollout(args: argparse.Namespace) -> int:
     """Roll out a stored version locally (deploy, smoke-test, canary); return the exit code (README)."""
     from pipelines.local import check_stored_version, exit_code, local_defaults, open_run_store, parse_params, run_config, run_local
 
-    try:
-        spec = _model_spec(args)
-        (model,) = _chosen_models(args, spec)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    chosen = _local_models(args, "rollout", lambda model: [ROLLOUT, "--param", f"model_name={model}", "--param", f"version={args.version}"])
+    if chosen is None:
         return 2
-    if not _require_local(args, "rollout", [[ROLLOUT, "--param", f"model_name={model}", "--param", f"version={args.version}"]]):
-        return 2
+    spec, (model,) = chosen
     state_dir = Path(args.state_dir)
     try:
         chosen = [] if spec is not None else [f"model_name={model}"]
