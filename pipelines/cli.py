@@ -133,6 +133,11 @@ def _local_models(args: argparse.Namespace, verb: str, submission: Callable[[str
         print(f"error: {error}", file=sys.stderr)
         return None
     models = [spec.name] if spec is not None else list(MODEL_NAMES) if args.model == "all" else [args.model]
+    if spec is not None and not args.local:
+        print(f"error: `model-pipelines {verb}` runs on this machine, with --local. On a cluster, compile the model's own pipelines "
+              f"(`model-pipelines compile --model {args.model_spec}`) and import the YAML for your release from the folder it names "
+              "(dashboard: Pipelines, Import pipeline)", file=sys.stderr)
+        return None
     return (spec, models) if _require_local(args, verb, [submission(model) for model in models]) else None
 
 
