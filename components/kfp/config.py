@@ -435,7 +435,6 @@ class FleetConfig:
     path: str
     waves: tuple[tuple[str, ...], ...]
     wave_timeout_s: float
-    secret: str
 
     def gitops_options(self) -> GitopsOptions:
         """Return the gitops target's options."""
@@ -535,8 +534,7 @@ class RunConfig:
         from components.serving.gitops.target import fleet_waves
 
         return FleetConfig(str(self._value("gitops_repo")), str(self._value("gitops_branch")), str(self._value("gitops_path")),
-                           fleet_waves(_loaded(self._value("fleet_waves"))), float(self._value("fleet_wave_timeout_s")),
-                           self.installation.gitops_secret)
+                           fleet_waves(_loaded(self._value("fleet_waves"))), float(self._value("fleet_wave_timeout_s")))
 
     @property
     def monitor(self) -> MonitorConfig:
