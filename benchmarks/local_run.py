@@ -21,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES
-from components.model.evaluate import Gates
+from components.model.contract import MODEL_NAMES
+from components.model.settings import Gates
+from components.model.spec import spec_for
 from components.data.ingest import IngestRequest, ingest
-from components.model.train import DetectorParams, ForecasterParams, save_trained, train_anomaly_detector, train_predictive_analytics
+from components.model.train import save_trained, train_model
 from components.release.rollout import CanarySpec, ProbeProvider, canary_promote, smoke_test
 from components.kfp.workflow import (
     SERVING_HOME_ENV,
@@ -49,11 +50,7 @@ def direct_run(model_name: str, state_dir: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = ingest(IngestRequest(model_name))
     data.validation.to_parquet(work / "validation.parquet")
-    if model_name == ANOMALY_DETECTOR:
-        trained = train_anomaly_detector(data.train, DetectorParams())
-    else:
-        trained = train_predictive_analytics(data.train, ForecasterParams())
-    save_trained(trained, work / "model")
+    save_trained(train_model(spec_for(model_name), data.train), work / "model")
     evaluation, _ = evaluate_step(model_name, str(work / "model"), str(work / "validation.parquet"), data.description, Gates(), STORE)
     if not evaluation.deploy:
         return
