@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import io
-import json
 import shutil
 
 import joblib
