@@ -39,7 +39,7 @@ import pandas as pd
 import requests
 
 from components.store import filesystem as storage
-from components.model.contract import ANOMALY_DETECTOR, LABEL_COLUMN, ContractError, fallback_instance, is_synthetic
+from components.model.contract import ANOMALY_DETECTOR, ContractError, fallback_instance, is_synthetic
 from components.data.ingest import IngestRequest, ingest
 from components.serving.kserve import KServeOptions
 from components.serving.local import LocalTarget, process_alive
@@ -234,7 +234,7 @@ class Simulation:
         (as a Prometheus query for its window would return)."""
         history = self.series[(self.series.timestamp < self.now) & (self.series.timestamp >= self.now - pd.Timedelta(days=HISTORY_DAYS))]
         # Live metrics carry no incident labels: the detector is gated on its contract and anomaly rate, as on a cluster.
-        history = history.drop(columns=[LABEL_COLUMN])
+        history = history.drop(columns=[spec_for(MODEL).labels.column])
         history.to_parquet(self.live_path, index=False)
         history.iloc[-180:].to_parquet(self.window_path, index=False)
 

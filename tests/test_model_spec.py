@@ -235,19 +235,19 @@ def test_the_contract_and_the_queries_are_read_from_the_spec_files(tmp_path):
              f"spec.BUILTIN_DIR = pathlib.Path({str(models)!r})\n"
              "from components.model import contract\nfrom components.data import prometheus\n"
              "print(json.dumps([contract.FALLBACK_METRIC_FEATURES, contract.SCHEMAS['anomaly-detector'].base_metrics[3].unit.name, "
-             "prometheus.DEFAULT_QUERIES['predictive-analytics']['disk']]))")
+             "prometheus.default_queries('predictive-analytics')['disk']]))")
     fallback, unit, query = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout)
     assert (fallback[0], unit, query.count('mountpoint="/var"')) == (0.4, "CORES", 2)
 
 
 def test_the_builtins_state_what_the_code_does_today():
     from components.model.settings import DetectorParams, ForecasterParams, Gates
-    from components.model.train import OUTPUT_RANGES, _detector_pipeline
     from components.monitoring.monitor import MonitorSettings
     from components.release.rollout import CanarySpec
+    from tests.recipes_before_specs import OUTPUT_RANGES, detector_pipeline
 
     detector, forecaster = builtin_specs()
-    today = _detector_pipeline(DetectorParams(), 45)
+    today = detector_pipeline(DetectorParams(), 45)
     assert [name for name, _ in today.steps] == ["no_data", *(step.name for step in detector.estimator.steps)]
     for step, (_, built) in zip(detector.estimator.steps, today.steps[1:]):
         assert f"{type(built).__module__.split('._')[0]}.{type(built).__name__}" == step.class_path

@@ -9,7 +9,8 @@ from sklearn.dummy import DummyRegressor
 from sklearn.pipeline import Pipeline
 
 from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, engineer_features, fallback_instance, forecast_pairs
-from components.model.evaluate import Gates, evaluate_candidate
+from components.model.evaluate import evaluate_candidate
+from components.model.spec import spec_for
 from components.data.ingest import IngestRequest, ingest
 from components.model.train import (
     DetectorParams,
@@ -21,6 +22,9 @@ from components.model.train import (
     train_anomaly_detector,
     train_predictive_analytics,
 )
+
+
+DETECTOR, FORECASTER = spec_for(ANOMALY_DETECTOR), spec_for(PREDICTIVE_ANALYTICS)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +102,7 @@ def test_only_stock_objects_can_be_saved(tmp_path):
 
 def test_evaluation_passes_a_good_detector_and_renders_dashboard_data(detector_data):
     trained = train_anomaly_detector(detector_data.train, DetectorParams())
-    evaluation = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), detector_data.validation, Gates(min_f1=0.1))
+    evaluation = evaluate_candidate(DETECTOR, pickled(trained.estimator), detector_data.validation, {"min_f1": 0.1})
     assert evaluation.deploy, evaluation.reason
     assert {"precision", "recall", "f1", "roc_auc", "predict_latency_ms", "pickle_mb"} <= set(evaluation.metrics)
     assert np.array(evaluation.confusion).sum() == len(detector_data.validation) - 5
@@ -109,23 +113,23 @@ def test_evaluation_passes_a_good_detector_and_renders_dashboard_data(detector_d
 
 def test_gates_and_contract_checks_block_deployment(detector_data, forecaster_data):
     trained = train_anomaly_detector(detector_data.train, DetectorParams())
-    blocked = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), detector_data.validation, Gates(min_f1=0.99, max_pickle_mb=0.0001))
+    blocked = evaluate_candidate(DETECTOR, pickled(trained.estimator), detector_data.validation, {"min_f1": 0.99, "max_pickle_mb": 0.0001})
     assert not blocked.deploy
     assert "min_f1: F1" in blocked.reason and "(gate 0.99)" in blocked.reason and "pickle_size" in blocked.reason
 
     # A forecaster that returns one float per row breaks the 5-floats contract.
     scalar = DummyRegressor().fit(np.zeros((3, 5)), np.zeros(3))
-    wrong_shape = evaluate_candidate(PREDICTIVE_ANALYTICS, pickled(scalar), forecaster_data.validation, Gates(max_mase=100))
+    wrong_shape = evaluate_candidate(FORECASTER, pickled(scalar), forecaster_data.validation, {"max_mase": 100})
     assert not wrong_shape.deploy and "output_type" in wrong_shape.reason and "5 floats per row" in wrong_shape.reason
 
 
 def test_challenger_must_not_be_worse_than_champion(forecaster_data):
     good = train_predictive_analytics(forecaster_data.train, ForecasterParams()).estimator
     worse = DummyRegressor().fit(*forecast_pairs(forecaster_data.train, 60))
-    lost = evaluate_candidate(PREDICTIVE_ANALYTICS, pickled(worse), forecaster_data.validation, Gates(max_mase=100), champion=("v3", good))
+    lost = evaluate_candidate(FORECASTER, pickled(worse), forecaster_data.validation, {"max_mase": 100}, champion=("v3", good))
     assert not lost.deploy
     assert "champion: mean MASE" in lost.reason and "champion v3" in lost.reason
-    won = evaluate_candidate(PREDICTIVE_ANALYTICS, pickled(good), forecaster_data.validation, Gates(), champion=("v3", worse))
+    won = evaluate_candidate(FORECASTER, pickled(good), forecaster_data.validation, {}, champion=("v3", worse))
     assert won.deploy and "not worse than champion v3" in won.reason
     assert won.champion_metrics["mase_mean"] > won.metrics["mase_mean"]
 
@@ -133,11 +137,11 @@ def test_challenger_must_not_be_worse_than_champion(forecaster_data):
 def test_unlabelled_cluster_data_is_judged_on_anomaly_rate_and_contract(detector_data):
     trained = train_anomaly_detector(detector_data.train, DetectorParams())
     unlabelled = detector_data.validation.drop(columns=["is_anomaly", "incident"])
-    evaluation = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), unlabelled, Gates(min_f1=0.99), champion=("v1", trained.estimator))
+    evaluation = evaluate_candidate(DETECTOR, pickled(trained.estimator), unlabelled, {"min_f1": 0.99}, champion=("v1", trained.estimator))
     assert evaluation.deploy, evaluation.reason
     assert "f1" not in evaluation.metrics and evaluation.confusion is None
     assert "no is_anomaly labels" in evaluation.checks["min_f1"][1] and "no labels to compare" in evaluation.checks["champion"][1]
-    strict = evaluate_candidate(ANOMALY_DETECTOR, pickled(trained.estimator), unlabelled, Gates(max_anomaly_rate=0.0001))
+    strict = evaluate_candidate(DETECTOR, pickled(trained.estimator), unlabelled, {"max_anomaly_rate": 0.0001})
     assert not strict.deploy and "max_anomaly_rate" in strict.reason
 
 

@@ -39,17 +39,19 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             "import io\n\nimport joblib\nimport matplotlib.pyplot as plt\nfrom IPython.display import Markdown, display\n\n"
-            "from components.model.evaluate import Gates, evaluate_candidate, markdown_report\n"
+            "from components.model.evaluate import evaluate_candidate, markdown_report\n"
             "from components.data.ingest import IngestRequest, ingest\n"
-            "from components.model.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics"
+            "from components.model.spec import spec_for\n"
+            "from components.model.train import train_model"
         ),
         new_code_cell("days, seed = 10.0, 42  # parameters", metadata={"tags": ["parameters"]}),
         new_code_cell(
-            "detector_data = ingest(IngestRequest('anomaly-detector', days=days, seed=seed))\n"
+            "detector_spec = spec_for('anomaly-detector')  # models/anomaly-detector.yaml: what the model reads, how it is trained and judged\n"
+            "detector_data = ingest(IngestRequest(detector_spec.name, days=days, seed=seed))\n"
             "print(detector_data.description)\n"
-            "detector = train_anomaly_detector(detector_data.train, DetectorParams())\n"
+            "detector = train_model(detector_spec, detector_data.train)\n"
             "buffer = io.BytesIO(); joblib.dump(detector.estimator, buffer)\n"
-            "evaluation = evaluate_candidate('anomaly-detector', buffer.getvalue(), detector_data.validation, Gates())\n"
+            "evaluation = evaluate_candidate(detector_spec, buffer.getvalue(), detector_data.validation)\n"
             "display(Markdown(markdown_report(evaluation, detector_data.description)))"
         ),
         new_code_cell(
@@ -60,15 +62,17 @@ NOTEBOOKS = {
             "matrix.imshow(evaluation.confusion, cmap='Blues')\n"
             "for (row, column), count in [((r, c), evaluation.confusion[r][c]) for r in range(2) for c in range(2)]:\n"
             "    matrix.text(column, row, count, ha='center', va='center')\n"
-            "matrix.set(title='confusion matrix', xticks=[0, 1], yticks=[0, 1], xticklabels=['normal', 'anomaly'], yticklabels=['normal', 'anomaly'])\n"
+            "matrix.set(title='confusion matrix', xticks=[0, 1], yticks=[0, 1], xticklabels=evaluation.categories, yticklabels=evaluation.categories)\n"
             "plt.show()\n"
             "assert evaluation.deploy, evaluation.reason"
         ),
         new_code_cell(
-            "forecaster_data = ingest(IngestRequest('predictive-analytics', days=days, seed=seed))\n"
-            "forecaster = train_predictive_analytics(forecaster_data.train, ForecasterParams(horizon_minutes=60))\n"
+            "forecaster_spec = spec_for('predictive-analytics')\n"
+            "forecaster_data = ingest(IngestRequest(forecaster_spec.name, days=days, seed=seed))\n"
+            "training = {'horizon_minutes': 60}  # a run's overrides of the spec's training knobs and estimator parameters\n"
+            "forecaster = train_model(forecaster_spec, forecaster_data.train, training)\n"
             "buffer = io.BytesIO(); joblib.dump(forecaster.estimator, buffer)\n"
-            "forecast = evaluate_candidate('predictive-analytics', buffer.getvalue(), forecaster_data.validation, Gates())\n"
+            "forecast = evaluate_candidate(forecaster_spec, buffer.getvalue(), forecaster_data.validation, training=training)\n"
             "display(Markdown(markdown_report(forecast, forecaster_data.description)))\n"
             "assert forecast.metrics['mase_mean'] < 1.0, 'the forecaster must beat persistence'"
         ),

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from components.model.contract import (
-    LABEL_COLUMN,
     MIN_FEATURE_ROWS,
     SYNTHETIC_FALLBACK,
     TIMESTAMP_COLUMN,
@@ -19,6 +18,7 @@ from components.model.contract import (
     schema_for,
     validate_raw_metrics,
 )
+from components.model.spec import spec_for
 from components.monitoring.drift import check_scale_jumps
 from components.data.prometheus import PrometheusClient, fetch_metrics
 from components.data.synthetic import generate_cluster_metrics
@@ -62,10 +62,15 @@ def _synthetic(request: IngestRequest) -> tuple[pd.DataFrame, str]:
 
 
 def _file(request: IngestRequest) -> tuple[pd.DataFrame, str]:
-    """Return metrics read from a CSV or Parquet file, aligned on a 1-minute grid, and their description."""
-    path = Path(request.file_path)
-    if not request.file_path:
-        raise ContractError("source 'file' needs file_path: set --param file_path=/path/to/metrics.csv")
+    """Return metrics read from a CSV or Parquet file, aligned on a 1-minute grid, and their description.
+
+    Without ``file_path`` the spec's ``data.file`` is read (its path is relative to the spec file).
+    """
+    data_file = spec_for(request.model_name).data_file
+    if not request.file_path and data_file is None:
+        raise ContractError(f"source 'file' needs file_path ({request.model_name}'s spec names no data.file): "
+                            "set --param file_path=/path/to/metrics.csv")
+    path = Path(request.file_path) if request.file_path else data_file
     if not path.is_file():
         raise ContractError(f"file_path {str(path)!r} does not exist or is not a file; check the path")
     if path.suffix.lower() == ".parquet":
@@ -114,7 +119,8 @@ SOURCES: dict[str, Callable[[IngestRequest], tuple[pd.DataFrame, str]]] = {
 def align_to_minute_grid(
     frame: pd.DataFrame, model_name: str, *, max_gap_minutes: int = 5, source: str = "input"
 ) -> pd.DataFrame:
-    """Return ``frame`` on a regular 1-minute grid: timestamps parsed, duplicates averaged, short gaps interpolated.
+    """Return ``frame``'s inputs, and the spec's label column when it has one, on a regular 1-minute grid: timestamps parsed,
+    duplicates averaged, short gaps interpolated (labels carried forward).
 
     A gap longer than ``max_gap_minutes`` is an error: rolling features across it would describe data that
     does not exist.
@@ -124,14 +130,17 @@ def align_to_minute_grid(
     if len(frame) == 0:
         raise ContractError(f"{source}: the dataset is empty; provide at least {MIN_FEATURE_ROWS} per-minute rows")
     metric_names = schema_for(model_name).metric_names
+    labels = spec_for(model_name).labels
+    label_column = labels.column if labels is not None and labels.column in frame.columns else None
     frame = validate_raw_metrics(frame, model_name, source=source)
     timestamps = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True, errors="coerce")
     if timestamps.isna().any():
         bad = frame[TIMESTAMP_COLUMN][timestamps.isna()].iloc[0]
         raise ContractError(f"{source}: timestamp {bad!r} cannot be parsed; use ISO 8601 or epoch seconds")
-    keep = metric_names + ([LABEL_COLUMN] if LABEL_COLUMN in frame.columns else [])
+    keep = metric_names + ([label_column] if label_column else [])
     indexed = frame[keep].set_index(timestamps.dt.floor("min"))
-    aggregated = indexed.groupby(level=0).agg({name: ("max" if name == LABEL_COLUMN else "mean") for name in keep})
+    # A minute's inputs are the mean of its rows, its label the largest (an anomalous second makes an anomalous minute).
+    aggregated = indexed.groupby(level=0).agg({name: ("max" if name == label_column else "mean") for name in keep})
     grid = pd.date_range(aggregated.index.min(), aggregated.index.max(), freq="min")
     regular = aggregated.reindex(grid)
     missing = regular[metric_names[0]].isna().to_numpy()
@@ -143,12 +152,12 @@ def align_to_minute_grid(
                 "provide a continuous series or raise max_gap_minutes"
             )
         regular[metric_names] = regular[metric_names].interpolate(method="linear", limit_direction="both")
-        if LABEL_COLUMN in regular.columns:
-            regular[LABEL_COLUMN] = regular[LABEL_COLUMN].ffill().fillna(0)
+        if label_column:
+            regular[label_column] = regular[label_column].ffill()
     regular.index.name = TIMESTAMP_COLUMN
     result = regular.reset_index()
-    if LABEL_COLUMN in result.columns:
-        result[LABEL_COLUMN] = result[LABEL_COLUMN].astype(int)
+    if label_column:
+        result[label_column] = result[label_column].astype(int)
     return result
 
 

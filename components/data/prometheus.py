@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import requests
 
-from components.model.contract import TIMESTAMP_COLUMN, ContractError, Unit, scale_network, schema_for
-from components.model.spec import builtin_specs
+from components.model.contract import TIMESTAMP_COLUMN, ContractError, Unit, schema_for
+from components.model.spec import spec_for
 from components.credentials import token_from_environment
 
 if TYPE_CHECKING:  # pandas is imported where it is used: the canary step never needs it
@@ -25,10 +25,6 @@ if TYPE_CHECKING:  # pandas is imported where it is used: the canary step never 
 TOKEN_ENV = "PROMETHEUS_TOKEN"
 _WARNED_PLAIN_HTTP: set[str] = set()
 STEP_SECONDS = 60
-# The base metrics the coordination engine uses, as PromQL, from the built-in model specs (models/*.yaml). Network
-# queries return bytes/s; ingest scales them (the specs' query_divisor).
-DEFAULT_QUERIES: dict[str, dict[str, str]] = {spec.name: {item.name: item.query for item in spec.inputs} for spec in builtin_specs()}
-NETWORK_METRICS = {item.name for spec in builtin_specs() for item in spec.inputs if item.query_divisor is not None}
 # Canary templates: {model}, {version}, {window} and {scope} (extra label matchers, e.g. a fleet wave's clusters) are
 # filled in. Both read the project runtime's own series, whose ``version`` label is the version it serves (from
 # MODEL_VERSION), so that they need no relabelling in the scrape configuration, on one cluster or across a fleet.
@@ -126,23 +122,33 @@ def series_frame(result: list, name: str, aggregate: str) -> pd.Series:
     return per_series.groupby(level=0).agg("sum" if aggregate == "sum" else "mean").rename(name)
 
 
+def default_queries(model_name: str) -> dict[str, str]:
+    """Return the PromQL of each of the model's inputs, from its spec (the built-ins': the base metrics the coordination engine uses)."""
+    return {item.name: item.query for item in spec_for(model_name).inputs}
+
+
 def fetch_metrics(client: PrometheusClient, model_name: str, start: dt.datetime, end: dt.datetime, queries: dict[str, str]) -> pd.DataFrame:
-    """Return raw per-minute metrics for ``model_name`` between ``start`` and ``end`` in contract units."""
+    """Return raw per-minute metrics for ``model_name`` between ``start`` and ``end`` in its spec's units.
+
+    An input with a ``query_divisor`` is the query's value divided by it and clipped to the input's bounds (the
+    forecaster's network: bytes/s / 125e6, clamped to 0-1, the engine's scaling).
+    """
     import pandas as pd
 
     schema = schema_for(model_name)
-    merged = {**DEFAULT_QUERIES[model_name], **queries}
+    merged = {**default_queries(model_name), **queries}
     unknown = set(queries) - set(schema.metric_names)
     if unknown:
         raise ContractError(f"prometheus_queries has unknown metric(s) {sorted(unknown)}; {model_name} uses {schema.metric_names}")
     columns = []
-    for metric in schema.base_metrics:
+    for metric, item in zip(schema.base_metrics, spec_for(model_name).inputs):
         result = client.query_range(merged[metric.name], start, end)
         series = series_frame(result, metric.name, "sum" if metric.unit is Unit.COUNT else "mean")
         if series.empty:
             raise ContractError(f"Prometheus returned no data for {metric.name} ({merged[metric.name]!r}) between {start} and {end}")
-        if metric.name in NETWORK_METRICS:
-            series = pd.Series(scale_network(series.to_numpy()), index=series.index, name=metric.name)
+        if item.query_divisor is not None:
+            scaled = np.clip(series.to_numpy(dtype=float) / item.query_divisor, *item.bounds)
+            series = pd.Series(scaled, index=series.index, name=metric.name)
         columns.append(series)
     frame = pd.concat(columns, axis=1).sort_index()
     frame.index.name = TIMESTAMP_COLUMN

@@ -8,21 +8,33 @@ import pandas as pd
 from components.model.contract import (
     ANOMALY_DETECTOR,
     INCIDENT_COLUMN,
-    LABEL_COLUMN,
+    PREDICTIVE_ANALYTICS,
     TIMESTAMP_COLUMN,
+    ContractError,
     scale_network,
     schema_for,
 )
+from components.model.spec import spec_for
 
 # A Monday at midnight UTC, so that weekly patterns line up with weekdays in every run.
 EPOCH = pd.Timestamp("2026-01-05T00:00:00Z")
 INCIDENT_TYPES = ("cpu_saturation", "memory_leak", "restart_storm", "traffic_spike", "node_pressure")
+# The label column of a model whose spec has none (the forecaster's frames carry the incidents too).
+INCIDENT_LABEL_COLUMN = "is_anomaly"
 
 
 def generate_cluster_metrics(
     model_name: str, *, days: float = 10.0, seed: int = 42, incidents_per_day: float = 3.0
 ) -> pd.DataFrame:
-    """Return per-minute metrics in contract units for ``model_name``, with 0/1 labels and incident names."""
+    """Return per-minute metrics in contract units for a built-in model, with 0/1 incident labels (in its spec's label column) and incident names.
+
+    Only the built-in models have a generator (``GENERATORS``); any other model gets a ContractError naming source=file.
+    """
+    schema = schema_for(model_name)
+    if model_name not in GENERATORS:
+        data_file = spec_for(model_name).data_file
+        raise ContractError(f"{model_name} has no synthetic data generator (only {' and '.join(GENERATORS)} have one): use source=file "
+                            + (f"with file_path empty to read its data.file, {data_file}" if data_file else "with file_path set to its labelled data"))
     minutes = int(round(days * 24 * 60))
     if minutes < 1:
         raise ValueError(f"days must cover at least one minute, got {days}")
@@ -30,13 +42,13 @@ def generate_cluster_metrics(
     timestamps = EPOCH + pd.to_timedelta(np.arange(minutes), unit="min")
     load = _load_pattern(timestamps, rng)
     incident = _incident_schedule(minutes, incidents_per_day, rng)
-    if model_name == ANOMALY_DETECTOR:
-        columns = _detector_metrics(load, incident, rng)
-    else:
-        schema_for(model_name)
-        columns = _forecaster_metrics(load, incident, rng)
+    columns = GENERATORS[model_name](load, incident, rng)
+    if list(columns) != schema.metric_names:
+        raise ContractError(f"the synthetic generator of {model_name} writes {list(columns)}, and its spec's inputs are {schema.metric_names}: "
+                            "use source=file for a changed spec")
+    labels = spec_for(model_name).labels
     frame = pd.DataFrame({TIMESTAMP_COLUMN: timestamps, **columns})
-    frame[LABEL_COLUMN] = (incident != "").astype(int)
+    frame[labels.column if labels else INCIDENT_LABEL_COLUMN] = (incident != "").astype(int)
     frame[INCIDENT_COLUMN] = incident
     return frame
 
@@ -150,3 +162,7 @@ def _forecaster_metrics(load: np.ndarray, incident: np.ndarray, rng: np.random.G
         "network_in": network_in,
         "network_out": network_out,
     }
+
+
+# The synthetic cluster of each built-in model: load pattern, incident schedule and generator -> its base metrics.
+GENERATORS = {ANOMALY_DETECTOR: _detector_metrics, PREDICTIVE_ANALYTICS: _forecaster_metrics}

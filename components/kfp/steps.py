@@ -110,7 +110,7 @@ def evaluate(
     for name, value in evaluation.metrics.items():
         metrics.log_metric(name, round(value, 6))
     if evaluation.confusion is not None:
-        classification_metrics.log_confusion_matrix(list(evaluation.class_names), evaluation.confusion)
+        classification_metrics.log_confusion_matrix(list(evaluation.categories), evaluation.confusion)
     if evaluation.roc is not None:
         classification_metrics.log_roc_curve(*evaluation.roc)
     with open(report.path, "w") as handle:

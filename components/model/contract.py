@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # numpy and pandas are imported where they are used: a step t
 ANOMALY_DETECTOR = "anomaly-detector"
 PREDICTIVE_ANALYTICS = "predictive-analytics"
 TIMESTAMP_COLUMN = "timestamp"
-LABEL_COLUMN = "is_anomaly"
 INCIDENT_COLUMN = "incident"
 WINDOW_MINUTES = 5
 # The first row with a complete 5-minute window and a 5-minute lag is row 5, so a series needs 6 rows.
@@ -105,14 +104,16 @@ def scale_network(bytes_per_second: np.ndarray | pd.Series) -> np.ndarray:
 
 
 def validate_raw_metrics(frame: pd.DataFrame, model_name: str, *, source: str = "input") -> pd.DataFrame:
-    """Check a raw per-minute metrics frame against the contract and return it with float columns.
+    """Check a raw per-minute metrics frame against the model's spec and return it with float inputs and integer labels.
 
-    Raises ContractError for an empty frame, missing or non-numeric columns, NaN or inf, negative values, and values
-    beyond their unit's plausible maximum (``UNIT_LIMITS``), naming the likely mix-up such as percent or millicores.
+    Raises ContractError for an empty frame, missing or non-numeric columns, NaN or inf, negative values, values
+    outside an input's bounds (at most its unit's plausible maximum, ``UNIT_LIMITS``), naming the likely mix-up such as
+    percent or millicores, and labels (the spec's label column, when present) that are not the type's values.
     """
     import pandas as pd
 
     schema = schema_for(model_name)
+    spec = spec_for(model_name)
     if frame is None or len(frame) == 0:
         raise ContractError(f"{source}: the dataset is empty; provide at least {MIN_FEATURE_ROWS} per-minute rows")
     missing = [name for name in schema.metric_names if name not in frame.columns]
@@ -132,20 +133,46 @@ def validate_raw_metrics(frame: pd.DataFrame, model_name: str, *, source: str = 
         _check_finite(values, f"{source}: column {metric.name!r}")
         if (values < 0).any():
             raise ContractError(f"{source}: column {metric.name!r} has negative values; {metric.unit.value} cannot be negative")
+        low, high = next(item.bounds for item in spec.inputs if item.name == metric.name)
         limits = UNIT_LIMITS[metric.unit]
-        if values.max() > limits.maximum * (1.0 + 1e-9):
+        expected = limits.expected if high == limits.maximum else f"{metric.unit.value} within its bounds [{low:g}, {high:g}] ({spec.source})"
+        if values.max() > high * (1.0 + 1e-9):
             raise ContractError(
-                f"{source}: column {metric.name!r} must be {limits.expected} but reaches {values.max():.4g}; "
-                f"{_over_limit_hint(values.max(), limits)}"
+                f"{source}: column {metric.name!r} must be {expected} but reaches {values.max():.4g}; "
+                f"{_over_limit_hint(values.max(), high, limits)}"
             )
+        if values.min() < low:
+            raise ContractError(f"{source}: column {metric.name!r} must be {expected} but goes down to {values.min():.4g}; "
+                                "fix the data, or widen the input's bounds in the spec")
         result[metric.name] = values
+    if spec.labels is not None and spec.labels.column in result.columns:
+        result[spec.labels.column] = _checked_labels(result[spec.labels.column], spec, source)
     return result
 
 
-def _over_limit_hint(largest: float, limits: UnitLimits) -> str:
-    """Return the mix-ups that would bring ``largest`` within the unit's maximum and how to undo them, else the unit's fix."""
-    fitting = [f"{mix_up.name}: divide by {mix_up.factor:g}" for mix_up in limits.mix_ups if largest / mix_up.factor <= limits.maximum]
+def _over_limit_hint(largest: float, high: float, limits: UnitLimits) -> str:
+    """Return the mix-ups that would bring ``largest`` within the bound ``high`` and how to undo them, else the unit's fix."""
+    fitting = [f"{mix_up.name}: divide by {mix_up.factor:g}" for mix_up in limits.mix_ups if largest / mix_up.factor <= high]
     return f"it looks like {', or '.join(fitting)}" if fitting else limits.fix
+
+
+def _checked_labels(column: pd.Series, spec: ModelSpec, source: str) -> np.ndarray:
+    """Return the label ``column`` as integers, or raise ContractError for a missing, non-integer or undeclared label."""
+    import numpy as np
+    import pandas as pd
+
+    name = spec.labels.column
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values) | (values != np.round(values))
+    if bad.any():
+        raise ContractError(f"{source}: label column {name!r} has {int(bad.sum())} value(s) that are not integers, the first "
+                            f"{column[bad].iloc[0]!r}; give every row its label")
+    allowed = {item.value for item in spec.outputs.classes} or {0, 1}  # classes; an anomaly label is 1 (anomaly) or 0
+    unknown = sorted(set(values.astype(int).tolist()) - allowed)
+    if unknown:
+        raise ContractError(f"{source}: label column {name!r} holds {unknown}, and {spec.name} labels are {sorted(allowed)}; fix the labels"
+                            + (", or declare the classes in outputs.classes" if spec.outputs.classes else " (1 anomaly, 0 normal)"))
+    return values.astype(int)
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:
@@ -201,16 +228,17 @@ def metric_features(raw: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def feature_labels(raw: pd.DataFrame, model_name: str) -> np.ndarray | None:
-    """Return the 0/1 anomaly labels aligned with ``engineer_features`` rows, or None when unlabelled."""
-    if LABEL_COLUMN not in raw.columns:
+    """Return the labels of the spec's label column aligned with ``engineer_features`` rows, or None when the spec or the data has none."""
+    labels_of = spec_for(model_name).labels
+    if labels_of is None or labels_of.column not in raw.columns:
         return None
-    labels = raw[LABEL_COLUMN].astype(int).to_numpy()
+    labels = raw[labels_of.column].astype(int).to_numpy()
     return labels[WINDOW_MINUTES:] if schema_for(model_name).engineered else labels
 
 
-def forecast_pairs(raw: pd.DataFrame, horizon_minutes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (x_t, x_{t+h}) pairs of the 5 forecaster metrics for a per-minute series."""
-    return horizon_pairs(raw[schema_for(PREDICTIVE_ANALYTICS).metric_names].to_numpy(dtype=float), horizon_minutes, "minute")
+def forecast_pairs(raw: pd.DataFrame, horizon_minutes: int, model_name: str = PREDICTIVE_ANALYTICS) -> tuple[np.ndarray, np.ndarray]:
+    """Return (x_t, x_{t+h}) pairs of a predictive model's inputs (by default the built-in forecaster's 5) for a per-minute series."""
+    return horizon_pairs(raw[schema_for(model_name).metric_names].to_numpy(dtype=float), horizon_minutes, "minute")
 
 
 def horizon_pairs(values: np.ndarray, horizon_steps: int, step: str = "step") -> tuple[np.ndarray, np.ndarray]:

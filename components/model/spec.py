@@ -34,6 +34,7 @@ from components.model.spec_types import (
     ESTIMATOR_ALLOWLIST,
     FEATURE_RECIPES,
     LIVE_FACTOR_DEFAULT,
+    LINEAR_REGRESSORS,
     PREDICTIVE,
     RAW,
     RESERVED_COLUMNS,
@@ -349,7 +350,11 @@ def _estimator(section: dict, behaviour: TypeBehaviour, kind: str, checks: _Chec
     _unique([step.name for step in steps], "$.estimator.steps[{}].name", "step name", checks)
     training = dict(section.get("training", {}))
     checks.own_keys(training, "$.estimator.training", behaviour.training, kind, "training knob")
-    return Estimator(tuple(steps), MappingProxyType({**behaviour.training, **training}))
+    knobs = {**behaviour.training, **training}
+    if knobs.get("fit_change") and [step.class_path for step in steps] not in [[path] for path in LINEAR_REGRESSORS]:
+        checks.add("$.estimator.training.fit_change", "fit_change adds the identity to a linear regressor's coefficients, and the estimator is "
+                   f"{' -> '.join(step.class_path for step in steps)}", f"use one step of {', '.join(LINEAR_REGRESSORS)}, or set fit_change: false")
+    return Estimator(tuple(steps), MappingProxyType(knobs))
 
 
 def _smoke(section: dict | None, kind: str, inputs: tuple[Input, ...], recipe: FeatureRecipe, checks: _Checks) -> SmokeProbe | None:
@@ -425,14 +430,13 @@ def engine_reading(spec: ModelSpec) -> EngineReading:
         served, integers = f"class labels {'/'.join(str(item.value) for item in outputs.classes)}", {item.value for item in outputs.classes}
     labels = "anomaly labels (-1 anomaly, 1 normal)"
     forecast = "a forecast: row[0] as CPU and row[1] as memory, ratios shown as percent"
-    if spec.name == ENGINE_ANOMALY_NAME:
-        parser = f"its fixed {ENGINE_ANOMALY_NAME} parser (Go []int)"
-        read_as = labels if integers is not None else "nothing: it decodes JSON integers only, and these are floats"
-    elif spec.name == ENGINE_FORECAST_NAME:
-        parser, read_as = f"its fixed {ENGINE_FORECAST_NAME} parser", forecast
-    else:
-        parser = "auto-detection (no fixed parser for this name)"
-        read_as = labels if integers is not None and integers <= {-1, 0, 1} else forecast
+    # The engine's fixed parsers, by logical name: (the parser, what it reads integers as, what it reads floats as).
+    fixed = {ENGINE_ANOMALY_NAME: (f"its fixed {ENGINE_ANOMALY_NAME} parser (Go []int)", labels,
+                                   "nothing: it decodes JSON integers only, and these are floats"),
+             ENGINE_FORECAST_NAME: (f"its fixed {ENGINE_FORECAST_NAME} parser", forecast, forecast)}
+    auto_labels = labels if integers is not None and integers <= {-1, 0, 1} else forecast
+    parser, from_integers, from_floats = fixed.get(spec.name, ("auto-detection (no fixed parser for this name)", auto_labels, auto_labels))
+    read_as = from_integers if integers is not None else from_floats
     misread = ""
     if read_as == labels and spec.type != ANOMALY:
         misread = f"its {served} would be read as {labels}"

@@ -23,6 +23,8 @@ FEATURE_RECIPES: dict[str, tuple[str, ...]] = {
     RAW: ("value",),
     WINDOW_9: ("value", "mean_5m", "std_5m", "min_5m", "max_5m", "lag_1m", "lag_5m", "diff_1m", "pct_change_1m"),
 }
+# How many of the features an input contributes are linearly independent (window-9: diff_1m = value - lag_1m).
+FEATURE_RANKS: dict[str, int] = {RAW: 1, WINDOW_9: 8}
 SPEC_UNITS = {unit.spec_name: unit for unit in Unit}
 RESERVED_COLUMNS = ("timestamp",)
 # The engine's client has fixed parsers for these two logical names (reference: coordination-engine-models.md).
@@ -40,8 +42,7 @@ ESTIMATOR_ALLOWLIST: dict[str, str] = {
     "sklearn.impute.SimpleImputer": TRANSFORM,
     "sklearn.decomposition.PCA": TRANSFORM,
     "sklearn.covariance.EllipticEnvelope": OUTLIER,
-    "sklearn.ensemble.IsolationForest": OUTLIER,
-    "sklearn.svm.OneClassSVM": OUTLIER,
+    "sklearn.ensemble.IsolationForest": OUTLIER,  # OneClassSVM is not one: its threshold is its intercept, not offset_, which calibration sets
     "sklearn.linear_model.Ridge": REGRESSOR,
     "sklearn.linear_model.LinearRegression": REGRESSOR,
     "sklearn.linear_model.Lasso": REGRESSOR,
@@ -54,6 +55,8 @@ ESTIMATOR_ALLOWLIST: dict[str, str] = {
     "sklearn.ensemble.GradientBoostingClassifier": CLASSIFIER,
     "sklearn.tree.DecisionTreeClassifier": CLASSIFIER,
 }
+# The regressors that keep coef_ and intercept_ per output: the predictive type's fit_change adds the identity to them.
+LINEAR_REGRESSORS = tuple(path for path, role in ESTIMATOR_ALLOWLIST.items() if role == REGRESSOR and path.startswith("sklearn.linear_model."))
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,11 @@ class FeatureRecipe:
         """Return the features each input contributes, in served order."""
         return FEATURE_RECIPES[self.name]
 
+    @property
+    def rank(self) -> int:
+        """Return how many of the features each input contributes are linearly independent."""
+        return FEATURE_RANKS[self.name]
+
 
 @dataclass(frozen=True)
 class Labels:
@@ -206,6 +214,14 @@ class Outputs:
         if self.values:
             return f"{len(self.values)} values"
         return "classes " + "/".join(str(item.value) for item in self.classes) + (" + probabilities" if self.probabilities else "")
+
+    @property
+    def alert_class(self) -> OutputClass | None:
+        """Return the class a classification model alerts on: the alert's, else the last (highest) class; None for other types."""
+        if not self.classes:
+            return None
+        wanted = self.alert.class_value if self.alert else self.classes[-1].value
+        return next(item for item in self.classes if item.value == wanted)
 
 
 @dataclass(frozen=True)
@@ -323,6 +339,11 @@ class ModelSpec:
     def n_features(self) -> int:
         """Return the number of values in one served instance."""
         return len(self.inputs) * len(self.features.suffixes)
+
+    @property
+    def served_method(self) -> str:
+        """Return the estimator method whose answer is served: predict_proba with outputs.probabilities (PREDICT_PROBA=true), else predict."""
+        return "predict_proba" if self.outputs.probabilities else "predict"
 
     def problem(self, path: str, problem: str, fix: str) -> Problem:
         """Return a problem found after loading, located at ``path``'s line in the spec file."""

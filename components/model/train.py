@@ -1,4 +1,18 @@
-"""train: stock scikit-learn estimators for the two models, with nothing from this project inside the pickle."""
+"""train: any model spec's stock scikit-learn estimator, fitted as its ADR-040 type says, with nothing from this project
+inside the pickle.
+
+``train_model(spec, frame, overrides)`` is the entry point for every model. It applies a run's overrides to the spec's
+estimator steps and training knobs (``spec_with_overrides``), then fits the way the spec's type brings (``TRAINERS``):
+- anomaly (``fit_outlier_detector``): on the normal rows, the no-data imputer first when ``impute_fallback``, the
+  final step's threshold calibrated to ``target_false_positive_rate`` and never flagging the engine's fallback probe;
+- predictive (``fit_regressor``): the inputs ``horizon_minutes`` ahead. With ``fit_change``, it learns the change and
+  keeps persistence where the change loses. With ``clip_to_output_ranges``, it clips to the outputs' ranges;
+- classification (``fit_classifier``): on the spec's label column, with balanced sample weights when
+  ``balance_classes``.
+
+The built-in models' override forms (``DetectorParams``, ``ForecasterParams``) map onto spec overrides
+(``detector_overrides``, ``forecaster_overrides``).
+"""
 
 from __future__ import annotations
 
@@ -7,34 +21,45 @@ import hashlib
 import json
 import pickle
 import pickletools
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple
 
 import joblib
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
-from sklearn.covariance import EllipticEnvelope
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import RobustScaler, StandardScaler
+from sklearn.utils import get_tags
+from sklearn.utils.class_weight import compute_sample_weight
 
 from components.model.contract import (
     ANOMALY_DETECTOR,
     PREDICTIVE_ANALYTICS,
-    FALLBACK_METRIC_FEATURES,
-    FEATURE_SUFFIXES,
     ContractError,
     engineer_features,
-    fallback_instance,
     feature_labels,
     forecast_pairs,
 )
-from components.monitoring.drift import drift_profile
 from components.model.settings import DetectorParams, ForecasterParams
+from components.model.spec import (
+    ANOMALY,
+    CLASSIFICATION,
+    ESTIMATOR_ALLOWLIST,
+    LINEAR_REGRESSORS,
+    PREDICTIVE,
+    TRANSFORM,
+    TYPE_BEHAVIOUR,
+    Estimator,
+    EstimatorStep,
+    ModelSpec,
+    spec_for,
+    use_spec,
+)
+from components.monitoring.drift import drift_profile
 from components.store.filesystem import MODEL_FILENAME, TRAINING_FILENAME
 
 HOLDOUT_FRACTION = 0.2
@@ -42,11 +67,11 @@ HOLDOUT_FRACTION = 0.2
 FALLBACK_MARGIN = 0.01
 # Modules a stock sklearn server can import when it unpickles a model.
 STOCK_PICKLE_MODULES = ("sklearn", "numpy", "scipy", "joblib", "builtins", "copyreg", "_codecs", "collections", "functools")
-# Each forecaster output's physical range, in contract order: ratios of capacity, and network as the engine
-# scales it (bytes/s / 125e6, clamped to 0-1 by the engine, so a forecast above 1 could never be observed).
-OUTPUT_RANGES = {"cpu": (0.0, 1.0), "memory": (0.0, 1.0), "disk": (0.0, 1.0), "network_in": (0.0, 1.0), "network_out": (0.0, 1.0)}
 # How many training inputs, with the model's predictions for them, are stored with a version for the smoke test.
 REFERENCE_ROWS = 16
+# An override "<step>.class" names another allowlisted class of the step's role, or this to drop a transform step.
+DROP_STEP = "passthrough"
+PCA_CLASS = "sklearn.decomposition.PCA"
 
 
 @dataclass(frozen=True)
@@ -68,27 +93,123 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _scaler(name: str) -> RobustScaler | StandardScaler:
-    """Return the named stock scaler."""
-    scalers = {"robust": RobustScaler, "standard": StandardScaler}
-    if name not in scalers:
-        raise ContractError(f"unknown scaler {name!r}: use one of {', '.join(scalers)}")
-    return scalers[name]()
+# --- a run's overrides -------------------------------------------------------------------------------------------
 
 
-def no_data_imputer(n_features: int) -> ColumnTransformer:
+def spec_with_overrides(spec: ModelSpec, overrides: Mapping[str, object] | None) -> ModelSpec:
+    """Return ``spec`` with a run's overrides of its estimator applied; raise ValueError naming an unknown key and the known ones.
+
+    A key is a training knob of the spec's type (``target_false_positive_rate``), a step parameter (``pca.n_components``),
+    or ``<step>.class``: another allowlisted class of the step's role, whose parameters keep the spec's values that it
+    accepts, or ``passthrough`` to drop a transform step.
+    """
+    knobs = dict(spec.estimator.training)
+    names = [step.name for step in spec.estimator.steps]
+    classes: dict[str, str] = {}
+    params: dict[str, dict[str, object]] = {}
+    for key, value in (overrides or {}).items():
+        if key in knobs:
+            knobs[key] = _knob_value(spec, key, value)
+            continue
+        step, _, param = key.partition(".")
+        if step not in names or not param:
+            raise ValueError(f"{key!r} is not a training override of {spec.name}: use a training knob ({', '.join(knobs)}), "
+                             f"or <step>.<parameter> or <step>.class of a step ({', '.join(names)}), e.g. {names[-1]}.random_state")
+        if param == "class":
+            classes[step] = str(value)
+        else:
+            params.setdefault(step, {})[param] = value
+    steps = []
+    for index, step in enumerate(spec.estimator.steps):
+        last = index == len(spec.estimator.steps) - 1
+        class_path, step_params = step.class_path, dict(step.params)
+        if classes.get(step.name) == DROP_STEP:
+            if last or step.name in params:
+                raise ValueError(f"{step.name}.class: {DROP_STEP} drops a transform step, and {step.name} is "
+                                 + ("the estimator itself: name another class" if last else "given parameters too: give either"))
+            continue
+        if step.name in classes and classes[step.name] != class_path:
+            class_path = _swapped_class(spec, step, classes[step.name], TYPE_BEHAVIOUR[spec.type].final_step if last else TRANSFORM)
+            accepted = _parameter_names(class_path)
+            step_params = {name: value for name, value in step_params.items() if name in accepted}
+        accepted = _parameter_names(class_path)
+        for name, value in params.get(step.name, {}).items():
+            if name not in accepted:
+                raise ValueError(f"{step.name}.{name}: {class_path} has no parameter {name!r}; use one of {', '.join(sorted(accepted))}")
+            step_params[name] = value
+        built = EstimatorStep(step.name, class_path, MappingProxyType(step_params))
+        if step.name in classes or step.name in params:
+            try:
+                built.build()._validate_params()  # what fit checks first: the values of the parameters
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"the overrides of step {step.name}: {error}") from None
+        steps.append(built)
+    return replace(spec, estimator=Estimator(tuple(steps), MappingProxyType(knobs)))
+
+
+def _knob_value(spec: ModelSpec, key: str, value: object) -> object:
+    """Return ``value`` as the type of the knob's default, or raise ValueError naming the knob and the type it takes."""
+    default = TYPE_BEHAVIOUR[spec.type].training[key]
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(default, float):
+            return float(value)
+        if float(value).is_integer():
+            return int(value)
+    raise ValueError(f"{key} takes {type(default).__name__} values (default {default!r}), got {value!r}")
+
+
+def _swapped_class(spec: ModelSpec, step: EstimatorStep, class_path: str, role: str) -> str:
+    """Return ``class_path`` when it is an allowlisted class of ``role``, else raise ValueError naming the ones that fit."""
+    if ESTIMATOR_ALLOWLIST.get(class_path) != role:
+        fitting = [path for path, known in ESTIMATOR_ALLOWLIST.items() if known == role]
+        raise ValueError(f"{step.name}.class: {class_path} is not an allowlisted {role} of {spec.type} models; use one of "
+                         f"{', '.join(fitting)}" + (f", or {DROP_STEP} to drop the step" if role == TRANSFORM else ""))
+    return class_path
+
+
+def _parameter_names(class_path: str) -> set[str]:
+    """Return the parameter names an allowlisted class takes."""
+    return set(EstimatorStep("step", class_path, {}).build().get_params(deep=False))
+
+
+# --- the spec's steps, built for data of a given width -----------------------------------------------------------
+
+
+def built_steps(spec: ModelSpec, n_features: int) -> list[tuple[str, object]]:
+    """Return the spec's estimator steps as unfitted (name, object) pairs, a PCA's components capped at the features' rank.
+
+    The rank is what the feature recipe leaves independent for ``n_features`` values (window-9: 8 of each input's 9).
+    """
+    rank = n_features // len(spec.features.suffixes) * spec.features.rank
+    steps = []
+    for step in spec.estimator.steps:
+        params = dict(step.params)
+        components = params.get("n_components")
+        if step.class_path == PCA_CLASS and isinstance(components, int) and not isinstance(components, bool):
+            params["n_components"] = min(components, rank)
+        steps.append((step.name, EstimatorStep(step.name, step.class_path, params).build()))
+    return steps
+
+
+# --- anomaly -----------------------------------------------------------------------------------------------------
+
+
+def no_data_imputer(sentinels: tuple[float, ...], n_features: int) -> ColumnTransformer:
     """Return a stock transformer that replaces the engine's no-data values with training medians.
 
-    When Prometheus fails the engine sends fixed values per metric (``FALLBACK_METRIC_FEATURES``). They mean
+    When Prometheus fails the engine sends fixed values per metric (the spec's ``smoke.probe_per_input``). They mean
     "no data", not a real minute, so each is treated as missing in its own feature column (value 0.5, std 0.1,
     min 0.3, max 0.7 ...) and imputed with that column's training median: the fallback vector becomes a typical
     minute. The diff and relative-change sentinels are 0, an ordinary value, and pass through unchanged.
     """
     columns_by_sentinel: dict[float, list[int]] = {}
     for index in range(n_features):
-        position = index % len(FEATURE_SUFFIXES)
-        if FALLBACK_METRIC_FEATURES[position] != 0.0:
-            columns_by_sentinel.setdefault(FALLBACK_METRIC_FEATURES[position], []).append(index)
+        sentinel = sentinels[index % len(sentinels)]
+        if sentinel != 0.0:
+            columns_by_sentinel.setdefault(sentinel, []).append(index)
     imputers = [
         (f"no_data_{sentinel:g}", SimpleImputer(missing_values=sentinel, strategy="median", keep_empty_features=True), columns)
         for sentinel, columns in columns_by_sentinel.items()
@@ -96,129 +217,265 @@ def no_data_imputer(n_features: int) -> ColumnTransformer:
     return ColumnTransformer(imputers, remainder="passthrough")
 
 
-def _detector_pipeline(params: DetectorParams, n_features: int) -> Pipeline:
-    """Return the unfitted detector pipeline for ``params``: no-data imputer, scaler, then the detector."""
-    if params.algorithm == "isolation_forest":
-        steps = [
-            (
-                "detector",
-                IsolationForest(
-                    n_estimators=params.n_estimators,
-                    max_samples=params.max_samples,
-                    random_state=params.random_state,
-                ),
-            ),
-        ]
-    elif params.algorithm == "elliptic_envelope":
-        steps = [
-            # diff_1m = value - lag_1m, so the 9 features of a metric span at most 8 dimensions.
-            ("pca", PCA(n_components=min(params.pca_components, n_features - n_features // len(FEATURE_SUFFIXES)), random_state=params.random_state)),
-            ("detector", EllipticEnvelope(random_state=params.random_state, support_fraction=0.99)),
-        ]
-    else:
-        raise ContractError(f"unknown algorithm {params.algorithm!r}: use isolation_forest or elliptic_envelope")
-    return Pipeline([("no_data", no_data_imputer(n_features)), ("scaler", _scaler(params.scaler)), *steps])
+def engine_fallback_probe(spec: ModelSpec, n_features: int) -> np.ndarray | None:
+    """Return the engine's no-data instance for ``n_features`` values when the spec's smoke probe is it, else None."""
+    if spec.smoke is None or not spec.smoke.engine_fallback:
+        return None
+    if spec.smoke.per_input:
+        return np.array(spec.smoke.per_input * (n_features // len(spec.smoke.per_input)), dtype=float)
+    return np.array(spec.smoke.instance, dtype=float) if len(spec.smoke.instance) == n_features else None
 
 
-def fit_detector(normal: np.ndarray, params: DetectorParams) -> tuple[Pipeline, dict[str, float | str]]:
-    """Fit the detector recipe on feature rows (9 per metric) and return it with its threshold calibration.
+def fit_outlier_detector(spec: ModelSpec, normal: np.ndarray) -> tuple[Pipeline, dict[str, float | str]]:
+    """Fit an anomaly spec's pipeline on normal feature rows (any number of inputs) and return it with its threshold calibration.
 
-    The threshold flags ``target_false_positive_rate`` of ``normal``; ``predict`` then returns integer -1
-    (anomaly) or 1 (normal). The contract requires the engine's fallback vector to be called normal, so the
+    The threshold flags ``target_false_positive_rate`` of ``normal``; ``predict`` then returns -1 (anomaly) or 1
+    (normal). When the smoke probe is the engine's fallback, the contract requires it to be called normal, so the
     threshold never rises above its score (the no-data imputer normally makes that a typical score).
     """
-    if not 0.0 < params.target_false_positive_rate < 0.5:
-        raise ContractError(
-            f"target_false_positive_rate must be between 0 and 0.5, got {params.target_false_positive_rate}"
-        )
+    rate = spec.estimator.training["target_false_positive_rate"]
+    if not 0.0 < rate < 0.5:
+        raise ContractError(f"target_false_positive_rate must be between 0 and 0.5, got {rate}")
     if len(normal) < 10:
         raise ContractError(f"only {len(normal)} normal training row(s); the detector needs at least 10")
-    if normal.ndim != 2 or normal.shape[1] % len(FEATURE_SUFFIXES):
-        raise ContractError(
-            f"the detector needs the {len(FEATURE_SUFFIXES)} contract features per metric, got rows of shape {normal.shape[1:]}; "
-            "build them with contract.metric_features"
-        )
-    pipeline = _detector_pipeline(params, normal.shape[1])
+    per_input = len(spec.features.suffixes)
+    if normal.ndim != 2 or normal.shape[1] % per_input:
+        raise ContractError(f"the detector needs the {per_input} contract features per metric, got rows of shape {normal.shape[1:]}; "
+                            "build them with contract.metric_features")
+    steps = built_steps(spec, normal.shape[1])
+    if spec.estimator.training["impute_fallback"]:
+        if spec.smoke is None or not (spec.smoke.engine_fallback and spec.smoke.per_input):
+            raise ContractError(f"impute_fallback replaces the engine's no-data values, and {spec.name} names none: give "
+                                "smoke.probe_per_input with engine_fallback: true in the spec, or set impute_fallback to false")
+        steps.insert(0, ("no_data", no_data_imputer(spec.smoke.per_input, normal.shape[1])))
+    pipeline = Pipeline(steps)
     pipeline.fit(normal)
     scores = pipeline.score_samples(normal)
-    fallback = np.array([fallback_instance(normal.shape[1] // len(FEATURE_SUFFIXES))])
-    fallback_score = float(pipeline.score_samples(fallback)[0])
     # decision_function = score_samples - offset_; rows scoring below the offset are anomalies.
-    offset = float(np.quantile(scores, params.target_false_positive_rate))
-    fallback_limit = fallback_score - FALLBACK_MARGIN * abs(fallback_score)
-    threshold = min(offset, fallback_limit)
-    pipeline.named_steps["detector"].offset_ = threshold
+    threshold = offset = float(np.quantile(scores, rate))
+    fallback_limit = None
+    probe = engine_fallback_probe(spec, normal.shape[1])
+    if probe is not None:
+        fallback_score = float(pipeline.score_samples(probe[None, :])[0])
+        fallback_limit = fallback_score - FALLBACK_MARGIN * abs(fallback_score)
+        threshold = min(offset, fallback_limit)
+    pipeline.steps[-1][1].offset_ = threshold
     calibration = {
         "threshold": threshold,
-        "threshold_set_by": "fallback_vector" if fallback_limit < offset else "target_false_positive_rate",
+        "threshold_set_by": "fallback_vector" if fallback_limit is not None and fallback_limit < offset else "target_false_positive_rate",
         "training_false_positive_rate": float(np.mean(scores < threshold)),
     }
     return pipeline, calibration
 
 
-def train_anomaly_detector(train: pd.DataFrame, params: DetectorParams) -> TrainedModel:
-    """Fit the detector (``fit_detector``) on the normal rows of raw training metrics and return it with lineage."""
-    features = engineer_features(train, ANOMALY_DETECTOR).to_numpy()
-    labels = feature_labels(train, ANOMALY_DETECTOR)
-    normal = features if labels is None else features[labels == 0]
-    pipeline, calibration = fit_detector(normal, params)
-    parameters = {"model_name": ANOMALY_DETECTOR, **asdict(params), **calibration}
-    return TrainedModel(pipeline, parameters, data_fingerprint(train), len(normal), drift_profile(train, ANOMALY_DETECTOR),
-                        reference_predictions(pipeline, features))
+# --- predictive --------------------------------------------------------------------------------------------------
 
 
-def train_predictive_analytics(train: pd.DataFrame, params: ForecasterParams) -> TrainedModel:
-    """Fit the forecaster (``fit_forecaster``) on raw per-minute training metrics and return it with lineage."""
-    current, future = forecast_pairs(train, params.horizon_minutes)
-    ridge = fit_forecaster(current, future, params.alpha)
-    return TrainedModel(ridge, {"model_name": PREDICTIVE_ANALYTICS, **asdict(params)}, data_fingerprint(train), len(current),
-                        drift_profile(train, PREDICTIVE_ANALYTICS), reference_predictions(ridge, current))
+def fit_regressor(spec: ModelSpec, current: np.ndarray, future: np.ndarray) -> object:
+    """Return a predictive spec's stock regressor of ``future`` rows from ``current`` rows, as its training knobs say.
 
-
-def reference_predictions(estimator, features: np.ndarray, rows: int = REFERENCE_ROWS) -> dict:
-    """Return ``rows`` training inputs spread over the data and the fitted model's predictions for them.
-
-    Stored with the version, they let the smoke test check that the server reproduces what the model predicted
-    when it was trained, without unpickling it (and importing scikit-learn) again.
+    With ``fit_change`` its one linear step learns the change x_{t+h} - x_t. Adding the identity to its
+    coefficients turns it into a stock regressor of levels, so the served object needs nothing but scikit-learn.
+    An output whose learned change loses to persistence on the newest ``HOLDOUT_FRACTION`` of the pairs predicts
+    persistence. With ``clip_to_output_ranges`` a stock ``TransformedTargetRegressor`` clips each output to its range.
     """
-    picked = features[np.unique(np.linspace(0, len(features) - 1, rows).astype(int))]
-    return {"instances": picked.tolist(), "predictions": estimator.predict(picked).tolist()}
+    knobs = spec.estimator.training
+    if knobs["fit_change"]:
+        model = _change_as_levels(spec, current, future)
+    else:
+        steps = built_steps(spec, current.shape[1])
+        if future.shape[1] > 1 and not get_tags(steps[-1][1]).target_tags.multi_output:
+            raise ContractError(f"{spec.estimator.steps[-1].class_path} predicts one value, and {spec.name} forecasts {future.shape[1]}: use a "
+                                "regressor that predicts several, such as sklearn.linear_model.Ridge or sklearn.ensemble.RandomForestRegressor")
+        model = Pipeline(steps).fit(current, future)
+    if knobs["clip_to_output_ranges"]:
+        model = within_output_ranges(model, current, future, [value.range for value in spec.outputs.values])
+    return model
 
 
-def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> TransformedTargetRegressor:
-    """Return a stock regressor that predicts ``future`` rows from ``current`` rows within physical ranges.
-
-    A Ridge learns the change x_{t+h} - x_t; adding the identity to its coefficients turns it into a stock
-    Ridge that predicts levels, so the served object needs nothing but scikit-learn. An output whose learned
-    change loses to persistence on the newest ``HOLDOUT_FRACTION`` of the pairs predicts persistence. A stock
-    ``TransformedTargetRegressor`` then clips each output to its unit's range (``OUTPUT_RANGES``).
-    """
+def _change_as_levels(spec: ModelSpec, current: np.ndarray, future: np.ndarray) -> object:
+    """Return the spec's one linear regressor fitted on the change, turned into levels, persistence where the change loses."""
+    steps = spec.estimator.steps
+    if len(steps) != 1 or steps[0].class_path not in LINEAR_REGRESSORS:
+        raise ContractError(f"fit_change adds the identity to a linear regressor's coefficients, and {spec.name}'s estimator is "
+                            f"{' -> '.join(step.class_path for step in steps)}: use one step of {', '.join(LINEAR_REGRESSORS)}, "
+                            "or set estimator.training.fit_change to false")
     holdout = int(len(current) * (1.0 - HOLDOUT_FRACTION))
-    probe = Ridge(alpha=alpha).fit(current[:holdout], future[:holdout] - current[:holdout])
+    probe = steps[0].build().fit(current[:holdout], future[:holdout] - current[:holdout])
     learned_error = np.abs(current[holdout:] + probe.predict(current[holdout:]) - future[holdout:]).mean(axis=0)
     persistence_error = np.abs(current[holdout:] - future[holdout:]).mean(axis=0)
     keep_learned = learned_error < persistence_error
-    ridge = Ridge(alpha=alpha).fit(current, future - current)
+    levels = steps[0].build().fit(current, future - current)
     # Outputs where the learned change did not beat "the future equals now" on the newest pairs fall back to
     # persistence: coefficient row 0 and intercept 0 before the identity is added.
-    ridge.coef_ = np.where(keep_learned[:, None], ridge.coef_, 0.0) + np.eye(current.shape[1])
-    ridge.intercept_ = np.where(keep_learned, ridge.intercept_, 0.0)
-    return within_output_ranges(ridge, current, future)
+    levels.coef_ = np.where(keep_learned[:, None], levels.coef_, 0.0) + np.eye(current.shape[1])
+    levels.intercept_ = np.where(keep_learned, levels.intercept_, 0.0)
+    return levels
 
 
-def within_output_ranges(levels: Ridge, current: np.ndarray, future: np.ndarray) -> TransformedTargetRegressor:
-    """Return ``levels`` wrapped so that every prediction is clipped to its output's physical range.
+def within_output_ranges(levels: object, current: np.ndarray, future: np.ndarray, ranges: list[tuple[float, float]]) -> TransformedTargetRegressor:
+    """Return the fitted ``levels`` wrapped so that every prediction is clipped to its output's range.
 
-    The wrapper is fitted once on the pairs (which sets up its stock ``FunctionTransformer``), then given the
-    fitted ``levels`` model as its regressor; ``functools.partial(numpy.clip, ...)`` pickles by reference, so the
-    stock sklearn runtime loads it.
+    The wrapper is fitted once on the pairs with a placeholder Ridge (which sets up its stock ``FunctionTransformer``),
+    then given the fitted ``levels`` model as its regressor; ``functools.partial(numpy.clip, ...)`` pickles by
+    reference, so the stock sklearn runtime loads it.
     """
-    lows, highs = (np.array(bound, dtype=float) for bound in zip(*OUTPUT_RANGES.values()))
+    lows, highs = (np.array(bound, dtype=float) for bound in zip(*ranges))
     clip = functools.partial(np.clip, a_min=lows, a_max=highs)
     wrapper = TransformedTargetRegressor(regressor=Ridge(), func=clip, inverse_func=clip, check_inverse=False)
     wrapper.fit(current, future)
     wrapper.regressor_ = levels
     return wrapper
+
+
+# --- classification ----------------------------------------------------------------------------------------------
+
+
+def fit_classifier(spec: ModelSpec, features: np.ndarray, labels: np.ndarray) -> Pipeline:
+    """Fit a classification spec's pipeline on feature rows and their class labels; balanced sample weights when ``balance_classes``.
+
+    Every declared class must occur, so that ``predict_proba``'s columns are the spec's classes in their order.
+    """
+    declared = [item.value for item in spec.outputs.classes]
+    seen = set(np.unique(labels).tolist())
+    column = spec.labels.column
+    if seen - set(declared):
+        raise ContractError(f"the {column!r} column holds {sorted(seen - set(declared))}, which are not classes of {spec.name} "
+                            f"({declared}): fix the labels, or declare the classes in outputs.classes")
+    if set(declared) - seen:
+        raise ContractError(f"the training data has no rows of class {sorted(set(declared) - seen)} in {column!r}: a classifier learns only "
+                            "the classes it sees; train on more data (days, or a longer file)")
+    pipeline = Pipeline(built_steps(spec, features.shape[1]))
+    weights = {}
+    if spec.estimator.training["balance_classes"]:
+        weights[f"{pipeline.steps[-1][0]}__sample_weight"] = compute_sample_weight("balanced", labels)
+    pipeline.fit(features, labels, **weights)
+    if spec.outputs.probabilities and not hasattr(pipeline, "predict_proba"):
+        raise ContractError(f"{spec.estimator.steps[-1].class_path} has no predict_proba, and {spec.name} serves probabilities: "
+                            "pick a classifier with predict_proba, or set outputs.probabilities to false")
+    return pipeline
+
+
+# --- one entry point for every type ------------------------------------------------------------------------------
+
+
+class Fitted(NamedTuple):
+    """What a type's trainer returns: the estimator, its model inputs (for reference predictions), the rows it learned and its calibration."""
+
+    estimator: object
+    inputs: np.ndarray
+    rows: int
+    calibration: dict
+
+
+def _train_anomaly(spec: ModelSpec, frame: pd.DataFrame) -> Fitted:
+    """Fit an anomaly model on the normal rows (label 0; every row without labels)."""
+    features = engineer_features(frame, spec.name).to_numpy()
+    labels = feature_labels(frame, spec.name)
+    normal = features if labels is None else features[labels == 0]
+    pipeline, calibration = fit_outlier_detector(spec, normal)
+    return Fitted(pipeline, features, len(normal), calibration)
+
+
+def _train_predictive(spec: ModelSpec, frame: pd.DataFrame) -> Fitted:
+    """Fit a predictive model on (now, horizon later) pairs of its inputs."""
+    current, future = forecast_pairs(frame, spec.estimator.training["horizon_minutes"], spec.name)
+    return Fitted(fit_regressor(spec, current, future), current, len(current), {})
+
+
+def _train_classification(spec: ModelSpec, frame: pd.DataFrame) -> Fitted:
+    """Fit a classification model on its features and the label column."""
+    features = engineer_features(frame, spec.name).to_numpy()
+    labels = feature_labels(frame, spec.name)
+    if labels is None:
+        raise ContractError(f"the training data has no {spec.labels.column!r} column: {spec.name} learns from its labels; "
+                            f"read data that holds them (source=file with its data.file, or file_path)")
+    return Fitted(fit_classifier(spec, features, labels), features, len(features), {})
+
+
+# What each ADR-040 type's training is.
+TRAINERS: dict[str, Callable[[ModelSpec, pd.DataFrame], Fitted]] = {
+    ANOMALY: _train_anomaly,
+    PREDICTIVE: _train_predictive,
+    CLASSIFICATION: _train_classification,
+}
+
+
+def train_model(spec: ModelSpec, frame: pd.DataFrame, overrides: Mapping[str, object] | None = None) -> TrainedModel:
+    """Fit ``spec`` with a run's ``overrides`` (``spec_with_overrides``) on validated raw per-minute training data, as its type
+    says; return it with its parameters, lineage, input profile and reference predictions.
+
+    The process then uses ``spec`` for its model name (``use_spec``), so the contract reads its inputs and labels.
+    """
+    use_spec(spec)
+    recipe = spec_with_overrides(spec, overrides)
+    fitted = TRAINERS[spec.type](recipe, frame)
+    parameters = {"model_name": spec.name, "model_type": spec.type, **recipe.estimator.training,
+                  "estimator": [{"name": step.name, "class": step.class_path, "params": dict(step.params)} for step in recipe.estimator.steps],
+                  "overrides": dict(overrides or {}), **fitted.calibration}
+    return TrainedModel(fitted.estimator, parameters, data_fingerprint(frame), fitted.rows, drift_profile(frame, spec.name),
+                        reference_predictions(fitted.estimator, fitted.inputs, method=spec.served_method))
+
+
+def reference_predictions(estimator, features: np.ndarray, rows: int = REFERENCE_ROWS, method: str = "predict") -> dict:
+    """Return ``rows`` training inputs spread over the data and what the fitted model serves for them (``method``'s answer).
+
+    Stored with the version, they let the smoke test check that the server reproduces what the model predicted
+    when it was trained, without unpickling it (and importing scikit-learn) again.
+    """
+    picked = features[np.unique(np.linspace(0, len(features) - 1, rows).astype(int))]
+    return {"instances": picked.tolist(), "predictions": getattr(estimator, method)(picked).tolist()}
+
+
+# --- the built-in models' own override forms ---------------------------------------------------------------------
+
+SCALERS = {"standard": "sklearn.preprocessing.StandardScaler", "robust": "sklearn.preprocessing.RobustScaler"}
+# The built-in detector's algorithms as overrides of its steps (scaler, pca, detector: models/anomaly-detector.yaml).
+DETECTOR_ALGORITHMS: dict[str, Callable[[DetectorParams], dict[str, object]]] = {
+    "elliptic_envelope": lambda params: {"pca.n_components": params.pca_components, "pca.random_state": params.random_state,
+                                         "detector.random_state": params.random_state},
+    "isolation_forest": lambda params: {"pca.class": DROP_STEP, "detector.class": "sklearn.ensemble.IsolationForest",
+                                        "detector.n_estimators": params.n_estimators, "detector.max_samples": params.max_samples,
+                                        "detector.random_state": params.random_state},
+}
+
+
+def detector_overrides(params: DetectorParams) -> dict[str, object]:
+    """Return the overrides of the built-in anomaly detector's spec that make it the recipe ``params`` describe."""
+    if params.algorithm not in DETECTOR_ALGORITHMS:
+        raise ContractError(f"unknown algorithm {params.algorithm!r}: use {' or '.join(DETECTOR_ALGORITHMS)}")
+    if params.scaler not in SCALERS:
+        raise ContractError(f"unknown scaler {params.scaler!r}: use one of {', '.join(SCALERS)}")
+    return {"target_false_positive_rate": params.target_false_positive_rate, "scaler.class": SCALERS[params.scaler],
+            **DETECTOR_ALGORITHMS[params.algorithm](params)}
+
+
+def forecaster_overrides(params: ForecasterParams) -> dict[str, object]:
+    """Return the overrides of the built-in forecaster's spec that make it the recipe ``params`` describe."""
+    return {"horizon_minutes": params.horizon_minutes, "levels.alpha": params.alpha}
+
+
+def train_anomaly_detector(train: pd.DataFrame, params: DetectorParams) -> TrainedModel:
+    """Return the built-in anomaly detector trained as ``params`` describe: ``train_model`` with ``detector_overrides``."""
+    return train_model(spec_for(ANOMALY_DETECTOR), train, detector_overrides(params))
+
+
+def train_predictive_analytics(train: pd.DataFrame, params: ForecasterParams) -> TrainedModel:
+    """Return the built-in forecaster trained as ``params`` describe: ``train_model`` with ``forecaster_overrides``."""
+    return train_model(spec_for(PREDICTIVE_ANALYTICS), train, forecaster_overrides(params))
+
+
+def fit_detector(normal: np.ndarray, params: DetectorParams) -> tuple[Pipeline, dict[str, float | str]]:
+    """Return the built-in detector recipe ``params`` describe fitted on feature rows (9 per metric, any number of metrics) and its calibration."""
+    return fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), detector_overrides(params)), normal)
+
+
+def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> object:
+    """Return the built-in forecaster recipe with Ridge ``alpha`` fitted on (now, horizon later) rows of its 5 outputs."""
+    return fit_regressor(spec_with_overrides(spec_for(PREDICTIVE_ANALYTICS), {"levels.alpha": alpha}), current, future)
+
+
+# --- saving ------------------------------------------------------------------------------------------------------
 
 
 def foreign_pickle_modules(estimator: object) -> list[str]:
