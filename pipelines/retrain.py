@@ -11,6 +11,7 @@ start the model's retrain pipeline through the KFP API (action=submit) or only r
 
 import ast
 import inspect
+import json
 import re
 import tempfile
 from dataclasses import asdict
@@ -156,12 +157,13 @@ def pipeline_function(kind: str, spec: ModelSpec | None, summary: str, body: Cal
     return pipeline
 
 
-def spec_constant(spec: ModelSpec | None) -> dict:
-    """Return what a pipeline carries of its model's spec (its source and document; {} for the built-in model chosen by model_name)."""
+def spec_constant(spec: ModelSpec | None) -> str:
+    """Return what a pipeline carries of its model's spec: JSON text of its source and document ("" for the built-in model chosen by
+    model_name). Text, not a struct: a struct would hand every number over as a float (PCA's 15 as 15.0)."""
     if spec is None:
-        return {}
+        return ""
     source = Path(spec.source)  # its folder and file name: the same YAML whichever directory compiles it
-    return {"source": f"{source.parent.name}/{source.name}", "document": spec.document.value}
+    return json.dumps({"source": f"{source.parent.name}/{source.name}", "document": spec.document.value}, sort_keys=True)
 
 
 def build_retrain_pipeline(spec: ModelSpec, image: str = DEFAULT_IMAGE, installation: Installation = Installation()):

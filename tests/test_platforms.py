@@ -1,6 +1,7 @@
 """Compile profiles per OpenShift AI release / KFP backend, proved against each release's own protos."""
 
 import filecmp
+import json
 import shutil
 
 import pytest
@@ -174,4 +175,4 @@ def test_compile_model_writes_a_spec_models_own_pipelines_for_every_profile_and_
     assert parameters["gates"]["defaultValue"]["min_roc_auc"] == 0.9 and "classifier.C" in parameters["training"]["defaultValue"]
     carried = [spec["runtimeValue"]["constant"] for task in retrain["root"]["dag"]["tasks"].values()
                for name, spec in task.get("inputs", {}).get("parameters", {}).items() if name == "model_spec"]
-    assert carried and carried[0]["document"]["name"] == "disk-failure-predictor", "the pipeline carries its model's spec"
+    assert carried and json.loads(carried[0])["document"]["name"] == "disk-failure-predictor", "the pipeline carries its model's spec"

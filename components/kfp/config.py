@@ -575,7 +575,7 @@ def with_knobs(spec: ModelSpec, values: dict[str, object]) -> ModelSpec:
     document = copy.deepcopy(spec.document.value)
     estimator = document.setdefault("estimator", {})
     for knob in spec_knobs(spec):
-        value = values.get(knob.name, knob.default)
+        value = _like_default(values.get(knob.name, knob.default), knob.default)
         if knob.group == "gates":
             document.setdefault("gates", {})[knob.key] = value
         elif "." in knob.key:
@@ -585,6 +585,12 @@ def with_knobs(spec: ModelSpec, values: dict[str, object]) -> ModelSpec:
         else:
             estimator.setdefault("training", {})[knob.key] = value
     return spec_from_text(json.dumps(document), spec.source)
+
+
+def _like_default(value: object, default: object) -> object:
+    """Return a whole number as an int where the default is one (a KFP struct hands every number over as a float)."""
+    whole = isinstance(value, float) and value.is_integer()
+    return int(value) if whole and isinstance(default, int) and not isinstance(default, bool) else value
 
 
 def _spec_problem_label(path: str, spec: ModelSpec) -> str:
@@ -625,9 +631,13 @@ def config_from_arguments(kind: str, arguments: dict[str, object], installation:
     return RunConfig(kind, model, str(arguments.get("version") or ""), values, installed, dict(chosen.document.value), chosen.source)
 
 
-def carried_spec(carried: dict) -> ModelSpec | None:
-    """Return the spec a pipeline carries (``{"source", "document"}``), or None for one that serves the built-in model_name names."""
-    return spec_from_text(json.dumps(carried["document"]), carried["source"]) if carried else None
+def carried_spec(carried: str) -> ModelSpec | None:
+    """Return the spec a pipeline carries (JSON text of its source and document), or None for one that serves the built-in model
+    model_name names."""
+    if not carried:
+        return None
+    document = json.loads(carried)
+    return spec_from_text(json.dumps(document["document"]), document["source"])
 
 
 def read_config(path: str) -> RunConfig:
