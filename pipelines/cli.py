@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES, fallback_instance
+from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES
 from components.serving.local import local_target, state_dir
 from components.store.s3 import DEFAULT_SECRET
 from components.serving.target import ServingError
@@ -235,9 +235,11 @@ def _rollout(args: argparse.Namespace) -> int:
 
 
 def curl_line(url: str, model_name: str) -> str:
-    """Return a curl command that asks the served model about a contract-valid instance."""
-    instance = fallback_instance() if model_name == ANOMALY_DETECTOR else [0.4, 0.6, 0.5, 0.1, 0.05]
-    body = json.dumps({"instances": [instance]})
+    """Return a curl command that asks the served model about a contract-valid instance: its spec's smoke probe."""
+    from components.model.spec import spec_for
+
+    spec = spec_for(model_name)
+    body = json.dumps({"instances": [list(spec.smoke.instance) if spec.smoke else [0.0] * spec.n_features]})
     return f"curl -s -H 'Content-Type: application/json' {url}:predict -d {shlex.quote(body)}"
 
 
