@@ -92,7 +92,8 @@ def test_without_predict_proba_the_same_version_answers_classes_which_the_smoke_
     pid, port = start_listening(
         lambda port: target.launcher.spawn(["--name", NAME, "--version", version, "--model-dir", str(model_dir), "--sha256",
                                             store.read_index(NAME)["versions"][version]["sha256"], "--port", str(port)], "no-proba"),
-        lambda: log_tail(target.home / "logs" / "no-proba.log"), "the runtime without PREDICT_PROBA", lambda port: http_get(f"http://127.0.0.1:{port}/v1/models/{NAME}")[0] == 200, 60)
+        lambda: log_tail(target.home / "logs" / "no-proba.log"), "the runtime without PREDICT_PROBA",
+        lambda port: http_get(f"http://127.0.0.1:{port}/v1/models/{NAME}")[0] == 200, 60)
     try:
         answer = requests.post(f"http://127.0.0.1:{port}/v1/models/{NAME}:predict", json={"instances": [HEALTHY, FAILING]}, timeout=10).json()
     finally:
