@@ -11,7 +11,8 @@ write, silently, as a real API server does with structural schemas.
 written) or ``"0.20"`` (Standard by default, modes normalised in status, the 0.20 validating webhook, and the native
 canary: a revision and a Service ``<isvc>-<name>-predictor`` per ``spec.canary`` entry, traffic split by
 ``trafficPercent``, ``status.canaryStatuses`` and ``CanaryPredictorReady``). Every predictor revision is served by the
-real KServe model server (``components.runtime.model_server``); the main URL (``status.url``) is a router that splits
+real KServe model server (``components.runtime.model_server``), with the predictor's environment as a container gets
+it (the names the runtime reads, e.g. ``PREDICT_PROBA``; the version and checksum as its arguments); the main URL (``status.url``) is a router that splits
 traffic. Services are reachable by their in-cluster names through ``network_proxy``, an HTTP proxy on loopback
 that plays the cluster network (set ``HTTP_PROXY`` to it).
 
@@ -56,7 +57,7 @@ from typing import Callable
 
 from components.serving.local import http_get, log_tail, process_alive, start_listening, stop_process
 from components.serving.kserve.merge_patch import merge_patch
-from components.runtime.server_launcher import ServerLauncher
+from components.runtime.server_launcher import RUNTIME_ENVIRONMENT, ServerLauncher
 from components.serving.target import ServingError
 from tests.http_json import JsonHandler
 from tests.servers import start_server
@@ -623,7 +624,8 @@ class KubeStandIn(LoopbackCluster):
         try:
             pid, port = start_listening(
                 lambda port: self.launcher.spawn(["--name", model, "--version", env.get("MODEL_VERSION") or revision["name"], "--model-dir", str(model_dir),
-                                                  "--port", str(port), "--sha256", checksum], self.log_prefix + revision["name"]),
+                                                  "--port", str(port), "--sha256", checksum], self.log_prefix + revision["name"],
+                                                 {name: value for name, value in env.items() if name in RUNTIME_ENVIRONMENT}),
                 lambda: log_tail(self.launcher.home / "logs" / f"{self.log_prefix}{revision['name']}.log"), "container",
                 lambda port: http_get(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=1.0)[0] == 200, timeout_s=90)
         except ServingError as error:

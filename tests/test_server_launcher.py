@@ -72,7 +72,7 @@ def test_model_servers_are_forked_by_one_warm_launcher_that_serve_stop_ends(tmp_
     assert not answers(tmp_path / "serving") and not any(process_alive(pid) for pid in [*servers, launcher]), "serve stop left a process"
 
 
-def test_the_launcher_takes_only_bounded_server_arguments_and_a_log_of_its_own(tmp_path):
+def test_the_launcher_takes_only_bounded_server_arguments_a_log_of_its_own_and_the_runtimes_environment(tmp_path):
     home = tmp_path / "serving"
     launcher = ServerLauncher(home)
     try:
@@ -83,6 +83,8 @@ def test_the_launcher_takes_only_bounded_server_arguments_and_a_log_of_its_own(t
         assert "arguments must be a list" in ask(home, json.dumps({"arguments": ["--name"] * 65, "log": logs}).encode() + b"\n")["error"]
         assert "over" in ask(home, b'{"arguments": ["' + b"a" * (MAX_REQUEST_BYTES + 10) + b'"]}\n')["error"]
         assert "bad request" in ask(home, b"not json\n")["error"]
+        with pytest.raises(ServingError, match="bad request: the environment may set only PREDICT_PROBA, to short strings"):
+            launcher.spawn(["--name", ANOMALY_DETECTOR], "x", {"LD_PRELOAD": "/tmp/evil.so"})
         assert not (home / "logs" / "x.log").exists() and not (tmp_path / "escaped.log").exists(), "nothing was started"
     finally:
         launcher.stop()

@@ -9,7 +9,8 @@ A profile is compact JSON written with the version and immutable like it:
   metric, the lowest and highest median of those windows (``median_range``); and ``judged: false`` where a
   feature is not judged: the window mean/min/max and lags of a metric (its value is judged once, not six times
   over), and the level of a cumulative counter (restarts), which only says how long ago pods last restarted;
-- ``validation``: what the model did on validation (the detector's anomaly rate, the forecaster's error per output).
+- ``validation``: what the model did on validation (an anomaly model's anomaly rate, a classification model's alert
+  rate, a predictive model's error per output).
 
 Cluster metrics follow the working day, so a few live hours compared with the whole training distribution look
 drifted at every check. Taking away the seasonal median first compares like with like, and a shift in level,
@@ -104,9 +105,9 @@ def bin_fractions(edges: np.ndarray | list[float], values: np.ndarray) -> np.nda
 
 
 def validation_profile(metrics: dict[str, float]) -> dict[str, float]:
-    """Return what the model did on validation, from its evaluation metrics: anomaly rate, or error per output."""
+    """Return what the model did on validation, from its evaluation metrics: anomaly rate, alert rate, or error per output."""
     kept = {key: float(value) for key, value in metrics.items()
-            if (key == "anomaly_rate" or key.startswith("mae_")) and isinstance(value, (int, float)) and math.isfinite(value)}
+            if (key in ("anomaly_rate", "alert_rate") or key.startswith("mae_")) and isinstance(value, (int, float)) and math.isfinite(value)}
     return dict(sorted(kept.items()))
 
 

@@ -1,8 +1,8 @@
 """The drift monitor: measure a recent window of live metrics against the stable version's profile, decide, act.
 
 One check per model: ``assess`` measures every input feature's drift (``drift.measure_drift``) and what the model
-answered (the detector's live anomaly rate, the forecaster's live bias, both from the runtime's own metrics) against
-what validation showed; ``decide`` turns that into ``retrain``, ``none`` or ``held`` (drift, but a retrain ran or was
+answered, by its spec's type (an anomaly model's live anomaly rate, a predictive model's live bias per output, a
+classification model's live alert rate, all from the runtime's own metrics) against what validation showed; ``decide`` turns that into ``retrain``, ``none`` or ``held`` (drift, but a retrain ran or was
 triggered within the cooldown, or one is still running); the caller acts on it and ``record_trigger`` writes the
 trigger into the store's index history, which is also where the cooldown is read from.
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components.model.contract import ANOMALY_DETECTOR, schema_for
+from components.model.spec import ANOMALY, CLASSIFICATION, ModelSpec, spec_for
 from components.monitoring.drift import DriftThresholds, FeatureDrift, measure_drift
 from components.store.filesystem import DUPLICATE_EVENT, ModelStore, utc_now
 
@@ -52,6 +52,12 @@ class MonitorSettings:
     min_predictions: int = 100  # fewer live predictions than this: the prediction check is inconclusive
     min_regime_hours: float = 36.0  # data after a drift's onset before a retrain: its training share (70 %) covers a whole day
     max_retrains_per_episode: int = 2  # promoted retrains after which a persisting drift needs a human, not another retrain
+
+    def live_factor(self, spec: ModelSpec) -> float:
+        """Return the factor that bounds ``spec``'s live prediction check: the run's setting of that name (anomaly_rate_factor,
+        forecast_bias_factor) when it has one, else the spec's ``drift`` (e.g. alert_rate_factor)."""
+        run_setting = getattr(self, spec.drift.live_factor_name, None)
+        return spec.drift.live_factor if run_setting is None else float(run_setting)
 
 
 @dataclass(frozen=True)
@@ -144,18 +150,22 @@ def assess(
 
 
 def live_prediction_stats(client: PrometheusClient, model_name: str, version: str, window_minutes: int, end: dt.datetime) -> dict:
-    """Return what the runtime counted for ``version`` in the window: detector outcomes, or forecast sums and counts."""
+    """Return what the runtime counted for ``version`` in the window, by the spec's type: anomaly and normal outcomes,
+    classification answers and alerts, or each forecast output's sum and count."""
+    spec = spec_for(model_name)
     selector = f'model="{model_name}",version="{version}"'
-    if model_name == ANOMALY_DETECTOR:
-        return {outcome: _scalar(client, f'sum(increase(model_predictions_total{{{selector},outcome="{outcome}"}}[{window_minutes}m]))', end)
-                for outcome in ("anomaly", "normal")}
+
+    def increase(series: str) -> float:
+        return _scalar(client, f"sum(increase({series}[{window_minutes}m]))", end)
+
+    if spec.type == ANOMALY:
+        return {outcome: increase(f'model_predictions_total{{{selector},outcome="{outcome}"}}') for outcome in ("anomaly", "normal")}
+    if spec.type == CLASSIFICATION:
+        return {"alerts": increase(f"model_alerts_total{{{selector}}}"), "answered": increase(f"model_predictions_total{{{selector}}}")}
     forecasts = {}
-    for output in schema_for(model_name).metric_names:
+    for output in (value.name for value in spec.outputs.values):
         labelled = f'{selector},output="{output}"'
-        forecasts[output] = {
-            "sum": _scalar(client, f"sum(increase(model_forecast_sum{{{labelled}}}[{window_minutes}m]))", end),
-            "count": _scalar(client, f"sum(increase(model_forecast_count{{{labelled}}}[{window_minutes}m]))", end),
-        }
+        forecasts[output] = {"sum": increase(f"model_forecast_sum{{{labelled}}}"), "count": increase(f"model_forecast_count{{{labelled}}}")}
     return {"forecasts": forecasts}
 
 
@@ -171,17 +181,14 @@ def unmeasured_predictions(why: str) -> list[PredictionCheck]:
 
 
 def prediction_checks(model_name: str, validation: dict, live_raw: pd.DataFrame, stats: dict, settings: MonitorSettings) -> list[PredictionCheck]:
-    """Return the checks of what the model answered: anomaly rate against validation's, or forecast bias per output."""
-    if model_name == ANOMALY_DETECTOR:
-        answered = stats["anomaly"] + stats["normal"]
-        if answered < settings.min_predictions:
-            return [PredictionCheck("anomaly rate", False, False, f"inconclusive: {answered:.0f} live predictions < {settings.min_predictions}")]
-        live_rate, reference = stats["anomaly"] / answered, validation.get("anomaly_rate")
-        if reference is None:
-            return [PredictionCheck("anomaly rate", False, False, f"live {live_rate:.3f}; the profile has no validation anomaly rate")]
-        limit = max(settings.anomaly_rate_factor * reference, 0.01)
-        return [PredictionCheck("anomaly rate", True, live_rate > limit,
-                                f"live {live_rate:.3f} on {answered:.0f} predictions, validation {reference:.3f} (limit {limit:.3f})")]
+    """Return the checks of what the model answered, by the spec's type: the anomaly rate or the alert rate against
+    validation's, or each output's forecast bias against validation's MAE."""
+    spec = spec_for(model_name)
+    factor = settings.live_factor(spec)
+    if spec.type == ANOMALY:
+        return [_rate_check("anomaly rate", stats["anomaly"], stats["anomaly"] + stats["normal"], validation.get("anomaly_rate"), factor, settings)]
+    if spec.type == CLASSIFICATION:
+        return [_rate_check("alert rate", stats["alerts"], stats["answered"], validation.get("alert_rate"), factor, settings)]
     checks = []
     for output, forecast in stats["forecasts"].items():
         if forecast["count"] < settings.min_predictions:
@@ -192,10 +199,21 @@ def prediction_checks(model_name: str, validation: dict, live_raw: pd.DataFrame,
         if not mae:
             checks.append(PredictionCheck(f"{output} forecast", False, False, f"bias {bias:+.3f}; the profile has no validation MAE"))
             continue
-        limit = settings.forecast_bias_factor * mae
+        limit = factor * mae
         checks.append(PredictionCheck(f"{output} forecast", True, abs(bias) > limit,
-                                      f"live bias {bias:+.3f} on {forecast['count']:.0f} forecasts, limit {limit:.3f} ({settings.forecast_bias_factor:g} x validation MAE)"))
+                                      f"live bias {bias:+.3f} on {forecast['count']:.0f} forecasts, limit {limit:.3f} ({factor:g} x validation MAE)"))
     return checks
+
+
+def _rate_check(name: str, counted: float, answered: float, reference: float | None, factor: float, settings: MonitorSettings) -> PredictionCheck:
+    """Return the check of a live rate (``counted`` of ``answered`` predictions) against ``factor`` times validation's ``reference``."""
+    if answered < settings.min_predictions:
+        return PredictionCheck(name, False, False, f"inconclusive: {answered:.0f} live predictions < {settings.min_predictions}")
+    live_rate = counted / answered
+    if reference is None:
+        return PredictionCheck(name, False, False, f"live {live_rate:.3f}; the profile has no validation {name}")
+    limit = max(factor * reference, 0.01)
+    return PredictionCheck(name, True, live_rate > limit, f"live {live_rate:.3f} on {answered:.0f} predictions, validation {reference:.3f} (limit {limit:.3f})")
 
 
 def last_retrain(index: dict) -> dt.datetime | None:

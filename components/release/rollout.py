@@ -15,7 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from components.model.contract import ANOMALY_DETECTOR, engineer_features, fallback_instance, is_synthetic, schema_for, served_identity
+from components.model.contract import engineer_features, is_synthetic, schema_for, served_identity
+from components.model.spec import ANOMALY, CLASSIFICATION, ModelSpec, spec_for
+from components.runtime.answers import alert_probabilities, answers_are_labels, offline_answers, predicted_classes
 from components.serving.target import ServingError, ServingTarget
 from components.store.filesystem import ModelStore, StoreError, load_model, utc_now
 
@@ -34,17 +36,19 @@ class StepOutcome:
 
 
 def probe_sample(validation: pd.DataFrame, model_name: str, rows: int = 50) -> np.ndarray:
-    """Return up to ``rows`` served instances spread over the validation data (the detector's fallback first)."""
+    """Return up to ``rows`` served instances spread over the validation data, after the spec's smoke probe (``probe_rows``)."""
     return probe_rows(engineer_features(validation, model_name).to_numpy(), model_name, rows)
 
 
 def probe_rows(features: np.ndarray, model_name: str, rows: int = 50) -> np.ndarray:
-    """Return up to ``rows`` of the served ``features`` spread evenly over them (the detector's fallback first)."""
+    """Return the spec's smoke probe (the engine's no-data fallback, for a spec that marks it so), then up to ``rows`` of the
+    served ``features`` spread evenly over them."""
     import numpy as np
 
     picked = features[np.unique(np.linspace(0, len(features) - 1, min(rows, len(features))).astype(int))]
-    if model_name == ANOMALY_DETECTOR:
-        picked = np.vstack([np.array([fallback_instance()]), picked])
+    smoke = spec_for(model_name).smoke
+    if smoke is not None:
+        picked = np.vstack([np.array([smoke.instance]), picked])
     return picked
 
 
@@ -239,15 +243,35 @@ def _post_json(session: requests.Session, url: str, body: object, timeout: float
 
 
 def predictions_follow_contract(model_name: str, predictions: object, rows: int) -> tuple[bool, str]:
-    """Return whether served predictions have the contract's JSON types and shape, with a description."""
+    """Return whether served predictions have the JSON types and shape of the spec's type, with a description.
+
+    anomaly: JSON integers among its labels; predictive: rows of finite numbers, one per output, each within its range;
+    classification: a declared class per instance, or with probabilities rows of one probability per class summing to 1.
+    """
     if not isinstance(predictions, list) or len(predictions) != rows:
         return False, f"expected a list of {rows} predictions, got {type(predictions).__name__} of {len(predictions) if isinstance(predictions, list) else '-'}"
-    if model_name == ANOMALY_DETECTOR:
-        bad = [value for value in predictions if type(value) is not int or value not in (-1, 1)]
-        return not bad, "JSON integers -1/1" if not bad else f"not JSON integers -1/1: {bad[:3]}"
-    width = schema_for(model_name).n_features
-    bad = [row for row in predictions if not isinstance(row, list) or len(row) != width or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in row)]
-    return not bad, f"rows of {width} numbers" if not bad else f"rows are not {width} finite numbers: {bad[:1]}"
+    spec = spec_for(model_name)
+    if answers_are_labels(spec):
+        allowed = sorted(spec.outputs.labels.values()) if spec.type == ANOMALY else [item.value for item in spec.outputs.classes]
+        shown = f"JSON integers {'/'.join(str(value) for value in allowed)}"
+        bad = [value for value in predictions if type(value) is not int or value not in allowed]
+        return not bad, shown if not bad else f"not {shown}: {bad[:3]}"
+    if spec.type == CLASSIFICATION:
+        width, shown = len(spec.outputs.classes), f"rows of {len(spec.outputs.classes)} probabilities summing to 1"
+        ranges = [(0.0, 1.0)] * width
+    else:
+        width, shown = len(spec.outputs.values), f"rows of {len(spec.outputs.values)} finite numbers within the output ranges"
+        ranges = [value.range for value in spec.outputs.values]
+    bad = [row for row in predictions if not _numbers_within(row, ranges)
+           or (spec.type == CLASSIFICATION and not math.isclose(math.fsum(row), 1.0, abs_tol=1e-6))]
+    return not bad, shown if not bad else f"not {shown}: {bad[:1]}"
+
+
+def _numbers_within(row: object, ranges: list[tuple[float, float]]) -> bool:
+    """Return whether ``row`` is a list of finite JSON numbers, one within each of ``ranges``."""
+    return isinstance(row, list) and len(row) == len(ranges) and all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+        for value, (low, high) in zip(row, ranges))
 
 
 def names_served_version(answers: dict[str, tuple[dict, dict[str, object]]]) -> tuple[bool, str]:
@@ -334,7 +358,7 @@ def smoke_test(
         status, body, _ = _predict(session, endpoint, {"instances": instances.tolist()}, timeout_s)
         served_reference = np.asarray(body.get("predictions") if status == 200 and isinstance(body, dict) else [])
         equal = served_reference.shape == offline.shape and (
-            np.array_equal(served_reference, offline) if model_name == ANOMALY_DETECTOR
+            np.array_equal(served_reference, offline) if answers_are_labels(spec_for(model_name))
             else np.allclose(served_reference.astype(float), offline, rtol=1e-9, atol=1e-12))
         check("equals stored version offline", equal, f"served predictions {'match' if equal else 'DIFFER from'} {source} on {len(instances)} instances")
 
@@ -348,17 +372,19 @@ def smoke_test(
 
 
 def expected_predictions(store: ModelStore, model_name: str, version: str, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    """Return (instances, the stored version's predictions for them, where those come from) for the equality check.
+    """Return (instances, the stored version's answers for them, where those come from) for the equality check.
 
     The version's reference predictions, recorded at training time, are used when it has them; an older version
-    without them is unpickled and asked about ``sample``.
+    without them is unpickled and asked about ``sample`` as the stock runtime would ask it (``predict_proba`` for a
+    spec that serves probabilities, else ``predict``).
     """
     import numpy as np
 
     reference = store.version_record(model_name, version).get("reference") or {}
     if reference.get("instances"):
         return np.asarray(reference["instances"], dtype=float), np.asarray(reference["predictions"]), f"{version}'s predictions recorded at training"
-    return sample, np.asarray(load_model(store, model_name, version).predict(sample)), f"{version}'s model.pkl"
+    answers = offline_answers(load_model(store, model_name, version), spec_for(model_name), sample)
+    return sample, np.asarray(answers), f"{version}'s model.pkl"
 
 
 def _v2_infer(session: requests.Session, server: str, model_name: str, rows: list, timeout_s: float) -> tuple[int, object]:
@@ -373,7 +399,7 @@ def _check_v2(
     session: requests.Session, server: str, model_name: str, version: str, sample: np.ndarray, served_v1: np.ndarray,
     check: Callable[[str, bool, str], bool], *, refuses_with_4xx: bool, timeout_s: float,
 ) -> None:
-    """Check the V2 protocol on the version's server: readiness, metadata, infer equal to V1 (integers for the detector), a 4xx."""
+    """Check the V2 protocol on the version's server: readiness, metadata, infer equal to V1 (INT64 for label answers), a 4xx."""
     import numpy as np
     import requests
 
@@ -399,10 +425,11 @@ def _check_v2(
         "metadata": (metadata, {"name": model_name, "versions": [version]}), "infer": (body, {"model_name": model_name, "model_version": version})}))
     tensor = outputs[0]
     data = np.asarray(tensor.get("data", []), dtype=float).reshape(served_v1.shape) if len(tensor.get("data", [])) == served_v1.size else None
-    integer = model_name != ANOMALY_DETECTOR or (tensor.get("datatype") == "INT64" and all(type(v) is int for v in tensor["data"]))
+    labels = answers_are_labels(spec_for(model_name))
+    integer = not labels or (tensor.get("datatype") == "INT64" and all(type(v) is int for v in tensor["data"]))
     same = data is not None and np.allclose(data, served_v1.astype(float), rtol=1e-9, atol=1e-12)
     check("V2 equals V1", same and integer, f"output {tensor.get('datatype')} shape {tensor.get('shape')} "
-          f"{'matches' if same else 'DIFFERS from'} the V1 predictions{'' if integer else '; the detector must answer INT64'}")
+          f"{'matches' if same else 'DIFFERS from'} the V1 predictions{'' if integer else '; labels must be answered as INT64'}")
     status, body = _v2_infer(session, server, model_name, [row[:-1] for row in sample[:1].tolist()], timeout_s)
     refused = (400 <= status < 500) if refuses_with_4xx else status >= 400
     check("V2 refuses wrong feature count", refused, f"-> {status} {str(body)[:120]}")
@@ -453,12 +480,12 @@ class ProbeProvider:
     _offset: int = 0
 
     def measure(self, model_name: str, stable_endpoint: str, candidate_endpoint: str, candidate_version: str = "") -> dict[str, float | None]:
-        """Return candidate error rate, candidate p95 latency (ms) and prediction shift against stable."""
+        """Return candidate error rate, candidate p95 latency (ms) and the prediction shifts against stable (``prediction_shifts``)."""
         import numpy as np
         import requests
 
         if self.requests_per_step == 0 or len(self.sample) == 0:
-            return {"error_rate": None, "p95_latency_ms": None, "prediction_shift": None}
+            return {"error_rate": None, "p95_latency_ms": None, **prediction_shifts(model_name, [], [])}
         session = requests.Session()
         errors, latencies, candidate_out, stable_out = 0, [], [], []
         for number in range(self.requests_per_step):
@@ -476,22 +503,56 @@ class ProbeProvider:
         return {
             "error_rate": errors / self.requests_per_step,
             "p95_latency_ms": float(np.percentile(latencies, 95)) if latencies else None,
-            "prediction_shift": prediction_shift(model_name, candidate_out, stable_out),
+            **prediction_shifts(model_name, candidate_out, stable_out),
         }
 
 
-def prediction_shift(model_name: str, candidate: list, stable: list) -> float | None:
-    """Return the anomaly-rate difference (detector) or mean absolute difference (forecaster); None without data."""
+PREDICTION_SHIFT, PROBABILITY_SHIFT = "prediction_shift", "probability_shift"
+# The measurement each canary limit of a spec bounds: the first is the primary one, bounded by CanarySpec.max_prediction_shift.
+LIMITED_MEASUREMENTS = {"max_prediction_shift": PREDICTION_SHIFT, "max_label_flip_rate": PREDICTION_SHIFT, "max_probability_shift": PROBABILITY_SHIFT}
+
+
+def prediction_shifts(model_name: str, candidate: list, stable: list) -> dict[str, float | None]:
+    """Return how far the candidate's answers are from stable's on the same probes, by the spec's ``canary.compare``.
+
+    ``prediction_shift`` is the primary measure: the anomaly-rate difference (anomaly_rate), the mean absolute
+    difference (mean_absolute_shift), or the share of probes whose class changes (label_flip_rate). With
+    label_flip_rate_and_probability_shift, ``probability_shift`` is also the mean absolute change of the alert class's
+    probability. None without data, infinity for answers that cannot be compared.
+    """
     import numpy as np
 
+    spec = spec_for(model_name)
+    names = list(dict.fromkeys(LIMITED_MEASUREMENTS[limit] for limit in spec.canary.limits))
     if not candidate:
-        return None
+        return dict.fromkeys(names)
     try:
-        if model_name == ANOMALY_DETECTOR:
-            return abs(float(np.mean(np.asarray(candidate) == -1)) - float(np.mean(np.asarray(stable) == -1)))
-        return float(np.mean(np.abs(np.asarray(candidate, dtype=float) - np.asarray(stable, dtype=float))))
-    except (TypeError, ValueError):
-        return math.inf
+        candidate_answers, stable_answers = np.asarray(candidate, dtype=float), np.asarray(stable, dtype=float)
+        if candidate_answers.shape != stable_answers.shape:
+            raise ValueError("the answers differ in shape")
+        return {name: _shift(name, spec, candidate_answers, stable_answers) for name in names}
+    except (TypeError, ValueError, IndexError):
+        return dict.fromkeys(names, math.inf)
+
+
+def _shift(name: str, spec: ModelSpec, candidate: np.ndarray, stable: np.ndarray) -> float:
+    """Return one shift measurement between equally shaped answer arrays by the spec's comparison."""
+    import numpy as np
+
+    compare = spec.canary.compare
+    if name == PROBABILITY_SHIFT:
+        return float(np.mean(np.abs(alert_probabilities(spec, candidate) - alert_probabilities(spec, stable))))
+    if compare == "anomaly_rate":
+        anomaly = spec.outputs.labels["anomaly"]
+        return abs(float(np.mean(candidate == anomaly)) - float(np.mean(stable == anomaly)))
+    if compare == "mean_absolute_shift":
+        return float(np.mean(np.abs(candidate - stable)))
+    return float(np.mean(predicted_classes(spec, candidate) != predicted_classes(spec, stable)))
+
+
+def secondary_canary_limits(spec: ModelSpec) -> dict[str, float]:
+    """Return the limits of ``spec``'s canary beyond the primary one (``CanarySpec.max_prediction_shift``), by measurement."""
+    return {LIMITED_MEASUREMENTS[limit]: value for limit, value in list(spec.canary.limits.items())[1:]}
 
 
 @dataclass
@@ -504,10 +565,11 @@ class AnalysisRow:
     detail: str
 
 
-def judge(measurements: dict[str, float | None], spec: CanarySpec) -> tuple[str, str]:
-    """Return ("pass" | "fail" | "inconclusive", why) for one analysis's measurements."""
-    limits = {"error_rate": spec.max_error_rate, "p95_latency_ms": spec.max_p95_latency_ms, "prediction_shift": spec.max_prediction_shift,
-              "live_error_rate": spec.max_error_rate, "live_p95_latency_ms": spec.max_live_p95_latency_ms}
+def judge(measurements: dict[str, float | None], spec: CanarySpec, model_limits: dict[str, float] | None = None) -> tuple[str, str]:
+    """Return ("pass" | "fail" | "inconclusive", why) for one analysis's measurements; ``model_limits`` bounds the measurements the
+    model's spec adds (``secondary_canary_limits``)."""
+    limits = {"error_rate": spec.max_error_rate, "p95_latency_ms": spec.max_p95_latency_ms, PREDICTION_SHIFT: spec.max_prediction_shift,
+              "live_error_rate": spec.max_error_rate, "live_p95_latency_ms": spec.max_live_p95_latency_ms, **(model_limits or {})}
     missing = [name for name, value in measurements.items() if value is None]
     failed = [f"{name} {value:.4g} > {limits[name]:g}" for name, value in measurements.items() if value is not None and name in limits and value > limits[name]]
     if failed:
@@ -581,6 +643,7 @@ def canary_promote(
     result = CanaryResult(model_name, version, "", "", spec, strategy=target.traffic_strategy(model_name))
     print(f"canary {model_name} {version}: {result.strategy}", flush=True)
     failures = 0
+    model_limits = secondary_canary_limits(spec_for(model_name))
     try:
         for weight in spec.steps:
             target.set_traffic(model_name, weight, timeout_s)
@@ -595,7 +658,7 @@ def canary_promote(
                     except Exception as error:  # a provider outage is no data: inconclusive, never a crash or a pass
                         measurements[f"{type(provider).__name__}"] = None
                         broken.append(f"{type(provider).__name__} failed: {error}")
-                verdict, detail = judge(measurements, spec)
+                verdict, detail = judge(measurements, spec, model_limits)
                 detail = "; ".join([detail, *broken])
                 result.rows.append(AnalysisRow(weight, measurements, verdict, detail))
                 print(f"canary {model_name} {version} at {weight}%: {verdict} ({detail})", flush=True)

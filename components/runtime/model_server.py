@@ -1,17 +1,20 @@
 """The KServe model server for one stored version: the stock sklearn runtime's behaviour, hardened.
 
 Run as ``python -m components.runtime.model_server --name NAME --model-dir DIR --version vN --sha256 HEX --port P``.
-Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, the V1 protocol
-(``{"predictions": model.predict(instances).tolist()}``) and the V2 (Open Inference) protocol (one input tensor
-``[rows, features]`` in, one output tensor ``output-0`` out: INT64 for the detector's -1/1, FP64 otherwise). Unlike it:
+Like ``sklearnserver`` (kserve v0.20.0 python/sklearnserver/sklearnserver/model.py): exactly one .pkl/.joblib/.pickle
+in the directory, the V1 protocol (``{"predictions": model.predict(instances).tolist()}``, or ``predict_proba`` when the
+environment has ``PREDICT_PROBA=true`` and the model has it) and the V2 (Open Inference) protocol (one input tensor
+``[rows, features]`` in, one output tensor ``output-0`` out: INT64 for integer labels, FP64 otherwise). Unlike it:
 - it names what answered, as the platform's guide documents: V1 predict adds ``"model_name"`` and
   ``"model_version"`` beside ``"predictions"``, V1 metadata (``GET /v1/models/<name>``) is
   ``{"name", "version", "ready"}``, V2 metadata lists the version in KServe's ``"versions"`` and a V2 infer
   answer carries it as ``"model_version"``;
 - it refuses to start without the version (``--version``, known at deploy time) or its sha256, and unpickles
   exactly the bytes it hashed;
-- every value must be a finite JSON number within range and every row the model's width, and a value the
-  contract sends as a ratio must lie in 0-1 (a percent is refused), else 400 naming it,
+- it knows the model's spec: the one the version's ``version.json`` carries under "spec", else the known spec of
+  ``--name`` (a built-in or an example); it refuses to start with neither;
+- every value must be a finite JSON number within range and every row the spec's width, and a value the
+  spec sends as a ratio must lie in 0-1 (a percent is refused), else 400 naming it,
   and an inference request must carry Content-Type: application/json, else 415 naming the header;
   bodies over ``--max-body-bytes`` get 413 while they are read, a body not read within ``--body-timeout-s``
   gets 408, more rows than ``--max-rows`` get 413;
@@ -20,9 +23,10 @@ Like ``sklearnserver``: exactly one .pkl/.joblib/.pickle in the directory, the V
 - ``/metrics`` has, by model and version, the series the platform's guide queries: every predict/infer request
   by HTTP status ``code`` (``kserve_inference_requests_total``), the server's failures alone, 5xx
   (``kserve_inference_errors_total``, at 0 from the start: a client's bad request is never a server error), and
-  the latency of answered predictions (``kserve_inference_latency_bucket``); and what the model answered
-  (``model_predictions_total`` by outcome for the detector, a ``model_forecast`` histogram per output for the
-  forecaster), beside KServe's own ``request_predict_seconds``.
+  the latency of answered predictions (``kserve_inference_latency_bucket``); and what the model answered, by its
+  spec's type: ``model_predictions_total`` by outcome (anomaly: anomaly or normal; classification: the predicted
+  class's name, with ``model_alerts_total`` counting the answers a caller alerts on), a ``model_forecast`` histogram
+  per output (predictive), beside KServe's own ``request_predict_seconds``.
 It binds 127.0.0.1 unless ``--host`` says otherwise (the
 ServingRuntime in ``manifests/base/`` runs it in predictor pods with ``--host 0.0.0.0``, reading the version and
 checksum from the ``MODEL_VERSION`` and ``MODEL_SHA256`` environment the kserve target sets).
@@ -34,16 +38,20 @@ import argparse
 import asyncio
 import hashlib
 import io
+import json
 import os
 import sys
 import uuid
 from pathlib import Path
 
-from components.model.contract import SCHEMAS, schema_for
+from components.model.spec import ANOMALY, CLASSIFICATION, PREDICTIVE, RAW, ModelSpec, SpecError, spec_for, spec_from_text, use_spec
+from components.model.units import Unit
+from components.runtime.answers import PREDICT_PROBA_ENV, alerts, predicted_classes
 from components.runtime.request_guard import (
     DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, BodyLimit, InvalidRequest, JsonContentType, check_ratio_inputs,
     is_inference_request, parse_instances, parse_v2_inputs, send_json_error,
 )
+from components.store.filesystem import RECORD_FILENAME
 
 MODEL_SUFFIXES = (".pkl", ".joblib", ".pickle")
 
@@ -70,8 +78,37 @@ def verified_model_bytes(model_dir: Path, expected_sha256: str) -> bytes:
     return data
 
 
-def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEFAULT_MAX_ROWS):
-    """Return a loaded kserve.Model that serves the pickled ``model_bytes`` under ``name``."""
+def served_spec(name: str, model_dir: Path) -> ModelSpec:
+    """Return the spec of the version in ``model_dir``, made this process's (``use_spec``): the one its version.json carries
+    under "spec" (the text saved with it), else the known spec called ``name``; raise SpecError when there is neither."""
+    record_file = model_dir / RECORD_FILENAME
+    if record_file.is_file():
+        try:
+            text = json.loads(record_file.read_text()).get("spec")
+        except (ValueError, AttributeError) as error:
+            raise SpecError(f"{record_file} is not a version record ({error}); serve the directory the store saved") from None
+        if text:
+            spec = spec_from_text(text, f"{record_file} (spec)")
+            if spec.name != name:
+                raise SpecError(f"{record_file} holds a version of {spec.name}, not of {name}; serve it as --name {spec.name}")
+            return use_spec(spec)
+    try:
+        return spec_for(name)
+    except SpecError as error:
+        raise SpecError(f"{name} is not a known model and {record_file} carries no spec, so its requests cannot be checked ({error}); "
+                        "serve a version saved with its spec") from None
+
+
+def ratio_columns(spec: ModelSpec) -> dict[int, str]:
+    """Return the served columns ``spec`` sends as ratios (0-1), by index, with their input names; none for engineered features."""
+    if spec.features.name != RAW:  # engineered features (differences, changes) are not bounded
+        return {}
+    return {column: item.name for column, item in enumerate(spec.inputs) if item.unit is Unit.RATIO}
+
+
+def build_model(name: str, version: str, model_bytes: bytes, spec: ModelSpec, max_rows: int = DEFAULT_MAX_ROWS):
+    """Return a loaded kserve.Model that serves the pickled ``model_bytes`` under ``name``, checking requests and counting
+    answers as ``spec`` says; like the stock sklearnserver it answers ``predict_proba`` when PREDICT_PROBA is true."""
     import time
 
     import joblib
@@ -81,22 +118,31 @@ def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEF
 
     # The latency the platform's guide queries, beside KServe's request_predict_seconds (InferenceStatusCounter counts requests).
     latency = Histogram("kserve_inference_latency", "Inference latency in seconds, validation and predict included", ["model", "version"])
-    # What the model answered: the detector's outcomes, the forecaster's value per output (ratios, so 0-1 buckets).
-    outcomes = Counter("model_predictions", "Detector predictions by outcome", ["model", "version", "outcome"])
+    # What the model answered: anomaly and classification outcomes (with the alerts), each forecast output's value
+    # (ratios, so 0-1 buckets).
+    outcomes = Counter("model_predictions", "Predictions by outcome: anomaly or normal, or the predicted class", ["model", "version", "outcome"])
+    alerted = Counter("model_alerts", "Classification predictions a caller alerts on (outputs.alert)", ["model", "version"])
     forecasts = Histogram("model_forecast", "Forecast values by output", ["model", "version", "output"],
                           buckets=[step / 20 for step in range(21)])
-    output_names = schema_for(name).metric_names if name in SCHEMAS and not SCHEMAS[name].engineered else []
+    width, ratios = spec.n_features, ratio_columns(spec)
+    class_names = {item.value: item.name for item in spec.outputs.classes}
+    output_names = [value.name for value in spec.outputs.values]
 
     def observe(predictions) -> None:
-        """Count the detector's outcomes or histogram the forecaster's outputs of one answered request."""
-        if predictions.ndim == 1 and predictions.dtype.kind in "iu":
-            anomalies = int((predictions == -1).sum())
+        """Count the outcomes (and alerts) or histogram the forecast outputs of one answered request, when it has the type's shape."""
+        if spec.type == ANOMALY and predictions.ndim == 1 and predictions.dtype.kind in "iu":
+            anomalies = int((predictions == spec.outputs.labels["anomaly"]).sum())
             outcomes.labels(name, version, "anomaly").inc(anomalies)
             outcomes.labels(name, version, "normal").inc(len(predictions) - anomalies)
-        elif predictions.ndim == 2 and predictions.shape[1] == len(output_names):
+        elif spec.type == PREDICTIVE and predictions.ndim == 2 and predictions.shape[1] == len(output_names):
             for column, output in enumerate(output_names):
                 for value in predictions[:, column]:
                     forecasts.labels(name, version, output).observe(float(value))
+        elif spec.type == CLASSIFICATION and (predictions.ndim == 1 or predictions.shape[1:] == (len(class_names),)):
+            classes = predicted_classes(spec, predictions)
+            for value, count in zip(*np.unique(classes, return_counts=True)):
+                outcomes.labels(name, version, class_names.get(value, "undeclared")).inc(int(count))
+            alerted.labels(name, version).inc(int(alerts(spec, predictions).sum()))
 
     class SklearnVersionModel(kserve.Model):
         """A stored sklearn version behind the v1 protocol."""
@@ -110,17 +156,19 @@ def build_model(name: str, version: str, model_bytes: bytes, max_rows: int = DEF
         async def predict(self, payload, headers=None):
             """Return V1 ``{"predictions": [...], "model_name", "model_version"}`` or a V2 response for validated rows, predicting in a worker thread."""
             started = time.perf_counter()
-            features = getattr(self._model, "n_features_in_", None)
             if isinstance(payload, kserve.InferRequest):
                 tensors = [{"name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype, "data": tensor.data}
                            for tensor in payload.inputs]
-                rows = parse_v2_inputs(tensors, features, max_rows)
+                rows = parse_v2_inputs(tensors, width, max_rows)
             elif isinstance(payload, dict) and "instances" in payload:
-                rows = parse_instances(payload["instances"], features, max_rows)
+                rows = parse_instances(payload["instances"], width, max_rows)
             else:
                 raise InvalidRequest('the request body must be JSON {"instances": [[...], ...]} (V1) or {"inputs": [...]} (V2)')
-            check_ratio_inputs(rows, name)
-            predictions = await asyncio.to_thread(self._model.predict, np.asarray(rows, dtype=float))
+            check_ratio_inputs(rows, ratios, name)
+            # Read per request, as sklearnserver does: predict_proba when PREDICT_PROBA is true and the model has it.
+            probabilities = os.environ.get(PREDICT_PROBA_ENV, "false").lower() == "true" and hasattr(self._model, "predict_proba")
+            method = self._model.predict_proba if probabilities else self._model.predict
+            predictions = await asyncio.to_thread(method, np.asarray(rows, dtype=float))
             observe(predictions)
             latency.labels(name, version).observe(time.perf_counter() - started)
             if isinstance(payload, kserve.InferRequest):
@@ -253,7 +301,7 @@ def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: 
             app.add_exception_handler(RequestValidationError, malformed_body)
 
     kserve.model_server.RESTServer = HardenedRESTServer
-    model = build_model(name, version, verified_model_bytes(model_dir, expected_sha256), max_rows)
+    model = build_model(name, version, verified_model_bytes(model_dir, expected_sha256), served_spec(name, model_dir), max_rows)
     kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False).start([model])
 
 

@@ -14,6 +14,7 @@ import asyncio
 import json
 import math
 import os
+from typing import Mapping
 
 DEFAULT_MAX_BODY_BYTES = int(os.environ.get("MODEL_MAX_BODY_BYTES", str(4 * 1024 * 1024)))
 DEFAULT_MAX_ROWS = int(os.environ.get("MODEL_MAX_ROWS", "10000"))
@@ -84,19 +85,13 @@ def parse_v2_inputs(inputs: object, features: int | None, max_rows: int = DEFAUL
     return [numbers[row * shape[1]:(row + 1) * shape[1]] for row in range(shape[0])]
 
 
-def check_ratio_inputs(rows: list[list[float]], model_name: str) -> None:
-    """Raise InvalidRequest when a value the contract sends as a ratio (0-1) is outside 0-1, e.g. a percent."""
-    from components.model.contract import SCHEMAS, Unit
-
-    schema = SCHEMAS.get(model_name)
-    if schema is None or schema.engineered:  # engineered features (differences, changes) are not bounded
-        return
-    ratio_columns = [column for column, metric in enumerate(schema.base_metrics) if metric.unit is Unit.RATIO]
+def check_ratio_inputs(rows: list[list[float]], ratio_columns: Mapping[int, str], model_name: str) -> None:
+    """Raise InvalidRequest when a value in one of ``ratio_columns`` (index -> input name, sent as a ratio 0-1) is outside 0-1, e.g. a percent."""
     for row_number, row in enumerate(rows):
-        for column in ratio_columns:
+        for column, input_name in ratio_columns.items():
             if not 0.0 <= row[column] <= 1.0:
                 hint = "it looks like a percent: divide by 100" if 1.0 < row[column] <= 100.0 else "check the units"
-                raise InvalidRequest(f"instances[{row_number}][{column}] = {row[column]:g} ({schema.base_metrics[column].name}) is outside "
+                raise InvalidRequest(f"instances[{row_number}][{column}] = {row[column]:g} ({input_name}) is outside "
                                      f"0-1: {model_name} takes ratios; {hint}")
 
 

@@ -4,11 +4,12 @@ Starting ``python -m components.runtime.model_server`` costs about 3 s of CPU, n
 pandas and scikit-learn. The launcher imports them once; a server forked from it loads its model and listens in a
 fraction of that. The launcher listens on an abstract Unix socket named after its serving directory and the
 project's code, so a launcher never serves another directory or an older checkout; each end checks that the other
-runs as the same user. A request is one JSON line: the model server's arguments and a log file in the serving
-directory's ``logs/``. The answer is the server's pid. The server runs ``components.runtime.model_server.main`` in a session
+runs as the same user. A request is one JSON line: the model server's arguments, a log file in the serving
+directory's ``logs/`` and, optionally, the predictor environment the runtime reads (``RUNTIME_ENVIRONMENT``, e.g.
+``PREDICT_PROBA``). The answer is the server's pid. The server runs ``components.runtime.model_server.main`` in a session
 of its own, as the command would, shows that command as its process title, and outlives the launcher. The launcher
 exits on a ``stop`` request, or after IDLE_EXIT_S with no living server. Its environment is the one it started
-with: every server it forks shares it.
+with: every server it forks shares it, except the RUNTIME_ENVIRONMENT names, which each server has as its request says.
 
 ``ServerLauncher(home).spawn(arguments, log_name)`` starts the launcher when none answers; ``LocalTarget`` uses it.
 """
@@ -37,6 +38,7 @@ MAX_ARGUMENTS = 64
 ACCEPT_POLL_S = 1.0
 START_TIMEOUT_S = 60.0
 ASK_TIMEOUT_S = 30.0
+RUNTIME_ENVIRONMENT = ("PREDICT_PROBA",)  # the predictor environment the model server reads (as KServe's sklearnserver does)
 CODE = Path(__file__).resolve().parents[1]  # the whole components package: a changed module means a new launcher
 SPECS = CODE / "model" / "builtin_specs"  # the built-in model specs, which the contract reads at import: code too
 
@@ -61,10 +63,11 @@ class ServerLauncher:
         self.home = home
         self.address = launcher_address(home)
 
-    def spawn(self, arguments: list[str], log_name: str) -> int:
-        """Fork a model server with ``arguments`` logging to ``logs/<log_name>.log``; return its pid."""
+    def spawn(self, arguments: list[str], log_name: str, environment: dict[str, str] | None = None) -> int:
+        """Fork a model server with ``arguments`` and the predictor ``environment`` (RUNTIME_ENVIRONMENT names), logging to
+        ``logs/<log_name>.log``; return its pid."""
         log = self.home / "logs" / f"{log_name}.log"
-        request = {"arguments": arguments, "log": str(log)}
+        request = {"arguments": arguments, "log": str(log), "environment": environment or {}}
         try:
             try:
                 reply = self._ask(request)
@@ -135,21 +138,31 @@ def preload() -> None:
     import components.runtime.model_server  # noqa: F401
 
 
-def parse_request(request: dict, logs: Path) -> tuple[list[str], Path]:
-    """Return (arguments, log file) from a request, refusing anything but bounded strings and a log in ``logs``."""
-    arguments, log = request.get("arguments"), request.get("log")
+def parse_request(request: dict, logs: Path) -> tuple[list[str], Path, dict[str, str]]:
+    """Return (arguments, log file, environment) from a request, refusing anything but bounded strings, a log in ``logs``
+    and RUNTIME_ENVIRONMENT names."""
+    arguments, log, environment = request.get("arguments"), request.get("log"), request.get("environment", {})
     if not (isinstance(arguments, list) and 0 < len(arguments) <= MAX_ARGUMENTS and all(isinstance(a, str) and len(a) <= 4096 for a in arguments)):
         raise ValueError(f"arguments must be a list of at most {MAX_ARGUMENTS} strings")
     if not isinstance(log, str) or Path(log).resolve().parent != logs.resolve():
         raise ValueError(f"the log must be a file in {logs}")
-    return arguments, Path(log)
+    if not (isinstance(environment, dict) and all(name in RUNTIME_ENVIRONMENT and isinstance(value, str) and len(value) <= 256
+                                                  for name, value in environment.items())):
+        raise ValueError(f"the environment may set only {', '.join(RUNTIME_ENVIRONMENT)}, to short strings")
+    return arguments, Path(log), environment
 
 
-def run_server(arguments: list[str], log: Path) -> None:
-    """In a forked child: detach, log to ``log`` and run the model server with ``arguments``; never return."""
+def run_server(arguments: list[str], log: Path, environment: dict[str, str]) -> None:
+    """In a forked child: detach, log to ``log``, take the RUNTIME_ENVIRONMENT names from ``environment`` (unset when absent)
+    and run the model server with ``arguments``; never return."""
     code = 1
     try:
         os.setsid()
+        for name in RUNTIME_ENVIRONMENT:
+            if name in environment:
+                os.environ[name] = environment[name]
+            else:
+                os.environ.pop(name, None)
         descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(descriptor, 1)
         os.dup2(descriptor, 2)
@@ -192,7 +205,7 @@ def answer(connection: socket.socket, listener: socket.socket, logs: Path, child
         if request == {"stop": True}:
             connection.sendall(b'{"stopped": true}\n')
             return False
-        arguments, log = parse_request(request, logs)
+        arguments, log, environment = parse_request(request, logs)
     except (ValueError, AttributeError) as error:
         connection.sendall(json.dumps({"error": f"bad request: {error}"}).encode() + b"\n")
         return True
@@ -200,7 +213,7 @@ def answer(connection: socket.socket, listener: socket.socket, logs: Path, child
     if pid == 0:
         listener.close()
         connection.close()
-        run_server(arguments, log)
+        run_server(arguments, log, environment)
     children.add(pid)
     connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     return True

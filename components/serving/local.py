@@ -11,6 +11,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,8 +22,10 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
-from components.model.contract import MODEL_NAMES, schema_for
+from components.model.spec import spec_for
+from components.runtime.answers import predictor_environment
 from components.runtime.server_launcher import ServerLauncher, log_tail
+from components.store.filesystem import MODEL_FILENAME, RECORD_FILENAME
 from components.serving.target import Endpoints, ServingError, ServingStatus, model_url
 
 STATE_DIR_ENV = "MODEL_PIPELINES_HOME"
@@ -32,6 +35,8 @@ PORT_ATTEMPTS = 3
 PORT_TAKEN = "address already in use"  # what a server that lost its port to another process logs
 POLL_S = 0.1
 SERVER_MODULES = (b"components.runtime.model_server", b"components.runtime.router")
+MODEL_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")  # a spec's name is a DNS label, so its state file stays in the directory
+PROMETHEUS_TARGETS = "prometheus-targets.json"
 
 
 def free_port() -> int:
@@ -161,7 +166,8 @@ class LocalTarget:
 
     # -- state ---------------------------------------------------------------------------------------------
     def _state_path(self, model_name: str) -> Path:
-        schema_for(model_name)
+        if not MODEL_NAME.match(model_name):
+            raise ServingError(f"{model_name!r} is not a model name: a spec's name is a DNS label (lower-case letters, digits and '-')")
         return self.home / f"{model_name}.json"
 
     def _read(self, model_name: str) -> dict:
@@ -187,7 +193,7 @@ class LocalTarget:
                 if backend:
                     groups.append({"targets": [f"127.0.0.1:{backend['port']}"],
                                    "labels": {"model_name": state["model"], "model_version": backend["version"], "role": role}})
-        targets = self.home / "prometheus-targets.json"
+        targets = self.home / PROMETHEUS_TARGETS
         temporary = targets.with_suffix(".tmp")
         temporary.write_text(json.dumps(groups, indent=2))
         os.replace(temporary, targets)
@@ -230,14 +236,17 @@ class LocalTarget:
             directory = self.home / "downloads" / model_name / version
             directory.mkdir(parents=True, exist_ok=True)
             try:
-                (directory / "model.pkl").write_bytes(self.s3_store.model_bytes(model_name, version))
+                (directory / MODEL_FILENAME).write_bytes(self.s3_store.model_bytes(model_name, version))
+                (directory / RECORD_FILENAME).write_text(json.dumps(self.s3_store.version_record(model_name, version)))
             except RuntimeError as error:
                 raise ServingError(f"cannot fetch {storage_uri}: {error}") from error
             return directory
         raise ServingError(f"the local target cannot fetch {storage_uri!r}: it serves pvc:// from the local store and s3:// from the S3 store")
 
     def _start_version(self, model_name: str, version: str, storage_uri: str, checksum: str, timeout_s: float) -> dict:
-        """Start a model server for one version and wait until it reports ready; return its backend entry."""
+        """Start a model server for one version, with its spec's predictor environment, and wait until it reports ready; return
+        its backend entry."""
+        environment = predictor_environment(spec_for(model_name))
         model_dir = self._local_path(storage_uri)
         if not model_dir.is_dir():
             raise ServingError(f"{storage_uri} does not exist at {model_dir}; was the version saved to this store?")
@@ -249,7 +258,7 @@ class LocalTarget:
         log_name = f"{model_name}-{version}"
         pid, port = self._start_listening(
             lambda port: self.launcher.spawn(["--name", model_name, "--version", version, "--model-dir", str(model_dir),
-                                              "--sha256", checksum, "--port", str(port)], log_name),
+                                              "--sha256", checksum, "--port", str(port)], log_name, environment),
             log_name, f"{model_name} {version}", ready, timeout_s,
         )
         return {"version": version, "pid": pid, "port": port, "storage_uri": storage_uri, "checksum": checksum}
@@ -410,8 +419,8 @@ class LocalTarget:
         return stopped
 
     def served_models(self) -> list[str]:
-        """Return the models that have serving state here."""
-        return [model_name for model_name in MODEL_NAMES if self._state_path(model_name).is_file()]
+        """Return the models that have serving state here: every state file, whatever its spec."""
+        return sorted(path.stem for path in self.home.glob("*.json") if path.name != PROMETHEUS_TARGETS and MODEL_NAME.match(path.stem))
 
 
 def state_dir() -> Path:

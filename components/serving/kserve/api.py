@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from components.model.spec import spec_for
+from components.runtime.answers import predictor_environment
 from components.serving.target import ServingError
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -49,9 +51,11 @@ def backend_annotations(role: str, backend: dict | None) -> dict:
     return {lineage_annotation(role, key): (backend[key] if backend else None) for key in LINEAGE_KEYS}
 
 
-def model_env(backend: dict) -> list[dict]:
-    """Return the predictor environment that tells the project's runtime which version and checksum it serves."""
-    return [{"name": "MODEL_VERSION", "value": backend["version"]}, {"name": "MODEL_SHA256", "value": backend["checksum"]}]
+def model_env(backend: dict, model_name: str) -> list[dict]:
+    """Return the predictor environment: which version and checksum the project's runtime serves, and what the model's spec
+    asks of any sklearn runtime (PREDICT_PROBA=true for a spec that serves probabilities)."""
+    return [{"name": "MODEL_VERSION", "value": backend["version"]}, {"name": "MODEL_SHA256", "value": backend["checksum"]},
+            *({"name": name, "value": value} for name, value in predictor_environment(spec_for(model_name)).items())]
 
 
 def conditions_text(isvc: dict) -> str:

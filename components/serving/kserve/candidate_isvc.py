@@ -26,7 +26,7 @@ class CandidateIsvcStrategy(RolloutStrategy):
         self.api.change(model_name, lambda current: {"metadata": {"annotations": self.candidate_annotations(candidate)}}, model_name)
         name = candidate_name(model_name)
         self.api.change(name, lambda current: self.manifest(name, model_name, candidate, self.creation_mode) if current is None
-                        else self.serving_patch(candidate, backend_annotations("stable", candidate)), model_name)
+                        else self.serving_patch(candidate, model_name, backend_annotations("stable", candidate)), model_name)
         self.api.wait_ready(name, timeout_s)
         return True
 
@@ -40,7 +40,7 @@ class CandidateIsvcStrategy(RolloutStrategy):
     def promote(self, main: dict, candidate: dict, timeout_s: float) -> None:
         """Patch the main storageUri to the candidate's, wait, then delete the candidate."""
         model_name = main["metadata"]["name"]
-        self.api.change(model_name, lambda current: self.serving_patch(candidate, self.finished_annotations(candidate)), model_name)
+        self.api.change(model_name, lambda current: self.serving_patch(candidate, model_name, self.finished_annotations(candidate)), model_name)
         self.api.wait_ready(model_name, timeout_s)
         self.api.delete(candidate_name(model_name), model_name)
 
@@ -48,7 +48,7 @@ class CandidateIsvcStrategy(RolloutStrategy):
         """Delete the candidate and make the main spec match what serves."""
         model_name = main["metadata"]["name"]
         self.api.delete(candidate_name(model_name), model_name)
-        self.api.change(model_name, lambda current: self.serving_patch(stable, self.finished_annotations(stable)), model_name)
+        self.api.change(model_name, lambda current: self.serving_patch(stable, model_name, self.finished_annotations(stable)), model_name)
         self.api.wait_ready(model_name, timeout_s)
 
     def endpoints(self, main: dict, has_candidate: bool) -> Endpoints:

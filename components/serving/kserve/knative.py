@@ -24,7 +24,7 @@ class KnativeStrategy(RolloutStrategy):
     def deploy_candidate(self, main: dict, candidate: dict, timeout_s: float) -> bool:
         """Point the predictor at the candidate with canaryTrafficPercent 0 and wait for the new revision."""
         name = main["metadata"]["name"]
-        self.api.change(name, lambda current: self.serving_patch(candidate, self.candidate_annotations(candidate), canary=0), name)
+        self.api.change(name, lambda current: self.serving_patch(candidate, name, self.candidate_annotations(candidate), canary=0), name)
         self.api.wait_ready(name, timeout_s)
         return True
 
@@ -41,14 +41,14 @@ class KnativeStrategy(RolloutStrategy):
     def promote(self, main: dict, candidate: dict, timeout_s: float) -> None:
         """Remove canaryTrafficPercent so the latest revision takes all traffic."""
         name = main["metadata"]["name"]
-        self.api.change(name, lambda current: self.serving_patch(candidate, self.finished_annotations(candidate), canary=None), name)
+        self.api.change(name, lambda current: self.serving_patch(candidate, name, self.finished_annotations(candidate), canary=None), name)
         self.api.wait_ready(name, timeout_s)
 
     def rollback(self, main: dict, stable: dict, timeout_s: float) -> None:
         """Pin traffic to the last revision rolled out at 100 % first, then restore its storageUri."""
         name = main["metadata"]["name"]
         self.api.change(name, lambda current: {"spec": {"predictor": {"canaryTrafficPercent": 0}}}, name)
-        self.api.change(name, lambda current: self.serving_patch(stable, self.finished_annotations(stable), canary=None), name)
+        self.api.change(name, lambda current: self.serving_patch(stable, name, self.finished_annotations(stable), canary=None), name)
         self.api.wait_ready(name, timeout_s)
 
     def endpoints(self, main: dict, has_candidate: bool) -> Endpoints:

@@ -37,15 +37,15 @@ class StandardCanaryStrategy(RolloutStrategy):
     name = "standard-canary"
     creation_mode = STANDARD
 
-    def _entry(self, candidate: dict, percent: int) -> dict:
-        """Return the ``spec.canary`` entry that serves ``candidate`` at ``percent``."""
+    def _entry(self, candidate: dict, model_name: str, percent: int) -> dict:
+        """Return the ``spec.canary`` entry that serves ``candidate`` of ``model_name`` at ``percent``."""
         # The 0.20 CRD requires the container name on a canary's model; KServe names the model container so anyway.
-        model = {"name": "kserve-container", **self.predictor_model(candidate)}
+        model = {"name": "kserve-container", **self.predictor_model(candidate, model_name)}
         return {"predictor": {"name": predictor_name_for(candidate["version"]), "model": model}, "trafficPercent": percent}
 
     def _apply(self, name: str, candidate: dict, percent: int, timeout_s: float, annotations: dict | None = None) -> None:
         """Write the canary entry at ``percent`` and wait until status shows it ready there."""
-        body = {"spec": {"canary": [self._entry(candidate, percent)]}}
+        body = {"spec": {"canary": [self._entry(candidate, name, percent)]}}
         if annotations:
             body["metadata"] = {"annotations": annotations}
         self.api.change(name, lambda current: body, name)
@@ -58,7 +58,7 @@ class StandardCanaryStrategy(RolloutStrategy):
         if entry_name == main["spec"]["predictor"].get("name"):
             raise ServingError(f"{name}: the stable predictor is already named {entry_name!r}; a canary needs a different name")
         written = self.api.change(name, lambda current: {"metadata": {"annotations": self.candidate_annotations(candidate)},
-                                                          "spec": {"canary": [self._entry(candidate, 0)]}}, name)
+                                                          "spec": {"canary": [self._entry(candidate, name, 0)]}}, name)
         if canary_entry(written or {}, entry_name) is None:
             return False
         self.api.wait_ready(name, timeout_s, settled=lambda isvc: canary_serves(isvc, entry_name, 0))
@@ -76,7 +76,7 @@ class StandardCanaryStrategy(RolloutStrategy):
     def promote(self, main: dict, candidate: dict, timeout_s: float) -> None:
         """Rename the stable predictor to the canary's with its model, and remove the entry, in one patch."""
         name = main["metadata"]["name"]
-        patch = self.serving_patch(candidate, self.finished_annotations(candidate))
+        patch = self.serving_patch(candidate, name, self.finished_annotations(candidate))
         patch["spec"]["predictor"]["name"] = predictor_name_for(candidate["version"])
         patch["spec"]["canary"] = None
         self.api.change(name, lambda current: patch, name)

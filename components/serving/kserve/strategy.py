@@ -73,17 +73,17 @@ class RolloutStrategy:
         raise NotImplementedError
 
     # -- shapes shared by the strategies ------------------------------------------------------------------------
-    def predictor_model(self, backend: dict) -> dict:
-        """Return the predictor's ``model`` block serving ``backend`` with the project's runtime settings."""
+    def predictor_model(self, backend: dict, model_name: str) -> dict:
+        """Return the predictor's ``model`` block serving ``backend`` of ``model_name`` with the project's runtime settings."""
         model = {"modelFormat": {"name": "sklearn"}, "storageUri": backend["storage_uri"], "resources": self.options.resources,
-                 "env": model_env(backend)}
+                 "env": model_env(backend, model_name)}
         if self.options.runtime:
             model["runtime"] = self.options.runtime
         return model
 
     def manifest(self, name: str, model_name: str, backend: dict, mode: str | None, predictor_name: str = "") -> dict:
         """Return a new InferenceService serving ``backend``, with lineage labels and annotations."""
-        predictor: dict = {"model": self.predictor_model(backend)}
+        predictor: dict = {"model": self.predictor_model(backend, model_name)}
         if predictor_name:
             predictor["name"] = predictor_name
         if self.options.service_account:
@@ -105,9 +105,9 @@ class RolloutStrategy:
             "spec": {"predictor": predictor},
         }
 
-    def serving_patch(self, backend: dict, annotations: dict | None = None, canary: object = "keep") -> dict:
-        """Return a merge patch that points the predictor at ``backend`` (and sets canaryTrafficPercent unless 'keep')."""
-        predictor: dict = {"model": {"storageUri": backend["storage_uri"], "env": model_env(backend)}}
+    def serving_patch(self, backend: dict, model_name: str, annotations: dict | None = None, canary: object = "keep") -> dict:
+        """Return a merge patch that points the predictor at ``backend`` of ``model_name`` (and sets canaryTrafficPercent unless 'keep')."""
+        predictor: dict = {"model": {"storageUri": backend["storage_uri"], "env": model_env(backend, model_name)}}
         if canary != "keep":
             predictor["canaryTrafficPercent"] = canary
         metadata = {"labels": {f"{PREFIX}/model-version": backend["version"]}, "annotations": dict(annotations or {})}
