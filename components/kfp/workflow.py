@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from components import __version__
 from components.model.contract import TIMESTAMP_COLUMN, schema_for
+from components.model.spec import spec_for
 from components.serving.local import LocalTarget, state_dir
 from components.serving.target import ServingError, ServingTarget
 from components.store.s3 import DEFAULT_SECRET, S3Store, s3_client_from_environment
@@ -214,6 +215,8 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
         "profile": {**training.get("profile", {}), "validation": validation_profile(scores)},
         # What the smoke test expects the served model to answer: training inputs and the fitted model's predictions.
         "reference": training.get("reference", {}),
+        # The spec it was trained to (with the run's training knobs and gates): the model server serves any model by it.
+        "spec": json.dumps(spec_for(model_name).document.value, sort_keys=True),
     }
     # A model byte-identical to a stored version takes no new number: the run goes on with that version.
     return open_store(store_options).save_version(model_name, Path(model_dir) / MODEL_FILENAME, record, reuse_identical=True)
