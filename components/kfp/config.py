@@ -362,11 +362,14 @@ def grouped(flat: dict[str, object], kind: str, spec: ModelSpec | None = None) -
     for name, value in flat.items():
         knob = shown.get(name)
         if name in GROUPS and isinstance(value, dict):
-            arguments.setdefault(name, {}).update(value)
-        elif knob is None or knob.group is None:
-            arguments[name] = value  # top level, or not a knob here: flatten() names it
+            keys = {item.key: item for item in shown.values() if item.group == name}
+            arguments.setdefault(name, {}).update({key: _like_default(item, keys[key].default) if key in keys else item for key, item in value.items()})
+        elif knob is None:
+            arguments[name] = value  # not a knob here: flatten() names it
+        elif knob.group is None:
+            arguments[name] = _like_default(value, knob.default)
         else:
-            arguments.setdefault(knob.group, {})[knob.key] = value
+            arguments.setdefault(knob.group, {})[knob.key] = _like_default(value, knob.default)
     return arguments
 
 
@@ -588,9 +591,13 @@ def with_knobs(spec: ModelSpec, values: dict[str, object]) -> ModelSpec:
 
 
 def _like_default(value: object, default: object) -> object:
-    """Return a whole number as an int where the default is one (a KFP struct hands every number over as a float)."""
-    whole = isinstance(value, float) and value.is_integer()
-    return int(value) if whole and isinstance(default, int) and not isinstance(default, bool) else value
+    """Return a number as the type of the knob's default: a whole float as an int where the default is one (a KFP struct hands every
+    number over as a float), an int as a float where the default is one (KFP refuses an integer for a float input)."""
+    if isinstance(value, bool) or isinstance(default, bool) or not isinstance(value, (int, float)):
+        return value
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return float(value) if isinstance(default, float) else value
 
 
 def _spec_problem_label(path: str, spec: ModelSpec) -> str:

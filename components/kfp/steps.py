@@ -286,7 +286,7 @@ def monitor_drift(
     settings = read_config(config.path)
     model_name, monitoring = settings.model_name, settings.monitor
     if monitoring.action == "submit" and not monitoring.dsp_api_url:  # fail every run, not only the first one that finds drift
-        raise ValueError("action=submit needs monitor.dsp_api_url, the DSP API's in-cluster address, e.g. https://ds-pipeline-dspa.<project>.svc:8443")
+        raise ValueError("action=submit needs dsp_api_url (monitor.dsp_api_url), the DSP API's in-cluster address, e.g. https://ds-pipeline-dspa.<project>.svc:8443")
     if monitoring.dsp_api_url:
         from components.monitoring.dsp_api import DspApi
 
@@ -335,7 +335,7 @@ def trigger_retrain(
     from components.monitoring.dsp_api import DspApi
 
     pipeline = f"{settings.model_name}-retrain"
-    arguments = retrain_arguments(settings.model_name, monitoring.retrain_parameters, regime_start)
+    arguments = retrain_arguments(settings.spec, monitoring.retrain_parameters, regime_start)
     run_id = DspApi(monitoring.dsp_api_url, monitoring.dsp_ca_bundle).start_run(pipeline, arguments, monitoring.experiment, f"{pipeline}-on-drift")
     record_trigger(open_store(settings.store), settings.model_name, stable_version, reason, f"run {run_id} of {pipeline}")
     print(f"result: started run {run_id} of {pipeline}")
