@@ -144,7 +144,7 @@ def test_a_model_that_fails_its_checks_is_not_stored(two_runs):
     assert "not deployed: " in row and "min_f1: F1" in row and "(gate 0.99)" in row
     assert "exit code 3: a candidate was rejected or held back by a gate" in summary
     report = next(line for line in summary.splitlines() if line.strip().startswith("report:")).split("report:")[1].strip()
-    assert report.endswith("evaluate-anomaly-detector/report.md") and "**Decision:** do not deploy" in open(report).read()
+    assert report.endswith("evaluate/report.md") and "**Decision:** do not deploy" in open(report).read()
     assert "anomaly-detector serving: stable v2" in summary
     assert snapshot(state / "store") == before
 
@@ -192,7 +192,7 @@ def test_missing_file_and_unknown_parameter_are_explained(two_runs, tmp_path):
     result = run_cli("run", "all", "--local", "--state-dir", str(state), "--param", "dayz=3")
     assert result.returncode == 2 and "has no parameter 'dayz'; did you mean 'days'?" in result.stdout
     result = run_cli("run", "all", "--local", "--state-dir", str(state), "--param", "days=many")
-    assert result.returncode == 2 and "days is a Float" in result.stdout
+    assert result.returncode == 2 and "days is a float" in result.stdout
 
 
 def test_parquet_file_source_trains_and_stores(two_runs, tmp_path):
@@ -215,7 +215,7 @@ def test_a_committed_compiled_yaml_runs_in_kfp_local_with_store_and_serving_in_o
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root="runs", raise_on_error=True)
         pipeline = components.load_component_from_file({str(REPO / "compiled" / "anomaly-detector-retrain.yaml")!r})
         # The compiled defaults are a cluster's (Prometheus in the cluster); a laptop passes the local ones.
-        pipeline(serving_target="local", source="synthetic", prometheus_url="", prometheus_ca_bundle="", canary_interval_s=0.3, probe_requests=10)
+        pipeline(serving_target="local", source="synthetic", prometheus_url="", prometheus={{"ca_bundle": ""}}, canary={{"interval_s": 0.3, "probe_requests": 10}})
         """
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("MODEL_")}
