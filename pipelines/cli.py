@@ -323,7 +323,7 @@ def _serve_status(args: argparse.Namespace) -> int:
     if args.target == "gitops":
         return _fleet_status(args)
     target = local_target(Path(args.state_dir))
-    statuses = {model: target.status(model) for model in MODEL_NAMES}
+    statuses = {model: target.status(model) for model in sorted({*MODEL_NAMES, *target.served_models()})}  # the built-ins, and any other served here
     if args.json:
         print(json.dumps({model: status.as_json() for model, status in statuses.items() if status.url}, indent=2))
         return 0

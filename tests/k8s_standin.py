@@ -21,18 +21,32 @@ UpToDate when ready, BlockedByFailedLoad (with ``lastFailureInfo``) when a predi
 (``failing_revisions``). ``unschedulable`` leaves every new predictor pod Pending with the scheduler's message; in
 Standard mode a rolling update then keeps the old pods serving and, as KServe's ``PropagateRawStatus`` takes
 PredictorReady from the Deployment's Available condition (still True) and ``PropagateModelStatus`` reports a Ready raw
-predictor as Loaded, every condition stays True and transitionStatus UpToDate, with ``observedGeneration`` current. A
-first deployment that cannot be scheduled is not Available: PredictorReady and Ready False
-(MinimumReplicasUnavailable), transitionStatus InProgress. Clearing the knob schedules them.
+predictor as Loaded, every condition stays True and transitionStatus UpToDate, with ``observedGeneration`` moved on
+(the Deployment controller observed the new template; with PR 6096, the new generation). A first deployment that
+cannot be scheduled is not Available: PredictorReady and Ready False (MinimumReplicasUnavailable), transitionStatus
+InProgress. Clearing the knob schedules them.
 
-``observed_generation`` picks what ``status.observedGeneration`` counts. ``"deployment"`` is KServe up to 0.20 (v0.20.0
-and master of 2026-08-21, pkg/apis/serving/v1beta1/inference_service_status.go, kserve/kserve issue 6081): in Standard
-mode ``PropagateRawStatus`` copies the stable predictor Deployment's ``status.observedGeneration``, in Knative mode
-``PropagateStatus`` the Knative Service's; the stand-in counts those as Kubernetes does (1 on creation, +1 for each
-change of their spec: the stable predictor's pod template in Standard mode, so a ``spec.canary`` entry or its
-``trafficPercent`` moves no counter; the predictor with its ``canaryTrafficPercent`` in Knative mode), observed at once
-by their controllers. ``"inferenceservice"`` (the default) is the InferenceService's own ``metadata.generation``, as
-kserve/kserve PR 6096 (open) would set it.
+``observed_generation`` picks what ``status.observedGeneration`` counts. ``"deployment"`` (the default) is KServe as
+released, up to 0.20 (v0.15.0, v0.17.0, v0.20.0 and master of 2026-08-21, pkg/apis/serving/v1beta1/
+inference_service_status.go, kserve/kserve issue 6081): in Standard mode ``PropagateRawStatus`` copies the stable
+predictor Deployment's ``status.observedGeneration`` (v0.20.0 l.456), in Knative mode ``PropagateStatus`` the Knative
+Service's (l.635); the stand-in counts those as Kubernetes does (1 on creation, +1 for each change of their spec:
+the stable predictor's pod template in Standard mode, so a ``spec.canary`` entry or its ``trafficPercent`` moves no
+counter; the predictor with its ``canaryTrafficPercent`` in Knative mode), observed at once by their controllers. One
+counter stands for the stable predictor even when a promotion renames it, though KServe then copies another
+Deployment's (``reconcileCanaryDeployments`` keeps one Deployment per predictor name). ``"inferenceservice"`` is the
+InferenceService's own ``metadata.generation``, as kserve/kserve PR 6096 (open) would set it on every status update.
+
+Knative mode writes, as KServe does, a first status for a new spec before any new revision runs: ``KsvcReconciler``
+(pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go, ``Reconcile``) returns the status of
+the Knative Service its update answered, the previous one, which ``PropagateStatus`` copies: Ready, the previous
+revisions and traffic, with ``observedGeneration`` the Knative Service's previous counter (or, with PR 6096, the new
+generation). A revision that failed or is Pending is the ``latestCreatedRevision`` (Knative names a revision once
+created), the ready one stays ``latestReadyRevision``. ``paused`` holds named InferenceServices at that first status
+(in Standard mode: at the previous spec's status): their new predictor pods never start until the name is removed.
+
+In Standard mode ``status.components.predictor`` carries only the predictor's ``url``, all ``PropagateRawStatus``
+writes (no revisions, no traffic).
 """
 
 from __future__ import annotations
@@ -266,7 +280,7 @@ class KubeStandIn(LoopbackCluster):
     """The API server, its objects and the KServe-like controller."""
 
     def __init__(self, store_root: Path, work: Path, *, ready_delay_s: float = 0.1, kserve: str = "0.15",
-                 crd_file: Path | None = None, observed_generation: str = "inferenceservice") -> None:
+                 crd_file: Path | None = None, observed_generation: str = "deployment") -> None:
         self.store_root, self.work = Path(store_root), Path(work)
         self.launcher = shared_launcher()  # forks each revision's model server, warm
         self.log_prefix = f"cluster{next(CLUSTER_NUMBERS)}-"  # this stand-in's runtime logs in the launcher's logs/
@@ -288,6 +302,7 @@ class KubeStandIn(LoopbackCluster):
         self.failing_model = ""  # when set, only that model's revisions (its own InferenceService and its candidate's) fail
         self.unschedulable = ""  # when set, every predictor pod started from now on stays Pending with this message
         self.held: set[str] = set()  # InferenceService names the controller leaves unreconciled for now (a slow controller)
+        self.paused: set[str] = set()  # names held at KServe's first status for a new spec: no new pod starts
         self.lock = threading.RLock()
         self.resource_version = 100
         self._stop = threading.Event()
@@ -485,6 +500,10 @@ class KubeStandIn(LoopbackCluster):
             written_mode = obj["metadata"].get("annotations", {}).get(MODE_KEY, self.default_mode)
             mode = NORMALIZED.get(written_mode, written_mode) if self.kserve == "0.20" else written_mode
             predictor = obj["spec"]["predictor"]
+            if mode in ("Serverless", "Knative"):
+                self._first_knative_status(key, generation)
+            if name in self.paused:
+                return
             revision, failure = self._revision(name, state, generation, {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"})
             canaries = []
             for entry in obj["spec"].get("canary") or [] if self.kserve == "0.20" else []:
@@ -504,6 +523,10 @@ class KubeStandIn(LoopbackCluster):
                 status["observedGeneration"] = generation if self.observed_generation == "inferenceservice" else \
                     self._child_generation(state, mode, predictor)
                 state["pending"] = bool(pending) and not failure
+                self.resource_version += 1  # every status write is a write: it moves resourceVersion
+                current["metadata"]["resourceVersion"] = str(self.resource_version)
+                if (failure or pending) and mode in ("Serverless", "Knative"):  # Knative names a revision once created, ready or not
+                    status.setdefault("components", {}).setdefault("predictor", {})["latestCreatedRevision"] = revision["name"]
                 if failure:
                     status["conditions"] = [
                         {"type": "IngressReady", "status": "True"},
@@ -534,10 +557,20 @@ class KubeStandIn(LoopbackCluster):
                     status["conditions"].append({"type": "CanaryPredictorReady", "status": "True", "reason": "AllCanariesReady"})
                 status["modelStatus"] = copy.deepcopy(LOADED_MODEL_STATUS)
                 status["url"] = f"http://127.0.0.1:{state['router']['port']}"
-                self.resource_version += 1
-                current["metadata"]["resourceVersion"] = str(self.resource_version)
         finally:
             busy.discard(key)
+
+    def _first_knative_status(self, key: tuple[str, str], generation: int) -> None:
+        """Write the status KServe propagates from the Knative Service its update answered: the previous one, unchanged,
+        but for ``observedGeneration``, the new generation with PR 6096 (``updateStatus`` sets it on every path)."""
+        with self.lock:
+            current = self.objects.get(key)
+            if current is None or current["metadata"]["generation"] != generation or not current.get("status", {}).get("conditions"):
+                return
+            if self.observed_generation == "inferenceservice" and current["status"].get("observedGeneration") != generation:
+                current["status"]["observedGeneration"] = generation
+                self.resource_version += 1
+                current["metadata"]["resourceVersion"] = str(self.resource_version)
 
     @staticmethod
     def _child_generation(state: dict, mode: str, predictor: dict) -> int:
@@ -585,7 +618,8 @@ class KubeStandIn(LoopbackCluster):
             entry, revision = canaries[0]
             routes.update(candidate={"version": revision["name"], "port": revision["port"]}, candidate_percent=int(entry.get("trafficPercent", 0)))
         self._write_routes(state, routes)
-        services = {f"{name}-{predictor_name}-predictor" if predictor_name else f"{name}-predictor": stable["port"]}
+        stable_service = f"{name}-{predictor_name}-predictor" if predictor_name else f"{name}-predictor"
+        services = {stable_service: stable["port"]}
         services.update({f"{name}-{entry['predictor']['name']}-predictor": revision["port"] for entry, revision in canaries})
         suffix = f".{namespace}.svc.cluster.local"
         for host in [host for host in self.services if host.startswith(f"{name}-") and host.endswith(suffix)]:
@@ -593,8 +627,7 @@ class KubeStandIn(LoopbackCluster):
         self.services.update({service + suffix: port for service, port in services.items()})
         self._retire(state, {stable["name"], *(revision["name"] for _, revision in canaries)})
         state["rolled"] = stable["name"]
-        status["components"] = {"predictor": {"latestCreatedRevision": stable["name"], "latestReadyRevision": stable["name"],
-                                              "traffic": [{"revisionName": stable["name"], "percent": 100, "latestRevision": True}]}}
+        status["components"] = {"predictor": {"url": f"http://{stable_service}{suffix}"}}  # PropagateRawStatus: the URL alone
         if canaries:
             status["canaryStatuses"] = [{"name": entry["predictor"]["name"], "ready": True, "trafficPercent": int(entry.get("trafficPercent", 0))}
                                         for entry, _ in canaries]

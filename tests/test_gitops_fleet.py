@@ -507,8 +507,8 @@ def test_waves_without_applications_and_bad_wave_lists_are_refused_with_the_fix(
     assert "has model-pipelines.io/wave in ['eu-west'] for wave 1: apply manifests/gitops (oc apply -k), label a ManagedCluster" in result.stdout
     refused = fleet.rollout("v1", "--param", 'fleet_waves=[["*"], ["canary"]]', "--param", "gitops_repo=https://token:x@git.example.com/f.git")
     assert refused.returncode == 2
-    assert "fleet_waves=[['*'], ['canary']]: must be non-empty lists of cluster wave labels" in refused.stdout
-    assert "gitops_repo='https://token:x@git.example.com/f.git': must be empty or the fleet repository" in refused.stdout
+    assert "fleet.waves=[['*'], ['canary']]: must be non-empty lists of cluster wave labels" in refused.stdout
+    assert "fleet.repo='https://token:x@git.example.com/f.git': must be empty or the fleet repository" in refused.stdout
 
 
 def test_the_candidate_isvc_strategy_goes_through_git_as_a_second_inference_service(tmp_path, models, monkeypatch):  # noqa: F811

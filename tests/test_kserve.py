@@ -23,6 +23,10 @@ from kubernetes.client.rest import ApiException
 from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.data.ingest import IngestRequest, ingest
 from components.serving.kserve import KServeOptions, KServeTarget
+from components.serving.kserve.readiness import (
+    canary_problem, condition_true, counter_problem, model_changed, no_canary_problem, revision_problem, served_version,
+)
+from components.serving.local import http_get
 from components.serving.target import ServingError
 from components.store.filesystem import FilesystemStore
 from components.model.train import DetectorParams, ForecasterParams, TrainedModel, train_anomaly_detector, train_predictive_analytics
@@ -40,6 +44,11 @@ STRATEGIES = {
     "standard-canary": ("0.20", "rhoai-3.5", "Standard", ("rhoai-3.5", "v0.20.0")),
     "candidate-isvc": ("0.15", "rhoai-3.4", "RawDeployment", ("rhoai-3.0", "rhoai-3.4", "v0.15.0")),
 }
+# The strategy clusters: every strategy against KServe as released (status.observedGeneration copied from the predictor's
+# Deployment or Knative Service), and the two strategies that move traffic again with kserve/kserve PR 6096's counter.
+STRATEGY_CLUSTERS = {"knative": ("knative", "deployment"), "standard-canary": ("standard-canary", "deployment"),
+                     "candidate-isvc": ("candidate-isvc", "deployment"), "knative-pr6096": ("knative", "inferenceservice"),
+                     "standard-canary-pr6096": ("standard-canary", "inferenceservice")}
 _namespaces = itertools.count(1)
 
 
@@ -94,20 +103,21 @@ def version_record(model, **record) -> tuple[object, dict]:
     return model, record
 
 
-def start_cluster(tmp_path_factory, kserve: str, crd_release: str | None) -> Cluster:
+def start_cluster(tmp_path_factory, kserve: str, crd_release: str | None, observed_generation: str = "deployment") -> Cluster:
     work = tmp_path_factory.mktemp(f"kserve-{kserve}")
     crd_file = CRDS / crd_release / "serving.kserve.io_inferenceservices.yaml" if crd_release and CRDS.is_dir() else None
     # The stand-in mounts pvc://<pvc>/<model>/<version> from <work>/pvcs/<pvc>/<model>/<version>.
-    standin = KubeStandIn(work / "pvcs", work, kserve=kserve, crd_file=crd_file).start()
+    standin = KubeStandIn(work / "pvcs", work, kserve=kserve, crd_file=crd_file, observed_generation=observed_generation).start()
     return Cluster(standin, standin.client_env(standin.write_kubeconfig(work / "kubeconfig")), work)
 
 
-@pytest.fixture(scope="module", params=list(STRATEGIES))
+@pytest.fixture(scope="module", params=list(STRATEGY_CLUSTERS))
 def strategy_cluster(request, tmp_path_factory):
-    kserve, crd_release, _, _ = STRATEGIES[request.param]
-    cluster = start_cluster(tmp_path_factory, kserve, crd_release)
+    strategy, observed_generation = STRATEGY_CLUSTERS[request.param]
+    kserve, crd_release, _, _ = STRATEGIES[strategy]
+    cluster = start_cluster(tmp_path_factory, kserve, crd_release, observed_generation)
     try:
-        yield request.param, cluster
+        yield strategy, cluster
     finally:
         cluster.standin.stop()
 
@@ -224,6 +234,66 @@ def test_every_inference_service_written_matches_the_targeted_release_crds(serve
             assert errors == [], f"{strategy} on {release}: {errors}"
 
 
+def test_a_ready_left_from_the_previous_spec_is_not_taken_for_the_new_one(served, models, monkeypatch):
+    """KServe reports Ready before it acts on a write: in Knative mode it copies the status its Knative Service update
+    answered (the previous revision's; with PR 6096 at the new generation), in Standard mode the status stays the
+    previous spec's until it reconciles, and a raw rolling update whose pods stay Pending keeps Ready from the old
+    pods. None of these is taken for the new version's readiness; the step done again once KServe acted is.
+    Runs last for its cluster: the raw case leaves the main InferenceService promoted behind the store's back."""
+    strategy, project = served
+    standin = project.cluster.standin
+    for key, value in project.cluster.env.items():  # the cluster network, as the steps' pods have it
+        monkeypatch.setenv(key, value)
+    stable = project.isvc(ANOMALY_DETECTOR)["metadata"]["annotations"]["model-pipelines.io/stable-version"]
+    version = project.store_version(ANOMALY_DETECTOR, models["detector"](7))
+    uri = FilesystemStore(project.state / "store", project.pvc).storage_uri(ANOMALY_DETECTOR, version)
+    checksum = project.index(ANOMALY_DETECTOR)["versions"][version]["sha256"]
+    target = KServeTarget(KServeOptions(project.namespace, rollout_strategy=strategy), api=client.CustomObjectsApi(
+        config.new_client_from_config(project.cluster.env["KUBECONFIG"])))
+    if strategy == "candidate-isvc":
+        target.deploy(ANOMALY_DETECTOR, version, uri, checksum, 60)
+        standin.unschedulable = "0/3 nodes are available: 3 Insufficient memory."
+        try:
+            with pytest.raises(ServingError, match=f"was not Ready within 3 s .*names {stable}, not {version}"):
+                target.promote(ANOMALY_DETECTOR, 3)
+            assert condition_true(project.isvc(ANOMALY_DETECTOR), "Ready"), "KServe reports Ready from the old pods all along"
+        finally:
+            standin.unschedulable = ""
+        return
+    standin.paused.add(ANOMALY_DETECTOR)
+    try:
+        with pytest.raises(ServingError, match="was not Ready within 3 s"):
+            target.deploy(ANOMALY_DETECTOR, version, uri, checksum, 3)
+        assert condition_true(project.isvc(ANOMALY_DETECTOR), "Ready"), "KServe reports the previous spec's Ready all along"
+    finally:
+        standin.paused.discard(ANOMALY_DETECTOR)
+    assert target.deploy(ANOMALY_DETECTOR, version, uri, checksum, 60).candidate == version, "the step done again takes the new spec's Ready"
+    assert served_version(*http_get(target.endpoints(ANOMALY_DETECTOR).candidate)) == version
+    assert target.rollback(ANOMALY_DETECTOR, 60, reason="test: a stale Ready").stable == stable
+    assert served_version(*http_get(main_url(project))) == stable
+
+
+def test_readiness_asks_a_new_revision_or_counter_only_of_a_model_change_and_knows_a_cleared_canary():
+    def isvc(uri: str, observed: int, created: str, ready: str, percent: int, **status) -> dict:
+        return {"metadata": {"generation": 9}, "spec": {"predictor": {"model": {"storageUri": uri}}}, "status": {
+            "observedGeneration": observed, "conditions": [{"type": "Ready", "status": "True"}],
+            "components": {"predictor": {"latestCreatedRevision": created, "latestReadyRevision": ready,
+                                         "traffic": [{"revisionName": ready, "latestRevision": True, "percent": percent}]}}, **status}}
+
+    before = isvc("pvc://p/m/v1", 4, "m-00004", "m-00004", 100)
+    written = isvc("pvc://p/m/v2", 4, "m-00004", "m-00004", 100)  # what the PATCH answered: the new spec, the old status
+    assert revision_problem(written, before, 0, model_changed(before, written)).startswith("no revision of the new spec yet")
+    assert revision_problem(isvc("pvc://p/m/v2", 9, "m-00005", "m-00004", 100), before, 0, True).startswith("the latest revision m-00005 is not ready")
+    assert revision_problem(isvc("pvc://p/m/v2", 9, "m-00005", "m-00005", 0), before, 0, True) == ""
+    assert revision_problem(isvc("pvc://p/m/v1", 4, "m-00004", "m-00004", 100), before, 10, False).endswith("not 10 %")
+    assert counter_problem(written, before, written).startswith("status.observedGeneration is still 4")
+    assert counter_problem(isvc("pvc://p/m/v2", 5, "", "", 100), before, written) == ""
+    assert counter_problem(before, before, isvc("pvc://p/m/v1", 4, "", "", 100)) == "", "no model change: no counter to wait for"
+    canary = {"status": {"conditions": [{"type": "CanaryPredictorReady", "status": "True"}], "canaryStatuses": [{"name": "v2", "ready": True, "trafficPercent": 10}]}}
+    assert canary_problem(canary, "v2", 10) == "" and canary_problem(canary, "v2", 50).endswith("not 50 %")
+    assert no_canary_problem(canary).startswith("status still reports the canary v2") and no_canary_problem({"status": {}}) == ""
+
+
 def test_auto_falls_back_to_a_candidate_service_when_the_crd_has_no_canary(tmp_path_factory, models):
     if not CRDS.is_dir():
         pytest.skip(f"KServe CRDs are not at {CRDS}: the stand-in cannot prune without them")
@@ -304,7 +374,8 @@ def test_never_ready_times_out_quoting_conditions_then_rolls_back(knative_cluste
     after = project.isvc(ANOMALY_DETECTOR)
     assert after["spec"] == before["spec"]
     ready = {c["type"]: c["status"] for c in after["status"]["conditions"]}
-    assert ready["Ready"] == "True" and after["status"]["observedGeneration"] == after["metadata"]["generation"]
+    revisions = after["status"]["components"]["predictor"]
+    assert ready["Ready"] == "True" and revisions["latestReadyRevision"] == revisions["latestCreatedRevision"]
 
 
 def test_transient_500_and_409_are_survived_and_a_stale_write_is_redone(knative_cluster, models):

@@ -1,4 +1,4 @@
-"""The train and evaluate steps' settings (recipe hyperparameters and gates), importable without scikit-learn."""
+"""The built-in models' recipe hyperparameters in their historical form (``train.detector_overrides`` maps them onto spec overrides)."""
 
 from __future__ import annotations
 
@@ -24,15 +24,3 @@ class ForecasterParams:
 
     horizon_minutes: int = 60
     alpha: float = 1.0
-
-
-@dataclass(frozen=True)
-class Gates:
-    """Absolute thresholds a candidate must meet, plus the champion/challenger tolerance."""
-
-    min_f1: float = 0.25
-    max_mase: float = 1.0
-    max_predict_latency_ms: float = 50.0
-    max_pickle_mb: float = 50.0
-    champion_tolerance: float = 0.05
-    max_anomaly_rate: float = 0.2

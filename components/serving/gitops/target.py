@@ -27,7 +27,6 @@ for. Nothing is force-pushed and no file this project did not create is written.
 from __future__ import annotations
 
 import copy
-import json
 import posixpath
 import re
 import tempfile
@@ -44,6 +43,7 @@ from components.serving.kserve import KServeOptions, KServeTarget
 from components.serving.kserve.candidate_isvc import CandidateIsvcStrategy
 from components.serving.kserve.standard_canary import StandardCanaryStrategy
 from components.serving.kserve.api import MODE_ANNOTATION, recorded_backend
+from components.serving.kserve.readiness import NO_VERSION, served_version
 from components.serving.local import http_get
 from components.serving.kserve.merge_patch import merge_diff, merge_patch
 from components.serving.target import Endpoints, ServingError, ServingStatus
@@ -59,24 +59,10 @@ REST_OF_FLEET = "*"
 PATCH_FILE = "inferenceservice-patch.yaml"
 KUSTOMIZATION = "kustomization.yaml"
 FIRST_DEPLOYMENT, PROMOTE, ROLLBACK, SETTLED = "first deployment", "promote", "rollback", "settled"
-NO_VERSION = ""  # what served_version returns for a runtime that answers without naming its version (stock KServe)
 UNCONFIRMED = "versions not confirmed on"
 WAVE_TRAILER = re.compile(r"^(\d+)/(\d+) \(([^:]*):")  # the Wave trailer's "<number>/<total> (<labels>: <clusters>)"
 NO_CLUSTERS = "no clusters"  # what a wave whose clusters all left the Placement's decisions lists as its clusters
 DEFAULT_WAVE_TIMEOUT_S = 900.0  # Argo CD polls Git every 120 s plus up to 60 s jitter; a failed sync retries for about 5 min more
-
-
-def served_version(status: int, body: bytes) -> str | None:
-    """Return the version a V1 metadata answer (``GET /v1/models/<name>``) names, NO_VERSION if it names none, None if it failed."""
-    if status != 200:
-        return None
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(answer, dict):
-        return None
-    return str(answer["version"]) if answer.get("version") else NO_VERSION
 
 
 @dataclass(frozen=True)
@@ -579,7 +565,9 @@ class GitopsTarget:
     def _wave_target(self, wave: Wave) -> KServeTarget:
         """Return the kserve target whose InferenceServices are this wave's overlay (URLs come from the endpoint template)."""
         options = replace(self.options, endpoint="", namespace=wave.namespace or self.options.namespace)
-        return KServeTarget(options, api=WaveOverlays(self, wave), sleep=self.sleep)
+        # The overlays' status is the wave gate's, computed for the overlay as committed: Ready at generation 1 only once
+        # every cluster is Synced at its last commit, Healthy and naming its versions; never KServe's stale one.
+        return KServeTarget(options, api=WaveOverlays(self, wave), sleep=self.sleep, status_tracks_spec=True)
 
     # -- the ServingTarget interface --------------------------------------------------------------------------------
     # Every wave waits ``gitops.wave_timeout_s`` (fleet_wave_timeout_s), wave 1's included, since every change reaches a

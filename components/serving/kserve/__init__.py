@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Callable
 
 from components.serving.kserve.api import (
-    CREATED_BY_RUN_ANNOTATION, KNATIVE, MODE_ANNOTATION, STANDARD, STRATEGY_ANNOTATION, InferenceServiceApi, backend_annotations, conditions_text, is_ready,
-    normalized_mode, not_owned_error, owned_by, recorded_backend,
+    CREATED_BY_RUN_ANNOTATION, KNATIVE, MODE_ANNOTATION, STANDARD, STRATEGY_ANNOTATION, InferenceServiceApi, backend_annotations, normalized_mode,
+    not_owned_error, owned_by, recorded_backend,
 )
 from components.serving.kserve.candidate_isvc import CandidateIsvcStrategy
 from components.serving.kserve.knative import KnativeStrategy
+from components.serving.kserve.readiness import Wanted, conditions_text
 from components.serving.kserve.standard_canary import StandardCanaryStrategy, predictor_name_for
 from components.serving.kserve.strategy import KServeOptions, RolloutStrategy
 from components.serving.target import Endpoints, ServingError, ServingStatus
 
-__all__ = ["KServeOptions", "KServeTarget", "ROLLOUT_STRATEGIES", "DEPLOYMENT_MODES", "conditions_text", "is_ready"]
+__all__ = ["KServeOptions", "KServeTarget", "ROLLOUT_STRATEGIES", "DEPLOYMENT_MODES", "conditions_text"]
 
 STRATEGIES: dict[str, type[RolloutStrategy]] = {
     strategy.name: strategy for strategy in (KnativeStrategy, StandardCanaryStrategy, CandidateIsvcStrategy)
@@ -43,15 +44,16 @@ class KServeTarget:
 
     strict_client_errors = False  # the stock sklearn runtime answers malformed input with 500 and an error body
 
-    def __init__(self, options: KServeOptions, api=None, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Connect with the pod's service account in a cluster, else with the kubeconfig."""
+    def __init__(self, options: KServeOptions, api=None, sleep: Callable[[float], None] = time.sleep, status_tracks_spec: bool = False) -> None:
+        """Connect with the pod's service account in a cluster, else with the kubeconfig (``api``: another CustomObjectsApi,
+        ``status_tracks_spec`` when its status is computed for each object's current content, not KServe's)."""
         if options.deployment_mode not in DEPLOYMENT_MODES:
             raise ServingError(f"deployment_mode must be one of {', '.join(DEPLOYMENT_MODES)}, got {options.deployment_mode!r}")
         if options.rollout_strategy not in ROLLOUT_STRATEGIES:
             raise ServingError(f"rollout_strategy must be one of {', '.join(ROLLOUT_STRATEGIES)}, got {options.rollout_strategy!r}")
         self.options = options
         namespace = options.namespace or (NAMESPACE_FILE.read_text().strip() if NAMESPACE_FILE.is_file() else "default")
-        self.api = InferenceServiceApi(api or self.connect(), namespace, sleep)
+        self.api = InferenceServiceApi(api or self.connect(), namespace, sleep, status_tracks_spec)
         self.namespace = namespace
         self.last_choice = ""
 
@@ -142,7 +144,8 @@ class KServeTarget:
             predictor_name = ""
         self.api.change(model_name, lambda current: strategy.manifest(model_name, model_name, backend, mode, predictor_name) if current is None else None,
                         model_name)
-        self.api.wait_ready(model_name, timeout_s)
+        # A new object has no status from before: any Ready is its own; the main URL must name the version.
+        self.api.wait_ready(model_name, timeout_s, Wanted(serves=lambda isvc: {strategy.main_url(isvc): backend["version"]}))
 
     def _recorded(self, model_name: str) -> tuple[dict, dict | None, dict | None]:
         """Return (main InferenceService, stable backend, candidate backend) or raise when nothing serves."""

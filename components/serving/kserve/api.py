@@ -12,6 +12,7 @@ from typing import Callable
 
 from components.model.spec import spec_for
 from components.runtime.answers import predictor_environment
+from components.serving.kserve.readiness import Wanted, condition_true, conditions_text, readiness_problem
 from components.serving.target import ServingError
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -58,28 +59,6 @@ def model_env(backend: dict, model_name: str) -> list[dict]:
             *({"name": name, "value": value} for name, value in predictor_environment(spec_for(model_name)).items())]
 
 
-def conditions_text(isvc: dict) -> str:
-    """Return the InferenceService's conditions as 'Type=Status (Reason: message)' for an error message."""
-    conditions = isvc.get("status", {}).get("conditions", [])
-    if not conditions:
-        return "no conditions reported yet"
-    return "; ".join(
-        f"{c.get('type')}={c.get('status')}" + (f" ({c.get('reason', '')}: {c.get('message', '')})" if c.get("status") != "True" else "")
-        for c in conditions
-    )
-
-
-def condition_true(isvc: dict, kind: str) -> bool:
-    """Return whether the InferenceService reports condition ``kind`` as True."""
-    return any(c.get("type") == kind and c.get("status") == "True" for c in isvc.get("status", {}).get("conditions", []))
-
-
-def is_ready(isvc: dict) -> bool:
-    """Return whether the InferenceService is Ready for its current generation (a Ready from before is stale)."""
-    current = isvc.get("status", {}).get("observedGeneration", 0) >= isvc["metadata"].get("generation", 1)
-    return current and condition_true(isvc, "Ready")
-
-
 def owned_by(isvc: dict, model_name: str) -> bool:
     """Return whether this project created ``isvc`` for ``model_name`` (its ownership labels say so)."""
     labels = isvc.get("metadata", {}).get("labels") or {}
@@ -113,9 +92,10 @@ def with_mode_kept(current: dict, body: dict) -> dict:
 class InferenceServiceApi:
     """GET, create, merge-PATCH and DELETE InferenceServices of one namespace, with retries and 409 redo."""
 
-    def __init__(self, api, namespace: str, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Wrap a ``CustomObjectsApi`` for ``namespace``."""
-        self.api, self.namespace, self.sleep = api, namespace, sleep
+    def __init__(self, api, namespace: str, sleep: Callable[[float], None] = time.sleep, status_tracks_spec: bool = False) -> None:
+        """Wrap a ``CustomObjectsApi`` for ``namespace``; ``status_tracks_spec`` when its status is computed for the object's
+        current content (the gitops target's overlays), not KServe's (see ``readiness``)."""
+        self.api, self.namespace, self.sleep, self.status_tracks_spec = api, namespace, sleep, status_tracks_spec
 
     def _call(self, operation: str, *args, **kwargs):
         """Call a CustomObjectsApi method, backing off on 429 and 5xx; other errors propagate."""
@@ -144,8 +124,12 @@ class InferenceServiceApi:
                 return None
             raise ServingError(f"cannot read InferenceService {self.namespace}/{name}: {error.status} {error.reason}") from error
 
-    def change(self, name: str, build: Callable[[dict | None], dict | None], owner: str) -> dict | None:
-        """Create, or merge-patch if ``owner``'s, ``name`` with what ``build(current)`` returns; redo on 409 with a fresh read."""
+    def write(self, name: str, build: Callable[[dict | None], dict | None], owner: str) -> tuple[dict | None, dict | None]:
+        """Create, or merge-patch if ``owner``'s, ``name`` with what ``build(current)`` returns; redo on 409 with a fresh read.
+
+        Return (the object as read, as written). The write carries the read's resourceVersion, so it applied to exactly
+        that read: its status is the one KServe reported for the spec before (what ``readiness`` compares with).
+        """
         from kubernetes.client.rest import ApiException
 
         for _ in range(RETRIES):
@@ -154,18 +138,22 @@ class InferenceServiceApi:
                 raise not_owned_error(current, self.namespace, owner)
             body = build(current)
             if body is None:
-                return current
+                return current, current
             try:
                 if current is None:
-                    return self._call("create_namespaced_custom_object", body)
+                    return None, self._call("create_namespaced_custom_object", body)
                 body = with_mode_kept(current, body)
                 body.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
-                return self._call("patch_namespaced_custom_object", name, body)
+                return current, self._call("patch_namespaced_custom_object", name, body)
             except ApiException as error:
                 if error.status == 409:
                     continue
                 raise ServingError(f"cannot write InferenceService {self.namespace}/{name}: {error.status} {error.reason}: {error.body}") from error
         raise ServingError(f"InferenceService {self.namespace}/{name} kept changing under us (409 {RETRIES} times); try again")
+
+    def change(self, name: str, build: Callable[[dict | None], dict | None], owner: str) -> dict | None:
+        """Write ``name`` as ``write`` does and return it as written."""
+        return self.write(name, build, owner)[1]
 
     def delete(self, name: str, owner: str) -> None:
         """Delete ``name`` if it is ``owner``'s, exactly the object checked (uid precondition); a missing one is fine."""
@@ -182,17 +170,26 @@ class InferenceServiceApi:
             if error.status != 404:
                 raise ServingError(f"cannot delete InferenceService {self.namespace}/{name}: {error.status} {error.reason}") from error
 
-    def wait_ready(self, name: str, timeout_s: float, settled: Callable[[dict], bool] = lambda isvc: True) -> dict:
-        """Poll with GET until the current generation is Ready (and ``settled``); raise quoting the conditions."""
+    def wait_ready(self, name: str, timeout_s: float, wanted: Wanted = Wanted()) -> dict:
+        """Poll with GET until KServe reports Ready for the spec written and the runtime serves what ``wanted`` asks; return it.
+
+        Raise after ``timeout_s`` quoting the conditions and what is still missing. A runtime that names no version (the
+        stock one) is said in the log: KServe's status alone was trusted there.
+        """
         deadline = time.monotonic() + timeout_s
         delay = 0.2
         while True:
             isvc = self.get(name)
-            if isvc is not None and is_ready(isvc) and settled(isvc):
+            problem, unnamed = readiness_problem(isvc, wanted, self.status_tracks_spec)
+            if not problem:
+                if unnamed:
+                    print(f"InferenceService {self.namespace}/{name} is Ready; the runtime at {', '.join(unnamed)} names no version (the stock "
+                          "KServe runtime), so KServe's status alone says it serves the version asked", flush=True)
                 return isvc
             if time.monotonic() >= deadline:
                 state = "does not exist" if isvc is None else (
-                    f"generation {isvc['metadata'].get('generation')}, observed {isvc.get('status', {}).get('observedGeneration')}: {conditions_text(isvc)}"
+                    f"generation {isvc['metadata'].get('generation')}, observed {isvc.get('status', {}).get('observedGeneration')}: "
+                    f"{conditions_text(isvc)}" + (f"; {problem}" if condition_true(isvc, "Ready") else "")
                 )
                 raise ServingError(f"InferenceService {self.namespace}/{name} was not Ready within {timeout_s:g} s ({state})")
             self.sleep(delay)

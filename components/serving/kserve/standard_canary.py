@@ -3,13 +3,16 @@
 The candidate is an entry of ``spec.canary`` with its own ``predictor.name`` (the version, e.g. ``v7``) and
 ``trafficPercent: 0`` for the dark launch; KServe gives it a Deployment and Service ``<isvc>-<name>-predictor``,
 where smoke tests and probes reach it. Each step patches ``trafficPercent``; readiness is ``status.canaryStatuses``
-and the condition ``CanaryPredictorReady``. Promotion renames the stable predictor to the candidate's and takes its
-model while removing the entry (KServe keeps the candidate's pods); rollback removes the entry.
+and the condition ``CanaryPredictorReady``, which KServe copies from the spec it reconciled (``readiness``), with the
+candidate's Service naming its version. Promotion renames the stable predictor to the candidate's and takes its
+model while removing the entry (KServe keeps the candidate's pods); rollback removes the entry. Both are done once
+KServe has cleared the canary's status and the stable predictor's Service and the main URL name the version kept.
 """
 
 from __future__ import annotations
 
-from components.serving.kserve.api import STANDARD, condition_true
+from components.serving.kserve.api import STANDARD
+from components.serving.kserve.readiness import Wanted, canary_problem, no_canary_problem
 from components.serving.kserve.strategy import RolloutStrategy, service_url
 from components.serving.target import Endpoints, ServingError, model_url
 
@@ -24,13 +27,6 @@ def canary_entry(isvc: dict, name: str) -> dict | None:
     return next((entry for entry in isvc.get("spec", {}).get("canary") or [] if entry.get("predictor", {}).get("name") == name), None)
 
 
-def canary_serves(isvc: dict, name: str, percent: int) -> bool:
-    """Return whether status reports canary ``name`` ready at ``percent`` and CanaryPredictorReady True."""
-    statuses = isvc.get("status", {}).get("canaryStatuses") or []
-    found = next((status for status in statuses if status.get("name") == name), None)
-    return bool(found and found.get("ready") and found.get("trafficPercent", 0) == percent and condition_true(isvc, "CanaryPredictorReady"))
-
-
 class StandardCanaryStrategy(RolloutStrategy):
     """``spec.canary[]`` entries of one Standard-mode InferenceService."""
 
@@ -43,13 +39,19 @@ class StandardCanaryStrategy(RolloutStrategy):
         model = {"name": "kserve-container", **self.predictor_model(candidate, model_name)}
         return {"predictor": {"name": predictor_name_for(candidate["version"]), "model": model}, "trafficPercent": percent}
 
-    def _apply(self, name: str, candidate: dict, percent: int, timeout_s: float, annotations: dict | None = None) -> None:
-        """Write the canary entry at ``percent`` and wait until status shows it ready there."""
-        body = {"spec": {"canary": [self._entry(candidate, name, percent)]}}
-        if annotations:
-            body["metadata"] = {"annotations": annotations}
-        self.api.change(name, lambda current: body, name)
-        self.api.wait_ready(name, timeout_s, settled=lambda isvc: canary_serves(isvc, predictor_name_for(candidate["version"]), percent))
+    def _canary_at(self, candidate: dict, percent: int) -> Wanted:
+        """Return the readiness of the candidate's canary at ``percent``: its status there, its Service naming its version."""
+        entry_name = predictor_name_for(candidate["version"])
+        return Wanted(lambda isvc: canary_problem(isvc, entry_name, percent),
+                      lambda isvc: {self.endpoints(isvc, has_candidate=True).candidate: candidate["version"]})
+
+    def _without_canary(self, kept: dict) -> Wanted:
+        """Return the readiness of a spec without canary: its status cleared, stable's Service and the main URL naming ``kept``."""
+        def serves(isvc: dict) -> dict[str | None, str]:
+            endpoints = self.endpoints(isvc, has_candidate=False)
+            return {endpoints.stable: kept["version"], endpoints.main: kept["version"]}
+
+        return Wanted(no_canary_problem, serves)
 
     def deploy_candidate(self, main: dict, candidate: dict, timeout_s: float) -> bool:
         """Add the canary at 0 %; return False when the API server pruned ``spec.canary`` (its CRD predates 0.20)."""
@@ -61,12 +63,14 @@ class StandardCanaryStrategy(RolloutStrategy):
                                                           "spec": {"canary": [self._entry(candidate, name, 0)]}}, name)
         if canary_entry(written or {}, entry_name) is None:
             return False
-        self.api.wait_ready(name, timeout_s, settled=lambda isvc: canary_serves(isvc, entry_name, 0))
+        self.api.wait_ready(name, timeout_s, self._canary_at(candidate, 0))
         return True
 
     def set_traffic(self, main: dict, candidate: dict, percent: int, timeout_s: float) -> None:
         """Patch the canary entry's trafficPercent and wait for canaryStatuses to report it."""
-        self._apply(main["metadata"]["name"], candidate, percent, timeout_s)
+        name = main["metadata"]["name"]
+        self.api.change(name, lambda current: {"spec": {"canary": [self._entry(candidate, name, percent)]}}, name)
+        self.api.wait_ready(name, timeout_s, self._canary_at(candidate, percent))
 
     def candidate_percent(self, main: dict) -> int:
         """Return the candidate entry's trafficPercent."""
@@ -80,13 +84,13 @@ class StandardCanaryStrategy(RolloutStrategy):
         patch["spec"]["predictor"]["name"] = predictor_name_for(candidate["version"])
         patch["spec"]["canary"] = None
         self.api.change(name, lambda current: patch, name)
-        self.api.wait_ready(name, timeout_s, settled=lambda isvc: not isvc.get("status", {}).get("canaryStatuses"))
+        self.api.wait_ready(name, timeout_s, self._without_canary(candidate))
 
     def rollback(self, main: dict, stable: dict, timeout_s: float) -> None:
         """Remove the canary entry; stable never stopped serving."""
         name = main["metadata"]["name"]
         self.api.change(name, lambda current: {"metadata": {"annotations": self.finished_annotations(stable)}, "spec": {"canary": None}}, name)
-        self.api.wait_ready(name, timeout_s, settled=lambda isvc: not isvc.get("status", {}).get("canaryStatuses"))
+        self.api.wait_ready(name, timeout_s, self._without_canary(stable))
 
     def endpoints(self, main: dict, has_candidate: bool) -> Endpoints:
         """Return the main URL and the stable and candidate predictors' own Services."""
