@@ -81,3 +81,8 @@ def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> Tra
     wrapper.fit(current, future)
     wrapper.regressor_ = ridge
     return wrapper
+
+
+# The gates' defaults as components/settings.py held them before the specs (commit f27d9f5).
+GATES_BEFORE_SPECS = {"min_f1": 0.25, "max_mase": 1.0, "max_predict_latency_ms": 50.0, "max_pickle_mb": 50.0, "champion_tolerance": 0.05,
+                      "max_anomaly_rate": 0.2}

@@ -168,13 +168,15 @@ def test_the_model_server_reads_the_spec_from_the_version_it_serves(tmp_path):
         served_spec("unknown-disks", tmp_path)
 
 
-def test_the_inference_service_of_a_probabilities_spec_runs_its_predictors_with_predict_proba(tmp_path, disk_model):
+def test_the_inference_service_of_a_probabilities_spec_runs_its_predictors_with_predict_proba(tmp_path, disk_model, monkeypatch):
     standin = KubeStandIn(tmp_path / "pvcs", tmp_path, kserve="0.20").start()
+    for name, value in standin.client_env(tmp_path / "kubeconfig").items():  # the target reaches the cluster as a step does
+        monkeypatch.setenv(name, value)
     try:
         store, first, checksum = stored_version(tmp_path / "pvcs" / DEFAULT_PVC, disk_model[1])
         _, second, second_checksum = stored_version(tmp_path / "pvcs" / DEFAULT_PVC, Pipeline(disk_model[1].steps))
         api = client.CustomObjectsApi(config.new_client_from_config(str(standin.write_kubeconfig(tmp_path / "kubeconfig"))))
-        target = KServeTarget(KServeOptions(namespace="disks", endpoint="cluster", rollout_strategy="standard-canary"), api=api)
+        target = KServeTarget(KServeOptions(namespace="disks", rollout_strategy="standard-canary"), api=api)
         target.deploy(NAME, first, store.storage_uri(NAME, first), checksum, 60)
         target.deploy(NAME, second, store.storage_uri(NAME, second), second_checksum, 60)
         isvc = standin.get("disks", NAME)

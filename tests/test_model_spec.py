@@ -241,10 +241,10 @@ def test_the_contract_and_the_queries_are_read_from_the_spec_files(tmp_path):
 
 
 def test_the_builtins_state_what_the_code_does_today():
-    from components.model.settings import DetectorParams, ForecasterParams, Gates
+    from components.model.settings import DetectorParams, ForecasterParams
     from components.monitoring.monitor import MonitorSettings
     from components.release.rollout import CanarySpec
-    from tests.recipes_before_specs import OUTPUT_RANGES, detector_pipeline
+    from tests.recipes_before_specs import GATES_BEFORE_SPECS, OUTPUT_RANGES, detector_pipeline
 
     detector, forecaster = builtin_specs()
     today = detector_pipeline(DetectorParams(), 45)
@@ -256,7 +256,7 @@ def test_the_builtins_state_what_the_code_does_today():
     assert forecaster.estimator.steps[0].params == {"alpha": ForecasterParams().alpha}
     assert forecaster.estimator.training["horizon_minutes"] == ForecasterParams().horizon_minutes
     assert {value.name: value.range for value in forecaster.outputs.values} == OUTPUT_RANGES
-    gates = asdict(Gates())
+    gates = GATES_BEFORE_SPECS
     for spec in (detector, forecaster):
         assert {gate.name: gate.limit for gate in spec.gates.gates} == {gate.name: gates[gate.name] for gate in spec.gates.gates}
         assert spec.gates.champion_tolerance == gates["champion_tolerance"]

@@ -259,8 +259,17 @@ def test_a_metrics_outage_during_the_canary_is_inconclusive_and_rolls_back(serve
     assert client.sent > 20 and client.failures == []
 
 
-def executor_processes(function_name: str) -> list[int]:
-    """Return the pids of kfp.local executor processes running ``function_name``."""
+def _parent(pid: int) -> int:
+    """Return the parent pid of ``pid`` from /proc (0 when it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def executor_processes(function_name: str, ancestor: int) -> list[int]:
+    """Return the pids of kfp.local executor processes running ``function_name`` that descend from ``ancestor`` (this test's run:
+    another test's steps, e.g. a parallel worker's fleet rollout, are never touched)."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -269,7 +278,11 @@ def executor_processes(function_name: str) -> list[int]:
             except OSError:
                 continue
             if b"kfp.dsl.executor_main" in arguments and any(function_name.encode() in argument for argument in arguments):
-                found.append(int(proc.name))
+                pid = int(proc.name)
+                while pid > 1 and pid != ancestor:
+                    pid = _parent(pid)
+                if pid == ancestor:
+                    found.append(int(proc.name))
     return found
 
 
@@ -298,7 +311,7 @@ def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_z
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and json.loads(serving_state.read_text()).get("candidate_percent", 0) != 50:
             time.sleep(0.1)
-        crashed = executor_processes("canary_promote")
+        crashed = executor_processes("canary_promote", rollout.pid)
         assert crashed, "the canary step is running"
         for pid in crashed:
             os.kill(pid, signal.SIGKILL)  # the step dies mid-canary with half the live traffic on the candidate

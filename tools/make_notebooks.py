@@ -85,7 +85,7 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             "import os\nfrom pathlib import Path\n\nimport requests\n\n"
-            "from components.model.contract import fallback_instance\nfrom pipelines.local import LOCAL_DEFAULTS, local_target, run_local"
+            "from components.model.contract import fallback_instance\nfrom pipelines.local import local_defaults, local_target, parse_params, run_local"
         ),
         new_code_cell(
             "state_dir = Path(os.environ.get('NOTEBOOK_STATE_DIR', '.model-pipelines-notebook'))  # parameters\n"
@@ -93,8 +93,9 @@ NOTEBOOKS = {
             metadata={"tags": ["parameters"]},
         ),
         new_code_cell(
-            "# LOCAL_DEFAULTS: serve on this machine and learn synthetic data (a cluster run's defaults read Prometheus)\n"
-            "summary = run_local('anomaly-detector', {**LOCAL_DEFAULTS, 'canary_interval_s': canary_interval_s}, state_dir)\n"
+            "# local_defaults: serve on this machine and learn synthetic data (a cluster run's defaults read Prometheus)\n"
+            "arguments = parse_params([*local_defaults('anomaly-detector'), f'canary.interval_s={canary_interval_s}'], 'anomaly-detector')\n"
+            "summary = run_local('anomaly-detector', arguments, state_dir)\n"
             "assert summary.succeeded, summary.error\n"
             "print(summary.outcome)\nprint(summary.report)\nprint(summary.serving)"
         ),
