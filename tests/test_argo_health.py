@@ -15,7 +15,9 @@ import pytest
 import yaml
 from sklearn.dummy import DummyClassifier
 
-from components.serving.gitops.target import NO_VERSION, Application, VersionProbe, served_version
+from components.serving.gitops.fleet import Application
+
+from components.serving.gitops.target import NO_VERSION, VersionProbe, served_version
 from tests.argo_hub import HEALTH_CHECKS, ArgoHub, health_script, lua_health
 from tests.k8s_standin import MODE_KEY, KubeStandIn
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from components.serving.gitops.target import Application
+from components.serving.gitops.fleet import Application
 from tests.argo_hub import ArgoHub, placement_decides, placement_decisions, retry_delay
 from tests.kustomize import MANIFESTS, rendered
 

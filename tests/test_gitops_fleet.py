@@ -26,7 +26,8 @@ from kubernetes import client as kubernetes_client, config as kubernetes_config
 
 from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.serving.gitops.repo import TOKEN_ENV
-from components.serving.gitops.target import GitopsOptions, GitopsTarget, served_version
+from components.serving.gitops.fleet import GitopsOptions
+from components.serving.gitops.target import GitopsTarget, served_version
 from components.serving.kserve import KServeOptions
 from components.serving.kserve.standard_canary import predictor_name_for
 from components.serving.local import http_get

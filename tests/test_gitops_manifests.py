@@ -5,7 +5,7 @@ import copy
 import jsonschema
 import pytest
 
-from components.serving.gitops.target import GitopsOptions, Hub
+from components.serving.gitops.fleet import GitopsOptions, Hub
 from components.store.s3 import DEFAULT_SECRET
 from components.serving.target import ServingError
 from tests.argo_hub import OBSERVED_GENERATION_MARKER, generated_applications, health_script, placement_selects

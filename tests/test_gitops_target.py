@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from components.serving.gitops.repo import TOKEN_ENV
-from components.serving.gitops.target import GitopsOptions, GitopsTarget, status_file
+from components.serving.gitops.fleet import GitopsOptions
+from components.serving.gitops.target import GitopsTarget, status_file
 from components.serving.kserve import KServeOptions
 from components.serving.target import ServingError
 from tests.argo_hub import generated_applications, placement_decisions

@@ -24,13 +24,13 @@ from components.model.contract import ANOMALY_DETECTOR
 from components.model.spec import ModelSpec, SpecError, spec_for, spec_from_text, use_spec
 from components.monitoring.monitor import MonitorSettings
 from components.release.rollout import CanarySpec
-from components.serving.gitops.target import DEFAULT_WAVE_TIMEOUT_S, DEFAULT_WAVES
+from components.serving.gitops.fleet import DEFAULT_WAVE_TIMEOUT_S, DEFAULT_WAVES
 from components.store.filesystem import DEFAULT_PVC
 from components.store.s3 import DEFAULT_SECRET
 
 if TYPE_CHECKING:
     from components.kfp.workflow import StoreOptions
-    from components.serving.gitops.target import GitopsOptions
+    from components.serving.gitops.fleet import GitopsOptions
     from components.serving.kserve import KServeOptions
 
 RETRAIN, ROLLOUT, MONITOR = "retrain", "rollout", "monitor"
@@ -441,7 +441,7 @@ class FleetConfig:
 
     def gitops_options(self) -> GitopsOptions:
         """Return the gitops target's options."""
-        from components.serving.gitops.target import GitopsOptions
+        from components.serving.gitops.fleet import GitopsOptions
 
         return GitopsOptions(self.repo, self.branch, self.path, self.waves, wave_timeout_s=self.wave_timeout_s)
 
@@ -534,7 +534,7 @@ class RunConfig:
     @property
     def fleet(self) -> FleetConfig:
         """Return the GitOps fleet settings."""
-        from components.serving.gitops.target import fleet_waves
+        from components.serving.gitops.fleet import fleet_waves
 
         return FleetConfig(str(self._value("gitops_repo")), str(self._value("gitops_branch")), str(self._value("gitops_path")),
                            fleet_waves(_loaded(self._value("fleet_waves"))), float(self._value("fleet_wave_timeout_s")))

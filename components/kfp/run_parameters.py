@@ -156,7 +156,7 @@ def _git_branch(value: object) -> str | None:
 
 def _fleet_waves(value: object) -> str | None:
     """Rule for fleet_waves: lists of cluster wave labels, "*" alone as the last wave."""
-    from components.serving.gitops.target import fleet_waves
+    from components.serving.gitops.fleet import fleet_waves
 
     try:
         fleet_waves(json.loads(value) if isinstance(value, str) else value)

@@ -39,7 +39,7 @@ from components.store.filesystem import (
 if TYPE_CHECKING:  # a serving step imports only its target's module, and numpy and requests only when it measures
     from components.model.evaluate import Evaluation
     from components.model.spec import ModelSpec
-    from components.serving.gitops.target import GitopsOptions
+    from components.serving.gitops.fleet import GitopsOptions
     from components.serving.kserve import KServeOptions
     from components.release.rollout import StepOutcome
     from components.data.ingest import IngestRequest
@@ -101,7 +101,8 @@ def target_from_environment(
     if name == "kserve":
         return KServeTarget(options or KServeOptions())
     if name == "gitops":
-        from components.serving.gitops.target import GitopsOptions, GitopsTarget
+        from components.serving.gitops.fleet import GitopsOptions
+        from components.serving.gitops.target import GitopsTarget
 
         return GitopsTarget(options or KServeOptions(), gitops or GitopsOptions())
     raise ServingError(f"unknown serving_target {name!r}: use one of {', '.join(SERVING_TARGETS)}")
