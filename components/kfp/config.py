@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from functools import cached_property
+from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
 from components.model.contract import ANOMALY_DETECTOR
@@ -204,6 +204,7 @@ class Installation:
 INSTALLATION_NAMES = tuple(item.name for item in fields(Installation))
 
 
+@cache
 def _schema_help() -> dict[str, str]:
     """Return the published spec schema's description of each training knob and gate, by key (the help, written once there)."""
     from components.model.spec import SCHEMA_FILE
