@@ -93,7 +93,7 @@ def pipeline_kind(pipeline_name: str, spec: ModelSpec | None = None) -> tuple[st
 def _knob_named(name: str, pipeline_name: str, spec: ModelSpec | None) -> Knob | None:
     """Return the knob ``pipeline_name`` shows as ``name`` (its flat name, or ``group.key``), or None."""
     for knob in knobs_of(*pipeline_kind(pipeline_name, spec)):
-        if name in (knob.name, f"{knob.group}.{knob.key}"):
+        if name in (knob.name, knob.label):
             return knob
     return None
 
@@ -123,8 +123,7 @@ def _converted(knob: Knob, text: str) -> object:
     try:
         return converter(text)
     except ValueError:
-        label = knob.name if knob.group is None else f"{knob.group}.{knob.key}"
-        raise ValueError(f"--param {label}={text!r}: {label} is a {kind.__name__}") from None
+        raise ValueError(f"--param {knob.label}={text!r}: {knob.label} is a {kind.__name__}") from None
 
 
 def parse_params(pairs: list[str], pipeline_name: str, spec: ModelSpec | None = None) -> dict[str, object]:
@@ -148,7 +147,7 @@ def parse_params(pairs: list[str], pipeline_name: str, spec: ModelSpec | None = 
             raise ValueError(f"{name} is the installation's, fixed when the pipelines are compiled, not a run parameter: pass "
                              f"--{name.replace('_', '-')} to compile or upload (or to a local run, rollout or monitor)")
         else:
-            names = [*(f"{knob.group}.{knob.key}" for knob in shown if knob.group), *(knob.name for knob in shown)]
+            names = [*(knob.label for knob in shown if knob.group), *(knob.name for knob in shown)]
             close = difflib.get_close_matches(name, names, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             tops = [knob.name for knob in shown if knob.group is None]

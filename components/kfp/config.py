@@ -61,6 +61,11 @@ class Knob:
     help: str
     kinds: tuple[str, ...] = KINDS  # the pipelines that show it
 
+    @property
+    def label(self) -> str:
+        """Return how the run form spells the knob: ``group.key`` inside a group, else its name."""
+        return self.name if self.group is None else f"{self.group}.{self.key}"
+
 
 def _knobs(group: str | None, kinds: tuple[str, ...], rows: list[tuple]) -> list[Knob]:
     """Return the knobs of one group from (name, key, default, help) rows."""
@@ -298,8 +303,7 @@ def run_form_markdown() -> str:
         default = _shown_default(knob.default) + "".join(f" ({kind}: {_shown_default(values[knob.name])})" for kind, values in KIND_DEFAULTS.items()
                                                          if knob.name in values and kind in knob.kinds)
         choices = f" One of: {', '.join(CHOICES[knob.name])}." if knob.name in CHOICES else ""
-        label = knob.name if knob.group is None else f"{knob.group}.{knob.key}"
-        lines.append(f"| `{label}` | `{knob.name}` | {pipelines} | `{default}` | {knob.help.replace('|', '/')}{choices} |")
+        lines.append(f"| `{knob.label}` | `{knob.name}` | {pipelines} | `{default}` | {knob.help.replace('|', '/')}{choices} |")
     return "\n".join(lines)
 
 
@@ -661,4 +665,4 @@ def read_config(path: str) -> RunConfig:
 def knob_label(name: str) -> str:
     """Return how the run form spells knob ``name``: ``group.key`` inside a group, else the name."""
     knob = KNOB_BY_NAME.get(name)
-    return name if knob is None or knob.group is None else f"{knob.group}.{knob.key}"
+    return name if knob is None else knob.label
