@@ -13,7 +13,6 @@ Each verb prints progress and a summary, writes its JSON to ``--json`` and a Mar
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from benchmarks import drift as drift_benchmark
 from benchmarks import quality
 from benchmarks import quality_report as report
 from components.model.contract import ContractError
+from benchmarks import write_results
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_TRACES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "datacenter-traces"
@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ContractError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    write_results(args.json, result)
     print(f"{summary(args.verb, result)}\nJSON: {args.json}; Markdown and plots: {args.results_dir}/")
     return 0
 

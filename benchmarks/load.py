@@ -29,7 +29,9 @@ from benchmarks.serving import percentiles
 from components.model.contract import ANOMALY_DETECTOR, fallback_instance
 from components.data.ingest import IngestRequest, ingest
 from components.store.filesystem import FilesystemStore
-from components.model.train import DetectorParams, train_anomaly_detector
+from components.model.spec import spec_for
+from components.model.train import train_model
+from benchmarks import write_results
 
 CLI = str(Path(sys.executable).with_name("model-pipelines"))
 
@@ -70,7 +72,7 @@ def run(clients: int, seconds: float) -> dict:
         state = Path(scratch)
         store = FilesystemStore(state / "store")
         data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=11))
-        stable = save(store, train_anomaly_detector(data.train, DetectorParams()).estimator, state)
+        stable = save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train).estimator, state)
         fast = ("--local", "--state-dir", str(state), "--param", "days=1", "--param", "probe_requests=10")
         try:
             subprocess.run([CLI, "rollout", ANOMALY_DETECTOR, "--version", stable, *fast], check=True, capture_output=True)
@@ -137,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures = run(args.clients, args.seconds)
     print(json.dumps(figures, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_results(args.json, figures)
     return 1 if figures["failed_good_requests"] else 0
 
 

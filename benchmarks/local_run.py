@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import statistics
 import tempfile
@@ -36,6 +35,7 @@ from components.kfp.workflow import (
     serving_context,
 )
 from pipelines.local import local_defaults, local_target, parse_params, run_local
+from benchmarks import write_results
 
 CANARY = CanarySpec(interval_s=0.3, probe_requests=10)
 STORE = StoreOptions()
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
             results[model] = {"local_run_s": round(local_s, 3), "direct_s": round(direct_s, 3), "ratio": round(local_s / direct_s, 2),
                               "runs": args.repeats, "served": served}
             print(f"{model:<22} kfp.local {local_s:6.2f} s   direct {direct_s:6.2f} s   ratio {local_s / direct_s:5.2f}x", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Model quality on real server data: the pipeline's default recipes against the upstream recipes, in one run.
 
 Every number comes from the project's own code path: ``contract.metric_features`` (the 9 features per metric),
-``train.fit_detector`` / ``train.fit_forecaster`` with the pipeline's default parameters, and the scoring helpers
+``train.fit_outlier_detector`` / ``train.fit_regressor`` with the built-in specs as they stand, and the scoring helpers
 of ``evaluate``. Thresholds come from training data only; test labels are used for scoring, never for tuning.
 """
 
@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import RobustScaler
 
 from components.model.contract import (
+    ANOMALY_DETECTOR,
     PREDICTIVE_ANALYTICS,
     WINDOW_MINUTES,
     ContractError,
@@ -31,7 +32,8 @@ from components.model.contract import (
     validate_raw_metrics,
 )
 from components.model.evaluate import detection_scores, mase, point_adjusted, single_row_latency_ms
-from components.model.train import DetectorParams, ForecasterParams, fit_detector, fit_forecaster
+from components.model.spec import spec_for
+from components.model.train import fit_outlier_detector, fit_regressor
 
 RECIPES = ("project", "upstream")
 # NAB's convention: the first 15 % of each series is the probationary period, used here for training.
@@ -75,7 +77,7 @@ def upstream_detector() -> Pipeline:
 
 def fit_project_detector(train_features: np.ndarray) -> Pipeline:
     """Return the pipeline's default detector recipe fitted on ``train_features`` (threshold from training rows)."""
-    return fit_detector(train_features, DetectorParams())[0]
+    return fit_outlier_detector(spec_for(ANOMALY_DETECTOR), train_features)[0]
 
 
 def fit_upstream_detector(train_features: np.ndarray) -> Pipeline:
@@ -228,7 +230,7 @@ def benchmark_trace(frame: pd.DataFrame, outputs: list[str]) -> TraceRun:
     if cut - horizon < 10 or cut < season:
         raise ContractError(f"trace too short: {len(values)} rows; the benchmark needs more than {season / FORECAST_TRAIN_FRACTION:.0f}")
     current, future = horizon_pairs(values[:cut], horizon, "row")
-    model = fit_forecaster(current, future, ForecasterParams().alpha)
+    model = fit_regressor(spec_for(PREDICTIVE_ANALYTICS), current, future)
     targets = np.arange(cut + horizon, len(values))
     test_current, test_future = values[targets - horizon], values[targets]
     seasonal = values[targets - season]

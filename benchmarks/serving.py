@@ -10,7 +10,6 @@ coordination engine calls), on the version's own server (no router), and ``model
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,9 @@ from components.model.contract import ANOMALY_DETECTOR, engineer_features
 from components.data.ingest import IngestRequest, ingest
 from components.serving.local import LocalTarget
 from components.store.filesystem import FilesystemStore
-from components.model.train import DetectorParams, train_anomaly_detector
+from components.model.spec import spec_for
+from components.model.train import train_model
+from benchmarks import write_results
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)
     data = ingest(IngestRequest(ANOMALY_DETECTOR, days=4))
-    model = train_anomaly_detector(data.train, DetectorParams()).estimator
+    model = train_model(spec_for(ANOMALY_DETECTOR), data.train).estimator
     features = engineer_features(data.validation, ANOMALY_DETECTOR).to_numpy()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -84,9 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         for path, measured in entry.items():
             ratios = f"   x{measured['p50_ms_ratio']} / x{measured['p99_ms_ratio']} in-process" if "p50_ms_ratio" in measured else ""
             print(f"{name:<14} {path:<11} p50 {measured['p50_ms']:8.3f} ms   p99 {measured['p99_ms']:8.3f} ms{ratios}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from components.store.integrity import repair
 from components.data.synthetic import generate_cluster_metrics
 from components.model.spec import spec_for
 from components.model.train import save_trained, train_model
+from benchmarks import write_results
 from components.kfp.workflow import (
     SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, deploy_step, evaluate_step, monitor_step, open_store, probe_sample_from, save_step,
     serving_context,
@@ -496,9 +497,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     summary = {key: value for key, value in result.items() if key not in ("retrain_log", "rollouts", "check_log")}
     print(json.dumps(summary, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_results(args.json, result)
 
 
 if __name__ == "__main__":

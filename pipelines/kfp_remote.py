@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import requests
 import yaml
 
-from components.credentials import token_from_environment, token_may_go_to
+from components.credentials import ApiAdvice, api_request, token_from_environment, token_may_go_to
 from pipelines.platforms import COMPILE_TIME_PARAMETERS
 
 FINAL_STATES = {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}
@@ -30,6 +29,13 @@ COMPILED_FOR = r" Compiled for (\S+) \("  # the sentence platforms.describe adds
 
 class RemoteError(RuntimeError):
     """A remote operation failed; the message names the cause and the fix."""
+
+
+KFP_API_ADVICE = ApiAdvice(
+    "the KFP API", unreachable="check --host or KF_PIPELINES_ENDPOINT, the route, and that you can reach the cluster",
+    tls="pass --ca-cert with the cluster's CA bundle",
+    refused="pass a valid token with --token or KF_PIPELINES_TOKEN (oc whoami -t) and check that your user may use the project's pipelines",
+)
 
 
 @dataclass(frozen=True)
@@ -63,21 +69,8 @@ def resolve_connection(host: str | None, token: str | None, ca_cert: str | None,
 def check_reachable(connection: Connection, timeout_s: float = 10.0) -> None:
     """Ask the API's healthz once and turn the usual failures into clear errors."""
     headers = {"Authorization": f"Bearer {connection.token}"} if connection.token else {}
-    try:
-        answer = requests.get(f"{connection.host}/apis/v2beta1/healthz", headers=headers, timeout=timeout_s,
-                              verify=connection.ca_cert or True)
-    except requests.exceptions.SSLError as error:
-        raise RemoteError(f"TLS to {connection.host} failed ({error.__class__.__name__}); pass --ca-cert with the cluster's CA bundle") from None
-    except requests.RequestException as error:
-        raise RemoteError(
-            f"cannot reach the KFP API at {connection.host} ({error.__class__.__name__}); check --host or "
-            "KF_PIPELINES_ENDPOINT, the route, and that you can reach the cluster"
-        ) from None
-    if answer.status_code in (401, 403):
-        raise RemoteError(
-            f"{connection.host} refused the credentials ({answer.status_code}); pass a valid token with --token or "
-            "KF_PIPELINES_TOKEN (oc whoami -t) and check that your user may use the project's pipelines"
-        )
+    answer = api_request("GET", f"{connection.host}/apis/v2beta1/healthz", KFP_API_ADVICE, RemoteError, headers=headers, timeout_s=timeout_s,
+                         ca_bundle=connection.ca_cert)
     if answer.status_code >= 400:
         raise RemoteError(f"{connection.host} answered {answer.status_code} on healthz; is it a KFP v2 API endpoint?")
 

@@ -50,17 +50,24 @@ EXIT_CODES = {PROMOTED: 0, NOT_NEEDED: 0, REJECTED: 3, HELD_BACK: 3, FAILED: 1}
 
 
 @dataclass
-class RunSummary:
-    """What one local pipeline run decided and stored, and what happened to its new version."""
+class LocalRunRecord:
+    """What every local run reports: its model, whether it ran to the end, what it decided, its report, log and error."""
 
     model_name: str
-    succeeded: bool
+    succeeded: bool = False
+    decision: str = ""
+    report: str = ""
+    log: str = ""
+    error: str = ""
+
+
+@dataclass
+class RunSummary(LocalRunRecord):
+    """What one local pipeline run decided and stored, and what happened to its new version."""
+
     kind: str = FAILED
     version: str = ""
     outcome: str = ""
-    report: str = ""
-    log: str = ""
-    decision: str = ""
     metrics: dict = field(default_factory=dict)
     new_versions: list[str] = field(default_factory=list)
     storage_uris: list[str] = field(default_factory=list)
@@ -68,7 +75,6 @@ class RunSummary:
     version_states: dict[str, str] = field(default_factory=dict)
     store_location: str = ""
     serving: ServingStatus | None = None
-    error: str = ""
 
 
 def exit_code(summaries: list[RunSummary]) -> int:
@@ -391,16 +397,10 @@ def _decision_line(report: Path) -> str:
 
 
 @dataclass
-class MonitorSummary:
+class MonitorSummary(LocalRunRecord):
     """What one local drift check found and did, and what the retrain it started did."""
 
-    model_name: str
-    succeeded: bool = False
-    decision: str = ""
     reason: str = ""
-    report: str = ""
-    log: str = ""
-    error: str = ""
     retrain: RunSummary | None = None
 
     @property

@@ -68,8 +68,6 @@ TIMEOUTS_S = {
     "validate-parameters": 300, "ingest": 3600, "evaluate": 3600, "save-to-storage": 900, "deploy-inference-service": 3600, "smoke-test": 1800,
     "canary-promote": 4 * 3600, "rollback": 3600, "ensure-safe-serving": 1800, "monitor-drift": 1800, "trigger-retrain": 600,
 }
-GITOPS_SECRET_KEYS = {"token": gitops_repo.TOKEN_ENV, "ssh-privatekey": gitops_repo.SSH_KEY_CONTENT_ENV,
-                      "known_hosts": gitops_repo.KNOWN_HOSTS_CONTENT_ENV}
 
 
 class Wiring:
@@ -95,7 +93,7 @@ class Wiring:
         if prometheus:
             kubernetes.use_secret_as_env(task, secret_name=installed.prometheus_secret, secret_key_to_env={"token": TOKEN_ENV}, optional=True)
         if gitops:
-            kubernetes.use_secret_as_env(task, secret_name=installed.gitops_secret, secret_key_to_env=GITOPS_SECRET_KEYS, optional=True)
+            kubernetes.use_secret_as_env(task, secret_name=installed.gitops_secret, secret_key_to_env=gitops_repo.SECRET_KEY_TO_ENV, optional=True)
         step = task.component_spec.name.replace("_", "-")
         kubernetes.set_timeout(task, next(seconds for prefix, seconds in TIMEOUTS_S.items() if step.startswith(prefix)))
         return task.set_caching_options(False)

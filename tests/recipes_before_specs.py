@@ -7,6 +7,7 @@ byte. Do not use it anywhere else.
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import numpy as np
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
@@ -19,11 +20,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import RobustScaler, StandardScaler
 
 from components.model.contract import FEATURE_SUFFIXES, fallback_instance
-from components.model.settings import DetectorParams
 
 FALLBACK_METRIC_FEATURES = (0.5, 0.5, 0.1, 0.3, 0.7, 0.5, 0.5, 0.0, 0.0)
 HOLDOUT_FRACTION = 0.2
 FALLBACK_MARGIN = 0.01
+# The recipe parameters' defaults as DetectorParams and ForecasterParams held them (components/model/settings.py).
+DETECTOR_DEFAULTS = {"algorithm": "elliptic_envelope", "scaler": "standard", "n_estimators": 200, "max_samples": 256, "pca_components": 15,
+                     "target_false_positive_rate": 0.02, "random_state": 42}
+FORECASTER_DEFAULTS = {"horizon_minutes": 60, "alpha": 1.0}
 OUTPUT_RANGES = {"cpu": (0.0, 1.0), "memory": (0.0, 1.0), "disk": (0.0, 1.0), "network_in": (0.0, 1.0), "network_out": (0.0, 1.0)}
 
 
@@ -40,7 +44,8 @@ def no_data_imputer(n_features: int) -> ColumnTransformer:
     return ColumnTransformer(imputers, remainder="passthrough")
 
 
-def detector_pipeline(params: DetectorParams, n_features: int) -> Pipeline:
+def detector_pipeline(n_features: int, **changes) -> Pipeline:
+    params = SimpleNamespace(**{**DETECTOR_DEFAULTS, **changes})
     if params.algorithm == "isolation_forest":
         steps = [("detector", IsolationForest(n_estimators=params.n_estimators, max_samples=params.max_samples, random_state=params.random_state))]
     else:
@@ -52,8 +57,9 @@ def detector_pipeline(params: DetectorParams, n_features: int) -> Pipeline:
     return Pipeline([("no_data", no_data_imputer(n_features)), ("scaler", scaler), *steps])
 
 
-def fit_detector(normal: np.ndarray, params: DetectorParams) -> tuple[Pipeline, dict]:
-    pipeline = detector_pipeline(params, normal.shape[1])
+def fit_detector(normal: np.ndarray, **changes) -> tuple[Pipeline, dict]:
+    params = SimpleNamespace(**{**DETECTOR_DEFAULTS, **changes})
+    pipeline = detector_pipeline(normal.shape[1], **changes)
     pipeline.fit(normal)
     scores = pipeline.score_samples(normal)
     fallback = np.array([fallback_instance(normal.shape[1] // len(FEATURE_SUFFIXES))])

@@ -22,7 +22,8 @@ from components.monitoring.drift import (
 )
 from components.data.ingest import IngestRequest, ingest
 from components.data.synthetic import generate_cluster_metrics
-from components.model.train import REFERENCE_ROWS, DetectorParams, train_anomaly_detector
+from components.model.spec import spec_for
+from components.model.train import REFERENCE_ROWS, train_model
 
 
 def test_profile_bins_hold_the_training_quantiles_and_live_values_outside_still_land():
@@ -57,7 +58,7 @@ def test_each_stored_version_keeps_a_profile_of_a_few_kb_and_its_reference_predi
 
 def test_the_profile_describes_the_deseasonalised_training_inputs():
     data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=4))
-    trained = train_anomaly_detector(data.train, DetectorParams())
+    trained = train_model(spec_for(ANOMALY_DETECTOR), data.train)
     seasonal = trained.profile["seasonal"]["node_cpu_utilization"]
     slots = season_slots(data.train["timestamp"])
     afternoon = data.train["node_cpu_utilization"].to_numpy()[slots == 15]

@@ -29,8 +29,10 @@ from components.serving.kserve.readiness import (
 from components.serving.local import http_get
 from components.serving.target import ServingError
 from components.store.filesystem import FilesystemStore
-from components.model.train import DetectorParams, ForecasterParams, TrainedModel, train_anomaly_detector, train_predictive_analytics
+from components.model.spec import spec_for
+from components.model.train import TrainedModel, train_model
 from tests.conftest import REPO, logged, run_cli
+from tests.recipe_overrides import reseeded
 from tests.k8s_standin import KubeStandIn, crd_schema
 from tests.test_serving import FALLBACK, MainUrlClient, alarmist_model
 
@@ -145,9 +147,9 @@ def models():
     detector_data = ingest(IngestRequest(ANOMALY_DETECTOR, days=3, seed=31))
     forecaster_data = ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=4, seed=31))
     return {
-        "detector": lambda seed: train_anomaly_detector(detector_data.train, DetectorParams(random_state=seed)),
+        "detector": lambda seed: train_model(spec_for(ANOMALY_DETECTOR), detector_data.train, reseeded(seed)),
         "alarmist": lambda seed: alarmist_model(detector_data),
-        "forecaster": lambda seed: train_predictive_analytics(forecaster_data.train, ForecasterParams(alpha=seed)),
+        "forecaster": lambda seed: train_model(spec_for(PREDICTIVE_ANALYTICS), forecaster_data.train, {"levels.alpha": seed}),
     }
 
 

@@ -241,20 +241,19 @@ def test_the_contract_and_the_queries_are_read_from_the_spec_files(tmp_path):
 
 
 def test_the_builtins_state_what_the_code_does_today():
-    from components.model.settings import DetectorParams, ForecasterParams
     from components.monitoring.monitor import MonitorSettings
     from components.release.rollout import CanarySpec
-    from tests.recipes_before_specs import GATES_BEFORE_SPECS, OUTPUT_RANGES, detector_pipeline
+    from tests.recipes_before_specs import DETECTOR_DEFAULTS, FORECASTER_DEFAULTS, GATES_BEFORE_SPECS, OUTPUT_RANGES, detector_pipeline
 
     detector, forecaster = builtin_specs()
-    today = detector_pipeline(DetectorParams(), 45)
+    today = detector_pipeline(45)
     assert [name for name, _ in today.steps] == ["no_data", *(step.name for step in detector.estimator.steps)]
     for step, (_, built) in zip(detector.estimator.steps, today.steps[1:]):
         assert f"{type(built).__module__.split('._')[0]}.{type(built).__name__}" == step.class_path
         assert built.get_params() == {**built.get_params(), **step.params}
-    assert detector.estimator.training == {"target_false_positive_rate": DetectorParams().target_false_positive_rate, "impute_fallback": True}
-    assert forecaster.estimator.steps[0].params == {"alpha": ForecasterParams().alpha}
-    assert forecaster.estimator.training["horizon_minutes"] == ForecasterParams().horizon_minutes
+    assert detector.estimator.training == {"target_false_positive_rate": DETECTOR_DEFAULTS["target_false_positive_rate"], "impute_fallback": True}
+    assert forecaster.estimator.steps[0].params == {"alpha": FORECASTER_DEFAULTS["alpha"]}
+    assert forecaster.estimator.training["horizon_minutes"] == FORECASTER_DEFAULTS["horizon_minutes"]
     assert {value.name: value.range for value in forecaster.outputs.values} == OUTPUT_RANGES
     gates = GATES_BEFORE_SPECS
     for spec in (detector, forecaster):
@@ -268,8 +267,8 @@ def test_the_builtins_state_what_the_code_does_today():
     # The type table's defaults are today's values too: a new model of either type starts where the built-ins are.
     defaults = {rule.name: rule.limit for kind in TYPE_BEHAVIOUR.values() for rule in kind.gates}
     assert {name: defaults[name] for name in ("min_f1", "max_anomaly_rate", "max_mase")} == {name: gates[name] for name in ("min_f1", "max_anomaly_rate", "max_mase")}
-    assert TYPE_BEHAVIOUR["anomaly"].training["target_false_positive_rate"] == DetectorParams().target_false_positive_rate
-    assert TYPE_BEHAVIOUR["predictive"].training["horizon_minutes"] == ForecasterParams().horizon_minutes
+    assert TYPE_BEHAVIOUR["anomaly"].training["target_false_positive_rate"] == DETECTOR_DEFAULTS["target_false_positive_rate"]
+    assert TYPE_BEHAVIOUR["predictive"].training["horizon_minutes"] == FORECASTER_DEFAULTS["horizon_minutes"]
 
 
 # --- the coordination engine ---------------------------------------------------------------------------------------

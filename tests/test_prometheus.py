@@ -22,8 +22,10 @@ from components.monitoring.monitor import live_prediction_stats
 from components.data.prometheus import PrometheusClient, PrometheusError, series_frame
 from components.store.filesystem import FilesystemStore
 from components.data.synthetic import generate_cluster_metrics
-from components.model.train import DetectorParams, ForecasterParams, train_anomaly_detector, train_predictive_analytics
+from components.model.spec import spec_for
+from components.model.train import train_model
 from tests.conftest import logged, run_cli
+from tests.recipe_overrides import isolation_forest, reseeded
 from tests.servers import PrometheusServer
 from tests.test_hardening import metric
 from tests.test_serving import MainUrlClient, save
@@ -205,7 +207,7 @@ def canary_serving(tmp_path_factory):
     data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3))
     store = FilesystemStore(state / "store")
     try:
-        save(store, train_anomaly_detector(data.train, DetectorParams()).estimator, state)
+        save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train).estimator, state)
         first = run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1")
         assert first.returncode == 0, first.stdout[-3000:]
         yield state, store, server, data
@@ -223,7 +225,7 @@ def main_url(state: Path) -> str:
 def test_canary_rolls_back_on_prometheus_latency_alone(canary_serving):
     state, store, server, data = canary_serving
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    slow = save(store, train_anomaly_detector(data.train, DetectorParams(algorithm="isolation_forest", n_estimators=1500)).estimator, state)
+    slow = save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train, isolation_forest(1500)).estimator, state)
     with MainUrlClient(main_url(state)) as engine:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", slow, "--local", "--state-dir", str(state), "--param", "days=1",
                          "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=10s", "--param", "canary_interval_s=4",
@@ -256,7 +258,7 @@ class BadRequestClient(MainUrlClient):
 
 def test_a_client_sending_only_bad_requests_during_a_canary_does_not_roll_it_back(canary_serving):
     state, store, server, data = canary_serving
-    candidate = save(store, train_anomaly_detector(data.train, DetectorParams(random_state=7)).estimator, state)
+    candidate = save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train, reseeded(7)).estimator, state)
     url = main_url(state)
     with BadRequestClient(url) as client:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", candidate, "--local", "--state-dir", str(state), "--param", "days=1",
@@ -311,8 +313,8 @@ def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tm
     assert len(panel_queries) >= 6
     rule_queries = [rule["expr"] for group in rule_groups()["groups"] for rule in group["rules"]]
     try:
-        save(store, train_anomaly_detector(ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3)).train, DetectorParams()).estimator, state)
-        forecaster = train_predictive_analytics(ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=2, seed=3)).train, ForecasterParams()).estimator
+        save(store, train_model(spec_for(ANOMALY_DETECTOR), ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3)).train).estimator, state)
+        forecaster = train_model(spec_for(PREDICTIVE_ANALYTICS), ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=2, seed=3)).train).estimator
         joblib.dump(forecaster, state / "forecaster.pkl")
         store.save_version(PREDICTIVE_ANALYTICS, state / "forecaster.pkl", {"run_name": "test"})
         urls = {}

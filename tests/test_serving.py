@@ -21,8 +21,10 @@ from components.model.contract import ANOMALY_DETECTOR, engineer_features, fallb
 from components.data.ingest import IngestRequest, ingest
 from components.release.rollout import probe_sample
 from components.store.filesystem import FilesystemStore, load_model
-from components.model.train import DetectorParams, train_anomaly_detector
+from components.model.spec import spec_for
+from components.model.train import train_model
 from tests.conftest import CLI, REPO, logged, run_cli
+from tests.recipe_overrides import isolation_forest, reseeded
 
 FAST = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10", "--param", "days=1")
 FALLBACK = {"instances": [fallback_instance()]}
@@ -73,7 +75,7 @@ def served(tmp_path_factory, training):
     """A state dir whose store has a good detector v1, rolled out as the stable version."""
     state = tmp_path_factory.mktemp("serving")
     store = FilesystemStore(state / "store")
-    save(store, train_anomaly_detector(training.train, DetectorParams()).estimator, state)
+    save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train).estimator, state)
     result = run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), *FAST)
     assert result.returncode == 0, result.stdout[-3000:]
     try:
@@ -101,7 +103,7 @@ def router_requests(url: str, version: str) -> float:
 
 
 def raising_model(training):
-    model = train_anomaly_detector(training.train, DetectorParams(algorithm="isolation_forest", n_estimators=20)).estimator
+    model = train_model(spec_for(ANOMALY_DETECTOR), training.train, isolation_forest(20)).estimator
     del model.named_steps["detector"].estimators_
     return model
 
@@ -117,11 +119,11 @@ def wrong_shape_model(training):
 
 
 def slow_model(training):
-    return train_anomaly_detector(training.train, DetectorParams(algorithm="isolation_forest", n_estimators=3000, max_samples=512)).estimator
+    return train_model(spec_for(ANOMALY_DETECTOR), training.train, isolation_forest(3000, 512)).estimator
 
 
 def alarmist_model(training):
-    model = train_anomaly_detector(training.train, DetectorParams()).estimator
+    model = train_model(spec_for(ANOMALY_DETECTOR), training.train).estimator
     model.named_steps["detector"].offset_ = np.inf
     return model
 
@@ -187,7 +189,7 @@ def test_a_server_that_does_not_reproduce_the_recorded_predictions_is_rejected_a
     """The version's model.pkl is not the model whose predictions its record holds: the smoke test says so."""
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    recorded = train_anomaly_detector(training.train, DetectorParams()).reference
+    recorded = train_model(spec_for(ANOMALY_DETECTOR), training.train).reference
     version = save(store, alarmist_model(training), state, reference=recorded)
     result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST)
     assert result.returncode == 3, result.stdout[-3000:]
@@ -201,7 +203,7 @@ def test_a_server_that_does_not_reproduce_the_recorded_predictions_is_rejected_a
 def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=5)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(5)).estimator, state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         rollout = subprocess.Popen(
@@ -228,7 +230,7 @@ def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(se
 
 def test_good_candidate_is_promoted_through_every_step(served, training):
     state, store = served
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=9)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(9)).estimator, state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST)
@@ -246,7 +248,7 @@ def test_good_candidate_is_promoted_through_every_step(served, training):
 def test_a_metrics_outage_during_the_canary_is_inconclusive_and_rolls_back(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=13)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(13)).estimator, state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST,
@@ -299,7 +301,7 @@ def served_versions(url: str, requests_count: int = 30) -> set[str]:
 def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_zero(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=3)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(3)).estimator, state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         rollout = subprocess.Popen(
@@ -332,7 +334,7 @@ def test_exit_handler_takes_only_its_own_runs_live_candidate_back_to_zero(served
     state, store = served
     target = LocalTarget(state / "serving", state / "store")
     stable = target.status(ANOMALY_DETECTOR).stable
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=11)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(11)).estimator, state)
     deploy_version(target, store, ANOMALY_DETECTOR, version, 60, run_name="run-a")
     target.set_traffic(ANOMALY_DETECTOR, 50, 10)
     url = status(state)["url"]
@@ -427,7 +429,7 @@ def test_a_server_whose_port_another_process_holds_is_started_on_another_and_nev
     ports, free_port = iter([impostor.server_address[1]]), local_serving.free_port
     monkeypatch.setattr(local_serving, "free_port", lambda: next(ports, None) or free_port())
     store = FilesystemStore(tmp_path / "store")
-    version = save(store, train_anomaly_detector(training.train, DetectorParams()).estimator, tmp_path)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train).estimator, tmp_path)
     target = local_serving.local_target(tmp_path)
     try:
         status = target.deploy(ANOMALY_DETECTOR, version, f"pvc://models/{ANOMALY_DETECTOR}/{version}",
@@ -481,7 +483,7 @@ class V2AndV1Client(MainUrlClient):
 def test_v2_infer_on_the_main_url_during_a_canary_matches_v1(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(target_false_positive_rate=0.3)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, {"target_false_positive_rate": 0.3}).estimator, state)
     url = status(state)["url"]
     sample = probe_sample(training.validation, ANOMALY_DETECTOR, rows=40)
     with V2AndV1Client(url, sample.tolist()) as client:

@@ -13,14 +13,11 @@ from components.model.evaluate import evaluate_candidate
 from components.model.spec import spec_for
 from components.data.ingest import IngestRequest, ingest
 from components.model.train import (
-    DetectorParams,
-    ForecasterParams,
     TrainedModel,
-    fit_detector,
+    fit_outlier_detector,
     foreign_pickle_modules,
     save_model,
-    train_anomaly_detector,
-    train_predictive_analytics,
+    train_model,
 )
 
 
@@ -44,8 +41,7 @@ def pickled(estimator) -> bytes:
 
 
 def test_detector_threshold_is_calibrated_on_training_data(detector_data):
-    params = DetectorParams(target_false_positive_rate=0.02)
-    trained = train_anomaly_detector(detector_data.train, params)
+    trained = train_model(DETECTOR, detector_data.train, {"target_false_positive_rate": 0.02})
     assert isinstance(trained.estimator, Pipeline)
     normal = engineer_features(detector_data.train, ANOMALY_DETECTOR)[detector_data.train.is_anomaly.iloc[5:].to_numpy() == 0]
     predictions = trained.estimator.predict(normal.to_numpy())
@@ -60,11 +56,11 @@ def test_detector_threshold_is_calibrated_on_training_data(detector_data):
 
 def test_fit_detector_refuses_rows_that_are_not_nine_features_per_metric():
     with pytest.raises(ContractError, match="needs the 9 contract features per metric, got rows of shape \\(10,\\).*metric_features"):
-        fit_detector(np.random.default_rng(0).normal(size=(50, 10)), DetectorParams())
+        fit_outlier_detector(DETECTOR, np.random.default_rng(0).normal(size=(50, 10)))
 
 
 def test_no_data_values_are_imputed_per_feature_column(detector_data):
-    trained = train_anomaly_detector(detector_data.train, DetectorParams())
+    trained = train_model(DETECTOR, detector_data.train)
     imputer = trained.estimator.named_steps["no_data"]
     features = engineer_features(detector_data.train, ANOMALY_DETECTOR)
     typical = features[detector_data.train.is_anomaly.iloc[5:].to_numpy() == 0].median().to_numpy()
@@ -79,7 +75,7 @@ def test_no_data_values_are_imputed_per_feature_column(detector_data):
 
 
 def test_forecaster_learns_the_future_not_the_present(forecaster_data):
-    trained = train_predictive_analytics(forecaster_data.train, ForecasterParams(horizon_minutes=60))
+    trained = train_model(FORECASTER, forecaster_data.train)
     assert not np.allclose(trained.estimator.regressor_.coef_, np.eye(5)), "an identity map is the upstream bug"
     current, future = forecast_pairs(forecaster_data.validation, 60)
     model_error = np.abs(trained.estimator.predict(current) - future).mean(axis=0)
@@ -101,7 +97,7 @@ def test_only_stock_objects_can_be_saved(tmp_path):
 
 
 def test_evaluation_passes_a_good_detector_and_renders_dashboard_data(detector_data):
-    trained = train_anomaly_detector(detector_data.train, DetectorParams())
+    trained = train_model(DETECTOR, detector_data.train)
     evaluation = evaluate_candidate(DETECTOR, pickled(trained.estimator), detector_data.validation, {"min_f1": 0.1})
     assert evaluation.deploy, evaluation.reason
     assert {"precision", "recall", "f1", "roc_auc", "predict_latency_ms", "pickle_mb"} <= set(evaluation.metrics)
@@ -112,7 +108,7 @@ def test_evaluation_passes_a_good_detector_and_renders_dashboard_data(detector_d
 
 
 def test_gates_and_contract_checks_block_deployment(detector_data, forecaster_data):
-    trained = train_anomaly_detector(detector_data.train, DetectorParams())
+    trained = train_model(DETECTOR, detector_data.train)
     blocked = evaluate_candidate(DETECTOR, pickled(trained.estimator), detector_data.validation, {"min_f1": 0.99, "max_pickle_mb": 0.0001})
     assert not blocked.deploy
     assert "min_f1: F1" in blocked.reason and "(gate 0.99)" in blocked.reason and "pickle_size" in blocked.reason
@@ -124,7 +120,7 @@ def test_gates_and_contract_checks_block_deployment(detector_data, forecaster_da
 
 
 def test_challenger_must_not_be_worse_than_champion(forecaster_data):
-    good = train_predictive_analytics(forecaster_data.train, ForecasterParams()).estimator
+    good = train_model(FORECASTER, forecaster_data.train).estimator
     worse = DummyRegressor().fit(*forecast_pairs(forecaster_data.train, 60))
     lost = evaluate_candidate(FORECASTER, pickled(worse), forecaster_data.validation, {"max_mase": 100}, champion=("v3", good))
     assert not lost.deploy
@@ -135,7 +131,7 @@ def test_challenger_must_not_be_worse_than_champion(forecaster_data):
 
 
 def test_unlabelled_cluster_data_is_judged_on_anomaly_rate_and_contract(detector_data):
-    trained = train_anomaly_detector(detector_data.train, DetectorParams())
+    trained = train_model(DETECTOR, detector_data.train)
     unlabelled = detector_data.validation.drop(columns=["is_anomaly", "incident"])
     evaluation = evaluate_candidate(DETECTOR, pickled(trained.estimator), unlabelled, {"min_f1": 0.99}, champion=("v1", trained.estimator))
     assert evaluation.deploy, evaluation.reason
@@ -146,7 +142,7 @@ def test_unlabelled_cluster_data_is_judged_on_anomaly_rate_and_contract(detector
 
 
 def test_forecasts_stay_within_physical_ranges_as_a_stock_object(forecaster_data):
-    trained = train_predictive_analytics(forecaster_data.train, ForecasterParams(horizon_minutes=60))
+    trained = train_model(FORECASTER, forecaster_data.train)
     extremes = np.array([[1.0] * 5, [0.0] * 5, [0.99, 0.01, 1.0, 0.0, 1.0]])
     unclipped = trained.estimator.regressor_.predict(extremes)
     assert (unclipped > 1).any() or (unclipped < 0).any(), "the linear model alone leaves the range, so the clip matters"

@@ -18,15 +18,12 @@ from components.data.prometheus import fetch_metrics
 from components.model import spec as spec_module
 from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, ContractError, engineer_features, forecast_pairs
 from components.model.evaluate import evaluate_candidate, markdown_report
-from components.model.settings import DetectorParams, ForecasterParams
 from components.model.spec import SpecError, load_spec, spec_for, use_spec
 from components.model.train import (
     foreign_pickle_modules,
     save_trained,
     spec_with_overrides,
-    train_anomaly_detector,
     train_model,
-    train_predictive_analytics,
 )
 from tests import recipes_before_specs as before
 from tests.conftest import REPO
@@ -66,24 +63,21 @@ def test_the_builtin_specs_train_todays_detector_and_forecaster_byte_for_byte():
     detector_data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=11))
     features = engineer_features(detector_data.train, ANOMALY_DETECTOR).to_numpy()
     normal = features[detector_data.train.is_anomaly.iloc[5:].to_numpy() == 0]
-    today, calibration = before.fit_detector(normal, DetectorParams())
+    today, calibration = before.fit_detector(normal)
     spec_path = train_model(spec_for(ANOMALY_DETECTOR), detector_data.train)
     assert pickled(spec_path.estimator) == pickled(today)
     assert {key: spec_path.parameters[key] for key in calibration} == calibration
 
-    # The isolation-forest recipe with a robust scaler is reachable as overrides, and through DetectorParams.
-    params = DetectorParams(algorithm="isolation_forest", scaler="robust", n_estimators=40, random_state=3)
-    forest, _ = before.fit_detector(normal, params)
+    # The isolation-forest recipe with a robust scaler is reachable as overrides.
+    forest, _ = before.fit_detector(normal, algorithm="isolation_forest", scaler="robust", n_estimators=40, random_state=3)
     overrides = {"scaler.class": "sklearn.preprocessing.RobustScaler", "pca.class": "passthrough", "detector.class": "sklearn.ensemble.IsolationForest",
                  "detector.n_estimators": 40, "detector.max_samples": 256, "detector.random_state": 3}
     assert pickled(train_model(spec_for(ANOMALY_DETECTOR), detector_data.train, overrides).estimator) == pickled(forest)
-    assert pickled(train_anomaly_detector(detector_data.train, params).estimator) == pickled(forest)
 
     forecaster_data = ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=3, seed=11))
     current, future = forecast_pairs(forecaster_data.train, 30)
     today = before.fit_forecaster(current, future, 2.0)
     assert pickled(train_model(spec_for(PREDICTIVE_ANALYTICS), forecaster_data.train, {"horizon_minutes": 30, "levels.alpha": 2.0}).estimator) == pickled(today)
-    assert pickled(train_predictive_analytics(forecaster_data.train, ForecasterParams(horizon_minutes=30, alpha=2.0)).estimator) == pickled(today)
 
 
 # --- a third model with no code ------------------------------------------------------------------------------------

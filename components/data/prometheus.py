@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import requests
 
 from components.model.contract import TIMESTAMP_COLUMN, ContractError, Unit, schema_for
 from components.model.spec import spec_for
-from components.credentials import token_from_environment
+from components.credentials import ApiAdvice, api_request, token_from_environment
 
 if TYPE_CHECKING:  # pandas is imported where it is used: the canary step never needs it
     import pandas as pd
@@ -40,6 +39,15 @@ SERVERLESS_ERROR_RATE = ('sum(rate(revision_request_count{{revision_name=~"{mode
 
 class PrometheusError(RuntimeError):
     """Prometheus could not be queried; the message names the URL and the fix."""
+
+
+PROMETHEUS_ADVICE = ApiAdvice(
+    "Prometheus",
+    unreachable="check prometheus_url (in OpenShift the Thanos querier: https://thanos-querier.openshift-monitoring.svc:9091) and the network",
+    tls="set prometheus.ca_bundle to the CA that signed the server's certificate (in OpenShift the service CA: "
+        "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt)",
+    refused="grant the service account cluster-monitoring-view",
+)
 
 
 def token_source(secret_name: str) -> str:
@@ -77,16 +85,8 @@ class PrometheusClient:
         return {"Authorization": f"Bearer {token}"}
 
     def _get(self, path: str, params: dict) -> list:
-        try:
-            answer = requests.get(f"{self.url.rstrip('/')}{path}", params=params, headers=self._headers(), timeout=self.timeout_s,
-                                  verify=self.ca_bundle or True, allow_redirects=False)
-        except requests.RequestException as error:
-            raise PrometheusError(
-                f"cannot reach Prometheus at {self.url} ({error.__class__.__name__}); check prometheus_url (in OpenShift the "
-                "Thanos querier: https://thanos-querier.openshift-monitoring.svc:9091) and the network"
-            ) from None
-        if answer.status_code in (401, 403):
-            raise PrometheusError(f"Prometheus at {self.url} refused the token ({answer.status_code}); grant the service account cluster-monitoring-view")
+        answer = api_request("GET", f"{self.url.rstrip('/')}{path}", PROMETHEUS_ADVICE, PrometheusError, params=params, headers=self._headers(),
+                             timeout_s=self.timeout_s, ca_bundle=self.ca_bundle)
         try:
             body = answer.json()
         except ValueError:
@@ -141,13 +141,13 @@ def fetch_metrics(client: PrometheusClient, model_name: str, start: dt.datetime,
     if unknown:
         raise ContractError(f"prometheus_queries has unknown metric(s) {sorted(unknown)}; {model_name} uses {schema.metric_names}")
     columns = []
-    for metric, item in zip(schema.base_metrics, spec_for(model_name).inputs):
+    for metric in schema.base_metrics:
         result = client.query_range(merged[metric.name], start, end)
         series = series_frame(result, metric.name, "sum" if metric.unit is Unit.COUNT else "mean")
         if series.empty:
             raise ContractError(f"Prometheus returned no data for {metric.name} ({merged[metric.name]!r}) between {start} and {end}")
-        if item.query_divisor is not None:
-            scaled = np.clip(series.to_numpy(dtype=float) / item.query_divisor, *item.bounds)
+        if metric.query_divisor is not None:
+            scaled = np.clip(series.to_numpy(dtype=float) / metric.query_divisor, *metric.bounds)
             series = pd.Series(scaled, index=series.index, name=metric.name)
         columns.append(series)
     frame = pd.concat(columns, axis=1).sort_index()

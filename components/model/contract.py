@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from components.model.spec import FEATURE_RECIPES, RAW, WINDOW_9, ModelSpec, SpecError, builtin_specs, spec_for
+from components.model.spec import FEATURE_RECIPES, RAW, WINDOW_9, Input, ModelSpec, SpecError, builtin_specs, spec_for
 from components.model.units import UNIT_LIMITS, MixUp, Unit, UnitLimits  # re-exported: importers read the units from the contract
 
 if TYPE_CHECKING:  # numpy and pandas are imported where they are used: a step that only reads the schema starts faster
@@ -32,19 +32,11 @@ class ContractError(ValueError):
 
 
 @dataclass(frozen=True)
-class Metric:
-    """One base metric: its column name and unit."""
-
-    name: str
-    unit: Unit
-
-
-@dataclass(frozen=True)
 class ModelSchema:
     """What one model consumes: its base metrics and how many features a served instance has."""
 
     model_name: str
-    base_metrics: tuple[Metric, ...]
+    base_metrics: tuple[Input, ...]  # the spec's inputs: name, unit, bounds, query
     engineered: bool
 
     @property
@@ -70,7 +62,7 @@ FEATURE_SUFFIXES = FEATURE_RECIPES[WINDOW_9]
 
 def schema_of(spec: ModelSpec) -> ModelSchema:
     """Return the schema of a model spec: its inputs as base metrics, engineered unless its recipe is raw."""
-    return ModelSchema(spec.name, tuple(Metric(item.name, item.unit) for item in spec.inputs), spec.features.name != RAW)
+    return ModelSchema(spec.name, spec.inputs, spec.features.name != RAW)
 
 
 # The built-in models (models/*.yaml) are the contract's models, by file name.

@@ -9,9 +9,6 @@ estimator steps and training knobs (``spec_with_overrides``), then fits the way 
   keeps persistence where the change loses. With ``clip_to_output_ranges``, it clips to the outputs' ranges;
 - classification (``fit_classifier``): on the spec's label column, with balanced sample weights when
   ``balance_classes``.
-
-The built-in models' override forms (``DetectorParams``, ``ForecasterParams``) map onto spec overrides
-(``detector_overrides``, ``forecaster_overrides``).
 """
 
 from __future__ import annotations
@@ -37,14 +34,11 @@ from sklearn.utils import get_tags
 from sklearn.utils.class_weight import compute_sample_weight
 
 from components.model.contract import (
-    ANOMALY_DETECTOR,
-    PREDICTIVE_ANALYTICS,
     ContractError,
     engineer_features,
     feature_labels,
     forecast_pairs,
 )
-from components.model.settings import DetectorParams, ForecasterParams
 from components.model.spec import (
     ANOMALY,
     CLASSIFICATION,
@@ -56,7 +50,6 @@ from components.model.spec import (
     Estimator,
     EstimatorStep,
     ModelSpec,
-    spec_for,
     use_spec,
 )
 from components.monitoring.drift import drift_profile
@@ -425,54 +418,6 @@ def reference_predictions(estimator, features: np.ndarray, rows: int = REFERENCE
     """
     picked = features[np.unique(np.linspace(0, len(features) - 1, rows).astype(int))]
     return {"instances": picked.tolist(), "predictions": getattr(estimator, method)(picked).tolist()}
-
-
-# --- the built-in models' own override forms ---------------------------------------------------------------------
-
-SCALERS = {"standard": "sklearn.preprocessing.StandardScaler", "robust": "sklearn.preprocessing.RobustScaler"}
-# The built-in detector's algorithms as overrides of its steps (scaler, pca, detector: models/anomaly-detector.yaml).
-DETECTOR_ALGORITHMS: dict[str, Callable[[DetectorParams], dict[str, object]]] = {
-    "elliptic_envelope": lambda params: {"pca.n_components": params.pca_components, "pca.random_state": params.random_state,
-                                         "detector.random_state": params.random_state},
-    "isolation_forest": lambda params: {"pca.class": DROP_STEP, "detector.class": "sklearn.ensemble.IsolationForest",
-                                        "detector.n_estimators": params.n_estimators, "detector.max_samples": params.max_samples,
-                                        "detector.random_state": params.random_state},
-}
-
-
-def detector_overrides(params: DetectorParams) -> dict[str, object]:
-    """Return the overrides of the built-in anomaly detector's spec that make it the recipe ``params`` describe."""
-    if params.algorithm not in DETECTOR_ALGORITHMS:
-        raise ContractError(f"unknown algorithm {params.algorithm!r}: use {' or '.join(DETECTOR_ALGORITHMS)}")
-    if params.scaler not in SCALERS:
-        raise ContractError(f"unknown scaler {params.scaler!r}: use one of {', '.join(SCALERS)}")
-    return {"target_false_positive_rate": params.target_false_positive_rate, "scaler.class": SCALERS[params.scaler],
-            **DETECTOR_ALGORITHMS[params.algorithm](params)}
-
-
-def forecaster_overrides(params: ForecasterParams) -> dict[str, object]:
-    """Return the overrides of the built-in forecaster's spec that make it the recipe ``params`` describe."""
-    return {"horizon_minutes": params.horizon_minutes, "levels.alpha": params.alpha}
-
-
-def train_anomaly_detector(train: pd.DataFrame, params: DetectorParams) -> TrainedModel:
-    """Return the built-in anomaly detector trained as ``params`` describe: ``train_model`` with ``detector_overrides``."""
-    return train_model(spec_for(ANOMALY_DETECTOR), train, detector_overrides(params))
-
-
-def train_predictive_analytics(train: pd.DataFrame, params: ForecasterParams) -> TrainedModel:
-    """Return the built-in forecaster trained as ``params`` describe: ``train_model`` with ``forecaster_overrides``."""
-    return train_model(spec_for(PREDICTIVE_ANALYTICS), train, forecaster_overrides(params))
-
-
-def fit_detector(normal: np.ndarray, params: DetectorParams) -> tuple[Pipeline, dict[str, float | str]]:
-    """Return the built-in detector recipe ``params`` describe fitted on feature rows (9 per metric, any number of metrics) and its calibration."""
-    return fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), detector_overrides(params)), normal)
-
-
-def fit_forecaster(current: np.ndarray, future: np.ndarray, alpha: float) -> object:
-    """Return the built-in forecaster recipe with Ridge ``alpha`` fitted on (now, horizon later) rows of its 5 outputs."""
-    return fit_regressor(spec_with_overrides(spec_for(PREDICTIVE_ANALYTICS), {"levels.alpha": alpha}), current, future)
 
 
 # --- saving ------------------------------------------------------------------------------------------------------

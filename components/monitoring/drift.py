@@ -41,13 +41,13 @@ from components.model.contract import (
     UNIT_LIMITS,
     WINDOW_MINUTES,
     ContractError,
-    Metric,
     MixUp,
     Unit,
     engineer_features,
     is_synthetic,
     schema_for,
 )
+from components.model.spec import Input
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -271,7 +271,7 @@ def measure_drift(profile: dict, live_raw: pd.DataFrame, model_name: str) -> lis
     return sorted(drifts, key=lambda drift: (drift.judged, max(drift.score, drift.level_score), drift.psi), reverse=True)
 
 
-def mix_up_of(metric: Metric, factor: float) -> MixUp | None:
+def mix_up_of(metric: Input, factor: float) -> MixUp | None:
     """Return the unit mix-up that ``factor`` (one median of ``metric`` over another) looks like, or None for a real change.
 
     Network traffic is left out: its level really changes by orders of magnitude, and no one sends it in percent.

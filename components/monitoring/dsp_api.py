@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import requests
-
-from components.credentials import token_from_environment, token_may_go_to
+from components.credentials import ApiAdvice, api_request, token_from_environment, token_may_go_to
 
 ACTIVE_STATES = {"PENDING", "RUNNING", "PAUSED", "CANCELING"}
 NEWEST_RUNS = 100  # how many of the newest runs the active-run check looks at
@@ -20,6 +18,13 @@ NEWEST_RUNS = 100  # how many of the newest runs the active-run check looks at
 
 class DspApiError(RuntimeError):
     """A call to the DSP API failed; the message names the cause and the fix."""
+
+
+DSP_API_ADVICE = ApiAdvice(
+    "the DSP API", unreachable="check dsp_api_url",
+    tls="set dsp_ca_bundle to the service CA bundle (/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt)",
+    refused="give the service account the project's pipeline permissions (the ds-pipeline-user-access role)",
+)
 
 
 def _display_name_filter(name: str) -> str:
@@ -47,17 +52,8 @@ class DspApi:
 
     def _call(self, method: str, path: str, params: dict | None = None, body: dict | None = None) -> dict:
         """Return the JSON answer of one API call, or raise DspApiError naming the problem."""
-        try:
-            answer = requests.request(method, f"{self.url.rstrip('/')}/apis/v2beta1/{path}", params=params, json=body,
-                                      headers=self._headers(), timeout=self.timeout_s, verify=self.ca_bundle or True, allow_redirects=False)
-        except requests.exceptions.SSLError:
-            raise DspApiError(f"TLS to {self.url} failed; set dsp_ca_bundle to the service CA bundle "
-                              "(/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt)") from None
-        except requests.RequestException as error:
-            raise DspApiError(f"cannot reach the DSP API at {self.url} ({error.__class__.__name__}); check dsp_api_url") from None
-        if answer.status_code in (401, 403):
-            raise DspApiError(f"the DSP API at {self.url} refused the service account ({answer.status_code}); give it the "
-                              "project's pipeline permissions (the ds-pipeline-user-access role)")
+        answer = api_request(method, f"{self.url.rstrip('/')}/apis/v2beta1/{path}", DSP_API_ADVICE, DspApiError, params=params, body=body,
+                             headers=self._headers(), timeout_s=self.timeout_s, ca_bundle=self.ca_bundle)
         if answer.status_code >= 400:
             raise DspApiError(f"the DSP API at {self.url} answered {answer.status_code} to {method} {path}: {answer.text[:200]}")
         return answer.json()

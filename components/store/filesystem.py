@@ -249,10 +249,15 @@ class ModelStore(Protocol):
         """Return where the store lives, for people (a directory or an s3:// prefix)."""
 
 
-def index_entry(record: dict) -> dict:
-    """Return the index entry of a freshly saved version from its record."""
-    return {"status": "stored", "sha256": record["sha256"], "saved_at": record.get("saved_at", ""), "run_name": record.get("run_name", ""),
-            "data_source": record.get("data_source", "unknown")}
+def saved_version_entry(version: str, record: dict) -> Callable[[dict], None]:
+    """Return the index change that lists a freshly saved version (its entry from its record) and logs the save in the history."""
+
+    def add_entry(index: dict) -> None:
+        index["versions"][version] = {"status": "stored", "sha256": record["sha256"], "saved_at": record.get("saved_at", ""),
+                                      "run_name": record.get("run_name", ""), "data_source": record.get("data_source", "unknown")}
+        index["history"].append({"at": utc_now(), "event": "saved", "version": version})
+
+    return add_entry
 
 
 def load_model(store: ModelStore, model_name: str, version: str) -> object:
@@ -387,13 +392,8 @@ class FilesystemStore:
                     return StoredVersion(model_name, existing, checksum, self.storage_uri(model_name, existing), str(directory / existing),
                                          already_stored=True)
                 version = self._publish(model_name, staging, full_record)
-
-                def add_entry(index: dict) -> None:
-                    index["versions"][version] = index_entry(full_record)
-                    index["history"].append({"at": utc_now(), "event": "saved", "version": version})
-
                 try:
-                    self._update_index_locked(model_name, add_entry, saved_version=version)
+                    self._update_index_locked(model_name, saved_version_entry(version, full_record), saved_version=version)
                 except Exception:
                     self.quarantine(model_name, version, reason="failed-save")  # never leave a version visible without its index entry
                     raise

@@ -36,12 +36,12 @@ from components.store.filesystem import (
     check_index_change,
     checked_bytes,
     empty_index,
-    index_entry,
     listed_sha256,
     parse_index,
     parse_json,
     record_duplicate,
     reusable_version,
+    saved_version_entry,
     utc_now,
     version_number,
 )
@@ -173,13 +173,8 @@ class S3Store:
             raise StoreError(f"{model_name} {version}: the uploaded model.pkl does not match what was sent; save again")
         full_record = {**record, "sha256": checksum, "saved_at": utc_now(), "version": version}
         self._put(self._version_key(model_name, version, RECORD_FILENAME), json.dumps(full_record, indent=2, sort_keys=True).encode(), IfNoneMatch="*")
-
-        def add_entry(index: dict) -> None:
-            index["versions"][version] = index_entry(full_record)
-            index["history"].append({"at": utc_now(), "event": "saved", "version": version})
-
         try:
-            self._update_index(model_name, add_entry, saved_version=version)
+            self._update_index(model_name, saved_version_entry(version, full_record), saved_version=version)
         except Exception:
             # Without its record the claimed number stays taken but no version becomes visible.
             self.client.delete_object(Bucket=self.bucket, Key=self._version_key(model_name, version, RECORD_FILENAME))

@@ -4,7 +4,6 @@ fleet rollout. Read with GET only (no watch), from the hub's Argo CD namespace."
 from __future__ import annotations
 
 import posixpath
-import time
 from dataclasses import dataclass
 
 from components.serving.target import ServingError

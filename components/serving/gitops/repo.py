@@ -24,12 +24,11 @@ from pathlib import Path, PurePosixPath
 from components.credentials import token_may_go_to
 
 OWNED_LIST = ".model-pipelines-owned"
-TOKEN_ENV = "GITOPS_TOKEN"
-SSH_KEY_ENV = "GITOPS_SSH_KEY_FILE"
-KNOWN_HOSTS_ENV = "GITOPS_KNOWN_HOSTS_FILE"
-# In a pod the Secret's keys arrive as contents (ssh-privatekey, known_hosts), written to 0600 files beside the clone.
-SSH_KEY_CONTENT_ENV = "GITOPS_SSH_KEY"
-KNOWN_HOSTS_CONTENT_ENV = "GITOPS_KNOWN_HOSTS"
+# In a pod the gitops Secret's keys arrive as these variables; the SSH key and known hosts as contents, written to 0600
+# files beside the clone. On a laptop the key and hosts may be files instead.
+SECRET_KEY_TO_ENV = {"token": "GITOPS_TOKEN", "ssh-privatekey": "GITOPS_SSH_KEY", "known_hosts": "GITOPS_KNOWN_HOSTS"}
+TOKEN_ENV, SSH_KEY_CONTENT_ENV, KNOWN_HOSTS_CONTENT_ENV = SECRET_KEY_TO_ENV.values()
+SSH_KEY_ENV, KNOWN_HOSTS_ENV = "GITOPS_SSH_KEY_FILE", "GITOPS_KNOWN_HOSTS_FILE"
 PUSH_ATTEMPTS = 5
 # What git prints when the server refuses the credentials. Not a bare "403": a push's output quotes commit hashes and
 # the URL's port, which can contain it.
