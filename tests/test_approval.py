@@ -2,7 +2,9 @@
 until `model-pipelines approve|reject` decides or approval_timeout_h passes; local end to end, kserve against the
 Kubernetes stand-in, and the fleet repository's approval record against a real Git server."""
 
+import json
 import os
+import signal
 import subprocess
 import time
 
@@ -12,7 +14,7 @@ import yaml
 
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.train import DetectorParams, train_anomaly_detector
-from components.release.approval import Approval, GitopsApprovalSource, LocalApprovalSource, approval_file
+from components.release.approval import Approval, GitopsApprovalSource, KServeApprovalSource, LocalApprovalSource, approval_file
 from components.serving.gitops.repo import TOKEN_ENV, GitopsRepo
 from components.serving.kserve import KServeOptions, KServeTarget
 from components.serving.target import ServingError
@@ -125,6 +127,24 @@ def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_
     assert after["stable"] == stable and after["candidate"] is None
 
 
+def test_an_analysis_failing_while_holding_rolls_back_without_waiting_for_a_decision(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=29)).estimator, state)
+    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
+                             "--param", "approval_timeout_h=0.01", "--param", "failure_limit=0"])
+    lines = wait_for_hold(rollout)
+    serving_state = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())
+    assert serving_state["candidate"]["version"] == version
+    os.kill(serving_state["candidate"]["pid"], signal.SIGKILL)  # the candidate dies while it waits for approval
+    output = finish(rollout, lines)
+    assert rollout.returncode == 3, output[-3000:]
+    reason = summary_row(output, version).split(None, 2)[2]
+    assert reason.startswith("rejected at canary-promote: 60% traffic while holding for approval, fail: error_rate 1 > 0.01"), reason
+    after = status(state)
+    assert after["stable"] == stable and after["candidate"] is None
+
+
 def test_kserve_approval_is_an_annotation_on_the_owned_inference_service(knative_cluster, models):
     project = new_project(knative_cluster)
     first = project.rollout(ANOMALY_DETECTOR, project.store_version(ANOMALY_DETECTOR, models["detector"](1)))
@@ -164,6 +184,16 @@ def test_kserve_approval_is_an_annotation_on_the_owned_inference_service(knative
     after = target.status(ANOMALY_DETECTOR)
     assert (after.stable, after.candidate) == (v2, None)
     assert requests.post(main_url(project) + ":predict", json=FALLBACK, timeout=10).status_code == 200
+
+    # An InferenceService this project did not create is never annotated.
+    api = kube_api(knative_cluster)
+    hand_made = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "hand-made"},
+                 "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": f"pvc://{project.pvc}/{ANOMALY_DETECTOR}/v1"}}}}
+    api.create_namespaced_custom_object("serving.kserve.io", "v1beta1", project.namespace, "inferenceservices", hand_made)
+    before = project.isvc("hand-made")["metadata"]
+    with pytest.raises(ServingError, match="was not created by model-pipelines"):
+        KServeApprovalSource(target.api).request("hand-made", "v1")
+    assert project.isvc("hand-made")["metadata"].get("annotations") == before.get("annotations")
 
 
 def kube_api(cluster):
