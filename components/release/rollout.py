@@ -15,9 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from components.release.approval import Approval, ApprovalGate
 from components.model.contract import engineer_features, is_synthetic, schema_for, served_identity
 from components.model.spec import ANOMALY, CLASSIFICATION, ModelSpec, spec_for
+from components.release.approval import Approval, ApprovalGate
 from components.runtime.answers import alert_probabilities, answers_are_labels, offline_answers, predicted_classes
 from components.serving.target import ServingError, ServingTarget
 from components.store.filesystem import ModelStore, StoreError, load_model, utc_now
@@ -647,8 +647,8 @@ def canary_promote(
         providers = providers()
     result = CanaryResult(model_name, version, "", "", spec, strategy=target.traffic_strategy(model_name))
     print(f"canary {model_name} {version}: {result.strategy}", flush=True)
-    model_limits = secondary_canary_limits(spec_for(model_name))
     failures = 0
+    model_limits = secondary_canary_limits(spec_for(model_name))
     # The gate holds before the first step that reaches 100 % (always the last), or before promotion when none does.
     hold_at = (len(spec.steps) - 1 if spec.steps[-1] == 100 else len(spec.steps)) if approval else None
     approved: Approval | None = None
@@ -668,6 +668,7 @@ def canary_promote(
         return AnalysisRow(weight, measurements, verdict, "; ".join([detail, *broken]))
 
     def roll_back(reason: str) -> CanaryResult:
+        """Roll the candidate back as rejected for ``reason``; return the result saying so."""
         result.outcome, result.reason = "rolled back", reason
         rollback(target, store, model_name, version, reason, run_name=run_name, timeout_s=timeout_s, report_uri=report_uri)
         return result
