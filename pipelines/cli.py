@@ -6,6 +6,8 @@ Verbs import kfp and the pipelines only when they compile or run one, so that se
 from __future__ import annotations
 
 import argparse
+import functools
+import getpass
 import json
 import shlex
 import sys
@@ -335,6 +337,61 @@ def _serve_status(args: argparse.Namespace) -> int:
         health = ",".join(f"{role}={'up' if alive else 'DOWN'}" for role, alive in target.health(model).items())
         traffic = f"{status.candidate_percent}%" if status.candidate else "-"
         print(f"{model:<22} {status.stable or '-':<8} {status.candidate or '-':<10} {traffic:<8} {health:<28} {status.url}")
+    return 0
+
+
+APPROVAL_EXIT_MEANINGS = {0: "the decision is recorded; the held rollout acts on it at its next look", 1: "the decision could not be recorded",
+                          2: "nothing recorded: the command line or the version named was wrong"}
+
+
+def _user_name() -> str:
+    """Return who runs this command (the login name), or "" when the system cannot say."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return ""
+
+
+def _decide(args: argparse.Namespace, approved: bool) -> int:
+    """Record an approval (or rejection) of the candidate a rollout holds, where the --target keeps decisions; return the exit code."""
+    from components.release.approval import ApprovalError, approval_source, decide
+    from components.serving.gitops.repo import GitopsError
+    from pipelines.local import parse_params, run_config
+
+    from components.kfp.run_parameters import DNS_LABEL
+
+    by = " ".join((args.by or _user_name()).split())
+    if not by or len(by) > 100 or not by.isprintable():
+        print(f"error: --by {args.by!r}: must be a name of 1-100 printable characters", file=sys.stderr)
+        return 2
+    if not DNS_LABEL.match(args.model):
+        print(f"error: {args.model!r} is not a model name: lower-case letters, digits and '-' (e.g. anomaly-detector)", file=sys.stderr)
+        return 2
+    state = Path(args.state_dir)
+    try:
+        config = run_config(ROLLOUT, parse_params([*args.param, f"serving_target={args.target}"], ROLLOUT))
+        if args.target == "local":
+            target = local_target(state)
+        elif args.target == "kserve":
+            from components.serving.kserve import KServeTarget
+
+            target = KServeTarget(config.serving.kserve_options())
+        else:
+            from components.serving.gitops.target import GitopsTarget
+
+            target = GitopsTarget(config.serving.kserve_options(), config.fleet.gitops_options())
+        source = approval_source(args.target, target, state / "serving")
+        decision = decide(target, source, args.model, args.version, approved, by)
+    except (ApprovalError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (ServingError, GitopsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    verdict = f"{'approved' if decision.approved else 'rejected'} by {decision.by}"
+    effect = "the held rollout promotes it" if decision.approved else "the held rollout rolls it back; stable keeps serving"
+    print(f"\nSummary\n  {args.model:<21} {args.version:<5} {verdict}: {effect}\ndecision: {source.where.replace('<model>', args.model)}")
+    print(f"exit code 0: {APPROVAL_EXIT_MEANINGS[0]}")
     return 0
 
 
@@ -689,6 +746,19 @@ def build_parser() -> argparse.ArgumentParser:
     stop_verb = serve_verbs.add_parser("stop", help="stop every local model server and router")
     _add_state_dir(stop_verb)
     stop_verb.set_defaults(handler=_serve_stop)
+    for verb_name, approved in (("approve", True), ("reject", False)):
+        decide_verb = verbs.add_parser(verb_name, help=f"{verb_name} the candidate a rollout with canary.approval=before-promote holds: "
+                                       + ("it is promoted" if approved else "it is rolled back"))
+        decide_verb.add_argument("model", help="the model, e.g. anomaly-detector")
+        decide_verb.add_argument("version", type=_version_name, help="the held candidate's version, e.g. v3 (3 means v3)")
+        decide_verb.add_argument("--target", choices=("local", "kserve", "gitops"), default="local",
+                                 help="where the rollout serves: local (this machine's state dir), kserve (annotations on the InferenceService, "
+                                      "through KUBECONFIG) or gitops (approvals/<model>.yaml in the fleet repository)")
+        decide_verb.add_argument("--param", action="append", default=[], metavar="K=V",
+                                 help="the rollout's settings: namespace (kserve), gitops_repo, gitops_branch, gitops_path, fleet_waves, endpoint (gitops)")
+        decide_verb.add_argument("--by", help="who decides, recorded with the decision (default: your user name)")
+        _add_state_dir(decide_verb)
+        decide_verb.set_defaults(handler=functools.partial(_decide, approved=approved))
     add_spec_verbs(verbs)
     return parser
 

@@ -343,7 +343,9 @@ def _version_outcome(summary: RunSummary, index: dict, before: dict, version: st
                 return NOT_NEEDED, f"duplicate of stable {version}: byte-identical, nothing new stored or deployed", report
             return NOT_NEEDED, f"{version} already stable: nothing to roll out", report
         events = {event["event"] for event in index.get("history", []) if event.get("version") == version}
-        return PROMOTED, "promoted" if "promoted" in events else "promoted (the first version: stable at once, no canary to run)", report
+        if "promoted" not in events:
+            return PROMOTED, "promoted (the first version: stable at once, no canary to run)", report
+        return PROMOTED, f"promoted after approval by {entry['approved_by']}" if entry.get("approved_by") else "promoted", report
     if status == "rejected":
         return REJECTED, entry.get("rejected_reason") or "rejected", report
     if status == "duplicate":  # a copy of stable saved before saves reused the version holding the same bytes

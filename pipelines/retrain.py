@@ -27,6 +27,7 @@ from components.data.prometheus import TOKEN_ENV
 from components.kfp import steps
 from components.kfp.config import MONITOR as MONITOR_KIND, RETRAIN, ROLLOUT as ROLLOUT_KIND, Installation, parameter_descriptions, pipeline_parameters
 from components.model.spec import ModelSpec, builtin_specs, spec_for
+from components.release.approval import MAX_TIMEOUT_H as MAX_APPROVAL_TIMEOUT_H
 from components.serving.gitops import repo as gitops_repo
 from components.store.filesystem import DEFAULT_STORE_ROOT
 from components.store.s3 import DATA_CONNECTION_KEYS
@@ -63,10 +64,11 @@ def make_components(image: str) -> SimpleNamespace:
     )
 
 
-# Upper bounds (activeDeadlineSeconds) for tasks with side effects, so that a hung step cannot hold a rollout open.
+# Upper bounds (activeDeadlineSeconds) for tasks with side effects, so that a hung step cannot hold a rollout open. canary-promote
+# may also hold for approval, up to canary.approval_timeout_h's highest value (72 h), on top of its 4 h of traffic steps.
 TIMEOUTS_S = {
     "validate-parameters": 300, "ingest": 3600, "evaluate": 3600, "save-to-storage": 900, "deploy-inference-service": 3600, "smoke-test": 1800,
-    "canary-promote": 4 * 3600, "rollback": 3600, "ensure-safe-serving": 1800, "monitor-drift": 1800, "trigger-retrain": 600,
+    "canary-promote": 4 * 3600 + int(MAX_APPROVAL_TIMEOUT_H * 3600), "rollback": 3600, "ensure-safe-serving": 1800, "monitor-drift": 1800, "trigger-retrain": 600,
 }
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.spec import ModelSpec, SpecError, spec_for, spec_from_text, use_spec
 from components.monitoring.monitor import MonitorSettings
+from components.release.approval import ApprovalSettings
 from components.release.rollout import CanarySpec
 from components.serving.gitops.fleet import DEFAULT_WAVE_TIMEOUT_S, DEFAULT_WAVES
 from components.store.filesystem import DEFAULT_PVC
@@ -43,7 +44,7 @@ DEFAULT_EXPERIMENT = "self-healing-models"
 # A cluster run with its defaults learns the cluster's own metrics from OpenShift's in-cluster querier (local runs
 # default to synthetic data instead: pipelines/local.py LOCAL_DEFAULTS).
 DEFAULT_SOURCE = "prometheus"
-_CANARY, _MONITOR = CanarySpec(), MonitorSettings()
+_CANARY, _MONITOR, _APPROVAL = CanarySpec(), MonitorSettings(), ApprovalSettings()
 
 
 class ConfigError(ValueError):
@@ -155,6 +156,11 @@ KNOBS: tuple[Knob, ...] = tuple([
         ("failure_limit", "failure_limit", _CANARY.failure_limit, "Failed or inconclusive analyses tolerated before rolling back."),
         ("max_live_p95_latency_ms", "max_live_p95_latency_ms", _CANARY.max_live_p95_latency_ms,
          "Limit on live traffic (needs prometheus_url): highest p95 latency in ms."),
+        ("approval", "approval", _APPROVAL.mode, "none: promote when the analysis passes; before-promote: hold the candidate at the last step "
+                                                 "below 100 % until `model-pipelines approve` (promote) or `reject` (roll back), still analysing."),
+        ("approval_timeout_h", "approval_timeout_h", _APPROVAL.timeout_h,
+         "Hours the candidate may wait for approval (approval=before-promote) before it is rolled back; at most 72."),
+        ("approval_poll_s", "approval_poll_s", _APPROVAL.poll_s, "Seconds between looks for a decision while holding for approval."),
     ]),
     *_knobs("fleet", _SERVE, [
         ("gitops_repo", "repo", "", "The fleet repository for serving_target=gitops (https or ssh URL; the credentials come from the installation's Secret)."),
@@ -535,6 +541,11 @@ class RunConfig:
                           int(self._value("probe_requests")), float(self._value("max_error_rate")), float(self._value("max_p95_latency_ms")),
                           float(self._value("max_prediction_shift")), int(self._value("failure_limit")),
                           float(self._value("max_live_p95_latency_ms")))
+
+    @property
+    def approval(self) -> ApprovalSettings:
+        """Return the approval gate's settings."""
+        return ApprovalSettings(str(self._value("approval")), float(self._value("approval_timeout_h")), float(self._value("approval_poll_s")))
 
     @property
     def fleet(self) -> FleetConfig:

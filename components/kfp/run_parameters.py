@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Callable
 
 from components.model.contract import MODEL_NAMES
+from components.release.approval import APPROVAL_MODES, MAX_TIMEOUT_H as MAX_APPROVAL_TIMEOUT_H
 
 PROMQL_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -29,6 +30,7 @@ CHOICES = {
     "deployment_mode": ("auto", "Serverless", "RawDeployment", "Knative", "Standard"),
     "rollout_strategy": ("auto", "knative", "standard-canary", "candidate-isvc"),
     "action": ("report", "submit", "clear"),
+    "approval": APPROVAL_MODES,
 }
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 GIT_URL = re.compile(r"^(https://[^\s/?#@]+/[^\s?#]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?/[^\s?#]+|ssh://[^\s/?#:-][^\s/?#:]*@[^\s/?#-][^\s/?#]*/[^\s?#]+|[a-z0-9_][a-z0-9_.-]*@[^\s/?#:-][^\s/?#:]*:[^\s?#-][^\s?#]*)$")
@@ -184,6 +186,8 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "failure_limit": _in_range(0, 100, integer=True),
     "ready_timeout_s": _in_range(0, 86_400, low_open=True),
     "fleet_wave_timeout_s": _in_range(0, 86_400, low_open=True),
+    "approval_timeout_h": _in_range(0, MAX_APPROVAL_TIMEOUT_H, low_open=True),
+    "approval_poll_s": _in_range(0, 3600, low_open=True),
     "prometheus_window": _promql_duration,
     **{name: _choice(name) for name in CHOICES},
     "version": _version,

@@ -192,10 +192,11 @@ def canary_promote(
     validation_data: Input[Dataset],
     report: Output[HTML],
 ) -> str:
-    """Step traffic to the candidate with analysis at each step; promote or roll back; return the outcome."""
+    """Step traffic to the candidate with analysis at each step (holding for approval before 100 % with approval=before-promote);
+    promote or roll back; return the outcome."""
     from components.data.prometheus import PrometheusClient, PrometheusProvider, token_source
     from components.kfp.config import read_config
-    from components.kfp.workflow import configured_serving, probe_sample_from
+    from components.kfp.workflow import configured_approval, configured_serving, probe_sample_from
     from components.release.rollout import ProbeProvider, canary_promote as run_canary
 
     settings = read_config(config.path)
@@ -212,7 +213,7 @@ def canary_promote(
         return built
 
     result = run_canary(target, store, settings.model_name, version, spec, providers, run_name=run_name,
-                        timeout_s=settings.serving.ready_timeout_s, report_uri=report.uri)
+                        timeout_s=settings.serving.ready_timeout_s, report_uri=report.uri, approval=configured_approval(settings, target))
     with open(report.path, "w") as handle:
         handle.write(result.html())
     print(f"result: {result.outcome} ({result.reason})")

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # a serving step imports only its target's module, and numpy 
     from components.model.spec import ModelSpec
     from components.serving.gitops.fleet import GitopsOptions
     from components.serving.kserve import KServeOptions
+    from components.release.approval import ApprovalGate
     from components.release.rollout import StepOutcome
     from components.data.ingest import IngestRequest
     from components.kfp.config import RunConfig
@@ -122,6 +123,17 @@ def configured_serving(config: RunConfig, run_name: str = "", validation_path: s
     """Return (target, store, probe sample or None) for a serving step of the run ``config`` describes."""
     return serving_context(config.model_name, config.serving.target, config.store, config.serving.kserve_options(run_name), validation_path,
                            config.fleet.gitops_options())
+
+
+def configured_approval(config: RunConfig, target: ServingTarget) -> ApprovalGate | None:
+    """Return the approval gate of the run ``config`` describes (decisions read where its serving ``target`` keeps them), or None
+    when approval=none. The Model Registry's source plugs in at ``approval.approval_source``."""
+    from components.release.approval import ApprovalGate, approval_source
+
+    settings = config.approval
+    if not settings.enabled:
+        return None
+    return ApprovalGate(approval_source(config.serving.target, target, serving_home()), settings)
 
 
 def ingest_request(config: RunConfig) -> IngestRequest:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from components.model.contract import engineer_features, is_synthetic, schema_for, served_identity
 from components.model.spec import ANOMALY, CLASSIFICATION, ModelSpec, spec_for
+from components.release.approval import Approval, ApprovalGate
 from components.runtime.answers import alert_probabilities, answers_are_labels, offline_answers, predicted_classes
 from components.serving.target import ServingError, ServingTarget
 from components.store.filesystem import ModelStore, StoreError, load_model, utc_now
@@ -590,12 +591,14 @@ class CanaryResult:
     spec: CanarySpec
     rows: list[AnalysisRow] = field(default_factory=list)
     strategy: str = ""
+    hold: str = ""  # with the approval gate: how long the candidate held, how many analyses passed meanwhile and how it ended
 
     def html(self) -> str:
         """Return the report as HTML with a table per traffic step."""
         parts = [f"<h1>Canary: {html.escape(self.model_name)} {html.escape(self.version)}</h1>",
                  f"<p><b>Outcome:</b> {html.escape(self.outcome)} &mdash; {html.escape(self.reason)}</p>",
                  f"<p><b>Traffic:</b> {html.escape(self.strategy)}</p>",
+                 *([f"<p><b>Approval:</b> {html.escape(self.hold)}</p>"] if self.hold else []),
                  f"<p>Spec: <code>{html.escape(json.dumps(asdict(self.spec)))}</code></p>"]
         for weight in dict.fromkeys(row.weight for row in self.rows):
             names = list(dict.fromkeys(name for row in self.rows for name in row.measurements))
@@ -624,11 +627,13 @@ def canary_promote(
     timeout_s: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
     report_uri: str = "",
+    approval: ApprovalGate | None = None,
 ) -> CanaryResult:
     """Step the candidate's traffic through ``spec.steps``, analysing each; promote at the end or roll back.
 
     ``providers`` may be a function that builds them, called only when there is a candidate to analyse, so that a
-    canary with nothing to do (a first deployment, a duplicate) loads no probe data.
+    canary with nothing to do (a first deployment, a duplicate) loads no probe data. With an ``approval`` gate the
+    candidate holds at the last step below 100 % (``hold_for_approval``) and is promoted only once approved.
     """
     not_deployed = store.read_index(model_name)["versions"].get(version, {}).get("status")
     if not_deployed in NOT_DEPLOYED:
@@ -644,44 +649,59 @@ def canary_promote(
     print(f"canary {model_name} {version}: {result.strategy}", flush=True)
     failures = 0
     model_limits = secondary_canary_limits(spec_for(model_name))
+    # The gate holds before the first step that reaches 100 % (always the last), or before promotion when none does.
+    hold_at = (len(spec.steps) - 1 if spec.steps[-1] == 100 else len(spec.steps)) if approval else None
+    approved: Approval | None = None
+
+    def analyse(weight: int) -> AnalysisRow:
+        """Measure once with every provider and judge; a provider that fails makes the analysis inconclusive."""
+        endpoints = target.endpoints(model_name)
+        measurements: dict[str, float | None] = {}
+        broken = []
+        for provider in providers:
+            try:
+                measurements.update(provider.measure(model_name, endpoints.stable or "", endpoints.candidate or "", version))
+            except Exception as error:  # a provider outage is no data: inconclusive, never a crash or a pass
+                measurements[f"{type(provider).__name__}"] = None
+                broken.append(f"{type(provider).__name__} failed: {error}")
+        verdict, detail = judge(measurements, spec, model_limits)
+        return AnalysisRow(weight, measurements, verdict, "; ".join([detail, *broken]))
+
+    def roll_back(reason: str) -> CanaryResult:
+        """Roll the candidate back as rejected for ``reason``; return the result saying so."""
+        result.outcome, result.reason = "rolled back", reason
+        rollback(target, store, model_name, version, reason, run_name=run_name, timeout_s=timeout_s, report_uri=report_uri)
+        return result
+
     try:
-        for weight in spec.steps:
+        for position, weight in enumerate((*spec.steps, None)):
+            if position == hold_at:
+                held_at = spec.steps[position - 1] if position else 0
+                approved, failures, why = hold_for_approval(approval, model_name, version, held_at, analyse, result, failures, spec, sleep)
+                if approved is None or not approved.approved:
+                    return roll_back(f"rejected at canary-promote: {why}")
+            if weight is None:
+                break
             target.set_traffic(model_name, weight, timeout_s)
             while True:
                 sleep(spec.interval_s)
-                endpoints = target.endpoints(model_name)
-                measurements: dict[str, float | None] = {}
-                broken = []
-                for provider in providers:
-                    try:
-                        measurements.update(provider.measure(model_name, endpoints.stable or "", endpoints.candidate or "", version))
-                    except Exception as error:  # a provider outage is no data: inconclusive, never a crash or a pass
-                        measurements[f"{type(provider).__name__}"] = None
-                        broken.append(f"{type(provider).__name__} failed: {error}")
-                verdict, detail = judge(measurements, spec, model_limits)
-                detail = "; ".join([detail, *broken])
-                result.rows.append(AnalysisRow(weight, measurements, verdict, detail))
-                print(f"canary {model_name} {version} at {weight}%: {verdict} ({detail})", flush=True)
-                if verdict == "pass":
+                row = analyse(weight)
+                result.rows.append(row)
+                print(f"canary {model_name} {version} at {weight}%: {row.verdict} ({row.detail})", flush=True)
+                if row.verdict == "pass":
                     break
                 failures += 1
                 if failures > spec.failure_limit:
-                    result.outcome, result.reason = "rolled back", f"rejected at canary-promote: {weight}% traffic, {verdict}: {detail}"
-                    rollback(target, store, model_name, version, result.reason, run_name=run_name, timeout_s=timeout_s, report_uri=report_uri)
-                    return result
+                    return roll_back(f"rejected at canary-promote: {weight}% traffic, {row.verdict}: {row.detail}")
     except Exception as error:  # whatever failed, the candidate ends at 0 % and rejected
-        result.outcome, result.reason = "rolled back", f"rejected at canary-promote: the step failed: {type(error).__name__}: {error}"
-        rollback(target, store, model_name, version, result.reason, run_name=run_name, timeout_s=timeout_s, report_uri=report_uri)
-        return result
+        return roll_back(f"rejected at canary-promote: the step failed: {type(error).__name__}: {error}")
     try:
         target.promote(model_name, timeout_s)
     except ServingError as error:
         if target.status(model_name).stable == version:
             raise
         # The target put stable back itself (gitops reverts a promotion that stopped in a later wave): reject the candidate.
-        result.outcome, result.reason = "rolled back", f"rejected at canary-promote: promotion failed: {error}"
-        rollback(target, store, model_name, version, result.reason, run_name=run_name, timeout_s=timeout_s, report_uri=report_uri)
-        return result
+        return roll_back(f"rejected at canary-promote: promotion failed: {error}")
 
     def promoted(index: dict) -> None:
         previous = index.get("stable")
@@ -689,10 +709,62 @@ def canary_promote(
             index["versions"][previous]["status"] = "retired"
         index["stable"], index["candidate"] = version, None
         index["versions"][version]["status"] = "stable"
+        entry = index["versions"][version]
+        for key in ("approved_by", "approved_at"):
+            entry.pop(key, None)
+        if approved is not None:  # who let this promotion through, for the run's summary
+            entry.update(approved_by=approved.by, approved_at=approved.at)
 
-    _record(store, model_name, version, "promoted", f"through {', '.join(f'{s}%' for s in spec.steps)}", promoted, report_uri)
-    result.outcome, result.reason = "promoted", f"passed analysis at {', '.join(f'{s}%' for s in spec.steps)}"
+    steps = ", ".join(f"{s}%" for s in spec.steps)
+    approval_note = f"; approved by {approved.by}" if approved is not None else ""
+    _record(store, model_name, version, "promoted", f"through {steps}{approval_note}", promoted, report_uri)
+    result.outcome, result.reason = "promoted", f"passed analysis at {steps}{approval_note}"
     return result
+
+
+def hold_for_approval(
+    gate: ApprovalGate, model_name: str, version: str, weight: int, analyse: Callable[[int], AnalysisRow], result: CanaryResult,
+    failures: int, spec: CanarySpec, sleep: Callable[[float], None],
+) -> tuple[Approval | None, int, str]:
+    """Hold the candidate at ``weight`` % until ``gate``'s source has a decision about ``version`` or its timeout passes;
+    return (the decision or None, the failed analyses so far, why the hold ended without approval).
+
+    The analysis goes on while holding (every ``max(canary interval, poll interval)``), and more than ``spec.failure_limit``
+    failed or inconclusive analyses end the hold at once, as at any step. Only failing analyses are added to the report's
+    rows; the passing ones are counted in ``result.hold``.
+    """
+    settings, source = gate.settings, gate.source
+    source.request(model_name, version)
+    started = time.monotonic()
+    deadline, every = started + settings.timeout_h * 3600, max(spec.interval_s, settings.poll_s)
+    next_analysis, passed = started + every, 0
+    print(f"canary {model_name} {version} at {weight}%: holding for approval (approve or reject with `model-pipelines approve|reject "
+          f"{model_name} {version}`; at most {settings.timeout_h:g} h; decisions in {source.where})", flush=True)
+
+    def held(text: str) -> str:
+        result.hold = f"held at {weight}% for {time.monotonic() - started:.0f} s ({passed} passing analyses while holding): {text}"
+        print(f"canary {model_name} {version} at {weight}%: {text}", flush=True)
+        return text
+
+    while True:
+        decision = source.decision(model_name, version)
+        if decision is not None:
+            return decision, failures, held(f"{'approved' if decision.approved else 'rejected'} by {decision.by}")
+        now = time.monotonic()
+        if now >= deadline:
+            return None, failures, held(f"not approved within {settings.timeout_h:g} h")
+        if now >= next_analysis:
+            row = analyse(weight)
+            if row.verdict == "pass":
+                passed += 1
+            else:
+                result.rows.append(row)
+                failures += 1
+                print(f"canary {model_name} {version} at {weight}% (holding for approval): {row.verdict} ({row.detail})", flush=True)
+                if failures > spec.failure_limit:
+                    return None, failures, held(f"{weight}% traffic while holding for approval, {row.verdict}: {row.detail}")
+            next_analysis = time.monotonic() + every
+        sleep(max(0.0, min(settings.poll_s, deadline - time.monotonic(), next_analysis - time.monotonic())))
 
 
 def rollback(

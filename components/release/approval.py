@@ -1,0 +1,301 @@
+"""The approval gate: with ``approval=before-promote`` the canary holds below 100 % until a person decides.
+
+A decision is kept where the serving target keeps its state, always naming the version it is about, so that an
+approval of v3 never promotes v4:
+
+- local: ``<serving home>/<model>.approval.json`` beside the model's serving state;
+- kserve: annotations on the model's main InferenceService (``model-pipelines.io/approval-version``, ``/approval``,
+  ``/approval-by``, ``/approval-at``), merge-patched with its resourceVersion, only on an InferenceService this project
+  owns (its ``app.kubernetes.io/managed-by`` and ``model-pipelines.io/model`` labels);
+- gitops: ``approvals/<model>.yaml`` under the fleet path, committed and pushed like every other write there (trailers
+  Model, Version, Step: approval, Approval, Approved-By); no Application syncs it, so a decision changes nothing a
+  cluster renders and a rollback's revert of the model's commits never undoes it.
+
+Each is an ``ApprovalSource``. A registry (the version's custom property ``approved``) is one more: see
+``approval_source``, the one place that picks the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Protocol
+
+from components.serving.target import ServingError
+
+if TYPE_CHECKING:
+    from components.serving.gitops.repo import GitopsRepo
+    from components.serving.kserve.api import InferenceServiceApi
+    from components.serving.target import ServingTarget
+
+NONE, BEFORE_PROMOTE = "none", "before-promote"
+APPROVAL_MODES = (NONE, BEFORE_PROMOTE)
+AWAITING, APPROVED, REJECTED = "awaiting", "approved", "rejected"
+MAX_TIMEOUT_H = 72.0  # the canary-promote task's deadline (pipelines/retrain.py TIMEOUTS_S) leaves room for this much holding
+
+
+class ApprovalError(ValueError):
+    """An approval that cannot be recorded: no such candidate, not the version held, a decision already made."""
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A decision about one version: approved or rejected, by whom, when."""
+
+    version: str
+    approved: bool
+    by: str
+    at: str = ""
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    """The gate's knobs: ``mode`` none or before-promote, how long to hold (hours), how often to look for a decision (seconds)."""
+
+    mode: str = NONE
+    timeout_h: float = 24.0
+    poll_s: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        """Return whether the canary holds for a decision before promotion."""
+        return self.mode == BEFORE_PROMOTE
+
+
+class ApprovalSource(Protocol):
+    """Where decisions about a model's versions are requested, read and written."""
+
+    where: str  # one phrase naming the place, for logs and messages
+
+    def request(self, model_name: str, version: str) -> None:
+        """Mark ``version`` as awaiting a decision (a hold began), forgetting any earlier decision about the model."""
+
+    def awaiting(self, model_name: str) -> str | None:
+        """Return the version a hold awaits a decision for, or None."""
+
+    def decision(self, model_name: str, version: str) -> Approval | None:
+        """Return the decision recorded for exactly ``version``, or None (none yet, or one about another version)."""
+
+    def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
+        """Record that ``by`` approved (or rejected) ``version``."""
+
+
+@dataclass(frozen=True)
+class ApprovalGate:
+    """The gate a canary holds at: where decisions are read, and its settings."""
+
+    source: ApprovalSource
+    settings: ApprovalSettings
+
+
+def _now() -> str:
+    """Return the current UTC time as ISO-8601."""
+    from components.store.filesystem import utc_now
+
+    return utc_now()
+
+
+def _decision_of(state: str | None, version: str | None, by: str | None, at: str | None, wanted: str) -> Approval | None:
+    """Return the decision a stored (state, version, by, at) records about ``wanted``, or None."""
+    if version != wanted or state not in (APPROVED, REJECTED):
+        return None
+    return Approval(version, state == APPROVED, by or "unknown", at or "")
+
+
+class LocalApprovalSource:
+    """Decisions for the local target, in ``<serving home>/<model>.approval.json``."""
+
+    def __init__(self, home: str | Path) -> None:
+        """Keep decisions in the local serving home ``home``."""
+        self.home = Path(home)
+        self.where = f"{self.home}/<model>.approval.json"
+
+    def _path(self, model_name: str) -> Path:
+        return self.home / f"{model_name}.approval.json"
+
+    @contextlib.contextmanager
+    def _locked(self, model_name: str) -> Iterator[None]:
+        """Hold the model's approval lock while reading and writing its record."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / f".{model_name}.approval.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self, model_name: str) -> dict:
+        path = self._path(model_name)
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _write(self, model_name: str, record: dict) -> None:
+        path = self._path(model_name)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.replace(temporary, path)
+
+    def request(self, model_name: str, version: str) -> None:
+        """Write ``version`` as awaiting a decision."""
+        with self._locked(model_name):
+            self._write(model_name, {"model": model_name, "version": version, "approval": AWAITING, "since": _now()})
+
+    def awaiting(self, model_name: str) -> str | None:
+        """Return the version awaiting a decision, or None."""
+        record = self._read(model_name)
+        return record.get("version") if record.get("approval") == AWAITING else None
+
+    def decision(self, model_name: str, version: str) -> Approval | None:
+        """Return the decision about ``version``, or None."""
+        record = self._read(model_name)
+        return _decision_of(record.get("approval"), record.get("version"), record.get("by"), record.get("at"), version)
+
+    def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
+        """Write the decision about ``version``."""
+        with self._locked(model_name):
+            self._write(model_name, {"model": model_name, "version": version, "approval": APPROVED if approved else REJECTED, "by": by, "at": _now()})
+
+
+APPROVAL_ANNOTATIONS = {key: f"model-pipelines.io/{key}" for key in ("approval-version", "approval", "approval-by", "approval-at")}
+
+
+class KServeApprovalSource:
+    """Decisions for the kserve target, as annotations on the model's main InferenceService (only one this project owns)."""
+
+    def __init__(self, api: InferenceServiceApi) -> None:
+        """Read and merge-patch InferenceServices through ``api`` (the kserve target's)."""
+        self.api = api
+        self.where = f"annotations {APPROVAL_ANNOTATIONS['approval']}* of InferenceService {api.namespace}/<model>"
+
+    def _annotations(self, model_name: str) -> dict:
+        isvc = self.api.get(model_name)
+        return (isvc or {}).get("metadata", {}).get("annotations") or {}
+
+    def _write(self, model_name: str, values: dict[str, str | None]) -> None:
+        """Merge-patch the approval annotations of ``model_name``'s InferenceService, which must exist and be this project's."""
+        def build(current: dict | None) -> dict:
+            if current is None:
+                raise ServingError(f"InferenceService {self.api.namespace}/{model_name} does not exist: no rollout of {model_name} to decide on")
+            return {"metadata": {"annotations": {APPROVAL_ANNOTATIONS[key]: value for key, value in values.items()}}}
+
+        self.api.change(model_name, build, model_name)
+
+    def request(self, model_name: str, version: str) -> None:
+        """Annotate ``version`` as awaiting a decision (removing who decided before)."""
+        self._write(model_name, {"approval-version": version, "approval": AWAITING, "approval-by": None, "approval-at": _now()})
+
+    def awaiting(self, model_name: str) -> str | None:
+        """Return the version the annotations say awaits a decision, or None."""
+        annotations = self._annotations(model_name)
+        return annotations.get(APPROVAL_ANNOTATIONS["approval-version"]) if annotations.get(APPROVAL_ANNOTATIONS["approval"]) == AWAITING else None
+
+    def decision(self, model_name: str, version: str) -> Approval | None:
+        """Return the decision the annotations record about ``version``, or None."""
+        annotations = self._annotations(model_name)
+        return _decision_of(*(annotations.get(APPROVAL_ANNOTATIONS[key]) for key in ("approval", "approval-version", "approval-by", "approval-at")),
+                            version)
+
+    def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
+        """Annotate the decision about ``version``."""
+        self._write(model_name, {"approval-version": version, "approval": APPROVED if approved else REJECTED, "approval-by": by, "approval-at": _now()})
+
+
+def approval_file(model_name: str) -> str:
+    """Return the model's approval record in the fleet repository, relative to gitops_path (no Application syncs approvals/)."""
+    return f"approvals/{model_name}.yaml"
+
+
+class GitopsApprovalSource:
+    """Decisions for the gitops target, as ``approvals/<model>.yaml`` in the fleet repository, each a pushed commit."""
+
+    def __init__(self, repo: GitopsRepo, run_name: str = "") -> None:
+        """Read and commit through the clone ``repo``; ``run_name`` goes into the Pipeline-Run trailer ("local" when empty)."""
+        self.repo, self.run_name = repo, run_name or "local"
+        self.where = f"{repo.path}/{approval_file('<model>')} in {repo.url}"
+
+    def _read(self, model_name: str) -> dict:
+        import yaml
+
+        self._sync()
+        return yaml.safe_load(self.repo.read(approval_file(model_name)) or "{}") or {}
+
+    def _sync(self) -> None:
+        from components.serving.gitops.repo import GitopsError
+
+        try:
+            self.repo.sync()
+        except GitopsError as error:
+            raise ServingError(str(error)) from error
+
+    def _commit(self, model_name: str, record: dict, subject: str, trailers: list[tuple[str, str]]) -> None:
+        import yaml
+
+        from components.serving.gitops.repo import GitopsError, commit_message
+
+        self._sync()
+        try:
+            self.repo.write({approval_file(model_name): yaml.safe_dump(record, sort_keys=False)})
+            self.repo.commit_and_push(commit_message(model_name, record["version"], subject, self.run_name, trailers=[("Step", "approval"), *trailers]))
+        except GitopsError as error:
+            raise ServingError(str(error)) from error
+
+    def request(self, model_name: str, version: str) -> None:
+        """Commit ``version`` as awaiting a decision."""
+        self._commit(model_name, {"model": model_name, "version": version, "approval": AWAITING, "since": _now()}, "awaiting approval",
+                     [("Approval", AWAITING)])
+
+    def awaiting(self, model_name: str) -> str | None:
+        """Return the version the fleet repository says awaits a decision, or None."""
+        record = self._read(model_name)
+        return record.get("version") if record.get("approval") == AWAITING else None
+
+    def decision(self, model_name: str, version: str) -> Approval | None:
+        """Return the decision the fleet repository records about ``version``, or None."""
+        record = self._read(model_name)
+        return _decision_of(record.get("approval"), record.get("version"), record.get("by"), record.get("at"), version)
+
+    def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
+        """Commit the decision about ``version``."""
+        state = APPROVED if approved else REJECTED
+        self._commit(model_name, {"model": model_name, "version": version, "approval": state, "by": by, "at": _now()}, state,
+                     [("Approval", state), ("Approved-By", by)])
+
+
+def approval_source(serving_target: str, target: ServingTarget, serving_home: str | Path = "") -> ApprovalSource:
+    """Return where the gate reads decisions for a run on ``serving_target`` (its ``target``; the local target's state in ``serving_home``).
+
+    The seam for the Model Registry: when a registry is configured, return its source here instead (the version's custom
+    property ``approved`` read with ``version_property`` and written with ``set_version_property``), for every target.
+    """
+    if serving_target == "local":
+        return LocalApprovalSource(serving_home or target.home)
+    if serving_target == "kserve":
+        return KServeApprovalSource(target.api)
+    if serving_target == "gitops":
+        return GitopsApprovalSource(target.repo, target.options.run_name)
+    raise ServingError(f"no approval source for serving_target {serving_target!r}")
+
+
+def decide(target: ServingTarget, source: ApprovalSource, model_name: str, version: str, approved: bool, by: str) -> Approval:
+    """Record ``by``'s decision about ``version``, which must be the candidate a hold awaits a decision for; return it.
+
+    Raise ApprovalError naming what is wrong (no candidate, another candidate, not held yet, already decided).
+    """
+    status = target.status(model_name)
+    if status.candidate is None:
+        raise ApprovalError(f"{model_name} has no candidate (stable {status.stable or 'none'}), so nothing waits for approval")
+    if status.candidate != version:
+        raise ApprovalError(f"{model_name} {version} is not the candidate: {status.candidate} is (at {status.candidate_percent} %)")
+    earlier = source.decision(model_name, version)
+    if earlier is not None:
+        raise ApprovalError(f"{model_name} {version} was already {'approved' if earlier.approved else 'rejected'} by {earlier.by} at {earlier.at}")
+    held = source.awaiting(model_name)
+    if held != version:
+        raise ApprovalError(f"{model_name} {version} is the candidate at {status.candidate_percent} %, but no rollout holds it for approval"
+                            f"{f' ({held} was held)' if held else ''}: a run with canary.approval=before-promote holds it at its last step "
+                            "below 100 % and logs `holding`; decide then")
+    source.record(model_name, version, approved, by)
+    return Approval(version, approved, by)

@@ -1,0 +1,232 @@
+"""The approval gate (canary.approval=before-promote), time-compressed: the candidate holds at the last step below 100 %
+until `model-pipelines approve|reject` decides or approval_timeout_h passes; local end to end, kserve against the
+Kubernetes stand-in, and the fleet repository's approval record against a real Git server."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+import yaml
+
+from components.model.contract import ANOMALY_DETECTOR
+from components.model.train import DetectorParams, train_anomaly_detector
+from components.release.approval import Approval, GitopsApprovalSource, KServeApprovalSource, LocalApprovalSource, approval_file
+from components.serving.gitops.repo import TOKEN_ENV, GitopsRepo
+from components.serving.kserve import KServeOptions, KServeTarget
+from components.serving.target import ServingError
+from tests.conftest import CLI, REPO, run_cli
+from tests.git_server import GitHttpServer
+from tests.test_kserve import FAST as KSERVE_FAST, knative_cluster, main_url, models, new_project  # noqa: F401 (fixtures)
+from tests.test_serving import FALLBACK, FAST, save, served, status, training  # noqa: F401 (fixtures)
+
+GATE = ("--param", "approval=before-promote", "--param", "approval_poll_s=0.2", "--param", "canary_steps=[20,60,100]")
+HOLDING = "holding for approval"
+
+
+def start_rollout(command: list[str], env: dict | None = None) -> subprocess.Popen:
+    """Start a rollout that prints its steps' logs as they run (--verbose), to see when it holds."""
+    return subprocess.Popen([CLI, *command, "--verbose"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def wait_for_hold(rollout: subprocess.Popen, timeout_s: float = 240) -> list[str]:
+    """Read the rollout's output until its canary says it holds for approval; return the lines read."""
+    lines, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = rollout.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if HOLDING in line:
+            return lines
+    rollout.kill()
+    raise AssertionError("the rollout never held for approval:\n" + "".join(lines[-60:]))
+
+
+def finish(rollout: subprocess.Popen, lines: list[str]) -> str:
+    """Return the rollout's whole output once it ended."""
+    rest, _ = rollout.communicate(timeout=300)
+    return "".join(lines) + rest
+
+
+def summary_row(output: str, version: str) -> str:
+    """Return the run summary's row for ``version``."""
+    return next(line for line in output.splitlines() if line.startswith(f"  {ANOMALY_DETECTOR}") and f" {version} " in line)
+
+
+def test_approved_while_holding_is_promoted_and_the_hold_keeps_the_last_step_below_100(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=17)).estimator, state)
+    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
+                             "--param", "approval_timeout_h=0.05"])
+    lines = wait_for_hold(rollout)
+    held = []
+    for _ in range(4):  # the hold: several analyses' worth of time at 60 %, never 100 %
+        held.append(status(state))
+        time.sleep(0.4)
+    assert all(seen == {**held[0], "stable": stable, "candidate": version, "candidate_percent": 60} for seen in held), held
+    approved = run_cli("approve", ANOMALY_DETECTOR, version, "--by", "alice", "--state-dir", str(state))
+    assert approved.returncode == 0, approved.stdout
+    assert f"  {ANOMALY_DETECTOR:<21} {version:<5} approved by alice: the held rollout promotes it" in approved.stdout
+    output = finish(rollout, lines)
+    assert rollout.returncode == 0, output[-3000:]
+    assert f"canary {ANOMALY_DETECTOR} {version} at 100%: pass" in output, "after approval the canary goes on to 100 %"
+    assert summary_row(output, version).split(None, 2)[2] == "promoted after approval by alice"
+    assert "exit code 0" in output
+    entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
+    assert entry["status"] == "stable" and entry["approved_by"] == "alice"
+    assert status(state)["stable"] == version and status(state)["candidate"] is None
+
+
+def test_rejected_while_holding_is_rolled_back_and_stable_keeps_serving(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=19)).estimator, state)
+    early = run_cli("reject", ANOMALY_DETECTOR, version, "--state-dir", str(state))
+    assert early.returncode == 2 and f"{ANOMALY_DETECTOR} has no candidate (stable {stable})" in early.stdout, early.stdout
+    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
+                             "--param", "approval_timeout_h=0.05"])
+    lines = wait_for_hold(rollout)
+    rejected = run_cli("reject", ANOMALY_DETECTOR, version, "--by", "bob", "--state-dir", str(state))
+    assert rejected.returncode == 0, rejected.stdout
+    assert "rejected by bob: the held rollout rolls it back; stable keeps serving" in rejected.stdout
+    output = finish(rollout, lines)
+    assert rollout.returncode == 3, output[-3000:]
+    assert summary_row(output, version).split(None, 2)[2] == "rejected at canary-promote: rejected by bob"
+    entry = store.read_index(ANOMALY_DETECTOR)["versions"][version]
+    assert entry["status"] == "rejected" and entry["rejected_reason"] == "rejected at canary-promote: rejected by bob"
+    after = status(state)
+    assert after["stable"] == stable and after["candidate"] is None and after["candidate_percent"] == 0
+    answer = requests.post(f"{after['url']}:predict", json=FALLBACK, timeout=10)
+    assert answer.status_code == 200 and answer.headers["x-served-version"] == stable
+
+
+def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_does_not_count(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=23)).estimator, state)
+    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
+                             "--param", "approval_timeout_h=0.002"])
+    lines = wait_for_hold(rollout)
+    wrong = run_cli("approve", ANOMALY_DETECTOR, stable, "--state-dir", str(state))
+    assert wrong.returncode == 2 and f"{ANOMALY_DETECTOR} {stable} is not the candidate: {version} is (at 60 %)" in wrong.stdout, wrong.stdout
+    # A decision naming another version, written where the gate reads: it must not promote this one.
+    LocalApprovalSource(state / "serving").record(ANOMALY_DETECTOR, stable, True, "mallory")
+    output = finish(rollout, lines)
+    assert rollout.returncode == 3, output[-3000:]
+    reason = "rejected at canary-promote: not approved within 0.002 h"
+    assert summary_row(output, version).split(None, 2)[2] == reason
+    assert "exit code 3" in output
+    assert store.read_index(ANOMALY_DETECTOR)["versions"][version]["rejected_reason"] == reason
+    after = status(state)
+    assert after["stable"] == stable and after["candidate"] is None
+
+
+def test_an_analysis_failing_while_holding_rolls_back_without_waiting_for_a_decision(served, training):
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=29)).estimator, state)
+    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
+                             "--param", "approval_timeout_h=0.01", "--param", "failure_limit=0"])
+    lines = wait_for_hold(rollout)
+    serving_state = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())
+    assert serving_state["candidate"]["version"] == version
+    os.kill(serving_state["candidate"]["pid"], signal.SIGKILL)  # the candidate dies while it waits for approval
+    output = finish(rollout, lines)
+    assert rollout.returncode == 3, output[-3000:]
+    reason = summary_row(output, version).split(None, 2)[2]
+    assert reason.startswith("rejected at canary-promote: 60% traffic while holding for approval, fail: error_rate 1 > 0.01"), reason
+    after = status(state)
+    assert after["stable"] == stable and after["candidate"] is None
+
+
+def test_kserve_approval_is_an_annotation_on_the_owned_inference_service(knative_cluster, models):
+    project = new_project(knative_cluster)
+    first = project.rollout(ANOMALY_DETECTOR, project.store_version(ANOMALY_DETECTOR, models["detector"](1)))
+    assert first.returncode == 0, first.stdout[-3000:]
+    v2 = project.store_version(ANOMALY_DETECTOR, models["detector"](2))
+    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", v2, "--local", "--state-dir", str(project.state), *KSERVE_FAST, *GATE,
+                             "--param", f"namespace={project.namespace}", "--pvc-name", project.pvc, "--param", "approval_timeout_h=0.05"],
+                            env=knative_cluster.env)
+    lines = wait_for_hold(rollout)
+    target = KServeTarget(KServeOptions(namespace=project.namespace), api=kube_api(knative_cluster))
+    held = target.status(ANOMALY_DETECTOR)
+    assert (held.stable, held.candidate, held.candidate_percent) == ("v1", v2, 60)
+    annotations = project.isvc(ANOMALY_DETECTOR)["metadata"]["annotations"]
+    assert (annotations["model-pipelines.io/approval-version"], annotations["model-pipelines.io/approval"]) == (v2, "awaiting")
+    decide = ("--target", "kserve", "--param", f"namespace={project.namespace}", "--state-dir", str(project.state))
+    wrong = run_cli("approve", ANOMALY_DETECTOR, "v1", *decide, env=knative_cluster.env)
+    assert wrong.returncode == 2 and f"v1 is not the candidate: {v2} is" in wrong.stdout, wrong.stdout
+    approved = run_cli("approve", ANOMALY_DETECTOR, v2, "--by", "carol", *decide, env=knative_cluster.env)
+    assert approved.returncode == 0, approved.stdout
+    output = finish(rollout, lines)
+    assert rollout.returncode == 0, output[-3000:]
+    assert summary_row(output, v2).split(None, 2)[2] == "promoted after approval by carol"
+    annotations = project.isvc(ANOMALY_DETECTOR)["metadata"]["annotations"]
+    assert annotations["model-pipelines.io/stable-version"] == v2
+    assert {key: annotations[f"model-pipelines.io/approval{key}"] for key in ("-version", "", "-by")} == {"-version": v2, "": "approved", "-by": "carol"}
+
+    v3 = project.store_version(ANOMALY_DETECTOR, models["detector"](3))
+    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", v3, "--local", "--state-dir", str(project.state), *KSERVE_FAST, *GATE,
+                             "--param", f"namespace={project.namespace}", "--pvc-name", project.pvc, "--param", "approval_timeout_h=0.05"],
+                            env=knative_cluster.env)
+    lines = wait_for_hold(rollout)
+    rejected = run_cli("reject", ANOMALY_DETECTOR, v3, "--by", "dave", *decide, env=knative_cluster.env)
+    assert rejected.returncode == 0, rejected.stdout
+    output = finish(rollout, lines)
+    assert rollout.returncode == 3, output[-3000:]
+    assert summary_row(output, v3).split(None, 2)[2] == "rejected at canary-promote: rejected by dave"
+    after = target.status(ANOMALY_DETECTOR)
+    assert (after.stable, after.candidate) == (v2, None)
+    assert requests.post(main_url(project) + ":predict", json=FALLBACK, timeout=10).status_code == 200
+
+    # An InferenceService this project did not create is never annotated.
+    api = kube_api(knative_cluster)
+    hand_made = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "hand-made"},
+                 "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": f"pvc://{project.pvc}/{ANOMALY_DETECTOR}/v1"}}}}
+    api.create_namespaced_custom_object("serving.kserve.io", "v1beta1", project.namespace, "inferenceservices", hand_made)
+    before = project.isvc("hand-made")["metadata"]
+    with pytest.raises(ServingError, match="was not created by model-pipelines"):
+        KServeApprovalSource(target.api).request("hand-made", "v1")
+    assert project.isvc("hand-made")["metadata"].get("annotations") == before.get("annotations")
+
+
+def kube_api(cluster):
+    from kubernetes import client, config
+
+    return client.CustomObjectsApi(config.new_client_from_config(cluster.env["KUBECONFIG"]))
+
+
+def test_the_fleet_repository_keeps_one_approval_record_per_model_naming_its_version(tmp_path, monkeypatch):
+    password = "approval-push-secret"
+    (tmp_path / "server").mkdir()
+    server = GitHttpServer(tmp_path / "server", password)
+    url = server.create("fleet.git", {"fleet/models/README.md": "Owned by the platform team.\n"})
+    server.start()
+    monkeypatch.setenv(TOKEN_ENV, password)
+    try:
+        pipeline = GitopsApprovalSource(GitopsRepo(url, "main", "fleet/models", tmp_path / "pipeline"), "run-7")
+        person = GitopsApprovalSource(GitopsRepo(url, "main", "fleet/models", tmp_path / "person"))
+        pipeline.request(ANOMALY_DETECTOR, "v4")
+        assert person.awaiting(ANOMALY_DETECTOR) == "v4" and person.decision(ANOMALY_DETECTOR, "v4") is None
+        person.record(ANOMALY_DETECTOR, "v3", True, "mallory")
+        assert pipeline.decision(ANOMALY_DETECTOR, "v4") is None, "an approval of v3 never counts for v4"
+        person.record(ANOMALY_DETECTOR, "v4", False, "erin")
+        found = pipeline.decision(ANOMALY_DETECTOR, "v4")
+        assert found == Approval("v4", False, "erin", found.at) and found.at
+        record = yaml.safe_load(pipeline.repo.read(approval_file(ANOMALY_DETECTOR)))
+        assert (record["version"], record["approval"], record["by"]) == ("v4", "rejected", "erin")
+        assert approval_file(ANOMALY_DETECTOR) in pipeline.repo.owned()
+        trailers = dict(pipeline.repo.history(approval_file(ANOMALY_DETECTOR))[0][1])
+        assert {key: trailers[key] for key in ("Model", "Version", "Step", "Approval", "Approved-By")} == {
+            "Model": ANOMALY_DETECTOR, "Version": "v4", "Step": "approval", "Approval": "rejected", "Approved-By": "erin"}
+        server.commit_directly("fleet.git", f"fleet/models/{approval_file('other-model')}", "version: v1\napproval: approved\n")
+        with pytest.raises(ServingError, match="was not created by model-pipelines"):
+            pipeline.request("other-model", "v2")
+    finally:
+        server.stop()
