@@ -72,21 +72,21 @@ def history(registry, tmp_path_factory):
         steps["duplicate"] = run_cli(*run, "--param", "seed=43", *settings(registry.url, registry.cert), env=ENV)
         steps["after_duplicate"] = registry.creates()
         steps["store_before_required"] = snapshot(state / "store")
-        steps["required"] = run_cli(*run, "--param", "seed=44", *settings(down, registry.cert, "--param", "store.registry_required=true"), env=ENV)
+        steps["required"] = run_cli(*run, "--param", "seed=44", "--param", "champion_tolerance=1",
+                                   *settings(down, registry.cert, "--param", "store.registry_required=true"), env=ENV)
         yield state, steps
     finally:
         run_cli("serve", "stop", "--state-dir", str(state))
 
 
 def test_a_run_with_the_registry_down_goes_on_and_says_what_was_not_registered(history):
-    state, steps = history
+    _, steps = history
     result = steps["down"]
     assert result.returncode == 0, result.stdout[-3000:]
     summary = summary_of(result)
     assert f"  {MODEL:<21} v1    promoted" in summary
     assert "registry: NOT in step, nothing registered or mirrored for anomaly-detector: cannot reach the model registry at https://127.0.0.1:" in summary
     assert f"`model-pipelines registry sync {MODEL}` registers what the store holds" in summary
-    assert index_of(state)["stable"] == "v1"
     assert steps["before_sync"] == 0
 
 
