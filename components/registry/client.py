@@ -100,7 +100,7 @@ class RegistryClient:
                 message = answer.json().get("message", "")
             except ValueError:
                 message = answer.text[:200]
-            raise RegistryError(f"the model registry at {self.url} answered {answer.status_code} to {method} {path}: {message}")
+            raise RegistryError(f"the model registry at {self.url} answered {answer.status_code} to {method} {path}: {str(message)[:300]}")
         return answer.json()
 
     def find_registered_model(self, name: str) -> dict | None:
