@@ -248,14 +248,14 @@ def _rollout(args: argparse.Namespace) -> int:
 
 def _resolved(config, store, model: str, version: str) -> str:
     """Return the stored version a model-registry:// reference names, checked against the store (RegistryError when it is not)."""
-    from components.registry.client import RegistryClient, RegistryError
+    from components.registry.client import RegistryError
     from components.registry.sync import resolve_version
 
     registry = config.registry
     if not registry.enabled:
         raise RegistryError("--version model-registry://… needs the registry: --param store.registry_url=https://… (and "
                             "store.registry_ca_bundle), with its token in $MODEL_REGISTRY_TOKEN")
-    return resolve_version(RegistryClient(registry.url, registry.ca_bundle, secret=registry.secret), store, model, version)
+    return resolve_version(registry.client(), store, model, version)
 
 
 def _registry(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """A Model Registry stand-in on 127.0.0.1 over TLS: the REST API v1alpha3 endpoints the project uses, checked against the published API.
 
-It follows kubeflow/model-registry's ``api/openapi/model-registry.yaml`` (commit bd07139, /work/shared/reference/model-registry/):
+It follows kubeflow/model-registry's ``api/openapi/model-registry.yaml`` (commit bd07139, in shared/reference/model-registry beside the project):
 every request and every response is validated with openapi-core against that file, and any mismatch is kept in ``errors``
 (the tests fail on it). Semantics as the server has them: ids are strings from one counter for models and versions (MLMD
 contexts) and another for artifacts, ``createTimeSinceEpoch``/``lastUpdateTimeSinceEpoch`` in milliseconds as strings, lookups
@@ -24,9 +24,10 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.request.exceptions import SecurityValidationError
 
+from tests.conftest import REPO
 from tests.servers import tls_certificate
 
-API_FILE = Path("/work/shared/reference/model-registry/model-registry.openapi.yaml")
+API_FILE = REPO.parent / "shared" / "reference" / "model-registry" / "model-registry.openapi.yaml"
 API = "/api/model_registry/v1alpha3"
 SPEC_SERVER = "https://localhost:8080"  # the API file's server: requests are validated as if sent there
 

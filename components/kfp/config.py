@@ -30,6 +30,7 @@ from components.store.s3 import DEFAULT_SECRET
 
 if TYPE_CHECKING:
     from components.kfp.workflow import StoreOptions
+    from components.registry.client import RegistryClient
     from components.serving.gitops.fleet import GitopsOptions
     from components.serving.kserve import KServeOptions
 
@@ -475,6 +476,12 @@ class RegistryConfig:
     def enabled(self) -> bool:
         """Return whether a registry is configured."""
         return bool(self.url)
+
+    def client(self) -> RegistryClient:
+        """Return a client of the configured registry, its token from the environment (RegistryError: not https, or no token)."""
+        from components.registry.client import RegistryClient
+
+        return RegistryClient(self.url, self.ca_bundle, secret=self.secret)
 
 
 @dataclass(frozen=True)

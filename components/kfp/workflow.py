@@ -241,14 +241,13 @@ def sync_registry(config: RunConfig, store: ModelStore | None = None, *, at_save
     registry = config.registry
     if not registry.enabled:
         return ""
-    from components.registry.client import RegistryClient, RegistryError
+    from components.registry.client import RegistryError
     from components.registry.sync import sync_model
 
     model_name = config.model_name
     catch_up = f"`model-pipelines registry sync {model_name}` registers what the store holds once the registry answers"
     try:
-        client = RegistryClient(registry.url, registry.ca_bundle, secret=registry.secret)
-        report = sync_model(store or open_store(config.store), client, model_name, config.spec.description, config.spec.owner,
+        report = sync_model(store or open_store(config.store), registry.client(), model_name, config.spec.description, config.spec.owner,
                             config.store.s3_secret if config.store.kind == "s3" else "")
         line = f"{REGISTRY_PREFIX}{report.message()} ({registry.url})"
     except (RegistryError, KeyError, ValueError) as error:

@@ -9,7 +9,7 @@ goes only over https, only to the configured host (redirects are not followed), 
 from __future__ import annotations
 
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import requests
 
@@ -63,7 +63,7 @@ class RegistryClient:
 
     url: str
     ca_bundle: str = ""
-    token: str = ""
+    token: str = field(default="", repr=False)  # never printed
     secret: str = ""  # the Secret the token comes from, for messages
     timeout_s: float = TIMEOUT_S
 
@@ -77,9 +77,6 @@ class RegistryClient:
         if not self.token:
             raise RegistryError(f"no token for the model registry at {self.url}: put one in the key 'token' of Secret "
                                 f"{self.secret or 'the installation registry Secret'!r} (or ${TOKEN_ENV} locally)")
-
-    def __repr__(self) -> str:
-        return f"RegistryClient(url={self.url!r}, ca_bundle={self.ca_bundle!r})"  # never the token
 
     def _call(self, method: str, path: str, params: dict | None = None, body: dict | None = None, missing_ok: bool = False) -> dict | None:
         """Return the JSON answer of one call (None for a 404 when ``missing_ok``); raise RegistryError naming the problem."""

@@ -138,6 +138,13 @@ def _version_and_id(client: RegistryClient, model_name: str, version: str) -> di
     return found
 
 
+def version_ids(client: RegistryClient, model_name: str, version: str) -> tuple[str, str]:
+    """Return (registered model id, model version id) of ``version`` of ``model_name`` in the registry (what deployments are labelled
+    with); raise RegistryError when it is not registered."""
+    found = _version_and_id(client, model_name, version)
+    return found["registeredModelId"], found["id"]
+
+
 def version_artifact(client: RegistryClient, model_name: str, version: str) -> dict:
     """Return the ModelArtifact registered for ``version`` of ``model_name``; raise RegistryError when there is none."""
     artifacts = client.model_artifacts(_version_and_id(client, model_name, version)["id"])
