@@ -47,7 +47,7 @@ def _installation(args: argparse.Namespace):
     from components.kfp.config import Installation
     from components.kfp.run_parameters import installation_problems
 
-    given = {name: getattr(args, name, None) for name in ("pvc_name", "s3_secret", "prometheus_secret", "gitops_secret")}
+    given = {name: getattr(args, name, None) for name in ("pvc_name", "s3_secret", "prometheus_secret", "gitops_secret", "registry_secret")}
     installation = Installation(**{name: value for name, value in given.items() if value is not None})
     problems = installation_problems(vars(installation))
     if problems:
@@ -222,18 +222,71 @@ def _rollout(args: argparse.Namespace) -> int:
         return 2
     spec, (model,) = chosen
     state_dir = Path(args.state_dir)
+    from components.registry.client import RegistryError
+    from components.registry.sync import parse_registry_uri
+
     try:
+        reference = parse_registry_uri(args.version)
+        if reference is not None and reference[0] != model:
+            raise ValueError(f"--version {args.version} names model {reference[0]!r}, but this rollout is of {model!r}")
+        version = reference[1] if reference else args.version
         chosen = [] if spec is not None else [f"model_name={model}"]
-        arguments = parse_params([*local_defaults(ROLLOUT, spec), *args.param, *chosen, f"version={args.version}"], ROLLOUT, spec)
+        arguments = parse_params([*local_defaults(ROLLOUT, spec), *args.param, *chosen, f"version={version}"], ROLLOUT, spec)
         installation = _installation(args)
-        check_stored_version(open_run_store(run_config(ROLLOUT, arguments, installation, spec), state_dir), model, args.version)
-    except (ValueError, StoreError) as error:
+        config = run_config(ROLLOUT, arguments, installation, spec)
+        store = open_run_store(config, state_dir)
+        check_stored_version(store, model, version)
+        if reference is not None:
+            print(f"model registry: {args.version} is the store's {_resolved(config, store, model, version)} (artifact and sha256 checked)")
+    except (ValueError, StoreError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    args.version = version
     print(f"==> {model} {args.version}: deploy -> smoke-test -> canary", flush=True)
     summary = run_local(model, arguments, state_dir, pipeline_name=ROLLOUT, verbose=args.verbose, installation=installation, spec=spec)
     print(format_summary([summary], state_dir))
     return exit_code([summary])
+
+
+def _resolved(config, store, model: str, version: str) -> str:
+    """Return the stored version a model-registry:// reference names, checked against the store (RegistryError when it is not)."""
+    from components.registry.client import RegistryError
+    from components.registry.sync import resolve_version
+
+    registry = config.registry
+    if not registry.enabled:
+        raise RegistryError("--version model-registry://… needs the registry: --param store.registry_url=https://… (and "
+                            "store.registry_ca_bundle), with its token in $MODEL_REGISTRY_TOKEN")
+    return resolve_version(registry.client(), store, model, version)
+
+
+def _registry(args: argparse.Namespace) -> int:
+    """Reconcile the store's index into the model registry (register missing versions, mirror every status); return the exit code."""
+    from components.kfp.workflow import sync_registry
+    from pipelines.local import local_defaults, open_run_store, parse_params, run_config
+
+    models = list(MODEL_NAMES) if args.model in (None, "all") else [args.model]
+    try:
+        installation = _installation(args)
+        configs = [run_config(ROLLOUT, parse_params([*local_defaults(ROLLOUT), *args.param, f"model_name={model}"], ROLLOUT), installation)
+                   for model in models]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not configs[0].registry.enabled:
+        print("error: no registry to sync into: --param store.registry_url=https://<the registry's REST route> (token in $MODEL_REGISTRY_TOKEN)",
+              file=sys.stderr)
+        return 2
+    code = 0
+    for config in configs:
+        try:
+            line = sync_registry(config, open_run_store(config, Path(args.state_dir)))
+        except StoreError as error:
+            print(f"error: {error}", file=sys.stderr)
+            code = 1
+            continue
+        code = code or (1 if " NOT in step" in line else 0)
+    return code
 
 
 def curl_line(url: str, model_name: str) -> str:
@@ -268,6 +321,8 @@ def format_summary(summaries: list[RunSummary], state_dir: Path) -> str:
             lines.append(f"      evaluate: {metrics or 'no metrics'}{decision}")
         if summary.report:
             lines.append(f"      report:   {summary.report}")
+        if summary.registry:
+            lines.append(f"      registry: {summary.registry}")
         serving = summary.serving
         if serving and serving.url:
             candidate = f", candidate {serving.candidate} at {serving.candidate_percent} %" if serving.candidate else ""
@@ -609,6 +664,8 @@ def _add_installation_options(verb: argparse.ArgumentParser) -> None:
                       f"service-account token (default: {installed.prometheus_secret})")
     verb.add_argument("--gitops-secret", help=f"the Secret with the fleet repository's token, or ssh-privatekey and known_hosts "
                       f"(default: {installed.gitops_secret})")
+    verb.add_argument("--registry-secret", help=f"the Secret whose key token holds the model registry's bearer token; absent: the "
+                      f"service-account token (default: {installed.registry_secret})")
 
 
 def _add_model_option(verb: argparse.ArgumentParser) -> None:
@@ -618,7 +675,7 @@ def _add_model_option(verb: argparse.ArgumentParser) -> None:
 
 
 def _version_name(text: str) -> str:
-    """Return the stored version name --version means: v7 as given, and a bare number such as 7 as v7."""
+    """Return the stored version name --version means: v7 as given, a bare number such as 7 as v7, a model-registry:// URI as given."""
     return f"v{text}" if text.isdigit() else text
 
 
@@ -732,6 +789,19 @@ def build_parser() -> argparse.ArgumentParser:
         verb.add_argument("--s3-prefix", default="models")
         verb.add_argument("--s3-secret", default=DEFAULT_SECRET, help="the data connection's name, for messages")
         verb.set_defaults(handler=_store)
+
+    registry_verb = verbs.add_parser("registry", help="the model registry: reconcile the store's versions into it")
+    registry_verbs = registry_verb.add_subparsers(dest="registry_verb", required=True)
+    sync_verb = registry_verbs.add_parser("sync", help="register every stored version missing from the registry and mirror each version's "
+                                          "status (idempotent; backfills versions stored before the registry was configured)")
+    sync_verb.add_argument("model", nargs="?", default="all", choices=[*MODEL_NAMES, "all"])
+    sync_verb.add_argument("--param", action="append", default=[], metavar="K=V",
+                           help="store.registry_url (required), store.registry_ca_bundle, model_store, store.s3_prefix ...; the token comes "
+                                "from $MODEL_REGISTRY_TOKEN (or the service account)")
+    sync_verb.add_argument("--s3-secret", help="the data connection Secret (S3 store), named as the artifacts' storageKey")
+    _add_installation_options(sync_verb)
+    _add_state_dir(sync_verb)
+    sync_verb.set_defaults(handler=_registry)
 
     serve_verb = verbs.add_parser("serve", help="inspect or stop local serving")
     serve_verbs = serve_verb.add_subparsers(dest="serve_verb", required=True)

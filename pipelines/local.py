@@ -35,7 +35,7 @@ from components.kfp.config import (
     knobs_of,
     retrain_arguments as grouped_retrain_arguments,
 )
-from components.kfp.workflow import RUN_LOCKS_ENV, SERVING_HOME_ENV, STORE_ROOT_ENV, RunActiveError, local_run_lock, open_store
+from components.kfp.workflow import REGISTRY_PREFIX, RUN_LOCKS_ENV, SERVING_HOME_ENV, STORE_ROOT_ENV, RunActiveError, local_run_lock, open_store
 from components.monitoring.monitor import NO_ACTION, RETRAIN, record_trigger
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, ROLLOUT
 from pipelines.retrain import builder_for, make_components
@@ -75,6 +75,7 @@ class RunSummary(LocalRunRecord):
     version_states: dict[str, str] = field(default_factory=dict)
     store_location: str = ""
     serving: ServingStatus | None = None
+    registry: str = ""  # the last thing the run's steps said about the model registry ("" without one)
 
 
 def exit_code(summaries: list[RunSummary]) -> int:
@@ -311,7 +312,16 @@ def run_local(
     summary.champion = champion_version(index)
     summary.serving = local_target(state_dir).status(model_name)
     summary.store_location = store.location
+    summary.registry = last_registry_line(log_path)
     return summary
+
+
+def last_registry_line(log_path: Path) -> str:
+    """Return what the run's last step to talk to the model registry said (``workflow.sync_registry``), or ""."""
+    if not log_path.is_file():
+        return ""
+    said = [line.strip().removeprefix(REGISTRY_PREFIX) for line in log_path.read_text().splitlines() if line.strip().startswith(REGISTRY_PREFIX)]
+    return said[-1] if said else ""
 
 
 def _outcome(summary: RunSummary, index: dict, before: dict, version: str | None, evaluation_report: str,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from components.serving.gitops.repo import TOKEN_ENV as GITOPS_TOKEN_ENV
 from components.data.prometheus import TOKEN_ENV
+from components.registry.client import TOKEN_ENV as REGISTRY_TOKEN_ENV
 
 STORES = ("pvc", "s3")
 # Before OpenShift AI 3.0 (no optional Secrets) these stop being run parameters: the compile binds them to constants.
@@ -118,8 +119,8 @@ def _bind_root_parameter(pipeline_spec: dict, name: str, value: object) -> None:
 
 
 def _is_optional_credential(secret: dict) -> bool:
-    """Return whether a secretAsEnv entry injects an optional credential: the Prometheus token or the fleet repository's."""
-    return any(pair.get("envVar") in (TOKEN_ENV, GITOPS_TOKEN_ENV) for pair in secret.get("keyToEnv", []))
+    """Return whether a secretAsEnv entry injects an optional credential: the Prometheus token, the fleet repository's or the registry's."""
+    return any(pair.get("envVar") in (TOKEN_ENV, GITOPS_TOKEN_ENV, REGISTRY_TOKEN_ENV) for pair in secret.get("keyToEnv", []))
 
 
 def _adapt_executor(config: dict, platform: Platform, store: str, s3_secret: str) -> dict:
@@ -157,7 +158,7 @@ def describe(platform: Platform, store: str, s3_secret: str) -> str:
     if platform.store_is_a_run_parameter:
         return f" Compiled for {releases}; default store {store}, default rollout strategy {platform.rollout_strategy}."
     secret = f"the S3 store with data connection Secret {s3_secret!r} (required)" if store == "s3" else "the PVC store and no Secret"
-    return (f" Compiled for {releases}, which has no optional Secrets: {secret}, fixed at compile time; Prometheus uses the service account token; serving_target=gitops has no credentials Secret;"
+    return (f" Compiled for {releases}, which has no optional Secrets: {secret}, fixed at compile time; Prometheus and the model registry use the service account token; serving_target=gitops has no credentials Secret;"
             f" default rollout strategy {platform.rollout_strategy}.")
 
 

@@ -28,6 +28,7 @@ from components.kfp import steps
 from components.kfp.config import MONITOR as MONITOR_KIND, RETRAIN, ROLLOUT as ROLLOUT_KIND, Installation, parameter_descriptions, pipeline_parameters
 from components.model.spec import ModelSpec, builtin_specs, spec_for
 from components.release.approval import MAX_TIMEOUT_H as MAX_APPROVAL_TIMEOUT_H
+from components.registry.client import TOKEN_ENV as REGISTRY_TOKEN_ENV
 from components.serving.gitops import repo as gitops_repo
 from components.store.filesystem import DEFAULT_STORE_ROOT
 from components.store.s3 import DATA_CONNECTION_KEYS
@@ -77,21 +78,26 @@ class Wiring:
 
     def __init__(self, image: str, installation: Installation, kind: str, model: ModelSpec | object) -> None:
         self.ops = make_components(image)
+        self.image = image
         self.installation = installation
         self.kind = kind
         self.spec = model if isinstance(model, ModelSpec) else None  # the pipeline's own model, carried in the YAML
         self.model_name = model.name if isinstance(model, ModelSpec) else model  # else the model_name run parameter's channel
 
-    def side_effect(self, task: dsl.PipelineTask, *, store: bool = False, prometheus: bool = False, gitops: bool = False) -> dsl.PipelineTask:
+    def side_effect(self, task: dsl.PipelineTask, *, store: bool = False, prometheus: bool = False, gitops: bool = False,
+                    registry: bool = False) -> dsl.PipelineTask:
         """Never cache ``task`` and bound its run time; mount the store and inject the credentials it needs.
 
         The store's PVC is mounted at /mnt/models whichever store is selected, and the data connection's keys are injected
-        (optional, so that PVC-only users need no Secret); the Prometheus token and the fleet repository's credentials likewise.
+        (optional, so that PVC-only users need no Secret); the Prometheus token, the fleet repository's credentials and the model
+        registry's token likewise (a step that changes the store's index mirrors it into the registry).
         """
         installed = self.installation
         if store:
             kubernetes.mount_pvc(task, pvc_name=installed.pvc_name, mount_path=DEFAULT_STORE_ROOT)
             kubernetes.use_secret_as_env(task, secret_name=installed.s3_secret, secret_key_to_env={key: key for key in DATA_CONNECTION_KEYS}, optional=True)
+        if registry:
+            kubernetes.use_secret_as_env(task, secret_name=installed.registry_secret, secret_key_to_env={"token": REGISTRY_TOKEN_ENV}, optional=True)
         if prometheus:
             kubernetes.use_secret_as_env(task, secret_name=installed.prometheus_secret, secret_key_to_env={"token": TOKEN_ENV}, optional=True)
         if gitops:
@@ -117,23 +123,25 @@ class Wiring:
             kind=self.kind, model_name=self.model_name, installation=asdict(self.installation), model_spec=spec_constant(self.spec),
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             **{name: p[name] for name in ("serving_target", "namespace", "model_store", "store", "serving", "fleet")},
-        ), store=True, gitops=True).set_display_name("Leave serving safe")
+        ), store=True, gitops=True, registry=True).set_display_name("Leave serving safe")
 
     def roll_out(self, config, version, validation_data, after: dsl.PipelineTask | None = None) -> None:
         """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``; deploy waits for ``after`` too."""
         run_name = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-        deploy = self.side_effect(self.ops.deploy_inference_service(config=config, version=version, run_name=run_name), store=True, gitops=True)
+        deploy = self.side_effect(self.ops.deploy_inference_service(config=config, version=version, run_name=run_name), store=True, gitops=True,
+                                  registry=True)
         deploy.set_display_name("Deploy as dark candidate")
         if after is not None:
             deploy.after(after)
-        smoke = self.side_effect(self.ops.smoke_test(config=config, version=version, validation_data=validation_data), store=True, gitops=True)
+        smoke = self.side_effect(self.ops.smoke_test(config=config, version=version, validation_data=validation_data), store=True, gitops=True,
+                                 registry=True)
         smoke.after(deploy).set_display_name("Smoke-test the new version")
         with dsl.If(smoke.outputs["passed"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
             self.side_effect(self.ops.canary_promote(config=config, version=version, run_name=run_name, validation_data=validation_data),
-                             store=True, prometheus=True, gitops=True).set_display_name("Canary-promote or roll back")
+                             store=True, prometheus=True, gitops=True, registry=True).set_display_name("Canary-promote or roll back")
         with dsl.Else(name="smoke-test-failed"):
             self.side_effect(self.ops.rollback(config=config, version=version, run_name=run_name, reason=smoke.outputs["reason"]),
-                             store=True, gitops=True).set_display_name("Roll back (smoke test failed)")
+                             store=True, gitops=True, registry=True).set_display_name("Roll back (smoke test failed)")
 
 
 def pipeline_function(kind: str, spec: ModelSpec | None, summary: str, body: Callable[[dict], object], returns: object = inspect.Signature.empty) -> Callable:
@@ -181,7 +189,8 @@ def build_retrain_pipeline(spec: ModelSpec, image: str = DEFAULT_IMAGE, installa
             with dsl.If(evaluate.outputs["Output"] == True, name="deploy-approved"):  # noqa: E712 (KFP condition syntax)
                 save = wiring.side_effect(wiring.ops.save_to_storage(
                     config=config, model=train.outputs["model"], metrics=evaluate.outputs["metrics"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                ), store=True).set_display_name("Save version to the store")
+                    image=wiring.image,
+                ), store=True, registry=True).set_display_name("Save version to the store")
                 wiring.roll_out(config, save.outputs["version"], ingest.outputs["validation_data"])
         return PipelineOutputs(metrics=evaluate.outputs["metrics"], report=evaluate.outputs["report"])
 

@@ -53,6 +53,14 @@ def start_server(arguments: Callable[[int], list[str]], log: Path, what: str, re
     return started[-1], port
 
 
+def tls_certificate(work: Path) -> tuple[Path, Path]:
+    """Return (certificate, key) of a fresh self-signed test CA certificate for 127.0.0.1 in ``work``: the bundle a client trusts."""
+    cert, key = work / "cert.pem", work / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
 def answers_http(url: str) -> bool:
     """Return whether ``url`` answers 200."""
     try:

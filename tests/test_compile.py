@@ -105,6 +105,9 @@ def test_side_effect_tasks_have_timeouts_and_the_yaml_holds_no_secrets():
                 if secret["secretName"] == "prometheus-token":
                     assert secret["keyToEnv"] == [{"envVar": "PROMETHEUS_TOKEN", "secretKey": "token"}]
                     continue
+                if secret["secretName"] == "model-registry-token":
+                    assert secret["keyToEnv"] == [{"envVar": "MODEL_REGISTRY_TOKEN", "secretKey": "token"}]
+                    continue
                 if secret["secretName"] == "gitops-credentials":
                     assert {(pair["secretKey"], pair["envVar"]) for pair in secret["keyToEnv"]} == {
                         ("token", "GITOPS_TOKEN"), ("ssh-privatekey", "GITOPS_SSH_KEY"), ("known_hosts", "GITOPS_KNOWN_HOSTS")}

@@ -26,7 +26,7 @@ from components.model.spec import spec_for
 from components.model.train import train_model
 from tests.conftest import logged, run_cli
 from tests.recipe_overrides import isolation_forest, reseeded
-from tests.servers import PrometheusServer
+from tests.servers import PrometheusServer, tls_certificate
 from tests.test_hardening import metric
 from tests.test_serving import MainUrlClient, save
 
@@ -131,9 +131,7 @@ class RecordingTlsPrometheus:
     """An https endpoint on 127.0.0.1 that answers like Prometheus and records the Authorization headers it gets."""
 
     def __init__(self, work: Path, redirect_to: str = "") -> None:
-        self.cert, key = work / "cert.pem", work / "key.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(self.cert), "-days", "1",
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        self.cert, key = tls_certificate(work)
         self.seen: list[str] = []
         recorder = self
 

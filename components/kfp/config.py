@@ -31,6 +31,7 @@ from components.store.s3 import DEFAULT_SECRET
 
 if TYPE_CHECKING:
     from components.kfp.workflow import StoreOptions
+    from components.registry.client import RegistryClient
     from components.serving.gitops.fleet import GitopsOptions
     from components.serving.kserve import KServeOptions
 
@@ -40,6 +41,7 @@ IN_CLUSTER_PROMETHEUS = "https://thanos-querier.openshift-monitoring.svc.cluster
 SERVICE_CA_BUNDLE = "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt"
 DEFAULT_PROMETHEUS_SECRET = "prometheus-token"
 DEFAULT_GITOPS_SECRET = "gitops-credentials"
+DEFAULT_REGISTRY_SECRET = "model-registry-token"
 DEFAULT_EXPERIMENT = "self-healing-models"
 # A cluster run with its defaults learns the cluster's own metrics from OpenShift's in-cluster querier (local runs
 # default to synthetic data instead: pipelines/local.py LOCAL_DEFAULTS).
@@ -134,6 +136,14 @@ KNOBS: tuple[Knob, ...] = tuple([
         ("s3_verify", "s3_verify", True, "Verify the S3 endpoint's TLS certificate."),
         ("s3_ca_bundle", "s3_ca_bundle", "", "CA bundle file for the S3 endpoint; empty: AWS_CA_BUNDLE or the system CAs."),
     ]),
+    *_knobs("store", _SERVE, [
+        ("registry_url", "registry_url", "", "The OpenShift AI / Kubeflow Model Registry's REST URL (https only; its token comes from the installation's "
+                                             "registry Secret), e.g. https://<registry>-rest.apps.<cluster>; empty: no registry."),
+        ("registry_name", "registry_name", "", "The registry's name, as the dashboard shows it (what deployments are labelled with)."),
+        ("registry_ca_bundle", "registry_ca_bundle", "", "CA bundle file for the registry's TLS; empty: the system CAs."),
+        ("registry_required", "registry_required", False,
+         "Fail the save step (before any deploy) when the registry cannot register the version; false: the run goes on and says what was not registered."),
+    ]),
     *_knobs("serving", _SERVE, [
         ("runtime", "runtime", "", "ServingRuntime name; empty: KServe picks the sklearn runtime."),
         ("deployment_mode", "deployment_mode", "auto", "auto (from the InferenceService), Serverless/Knative or RawDeployment/Standard."),
@@ -195,7 +205,7 @@ KNOB_BY_NAME = {knob.name: knob for knob in KNOBS}
 GROUPS = ("data", "prometheus", "training", "gates", "store", "serving", "canary", "fleet", "monitor")  # training and gates: the spec's
 GROUP_HELP = {
     "data": "Training data", "training": "The model's training recipe", "gates": "What a candidate must meet to deploy",
-    "prometheus": "Prometheus details", "store": "The S3 model store", "serving": "How versions are served",
+    "prometheus": "Prometheus details", "store": "The S3 model store and the model registry", "serving": "How versions are served",
     "canary": "The canary analysis", "fleet": "GitOps fleet (serving_target=gitops)", "monitor": "Drift monitoring",
 }
 # Defaults a pipeline kind sets apart from the knob's: a rollout checks a version on a short recent window.
@@ -210,6 +220,7 @@ class Installation:
     s3_secret: str = DEFAULT_SECRET
     prometheus_secret: str = DEFAULT_PROMETHEUS_SECRET
     gitops_secret: str = DEFAULT_GITOPS_SECRET
+    registry_secret: str = DEFAULT_REGISTRY_SECRET
 
 
 INSTALLATION_NAMES = tuple(item.name for item in fields(Installation))
@@ -458,6 +469,28 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """The model registry versions are registered in (optional: an empty url means none), its token's Secret and CA bundle."""
+
+    url: str
+    name: str
+    ca_bundle: str
+    required: bool
+    secret: str
+
+    @property
+    def enabled(self) -> bool:
+        """Return whether a registry is configured."""
+        return bool(self.url)
+
+    def client(self) -> RegistryClient:
+        """Return a client of the configured registry, its token from the environment (RegistryError: not https, or no token)."""
+        from components.registry.client import RegistryClient
+
+        return RegistryClient(self.url, self.ca_bundle, secret=self.secret)
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     """What counts as drift, what a retrain decision does and where the monitor reports."""
 
@@ -554,6 +587,12 @@ class RunConfig:
 
         return FleetConfig(str(self._value("gitops_repo")), str(self._value("gitops_branch")), str(self._value("gitops_path")),
                            fleet_waves(_loaded(self._value("fleet_waves"))), float(self._value("fleet_wave_timeout_s")))
+
+    @property
+    def registry(self) -> RegistryConfig:
+        """Return the model registry's settings."""
+        return RegistryConfig(str(self._value("registry_url")), str(self._value("registry_name")), str(self._value("registry_ca_bundle")),
+                              _true(self._value("registry_required")), self.installation.registry_secret)
 
     @property
     def monitor(self) -> MonitorConfig:

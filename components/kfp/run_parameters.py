@@ -90,6 +90,12 @@ def _http_url(value: object) -> str | None:
     return None if value == "" or (isinstance(value, str) and HTTP_URL.match(value)) else "empty or an http(s) URL with no user:password@ part"
 
 
+def _https_url(value: object) -> str | None:
+    """Rule for URLs a token goes to: empty (none) or one https URL without credentials."""
+    return None if value == "" or (isinstance(value, str) and value.startswith("https://") and HTTP_URL.match(value)) else \
+        "empty or an https URL with no user:password@ part (the registry's token goes only over TLS)"
+
+
 def _text(value: object) -> str | None:
     """Rule for free text (paths, prefixes): a string of bounded length without control characters."""
     if isinstance(value, str) and len(value) <= MAX_TEXT and value.isprintable():
@@ -200,6 +206,10 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "regime_start": _timestamp,
     "prometheus_ca_bundle": _text,
     "s3_ca_bundle": _text,
+    "registry_url": _https_url,
+    "registry_name": _text,
+    "registry_ca_bundle": _text,
+    "registry_required": _boolean,
     "s3_prefix": _store_prefix,
     "allow_synthetic_fallback": _boolean,
     "allow_synthetic_deploy": _boolean,
@@ -233,6 +243,7 @@ INSTALLATION_RULES: dict[str, Callable[[object], str | None]] = {
     "s3_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
     "prometheus_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
     "gitops_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=True),
+    "registry_secret": _kubernetes_name(DNS_SUBDOMAIN, "Secret name", may_be_empty=False),
 }
 
 
@@ -258,6 +269,8 @@ def problems(values: dict) -> list[str]:
     found = _broken(values, RULES)
     if values.get("source") == "file" and values.get("file_path") == "":
         found.append("data.file_path='': must name a CSV or Parquet file when source=file")
+    if str(values.get("registry_required")).lower() == "true" and not values.get("registry_url"):
+        found.append("store.registry_required=true: needs store.registry_url, the registry's https REST URL (or set registry_required=false)")
     if values.get("serving_target") == "gitops":
         if not values.get("gitops_repo"):
             found.append("fleet.repo='': must name the fleet repository when serving_target=gitops")

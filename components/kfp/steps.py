@@ -125,19 +125,22 @@ def save_to_storage(
     model: Input[Model],
     metrics: Input[Metrics],
     run_name: str,
+    image: str,
 ) -> NamedTuple("SaveOutputs", [("version", str), ("storage_uri", str)]):
-    """Store the model as the next immutable version (or find the version holding the same bytes); return the version and its storageUri."""
+    """Store the model as the next immutable version (or find the version holding the same bytes) and register it in the model registry
+    when one is configured; return the version and its storageUri."""
     from collections import namedtuple
 
     from components.kfp.config import read_config
-    from components.kfp.workflow import save_step
+    from components.kfp.workflow import save_step, sync_registry
 
     settings = read_config(config.path)
-    stored = save_step(settings.model_name, model.path, dict(metrics.metadata), settings.store, run_name)
+    stored = save_step(settings.model_name, model.path, dict(metrics.metadata), settings.store, run_name, image)
     if stored.already_stored:
         print(f"result: byte-identical to stored {stored.version}: nothing new saved -> {stored.storage_uri}")
     else:
         print(f"result: saved {stored.version} -> {stored.storage_uri}")
+    sync_registry(settings, at_save=True)
     return namedtuple("SaveOutputs", ["version", "storage_uri"])(stored.version, stored.storage_uri)
 
 
@@ -149,13 +152,14 @@ def deploy_inference_service(
     """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %; held if trained on synthetic data and
     the target is a cluster, unless allowed); return what happened."""
     from components.kfp.config import read_config
-    from components.kfp.workflow import deploy_step
+    from components.kfp.workflow import deploy_step, sync_registry
 
     settings = read_config(config.path)
     serving = settings.serving
     outcome = deploy_step(settings.model_name, version, serving.target, settings.store, serving.ready_timeout_s, run_name,
                           serving.kserve_options(run_name), settings.fleet.gitops_options(), serving.allow_synthetic_deploy)
     print(f"result: {outcome.message}")
+    sync_registry(settings)
     return outcome.message
 
 
@@ -169,7 +173,7 @@ def smoke_test(
     from collections import namedtuple
 
     from components.kfp.config import read_config
-    from components.kfp.workflow import configured_serving
+    from components.kfp.workflow import configured_serving, sync_registry
     from components.release.rollout import record_smoke_test, smoke_test as run_smoke_test
 
     settings = read_config(config.path)
@@ -182,6 +186,7 @@ def smoke_test(
     print(markdown)
     passed_checks = sum(passed for _, passed, _ in result.checks)
     print(f"result: {'passed' if result.passed else 'FAILED'} {passed_checks}/{len(result.checks)} checks{'' if result.passed else ': ' + result.rejection}")
+    sync_registry(settings, store)
     return namedtuple("SmokeOutputs", ["passed", "reason"])(result.passed, result.rejection)
 
 
@@ -196,7 +201,7 @@ def canary_promote(
     promote or roll back; return the outcome."""
     from components.data.prometheus import PrometheusClient, PrometheusProvider, token_source
     from components.kfp.config import read_config
-    from components.kfp.workflow import configured_approval, configured_serving, probe_sample_from
+    from components.kfp.workflow import configured_approval, configured_serving, probe_sample_from, sync_registry
     from components.release.rollout import ProbeProvider, canary_promote as run_canary
 
     settings = read_config(config.path)
@@ -217,6 +222,7 @@ def canary_promote(
     with open(report.path, "w") as handle:
         handle.write(result.html())
     print(f"result: {result.outcome} ({result.reason})")
+    sync_registry(settings, store)
     return result.outcome
 
 
@@ -228,13 +234,14 @@ def rollback(
 ) -> str:
     """Undo what this run deployed of the version (its candidate, or its failed first deployment) and reject it; return what happened."""
     from components.kfp.config import read_config
-    from components.kfp.workflow import configured_serving
+    from components.kfp.workflow import configured_serving, sync_registry
     from components.release.rollout import rollback as run_rollback
 
     settings = read_config(config.path)
     target, store, _ = configured_serving(settings, run_name)
     outcome = run_rollback(target, store, settings.model_name, version, reason, run_name=run_name, timeout_s=settings.serving.ready_timeout_s)
     print(f"result: {outcome.message}")
+    sync_registry(settings, store)
     return outcome.message
 
 
@@ -256,7 +263,7 @@ def ensure_safe_serving(
     An exit task may depend on no other task, so it reads its few settings from the run parameters, not the configuration artifact.
     """
     from components.kfp.config import carried_spec, config_from_arguments
-    from components.kfp.workflow import configured_serving
+    from components.kfp.workflow import configured_serving, sync_registry
     from components.model.spec import use_spec
     from components.release.rollout import make_safe
 
@@ -267,6 +274,7 @@ def ensure_safe_serving(
     target, opened_store, _ = configured_serving(settings, run_name)
     outcome = make_safe(target, opened_store, settings.model_name, run_name=run_name, timeout_s=settings.serving.ready_timeout_s)
     print(f"result: {outcome.message}")
+    sync_registry(settings, opened_store)
     return outcome.message
 
 

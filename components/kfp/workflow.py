@@ -205,14 +205,15 @@ def evaluate_step(spec: ModelSpec, model_dir: str, validation_path: str, data_de
     return evaluation, markdown_report(evaluation, data_description)
 
 
-def save_step(model_name: str, model_dir: str, scores: dict, store_options: StoreOptions, run_name: str) -> StoredVersion:
-    """Save the candidate as the next version with its full record (metrics, parameters, lineage), or return the version
-    that already holds its bytes."""
+def save_step(model_name: str, model_dir: str, scores: dict, store_options: StoreOptions, run_name: str, image: str = "") -> StoredVersion:
+    """Save the candidate as the next version with its full record (metrics, parameters, lineage, the image and the champion it was
+    judged against), or return the version that already holds its bytes."""
     from importlib.metadata import version as package_version
 
     from components.monitoring.drift import validation_profile
 
     training = json.loads((Path(model_dir) / TRAINING_FILENAME).read_text())
+    store = open_store(store_options)
     record = {
         "model": model_name,
         "metrics": scores,
@@ -220,6 +221,11 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
         "data_fingerprint": training["data_fingerprint"],
         "data_source": training.get("data_source", "unknown"),
         "training_rows": training["training_rows"],
+        "data_window": training.get("data_window", {}),
+        "pipeline_name": f"{model_name}-retrain",
+        "image": image,
+        # What evaluate judged the candidate against: the same choice it made (the stable version, else the newest not rejected).
+        "champion": champion_version(store.read_index(model_name)) or "",
         "sklearn_version": package_version("scikit-learn"),
         "project_version": __version__,
         "python_version": platform.python_version(),
@@ -232,7 +238,37 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
         "spec": json.dumps(spec_for(model_name).document.value, sort_keys=True),
     }
     # A model byte-identical to a stored version takes no new number: the run goes on with that version.
-    return open_store(store_options).save_version(model_name, Path(model_dir) / MODEL_FILENAME, record, reuse_identical=True)
+    return store.save_version(model_name, Path(model_dir) / MODEL_FILENAME, record, reuse_identical=True)
+
+
+REGISTRY_PREFIX = "registry: "  # the line a step prints about the registry; a local run's summary repeats the last one
+
+
+def sync_registry(config: RunConfig, store: ModelStore | None = None, *, at_save: bool = False) -> str:
+    """Make the registry match the store's index for the run's model (when a registry is configured), print and return what happened.
+
+    A registry that cannot be reached or refuses leaves the run going and says what is not registered; at the save step with
+    ``registry_required`` it raises RegistryError instead, before anything deploys (the stored version stays stored).
+    """
+    registry = config.registry
+    if not registry.enabled:
+        return ""
+    from components.registry.client import RegistryError
+    from components.registry.sync import sync_model
+
+    model_name = config.model_name
+    catch_up = f"`model-pipelines registry sync {model_name}` registers what the store holds once the registry answers"
+    try:
+        report = sync_model(store or open_store(config.store), registry.client(), model_name, config.spec.description, config.spec.owner,
+                            config.store.s3_secret if config.store.kind == "s3" else "")
+        line = f"{REGISTRY_PREFIX}{report.message()} ({registry.url})"
+    except (RegistryError, KeyError, ValueError) as error:
+        if at_save and registry.required:
+            raise RegistryError(f"{error}. registry_required=true, so the run stops before any deploy; every stored version stays in the "
+                                f"store; {catch_up}, or set store.registry_required=false to go on without it") from None
+        line = f"{REGISTRY_PREFIX}NOT in step, nothing registered or mirrored for {model_name}: {error}; the store keeps every version; {catch_up}"
+    print(line, flush=True)
+    return line
 
 
 class RunActiveError(RuntimeError):

@@ -34,6 +34,7 @@ from sklearn.utils import get_tags
 from sklearn.utils.class_weight import compute_sample_weight
 
 from components.model.contract import (
+    TIMESTAMP_COLUMN,
     ContractError,
     engineer_features,
     feature_labels,
@@ -77,6 +78,7 @@ class TrainedModel:
     training_rows: int
     profile: dict = field(default_factory=dict)  # drift.drift_profile of the training data
     reference: dict = field(default_factory=dict)  # reference_predictions on a few training inputs
+    data_window: dict = field(default_factory=dict)  # the first and last training minute (ISO 8601), when the data has timestamps
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
@@ -407,7 +409,15 @@ def train_model(spec: ModelSpec, frame: pd.DataFrame, overrides: Mapping[str, ob
                   "estimator": [{"name": step.name, "class": step.class_path, "params": dict(step.params)} for step in recipe.estimator.steps],
                   "overrides": dict(overrides or {}), **fitted.calibration}
     return TrainedModel(fitted.estimator, parameters, data_fingerprint(frame), fitted.rows, drift_profile(frame, spec.name),
-                        reference_predictions(fitted.estimator, fitted.inputs, method=spec.served_method))
+                        reference_predictions(fitted.estimator, fitted.inputs, method=spec.served_method), data_window(frame))
+
+
+def data_window(frame: pd.DataFrame) -> dict:
+    """Return the first and last minute of the training data as ISO-8601 times ({} when it has no timestamps)."""
+    if TIMESTAMP_COLUMN not in frame or frame.empty:
+        return {}
+    times = pd.to_datetime(frame[TIMESTAMP_COLUMN])
+    return {"start": times.min().isoformat(), "end": times.max().isoformat()}
 
 
 def reference_predictions(estimator, features: np.ndarray, rows: int = REFERENCE_ROWS, method: str = "predict") -> dict:
@@ -450,7 +460,7 @@ def save_trained(trained: TrainedModel, directory: Path, data_source: str = "unk
     """Write ``model.pkl`` and ``training.json`` (parameters, lineage and data source, input profile, reference predictions) to ``directory``; return the latter's content."""
     save_model(trained, directory)
     training = {"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "data_source": data_source,
-                "training_rows": trained.training_rows, "profile": trained.profile, "reference": trained.reference}
+                "training_rows": trained.training_rows, "data_window": trained.data_window, "profile": trained.profile, "reference": trained.reference}
     (directory / TRAINING_FILENAME).write_text(json.dumps(training, indent=2))
     return training
 

@@ -1,0 +1,138 @@
+"""A small client for the Model Registry's REST API (v1alpha3, ``/api/model_registry/v1alpha3``): only the calls the project makes.
+
+Not the ``model-registry`` package: its 0.3.x client speaks the later ``/api/model_registry/v1`` paths (kubeflow/hub issue 2992
+renamed them), which a v1alpha3 registry answers 404, and it is asynchronous (aiohttp, nest_asyncio) and calls the server
+when constructed. The bearer token comes from the installation's Secret ($MODEL_REGISTRY_TOKEN) or the service account; it
+goes only over https, only to the configured host (redirects are not followed), and is never printed.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass, field
+
+import requests
+
+from components.credentials import token_from_environment
+
+API_PATH = "/api/model_registry/v1alpha3"
+TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
+TIMEOUT_S = 10.0
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot be reached, refuses the token or a call; the message names the problem and the fix."""
+
+
+def property_values(properties: dict[str, object]) -> dict[str, dict]:
+    """Return ``properties`` as the API's typed customProperties (bool, int, float or str; None is left out)."""
+    typed = {}
+    for key, value in properties.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            typed[key] = {"metadataType": "MetadataBoolValue", "bool_value": value}
+        elif isinstance(value, int) and abs(value) < 10**9:
+            typed[key] = {"metadataType": "MetadataIntValue", "int_value": str(value)}
+        elif isinstance(value, (int, float)):
+            typed[key] = {"metadataType": "MetadataDoubleValue", "double_value": float(value)}
+        else:
+            typed[key] = {"metadataType": "MetadataStringValue", "string_value": str(value)}
+    return typed
+
+
+def plain_values(custom_properties: dict[str, dict] | None) -> dict[str, object]:
+    """Return the API's typed customProperties as plain Python values (struct and proto values are left out)."""
+    plain: dict[str, object] = {}
+    for key, value in (custom_properties or {}).items():
+        kind = value.get("metadataType")
+        if kind == "MetadataBoolValue":
+            plain[key] = value["bool_value"]
+        elif kind == "MetadataIntValue":
+            plain[key] = int(value["int_value"])
+        elif kind == "MetadataDoubleValue":
+            plain[key] = float(value["double_value"])
+        elif kind == "MetadataStringValue":
+            plain[key] = value["string_value"]
+    return plain
+
+
+@dataclass
+class RegistryClient:
+    """The registry at ``url`` (https), trusted through ``ca_bundle`` (empty: the system CAs), with the bearer ``token``."""
+
+    url: str
+    ca_bundle: str = ""
+    token: str = field(default="", repr=False)  # never printed
+    secret: str = ""  # the Secret the token comes from, for messages
+    timeout_s: float = TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        parsed = urllib.parse.urlparse(self.url)
+        if parsed.scheme != "https" or not parsed.hostname or parsed.username or parsed.password:
+            raise RegistryError(f"registry_url {self.url!r} is not an https URL without credentials: the registry's token goes only over "
+                                "TLS; set store.registry_url to the registry's https route")
+        self.url = self.url.rstrip("/")
+        self.token = self.token or token_from_environment(TOKEN_ENV)
+        if not self.token:
+            raise RegistryError(f"no token for the model registry at {self.url}: put one in the key 'token' of Secret "
+                                f"{self.secret or 'the installation registry Secret'!r} (or ${TOKEN_ENV} locally)")
+
+    def _call(self, method: str, path: str, params: dict | None = None, body: dict | None = None, missing_ok: bool = False) -> dict | None:
+        """Return the JSON answer of one call (None for a 404 when ``missing_ok``); raise RegistryError naming the problem."""
+        try:
+            answer = requests.request(method, f"{self.url}{API_PATH}{path}", params=params, json=body, timeout=self.timeout_s,
+                                      headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json"},
+                                      verify=self.ca_bundle or True, allow_redirects=False)
+        except requests.RequestException as error:
+            raise RegistryError(f"cannot reach the model registry at {self.url}: {type(error).__name__}; check store.registry_url, "
+                                "store.registry_ca_bundle and that the registry is up") from None
+        if answer.status_code == 404 and missing_ok:
+            return None
+        if answer.status_code in (401, 403):
+            raise RegistryError(f"the model registry at {self.url} refused the token ({answer.status_code}); give the token in Secret "
+                                f"{self.secret or TOKEN_ENV!r} access to the registry (a RoleBinding to the registry's service)")
+        if answer.status_code >= 300:
+            try:
+                message = answer.json().get("message", "")
+            except ValueError:
+                message = answer.text[:200]
+            raise RegistryError(f"the model registry at {self.url} answered {answer.status_code} to {method} {path}: {str(message)[:300]}")
+        return answer.json()
+
+    def find_registered_model(self, name: str) -> dict | None:
+        """Return the RegisteredModel named ``name``, or None."""
+        return self._call("GET", "/registered_model", params={"name": name}, missing_ok=True)
+
+    def create_registered_model(self, body: dict) -> dict:
+        """Create a RegisteredModel (RegisteredModelCreate) and return it."""
+        return self._call("POST", "/registered_models", body=body)
+
+    def update_registered_model(self, model_id: str, body: dict) -> dict:
+        """Update a RegisteredModel (RegisteredModelUpdate) and return it."""
+        return self._call("PATCH", f"/registered_models/{model_id}", body=body)
+
+    def find_model_version(self, name: str, registered_model_id: str) -> dict | None:
+        """Return the ModelVersion ``name`` of the RegisteredModel ``registered_model_id``, or None."""
+        return self._call("GET", "/model_version", params={"name": name, "parentResourceId": registered_model_id}, missing_ok=True)
+
+    def create_model_version(self, body: dict) -> dict:
+        """Create a ModelVersion (ModelVersionCreate) and return it."""
+        return self._call("POST", "/model_versions", body=body)
+
+    def update_model_version(self, version_id: str, body: dict) -> dict:
+        """Update a ModelVersion (ModelVersionUpdate) and return it."""
+        return self._call("PATCH", f"/model_versions/{version_id}", body=body)
+
+    def model_artifacts(self, version_id: str) -> list[dict]:
+        """Return the ModelArtifacts of the ModelVersion ``version_id``."""
+        listed = self._call("GET", f"/model_versions/{version_id}/artifacts", params={"artifactType": "model-artifact", "pageSize": "100"})
+        return [item for item in listed["items"] if item.get("artifactType") == "model-artifact"]
+
+    def add_model_artifact(self, version_id: str, body: dict) -> dict:
+        """Create a ModelArtifact in the ModelVersion ``version_id`` and return it."""
+        return self._call("POST", f"/model_versions/{version_id}/artifacts", body={**body, "artifactType": "model-artifact"})
+
+    def update_model_artifact(self, artifact_id: str, body: dict) -> dict:
+        """Update a ModelArtifact (ModelArtifactUpdate) and return it."""
+        return self._call("PATCH", f"/model_artifacts/{artifact_id}", body={**body, "artifactType": "model-artifact"})

@@ -1,0 +1,200 @@
+"""Keep the registry in step with the store: register each stored version once, mirror its status at every step, resolve
+``model-registry://`` references back to the store (checked against its checksum), read and write a version's properties.
+
+The store is the source of truth (data flows store -> registry). A version's ``status`` and ``status_reason`` properties
+mirror the index; a rejected version is ARCHIVED (the store judged it unfit, so the dashboard no longer offers it for
+deployment) and every other version is LIVE: a retired version was stable and is the one a rollback goes back to. The
+state is worked out from the store at each sync, so a rejected version that a later rollout makes stable is LIVE again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from components.registry.client import RegistryClient, RegistryError, plain_values, property_values
+from components.store.filesystem import ModelStore, StoreError, version_number
+
+URI_SCHEME = "model-registry://"
+STATUS, STATUS_REASON, SHA256 = "status", "status_reason", "sha256"
+MODEL_FORMAT = "sklearn"
+
+
+@dataclass
+class SyncReport:
+    """What one sync did: versions newly registered, versions whose status or state changed, and what could not be registered."""
+
+    model_name: str
+    registered: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def message(self) -> str:
+        """Return one line for a step's log and a run's summary."""
+        parts = [f"registered {', '.join(self.registered)}" if self.registered else "",
+                 f"status mirrored for {', '.join(self.updated)}" if self.updated else "",
+                 f"{len(self.unchanged)} version(s) already in step" if self.unchanged else ""]
+        return f"{self.model_name}: " + ("; ".join(part for part in parts if part) or "no versions stored")
+
+
+def version_status(index: dict, version: str) -> tuple[str, str]:
+    """Return a version's status in the store's index and the reason that goes with it ("" when none)."""
+    entry = index["versions"][version]
+    status = entry.get("status", "stored")
+    reason = entry.get("rejected_reason") or entry.get("held_reason") or (f"duplicate of {entry['duplicate_of']}" if entry.get("duplicate_of") else "")
+    return status, reason if status in ("rejected", "held", "duplicate") else ""
+
+
+def version_state(status: str) -> str:
+    """Return the registry state of a version with the store status ``status``: ARCHIVED when rejected, else LIVE."""
+    return "ARCHIVED" if status == "rejected" else "LIVE"
+
+
+def version_properties(record: dict, index: dict, version: str) -> dict[str, object]:
+    """Return a stored version's custom properties: checksum, evaluation metrics, data lineage, pipeline lineage, image, champion, status."""
+    status, reason = version_status(index, version)
+    window = record.get("data_window") or {}
+    run_name = record.get("run_name", "")
+    properties: dict[str, object] = {
+        SHA256: index["versions"][version]["sha256"],
+        **{f"metric_{name}": float(value) for name, value in sorted(record.get("metrics", {}).items())
+           if isinstance(value, (int, float)) and not isinstance(value, bool)},
+        "data_source": record.get("data_source", "unknown"),
+        "data_window_start": window.get("start"),
+        "data_window_end": window.get("end"),
+        "training_rows": record.get("training_rows"),
+        "data_fingerprint": record.get("data_fingerprint"),
+        "pipeline_name": record.get("pipeline_name") or (f"{record.get('model', '')}-retrain" if run_name else "none (saved outside a pipeline)"),
+        "pipeline_version": record.get("project_version"),
+        "pipeline_run_id": run_name or "none",
+        "image": record.get("image") or "unknown (saved outside a pipeline)",
+        "champion": record.get("champion") or "none",
+        "python_version": record.get("python_version"),
+        STATUS: status,
+        STATUS_REASON: reason,
+    }
+    return {key: value for key, value in properties.items() if value is not None}
+
+
+def artifact_body(store: ModelStore, record: dict, model_name: str, version: str, storage_key: str) -> dict:
+    """Return the ModelArtifact of a stored version: its storage URI, format sklearn at the training scikit-learn version, and for an
+    S3 store the data connection (storageKey) and the key prefix in its bucket (storagePath)."""
+    uri = store.storage_uri(model_name, version)
+    body = {"name": f"{model_name}-{version}", "uri": uri, "modelFormatName": MODEL_FORMAT,
+            "modelFormatVersion": str(record.get("sklearn_version", "")), "state": "LIVE",
+            "description": f"{model_name} {version}: model.pkl and version.json in the model store"}
+    if uri.startswith("s3://") and storage_key:
+        body.update(storageKey=storage_key, storagePath=uri.removeprefix("s3://").partition("/")[2])
+    return body
+
+
+def registered_model(client: RegistryClient, model_name: str, description: str, owner: str) -> dict:
+    """Return the RegisteredModel ``model_name``, created (or its description and owner brought up to date) as the spec says."""
+    found = client.find_registered_model(model_name)
+    if found is None:
+        return client.create_registered_model({"name": model_name, "description": description, "owner": owner, "state": "LIVE"})
+    if found.get("description", "") != description or found.get("owner", "") != owner:
+        return client.update_registered_model(found["id"], {"description": description, "owner": owner})
+    return found
+
+
+def sync_model(store: ModelStore, client: RegistryClient, model_name: str, description: str, owner: str, storage_key: str = "") -> SyncReport:
+    """Make the registry match the store's index for ``model_name``: register every stored version missing there (version, properties,
+    artifact) and mirror each version's status; return what changed. Idempotent: a second call creates nothing."""
+    report = SyncReport(model_name)
+    index = store.read_index(model_name)
+    if not index["versions"]:
+        return report
+    model = registered_model(client, model_name, description, owner)
+    for version in sorted(index["versions"], key=version_number):
+        record = store.version_record(model_name, version)
+        wanted = property_values(version_properties(record, index, version))
+        state = version_state(version_status(index, version)[0])
+        found = client.find_model_version(version, model["id"])
+        if found is None:
+            found = client.create_model_version({"name": version, "registeredModelId": model["id"], "author": record.get("run_name") or "model-pipelines",
+                                                 "description": f"{model_name} {version}, saved {record.get('saved_at', '')}",
+                                                 "customProperties": wanted, "state": state})
+            report.registered.append(version)
+        elif any(found.get("customProperties", {}).get(key) != value for key, value in wanted.items()) or found.get("state") != state:
+            # Properties set in the registry by people (approved, notes) are kept: only the store's keys are written.
+            client.update_model_version(found["id"], {"customProperties": {**found.get("customProperties", {}), **wanted}, "state": state})
+            report.updated.append(version)
+        else:
+            report.unchanged.append(version)
+        if not client.model_artifacts(found["id"]):
+            client.add_model_artifact(found["id"], artifact_body(store, record, model_name, version, storage_key))
+            if version not in report.registered:
+                report.registered.append(version)
+    return report
+
+
+def _version_and_id(client: RegistryClient, model_name: str, version: str) -> dict:
+    """Return the registry's ModelVersion ``version`` of ``model_name``; raise RegistryError when either is not registered."""
+    model = client.find_registered_model(model_name)
+    found = client.find_model_version(version, model["id"]) if model else None
+    if found is None:
+        raise RegistryError(f"the model registry at {client.url} has no version {version!r} of {model_name!r}; "
+                            f"`model-pipelines registry sync {model_name}` registers the stored ones")
+    return found
+
+
+def version_ids(client: RegistryClient, model_name: str, version: str) -> tuple[str, str]:
+    """Return (registered model id, model version id) of ``version`` of ``model_name`` in the registry (what deployments are labelled
+    with); raise RegistryError when it is not registered."""
+    found = _version_and_id(client, model_name, version)
+    return found["registeredModelId"], found["id"]
+
+
+def version_artifact(client: RegistryClient, model_name: str, version: str) -> dict:
+    """Return the ModelArtifact registered for ``version`` of ``model_name``; raise RegistryError when there is none."""
+    artifacts = client.model_artifacts(_version_and_id(client, model_name, version)["id"])
+    if not artifacts:
+        raise RegistryError(f"version {version} of {model_name} has no model artifact in the registry; `model-pipelines registry sync {model_name}`")
+    return artifacts[0]
+
+
+def version_property(client: RegistryClient, model_name: str, version: str, key: str) -> object | None:
+    """Return the custom property ``key`` of ``version`` of ``model_name`` in the registry (bool, int, float or str), or None."""
+    return plain_values(_version_and_id(client, model_name, version).get("customProperties")).get(key)
+
+
+def set_version_property(client: RegistryClient, model_name: str, version: str, key: str, value: bool | int | float | str) -> None:
+    """Set the custom property ``key`` of ``version`` of ``model_name`` in the registry to ``value``, keeping its other properties."""
+    found = _version_and_id(client, model_name, version)
+    client.update_model_version(found["id"], {"customProperties": {**found.get("customProperties", {}), **property_values({key: value})}})
+
+
+def parse_registry_uri(text: str) -> tuple[str, str] | None:
+    """Return (model, version) of ``model-registry://<model>/<version>`` (a bare number N means vN), or None for another text."""
+    if not text.startswith(URI_SCHEME):
+        return None
+    model, _, version = text.removeprefix(URI_SCHEME).partition("/")
+    if not model or not version or "/" in version:
+        raise ValueError(f"{text!r} is not model-registry://<model>/<version>, e.g. model-registry://anomaly-detector/v3")
+    return model, f"v{version}" if version.isdigit() else version
+
+
+def resolve_version(client: RegistryClient, store: ModelStore, model_name: str, version: str) -> str:
+    """Return the stored version a registry entry names, after checking that its artifact URI and sha256 are the store's own for that
+    version and that the stored bytes match; raise RegistryError naming any mismatch (nothing deploys)."""
+    found = _version_and_id(client, model_name, version)
+    artifact = version_artifact(client, model_name, version)
+    index = store.read_index(model_name)
+    if version not in index["versions"]:
+        raise RegistryError(f"the registry names {model_name} {version}, which the store at {store.location} does not hold; "
+                            "a registry entry cannot point a rollout at a file the store does not vouch for")
+    expected_uri = store.storage_uri(model_name, version)
+    if artifact.get("uri") != expected_uri:
+        raise RegistryError(f"model-registry://{model_name}/{version} points at {artifact.get('uri')!r}, but the store holds {version} at "
+                            f"{expected_uri!r}: refused, nothing deployed; fix the registry entry (`model-pipelines registry sync {model_name}` "
+                            "does not rewrite an artifact) or roll out by the store's version name")
+    registered_sha = plain_values(found.get("customProperties")).get(SHA256)
+    stored_sha = index["versions"][version]["sha256"]
+    if registered_sha != stored_sha:
+        raise RegistryError(f"model-registry://{model_name}/{version} has sha256 {str(registered_sha)[:12]}…, but the store's {version} has "
+                            f"{stored_sha[:12]}…: refused, nothing deployed")
+    try:
+        store.model_bytes(model_name, version)  # checks the bytes against the index's and the record's sha256
+    except (StoreError, OSError) as error:
+        raise RegistryError(f"the store's {model_name} {version} does not check out ({error}): refused, nothing deployed") from None
+    return version
