@@ -13,13 +13,15 @@ import requests
 import yaml
 
 from components.model.contract import ANOMALY_DETECTOR
-from components.model.train import DetectorParams, train_anomaly_detector
+from components.model.spec import spec_for
+from components.model.train import train_model
 from components.release.approval import Approval, GitopsApprovalSource, KServeApprovalSource, LocalApprovalSource, approval_file
 from components.serving.gitops.repo import TOKEN_ENV, GitopsRepo
 from components.serving.kserve import KServeOptions, KServeTarget
 from components.serving.target import ServingError
 from tests.conftest import CLI, REPO, run_cli
 from tests.git_server import GitHttpServer
+from tests.recipe_overrides import reseeded
 from tests.test_kserve import FAST as KSERVE_FAST, knative_cluster, main_url, models, new_project  # noqa: F401 (fixtures)
 from tests.test_serving import FALLBACK, FAST, save, served, status, training  # noqa: F401 (fixtures)
 
@@ -61,7 +63,7 @@ def summary_row(output: str, version: str) -> str:
 def test_approved_while_holding_is_promoted_and_the_hold_keeps_the_last_step_below_100(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=17)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(17)).estimator, state)
     rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
                              "--param", "approval_timeout_h=0.05"])
     lines = wait_for_hold(rollout)
@@ -86,7 +88,7 @@ def test_approved_while_holding_is_promoted_and_the_hold_keeps_the_last_step_bel
 def test_rejected_while_holding_is_rolled_back_and_stable_keeps_serving(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=19)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(19)).estimator, state)
     early = run_cli("reject", ANOMALY_DETECTOR, version, "--state-dir", str(state))
     assert early.returncode == 2 and f"{ANOMALY_DETECTOR} has no candidate (stable {stable})" in early.stdout, early.stdout
     rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
@@ -109,7 +111,7 @@ def test_rejected_while_holding_is_rolled_back_and_stable_keeps_serving(served, 
 def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_does_not_count(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=23)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(23)).estimator, state)
     rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
                              "--param", "approval_timeout_h=0.002"])
     lines = wait_for_hold(rollout)
@@ -130,7 +132,7 @@ def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_
 def test_an_analysis_failing_while_holding_rolls_back_without_waiting_for_a_decision(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=29)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(29)).estimator, state)
     rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
                              "--param", "approval_timeout_h=0.01", "--param", "failure_limit=0"])
     lines = wait_for_hold(rollout)
