@@ -25,7 +25,7 @@ from pipelines.cli import main
 from tests.conftest import CLI, REPO, run_cli
 from tests.git_server import GitHttpServer
 from tests.recipe_overrides import reseeded
-from tests.test_gitops_target import NAMESPACE as FLEET_NAMESPACE, PASSWORD as FLEET_PASSWORD, PATH as FLEET_PATH, StockRuntime, SyncedHub
+from tests.test_gitops_target import NAMESPACE as FLEET_NAMESPACE, PATH as FLEET_PATH, fleet_repo  # noqa: F401 (fixture)
 from tests.test_kserve import FAST as KSERVE_FAST, knative_cluster, main_url, models, new_project  # noqa: F401 (fixtures)
 from tests.test_serving import FALLBACK, FAST, save, served, status, training  # noqa: F401 (fixtures)
 
@@ -238,41 +238,30 @@ def test_the_fleet_repository_keeps_one_approval_record_per_model_naming_its_ver
         server.stop()
 
 
-def test_approve_with_target_gitops_commits_the_decision_about_the_held_candidate_to_the_fleet_repository(tmp_path, monkeypatch, capsys):
+def test_approve_with_target_gitops_commits_the_decision_about_the_held_candidate_to_the_fleet_repository(tmp_path, fleet_repo, monkeypatch, capsys):
     """`model-pipelines approve --target gitops` (run through the CLI's main, its hub connection given the stand-in hub of
     tests/test_gitops_target.py) checks the candidate in wave 1's overlay and commits the decision as approvals/<model>.yaml."""
-    (tmp_path / "git").mkdir()
-    server = GitHttpServer(tmp_path / "git", FLEET_PASSWORD).start()
-    runtime = StockRuntime().start()
-    try:
-        repo = server.create("fleet.git", {"README.md": "fleet\n"})
-        monkeypatch.setenv(TOKEN_ENV, FLEET_PASSWORD)
-        for proxy in ("HTTP_PROXY", "http_proxy"):
-            monkeypatch.delenv(proxy, raising=False)
-        hub = SyncedHub(repo)
-        endpoint = runtime.url + "/{cluster}/{namespace}/{service}"
-        options = KServeOptions(FLEET_NAMESPACE, endpoint=endpoint, rollout_strategy="standard-canary", run_name="run-9")
-        target = GitopsTarget(options, GitopsOptions(repo, "main", FLEET_PATH, wave_timeout_s=20), hub_api=hub, workdir=tmp_path / "pipeline")
-        target.deploy(ANOMALY_DETECTOR, "v1", f"pvc://models/{ANOMALY_DETECTOR}/v1", "1" * 64, 20)
-        target.deploy(ANOMALY_DETECTOR, "v2", f"pvc://models/{ANOMALY_DETECTOR}/v2", "2" * 64, 20)
-        target.set_traffic(ANOMALY_DETECTOR, 60, 20)
-        hold = GitopsApprovalSource(target.repo, "run-9")
-        hold.request(ANOMALY_DETECTOR, "v2")  # as the canary does when it starts holding
-        monkeypatch.setattr(KServeTarget, "connect", staticmethod(lambda: hub))
-        verb = ("--target", "gitops", "--param", f"gitops_repo={repo}", "--param", f"gitops_path={FLEET_PATH}", "--param", f"endpoint={endpoint}",
-                "--param", f"namespace={FLEET_NAMESPACE}", "--state-dir", str(tmp_path / "state"))
-        assert main(["approve", ANOMALY_DETECTOR, "v1", *verb]) == 2
-        assert f"{ANOMALY_DETECTOR} v1 is not the candidate: v2 is (at 60 %)" in capsys.readouterr().err
-        assert main(["approve", ANOMALY_DETECTOR, "v2", "--by", "erin", *verb]) == 0
-        said = capsys.readouterr().out
-        assert f"  {ANOMALY_DETECTOR:<21} v2    approved by erin: the held rollout promotes it" in said
-        assert f"decision: {FLEET_PATH}/{approval_file(ANOMALY_DETECTOR)} in {repo}" in said
-        found = hold.decision(ANOMALY_DETECTOR, "v2")
-        assert found == Approval("v2", True, "erin", found.at) and found.at, "the held rollout reads it from the fleet repository"
-        trailers = dict(hold.repo.history(approval_file(ANOMALY_DETECTOR))[0][1])
-        assert {key: trailers[key] for key in ("Version", "Step", "Approval", "Approved-By")} == {
-            "Version": "v2", "Step": "approval", "Approval": "approved", "Approved-By": "erin"}
-        assert main(["reject", ANOMALY_DETECTOR, "v2", *verb]) == 2 and "v2 was already approved by erin" in capsys.readouterr().err
-    finally:
-        runtime.stop()
-        server.stop()
+    repo, hub, runtime = fleet_repo
+    endpoint = runtime.url + "/{cluster}/{namespace}/{service}"
+    options = KServeOptions(FLEET_NAMESPACE, endpoint=endpoint, rollout_strategy="standard-canary", run_name="run-9")
+    target = GitopsTarget(options, GitopsOptions(repo, "main", FLEET_PATH, wave_timeout_s=20), hub_api=hub, workdir=tmp_path / "pipeline")
+    target.deploy(ANOMALY_DETECTOR, "v1", f"pvc://models/{ANOMALY_DETECTOR}/v1", "1" * 64, 20)
+    target.deploy(ANOMALY_DETECTOR, "v2", f"pvc://models/{ANOMALY_DETECTOR}/v2", "2" * 64, 20)
+    target.set_traffic(ANOMALY_DETECTOR, 60, 20)
+    hold = GitopsApprovalSource(target.repo, "run-9")
+    hold.request(ANOMALY_DETECTOR, "v2")  # as the canary does when it starts holding
+    monkeypatch.setattr(KServeTarget, "connect", staticmethod(lambda: hub))
+    verb = ("--target", "gitops", "--param", f"gitops_repo={repo}", "--param", f"gitops_path={FLEET_PATH}", "--param", f"endpoint={endpoint}",
+            "--param", f"namespace={FLEET_NAMESPACE}", "--state-dir", str(tmp_path / "state"))
+    assert main(["approve", ANOMALY_DETECTOR, "v1", *verb]) == 2
+    assert f"{ANOMALY_DETECTOR} v1 is not the candidate: v2 is (at 60 %)" in capsys.readouterr().err
+    assert main(["approve", ANOMALY_DETECTOR, "v2", "--by", "erin", *verb]) == 0
+    said = capsys.readouterr().out
+    assert f"  {ANOMALY_DETECTOR:<21} v2    approved by erin: the held rollout promotes it" in said
+    assert f"decision: {FLEET_PATH}/{approval_file(ANOMALY_DETECTOR)} in {repo}" in said
+    found = hold.decision(ANOMALY_DETECTOR, "v2")
+    assert found == Approval("v2", True, "erin", found.at) and found.at, "the held rollout reads it from the fleet repository"
+    trailers = dict(hold.repo.history(approval_file(ANOMALY_DETECTOR))[0][1])
+    assert {key: trailers[key] for key in ("Version", "Step", "Approval", "Approved-By")} == {
+        "Version": "v2", "Step": "approval", "Approval": "approved", "Approved-By": "erin"}
+    assert main(["reject", ANOMALY_DETECTOR, "v2", *verb]) == 2 and "v2 was already approved by erin" in capsys.readouterr().err
