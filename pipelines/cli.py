@@ -409,6 +409,7 @@ def _user_name() -> str:
 
 def _decide(args: argparse.Namespace, approved: bool) -> int:
     """Record an approval (or rejection) of the candidate a rollout holds, where the --target keeps decisions; return the exit code."""
+    from components.registry.client import RegistryError
     from components.release.approval import ApprovalError, approval_source, decide
     from components.serving.gitops.repo import GitopsError
     from pipelines.local import parse_params, run_config
@@ -435,12 +436,13 @@ def _decide(args: argparse.Namespace, approved: bool) -> int:
             from components.serving.gitops.target import GitopsTarget
 
             target = GitopsTarget(config.serving.kserve_options(), config.fleet.gitops_options())
-        source = approval_source(args.target, target, state / "serving")
+        registry = config.registry.client() if config.registry.enabled else None
+        source = approval_source(args.target, target, state / "serving", registry)
         decision = decide(target, source, args.model, args.version, approved, by)
     except (ApprovalError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (ServingError, GitopsError) as error:
+    except (ServingError, GitopsError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     verdict = f"{'approved' if decision.approved else 'rejected'} by {decision.by}"
@@ -825,7 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="where the rollout serves: local (this machine's state dir), kserve (annotations on the InferenceService, "
                                       "through KUBECONFIG) or gitops (approvals/<model>.yaml in the fleet repository)")
         decide_verb.add_argument("--param", action="append", default=[], metavar="K=V",
-                                 help="the rollout's settings: namespace (kserve), gitops_repo, gitops_branch, gitops_path, fleet_waves, endpoint (gitops)")
+                                 help="the rollout's settings: namespace (kserve), gitops_repo, gitops_branch, gitops_path, fleet_waves, endpoint "
+                                      "(gitops); with a model registry, store.registry_url and store.registry_ca_bundle: the decision is then the "
+                                      "version's custom property approved there (token in $MODEL_REGISTRY_TOKEN)")
         decide_verb.add_argument("--by", help="who decides, recorded with the decision (default: your user name)")
         _add_state_dir(decide_verb)
         decide_verb.set_defaults(handler=functools.partial(_decide, approved=approved))

@@ -1,6 +1,6 @@
 """The approval gate (canary.approval=before-promote), time-compressed: the candidate holds at the last step below 100 %
 until `model-pipelines approve|reject` decides or approval_timeout_h passes; local end to end, kserve against the
-Kubernetes stand-in, and the fleet repository's approval record against a real Git server."""
+Kubernetes stand-in, and the fleet repository's approval record and `approve --target gitops` against a real Git server."""
 
 import json
 import os
@@ -13,13 +13,19 @@ import requests
 import yaml
 
 from components.model.contract import ANOMALY_DETECTOR
-from components.model.train import DetectorParams, train_anomaly_detector
+from components.model.spec import spec_for
+from components.model.train import train_model
 from components.release.approval import Approval, GitopsApprovalSource, KServeApprovalSource, LocalApprovalSource, approval_file
+from components.serving.gitops.fleet import GitopsOptions
 from components.serving.gitops.repo import TOKEN_ENV, GitopsRepo
+from components.serving.gitops.target import GitopsTarget
 from components.serving.kserve import KServeOptions, KServeTarget
 from components.serving.target import ServingError
+from pipelines.cli import main
 from tests.conftest import CLI, REPO, run_cli
 from tests.git_server import GitHttpServer
+from tests.recipe_overrides import reseeded
+from tests.test_gitops_target import NAMESPACE as FLEET_NAMESPACE, PATH as FLEET_PATH, fleet_repo  # noqa: F401 (fixture)
 from tests.test_kserve import FAST as KSERVE_FAST, knative_cluster, main_url, models, new_project  # noqa: F401 (fixtures)
 from tests.test_serving import FALLBACK, FAST, save, served, status, training  # noqa: F401 (fixtures)
 
@@ -61,7 +67,7 @@ def summary_row(output: str, version: str) -> str:
 def test_approved_while_holding_is_promoted_and_the_hold_keeps_the_last_step_below_100(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=17)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(17)).estimator, state)
     rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
                              "--param", "approval_timeout_h=0.05"])
     lines = wait_for_hold(rollout)
@@ -86,7 +92,7 @@ def test_approved_while_holding_is_promoted_and_the_hold_keeps_the_last_step_bel
 def test_rejected_while_holding_is_rolled_back_and_stable_keeps_serving(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=19)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(19)).estimator, state)
     early = run_cli("reject", ANOMALY_DETECTOR, version, "--state-dir", str(state))
     assert early.returncode == 2 and f"{ANOMALY_DETECTOR} has no candidate (stable {stable})" in early.stdout, early.stdout
     rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
@@ -109,7 +115,7 @@ def test_rejected_while_holding_is_rolled_back_and_stable_keeps_serving(served, 
 def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_does_not_count(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=23)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(23)).estimator, state)
     rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
                              "--param", "approval_timeout_h=0.002"])
     lines = wait_for_hold(rollout)
@@ -130,7 +136,7 @@ def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_
 def test_an_analysis_failing_while_holding_rolls_back_without_waiting_for_a_decision(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_anomaly_detector(training.train, DetectorParams(random_state=29)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(29)).estimator, state)
     rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
                              "--param", "approval_timeout_h=0.01", "--param", "failure_limit=0"])
     lines = wait_for_hold(rollout)
@@ -230,3 +236,32 @@ def test_the_fleet_repository_keeps_one_approval_record_per_model_naming_its_ver
             pipeline.request("other-model", "v2")
     finally:
         server.stop()
+
+
+def test_approve_with_target_gitops_commits_the_decision_about_the_held_candidate_to_the_fleet_repository(tmp_path, fleet_repo, monkeypatch, capsys):
+    """`model-pipelines approve --target gitops` (run through the CLI's main, its hub connection given the stand-in hub of
+    tests/test_gitops_target.py) checks the candidate in wave 1's overlay and commits the decision as approvals/<model>.yaml."""
+    repo, hub, runtime = fleet_repo
+    endpoint = runtime.url + "/{cluster}/{namespace}/{service}"
+    options = KServeOptions(FLEET_NAMESPACE, endpoint=endpoint, rollout_strategy="standard-canary", run_name="run-9")
+    target = GitopsTarget(options, GitopsOptions(repo, "main", FLEET_PATH, wave_timeout_s=20), hub_api=hub, workdir=tmp_path / "pipeline")
+    target.deploy(ANOMALY_DETECTOR, "v1", f"pvc://models/{ANOMALY_DETECTOR}/v1", "1" * 64, 20)
+    target.deploy(ANOMALY_DETECTOR, "v2", f"pvc://models/{ANOMALY_DETECTOR}/v2", "2" * 64, 20)
+    target.set_traffic(ANOMALY_DETECTOR, 60, 20)
+    hold = GitopsApprovalSource(target.repo, "run-9")
+    hold.request(ANOMALY_DETECTOR, "v2")  # as the canary does when it starts holding
+    monkeypatch.setattr(KServeTarget, "connect", staticmethod(lambda: hub))
+    verb = ("--target", "gitops", "--param", f"gitops_repo={repo}", "--param", f"gitops_path={FLEET_PATH}", "--param", f"endpoint={endpoint}",
+            "--param", f"namespace={FLEET_NAMESPACE}", "--state-dir", str(tmp_path / "state"))
+    assert main(["approve", ANOMALY_DETECTOR, "v1", *verb]) == 2
+    assert f"{ANOMALY_DETECTOR} v1 is not the candidate: v2 is (at 60 %)" in capsys.readouterr().err
+    assert main(["approve", ANOMALY_DETECTOR, "v2", "--by", "erin", *verb]) == 0
+    said = capsys.readouterr().out
+    assert f"  {ANOMALY_DETECTOR:<21} v2    approved by erin: the held rollout promotes it" in said
+    assert f"decision: {FLEET_PATH}/{approval_file(ANOMALY_DETECTOR)} in {repo}" in said
+    found = hold.decision(ANOMALY_DETECTOR, "v2")
+    assert found == Approval("v2", True, "erin", found.at) and found.at, "the held rollout reads it from the fleet repository"
+    trailers = dict(hold.repo.history(approval_file(ANOMALY_DETECTOR))[0][1])
+    assert {key: trailers[key] for key in ("Version", "Step", "Approval", "Approved-By")} == {
+        "Version": "v2", "Step": "approval", "Approval": "approved", "Approved-By": "erin"}
+    assert main(["reject", ANOMALY_DETECTOR, "v2", *verb]) == 2 and "v2 was already approved by erin" in capsys.readouterr().err

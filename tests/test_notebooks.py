@@ -1,12 +1,15 @@
-"""The notebooks run top to bottom (their install cell finds the project and installs nothing): 01 and 02 in full on this machine, 03 against the KFP API stand-in."""
+"""The notebooks run top to bottom (their install cell finds the project and installs nothing): 01 and 02 in full on this machine, 03 against the KFP API stand-in,
+04 on this machine against the Model Registry stand-in."""
 
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
 from tests.kfp_standin import KfpStandIn
+from tests.registry_standin import API_FILE, RegistryStandin
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -58,3 +61,26 @@ def test_03_uploads_submits_and_schedules_on_the_stand_in(tmp_path):
     assert len(kfp.runs) == 1
     (schedule,) = kfp.recurring.values()
     assert schedule["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * 0" and schedule["no_catchup"] is True
+
+
+def test_04_registers_rolls_out_from_the_registry_and_approves(tmp_path):
+    if not API_FILE.is_file():
+        pytest.skip(f"the Model Registry's OpenAPI is not at {API_FILE} (it ships beside the project in shared/reference)")
+    token = "notebook-registry-token-9e41"
+    (tmp_path / "registry").mkdir()
+    registry = RegistryStandin(tmp_path / "registry", token)
+    try:
+        notebook = execute("04-register-roll-out-approve.ipynb", tmp_path, {
+            "NOTEBOOK_STATE_DIR": str(tmp_path / "state"), "NOTEBOOK_CANARY_INTERVAL_S": "0.3", "NOTEBOOK_APPROVAL_TIMEOUT_H": "0.01",
+            "MODEL_REGISTRY_URL": registry.url, "MODEL_REGISTRY_CA_BUNDLE": str(registry.cert), "MODEL_REGISTRY_TOKEN": token})
+    finally:
+        registry.stop()
+    assert registry.errors == [], registry.errors
+    text = outputs(notebook)
+    assert "model registry: model-registry://anomaly-detector/v2 is the store's v2 (artifact and sha256 checked)" in text
+    assert "anomaly-detector v2 holds for approval: {'approved': 'awaiting'}" in text
+    assert "v2    promoted after approval by notebook-user" in text
+    properties = {key: next(value for name, value in typed.items() if name != "metadataType")
+                  for key, typed in registry.version("anomaly-detector", "v2")["customProperties"].items()}
+    assert (properties["status"], properties["approved"], properties["approved_by"]) == ("stable", "true", "notebook-user")
+    assert token not in nbformat.writes(notebook)

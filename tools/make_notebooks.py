@@ -143,6 +143,103 @@ NOTEBOOKS = {
             "    print(item.display_name, item.status, item.trigger.cron_schedule.cron)"
         ),
     ],
+    "04-register-roll-out-approve.ipynb": [
+        new_markdown_cell(
+            "# 04 · Register a model, roll it out from the Model Registry, approve it\n\n"
+            "Trains the anomaly detector here, saves each version to the model store and registers it in the OpenShift AI Model "
+            "Registry, rolls it out on this machine by its `model-registry://` URI (checked against the store's checksum), and "
+            "holds the second version's canary for approval (`canary.approval=before-promote`) until the version's custom property "
+            "`approved` says true, as set in the dashboard or with `model-pipelines approve`. Set `MODEL_REGISTRY_URL` (the registry's "
+            "REST route), `MODEL_REGISTRY_TOKEN` (e.g. `oc whoami -t`) and, for a private CA, `MODEL_REGISTRY_CA_BUNDLE` as environment "
+            "variables of the workbench; the token is never printed or saved in the notebook."
+        ),
+        new_code_cell(
+            "import os\nimport subprocess\nimport sys\nimport tempfile\nimport time\nfrom pathlib import Path\n\n"
+            "from components.data.ingest import IngestRequest, ingest\n"
+            "from components.kfp.workflow import StoreOptions, save_step\n"
+            "from components.model.evaluate import evaluate_candidate\n"
+            "from components.model.spec import spec_for\n"
+            "from components.model.train import save_trained, train_model\n"
+            "from components.registry.client import RegistryClient, plain_values\n"
+            "from components.registry.sync import registered_properties, sync_model\n"
+            "from components.store.filesystem import MODEL_FILENAME, FilesystemStore"
+        ),
+        new_code_cell(
+            "state_dir = Path(os.environ.get('NOTEBOOK_STATE_DIR', '.model-pipelines-notebook-04'))  # parameters\n"
+            "canary_interval_s = float(os.environ.get('NOTEBOOK_CANARY_INTERVAL_S', '5'))\n"
+            "approval_timeout_h = float(os.environ.get('NOTEBOOK_APPROVAL_TIMEOUT_H', '1'))  # unapproved for this long: rolled back\n"
+            "registry_url = os.environ.get('MODEL_REGISTRY_URL', 'https://model-registry-rest.apps.example.com')\n"
+            "registry_ca_bundle = os.environ.get('MODEL_REGISTRY_CA_BUNDLE', '')  # empty: the system's CAs\n"
+            "model_name, days = 'anomaly-detector', 3.0",
+            metadata={"tags": ["parameters"]},
+        ),
+        new_code_cell(
+            "client = RegistryClient(registry_url, registry_ca_bundle)  # the token from $MODEL_REGISTRY_TOKEN (or the service account)\n"
+            "spec = spec_for(model_name)\n"
+            "store = FilesystemStore(state_dir / 'store')\n"
+            "os.environ['MODEL_STORE_ROOT'] = str(store.root)  # save_step stores where the rollouts below read\n"
+            "registry = ['--param', f'store.registry_url={registry_url}', '--param', f'store.registry_ca_bundle={registry_ca_bundle}']\n\n\n"
+            "def train_save_register(seed: int) -> str:\n"
+            "    \"\"\"Train on a window of synthetic metrics, evaluate, save to the store, register in the registry; return the version.\"\"\"\n"
+            "    data = ingest(IngestRequest(model_name, days=days, seed=seed))\n"
+            "    directory = Path(tempfile.mkdtemp())\n"
+            "    save_trained(train_model(spec, data.train), directory, data_source='synthetic')\n"
+            "    evaluation = evaluate_candidate(spec, (directory / MODEL_FILENAME).read_bytes(), data.validation)\n"
+            "    stored = save_step(model_name, str(directory), evaluation.metrics, StoreOptions(), run_name='notebook-04')\n"
+            "    print(f'saved {stored.version} -> {stored.storage_uri}')\n"
+            "    print('registry:', sync_model(store, client, model_name, spec.description, spec.owner).message())\n"
+            "    return stored.version\n\n\n"
+            "def model_pipelines(*arguments: str, wait: bool = True) -> subprocess.Popen | None:\n"
+            "    \"\"\"Run the model-pipelines command line (this kernel's Python) and print what it says; with ``wait=False`` return it running.\"\"\"\n"
+            "    command = [sys.executable, '-m', 'pipelines.cli', *arguments, '--state-dir', str(state_dir)]\n"
+            "    if not wait:\n"
+            "        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)\n"
+            "    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)\n"
+            "    print(result.stdout)\n"
+            "    assert result.returncode == 0, 'the command failed: see its output above'\n"
+            "    return None"
+        ),
+        new_markdown_cell("The first version, registered and rolled out from the registry: with nothing served yet it becomes stable at once."),
+        new_code_cell(
+            "first = train_save_register(seed=1)\n"
+            "model_pipelines('rollout', model_name, '--local', '--version', f'model-registry://{model_name}/{first}',\n"
+            "                '--param', f'canary_interval_s={canary_interval_s}', *registry)"
+        ),
+        new_markdown_cell(
+            "The next version, trained on another window, rolled out with the approval gate. Its canary holds at the last step below "
+            "100 % and marks the version `approved=awaiting` in the registry. Approve it in the dashboard (the version's properties: "
+            "set `approved` to `true`), or with the verb as the next cell does; `false` rolls it back."
+        ),
+        new_code_cell(
+            "second = train_save_register(seed=2)\n"
+            "rollout = model_pipelines('rollout', model_name, '--local', '--version', f'model-registry://{model_name}/{second}',\n"
+            "                          '--param', f'canary_interval_s={canary_interval_s}', '--param', 'approval=before-promote',\n"
+            "                          '--param', f'approval_timeout_h={approval_timeout_h}', '--param', 'approval_poll_s=1', *registry, wait=False)\n"
+            "while registered_properties(client, model_name, second).get('approved') != 'awaiting':\n"
+            "    assert rollout.poll() is None, 'the rollout ended without holding for approval:\\n' + rollout.stdout.read()\n"
+            "    time.sleep(1)\n"
+            "print(f'{model_name} {second} holds for approval:', {key: value for key, value in registered_properties(client, model_name, second).items() if key.startswith('approved')})"
+        ),
+        new_code_cell(
+            "model_pipelines('approve', model_name, second, '--by', 'notebook-user', *registry)\n"
+            "output, _ = rollout.communicate()\n"
+            "print(output)\n"
+            "assert rollout.returncode == 0, 'the rollout failed: see its output above'"
+        ),
+        new_markdown_cell("What the registry now holds: the model, each version with its state and properties, and its artifact."),
+        new_code_cell(
+            "model = client.find_registered_model(model_name)\n"
+            "print(f\"{model['name']} (id {model['id']}, owner {model.get('owner')}): {model.get('description')}\")\n"
+            "for version in (first, second):\n"
+            "    found = client.find_model_version(version, model['id'])\n"
+            "    properties = plain_values(found['customProperties'])\n"
+            "    shown = {key: properties.get(key) for key in ('status', 'approved', 'approved_by', 'approved_at', 'pipeline_run_id')}\n"
+            "    artifact = client.model_artifacts(found['id'])[0]\n"
+            "    print(f\"  {version} {found['state']:<8} {shown} sha256 {str(properties['sha256'])[:12]}…\")\n"
+            "    print(f\"       artifact {artifact['uri']} ({artifact['modelFormatName']} {artifact['modelFormatVersion']})\")"
+        ),
+        new_code_cell("model_pipelines('serve', 'stop')"),
+    ],
 }
 
 

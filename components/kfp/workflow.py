@@ -126,14 +126,15 @@ def configured_serving(config: RunConfig, run_name: str = "", validation_path: s
 
 
 def configured_approval(config: RunConfig, target: ServingTarget) -> ApprovalGate | None:
-    """Return the approval gate of the run ``config`` describes (decisions read where its serving ``target`` keeps them), or None
-    when approval=none. The Model Registry's source plugs in at ``approval.approval_source``."""
+    """Return the approval gate of the run ``config`` describes, or None when approval=none: decisions read from its model registry
+    when one is configured, else where its serving ``target`` keeps them (RegistryError: a registry without a token)."""
     from components.release.approval import ApprovalGate, approval_source
 
     settings = config.approval
     if not settings.enabled:
         return None
-    return ApprovalGate(approval_source(config.serving.target, target, serving_home()), settings)
+    registry = config.registry.client() if config.registry.enabled else None
+    return ApprovalGate(approval_source(config.serving.target, target, serving_home(), registry), settings)
 
 
 def ingest_request(config: RunConfig) -> IngestRequest:

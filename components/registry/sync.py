@@ -153,15 +153,18 @@ def version_artifact(client: RegistryClient, model_name: str, version: str) -> d
     return artifacts[0]
 
 
-def version_property(client: RegistryClient, model_name: str, version: str, key: str) -> object | None:
-    """Return the custom property ``key`` of ``version`` of ``model_name`` in the registry (bool, int, float or str), or None."""
-    return plain_values(_version_and_id(client, model_name, version).get("customProperties")).get(key)
+def registered_properties(client: RegistryClient, model_name: str, version: str) -> dict[str, object]:
+    """Return the custom properties of ``version`` of ``model_name`` in the registry as plain values (bool, int, float or str)."""
+    return plain_values(_version_and_id(client, model_name, version).get("customProperties"))
 
 
-def set_version_property(client: RegistryClient, model_name: str, version: str, key: str, value: bool | int | float | str) -> None:
-    """Set the custom property ``key`` of ``version`` of ``model_name`` in the registry to ``value``, keeping its other properties."""
+def update_registered_properties(client: RegistryClient, model_name: str, version: str, values: dict[str, bool | int | float | str],
+                                 removed: tuple[str, ...] = ()) -> None:
+    """Set the custom properties ``values`` of ``version`` of ``model_name`` in the registry and drop those named in ``removed``,
+    keeping its other properties."""
     found = _version_and_id(client, model_name, version)
-    client.update_model_version(found["id"], {"customProperties": {**found.get("customProperties", {}), **property_values({key: value})}})
+    kept = {key: value for key, value in found.get("customProperties", {}).items() if key not in removed}
+    client.update_model_version(found["id"], {"customProperties": {**kept, **property_values(values)}})
 
 
 def parse_registry_uri(text: str) -> tuple[str, str] | None:

@@ -11,23 +11,24 @@ approval of v3 never promotes v4:
   Model, Version, Step: approval, Approval, Approved-By); no Application syncs it, so a decision changes nothing a
   cluster renders and a rollback's revert of the model's commits never undoes it.
 
-Each is an ``ApprovalSource``. A registry (the version's custom property ``approved``) is one more: see
-``approval_source``, the one place that picks the source.
+Each is an ``ApprovalSource``. With a Model Registry configured, decisions are the version's custom property ``approved``
+(true or false, set in the OpenShift AI dashboard or by the same verbs) and the target's source only records which version a
+hold awaits (``RegistryApprovalSource``). ``approval_source`` is the one place that picks the source.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from components.files import exclusive_lock, write_json_atomically
 from components.serving.target import ServingError
 
 if TYPE_CHECKING:
+    from components.registry.client import RegistryClient
     from components.serving.gitops.repo import GitopsRepo
     from components.serving.kserve.api import InferenceServiceApi
     from components.serving.target import ServingTarget
@@ -40,6 +41,10 @@ MAX_TIMEOUT_H = 72.0  # the canary-promote task's deadline (pipelines/retrain.py
 
 class ApprovalError(ValueError):
     """An approval that cannot be recorded: no such candidate, not the version held, a decision already made."""
+
+
+class ApprovalUnavailable(ServingError):
+    """The place decisions are kept cannot be read or written now (the registry is down): a hold keeps holding, a verb fails."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,36 @@ def _decision_of(state: str | None, version: str | None, by: str | None, at: str
     return Approval(version, state == APPROVED, by or "unknown", at or "")
 
 
-class LocalApprovalSource:
+def _awaiting_record(model_name: str, version: str) -> dict:
+    """Return the record of a hold awaiting a decision about ``version``."""
+    return {"model": model_name, "version": version, "approval": AWAITING, "since": _now()}
+
+
+def _decision_record(model_name: str, version: str, approved: bool, by: str) -> dict:
+    """Return the record of ``by``'s decision about ``version``."""
+    return {"model": model_name, "version": version, "approval": APPROVED if approved else REJECTED, "by": by, "at": _now()}
+
+
+class RecordApprovalSource:
+    """A source keeping one record per model (version, approval, by, at, as ``_awaiting_record`` and ``_decision_record`` write it),
+    read with the subclass's ``_read``."""
+
+    def _read(self, model_name: str) -> dict:
+        """Return the model's record ({} when there is none)."""
+        raise NotImplementedError
+
+    def awaiting(self, model_name: str) -> str | None:
+        """Return the version the record says awaits a decision, or None."""
+        record = self._read(model_name)
+        return record.get("version") if record.get("approval") == AWAITING else None
+
+    def decision(self, model_name: str, version: str) -> Approval | None:
+        """Return the decision the record holds about ``version``, or None."""
+        record = self._read(model_name)
+        return _decision_of(record.get("approval"), record.get("version"), record.get("by"), record.get("at"), version)
+
+
+class LocalApprovalSource(RecordApprovalSource):
     """Decisions for the local target, in ``<serving home>/<model>.approval.json``."""
 
     def __init__(self, home: str | Path) -> None:
@@ -117,46 +151,22 @@ class LocalApprovalSource:
     def _path(self, model_name: str) -> Path:
         return self.home / f"{model_name}.approval.json"
 
-    @contextlib.contextmanager
-    def _locked(self, model_name: str) -> Iterator[None]:
-        """Hold the model's approval lock while reading and writing its record."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / f".{model_name}.approval.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
     def _read(self, model_name: str) -> dict:
         path = self._path(model_name)
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def _write(self, model_name: str, record: dict) -> None:
-        path = self._path(model_name)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record, indent=2, sort_keys=True))
-        os.replace(temporary, path)
+    def _write(self, record: dict) -> None:
+        """Write the model's record under its approval lock."""
+        with exclusive_lock(self.home / f".{record['model']}.approval.lock"):
+            write_json_atomically(self._path(record["model"]), record)
 
     def request(self, model_name: str, version: str) -> None:
         """Write ``version`` as awaiting a decision."""
-        with self._locked(model_name):
-            self._write(model_name, {"model": model_name, "version": version, "approval": AWAITING, "since": _now()})
-
-    def awaiting(self, model_name: str) -> str | None:
-        """Return the version awaiting a decision, or None."""
-        record = self._read(model_name)
-        return record.get("version") if record.get("approval") == AWAITING else None
-
-    def decision(self, model_name: str, version: str) -> Approval | None:
-        """Return the decision about ``version``, or None."""
-        record = self._read(model_name)
-        return _decision_of(record.get("approval"), record.get("version"), record.get("by"), record.get("at"), version)
+        self._write(_awaiting_record(model_name, version))
 
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
         """Write the decision about ``version``."""
-        with self._locked(model_name):
-            self._write(model_name, {"model": model_name, "version": version, "approval": APPROVED if approved else REJECTED, "by": by, "at": _now()})
+        self._write(_decision_record(model_name, version, approved, by))
 
 
 APPROVAL_ANNOTATIONS = {key: f"model-pipelines.io/{key}" for key in ("approval-version", "approval", "approval-by", "approval-at")}
@@ -208,7 +218,7 @@ def approval_file(model_name: str) -> str:
     return f"approvals/{model_name}.yaml"
 
 
-class GitopsApprovalSource:
+class GitopsApprovalSource(RecordApprovalSource):
     """Decisions for the gitops target, as ``approvals/<model>.yaml`` in the fleet repository, each a pushed commit."""
 
     def __init__(self, repo: GitopsRepo, run_name: str = "") -> None:
@@ -244,39 +254,106 @@ class GitopsApprovalSource:
 
     def request(self, model_name: str, version: str) -> None:
         """Commit ``version`` as awaiting a decision."""
-        self._commit(model_name, {"model": model_name, "version": version, "approval": AWAITING, "since": _now()}, "awaiting approval",
-                     [("Approval", AWAITING)])
-
-    def awaiting(self, model_name: str) -> str | None:
-        """Return the version the fleet repository says awaits a decision, or None."""
-        record = self._read(model_name)
-        return record.get("version") if record.get("approval") == AWAITING else None
-
-    def decision(self, model_name: str, version: str) -> Approval | None:
-        """Return the decision the fleet repository records about ``version``, or None."""
-        record = self._read(model_name)
-        return _decision_of(record.get("approval"), record.get("version"), record.get("by"), record.get("at"), version)
+        self._commit(model_name, _awaiting_record(model_name, version), "awaiting approval", [("Approval", AWAITING)])
 
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
         """Commit the decision about ``version``."""
-        state = APPROVED if approved else REJECTED
-        self._commit(model_name, {"model": model_name, "version": version, "approval": state, "by": by, "at": _now()}, state,
-                     [("Approval", state), ("Approved-By", by)])
+        record = _decision_record(model_name, version, approved, by)
+        self._commit(model_name, record, record["approval"], [("Approval", record["approval"]), ("Approved-By", by)])
 
 
-def approval_source(serving_target: str, target: ServingTarget, serving_home: str | Path = "") -> ApprovalSource:
-    """Return where the gate reads decisions for a run on ``serving_target`` (its ``target``; the local target's state in ``serving_home``).
+APPROVED_PROPERTY, APPROVED_BY_PROPERTY, APPROVED_AT_PROPERTY = "approved", "approved_by", "approved_at"
+REGISTRY_USER = "a model registry user"  # who decided, when the registry says approved without approved_by (the dashboard)
 
-    The seam for the Model Registry: when a registry is configured, return its source here instead (the version's custom
-    property ``approved`` read with ``version_property`` and written with ``set_version_property``), for every target.
+
+def registry_verdict(value: object) -> bool | None:
+    """Return what a registry property ``approved`` says: True for true, False for false (a boolean, or text in any case as the
+    dashboard stores what a user types), None for anything else (absent, ``awaiting``, a typo)."""
+    if isinstance(value, bool):
+        return value
+    return {"true": True, "false": False}.get(value.strip().lower()) if isinstance(value, str) else None
+
+
+class RegistryApprovalSource:
+    """Decisions in the Model Registry: the held version's custom property ``approved`` (true or false), set in the OpenShift AI
+    dashboard or by ``model-pipelines approve|reject`` (with ``approved_by`` and ``approved_at``). Which version a hold awaits stays
+    with the serving target's source ``held``.
+
+    A hold marks the version ``approved=awaiting``, so that a decision left from an earlier hold never counts; until the
+    registry has taken that mark (it may be down when the hold begins) no decision is read from it. A registry that cannot be
+    read is ApprovalUnavailable: the hold goes on and looks again, the verbs fail.
     """
+
+    def __init__(self, client: RegistryClient, held: ApprovalSource) -> None:
+        """Read and write decisions through ``client``; record holds with ``held``."""
+        self.client, self.held = client, held
+        self.where = f"custom property {APPROVED_PROPERTY!r} of the <model> version in the model registry at {client.url}"
+        self._unmarked: set[tuple[str, str]] = set()  # holds whose version the registry has not marked awaiting yet
+
+    def _mark_awaiting(self, model_name: str, version: str) -> None:
+        """Mark ``version`` awaiting in the registry, dropping an earlier decision (ApprovalUnavailable when the registry cannot)."""
+        from components.registry.client import RegistryError
+        from components.registry.sync import update_registered_properties
+
+        try:
+            update_registered_properties(self.client, model_name, version, {APPROVED_PROPERTY: AWAITING},
+                                         removed=(APPROVED_BY_PROPERTY, APPROVED_AT_PROPERTY))
+        except RegistryError as error:
+            self._unmarked.add((model_name, version))
+            raise ApprovalUnavailable(f"cannot mark {model_name} {version} awaiting approval in the registry, so no decision is read "
+                                      f"there yet: {error}") from None
+        self._unmarked.discard((model_name, version))
+
+    def request(self, model_name: str, version: str) -> None:
+        """Record the hold with the target's source and mark ``version`` awaiting in the registry (retried at each look if it fails)."""
+        self.held.request(model_name, version)
+        with contextlib.suppress(ApprovalUnavailable):
+            self._mark_awaiting(model_name, version)
+
+    def awaiting(self, model_name: str) -> str | None:
+        """Return the version the target's source says a hold awaits a decision for, or None."""
+        return self.held.awaiting(model_name)
+
+    def decision(self, model_name: str, version: str) -> Approval | None:
+        """Return the decision the registry's ``approved`` property holds about ``version``, or None (ApprovalUnavailable: unreadable)."""
+        from components.registry.client import RegistryError
+        from components.registry.sync import registered_properties
+
+        if (model_name, version) in self._unmarked:
+            self._mark_awaiting(model_name, version)
+        try:
+            properties = registered_properties(self.client, model_name, version)
+        except RegistryError as error:
+            raise ApprovalUnavailable(str(error)) from None
+        verdict = registry_verdict(properties.get(APPROVED_PROPERTY))
+        if verdict is None:
+            return None
+        return Approval(version, verdict, str(properties.get(APPROVED_BY_PROPERTY) or REGISTRY_USER), str(properties.get(APPROVED_AT_PROPERTY) or ""))
+
+    def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
+        """Write the decision about ``version`` into the registry (``approved`` as the text true or false, as the dashboard shows it)."""
+        from components.registry.client import RegistryError
+        from components.registry.sync import update_registered_properties
+
+        try:
+            update_registered_properties(self.client, model_name, version, {APPROVED_PROPERTY: "true" if approved else "false",
+                                                                            APPROVED_BY_PROPERTY: by, APPROVED_AT_PROPERTY: _now()})
+        except RegistryError as error:
+            raise ApprovalUnavailable(str(error)) from None
+
+
+def approval_source(serving_target: str, target: ServingTarget, serving_home: str | Path = "", registry: RegistryClient | None = None) -> ApprovalSource:
+    """Return where the gate reads decisions for a run on ``serving_target`` (its ``target``; the local target's state in ``serving_home``):
+    the Model Registry's ``approved`` property when a ``registry`` is configured, whatever the target; else the target's own place."""
     if serving_target == "local":
-        return LocalApprovalSource(serving_home or target.home)
-    if serving_target == "kserve":
-        return KServeApprovalSource(target.api)
-    if serving_target == "gitops":
-        return GitopsApprovalSource(target.repo, target.options.run_name)
-    raise ServingError(f"no approval source for serving_target {serving_target!r}")
+        held: ApprovalSource = LocalApprovalSource(serving_home or target.home)
+    elif serving_target == "kserve":
+        held = KServeApprovalSource(target.api)
+    elif serving_target == "gitops":
+        held = GitopsApprovalSource(target.repo, target.options.run_name)
+    else:
+        raise ServingError(f"no approval source for serving_target {serving_target!r}")
+    return RegistryApprovalSource(registry, held) if registry is not None else held
 
 
 def decide(target: ServingTarget, source: ApprovalSource, model_name: str, version: str, approved: bool, by: str) -> Approval:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from components.model.contract import engineer_features, is_synthetic, schema_for, served_identity
 from components.model.spec import ANOMALY, CLASSIFICATION, ModelSpec, spec_for
-from components.release.approval import Approval, ApprovalGate
+from components.release.approval import Approval, ApprovalGate, ApprovalUnavailable
 from components.runtime.answers import alert_probabilities, answers_are_labels, offline_answers, predicted_classes
 from components.serving.target import ServingError, ServingTarget
 from components.store.filesystem import ModelStore, StoreError, load_model, utc_now
@@ -731,7 +731,8 @@ def hold_for_approval(
 
     The analysis goes on while holding (every ``max(canary interval, poll interval)``), and more than ``spec.failure_limit``
     failed or inconclusive analyses end the hold at once, as at any step. Only failing analyses are added to the report's
-    rows; the passing ones are counted in ``result.hold``.
+    rows; the passing ones are counted in ``result.hold``. While the source cannot be read (ApprovalUnavailable: the registry is
+    down) the hold goes on, saying so once in the log, until a decision can be read or the timeout passes.
     """
     settings, source = gate.settings, gate.source
     source.request(model_name, version)
@@ -746,8 +747,20 @@ def hold_for_approval(
         print(f"canary {model_name} {version} at {weight}%: {text}", flush=True)
         return text
 
+    outage = ""  # why decisions cannot be read now, said once while it lasts
     while True:
-        decision = source.decision(model_name, version)
+        try:
+            decision = source.decision(model_name, version)
+        except ApprovalUnavailable as error:
+            decision = None
+            if str(error) != outage:
+                print(f"canary {model_name} {version} at {weight}% (holding for approval): no decision readable: {error}; still holding "
+                      "(an unreadable decision never promotes), looking again until the timeout", flush=True)
+            outage = str(error)
+        else:
+            if outage:
+                print(f"canary {model_name} {version} at {weight}% (holding for approval): decisions readable again", flush=True)
+            outage = ""
         if decision is not None:
             return decision, failures, held(f"{'approved' if decision.approved else 'rejected'} by {decision.by}")
         now = time.monotonic()

@@ -7,7 +7,6 @@ State lives in ``<home>/<model>.json`` (written atomically; the router reads the
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -22,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
+from components.files import exclusive_lock, write_json_atomically
 from components.model.spec import spec_for
 from components.runtime.answers import predictor_environment
 from components.runtime.server_launcher import ServerLauncher, log_tail
@@ -177,10 +177,7 @@ class LocalTarget:
         return json.loads(path.read_text())
 
     def _write(self, model_name: str, state: dict) -> None:
-        path = self._state_path(model_name)
-        temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(state, indent=2, sort_keys=True))
-        os.replace(temporary, path)
+        write_json_atomically(self._state_path(model_name), state)
         self._write_prometheus_targets()
 
     def _write_prometheus_targets(self) -> None:
@@ -193,21 +190,13 @@ class LocalTarget:
                 if backend:
                     groups.append({"targets": [f"127.0.0.1:{backend['port']}"],
                                    "labels": {"model_name": state["model"], "model_version": backend["version"], "role": role}})
-        targets = self.home / PROMETHEUS_TARGETS
-        temporary = targets.with_suffix(".tmp")
-        temporary.write_text(json.dumps(groups, indent=2))
-        os.replace(temporary, targets)
+        write_json_atomically(self.home / PROMETHEUS_TARGETS, groups)
 
     @contextlib.contextmanager
     def _locked(self, model_name: str) -> Iterator[dict]:
         """Yield the model's state under an exclusive lock; the caller writes it back explicitly."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / f".{model_name}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield self._read(model_name)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(self.home / f".{model_name}.lock"):
+            yield self._read(model_name)
 
     # -- processes -----------------------------------------------------------------------------------------
     def _spawn(self, arguments: list[str], log_name: str) -> int:

@@ -17,20 +17,19 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import fcntl
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+from components.files import exclusive_lock, fsync_directory, write_json_atomically
 from components.model.contract import schema_for
 
 RECORD_FILENAME = "version.json"
@@ -276,26 +275,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_directory(path: Path) -> None:
-    """Flush a directory entry to disk so that a rename survives a crash."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-    _fsync_directory(path.parent)
-
-
 class FilesystemStore:
     """The model store on a filesystem, such as the model-storage PVC mounted at /mnt/models."""
 
@@ -407,10 +386,10 @@ class FilesystemStore:
         number = version_number(existing[-1]) + 1 if existing else 1
         while True:
             version = f"v{number}"
-            _write_json_atomically(staging / RECORD_FILENAME, {**record, "version": version})
+            write_json_atomically(staging / RECORD_FILENAME, {**record, "version": version})
             with open(staging / MODEL_FILENAME, "rb") as handle:
                 os.fsync(handle.fileno())
-            _fsync_directory(staging)
+            fsync_directory(staging)
             target = self.model_dir(model_name) / version
             try:
                 # rename(2) of a directory fails when the target exists and is not empty: the atomic claim of vN.
@@ -420,7 +399,7 @@ class FilesystemStore:
             except OSError:
                 number += 1
                 continue
-            _fsync_directory(target.parent)
+            fsync_directory(target.parent)
             return version
 
     def version_record(self, model_name: str, version: str) -> dict:
@@ -474,15 +453,8 @@ class FilesystemStore:
     @contextlib.contextmanager
     def index_lock(self, model_name: str) -> Iterator[None]:
         """Hold the model's exclusive index lock (not reentrant): saves, index updates and repairs take it."""
-        directory = self.model_dir(model_name)
-        directory.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(directory / ".index.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(descriptor, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(self.model_dir(model_name) / ".index.lock"):
+            yield
 
     def read_index(self, model_name: str) -> dict:
         """Return the model's index (an empty one when nothing is stored); a damaged or wrong-shaped one is a StoreError."""
@@ -513,8 +485,8 @@ class FilesystemStore:
     def _write_index_files(self, model_name: str, index: dict) -> None:
         """Write the index, then its last good copy (what ``store repair`` falls back on if the index is damaged)."""
         path = self.model_dir(model_name) / INDEX_FILENAME
-        _write_json_atomically(path, index)
-        _write_json_atomically(path.with_name(INDEX_FILENAME + BACKUP_SUFFIX), index)
+        write_json_atomically(path, index)
+        write_json_atomically(path.with_name(INDEX_FILENAME + BACKUP_SUFFIX), index)
 
     def _remove_stale_staging(self, model_name: str) -> None:
         """Remove staging directories that crashed saves left behind (older than STALE_STAGING_S; call under the lock)."""
