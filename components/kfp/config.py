@@ -167,7 +167,8 @@ KNOBS: tuple[Knob, ...] = tuple([
         ("max_live_p95_latency_ms", "max_live_p95_latency_ms", _CANARY.max_live_p95_latency_ms,
          "Limit on live traffic (needs prometheus_url): highest p95 latency in ms."),
         ("approval", "approval", _APPROVAL.mode, "none: promote when the analysis passes; before-promote: hold the candidate at the last step "
-                                                 "below 100 % until `model-pipelines approve` (promote) or `reject` (roll back), still analysing."),
+                                                 "below 100 % until `model-pipelines approve` (promote) or `reject` (roll back), or with a model registry "
+                                                 "the version's `approved` property there, still analysing."),
         ("approval_timeout_h", "approval_timeout_h", _APPROVAL.timeout_h,
          "Hours the candidate may wait for approval (approval=before-promote) before it is rolled back; at most 72."),
         ("approval_poll_s", "approval_poll_s", _APPROVAL.poll_s, "Seconds between looks for a decision while holding for approval."),
