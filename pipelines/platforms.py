@@ -12,7 +12,9 @@ compiled documents for an older backend:
 
 The PVC and Secret names are never run parameters: they are the installation's, fixed at every compile.
 
-Each profile also sets the default ``rollout_strategy`` for the KServe that release ships.
+Each profile also sets the default ``rollout_strategy`` for the KServe that release ships, and the default
+``store.registry_labels``: OpenShift AI's dashboard and odh-model-controller read ``modelregistry.opendatahub.io/`` labels,
+upstream Kubeflow's controller ``modelregistry.kubeflow.org/`` ones.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ class Platform:
     optional_secrets: bool  # SecretAsEnv has ``optional``
     rollout_strategy: str
     kserve: str
+
+    @property
+    def registry_labels(self) -> str:
+        """Return the registry label family this platform's controller reads: opendatahub (OpenShift AI) or kubeflow."""
+        return "opendatahub" if self.name.startswith("rhoai-") else "kubeflow"
 
     @property
     def store_is_a_run_parameter(self) -> bool:
@@ -76,7 +83,7 @@ def platform_named(name: str) -> Platform:
 def output_key(platform: Platform, store: str) -> tuple:
     """Return what decides the compiled output: two platforms with the same key compile to the same YAML."""
     store_part = store if platform.store_is_a_run_parameter else f"fixed-{store}"
-    return platform.legacy_names_only, platform.optional_secrets, platform.rollout_strategy, store_part
+    return platform.legacy_names_only, platform.optional_secrets, platform.rollout_strategy, platform.registry_labels, store_part
 
 
 def group_of(platform: Platform, store: str) -> list[Platform]:
@@ -156,10 +163,11 @@ def describe(platform: Platform, store: str, s3_secret: str) -> str:
     backends = sorted({other.kfp_backend for other in group_of(platform, store)}, key=lambda v: tuple(map(int, v.split("."))))
     releases = f"{group_label(platform, store)} (KFP backend {', '.join(backends)})"
     if platform.store_is_a_run_parameter:
-        return f" Compiled for {releases}; default store {store}, default rollout strategy {platform.rollout_strategy}."
+        return (f" Compiled for {releases}; default store {store}, default rollout strategy {platform.rollout_strategy}, "
+                f"registry labels {platform.registry_labels}.")
     secret = f"the S3 store with data connection Secret {s3_secret!r} (required)" if store == "s3" else "the PVC store and no Secret"
     return (f" Compiled for {releases}, which has no optional Secrets: {secret}, fixed at compile time; Prometheus and the model registry use the service account token; serving_target=gitops has no credentials Secret;"
-            f" default rollout strategy {platform.rollout_strategy}.")
+            f" default rollout strategy {platform.rollout_strategy}, registry labels {platform.registry_labels}.")
 
 
 def adapt(pipeline_spec: dict, platform_spec: dict, platform: Platform, store: str, s3_secret: str) -> tuple[dict, dict]:
@@ -170,6 +178,8 @@ def adapt(pipeline_spec: dict, platform_spec: dict, platform: Platform, store: s
     parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
     if "serving" in parameters:
         parameters["serving"]["defaultValue"]["rollout_strategy"] = platform.rollout_strategy
+    if "registry_labels" in parameters.get("store", {}).get("defaultValue", {}):
+        parameters["store"]["defaultValue"]["registry_labels"] = platform.registry_labels
     if is_default_output(platform, store):
         return pipeline_spec, platform_spec
     if platform.store_is_a_run_parameter:

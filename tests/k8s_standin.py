@@ -47,6 +47,11 @@ created), the ready one stays ``latestReadyRevision``. ``paused`` holds named In
 
 In Standard mode ``status.components.predictor`` carries only the predictor's ``url``, all ``PropagateRawStatus``
 writes (no revisions, no traffic).
+
+Given ``registry`` (a ``RegistryAccess``), the stand-in also runs the Model Registry's InferenceService controller
+(``tests.registry_controller``, after kubeflow/model-registry ``pkg/inferenceservice-controller/controller.go``), which
+adds a finalizer to each InferenceService it links: a DELETE then marks the object (``deletionTimestamp``) and it goes once
+its last finalizer is removed, as Kubernetes does (an object without finalizers goes at once, as before).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ from components.serving.kserve.merge_patch import merge_patch
 from components.runtime.server_launcher import RUNTIME_ENVIRONMENT, ServerLauncher
 from components.serving.target import ServingError
 from tests.http_json import JsonHandler
+from tests.registry_controller import InferenceServiceRegistryController, RegistryAccess
 from tests.servers import start_server
 
 LOADED_MODEL_STATUS = {"transitionStatus": "UpToDate", "modelRevisionStates": {"activeModelState": "Loaded", "targetModelState": "Loaded"}}  # KServe 0.20's modelStatus of a Ready predictor (PropagateModelStatus)
@@ -280,7 +286,7 @@ class KubeStandIn(LoopbackCluster):
     """The API server, its objects and the KServe-like controller."""
 
     def __init__(self, store_root: Path, work: Path, *, ready_delay_s: float = 0.1, kserve: str = "0.15",
-                 crd_file: Path | None = None, observed_generation: str = "deployment") -> None:
+                 crd_file: Path | None = None, observed_generation: str = "deployment", registry: RegistryAccess | None = None) -> None:
         self.store_root, self.work = Path(store_root), Path(work)
         self.launcher = shared_launcher()  # forks each revision's model server, warm
         self.log_prefix = f"cluster{next(CLUSTER_NUMBERS)}-"  # this stand-in's runtime logs in the launcher's logs/
@@ -308,10 +314,14 @@ class KubeStandIn(LoopbackCluster):
         self._stop = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # The Model Registry's InferenceService controller (odh-model-controller), only when a test gives it a registry.
+        self.registry_controller = InferenceServiceRegistryController(self, registry) if registry else None
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> "KubeStandIn":
         self._serve(self._network_handler())
+        if self.registry_controller:
+            self.registry_controller.start(self._stop)
         return self
 
     def stop(self) -> None:
@@ -443,10 +453,13 @@ class KubeStandIn(LoopbackCluster):
                     if preconditions.get(field) and preconditions[field] != current["metadata"][field]:
                         return self._failure(409, "Conflict", f"Precondition failed: {field} in precondition: {preconditions[field]}, "
                                                               f"{field} in object meta: {current['metadata'][field]}")
-                del self.objects[key]
-                state = self.runtime.pop(key, None)
-                if state:
-                    threading.Thread(target=self._stop_runtime, args=(state,), daemon=True).start()
+                if current["metadata"].get("finalizers"):  # Kubernetes marks it and waits for its finalizers' controllers
+                    if not current["metadata"].get("deletionTimestamp"):
+                        self.resource_version += 1
+                        current["metadata"].update(deletionTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                   resourceVersion=str(self.resource_version))
+                    return 200, copy.deepcopy(current)
+                self._remove(key)
                 return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}
             if method == "PATCH":
                 metadata = body.get("metadata") or {}
@@ -464,6 +477,12 @@ class KubeStandIn(LoopbackCluster):
                     return self._failure(refused[0], "Invalid" if refused[0] == 422 else "Forbidden", refused[1])
                 for field in SERVER_MANAGED:
                     updated["metadata"][field] = current["metadata"][field]
+                updated["metadata"].pop("deletionTimestamp", None)
+                if current["metadata"].get("deletionTimestamp"):
+                    updated["metadata"]["deletionTimestamp"] = current["metadata"]["deletionTimestamp"]
+                    if not updated["metadata"].get("finalizers"):  # the last finalizer removed: the object goes
+                        self._remove(key)
+                        return 200, copy.deepcopy(updated)
                 self.resource_version += 1
                 updated["metadata"]["resourceVersion"] = str(self.resource_version)
                 if updated.get("spec") != current.get("spec"):
@@ -472,6 +491,13 @@ class KubeStandIn(LoopbackCluster):
                 self.writes.append(copy.deepcopy(updated))
                 return 200, copy.deepcopy(updated)
             return self._failure(405, "MethodNotAllowed", method)
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        """Drop an object and stop its runtime."""
+        del self.objects[key]
+        state = self.runtime.pop(key, None)
+        if state:
+            threading.Thread(target=self._stop_runtime, args=(state,), daemon=True).start()
 
     # -- the KServe-like controller ------------------------------------------------------------------------------
     def _control_loop(self) -> None:

@@ -54,6 +54,8 @@ class RegistryStandin:
     model_versions: dict[str, dict] = field(default_factory=dict)
     artifacts: dict[str, dict] = field(default_factory=dict)
     version_artifacts: dict[str, list[str]] = field(default_factory=dict)
+    serving_environments: dict[str, dict] = field(default_factory=dict)
+    inference_services: dict[str, dict] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -210,5 +212,62 @@ class RegistryStandin:
             if match[1] not in self.artifacts:
                 raise ApiAnswer(404, f"no model artifact {match[1]}")
             return 200, self._patched(self.artifacts[match[1]], body)
+        if route in ("/serving_environment", "/serving_environments", "/inference_service", "/inference_services") or \
+                route.startswith("/inference_services/"):
+            return self.route_serving(method, route, query, body)
         self.errors.append(f"{method} {path}: not an endpoint the stand-in implements")
         raise ApiAnswer(404, f"{method} {path} is not implemented by the stand-in")
+
+    def route_serving(self, method: str, route: str, query: dict, body: dict | None) -> tuple[int, dict]:
+        """Return (status, body) for the serving side: ServingEnvironments and their InferenceService records (the deployments the
+        registry's InferenceService controller links). An InferenceService's name is unique in its ServingEnvironment; its
+        registeredModelId, modelVersionId and servingEnvironmentId must name existing entities (400 otherwise)."""
+        if (method, route) == ("GET", "/serving_environment"):
+            found = [item for item in self.serving_environments.values() if item["name"] == query.get("name")]
+            if not found:
+                raise ApiAnswer(404, f"no serving environment named {query.get('name')!r}")
+            return 200, found[0]
+        if (method, route) == ("POST", "/serving_environments"):
+            if any(item["name"] == body["name"] for item in self.serving_environments.values()):
+                raise ApiAnswer(409, f"serving environment {body['name']!r} already exists")
+            created = self._created("context", body)
+            self.serving_environments[created["id"]] = created
+            return 201, created
+        if (method, route) == ("GET", "/inference_service"):
+            found = [item for item in self.inference_services.values()
+                     if item.get("name") == query.get("name") and item["servingEnvironmentId"] == query.get("parentResourceId", item["servingEnvironmentId"])]
+            if not found:
+                raise ApiAnswer(404, f"no inference service named {query.get('name')!r} in {query.get('parentResourceId')}")
+            return 200, found[0]
+        if (method, route) == ("POST", "/inference_services"):
+            self._check_references(body)
+            if body["servingEnvironmentId"] not in self.serving_environments:
+                raise ApiAnswer(400, f"no serving environment {body['servingEnvironmentId']}")
+            if any(item.get("name") == body.get("name") and item["servingEnvironmentId"] == body["servingEnvironmentId"]
+                   for item in self.inference_services.values()):
+                raise ApiAnswer(409, f"inference service {body.get('name')!r} already exists")
+            created = self._created("context", body, desiredState=body.get("desiredState", "DEPLOYED"))
+            self.inference_services[created["id"]] = created
+            return 200, created
+        if match := re.fullmatch(r"/inference_services/(\d+)", route):
+            if match[1] not in self.inference_services:
+                raise ApiAnswer(404, f"no inference service {match[1]}")
+            if method == "GET":
+                return 200, self.inference_services[match[1]]
+            if method == "PATCH":
+                self._check_references(body)
+                return 200, self._patched(self.inference_services[match[1]], body)
+        self.errors.append(f"{method} {route}: not an endpoint the stand-in implements")
+        raise ApiAnswer(404, f"{method} {route} is not implemented by the stand-in")
+
+    def _check_references(self, body: dict) -> None:
+        """Refuse (400) an InferenceService body naming a registered model or a model version that does not exist."""
+        if body.get("registeredModelId") and body["registeredModelId"] not in self.registered_models:
+            raise ApiAnswer(400, f"no registered model {body['registeredModelId']}")
+        if body.get("modelVersionId") and body["modelVersionId"] not in self.model_versions:
+            raise ApiAnswer(400, f"no model version {body['modelVersionId']}")
+
+    # --- what the tests read -------------------------------------------------------------------------------------------------
+    def deployments(self, isvc_name: str) -> list[dict]:
+        """Return the InferenceService records of a Kubernetes InferenceService named ``isvc_name`` (named ``<name>/<uid>``), oldest first."""
+        return [item for item in self.inference_services.values() if item.get("name", "").split("/")[0] == isvc_name]

@@ -32,6 +32,7 @@ from components.store.s3 import DEFAULT_SECRET
 if TYPE_CHECKING:
     from components.kfp.workflow import StoreOptions
     from components.registry.client import RegistryClient
+    from components.registry.labels import RegistryLinks
     from components.serving.gitops.fleet import GitopsOptions
     from components.serving.kserve import KServeOptions
 
@@ -143,6 +144,9 @@ KNOBS: tuple[Knob, ...] = tuple([
         ("registry_ca_bundle", "registry_ca_bundle", "", "CA bundle file for the registry's TLS; empty: the system CAs."),
         ("registry_required", "registry_required", False,
          "Fail the save step (before any deploy) when the registry cannot register the version; false: the run goes on and says what was not registered."),
+        ("registry_labels", "registry_labels", "kubeflow",
+         "Which registry labels link an InferenceService to its version: opendatahub (modelregistry.opendatahub.io/..., OpenShift AI) or kubeflow "
+         "(modelregistry.kubeflow.org/...); each compile profile sets its platform's."),
     ]),
     *_knobs("serving", _SERVE, [
         ("runtime", "runtime", "", "ServingRuntime name; empty: KServe picks the sklearn runtime."),
@@ -444,12 +448,12 @@ class ServingConfig:
     ready_timeout_s: float
     allow_synthetic_deploy: bool
 
-    def kserve_options(self, run_name: str = "") -> KServeOptions:
-        """Return the KServe target's options for a step of run ``run_name``."""
+    def kserve_options(self, run_name: str = "", links: RegistryLinks | None = None) -> KServeOptions:
+        """Return the KServe target's options for a step of run ``run_name`` (``links``: label InferenceServices with registry ids)."""
         from components.serving.kserve import KServeOptions
 
         return KServeOptions(self.namespace, self.runtime, self.deployment_mode, self.service_account, self.endpoint, run_name,
-                             self.rollout_strategy)
+                             self.rollout_strategy, registry=links)
 
 
 @dataclass(frozen=True)
@@ -478,6 +482,7 @@ class RegistryConfig:
     ca_bundle: str
     required: bool
     secret: str
+    labels: str = "kubeflow"  # the label family deployments are linked with: opendatahub or kubeflow
 
     @property
     def enabled(self) -> bool:
@@ -489,6 +494,18 @@ class RegistryConfig:
         from components.registry.client import RegistryClient
 
         return RegistryClient(self.url, self.ca_bundle, secret=self.secret)
+
+    def links(self, model_name: str) -> RegistryLinks | None:
+        """Return what labels ``model_name``'s InferenceServices with their registry versions (None without a registry)."""
+        if not self.enabled:
+            return None
+        from components.registry.client import RegistryError
+        from components.registry.labels import RegistryLinks
+
+        try:
+            return RegistryLinks(self.client(), model_name, self.labels, self.name)
+        except RegistryError as error:
+            return RegistryLinks(None, model_name, self.labels, self.name, unavailable=str(error))
 
 
 @dataclass(frozen=True)
@@ -593,7 +610,7 @@ class RunConfig:
     def registry(self) -> RegistryConfig:
         """Return the model registry's settings."""
         return RegistryConfig(str(self._value("registry_url")), str(self._value("registry_name")), str(self._value("registry_ca_bundle")),
-                              _true(self._value("registry_required")), self.installation.registry_secret)
+                              _true(self._value("registry_required")), self.installation.registry_secret, str(self._value("registry_labels")))
 
     @property
     def monitor(self) -> MonitorConfig:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Callable
 
 from components.model.contract import MODEL_NAMES
+from components.registry.labels import LABEL_DOMAINS
 from components.release.approval import APPROVAL_MODES, MAX_TIMEOUT_H as MAX_APPROVAL_TIMEOUT_H
 
 PROMQL_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
@@ -31,6 +32,7 @@ CHOICES = {
     "rollout_strategy": ("auto", "knative", "standard-canary", "candidate-isvc"),
     "action": ("report", "submit", "clear"),
     "approval": APPROVAL_MODES,
+    "registry_labels": tuple(LABEL_DOMAINS),
 }
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 GIT_URL = re.compile(r"^(https://[^\s/?#@]+/[^\s?#]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?/[^\s?#]+|ssh://[^\s/?#:-][^\s/?#:]*@[^\s/?#-][^\s/?#]*/[^\s?#]+|[a-z0-9_][a-z0-9_.-]*@[^\s/?#:-][^\s/?#:]*:[^\s?#-][^\s?#]*)$")
@@ -207,7 +209,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "prometheus_ca_bundle": _text,
     "s3_ca_bundle": _text,
     "registry_url": _https_url,
-    "registry_name": _text,
+    "registry_name": _kubernetes_name(DNS_LABEL, "ModelRegistry name", may_be_empty=True),
     "registry_ca_bundle": _text,
     "registry_required": _boolean,
     "s3_prefix": _store_prefix,

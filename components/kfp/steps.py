@@ -152,12 +152,17 @@ def deploy_inference_service(
     """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %; held if trained on synthetic data and
     the target is a cluster, unless allowed); return what happened."""
     from components.kfp.config import read_config
-    from components.kfp.workflow import deploy_step, sync_registry
+    from components.kfp.workflow import deploy_step, require_registered, sync_registry
 
     settings = read_config(config.path)
     serving = settings.serving
+    if settings.kind == "rollout":
+        sync_registry(settings)  # a version stored outside a retrain is registered first, so that its deploy labels can name it
+    links = settings.registry.links(settings.model_name)
+    if links is not None and settings.registry.required:
+        require_registered(links, version)
     outcome = deploy_step(settings.model_name, version, serving.target, settings.store, serving.ready_timeout_s, run_name,
-                          serving.kserve_options(run_name), settings.fleet.gitops_options(), serving.allow_synthetic_deploy)
+                          serving.kserve_options(run_name, links), settings.fleet.gitops_options(), serving.allow_synthetic_deploy)
     print(f"result: {outcome.message}")
     sync_registry(settings)
     return outcome.message

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # a serving step imports only its target's module, and numpy 
     from components.release.rollout import StepOutcome
     from components.data.ingest import IngestRequest
     from components.kfp.config import RunConfig
+    from components.registry.labels import RegistryLinks
     from components.monitoring.monitor import Assessment, Decision, MonitorSettings
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
@@ -121,8 +122,8 @@ def serving_context(
 
 def configured_serving(config: RunConfig, run_name: str = "", validation_path: str | None = None):
     """Return (target, store, probe sample or None) for a serving step of the run ``config`` describes."""
-    return serving_context(config.model_name, config.serving.target, config.store, config.serving.kserve_options(run_name), validation_path,
-                           config.fleet.gitops_options())
+    return serving_context(config.model_name, config.serving.target, config.store,
+                           config.serving.kserve_options(run_name, config.registry.links(config.model_name)), validation_path, config.fleet.gitops_options())
 
 
 def configured_approval(config: RunConfig, target: ServingTarget) -> ApprovalGate | None:
@@ -270,6 +271,17 @@ def sync_registry(config: RunConfig, store: ModelStore | None = None, *, at_save
         line = f"{REGISTRY_PREFIX}NOT in step, nothing registered or mirrored for {model_name}: {error}; the store keeps every version; {catch_up}"
     print(line, flush=True)
     return line
+
+
+def require_registered(links: RegistryLinks, version: str) -> None:
+    """Raise RegistryError, before anything deploys, when the registry cannot give ``version`` its deploy labels (registry_required)."""
+    from components.registry.client import RegistryError
+
+    try:
+        links.ids(version)
+    except RegistryError as error:
+        raise RegistryError(f"{error}. registry_required=true, so {links.model_name} {version} is not deployed unlinked from the registry; "
+                            "nothing was deployed") from None
 
 
 class RunActiveError(RuntimeError):

@@ -136,3 +136,11 @@ class RegistryClient:
     def update_model_artifact(self, artifact_id: str, body: dict) -> dict:
         """Update a ModelArtifact (ModelArtifactUpdate) and return it."""
         return self._call("PATCH", f"/model_artifacts/{artifact_id}", body={**body, "artifactType": "model-artifact"})
+
+    def inference_service(self, record_id: str) -> dict:
+        """Return the registry's InferenceService record ``record_id`` (what a deployment's ``inference-service-id`` label names)."""
+        return self._call("GET", f"/inference_services/{record_id}")
+
+    def update_inference_service(self, record_id: str, body: dict) -> dict:
+        """Update the registry's InferenceService record ``record_id`` (InferenceServiceUpdate) and return it."""
+        return self._call("PATCH", f"/inference_services/{record_id}", body=body)

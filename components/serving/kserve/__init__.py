@@ -53,7 +53,7 @@ class KServeTarget:
             raise ServingError(f"rollout_strategy must be one of {', '.join(ROLLOUT_STRATEGIES)}, got {options.rollout_strategy!r}")
         self.options = options
         namespace = options.namespace or (NAMESPACE_FILE.read_text().strip() if NAMESPACE_FILE.is_file() else "default")
-        self.api = InferenceServiceApi(api or self.connect(), namespace, sleep, status_tracks_spec)
+        self.api = InferenceServiceApi(api or self.connect(), namespace, sleep, status_tracks_spec, options.registry)
         self.namespace = namespace
         self.last_choice = ""
 

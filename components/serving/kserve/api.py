@@ -8,12 +8,15 @@ answers 409 and the write is redone on a fresh read. 429 and 5xx are retried wit
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from components.model.spec import spec_for
 from components.runtime.answers import predictor_environment
 from components.serving.kserve.readiness import Wanted, condition_true, conditions_text, readiness_problem
 from components.serving.target import ServingError
+
+if TYPE_CHECKING:
+    from components.registry.labels import RegistryLinks
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 PREFIX = "model-pipelines.io"
@@ -25,6 +28,7 @@ CREATED_BY_RUN_ANNOTATION = f"{PREFIX}/created-by-run"  # set once, when a run c
 KNATIVE, STANDARD = "Knative", "Standard"
 MODE_ALIASES = {"Serverless": KNATIVE, "Knative": KNATIVE, "RawDeployment": STANDARD, "Standard": STANDARD}
 MANAGED_BY, MODEL_LABEL = "app.kubernetes.io/managed-by", f"{PREFIX}/model"
+VERSION_LABEL = f"{PREFIX}/model-version"  # the version the object's spec.predictor serves
 RETRIES = 6
 LINEAGE_KEYS = ("version", "storage_uri", "checksum")
 
@@ -92,10 +96,25 @@ def with_mode_kept(current: dict, body: dict) -> dict:
 class InferenceServiceApi:
     """GET, create, merge-PATCH and DELETE InferenceServices of one namespace, with retries and 409 redo."""
 
-    def __init__(self, api, namespace: str, sleep: Callable[[float], None] = time.sleep, status_tracks_spec: bool = False) -> None:
+    def __init__(self, api, namespace: str, sleep: Callable[[float], None] = time.sleep, status_tracks_spec: bool = False,
+                 links: RegistryLinks | None = None) -> None:
         """Wrap a ``CustomObjectsApi`` for ``namespace``; ``status_tracks_spec`` when its status is computed for the object's
-        current content (the gitops target's overlays), not KServe's (see ``readiness``)."""
+        current content (the gitops target's overlays), not KServe's (see ``readiness``); ``links`` labels each write that
+        changes the served version with that version's registry ids."""
         self.api, self.namespace, self.sleep, self.status_tracks_spec = api, namespace, sleep, status_tracks_spec
+        self.links = links
+
+    def _linked(self, current: dict | None, body: dict) -> str:
+        """Add the registry labels of the version ``body`` makes the spec serve (its ``model-version`` label) to ``body``; return
+        that version when it changes what ``current`` served ("" otherwise, or without a registry)."""
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        version = labels.get(VERSION_LABEL)
+        if self.links is None or not version:
+            return ""
+        linked = self.links.labels_for(version)
+        labels.update(linked if current is not None else {key: value for key, value in linked.items() if value is not None})
+        served = ((current or {}).get("metadata", {}).get("labels") or {}).get(VERSION_LABEL)
+        return version if current is not None and served != version else ""
 
     def _call(self, operation: str, *args, **kwargs):
         """Call a CustomObjectsApi method, backing off on 429 and 5xx; other errors propagate."""
@@ -139,12 +158,16 @@ class InferenceServiceApi:
             body = build(current)
             if body is None:
                 return current, current
+            moved_to = self._linked(current, body)
             try:
                 if current is None:
                     return None, self._call("create_namespaced_custom_object", body)
                 body = with_mode_kept(current, body)
                 body.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
-                return current, self._call("patch_namespaced_custom_object", name, body)
+                written = self._call("patch_namespaced_custom_object", name, body)
+                if moved_to:
+                    self.links.relink(written, moved_to)
+                return current, written
             except ApiException as error:
                 if error.status == 409:
                     continue

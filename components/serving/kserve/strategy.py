@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from components.serving.kserve.api import (
-    CREATED_BY_RUN_ANNOTATION, GROUP, MODE_ANNOTATION, PREFIX, STRATEGY_ANNOTATION, TAG_ROUTING_ANNOTATION, VERSION, InferenceServiceApi, backend_annotations,
-    model_env,
+    CREATED_BY_RUN_ANNOTATION, GROUP, MODE_ANNOTATION, PREFIX, STRATEGY_ANNOTATION, TAG_ROUTING_ANNOTATION, VERSION, VERSION_LABEL, InferenceServiceApi,
+    backend_annotations, model_env,
 )
 from components.serving.target import Endpoints, ServingError, model_url
+
+if TYPE_CHECKING:
+    from components.registry.labels import RegistryLinks
 
 DEFAULT_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "model-pipelines", "app.kubernetes.io/part-of": "self-healing-platform"}
@@ -26,6 +30,7 @@ class KServeOptions:
     run_name: str = ""
     rollout_strategy: str = "auto"
     resources: dict = field(default_factory=lambda: DEFAULT_RESOURCES)
+    registry: RegistryLinks | None = field(default=None, compare=False)  # labels each InferenceService with the registry's ids
 
 
 def service_url(service: str, namespace: str) -> str:
@@ -99,7 +104,7 @@ class RolloutStrategy:
             "metadata": {
                 "name": name,
                 "namespace": self.api.namespace,
-                "labels": {**MANAGED_LABELS, f"{PREFIX}/model": model_name, f"{PREFIX}/model-version": backend["version"]},
+                "labels": {**MANAGED_LABELS, f"{PREFIX}/model": model_name, VERSION_LABEL: backend["version"]},
                 "annotations": annotations,
             },
             "spec": {"predictor": predictor},
@@ -110,7 +115,7 @@ class RolloutStrategy:
         predictor: dict = {"model": {"storageUri": backend["storage_uri"], "env": model_env(backend, model_name)}}
         if canary != "keep":
             predictor["canaryTrafficPercent"] = canary
-        metadata = {"labels": {f"{PREFIX}/model-version": backend["version"]}, "annotations": dict(annotations or {})}
+        metadata = {"labels": {VERSION_LABEL: backend["version"]}, "annotations": dict(annotations or {})}
         if self.options.run_name:
             metadata["annotations"][f"{PREFIX}/pipeline-run"] = self.options.run_name
         return {"metadata": metadata, "spec": {"predictor": predictor}}
