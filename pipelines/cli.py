@@ -222,42 +222,27 @@ def _rollout(args: argparse.Namespace) -> int:
         return 2
     spec, (model,) = chosen
     state_dir = Path(args.state_dir)
+    from components.kfp.workflow import registry_version
     from components.registry.client import RegistryError
-    from components.registry.sync import parse_registry_uri
 
     try:
-        reference = parse_registry_uri(args.version)
-        if reference is not None and reference[0] != model:
-            raise ValueError(f"--version {args.version} names model {reference[0]!r}, but this rollout is of {model!r}")
-        version = reference[1] if reference else args.version
         chosen = [] if spec is not None else [f"model_name={model}"]
-        arguments = parse_params([*local_defaults(ROLLOUT, spec), *args.param, *chosen, f"version={version}"], ROLLOUT, spec)
+        arguments = parse_params([*local_defaults(ROLLOUT, spec), *args.param, *chosen, f"version={args.version}"], ROLLOUT, spec)
         installation = _installation(args)
         config = run_config(ROLLOUT, arguments, installation, spec)
         store = open_run_store(config, state_dir)
-        check_stored_version(store, model, version)
-        if reference is not None:
-            print(f"model registry: {args.version} is the store's {_resolved(config, store, model, version)} (artifact and sha256 checked)")
+        # A model-registry:// version is resolved here too (the pipeline's validate-parameters does it for a run started elsewhere),
+        # so that a mismatch exits 2 before anything runs.
+        config = registry_version(config, store)
+        check_stored_version(store, model, config.version)
     except (ValueError, StoreError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    args.version = version
+    args.version = arguments["version"] = config.version
     print(f"==> {model} {args.version}: deploy -> smoke-test -> canary", flush=True)
     summary = run_local(model, arguments, state_dir, pipeline_name=ROLLOUT, verbose=args.verbose, installation=installation, spec=spec)
     print(format_summary([summary], state_dir))
     return exit_code([summary])
-
-
-def _resolved(config, store, model: str, version: str) -> str:
-    """Return the stored version a model-registry:// reference names, checked against the store (RegistryError when it is not)."""
-    from components.registry.client import RegistryError
-    from components.registry.sync import resolve_version
-
-    registry = config.registry
-    if not registry.enabled:
-        raise RegistryError("--version model-registry://… needs the registry: --param store.registry_url=https://… (and "
-                            "store.registry_ca_bundle), with its token in $MODEL_REGISTRY_TOKEN")
-    return resolve_version(registry.client(), store, model, version)
 
 
 def _registry(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from components.kfp.config import (
 )
 from components.kfp.workflow import REGISTRY_PREFIX, RUN_LOCKS_ENV, SERVING_HOME_ENV, STORE_ROOT_ENV, RunActiveError, local_run_lock, open_store
 from components.monitoring.monitor import NO_ACTION, RETRAIN, record_trigger
+from components.registry.sync import parse_registry_uri
 from pipelines.catalog import DEFAULT_IMAGE, MONITOR, ROLLOUT
 from pipelines.retrain import builder_for, make_components
 from pipelines.run_log import RunLog
@@ -305,7 +306,7 @@ def run_local(
     new_events = index.get("history", [])[len(before_index.get("history", [])):]
     # A retrain whose model is byte-identical to a stored version saves no new one: the run goes on with that version.
     reused = [event["version"] for event in new_events if event["event"] == DUPLICATE_EVENT]
-    version = str(arguments["version"]) if pipeline == ROLLOUT else (summary.new_versions or reused or [None])[-1]
+    version = rolled_out_version(str(arguments["version"])) if pipeline == ROLLOUT else (summary.new_versions or reused or [None])[-1]
     summary.version = version or ""
     summary.kind, summary.outcome, report = _outcome(summary, index, before, version, evaluation_report, new_events)
     summary.report = openable_report(report)
@@ -314,6 +315,12 @@ def run_local(
     summary.store_location = store.location
     summary.registry = last_registry_line(log_path)
     return summary
+
+
+def rolled_out_version(version: str) -> str:
+    """Return the stored version a rollout's ``version`` argument names (``model-registry://<model>/vN`` names vN)."""
+    reference = parse_registry_uri(version)
+    return reference[1] if reference else version
 
 
 def last_registry_line(log_path: Path) -> str:

@@ -107,11 +107,13 @@ class Wiring:
         return task.set_caching_options(False)
 
     def validate(self, p: dict) -> dsl.PipelineTask:
-        """Add the first task: one check of every run parameter, writing the configuration every later step reads."""
+        """Add the first task: one check of every run parameter, writing the configuration every later step reads (a rollout's also
+        resolves a model-registry:// version, so it reads the store and the registry)."""
         arguments = {name: value for name, value in p.items() if name != "model_name"}
+        rollout = self.kind == ROLLOUT_KIND
         return self.side_effect(self.ops.validate_parameters(
             kind=self.kind, model_name=self.model_name, installation=asdict(self.installation), model_spec=spec_constant(self.spec), **arguments,
-        )).set_display_name("Check run parameters")
+        ), store=rollout, registry=rollout).set_display_name("Check run parameters")
 
     def ingest(self, config) -> dsl.PipelineTask:
         """Add the ingest task (never cached: its source changes under it)."""
@@ -209,11 +211,13 @@ def build_rollout_pipeline(image: str = DEFAULT_IMAGE, installation: Installatio
     def body(p: dict) -> None:
         wiring = Wiring(image, installation, ROLLOUT_KIND, spec or p["model_name"])
         with dsl.ExitHandler(wiring.exit_task(p), name="rollout-safely"):
-            config = wiring.validate(p).outputs["config"]
+            validate = wiring.validate(p)
+            config = validate.outputs["config"]
             ingest = wiring.ingest(config)
             # Deploy only after the parameter check and once the data to check the deployment is in: a bad parameter
-            # or a failing source then leaves serving untouched (and the step list follows the DAG).
-            wiring.roll_out(config, p["version"], ingest.outputs["validation_data"], after=ingest)
+            # or a failing source then leaves serving untouched (and the step list follows the DAG). The version is the checked
+            # one validate returns (a model-registry:// reference resolved to the store's vN).
+            wiring.roll_out(config, validate.outputs["Output"], ingest.outputs["validation_data"], after=ingest)
 
     function = pipeline_function(ROLLOUT_KIND, spec, "Roll out a stored version: deploy, smoke-test, canary-promote or roll back.", body)
     return dsl.pipeline(

@@ -190,3 +190,35 @@ def test_an_s3_version_artifact_names_its_data_connection_and_path():
     body = artifact_body(S3Store(None, "models", "team/models"), {"sklearn_version": "1.9.1"}, MODEL, "v3", "model-storage-config")
     assert (body["uri"], body["storageKey"], body["storagePath"]) == (f"s3://models/team/models/{MODEL}/v3", "model-storage-config",
                                                                      f"team/models/{MODEL}/v3")
+
+
+def test_the_rollout_pipelines_own_check_resolves_a_model_registry_version_and_refuses_a_mismatch_before_any_side_effect(history, registry,
+                                                                                                                         monkeypatch):
+    """The compiled rollout pipeline as KFP runs it (kfp.local, started the way the CLI starts it, but without the CLI's own
+    resolution): validate-parameters resolves the reference and hands the checked vN to every later step."""
+    from pipelines.catalog import ROLLOUT
+    from pipelines.local import local_defaults, parse_params, run_local
+
+    state, _ = history
+    monkeypatch.setenv("MODEL_REGISTRY_TOKEN", TOKEN)
+
+    def rollout(reference: str):
+        pairs = [*local_defaults(ROLLOUT), f"model_name={MODEL}", f"version={reference}", "canary_interval_s=0.3", "probe_requests=10",
+                 f"store.registry_url={registry.url}", f"store.registry_ca_bundle={registry.cert}"]
+        return run_local(MODEL, parse_params(pairs, ROLLOUT), state, pipeline_name=ROLLOUT)
+
+    sha = registry.version(MODEL, "v1")["customProperties"]["sha256"]
+    real, sha["string_value"] = sha["string_value"], "0" * 64
+    before = snapshot(state / "store")
+    forged = rollout(f"model-registry://{MODEL}/v1")
+    sha["string_value"] = real
+    log = Path(forged.log).read_text()
+    assert not forged.succeeded and "validate-parameters" in forged.error, forged.error
+    assert f"model-registry://{MODEL}/v1 has sha256 000000000000…, but the store's v1 has" in log
+    assert "Executing task 'ingest'" not in log and "deploy-inference-service" not in log, "nothing ran after the check"
+    assert snapshot(state / "store") == before
+    resolved = rollout(f"model-registry://{MODEL}/2")
+    log = Path(resolved.log).read_text()
+    assert resolved.succeeded, resolved.error
+    assert f"model registry: model-registry://{MODEL}/2 is the store's v2 (artifact and sha256 checked)" in log
+    assert (resolved.version, resolved.outcome) == ("v2", "v2 already stable: nothing to roll out"), resolved.outcome

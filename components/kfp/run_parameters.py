@@ -15,6 +15,7 @@ from typing import Callable
 
 from components.model.contract import MODEL_NAMES
 from components.registry.labels import LABEL_DOMAINS
+from components.registry.sync import URI_SCHEME, parse_registry_uri
 from components.release.approval import APPROVAL_MODES, MAX_TIMEOUT_H as MAX_APPROVAL_TIMEOUT_H
 
 PROMQL_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
@@ -137,10 +138,18 @@ def _boolean(value: object) -> str | None:
 
 
 def _version(value: object) -> str | None:
-    """Rule for version: a store version name."""
+    """Rule for version: a store version name, or a ``model-registry://<model>/<version>`` reference validate-parameters resolves."""
     if isinstance(value, str) and VERSION.match(value):
         return None
-    return f"a version name, which starts with v: version {value} is v{value}" if str(value).isdigit() else "a version name such as v3"
+    if isinstance(value, str) and value.startswith(URI_SCHEME):
+        try:
+            parse_registry_uri(value)
+            return None
+        except ValueError:
+            return f"{URI_SCHEME}<model>/<version>, e.g. {URI_SCHEME}anomaly-detector/v3"
+    if str(value).isdigit():
+        return f"a version name, which starts with v: version {value} is v{value}"
+    return f"a version name such as v3, or {URI_SCHEME}<model>/<version>"
 
 
 def _retrain_parameters(value: object) -> str | None:

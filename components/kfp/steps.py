@@ -36,16 +36,19 @@ def validate_parameters(
     fleet: Optional[dict] = None,
     monitor: Optional[dict] = None,
 ) -> str:
-    """Check every run parameter at the start of the DAG (failing with all problems listed) and write the run's configuration; return "ok"."""
+    """Check every run parameter at the start of the DAG (failing with all problems listed), resolve a rollout's
+    ``model-registry://<model>/<version>`` through the registry (checked against the store) and write the run's configuration; return
+    the version a rollout rolls out ("" for another pipeline)."""
     arguments = {name: value for name, value in locals().items() if name not in ("kind", "installation", "model_spec", "config")}
     from components.kfp.config import carried_spec, config_from_arguments
+    from components.kfp.workflow import registry_version
 
-    checked = config_from_arguments(kind, arguments, installation, carried_spec(model_spec))
+    checked = registry_version(config_from_arguments(kind, arguments, installation, carried_spec(model_spec)))
     with open(config.path, "w") as handle:
         handle.write(checked.to_json())
     config.metadata.update({"kind": kind, "model_name": checked.model_name})
     print("result: every run parameter is valid")
-    return "ok"
+    return checked.version
 
 
 def ingest(

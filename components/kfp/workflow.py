@@ -273,6 +273,29 @@ def sync_registry(config: RunConfig, store: ModelStore | None = None, *, at_save
     return line
 
 
+def registry_version(config: RunConfig, store: ModelStore | None = None) -> RunConfig:
+    """Return ``config`` with a ``model-registry://<model>/<version>`` version replaced by the stored version it names, its artifact
+    and sha256 checked against the store (``config`` itself for a plain version); raise RegistryError or ValueError naming a mismatch,
+    before anything deploys."""
+    from dataclasses import replace
+
+    from components.registry.client import RegistryError
+    from components.registry.sync import parse_registry_uri, resolve_version
+
+    reference = parse_registry_uri(config.version)
+    if reference is None:
+        return config
+    model, version = reference
+    if model != config.model_name:
+        raise ValueError(f"version {config.version} names model {model!r}, but this rollout is of {config.model_name!r}")
+    if not config.registry.enabled:
+        raise RegistryError(f"version {config.version} needs the registry: set store.registry_url=https://… (and store.registry_ca_bundle); "
+                            f"its token comes from Secret {config.registry.secret!r} (or $MODEL_REGISTRY_TOKEN locally)")
+    checked = resolve_version(config.registry.client(), store or open_store(config.store), model, version)
+    print(f"model registry: {config.version} is the store's {checked} (artifact and sha256 checked)", flush=True)
+    return replace(config, version=checked, values={**config.values, "version": checked})
+
+
 def require_registered(links: RegistryLinks, version: str) -> None:
     """Raise RegistryError, before anything deploys, when the registry cannot give ``version`` its deploy labels (registry_required)."""
     from components.registry.client import RegistryError
