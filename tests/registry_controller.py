@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import requests
 
@@ -40,10 +40,10 @@ class ReconcileError(RuntimeError):
 class RegistryAccess:
     """Where the controller reaches the registry, and which label domain it reads (modelregistry.opendatahub.io or .kubeflow.org)."""
 
-    url: str
-    token: str
-    ca_bundle: str
-    domain: str = "modelregistry.opendatahub.io"
+    url: str  # the registry's https REST URL
+    token: str = field(repr=False)  # its bearer token, never printed
+    ca_bundle: str = ""  # the CA its TLS is trusted through
+    domain: str = "modelregistry.opendatahub.io"  # the labels read: OpenShift AI's, or modelregistry.kubeflow.org
 
 
 class InferenceServiceRegistryController:

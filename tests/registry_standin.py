@@ -158,20 +158,29 @@ class RegistryStandin:
         item["lastUpdateTimeSinceEpoch"] = _now_ms()
         return item
 
+    @staticmethod
+    def _named(items: dict[str, dict], name: str | None, kind: str) -> dict:
+        """Return the top-level entity of ``items`` named ``name``; 404 when there is none."""
+        found = [item for item in items.values() if item["name"] == name]
+        if not found:
+            raise ApiAnswer(404, f"no {kind} named {name!r}")
+        return found[0]
+
+    def _create_named(self, items: dict[str, dict], body: dict, kind: str, **extra) -> dict:
+        """Create a top-level entity in ``items`` (a context) and return it; 409 when its name is taken."""
+        if any(item["name"] == body["name"] for item in items.values()):
+            raise ApiAnswer(409, f"{kind} {body['name']!r} already exists")
+        created = self._created("context", body, **extra)
+        items[created["id"]] = created
+        return created
+
     def route(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
         """Return (status, body) for one validated call."""
         route = path.removeprefix(API)
         if (method, route) == ("GET", "/registered_model"):
-            found = [item for item in self.registered_models.values() if item["name"] == query.get("name")]
-            if not found:
-                raise ApiAnswer(404, f"no registered model named {query.get('name')!r}")
-            return 200, found[0]
+            return 200, self._named(self.registered_models, query.get("name"), "registered model")
         if (method, route) == ("POST", "/registered_models"):
-            if any(item["name"] == body["name"] for item in self.registered_models.values()):
-                raise ApiAnswer(409, f"registered model {body['name']!r} already exists")
-            created = self._created("context", body, state=body.get("state", "LIVE"))
-            self.registered_models[created["id"]] = created
-            return 201, created
+            return 201, self._create_named(self.registered_models, body, "registered model", state=body.get("state", "LIVE"))
         if method == "PATCH" and (match := re.fullmatch(r"/registered_models/(\d+)", route)):
             if match[1] not in self.registered_models:
                 raise ApiAnswer(404, f"no registered model {match[1]}")
@@ -223,16 +232,9 @@ class RegistryStandin:
         registry's InferenceService controller links). An InferenceService's name is unique in its ServingEnvironment; its
         registeredModelId, modelVersionId and servingEnvironmentId must name existing entities (400 otherwise)."""
         if (method, route) == ("GET", "/serving_environment"):
-            found = [item for item in self.serving_environments.values() if item["name"] == query.get("name")]
-            if not found:
-                raise ApiAnswer(404, f"no serving environment named {query.get('name')!r}")
-            return 200, found[0]
+            return 200, self._named(self.serving_environments, query.get("name"), "serving environment")
         if (method, route) == ("POST", "/serving_environments"):
-            if any(item["name"] == body["name"] for item in self.serving_environments.values()):
-                raise ApiAnswer(409, f"serving environment {body['name']!r} already exists")
-            created = self._created("context", body)
-            self.serving_environments[created["id"]] = created
-            return 201, created
+            return 201, self._create_named(self.serving_environments, body, "serving environment")
         if (method, route) == ("GET", "/inference_service"):
             found = [item for item in self.inference_services.values()
                      if item.get("name") == query.get("name") and item["servingEnvironmentId"] == query.get("parentResourceId", item["servingEnvironmentId"])]

@@ -16,15 +16,13 @@ from components.model.spec import spec_for
 from components.registry.labels import RegistryLinks, cleared_labels, deploy_labels, label_keys
 from components.registry.sync import registered_model
 from components.serving.gitops.fleet import GitopsOptions
-from components.serving.gitops.repo import TOKEN_ENV as GITOPS_TOKEN_ENV
 from components.serving.gitops.target import GitopsTarget, WaveOverlays, base_file
 from components.serving.kserve import KServeOptions
 from pipelines.platforms import PLATFORMS, profile_folder
 from tests.conftest import REPO
-from tests.git_server import GitHttpServer
 from tests.k8s_standin import KubeStandIn
 from tests.registry_controller import RegistryAccess
-from tests.test_gitops_target import NAMESPACE, PASSWORD, PATH, StockRuntime, SyncedHub
+from tests.test_gitops_target import NAMESPACE, PATH, fleet_repo  # noqa: F401 (fleet_repo: the Git server, hub and runtime fixture)
 from tests.test_kserve import CRDS, Cluster, models, new_project  # noqa: F401 (models: the module's trained models fixture)
 from tests.test_registry import TOKEN, registry, settings  # noqa: F401 (registry: the stand-in fixture)
 
@@ -153,38 +151,28 @@ def test_with_the_registry_unreachable_a_deploy_goes_on_without_the_projects_lab
     assert "registry: deploy labels of anomaly-detector v4 NOT written (cannot reach the model registry at https://127.0.0.1:9)" in capsys.readouterr().out
 
 
-def test_the_gitops_overlays_carry_the_labels_of_the_version_their_spec_serves(registry, tmp_path, monkeypatch):  # noqa: F811
+def test_the_gitops_overlays_carry_the_labels_of_the_version_their_spec_serves(registry, fleet_repo, tmp_path):  # noqa: F811
     client = RegistryClient(registry.url, str(registry.cert), token=TOKEN)
     model = registered_model(client, MODEL, spec_for(MODEL).description, spec_for(MODEL).owner)
     ids = {version: (client.find_model_version(version, model["id"]) or client.create_model_version({"name": version, "registeredModelId": model["id"]}))["id"]
            for version in ("v1", "v2")}
-    (tmp_path / "git").mkdir()
-    server = GitHttpServer(tmp_path / "git", PASSWORD).start()
-    runtime = StockRuntime().start()
-    try:
-        repo = server.create("fleet.git", {"README.md": "fleet\n"})
-        monkeypatch.setenv(GITOPS_TOKEN_ENV, PASSWORD)
-        for proxy in ("HTTP_PROXY", "http_proxy"):
-            monkeypatch.delenv(proxy, raising=False)
-        links = RegistryLinks(client, MODEL, "kubeflow", "team-registry")
-        options = KServeOptions(NAMESPACE, endpoint=runtime.url + "/{cluster}/{namespace}/{service}", rollout_strategy="candidate-isvc",
-                                run_name="run-8", registry=links)
-        target = GitopsTarget(options, GitopsOptions(repo, "main", PATH, wave_timeout_s=20), hub_api=SyncedHub(repo), workdir=tmp_path / "work")
-        target.deploy(MODEL, "v1", f"pvc://models/{MODEL}/v1", "1" * 64, 20)
-        target.deploy(MODEL, "v2", f"pvc://models/{MODEL}/v2", "2" * 64, 20)
+    repo, hub, runtime = fleet_repo
+    links = RegistryLinks(client, MODEL, "kubeflow", "team-registry")
+    options = KServeOptions(NAMESPACE, endpoint=runtime.url + "/{cluster}/{namespace}/{service}", rollout_strategy="candidate-isvc",
+                            run_name="run-8", registry=links)
+    target = GitopsTarget(options, GitopsOptions(repo, "main", PATH, wave_timeout_s=20), hub_api=hub, workdir=tmp_path / "work")
+    target.deploy(MODEL, "v1", f"pvc://models/{MODEL}/v1", "1" * 64, 20)
+    target.deploy(MODEL, "v2", f"pvc://models/{MODEL}/v2", "2" * 64, 20)
 
-        def labels(document: dict | None) -> dict:
-            found = (document or {}).get("metadata", {}).get("labels", {})
-            return {key.rsplit("/", 1)[1]: value for key, value in found.items() if key.startswith("modelregistry.kubeflow.org/")}
+    def labels(document: dict | None) -> dict:
+        found = (document or {}).get("metadata", {}).get("labels", {})
+        return {key.rsplit("/", 1)[1]: value for key, value in found.items() if key.startswith("modelregistry.kubeflow.org/")}
 
-        expected = {version: {"registered-model-id": model["id"], "model-version-id": ids[version], "name": "team-registry"} for version in ids}
-        first, later = (WaveOverlays(target, wave) for wave in target.waves)
-        assert labels(yaml.safe_load(target.repo.read(base_file(MODEL)))) == expected["v1"]
-        assert labels(first.document(MODEL)) == expected["v1"], "stable's spec: stable's labels"
-        assert labels(first.document(f"{MODEL}-candidate")) == expected["v2"], "the candidate's own InferenceService: its labels"
-        target.promote(MODEL, 20)
-        assert labels(first.document(MODEL)) == labels(later.document(MODEL)) == expected["v2"], "every wave after promotion"
-        assert first.document(f"{MODEL}-candidate") is None
-    finally:
-        runtime.stop()
-        server.stop()
+    expected = {version: {"registered-model-id": model["id"], "model-version-id": ids[version], "name": "team-registry"} for version in ids}
+    first, later = (WaveOverlays(target, wave) for wave in target.waves)
+    assert labels(yaml.safe_load(target.repo.read(base_file(MODEL)))) == expected["v1"]
+    assert labels(first.document(MODEL)) == expected["v1"], "stable's spec: stable's labels"
+    assert labels(first.document(f"{MODEL}-candidate")) == expected["v2"], "the candidate's own InferenceService: its labels"
+    target.promote(MODEL, 20)
+    assert labels(first.document(MODEL)) == labels(later.document(MODEL)) == expected["v2"], "every wave after promotion"
+    assert first.document(f"{MODEL}-candidate") is None
