@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from components.model.contract import ANOMALY_DETECTOR
-from components.registry.client import RegistryClient
+from components.kfp.workflow import require_registered
+from components.registry.client import RegistryClient, RegistryError
 from components.model.spec import spec_for
 from components.registry.labels import RegistryLinks, cleared_labels, deploy_labels, label_keys
 from components.registry.sync import registered_model
@@ -145,20 +146,25 @@ def test_each_profile_family_writes_its_own_label_names_and_compiles_them_as_its
     assert compiled_default(profile_folder(PLATFORMS["rhoai-2.25"], "s3")) == "opendatahub"
 
 
-def test_with_the_registry_unreachable_a_deploy_goes_on_without_the_projects_labels_and_says_so(capsys):
+def test_with_the_registry_unreachable_a_deploy_goes_on_without_the_projects_labels_and_says_so_unless_it_is_required(capsys):
     links = RegistryLinks(None, MODEL, "opendatahub", "team-registry", unavailable="cannot reach the model registry at https://127.0.0.1:9")
     assert links.labels_for("v4") == cleared_labels("opendatahub"), "no label names a version the spec may no longer serve"
     assert "registry: deploy labels of anomaly-detector v4 NOT written (cannot reach the model registry at https://127.0.0.1:9)" in capsys.readouterr().out
+    with pytest.raises(RegistryError, match=r"registry_required=true, so anomaly-detector v4 is not deployed unlinked from the registry; nothing was"):
+        require_registered(links, "v4")
 
 
-def test_the_gitops_overlays_carry_the_labels_of_the_version_their_spec_serves(registry, fleet_repo, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("strategy", ["candidate-isvc", "standard-canary"])
+def test_the_gitops_overlays_carry_the_labels_of_the_version_their_spec_serves(strategy, registry, fleet_repo, tmp_path):  # noqa: F811
+    """A candidate InferenceService carries its own version's labels; an in-place canary (one InferenceService, the candidate an
+    entry of spec.canary) keeps stable's, which its spec.predictor serves, until promotion moves them to the candidate's."""
     client = RegistryClient(registry.url, str(registry.cert), token=TOKEN)
     model = registered_model(client, MODEL, spec_for(MODEL).description, spec_for(MODEL).owner)
     ids = {version: (client.find_model_version(version, model["id"]) or client.create_model_version({"name": version, "registeredModelId": model["id"]}))["id"]
            for version in ("v1", "v2")}
     repo, hub, runtime = fleet_repo
     links = RegistryLinks(client, MODEL, "kubeflow", "team-registry")
-    options = KServeOptions(NAMESPACE, endpoint=runtime.url + "/{cluster}/{namespace}/{service}", rollout_strategy="candidate-isvc",
+    options = KServeOptions(NAMESPACE, endpoint=runtime.url + "/{cluster}/{namespace}/{service}", rollout_strategy=strategy,
                             run_name="run-8", registry=links)
     target = GitopsTarget(options, GitopsOptions(repo, "main", PATH, wave_timeout_s=20), hub_api=hub, workdir=tmp_path / "work")
     target.deploy(MODEL, "v1", f"pvc://models/{MODEL}/v1", "1" * 64, 20)
@@ -172,7 +178,10 @@ def test_the_gitops_overlays_carry_the_labels_of_the_version_their_spec_serves(r
     first, later = (WaveOverlays(target, wave) for wave in target.waves)
     assert labels(yaml.safe_load(target.repo.read(base_file(MODEL)))) == expected["v1"]
     assert labels(first.document(MODEL)) == expected["v1"], "stable's spec: stable's labels"
-    assert labels(first.document(f"{MODEL}-candidate")) == expected["v2"], "the candidate's own InferenceService: its labels"
+    if strategy == "candidate-isvc":
+        assert labels(first.document(f"{MODEL}-candidate")) == expected["v2"], "the candidate's own InferenceService: its labels"
+    else:
+        assert [entry["predictor"]["name"] for entry in first.document(MODEL)["spec"]["canary"]] == ["v2"], "v2 is a canary entry"
     target.promote(MODEL, 20)
     assert labels(first.document(MODEL)) == labels(later.document(MODEL)) == expected["v2"], "every wave after promotion"
     assert first.document(f"{MODEL}-candidate") is None

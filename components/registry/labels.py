@@ -43,14 +43,13 @@ def cleared_labels(family: str) -> dict[str, None]:
 @dataclass
 class RegistryLinks:
     """Links a model's InferenceServices to its registry versions: the labels per version, looked up once per version; a registry
-    that cannot answer leaves the labels off (``notes`` says so) and never stops a write."""
+    that cannot answer leaves the labels off (the step's log says so, as a ``registry:`` line) and never stops a write."""
 
     client: RegistryClient | None  # None: the registry could not even be configured (no token); every write goes without labels
     model_name: str
     family: str
     registry_name: str
     unavailable: str = ""  # why ``client`` is None
-    notes: list[str] = field(default_factory=list)
     _ids: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     def ids(self, version: str) -> tuple[str, str]:
@@ -66,8 +65,8 @@ class RegistryLinks:
         try:
             return deploy_labels(self.family, self.registry_name, *self.ids(version))
         except RegistryError as error:
-            self.say(f"registry: deploy labels of {self.model_name} {version} NOT written ({error}); the InferenceService serves "
-                     "unlinked until a later step writes them")
+            print(f"registry: deploy labels of {self.model_name} {version} NOT written ({error}); it is deployed without them, so "
+                  "the registry's dashboard does not list this deployment", flush=True)
             return cleared_labels(self.family)
 
     def relink(self, written: dict, version: str) -> None:
@@ -80,9 +79,4 @@ class RegistryLinks:
             if self.client.inference_service(record_id).get("modelVersionId") != version_id:
                 self.client.update_inference_service(record_id, {"modelVersionId": version_id})
         except RegistryError as error:
-            self.say(f"registry: InferenceService record {record_id} NOT moved to {self.model_name} {version} ({error})")
-
-    def say(self, line: str) -> None:
-        """Print ``line`` for the step's log and keep it for the run's report."""
-        self.notes.append(line)
-        print(line, flush=True)
+            print(f"registry: InferenceService record {record_id} NOT moved to {self.model_name} {version} ({error})", flush=True)
