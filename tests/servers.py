@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -10,7 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from components.serving.local import log_tail, start_listening, stop_process
 
@@ -32,6 +33,15 @@ def free_ports(count: int) -> list[int]:
     finally:
         for handle in sockets:
             handle.close()
+
+
+@contextlib.contextmanager
+def refused_url(scheme: str = "https") -> Iterator[str]:
+    """Yield a loopback URL that refuses connections for as long as it is held: its port stays bound, never listening, so
+    no server a test starts meanwhile can take it (a port from ``free_ports`` can be handed out again)."""
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        yield f"{scheme}://127.0.0.1:{reserved.getsockname()[1]}"
 
 
 def start_server(arguments: Callable[[int], list[str]], log: Path, what: str, ready: Callable[[int], bool] = lambda port: True,

@@ -14,7 +14,7 @@ from components.store.s3 import S3Store
 from pipelines.catalog import DEFAULT_IMAGE
 from tests.conftest import FAST_CANARY, REPO, logged, run_cli, snapshot
 from tests.registry_standin import API_FILE, RegistryStandin
-from tests.servers import free_ports
+from tests.servers import refused_url
 
 MODEL = "anomaly-detector"
 TOKEN = "planted-registry-token-5c81e0d2"
@@ -60,25 +60,25 @@ def history(registry, tmp_path_factory):
     (backfills v1), a run with the registry (v2), the same run again (a byte-identical duplicate), and a run with
     registry_required=true while the registry is down (v3); stop serving after."""
     state = tmp_path_factory.mktemp("state")
-    down = f"https://127.0.0.1:{free_ports(1)[0]}"
     run = ("run", MODEL, "--local", "--state-dir", str(state), *FAST_CANARY)
     steps = {}
-    try:
-        steps["down"] = run_cli(*run, *settings(down, registry.cert), env=ENV)
-        steps["before_sync"] = registry.creates()
-        steps["sync"] = run_cli("registry", "sync", MODEL, "--state-dir", str(state), *settings(registry.url, registry.cert), env=ENV)
-        steps["sync_again"] = run_cli("registry", "sync", MODEL, "--state-dir", str(state), *settings(registry.url, registry.cert), env=ENV)
-        steps["after_sync"] = registry.creates()
-        steps["registered"] = run_cli(*run, "--param", "seed=43", *settings(registry.url, registry.cert), env=ENV)
-        steps["after_run"] = registry.creates()
-        steps["duplicate"] = run_cli(*run, "--param", "seed=43", *settings(registry.url, registry.cert), env=ENV)
-        steps["after_duplicate"] = registry.creates()
-        steps["store_before_required"] = snapshot(state / "store")
-        steps["required"] = run_cli(*run, "--param", "seed=44", "--param", "champion_tolerance=1",
-                                   *settings(down, registry.cert, "--param", "store.registry_required=true"), env=ENV)
-        yield state, steps
-    finally:
-        run_cli("serve", "stop", "--state-dir", str(state))
+    with refused_url() as down:
+        try:
+            steps["down"] = run_cli(*run, *settings(down, registry.cert), env=ENV)
+            steps["before_sync"] = registry.creates()
+            steps["sync"] = run_cli("registry", "sync", MODEL, "--state-dir", str(state), *settings(registry.url, registry.cert), env=ENV)
+            steps["sync_again"] = run_cli("registry", "sync", MODEL, "--state-dir", str(state), *settings(registry.url, registry.cert), env=ENV)
+            steps["after_sync"] = registry.creates()
+            steps["registered"] = run_cli(*run, "--param", "seed=43", *settings(registry.url, registry.cert), env=ENV)
+            steps["after_run"] = registry.creates()
+            steps["duplicate"] = run_cli(*run, "--param", "seed=43", *settings(registry.url, registry.cert), env=ENV)
+            steps["after_duplicate"] = registry.creates()
+            steps["store_before_required"] = snapshot(state / "store")
+            steps["required"] = run_cli(*run, "--param", "seed=44", "--param", "champion_tolerance=1",
+                                           *settings(down, registry.cert, "--param", "store.registry_required=true"), env=ENV)
+            yield state, steps
+        finally:
+            run_cli("serve", "stop", "--state-dir", str(state))
 
 
 def test_a_run_with_the_registry_down_goes_on_and_says_what_was_not_registered(history):

@@ -12,7 +12,7 @@ from components.model.train import train_model
 from components.registry.client import API_PATH, plain_values
 from tests.conftest import run_cli
 from tests.recipe_overrides import reseeded
-from tests.servers import free_ports
+from tests.servers import refused_url
 from tests.test_approval import GATE, finish, start_rollout, summary_row, wait_for_hold
 from tests.test_registry import ENV, TOKEN, every_call_matches_the_api, registry, settings  # noqa: F401 (fixtures)
 from tests.test_serving import FAST, save, served, status, training  # noqa: F401 (fixtures)
@@ -84,11 +84,11 @@ def test_a_registry_that_cannot_be_read_keeps_the_hold_until_the_timeout_and_nev
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
     version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(41)).estimator, state)
-    down = f"https://127.0.0.1:{free_ports(1)[0]}"
-    rollout, lines = held_rollout(state, version, down, registry.cert, timeout_h=0.005)
-    approved = run_cli("approve", ANOMALY_DETECTOR, version, "--state-dir", str(state), *settings(down, registry.cert), env=ENV)
-    assert approved.returncode == 1 and f"cannot reach the model registry at {down}" in approved.stdout, approved.stdout
-    output = finish(rollout, lines)
+    with refused_url() as down:
+        rollout, lines = held_rollout(state, version, down, registry.cert, timeout_h=0.005)
+        approved = run_cli("approve", ANOMALY_DETECTOR, version, "--state-dir", str(state), *settings(down, registry.cert), env=ENV)
+        assert approved.returncode == 1 and f"cannot reach the model registry at {down}" in approved.stdout, approved.stdout
+        output = finish(rollout, lines)
     assert rollout.returncode == 3, output[-3000:]
     said = [line for line in output.splitlines() if "no decision readable" in line]
     assert len(said) == 1, "said once while it lasts"
