@@ -4,6 +4,15 @@ import json
 from http.server import BaseHTTPRequestHandler
 
 
+def send_json(handler: BaseHTTPRequestHandler, code: int, data: bytes) -> None:
+    """Answer ``handler``'s request with status ``code`` and the JSON body ``data``."""
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     """Routes GET, POST, PATCH, PUT and DELETE to ``_dispatch(method)`` and answers with JSON bodies."""
 
@@ -11,12 +20,7 @@ class JsonHandler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, json.dumps(body).encode())
 
     def _dispatch(self, method: str) -> None:
         raise NotImplementedError

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from openapi_core import OpenAPI
@@ -25,7 +24,8 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.request.exceptions import SecurityValidationError
 
 from tests.conftest import REPO
-from tests.servers import tls_certificate
+from tests.http_json import send_json
+from tests.servers import serve_https, tls_certificate
 
 API_FILE = REPO.parent / "shared" / "reference" / "model-registry" / "model-registry.openapi.yaml"
 API = "/api/model_registry/v1alpha3"
@@ -83,12 +83,7 @@ class RegistryStandin:
             def do_PATCH(self):
                 self._serve("PATCH")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_https(Handler, self.cert, key)
 
     def stop(self) -> None:
         """Stop serving."""
@@ -138,11 +133,7 @@ class RegistryStandin:
                 self.api.validate_response(request, MockResponse(data, status_code=status, content_type="application/json"))
             except Exception as error:
                 self.errors.append(f"response {status} to {method} {handler.path}: {error}: {getattr(error, '__cause__', '')}")
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        send_json(handler, status, data)
 
     def _new_id(self, kind: str) -> str:
         self._ids[kind] += 1

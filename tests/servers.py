@@ -6,10 +6,13 @@ import contextlib
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -69,6 +72,16 @@ def tls_certificate(work: Path) -> tuple[Path, Path]:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
     return cert, key
+
+
+def serve_https(handler: type[BaseHTTPRequestHandler], cert: Path, key: Path) -> tuple[ThreadingHTTPServer, str]:
+    """Serve ``handler`` over TLS with ``cert`` on a free loopback port in a daemon thread; return the server and its https URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"https://127.0.0.1:{server.server_address[1]}"
 
 
 def answers_http(url: str) -> bool:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -53,9 +54,31 @@ def wait_for_hold(rollout: subprocess.Popen, timeout_s: float = 240) -> list[str
     raise AssertionError("the rollout never held for approval:\n" + "".join(lines[-60:]))
 
 
-def finish(rollout: subprocess.Popen, lines: list[str]) -> str:
-    """Return the rollout's whole output once it ended."""
-    rest, _ = rollout.communicate(timeout=300)
+def new_detector_version(served, training, seed: int) -> tuple:
+    """Store a detector trained with ``seed`` beside the served stable one; return (state dir, store, stable version, new version)."""
+    state, store = served
+    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
+    return state, store, stable, save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(seed)).estimator, state)
+
+
+def local_hold(state, version: str, *params: str, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
+    """Start a local rollout of ``version`` that holds for approval (``params`` added); return it once it holds, with its output so far."""
+    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE, *params], env=env)
+    return rollout, wait_for_hold(rollout)
+
+
+def finish(rollout: subprocess.Popen, lines: list[str], timeout_s: float = 300) -> str:
+    """Return the rollout's whole output once it ended (killed after ``timeout_s``).
+
+    The rest is read through the same text stream as ``lines``: ``communicate(timeout=...)`` would read the pipe's descriptor
+    and lose what ``readline`` had already buffered (the lines printed right after the one ``wait_for_hold`` waited for)."""
+    watchdog = threading.Timer(timeout_s, rollout.kill)
+    watchdog.start()
+    try:
+        rest = rollout.stdout.read()
+    finally:
+        watchdog.cancel()
+    rollout.wait()
     return "".join(lines) + rest
 
 
@@ -65,12 +88,8 @@ def summary_row(output: str, version: str) -> str:
 
 
 def test_approved_while_holding_is_promoted_and_the_hold_keeps_the_last_step_below_100(served, training):
-    state, store = served
-    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(17)).estimator, state)
-    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
-                             "--param", "approval_timeout_h=0.05"])
-    lines = wait_for_hold(rollout)
+    state, store, stable, version = new_detector_version(served, training, 17)
+    rollout, lines = local_hold(state, version, "--param", "approval_timeout_h=0.05")
     held = []
     for _ in range(4):  # the hold: several analyses' worth of time at 60 %, never 100 %
         held.append(status(state))
@@ -90,14 +109,10 @@ def test_approved_while_holding_is_promoted_and_the_hold_keeps_the_last_step_bel
 
 
 def test_rejected_while_holding_is_rolled_back_and_stable_keeps_serving(served, training):
-    state, store = served
-    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(19)).estimator, state)
+    state, store, stable, version = new_detector_version(served, training, 19)
     early = run_cli("reject", ANOMALY_DETECTOR, version, "--state-dir", str(state))
     assert early.returncode == 2 and f"{ANOMALY_DETECTOR} has no candidate (stable {stable})" in early.stdout, early.stdout
-    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
-                             "--param", "approval_timeout_h=0.05"])
-    lines = wait_for_hold(rollout)
+    rollout, lines = local_hold(state, version, "--param", "approval_timeout_h=0.05")
     rejected = run_cli("reject", ANOMALY_DETECTOR, version, "--by", "bob", "--state-dir", str(state))
     assert rejected.returncode == 0, rejected.stdout
     assert "rejected by bob: the held rollout rolls it back; stable keeps serving" in rejected.stdout
@@ -113,12 +128,8 @@ def test_rejected_while_holding_is_rolled_back_and_stable_keeps_serving(served, 
 
 
 def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_does_not_count(served, training):
-    state, store = served
-    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(23)).estimator, state)
-    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
-                             "--param", "approval_timeout_h=0.002"])
-    lines = wait_for_hold(rollout)
+    state, store, stable, version = new_detector_version(served, training, 23)
+    rollout, lines = local_hold(state, version, "--param", "approval_timeout_h=0.002")
     wrong = run_cli("approve", ANOMALY_DETECTOR, stable, "--state-dir", str(state))
     assert wrong.returncode == 2 and f"{ANOMALY_DETECTOR} {stable} is not the candidate: {version} is (at 60 %)" in wrong.stdout, wrong.stdout
     # A decision naming another version, written where the gate reads: it must not promote this one.
@@ -134,12 +145,8 @@ def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_
 
 
 def test_an_analysis_failing_while_holding_rolls_back_without_waiting_for_a_decision(served, training):
-    state, store = served
-    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(29)).estimator, state)
-    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
-                             "--param", "approval_timeout_h=0.01", "--param", "failure_limit=0"])
-    lines = wait_for_hold(rollout)
+    state, store, stable, version = new_detector_version(served, training, 29)
+    rollout, lines = local_hold(state, version, "--param", "approval_timeout_h=0.01", "--param", "failure_limit=0")
     serving_state = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.json").read_text())
     assert serving_state["candidate"]["version"] == version
     os.kill(serving_state["candidate"]["pid"], signal.SIGKILL)  # the candidate dies while it waits for approval

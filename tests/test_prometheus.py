@@ -2,11 +2,9 @@
 
 import json
 import math
-import ssl
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,8 @@ from components.model.spec import spec_for
 from components.model.train import train_model
 from tests.conftest import logged, run_cli
 from tests.recipe_overrides import isolation_forest, reseeded
-from tests.servers import PrometheusServer, tls_certificate
+from tests.http_json import send_json
+from tests.servers import PrometheusServer, serve_https, tls_certificate
 from tests.test_hardening import metric
 from tests.test_serving import MainUrlClient, save
 
@@ -146,19 +145,9 @@ class RecordingTlsPrometheus:
                     self.send_header("Location", redirect_to)
                     self.end_headers()
                     return
-                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, 200, json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode())
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_https(Handler, self.cert, key)
 
 
 def test_the_token_goes_only_over_https_and_only_to_the_configured_host(tmp_path, monkeypatch):

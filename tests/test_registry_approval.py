@@ -13,16 +13,14 @@ from components.registry.client import API_PATH, plain_values
 from tests.conftest import run_cli
 from tests.recipe_overrides import reseeded
 from tests.servers import refused_url
-from tests.test_approval import GATE, finish, start_rollout, summary_row, wait_for_hold
+from tests.test_approval import finish, local_hold, new_detector_version, summary_row
 from tests.test_registry import ENV, TOKEN, every_call_matches_the_api, registry, settings  # noqa: F401 (fixtures)
-from tests.test_serving import FAST, save, served, status, training  # noqa: F401 (fixtures)
+from tests.test_serving import served, status, training  # noqa: F401 (fixtures)
 
 
 def held_rollout(state, version: str, url: str, cert, timeout_h: float = 0.05):
     """Start a rollout of ``version`` that holds for approval with the registry at ``url``; return it and its output so far."""
-    rollout = start_rollout(["rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST, *GATE,
-                             "--param", f"approval_timeout_h={timeout_h}", *settings(url, cert)], env=ENV)
-    return rollout, wait_for_hold(rollout)
+    return local_hold(state, version, "--param", f"approval_timeout_h={timeout_h}", *settings(url, cert), env=ENV)
 
 
 def as_the_dashboard_sets(registry, version: str, **properties: str) -> None:
@@ -43,8 +41,7 @@ def approval_properties(registry, version: str) -> dict:
 
 
 def test_an_approval_set_in_the_registry_promotes_and_one_left_from_before_the_hold_does_not(served, training, registry):
-    state, store = served
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(31)).estimator, state)
+    state, _, _, version = new_detector_version(served, training, 31)
     synced = run_cli("registry", "sync", ANOMALY_DETECTOR, "--state-dir", str(state), *settings(registry.url, registry.cert), env=ENV)
     assert synced.returncode == 0, synced.stdout
     as_the_dashboard_sets(registry, version, approved="true", approved_by="mallory")  # left from before: must not count
@@ -62,9 +59,7 @@ def test_an_approval_set_in_the_registry_promotes_and_one_left_from_before_the_h
 
 
 def test_reject_with_the_registry_writes_approved_false_there_and_the_hold_rolls_back(served, training, registry):
-    state, store = served
-    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(37)).estimator, state)
+    state, store, stable, version = new_detector_version(served, training, 37)
     rollout, lines = held_rollout(state, version, registry.url, registry.cert)
     decide = (ANOMALY_DETECTOR, version, "--by", "bob", "--state-dir", str(state), *settings(registry.url, registry.cert))
     rejected = run_cli("reject", *decide, env=ENV)
@@ -81,9 +76,7 @@ def test_reject_with_the_registry_writes_approved_false_there_and_the_hold_rolls
 
 
 def test_a_registry_that_cannot_be_read_keeps_the_hold_until_the_timeout_and_never_promotes(served, training, registry):
-    state, store = served
-    stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(41)).estimator, state)
+    state, store, stable, version = new_detector_version(served, training, 41)
     with refused_url() as down:
         rollout, lines = held_rollout(state, version, down, registry.cert, timeout_h=0.005)
         approved = run_cli("approve", ANOMALY_DETECTOR, version, "--state-dir", str(state), *settings(down, registry.cert), env=ENV)
@@ -91,7 +84,7 @@ def test_a_registry_that_cannot_be_read_keeps_the_hold_until_the_timeout_and_nev
         output = finish(rollout, lines)
     assert rollout.returncode == 3, output[-3000:]
     said = [line for line in output.splitlines() if "no decision readable" in line]
-    assert len(said) == 1, "said once while it lasts"
+    assert len(said) == 1, f"said once while it lasts: {output[-4000:]}"
     assert f"no decision readable: cannot mark {ANOMALY_DETECTOR} {version} awaiting approval in the registry" in said[0]
     assert "still holding (an unreadable decision never promotes)" in said[0]
     assert summary_row(output, version).split(None, 2)[2] == "rejected at canary-promote: not approved within 0.005 h"
