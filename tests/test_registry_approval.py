@@ -41,7 +41,7 @@ def approval_properties(registry, version: str) -> dict:
 
 
 def test_an_approval_set_in_the_registry_promotes_and_one_left_from_before_the_hold_does_not(served, training, registry):
-    state, _, _, version = new_detector_version(served, training, 31)
+    state, store, _, version = new_detector_version(served, training, 31)
     synced = run_cli("registry", "sync", ANOMALY_DETECTOR, "--state-dir", str(state), *settings(registry.url, registry.cert), env=ENV)
     assert synced.returncode == 0, synced.stdout
     as_the_dashboard_sets(registry, version, approved="true", approved_by="mallory")  # left from before: must not count
