@@ -1,7 +1,7 @@
 """Where bearer tokens come from and where they may go, for every client in the project that sends one.
 
 A token is never a run parameter: it comes from an environment variable (a Secret's key injected into the pod,
-or exported on a laptop), else from the pod's service-account token.
+or exported on a laptop), else from the pod's service-account token, which goes only to in-cluster ``*.svc`` services.
 """
 
 from __future__ import annotations
@@ -19,9 +19,20 @@ SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/toke
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}  # a token may go over plain http only to this machine
 
 
-def token_from_environment(variable: str) -> str:
-    """Return ``$variable``, else the pod's service-account token, else ""."""
-    return os.environ.get(variable, "") or (SERVICE_ACCOUNT_TOKEN.read_text().strip() if SERVICE_ACCOUNT_TOKEN.is_file() else "")
+def token_from_environment(variable: str, url: str = "") -> str:
+    """Return ``$variable``, else the pod's service-account token when ``url`` is a service inside the cluster, else "".
+
+    The pod's own token never goes to a host a run parameter could point elsewhere: only to ``*.svc`` (``*.svc.cluster.local``)
+    services. A token for any other host comes from a Secret's key in ``$variable``."""
+    if os.environ.get(variable):
+        return os.environ[variable]
+    return SERVICE_ACCOUNT_TOKEN.read_text().strip() if SERVICE_ACCOUNT_TOKEN.is_file() and in_cluster_service(url) else ""
+
+
+def in_cluster_service(url: str) -> bool:
+    """Return whether ``url`` names a Kubernetes service of this cluster (``<name>.<namespace>.svc``, optionally ``.cluster.local``)."""
+    host = (urllib.parse.urlparse(url).hostname or "").lower()
+    return host.endswith(".svc") or host.endswith(".svc.cluster.local")
 
 
 def token_may_go_to(url: str) -> bool:
@@ -52,6 +63,9 @@ def api_request(method: str, url: str, advice: ApiAdvice, error: type[Exception]
         raise error(f"TLS to {advice.name} at {_origin(url)} failed ({failure.__class__.__name__}); {advice.tls}") from None
     except requests.RequestException as failure:
         raise error(f"cannot reach {advice.name} at {_origin(url)} ({failure.__class__.__name__}); {advice.unreachable}") from None
+    except OSError as failure:  # requests raises it for a CA bundle path that does not exist
+        raise error(f"TLS to {advice.name} at {_origin(url)} cannot start ({failure.__class__.__name__}: no CA bundle at {ca_bundle!r}); "
+                    f"{advice.tls}") from None
     if answer.status_code in (401, 403):
         raise error(f"{advice.name} at {_origin(url)} refused the credentials ({answer.status_code}); {advice.refused}")
     return answer

@@ -59,7 +59,7 @@ def resolve_connection(host: str | None, token: str | None, ca_cert: str | None,
             "no KFP host: pass --host https://ds-pipeline-dspa-<project>.apps.<cluster> or set KF_PIPELINES_ENDPOINT "
             "(oc get route ds-pipeline-dspa -o jsonpath='{.spec.host}')"
         )
-    token = token or token_from_environment("KF_PIPELINES_TOKEN")
+    token = token or token_from_environment("KF_PIPELINES_TOKEN", host)
     if token and not token_may_go_to(host):
         raise RemoteError(f"refusing to send the token over plain {urllib.parse.urlparse(host).scheme or 'http'} to {host}: use the https address "
                           "(the DSP route, or https://ds-pipeline-dspa.<project>.svc:8443 from inside the cluster)")

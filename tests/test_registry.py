@@ -180,7 +180,7 @@ def test_the_token_goes_only_over_https_to_a_registry_that_accepts_it_and_never_
     assert plain.returncode == 2 and "store.registry_url='http://127.0.0.1:" in plain.stdout and "must be empty or an https URL" in plain.stdout
     refused = run_cli("registry", "sync", MODEL, "--state-dir", str(state), *settings(registry.url, registry.cert),
                       env={"MODEL_REGISTRY_TOKEN": "another-token"})
-    assert refused.returncode == 1 and f"the model registry at {registry.url} refused the token (401)" in refused.stdout
+    assert refused.returncode == 1 and f"the model registry at {registry.url} refused the credentials (401)" in refused.stdout
     assert [str(path) for path in state.rglob("*") if path.is_file() and TOKEN.encode() in path.read_bytes()] == []
     compiled = (REPO / "compiled" / f"{MODEL}-retrain.yaml").read_text()
     assert "secretName: model-registry-token" in compiled and "envVar: MODEL_REGISTRY_TOKEN" in compiled

@@ -4,12 +4,15 @@ time-compressed, against the registry stand-in (tests/registry_standin.py)."""
 
 import time
 
+import pytest
 import requests
 
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.spec import spec_for
 from components.model.train import train_model
-from components.registry.client import API_PATH, plain_values
+from components.registry.client import API_PATH, RegistryClient, RegistryError, entity_id, plain_values, property_values
+from components.registry.sync import parse_registry_uri
+from components.release.approval import ApprovalUnavailable, LocalApprovalSource, RegistryApprovalSource, shown_text
 from tests.conftest import run_cli
 from tests.recipe_overrides import reseeded
 from tests.servers import refused_url
@@ -89,3 +92,59 @@ def test_a_registry_that_cannot_be_read_keeps_the_hold_until_the_timeout_and_nev
     assert "still holding (an unreadable decision never promotes)" in said[0]
     assert summary_row(output, version).split(None, 2)[2] == "rejected at canary-promote: not approved within 0.005 h"
     assert status(state)["stable"] == stable and status(state)["candidate"] is None
+
+
+def test_a_decision_recorded_after_a_hold_began_with_the_registry_down_counts_and_an_older_one_never_does(registry, tmp_path):
+    """The hold could not mark the version awaiting (registry down). Once the registry answers, an approval the verbs wrote after
+    the hold began is the decision; one left from before is replaced by the awaiting mark."""
+    client = RegistryClient(registry.url, str(registry.cert), TOKEN)
+    model = client.create_registered_model({"name": "hold-model", "owner": "tests"})
+    version_ids = {name: client.create_model_version({"name": name, "registeredModelId": model["id"]})["id"] for name in ("v1", "v2")}
+    held = LocalApprovalSource(tmp_path)
+    with refused_url() as down:
+        source = RegistryApprovalSource(RegistryClient(down, str(registry.cert), TOKEN), held)
+        source.request("hold-model", "v1")
+        source.request("hold-model", "v2")
+        with pytest.raises(ApprovalUnavailable, match="cannot mark hold-model v1 awaiting approval in the registry"):
+            source.decision("hold-model", "v1")
+    source.client = client  # the registry answers again
+    RegistryApprovalSource(client, held).record("hold-model", "v1", True, "dana")  # `approve` while the hold could not mark
+    client.update_model_version(version_ids["v2"], {"customProperties": property_values(
+        {"approved": "true", "approved_by": "mallory", "approved_at": "2020-01-01T00:00:00Z"})})  # left from an earlier hold
+    decided = source.decision("hold-model", "v1")
+    assert (decided.version, decided.approved, decided.by) == ("v1", True, "dana")
+    assert source.decision("hold-model", "v2") is None
+    assert plain_values(registry.version("hold-model", "v2")["customProperties"])["approved"] == "awaiting"
+
+
+def test_untrusted_registry_text_is_bounded_before_it_reaches_a_url_a_log_or_the_index():
+    assert entity_id("42") == "42"
+    for forged in ("1/../../registered_models", "", "0", "1" * 25, "12a"):
+        with pytest.raises(RegistryError, match="is not a model registry id"):
+            entity_id(forged)
+    assert parse_registry_uri("model-registry://anomaly-detector/7") == ("anomaly-detector", "v7")
+    for forged in ("model-registry://anomaly-detector/v1\nregistry: all in step", "model-registry://anomaly-detector/" + "9" * 30,
+                   "model-registry://../v1", "model-registry://anomaly-detector/latest"):
+        with pytest.raises(ValueError, match="is not model-registry://<model>/<version>"):
+            parse_registry_uri(forged)
+    assert shown_text("eve\nregistry: NOT in step\x1b[2J" + "x" * 200, "unknown") == ("eve registry: NOT in step[2J" + "x" * 200)[:100]
+    assert shown_text("   ", "a model registry user") == "a model registry user"
+
+
+def test_the_pods_own_token_goes_only_to_in_cluster_services(tmp_path, monkeypatch):
+    """A registry (or Prometheus, or DSP) address is a run parameter: the pod's service-account token goes only to *.svc hosts,
+    a token for anything else must come from the installation's Secret."""
+    from components import credentials
+
+    pod_token = tmp_path / "token"
+    pod_token.write_text("pod-token\n")
+    monkeypatch.setattr(credentials, "SERVICE_ACCOUNT_TOKEN", pod_token)
+    monkeypatch.delenv("MODEL_REGISTRY_TOKEN", raising=False)
+    assert RegistryClient("https://registry-rest.odh-model-registries.svc:8443").token == "pod-token"
+    assert credentials.token_from_environment("PROMETHEUS_TOKEN", "https://thanos-querier.openshift-monitoring.svc.cluster.local:9091") == "pod-token"
+    for elsewhere in ("https://registry.apps.example.com", "https://collector.example.com/svc", "https://127.0.0.1:8443"):
+        assert credentials.token_from_environment("MODEL_REGISTRY_TOKEN", elsewhere) == ""
+    with pytest.raises(RegistryError, match="goes only to an in-cluster registry service"):
+        RegistryClient("https://registry.apps.example.com")
+    monkeypatch.setenv("MODEL_REGISTRY_TOKEN", "from-the-secret")
+    assert RegistryClient("https://registry.apps.example.com").token == "from-the-secret"

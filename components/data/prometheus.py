@@ -53,12 +53,13 @@ PROMETHEUS_ADVICE = ApiAdvice(
 def token_source(secret_name: str) -> str:
     """Return, for the log, where the Prometheus token comes from (never the token)."""
     secret = f"key 'token' of Secret {secret_name!r} if it exists, else " if secret_name else ""
-    return f"Prometheus token: {secret}the service account's; sent only over https"
+    return f"Prometheus token: {secret}the service account's (only to an in-cluster *.svc address); sent only over https"
 
 
-def bearer_token() -> str:
-    """Return the Prometheus token: $PROMETHEUS_TOKEN (injected from a Secret), else the pod's service-account token."""
-    return token_from_environment(TOKEN_ENV)
+def bearer_token(url: str) -> str:
+    """Return the Prometheus token for ``url``: $PROMETHEUS_TOKEN (injected from a Secret), else the pod's service-account token
+    when ``url`` is an in-cluster service (the Thanos querier)."""
+    return token_from_environment(TOKEN_ENV, url)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class PrometheusClient:
 
     def _headers(self) -> dict:
         """Return the Authorization header when a token exists and the URL is https; warn once otherwise."""
-        token = bearer_token()
+        token = bearer_token(self.url)
         if not token:
             return {}
         if urllib.parse.urlparse(self.url).scheme != "https":

@@ -264,7 +264,7 @@ def sync_registry(config: RunConfig, store: ModelStore | None = None, *, at_save
         report = sync_model(store or open_store(config.store), registry.client(), model_name, config.spec.description, config.spec.owner,
                             config.store.s3_secret if config.store.kind == "s3" else "")
         line = f"{REGISTRY_PREFIX}{report.message()} ({registry.url})"
-    except (RegistryError, KeyError, ValueError) as error:
+    except (RegistryError, KeyError, TypeError, ValueError) as error:
         if at_save and registry.required:
             raise RegistryError(f"{error}. registry_required=true, so the run stops before any deploy; every stored version stays in the "
                                 f"store; {catch_up}, or set store.registry_required=false to go on without it") from None

@@ -42,7 +42,7 @@ class DspApi:
 
     def _headers(self) -> dict:
         """Return the Authorization header, refusing a token over plain http to another machine."""
-        token = token_from_environment("KF_PIPELINES_TOKEN")
+        token = token_from_environment("KF_PIPELINES_TOKEN", self.url)
         if not token:
             return {}
         if not token_may_go_to(self.url):

@@ -2,18 +2,17 @@
 
 Not the ``model-registry`` package: its 0.3.x client speaks the later ``/api/model_registry/v1`` paths (kubeflow/hub issue 2992
 renamed them), which a v1alpha3 registry answers 404, and it is asynchronous (aiohttp, nest_asyncio) and calls the server
-when constructed. The bearer token comes from the installation's Secret ($MODEL_REGISTRY_TOKEN) or the service account; it
-goes only over https, only to the configured host (redirects are not followed), and is never printed.
+when constructed. The bearer token comes from the installation's Secret ($MODEL_REGISTRY_TOKEN), or the service account's for an
+in-cluster ``*.svc`` registry; it goes only over https, only to the configured host (redirects are not followed), and is never printed.
 """
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 
-import requests
-
-from components.credentials import token_from_environment
+from components.credentials import ApiAdvice, api_request, token_from_environment
 
 API_PATH = "/api/model_registry/v1alpha3"
 TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
@@ -22,6 +21,17 @@ TIMEOUT_S = 10.0
 
 class RegistryError(RuntimeError):
     """The registry cannot be reached, refuses the token or a call; the message names the problem and the fix."""
+
+
+ENTITY_ID = re.compile(r"^[1-9][0-9]{0,18}$")  # the registry's ids: decimal int64 as text
+
+
+def entity_id(value: object) -> str:
+    """Return ``value`` as a registry id fit for a URL path (a registry answer or a label is untrusted); RegistryError otherwise."""
+    text = str(value)
+    if not ENTITY_ID.match(text):
+        raise RegistryError(f"{text[:40]!r} is not a model registry id (a decimal number)")
+    return text
 
 
 def property_values(properties: dict[str, object]) -> dict[str, dict]:
@@ -44,8 +54,8 @@ def property_values(properties: dict[str, object]) -> dict[str, dict]:
 def plain_values(custom_properties: dict[str, dict] | None) -> dict[str, object]:
     """Return the API's typed customProperties as plain Python values (struct and proto values are left out)."""
     plain: dict[str, object] = {}
-    for key, value in (custom_properties or {}).items():
-        kind = value.get("metadataType")
+    for key, value in (custom_properties if isinstance(custom_properties, dict) else {}).items():
+        kind = value.get("metadataType") if isinstance(value, dict) else None
         if kind == "MetadataBoolValue":
             plain[key] = value["bool_value"]
         elif kind == "MetadataIntValue":
@@ -70,35 +80,37 @@ class RegistryClient:
     def __post_init__(self) -> None:
         parsed = urllib.parse.urlparse(self.url)
         if parsed.scheme != "https" or not parsed.hostname or parsed.username or parsed.password:
-            raise RegistryError(f"registry_url {self.url!r} is not an https URL without credentials: the registry's token goes only over "
+            shown = f"{parsed.scheme}://{parsed.hostname or ''}{f':{parsed.port}' if parsed.port else ''}{parsed.path}"  # never the credentials
+            raise RegistryError(f"registry_url {shown!r} is not an https URL without credentials: the registry's token goes only over "
                                 "TLS; set store.registry_url to the registry's https route")
         self.url = self.url.rstrip("/")
-        self.token = self.token or token_from_environment(TOKEN_ENV)
+        self.token = self.token or token_from_environment(TOKEN_ENV, self.url)
         if not self.token:
             raise RegistryError(f"no token for the model registry at {self.url}: put one in the key 'token' of Secret "
-                                f"{self.secret or 'the installation registry Secret'!r} (or ${TOKEN_ENV} locally)")
+                                f"{self.secret or 'the installation registry Secret'!r} (or ${TOKEN_ENV} locally); the pipeline's "
+                                "service-account token goes only to an in-cluster registry service (https://<name>.<namespace>.svc:<port>)")
 
     def _call(self, method: str, path: str, params: dict | None = None, body: dict | None = None, missing_ok: bool = False) -> dict | None:
-        """Return the JSON answer of one call (None for a 404 when ``missing_ok``); raise RegistryError naming the problem."""
-        try:
-            answer = requests.request(method, f"{self.url}{API_PATH}{path}", params=params, json=body, timeout=self.timeout_s,
-                                      headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json"},
-                                      verify=self.ca_bundle or True, allow_redirects=False)
-        except requests.RequestException as error:
-            raise RegistryError(f"cannot reach the model registry at {self.url}: {type(error).__name__}; check store.registry_url, "
-                                "store.registry_ca_bundle and that the registry is up") from None
+        """Return the JSON object one call answers (None for a 404 when ``missing_ok``); raise RegistryError naming the problem."""
+        advice = ApiAdvice("the model registry", unreachable="check store.registry_url, store.registry_ca_bundle and that the registry is up",
+                           tls="set store.registry_ca_bundle to the CA bundle that signed the registry's certificate",
+                           refused=f"give the token in Secret {self.secret or TOKEN_ENV!r} access to the registry (a RoleBinding to the "
+                                   "registry's service)")
+        answer = api_request(method, f"{self.url}{API_PATH}{path}", advice, RegistryError, params=params, body=body, timeout_s=self.timeout_s,
+                             headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json"}, ca_bundle=self.ca_bundle)
         if answer.status_code == 404 and missing_ok:
             return None
-        if answer.status_code in (401, 403):
-            raise RegistryError(f"the model registry at {self.url} refused the token ({answer.status_code}); give the token in Secret "
-                                f"{self.secret or TOKEN_ENV!r} access to the registry (a RoleBinding to the registry's service)")
+        try:
+            found = answer.json()
+        except ValueError:
+            found = None
         if answer.status_code >= 300:
-            try:
-                message = answer.json().get("message", "")
-            except ValueError:
-                message = answer.text[:200]
+            message = found.get("message", "") if isinstance(found, dict) else answer.text
             raise RegistryError(f"the model registry at {self.url} answered {answer.status_code} to {method} {path}: {str(message)[:300]}")
-        return answer.json()
+        if not isinstance(found, dict):
+            raise RegistryError(f"the model registry at {self.url} answered {method} {path} without a JSON object: is store.registry_url the "
+                                "registry's REST route?")
+        return found
 
     def find_registered_model(self, name: str) -> dict | None:
         """Return the RegisteredModel named ``name``, or None."""
@@ -110,7 +122,7 @@ class RegistryClient:
 
     def update_registered_model(self, model_id: str, body: dict) -> dict:
         """Update a RegisteredModel (RegisteredModelUpdate) and return it."""
-        return self._call("PATCH", f"/registered_models/{model_id}", body=body)
+        return self._call("PATCH", f"/registered_models/{entity_id(model_id)}", body=body)
 
     def find_model_version(self, name: str, registered_model_id: str) -> dict | None:
         """Return the ModelVersion ``name`` of the RegisteredModel ``registered_model_id``, or None."""
@@ -122,25 +134,21 @@ class RegistryClient:
 
     def update_model_version(self, version_id: str, body: dict) -> dict:
         """Update a ModelVersion (ModelVersionUpdate) and return it."""
-        return self._call("PATCH", f"/model_versions/{version_id}", body=body)
+        return self._call("PATCH", f"/model_versions/{entity_id(version_id)}", body=body)
 
     def model_artifacts(self, version_id: str) -> list[dict]:
         """Return the ModelArtifacts of the ModelVersion ``version_id``."""
-        listed = self._call("GET", f"/model_versions/{version_id}/artifacts", params={"artifactType": "model-artifact", "pageSize": "100"})
-        return [item for item in listed["items"] if item.get("artifactType") == "model-artifact"]
+        listed = self._call("GET", f"/model_versions/{entity_id(version_id)}/artifacts", params={"artifactType": "model-artifact", "pageSize": "100"})
+        return [item for item in listed.get("items") or [] if isinstance(item, dict) and item.get("artifactType") == "model-artifact"]
 
     def add_model_artifact(self, version_id: str, body: dict) -> dict:
         """Create a ModelArtifact in the ModelVersion ``version_id`` and return it."""
-        return self._call("POST", f"/model_versions/{version_id}/artifacts", body={**body, "artifactType": "model-artifact"})
-
-    def update_model_artifact(self, artifact_id: str, body: dict) -> dict:
-        """Update a ModelArtifact (ModelArtifactUpdate) and return it."""
-        return self._call("PATCH", f"/model_artifacts/{artifact_id}", body={**body, "artifactType": "model-artifact"})
+        return self._call("POST", f"/model_versions/{entity_id(version_id)}/artifacts", body={**body, "artifactType": "model-artifact"})
 
     def inference_service(self, record_id: str) -> dict:
         """Return the registry's InferenceService record ``record_id`` (what a deployment's ``inference-service-id`` label names)."""
-        return self._call("GET", f"/inference_services/{record_id}")
+        return self._call("GET", f"/inference_services/{entity_id(record_id)}")
 
     def update_inference_service(self, record_id: str, body: dict) -> dict:
         """Update the registry's InferenceService record ``record_id`` (InferenceServiceUpdate) and return it."""
-        return self._call("PATCH", f"/inference_services/{record_id}", body=body)
+        return self._call("PATCH", f"/inference_services/{entity_id(record_id)}", body=body)

@@ -64,7 +64,7 @@ class RegistryLinks:
         """Return the merge-patch labels for an object whose spec serves ``version``: its ids, or (registry unavailable) none of ours."""
         try:
             return deploy_labels(self.family, self.registry_name, *self.ids(version))
-        except RegistryError as error:
+        except (RegistryError, KeyError, TypeError) as error:  # a registry answer of another shape never stops a serving write
             print(f"registry: deploy labels of {self.model_name} {version} NOT written ({error}); it is deployed without them, so "
                   "the registry's dashboard does not list this deployment", flush=True)
             return cleared_labels(self.family)
@@ -74,9 +74,13 @@ class RegistryLinks:
         record_id = (written.get("metadata", {}).get("labels") or {}).get(f"{LABEL_DOMAINS[self.family]}/{RECORD_KEY}")
         if not record_id or self.client is None:
             return
+        metadata = written.get("metadata", {})
         try:
             _, version_id = self.ids(version)
-            if self.client.inference_service(record_id).get("modelVersionId") != version_id:
+            record = self.client.inference_service(record_id)
+            if record.get("name") != f"{metadata.get('name')}/{metadata.get('uid')}":  # the label names another object's record: not ours
+                raise RegistryError(f"record {record_id} is {str(record.get('name'))[:80]!r}, not this InferenceService's")
+            if record.get("modelVersionId") != version_id:
                 self.client.update_inference_service(record_id, {"modelVersionId": version_id})
-        except RegistryError as error:
+        except (RegistryError, KeyError, TypeError) as error:  # a registry answer of another shape never stops a serving write
             print(f"registry: InferenceService record {record_id} NOT moved to {self.model_name} {version} ({error})", flush=True)

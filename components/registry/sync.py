@@ -9,6 +9,8 @@ state is worked out from the store at each sync, so a rejected version that a la
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 from components.registry.client import RegistryClient, RegistryError, plain_values, property_values
@@ -115,9 +117,9 @@ def sync_model(store: ModelStore, client: RegistryClient, model_name: str, descr
                                                  "description": f"{model_name} {version}, saved {record.get('saved_at', '')}",
                                                  "customProperties": wanted, "state": state})
             report.registered.append(version)
-        elif any(found.get("customProperties", {}).get(key) != value for key, value in wanted.items()) or found.get("state") != state:
+        elif any((found.get("customProperties") or {}).get(key) != value for key, value in wanted.items()) or found.get("state") != state:
             # Properties set in the registry by people (approved, notes) are kept: only the store's keys are written.
-            client.update_model_version(found["id"], {"customProperties": {**found.get("customProperties", {}), **wanted}, "state": state})
+            client.update_model_version(found["id"], {"customProperties": {**(found.get("customProperties") or {}), **wanted}, "state": state})
             report.updated.append(version)
         else:
             report.unchanged.append(version)
@@ -163,8 +165,12 @@ def update_registered_properties(client: RegistryClient, model_name: str, versio
     """Set the custom properties ``values`` of ``version`` of ``model_name`` in the registry and drop those named in ``removed``,
     keeping its other properties."""
     found = _version_and_id(client, model_name, version)
-    kept = {key: value for key, value in found.get("customProperties", {}).items() if key not in removed}
+    kept = {key: value for key, value in (found.get("customProperties") or {}).items() if key not in removed}
     client.update_model_version(found["id"], {"customProperties": {**kept, **property_values(values)}})
+
+
+REGISTRY_URI_MODEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a model name is a DNS label
+REGISTRY_URI_VERSION = re.compile(r"^v?[1-9][0-9]{0,8}$")  # vN or N
 
 
 def parse_registry_uri(text: str) -> tuple[str, str] | None:
@@ -172,9 +178,9 @@ def parse_registry_uri(text: str) -> tuple[str, str] | None:
     if not text.startswith(URI_SCHEME):
         return None
     model, _, version = text.removeprefix(URI_SCHEME).partition("/")
-    if not model or not version or "/" in version:
-        raise ValueError(f"{text!r} is not model-registry://<model>/<version>, e.g. model-registry://anomaly-detector/v3")
-    return model, f"v{version}" if version.isdigit() else version
+    if not REGISTRY_URI_MODEL.match(model) or not REGISTRY_URI_VERSION.match(version):
+        raise ValueError(f"{text[:120]!r} is not model-registry://<model>/<version>, e.g. model-registry://anomaly-detector/v3")
+    return model, version if version.startswith("v") else f"v{version}"
 
 
 def resolve_version(client: RegistryClient, store: ModelStore, model_name: str, version: str) -> str:

@@ -13,22 +13,25 @@ approval of v3 never promotes v4:
 
 Each is an ``ApprovalSource``. With a Model Registry configured, decisions are the version's custom property ``approved``
 (true or false, set in the OpenShift AI dashboard or by the same verbs) and the target's source only records which version a
-hold awaits (``RegistryApprovalSource``). ``approval_source`` is the one place that picks the source.
+hold awaits (``RegistryApprovalSource``). ``approval_source`` is the one place that picks the source. ``hold_for_approval`` is the hold
+itself, which the canary runs at its last step below 100 %.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from components.files import exclusive_lock, write_json_atomically
 from components.serving.target import ServingError
 
 if TYPE_CHECKING:
     from components.registry.client import RegistryClient
+    from components.release.rollout import AnalysisRow, CanaryResult, CanarySpec
     from components.serving.gitops.repo import GitopsRepo
     from components.serving.kserve.api import InferenceServiceApi
     from components.serving.target import ServingTarget
@@ -104,11 +107,19 @@ def _now() -> str:
     return utc_now()
 
 
+def shown_text(value: object, fallback: str, limit: int = 100) -> str:
+    """Return ``value`` as one printable line of at most ``limit`` characters for logs and the index (a decision's who and when
+    come from annotations, files or the registry, which anyone with access may write), or ``fallback`` when it is empty."""
+    text = " ".join(str(value or "").split())
+    text = "".join(character for character in text if character.isprintable())[:limit]
+    return text or fallback
+
+
 def _decision_of(state: str | None, version: str | None, by: str | None, at: str | None, wanted: str) -> Approval | None:
     """Return the decision a stored (state, version, by, at) records about ``wanted``, or None."""
     if version != wanted or state not in (APPROVED, REJECTED):
         return None
-    return Approval(version, state == APPROVED, by or "unknown", at or "")
+    return Approval(version, state == APPROVED, shown_text(by, "unknown"), shown_text(at, "", 40))
 
 
 def _awaiting_record(model_name: str, version: str) -> dict:
@@ -279,8 +290,9 @@ class RegistryApprovalSource:
     dashboard or by ``model-pipelines approve|reject`` (with ``approved_by`` and ``approved_at``). Which version a hold awaits stays
     with the serving target's source ``held``.
 
-    A hold marks the version ``approved=awaiting``, so that a decision left from an earlier hold never counts; until the
-    registry has taken that mark (it may be down when the hold begins) no decision is read from it. A registry that cannot be
+    A hold marks the version ``approved=awaiting``, so that a decision left from an earlier hold never counts. When the registry is
+    down as the hold begins, the mark is written once it answers, unless a verb recorded a decision after the hold began
+    (its ``approved_at``), which then counts. A registry that cannot be
     read is ApprovalUnavailable: the hold goes on and looks again, the verbs fail.
     """
 
@@ -288,7 +300,7 @@ class RegistryApprovalSource:
         """Read and write decisions through ``client``; record holds with ``held``."""
         self.client, self.held = client, held
         self.where = f"custom property {APPROVED_PROPERTY!r} of the <model> version in the model registry at {client.url}"
-        self._unmarked: set[tuple[str, str]] = set()  # holds whose version the registry has not marked awaiting yet
+        self._unmarked: dict[tuple[str, str], str] = {}  # holds whose version the registry has not marked awaiting yet: when they began
 
     def _mark_awaiting(self, model_name: str, version: str) -> None:
         """Mark ``version`` awaiting in the registry, dropping an earlier decision (ApprovalUnavailable when the registry cannot)."""
@@ -298,11 +310,11 @@ class RegistryApprovalSource:
         try:
             update_registered_properties(self.client, model_name, version, {APPROVED_PROPERTY: AWAITING},
                                          removed=(APPROVED_BY_PROPERTY, APPROVED_AT_PROPERTY))
-        except RegistryError as error:
-            self._unmarked.add((model_name, version))
+        except (RegistryError, KeyError, TypeError) as error:
+            self._unmarked.setdefault((model_name, version), _now())
             raise ApprovalUnavailable(f"cannot mark {model_name} {version} awaiting approval in the registry, so no decision is read "
                                       f"there yet: {error}") from None
-        self._unmarked.discard((model_name, version))
+        self._unmarked.pop((model_name, version), None)
 
     def request(self, model_name: str, version: str) -> None:
         """Record the hold with the target's source and mark ``version`` awaiting in the registry (retried at each look if it fails)."""
@@ -319,16 +331,24 @@ class RegistryApprovalSource:
         from components.registry.client import RegistryError
         from components.registry.sync import registered_properties
 
-        if (model_name, version) in self._unmarked:
-            self._mark_awaiting(model_name, version)
+        began = self._unmarked.get((model_name, version))
         try:
             properties = registered_properties(self.client, model_name, version)
-        except RegistryError as error:
-            raise ApprovalUnavailable(str(error)) from None
+        except (RegistryError, KeyError, TypeError) as error:
+            unmarked = f"cannot mark {model_name} {version} awaiting approval in the registry, so no decision is read there yet: "
+            raise ApprovalUnavailable(f"{unmarked if began is not None else ''}{error}") from None
+        if began is not None:
+            # The registry was down when the hold began. A decision the verbs wrote since (approved_at, to the second, not before the
+            # hold began) counts; anything older is left from an earlier hold and is replaced by the awaiting mark.
+            if registry_verdict(properties.get(APPROVED_PROPERTY)) is not None and str(properties.get(APPROVED_AT_PROPERTY) or "") >= began:
+                self._unmarked.pop((model_name, version), None)
+            else:
+                self._mark_awaiting(model_name, version)
+                return None
         verdict = registry_verdict(properties.get(APPROVED_PROPERTY))
         if verdict is None:
             return None
-        return Approval(version, verdict, str(properties.get(APPROVED_BY_PROPERTY) or REGISTRY_USER), str(properties.get(APPROVED_AT_PROPERTY) or ""))
+        return Approval(version, verdict, shown_text(properties.get(APPROVED_BY_PROPERTY), REGISTRY_USER), shown_text(properties.get(APPROVED_AT_PROPERTY), "", 40))
 
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
         """Write the decision about ``version`` into the registry (``approved`` as the text true or false, as the dashboard shows it)."""
@@ -338,7 +358,7 @@ class RegistryApprovalSource:
         try:
             update_registered_properties(self.client, model_name, version, {APPROVED_PROPERTY: "true" if approved else "false",
                                                                             APPROVED_BY_PROPERTY: by, APPROVED_AT_PROPERTY: _now()})
-        except RegistryError as error:
+        except (RegistryError, KeyError, TypeError) as error:
             raise ApprovalUnavailable(str(error)) from None
 
 
@@ -376,3 +396,61 @@ def decide(target: ServingTarget, source: ApprovalSource, model_name: str, versi
                             "below 100 % and logs `holding`; decide then")
     source.record(model_name, version, approved, by)
     return Approval(version, approved, by)
+
+
+def hold_for_approval(
+    gate: ApprovalGate, model_name: str, version: str, weight: int, analyse: Callable[[int], AnalysisRow], result: CanaryResult,
+    failures: int, spec: CanarySpec, sleep: Callable[[float], None],
+) -> tuple[Approval | None, int, str]:
+    """Hold the candidate at ``weight`` % until ``gate``'s source has a decision about ``version`` or its timeout passes;
+    return (the decision or None, the failed analyses so far, why the hold ended without approval).
+
+    The analysis goes on while holding (every ``max(canary interval, poll interval)``), and more than ``spec.failure_limit``
+    failed or inconclusive analyses end the hold at once, as at any step. Only failing analyses are added to the report's
+    rows; the passing ones are counted in ``result.hold``. While the source cannot be read (ApprovalUnavailable: the registry is
+    down) the hold goes on, saying so once in the log, until a decision can be read or the timeout passes.
+    """
+    settings, source = gate.settings, gate.source
+    source.request(model_name, version)
+    started = time.monotonic()
+    deadline, every = started + settings.timeout_h * 3600, max(spec.interval_s, settings.poll_s)
+    next_analysis, passed = started + every, 0
+    print(f"canary {model_name} {version} at {weight}%: holding for approval (approve or reject with `model-pipelines approve|reject "
+          f"{model_name} {version}`; at most {settings.timeout_h:g} h; decisions in {source.where})", flush=True)
+
+    def held(text: str) -> str:
+        result.hold = f"held at {weight}% for {time.monotonic() - started:.0f} s ({passed} passing analyses while holding): {text}"
+        print(f"canary {model_name} {version} at {weight}%: {text}", flush=True)
+        return text
+
+    outage = ""  # why decisions cannot be read now, said once while it lasts
+    while True:
+        try:
+            decision = source.decision(model_name, version)
+        except ApprovalUnavailable as error:
+            decision = None
+            if str(error) != outage:
+                print(f"canary {model_name} {version} at {weight}% (holding for approval): no decision readable: {error}; still holding "
+                      "(an unreadable decision never promotes), looking again until the timeout", flush=True)
+            outage = str(error)
+        else:
+            if outage:
+                print(f"canary {model_name} {version} at {weight}% (holding for approval): decisions readable again", flush=True)
+            outage = ""
+        if decision is not None:
+            return decision, failures, held(f"{'approved' if decision.approved else 'rejected'} by {decision.by}")
+        now = time.monotonic()
+        if now >= deadline:
+            return None, failures, held(f"not approved within {settings.timeout_h:g} h")
+        if now >= next_analysis:
+            row = analyse(weight)
+            if row.verdict == "pass":
+                passed += 1
+            else:
+                result.rows.append(row)
+                failures += 1
+                print(f"canary {model_name} {version} at {weight}% (holding for approval): {row.verdict} ({row.detail})", flush=True)
+                if failures > spec.failure_limit:
+                    return None, failures, held(f"{weight}% traffic while holding for approval, {row.verdict}: {row.detail}")
+            next_analysis = time.monotonic() + every
+        sleep(max(0.0, min(settings.poll_s, deadline - time.monotonic(), next_analysis - time.monotonic())))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from components.model.contract import engineer_features, is_synthetic, schema_for, served_identity
 from components.model.spec import ANOMALY, CLASSIFICATION, ModelSpec, spec_for
-from components.release.approval import Approval, ApprovalGate, ApprovalUnavailable
+from components.release.approval import Approval, ApprovalGate, hold_for_approval
 from components.runtime.answers import alert_probabilities, answers_are_labels, offline_answers, predicted_classes
 from components.serving.target import ServingError, ServingTarget
 from components.store.filesystem import ModelStore, StoreError, load_model, utc_now
@@ -720,64 +720,6 @@ def canary_promote(
     _record(store, model_name, version, "promoted", f"through {steps}{approval_note}", promoted, report_uri)
     result.outcome, result.reason = "promoted", f"passed analysis at {steps}{approval_note}"
     return result
-
-
-def hold_for_approval(
-    gate: ApprovalGate, model_name: str, version: str, weight: int, analyse: Callable[[int], AnalysisRow], result: CanaryResult,
-    failures: int, spec: CanarySpec, sleep: Callable[[float], None],
-) -> tuple[Approval | None, int, str]:
-    """Hold the candidate at ``weight`` % until ``gate``'s source has a decision about ``version`` or its timeout passes;
-    return (the decision or None, the failed analyses so far, why the hold ended without approval).
-
-    The analysis goes on while holding (every ``max(canary interval, poll interval)``), and more than ``spec.failure_limit``
-    failed or inconclusive analyses end the hold at once, as at any step. Only failing analyses are added to the report's
-    rows; the passing ones are counted in ``result.hold``. While the source cannot be read (ApprovalUnavailable: the registry is
-    down) the hold goes on, saying so once in the log, until a decision can be read or the timeout passes.
-    """
-    settings, source = gate.settings, gate.source
-    source.request(model_name, version)
-    started = time.monotonic()
-    deadline, every = started + settings.timeout_h * 3600, max(spec.interval_s, settings.poll_s)
-    next_analysis, passed = started + every, 0
-    print(f"canary {model_name} {version} at {weight}%: holding for approval (approve or reject with `model-pipelines approve|reject "
-          f"{model_name} {version}`; at most {settings.timeout_h:g} h; decisions in {source.where})", flush=True)
-
-    def held(text: str) -> str:
-        result.hold = f"held at {weight}% for {time.monotonic() - started:.0f} s ({passed} passing analyses while holding): {text}"
-        print(f"canary {model_name} {version} at {weight}%: {text}", flush=True)
-        return text
-
-    outage = ""  # why decisions cannot be read now, said once while it lasts
-    while True:
-        try:
-            decision = source.decision(model_name, version)
-        except ApprovalUnavailable as error:
-            decision = None
-            if str(error) != outage:
-                print(f"canary {model_name} {version} at {weight}% (holding for approval): no decision readable: {error}; still holding "
-                      "(an unreadable decision never promotes), looking again until the timeout", flush=True)
-            outage = str(error)
-        else:
-            if outage:
-                print(f"canary {model_name} {version} at {weight}% (holding for approval): decisions readable again", flush=True)
-            outage = ""
-        if decision is not None:
-            return decision, failures, held(f"{'approved' if decision.approved else 'rejected'} by {decision.by}")
-        now = time.monotonic()
-        if now >= deadline:
-            return None, failures, held(f"not approved within {settings.timeout_h:g} h")
-        if now >= next_analysis:
-            row = analyse(weight)
-            if row.verdict == "pass":
-                passed += 1
-            else:
-                result.rows.append(row)
-                failures += 1
-                print(f"canary {model_name} {version} at {weight}% (holding for approval): {row.verdict} ({row.detail})", flush=True)
-                if failures > spec.failure_limit:
-                    return None, failures, held(f"{weight}% traffic while holding for approval, {row.verdict}: {row.detail}")
-            next_analysis = time.monotonic() + every
-        sleep(max(0.0, min(settings.poll_s, deadline - time.monotonic(), next_analysis - time.monotonic())))
 
 
 def rollback(
