@@ -58,7 +58,7 @@ def api_request(method: str, url: str, advice: ApiAdvice, error: type[Exception]
 
     try:
         answer = requests.request(method, url, params=params, json=body, headers=headers, timeout=timeout_s, verify=ca_bundle or True,
-                                         allow_redirects=False)
+                                  allow_redirects=False)
     except requests.exceptions.SSLError as failure:
         raise error(f"TLS to {advice.name} at {_origin(url)} failed ({failure.__class__.__name__}); {advice.tls}") from None
     except requests.RequestException as failure:

@@ -255,7 +255,7 @@ def sync_registry(config: RunConfig, store: ModelStore | None = None, *, at_save
     registry = config.registry
     if not registry.enabled:
         return ""
-    from components.registry.client import RegistryError
+    from components.registry.client import REGISTRY_FAILURES, RegistryError
     from components.registry.sync import sync_model
 
     model_name = config.model_name
@@ -264,7 +264,7 @@ def sync_registry(config: RunConfig, store: ModelStore | None = None, *, at_save
         report = sync_model(store or open_store(config.store), registry.client(), model_name, config.spec.description, config.spec.owner,
                             config.store.s3_secret if config.store.kind == "s3" else "")
         line = f"{REGISTRY_PREFIX}{report.message()} ({registry.url})"
-    except (RegistryError, KeyError, TypeError, ValueError) as error:
+    except (*REGISTRY_FAILURES, ValueError) as error:
         if at_save and registry.required:
             raise RegistryError(f"{error}. registry_required=true, so the run stops before any deploy; every stored version stays in the "
                                 f"store; {catch_up}, or set store.registry_required=false to go on without it") from None

@@ -2,5 +2,5 @@
 
 Data flows one way, store -> registry: ``sync.sync_model`` makes the registry match the store's index (each version, its
 artifact and its status); nothing the registry says changes the store, except the properties a human sets there that a
-step reads on purpose (``version_property``).
+step reads on purpose (``registered_properties``: the approval gate's ``approved``).
 """

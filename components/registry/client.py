@@ -23,6 +23,11 @@ class RegistryError(RuntimeError):
     """The registry cannot be reached, refuses the token or a call; the message names the problem and the fix."""
 
 
+# What a registry call can raise: RegistryError, or KeyError/TypeError reading an answer of another shape than the API's. Callers that
+# must go on without the registry (serving writes, the approval hold, the steps' mirroring) catch exactly these.
+REGISTRY_FAILURES = (RegistryError, KeyError, TypeError)
+
+
 ENTITY_ID = re.compile(r"^[1-9][0-9]{0,18}$")  # the registry's ids: decimal int64 as text
 
 
@@ -78,6 +83,7 @@ class RegistryClient:
     timeout_s: float = TIMEOUT_S
 
     def __post_init__(self) -> None:
+        """Check the URL (https, no credentials), find the token, and name the fixes its errors give."""
         parsed = urllib.parse.urlparse(self.url)
         if parsed.scheme != "https" or not parsed.hostname or parsed.username or parsed.password:
             shown = f"{parsed.scheme}://{parsed.hostname or ''}{f':{parsed.port}' if parsed.port else ''}{parsed.path}"  # never the credentials
@@ -89,14 +95,14 @@ class RegistryClient:
             raise RegistryError(f"no token for the model registry at {self.url}: put one in the key 'token' of Secret "
                                 f"{self.secret or 'the installation registry Secret'!r} (or ${TOKEN_ENV} locally); the pipeline's "
                                 "service-account token goes only to an in-cluster registry service (https://<name>.<namespace>.svc:<port>)")
+        self._advice = ApiAdvice("the model registry", unreachable="check store.registry_url, store.registry_ca_bundle and that the registry is up",
+                                 tls="set store.registry_ca_bundle to the CA bundle that signed the registry's certificate",
+                                 refused=f"give the token in Secret {self.secret or TOKEN_ENV!r} access to the registry (a RoleBinding to "
+                                         "the registry's service)")
 
     def _call(self, method: str, path: str, params: dict | None = None, body: dict | None = None, missing_ok: bool = False) -> dict | None:
         """Return the JSON object one call answers (None for a 404 when ``missing_ok``); raise RegistryError naming the problem."""
-        advice = ApiAdvice("the model registry", unreachable="check store.registry_url, store.registry_ca_bundle and that the registry is up",
-                           tls="set store.registry_ca_bundle to the CA bundle that signed the registry's certificate",
-                           refused=f"give the token in Secret {self.secret or TOKEN_ENV!r} access to the registry (a RoleBinding to the "
-                                   "registry's service)")
-        answer = api_request(method, f"{self.url}{API_PATH}{path}", advice, RegistryError, params=params, body=body, timeout_s=self.timeout_s,
+        answer = api_request(method, f"{self.url}{API_PATH}{path}", self._advice, RegistryError, params=params, body=body, timeout_s=self.timeout_s,
                              headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json"}, ca_bundle=self.ca_bundle)
         if answer.status_code == 404 and missing_ok:
             return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.registry.client import RegistryClient, RegistryError
+from components.registry.client import REGISTRY_FAILURES, RegistryClient, RegistryError
 from components.registry.sync import version_ids
 
 LABEL_DOMAINS = {"opendatahub": "modelregistry.opendatahub.io", "kubeflow": "modelregistry.kubeflow.org"}
@@ -64,7 +64,7 @@ class RegistryLinks:
         """Return the merge-patch labels for an object whose spec serves ``version``: its ids, or (registry unavailable) none of ours."""
         try:
             return deploy_labels(self.family, self.registry_name, *self.ids(version))
-        except (RegistryError, KeyError, TypeError) as error:  # a registry answer of another shape never stops a serving write
+        except REGISTRY_FAILURES as error:  # a registry answer of another shape never stops a serving write
             print(f"registry: deploy labels of {self.model_name} {version} NOT written ({error}); it is deployed without them, so "
                   "the registry's dashboard does not list this deployment", flush=True)
             return cleared_labels(self.family)
@@ -82,5 +82,5 @@ class RegistryLinks:
                 raise RegistryError(f"record {record_id} is {str(record.get('name'))[:80]!r}, not this InferenceService's")
             if record.get("modelVersionId") != version_id:
                 self.client.update_inference_service(record_id, {"modelVersionId": version_id})
-        except (RegistryError, KeyError, TypeError) as error:  # a registry answer of another shape never stops a serving write
+        except REGISTRY_FAILURES as error:  # a registry answer of another shape never stops a serving write
             print(f"registry: InferenceService record {record_id} NOT moved to {self.model_name} {version} ({error})", flush=True)

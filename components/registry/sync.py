@@ -10,7 +10,6 @@ state is worked out from the store at each sync, so a rejected version that a la
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field
 
 from components.registry.client import RegistryClient, RegistryError, plain_values, property_values
@@ -130,7 +129,7 @@ def sync_model(store: ModelStore, client: RegistryClient, model_name: str, descr
     return report
 
 
-def _version_and_id(client: RegistryClient, model_name: str, version: str) -> dict:
+def _registered_version(client: RegistryClient, model_name: str, version: str) -> dict:
     """Return the registry's ModelVersion ``version`` of ``model_name``; raise RegistryError when either is not registered."""
     model = client.find_registered_model(model_name)
     found = client.find_model_version(version, model["id"]) if model else None
@@ -143,28 +142,20 @@ def _version_and_id(client: RegistryClient, model_name: str, version: str) -> di
 def version_ids(client: RegistryClient, model_name: str, version: str) -> tuple[str, str]:
     """Return (registered model id, model version id) of ``version`` of ``model_name`` in the registry (what deployments are labelled
     with); raise RegistryError when it is not registered."""
-    found = _version_and_id(client, model_name, version)
+    found = _registered_version(client, model_name, version)
     return found["registeredModelId"], found["id"]
-
-
-def version_artifact(client: RegistryClient, model_name: str, version: str) -> dict:
-    """Return the ModelArtifact registered for ``version`` of ``model_name``; raise RegistryError when there is none."""
-    artifacts = client.model_artifacts(_version_and_id(client, model_name, version)["id"])
-    if not artifacts:
-        raise RegistryError(f"version {version} of {model_name} has no model artifact in the registry; `model-pipelines registry sync {model_name}`")
-    return artifacts[0]
 
 
 def registered_properties(client: RegistryClient, model_name: str, version: str) -> dict[str, object]:
     """Return the custom properties of ``version`` of ``model_name`` in the registry as plain values (bool, int, float or str)."""
-    return plain_values(_version_and_id(client, model_name, version).get("customProperties"))
+    return plain_values(_registered_version(client, model_name, version).get("customProperties"))
 
 
 def update_registered_properties(client: RegistryClient, model_name: str, version: str, values: dict[str, bool | int | float | str],
                                  removed: tuple[str, ...] = ()) -> None:
     """Set the custom properties ``values`` of ``version`` of ``model_name`` in the registry and drop those named in ``removed``,
     keeping its other properties."""
-    found = _version_and_id(client, model_name, version)
+    found = _registered_version(client, model_name, version)
     kept = {key: value for key, value in (found.get("customProperties") or {}).items() if key not in removed}
     client.update_model_version(found["id"], {"customProperties": {**kept, **property_values(values)}})
 
@@ -186,8 +177,11 @@ def parse_registry_uri(text: str) -> tuple[str, str] | None:
 def resolve_version(client: RegistryClient, store: ModelStore, model_name: str, version: str) -> str:
     """Return the stored version a registry entry names, after checking that its artifact URI and sha256 are the store's own for that
     version and that the stored bytes match; raise RegistryError naming any mismatch (nothing deploys)."""
-    found = _version_and_id(client, model_name, version)
-    artifact = version_artifact(client, model_name, version)
+    found = _registered_version(client, model_name, version)
+    artifacts = client.model_artifacts(found["id"])
+    if not artifacts:
+        raise RegistryError(f"version {version} of {model_name} has no model artifact in the registry; `model-pipelines registry sync {model_name}`")
+    artifact = artifacts[0]
     index = store.read_index(model_name)
     if version not in index["versions"]:
         raise RegistryError(f"the registry names {model_name} {version}, which the store at {store.location} does not hold; "

@@ -304,13 +304,13 @@ class RegistryApprovalSource:
 
     def _mark_awaiting(self, model_name: str, version: str) -> None:
         """Mark ``version`` awaiting in the registry, dropping an earlier decision (ApprovalUnavailable when the registry cannot)."""
-        from components.registry.client import RegistryError
+        from components.registry.client import REGISTRY_FAILURES
         from components.registry.sync import update_registered_properties
 
         try:
             update_registered_properties(self.client, model_name, version, {APPROVED_PROPERTY: AWAITING},
                                          removed=(APPROVED_BY_PROPERTY, APPROVED_AT_PROPERTY))
-        except (RegistryError, KeyError, TypeError) as error:
+        except REGISTRY_FAILURES as error:
             self._unmarked.setdefault((model_name, version), _now())
             raise ApprovalUnavailable(f"cannot mark {model_name} {version} awaiting approval in the registry, so no decision is read "
                                       f"there yet: {error}") from None
@@ -328,13 +328,13 @@ class RegistryApprovalSource:
 
     def decision(self, model_name: str, version: str) -> Approval | None:
         """Return the decision the registry's ``approved`` property holds about ``version``, or None (ApprovalUnavailable: unreadable)."""
-        from components.registry.client import RegistryError
+        from components.registry.client import REGISTRY_FAILURES
         from components.registry.sync import registered_properties
 
         began = self._unmarked.get((model_name, version))
         try:
             properties = registered_properties(self.client, model_name, version)
-        except (RegistryError, KeyError, TypeError) as error:
+        except REGISTRY_FAILURES as error:
             unmarked = f"cannot mark {model_name} {version} awaiting approval in the registry, so no decision is read there yet: "
             raise ApprovalUnavailable(f"{unmarked if began is not None else ''}{error}") from None
         if began is not None:
@@ -352,13 +352,13 @@ class RegistryApprovalSource:
 
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
         """Write the decision about ``version`` into the registry (``approved`` as the text true or false, as the dashboard shows it)."""
-        from components.registry.client import RegistryError
+        from components.registry.client import REGISTRY_FAILURES
         from components.registry.sync import update_registered_properties
 
         try:
             update_registered_properties(self.client, model_name, version, {APPROVED_PROPERTY: "true" if approved else "false",
                                                                             APPROVED_BY_PROPERTY: by, APPROVED_AT_PROPERTY: _now()})
-        except (RegistryError, KeyError, TypeError) as error:
+        except REGISTRY_FAILURES as error:
             raise ApprovalUnavailable(str(error)) from None
 
 
