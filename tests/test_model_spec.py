@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -180,6 +181,7 @@ def test_the_schema_and_the_type_table_name_the_same_things():
     assert set(properties["drift"]["properties"]) == set(DRIFT_DEFAULTS) | {kind.live_factor for kind in TYPE_BEHAVIOUR.values()}
     class_pattern = re.compile(properties["estimator"]["properties"]["steps"]["items"]["properties"]["class"]["pattern"])
     assert all(class_pattern.match(path) for path in ESTIMATOR_ALLOWLIST)
+    assert {kind.final_step for kind in TYPE_BEHAVIOUR.values()} <= set(ESTIMATOR_ALLOWLIST.values())
 
 
 def test_every_allowlisted_class_is_stock_scikit_learn():
@@ -223,10 +225,7 @@ def test_a_broken_builtin_is_reported_by_the_schema_although_the_import_time_loa
 
 
 def test_the_contract_and_the_queries_are_read_from_the_spec_files(tmp_path):
-    models = tmp_path / "models"
-    models.mkdir()
-    for path in (REPO / "models").iterdir():
-        (models / path.name).write_text(path.read_text())
+    models = shutil.copytree(REPO / "models", tmp_path / "models")
     detector, forecaster = models / "anomaly-detector.yaml", models / "predictive-analytics.yaml"
     detector.write_text(detector.read_text().replace("[0.5, 0.5, 0.1, 0.3, 0.7, 0.5, 0.5, 0, 0]", "[0.4, 0.5, 0.1, 0.3, 0.7, 0.5, 0.5, 0, 0]")
                         .replace("    unit: ratio\n    bounds: [0, 1]\n    query: sum(container_memory", "    unit: cores\n    bounds: [0, 1]\n    query: sum(container_memory"))

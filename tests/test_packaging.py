@@ -27,6 +27,7 @@ def test_the_wheel_holds_every_module_of_the_source_tree(wheel_files):
     assert source - packaged == set(), "modules missing from the wheel: list their packages in pyproject.toml"
 
 
-def test_the_wheel_holds_the_builtin_model_specs_and_their_schema(wheel_files):
-    specs = {f"components/model/builtin_specs/{path.name}" for path in (REPO / "models").iterdir() if path.suffix in (".yaml", ".json")}
-    assert len(specs) == 3 and specs - wheel_files == set(), "package data missing: see [tool.setuptools.package-data] in pyproject.toml"
+def test_the_wheel_holds_the_builtin_model_specs_their_schema_and_the_type_table(wheel_files):
+    models = REPO / "models"
+    data = {f"components/model/builtin_specs/{path.relative_to(models).as_posix()}" for path in models.rglob("*") if path.is_file()}
+    assert len(data) == 4 and data - wheel_files == set(), "package data missing: see [tool.setuptools.package-data] in pyproject.toml"

@@ -1,6 +1,7 @@
 """The warm launcher that forks model servers: one per state directory, bounded requests, gone after `serve stop`."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -94,17 +95,18 @@ def test_the_launcher_takes_only_bounded_server_arguments_a_log_of_its_own_and_t
     assert not answers(home)
 
 
-def test_a_changed_builtin_model_spec_means_a_new_launcher(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("changed", "old", "new"), [("anomaly-detector.yaml", "min_f1: 0.25", "min_f1: 0.3"),
+                                                     ("types/adr-040.yaml", "champion_tolerance: 0.05", "champion_tolerance: 0.1")])
+def test_a_changed_builtin_model_spec_or_type_table_means_a_new_launcher(tmp_path, monkeypatch, changed, old, new):
     from components.runtime import server_launcher
 
     before = launcher_address(tmp_path)
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    for path in server_launcher.SPECS.iterdir():
-        (specs / path.name).write_bytes(path.read_bytes())
+    specs = shutil.copytree(server_launcher.SPECS, tmp_path / "specs")
     monkeypatch.setattr(server_launcher, "SPECS", specs)
     assert launcher_address(tmp_path) == before
-    (specs / "anomaly-detector.yaml").write_text((specs / "anomaly-detector.yaml").read_text().replace("min_f1: 0.25", "min_f1: 0.3"))
+    edited = specs / changed
+    assert old in edited.read_text()
+    edited.write_text(edited.read_text().replace(old, new))
     assert launcher_address(tmp_path) != before, "a launcher started before the change would serve the old contract"
 
 

@@ -1,4 +1,4 @@
-"""The typed parts of a model spec, and what each ADR-040 type brings (``TYPE_BEHAVIOUR``): one table of defaults.
+"""The typed parts of a model spec, and what each ADR-040 type brings (``TYPE_BEHAVIOUR``, read from ``models/types/``).
 
 ``components.model.spec`` loads a spec file into these frozen dataclasses and re-exports them; a spec states only what
 differs from its type's defaults. Nothing here imports numpy or scikit-learn until an estimator is built.
@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
+
+import yaml
 
 from components.model.spec_yaml import Document, Problem
 from components.model.units import Unit
@@ -86,51 +88,27 @@ class TypeBehaviour:
     smoke_expectation: str  # what the contract check and the smoke test require of the probe's answer
 
 
-COMMON_GATES = (Gate("max_predict_latency_ms", "predict_latency_ms", 50.0), Gate("max_pickle_mb", "pickle_mb", 50.0))
-CHAMPION_TOLERANCE = 0.05
-CANARY_LIMITS: dict[str, dict[str, float]] = {
-    "anomaly_rate": {"max_prediction_shift": 0.1},
-    "mean_absolute_shift": {"max_prediction_shift": 0.1},
-    "label_flip_rate": {"max_label_flip_rate": 0.05},
-    "label_flip_rate_and_probability_shift": {"max_label_flip_rate": 0.05, "max_probability_shift": 0.1},
-}
-DRIFT_DEFAULTS: dict[str, float | int] = {"psi": 0.25, "ks_excess": 0.45, "level_excess": 0.4, "cooldown_hours": 24.0,
-                                          "min_predictions": 100, "min_regime_hours": 36.0, "max_retrains_per_episode": 2}
-LIVE_FACTOR_DEFAULT = 3.0
+TYPES_FILE = Path(__file__).with_name("builtin_specs") / "types" / "adr-040.yaml"  # the type table, as data
 
-TYPE_BEHAVIOUR: dict[str, TypeBehaviour] = {
-    ANOMALY: TypeBehaviour(
-        summary="detects abnormal behaviour: one JSON integer per instance, -1 anomaly, 1 normal",
-        labels="optional", outputs="labels", final_step=OUTLIER,
-        metrics=("precision", "recall", "f1", "roc_auc", "anomaly_rate"),
-        gates=(Gate("min_f1", "f1", 0.25), Gate("max_anomaly_rate", "anomaly_rate", 0.2)), champion_metric="f1",
-        training=MappingProxyType({"target_false_positive_rate": 0.02, "impute_fallback": False}),
-        canary_compares=("anomaly_rate",),
-        live_check="the live anomaly rate against validation's", live_factor="anomaly_rate_factor",
-        smoke_expectation="JSON integers -1/1, and the engine's fallback probe called normal (1)",
-    ),
-    PREDICTIVE: TypeBehaviour(
-        summary="forecasts its inputs one horizon ahead: one row of values per instance",
-        labels="refused", outputs="values", final_step=REGRESSOR,
-        metrics=("mae_<output>", "mase_<output>", "mae_mean", "mase_mean", "mase_max"),
-        gates=(Gate("max_mase", "mase_mean", 1.0),), champion_metric="mase_mean",
-        training=MappingProxyType({"horizon_minutes": 60, "fit_change": True, "clip_to_output_ranges": True}),
-        canary_compares=("mean_absolute_shift",),
-        live_check="each output's live forecast bias against validation's MAE", live_factor="forecast_bias_factor",
-        smoke_expectation="one row of finite numbers per instance, each within its output's range",
-    ),
-    CLASSIFICATION: TypeBehaviour(
-        summary="categorises: a class per instance, or with probabilities one probability per class",
-        labels="required", outputs="classes", final_step=CLASSIFIER,
-        metrics=("roc_auc", "average_precision", "precision", "recall", "f1", "alert_rate"),
-        # recall of the alert class at the alert threshold (at predict's class without probabilities)
-        gates=(Gate("min_roc_auc", "roc_auc", 0.75), Gate("min_recall", "recall", 0.5)), champion_metric="roc_auc",
-        training=MappingProxyType({"balance_classes": False}),
-        canary_compares=("label_flip_rate_and_probability_shift", "label_flip_rate"),  # the second without probabilities
-        live_check="the live alert rate against validation's", live_factor="alert_rate_factor",
-        smoke_expectation="a declared class per instance (with probabilities: rows that sum to 1), and the probe below the alert threshold",
-    ),
-}
+
+def _gates(table: Mapping[str, Mapping[str, object]]) -> tuple[Gate, ...]:
+    """Return the gates of a ``key: {metric, limit}`` table, in its order."""
+    return tuple(Gate(key, str(rule["metric"]), float(rule["limit"])) for key, rule in table.items())
+
+
+def _type_behaviour(row: Mapping[str, object]) -> TypeBehaviour:
+    """Return one type's behaviour from its row of the type table."""
+    return TypeBehaviour(**{**row, "metrics": tuple(row["metrics"]), "gates": _gates(row["gates"]),
+                            "training": MappingProxyType(dict(row["training"])), "canary_compares": tuple(row["canary_compares"])})
+
+
+_TABLE = yaml.safe_load(TYPES_FILE.read_text())
+COMMON_GATES = _gates(_TABLE["common_gates"])
+CHAMPION_TOLERANCE: float = _TABLE["champion_tolerance"]
+CANARY_LIMITS: dict[str, dict[str, float]] = _TABLE["canary_limits"]
+DRIFT_DEFAULTS: dict[str, float | int] = _TABLE["drift_defaults"]
+LIVE_FACTOR_DEFAULT: float = _TABLE["live_factor_default"]
+TYPE_BEHAVIOUR: dict[str, TypeBehaviour] = {kind: _type_behaviour(row) for kind, row in _TABLE["types"].items()}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ START_TIMEOUT_S = 60.0
 ASK_TIMEOUT_S = 30.0
 RUNTIME_ENVIRONMENT = ("PREDICT_PROBA",)  # the predictor environment the model server reads (as KServe's sklearnserver does)
 CODE = Path(__file__).resolve().parents[1]  # the whole components package: a changed module means a new launcher
-SPECS = CODE / "model" / "builtin_specs"  # the built-in model specs, which the contract reads at import: code too
+SPECS = CODE / "model" / "builtin_specs"  # the built-in model specs and type table, which the contract reads at import: code too
 
 
 def log_tail(path: Path, lines: int = 5) -> str:
@@ -51,7 +51,7 @@ def log_tail(path: Path, lines: int = 5) -> str:
 def launcher_address(home: Path) -> str:
     """Return the abstract socket address of the launcher for ``home`` running this code with this interpreter."""
     digest = hashlib.sha256(f"{home.resolve()}\0{sys.executable}".encode())
-    for source in [*sorted(CODE.rglob("*.py")), *sorted(SPECS.glob("*"))]:
+    for source in [*sorted(CODE.rglob("*.py")), *sorted(path for path in SPECS.rglob("*") if path.is_file())]:
         digest.update(source.read_bytes())
     return f"\0model-pipelines-launcher-{digest.hexdigest()[:32]}"
 
