@@ -40,14 +40,14 @@ class ModelSchema:
     engineered: bool
 
     @property
+    def n_features(self) -> int:
+        """Return the number of values in one served instance."""
+        return len(self.feature_names)
+
+    @property
     def metric_names(self) -> list[str]:
         """Return the base metric column names in contract order."""
         return [metric.name for metric in self.base_metrics]
-
-    @property
-    def n_features(self) -> int:
-        """Return the number of values in one served instance."""
-        return len(self.base_metrics) * (len(FEATURE_SUFFIXES) if self.engineered else 1)
 
     @property
     def feature_names(self) -> list[str]:
