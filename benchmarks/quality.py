@@ -132,14 +132,20 @@ def _smd_file(directory: Path, machine: str) -> Path:
     raise ContractError(f"{directory}: no file for machine {machine!r}; expected {machine}.txt.gz or {machine}.txt")
 
 
-def benchmark_machine(data_dir: Path, machine: str) -> dict[str, dict[str, float]]:
-    """Return point-wise and point-adjusted scores, fit time and latency of each recipe on one SMD machine."""
+def smd_split(data_dir: Path, machine: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return one SMD machine's training features, test features and test labels (one 0/1 per test row)."""
     train = read_matrix(_smd_file(data_dir / "train", machine))
     test = read_matrix(_smd_file(data_dir / "test", machine))
     labels = np.loadtxt(_smd_file(data_dir / "test_label", machine), dtype=int, ndmin=1)
     if len(labels) != len(test):
         raise ContractError(f"{machine}: {len(labels)} labels for {len(test)} test rows; each test row needs one 0/1 label")
     train_features, test_features = features_with_history(train, test)
+    return train_features, test_features, labels
+
+
+def benchmark_machine(data_dir: Path, machine: str) -> dict[str, dict[str, float]]:
+    """Return point-wise and point-adjusted scores, fit time and latency of each recipe on one SMD machine."""
+    train_features, test_features, labels = smd_split(data_dir, machine)
     results = {}
     for recipe, fit in DETECTORS.items():
         run = run_detector(fit, train_features, test_features)
@@ -161,31 +167,43 @@ def nab_series(data_dir: Path) -> dict[str, list[list[str]]]:
     return dict(sorted(found.items()))
 
 
-def benchmark_series(data_dir: Path, key: str, windows: list[list[str]]) -> dict[str, dict[str, float]]:
-    """Return windows detected and false-positive rows of each recipe on one NAB series, after its probation period."""
+@dataclass
+class NabSplit:
+    """One NAB series split after its probation period: features before and after, and a test-row mask per scored window."""
+
+    train_features: np.ndarray
+    test_features: np.ndarray
+    windows: list[np.ndarray]
+
+
+def nab_split(data_dir: Path, key: str, windows: list[list[str]]) -> NabSplit:
+    """Return one NAB series trained on its probation period, with the label windows that end after it as test-row masks."""
     frame = pd.read_csv(data_dir / "data" / key, parse_dates=["timestamp"])
     values = frame[["value"]].astype(float)
     # At least 10 feature rows to fit on, after the first minutes that lack a full window.
     cut = max(int(len(values) * NAB_PROBATION_FRACTION), WINDOW_MINUTES + 10)
     train_features, test_features = features_with_history(values.iloc[:cut], values.iloc[cut:])
     times = frame["timestamp"].iloc[cut:].to_numpy()
-    inside = np.zeros(len(times), dtype=bool)
     spans = [(np.datetime64(pd.Timestamp(start)), np.datetime64(pd.Timestamp(end))) for start, end in windows]
-    scored_spans = [(start, end) for start, end in spans if end >= times[0]]
-    for start, end in scored_spans:
-        inside |= (times >= start) & (times <= end)
+    return NabSplit(train_features, test_features, [(times >= start) & (times <= end) for start, end in spans if end >= times[0]])
+
+
+def window_counts(hit: np.ndarray, windows: list[np.ndarray]) -> dict[str, int]:
+    """Return the windows with at least one flagged row, the windows scored, and the flagged rows outside every window."""
+    inside = np.zeros(len(hit), dtype=bool)
+    for window in windows:
+        inside |= window
+    detected = sum(bool(hit[window].any()) for window in windows)
+    return {"windows_detected": detected, "windows": len(windows), "false_positives": int((hit & ~inside).sum())}
+
+
+def benchmark_series(data_dir: Path, key: str, windows: list[list[str]]) -> dict[str, dict[str, float]]:
+    """Return windows detected and false-positive rows of each recipe on one NAB series, after its probation period."""
+    split = nab_split(data_dir, key, windows)
     results = {}
     for recipe, fit in DETECTORS.items():
-        run = run_detector(fit, train_features, test_features)
-        hit = run.flagged.astype(bool)
-        detected = sum(bool(hit[(times >= start) & (times <= end)].any()) for start, end in scored_spans)
-        results[recipe] = {
-            "windows_detected": detected,
-            "windows": len(scored_spans),
-            "false_positives": int((hit & ~inside).sum()),
-            "fit_s": run.fit_s,
-            "predict_ms": run.predict_ms,
-        }
+        run = run_detector(fit, split.train_features, split.test_features)
+        results[recipe] = {**window_counts(run.flagged.astype(bool), split.windows), "fit_s": run.fit_s, "predict_ms": run.predict_ms}
     return results
 
 
