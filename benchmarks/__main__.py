@@ -2,6 +2,7 @@
 
     python -m benchmarks anomaly  --data-dir ../shared/datasets/smd [--machines machine-1-2 ...] --json OUT
     python -m benchmarks nab      --data-dir ../shared/datasets/nab --json OUT
+    python -m benchmarks frontier --smd-dir ../shared/datasets/smd --nab-dir ../shared/datasets/nab [--rates 0.005,0.01,0.02] --json OUT
     python -m benchmarks forecast --data-dir ../shared/datasets/datacenter-traces --json OUT
     python -m benchmarks drift    [--data-dir ../shared/datasets/datacenter-traces] --json OUT
     python -m benchmarks unattended [--days 14] [--seed 7] [--json OUT]
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import drift as drift_benchmark
+from benchmarks import frontier as frontier_benchmark
 from benchmarks import quality
 from benchmarks import quality_report as report
 from components.model.contract import ContractError
@@ -55,6 +57,29 @@ def nab(args: argparse.Namespace) -> dict:
     return result
 
 
+def frontier(args: argparse.Namespace) -> dict:
+    """Score both recipes at every calibration rate on SMD and NAB, each fitted once per series; return the JSON report."""
+    machines = args.machines or quality.smd_machines(args.smd_dir)
+    series = quality.nab_series(args.nab_dir)
+    rates = frontier_benchmark.evaluated_rates(args.rates)
+    smd, nab = {}, {}
+    for number, machine in enumerate(machines, 1):
+        points = smd[machine] = frontier_benchmark.machine_points(args.smd_dir, machine, rates)
+        print(f"[SMD {number}/{len(machines)}] {machine}: F1 by rate " + "; ".join(
+            f"{recipe} " + " ".join(f"{scores['f1']:.3f}" for scores in points[recipe].values()) for recipe in quality.RECIPES), flush=True)
+    for number, (key, windows) in enumerate(series.items(), 1):
+        name = Path(key).stem
+        points = nab[name] = frontier_benchmark.series_points(args.nab_dir, key, windows, rates)
+        print(f"[NAB {number}/{len(series)}] {name}: windows/false positives by rate " + "; ".join(
+            f"{recipe} " + " ".join(f"{scores['windows_detected']}/{scores['false_positives']}" for scores in points[recipe].values())
+            for recipe in quality.RECIPES), flush=True)
+    result = frontier_benchmark.frontier_report(smd, nab, rates)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "frontier.md").write_text(report.frontier_markdown(_command(), result))
+    report.plot_frontier(result, args.results_dir / "frontier.png")
+    return result
+
+
 def forecast(args: argparse.Namespace) -> dict:
     """Score the forecaster on each datacenter trace found and return the fixed-shape JSON report."""
     result: dict[str, dict] = {}
@@ -89,6 +114,14 @@ def _write_detection(args: argparse.Namespace, verb: str, title: str, result: di
     report.plot_recipes(result, plotted, args.results_dir / f"{verb}-{plotted}.png", title)
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    """Return the --rates list parsed, or raise the argparse error that names the bad value and the fix."""
+    try:
+        return frontier_benchmark.parse_rates(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _command() -> str:
     """Return the command line that reproduces this run."""
     return "python -m benchmarks " + shlex.join(sys.argv[1:])
@@ -100,6 +133,8 @@ def summary(verb: str, result: dict) -> str:
         synthetic = next(iter(result["false_triggers"].values()))
         return "stationary synthetic days (first seed): " + ", ".join(f"{model} {counts['project']} triggers (upstream {counts['upstream_ks_p05']}) in {counts['checks']} checks"
                                                          for model, counts in synthetic.items())
+    if verb == "frontier":
+        return frontier_benchmark.summary(result)
     if verb == "forecast":
         return "; ".join(f"{dataset} mean MASE vs persistence {sum(o['mase_persistence'] for o in outputs.values()) / len(outputs):.3f}"
                          for dataset, outputs in result.items())
@@ -122,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown and PNG output (default %(default)s)")
         if verb == "anomaly":
             command.add_argument("--machines", nargs="+", help="machine names (default: every machine under train/)")
+    command = verbs.add_parser("frontier", help="SMD F1 against NAB false positives per training-only calibration rate, both recipes")
+    command.add_argument("--smd-dir", type=Path, required=True, help="SMD-format data: train/, test/, test_label/")
+    command.add_argument("--nab-dir", type=Path, required=True, help="NAB-format data: data/<group>/<series>.csv, labels/combined_windows.json")
+    command.add_argument("--machines", nargs="+", help="SMD machine names (default: every machine under train/)")
+    command.add_argument("--rates", type=_rates, default=",".join(map(str, frontier_benchmark.DEFAULT_RATES)),
+                         help="comma-separated calibration rates, the same for every series; each recipe's default is added "
+                              "(default %(default)s)")
+    command.add_argument("--json", type=Path, required=True, help="where to write the JSON results")
+    command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown and PNG output (default %(default)s)")
     command = verbs.add_parser("drift", help="drift monitor: false triggers and detection delays (synthetic, plus the traces if found)")
     command.add_argument("--data-dir", type=Path, default=DEFAULT_TRACES, help="datacenter traces, if present (default %(default)s)")
     command.add_argument("--json", type=Path, required=True, help="where to write the JSON results")
@@ -137,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         unattended.main(["--days", str(args.days), "--seed", str(args.seed), *(["--json", str(args.json)] if args.json else [])])
         return 0
     try:
-        result = {"anomaly": anomaly, "nab": nab, "forecast": forecast, "drift": drift}[args.verb](args)
+        result = {"anomaly": anomaly, "nab": nab, "frontier": frontier, "forecast": forecast, "drift": drift}[args.verb](args)
     except (ContractError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

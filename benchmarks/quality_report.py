@@ -65,9 +65,7 @@ def plot_recipes(report: dict, field: str, path: Path, title: str) -> None:
     axes.set_ylabel(field)
     axes.set_title(title)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_forecast(dataset: str, curves: dict[str, np.ndarray], outputs: list[str], path: Path, steps_per_hour: int) -> None:
@@ -83,6 +81,87 @@ def plot_forecast(dataset: str, curves: dict[str, np.ndarray], outputs: list[str
     axes[0, 0].set_title(f"{dataset}: value 1 hour ahead (test period)")
     axes[0, 0].legend(fontsize=7, ncol=4)
     axes[-1, 0].set_xlabel("hours into the test period")
+    _save(figure, path)
+
+
+def frontier_markdown(command: str, report: dict) -> str:
+    """Return the frontier as Markdown: the targets beside the upstream reference, then one row per recipe and rate."""
+    reference, targets = report["upstream_reference"], report["targets"]
+    lines = ["# Detector frontier: SMD F1 against NAB false positives, per training-only calibration rate", "",
+             f"Reproduce: `{command}`", "",
+             "Each recipe is fitted once per SMD machine and NAB series; a rate sets its threshold from its own training scores",
+             "only, the same rate for every series (project: the quantile `fit_outlier_detector` calibrates, capped by the engine's",
+             "fallback probe; upstream: IsolationForest's contamination percentile). No label chooses a rate or a threshold.", "",
+             f"Issue 24's targets, against the upstream recipe at its own default (contamination {reference['rate']:g}) in this run:", "",
+             f"- **smd_mean_f1**: SMD mean point-wise F1 >= {targets['smd_mean_f1']:.2f} (upstream: {reference['smd_mean_f1']:.3f})",
+             f"- **smd_worst_margin**: no machine's F1 below upstream's by more than {-targets['smd_worst_margin']:.2f}",
+             f"- **nab_upstream_windows**: every NAB window upstream detects ({reference['nab_windows_detected']} of {reference['nab_windows']}) detected",
+             f"- **nab_false_positives**: at most {targets['nab_false_positives']:.1f} false-positive rows per NAB series, a third of "
+             f"upstream's {reference['nab_false_positives_per_series']:.1f}", "",
+             "| recipe | rate | SMD precision | SMD recall | SMD F1 | worst margin (machine) | NAB windows | upstream windows missed "
+             "| NAB false positives per series | targets met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    met_all = []
+    for recipe, result in report["recipes"].items():
+        for point in result["points"]:
+            smd, nab, meets = point["smd"], point["nab"], point["meets"]
+            rate = f"{point['rate']:g}" + (" (default)" if point["rate"] == result["default_rate"] else "")
+            met = [target for target, ok in meets.items() if ok]
+            if len(met) == len(meets):
+                met_all.append(f"{recipe} at {point['rate']:g}")
+            lines.append(f"| {recipe} | {rate} | {smd['mean']['precision']:.3f} | {smd['mean']['recall']:.3f} | {smd['mean']['f1']:.3f} | "
+                         f"{smd['worst_margin']:+.3f} ({smd['worst_machine']}) | {nab['windows_detected']}/{nab['windows']} | "
+                         f"{nab['upstream_windows_missed']} | {nab['false_positives_per_series']:.1f} | {', '.join(met) or 'none'} |")
+    lines += ["", "Points meeting every target: " + (", ".join(met_all) or "none") + ".", "", *_nab_reasons(report), "", "## SMD F1 per machine", ""]
+    columns = [(recipe, point) for recipe, result in report["recipes"].items() for point in result["points"]]
+    lines += ["| machine | " + " | ".join(f"{recipe} {point['rate']:g}" for recipe, point in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    for machine in columns[0][1]["smd"]["items"]:
+        lines.append(f"| {machine} | " + " | ".join(f"{point['smd']['items'][machine]['f1']:.3f}" for _, point in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _nab_reasons(report: dict) -> list[str]:
+    """Return, per recipe, the series with most NAB false positives at its lowest rate and the upstream windows its default misses."""
+    lines = ["## Where the NAB targets are missed", ""]
+    for recipe, result in report["recipes"].items():
+        lowest = result["points"][0]
+        rows = {series: scores["false_positives"] for series, scores in lowest["nab"]["items"].items()}
+        top = sorted(rows, key=rows.get, reverse=True)[:2]
+        share = sum(rows[series] for series in top) / max(sum(rows.values()), 1)
+        default = next(point for point in result["points"] if point["rate"] == result["default_rate"])
+        missed = ", ".join(f"{series} ({count})" for series, count in default["nab"]["upstream_windows_missed_in"].items()) or "none"
+        lines.append(f"- {recipe}: at its lowest rate ({lowest['rate']:g}), " + " and ".join(f"{series} ({rows[series]})" for series in top)
+                     + f" hold {share:.0%} of its false-positive rows; upstream's windows missed at its default ({default['rate']:g}): {missed}")
+    return lines
+
+
+def plot_frontier(report: dict, path: Path) -> None:
+    """Write SMD mean F1 against NAB false-positive rows per series, one curve per recipe labelled by rate, the target region shaded."""
+    targets, reference = report["targets"], report["upstream_reference"]
+    figure, axes = plt.subplots(figsize=(7.0, 4.5))
+    for recipe, result in report["recipes"].items():
+        false_positives = [point["nab"]["false_positives_per_series"] for point in result["points"]]
+        f1 = [point["smd"]["mean"]["f1"] for point in result["points"]]
+        axes.plot(false_positives, f1, "o-", label=recipe)
+        for point, x, y in zip(result["points"], false_positives, f1):
+            axes.annotate(f"{point['rate']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes.plot([reference["nab_false_positives_per_series"]], [reference["smd_mean_f1"]], "k*", markersize=12,
+              label=f"upstream default (contamination {reference['rate']:g})")
+    top = max(1.0, axes.get_ylim()[1])
+    axes.fill_between([0, targets["nab_false_positives"]], targets["smd_mean_f1"], top, color="C2", alpha=0.15,
+                      label=f"target: F1 >= {targets['smd_mean_f1']:.2f}, <= 1/3 of upstream's false positives")
+    axes.set_xlim(left=0)
+    axes.set_ylim(0, top)
+    axes.set_xlabel("NAB false-positive rows per series (fewer is better)")
+    axes.set_ylabel("SMD mean point-wise F1")
+    axes.set_title("Detector frontier by training-only calibration rate", fontsize=10)
+    axes.legend(fontsize=7, loc="upper right")
+    _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: Path) -> None:
+    """Write ``figure`` as a PNG at ``path`` and release it."""
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

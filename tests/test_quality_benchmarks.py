@@ -1,4 +1,4 @@
-"""The model quality benchmarks (`python -m benchmarks anomaly|nab|forecast`), driven as a user runs them.
+"""The model quality benchmarks (`python -m benchmarks anomaly|nab|frontier|forecast`), driven as a user runs them.
 
 Small generated data in each dataset's format keeps these fast and independent of ``../shared``; the real
 datasets are used when present (a fresh clone has none, so those tests skip).
@@ -15,6 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks import frontier, quality
+from components.model.contract import ANOMALY_DETECTOR
+from components.model.spec import spec_for
+from components.model.train import fit_outlier_detector, spec_with_overrides
 from tests.conftest import REPO
 
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -95,22 +99,28 @@ def test_anomaly_scores_only_the_selected_machines_and_refuses_mismatched_labels
     assert missing.returncode == 2 and "no SMD data found; expected train/<machine>.txt.gz" in missing.stderr
 
 
-def test_nab_counts_windows_and_false_positives_per_series(tmp_path):
+@pytest.fixture(scope="module")
+def nab_dir(tmp_path_factory):
+    """Two NAB-format series with a labelled spike after the probation period; cpu_b repeats it outside every window."""
+    root = tmp_path_factory.mktemp("nab")
     rng = np.random.default_rng(5)
     times = pd.date_range("2014-02-14 14:30", periods=2000, freq="5min")
     values = 40 + 10 * np.sin(np.arange(2000) * 2 * np.pi / 288) + rng.normal(0, 1, 2000)
     values[1500:1510] += 60
     spiked = values.copy()
     spiked[1800:1803] += 60  # the same spike outside every labelled window: a detector that sees it scores false positives
-    (tmp_path / "data" / "realTest").mkdir(parents=True)
+    (root / "data" / "realTest").mkdir(parents=True)
     for name, series in (("cpu_a", values), ("cpu_b", spiked)):
-        pd.DataFrame({"timestamp": times.strftime("%Y-%m-%d %H:%M:%S"), "value": series}).to_csv(tmp_path / "data" / "realTest" / f"{name}.csv", index=False)
+        pd.DataFrame({"timestamp": times.strftime("%Y-%m-%d %H:%M:%S"), "value": series}).to_csv(root / "data" / "realTest" / f"{name}.csv", index=False)
     windows = [[str(times[1480]), str(times[1530])], [str(times[100]), str(times[120])], [str(times[900]), str(times[920])]]
-    (tmp_path / "labels").mkdir()
+    (root / "labels").mkdir()
     labels = {"realTest/cpu_a.csv": windows, "realTest/cpu_b.csv": windows, "realTest/absent.csv": []}
-    (tmp_path / "labels" / "combined_windows.json").write_text(json.dumps(labels))
+    (root / "labels" / "combined_windows.json").write_text(json.dumps(labels))
+    return root
 
-    finished = run_benchmark("nab", "--data-dir", str(tmp_path), "--json", str(tmp_path / "nab.json"), "--results-dir", str(tmp_path / "results"))
+
+def test_nab_counts_windows_and_false_positives_per_series(nab_dir, tmp_path):
+    finished = run_benchmark("nab", "--data-dir", str(nab_dir), "--json", str(tmp_path / "nab.json"), "--results-dir", str(tmp_path / "results"))
     assert finished.returncode == 0, finished.stderr
     report = json.loads((tmp_path / "nab.json").read_text())
     for recipe in ("project", "upstream"):
@@ -122,6 +132,65 @@ def test_nab_counts_windows_and_false_positives_per_series(tmp_path):
     assert clean["windows_detected"] >= 1 and spiked_scores["windows_detected"] == clean["windows_detected"]
     assert spiked_scores["false_positives"] > clean["false_positives"], "the unlabelled spike is counted as false positives"
     assert (tmp_path / "results" / "nab.md").is_file() and (tmp_path / "results" / "nab-windows_detected.png").is_file()
+
+
+def test_frontier_scores_each_recipe_once_per_series_at_every_rate_against_the_targets(smd_dir, nab_dir, tmp_path):
+    finished = run_benchmark("frontier", "--smd-dir", str(smd_dir), "--nab-dir", str(nab_dir), "--rates", "0.1,0.01",
+                             "--json", str(tmp_path / "frontier.json"), "--results-dir", str(tmp_path / "results"))
+    assert finished.returncode == 0, finished.stderr
+    assert "[SMD 2/2] machine-9-2: F1 by rate project" in finished.stdout and "[NAB 2/2] cpu_b:" in finished.stdout
+    assert "points meeting every target:" in finished.stdout
+    report = json.loads((tmp_path / "frontier.json").read_text())
+    # The requested rates, sorted, plus each recipe's own default: the spec's 0.02 and upstream's contamination 0.05.
+    assert report["rates"] == [0.01, 0.02, 0.05, 0.1]
+    assert report["targets"]["smd_mean_f1"] == 0.45 and report["targets"]["smd_worst_margin"] == -0.02
+    reference = report["upstream_reference"]
+    assert report["targets"]["nab_false_positives"] == pytest.approx(reference["nab_false_positives_per_series"] / 3)
+    for recipe, result in report["recipes"].items():
+        points = result["points"]
+        assert [point["rate"] for point in points] == report["rates"] and result["default_rate"] == {"project": 0.02, "upstream": 0.05}[recipe]
+        for point in points:
+            assert set(point["meets"]) == set(frontier.TARGETS)
+            assert point["smd"]["mean"]["f1"] == pytest.approx(np.mean([item["f1"] for item in point["smd"]["items"].values()]))
+        # A higher rate is a higher training-only threshold quantile: every series flags more rows.
+        for section, items in (("smd", ("machine-9-1", "machine-9-2")), ("nab", ("cpu_a", "cpu_b"))):
+            for item in items:
+                flagged = [point[section]["items"][item]["flagged"] for point in points]
+                assert flagged == sorted(flagged) and flagged[0] < flagged[-1], (recipe, item, flagged)
+    # Upstream at its own default is the reference: no margin, no window of its own missed.
+    default = next(point for point in report["recipes"]["upstream"]["points"] if point["rate"] == 0.05)
+    assert default["smd"]["worst_margin"] == 0 and default["nab"]["upstream_windows_missed"] == 0
+    assert default["nab"]["false_positives_per_series"] == reference["nab_false_positives_per_series"]
+    table = (tmp_path / "results" / "frontier.md").read_text()
+    assert "SMD mean point-wise F1 >= 0.45" in table and "a third of upstream's" in table and "every NAB window upstream detects" in table
+    assert "| project | 0.02 (default) |" in table and "| upstream | 0.05 (default) |" in table and "Points meeting every target:" in table
+    assert (tmp_path / "results" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frontier_thresholds_are_each_recipes_own_calibration_at_that_rate(smd_dir):
+    train, test, _ = quality.smd_split(smd_dir, "machine-9-1")
+    # The project recipe fitted through fit_outlier_detector at 0.05 flags exactly what the frontier's 0.05 point flags.
+    calibrated, _ = fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), {"target_false_positive_rate": 0.05}), train)
+    assert np.array_equal(frontier.score_project(train, test).flagged(0.05), calibrated.predict(test) == -1)
+    # The upstream recipe with contamination 0.01 flags exactly what the frontier's 0.01 point flags.
+    contaminated = quality.upstream_detector().set_params(detector__contamination=0.01).fit(train)
+    assert np.array_equal(frontier.score_upstream(train, test).flagged(0.01), contaminated.predict(test) == -1)
+    # A steady ramp never has a zero one-minute change, so the engine's fallback probe looks anomalous and calibration
+    # caps the threshold below it: the frontier keeps that cap at every rate.
+    ramp = pd.DataFrame(0.2 + 0.0005 * np.arange(800)[:, None] + np.random.default_rng(1).normal(0, 5e-5, (800, 3)))
+    ramp_train, ramp_test = quality.features_with_history(ramp.iloc[:600], ramp.iloc[600:])
+    capped, calibration = fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), {"target_false_positive_rate": 0.05}), ramp_train)
+    assert calibration["threshold_set_by"] == "fallback_vector"
+    assert frontier.score_project(ramp_train, ramp_test).threshold(0.05) == capped.steps[-1][1].offset_
+
+
+def test_frontier_refuses_a_bad_rate_naming_the_fix(tmp_path):
+    finished = run_benchmark("frontier", "--smd-dir", str(tmp_path), "--nab-dir", str(tmp_path), "--rates", "0.01,1%", "--json", str(tmp_path / "f.json"))
+    assert finished.returncode == 2 and "argument --rates: '1%' is not a number" in finished.stderr
+    assert "e.g. --rates 0.005,0.01,0.02,0.03,0.05" in finished.stderr and not (tmp_path / "f.json").exists()
+    with pytest.raises(ValueError, match=r"0\.5 is outside \(0, 0\.5\): give comma-separated shares"):
+        frontier.parse_rates("0.02,0.5")
+    assert frontier.parse_rates("0.05, 0.01,0.05") == (0.01, 0.05)
 
 
 def write_traces(root, rng: np.random.Generator) -> None:
