@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.spec import ModelSpec, SpecError, spec_for, spec_from_text, use_spec
-from components.monitoring.monitor import MonitorSettings
+from components.monitoring.monitor import DriftThresholds, MonitorSettings
 from components.release.approval import ApprovalSettings
 from components.release.rollout import CanarySpec
 from components.serving.gitops.fleet import DEFAULT_WAVE_TIMEOUT_S, DEFAULT_WAVES
@@ -529,8 +529,6 @@ class MonitorConfig:
 
     def settings(self) -> MonitorSettings:
         """Return the monitor's drift and decision settings."""
-        from components.monitoring.drift import DriftThresholds
-
         return MonitorSettings(DriftThresholds(self.psi_threshold, self.ks_excess, self.level_excess), self.cooldown_hours,
                                self.anomaly_rate_factor, self.forecast_bias_factor, self.min_predictions, self.min_regime_hours)
 

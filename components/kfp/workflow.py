@@ -212,7 +212,7 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
     judged against), or return the version that already holds its bytes."""
     from importlib.metadata import version as package_version
 
-    from components.monitoring.drift import validation_profile
+    from components.monitoring.monitor import validation_profile
 
     training = json.loads((Path(model_dir) / TRAINING_FILENAME).read_text())
     store = open_store(store_options)
