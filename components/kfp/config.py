@@ -21,7 +21,7 @@ from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
 from components.model.contract import ANOMALY_DETECTOR
-from components.model.spec import ModelSpec, SpecError, spec_for, spec_from_text, use_spec
+from components.model.spec import ModelSpec, SpecError, spec_for, spec_from_checked_text, spec_from_text, use_spec
 from components.monitoring.monitor import DriftThresholds, MonitorSettings
 from components.release.approval import ApprovalSettings
 from components.release.rollout import CanarySpec
@@ -547,8 +547,8 @@ class RunConfig:
 
     @cached_property
     def spec(self) -> ModelSpec:
-        """Return the run's model spec (a retrain's with its training and gates knobs written in)."""
-        return spec_from_text(json.dumps(self.spec_document), self.spec_source)
+        """Return the run's model spec (a retrain's with its training and gates knobs written in), checked when the configuration was made."""
+        return spec_from_checked_text(json.dumps(self.spec_document), self.spec_source)
 
     def _value(self, name: str) -> object:
         """Return knob ``name``'s value (its default when the pipeline does not show it)."""
