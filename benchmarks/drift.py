@@ -23,7 +23,8 @@ import pandas as pd
 from scipy.stats import ks_2samp
 
 from components.model.contract import ANOMALY_DETECTOR, MODEL_NAMES, PREDICTIVE_ANALYTICS, TIMESTAMP_COLUMN, engineer_features
-from components.monitoring.drift import DRIFT_WINDOW_MINUTES, DriftThresholds, drift_profile, measure_drift
+from components.monitoring.drift import DRIFT_WINDOW_MINUTES, drift_profile, measure_drift
+from components.monitoring.monitor import DriftThresholds
 from components.data.synthetic import EPOCH, generate_cluster_metrics
 
 STATIONARY_DAYS = 14

@@ -43,7 +43,7 @@ from components.model.contract import ANOMALY_DETECTOR, ContractError, fallback_
 from components.data.ingest import IngestRequest, ingest
 from components.serving.kserve import KServeOptions
 from components.serving.local import LocalTarget, process_alive
-from components.monitoring.monitor import NEEDS_HUMAN, RETRAIN, MonitorError, MonitorSettings, record_trigger
+from components.monitoring.monitor import NEEDS_HUMAN, RETRAIN, DriftThresholds, MonitorError, MonitorSettings, record_trigger
 from components.data.prometheus import PrometheusClient, PrometheusProvider
 from components.release.rollout import CanarySpec, ProbeProvider, canary_promote, make_safe, record_smoke_test, rollback, smoke_test
 from components.serving.target import ServingError
@@ -375,8 +375,6 @@ class Simulation:
 
     def check(self) -> None:
         """Run one hourly drift check on the local lane's store and act as action=submit would."""
-        from components.monitoring.drift import DriftThresholds
-
         settings = MonitorSettings(DriftThresholds())
         request = IngestRequest(MODEL, source="file", file_path=str(self.window_path))
         entry = {"at": str(self.now)}

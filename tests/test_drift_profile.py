@@ -9,7 +9,6 @@ import pytest
 
 from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, engineer_features, schema_for
 from components.monitoring.drift import (
-    DriftThresholds,
     bin_fractions,
     deseasonalised_features,
     drift_profile,
@@ -24,6 +23,7 @@ from components.data.ingest import IngestRequest, ingest
 from components.data.synthetic import generate_cluster_metrics
 from components.model.spec import spec_for
 from components.model.train import REFERENCE_ROWS, train_model
+from components.monitoring.monitor import DriftThresholds
 
 
 def test_profile_bins_hold_the_training_quantiles_and_live_values_outside_still_land():

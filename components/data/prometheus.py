@@ -8,17 +8,16 @@ duplicates are merged and short gaps interpolated. A query that returns nothing 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from components.model.contract import TIMESTAMP_COLUMN, ContractError, Unit, schema_for
 from components.model.spec import spec_for
 from components.credentials import ApiAdvice, api_request, token_from_environment
 
-if TYPE_CHECKING:  # pandas is imported where it is used: the canary step never needs it
+if TYPE_CHECKING:  # numpy and pandas are imported where they are used: the canary's Prometheus analysis needs neither
     import pandas as pd
 
 TOKEN_ENV = "PROMETHEUS_TOKEN"
@@ -111,6 +110,7 @@ def series_frame(result: list, name: str, aggregate: str) -> pd.Series:
     Samples are floored to the minute; duplicates within a series average; then the series are combined per
     minute: a count (``aggregate="sum"``) adds up, a level averages.
     """
+    import numpy as np
     import pandas as pd
 
     points = [(number, float(ts), float(value)) for number, series in enumerate(result) for ts, value in series.get("values", [])]
@@ -134,6 +134,7 @@ def fetch_metrics(client: PrometheusClient, model_name: str, start: dt.datetime,
     An input with a ``query_divisor`` is the query's value divided by it and clipped to the input's bounds (the
     forecaster's network: bytes/s / 125e6, clamped to 0-1, the engine's scaling).
     """
+    import numpy as np
     import pandas as pd
 
     schema = schema_for(model_name)
@@ -171,6 +172,6 @@ class PrometheusProvider:
         for name, template in self.queries.items():
             result = self.client.query(template.format(model=model_name, version=candidate_version, window=self.window, scope=self.scope))
             numbers = [float(sample["value"][1]) for sample in result]
-            finite = [number for number in numbers if np.isfinite(number)]
+            finite = [number for number in numbers if math.isfinite(number)]
             values[name] = max(finite) if finite else None
         return values

@@ -21,8 +21,8 @@ from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
 from components.model.contract import ANOMALY_DETECTOR
-from components.model.spec import ModelSpec, SpecError, spec_for, spec_from_text, use_spec
-from components.monitoring.monitor import MonitorSettings
+from components.model.spec import ModelSpec, SpecError, spec_for, spec_from_checked_text, spec_from_text, use_spec
+from components.monitoring.monitor import DriftThresholds, MonitorSettings
 from components.release.approval import ApprovalSettings
 from components.release.rollout import CanarySpec
 from components.serving.gitops.fleet import DEFAULT_WAVE_TIMEOUT_S, DEFAULT_WAVES
@@ -529,8 +529,6 @@ class MonitorConfig:
 
     def settings(self) -> MonitorSettings:
         """Return the monitor's drift and decision settings."""
-        from components.monitoring.drift import DriftThresholds
-
         return MonitorSettings(DriftThresholds(self.psi_threshold, self.ks_excess, self.level_excess), self.cooldown_hours,
                                self.anomaly_rate_factor, self.forecast_bias_factor, self.min_predictions, self.min_regime_hours)
 
@@ -549,8 +547,8 @@ class RunConfig:
 
     @cached_property
     def spec(self) -> ModelSpec:
-        """Return the run's model spec (a retrain's with its training and gates knobs written in)."""
-        return spec_from_text(json.dumps(self.spec_document), self.spec_source)
+        """Return the run's model spec (a retrain's with its training and gates knobs written in), checked when the configuration was made."""
+        return spec_from_checked_text(json.dumps(self.spec_document), self.spec_source)
 
     def _value(self, name: str) -> object:
         """Return knob ``name``'s value (its default when the pipeline does not show it)."""

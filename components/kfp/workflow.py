@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Iterator
 from components import __version__
 from components.model.contract import TIMESTAMP_COLUMN, schema_for
 from components.model.spec import spec_for
-from components.serving.local import LocalTarget, state_dir
 from components.serving.target import ServingError, ServingTarget
 from components.store.s3 import DEFAULT_SECRET, S3Store, s3_client_from_environment
 from components.store.filesystem import (
@@ -36,7 +35,7 @@ from components.store.filesystem import (
     utc_now,
 )
 
-if TYPE_CHECKING:  # a serving step imports only its target's module, and numpy and requests only when it measures
+if TYPE_CHECKING:  # a serving step imports only its target's module (a step that serves nothing, none), and numpy and requests only when it measures
     from components.model.evaluate import Evaluation
     from components.model.spec import ModelSpec
     from components.serving.gitops.fleet import GitopsOptions
@@ -74,12 +73,18 @@ def store_root() -> Path:
     """
     if os.environ.get(STORE_ROOT_ENV):
         return Path(os.environ[STORE_ROOT_ENV])
+    from components.serving.local import state_dir
+
     return Path(DEFAULT_STORE_ROOT) if os.path.ismount(DEFAULT_STORE_ROOT) else state_dir() / "store"
 
 
 def serving_home() -> Path:
     """Return the local serving target's home: $MODEL_SERVING_HOME, else <state dir>/serving."""
-    return Path(os.environ.get(SERVING_HOME_ENV) or state_dir() / "serving")
+    if os.environ.get(SERVING_HOME_ENV):
+        return Path(os.environ[SERVING_HOME_ENV])
+    from components.serving.local import state_dir
+
+    return state_dir() / "serving"
 
 
 def open_store(options: StoreOptions) -> ModelStore:
@@ -97,6 +102,8 @@ def target_from_environment(
 ) -> ServingTarget:
     """Return the named serving target: ``kserve`` or ``gitops`` configured by the options, ``local`` from the environment."""
     if name == "local":
+        from components.serving.local import LocalTarget
+
         return LocalTarget(serving_home(), store_root(), s3_store=store if isinstance(store, S3Store) else None)
     from components.serving.kserve import KServeOptions, KServeTarget
 
@@ -212,7 +219,7 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
     judged against), or return the version that already holds its bytes."""
     from importlib.metadata import version as package_version
 
-    from components.monitoring.drift import validation_profile
+    from components.monitoring.monitor import validation_profile
 
     training = json.loads((Path(model_dir) / TRAINING_FILENAME).read_text())
     store = open_store(store_options)

@@ -83,6 +83,11 @@ def spec_from_text(text: str, source: str) -> ModelSpec:
     return _checked(parse_document(text.encode(), source), None, against_schema=True)
 
 
+def spec_from_checked_text(text: str, source: str) -> ModelSpec:
+    """Return the spec in ``text`` that already passed the JSON Schema (a run's configuration), checked by the rules here alone."""
+    return _checked(parse_document(text.encode(), source), None, against_schema=False)
+
+
 def _load(path: Path, against_schema: bool) -> ModelSpec:
     """Return the spec in the file ``path``, checked by the rules here and, when ``against_schema``, first by the JSON Schema."""
     return _checked(read_document(path, _display(path)), path.parent, against_schema)

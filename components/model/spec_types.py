@@ -102,7 +102,7 @@ def _type_behaviour(row: Mapping[str, object]) -> TypeBehaviour:
                             "training": MappingProxyType(dict(row["training"])), "canary_compares": tuple(row["canary_compares"])})
 
 
-_TABLE = yaml.safe_load(TYPES_FILE.read_text())
+_TABLE = yaml.load(TYPES_FILE.read_text(), Loader=yaml.CSafeLoader)  # libyaml: the table needs no line numbers
 COMMON_GATES = _gates(_TABLE["common_gates"])
 CHAMPION_TOLERANCE: float = _TABLE["champion_tolerance"]
 CANARY_LIMITS: dict[str, dict[str, float]] = _TABLE["canary_limits"]

@@ -9,8 +9,8 @@ A profile is compact JSON written with the version and immutable like it:
   metric, the lowest and highest median of those windows (``median_range``); and ``judged: false`` where a
   feature is not judged: the window mean/min/max and lags of a metric (its value is judged once, not six times
   over), and the level of a cumulative counter (restarts), which only says how long ago pods last restarted;
-- ``validation``: what the model did on validation (an anomaly model's anomaly rate, a classification model's alert
-  rate, a predictive model's error per output).
+- ``validation``: what the model did on validation (``monitor.validation_profile``: an anomaly model's anomaly rate, a
+  classification model's alert rate, a predictive model's error per output).
 
 Cluster metrics follow the working day, so a few live hours compared with the whole training distribution look
 drifted at every check. Taking away the seasonal median first compares like with like, and a shift in level,
@@ -51,6 +51,8 @@ from components.model.spec import Input
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from components.monitoring.monitor import DriftThresholds
 
 PROFILE_BINS = 10
 SIGNIFICANT_DIGITS = 6  # keeps a 45-feature profile at a few KB
@@ -102,24 +104,6 @@ def bin_fractions(edges: np.ndarray | list[float], values: np.ndarray) -> np.nda
     interior = np.asarray(edges, dtype=float)[1:]
     counts = np.bincount(np.searchsorted(interior, values, side="right"), minlength=len(interior) + 1)
     return counts / max(len(values), 1)
-
-
-def validation_profile(metrics: dict[str, float]) -> dict[str, float]:
-    """Return what the model did on validation, from its evaluation metrics: anomaly rate, alert rate, or error per output."""
-    kept = {key: float(value) for key, value in metrics.items()
-            if (key in ("anomaly_rate", "alert_rate") or key.startswith("mae_")) and isinstance(value, (int, float)) and math.isfinite(value)}
-    return dict(sorted(kept.items()))
-
-
-@dataclass(frozen=True)
-class DriftThresholds:
-    """When a feature counts as drifted: both effect sizes past their limits."""
-
-    psi: float = 0.25  # population stability index of the live window against the training bins
-    ks_excess: float = 0.45  # share of the way from the training windows' largest KS statistic to 1
-    # or: the window's median beyond the training windows' medians by this share of their range. benchmarks/drift.py:
-    # stationary windows reach 0.38 at most; a 0.05/h leak in the detector's pod memory scores 0.45 or more two hours in.
-    level_excess: float = 0.4
 
 
 @dataclass(frozen=True)

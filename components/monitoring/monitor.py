@@ -15,19 +15,18 @@ from __future__ import annotations
 import datetime as dt
 import html
 import io
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from components.model.spec import ANOMALY, CLASSIFICATION, ModelSpec, spec_for
-from components.monitoring.drift import DriftThresholds, FeatureDrift, measure_drift
 from components.store.filesystem import DUPLICATE_EVENT, ModelStore, utc_now
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the settings and decisions need no numpy: a step that only reads or records them starts without it
     import pandas as pd
 
     from components.data.prometheus import PrometheusClient
+    from components.monitoring.drift import FeatureDrift
 
 RETRAIN, NO_ACTION, HELD, NEEDS_HUMAN = "retrain", "none", "held", "needs a human"
 EPISODE_KEY = "drift_episode"  # the index's record of the current drift episode (see ``next_episode``)
@@ -39,6 +38,17 @@ TOP_FEATURES = 5
 
 class MonitorError(RuntimeError):
     """The check cannot be made (no stable version, no profile); the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    """When a feature counts as drifted: both effect sizes past their limits."""
+
+    psi: float = 0.25  # population stability index of the live window against the training bins
+    ks_excess: float = 0.45  # share of the way from the training windows' largest KS statistic to 1
+    # or: the window's median beyond the training windows' medians by this share of their range. benchmarks/drift.py:
+    # stationary windows reach 0.38 at most; a 0.05/h leak in the detector's pod memory scores 0.45 or more two hours in.
+    level_excess: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,8 @@ def assess(
     predictions: list[PredictionCheck],
 ) -> Assessment:
     """Measure every feature's drift of ``live_raw`` from ``profile`` and bundle it with the prediction checks."""
+    from components.monitoring.drift import measure_drift
+
     return Assessment(model_name, stable_version, window, settings.thresholds, measure_drift(profile, live_raw, model_name), predictions)
 
 
@@ -178,6 +190,13 @@ def _scalar(client: PrometheusClient, query: str, end: dt.datetime) -> float:
 def unmeasured_predictions(why: str) -> list[PredictionCheck]:
     """Return the prediction check of a window whose live predictions could not be read, saying why."""
     return [PredictionCheck("predictions", False, False, f"not measured: {why}")]
+
+
+def validation_profile(metrics: dict[str, float]) -> dict[str, float]:
+    """Return what the model did on validation, from its evaluation metrics: anomaly rate, alert rate, or error per output."""
+    kept = {key: float(value) for key, value in metrics.items()
+            if (key in ("anomaly_rate", "alert_rate") or key.startswith("mae_")) and isinstance(value, (int, float)) and math.isfinite(value)}
+    return dict(sorted(kept.items()))
 
 
 def prediction_checks(model_name: str, validation: dict, live_raw: pd.DataFrame, stats: dict, settings: MonitorSettings) -> list[PredictionCheck]:
@@ -372,6 +391,7 @@ def markdown_report(assessment: Assessment, decision: Decision, plot_name: str =
 def distribution_plot(assessment: Assessment, profile: dict, top: int = 3) -> bytes:
     """Return a PNG of the training (reference) against the live bin fractions of the ``top`` most drifted features."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
