@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from components.model.spec import spec_for
+from components.registry.client import RegistryClient, property_values
 from components.registry.sync import artifact_body
+from components.store.filesystem import FilesystemStore
 from components.store.s3 import S3Store
 from pipelines.catalog import DEFAULT_IMAGE
 from tests.conftest import FAST_CANARY, REPO, logged, run_cli, snapshot
@@ -172,6 +174,33 @@ def test_rollout_resolves_model_registry_uris_and_refuses_an_entry_the_store_doe
     assert f"model registry: model-registry://{MODEL}/v2 is the store's v2 (artifact and sha256 checked)" in resolved.stdout
     assert "v2 already stable: nothing to roll out" in summary_of(resolved)
     assert index_of(state)["stable"] == "v2"
+
+
+def test_sync_writes_only_to_registry_entries_the_project_created(registry, tmp_path):
+    """A RegisteredModel or ModelVersion of the same name that someone else made (the dashboard, another tool) is left as it is,
+    and the sync names it and the fix; one handed over with managed_by=model-pipelines is synced."""
+    name = "predictive-analytics"
+    store = FilesystemStore(tmp_path / "store")
+    (tmp_path / "model.pkl").write_bytes(b"a stored model")
+    store.save_version(name, tmp_path / "model.pkl", {"run_name": "test"})
+    someone = RegistryClient(registry.url, str(registry.cert), TOKEN)
+    theirs = someone.create_registered_model({"name": name, "description": "made by hand", "owner": "someone", "state": "LIVE"})
+    sync = ("registry", "sync", name, "--state-dir", str(tmp_path), *settings(registry.url, registry.cert))
+    refused = run_cli(*sync, env=ENV)
+    assert refused.returncode == 1, refused.stdout
+    assert f"already has a RegisteredModel named '{name}', which model-pipelines did not create" in refused.stdout
+    assert "rename or remove that entry in the registry, or set its property managed_by to model-pipelines" in refused.stdout
+    assert someone.find_registered_model(name) == theirs, "their entry is untouched"
+    assert not [item for item in registry.model_versions.values() if item["registeredModelId"] == theirs["id"]]
+    someone.update_registered_model(theirs["id"], {"customProperties": property_values({"managed_by": "model-pipelines"})})
+    handed_over = run_cli(*sync, env=ENV)
+    assert handed_over.returncode == 0 and f"registry: {name}: registered v1" in handed_over.stdout, handed_over.stdout
+    assert registry.version(name, "v1")["customProperties"]["managed_by"]["string_value"] == "model-pipelines"
+    store.save_version(name, tmp_path / "model.pkl", {"run_name": "test-2"})
+    their_version = someone.create_model_version({"name": "v2", "registeredModelId": theirs["id"], "author": "someone", "state": "LIVE"})
+    refused_version = run_cli(*sync, env=ENV)
+    assert refused_version.returncode == 1 and f"a ModelVersion 'v2' of '{name}', which model-pipelines did not create" in refused_version.stdout
+    assert registry.version(name, "v2") == their_version and not someone.model_artifacts(their_version["id"])
 
 
 def test_the_token_goes_only_over_https_to_a_registry_that_accepts_it_and_never_into_files(history, registry):

@@ -11,7 +11,7 @@ from components.model.contract import ANOMALY_DETECTOR
 from components.model.spec import spec_for
 from components.model.train import train_model
 from components.registry.client import API_PATH, RegistryClient, RegistryError, entity_id, plain_values, property_values
-from components.registry.sync import parse_registry_uri
+from components.registry.sync import OWNERSHIP, parse_registry_uri
 from components.release.approval import ApprovalUnavailable, LocalApprovalSource, RegistryApprovalSource, shown_text
 from tests.conftest import run_cli
 from tests.recipe_overrides import reseeded
@@ -98,8 +98,9 @@ def test_a_decision_recorded_after_a_hold_began_with_the_registry_down_counts_an
     """The hold could not mark the version awaiting (registry down). Once the registry answers, an approval the verbs wrote after
     the hold began is the decision; one left from before is replaced by the awaiting mark."""
     client = RegistryClient(registry.url, str(registry.cert), TOKEN)
-    model = client.create_registered_model({"name": "hold-model", "owner": "tests"})
-    version_ids = {name: client.create_model_version({"name": name, "registeredModelId": model["id"]})["id"] for name in ("v1", "v2")}
+    model = client.create_registered_model({"name": "hold-model", "owner": "tests", "customProperties": OWNERSHIP})  # as a sync registers them
+    version_ids = {name: client.create_model_version({"name": name, "registeredModelId": model["id"], "customProperties": OWNERSHIP})["id"]
+                   for name in ("v1", "v2")}
     held = LocalApprovalSource(tmp_path)
     with refused_url() as down:
         source = RegistryApprovalSource(RegistryClient(down, str(registry.cert), TOKEN), held)
@@ -109,8 +110,8 @@ def test_a_decision_recorded_after_a_hold_began_with_the_registry_down_counts_an
             source.decision("hold-model", "v1")
     source.client = client  # the registry answers again
     RegistryApprovalSource(client, held).record("hold-model", "v1", True, "dana")  # `approve` while the hold could not mark
-    client.update_model_version(version_ids["v2"], {"customProperties": property_values(
-        {"approved": "true", "approved_by": "mallory", "approved_at": "2020-01-01T00:00:00Z"})})  # left from an earlier hold
+    client.update_model_version(version_ids["v2"], {"customProperties": {**OWNERSHIP, **property_values(
+        {"approved": "true", "approved_by": "mallory", "approved_at": "2020-01-01T00:00:00Z"})}})  # left from an earlier hold
     decided = source.decision("hold-model", "v1")
     assert (decided.version, decided.approved, decided.by) == ("v1", True, "dana")
     assert source.decision("hold-model", "v2") is None

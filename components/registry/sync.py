@@ -18,6 +18,9 @@ from components.store.filesystem import ModelStore, StoreError, version_number
 URI_SCHEME = "model-registry://"
 STATUS, STATUS_REASON, SHA256 = "status", "status_reason", "sha256"
 MODEL_FORMAT = "sklearn"
+# Every RegisteredModel and ModelVersion the project creates carries this custom property; it writes to no other entry.
+MANAGED_BY, MANAGER = "managed_by", "model-pipelines"
+OWNERSHIP = {MANAGED_BY: {"metadataType": "MetadataStringValue", "string_value": MANAGER}}
 
 
 @dataclass
@@ -88,11 +91,23 @@ def artifact_body(store: ModelStore, record: dict, model_name: str, version: str
     return body
 
 
+def owned(client: RegistryClient, entry: dict, what: str) -> dict:
+    """Return ``entry`` (a RegisteredModel or ModelVersion) when the project created it; raise RegistryError naming it otherwise."""
+    if plain_values(entry.get("customProperties")).get(MANAGED_BY) != MANAGER:
+        raise RegistryError(f"the model registry at {client.url} already has {what}, which model-pipelines did not create (it has no custom "
+                            f"property {MANAGED_BY}={MANAGER}): left as it is, nothing registered or changed there; rename or remove that "
+                            f"entry in the registry, or set its property {MANAGED_BY} to {MANAGER} to hand it to this project")
+    return entry
+
+
 def registered_model(client: RegistryClient, model_name: str, description: str, owner: str) -> dict:
-    """Return the RegisteredModel ``model_name``, created (or its description and owner brought up to date) as the spec says."""
+    """Return the project's RegisteredModel ``model_name``, created (or its description and owner brought up to date) as the spec says;
+    raise RegistryError when an entry of that name is someone else's."""
     found = client.find_registered_model(model_name)
     if found is None:
-        return client.create_registered_model({"name": model_name, "description": description, "owner": owner, "state": "LIVE"})
+        return client.create_registered_model({"name": model_name, "description": description, "owner": owner, "state": "LIVE",
+                                               "customProperties": OWNERSHIP})
+    owned(client, found, f"a RegisteredModel named {model_name!r}")
     if found.get("description", "") != description or found.get("owner", "") != owner:
         return client.update_registered_model(found["id"], {"description": description, "owner": owner})
     return found
@@ -108,9 +123,11 @@ def sync_model(store: ModelStore, client: RegistryClient, model_name: str, descr
     model = registered_model(client, model_name, description, owner)
     for version in sorted(index["versions"], key=version_number):
         record = store.version_record(model_name, version)
-        wanted = property_values(version_properties(record, index, version))
+        wanted = {**property_values(version_properties(record, index, version)), **OWNERSHIP}
         state = version_state(version_status(index, version)[0])
         found = client.find_model_version(version, model["id"])
+        if found is not None:
+            owned(client, found, f"a ModelVersion {version!r} of {model_name!r}")
         if found is None:
             found = client.create_model_version({"name": version, "registeredModelId": model["id"], "author": record.get("run_name") or "model-pipelines",
                                                  "description": f"{model_name} {version}, saved {record.get('saved_at', '')}",
@@ -153,9 +170,9 @@ def registered_properties(client: RegistryClient, model_name: str, version: str)
 
 def update_registered_properties(client: RegistryClient, model_name: str, version: str, values: dict[str, bool | int | float | str],
                                  removed: tuple[str, ...] = ()) -> None:
-    """Set the custom properties ``values`` of ``version`` of ``model_name`` in the registry and drop those named in ``removed``,
-    keeping its other properties."""
-    found = _registered_version(client, model_name, version)
+    """Set the custom properties ``values`` of the project's ``version`` of ``model_name`` in the registry and drop those named in
+    ``removed``, keeping its other properties."""
+    found = owned(client, _registered_version(client, model_name, version), f"a ModelVersion {version!r} of {model_name!r}")
     kept = {key: value for key, value in (found.get("customProperties") or {}).items() if key not in removed}
     client.update_model_version(found["id"], {"customProperties": {**kept, **property_values(values)}})
 
