@@ -15,8 +15,9 @@ BAD = {"probe_requests": "0", "canary_steps": "[10,10,10]", "max_error_rate": "n
 
 def test_every_bad_value_is_named_with_what_it_takes():
     found = problems({"probe_requests": 0, "canary_steps": [10, 10, 10], "max_error_rate": float("nan"), "prometheus_window": "5m) or vector(1",
-                      "canary_interval_s": -1, "max_p95_latency_ms": float("inf"), "rollout_strategy": "fast", "days": 3})
-    assert len(found) == 7, found
+                      "canary_interval_s": -1, "max_p95_latency_ms": float("inf"), "rollout_strategy": "fast", "days": 3, "approval_poll_s": 0.01})
+    assert len(found) == 8, found
+    assert "canary.approval_poll_s=0.01: must be a number in [0.1, 3600]" in "\n".join(found), "a hold may not poll faster than 10 times a second"
     assert any(line.startswith("canary_steps=") and "strictly increasing" in line for line in found)
     assert any(line.startswith("prometheus.window=") and "PromQL duration" in line for line in found)
     assert any(line.startswith("canary.probe_requests=") for line in found), "a knob inside a group is named as the run form spells it"

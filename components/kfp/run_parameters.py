@@ -204,7 +204,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "ready_timeout_s": _in_range(0, 86_400, low_open=True),
     "fleet_wave_timeout_s": _in_range(0, 86_400, low_open=True),
     "approval_timeout_h": _in_range(0, MAX_APPROVAL_TIMEOUT_H, low_open=True),
-    "approval_poll_s": _in_range(0, 3600, low_open=True),
+    "approval_poll_s": _in_range(0.1, 3600),  # a floor: a hold looks at the registry, the cluster or the fleet repository this often
     "prometheus_window": _promql_duration,
     **{name: _choice(name) for name in CHOICES},
     "version": _version,
