@@ -10,7 +10,7 @@ import pytest
 
 from components.model.spec import spec_for
 from components.registry.client import RegistryClient, property_values
-from components.registry.sync import artifact_body
+from components.registry.sync import artifact_body, sync_model
 from components.store.filesystem import FilesystemStore
 from components.store.s3 import S3Store
 from pipelines.catalog import DEFAULT_IMAGE
@@ -201,6 +201,40 @@ def test_sync_writes_only_to_registry_entries_the_project_created(registry, tmp_
     refused_version = run_cli(*sync, env=ENV)
     assert refused_version.returncode == 1 and f"a ModelVersion 'v2' of '{name}', which model-pipelines did not create" in refused_version.stdout
     assert registry.version(name, "v2") == their_version and not someone.model_artifacts(their_version["id"])
+
+
+def test_two_syncs_racing_to_create_the_same_entries_both_end_in_step(registry, tmp_path):
+    """The loser of a create race (409: the other sync's entry landed between its lookup and its create) takes the winner's entry."""
+    name = "disk-failure-predictor"
+    store = FilesystemStore(tmp_path / "store")
+    (tmp_path / "model.pkl").write_bytes(b"a stored model")
+    store.save_version(name, tmp_path / "model.pkl", {"run_name": "test"})
+    winner = RegistryClient(registry.url, str(registry.cert), TOKEN)
+    assert sync_model(store, winner, name, "a disk model", "tests").registered == ["v1"]
+
+    class LookedUpBeforeTheWinnersCreates(RegistryClient):
+        """A client whose first lookup of the model and of the version ran before the winner's creates landed."""
+
+        looked_up: set[str] = set()
+
+        def find_registered_model(self, name):
+            return super().find_registered_model(name) if self.seen("model") else None
+
+        def find_model_version(self, name, registered_model_id):
+            return super().find_model_version(name, registered_model_id) if self.seen("version") else None
+
+        def seen(self, what: str) -> bool:
+            """Return whether ``what`` was looked up before, and note that it now was."""
+            before = what in self.looked_up
+            self.looked_up.add(what)
+            return before
+
+    creates = registry.creates()
+    loser = sync_model(store, LookedUpBeforeTheWinnersCreates(registry.url, str(registry.cert), TOKEN), name, "a disk model", "tests")
+    assert (loser.registered, loser.updated, loser.unchanged) == ([], [], ["v1"]), loser
+    assert registry.creates() == creates + 2, "one refused create each for the model and the version, nothing created twice"
+    assert len([item for item in registry.model_versions.values() if item["name"] == "v1" and
+                item["registeredModelId"] == winner.find_registered_model(name)["id"]]) == 1
 
 
 def test_the_token_goes_only_over_https_to_a_registry_that_accepts_it_and_never_into_files(history, registry):

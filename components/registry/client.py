@@ -23,6 +23,10 @@ class RegistryError(RuntimeError):
     """The registry cannot be reached, refuses the token or a call; the message names the problem and the fix."""
 
 
+class RegistryConflict(RegistryError):
+    """The registry refused a create because an entry of that name exists (409): another run created it first."""
+
+
 # What a registry call can raise: RegistryError, or KeyError/TypeError reading an answer of another shape than the API's. Callers that
 # must go on without the registry (serving writes, the approval hold, the steps' mirroring) catch exactly these.
 REGISTRY_FAILURES = (RegistryError, KeyError, TypeError)
@@ -112,7 +116,8 @@ class RegistryClient:
             found = None
         if answer.status_code >= 300:
             message = found.get("message", "") if isinstance(found, dict) else answer.text
-            raise RegistryError(f"the model registry at {self.url} answered {answer.status_code} to {method} {path}: {str(message)[:300]}")
+            failure = RegistryConflict if answer.status_code == 409 else RegistryError
+            raise failure(f"the model registry at {self.url} answered {answer.status_code} to {method} {path}: {str(message)[:300]}")
         if not isinstance(found, dict):
             raise RegistryError(f"the model registry at {self.url} answered {method} {path} without a JSON object: is store.registry_url the "
                                 "registry's REST route?")

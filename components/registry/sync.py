@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from components.registry.client import RegistryClient, RegistryError, plain_values, property_values
+from components.registry.client import RegistryClient, RegistryConflict, RegistryError, plain_values, property_values
 from components.store.filesystem import ModelStore, StoreError, version_number
 
 URI_SCHEME = "model-registry://"
@@ -105,12 +105,27 @@ def registered_model(client: RegistryClient, model_name: str, description: str, 
     raise RegistryError when an entry of that name is someone else's."""
     found = client.find_registered_model(model_name)
     if found is None:
-        return client.create_registered_model({"name": model_name, "description": description, "owner": owner, "state": "LIVE",
-                                               "customProperties": OWNERSHIP})
+        try:
+            return client.create_registered_model({"name": model_name, "description": description, "owner": owner, "state": "LIVE",
+                                                   "customProperties": OWNERSHIP})
+        except RegistryConflict:  # another run registered it between the lookup and the create: use that one if it is ours
+            found = client.find_registered_model(model_name) or {}
     owned(client, found, f"a RegisteredModel named {model_name!r}")
     if found.get("description", "") != description or found.get("owner", "") != owner:
         return client.update_registered_model(found["id"], {"description": description, "owner": owner})
     return found
+
+
+def model_version(client: RegistryClient, model: dict, version: str, body: dict) -> tuple[dict, bool]:
+    """Return (the project's ModelVersion ``version`` of ``model``, whether this call created it from ``body``); raise RegistryError
+    when an entry of that name is someone else's."""
+    found = client.find_model_version(version, model["id"])
+    if found is None:
+        try:
+            return client.create_model_version(body), True
+        except RegistryConflict:  # another run's sync registered it between the lookup and the create: use that one if it is ours
+            found = client.find_model_version(version, model["id"]) or {}
+    return owned(client, found, f"a ModelVersion {version!r} of {model['name']!r}"), False
 
 
 def sync_model(store: ModelStore, client: RegistryClient, model_name: str, description: str, owner: str, storage_key: str = "") -> SyncReport:
@@ -125,13 +140,10 @@ def sync_model(store: ModelStore, client: RegistryClient, model_name: str, descr
         record = store.version_record(model_name, version)
         wanted = {**property_values(version_properties(record, index, version)), **OWNERSHIP}
         state = version_state(version_status(index, version)[0])
-        found = client.find_model_version(version, model["id"])
-        if found is not None:
-            owned(client, found, f"a ModelVersion {version!r} of {model_name!r}")
-        if found is None:
-            found = client.create_model_version({"name": version, "registeredModelId": model["id"], "author": record.get("run_name") or "model-pipelines",
-                                                 "description": f"{model_name} {version}, saved {record.get('saved_at', '')}",
-                                                 "customProperties": wanted, "state": state})
+        found, created = model_version(client, model, version, {
+            "name": version, "registeredModelId": model["id"], "author": record.get("run_name") or "model-pipelines",
+            "description": f"{model_name} {version}, saved {record.get('saved_at', '')}", "customProperties": wanted, "state": state})
+        if created:
             report.registered.append(version)
         elif any((found.get("customProperties") or {}).get(key) != value for key, value in wanted.items()) or found.get("state") != state:
             # Properties set in the registry by people (approved, notes) are kept: only the store's keys are written.
