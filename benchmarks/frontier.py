@@ -126,11 +126,12 @@ def series_points(data_dir: Path, key: str, windows: list[list[str]], rates: tup
 
 def frontier_report(smd: dict[str, dict], nab: dict[str, dict], rates: tuple[float, ...]) -> dict:
     """Return the JSON report: the upstream reference, the targets, and per recipe one point per rate with the targets it meets."""
-    reference_key = rate_key(default_rates()["upstream"])
+    defaults = default_rates()
+    reference_key = rate_key(defaults["upstream"])
     reference_f1 = {machine: points["upstream"][reference_key]["f1"] for machine, points in smd.items()}
     reference_detected = {series: points["upstream"][reference_key]["detected"] for series, points in nab.items()}
     reference_fp = float(np.mean([points["upstream"][reference_key]["false_positives"] for points in nab.values()]))
-    reference = {"rate": default_rates()["upstream"], "smd_mean_f1": float(np.mean(list(reference_f1.values()))),
+    reference = {"rate": defaults["upstream"], "smd_mean_f1": float(np.mean(list(reference_f1.values()))),
                  "nab_windows_detected": sum(sum(detected) for detected in reference_detected.values()),
                  "nab_windows": sum(len(detected) for detected in reference_detected.values()),
                  "nab_false_positives_per_series": reference_fp}
@@ -145,7 +146,7 @@ def frontier_report(smd: dict[str, dict], nab: dict[str, dict], rates: tuple[flo
                            {series: p[recipe][key] for series, p in nab.items()}, reference_detected)
             point["meets"] = _meets(point, targets)
             points.append(point)
-        recipes[recipe] = {"default_rate": default_rates()[recipe], "points": points}
+        recipes[recipe] = {"default_rate": defaults[recipe], "points": points}
     return {"rates": list(rates), "upstream_reference": reference, "targets": targets, "recipes": recipes}
 
 
@@ -176,6 +177,11 @@ def _meets(point: dict, targets: dict[str, float]) -> dict[str, bool]:
             "nab_false_positives": point["nab"]["false_positives_per_series"] <= targets["nab_false_positives"]}
 
 
+def points_meeting_every_target(report: dict) -> list[str]:
+    """Return the points that meet every target, as "<recipe> <rate>"."""
+    return [f"{recipe} {point['rate']:g}" for recipe, result in report["recipes"].items() for point in result["points"] if all(point["meets"].values())]
+
+
 def summary(report: dict) -> str:
     """Return the closing lines of a frontier run: each recipe's curve, the upstream reference and the points meeting every target."""
     lines = []
@@ -184,7 +190,6 @@ def summary(report: dict) -> str:
                                               f"{point['nab']['false_positives_per_series']:.0f} false positives per series"
                                               for point in result["points"]))
     reference = report["upstream_reference"]
-    met = [f"{recipe} {point['rate']:g}" for recipe, result in report["recipes"].items() for point in result["points"] if all(point["meets"].values())]
     lines.append(f"upstream default: F1 {reference['smd_mean_f1']:.3f}, {reference['nab_windows_detected']}/{reference['nab_windows']} windows, "
-                 f"{reference['nab_false_positives_per_series']:.0f} false positives per series; points meeting every target: {', '.join(met) or 'none'}")
+                 f"{reference['nab_false_positives_per_series']:.0f} false positives per series; points meeting every target: {', '.join(points_meeting_every_target(report)) or 'none'}")
     return "\n".join(lines)

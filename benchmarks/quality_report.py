@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from benchmarks.frontier import points_meeting_every_target  # noqa: E402
 from components.model.contract import PREDICTIVE_ANALYTICS, schema_for  # noqa: E402
 
 DETECTION_FIELDS = ("precision", "recall", "f1", "pa_f1", "fit_s", "predict_ms")
@@ -101,18 +102,15 @@ def frontier_markdown(command: str, report: dict) -> str:
              "| recipe | rate | SMD precision | SMD recall | SMD F1 | worst margin (machine) | NAB windows | upstream windows missed "
              "| NAB false positives per series | targets met |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    met_all = []
     for recipe, result in report["recipes"].items():
         for point in result["points"]:
             smd, nab, meets = point["smd"], point["nab"], point["meets"]
             rate = f"{point['rate']:g}" + (" (default)" if point["rate"] == result["default_rate"] else "")
             met = [target for target, ok in meets.items() if ok]
-            if len(met) == len(meets):
-                met_all.append(f"{recipe} at {point['rate']:g}")
             lines.append(f"| {recipe} | {rate} | {smd['mean']['precision']:.3f} | {smd['mean']['recall']:.3f} | {smd['mean']['f1']:.3f} | "
                          f"{smd['worst_margin']:+.3f} ({smd['worst_machine']}) | {nab['windows_detected']}/{nab['windows']} | "
                          f"{nab['upstream_windows_missed']} | {nab['false_positives_per_series']:.1f} | {', '.join(met) or 'none'} |")
-    lines += ["", "Points meeting every target: " + (", ".join(met_all) or "none") + ".", "", *_nab_reasons(report), "", "## SMD F1 per machine", ""]
+    lines += ["", "Points meeting every target: " + (", ".join(points_meeting_every_target(report)) or "none") + ".", "", *_nab_reasons(report), "", "## SMD F1 per machine", ""]
     columns = [(recipe, point) for recipe, result in report["recipes"].items() for point in result["points"]]
     lines += ["| machine | " + " | ".join(f"{recipe} {point['rate']:g}" for recipe, point in columns) + " |",
               "|---|" + "---|" * len(columns)]

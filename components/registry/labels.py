@@ -71,10 +71,10 @@ class RegistryLinks:
 
     def relink(self, written: dict, version: str) -> None:
         """Point the registry record the controller linked to ``written`` (its ``inference-service-id`` label) at ``version``."""
-        record_id = (written.get("metadata", {}).get("labels") or {}).get(f"{LABEL_DOMAINS[self.family]}/{RECORD_KEY}")
+        metadata = written.get("metadata", {})
+        record_id = (metadata.get("labels") or {}).get(f"{LABEL_DOMAINS[self.family]}/{RECORD_KEY}")
         if not record_id or self.client is None:
             return
-        metadata = written.get("metadata", {})
         try:
             _, version_id = self.ids(version)
             record = self.client.inference_service(record_id)

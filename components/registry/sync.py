@@ -20,7 +20,7 @@ STATUS, STATUS_REASON, SHA256 = "status", "status_reason", "sha256"
 MODEL_FORMAT = "sklearn"
 # Every RegisteredModel and ModelVersion the project creates carries this custom property; it writes to no other entry.
 MANAGED_BY, MANAGER = "managed_by", "model-pipelines"
-OWNERSHIP = {MANAGED_BY: {"metadataType": "MetadataStringValue", "string_value": MANAGER}}
+OWNERSHIP = property_values({MANAGED_BY: MANAGER})
 
 
 @dataclass

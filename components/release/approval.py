@@ -285,6 +285,11 @@ def registry_verdict(value: object) -> bool | None:
     return {"true": True, "false": False}.get(value.strip().lower()) if isinstance(value, str) else None
 
 
+def _unmarked_text(model_name: str, version: str) -> str:
+    """Return the start of the message of a hold whose version the registry has not marked awaiting."""
+    return f"cannot mark {model_name} {version} awaiting approval in the registry, so no decision is read there yet: "
+
+
 class RegistryApprovalSource:
     """Decisions in the Model Registry: the held version's custom property ``approved`` (true or false), set in the OpenShift AI
     dashboard or by ``model-pipelines approve|reject`` (with ``approved_by`` and ``approved_at``). Which version a hold awaits stays
@@ -312,8 +317,7 @@ class RegistryApprovalSource:
                                          removed=(APPROVED_BY_PROPERTY, APPROVED_AT_PROPERTY))
         except REGISTRY_FAILURES as error:
             self._unmarked.setdefault((model_name, version), _now())
-            raise ApprovalUnavailable(f"cannot mark {model_name} {version} awaiting approval in the registry, so no decision is read "
-                                      f"there yet: {error}") from None
+            raise ApprovalUnavailable(f"{_unmarked_text(model_name, version)}{error}") from None
         self._unmarked.pop((model_name, version), None)
 
     def request(self, model_name: str, version: str) -> None:
@@ -335,8 +339,7 @@ class RegistryApprovalSource:
         try:
             properties = registered_properties(self.client, model_name, version)
         except REGISTRY_FAILURES as error:
-            unmarked = f"cannot mark {model_name} {version} awaiting approval in the registry, so no decision is read there yet: "
-            raise ApprovalUnavailable(f"{unmarked if began is not None else ''}{error}") from None
+            raise ApprovalUnavailable(f"{_unmarked_text(model_name, version) if began is not None else ''}{error}") from None
         if began is not None:
             # The registry was down when the hold began. A decision the verbs wrote since (approved_at, to the second, not before the
             # hold began) counts; anything older is left from an earlier hold and is replaced by the awaiting mark.

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from components.serving.kserve.api import (
-    CREATED_BY_RUN_ANNOTATION, GROUP, MODE_ANNOTATION, PREFIX, STRATEGY_ANNOTATION, TAG_ROUTING_ANNOTATION, VERSION, VERSION_LABEL, InferenceServiceApi,
-    backend_annotations, model_env,
+    CREATED_BY_RUN_ANNOTATION, GROUP, MODE_ANNOTATION, MODEL_LABEL, PREFIX, STRATEGY_ANNOTATION, TAG_ROUTING_ANNOTATION, VERSION, VERSION_LABEL,
+    InferenceServiceApi, backend_annotations, model_env,
 )
 from components.serving.target import Endpoints, ServingError, model_url
 
@@ -104,7 +104,7 @@ class RolloutStrategy:
             "metadata": {
                 "name": name,
                 "namespace": self.api.namespace,
-                "labels": {**MANAGED_LABELS, f"{PREFIX}/model": model_name, VERSION_LABEL: backend["version"]},
+                "labels": {**MANAGED_LABELS, MODEL_LABEL: model_name, VERSION_LABEL: backend["version"]},
                 "annotations": annotations,
             },
             "spec": {"predictor": predictor},
