@@ -58,7 +58,7 @@ def new_detector_version(served, training, seed: int) -> tuple:
     """Store a detector trained with ``seed`` beside the served stable one; return (state dir, store, stable version, new version)."""
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    return state, store, stable, save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(seed)).estimator, state)
+    return state, store, stable, save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(seed)), state)
 
 
 def local_hold(state, version: str, *params: str, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:

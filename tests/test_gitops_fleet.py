@@ -39,8 +39,8 @@ from tests.git_server import GitHttpServer
 from tests.kustomize import MANIFESTS, rendered
 from tests.servers import PrometheusServer
 from tests.test_gitops_manifests import errors, validators  # noqa: F401 (a fixture)
-from tests.test_kserve import CRDS, crd_schemas, models, version_record  # noqa: F401 (fixtures)
-from tests.test_serving import MainUrlClient
+from tests.test_kserve import CRDS, crd_schemas, models  # noqa: F401 (fixtures)
+from tests.test_serving import MainUrlClient, version_record
 
 PASSWORD = "fleet-push-token-5c2e"
 NAMESPACE = "self-healing-platform"

@@ -30,11 +30,11 @@ from components.serving.local import http_get
 from components.serving.target import ServingError
 from components.store.filesystem import FilesystemStore
 from components.model.spec import spec_for
-from components.model.train import TrainedModel, train_model
+from components.model.train import train_model
 from tests.conftest import REPO, logged, run_cli
 from tests.recipe_overrides import reseeded
 from tests.k8s_standin import KubeStandIn, crd_schema
-from tests.test_serving import FALLBACK, MainUrlClient, alarmist_model
+from tests.test_serving import FALLBACK, MainUrlClient, alarmist_model, version_record
 
 CRDS = REPO.parent / "shared" / "reference" / "kserve-crds"
 FAST = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10", "--param", "days=1",
@@ -92,17 +92,6 @@ class Project:
 
     def index(self, model_name: str) -> dict:
         return FilesystemStore(self.state / "store").read_index(model_name)
-
-
-def version_record(model, **record) -> tuple[object, dict]:
-    """Return (the estimator to store, its version record): a trained model's reference predictions go with it, as in the pipeline.
-
-    With them the smoke test compares served answers to what the model predicted at training; a bare estimator (a
-    hand-made bad model) is stored without, and the smoke test unpickles it instead.
-    """
-    if isinstance(model, TrainedModel):
-        return model.estimator, {**record, "reference": model.reference}
-    return model, record
 
 
 def start_cluster(tmp_path_factory, kserve: str, crd_release: str | None, observed_generation: str = "deployment") -> Cluster:

@@ -194,7 +194,7 @@ def canary_serving(tmp_path_factory):
     data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3))
     store = FilesystemStore(state / "store")
     try:
-        save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train).estimator, state)
+        save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train), state)
         first = run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1")
         assert first.returncode == 0, first.stdout[-3000:]
         yield state, store, server, data
@@ -212,7 +212,7 @@ def main_url(state: Path) -> str:
 def test_canary_rolls_back_on_prometheus_latency_alone(canary_serving):
     state, store, server, data = canary_serving
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    slow = save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train, isolation_forest(1500)).estimator, state)
+    slow = save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train, isolation_forest(1500)), state)
     with MainUrlClient(main_url(state)) as engine:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", slow, "--local", "--state-dir", str(state), "--param", "days=1",
                          "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=10s", "--param", "canary_interval_s=4",
@@ -245,7 +245,7 @@ class BadRequestClient(MainUrlClient):
 
 def test_a_client_sending_only_bad_requests_during_a_canary_does_not_roll_it_back(canary_serving):
     state, store, server, data = canary_serving
-    candidate = save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train, reseeded(7)).estimator, state)
+    candidate = save(store, train_model(spec_for(ANOMALY_DETECTOR), data.train, reseeded(7)), state)
     url = main_url(state)
     with BadRequestClient(url) as client:
         # A new version's latency series needs two scrapes (1 s apart) inside the window before rate() has data: 4 s gives a loaded
@@ -302,10 +302,10 @@ def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tm
     assert len(panel_queries) >= 6
     rule_queries = [rule["expr"] for group in rule_groups()["groups"] for rule in group["rules"]]
     try:
-        save(store, train_model(spec_for(ANOMALY_DETECTOR), ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3)).train).estimator, state)
-        forecaster = train_model(spec_for(PREDICTIVE_ANALYTICS), ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=2, seed=3)).train).estimator
-        joblib.dump(forecaster, state / "forecaster.pkl")
-        store.save_version(PREDICTIVE_ANALYTICS, state / "forecaster.pkl", {"run_name": "test"})
+        save(store, train_model(spec_for(ANOMALY_DETECTOR), ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3)).train), state)
+        forecaster = train_model(spec_for(PREDICTIVE_ANALYTICS), ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=2, seed=3)).train)
+        joblib.dump(forecaster.estimator, state / "forecaster.pkl")
+        store.save_version(PREDICTIVE_ANALYTICS, state / "forecaster.pkl", {"run_name": "test", "reference": forecaster.reference})
         urls = {}
         for model in (ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS):
             assert run_cli("rollout", model, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1").returncode == 0

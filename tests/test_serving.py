@@ -22,7 +22,7 @@ from components.data.ingest import IngestRequest, ingest
 from components.release.rollout import probe_sample
 from components.store.filesystem import FilesystemStore, load_model
 from components.model.spec import spec_for
-from components.model.train import train_model
+from components.model.train import TrainedModel, train_model
 from tests.conftest import CLI, REPO, logged, run_cli
 from tests.recipe_overrides import isolation_forest, reseeded
 
@@ -75,7 +75,7 @@ def served(tmp_path_factory, training):
     """A state dir whose store has a good detector v1, rolled out as the stable version."""
     state = tmp_path_factory.mktemp("serving")
     store = FilesystemStore(state / "store")
-    save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train).estimator, state)
+    save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train), state)
     result = run_cli("rollout", ANOMALY_DETECTOR, "--version", "v1", "--local", "--state-dir", str(state), *FAST)
     assert result.returncode == 0, result.stdout[-3000:]
     try:
@@ -84,10 +84,23 @@ def served(tmp_path_factory, training):
         run_cli("serve", "stop", "--state-dir", str(state))
 
 
-def save(store: FilesystemStore, estimator, state: Path, **record) -> str:
+def version_record(model, **record) -> tuple[object, dict]:
+    """Return (the estimator to store, its version record): a trained model's reference predictions go with it, as in the pipeline.
+
+    With them the smoke test compares served answers to what the model predicted at training; a bare estimator (a
+    hand-made bad model) is stored without, and the smoke test unpickles it instead.
+    """
+    if isinstance(model, TrainedModel):
+        return model.estimator, {**record, "reference": model.reference}
+    return model, record
+
+
+def save(store: FilesystemStore, model, state: Path, **record) -> str:
+    """Store ``model`` (a trained model with its reference predictions, or a bare estimator) as a new detector version; return it."""
     path = state / "candidate.pkl"
+    estimator, record = version_record(model, run_name="test", **record)
     joblib.dump(estimator, path)
-    return store.save_version(ANOMALY_DETECTOR, path, {"run_name": "test", **record}).version
+    return store.save_version(ANOMALY_DETECTOR, path, record).version
 
 
 def status(state: Path) -> dict:
@@ -119,7 +132,7 @@ def wrong_shape_model(training):
 
 
 def slow_model(training):
-    return train_model(spec_for(ANOMALY_DETECTOR), training.train, isolation_forest(3000, 512)).estimator
+    return train_model(spec_for(ANOMALY_DETECTOR), training.train, isolation_forest(3000, 512))
 
 
 def alarmist_model(training):
@@ -203,7 +216,7 @@ def test_a_server_that_does_not_reproduce_the_recorded_predictions_is_rejected_a
 def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(5)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(5)), state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         rollout = subprocess.Popen(
@@ -230,7 +243,7 @@ def test_killing_the_candidate_mid_canary_rolls_back_and_stable_keeps_serving(se
 
 def test_good_candidate_is_promoted_through_every_step(served, training):
     state, store = served
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(9)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(9)), state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST)
@@ -248,7 +261,7 @@ def test_good_candidate_is_promoted_through_every_step(served, training):
 def test_a_metrics_outage_during_the_canary_is_inconclusive_and_rolls_back(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(13)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(13)), state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST,
@@ -301,7 +314,7 @@ def served_versions(url: str, requests_count: int = 30) -> set[str]:
 def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_zero(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(3)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(3)), state)
     url = status(state)["url"]
     with MainUrlClient(url) as client:
         rollout = subprocess.Popen(
@@ -334,7 +347,7 @@ def test_exit_handler_takes_only_its_own_runs_live_candidate_back_to_zero(served
     state, store = served
     target = LocalTarget(state / "serving", state / "store")
     stable = target.status(ANOMALY_DETECTOR).stable
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(11)).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(11)), state)
     deploy_version(target, store, ANOMALY_DETECTOR, version, 60, run_name="run-a")
     target.set_traffic(ANOMALY_DETECTOR, 50, 10)
     url = status(state)["url"]
@@ -429,7 +442,7 @@ def test_a_server_whose_port_another_process_holds_is_started_on_another_and_nev
     ports, free_port = iter([impostor.server_address[1]]), local_serving.free_port
     monkeypatch.setattr(local_serving, "free_port", lambda: next(ports, None) or free_port())
     store = FilesystemStore(tmp_path / "store")
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train).estimator, tmp_path)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train), tmp_path)
     target = local_serving.local_target(tmp_path)
     try:
         status = target.deploy(ANOMALY_DETECTOR, version, f"pvc://models/{ANOMALY_DETECTOR}/{version}",
@@ -483,7 +496,7 @@ class V2AndV1Client(MainUrlClient):
 def test_v2_infer_on_the_main_url_during_a_canary_matches_v1(served, training):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
-    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, {"target_false_positive_rate": 0.3}).estimator, state)
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, {"target_false_positive_rate": 0.3}), state)
     url = status(state)["url"]
     sample = probe_sample(training.validation, ANOMALY_DETECTOR, rows=40)
     with V2AndV1Client(url, sample.tolist()) as client:
