@@ -81,7 +81,7 @@ def test_reject_with_the_registry_writes_approved_false_there_and_the_hold_rolls
 def test_a_registry_that_cannot_be_read_keeps_the_hold_until_the_timeout_and_never_promotes(served, training, registry):
     state, store, stable, version = new_detector_version(served, training, 41)
     with refused_url() as down:
-        rollout, lines = held_rollout(state, version, down, registry.cert, timeout_h=0.005)
+        rollout, lines = held_rollout(state, version, down, registry.cert, timeout_h=0.002)
         approved = run_cli("approve", ANOMALY_DETECTOR, version, "--state-dir", str(state), *settings(down, registry.cert), env=ENV)
         assert approved.returncode == 1 and f"cannot reach the model registry at {down}" in approved.stdout, approved.stdout
         output = finish(rollout, lines)
@@ -90,7 +90,7 @@ def test_a_registry_that_cannot_be_read_keeps_the_hold_until_the_timeout_and_nev
     assert len(said) == 1, f"said once while it lasts: {output[-4000:]}"
     assert f"no decision readable: cannot mark {ANOMALY_DETECTOR} {version} awaiting approval in the registry" in said[0]
     assert "still holding (an unreadable decision never promotes)" in said[0]
-    assert summary_row(output, version).split(None, 2)[2] == "rejected at canary-promote: not approved within 0.005 h"
+    assert summary_row(output, version).split(None, 2)[2] == "rejected at canary-promote: not approved within 0.002 h"
     assert status(state)["stable"] == stable and status(state)["candidate"] is None
 
 
