@@ -20,7 +20,7 @@ from benchmarks import quality
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.evaluate import detection_scores
 from components.model.spec import spec_for
-from components.model.train import FALLBACK_MARGIN, engine_fallback_probe
+from components.model.train import fallback_threshold_limit
 
 DEFAULT_RATES = (0.005, 0.01, 0.02, 0.03, 0.05)
 TARGET_SMD_MEAN_F1 = 0.45
@@ -73,11 +73,8 @@ def score_project(train_features: np.ndarray, test_features: np.ndarray) -> Scor
     """Fit the spec's recipe once through fit_outlier_detector and return its scores and threshold as its calibration sets it."""
     model = quality.fit_project_detector(train_features)
     train_scores = model.score_samples(train_features)
-    cap = np.inf
-    probe = engine_fallback_probe(spec_for(ANOMALY_DETECTOR), train_features.shape[1])
-    if probe is not None:
-        fallback_score = float(model.score_samples(probe[None, :])[0])
-        cap = fallback_score - FALLBACK_MARGIN * abs(fallback_score)
+    limit = fallback_threshold_limit(spec_for(ANOMALY_DETECTOR), model, train_features.shape[1])
+    cap = np.inf if limit is None else limit
     return ScoredRecipe(model.score_samples(test_features), lambda rate: min(float(np.quantile(train_scores, rate)), cap))
 
 

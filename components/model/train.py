@@ -221,6 +221,16 @@ def engine_fallback_probe(spec: ModelSpec, n_features: int) -> np.ndarray | None
     return np.array(spec.smoke.instance, dtype=float) if len(spec.smoke.instance) == n_features else None
 
 
+def fallback_threshold_limit(spec: ModelSpec, pipeline: Pipeline, n_features: int) -> float | None:
+    """Return the highest threshold that still calls the engine's fallback probe normal (a margin below its score), or None
+    when the spec's smoke probe is not the engine's fallback."""
+    probe = engine_fallback_probe(spec, n_features)
+    if probe is None:
+        return None
+    fallback_score = float(pipeline.score_samples(probe[None, :])[0])
+    return fallback_score - FALLBACK_MARGIN * abs(fallback_score)
+
+
 def fit_outlier_detector(spec: ModelSpec, normal: np.ndarray) -> tuple[Pipeline, dict[str, float | str]]:
     """Fit an anomaly spec's pipeline on normal feature rows (any number of inputs) and return it with its threshold calibration.
 
@@ -248,11 +258,8 @@ def fit_outlier_detector(spec: ModelSpec, normal: np.ndarray) -> tuple[Pipeline,
     scores = pipeline.score_samples(normal)
     # decision_function = score_samples - offset_; rows scoring below the offset are anomalies.
     threshold = offset = float(np.quantile(scores, rate))
-    fallback_limit = None
-    probe = engine_fallback_probe(spec, normal.shape[1])
-    if probe is not None:
-        fallback_score = float(pipeline.score_samples(probe[None, :])[0])
-        fallback_limit = fallback_score - FALLBACK_MARGIN * abs(fallback_score)
+    fallback_limit = fallback_threshold_limit(spec, pipeline, normal.shape[1])
+    if fallback_limit is not None:
         threshold = min(offset, fallback_limit)
     pipeline.steps[-1][1].offset_ = threshold
     calibration = {
