@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from components.registry.client import RegistryClient, RegistryConflict, RegistryError, plain_values, property_values
 from components.store.filesystem import ModelStore, StoreError, version_number
@@ -100,18 +101,28 @@ def owned(client: RegistryClient, entry: dict, what: str) -> dict:
     return entry
 
 
+def _found_or_created(client: RegistryClient, find: Callable[[], dict | None], create: Callable[[], dict], what: str) -> tuple[dict, bool]:
+    """Return (the project's entry ``find`` looks up, else the one ``create`` makes; whether this call created it); when a create
+    loses a race (409: another run created it between the lookup and the create) the winner's entry, if it is the project's; raise
+    RegistryError when the entry found is someone else's."""
+    found = find()
+    if found is None:
+        try:
+            return create(), True
+        except RegistryConflict:
+            found = find() or {}
+    return owned(client, found, what), False
+
+
 def registered_model(client: RegistryClient, model_name: str, description: str, owner: str) -> dict:
     """Return the project's RegisteredModel ``model_name``, created (or its description and owner brought up to date) as the spec says;
     raise RegistryError when an entry of that name is someone else's."""
-    found = client.find_registered_model(model_name)
-    if found is None:
-        try:
-            return client.create_registered_model({"name": model_name, "description": description, "owner": owner, "state": "LIVE",
-                                                   "customProperties": OWNERSHIP})
-        except RegistryConflict:  # another run registered it between the lookup and the create: use that one if it is ours
-            found = client.find_registered_model(model_name) or {}
-    owned(client, found, f"a RegisteredModel named {model_name!r}")
-    if found.get("description", "") != description or found.get("owner", "") != owner:
+    found, created = _found_or_created(
+        client, lambda: client.find_registered_model(model_name),
+        lambda: client.create_registered_model({"name": model_name, "description": description, "owner": owner, "state": "LIVE",
+                                                "customProperties": OWNERSHIP}),
+        f"a RegisteredModel named {model_name!r}")
+    if not created and (found.get("description", "") != description or found.get("owner", "") != owner):
         return client.update_registered_model(found["id"], {"description": description, "owner": owner})
     return found
 
@@ -119,13 +130,8 @@ def registered_model(client: RegistryClient, model_name: str, description: str, 
 def model_version(client: RegistryClient, model: dict, version: str, body: dict) -> tuple[dict, bool]:
     """Return (the project's ModelVersion ``version`` of ``model``, whether this call created it from ``body``); raise RegistryError
     when an entry of that name is someone else's."""
-    found = client.find_model_version(version, model["id"])
-    if found is None:
-        try:
-            return client.create_model_version(body), True
-        except RegistryConflict:  # another run's sync registered it between the lookup and the create: use that one if it is ours
-            found = client.find_model_version(version, model["id"]) or {}
-    return owned(client, found, f"a ModelVersion {version!r} of {model['name']!r}"), False
+    return _found_or_created(client, lambda: client.find_model_version(version, model["id"]), lambda: client.create_model_version(body),
+                             f"a ModelVersion {version!r} of {model['name']!r}")
 
 
 def sync_model(store: ModelStore, client: RegistryClient, model_name: str, description: str, owner: str, storage_key: str = "") -> SyncReport:
