@@ -249,6 +249,20 @@ def _local_environment(state_dir: Path) -> Iterator[None]:
                 os.environ[name] = value
 
 
+EXECUTOR_COMMAND = "python3 -m kfp.dsl.executor_main"  # how KFP's step command starts a lightweight component's executor
+FORKED_EXECUTOR_COMMAND = "python3 -m components.runtime.step_client kfp.dsl.executor_main"
+
+
+def forked_steps(pipeline):
+    """Return the built ``pipeline`` with every step's executor started through the step forkserver
+    (``components.runtime.step_client``) instead of a fresh interpreter: a local run only, the compiled YAML is unchanged."""
+    executors = pipeline.pipeline_spec.deployment_spec.fields["executors"].struct_value.fields
+    for executor in executors.values():
+        for part in executor.struct_value.fields["container"].struct_value.fields["command"].list_value.values:
+            part.string_value = part.string_value.replace(EXECUTOR_COMMAND, FORKED_EXECUTOR_COMMAND)
+    return pipeline
+
+
 def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_path: Path, verbose: bool, lock: str | None = None,
              installation: Installation = Installation(), spec: ModelSpec | None = None):
     """Run ``pipeline`` with kfp.local in the state dir, its step output in the run log; return (task, "") or (None, error).
@@ -265,7 +279,7 @@ def _execute(pipeline: str, arguments: dict[str, object], state_dir: Path, log_p
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             with local_run_lock(lock) if lock else contextlib.nullcontext():
-                return builder_for(pipeline, spec)(DEFAULT_IMAGE, installation)(**arguments), ""
+                return forked_steps(builder_for(pipeline, spec)(DEFAULT_IMAGE, installation))(**arguments), ""
         except RunActiveError as error:
             return None, f"failed at start: {error}"
         except RuntimeError as error:

@@ -98,11 +98,11 @@ def test_the_launcher_takes_only_bounded_server_arguments_a_log_of_its_own_and_t
 @pytest.mark.parametrize(("changed", "old", "new"), [("anomaly-detector.yaml", "min_f1: 0.25", "min_f1: 0.3"),
                                                      ("types/adr-040.yaml", "champion_tolerance: 0.05", "champion_tolerance: 0.1")])
 def test_a_changed_builtin_model_spec_or_type_table_means_a_new_launcher(tmp_path, monkeypatch, changed, old, new):
-    from components.runtime import server_launcher
+    from components.runtime import warm_process
 
     before = launcher_address(tmp_path)
-    specs = shutil.copytree(server_launcher.SPECS, tmp_path / "specs")
-    monkeypatch.setattr(server_launcher, "SPECS", specs)
+    specs = shutil.copytree(warm_process.SPECS, tmp_path / "specs")
+    monkeypatch.setattr(warm_process, "SPECS", specs)
     assert launcher_address(tmp_path) == before
     edited = specs / changed
     assert old in edited.read_text()

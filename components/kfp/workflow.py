@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from components import __version__
+from components.runtime.warm_process import SERVING_HOME_ENV
 from components.model.contract import TIMESTAMP_COLUMN, schema_for
 from components.model.spec import spec_for
 from components.serving.target import ServingError, ServingTarget
@@ -48,7 +49,6 @@ if TYPE_CHECKING:  # a serving step imports only its target's module (a step tha
     from components.monitoring.monitor import Assessment, Decision, MonitorSettings
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
-SERVING_HOME_ENV = "MODEL_SERVING_HOME"
 RUN_LOCKS_ENV = "MODEL_PIPELINES_RUN_LOCKS"  # set by local runs: where a retrain or rollout holds its model's lock
 SERVING_TARGETS = ("kserve", "local", "gitops")
 

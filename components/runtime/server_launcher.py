@@ -19,17 +19,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from components.runtime.warm_process import code_digest, peer_uid
 from components.serving.target import ServingError
 
 IDLE_EXIT_S = 300.0
@@ -39,8 +38,6 @@ ACCEPT_POLL_S = 1.0
 START_TIMEOUT_S = 60.0
 ASK_TIMEOUT_S = 30.0
 RUNTIME_ENVIRONMENT = ("PREDICT_PROBA",)  # the predictor environment the model server reads (as KServe's sklearnserver does)
-CODE = Path(__file__).resolve().parents[1]  # the whole components package: a changed module means a new launcher
-SPECS = CODE / "model" / "builtin_specs"  # the built-in model specs and type table, which the contract reads at import: code too
 
 
 def log_tail(path: Path, lines: int = 5) -> str:
@@ -50,10 +47,7 @@ def log_tail(path: Path, lines: int = 5) -> str:
 
 def launcher_address(home: Path) -> str:
     """Return the abstract socket address of the launcher for ``home`` running this code with this interpreter."""
-    digest = hashlib.sha256(f"{home.resolve()}\0{sys.executable}".encode())
-    for source in [*sorted(CODE.rglob("*.py")), *sorted(path for path in SPECS.rglob("*") if path.is_file())]:
-        digest.update(source.read_bytes())
-    return f"\0model-pipelines-launcher-{digest.hexdigest()[:32]}"
+    return f"\0model-pipelines-launcher-{code_digest(str(home.resolve()), sys.executable)}"
 
 
 class ServerLauncher:
@@ -186,12 +180,6 @@ def run_server(arguments: list[str], log: Path, environment: dict[str, str]) -> 
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-
-
-def peer_uid(connection: socket.socket) -> int:
-    """Return the user id of the process at the other end of a Unix socket."""
-    _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return uid
 
 
 def answer(connection: socket.socket, listener: socket.socket, logs: Path, children: set[int]) -> bool:
