@@ -113,19 +113,31 @@ def sleeper(marker: str) -> str:
         handle.write(str(os.getpid()))
     time.sleep(120)
     return "woke"
+
+
+def quick(marker: str) -> str:
+    with open(marker, "w") as handle:
+        handle.write(str(os.getppid()))
+    return "done"
 '''
 
 
-def start_sleeping_step(tmp_path: Path) -> tuple[subprocess.Popen, int]:
-    """Start a step through the client, as a local run's command does; return the client and the forked step's pid."""
+def step_command(tmp_path: Path, function: str, **environment: str) -> tuple[list[str], dict[str, str], Path]:
+    """Return the client command of a step running ``function`` of SLEEPER, its environment and the marker it writes."""
     module = tmp_path / "sleeper.py"
     module.write_text(SLEEPER)
     marker = tmp_path / "step.pid"
     executor_input = {"inputs": {"parameterValues": {"marker": str(marker)}},
                       "outputs": {"parameters": {"Output": {"outputFile": str(tmp_path / "output")}}, "outputFile": str(tmp_path / "executor_output.json")}}
-    environment = {**os.environ, "_KFP_RUNTIME": "true", "MODEL_SERVING_HOME": str(tmp_path / "serving")}
-    client = subprocess.Popen([sys.executable, "-m", "components.runtime.step_client", EXECUTOR_MODULE, "--component_module_path", str(module),
-                               "--function_to_execute", "sleeper", "--executor_input", json.dumps(executor_input)], cwd=tmp_path, env=environment)
+    command = [sys.executable, "-m", "components.runtime.step_client", EXECUTOR_MODULE, "--component_module_path", str(module),
+               "--function_to_execute", function, "--executor_input", json.dumps(executor_input)]
+    return command, {**os.environ, "_KFP_RUNTIME": "true", "MODEL_SERVING_HOME": str(tmp_path / "serving"), **environment}, marker
+
+
+def start_sleeping_step(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """Start a step through the client, as a local run's command does; return the client and the forked step's pid."""
+    command, environment, marker = step_command(tmp_path, "sleeper")
+    client = subprocess.Popen(command, cwd=tmp_path, env=environment)
     deadline = time.monotonic() + 60
     while not marker.is_file() or not marker.read_text():
         assert client.poll() is None and time.monotonic() < deadline, "the step never started"
@@ -191,3 +203,21 @@ def test_the_forkserver_runs_only_the_kfp_executor_and_bounds_its_requests(tmp_p
         assert forkserver.wait(timeout=60) == 0, "an idle forkserver exits by itself"
     finally:
         forkserver.kill()
+
+
+def test_a_step_whose_forkserver_cannot_start_runs_fresh_and_says_why(tmp_path):
+    (tmp_path / "not-a-directory").write_text("")
+    # A keyed name no other test uses, so that no running forkserver answers, and a serving home where no log can be made.
+    command, environment, marker = step_command(tmp_path, "quick", PYTHONHASHSEED="777", MODEL_SERVING_HOME=str(tmp_path / "not-a-directory"))
+    result = subprocess.run(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout
+    assert "the step runs in a fresh process" in result.stdout
+    assert int(marker.read_text()) not in forkserver_pids()
+    assert json.loads((tmp_path / "executor_output.json").read_text())["parameterValues"]["Output"] == "done"
+
+
+def test_a_forkserver_whose_environment_is_not_its_clients_exits_at_once_and_says_why():
+    result = subprocess.run([sys.executable, "-m", "components.runtime.step_forkserver", "--expect-address", "model-pipelines-steps-elsewhere"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "its Python path or environment differs from the client's" in result.stdout

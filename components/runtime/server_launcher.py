@@ -28,7 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
-from components.runtime.warm_process import code_digest, peer_uid
+from components.runtime.warm_process import code_digest, log_tail, peer_uid
 from components.serving.target import ServingError
 
 IDLE_EXIT_S = 300.0
@@ -38,11 +38,6 @@ ACCEPT_POLL_S = 1.0
 START_TIMEOUT_S = 60.0
 ASK_TIMEOUT_S = 30.0
 RUNTIME_ENVIRONMENT = ("PREDICT_PROBA",)  # the predictor environment the model server reads (as KServe's sklearnserver does)
-
-
-def log_tail(path: Path, lines: int = 5) -> str:
-    """Return the last ``lines`` lines of a log file joined with " | " (nothing when it does not exist)."""
-    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.is_file() else ""
 
 
 def launcher_address(home: Path) -> str:

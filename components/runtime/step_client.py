@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from components.runtime.step_forkserver import EXECUTOR_MODULE, forkserver_address, keyed_environment
-from components.runtime.warm_process import SERVING_HOME_ENV, peer_uid
+from components.runtime.warm_process import SERVING_HOME_ENV, log_tail, peer_uid
 
 SWITCH = "MODEL_PIPELINES_STEP_FORKSERVER"  # "off": every step in a fresh process
 START_TIMEOUT_S = 60.0
@@ -64,15 +64,15 @@ def start(address: str, logs: Path) -> socket.socket:
             pass
         environment = {**keyed_environment(dict(os.environ)), **{name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}}
         with open(logs / "step-forkserver.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "components.runtime.step_forkserver"], env=environment, stdin=subprocess.DEVNULL,
-                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+            process = subprocess.Popen([sys.executable, "-m", "components.runtime.step_forkserver", "--expect-address", address[1:]], env=environment,
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
                 return connect(address)
             except (ConnectionRefusedError, FileNotFoundError):
                 if process.poll() is not None and process.returncode != 1:  # 1: another forkserver took the address first
-                    break
+                    raise NoForkserver(f"the step forkserver exited with {process.returncode}: {log_tail(logs / 'step-forkserver.log')}")
                 time.sleep(0.05)
         raise NoForkserver(f"the step forkserver did not start within {START_TIMEOUT_S:g} s (its log: {logs / 'step-forkserver.log'})")
 

@@ -89,6 +89,17 @@ def parse_request(raw: bytes) -> tuple[list[str], dict[str, str], str]:
     return arguments, environment, directory
 
 
+def fresh_process_state() -> None:
+    """Forget what the preloaded modules derived from the forkserver's environment and randomness: the time zone, the
+    temporary directory and NumPy's global random state are the step's own, as in a fresh process."""
+    import tempfile
+
+    time.tzset()
+    tempfile.tempdir = None
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+
+
 def run_step(arguments: list[str], environment: dict[str, str], directory: str, streams: list[int]) -> None:
     """In a forked child: take the client's standard streams, environment and directory, run the KFP executor with
     ``arguments`` in a session of its own, as ``python -m kfp.dsl.executor_main`` would; never return."""
@@ -105,6 +116,7 @@ def run_step(arguments: list[str], environment: dict[str, str], directory: str, 
         os.environ.clear()
         os.environ.update(environment)
         sys.path[0] = directory  # as `python -m` puts it first
+        fresh_process_state()
         from kfp.dsl import executor_main
 
         sys.argv = [executor_main.__file__, *arguments]
@@ -274,11 +286,17 @@ class Forkserver:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Preload, bind the forkserver's address and fork steps until idle; return 0 (1 when another forkserver holds it)."""
+    """Preload, bind the forkserver's address and fork steps until idle; return 0 (1 when another forkserver holds the address, 2
+    when it is not the one its client expects)."""
     parser = argparse.ArgumentParser(description="Fork local pipeline steps from one process that has imported their libraries.")
     parser.add_argument("--idle-exit-s", type=float, default=IDLE_EXIT_S)
+    parser.add_argument("--expect-address", help="the address its client computed: exit 2 at once if this process's differs")
     args = parser.parse_args(argv)
     address = forkserver_address(sys.path[1:], dict(os.environ))  # as started: scikit-learn sets KMP_ names when imported
+    if args.expect_address is not None and args.expect_address != address[1:]:
+        print(f"step forkserver: started as @{address[1:]}, not as the client's @{args.expect_address}: its Python path or "
+              "environment differs from the client's", file=sys.stderr)
+        return 2
     preload()
     gc.freeze()  # the preloaded objects stay out of the children's collections, and their pages shared
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

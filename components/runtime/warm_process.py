@@ -25,3 +25,8 @@ def peer_uid(connection: socket.socket) -> int:
     """Return the user id of the process at the other end of a Unix socket."""
     _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     return uid
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """Return the last ``lines`` lines of a log file joined with " | " (nothing when it does not exist)."""
+    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.is_file() else ""

@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 from components.files import exclusive_lock, write_json_atomically
 from components.model.spec import spec_for
 from components.runtime.answers import predictor_environment
-from components.runtime.server_launcher import ServerLauncher, log_tail
+from components.runtime.server_launcher import ServerLauncher
+from components.runtime.warm_process import log_tail
 from components.store.filesystem import MODEL_FILENAME, RECORD_FILENAME
 from components.serving.target import Endpoints, ServingError, ServingStatus, model_url
 
