@@ -35,12 +35,12 @@ run: $(STAMP) ## train, evaluate and store both models locally (no cluster)
 # printed in full when it fails, and make test fails if either does.
 PY312_LOG := build/test-py312.log
 
-test: $(STAMP) ## the whole test suite, end-to-end tests included, on three xdist workers, and beside it the Python 3.12 check (installs Prometheus with apt when root)
+test: $(STAMP) ## the whole test suite, end-to-end tests included, on four xdist workers, and beside it the Python 3.12 check (installs Prometheus with apt when root)
 	tools/ensure-test-tools
 	$(BIN)/python -m compileall -q components pipelines  # the tests start hundreds of step and server processes: none compiles the project again (PYTHONDONTWRITEBYTECODE may be set)
 	@mkdir -p build; echo "make test: the Python 3.12 check (make test-py312) runs beside the suite, logging to $(PY312_LOG)"
 	@$(MAKE) --no-print-directory test-py312 > $(PY312_LOG) 2>&1 & py312=$$!; \
-	$(BIN)/pytest -q --durations=15 -n 3 --dist loadgroup --no-loadscope-reorder; suite=$$?; \
+	$(BIN)/pytest -q --durations=15 -n 4 --dist loadgroup --no-loadscope-reorder; suite=$$?; \
 	wait $$py312; py312_status=$$?; \
 	if [ $$py312_status -eq 0 ]; then echo "make test: the Python 3.12 check passed: $$(grep -c '' $(PY312_LOG)) lines in $(PY312_LOG)"; \
 	else cat $(PY312_LOG); echo "make test: the Python 3.12 check failed (its log is above, and in $(PY312_LOG))"; fi; \

@@ -52,10 +52,18 @@ def forkserver_address(python_path: list[str], environment: dict[str, str]) -> s
 
 
 def preload() -> None:
-    """Import what the steps import: KFP's executor, the numeric and HTTP libraries, and the project's step logic."""
+    """Import what the steps import: KFP's executor, the numeric, Parquet and HTTP libraries, and the project's step logic
+    with the configuration every step reads, the registry client and the serving targets."""
+    import concurrent.futures.thread  # noqa: F401
+    import netrc  # noqa: F401
+    import shlex  # noqa: F401
+
     import jsonschema  # noqa: F401
     import kubernetes.client  # noqa: F401
     import pandas  # noqa: F401
+    import pandas.core.arrays.arrow.extension_types  # noqa: F401
+    import pyarrow.dataset  # noqa: F401
+    import pyarrow.pandas_compat  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     import requests  # noqa: F401
     import sklearn.metrics  # noqa: F401
@@ -63,13 +71,18 @@ def preload() -> None:
 
     import components.data.ingest  # noqa: F401
     import components.data.prometheus  # noqa: F401
+    import components.kfp.config  # noqa: F401
+    import components.kfp.run_parameters  # noqa: F401
     import components.kfp.workflow  # noqa: F401
     import components.model.evaluate  # noqa: F401
     import components.model.train  # noqa: F401
     import components.monitoring.drift  # noqa: F401
+    import components.registry.sync  # noqa: F401
     import components.release.approval  # noqa: F401
     import components.release.rollout  # noqa: F401
+    import components.serving.gitops.target  # noqa: F401
     import components.serving.kserve  # noqa: F401
+    import components.serving.kserve.merge_patch  # noqa: F401
 
 
 def parse_request(raw: bytes) -> tuple[list[str], dict[str, str], str]:
