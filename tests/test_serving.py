@@ -283,8 +283,9 @@ def _parent(pid: int) -> int:
 
 
 def executor_processes(function_name: str, ancestor: int) -> list[int]:
-    """Return the pids of kfp.local executor processes running ``function_name`` that descend from ``ancestor`` (this test's run:
-    another test's steps, e.g. a parallel worker's fleet rollout, are never touched)."""
+    """Return the pids of kfp.local step commands running ``function_name`` that descend from ``ancestor`` (this test's run:
+    another test's steps, e.g. a parallel worker's fleet rollout, are never touched). A local run's step command hands its
+    executor to the step forkserver, which ends the step when the command dies."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -329,7 +330,7 @@ def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_z
         crashed = executor_processes("canary_promote", rollout.pid)
         assert crashed, "the canary step is running"
         for pid in crashed:
-            os.kill(pid, signal.SIGKILL)  # the step dies mid-canary with half the live traffic on the candidate
+            os.kill(pid, signal.SIGKILL)  # the step's command dies mid-canary, and the step with it, with half the live traffic on the candidate
         output, _ = rollout.communicate(timeout=300)
     assert rollout.returncode == 1, output[-3000:]
     steps = {line.split()[0]: line.split(None, 3)[1:] for line in output.splitlines() if line.startswith("  ") and len(line.split()) > 2}

@@ -62,6 +62,7 @@ def forkserver_pids() -> set[int]:
 
 
 def environ_of(pid: int) -> dict[str, str]:
+    """Return the environment process ``pid`` started with."""
     pairs = (item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
     return {name.decode(): value.decode() for name, value in pairs}
 
@@ -146,6 +147,7 @@ def start_sleeping_step(tmp_path: Path) -> tuple[subprocess.Popen, int]:
 
 
 def wait_gone(pid: int, timeout_s: float = 30) -> bool:
+    """Return whether process ``pid`` ended (or is a zombie) within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -160,7 +162,8 @@ def wait_gone(pid: int, timeout_s: float = 30) -> bool:
 
 def test_a_signal_to_the_step_command_reaches_the_forked_step_and_the_command_dies_of_it(tmp_path):
     client, step = start_sleeping_step(tmp_path)
-    assert step != client.pid and step in {int(task) for task in os.listdir("/proc") if task.isdigit()}
+    assert step != client.pid
+    assert b"kfp.dsl.executor_main --function_to_execute sleeper" in Path(f"/proc/{step}/cmdline").read_bytes(), "ps shows the step"
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=30) == -signal.SIGTERM
     assert wait_gone(step), "the forked step outlived a SIGTERM to its command"

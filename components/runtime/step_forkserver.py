@@ -119,6 +119,11 @@ def run_step(arguments: list[str], environment: dict[str, str], directory: str, 
     code, fatal_signal = 1, 0
     try:
         os.setsid()
+        import setproctitle  # before the environment changes: it finds the command line's memory beside the environment's
+
+        # ps and pgrep -f show which step runs, not the forkserver's command line
+        function = arguments[arguments.index("--function_to_execute") + 1] if "--function_to_execute" in arguments[:-1] else "?"
+        setproctitle.setproctitle(f"{sys.executable} -m {EXECUTOR_MODULE} --function_to_execute {function} (forked)")
         signal.set_wakeup_fd(-1)
         for signal_number, handler in ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
             signal.signal(signal_number, handler)
