@@ -148,8 +148,9 @@ def alarmist_model(training):
         (float_model, (), "smoke", "contract types and shape: not JSON integers -1/1"),
         (wrong_shape_model, (), "smoke", "contract types and shape: not JSON integers -1/1: [[1.0, 1.0]"),
         (slow_model, ("--param", "max_p95_latency_ms=20"), "smoke", "p95 latency:"),
-        # Long enough at 10 % that the client's live requests reach the candidate (about 0.9^150 odds of none).
-        (alarmist_model, ("--param", "canary_interval_s=1.5"), "canary", "prediction_shift"),
+        # Long enough at 10 % that the client's live requests reach the candidate: two analyses (failure_limit 1) after 3 s
+        # each, at about 15 requests a second, are about 90 requests, with 0.9^90 (1 in 13,000) odds that none reaches it.
+        (alarmist_model, ("--param", "canary_interval_s=3"), "canary", "prediction_shift"),
     ],
     ids=["raises", "floats", "wrong-shape", "10x-slow", "flags-everything"],
 )
