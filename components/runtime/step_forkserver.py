@@ -271,7 +271,7 @@ class Forkserver:
             except (KeyError, ValueError):
                 pass
             try:
-                connection.setblocking(True)
+                connection.settimeout(REQUEST_TIMEOUT_S)  # a client that stops reading cannot hold the forkserver
                 connection.sendall(json.dumps(status_message(status)).encode() + b"\n")
             except OSError:
                 pass
