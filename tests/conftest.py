@@ -24,6 +24,16 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def command_lines() -> Iterator[tuple[int, list[bytes]]]:
+    """Yield (pid, command-line arguments) of every process in /proc; one that ends while it is read is skipped."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+
+
 def logged(result: subprocess.CompletedProcess) -> str:
     """Return a run's output plus the step logs it wrote to the log files that its summary names."""
     line = next((line for line in result.stdout.splitlines() if line.startswith("logs:")), "")

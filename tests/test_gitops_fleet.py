@@ -40,7 +40,7 @@ from tests.kustomize import MANIFESTS, rendered
 from tests.servers import PrometheusServer
 from tests.test_gitops_manifests import errors, validators  # noqa: F401 (a fixture)
 from tests.test_kserve import CRDS, crd_schemas, models  # noqa: F401 (fixtures)
-from tests.test_serving import MainUrlClient, version_record
+from tests.test_serving import MainUrlClient, save
 
 PASSWORD = "fleet-push-token-5c2e"
 NAMESPACE = "self-healing-platform"
@@ -73,10 +73,7 @@ class Fleet:
                        "--param", "fleet_wave_timeout_s=60", *extra, env=self.env, timeout=900)
 
     def store_version(self, model, name: str = ANOMALY_DETECTOR) -> str:
-        path = self.state / f"candidate-{name}.pkl"
-        estimator, record = version_record(model, run_name="test")
-        joblib.dump(estimator, path)
-        return FilesystemStore(self.state / "store").save_version(name, path, record).version
+        return save(FilesystemStore(self.state / "store"), model, self.state, name)
 
     def serving(self, cluster: str, name: str = ANOMALY_DETECTOR) -> dict:
         return self.hub.spokes[cluster].standin.get(NAMESPACE, name)

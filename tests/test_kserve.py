@@ -34,7 +34,7 @@ from components.model.train import train_model
 from tests.conftest import REPO, logged, run_cli
 from tests.recipe_overrides import reseeded
 from tests.k8s_standin import KubeStandIn, crd_schema
-from tests.test_serving import FALLBACK, MainUrlClient, alarmist_model, version_record
+from tests.test_serving import FALLBACK, MainUrlClient, alarmist_model, save
 
 CRDS = REPO.parent / "shared" / "reference" / "kserve-crds"
 FAST = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10", "--param", "days=1",
@@ -80,12 +80,7 @@ class Project:
                        "--param", f"namespace={self.namespace}", "--pvc-name", self.pvc, *extra, env=self.cluster.env)
 
     def store_version(self, model_name: str, model, data_source: str = "prometheus") -> str:
-        import joblib
-
-        path = self.state / "candidate.pkl"
-        estimator, record = version_record(model, run_name="test", data_source=data_source)
-        joblib.dump(estimator, path)
-        return FilesystemStore(self.state / "store").save_version(model_name, path, record).version
+        return save(FilesystemStore(self.state / "store"), model, self.state, model_name, data_source=data_source)
 
     def isvc(self, name: str) -> dict | None:
         return self.cluster.standin.get(self.namespace, name)

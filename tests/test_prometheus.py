@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import joblib
 import pytest
 import requests
 import yaml
@@ -27,7 +26,7 @@ from tests.recipe_overrides import isolation_forest, reseeded
 from tests.http_json import send_json
 from tests.servers import PrometheusServer, serve_https, tls_certificate
 from tests.test_hardening import metric
-from tests.test_serving import MainUrlClient, save, version_record
+from tests.test_serving import MainUrlClient, save
 
 METRICS = ["node_cpu_utilization", "node_memory_utilization", "pod_cpu_usage", "pod_memory_usage", "container_restart_count"]
 QUERIES = {name: (f"max(test_{name})" if name == "container_restart_count" else f"avg(test_{name})") for name in METRICS}
@@ -303,10 +302,8 @@ def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tm
     rule_queries = [rule["expr"] for group in rule_groups()["groups"] for rule in group["rules"]]
     try:
         save(store, train_model(spec_for(ANOMALY_DETECTOR), ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=3)).train), state)
-        forecaster, record = version_record(train_model(spec_for(PREDICTIVE_ANALYTICS), ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=2, seed=3)).train),
-                                            run_name="test")
-        joblib.dump(forecaster, state / "forecaster.pkl")
-        store.save_version(PREDICTIVE_ANALYTICS, state / "forecaster.pkl", record)
+        save(store, train_model(spec_for(PREDICTIVE_ANALYTICS), ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=2, seed=3)).train), state,
+             PREDICTIVE_ANALYTICS)
         urls = {}
         for model in (ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS):
             assert run_cli("rollout", model, "--version", "v1", "--local", "--state-dir", str(state), "--param", "days=1").returncode == 0

@@ -23,7 +23,7 @@ from components.release.rollout import probe_sample
 from components.store.filesystem import FilesystemStore, load_model
 from components.model.spec import spec_for
 from components.model.train import TrainedModel, train_model
-from tests.conftest import CLI, REPO, logged, run_cli
+from tests.conftest import CLI, REPO, command_lines, logged, run_cli
 from tests.recipe_overrides import isolation_forest, reseeded
 
 FAST = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10", "--param", "days=1")
@@ -95,12 +95,13 @@ def version_record(model, **record) -> tuple[object, dict]:
     return model, record
 
 
-def save(store: FilesystemStore, model, state: Path, **record) -> str:
-    """Store ``model`` (a trained model with its reference predictions, or a bare estimator) as a new detector version; return it."""
-    path = state / "candidate.pkl"
+def save(store: FilesystemStore, model, state: Path, model_name: str = ANOMALY_DETECTOR, **record) -> str:
+    """Store ``model`` (a trained model with its reference predictions, or a bare estimator) as a new version of ``model_name``,
+    staged in ``state``; return it."""
+    path = state / f"candidate-{model_name}.pkl"
     estimator, record = version_record(model, run_name="test", **record)
     joblib.dump(estimator, path)
-    return store.save_version(ANOMALY_DETECTOR, path, record).version
+    return store.save_version(model_name, path, record).version
 
 
 def status(state: Path) -> dict:
@@ -287,20 +288,16 @@ def executor_processes(function_name: str, ancestor: int) -> list[int]:
     """Return the pids of kfp.local step commands running ``function_name`` that descend from ``ancestor`` (this test's run:
     another test's steps, e.g. a parallel worker's fleet rollout, are never touched). A local run's step command hands its
     executor to the step forkserver, which ends the step when the command dies."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                arguments = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"kfp.dsl.executor_main" in arguments and any(function_name.encode() in argument for argument in arguments):
-                pid = int(proc.name)
-                while pid > 1 and pid != ancestor:
-                    pid = _parent(pid)
-                if pid == ancestor:
-                    found.append(int(proc.name))
-    return found
+    return [pid for pid, arguments in command_lines()
+            if b"kfp.dsl.executor_main" in arguments and any(function_name.encode() in argument for argument in arguments)
+            and _descends_from(pid, ancestor)]
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Return whether process ``pid`` is ``ancestor`` or one of its descendants."""
+    while pid > 1 and pid != ancestor:
+        pid = _parent(pid)
+    return pid == ancestor
 
 
 def served_versions(url: str, requests_count: int = 30) -> set[str]:

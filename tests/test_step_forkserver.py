@@ -17,7 +17,7 @@ from kfp import dsl, local
 from components.runtime.step_client import SWITCH
 from components.runtime.step_forkserver import EXECUTOR_MODULE
 from pipelines.local import forked_steps
-from tests.conftest import REPO
+from tests.conftest import REPO, command_lines
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -49,16 +49,7 @@ def one_failure() -> str:
 
 def forkserver_pids() -> set[int]:
     """Return the pids of the step forkservers running this checkout's code."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"components.runtime.step_forkserver" in command:
-                found.add(int(entry.name))
-    return found
+    return {pid for pid, command in command_lines() if b"components.runtime.step_forkserver" in command}
 
 
 def environ_of(pid: int) -> dict[str, str]:
