@@ -95,10 +95,8 @@ CLUSTER_NUMBERS = itertools.count(1)  # names each stand-in's runtime logs in th
 
 @functools.cache
 def shared_launcher() -> ServerLauncher:
-    """Return this test process's one warm launcher, shared by its stand-in clusters, stopped when the process exits.
-
-    A launcher preloads KServe and scikit-learn (about 2.5 s of CPU): one per worker instead of one per cluster or spoke.
-    """
+    """Return this test process's client of the warm launcher, whose logs/ holds its stand-in clusters' runtime logs, removed
+    when the process exits; the launcher stops then too unless another directory's server lives (it serves them all)."""
     home = Path(tempfile.mkdtemp(prefix="standin-runtimes-"))
     launcher = ServerLauncher(home)
     atexit.register(shutil.rmtree, home, ignore_errors=True)

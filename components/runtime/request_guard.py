@@ -16,6 +16,7 @@ import math
 import os
 from typing import Mapping
 
+LIMIT_ENVIRONMENT = ("MODEL_MAX_BODY_BYTES", "MODEL_MAX_ROWS", "MODEL_HEADER_TIMEOUT_S", "MODEL_BODY_TIMEOUT_S")  # read at import, below
 DEFAULT_MAX_BODY_BYTES = int(os.environ.get("MODEL_MAX_BODY_BYTES", str(4 * 1024 * 1024)))
 DEFAULT_MAX_ROWS = int(os.environ.get("MODEL_MAX_ROWS", "10000"))
 DEFAULT_HEADER_TIMEOUT_S = float(os.environ.get("MODEL_HEADER_TIMEOUT_S", "10"))

@@ -2,14 +2,18 @@
 
 Starting ``python -m components.runtime.model_server`` costs about 3 s of CPU, nearly all of it importing KServe, FastAPI,
 pandas and scikit-learn. The launcher imports them once; a server forked from it loads its model and listens in a
-fraction of that. The launcher listens on an abstract Unix socket named after its serving directory and the
-project's code, so a launcher never serves another directory or an older checkout; each end checks that the other
-runs as the same user. A request is one JSON line: the model server's arguments, a log file in the serving
-directory's ``logs/`` and, optionally, the predictor environment the runtime reads (``RUNTIME_ENVIRONMENT``, e.g.
-``PREDICT_PROBA``). The answer is the server's pid. The server runs ``components.runtime.model_server.main`` in a session
-of its own, as the command would, shows that command as its process title, and outlives the launcher. The launcher
-exits on a ``stop`` request, or after IDLE_EXIT_S with no living server. Its environment is the one it started
-with: every server it forks shares it, except the RUNTIME_ENVIRONMENT names, which each server has as its request says.
+fraction of that. One launcher serves every state directory of a user that runs the same interpreter, code and
+environment: it listens on an abstract Unix socket named after the interpreter, the project's code and the environment
+names its imports read (``LAUNCHER_ENVIRONMENT``: thread pools, locale, KServe's and the request limits'), so a server
+never runs with other code or limits than its client's; each end checks that the other runs as the same user. Its own
+environment holds only those names, plus PATH and HOME: no run's credentials reach a model server.
+
+A request (``warm_process.send_request``) is a JSON body with the model server's arguments, the client's working directory
+and, optionally, the predictor environment the runtime reads (``RUNTIME_ENVIRONMENT``, e.g. ``PREDICT_PROBA``), passed
+with the server's log file, which the client opens in its state directory's ``logs/``. The answer is the server's pid. The server runs
+``components.runtime.model_server.main`` in a session of its own, as the command would, shows that command as its
+process title, and outlives the launcher. The launcher stops on a ``stop`` request when no server it forked lives, and
+exits after IDLE_EXIT_S with no living server.
 
 ``ServerLauncher(home).spawn(arguments, log_name)`` starts the launcher when none answers; ``LocalTarget`` uses it.
 """
@@ -17,97 +21,90 @@ with: every server it forks shares it, except the RUNTIME_ENVIRONMENT names, whi
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
+import re
 import socket
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from components.runtime.warm_process import code_digest, log_tail, peer_uid
+from components.runtime.request_guard import LIMIT_ENVIRONMENT
+from components.runtime.warm_process import (INTERPRETER_ENVIRONMENT, LOST_RACE_EXIT, WarmProcessError, connect, keyed_environment, log_tail,
+                                             peer_uid, read_request, send_request, start, warm_address)
 from components.serving.target import ServingError
 
 IDLE_EXIT_S = 300.0
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_ARGUMENTS = 64
 ACCEPT_POLL_S = 1.0
-START_TIMEOUT_S = 60.0
 ASK_TIMEOUT_S = 30.0
 RUNTIME_ENVIRONMENT = ("PREDICT_PROBA",)  # the predictor environment the model server reads (as KServe's sklearnserver does)
+LAUNCHER_ENVIRONMENT = (*INTERPRETER_ENVIRONMENT, "KSERVE_", *LIMIT_ENVIRONMENT)  # what KServe and the request limits read at import
+LOG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def launcher_address(home: Path) -> str:
-    """Return the abstract socket address of the launcher for ``home`` running this code with this interpreter."""
-    return f"\0model-pipelines-launcher-{code_digest(str(home.resolve()), sys.executable)}"
+def launcher_address(environment: dict[str, str]) -> str:
+    """Return the abstract socket address of this user's launcher for this interpreter, code and the LAUNCHER_ENVIRONMENT
+    names of ``environment``."""
+    return warm_address("launcher", keyed_environment(environment, LAUNCHER_ENVIRONMENT))
 
 
 class ServerLauncher:
-    """The client of the launcher of one serving directory: it starts the launcher when none answers, and stops it."""
+    """A state directory's client of the launcher: it starts the launcher when none answers, logging to the directory's
+    ``logs/``, and asks it to fork servers or to stop."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.address = launcher_address(home)
+        self.address = launcher_address(dict(os.environ))
 
     def spawn(self, arguments: list[str], log_name: str, environment: dict[str, str] | None = None) -> int:
         """Fork a model server with ``arguments`` and the predictor ``environment`` (RUNTIME_ENVIRONMENT names), logging to
         ``logs/<log_name>.log``; return its pid."""
-        log = self.home / "logs" / f"{log_name}.log"
-        request = {"arguments": arguments, "log": str(log), "environment": environment or {}}
+        if not LOG_NAME.match(log_name):
+            raise ServingError(f"{log_name!r} is not a log name: use letters, digits, '.', '_' and '-', at most 128")
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(logs / f"{log_name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            try:
-                reply = self._ask(request)
-            except ConnectionRefusedError:  # no launcher listens (none yet, or it exited idle): start one, ask once more
-                self._start()
-                reply = self._ask(request)
-        except OSError as error:  # never asked again: the launcher may have forked a server before the answer was lost
-            raise ServingError(f"the server launcher did not answer: {error}; its log: {log_tail(self.home / 'logs' / 'launcher.log')}") from error
+            reply = self._ask({"arguments": arguments, "environment": environment or {}, "directory": os.getcwd()}, [descriptor])
+        finally:
+            os.close(descriptor)
         if "pid" not in reply:
             raise ServingError(f"the server launcher refused to start a model server: {reply.get('error')}")
         return int(reply["pid"])
 
-    def stop(self) -> None:
-        """Stop the launcher if one runs (the servers it started keep running)."""
-        with contextlib.suppress(OSError):
-            self._ask({"stop": True})
-
-    def _ask(self, request: dict) -> dict:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.settimeout(ASK_TIMEOUT_S)
-            connection.connect(self.address)
-            if peer_uid(connection) != os.getuid():
-                raise ServingError("the server launcher's address is held by another user's process; stop it, or use another state directory")
-            connection.sendall(json.dumps(request).encode() + b"\n")
-            return json.loads(connection.makefile("rb").readline(MAX_REQUEST_BYTES) or b"{}")
-
-    def _start(self) -> None:
-        """Start the launcher (one at a time per directory) and wait until it answers."""
-        logs = self.home / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with open(self.home / ".launcher.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if self._answers():
-                return
-            with open(logs / "launcher.log", "ab") as log:
-                process = subprocess.Popen([sys.executable, "-m", "components.runtime.server_launcher", "--home", str(self.home)],
-                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while time.monotonic() < deadline and process.poll() is None:
-                if self._answers():
-                    return
-                time.sleep(0.05)
-            raise ServingError(f"the server launcher did not start within {START_TIMEOUT_S:g} s: {log_tail(logs / 'launcher.log')}")
-
-    def _answers(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+    def stop(self) -> bool:
+        """Stop the launcher if one runs and no server it forked lives; return whether none runs now."""
+        try:
+            connection = connect(self.address, ASK_TIMEOUT_S)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+        except (OSError, WarmProcessError):
+            return False
+        with connection:
             try:
-                probe.connect(self.address)
-            except OSError:
+                send_request(connection, b'{"stop": true}', [])
+                return bool(json.loads(connection.makefile("rb").readline(MAX_REQUEST_BYTES) or b"{}").get("stopped"))
+            except (OSError, ValueError):
                 return False
-        return True
+
+    def _ask(self, request: dict, descriptors: list[int]) -> dict:
+        """Send ``request`` with ``descriptors`` to the launcher, starting it when none listens; return its answer."""
+        try:
+            try:
+                connection = connect(self.address, ASK_TIMEOUT_S)
+            except (ConnectionRefusedError, FileNotFoundError):  # no launcher listens (none yet, or it exited idle): start one
+                connection = start("components.runtime.server_launcher", self.address, LAUNCHER_ENVIRONMENT, self.home / "logs" / "launcher.log")
+                connection.settimeout(ASK_TIMEOUT_S)
+            with connection:
+                send_request(connection, json.dumps(request).encode(), descriptors)
+                return json.loads(connection.makefile("rb").readline(MAX_REQUEST_BYTES) or b"{}")
+        except WarmProcessError as error:
+            raise ServingError(f"the server launcher could not start: {error}") from error
+        except (OSError, ValueError) as error:  # never asked again: the launcher may have forked a server before the answer was lost
+            raise ServingError(f"the server launcher did not answer: {error}; its log: {log_tail(self.home / 'logs' / 'launcher.log')}") from error
 
 
 def preload() -> None:
@@ -130,34 +127,36 @@ def preload() -> None:
     load_spec(known_spec_files()[0])  # builds the JSON Schema validator every server checks its version's spec with (40 ms a fork)
 
 
-def parse_request(request: dict, logs: Path) -> tuple[list[str], Path, dict[str, str]]:
-    """Return (arguments, log file, environment) from a request, refusing anything but bounded strings, a log in ``logs``
-    and RUNTIME_ENVIRONMENT names."""
-    arguments, log, environment = request.get("arguments"), request.get("log"), request.get("environment", {})
+def parse_request(request: dict) -> tuple[list[str], dict[str, str], str]:
+    """Return (arguments, environment, working directory) from a request, refusing anything but bounded strings,
+    RUNTIME_ENVIRONMENT names and an existing absolute directory."""
+    arguments, environment, directory = request.get("arguments"), request.get("environment", {}), request.get("directory")
     if not (isinstance(arguments, list) and 0 < len(arguments) <= MAX_ARGUMENTS and all(isinstance(a, str) and len(a) <= 4096 for a in arguments)):
         raise ValueError(f"arguments must be a list of at most {MAX_ARGUMENTS} strings")
-    if not isinstance(log, str) or Path(log).resolve().parent != logs.resolve():
-        raise ValueError(f"the log must be a file in {logs}")
     if not (isinstance(environment, dict) and all(name in RUNTIME_ENVIRONMENT and isinstance(value, str) and len(value) <= 256
                                                   for name, value in environment.items())):
         raise ValueError(f"the environment may set only {', '.join(RUNTIME_ENVIRONMENT)}, to short strings")
-    return arguments, Path(log), environment
+    if not (isinstance(directory, str) and len(directory) <= 4096 and os.path.isabs(directory) and os.path.isdir(directory)):
+        raise ValueError("the working directory must be an existing absolute path")
+    return arguments, environment, directory
 
 
-def run_server(arguments: list[str], log: Path, environment: dict[str, str]) -> None:
-    """In a forked child: detach, log to ``log``, take the RUNTIME_ENVIRONMENT names from ``environment`` (unset when absent)
-    and run the model server with ``arguments``; never return."""
+def run_server(arguments: list[str], log: int, environment: dict[str, str], directory: str) -> None:
+    """In a forked child: detach, log to the file descriptor ``log``, take the RUNTIME_ENVIRONMENT names from
+    ``environment`` (unset when absent) and run the model server with ``arguments`` in ``directory``, as its client would
+    have run the command; never return."""
     code = 1
     try:
         os.setsid()
+        os.chdir(directory)
         for name in RUNTIME_ENVIRONMENT:
             if name in environment:
                 os.environ[name] = environment[name]
             else:
                 os.environ.pop(name, None)
-        descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(descriptor, 1)
-        os.dup2(descriptor, 2)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         import setproctitle
 
@@ -177,29 +176,38 @@ def run_server(arguments: list[str], log: Path, environment: dict[str, str]) -> 
         os._exit(code)
 
 
-def answer(connection: socket.socket, listener: socket.socket, logs: Path, children: set[int]) -> bool:
-    """Serve one request: fork a server, or stop; send the answer and return whether to keep running."""
+def answer(connection: socket.socket, listener: socket.socket, children: set[int]) -> bool:
+    """Serve one request: fork a server, or stop when none lives; send the answer and return whether to keep running."""
     if peer_uid(connection) != os.getuid():
         connection.sendall(b'{"error": "only the launcher\'s own user may start servers"}\n')
         return True
-    raw = connection.makefile("rb").readline(MAX_REQUEST_BYTES + 1)
-    if len(raw) > MAX_REQUEST_BYTES:
-        connection.sendall(json.dumps({"error": f"request over {MAX_REQUEST_BYTES} bytes"}).encode() + b"\n")
+    try:
+        body, descriptors = read_request(connection, 1, MAX_REQUEST_BYTES)
+    except (ValueError, OSError) as error:
+        connection.sendall(json.dumps({"error": f"bad request: {error}"}).encode() + b"\n")
         return True
     try:
-        request = json.loads(raw)
+        request = json.loads(body)
         if request == {"stop": True}:
-            connection.sendall(b'{"stopped": true}\n')
-            return False
-        arguments, log, environment = parse_request(request, logs)
+            for descriptor in descriptors:
+                os.close(descriptor)
+            reap(children)
+            connection.sendall(json.dumps({"stopped": not children, "serving": len(children)}).encode() + b"\n")
+            return bool(children)
+        if len(descriptors) != 1:
+            raise ValueError("a request passes its server's log file")
+        arguments, environment, directory = parse_request(request)
     except (ValueError, AttributeError) as error:
+        for descriptor in descriptors:
+            os.close(descriptor)
         connection.sendall(json.dumps({"error": f"bad request: {error}"}).encode() + b"\n")
         return True
     pid = os.fork()
     if pid == 0:
         listener.close()
         connection.close()
-        run_server(arguments, log, environment)
+        run_server(arguments, descriptors[0], environment, directory)
+    os.close(descriptors[0])
     children.add(pid)
     connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     return True
@@ -215,48 +223,55 @@ def reap(children: set[int]) -> None:
             children.discard(pid)
 
 
-def serve_forever(home: Path, idle_exit_s: float) -> None:
-    """Preload, then fork a server per request on the home's launcher address until stopped or idle for ``idle_exit_s``."""
-    preload()
-    logs = home / "logs"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(launcher_address(home))
-    except OSError as error:
-        raise SystemExit(f"server launcher: another launcher serves {home} already: {error}") from error
+def serve_forever(listener: socket.socket, idle_exit_s: float) -> None:
+    """Fork a server per request on ``listener`` until stopped, or idle with no living server for ``idle_exit_s``."""
     listener.listen(16)
     listener.settimeout(ACCEPT_POLL_S)
     children: set[int] = set()
     idle_since = time.monotonic()
     running = True
-    try:
-        while running:
-            reap(children)
-            if children:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > idle_exit_s:
-                break
+    while running:
+        reap(children)
+        if children:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > idle_exit_s:
+            break
+        try:
+            connection, _ = listener.accept()
+        except socket.timeout:
+            continue
+        with connection:
+            connection.settimeout(10)
             try:
-                connection, _ = listener.accept()
-            except socket.timeout:
-                continue
-            with connection:
-                connection.settimeout(10)
-                try:
-                    running = answer(connection, listener, logs, children)
-                except OSError:
-                    continue  # the client went away: nothing was forked for it, or it learns from the server's log
-    finally:
-        listener.close()
+                running = answer(connection, listener, children)
+            except OSError:
+                continue  # the client went away: nothing was forked for it, or it learns from the server's log
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run the launcher until stopped or idle; return 0."""
+    """Bind the launcher's address, preload and fork servers until stopped or idle; return 0 (1 when another launcher holds
+    the address, 2 when it is not the one its client expects)."""
     parser = argparse.ArgumentParser(description="Fork KServe model servers from one process that has imported their libraries.")
-    parser.add_argument("--home", required=True, type=Path, help="the serving directory; server logs must be in its logs/")
     parser.add_argument("--idle-exit-s", type=float, default=IDLE_EXIT_S)
+    parser.add_argument("--expect-address", help="the address its client computed: exit 2 at once if this process's differs")
     args = parser.parse_args(argv)
-    serve_forever(args.home.resolve(), args.idle_exit_s)
+    address = launcher_address(dict(os.environ))
+    if args.expect_address is not None and args.expect_address != address[1:]:
+        print(f"server launcher: started as @{address[1:]}, not as the client's @{args.expect_address}: its code or environment "
+              "differs from the client's", file=sys.stderr)
+        return 2
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(address)  # before the imports: a launcher started at the same time by another client exits at once
+    except OSError as error:
+        print(f"server launcher: another launcher holds this address already: {error}", file=sys.stderr)
+        return LOST_RACE_EXIT
+    try:
+        preload()
+        print(f"server launcher: pid {os.getpid()} ready on @{address[1:]}", flush=True)
+        serve_forever(listener, args.idle_exit_s)
+    finally:
+        listener.close()
     return 0
 
 

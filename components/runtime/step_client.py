@@ -14,17 +14,14 @@ import json
 import os
 import signal
 import socket
-import struct
 import sys
-import time
 from pathlib import Path
 from typing import BinaryIO
 
-from components.runtime.step_forkserver import EXECUTOR_MODULE, forkserver_address, keyed_environment
-from components.runtime.warm_process import SERVING_HOME_ENV, log_tail, peer_uid
+from components.runtime.step_forkserver import EXECUTOR_MODULE, STEP_ENVIRONMENT, forkserver_address
+from components.runtime.warm_process import SERVING_HOME_ENV, WarmProcessError, connect, send_request, start
 
 SWITCH = "MODEL_PIPELINES_STEP_FORKSERVER"  # "off": every step in a fresh process
-START_TIMEOUT_S = 60.0
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -36,55 +33,13 @@ class LostForkserver(Exception):
     """The forkserver went away after it may have forked the step: the reason is the message."""
 
 
-def connect(address: str) -> socket.socket:
-    """Return a connection to the forkserver at ``address`` (ConnectionRefusedError or FileNotFoundError when none listens)."""
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        connection.connect(address)
-    except OSError:
-        connection.close()
-        raise
-    if peer_uid(connection) != os.getuid():
-        connection.close()
-        raise NoForkserver("the step forkserver's address is held by another user's process")
-    return connection
-
-
-def start(address: str, logs: Path) -> socket.socket:
-    """Start the forkserver (one at a time per log directory), with only the keyed environment, and return a connection."""
-    import fcntl
-    import subprocess
-
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / ".step-forkserver.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return connect(address)
-        except (ConnectionRefusedError, FileNotFoundError):
-            pass
-        environment = {**keyed_environment(dict(os.environ)), **{name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}}
-        with open(logs / "step-forkserver.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "components.runtime.step_forkserver", "--expect-address", address[1:]], env=environment,
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                return connect(address)
-            except (ConnectionRefusedError, FileNotFoundError):
-                if process.poll() is not None and process.returncode != 1:  # 1: another forkserver took the address first
-                    raise NoForkserver(f"the step forkserver exited with {process.returncode}: {log_tail(logs / 'step-forkserver.log')}")
-                time.sleep(0.05)
-        raise NoForkserver(f"the step forkserver did not start within {START_TIMEOUT_S:g} s (its log: {logs / 'step-forkserver.log'})")
-
-
 def submit(connection: socket.socket, replies: BinaryIO, module: str, arguments: list[str]) -> int:
     """Send the step (arguments, environment, working directory, standard streams) to the forkserver; return the pid it
     answers on ``replies`` (the connection's one reader: the step's status may follow at once)."""
     body = json.dumps({"module": module, "arguments": arguments, "environment": dict(os.environ), "directory": os.getcwd()}).encode()
     sys.stdout.flush()
     sys.stderr.flush()
-    socket.send_fds(connection, [struct.pack("!I", len(body))], [0, 1, 2])
-    connection.sendall(body)
+    send_request(connection, body, [0, 1, 2])
     try:
         reply = json.loads(replies.readline() or b"{}")
     except (OSError, ValueError) as error:  # the step may have been forked: it must not run twice
@@ -139,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             connection = connect(address)
         except (ConnectionRefusedError, FileNotFoundError):
-            connection = start(address, logs)
+            connection = start("components.runtime.step_forkserver", address, STEP_ENVIRONMENT, logs / "step-forkserver.log")
         replies = connection.makefile("rb")
         pid = submit(connection, replies, module, arguments)
-    except (NoForkserver, OSError) as error:  # nothing was forked: the step runs here
+    except (NoForkserver, WarmProcessError, OSError) as error:  # nothing was forked: the step runs here
         print(f"step client: {error}; the step runs in a fresh process", file=sys.stderr)
         run_fresh(module, arguments)
     except LostForkserver as error:

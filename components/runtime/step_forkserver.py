@@ -8,7 +8,7 @@ a forked child runs ``kfp.dsl.executor_main`` with them, as the fresh process wo
 child's status. Cluster runs are not touched: their compiled command runs the executor in the pod.
 
 The forkserver listens on an abstract Unix socket named after the interpreter, the project's code, the Python path and
-the environment that the preloaded libraries read at import (``KEYED_ENVIRONMENT``), so it never runs a step with code or
+the environment that the preloaded libraries read at import (``STEP_ENVIRONMENT``), so it never runs a step with code or
 settings other than the step's own; each end checks that the other runs as the same user. Its own environment holds only
 those names: a step's credentials reach the step's child alone. It exits after IDLE_EXIT_S with no step running.
 """
@@ -23,32 +23,23 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 import traceback
 
-from components.runtime.warm_process import code_digest, peer_uid
+from components.runtime.warm_process import INTERPRETER_ENVIRONMENT, LOST_RACE_EXIT, keyed_environment, peer_uid, read_request, warm_address
 
 IDLE_EXIT_S = 120.0
 MAX_REQUEST_BYTES = 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0
 EXECUTOR_MODULE = "kfp.dsl.executor_main"  # the one module a step runs
-# Environment names read when the interpreter starts or the preloaded libraries are imported (thread pools, hash seed,
-# KFP's runtime switch): a step whose values differ gets a forkserver of its own.
-KEYED_ENVIRONMENT = ("PYTHON", "_KFP_", "OMP_", "OPENBLAS_", "MKL_", "KMP_", "NUMEXPR_", "SKLEARN_", "JOBLIB_", "LD_", "LANG", "LC_")
-
-
-def keyed_environment(environment: dict[str, str]) -> dict[str, str]:
-    """Return the names of ``environment`` that a forkserver is keyed on, with their values."""
-    return {name: value for name, value in sorted(environment.items()) if name.startswith(KEYED_ENVIRONMENT)}
+STEP_ENVIRONMENT = (*INTERPRETER_ENVIRONMENT, "_KFP_")  # and KFP's runtime switch: a step whose values differ gets a forkserver of its own
 
 
 def forkserver_address(python_path: list[str], environment: dict[str, str]) -> str:
     """Return the abstract socket address of the forkserver for this interpreter and code, ``python_path`` (without the
-    working directory) and the keyed part of ``environment``."""
-    keyed = json.dumps([python_path, keyed_environment(environment)])
-    return f"\0model-pipelines-steps-{os.getuid()}-{code_digest(sys.executable, keyed)}"
+    working directory) and the STEP_ENVIRONMENT names of ``environment``."""
+    return warm_address("steps", python_path, keyed_environment(environment, STEP_ENVIRONMENT))
 
 
 def preload() -> None:
@@ -159,27 +150,6 @@ def run_step(arguments: list[str], environment: dict[str, str], directory: str, 
         os._exit(code)
 
 
-def read_request(connection: socket.socket) -> tuple[bytes, list[int]]:
-    """Return a request's body and the standard streams passed with its length, reading at most MAX_REQUEST_BYTES."""
-    header, streams, _flags, _address = socket.recv_fds(connection, 4, 3)
-    if len(header) != 4 or len(streams) != 3:
-        for descriptor in streams:
-            os.close(descriptor)
-        raise ValueError("a request starts with its length and the three standard streams")
-    (length,) = struct.unpack("!I", header)
-    if length > MAX_REQUEST_BYTES:
-        for descriptor in streams:
-            os.close(descriptor)
-        raise ValueError(f"request over {MAX_REQUEST_BYTES} bytes")
-    body = b""
-    while len(body) < length:
-        chunk = connection.recv(length - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return body, streams
-
-
 def status_message(status: int) -> dict:
     """Return what the client is told of a child's wait status: its exit code, or the signal that ended it."""
     return {"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.waitstatus_to_exitcode(status)}
@@ -212,8 +182,10 @@ class Forkserver:
             connection.close()
             return
         try:
-            body, streams = read_request(connection)
+            body, streams = read_request(connection, 3, MAX_REQUEST_BYTES)
             try:
+                if len(streams) != 3:
+                    raise ValueError("a request passes the three standard streams")
                 arguments, environment, directory = parse_request(body)
             except ValueError:
                 for descriptor in streams:
@@ -322,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         listener.bind(address)
     except OSError as error:
         print(f"step forkserver: another forkserver holds this address already: {error}", file=sys.stderr)
-        return 1
+        return LOST_RACE_EXIT
     listener.listen(64)
     print(f"step forkserver: pid {os.getpid()} ready on @{address[1:]}", flush=True)
     try:
