@@ -58,21 +58,22 @@ def nab(args: argparse.Namespace) -> dict:
 
 
 def frontier(args: argparse.Namespace) -> dict:
-    """Score both recipes at every calibration rate on SMD and NAB, each fitted once per series; return the JSON report."""
+    """Score both recipes (and any --candidates) at every calibration rate on SMD and NAB, each fitted once per series; return the JSON report."""
     machines = args.machines or quality.smd_machines(args.smd_dir)
     series = quality.nab_series(args.nab_dir)
     rates = frontier_benchmark.evaluated_rates(args.rates)
+    recipes = (*frontier_benchmark.BASE_RECIPES, *args.candidates)
     smd, nab = {}, {}
     for number, machine in enumerate(machines, 1):
-        points = smd[machine] = frontier_benchmark.machine_points(args.smd_dir, machine, rates)
+        points = smd[machine] = frontier_benchmark.machine_points(args.smd_dir, machine, rates, recipes)
         print(f"[SMD {number}/{len(machines)}] {machine}: F1 by rate " + "; ".join(
-            f"{recipe} " + " ".join(f"{scores['f1']:.3f}" for scores in points[recipe].values()) for recipe in quality.RECIPES), flush=True)
+            f"{recipe} " + " ".join(f"{scores['f1']:.3f}" for scores in points[recipe].values()) for recipe in recipes), flush=True)
     for number, (key, windows) in enumerate(series.items(), 1):
         name = Path(key).stem
-        points = nab[name] = frontier_benchmark.series_points(args.nab_dir, key, windows, rates)
+        points = nab[name] = frontier_benchmark.series_points(args.nab_dir, key, windows, rates, recipes)
         print(f"[NAB {number}/{len(series)}] {name}: windows/false positives by rate " + "; ".join(
             f"{recipe} " + " ".join(f"{scores['windows_detected']}/{scores['false_positives']}" for scores in points[recipe].values())
-            for recipe in quality.RECIPES), flush=True)
+            for recipe in recipes), flush=True)
     result = frontier_benchmark.frontier_report(smd, nab, rates)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "frontier.md").write_text(report.frontier_markdown(_command(), result))
@@ -122,6 +123,14 @@ def _rates(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _candidates(text: str) -> tuple[str, ...]:
+    """Return the --candidates list parsed, or raise the argparse error that names the unknown recipe and the choices."""
+    try:
+        return frontier_benchmark.parse_candidates(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _command() -> str:
     """Return the command line that reproduces this run."""
     return "python -m benchmarks " + shlex.join(sys.argv[1:])
@@ -164,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--rates", type=_rates, default=",".join(map(str, frontier_benchmark.DEFAULT_RATES)),
                          help="comma-separated calibration rates, the same for every series; each recipe's default is added "
                               "(default %(default)s)")
+    command.add_argument("--candidates", type=_candidates, default=(),
+                         help="comma-separated recipes to score beside the project's and upstream's: "
+                              f"{', '.join(frontier_benchmark.CANDIDATES)}")
     command.add_argument("--json", type=Path, required=True, help="where to write the JSON results")
     command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown and PNG output (default %(default)s)")
     command = verbs.add_parser("drift", help="drift monitor: false triggers and detection delays (synthetic, plus the traces if found)")

@@ -6,6 +6,12 @@ training scores only, the same rate for every series: the project recipe as ``tr
 upstream recipe as IsolationForest's ``contamination`` does (the same percentile of its training scores). Test labels
 only score the points; the rates are a fixed list. The targets are issue 24's, measured against the upstream recipe at
 its own default in the same run.
+
+``--candidates`` adds the recipes tried against the project's and kept out of the spec, each on the project's fitted
+no-data imputer, scaler and PCA (so each is stock scikit-learn and served the same way, under the same fallback cap):
+``project-pot``, the project's detector with a peaks-over-threshold threshold (a generalized Pareto fit to the lowest
+2 % of its training scores, extrapolated to the rate, as SPOT sets one); ``lof``, a LocalOutlierFactor novelty detector;
+``isolation-forest-pca``, an IsolationForest on the PCA components.
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from scipy import stats
+from sklearn.base import clone
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import LocalOutlierFactor
+from sklearn.pipeline import Pipeline
 
 from benchmarks import quality
 from components.model.contract import ANOMALY_DETECTOR
@@ -29,6 +40,16 @@ TARGET_WORST_MARGIN = -0.02
 # NAB: at most this share of the upstream recipe's false-positive rows, while detecting every window it detects.
 TARGET_FALSE_POSITIVE_SHARE = 1 / 3
 TARGETS = ("smd_mean_f1", "smd_worst_margin", "nab_upstream_windows", "nab_false_positives")
+BASE_RECIPES = ("project", "upstream")
+CANDIDATES = {  # what each candidate recipe is, for the report
+    "project-pot": "the project's detector, its threshold a generalized Pareto fit to its lowest 2 % of training scores, extrapolated to the rate",
+    "lof": "LocalOutlierFactor(20 neighbours, novelty) on the project's fitted imputer, scaler and PCA, at the rate's quantile of its training scores",
+    "isolation-forest-pca": "IsolationForest(200 trees) on the project's fitted imputer, scaler and PCA, at the rate's quantile of its training scores",
+}
+POT_TAIL = 0.02  # peaks over threshold: the generalized Pareto fit takes this lowest share of the training scores
+MIN_PEAKS = 10
+LOF_NEIGHBOURS = 20
+CANDIDATE_MAX_ROWS = 8000  # a candidate detector fits on at most this many evenly spaced training rows (LOF's fit grows faster than linearly)
 
 
 @dataclass(frozen=True)
@@ -44,9 +65,10 @@ class ScoredRecipe:
 
 
 def default_rates() -> dict[str, float]:
-    """Return each recipe's own calibration rate: the spec's target_false_positive_rate and upstream's contamination."""
-    return {"project": spec_for(ANOMALY_DETECTOR).estimator.training["target_false_positive_rate"],
-            "upstream": quality.upstream_detector().named_steps["detector"].contamination}
+    """Return each recipe's own calibration rate: upstream's contamination, and the spec's target_false_positive_rate for the
+    project and every candidate."""
+    project_rate = spec_for(ANOMALY_DETECTOR).estimator.training["target_false_positive_rate"]
+    return {recipe: project_rate for recipe in SCORERS} | {"upstream": quality.upstream_detector().named_steps["detector"].contamination}
 
 
 def parse_rates(text: str) -> tuple[float, ...]:
@@ -64,18 +86,41 @@ def parse_rates(text: str) -> tuple[float, ...]:
     return tuple(sorted(rates))
 
 
+def parse_candidates(text: str) -> tuple[str, ...]:
+    """Return the candidate recipes of a comma-separated list (empty for ""); raise ValueError naming an unknown one and the choices."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [name for name in names if name not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"{', '.join(map(repr, unknown))}: not a candidate recipe; choose from {', '.join(CANDIDATES)}")
+    return names
+
+
 def evaluated_rates(rates: tuple[float, ...]) -> tuple[float, ...]:
     """Return the requested rates plus each recipe's own default, sorted, so both defaults are always points."""
     return tuple(sorted(set(rates) | set(default_rates().values())))
+
+
+def pot_threshold(train_scores: np.ndarray, rate: float, tail: float = POT_TAIL) -> float:
+    """Return the score below which a share ``rate`` of rows is expected, from a generalized Pareto fit to the lowest ``tail``
+    share of the training scores (peaks over threshold); at or above ``tail``, the plain quantile."""
+    if rate >= tail:
+        return float(np.quantile(train_scores, rate))
+    anomalous = -np.asarray(train_scores, dtype=float)  # the tail to fit: higher is more anomalous
+    initial = float(np.quantile(anomalous, 1.0 - tail))
+    peaks = anomalous[anomalous > initial] - initial
+    if len(peaks) < MIN_PEAKS:
+        return float(np.quantile(train_scores, rate))
+    shape, _, scale = stats.genpareto.fit(peaks, floc=0)
+    ratio = rate * len(anomalous) / len(peaks)
+    excess = scale / shape * (ratio ** -shape - 1) if abs(shape) > 1e-6 else -scale * np.log(ratio)
+    return -(initial + float(excess))
 
 
 def score_project(train_features: np.ndarray, test_features: np.ndarray) -> ScoredRecipe:
     """Fit the spec's recipe once through fit_outlier_detector and return its scores and threshold as its calibration sets it."""
     model = quality.fit_project_detector(train_features)
     train_scores = model.score_samples(train_features)
-    limit = fallback_threshold_limit(spec_for(ANOMALY_DETECTOR), model, train_features.shape[1])
-    cap = np.inf if limit is None else limit
-    return ScoredRecipe(model.score_samples(test_features), lambda rate: min(float(np.quantile(train_scores, rate)), cap))
+    return ScoredRecipe(model.score_samples(test_features), _capped(model, train_features, lambda rate: float(np.quantile(train_scores, rate))))
 
 
 def score_upstream(train_features: np.ndarray, test_features: np.ndarray) -> ScoredRecipe:
@@ -85,7 +130,38 @@ def score_upstream(train_features: np.ndarray, test_features: np.ndarray) -> Sco
     return ScoredRecipe(model.score_samples(test_features), lambda rate: float(np.percentile(train_scores, 100.0 * rate)))
 
 
-SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], ScoredRecipe]] = {"project": score_project, "upstream": score_upstream}
+def _capped(model: Pipeline, train_features: np.ndarray, threshold: Callable[[float], float]) -> Callable[[float], float]:
+    """Return ``threshold`` kept below the engine's fallback probe's score under ``model``, as fit_outlier_detector keeps it."""
+    limit = fallback_threshold_limit(spec_for(ANOMALY_DETECTOR), model, train_features.shape[1])
+    cap = np.inf if limit is None else limit
+    return lambda rate: min(threshold(rate), cap)
+
+
+def score_project_pot(train_features: np.ndarray, test_features: np.ndarray) -> ScoredRecipe:
+    """Fit the spec's recipe once and return its scores with a peaks-over-threshold threshold, under the fallback cap."""
+    model = quality.fit_project_detector(train_features)
+    train_scores = model.score_samples(train_features)
+    return ScoredRecipe(model.score_samples(test_features), _capped(model, train_features, lambda rate: pot_threshold(train_scores, rate)))
+
+
+def _on_project_components(detector: object) -> Callable[[np.ndarray, np.ndarray], ScoredRecipe]:
+    """Return a scorer that fits ``detector`` on the project recipe's fitted preprocessing (at most CANDIDATE_MAX_ROWS evenly spaced
+    training rows) and sets its threshold at the rate's quantile of its training scores, under the fallback cap."""
+    def score(train_features: np.ndarray, test_features: np.ndarray) -> ScoredRecipe:
+        preprocessing = quality.fit_project_detector(train_features).steps[:-1]
+        rows = np.linspace(0, len(train_features) - 1, min(len(train_features), CANDIDATE_MAX_ROWS)).astype(int)
+        components = Pipeline(preprocessing).transform(train_features[rows])
+        model = Pipeline([*preprocessing, ("detector", clone(detector).fit(components))])
+        train_scores = model.score_samples(train_features)
+        return ScoredRecipe(model.score_samples(test_features), _capped(model, train_features, lambda rate: float(np.quantile(train_scores, rate))))
+    return score
+
+
+SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], ScoredRecipe]] = {
+    "project": score_project, "upstream": score_upstream, "project-pot": score_project_pot,
+    "lof": _on_project_components(LocalOutlierFactor(n_neighbors=LOF_NEIGHBOURS, novelty=True)),
+    "isolation-forest-pca": _on_project_components(IsolationForest(n_estimators=200, random_state=42)),
+}
 
 
 def rate_key(rate: float) -> str:
@@ -93,12 +169,12 @@ def rate_key(rate: float) -> str:
     return f"{rate:g}"
 
 
-def machine_points(data_dir: Path, machine: str, rates: tuple[float, ...]) -> dict[str, dict[str, dict[str, float]]]:
+def machine_points(data_dir: Path, machine: str, rates: tuple[float, ...], recipes: tuple[str, ...]) -> dict[str, dict[str, dict[str, float]]]:
     """Return ``{recipe: {rate: precision, recall, f1, flagged}}`` on one SMD machine, each recipe fitted once."""
     train_features, test_features, labels = quality.smd_split(data_dir, machine)
     points = {}
-    for recipe, score in SCORERS.items():
-        scored = score(train_features, test_features)
+    for recipe in recipes:
+        scored = SCORERS[recipe](train_features, test_features)
         points[recipe] = {}
         for rate in rates:
             flagged = scored.flagged(rate)
@@ -107,12 +183,13 @@ def machine_points(data_dir: Path, machine: str, rates: tuple[float, ...]) -> di
     return points
 
 
-def series_points(data_dir: Path, key: str, windows: list[list[str]], rates: tuple[float, ...]) -> dict[str, dict[str, dict]]:
+def series_points(data_dir: Path, key: str, windows: list[list[str]], rates: tuple[float, ...],
+                  recipes: tuple[str, ...]) -> dict[str, dict[str, dict]]:
     """Return ``{recipe: {rate: windows_detected, windows, false_positives, flagged, detected}}`` on one NAB series."""
     split = quality.nab_split(data_dir, key, windows)
     points = {}
-    for recipe, score in SCORERS.items():
-        scored = score(split.train_features, split.test_features)
+    for recipe in recipes:
+        scored = SCORERS[recipe](split.train_features, split.test_features)
         points[recipe] = {}
         for rate in rates:
             hit = scored.flagged(rate)
@@ -135,7 +212,7 @@ def frontier_report(smd: dict[str, dict], nab: dict[str, dict], rates: tuple[flo
     targets = {"smd_mean_f1": TARGET_SMD_MEAN_F1, "smd_worst_margin": TARGET_WORST_MARGIN,
                "nab_upstream_windows": reference["nab_windows_detected"], "nab_false_positives": TARGET_FALSE_POSITIVE_SHARE * reference_fp}
     recipes = {}
-    for recipe in quality.RECIPES:
+    for recipe in next(iter(smd.values())):  # the recipes every machine was scored with
         points = []
         for rate in rates:
             key = rate_key(rate)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from benchmarks.frontier import points_meeting_every_target  # noqa: E402
+from benchmarks.frontier import CANDIDATES, points_meeting_every_target  # noqa: E402
 from components.model.contract import PREDICTIVE_ANALYTICS, schema_for  # noqa: E402
 
 DETECTION_FIELDS = ("precision", "recall", "f1", "pa_f1", "fit_s", "predict_ms")
@@ -88,11 +88,13 @@ def plot_forecast(dataset: str, curves: dict[str, np.ndarray], outputs: list[str
 def frontier_markdown(command: str, report: dict) -> str:
     """Return the frontier as Markdown: the targets beside the upstream reference, then one row per recipe and rate."""
     reference, targets = report["upstream_reference"], report["targets"]
+    candidates = [f"- {recipe}: {CANDIDATES[recipe]}; under the same fallback cap." for recipe in report["recipes"] if recipe in CANDIDATES]
     lines = ["# Detector frontier: SMD F1 against NAB false positives, per training-only calibration rate", "",
              f"Reproduce: `{command}`", "",
              "Each recipe is fitted once per SMD machine and NAB series; a rate sets its threshold from its own training scores",
              "only, the same rate for every series (project: the quantile `fit_outlier_detector` calibrates, capped by the engine's",
              "fallback probe; upstream: IsolationForest's contamination percentile). No label chooses a rate or a threshold.", "",
+             *candidates, *([""] if candidates else []),
              f"Issue 24's targets, against the upstream recipe at its own default (contamination {reference['rate']:g}) in this run:", "",
              f"- **smd_mean_f1**: SMD mean point-wise F1 >= {targets['smd_mean_f1']:.2f} (upstream: {reference['smd_mean_f1']:.3f})",
              f"- **smd_worst_margin**: no machine's F1 below upstream's by more than {-targets['smd_worst_margin']:.2f}",

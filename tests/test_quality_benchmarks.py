@@ -167,6 +167,36 @@ def test_frontier_scores_each_recipe_once_per_series_at_every_rate_against_the_t
     assert (tmp_path / "results" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_frontier_scores_the_candidate_recipes_beside_the_project_and_upstream(smd_dir, nab_dir, tmp_path):
+    finished = run_benchmark("frontier", "--smd-dir", str(smd_dir), "--nab-dir", str(nab_dir), "--rates", "0.005,0.1",
+                             "--candidates", "project-pot,lof,isolation-forest-pca", "--json", str(tmp_path / "frontier.json"),
+                             "--results-dir", str(tmp_path / "results"))
+    assert finished.returncode == 0, finished.stderr
+    assert "isolation-forest-pca" in finished.stdout.split("[SMD 1/2]")[1].splitlines()[0]
+    report = json.loads((tmp_path / "frontier.json").read_text())
+    assert list(report["recipes"]) == ["project", "upstream", "project-pot", "lof", "isolation-forest-pca"]
+    project, pot = report["recipes"]["project"]["points"], report["recipes"]["project-pot"]["points"]
+    for recipe, result in report["recipes"].items():
+        assert [point["rate"] for point in result["points"]] == [0.005, 0.02, 0.05, 0.1]
+        for item in ("machine-9-1", "machine-9-2"):
+            flagged = [point["smd"]["items"][item]["flagged"] for point in result["points"]]
+            assert flagged == sorted(flagged), (recipe, item, flagged)
+    # At or above 2 %, peaks over threshold is the plain quantile: the project's own points, exactly.
+    assert [point["smd"] for point in pot[1:]] == [point["smd"] for point in project[1:]]
+    table = (tmp_path / "results" / "frontier.md").read_text()
+    assert "- lof: LocalOutlierFactor(20 neighbours, novelty)" in table and "| isolation-forest-pca | 0.02 (default) |" in table
+    unknown = run_benchmark("frontier", "--smd-dir", str(smd_dir), "--nab-dir", str(nab_dir), "--candidates", "lof,svm", "--json", str(tmp_path / "f.json"))
+    assert unknown.returncode == 2 and "'svm': not a candidate recipe; choose from project-pot, lof, isolation-forest-pca" in unknown.stderr
+
+
+def test_peaks_over_threshold_extrapolates_a_tail_beyond_the_training_rows():
+    scores = -np.random.default_rng(3).exponential(1.0, 20_000)  # P(score < -x) = exp(-x)
+    for rate in (1e-3, 1e-4, 1e-5):
+        assert frontier.pot_threshold(scores, rate) == pytest.approx(np.log(rate), rel=0.1), rate
+    assert frontier.pot_threshold(scores, 1e-5) < scores.min(), "a rate below one training row reaches past the lowest score"
+    assert frontier.pot_threshold(scores, 0.05) == np.quantile(scores, 0.05)
+
+
 def test_frontier_thresholds_are_each_recipes_own_calibration_at_that_rate(smd_dir):
     train, test, _ = quality.smd_split(smd_dir, "machine-9-1")
     # The project recipe fitted through fit_outlier_detector at 0.05 flags exactly what the frontier's 0.05 point flags.
