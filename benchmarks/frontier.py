@@ -16,6 +16,7 @@ no-data imputer, scaler and PCA (so each is stock scikit-learn and served the sa
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -116,48 +117,64 @@ def pot_threshold(train_scores: np.ndarray, rate: float, tail: float = POT_TAIL)
     return -(initial + float(excess))
 
 
-def score_project(train_features: np.ndarray, test_features: np.ndarray) -> ScoredRecipe:
-    """Fit the spec's recipe once through fit_outlier_detector and return its scores and threshold as its calibration sets it."""
-    model = quality.fit_project_detector(train_features)
-    train_scores = model.score_samples(train_features)
-    return ScoredRecipe(model.score_samples(test_features), _capped(model, train_features, lambda rate: float(np.quantile(train_scores, rate))))
+@dataclass
+class Series:
+    """One SMD machine's or NAB series' training and test features; the project recipe is fitted on them once, for every
+    recipe that builds on it."""
+
+    train_features: np.ndarray
+    test_features: np.ndarray
+
+    @functools.cached_property
+    def project(self) -> Pipeline:
+        """Return the spec's recipe fitted through fit_outlier_detector on the training rows."""
+        return quality.fit_project_detector(self.train_features)
+
+    @functools.cached_property
+    def project_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the project recipe's scores of the training rows and of the test rows."""
+        return self.project.score_samples(self.train_features), self.project.score_samples(self.test_features)
+
+    def capped(self, model: Pipeline, threshold: Callable[[float], float]) -> Callable[[float], float]:
+        """Return ``threshold`` kept below the engine's fallback probe's score under ``model``, as fit_outlier_detector keeps it."""
+        limit = fallback_threshold_limit(spec_for(ANOMALY_DETECTOR), model, self.train_features.shape[1])
+        cap = np.inf if limit is None else limit
+        return lambda rate: min(threshold(rate), cap)
 
 
-def score_upstream(train_features: np.ndarray, test_features: np.ndarray) -> ScoredRecipe:
+def score_project(series: Series) -> ScoredRecipe:
+    """Return the spec's recipe's scores and threshold as its calibration sets it: the rate's quantile, under the fallback cap."""
+    train_scores, test_scores = series.project_scores
+    return ScoredRecipe(test_scores, series.capped(series.project, lambda rate: float(np.quantile(train_scores, rate))))
+
+
+def score_upstream(series: Series) -> ScoredRecipe:
     """Fit the upstream recipe once and return its scores and threshold as IsolationForest sets it from contamination."""
-    model = quality.fit_upstream_detector(train_features)
-    train_scores = model.score_samples(train_features)
-    return ScoredRecipe(model.score_samples(test_features), lambda rate: float(np.percentile(train_scores, 100.0 * rate)))
+    model = quality.fit_upstream_detector(series.train_features)
+    train_scores = model.score_samples(series.train_features)
+    return ScoredRecipe(model.score_samples(series.test_features), lambda rate: float(np.percentile(train_scores, 100.0 * rate)))
 
 
-def _capped(model: Pipeline, train_features: np.ndarray, threshold: Callable[[float], float]) -> Callable[[float], float]:
-    """Return ``threshold`` kept below the engine's fallback probe's score under ``model``, as fit_outlier_detector keeps it."""
-    limit = fallback_threshold_limit(spec_for(ANOMALY_DETECTOR), model, train_features.shape[1])
-    cap = np.inf if limit is None else limit
-    return lambda rate: min(threshold(rate), cap)
+def score_project_pot(series: Series) -> ScoredRecipe:
+    """Return the spec's recipe's scores with a peaks-over-threshold threshold, under the fallback cap."""
+    train_scores, test_scores = series.project_scores
+    return ScoredRecipe(test_scores, series.capped(series.project, lambda rate: pot_threshold(train_scores, rate)))
 
 
-def score_project_pot(train_features: np.ndarray, test_features: np.ndarray) -> ScoredRecipe:
-    """Fit the spec's recipe once and return its scores with a peaks-over-threshold threshold, under the fallback cap."""
-    model = quality.fit_project_detector(train_features)
-    train_scores = model.score_samples(train_features)
-    return ScoredRecipe(model.score_samples(test_features), _capped(model, train_features, lambda rate: pot_threshold(train_scores, rate)))
-
-
-def _on_project_components(detector: object) -> Callable[[np.ndarray, np.ndarray], ScoredRecipe]:
+def _on_project_components(detector: object) -> Callable[[Series], ScoredRecipe]:
     """Return a scorer that fits ``detector`` on the project recipe's fitted preprocessing (at most CANDIDATE_MAX_ROWS evenly spaced
     training rows) and sets its threshold at the rate's quantile of its training scores, under the fallback cap."""
-    def score(train_features: np.ndarray, test_features: np.ndarray) -> ScoredRecipe:
-        preprocessing = quality.fit_project_detector(train_features).steps[:-1]
-        rows = np.linspace(0, len(train_features) - 1, min(len(train_features), CANDIDATE_MAX_ROWS)).astype(int)
-        components = Pipeline(preprocessing).transform(train_features[rows])
-        model = Pipeline([*preprocessing, ("detector", clone(detector).fit(components))])
-        train_scores = model.score_samples(train_features)
-        return ScoredRecipe(model.score_samples(test_features), _capped(model, train_features, lambda rate: float(np.quantile(train_scores, rate))))
+    def score(series: Series) -> ScoredRecipe:
+        preprocessing = series.project.steps[:-1]
+        train = series.train_features
+        rows = np.linspace(0, len(train) - 1, min(len(train), CANDIDATE_MAX_ROWS)).astype(int)
+        model = Pipeline([*preprocessing, ("detector", clone(detector).fit(Pipeline(preprocessing).transform(train[rows])))])
+        train_scores = model.score_samples(train)
+        return ScoredRecipe(model.score_samples(series.test_features), series.capped(model, lambda rate: float(np.quantile(train_scores, rate))))
     return score
 
 
-SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], ScoredRecipe]] = {
+SCORERS: dict[str, Callable[[Series], ScoredRecipe]] = {
     "project": score_project, "upstream": score_upstream, "project-pot": score_project_pot,
     "lof": _on_project_components(LocalOutlierFactor(n_neighbors=LOF_NEIGHBOURS, novelty=True)),
     "isolation-forest-pca": _on_project_components(IsolationForest(n_estimators=200, random_state=42)),
@@ -172,9 +189,10 @@ def rate_key(rate: float) -> str:
 def machine_points(data_dir: Path, machine: str, rates: tuple[float, ...], recipes: tuple[str, ...]) -> dict[str, dict[str, dict[str, float]]]:
     """Return ``{recipe: {rate: precision, recall, f1, flagged}}`` on one SMD machine, each recipe fitted once."""
     train_features, test_features, labels = quality.smd_split(data_dir, machine)
+    series = Series(train_features, test_features)
     points = {}
     for recipe in recipes:
-        scored = SCORERS[recipe](train_features, test_features)
+        scored = SCORERS[recipe](series)
         points[recipe] = {}
         for rate in rates:
             flagged = scored.flagged(rate)
@@ -187,9 +205,10 @@ def series_points(data_dir: Path, key: str, windows: list[list[str]], rates: tup
                   recipes: tuple[str, ...]) -> dict[str, dict[str, dict]]:
     """Return ``{recipe: {rate: windows_detected, windows, false_positives, flagged, detected}}`` on one NAB series."""
     split = quality.nab_split(data_dir, key, windows)
+    series = Series(split.train_features, split.test_features)
     points = {}
     for recipe in recipes:
-        scored = SCORERS[recipe](split.train_features, split.test_features)
+        scored = SCORERS[recipe](series)
         points[recipe] = {}
         for rate in rates:
             hit = scored.flagged(rate)

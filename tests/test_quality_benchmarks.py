@@ -168,18 +168,18 @@ def test_frontier_scores_each_recipe_once_per_series_at_every_rate_against_the_t
 
 
 def test_frontier_scores_the_candidate_recipes_beside_the_project_and_upstream(smd_dir, nab_dir, tmp_path):
-    finished = run_benchmark("frontier", "--smd-dir", str(smd_dir), "--nab-dir", str(nab_dir), "--rates", "0.005,0.1",
+    finished = run_benchmark("frontier", "--smd-dir", str(smd_dir), "--nab-dir", str(nab_dir), "--machines", "machine-9-1", "--rates", "0.005,0.1",
                              "--candidates", "project-pot,lof,isolation-forest-pca", "--json", str(tmp_path / "frontier.json"),
                              "--results-dir", str(tmp_path / "results"))
     assert finished.returncode == 0, finished.stderr
-    assert "isolation-forest-pca" in finished.stdout.split("[SMD 1/2]")[1].splitlines()[0]
+    assert "isolation-forest-pca" in finished.stdout.split("[SMD 1/1]")[1].splitlines()[0]
     report = json.loads((tmp_path / "frontier.json").read_text())
     assert list(report["recipes"]) == ["project", "upstream", "project-pot", "lof", "isolation-forest-pca"]
     project, pot = report["recipes"]["project"]["points"], report["recipes"]["project-pot"]["points"]
     for recipe, result in report["recipes"].items():
         assert [point["rate"] for point in result["points"]] == [0.005, 0.02, 0.05, 0.1]
-        for item in ("machine-9-1", "machine-9-2"):
-            flagged = [point["smd"]["items"][item]["flagged"] for point in result["points"]]
+        for section, item in (("smd", "machine-9-1"), ("nab", "cpu_a"), ("nab", "cpu_b")):
+            flagged = [point[section]["items"][item]["flagged"] for point in result["points"]]
             assert flagged == sorted(flagged), (recipe, item, flagged)
     # At or above 2 %, peaks over threshold is the plain quantile: the project's own points, exactly.
     assert [point["smd"] for point in pot[1:]] == [point["smd"] for point in project[1:]]
@@ -201,17 +201,17 @@ def test_frontier_thresholds_are_each_recipes_own_calibration_at_that_rate(smd_d
     train, test, _ = quality.smd_split(smd_dir, "machine-9-1")
     # The project recipe fitted through fit_outlier_detector at 0.05 flags exactly what the frontier's 0.05 point flags.
     calibrated, _ = fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), {"target_false_positive_rate": 0.05}), train)
-    assert np.array_equal(frontier.score_project(train, test).flagged(0.05), calibrated.predict(test) == -1)
+    assert np.array_equal(frontier.score_project(frontier.Series(train, test)).flagged(0.05), calibrated.predict(test) == -1)
     # The upstream recipe with contamination 0.01 flags exactly what the frontier's 0.01 point flags.
     contaminated = quality.upstream_detector().set_params(detector__contamination=0.01).fit(train)
-    assert np.array_equal(frontier.score_upstream(train, test).flagged(0.01), contaminated.predict(test) == -1)
+    assert np.array_equal(frontier.score_upstream(frontier.Series(train, test)).flagged(0.01), contaminated.predict(test) == -1)
     # A steady ramp never has a zero one-minute change, so the engine's fallback probe looks anomalous and calibration
     # caps the threshold below it: the frontier keeps that cap at every rate.
     ramp = pd.DataFrame(0.2 + 0.0005 * np.arange(800)[:, None] + np.random.default_rng(1).normal(0, 5e-5, (800, 3)))
     ramp_train, ramp_test = quality.features_with_history(ramp.iloc[:600], ramp.iloc[600:])
     capped, calibration = fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), {"target_false_positive_rate": 0.05}), ramp_train)
     assert calibration["threshold_set_by"] == "fallback_vector"
-    assert frontier.score_project(ramp_train, ramp_test).threshold(0.05) == capped.steps[-1][1].offset_
+    assert frontier.score_project(frontier.Series(ramp_train, ramp_test)).threshold(0.05) == capped.steps[-1][1].offset_
 
 
 def test_frontier_refuses_a_bad_rate_naming_the_fix(tmp_path):
