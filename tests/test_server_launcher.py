@@ -4,6 +4,7 @@ requests, gone after the last `serve stop`."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -177,3 +178,30 @@ def test_a_launcher_that_takes_a_request_but_never_answers_is_an_error_and_is_no
             silent.accept()  # the request was sent once, and no second connection came
     finally:
         silent.close()
+
+
+def test_a_launcher_that_stops_answering_is_an_error_quoting_the_log_it_writes(tmp_path, monkeypatch, own_launcher):
+    """The launcher logs to the state directory that started it: another directory's client quotes that log, not its own."""
+    from components.runtime import server_launcher
+
+    first, second = ServerLauncher(tmp_path / "first"), ServerLauncher(tmp_path / "second")
+    refused = {"LD_PRELOAD": "/tmp/evil.so"}  # a request the launcher refuses: it forks nothing
+    with pytest.raises(ServingError, match="refused to start a model server"):
+        first.spawn(["--name", ANOMALY_DETECTOR], "x", refused)  # starts the launcher, logging to first/logs/launcher.log
+    log = tmp_path / "first" / "logs" / "launcher.log"
+    pid = int(log.read_text().split("server launcher: pid ")[1].split()[0])
+    monkeypatch.setattr(server_launcher, "ASK_TIMEOUT_S", 0.5)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ServingError, match="the server launcher did not answer") as stopped:
+            second.spawn(["--name", ANOMALY_DETECTOR], "x", refused)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert f"its log ({log}): " in str(stopped.value) and f"server launcher: pid {pid} ready" in str(stopped.value)
+    assert not (tmp_path / "second" / "logs" / "launcher.log").exists()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not first.stop():
+        time.sleep(0.1)
+    while time.monotonic() < deadline and answers(own_launcher):
+        time.sleep(0.1)
+    assert not answers(own_launcher)

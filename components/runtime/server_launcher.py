@@ -32,7 +32,7 @@ from pathlib import Path
 
 from components.runtime.request_guard import LIMIT_ENVIRONMENT
 from components.runtime.warm_process import (INTERPRETER_ENVIRONMENT, LOST_RACE_EXIT, WarmProcessError, connect, keyed_environment, log_tail,
-                                             peer_uid, read_request, send_request, start, warm_address)
+                                             peer_log, peer_uid, read_request, send_request, start, warm_address)
 from components.serving.target import ServingError
 
 IDLE_EXIT_S = 300.0
@@ -99,11 +99,15 @@ class ServerLauncher:
                 connection = start("components.runtime.server_launcher", self.address, LAUNCHER_ENVIRONMENT, self.home / "logs" / "launcher.log")
                 connection.settimeout(ASK_TIMEOUT_S)
             with connection:
-                send_request(connection, json.dumps(request).encode(), descriptors)
-                return json.loads(connection.makefile("rb").readline(MAX_REQUEST_BYTES) or b"{}")
+                try:
+                    send_request(connection, json.dumps(request).encode(), descriptors)
+                    return json.loads(connection.makefile("rb").readline(MAX_REQUEST_BYTES) or b"{}")
+                except (OSError, ValueError) as error:  # never asked again: the launcher may have forked a server before the answer was lost
+                    log = peer_log(connection) or self.home / "logs" / "launcher.log"  # another state directory's, when that one started it
+                    raise ServingError(f"the server launcher did not answer: {error}; its log ({log}): {log_tail(log)}") from error
         except WarmProcessError as error:
             raise ServingError(f"the server launcher could not start: {error}") from error
-        except (OSError, ValueError) as error:  # never asked again: the launcher may have forked a server before the answer was lost
+        except OSError as error:
             raise ServingError(f"the server launcher did not answer: {error}; its log: {log_tail(self.home / 'logs' / 'launcher.log')}") from error
 
 

@@ -50,8 +50,22 @@ def warm_address(kind: str, *key: object) -> str:
 
 def peer_uid(connection: socket.socket) -> int:
     """Return the user id of the process at the other end of a Unix socket."""
-    _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return uid
+    return _peer_credentials(connection)[1]
+
+
+def peer_log(connection: socket.socket) -> Path | None:
+    """Return the file the process at the other end of a Unix socket writes its standard output to (a warm process's log),
+    or None when /proc shows no file there."""
+    try:
+        target = os.readlink(f"/proc/{_peer_credentials(connection)[0]}/fd/1")
+    except OSError:
+        return None
+    return Path(target) if target.startswith("/") else None
+
+
+def _peer_credentials(connection: socket.socket) -> tuple[int, int, int]:
+    """Return (pid, uid, gid) of the process at the other end of a Unix socket."""
+    return struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
 
 
 def connect(address: str, timeout_s: float | None = None) -> socket.socket:
