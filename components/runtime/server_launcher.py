@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 
 from components.runtime.request_guard import LIMIT_ENVIRONMENT
-from components.runtime.warm_process import (INTERPRETER_ENVIRONMENT, LOST_RACE_EXIT, WarmProcessError, connect, keyed_environment, log_tail,
+from components.runtime.warm_process import (INTERPRETER_ENVIRONMENT, WarmProcessError, bind, connect, keyed_environment, log_tail,
                                              peer_log, peer_uid, read_request, send_request, start, warm_address)
 from components.serving.target import ServingError
 
@@ -253,23 +253,15 @@ def serve_forever(listener: socket.socket, idle_exit_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Bind the launcher's address, preload and fork servers until stopped or idle; return 0 (1 when another launcher holds
-    the address, 2 when it is not the one its client expects)."""
+    """Bind the launcher's address, preload and fork servers until stopped or idle; return 0 (exit 1 when another launcher
+    holds the address, 2 when it is not the one its client expects)."""
     parser = argparse.ArgumentParser(description="Fork KServe model servers from one process that has imported their libraries.")
     parser.add_argument("--idle-exit-s", type=float, default=IDLE_EXIT_S)
     parser.add_argument("--expect-address", help="the address its client computed: exit 2 at once if this process's differs")
     args = parser.parse_args(argv)
     address = launcher_address(dict(os.environ))
-    if args.expect_address is not None and args.expect_address != address[1:]:
-        print(f"server launcher: started as @{address[1:]}, not as the client's @{args.expect_address}: its code or environment "
-              "differs from the client's", file=sys.stderr)
-        return 2
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(address)  # before the imports: a launcher started at the same time by another client exits at once
-    except OSError as error:
-        print(f"server launcher: another launcher holds this address already: {error}", file=sys.stderr)
-        return LOST_RACE_EXIT
+    # bound before the imports: a launcher started at the same time by another client exits at once
+    listener = bind("server launcher", address, args.expect_address, "its code or environment")
     try:
         preload()
         print(f"server launcher: pid {os.getpid()} ready on @{address[1:]}", flush=True)

@@ -27,7 +27,7 @@ import sys
 import time
 import traceback
 
-from components.runtime.warm_process import INTERPRETER_ENVIRONMENT, LOST_RACE_EXIT, keyed_environment, peer_uid, read_request, warm_address
+from components.runtime.warm_process import INTERPRETER_ENVIRONMENT, bind, keyed_environment, peer_uid, read_request, warm_address
 
 IDLE_EXIT_S = 120.0
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -276,25 +276,17 @@ class Forkserver:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Preload, bind the forkserver's address and fork steps until idle; return 0 (1 when another forkserver holds the address, 2
-    when it is not the one its client expects)."""
+    """Bind the forkserver's address, preload and fork steps until idle; return 0 (exit 1 when another forkserver holds the
+    address, 2 when it is not the one its client expects)."""
     parser = argparse.ArgumentParser(description="Fork local pipeline steps from one process that has imported their libraries.")
     parser.add_argument("--idle-exit-s", type=float, default=IDLE_EXIT_S)
     parser.add_argument("--expect-address", help="the address its client computed: exit 2 at once if this process's differs")
     args = parser.parse_args(argv)
     address = forkserver_address(sys.path[1:], dict(os.environ))  # as started: scikit-learn sets KMP_ names when imported
-    if args.expect_address is not None and args.expect_address != address[1:]:
-        print(f"step forkserver: started as @{address[1:]}, not as the client's @{args.expect_address}: its Python path or "
-              "environment differs from the client's", file=sys.stderr)
-        return 2
+    # bound before the imports: a forkserver started at the same time by another client exits at once
+    listener = bind("step forkserver", address, args.expect_address, "its Python path or environment")
     preload()
     gc.freeze()  # the preloaded objects stay out of the children's collections, and their pages shared
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(address)
-    except OSError as error:
-        print(f"step forkserver: another forkserver holds this address already: {error}", file=sys.stderr)
-        return LOST_RACE_EXIT
     listener.listen(64)
     print(f"step forkserver: pid {os.getpid()} ready on @{address[1:]}", flush=True)
     try:

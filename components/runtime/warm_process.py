@@ -109,6 +109,22 @@ def start(module: str, address: str, prefixes: tuple[str, ...], log: Path) -> so
         raise WarmProcessError(f"{module} did not start within {START_TIMEOUT_S:g} s (its log: {log})")
 
 
+def bind(name: str, address: str, expected: str | None, what_may_differ: str) -> socket.socket:
+    """Return a socket bound to the warm process ``name``'s ``address``; print why and exit at once with 2 when its client
+    expected another address (``what_may_differ`` says what), or with LOST_RACE_EXIT when another process holds it."""
+    if expected is not None and expected != address[1:]:
+        print(f"{name}: started as @{address[1:]}, not as the client's @{expected}: {what_may_differ} differs from the client's", file=sys.stderr)
+        raise SystemExit(2)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        print(f"{name}: another {name} holds this address already: {error}", file=sys.stderr)
+        raise SystemExit(LOST_RACE_EXIT) from None
+    return listener
+
+
 def send_request(connection: socket.socket, body: bytes, descriptors: list[int]) -> None:
     """Send a request: its length with ``descriptors`` attached, then ``body``."""
     socket.send_fds(connection, [LENGTH.pack(len(body))], descriptors)
