@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from components.runtime.warm_process import LENGTH, send_request
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("model-pipelines"))
@@ -22,6 +25,19 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         [CLI, *args], cwd=cwd or REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, timeout=timeout,
     )
+
+
+def ask_warm_process(address: str, body: bytes, descriptors: list[int], announced_length: int | None = None) -> dict:
+    """Send a warm process (launcher or step forkserver) ``body`` with ``descriptors`` as its clients do, or only a header
+    announcing ``announced_length`` bytes; return its one-line JSON answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(30)
+        connection.connect(address)
+        if announced_length is None:
+            send_request(connection, body, descriptors)
+        else:
+            socket.send_fds(connection, [LENGTH.pack(announced_length)], descriptors)
+        return json.loads(connection.makefile("rb").readline())
 
 
 def command_lines() -> Iterator[tuple[int, list[bytes]]]:

@@ -19,11 +19,10 @@ from sklearn.ensemble import IsolationForest
 
 from components.model.contract import ANOMALY_DETECTOR, fallback_instance
 from components.runtime.server_launcher import MAX_REQUEST_BYTES, ServerLauncher, launcher_address
-from components.runtime.warm_process import LENGTH, send_request
 from components.serving.local import local_target, process_alive
 from components.serving.target import ServingError
 from components.store.filesystem import FilesystemStore
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, ask_warm_process, run_cli
 
 SECRET = "launcher-test-secret-4c1d"
 
@@ -42,14 +41,6 @@ def parent_pid(pid: int) -> int:
 def answers(address: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         return probe.connect_ex(address) == 0
-
-
-def ask(address: str, body: bytes, descriptors: list[int]) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(30)
-        connection.connect(address)
-        send_request(connection, body, descriptors)
-        return json.loads(connection.makefile("rb").readline())
 
 
 def deploy_versions(state_directory: Path, count: int):
@@ -112,17 +103,13 @@ def test_the_launcher_takes_only_bounded_server_arguments_a_log_and_the_runtimes
         with pytest.raises(ServingError, match="bad request: the environment may set only PREDICT_PROBA, to short strings"):
             launcher.spawn(["--name", ANOMALY_DETECTOR], "x", {"LD_PRELOAD": "/tmp/evil.so"})
         with open(home / "logs" / "x.log", "ab") as log:
-            assert "arguments must be a list" in ask(own_launcher, json.dumps({"arguments": "--name x; rm -rf /"}).encode(), [log.fileno()])["error"]
-            assert "arguments must be a list" in ask(own_launcher, json.dumps({"arguments": ["--name"] * 65}).encode(), [log.fileno()])["error"]
-            assert "passes its server's log file" in ask(own_launcher, json.dumps({"arguments": ["--name", ANOMALY_DETECTOR]}).encode(), [])["error"]
+            assert "arguments must be a list" in ask_warm_process(own_launcher, json.dumps({"arguments": "--name x; rm -rf /"}).encode(), [log.fileno()])["error"]
+            assert "arguments must be a list" in ask_warm_process(own_launcher, json.dumps({"arguments": ["--name"] * 65}).encode(), [log.fileno()])["error"]
+            assert "passes its server's log file" in ask_warm_process(own_launcher, json.dumps({"arguments": ["--name", ANOMALY_DETECTOR]}).encode(), [])["error"]
             relative = json.dumps({"arguments": ["--name", ANOMALY_DETECTOR], "directory": "serving"}).encode()
-            assert "the working directory must be an existing absolute path" in ask(own_launcher, relative, [log.fileno()])["error"]
-        assert "bad request" in ask(own_launcher, b"not json", [])["error"]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.settimeout(30)
-            connection.connect(own_launcher)
-            connection.sendall(LENGTH.pack(MAX_REQUEST_BYTES + 1))
-            assert "over" in json.loads(connection.makefile("rb").readline())["error"]
+            assert "the working directory must be an existing absolute path" in ask_warm_process(own_launcher, relative, [log.fileno()])["error"]
+        assert "bad request" in ask_warm_process(own_launcher, b"not json", [])["error"]
+        assert "over" in ask_warm_process(own_launcher, b"", [], announced_length=MAX_REQUEST_BYTES + 1)["error"]
         assert (home / "logs" / "x.log").read_bytes() == b"" and not (tmp_path / "escaped.log").exists(), "nothing was started"
     finally:
         assert launcher.stop(), "a launcher that forked no server stops when asked"

@@ -4,8 +4,6 @@ streams, fails and dies as a fresh process would, and the forkserver holds no ru
 import json
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ from kfp import dsl, local
 from components.runtime.step_client import SWITCH
 from components.runtime.step_forkserver import EXECUTOR_MODULE
 from pipelines.local import forked_steps
-from tests.conftest import REPO, command_lines
+from tests.conftest import REPO, ask_warm_process, command_lines
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -167,18 +165,6 @@ def test_a_step_whose_command_is_killed_is_ended_by_the_forkserver(tmp_path):
     assert wait_gone(step), "the forked step outlived its killed command"
 
 
-def ask(address: str, request: dict, streams: list[int], length: int | None = None) -> dict:
-    """Send ``request`` (or only a header announcing ``length`` bytes) with ``streams``; return the answer."""
-    body = json.dumps(request).encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(30)
-        connection.connect(address)
-        socket.send_fds(connection, [struct.pack("!I", length or len(body))], streams)
-        if length is None:
-            connection.sendall(body)
-        return json.loads(connection.makefile("rb").readline())
-
-
 def test_the_forkserver_runs_only_the_kfp_executor_and_bounds_its_requests(tmp_path):
     environment = {"PATH": os.environ["PATH"], "_KFP_RUNTIME": "true", "PYTHONHASHSEED": "4242"}  # a forkserver of this test's own
     forkserver = subprocess.Popen([sys.executable, "-m", "components.runtime.step_forkserver", "--idle-exit-s", "1"], cwd=REPO, env=environment,
@@ -189,11 +175,11 @@ def test_the_forkserver_runs_only_the_kfp_executor_and_bounds_its_requests(tmp_p
         address = "\0" + ready.strip().rsplit("@", 1)[1]
         request = {"module": "os", "arguments": [], "environment": {}, "directory": str(tmp_path)}
         streams = [0, 1, 2]
-        assert "only kfp.dsl.executor_main runs" in ask(address, request, streams)["error"]
+        assert "only kfp.dsl.executor_main runs" in ask_warm_process(address, json.dumps(request).encode(), streams)["error"]
         request["module"] = EXECUTOR_MODULE
-        assert "working directory" in ask(address, {**request, "directory": "relative"}, streams)["error"]
-        assert "request over" in ask(address, request, streams, length=1024 * 1024 + 1)["error"]
-        assert "three standard streams" in ask(address, request, [1])["error"]
+        assert "working directory" in ask_warm_process(address, json.dumps({**request, "directory": "relative"}).encode(), streams)["error"]
+        assert "request over" in ask_warm_process(address, b"", streams, announced_length=1024 * 1024 + 1)["error"]
+        assert "three standard streams" in ask_warm_process(address, json.dumps(request).encode(), [1])["error"]
         assert forkserver.wait(timeout=60) == 0, "an idle forkserver exits by itself"
     finally:
         forkserver.kill()
