@@ -50,6 +50,14 @@ def command_lines() -> Iterator[tuple[int, list[bytes]]]:
                 continue
 
 
+def parent_pid(pid: int) -> int:
+    """Return the parent pid of ``pid`` from /proc (0 when it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def logged(result: subprocess.CompletedProcess) -> str:
     """Return a run's output plus the step logs it wrote to the log files that its summary names."""
     line = next((line for line in result.stdout.splitlines() if line.startswith("logs:")), "")

@@ -22,7 +22,7 @@ from components.runtime.server_launcher import MAX_REQUEST_BYTES, ServerLauncher
 from components.serving.local import local_target, process_alive
 from components.serving.target import ServingError
 from components.store.filesystem import FilesystemStore
-from tests.conftest import REPO, ask_warm_process, run_cli
+from tests.conftest import REPO, ask_warm_process, parent_pid, run_cli
 
 SECRET = "launcher-test-secret-4c1d"
 
@@ -32,10 +32,6 @@ def own_launcher(tmp_path, monkeypatch) -> str:
     """Give this test a launcher of its own (a keyed name other tests lack) and return its address."""
     monkeypatch.setenv("KSERVE_TEST_ISOLATION", str(tmp_path))
     return launcher_address(dict(os.environ))
-
-
-def parent_pid(pid: int) -> int:
-    return int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("PPid:")))
 
 
 def answers(address: str) -> bool:

@@ -23,7 +23,7 @@ from components.release.rollout import probe_sample
 from components.store.filesystem import FilesystemStore, load_model
 from components.model.spec import spec_for
 from components.model.train import TrainedModel, train_model
-from tests.conftest import CLI, REPO, command_lines, logged, run_cli
+from tests.conftest import CLI, REPO, command_lines, logged, parent_pid, run_cli
 from tests.recipe_overrides import isolation_forest, reseeded
 
 FAST = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10", "--param", "days=1")
@@ -276,14 +276,6 @@ def test_a_metrics_outage_during_the_canary_is_inconclusive_and_rolls_back(serve
     assert client.sent > 20 and client.failures == []
 
 
-def _parent(pid: int) -> int:
-    """Return the parent pid of ``pid`` from /proc (0 when it is gone)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def executor_processes(function_name: str, ancestor: int) -> list[int]:
     """Return the pids of kfp.local step commands running ``function_name`` that descend from ``ancestor`` (this test's run:
     another test's steps, e.g. a parallel worker's fleet rollout, are never touched). A local run's step command hands its
@@ -296,7 +288,7 @@ def executor_processes(function_name: str, ancestor: int) -> list[int]:
 def _descends_from(pid: int, ancestor: int) -> bool:
     """Return whether process ``pid`` is ``ancestor`` or one of its descendants."""
     while pid > 1 and pid != ancestor:
-        pid = _parent(pid)
+        pid = parent_pid(pid)
     return pid == ancestor
 
 
