@@ -17,6 +17,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
 from benchmarks import drift as drift_benchmark
 from benchmarks import frontier as frontier_benchmark
@@ -115,20 +116,14 @@ def _write_detection(args: argparse.Namespace, verb: str, title: str, result: di
     report.plot_recipes(result, plotted, args.results_dir / f"{verb}-{plotted}.png", title)
 
 
-def _rates(text: str) -> tuple[float, ...]:
-    """Return the --rates list parsed, or raise the argparse error that names the bad value and the fix."""
-    try:
-        return frontier_benchmark.parse_rates(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _candidates(text: str) -> tuple[str, ...]:
-    """Return the --candidates list parsed, or raise the argparse error that names the unknown recipe and the choices."""
-    try:
-        return frontier_benchmark.parse_candidates(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """Return ``parse`` as an argparse type: its ValueError becomes the argparse error, which names the bad value and the fix."""
+    def parsed(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parsed
 
 
 def _command() -> str:
@@ -170,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--smd-dir", type=Path, required=True, help="SMD-format data: train/, test/, test_label/")
     command.add_argument("--nab-dir", type=Path, required=True, help="NAB-format data: data/<group>/<series>.csv, labels/combined_windows.json")
     command.add_argument("--machines", nargs="+", help="SMD machine names (default: every machine under train/)")
-    command.add_argument("--rates", type=_rates, default=",".join(map(str, frontier_benchmark.DEFAULT_RATES)),
+    command.add_argument("--rates", type=_argument(frontier_benchmark.parse_rates), default=",".join(map(str, frontier_benchmark.DEFAULT_RATES)),
                          help="comma-separated calibration rates, the same for every series; each recipe's default is added "
                               "(default %(default)s)")
-    command.add_argument("--candidates", type=_candidates, default=(),
+    command.add_argument("--candidates", type=_argument(frontier_benchmark.parse_candidates), default=(),
                          help="comma-separated recipes to score beside the project's and upstream's: "
                               f"{', '.join(frontier_benchmark.CANDIDATES)}")
     command.add_argument("--json", type=Path, required=True, help="where to write the JSON results")
