@@ -12,6 +12,12 @@ no-data imputer, scaler and PCA (so each is stock scikit-learn and served the sa
 ``project-pot``, the project's detector with a peaks-over-threshold threshold (a generalized Pareto fit to the lowest
 2 % of its training scores, extrapolated to the rate, as SPOT sets one); ``lof``, a LocalOutlierFactor novelty detector;
 ``isolation-forest-pca``, an IsolationForest on the PCA components.
+
+Each recipe also gets a hindsight bound per series, with its threshold tuned on that series' test labels: the best SMD
+F1 any threshold reaches, and the fewest NAB false-positive rows any threshold flags while still catching every window
+upstream's default catches. No detector can set those thresholds; the bounds say whether a target is lost in the score
+(the bound misses it too) or in the training-only calibration (the bound meets it), and the share of training rows
+each bound's threshold flags says which single rate, if any, would have landed every series.
 """
 
 from __future__ import annotations
@@ -55,8 +61,9 @@ CANDIDATE_MAX_ROWS = 8000  # a candidate detector fits on at most this many even
 
 @dataclass(frozen=True)
 class ScoredRecipe:
-    """One recipe fitted once on one series: its test-row scores and its training-only threshold for any rate."""
+    """One recipe fitted once on one series: its training-row and test-row scores and its training-only threshold for any rate."""
 
+    train_scores: np.ndarray
     test_scores: np.ndarray
     threshold: Callable[[float], float]
 
@@ -145,20 +152,20 @@ class Series:
 def score_project(series: Series) -> ScoredRecipe:
     """Return the spec's recipe's scores and threshold as its calibration sets it: the rate's quantile, under the fallback cap."""
     train_scores, test_scores = series.project_scores
-    return ScoredRecipe(test_scores, series.capped(series.project, lambda rate: float(np.quantile(train_scores, rate))))
+    return ScoredRecipe(train_scores, test_scores, series.capped(series.project, lambda rate: float(np.quantile(train_scores, rate))))
 
 
 def score_upstream(series: Series) -> ScoredRecipe:
     """Fit the upstream recipe once and return its scores and threshold as IsolationForest sets it from contamination."""
     model = quality.fit_upstream_detector(series.train_features)
     train_scores = model.score_samples(series.train_features)
-    return ScoredRecipe(model.score_samples(series.test_features), lambda rate: float(np.percentile(train_scores, 100.0 * rate)))
+    return ScoredRecipe(train_scores, model.score_samples(series.test_features), lambda rate: float(np.percentile(train_scores, 100.0 * rate)))
 
 
 def score_project_pot(series: Series) -> ScoredRecipe:
     """Return the spec's recipe's scores with a peaks-over-threshold threshold, under the fallback cap."""
     train_scores, test_scores = series.project_scores
-    return ScoredRecipe(test_scores, series.capped(series.project, lambda rate: pot_threshold(train_scores, rate)))
+    return ScoredRecipe(train_scores, test_scores, series.capped(series.project, lambda rate: pot_threshold(train_scores, rate)))
 
 
 def _on_project_components(detector: object) -> Callable[[Series], ScoredRecipe]:
@@ -170,7 +177,8 @@ def _on_project_components(detector: object) -> Callable[[Series], ScoredRecipe]
         rows = np.linspace(0, len(train) - 1, min(len(train), CANDIDATE_MAX_ROWS)).astype(int)
         model = Pipeline([*preprocessing, ("detector", clone(detector).fit(Pipeline(preprocessing).transform(train[rows])))])
         train_scores = model.score_samples(train)
-        return ScoredRecipe(model.score_samples(series.test_features), series.capped(model, lambda rate: float(np.quantile(train_scores, rate))))
+        return ScoredRecipe(train_scores, model.score_samples(series.test_features),
+                            series.capped(model, lambda rate: float(np.quantile(train_scores, rate))))
     return score
 
 
@@ -186,34 +194,66 @@ def rate_key(rate: float) -> str:
     return f"{rate:g}"
 
 
-def machine_points(data_dir: Path, machine: str, rates: tuple[float, ...], recipes: tuple[str, ...]) -> dict[str, dict[str, dict[str, float]]]:
-    """Return ``{recipe: {rate: precision, recall, f1, flagged}}`` on one SMD machine, each recipe fitted once."""
+def hindsight_f1(scored: ScoredRecipe, labels: np.ndarray) -> dict[str, float]:
+    """Return the best point-wise F1 any threshold on the test scores reaches against ``labels`` (tuned on them: a bound, not a
+    detector) and the share of training rows that threshold flags."""
+    order = np.argsort(scored.test_scores, kind="stable")
+    ordered = scored.test_scores[order]
+    true_positives = np.cumsum(np.asarray(labels)[order])
+    # A threshold flags every row scoring at or below it, so it can only cut after the last of equal scores.
+    cuts = np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))
+    f1 = 2.0 * true_positives[cuts] / (cuts + 1 + true_positives[-1])
+    best = cuts[int(np.argmax(f1))]
+    return {"f1": float(f1.max()), "rate": float(np.mean(scored.train_scores <= ordered[best]))}
+
+
+def hindsight_windows(scored: ScoredRecipe, windows: list[np.ndarray], needed: list[bool]) -> dict[str, float | None]:
+    """Return the fewest false-positive rows any threshold on the test scores flags while still catching every window marked
+    ``needed`` (tuned on the labels: a bound, not a detector) and the share of training rows that threshold flags (None when
+    no window is needed: no threshold is)."""
+    chosen = [window for window, need in zip(windows, needed) if need]
+    if not chosen:
+        return {"false_positives": 0, "rate": None}
+    # Each chosen window needs its most anomalous row flagged; the threshold is the least anomalous of those rows.
+    threshold = max(float(scored.test_scores[window].min()) for window in chosen)
+    counts = quality.window_counts(scored.test_scores <= threshold, windows)
+    return {"false_positives": counts["false_positives"], "rate": float(np.mean(scored.train_scores <= threshold))}
+
+
+def machine_points(data_dir: Path, machine: str, rates: tuple[float, ...], recipes: tuple[str, ...]) -> dict[str, dict[str, dict]]:
+    """Return ``{recipe: {by_rate: {rate: precision, recall, f1, flagged}, hindsight: f1, rate}}`` on one SMD machine, each
+    recipe fitted once."""
     train_features, test_features, labels = quality.smd_split(data_dir, machine)
     series = Series(train_features, test_features)
     points = {}
     for recipe in recipes:
         scored = SCORERS[recipe](series)
-        points[recipe] = {}
+        by_rate = {}
         for rate in rates:
             flagged = scored.flagged(rate)
             scores = detection_scores(labels, flagged.astype(int))
-            points[recipe][rate_key(rate)] = {field: scores[field] for field in ("precision", "recall", "f1")} | {"flagged": int(flagged.sum())}
+            by_rate[rate_key(rate)] = {field: scores[field] for field in ("precision", "recall", "f1")} | {"flagged": int(flagged.sum())}
+        points[recipe] = {"by_rate": by_rate, "hindsight": hindsight_f1(scored, labels)}
     return points
 
 
 def series_points(data_dir: Path, key: str, windows: list[list[str]], rates: tuple[float, ...],
                   recipes: tuple[str, ...]) -> dict[str, dict[str, dict]]:
-    """Return ``{recipe: {rate: windows_detected, windows, false_positives, flagged, detected}}`` on one NAB series."""
+    """Return ``{recipe: {by_rate: {rate: windows_detected, windows, false_positives, flagged, detected}, hindsight:
+    false_positives, rate}}`` on one NAB series; the hindsight catches every window upstream's default detects."""
     split = quality.nab_split(data_dir, key, windows)
     series = Series(split.train_features, split.test_features)
+    scored = {recipe: SCORERS[recipe](series) for recipe in dict.fromkeys(("upstream", *recipes))}
+    upstream_hit = scored["upstream"].flagged(default_rates()["upstream"])
+    needed = [bool(upstream_hit[window].any()) for window in split.windows]
     points = {}
     for recipe in recipes:
-        scored = SCORERS[recipe](series)
-        points[recipe] = {}
+        by_rate = {}
         for rate in rates:
-            hit = scored.flagged(rate)
-            points[recipe][rate_key(rate)] = {**quality.window_counts(hit, split.windows), "flagged": int(hit.sum()),
-                                              "detected": [bool(hit[window].any()) for window in split.windows]}
+            hit = scored[recipe].flagged(rate)
+            by_rate[rate_key(rate)] = {**quality.window_counts(hit, split.windows), "flagged": int(hit.sum()),
+                                       "detected": [bool(hit[window].any()) for window in split.windows]}
+        points[recipe] = {"by_rate": by_rate, "hindsight": hindsight_windows(scored[recipe], split.windows, needed)}
     return points
 
 
@@ -221,9 +261,9 @@ def frontier_report(smd: dict[str, dict], nab: dict[str, dict], rates: tuple[flo
     """Return the JSON report: the upstream reference, the targets, and per recipe one point per rate with the targets it meets."""
     defaults = default_rates()
     reference_key = rate_key(defaults["upstream"])
-    reference_f1 = {machine: points["upstream"][reference_key]["f1"] for machine, points in smd.items()}
-    reference_detected = {series: points["upstream"][reference_key]["detected"] for series, points in nab.items()}
-    reference_fp = float(np.mean([points["upstream"][reference_key]["false_positives"] for points in nab.values()]))
+    reference_f1 = {machine: points["upstream"]["by_rate"][reference_key]["f1"] for machine, points in smd.items()}
+    reference_detected = {series: points["upstream"]["by_rate"][reference_key]["detected"] for series, points in nab.items()}
+    reference_fp = float(np.mean([points["upstream"]["by_rate"][reference_key]["false_positives"] for points in nab.values()]))
     reference = {"rate": defaults["upstream"], "smd_mean_f1": float(np.mean(list(reference_f1.values()))),
                  "nab_windows_detected": sum(sum(detected) for detected in reference_detected.values()),
                  "nab_windows": sum(len(detected) for detected in reference_detected.values()),
@@ -235,11 +275,13 @@ def frontier_report(smd: dict[str, dict], nab: dict[str, dict], rates: tuple[flo
         points = []
         for rate in rates:
             key = rate_key(rate)
-            point = _point(rate, {machine: p[recipe][key] for machine, p in smd.items()}, reference_f1,
-                           {series: p[recipe][key] for series, p in nab.items()}, reference_detected)
+            point = _point(rate, {machine: p[recipe]["by_rate"][key] for machine, p in smd.items()}, reference_f1,
+                           {series: p[recipe]["by_rate"][key] for series, p in nab.items()}, reference_detected)
             point["meets"] = _meets(point, targets)
             points.append(point)
-        recipes[recipe] = {"default_rate": defaults[recipe], "points": points}
+        recipes[recipe] = {"default_rate": defaults[recipe], "points": points,
+                           "hindsight": _hindsight({machine: p[recipe]["hindsight"] for machine, p in smd.items()}, reference_f1,
+                                                   {series: p[recipe]["hindsight"] for series, p in nab.items()}, targets)}
     return {"rates": list(rates), "upstream_reference": reference, "targets": targets, "recipes": recipes}
 
 
@@ -262,6 +304,21 @@ def _point(rate: float, machines: dict[str, dict], reference_f1: dict[str, float
     }
 
 
+def _hindsight(machines: dict[str, dict], reference_f1: dict[str, float], series: dict[str, dict], targets: dict[str, float]) -> dict:
+    """Return one recipe's hindsight bounds: SMD mean F1 and the machines below the margin target even so, NAB false positives
+    per series, the targets the bounds meet, and the range of training shares their thresholds flag."""
+    below = {machine: bound["f1"] - reference_f1[machine] for machine, bound in machines.items()
+             if bound["f1"] - reference_f1[machine] < targets["smd_worst_margin"]}
+    mean_f1 = float(np.mean([bound["f1"] for bound in machines.values()]))
+    false_positives = float(np.mean([bound["false_positives"] for bound in series.values()]))
+    needed = [bound["rate"] for bound in series.values() if bound["rate"] is not None]
+    return {"smd": {"mean_f1": mean_f1, "machines_below_margin": below, "items": machines,
+                    "rates": [min(bound["rate"] for bound in machines.values()), max(bound["rate"] for bound in machines.values())]},
+            "nab": {"false_positives_per_series": false_positives, "items": series, "rates": [min(needed, default=0.0), max(needed, default=0.0)]},
+            "meets": {"smd_mean_f1": mean_f1 >= targets["smd_mean_f1"], "smd_worst_margin": not below,
+                      "nab_false_positives": false_positives <= targets["nab_false_positives"]}}
+
+
 def _meets(point: dict, targets: dict[str, float]) -> dict[str, bool]:
     """Return which of the issue's targets one point meets."""
     return {"smd_mean_f1": point["smd"]["mean"]["f1"] >= targets["smd_mean_f1"],
@@ -281,7 +338,9 @@ def summary(report: dict) -> str:
     for recipe, result in report["recipes"].items():
         lines.append(f"{recipe}: " + ", ".join(f"rate {point['rate']:g} F1 {point['smd']['mean']['f1']:.3f} / "
                                               f"{point['nab']['false_positives_per_series']:.0f} false positives per series"
-                                              for point in result["points"]))
+                                              for point in result["points"])
+                     + f"; in hindsight F1 {result['hindsight']['smd']['mean_f1']:.3f} / "
+                       f"{result['hindsight']['nab']['false_positives_per_series']:.0f} false positives per series")
     reference = report["upstream_reference"]
     lines.append(f"upstream default: F1 {reference['smd_mean_f1']:.3f}, {reference['nab_windows_detected']}/{reference['nab_windows']} windows, "
                  f"{reference['nab_false_positives_per_series']:.0f} false positives per series; points meeting every target: {', '.join(points_meeting_every_target(report)) or 'none'}")

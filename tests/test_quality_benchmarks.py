@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks import frontier, quality
 from components.model.contract import ANOMALY_DETECTOR
+from components.model.evaluate import detection_scores
 from components.model.spec import spec_for
 from components.model.train import fit_outlier_detector, spec_with_overrides
 from tests.conftest import REPO
@@ -138,7 +139,7 @@ def test_frontier_scores_each_recipe_once_per_series_at_every_rate_against_the_t
     finished = run_benchmark("frontier", "--smd-dir", str(smd_dir), "--nab-dir", str(nab_dir), "--rates", "0.1,0.01",
                              "--json", str(tmp_path / "frontier.json"), "--results-dir", str(tmp_path / "results"))
     assert finished.returncode == 0, finished.stderr
-    assert "[SMD 2/2] machine-9-2: F1 by rate project" in finished.stdout and "[NAB 2/2] cpu_b:" in finished.stdout
+    assert "[SMD 2/2] machine-9-2: F1 by rate, then in hindsight project" in finished.stdout and "[NAB 2/2] cpu_b:" in finished.stdout
     assert "points meeting every target:" in finished.stdout
     report = json.loads((tmp_path / "frontier.json").read_text())
     # The requested rates, sorted, plus each recipe's own default: the spec's 0.02 and upstream's contamination 0.05.
@@ -160,9 +161,23 @@ def test_frontier_scores_each_recipe_once_per_series_at_every_rate_against_the_t
     # Upstream at its own default is the reference: no margin, no window of its own missed.
     default = next(point for point in report["recipes"]["upstream"]["points"] if point["rate"] == 0.05)
     assert default["smd"]["worst_margin"] == 0 and default["nab"]["upstream_windows_missed"] == 0
+    default_detected = {series: scores["detected"] for series, scores in default["nab"]["items"].items()}
     assert default["nab"]["false_positives_per_series"] == reference["nab_false_positives_per_series"]
+    # In hindsight (a threshold tuned on each series' labels) a recipe does at least as well as at any training-only rate.
+    for recipe, result in report["recipes"].items():
+        hindsight = result["hindsight"]
+        for machine, bound in hindsight["smd"]["items"].items():
+            assert bound["f1"] >= max(point["smd"]["items"][machine]["f1"] for point in result["points"]) - 1e-12, (recipe, machine)
+        for series, bound in hindsight["nab"]["items"].items():
+            catching = [point["nab"]["items"][series]["false_positives"] for point in result["points"]
+                        if all(ours or not upstream for ours, upstream in zip(point["nab"]["items"][series]["detected"], default_detected[series]))]
+            assert bound["false_positives"] <= min(catching, default=np.inf), (recipe, series)
+        assert set(hindsight["meets"]) == set(frontier.TARGETS) - {"nab_upstream_windows"}
+        assert hindsight["smd"]["mean_f1"] == pytest.approx(np.mean([bound["f1"] for bound in hindsight["smd"]["items"].values()]))
     table = (tmp_path / "results" / "frontier.md").read_text()
     assert "SMD mean point-wise F1 >= 0.45" in table and "a third of upstream's" in table and "every NAB window upstream detects" in table
+    assert "## In hindsight: thresholds tuned on the test labels" in table and "## NAB false positives per series in hindsight" in table
+    assert "| machine-9-1 |" in table.split("## SMD F1 per machine")[1] and "project in hindsight" in table
     assert "| project | 0.02 (default) |" in table and "| upstream | 0.05 (default) |" in table and "Points meeting every target:" in table
     assert (tmp_path / "results" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -212,6 +227,22 @@ def test_frontier_thresholds_are_each_recipes_own_calibration_at_that_rate(smd_d
     capped, calibration = fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), {"target_false_positive_rate": 0.05}), ramp_train)
     assert calibration["threshold_set_by"] == "fallback_vector"
     assert frontier.score_project(frontier.Series(ramp_train, ramp_test)).threshold(0.05) == capped.steps[-1][1].offset_
+
+
+def test_hindsight_bounds_are_the_best_any_threshold_reaches_on_the_labels():
+    rng = np.random.default_rng(11)
+    test_scores = np.round(rng.normal(0, 1, 400), 1)  # many ties: a threshold cannot split equal scores
+    labels = (test_scores + rng.normal(0, 1, 400) < -1.5).astype(int)
+    scored = frontier.ScoredRecipe(np.linspace(-3, 3, 1000), test_scores, threshold=lambda rate: 0.0)
+    best = max((detection_scores(labels, (test_scores <= cut).astype(int))["f1"], cut) for cut in np.unique(test_scores))
+    bound = frontier.hindsight_f1(scored, labels)
+    assert bound["f1"] == pytest.approx(best[0]) and bound["rate"] == np.mean(scored.train_scores <= best[1])
+    # NAB: the window needing the least anomalous threshold sets it; rows outside every window at or below it are false positives.
+    scores = np.array([0.0, -9.0, 0.0, -3.0, -5.0, 0.0, -2.0, -4.0, 0.0, -8.0])
+    windows = [np.arange(10) == 1, (np.arange(10) >= 2) & (np.arange(10) <= 3), np.arange(10) == 9]
+    needed = frontier.hindsight_windows(frontier.ScoredRecipe(np.array([-6.0, -3.5, 0.0, 1.0]), scores, lambda rate: 0.0), windows, [True, True, False])
+    assert needed == {"false_positives": 2, "rate": 0.5}  # threshold -3: rows 4 (-5) and 7 (-4); training -6 and -3.5
+    assert frontier.hindsight_windows(frontier.ScoredRecipe(scores, scores, lambda rate: 0.0), windows, [False, False, False]) == {"false_positives": 0, "rate": None}
 
 
 def test_frontier_refuses_a_bad_rate_naming_the_fix(tmp_path):
