@@ -29,7 +29,7 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
-    """The project runtime serving a detector with small limits (a 2 s body timeout), its model URL, process and model directory."""
+    """The project runtime serving a detector with small limits (1 s header and 2 s body timeouts), its model URL, process and model directory."""
     work = tmp_path_factory.mktemp("runtime")
     model_dir = work / "v1"
     model_dir.mkdir()
@@ -39,7 +39,8 @@ def runtime(tmp_path_factory):
     checksum = hashlib.sha256((model_dir / "model.pkl").read_bytes()).hexdigest()
     process, port = start_server(
         lambda port: [sys.executable, "-m", "components.runtime.model_server", "--name", ANOMALY_DETECTOR, "--version", "v1", "--model-dir", str(model_dir),
-                      "--sha256", checksum, "--port", str(port), "--max-body-bytes", "2000000", "--max-rows", "5000", "--body-timeout-s", "2"],
+                      "--sha256", checksum, "--port", str(port), "--max-body-bytes", "2000000", "--max-rows", "5000", "--header-timeout-s", "1",
+                      "--body-timeout-s", "2"],
         work / "runtime.log", "the runtime", lambda port: http_get(f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}", timeout=1.0)[0] == 200,
         timeout_s=90)
     url = f"http://127.0.0.1:{port}/v1/models/{ANOMALY_DETECTOR}"
@@ -368,10 +369,11 @@ def read_answer(connection: socket.socket) -> tuple[bytes, float]:
     return received, time.monotonic()
 
 
-def test_the_router_cuts_off_slow_bodies_with_408_and_slow_headers_by_closing(runtime, router):
+def test_the_router_and_the_runtime_cut_off_slow_bodies_with_408_and_slow_headers_by_closing(runtime, router):
     url, _, _ = runtime
     router_url, _, log = router
     host, port = router_url.split("/")[2].split(":")
+    runtime_port = url.split("/")[2].split(":")[1]
     path = f"/v1/models/{ANOMALY_DETECTOR}:predict"
     head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
     good = json.dumps(GOOD).encode()
@@ -409,7 +411,9 @@ def test_the_router_cuts_off_slow_bodies_with_408_and_slow_headers_by_closing(ru
         ("dripped body", head, b" " * 100),  # a byte every 0.2 s keeps any per-read timeout from firing
         ("stalled headers", head[:40], b""),
         ("dripped headers", head[:40], head[40:]),
-        ("runtime's stalled body", head + b'{"instances": ', b"", url.split("/")[2].split(":")[1]),  # the runtime shares the body limit
+        ("runtime's stalled body", head + b'{"instances": ', b"", runtime_port),  # the runtime shares the body limit
+        ("runtime's stalled headers", head[:40], b"", runtime_port),  # and the header deadline
+        ("runtime's dripped headers", head[:40], head[40:], runtime_port),
     )]
     for thread in clients:
         thread.start()
@@ -425,7 +429,7 @@ def test_the_router_cuts_off_slow_bodies_with_408_and_slow_headers_by_closing(ru
         answer, at = results[name]
         assert answer.startswith(b"HTTP/1.1 408") and b"within 2 s" in answer, (name, answer[:300])
         assert 1.9 < at - started < 6, (name, at - started)
-    for name in ("stalled headers", "dripped headers"):
+    for name in ("stalled headers", "dripped headers", "runtime's stalled headers", "runtime's dripped headers"):
         answer, at = results[name]
         assert answer == b"" and 0.9 < at - started < 5, (name, answer[:300], at - started)
     assert results["later request's headers"][0] == b"" and 2.4 < results["later request's headers"][1] - started < 7

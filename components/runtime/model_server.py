@@ -17,7 +17,8 @@ environment has ``PREDICT_PROBA=true`` and the model has it) and the V2 (Open In
   spec sends as a ratio must lie in 0-1 (a percent is refused), else 400 naming it,
   and an inference request must carry Content-Type: application/json, else 415 naming the header;
   bodies over ``--max-body-bytes`` get 413 while they are read, a body not read within ``--body-timeout-s``
-  gets 408, more rows than ``--max-rows`` get 413;
+  gets 408, more rows than ``--max-rows`` get 413, and a connection whose request headers are not complete within
+  ``--header-timeout-s`` is closed (uvicorn alone waits for them forever);
 - predict runs in a worker thread, so health and readiness keep answering during a long request;
 - the repository load/unload routes are not served;
 - ``/metrics`` has, by model and version, the series the platform's guide queries: every predict/infer request
@@ -48,8 +49,8 @@ from components.model.spec import ANOMALY, CLASSIFICATION, PREDICTIVE, RAW, Mode
 from components.model.units import Unit
 from components.runtime.answers import PREDICT_PROBA_ENV, alerts, predicted_classes
 from components.runtime.request_guard import (
-    DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, BodyLimit, InvalidRequest, JsonContentType, check_ratio_inputs,
-    is_inference_request, parse_instances, parse_v2_inputs, send_json_error,
+    DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, BodyLimit, InvalidRequest, JsonContentType,
+    check_ratio_inputs, header_timeout_protocol, is_inference_request, parse_instances, parse_v2_inputs, send_json_error,
 )
 from components.store.filesystem import RECORD_FILENAME
 
@@ -235,7 +236,8 @@ class RepositoryRoutesRefused:
 
 
 def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: int, host: str = "127.0.0.1",
-          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_rows: int = DEFAULT_MAX_ROWS, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_rows: int = DEFAULT_MAX_ROWS, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+          header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> None:
     """Load and serve one version on ``host``:``port`` until terminated."""
     import kserve
     import kserve.model_server
@@ -264,12 +266,13 @@ def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: 
                              '{"inputs": [{"name": "input-0", "shape": [rows, features], "datatype": "FP64", "data": [...]}]}'}, status_code=422)
 
     class HardenedRESTServer(RESTServer):
-        """KServe's REST server bound to ``host`` (it always binds 0.0.0.0 otherwise), with bounded, validated input
-        and metadata that names the served version."""
+        """KServe's REST server bound to ``host`` (it always binds 0.0.0.0 otherwise), with a deadline on request headers,
+        bounded, validated input and metadata that names the served version."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.config.host = host
+            self.config.http = header_timeout_protocol(header_timeout_s)
             self._server = type(self._server)(self.config)
 
         def _register_endpoints(self, app):
@@ -318,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="413 above this many rows (default: $MODEL_MAX_ROWS or 10000)")
     parser.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
                         help="408 when a request body takes longer to arrive (default: $MODEL_BODY_TIMEOUT_S or 30)")
+    parser.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
+                        help="close a connection whose request headers take longer (default: $MODEL_HEADER_TIMEOUT_S or 10)")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
     args = parser.parse_args(argv)
@@ -326,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         return 1
     try:
-        serve(args.name, args.version, args.model_dir, args.sha256, args.port, args.host, args.max_body_bytes, args.max_rows, args.body_timeout_s)
+        serve(args.name, args.version, args.model_dir, args.sha256, args.port, args.host, args.max_body_bytes, args.max_rows, args.body_timeout_s,
+              args.header_timeout_s)
     except (RuntimeError, OSError, ValueError) as error:
         print(f"model server: cannot serve {args.name} {args.version}: {error}", file=sys.stderr, flush=True)
         return 1
