@@ -22,11 +22,12 @@ from components.store.s3 import DEFAULT_SECRET
 from components.serving.target import ServingError
 from components.store.filesystem import StoreError
 from pipelines import kfp_remote
-from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT
+from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT, model_pipeline_key, pipeline_file, pipeline_name
 from pipelines.platforms import DEFAULT_PLATFORM, STORES, Platform, compile_time_parameters, compiled_for, platform_named, profile_folder
 from pipelines.spec_commands import add_spec_verbs
 
 if TYPE_CHECKING:
+    from components.model.spec import ModelSpec
     from pipelines.local import MonitorSummary, RunSummary
 
 DEFAULT_STATE_DIR = state_dir()
@@ -107,13 +108,15 @@ def _parameters(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_local(args: argparse.Namespace, verb: str, submissions: list[list[str]]) -> bool:
-    """Return whether --local was given; otherwise print the ``submit`` commands that do the same on a cluster."""
+def _require_local(args: argparse.Namespace, verb: str, submissions: list[list[str]], upload: list[str]) -> bool:
+    """Return whether --local was given; otherwise print the ``upload`` (its arguments) and ``submit`` commands that do the same on a
+    cluster."""
     if not args.local:
         commands = [shlex.join(["model-pipelines", "submit", *submission, *(part for param in args.param for part in ("--param", param))])
                     for submission in submissions]
         print(f"error: `model-pipelines {verb}` runs on this machine, with --local. On a cluster, upload the pipeline once "
-              "(`model-pipelines upload all --platform <your release, e.g. rhoai-2.25>`), then:\n  " + "\n  ".join(commands), file=sys.stderr)
+              f"(`{shlex.join(['model-pipelines', 'upload', *upload])} --platform <your release, e.g. rhoai-2.25>`), then:\n  "
+              + "\n  ".join(commands), file=sys.stderr)
     return args.local
 
 
@@ -124,9 +127,10 @@ def _model_spec(args: argparse.Namespace):
     return spec_named(args.model_spec) if args.model_spec else None
 
 
-def _local_models(args: argparse.Namespace, verb: str, submission: Callable[[str], list[str]]) -> tuple | None:
+def _local_models(args: argparse.Namespace, verb: str, submission: Callable[[list[str]], list[str]]) -> tuple | None:
     """Return (spec or None, models) a local verb acts on (--model's, else the positional choice, all: every built-in model), or None
-    after printing why it cannot run: no model named, a bad spec, or no --local (then the ``submission`` that does it on a cluster)."""
+    after printing why it cannot run: no model named, a bad spec, or no --local (then the ``submission`` that does it on a cluster,
+    given the arguments that name a model: the model for run, model_name for the shared rollout and monitor, --model for a spec)."""
     try:
         spec = _model_spec(args)
         if spec is None and not args.model:
@@ -134,20 +138,19 @@ def _local_models(args: argparse.Namespace, verb: str, submission: Callable[[str
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return None
-    models = [spec.name] if spec is not None else list(MODEL_NAMES) if args.model == "all" else [args.model]
-    if spec is not None and not args.local:
-        print(f"error: `model-pipelines {verb}` runs on this machine, with --local. On a cluster, compile the model's own pipelines "
-              f"(`model-pipelines compile --model {args.model_spec}`) and import the YAML for your release from the folder it names "
-              "(dashboard: Pipelines, Import pipeline)", file=sys.stderr)
-        return None
-    return (spec, models) if _require_local(args, verb, [submission(model) for model in models]) else None
+    if spec is not None:
+        chosen = _require_local(args, verb, [submission(["--model", args.model_spec])], ["--model", args.model_spec])
+        return (spec, [spec.name]) if chosen else None
+    models = list(MODEL_NAMES) if args.model == "all" else [args.model]
+    naming = (lambda model: [model]) if verb == "run" else (lambda model: ["--param", f"model_name={model}"])
+    return (spec, models) if _require_local(args, verb, [submission(naming(model)) for model in models], ["all"]) else None
 
 
 def _run(args: argparse.Namespace) -> int:
     """Run the chosen retraining pipelines locally, print progress and a summary; return the exit code (README)."""
     from pipelines.local import exit_code, local_defaults, params_per_model, parse_params, run_local
 
-    chosen = _local_models(args, "run", lambda model: [model])
+    chosen = _local_models(args, "run", lambda naming: naming)
     if chosen is None:
         return 2
     spec, models = chosen
@@ -174,7 +177,7 @@ def _monitor(args: argparse.Namespace) -> int:
     """Check each chosen model for drift locally, print the drift table and decision; return the exit code (README)."""
     from pipelines.local import local_defaults, parse_params, retrain_arguments, run_config, run_monitor_local, worst_exit_code
 
-    chosen = _local_models(args, "monitor", lambda model: [MONITOR, "--param", f"model_name={model}"])
+    chosen = _local_models(args, "monitor", lambda naming: [MONITOR, *naming])
     if chosen is None:
         return 2
     spec, models = chosen
@@ -217,7 +220,7 @@ def _rollout(args: argparse.Namespace) -> int:
     """Roll out a stored version locally (deploy, smoke-test, canary); return the exit code (README)."""
     from pipelines.local import check_stored_version, exit_code, local_defaults, open_run_store, parse_params, run_config, run_local
 
-    chosen = _local_models(args, "rollout", lambda model: [ROLLOUT, "--param", f"model_name={model}", "--param", f"version={args.version}"])
+    chosen = _local_models(args, "rollout", lambda naming: [ROLLOUT, *naming, "--param", f"version={args.version}"])
     if chosen is None:
         return 2
     spec, (model,) = chosen
@@ -496,12 +499,14 @@ def _remote(handler):
         try:  # a bad command line is reported before any talk of the connection
             if getattr(args, "cron", None):
                 kfp_remote.check_cron(args.cron)
+            if hasattr(args, "pipeline"):
+                args.spec, args.pipeline = _remote_pipeline(args)
             if hasattr(args, "platform"):
                 _profile(args)
             if hasattr(args, "package"):
                 _check_package(args)
             if hasattr(args, "param"):
-                args.arguments = parse_params(args.param, args.pipeline)
+                args.arguments = parse_params(args.param, args.pipeline, args.spec)
                 _check_profile_parameters(args)
         except (kfp_remote.RemoteError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
@@ -516,9 +521,38 @@ def _remote(handler):
     return run
 
 
-def _pipeline_name(key: str) -> str:
-    """Return the pipeline name on the server for a CLI pipeline key."""
-    return PIPELINE_FILES[key].removesuffix(".yaml")
+def _remote_pipeline(args: argparse.Namespace) -> tuple[ModelSpec | None, str]:
+    """Return (the --model spec or None, the pipeline a remote verb acts on); raise ValueError when neither names one.
+
+    With --model the pipeline is that model's own: its retrain when none is named (upload: all three), model-rollout or
+    model-monitor its rollout or monitor.
+    """
+    spec = _model_spec(args)
+    if spec is None:
+        if args.pipeline is None:
+            raise ValueError("name a pipeline (anomaly-detector, predictive-analytics, model-rollout, model-monitor"
+                             f"{', all' if args.verb == 'upload' else ''}), or a model spec file with --model FILE")
+        return None, args.pipeline
+    if args.pipeline in MODEL_NAMES:
+        raise ValueError(f"--model {args.model_spec} names the model ({spec.name}), so drop {args.pipeline}: name no pipeline for its "
+                         "retrain, or model-rollout or model-monitor for its own rollout or monitor")
+    return spec, args.pipeline or ("all" if args.verb == "upload" else spec.name)
+
+
+def _every_pipeline(args: argparse.Namespace) -> list[str]:
+    """Return the CLI pipeline keys `upload all` uploads: the built-in models' retrains with the shared rollout and monitor, or with
+    --model that model's retrain, rollout and monitor."""
+    return [args.spec.name, ROLLOUT, MONITOR] if args.spec is not None else list(PIPELINE_FILES)
+
+
+def _catalog_key(key: str, spec=None) -> str:
+    """Return the catalog key of a CLI pipeline key: itself, or with --model the ``spec`` model's own pipeline it names."""
+    return key if spec is None else model_pipeline_key(spec.name, key)
+
+
+def _pipeline_name(key: str, spec=None) -> str:
+    """Return the pipeline name on the server for a CLI pipeline key (``spec``'s own pipeline with --model)."""
+    return pipeline_name(_catalog_key(key, spec))
 
 
 def _check_package(args: argparse.Namespace) -> None:
@@ -532,18 +566,27 @@ def _check_package(args: argparse.Namespace) -> None:
                          "drop them, or drop --package")
     package = Path(args.package)
     declared = kfp_remote.package_pipeline_name(package)
-    declared_key = next((key for key in PIPELINE_FILES if _pipeline_name(key) == declared), None)
-    upload_as_itself = f"`model-pipelines upload {declared_key} --package {package}`" if declared_key else ""
+    keys = _every_pipeline(args)
+    declared_key = next((key for key in keys if _pipeline_name(key, args.spec) == declared), None)
+    upload_as_itself = f"`{shlex.join(_upload_words(args, declared_key))} --package {package}`" if declared_key else ""
     if args.pipeline == "all":
-        raise ValueError(f"--package is one pipeline ({package} is {declared!r}) and `upload all` is {len(PIPELINE_FILES)}: run "
-                         "`model-pipelines upload all --platform <your release>` to compile and upload all of them for your release, "
-                         f"or upload each file with its own pipeline name{', e.g. ' + upload_as_itself if upload_as_itself else ''}")
-    wanted = _pipeline_name(args.pipeline)
+        raise ValueError(f"--package is one pipeline ({package} is {declared!r}) and `upload all` is {len(keys)}: run "
+                         f"`{shlex.join(_upload_words(args, 'all'))} --platform <your release>` to compile and upload all of them for "
+                         f"your release, or upload each file with its own pipeline name{', e.g. ' + upload_as_itself if upload_as_itself else ''}")
+    wanted = _pipeline_name(args.pipeline, args.spec)
     if declared != wanted:
-        own_file = package.with_name(PIPELINE_FILES[args.pipeline])
-        raise ValueError(f"{package} is pipeline {declared!r}, not {wanted!r} (what `upload {args.pipeline}` uploads): pass "
-                         f"{args.pipeline}'s own file{f' ({own_file})' if own_file.is_file() else ''}"
+        own_file = package.with_name(f"{wanted}.yaml")
+        raise ValueError(f"{package} is pipeline {declared!r}, not {wanted!r} (what `{shlex.join(_upload_words(args, args.pipeline)[1:])}` "
+                         f"uploads): pass {args.pipeline}'s own file{f' ({own_file})' if own_file.is_file() else ''}"
                          f"{', or upload this one as ' + upload_as_itself if upload_as_itself else ''}")
+
+
+def _upload_words(args: argparse.Namespace, key: str) -> list[str]:
+    """Return the words of the `model-pipelines upload` command for the CLI pipeline ``key`` (with --model, the model's own: its
+    retrain needs no key)."""
+    if args.spec is None:
+        return ["model-pipelines", "upload", key]
+    return ["model-pipelines", "upload", *([] if key == args.spec.name else [key]), "--model", args.model_spec]
 
 
 def _check_profile_parameters(args: argparse.Namespace) -> None:
@@ -554,7 +597,7 @@ def _check_profile_parameters(args: argparse.Namespace) -> None:
     fixed = [name for name in args.arguments if name in compile_time_parameters(platform)]
     if fixed:
         raise ValueError(f"{platform.name} has no optional Secrets, so the compile fixes {', '.join(fixed)} (here for --store {store}): "
-                         f"drop --param {fixed[0]}; for another store, run `model-pipelines upload {args.pipeline} --platform {platform.name} "
+                         f"drop --param {fixed[0]}; for another store, run `{shlex.join(_upload_words(args, args.pipeline))} --platform {platform.name} "
                          "--store pvc|s3 [--s3-secret NAME]` and pass the same --store here")
 
 
@@ -563,7 +606,7 @@ def _expected_profile(args: argparse.Namespace) -> kfp_remote.ExpectedProfile | 
     if not _profile_chosen(args):
         return None
     platform, store, s3_secret = _profile(args)
-    upload = ["model-pipelines", "upload", args.pipeline, "--platform", platform.name, "--store", store]
+    upload = [*_upload_words(args, args.pipeline), "--platform", platform.name, "--store", store]
     upload += ["--s3-secret", s3_secret] if args.s3_secret else []
     return kfp_remote.ExpectedProfile(compiled_for(platform, store, s3_secret), f"{platform.name} --store {store}", shlex.join(upload))
 
@@ -571,24 +614,24 @@ def _expected_profile(args: argparse.Namespace) -> kfp_remote.ExpectedProfile | 
 def _upload(args: argparse.Namespace, client, connection) -> int:
     """Upload the --package file as it is, or each chosen pipeline compiled now for --platform and --store; return 0."""
     if args.package:
-        print(kfp_remote.upload(client, Path(args.package), _pipeline_name(args.pipeline)))
+        print(kfp_remote.upload(client, Path(args.package), _pipeline_name(args.pipeline, args.spec)))
         return 0
     from pipelines.retrain import compile_pipelines
 
     platform, store, _ = _profile(args)
-    keys = list(PIPELINE_FILES) if args.pipeline == "all" else [args.pipeline]
+    keys = _every_pipeline(args) if args.pipeline == "all" else [args.pipeline]
     with tempfile.TemporaryDirectory() as scratch:
-        compile_pipelines(scratch, args.image or DEFAULT_IMAGE, platform.name, store, _installation(args))
+        compile_pipelines(scratch, args.image or DEFAULT_IMAGE, platform.name, store, _installation(args), args.spec)
         default = "" if args.platform else "; the default, which needs OpenShift AI 3.0 or later: for 2.x pass --platform rhoai-<your release>"
-        print(f"compiled for {_describe_profile(platform, store)}{default}")
-        for key in keys:
-            print(kfp_remote.upload(client, Path(scratch) / PIPELINE_FILES[key], _pipeline_name(key)))
+        print(f"compiled {f'{args.spec.name} ' if args.spec is not None else ''}for {_describe_profile(platform, store)}{default}")
+        for key in map(functools.partial(_catalog_key, spec=args.spec), keys):
+            print(kfp_remote.upload(client, Path(scratch) / pipeline_file(key), pipeline_name(key)))
     return 0
 
 
 def _submit(args: argparse.Namespace, client, connection) -> int:
     """Start a run; with --wait, stream its state and return 0 only if it succeeded."""
-    run = kfp_remote.submit(client, _pipeline_name(args.pipeline), args.arguments, args.experiment, connection.host, args.run_name,
+    run = kfp_remote.submit(client, _pipeline_name(args.pipeline, args.spec), args.arguments, args.experiment, connection.host, args.run_name,
                             _expected_profile(args))
     print(f"run {run.run_id} started in experiment {args.experiment!r}")
     if not args.wait:
@@ -602,8 +645,8 @@ def _submit(args: argparse.Namespace, client, connection) -> int:
 def _schedule(args: argparse.Namespace, client, connection) -> int:
     """Create, list, enable, disable or delete recurring runs; return 0."""
     if args.schedule_verb == "create":
-        name = args.name or f"{_pipeline_name(args.pipeline)}-schedule"
-        schedule = kfp_remote.create_schedule(client, _pipeline_name(args.pipeline), name, args.cron, args.arguments,
+        name = args.name or f"{_pipeline_name(args.pipeline, args.spec)}-schedule"
+        schedule = kfp_remote.create_schedule(client, _pipeline_name(args.pipeline, args.spec), name, args.cron, args.arguments,
                                               args.experiment, connection.host, args.max_concurrency, _expected_profile(args))
         print(f"schedule {name} ({schedule.recurring_run_id}) created: cron {args.cron!r}, max concurrency {args.max_concurrency}, no catch-up")
     elif args.schedule_verb == "list":
@@ -726,7 +769,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipelines = [*MODEL_NAMES, ROLLOUT, MONITOR]
     upload_verb = verbs.add_parser("upload", help="upload a pipeline, or a new version of it, to a KFP server (by name)")
-    upload_verb.add_argument("pipeline", choices=[*pipelines, "all"])
+    upload_verb.add_argument("pipeline", nargs="?", choices=[*pipelines, "all"], help="the pipeline to upload, or all; with --model: none or "
+                             "all (the model's three), model-rollout or model-monitor (its own)")
+    _add_model_option(upload_verb)
     upload_verb.add_argument("--image", help=f"component image to compile with (default: {DEFAULT_IMAGE})")
     _add_platform_options(upload_verb, "to compile for", compiles=True)
     upload_verb.add_argument("--package", help="upload this compiled YAML (one pipeline, e.g. compiled/rhoai-2.20-2.25-pvc/model-rollout.yaml) "
@@ -735,7 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
     upload_verb.set_defaults(handler=_remote(_upload))
 
     submit_verb = verbs.add_parser("submit", help="start a run of an uploaded pipeline")
-    submit_verb.add_argument("pipeline", choices=pipelines)
+    submit_verb.add_argument("pipeline", nargs="?", choices=pipelines, help="the uploaded pipeline to run; with --model: none (the model's "
+                             "retrain), model-rollout or model-monitor (its own)")
+    _add_model_option(submit_verb)
     submit_verb.add_argument("--param", action="append", default=[], metavar="K=V", help="set a pipeline parameter; repeatable")
     submit_verb.add_argument("--experiment", default="self-healing-models", help="experiment name (created if missing)")
     submit_verb.add_argument("--run-name", help="run name (default: pipeline name and time)")
@@ -749,7 +796,9 @@ def build_parser() -> argparse.ArgumentParser:
     schedule_verb = verbs.add_parser("schedule", help="manage recurring runs")
     schedule_verbs = schedule_verb.add_subparsers(dest="schedule_verb", required=True)
     create_verb = schedule_verbs.add_parser("create", help="create a recurring run (6-field cron, seconds first)")
-    create_verb.add_argument("pipeline", choices=pipelines)
+    create_verb.add_argument("pipeline", nargs="?", choices=pipelines, help="the uploaded pipeline to run; with --model: none (the model's "
+                             "retrain), model-rollout or model-monitor (its own)")
+    _add_model_option(create_verb)
     create_verb.add_argument("--cron", required=True, help="6 fields, seconds first, e.g. '0 0 2 * * 0' (Sundays 02:00)")
     create_verb.add_argument("--name", help="schedule name (default: <pipeline>-schedule)")
     create_verb.add_argument("--param", action="append", default=[], metavar="K=V")

@@ -32,7 +32,7 @@ from components.registry.client import TOKEN_ENV as REGISTRY_TOKEN_ENV
 from components.serving.gitops import repo as gitops_repo
 from components.store.filesystem import DEFAULT_STORE_ROOT
 from components.store.s3 import DATA_CONNECTION_KEYS
-from pipelines.catalog import DEFAULT_IMAGE, MONITOR, PIPELINE_FILES, ROLLOUT
+from pipelines.catalog import DEFAULT_IMAGE, MONITOR, ROLLOUT, pipeline_file
 from pipelines.platforms import DEFAULT_PLATFORM, PLATFORMS, STORES, Platform, adapt, is_default_output, output_key, platform_named, profile_folder
 
 STEP_FUNCTIONS = (
@@ -262,11 +262,6 @@ def pipeline_builders(spec: ModelSpec | None = None) -> dict[str, Callable]:
 def _for_spec(builder: Callable, spec: ModelSpec, image: str = DEFAULT_IMAGE, installation: Installation = Installation()):
     """Return ``builder``'s pipeline for ``spec``'s model."""
     return builder(image, installation, spec)
-
-
-def pipeline_file(key: str) -> str:
-    """Return the compiled file name of the pipeline ``key`` (a model's retrain is ``<model>-retrain.yaml``)."""
-    return PIPELINE_FILES.get(key) or (f"{key}.yaml" if key.endswith(("-rollout", "-monitor")) else f"{key}-retrain.yaml")
 
 
 BUILDERS = pipeline_builders()

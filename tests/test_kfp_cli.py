@@ -270,3 +270,45 @@ def test_help_is_plain_text_and_only_run_speaks_of_scoping_a_parameter_to_one_mo
     assert [verb for verb, text in shown.items() if "``" in text] == []
     assert "<model>.K=V sets it for one model only (with all)" in shown["run"]
     assert "<model>.K=V" not in shown["rollout"] + shown["monitor"] and "run all" not in shown["rollout"] + shown["monitor"]
+
+
+def test_a_spec_models_own_pipelines_upload_submit_and_schedule_by_its_spec_file(kfp, capsys):
+    """A model added as a spec file goes to a cluster as the built-ins do: the commands a local verb prints, then --model."""
+    spec_file = "examples/disk-failure-predictor/model.yaml"
+    connection = ("--host", kfp.url, "--token", "kfp-test-token")
+    assert main(["run", "--model", spec_file, "--param", "training.classifier.C=0.5"]) == 2
+    printed = [line.strip() for line in capsys.readouterr().err.splitlines()]
+    assert f"(`model-pipelines upload --model {spec_file} --platform <your release, e.g. rhoai-2.25>`), then:" in printed[0]
+    assert printed[1] == f"model-pipelines submit --model {spec_file} --param training.classifier.C=0.5"
+
+    assert main(["upload", "--model", spec_file, *connection]) == 0
+    assert "compiled disk-failure-predictor for platform" in capsys.readouterr().out
+    uploaded = {upload["query"]["name"]: next(yaml.safe_load_all(upload["files"]["uploadfile"]))
+                for upload in kfp.sent("POST", "/apis/v2beta1/pipelines/upload")}
+    names = ["disk-failure-predictor-retrain", "disk-failure-predictor-rollout", "disk-failure-predictor-monitor"]
+    assert list(uploaded) == names and [package["pipelineInfo"]["name"] for package in uploaded.values()] == names
+    pipeline_ids = {pipeline["display_name"]: pipeline_id for pipeline_id, pipeline in kfp.pipelines.items()}
+
+    assert main([*shlex.split(printed[1])[1:], *connection]) == 0
+    assert main(["submit", "model-rollout", "--model", spec_file, "--param", "version=v2", *connection]) == 0
+    assert main(["schedule", "create", "--model", spec_file, "--cron", "0 0 2 * * 0", *connection]) == 0
+    assert "schedule disk-failure-predictor-retrain-schedule" in capsys.readouterr().out
+    retrain, rollout = (run["json"] for run in kfp.sent("POST", "/apis/v2beta1/runs"))
+    assert retrain["pipeline_version_reference"]["pipeline_id"] == pipeline_ids["disk-failure-predictor-retrain"]
+    assert retrain["runtime_config"]["parameters"] == {"training": {"classifier.C": 0.5}}
+    assert rollout["pipeline_version_reference"]["pipeline_id"] == pipeline_ids["disk-failure-predictor-rollout"]
+    assert rollout["runtime_config"]["parameters"] == {"version": "v2"}
+    (recurring,) = (request["json"] for request in kfp.sent("POST", "/apis/v2beta1/recurringruns"))
+    assert recurring["pipeline_version_reference"]["pipeline_id"] == pipeline_ids["disk-failure-predictor-retrain"]
+
+    contacted = len(kfp.requests)
+    for command, refusal in (
+        (["submit", "model-rollout", "--model", spec_file, "--param", "model_name=anomaly-detector"], "has no parameter 'model_name'"),
+        (["submit", "anomaly-detector", "--model", spec_file], "names the model (disk-failure-predictor), so drop anomaly-detector"),
+        (["submit"], "name a pipeline (anomaly-detector, predictive-analytics, model-rollout, model-monitor), or a model spec file"),
+        (["upload", "model-monitor", "--model", spec_file, "--package", "compiled/model-monitor.yaml"],
+         "is pipeline 'model-monitor', not 'disk-failure-predictor-monitor'"),
+    ):
+        assert main([*command, *connection]) == 2, command
+        assert refusal in capsys.readouterr().err, command
+    assert len(kfp.requests) == contacted, "refused before contacting the server"

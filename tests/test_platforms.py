@@ -9,7 +9,8 @@ import yaml
 
 from pipelines.platforms import PLATFORMS, output_key, profile_folder
 from components.kfp.config import Installation
-from pipelines.retrain import PIPELINE_FILES, compile_pipelines
+from pipelines.catalog import PIPELINE_FILES
+from pipelines.retrain import compile_pipelines
 from tests.conftest import REPO, run_cli
 from tests.dsp_protos import DSP_BACKENDS, message_classes, releases, strict_parse_errors
 

@@ -123,8 +123,8 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             "import tempfile\nfrom pathlib import Path\n\n"
-            "from pipelines import kfp_remote\nfrom pipelines.platforms import platform_named, profile_folder\n"
-            "from pipelines.retrain import PIPELINE_FILES, compile_pipelines\n\n"
+            "from pipelines import kfp_remote\nfrom pipelines.catalog import PIPELINE_FILES\nfrom pipelines.platforms import platform_named, profile_folder\n"
+            "from pipelines.retrain import compile_pipelines\n\n"
             "connection = kfp_remote.resolve_connection(host, token, ca_cert, None)\n"
             "client = kfp_remote.connect(connection)\n"
             "compiled = Path(tempfile.mkdtemp())\ncompile_pipelines(compiled, platform=platform, store=store)\n"
