@@ -16,7 +16,12 @@ import yaml
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.spec import spec_for
 from components.model.train import train_model
-from components.release.approval import Approval, GitopsApprovalSource, KServeApprovalSource, LocalApprovalSource, approval_file
+from components.release.approval import (
+    BEFORE_PROMOTE, Approval, ApprovalError, ApprovalGate, ApprovalSettings, GitopsApprovalSource, KServeApprovalSource, LocalApprovalSource,
+    approval_file, decide, hold_for_approval,
+)
+from components.release.rollout import AnalysisRow, CanaryResult, CanarySpec
+from components.serving.target import ServingStatus
 from components.serving.gitops.fleet import GitopsOptions
 from components.serving.gitops.repo import TOKEN_ENV, GitopsRepo
 from components.serving.gitops.target import GitopsTarget
@@ -158,6 +163,40 @@ def test_an_analysis_failing_while_holding_rolls_back_without_waiting_for_a_deci
     assert after["stable"] == stable and after["candidate"] is None
 
 
+class HeldCandidate:
+    """A serving target whose model has ``candidate`` at 60 % beside stable v1: what ``decide`` reads (``status``)."""
+
+    def __init__(self, candidate: str) -> None:
+        self.candidate = candidate
+
+    def status(self, model_name: str) -> ServingStatus:
+        return ServingStatus(model_name, stable="v1", candidate=self.candidate, candidate_percent=60, url=None)
+
+
+def test_a_hold_that_ends_without_a_decision_is_marked_expired_so_no_verb_decides_it_while_the_rollback_runs(tmp_path):
+    source = LocalApprovalSource(tmp_path)
+    spec = CanarySpec(steps=(20, 60, 100), interval_s=0.01, failure_limit=0)
+    failing = lambda weight: AnalysisRow(weight, {"error_rate": 1.0}, "fail", "error_rate 1 > 0.01")  # noqa: E731
+    for version, gate, analyse, why in (
+        ("v2", ApprovalGate(source, ApprovalSettings(BEFORE_PROMOTE, timeout_h=0.0, poll_s=0.01)), failing, "not approved within 0 h"),
+        ("v3", ApprovalGate(source, ApprovalSettings(BEFORE_PROMOTE, timeout_h=1.0, poll_s=0.01)), failing,
+         "60% traffic while holding for approval, fail: error_rate 1 > 0.01"),
+    ):
+        result = CanaryResult(ANOMALY_DETECTOR, version, "", "", spec)
+        assert hold_for_approval(gate, ANOMALY_DETECTOR, version, 60, analyse, result, 0, spec, sleep=time.sleep)[::2] == (None, why)
+        record = json.loads((tmp_path / f"{ANOMALY_DETECTOR}.approval.json").read_text())
+        assert (record["version"], record["approval"]) == (version, "expired") and source.awaiting(ANOMALY_DETECTOR) is None
+        with pytest.raises(ApprovalError, match=f"{version} is the candidate at 60 %, but no rollout holds it for approval"):
+            decide(HeldCandidate(version), source, ANOMALY_DETECTOR, version, True, "late")
+    source.request(ANOMALY_DETECTOR, "v4")
+    source.record(ANOMALY_DETECTOR, "v4", True, "alice")
+    source.end(ANOMALY_DETECTOR, "v4")  # a decision that came first stays
+    assert source.decision(ANOMALY_DETECTOR, "v4") == Approval("v4", True, "alice", source.decision(ANOMALY_DETECTOR, "v4").at)
+    source.request(ANOMALY_DETECTOR, "v5")
+    source.end(ANOMALY_DETECTOR, "v4")  # the end of an older hold never ends a newer one
+    assert source.awaiting(ANOMALY_DETECTOR) == "v5"
+
+
 def test_kserve_approval_is_an_annotation_on_the_owned_inference_service(knative_cluster, models):
     project = new_project(knative_cluster)
     first = project.rollout(ANOMALY_DETECTOR, project.store_version(ANOMALY_DETECTOR, models["detector"](1)))
@@ -197,6 +236,14 @@ def test_kserve_approval_is_an_annotation_on_the_owned_inference_service(knative
     after = target.status(ANOMALY_DETECTOR)
     assert (after.stable, after.candidate) == (v2, None)
     assert requests.post(main_url(project) + ":predict", json=FALLBACK, timeout=10).status_code == 200
+    source = KServeApprovalSource(target.api)
+    source.end(ANOMALY_DETECTOR, v3)  # decided already: the decision stays
+    assert project.isvc(ANOMALY_DETECTOR)["metadata"]["annotations"]["model-pipelines.io/approval"] == "rejected"
+    source.request(ANOMALY_DETECTOR, "v9")
+    source.end(ANOMALY_DETECTOR, "v9")
+    annotations = project.isvc(ANOMALY_DETECTOR)["metadata"]["annotations"]
+    assert (annotations["model-pipelines.io/approval-version"], annotations["model-pipelines.io/approval"]) == ("v9", "expired")
+    assert source.awaiting(ANOMALY_DETECTOR) is None
 
     # An InferenceService this project did not create is never annotated.
     api = kube_api(knative_cluster)
@@ -238,6 +285,13 @@ def test_the_fleet_repository_keeps_one_approval_record_per_model_naming_its_ver
         trailers = dict(pipeline.repo.history(approval_file(ANOMALY_DETECTOR))[0][1])
         assert {key: trailers[key] for key in ("Model", "Version", "Step", "Approval", "Approved-By")} == {
             "Model": ANOMALY_DETECTOR, "Version": "v4", "Step": "approval", "Approval": "rejected", "Approved-By": "erin"}
+        commits = len(pipeline.repo.history(approval_file(ANOMALY_DETECTOR)))
+        pipeline.end(ANOMALY_DETECTOR, "v4")
+        assert len(pipeline.repo.history(approval_file(ANOMALY_DETECTOR))) == commits, "decided already: the hold's end commits nothing"
+        pipeline.request(ANOMALY_DETECTOR, "v5")
+        pipeline.end(ANOMALY_DETECTOR, "v5")
+        assert person.awaiting(ANOMALY_DETECTOR) is None
+        assert dict(pipeline.repo.history(approval_file(ANOMALY_DETECTOR))[0][1])["Approval"] == "expired"
         server.commit_directly("fleet.git", f"fleet/models/{approval_file('other-model')}", "version: v1\napproval: approved\n")
         with pytest.raises(ServingError, match="was not created by model-pipelines"):
             pipeline.request("other-model", "v2")

@@ -149,3 +149,26 @@ def test_the_pods_own_token_goes_only_to_in_cluster_services(tmp_path, monkeypat
         RegistryClient("https://registry.apps.example.com")
     monkeypatch.setenv("MODEL_REGISTRY_TOKEN", "from-the-secret")
     assert RegistryClient("https://registry.apps.example.com").token == "from-the-secret"
+
+
+def test_a_hold_that_ends_without_a_decision_marks_the_version_expired_and_keeps_a_decision_that_came_first(registry, tmp_path):
+    client = RegistryClient(registry.url, str(registry.cert), TOKEN)
+    model = client.create_registered_model({"name": "ended-model", "owner": "tests", "customProperties": OWNERSHIP})
+    for name in ("v1", "v2"):
+        client.create_model_version({"name": name, "registeredModelId": model["id"], "customProperties": OWNERSHIP})
+    held = LocalApprovalSource(tmp_path)
+    source = RegistryApprovalSource(client, held)
+    source.request("ended-model", "v1")
+    source.end("ended-model", "v1")
+    assert plain_values(registry.version("ended-model", "v1")["customProperties"])["approved"] == "expired"
+    assert source.awaiting("ended-model") is None and source.decision("ended-model", "v1") is None
+    source.request("ended-model", "v2")
+    source.record("ended-model", "v2", False, "erin")  # decided just before the hold ended
+    source.end("ended-model", "v2")
+    assert plain_values(registry.version("ended-model", "v2")["customProperties"])["approved"] == "false"
+    with refused_url() as down:
+        source.client = RegistryClient(down, str(registry.cert), TOKEN)
+        source.request("ended-model", "v1")
+        with pytest.raises(ApprovalUnavailable, match=f"cannot mark it approved=expired in the registry: cannot reach the model registry at {down}"):
+            source.end("ended-model", "v1")
+    assert held.awaiting("ended-model") is None, "the target's record ends the hold even while the registry is down"

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 NONE, BEFORE_PROMOTE = "none", "before-promote"
 APPROVAL_MODES = (NONE, BEFORE_PROMOTE)
 AWAITING, APPROVED, REJECTED = "awaiting", "approved", "rejected"
+EXPIRED = "expired"  # a hold that ended without a decision (its timeout, or analyses failing while it held): no verb decides it now
 MAX_TIMEOUT_H = 72.0  # the canary-promote task's deadline (pipelines/retrain.py TIMEOUTS_S) leaves room for this much holding
 
 
@@ -91,6 +92,9 @@ class ApprovalSource(Protocol):
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
         """Record that ``by`` approved (or rejected) ``version``."""
 
+    def end(self, model_name: str, version: str) -> None:
+        """Mark the hold of ``version`` ended without a decision, unless it no longer awaits one (a decision came first)."""
+
 
 @dataclass(frozen=True)
 class ApprovalGate:
@@ -125,6 +129,11 @@ def _decision_of(state: str | None, version: str | None, by: str | None, at: str
 def _awaiting_record(model_name: str, version: str) -> dict:
     """Return the record of a hold awaiting a decision about ``version``."""
     return {"model": model_name, "version": version, "approval": AWAITING, "since": _now()}
+
+
+def _expired_record(model_name: str, version: str) -> dict:
+    """Return the record of a hold of ``version`` that ended without a decision."""
+    return {"model": model_name, "version": version, "approval": EXPIRED, "at": _now()}
 
 
 def _decision_record(model_name: str, version: str, approved: bool, by: str) -> dict:
@@ -166,10 +175,11 @@ class LocalApprovalSource(RecordApprovalSource):
         path = self._path(model_name)
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def _write(self, record: dict) -> None:
-        """Write the model's record under its approval lock."""
+    def _write(self, record: dict, unless_changed_from: str | None = None) -> None:
+        """Write the model's record under its approval lock; with ``unless_changed_from`` (a version), only while that version awaits."""
         with exclusive_lock(self.home / f".{record['model']}.approval.lock"):
-            write_json_atomically(self._path(record["model"]), record)
+            if unless_changed_from is None or self.awaiting(record["model"]) == unless_changed_from:
+                write_json_atomically(self._path(record["model"]), record)
 
     def request(self, model_name: str, version: str) -> None:
         """Write ``version`` as awaiting a decision."""
@@ -178,6 +188,10 @@ class LocalApprovalSource(RecordApprovalSource):
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
         """Write the decision about ``version``."""
         self._write(_decision_record(model_name, version, approved, by))
+
+    def end(self, model_name: str, version: str) -> None:
+        """Write the hold of ``version`` as expired, if it still awaits a decision."""
+        self._write(_expired_record(model_name, version), unless_changed_from=version)
 
 
 APPROVAL_ANNOTATIONS = {key: f"model-pipelines.io/{key}" for key in ("approval-version", "approval", "approval-by", "approval-at")}
@@ -195,11 +209,16 @@ class KServeApprovalSource:
         isvc = self.api.get(model_name)
         return (isvc or {}).get("metadata", {}).get("annotations") or {}
 
-    def _write(self, model_name: str, values: dict[str, str | None]) -> None:
-        """Merge-patch the approval annotations of ``model_name``'s InferenceService, which must exist and be this project's."""
-        def build(current: dict | None) -> dict:
+    def _write(self, model_name: str, values: dict[str, str | None], unless_changed_from: str | None = None) -> None:
+        """Merge-patch the approval annotations of ``model_name``'s InferenceService, which must exist and be this project's; with
+        ``unless_changed_from`` (a version), only while that version awaits a decision (checked on the object patched)."""
+        def build(current: dict | None) -> dict | None:
             if current is None:
                 raise ServingError(f"InferenceService {self.api.namespace}/{model_name} does not exist: no rollout of {model_name} to decide on")
+            annotations = current.get("metadata", {}).get("annotations") or {}
+            if unless_changed_from is not None and (annotations.get(APPROVAL_ANNOTATIONS["approval"]) != AWAITING or
+                                                    annotations.get(APPROVAL_ANNOTATIONS["approval-version"]) != unless_changed_from):
+                return None
             return {"metadata": {"annotations": {APPROVAL_ANNOTATIONS[key]: value for key, value in values.items()}}}
 
         self.api.change(model_name, build, model_name)
@@ -222,6 +241,11 @@ class KServeApprovalSource:
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
         """Annotate the decision about ``version``."""
         self._write(model_name, {"approval-version": version, "approval": APPROVED if approved else REJECTED, "approval-by": by, "approval-at": _now()})
+
+    def end(self, model_name: str, version: str) -> None:
+        """Annotate the hold of ``version`` as expired, if the annotations still say it awaits a decision."""
+        self._write(model_name, {"approval-version": version, "approval": EXPIRED, "approval-by": None, "approval-at": _now()},
+                    unless_changed_from=version)
 
 
 def approval_file(model_name: str) -> str:
@@ -271,6 +295,11 @@ class GitopsApprovalSource(RecordApprovalSource):
         """Commit the decision about ``version``."""
         record = _decision_record(model_name, version, approved, by)
         self._commit(model_name, record, record["approval"], [("Approval", record["approval"]), ("Approved-By", by)])
+
+    def end(self, model_name: str, version: str) -> None:
+        """Commit the hold of ``version`` as expired, if the fleet repository's record still says it awaits a decision."""
+        if self.awaiting(model_name) == version:
+            self._commit(model_name, _expired_record(model_name, version), "approval expired", [("Approval", EXPIRED)])
 
 
 APPROVED_PROPERTY, APPROVED_BY_PROPERTY, APPROVED_AT_PROPERTY = "approved", "approved_by", "approved_at"
@@ -364,6 +393,26 @@ class RegistryApprovalSource:
         except REGISTRY_FAILURES as error:
             raise ApprovalUnavailable(str(error)) from None
 
+    def end(self, model_name: str, version: str) -> None:
+        """Record the hold's end with the target's source, and mark ``version`` ``approved=expired`` in the registry unless it holds a
+        decision (ApprovalUnavailable when the registry cannot be read or written)."""
+        from components.registry.client import REGISTRY_FAILURES
+        from components.registry.sync import registered_properties, update_registered_properties
+
+        problems = []
+        try:
+            self.held.end(model_name, version)
+        except ServingError as error:
+            problems.append(str(error))
+        self._unmarked.pop((model_name, version), None)
+        try:
+            if registry_verdict(registered_properties(self.client, model_name, version).get(APPROVED_PROPERTY)) is None:
+                update_registered_properties(self.client, model_name, version, {APPROVED_PROPERTY: EXPIRED, APPROVED_AT_PROPERTY: _now()})
+        except REGISTRY_FAILURES as error:
+            problems.append(f"cannot mark it approved={EXPIRED} in the registry: {error}")
+        if problems:
+            raise ApprovalUnavailable("; ".join(problems))
+
 
 def approval_source(serving_target: str, target: ServingTarget, serving_home: str | Path = "", registry: RegistryClient | None = None) -> ApprovalSource:
     """Return where the gate reads decisions for a run on ``serving_target`` (its ``target``; the local target's state in ``serving_home``):
@@ -444,6 +493,7 @@ def hold_for_approval(
             return decision, failures, held(f"{'approved' if decision.approved else 'rejected'} by {decision.by}")
         now = time.monotonic()
         if now >= deadline:
+            _end_hold(source, model_name, version)
             return None, failures, held(f"not approved within {settings.timeout_h:g} h")
         if now >= next_analysis:
             row = analyse(weight)
@@ -454,6 +504,16 @@ def hold_for_approval(
                 failures += 1
                 print(f"canary {model_name} {version} at {weight}% (holding for approval): {row.verdict} ({row.detail})", flush=True)
                 if failures > spec.failure_limit:
+                    _end_hold(source, model_name, version)
                     return None, failures, held(f"{weight}% traffic while holding for approval, {row.verdict}: {row.detail}")
             next_analysis = time.monotonic() + every
         sleep(max(0.0, min(settings.poll_s, deadline - time.monotonic(), next_analysis - time.monotonic())))
+
+
+def _end_hold(source: ApprovalSource, model_name: str, version: str) -> None:
+    """Mark the hold of ``version`` ended without a decision, so that no verb decides it now; a place that cannot be written is
+    logged, and the rollback goes on."""
+    try:
+        source.end(model_name, version)
+    except ServingError as error:
+        print(f"canary {model_name} {version}: the hold ended, but cannot mark it {EXPIRED} in {source.where}: {error}", flush=True)
