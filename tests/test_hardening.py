@@ -1,5 +1,6 @@
 """The runtime and router under bad clients: validation, limits, removed routes, stale connections, fuzzing."""
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -362,10 +363,12 @@ def read_response(connection: socket.socket) -> bytes:
 
 
 def read_answer(connection: socket.socket) -> tuple[bytes, float]:
-    """Return everything the server sends until it closes the connection, and when it closed."""
+    """Return everything the server sends until it closes the connection, and when it closed (a reset is a close too: a client that
+    still sends after the server closed gets one from the server's kernel)."""
     received = b""
-    while chunk := connection.recv(65536):
-        received += chunk
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := connection.recv(65536):
+            received += chunk
     return received, time.monotonic()
 
 
