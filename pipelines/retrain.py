@@ -108,12 +108,13 @@ class Wiring:
 
     def validate(self, p: dict) -> dsl.PipelineTask:
         """Add the first task: one check of every run parameter, writing the configuration every later step reads (a rollout's also
-        resolves a model-registry:// version, so it reads the store and the registry)."""
+        resolves a model-registry:// version, so it reads the store and the registry; a retrain's reads the regime its stable version
+        learned from the store)."""
         arguments = {name: value for name, value in p.items() if name != "model_name"}
         rollout = self.kind == ROLLOUT_KIND
         return self.side_effect(self.ops.validate_parameters(
             kind=self.kind, model_name=self.model_name, installation=asdict(self.installation), model_spec=spec_constant(self.spec), **arguments,
-        ), store=rollout, registry=rollout).set_display_name("Check run parameters")
+        ), store=rollout or self.kind == RETRAIN, registry=rollout).set_display_name("Check run parameters")
 
     def ingest(self, config) -> dsl.PipelineTask:
         """Add the ingest task (never cached: its source changes under it)."""

@@ -80,8 +80,9 @@ def test_side_effect_tasks_are_not_cached_and_mount_the_store_pvc():
         executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         mounting = {executor: spec for executor, spec in executors.items() if "pvcMount" in spec}
         users = {next(user for user in STORE_USERS if executor.removeprefix("exec-").startswith(user)) for executor in mounting}
-        # A rollout's parameter check reads the store: it resolves a model-registry:// version against it.
-        assert users == (STORE_USERS - {"evaluate", "save"} if name == FILES[2] else STORE_USERS - {"validate"})
+        # The parameter check reads the store: a rollout's resolves a model-registry:// version against it, a retrain's reads the
+        # regime its stable version learned.
+        assert users == (STORE_USERS - {"evaluate", "save"} if name == FILES[2] else STORE_USERS)
         assert all(spec["pvcMount"][0]["mountPath"] == "/mnt/models" for spec in mounting.values())
         assert {spec["pvcMount"][0]["constant"] for spec in mounting.values()} == {"model-storage-pvc"}, "the installation's PVC, no run parameter"
         assert "pvc_name" not in pipeline_spec["root"]["inputDefinitions"]["parameters"]

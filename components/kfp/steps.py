@@ -37,13 +37,14 @@ def validate_parameters(
     monitor: Optional[dict] = None,
 ) -> str:
     """Check every run parameter at the start of the DAG (failing with all problems listed), resolve a rollout's
-    ``model-registry://<model>/<version>`` through the registry (checked against the store) and write the run's configuration; return
-    the version a rollout rolls out ("" for another pipeline)."""
+    ``model-registry://<model>/<version>`` through the registry (checked against the store), start a retrain without a regime_start
+    at the regime its stable version learned, and write the run's configuration; return the version a rollout rolls out ("" for
+    another pipeline)."""
     arguments = {name: value for name, value in locals().items() if name not in ("kind", "installation", "model_spec", "config")}
     from components.kfp.config import carried_spec, config_from_arguments
-    from components.kfp.workflow import registry_version
+    from components.kfp.workflow import learned_regime, registry_version
 
-    checked = registry_version(config_from_arguments(kind, arguments, installation, carried_spec(model_spec)))
+    checked = learned_regime(registry_version(config_from_arguments(kind, arguments, installation, carried_spec(model_spec))))
     with open(config.path, "w") as handle:
         handle.write(checked.to_json())
     config.metadata.update({"kind": kind, "model_name": checked.model_name})
@@ -88,9 +89,10 @@ def train(
     from components.kfp.config import read_config
     from components.model.train import save_trained, train_model
 
-    spec = read_config(config.path).spec
+    settings = read_config(config.path)
+    spec = settings.spec
     trained = train_model(spec, pd.read_parquet(train_data.path))
-    training = save_trained(trained, Path(model.path), train_data.metadata.get("data_source", "unknown"))
+    training = save_trained(trained, Path(model.path), train_data.metadata.get("data_source", "unknown"), settings.data.regime_start)
     model.metadata.update({key: value for key, value in training.items() if key != "profile"})
     print(f"result: {spec.name} ({spec.estimator.steps[-1].class_path.rsplit('.', 1)[-1]}) on {trained.training_rows:,} rows")
 

@@ -7,6 +7,7 @@ that use them: a serving step starts without paying for them.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import os
@@ -231,6 +232,7 @@ def save_step(model_name: str, model_dir: str, scores: dict, store_options: Stor
         "data_source": training.get("data_source", "unknown"),
         "training_rows": training["training_rows"],
         "data_window": training.get("data_window", {}),
+        "regime_start": training.get("regime_start", ""),  # learned from this minute on (a drift's onset), "" for the whole window
         "pipeline_name": f"{model_name}-retrain",
         "image": image,
         # What evaluate judged the candidate against: the same choice it made (the stable version, else the newest not rejected).
@@ -301,6 +303,35 @@ def registry_version(config: RunConfig, store: ModelStore | None = None) -> RunC
     checked = resolve_version(config.registry.client(), store or open_store(config.store), model, version)
     print(f"model registry: {config.version} is the store's {checked} (artifact and sha256 checked)", flush=True)
     return replace(config, version=checked, values={**config.values, "version": checked})
+
+
+def learned_regime(config: RunConfig, store: ModelStore | None = None) -> RunConfig:
+    """Return a retrain's ``config`` learning from the regime its model's stable version learned when it sets no data.regime_start:
+    the regime_start that version was trained from (``config`` itself when it sets one, or the stable version learned the whole window).
+
+    A drift-triggered retrain learns from the drift's onset; a later scheduled retrain, whose window still reaches back before it,
+    would otherwise learn the old cluster again.
+    """
+    from dataclasses import replace
+
+    from components.kfp.config import RETRAIN
+
+    if config.kind != RETRAIN or config.data.regime_start:
+        return config
+    store = store or open_store(config.store)
+    stable = store.read_index(config.model_name).get("stable")
+    start = str(store.version_record(config.model_name, stable).get("regime_start") or "") if stable else ""
+    if not start:
+        return config
+    try:
+        moment = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"the record of stable {config.model_name} {stable} has regime_start {start[:40]!r}, not an ISO-8601 time: set "
+                         "data.regime_start for this run, and check the store with `model-pipelines store verify`") from None
+    moment = moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+    print(f"data: learning from {moment:%Y-%m-%d %H:%M} UTC on, the regime stable {stable} learned (set data.regime_start to learn from "
+          "another time)", flush=True)
+    return replace(config, values={**config.values, "regime_start": start})
 
 
 def require_registered(links: RegistryLinks, version: str) -> None:

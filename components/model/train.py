@@ -463,10 +463,11 @@ def foreign_pickle_modules(estimator: object) -> list[str]:
     return sorted(module for module in modules if module.split(".")[0] not in STOCK_PICKLE_MODULES)
 
 
-def save_trained(trained: TrainedModel, directory: Path, data_source: str = "unknown") -> dict:
-    """Write ``model.pkl`` and ``training.json`` (parameters, lineage and data source, input profile, reference predictions) to ``directory``; return the latter's content."""
+def save_trained(trained: TrainedModel, directory: Path, data_source: str = "unknown", regime_start: str = "") -> dict:
+    """Write ``model.pkl`` and ``training.json`` (parameters, lineage, data source and the regime start it learned from, input profile,
+    reference predictions) to ``directory``; return the latter's content."""
     save_model(trained, directory)
-    training = {"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "data_source": data_source,
+    training = {"parameters": trained.parameters, "data_fingerprint": trained.data_fingerprint, "data_source": data_source, "regime_start": regime_start,
                 "training_rows": trained.training_rows, "data_window": trained.data_window, "profile": trained.profile, "reference": trained.reference}
     (directory / TRAINING_FILENAME).write_text(json.dumps(training, indent=2))
     return training
