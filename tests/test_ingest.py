@@ -121,9 +121,16 @@ def test_a_unit_change_inside_the_data_is_an_input_error_but_a_real_step_is_not(
     with pytest.raises(ContractError) as millicores:
         ingested({"pod_cpu_usage": lambda cores: cores * 1000})
     assert ("pod_cpu_usage rises 971x between 2026-01-05 14:00 and 2026-01-05 16:00 UTC" in str(millicores.value)
-            and "the later part looks like millicores, and the contract unit is CPU cores; divide that part by 1000" in str(millicores.value))
+            and "the later part looks like millicores, and the contract unit is CPU cores; fix the query or exporter, or divide that part by 1000" in str(millicores.value))
     with pytest.raises(ContractError) as percent:
         ingested({"node_cpu_utilization": lambda ratio: ratio / 100})
     assert "node_cpu_utilization falls 104x" in str(percent.value) and "the earlier part looks like percent" in str(percent.value)
+    # Both sides are in range: the message names the knobs that read one of them, and a retrain with the later side's ingests.
+    assert ("to learn one side only, a retrain can set data.regime_start=2026-01-05T16:00:00Z (the later part) or, from Prometheus, "
+            "prometheus.end=2026-01-05T14:00:00Z (the earlier part)") in str(percent.value)
+    changed = frame.assign(node_cpu_utilization=np.where(later, frame.node_cpu_utilization / 100, frame.node_cpu_utilization))
+    later_side = ingest(IngestRequest(ANOMALY_DETECTOR, source="file", file_path=str(write(changed, tmp_path / "changed.csv")),
+                                      regime_start="2026-01-05T16:00:00Z"))
+    assert later_side.train.timestamp.min() == pd.Timestamp("2026-01-05T16:00:00Z")
     stepped = ingested({"pod_cpu_usage": lambda cores: cores * 2, "node_memory_utilization": lambda ratio: np.clip(ratio + 0.15, 0, 1)})
     assert len(stepped.train) + len(stepped.validation) == len(frame), "twice the cores and +0.15 memory are real steps: ingested"

@@ -287,11 +287,14 @@ def check_scale_jumps(raw: pd.DataFrame, model_name: str, source: str) -> None:
                 if mix_up is None:
                     continue
                 larger, change = ("later", "rises") if after > before else ("earlier", "falls")
+                begin, end = starts[first], starts[first + distance] + pd.Timedelta(minutes=SCALE_CHUNK_MINUTES)
+                # Both sides are in range, so a retrain can learn the right one now, rather than wait until the change leaves its window.
                 raise ContractError(
-                    f"{source}: {metric.name} {change} {max(after / before, before / after):.0f}x between {starts[first]:%Y-%m-%d %H:%M} and "
-                    f"{starts[first + distance] + pd.Timedelta(minutes=SCALE_CHUNK_MINUTES):%Y-%m-%d %H:%M} UTC (hourly median "
-                    f"{before:.4g}, then {after:.4g}): the {larger} part looks like {mix_up.name}, and the contract unit is "
-                    f"{metric.unit.value}; divide that part by {mix_up.factor:g}, or read only one side of the change"
+                    f"{source}: {metric.name} {change} {max(after / before, before / after):.0f}x between {begin:%Y-%m-%d %H:%M} and "
+                    f"{end:%Y-%m-%d %H:%M} UTC (hourly median {before:.4g}, then {after:.4g}): the {larger} part looks like {mix_up.name}, "
+                    f"and the contract unit is {metric.unit.value}; fix the query or exporter, or divide that part by {mix_up.factor:g}; to "
+                    f"learn one side only, a retrain can set data.regime_start={end:%Y-%m-%dT%H:%M}:00Z (the later part) or, from Prometheus, "
+                    f"prometheus.end={begin:%Y-%m-%dT%H:%M}:00Z (the earlier part)"
                 )
 
 
