@@ -137,8 +137,9 @@ def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_
     rollout, lines = local_hold(state, version, "--param", "approval_timeout_h=0.002")
     wrong = run_cli("approve", ANOMALY_DETECTOR, stable, "--state-dir", str(state))
     assert wrong.returncode == 2 and f"{ANOMALY_DETECTOR} {stable} is not the candidate: {version} is (at 60 %)" in wrong.stdout, wrong.stdout
-    # A decision naming another version, written where the gate reads: it must not promote this one.
-    LocalApprovalSource(state / "serving").record(ANOMALY_DETECTOR, stable, True, "mallory")
+    # A decision naming another version, written where the gate reads (by hand: the verbs refuse it): it must not promote this one.
+    forged = {"model": ANOMALY_DETECTOR, "version": stable, "approval": "approved", "by": "mallory", "at": "2026-01-01T00:00:00Z"}
+    (state / "serving" / f"{ANOMALY_DETECTOR}.approval.json").write_text(json.dumps(forged))
     output = finish(rollout, lines)
     assert rollout.returncode == 3, output[-3000:]
     reason = "rejected at canary-promote: not approved within 0.002 h"
@@ -173,7 +174,7 @@ class HeldCandidate:
         return ServingStatus(model_name, stable="v1", candidate=self.candidate, candidate_percent=60, url=None)
 
 
-def test_a_hold_that_ends_without_a_decision_is_marked_expired_so_no_verb_decides_it_while_the_rollback_runs(tmp_path):
+def test_a_hold_that_ends_without_a_decision_is_marked_expired_and_a_second_decision_is_refused(tmp_path):
     source = LocalApprovalSource(tmp_path)
     spec = CanarySpec(steps=(20, 60, 100), interval_s=0.01, failure_limit=0)
     failing = lambda weight: AnalysisRow(weight, {"error_rate": 1.0}, "fail", "error_rate 1 > 0.01")  # noqa: E731
@@ -190,6 +191,8 @@ def test_a_hold_that_ends_without_a_decision_is_marked_expired_so_no_verb_decide
             decide(HeldCandidate(version), source, ANOMALY_DETECTOR, version, True, "late")
     source.request(ANOMALY_DETECTOR, "v4")
     source.record(ANOMALY_DETECTOR, "v4", True, "alice")
+    with pytest.raises(ApprovalError, match=f"{ANOMALY_DETECTOR} v4 no longer awaits a decision: another decision"):
+        source.record(ANOMALY_DETECTOR, "v4", False, "bob")  # approve and reject at once: the second is refused, not written over
     source.end(ANOMALY_DETECTOR, "v4")  # a decision that came first stays
     assert source.decision(ANOMALY_DETECTOR, "v4") == Approval("v4", True, "alice", source.decision(ANOMALY_DETECTOR, "v4").at)
     source.request(ANOMALY_DETECTOR, "v5")
@@ -238,6 +241,8 @@ def test_kserve_approval_is_an_annotation_on_the_owned_inference_service(knative
     assert requests.post(main_url(project) + ":predict", json=FALLBACK, timeout=10).status_code == 200
     source = KServeApprovalSource(target.api)
     source.end(ANOMALY_DETECTOR, v3)  # decided already: the decision stays
+    with pytest.raises(ApprovalError, match=f"{v3} no longer awaits a decision"):
+        source.record(ANOMALY_DETECTOR, v3, True, "eve")  # a second decision, as a racing `approve` would write it
     assert project.isvc(ANOMALY_DETECTOR)["metadata"]["annotations"]["model-pipelines.io/approval"] == "rejected"
     source.request(ANOMALY_DETECTOR, "v9")
     source.end(ANOMALY_DETECTOR, "v9")
@@ -274,8 +279,9 @@ def test_the_fleet_repository_keeps_one_approval_record_per_model_naming_its_ver
         person = GitopsApprovalSource(GitopsRepo(url, "main", "fleet/models", tmp_path / "person"))
         pipeline.request(ANOMALY_DETECTOR, "v4")
         assert person.awaiting(ANOMALY_DETECTOR) == "v4" and person.decision(ANOMALY_DETECTOR, "v4") is None
-        person.record(ANOMALY_DETECTOR, "v3", True, "mallory")
-        assert pipeline.decision(ANOMALY_DETECTOR, "v4") is None, "an approval of v3 never counts for v4"
+        with pytest.raises(ApprovalError, match="v3 no longer awaits a decision"):
+            person.record(ANOMALY_DETECTOR, "v3", True, "mallory")  # v4 is held: a decision about v3 is refused
+        assert pipeline.decision(ANOMALY_DETECTOR, "v4") is None and person.awaiting(ANOMALY_DETECTOR) == "v4"
         person.record(ANOMALY_DETECTOR, "v4", False, "erin")
         found = pipeline.decision(ANOMALY_DETECTOR, "v4")
         assert found == Approval("v4", False, "erin", found.at) and found.at

@@ -136,6 +136,12 @@ def _expired_record(model_name: str, version: str) -> dict:
     return {"model": model_name, "version": version, "approval": EXPIRED, "at": _now()}
 
 
+def _no_longer_awaiting(model_name: str, version: str) -> str:
+    """Return why a decision about ``version`` was not recorded: it no longer awaited one when it was written."""
+    return (f"{model_name} {version} no longer awaits a decision: another decision, or the end of its hold, was recorded first; "
+            "nothing was changed (`model-pipelines serve status` shows what serves)")
+
+
 def _decision_record(model_name: str, version: str, approved: bool, by: str) -> dict:
     """Return the record of ``by``'s decision about ``version``."""
     return {"model": model_name, "version": version, "approval": APPROVED if approved else REJECTED, "by": by, "at": _now()}
@@ -175,23 +181,27 @@ class LocalApprovalSource(RecordApprovalSource):
         path = self._path(model_name)
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def _write(self, record: dict, unless_changed_from: str | None = None) -> None:
-        """Write the model's record under its approval lock; with ``unless_changed_from`` (a version), only while that version awaits."""
+    def _write(self, record: dict, while_awaiting: str | None = None) -> bool:
+        """Write the model's record under its approval lock; with ``while_awaiting`` (a version), only while that version awaits a
+        decision. Return whether it was written."""
         with exclusive_lock(self.home / f".{record['model']}.approval.lock"):
-            if unless_changed_from is None or self.awaiting(record["model"]) == unless_changed_from:
-                write_json_atomically(self._path(record["model"]), record)
+            if while_awaiting is not None and self.awaiting(record["model"]) != while_awaiting:
+                return False
+            write_json_atomically(self._path(record["model"]), record)
+            return True
 
     def request(self, model_name: str, version: str) -> None:
         """Write ``version`` as awaiting a decision."""
         self._write(_awaiting_record(model_name, version))
 
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
-        """Write the decision about ``version``."""
-        self._write(_decision_record(model_name, version, approved, by))
+        """Write the decision about ``version`` while it awaits one (ApprovalError when another decision or the hold's end came first)."""
+        if not self._write(_decision_record(model_name, version, approved, by), while_awaiting=version):
+            raise ApprovalError(_no_longer_awaiting(model_name, version))
 
     def end(self, model_name: str, version: str) -> None:
         """Write the hold of ``version`` as expired, if it still awaits a decision."""
-        self._write(_expired_record(model_name, version), unless_changed_from=version)
+        self._write(_expired_record(model_name, version), while_awaiting=version)
 
 
 APPROVAL_ANNOTATIONS = {key: f"model-pipelines.io/{key}" for key in ("approval-version", "approval", "approval-by", "approval-at")}
@@ -209,19 +219,23 @@ class KServeApprovalSource:
         isvc = self.api.get(model_name)
         return (isvc or {}).get("metadata", {}).get("annotations") or {}
 
-    def _write(self, model_name: str, values: dict[str, str | None], unless_changed_from: str | None = None) -> None:
+    def _write(self, model_name: str, values: dict[str, str | None], while_awaiting: str | None = None) -> bool:
         """Merge-patch the approval annotations of ``model_name``'s InferenceService, which must exist and be this project's; with
-        ``unless_changed_from`` (a version), only while that version awaits a decision (checked on the object patched)."""
+        ``while_awaiting`` (a version), only while that version awaits a decision (checked on the object patched, with its
+        resourceVersion). Return whether it was written."""
+        written = False
+
         def build(current: dict | None) -> dict | None:
+            nonlocal written
             if current is None:
                 raise ServingError(f"InferenceService {self.api.namespace}/{model_name} does not exist: no rollout of {model_name} to decide on")
             annotations = current.get("metadata", {}).get("annotations") or {}
-            if unless_changed_from is not None and (annotations.get(APPROVAL_ANNOTATIONS["approval"]) != AWAITING or
-                                                    annotations.get(APPROVAL_ANNOTATIONS["approval-version"]) != unless_changed_from):
-                return None
-            return {"metadata": {"annotations": {APPROVAL_ANNOTATIONS[key]: value for key, value in values.items()}}}
+            written = while_awaiting is None or (annotations.get(APPROVAL_ANNOTATIONS["approval"]) == AWAITING and
+                                                 annotations.get(APPROVAL_ANNOTATIONS["approval-version"]) == while_awaiting)
+            return {"metadata": {"annotations": {APPROVAL_ANNOTATIONS[key]: value for key, value in values.items()}}} if written else None
 
         self.api.change(model_name, build, model_name)
+        return written
 
     def request(self, model_name: str, version: str) -> None:
         """Annotate ``version`` as awaiting a decision (removing who decided before)."""
@@ -239,13 +253,15 @@ class KServeApprovalSource:
                             version)
 
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
-        """Annotate the decision about ``version``."""
-        self._write(model_name, {"approval-version": version, "approval": APPROVED if approved else REJECTED, "approval-by": by, "approval-at": _now()})
+        """Annotate the decision about ``version`` while it awaits one (ApprovalError when another decision or the hold's end came first)."""
+        decision = {"approval-version": version, "approval": APPROVED if approved else REJECTED, "approval-by": by, "approval-at": _now()}
+        if not self._write(model_name, decision, while_awaiting=version):
+            raise ApprovalError(_no_longer_awaiting(model_name, version))
 
     def end(self, model_name: str, version: str) -> None:
         """Annotate the hold of ``version`` as expired, if the annotations still say it awaits a decision."""
         self._write(model_name, {"approval-version": version, "approval": EXPIRED, "approval-by": None, "approval-at": _now()},
-                    unless_changed_from=version)
+                    while_awaiting=version)
 
 
 def approval_file(model_name: str) -> str:
@@ -292,7 +308,9 @@ class GitopsApprovalSource(RecordApprovalSource):
         self._commit(model_name, _awaiting_record(model_name, version), "awaiting approval", [("Approval", AWAITING)])
 
     def record(self, model_name: str, version: str, approved: bool, by: str) -> None:
-        """Commit the decision about ``version``."""
+        """Commit the decision about ``version`` while the fleet repository's record says it awaits one (ApprovalError otherwise)."""
+        if self.awaiting(model_name) != version:
+            raise ApprovalError(_no_longer_awaiting(model_name, version))
         record = _decision_record(model_name, version, approved, by)
         self._commit(model_name, record, record["approval"], [("Approval", record["approval"]), ("Approved-By", by)])
 
