@@ -9,6 +9,7 @@ import argparse
 import functools
 import getpass
 import json
+import os
 import shlex
 import sys
 import time
@@ -94,14 +95,20 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _parameters(args: argparse.Namespace) -> int:
-    """Print a pipeline's run form (top-level parameters and groups with their keys and defaults), or with --markdown the docs table; return 0."""
+    """Print a pipeline's run form (top-level parameters and groups with their keys and defaults; with --model, that model's own), or
+    with --markdown the docs table; return 0 (2 for a bad --model)."""
     from components.kfp.config import parameter_descriptions, pipeline_parameters, run_form_markdown
     from pipelines.local import pipeline_kind
 
     if args.markdown:
         print(run_form_markdown())
         return 0
-    kind, model = pipeline_kind(args.pipeline)
+    try:
+        spec, pipeline = _remote_pipeline(args) if args.model_spec else (None, args.pipeline or ANOMALY_DETECTOR)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    kind, model = pipeline_kind(pipeline, spec)
     descriptions = parameter_descriptions(kind, model)
     for name, default in pipeline_parameters(kind, model).items():
         print(f"{name} = {json.dumps(default)}\n    {descriptions[name]}")
@@ -743,7 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
     compile_verb.set_defaults(handler=_compile)
 
     parameters_verb = verbs.add_parser("parameters", help="show a pipeline's run form: its parameters, groups, keys and defaults")
-    parameters_verb.add_argument("pipeline", nargs="?", default=ANOMALY_DETECTOR, choices=list(PIPELINE_FILES))
+    parameters_verb.add_argument("pipeline", nargs="?", choices=list(PIPELINE_FILES), help=f"default {ANOMALY_DETECTOR}; with --model: none (the "
+                                 "model's retrain), model-rollout or model-monitor (its own)")
+    _add_model_option(parameters_verb)
     parameters_verb.add_argument("--markdown", action="store_true", help="print every knob of every pipeline as the docs' table")
     parameters_verb.set_defaults(handler=_parameters)
 
@@ -874,7 +883,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:  # the reader stopped (`| head`): nothing of ours failed; stdout goes nowhere from here on, as Python's docs do it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """One validation of the shared run parameters: in the CLI before anything runs, and as the DAG's first task."""
 
+import shlex
+import subprocess
+
 import pytest
 from kfp import local
 
 from components.kfp.config import knob_label, pipeline_parameters
 from components.kfp.run_parameters import problems
+from pipelines.cli import main
 from pipelines.local import params_per_model
 from pipelines.retrain import build_rollout_pipeline
-from tests.conftest import REPO, run_cli
+from tests.conftest import CLI, REPO, run_cli
 
 BAD = {"probe_requests": "0", "canary_steps": "[10,10,10]", "max_error_rate": "nan", "prometheus_window": "5m) or vector(1",
        "canary_interval_s": "-1"}
@@ -127,3 +131,20 @@ def test_the_docs_table_of_every_knob_is_the_knob_table():
     text = DOC.read_text()
     assert regenerated(text) == text, "run `make docs`"
     assert "| `canary.interval_s` | `canary_interval_s` |" in text
+
+
+def test_the_run_form_verb_shows_a_pipelines_knobs_and_a_spec_models_own(capsys):
+    assert main(["parameters", "model-rollout"]) == 0
+    rollout = capsys.readouterr().out
+    assert 'model_name = "anomaly-detector"' in rollout and 'version = "v1"' in rollout and "training = " not in rollout
+    assert main(["parameters", "--model", "examples/disk-failure-predictor/model.yaml"]) == 0
+    retrain = capsys.readouterr().out
+    assert '"classifier.C": ' in retrain and '"min_roc_auc": ' in retrain and "model_name" not in retrain, "the spec's knobs, no model to choose"
+    assert main(["parameters", "model-rollout", "--model", "examples/disk-failure-predictor/model.yaml"]) == 0
+    own_rollout = capsys.readouterr().out
+    assert 'version = "v1"' in own_rollout and "model_name" not in own_rollout
+    assert main(["parameters", "anomaly-detector", "--model", "examples/disk-failure-predictor/model.yaml"]) == 2
+    assert "names the model (disk-failure-predictor), so drop anomaly-detector" in capsys.readouterr().err
+    # Read by a pager that stops early (`| head -1`): no broken-pipe traceback, exit 0.
+    listed = subprocess.run(f"{shlex.quote(str(CLI))} parameters | head -1", shell=True, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert listed.stdout.startswith("source = ") and listed.stderr == "", listed.stderr
