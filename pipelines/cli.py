@@ -885,9 +885,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except BrokenPipeError:  # the reader stopped (`| head`): nothing of ours failed; stdout goes nowhere from here on, as Python's docs do it
+    except BrokenPipeError:  # the reader stopped (`| head`): no traceback; stdout goes nowhere from here on, as Python's docs do it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return 1  # the verb did not finish (a run stops where its output could not be written)
 
 
 if __name__ == "__main__":

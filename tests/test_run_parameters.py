@@ -145,6 +145,6 @@ def test_the_run_form_verb_shows_a_pipelines_knobs_and_a_spec_models_own(capsys)
     assert 'version = "v1"' in own_rollout and "model_name" not in own_rollout
     assert main(["parameters", "anomaly-detector", "--model", "examples/disk-failure-predictor/model.yaml"]) == 2
     assert "names the model (disk-failure-predictor), so drop anomaly-detector" in capsys.readouterr().err
-    # Read by a pager that stops early (`| head -1`): no broken-pipe traceback, exit 0.
+    # Read by a reader that stops early (`| head -1`): no broken-pipe traceback.
     listed = subprocess.run(f"{shlex.quote(str(CLI))} parameters | head -1", shell=True, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert listed.stdout.startswith("source = ") and listed.stderr == "", listed.stderr
