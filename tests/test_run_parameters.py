@@ -1,6 +1,6 @@
 """One validation of the shared run parameters: in the CLI before anything runs, and as the DAG's first task."""
 
-import shlex
+import os
 import subprocess
 
 import pytest
@@ -145,6 +145,11 @@ def test_the_run_form_verb_shows_a_pipelines_knobs_and_a_spec_models_own(capsys)
     assert 'version = "v1"' in own_rollout and "model_name" not in own_rollout
     assert main(["parameters", "anomaly-detector", "--model", "examples/disk-failure-predictor/model.yaml"]) == 2
     assert "names the model (disk-failure-predictor), so drop anomaly-detector" in capsys.readouterr().err
-    # Read by a reader that stops early (`| head -1`): no broken-pipe traceback.
-    listed = subprocess.run(f"{shlex.quote(str(CLI))} parameters | head -1", shell=True, capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert listed.stdout.startswith("source = ") and listed.stderr == "", listed.stderr
+    # Written into a pipe whose reader is gone (`| head -1` once head has exited): exit 1, no BrokenPipeError traceback.
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        listed = subprocess.run([str(CLI), "parameters"], stdout=writer, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=60)
+    finally:
+        os.close(writer)
+    assert listed.returncode == 1 and listed.stderr == "", listed.stderr
