@@ -15,12 +15,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.kfp.config import grouped
+from components.kfp.config import RETRAIN, config_from_arguments, grouped
 from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
+from components.model.spec import spec_for
 from components.monitoring.monitor import MonitorSettings, prediction_checks
 from components.data.prometheus import PrometheusClient
 from components.data.synthetic import generate_cluster_metrics
-from components.kfp.workflow import RUN_LOCKS_ENV, local_run_lock
+from components.kfp.workflow import RUN_LOCKS_ENV, learned_regime, local_run_lock
+from components.store.filesystem import FilesystemStore
 from tests.conftest import FAST_CANARY, REPO, run_cli
 from tests.kfp_standin import KfpStandIn
 from tests.servers import PrometheusServer, PushgatewayServer
@@ -263,6 +265,11 @@ def test_a_retrain_without_a_regime_start_learns_the_regime_its_stable_version_l
     assert "duplicate of stable v2: byte-identical" in scheduled.stdout, scheduled.stdout[-3000:]
     records = [json.loads((state / "store" / FORECASTER / version / "version.json").read_text()) for version in ("v1", "v2")]
     assert [record["regime_start"] for record in records] == ["", onset.isoformat()]
+    # Another source has another timeline (synthetic data starts in January 2026): its retrain is not floored.
+    store = FilesystemStore(state / "store")
+    for source, floored in (("file", onset.isoformat()), ("synthetic", "")):
+        config = config_from_arguments(RETRAIN, {"source": source, "data": {"file_path": str(drift_csv)}}, spec=spec_for(FORECASTER))
+        assert learned_regime(config, store).data.regime_start == floored, source
 
 
 def test_a_drift_waits_for_the_new_regime_before_a_retrain_and_ends_when_the_inputs_settle(trained, tmp_path):

@@ -307,7 +307,8 @@ def registry_version(config: RunConfig, store: ModelStore | None = None) -> RunC
 
 def learned_regime(config: RunConfig, store: ModelStore | None = None) -> RunConfig:
     """Return a retrain's ``config`` learning from the regime its model's stable version learned when it sets no data.regime_start:
-    the regime_start that version was trained from (``config`` itself when it sets one, or the stable version learned the whole window).
+    the regime_start that version was trained from (``config`` itself when it sets one, when the stable version learned the whole
+    window, or when it learned from another source).
 
     A drift-triggered retrain learns from the drift's onset; a later scheduled retrain, whose window still reaches back before it,
     would otherwise learn the old cluster again.
@@ -320,9 +321,10 @@ def learned_regime(config: RunConfig, store: ModelStore | None = None) -> RunCon
         return config
     store = store or open_store(config.store)
     stable = store.read_index(config.model_name).get("stable")
-    start = str(store.version_record(config.model_name, stable).get("regime_start") or "") if stable else ""
-    if not start:
-        return config
+    record = store.version_record(config.model_name, stable) if stable else {}
+    start = str(record.get("regime_start") or "")
+    if not start or record.get("data_source") != config.data.source:
+        return config  # another source has another timeline (synthetic data's starts in January 2026): its minutes are not comparable
     try:
         moment = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
     except ValueError:
