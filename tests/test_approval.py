@@ -13,11 +13,13 @@ import pytest
 import requests
 import yaml
 
+from components.files import write_json_atomically
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.spec import spec_for
 from components.model.train import train_model
 from components.release.approval import (
-    BEFORE_PROMOTE, Approval, ApprovalError, ApprovalGate, ApprovalSettings, GitopsApprovalSource, KServeApprovalSource, LocalApprovalSource,
+    BEFORE_PROMOTE, Approval, ApprovalError, ApprovalGate, ApprovalSettings, ApprovalUnavailable, GitopsApprovalSource, KServeApprovalSource,
+    LocalApprovalSource,
     approval_file, decide, hold_for_approval,
 )
 from components.release.rollout import AnalysisRow, CanaryResult, CanarySpec
@@ -139,7 +141,7 @@ def test_not_approved_in_time_is_rolled_back_and_an_approval_of_another_version_
     assert wrong.returncode == 2 and f"{ANOMALY_DETECTOR} {stable} is not the candidate: {version} is (at 60 %)" in wrong.stdout, wrong.stdout
     # A decision naming another version, written where the gate reads (by hand: the verbs refuse it): it must not promote this one.
     forged = {"model": ANOMALY_DETECTOR, "version": stable, "approval": "approved", "by": "mallory", "at": "2026-01-01T00:00:00Z"}
-    (state / "serving" / f"{ANOMALY_DETECTOR}.approval.json").write_text(json.dumps(forged))
+    write_json_atomically(state / "serving" / f"{ANOMALY_DETECTOR}.approval.json", forged)
     output = finish(rollout, lines)
     assert rollout.returncode == 3, output[-3000:]
     reason = "rejected at canary-promote: not approved within 0.002 h"
@@ -198,6 +200,14 @@ def test_a_hold_that_ends_without_a_decision_is_marked_expired_and_a_second_deci
     source.request(ANOMALY_DETECTOR, "v5")
     source.end(ANOMALY_DETECTOR, "v4")  # the end of an older hold never ends a newer one
     assert source.awaiting(ANOMALY_DETECTOR) == "v5"
+    # A record caught half-written (a hand edit) cannot be read: the hold keeps holding until its timeout, it never crashes.
+    (tmp_path / f"{ANOMALY_DETECTOR}.approval.json").write_text('{"model": "anomaly-detector", "vers')
+    with pytest.raises(ApprovalUnavailable, match="approval.json: .*write it whole"):
+        source.decision(ANOMALY_DETECTOR, "v5")
+    gate = ApprovalGate(source, ApprovalSettings(BEFORE_PROMOTE, timeout_h=0.0001, poll_s=0.05))
+    result = CanaryResult(ANOMALY_DETECTOR, "v5", "", "", spec)
+    passing = lambda weight: AnalysisRow(weight, {"error_rate": 0.0}, "pass", "")  # noqa: E731
+    assert hold_for_approval(gate, ANOMALY_DETECTOR, "v5", 60, passing, result, 0, spec, sleep=time.sleep)[::2] == (None, "not approved within 0.0001 h")
 
 
 def test_kserve_approval_is_an_annotation_on_the_owned_inference_service(knative_cluster, models):

@@ -178,8 +178,18 @@ class LocalApprovalSource(RecordApprovalSource):
         return self.home / f"{model_name}.approval.json"
 
     def _read(self, model_name: str) -> dict:
+        """Return the model's record ({} when there is none); ApprovalUnavailable when the file is not a JSON object (a hand edit
+        half-written, say): a hold keeps holding, a verb fails."""
         path = self._path(model_name)
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ApprovalUnavailable(f"cannot read {path}: {error}; write it whole (as `model-pipelines approve|reject` does)") from None
+        if not isinstance(record, dict):
+            raise ApprovalUnavailable(f"{path} holds {type(record).__name__}, not an approval record; write it with `model-pipelines approve|reject`")
+        return record
 
     def _write(self, record: dict, while_awaiting: str | None = None) -> bool:
         """Write the model's record under its approval lock; with ``while_awaiting`` (a version), only while that version awaits a
