@@ -308,6 +308,9 @@ def test_the_fleet_repository_keeps_one_approval_record_per_model_naming_its_ver
         pipeline.end(ANOMALY_DETECTOR, "v5")
         assert person.awaiting(ANOMALY_DETECTOR) is None
         assert dict(pipeline.repo.history(approval_file(ANOMALY_DETECTOR))[0][1])["Approval"] == "expired"
+        server.commit_directly("fleet.git", f"fleet/models/{approval_file('listed-model')}", "- version: v1\n")
+        with pytest.raises(ApprovalUnavailable, match=f"fleet/models/{approval_file('listed-model')} in {url} holds list, not an approval record"):
+            pipeline.awaiting("listed-model")
         server.commit_directly("fleet.git", f"fleet/models/{approval_file('other-model')}", "version: v1\napproval: approved\n")
         with pytest.raises(ServingError, match="was not created by model-pipelines"):
             pipeline.request("other-model", "v2")

@@ -147,6 +147,13 @@ def _decision_record(model_name: str, version: str, approved: bool, by: str) -> 
     return {"model": model_name, "version": version, "approval": APPROVED if approved else REJECTED, "by": by, "at": _now()}
 
 
+def _checked_record(record: object, where: str) -> dict:
+    """Return a stored approval record, which anyone with access may write, if it is a mapping; else raise ApprovalUnavailable."""
+    if not isinstance(record, dict):
+        raise ApprovalUnavailable(f"{where} holds {type(record).__name__}, not an approval record; write it with `model-pipelines approve|reject`")
+    return record
+
+
 class RecordApprovalSource:
     """A source keeping one record per model (version, approval, by, at, as ``_awaiting_record`` and ``_decision_record`` write it),
     read with the subclass's ``_read``."""
@@ -184,12 +191,9 @@ class LocalApprovalSource(RecordApprovalSource):
         if not path.is_file():
             return {}
         try:
-            record = json.loads(path.read_text())
+            return _checked_record(json.loads(path.read_text()), str(path))
         except (OSError, ValueError) as error:
             raise ApprovalUnavailable(f"cannot read {path}: {error}; write it whole (as `model-pipelines approve|reject` does)") from None
-        if not isinstance(record, dict):
-            raise ApprovalUnavailable(f"{path} holds {type(record).__name__}, not an approval record; write it with `model-pipelines approve|reject`")
-        return record
 
     def _write(self, record: dict, while_awaiting: str | None = None) -> bool:
         """Write the model's record under its approval lock; with ``while_awaiting`` (a version), only while that version awaits a
@@ -288,10 +292,15 @@ class GitopsApprovalSource(RecordApprovalSource):
         self.where = f"{repo.path}/{approval_file('<model>')} in {repo.url}"
 
     def _read(self, model_name: str) -> dict:
+        """Return the model's record in the fleet repository ({} when there is none); ApprovalUnavailable when it is not a YAML mapping."""
         import yaml
 
         self._sync()
-        return yaml.safe_load(self.repo.read(approval_file(model_name)) or "{}") or {}
+        where = f"{self.repo.path}/{approval_file(model_name)} in {self.repo.url}"
+        try:
+            return _checked_record(yaml.safe_load(self.repo.read(approval_file(model_name)) or "{}") or {}, where)
+        except yaml.YAMLError as error:
+            raise ApprovalUnavailable(f"cannot read {where}: {error}; write it whole (as `model-pipelines approve|reject` does)") from None
 
     def _sync(self) -> None:
         from components.serving.gitops.repo import GitopsError
