@@ -181,6 +181,11 @@ def monitor_cli(state: Path, csv: Path, *params: str, env: dict | None = None, m
                    *params, env=env)
 
 
+def newest_log(state: Path) -> str:
+    """Return the newest run log of the forecaster in ``state`` (run logs are named by their start time)."""
+    return max((state / "logs").glob(f"{FORECASTER}-*.log"), key=lambda path: path.name).read_text()
+
+
 def quiet_and_drifted(state: Path) -> tuple[pd.DataFrame, Path, Path]:
     """Return half a day of live metrics and CSVs of it as it is and with cpu shifted (``shifted``) in ``state``."""
     live_frame = generate_cluster_metrics(FORECASTER, days=0.5, seed=3)
@@ -209,8 +214,7 @@ def test_the_cli_retrains_locally_on_drift_and_then_holds_while_a_run_is_active_
         assert index["stable"] == "v2"
         assert [event["event"] for event in index["history"] if event["event"] == "retrain-triggered"] == ["retrain-triggered"]
         onset = pd.Timestamp(live_frame.timestamp.iloc[-120])
-        assert f"from {onset:%Y-%m-%d %H:%M} UTC on (the drift's onset)" in (state / "logs").joinpath(
-            sorted(path.name for path in (state / "logs").glob(f"{FORECASTER}-*.log"))[-1]).read_text(), "the retrain learned from the onset on"
+        assert f"from {onset:%Y-%m-%d %H:%M} UTC on (the drift's onset)" in newest_log(state), "the retrain learned from the onset on"
 
         cooling = monitor_cli(state, drift_csv, *submit)
         assert cooling.returncode == 3 and "decision: held: drift: cpu" in cooling.stdout and "cooldown 24 h until" in cooling.stdout
@@ -258,7 +262,7 @@ def test_a_retrain_without_a_regime_start_learns_the_regime_its_stable_version_l
         assert scheduled.returncode == 0, scheduled.stdout[-3000:]
     finally:
         run_cli("serve", "stop", "--state-dir", str(state))
-    log = (state / "logs").joinpath(sorted(path.name for path in (state / "logs").glob(f"{FORECASTER}-*.log"))[-1]).read_text()
+    log = newest_log(state)
     assert f"data: learning from {onset:%Y-%m-%d %H:%M} UTC on, the regime stable v2 learned" in log, log[-3000:]
     assert f"from {onset:%Y-%m-%d %H:%M} UTC on" in log, "the scheduled retrain's ingest kept only the new regime's minutes"
     # The same minutes, so the same bytes: learning the whole file again would have made a v3.
