@@ -147,8 +147,13 @@ def _decision_record(model_name: str, version: str, approved: bool, by: str) -> 
     return {"model": model_name, "version": version, "approval": APPROVED if approved else REJECTED, "by": by, "at": _now()}
 
 
-def _checked_record(record: object, where: str) -> dict:
-    """Return a stored approval record, which anyone with access may write, if it is a mapping; else raise ApprovalUnavailable."""
+def _parsed_record(load: Callable[[], object], where: str, failures: tuple[type[Exception], ...]) -> dict:
+    """Return the stored approval record ``load`` parses, which anyone with access may write, if it is a mapping; raise
+    ApprovalUnavailable naming ``where`` when it is not, or when ``load`` raises one of ``failures`` (a file half-written)."""
+    try:
+        record = load()
+    except failures as error:
+        raise ApprovalUnavailable(f"cannot read {where}: {error}; write it whole (as `model-pipelines approve|reject` does)") from None
     if not isinstance(record, dict):
         raise ApprovalUnavailable(f"{where} holds {type(record).__name__}, not an approval record; write it with `model-pipelines approve|reject`")
     return record
@@ -190,10 +195,7 @@ class LocalApprovalSource(RecordApprovalSource):
         path = self._path(model_name)
         if not path.is_file():
             return {}
-        try:
-            return _checked_record(json.loads(path.read_text()), str(path))
-        except (OSError, ValueError) as error:
-            raise ApprovalUnavailable(f"cannot read {path}: {error}; write it whole (as `model-pipelines approve|reject` does)") from None
+        return _parsed_record(lambda: json.loads(path.read_text()), str(path), (OSError, ValueError))
 
     def _write(self, record: dict, while_awaiting: str | None = None) -> bool:
         """Write the model's record under its approval lock; with ``while_awaiting`` (a version), only while that version awaits a
@@ -296,11 +298,8 @@ class GitopsApprovalSource(RecordApprovalSource):
         import yaml
 
         self._sync()
-        where = f"{self.repo.path}/{approval_file(model_name)} in {self.repo.url}"
-        try:
-            return _checked_record(yaml.safe_load(self.repo.read(approval_file(model_name)) or "{}") or {}, where)
-        except yaml.YAMLError as error:
-            raise ApprovalUnavailable(f"cannot read {where}: {error}; write it whole (as `model-pipelines approve|reject` does)") from None
+        return _parsed_record(lambda: yaml.safe_load(self.repo.read(approval_file(model_name)) or "{}") or {},
+                              f"{self.repo.path}/{approval_file(model_name)} in {self.repo.url}", (yaml.YAMLError,))
 
     def _sync(self) -> None:
         from components.serving.gitops.repo import GitopsError
