@@ -307,14 +307,15 @@ def _point(rate: float, machines: dict[str, dict], reference_f1: dict[str, float
 def _hindsight(machines: dict[str, dict], reference_f1: dict[str, float], series: dict[str, dict], targets: dict[str, float]) -> dict:
     """Return one recipe's hindsight bounds: SMD mean F1 and the machines below the margin target even so, NAB false positives
     per series, the targets the bounds meet, and the range of training shares their thresholds flag."""
-    below = {machine: bound["f1"] - reference_f1[machine] for machine, bound in machines.items()
-             if bound["f1"] - reference_f1[machine] < targets["smd_worst_margin"]}
+    margins = {machine: bound["f1"] - reference_f1[machine] for machine, bound in machines.items()}
+    below = {machine: margin for machine, margin in margins.items() if margin < targets["smd_worst_margin"]}
     mean_f1 = float(np.mean([bound["f1"] for bound in machines.values()]))
     false_positives = float(np.mean([bound["false_positives"] for bound in series.values()]))
-    needed = [bound["rate"] for bound in series.values() if bound["rate"] is not None]
-    return {"smd": {"mean_f1": mean_f1, "machines_below_margin": below, "items": machines,
-                    "rates": [min(bound["rate"] for bound in machines.values()), max(bound["rate"] for bound in machines.values())]},
-            "nab": {"false_positives_per_series": false_positives, "items": series, "rates": [min(needed, default=0.0), max(needed, default=0.0)]},
+    smd_rates = [bound["rate"] for bound in machines.values()]
+    nab_rates = [bound["rate"] for bound in series.values() if bound["rate"] is not None]
+    return {"smd": {"mean_f1": mean_f1, "machines_below_margin": below, "items": machines, "rates": [min(smd_rates), max(smd_rates)]},
+            "nab": {"false_positives_per_series": false_positives, "items": series,
+                    "rates": [min(nab_rates, default=0.0), max(nab_rates, default=0.0)]},
             "meets": {"smd_mean_f1": mean_f1 >= targets["smd_mean_f1"], "smd_worst_margin": not below,
                       "nab_false_positives": false_positives <= targets["nab_false_positives"]}}
 
