@@ -125,7 +125,7 @@ class Wiring:
         return self.side_effect(self.ops.ensure_safe_serving(
             kind=self.kind, model_name=self.model_name, installation=asdict(self.installation), model_spec=spec_constant(self.spec),
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            **{name: p[name] for name in ("serving_target", "namespace", "model_store", "store", "serving", "fleet")},
+            **{name: p[name] for name in ("serving_target", "namespace", "model_store", "store", "serving", "canary", "fleet")},
         ), store=True, gitops=True, registry=True).set_display_name("Leave serving safe")
 
     def roll_out(self, config, version, validation_data, after: dsl.PipelineTask | None = None) -> None:

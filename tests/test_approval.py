@@ -35,7 +35,7 @@ from tests.git_server import GitHttpServer
 from tests.recipe_overrides import reseeded
 from tests.test_gitops_target import NAMESPACE as FLEET_NAMESPACE, PATH as FLEET_PATH, fleet_repo  # noqa: F401 (fixture)
 from tests.test_kserve import FAST as KSERVE_FAST, knative_cluster, main_url, models, new_project  # noqa: F401 (fixtures)
-from tests.test_serving import FALLBACK, FAST, save, served, status, training  # noqa: F401 (fixtures)
+from tests.test_serving import FALLBACK, FAST, executor_processes, save, served, status, training  # noqa: F401 (fixtures)
 
 GATE = ("--param", "approval=before-promote", "--param", "approval_poll_s=0.2", "--param", "canary_steps=[20,60,100]")
 HOLDING = "holding for approval"
@@ -164,6 +164,23 @@ def test_an_analysis_failing_while_holding_rolls_back_without_waiting_for_a_deci
     assert reason.startswith("rejected at canary-promote: 60% traffic while holding for approval, fail: error_rate 1 > 0.01"), reason
     after = status(state)
     assert after["stable"] == stable and after["candidate"] is None
+
+
+def test_a_canary_step_killed_while_holding_leaves_its_hold_expired_so_a_late_approval_is_refused(served, training):
+    state, store, stable, version = new_detector_version(served, training, 31)
+    rollout, lines = local_hold(state, version, "--param", "approval_timeout_h=0.05")
+    killed = executor_processes("canary_promote", rollout.pid)
+    assert killed, "the canary step is running"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)  # the step dies while it holds (a pod evicted): nothing in it ends the hold
+    output = finish(rollout, lines)
+    assert rollout.returncode == 1, output[-3000:]
+    assert f"the hold of {version} for approval ended with its step: marked expired, so no decision about it counts" in output, output[-3000:]
+    record = json.loads((state / "serving" / f"{ANOMALY_DETECTOR}.approval.json").read_text())
+    assert (record["version"], record["approval"]) == (version, "expired")
+    late = run_cli("approve", ANOMALY_DETECTOR, version, "--by", "alice", "--state-dir", str(state))
+    assert late.returncode == 2 and "but no rollout holds it for approval" in late.stdout, late.stdout
+    assert store.read_index(ANOMALY_DETECTOR)["stable"] == stable and status(state)["candidate_percent"] == 0
 
 
 class HeldCandidate:

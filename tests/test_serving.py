@@ -331,26 +331,32 @@ def test_a_step_crashing_mid_canary_leaves_stable_serving_and_the_candidate_at_z
     assert served_versions(url) == {stable}, "after the exit handler no live request reaches the candidate"
 
 
-def test_exit_handler_takes_only_its_own_runs_live_candidate_back_to_zero(served, training):
+def test_exit_handler_takes_only_its_own_runs_live_candidate_back_to_zero_and_ends_only_its_own_hold(served, training):
     from components.serving.local import LocalTarget
+    from components.release.approval import ApprovalGate, ApprovalSettings, LocalApprovalSource
     from components.release.rollout import deploy_version, make_safe, rollback
 
     state, store = served
     target = LocalTarget(state / "serving", state / "store")
+    gate = ApprovalGate(LocalApprovalSource(state / "serving"), ApprovalSettings("before-promote"))
     stable = target.status(ANOMALY_DETECTOR).stable
     version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(11)), state)
     deploy_version(target, store, ANOMALY_DETECTOR, version, 60, run_name="run-a")
     target.set_traffic(ANOMALY_DETECTOR, 50, 10)
+    gate.source.request(ANOMALY_DETECTOR, version)  # run-a's canary holds it for approval
     url = status(state)["url"]
     assert served_versions(url) == {stable, version}, "half the live traffic reaches the candidate before"
-    elsewhere = make_safe(target, store, ANOMALY_DETECTOR, run_name="run-b")
+    elsewhere = make_safe(target, store, ANOMALY_DETECTOR, run_name="run-b", approval=gate)
     assert f"candidate {version} at 50 % is another run's, left as it is" in elsewhere.message
+    assert "hold" not in elsewhere.message and gate.source.awaiting(ANOMALY_DETECTOR) == version, "another run's hold goes on"
     assert target.status(ANOMALY_DETECTOR).candidate_percent == 50
     not_ours = rollback(target, store, ANOMALY_DETECTOR, version, "run-b's check failed", run_name="run-b")
     assert "was not deployed by this run" in not_ours.message and target.status(ANOMALY_DETECTOR).candidate == version
     assert store.read_index(ANOMALY_DETECTOR)["versions"][version]["status"] == "candidate"
-    outcome = make_safe(target, store, ANOMALY_DETECTOR, run_name="run-a")
+    outcome = make_safe(target, store, ANOMALY_DETECTOR, run_name="run-a", approval=gate)
+    assert f"the hold of {version} for approval ended with its step: marked expired" in outcome.message
     assert f"candidate {version} set back to 0 % traffic" in outcome.message
+    assert gate.source.awaiting(ANOMALY_DETECTOR) is None and gate.source.decision(ANOMALY_DETECTOR, version) is None
     assert served_versions(url) == {stable}, "and none after"
     rollback(target, store, ANOMALY_DETECTOR, version, "test over", run_name="run-a")
     assert target.status(ANOMALY_DETECTOR).candidate is None and store.read_index(ANOMALY_DETECTOR)["versions"][version]["status"] == "rejected"

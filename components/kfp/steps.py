@@ -266,23 +266,31 @@ def ensure_safe_serving(
     model_store: str,
     store: dict,
     serving: dict,
+    canary: dict,
     fleet: dict,
 ) -> str:
-    """Exit handler: whatever failed, leave the stored stable serving (restored if nothing serves) and this run's candidate at 0 %; return the state.
+    """Exit handler: whatever failed, leave the stored stable serving (restored if nothing serves), no hold of this run awaiting approval
+    and this run's candidate at 0 %; return the state.
 
     An exit task may depend on no other task, so it reads its few settings from the run parameters, not the configuration artifact.
     """
     from components.kfp.config import carried_spec, config_from_arguments
-    from components.kfp.workflow import configured_serving, sync_registry
+    from components.kfp.workflow import configured_approval, configured_serving, sync_registry
     from components.model.spec import use_spec
+    from components.registry.client import RegistryError
     from components.release.rollout import make_safe
 
     arguments = {"model_name": model_name, "serving_target": serving_target, "namespace": namespace, "model_store": model_store, "store": store,
-                 "serving": serving, "fleet": fleet}
+                 "serving": serving, "canary": canary, "fleet": fleet}
     settings = config_from_arguments(kind, arguments, installation, carried_spec(model_spec))
     use_spec(settings.spec)
     target, opened_store, _ = configured_serving(settings, run_name)
-    outcome = make_safe(target, opened_store, settings.model_name, run_name=run_name, timeout_s=settings.serving.ready_timeout_s)
+    try:
+        approval = configured_approval(settings, target)
+    except RegistryError as error:  # serving is made safe all the same
+        approval = None
+        print(f"approval: cannot read decisions in the registry, so a hold this run left awaiting one is not marked expired: {error}")
+    outcome = make_safe(target, opened_store, settings.model_name, run_name=run_name, timeout_s=settings.serving.ready_timeout_s, approval=approval)
     print(f"result: {outcome.message}")
     sync_registry(settings, opened_store)
     return outcome.message

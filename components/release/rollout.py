@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from components.model.contract import engineer_features, is_synthetic, schema_for, served_identity
 from components.model.spec import ANOMALY, CLASSIFICATION, ModelSpec, spec_for
-from components.release.approval import Approval, ApprovalGate, hold_for_approval
+from components.release.approval import EXPIRED, Approval, ApprovalGate, hold_for_approval
 from components.runtime.answers import alert_probabilities, answers_are_labels, offline_answers, predicted_classes
 from components.serving.target import ServingError, ServingTarget
 from components.store.filesystem import ModelStore, StoreError, load_model, utc_now
@@ -755,17 +755,39 @@ def rollback(
     return StepOutcome(True, f"{version} rejected ({reason}); stable is {after.stable or 'nothing'}")
 
 
-def make_safe(target: ServingTarget, store: ModelStore, model_name: str, *, run_name: str, timeout_s: float = 60.0) -> StepOutcome:
-    """Leave serving safe after any failure: the index's stable serving (restored if nothing serves) and this run's
-    candidate at 0 % traffic; raise ``ServingError`` when stable cannot be brought back.
+def end_abandoned_hold(approval: ApprovalGate, store: ModelStore, model_name: str, run_name: str) -> str | None:
+    """Mark a hold for approval that run ``run_name``'s canary left awaiting a decision (its step died while holding) as expired,
+    so that no decision about it counts; return what was done or could not be, or None when no hold of this run awaits one."""
+    source = approval.source
+    try:
+        held = source.awaiting(model_name)
+    except ServingError as error:
+        return f"cannot read whether a hold awaits approval in {source.where}: {error}"
+    if held is None or not deployed_by(store.read_index(model_name), held, run_name):
+        return None
+    try:
+        source.end(model_name, held)
+    except ServingError as error:
+        return f"the hold of {held} for approval ended with its step, but cannot be marked {EXPIRED} in {source.where}: {error}"
+    return f"the hold of {held} for approval ended with its step: marked {EXPIRED}, so no decision about it counts"
+
+
+def make_safe(target: ServingTarget, store: ModelStore, model_name: str, *, run_name: str, timeout_s: float = 60.0,
+              approval: ApprovalGate | None = None) -> StepOutcome:
+    """Leave serving safe after any failure: the index's stable serving (restored if nothing serves), no hold of this run still
+    awaiting approval (with an ``approval`` gate) and this run's candidate at 0 % traffic; raise ``ServingError`` when stable cannot
+    be brought back.
     """
     try:
         restored = restore_stable(target, store, model_name, timeout_s)
     except ServingError as error:
         raise ServingError(f"{model_name}: nothing is serving and stable {store.read_index(model_name).get('stable')} could not be "
                            f"restored: {error}") from error
-    status = target.status(model_name)
     done = [restored] if restored else []
+    ended = end_abandoned_hold(approval, store, model_name, run_name) if approval else None
+    if ended:
+        done.append(ended)
+    status = target.status(model_name)
     if status.candidate and status.candidate_percent:
         if deployed_by(store.read_index(model_name), status.candidate, run_name):
             status = target.set_traffic(model_name, 0, timeout_s)
