@@ -26,6 +26,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -41,6 +42,7 @@ import requests
 from components.store import filesystem as storage
 from components.model.contract import ANOMALY_DETECTOR, ContractError, fallback_instance, is_synthetic
 from components.data.ingest import IngestRequest, ingest
+from components.kfp.config import RETRAIN as RETRAIN_KIND, config_from_arguments
 from components.serving.kserve import KServeOptions
 from components.serving.local import LocalTarget, process_alive
 from components.monitoring.monitor import NEEDS_HUMAN, RETRAIN, DriftThresholds, MonitorError, MonitorSettings, record_trigger
@@ -53,8 +55,8 @@ from components.model.spec import spec_for
 from components.model.train import save_trained, train_model
 from benchmarks import write_results
 from components.kfp.workflow import (
-    SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, deploy_step, evaluate_step, monitor_step, open_store, probe_sample_from, save_step,
-    serving_context,
+    SERVING_HOME_ENV, STORE_ROOT_ENV, StoreOptions, deploy_step, evaluate_step, ingest_request, learned_regime, monitor_step, open_store,
+    probe_sample_from, save_step, serving_context,
 )
 
 MODEL = ANOMALY_DETECTOR
@@ -256,12 +258,15 @@ class Simulation:
         run_name = f"unattended-{self.runs}-{why}"
         work = self.work / "runs" / run_name
         work.mkdir(parents=True)
-        request = IngestRequest(MODEL, source=source, file_path=str(self.live_path), days=HISTORY_DAYS, regime_start=regime_start,
-                                seed=int(self.rng.integers(1 << 30)))
+        # As validate-parameters does: a retrain without regime_start learns from the regime the local lane's stable version learned.
+        config = config_from_arguments(RETRAIN_KIND, {"source": source, "days": HISTORY_DAYS, "data": {
+            "file_path": str(self.live_path), "seed": int(self.rng.integers(1 << 30)), "regime_start": regime_start}}, spec=spec_for(MODEL))
+        with self.local.active():
+            config = learned_regime(config, open_store(StoreOptions()))
         entry = {"run": run_name, "why": why, "at": str(self.now)}
         self.tally.retrains.append(entry)
         try:
-            data = ingest(request)
+            data = ingest(ingest_request(config))
         except ContractError as error:
             entry["outcome"] = f"input error: {error}"
             self._unit_error(str(error))
@@ -269,7 +274,7 @@ class Simulation:
         trained_from = pd.to_datetime(data.train.timestamp, utc=True) if source == "file" else None
         entry["post_shift_share"] = float((trained_from >= self.marks["shift"]).mean()) if trained_from is not None else 0.0
         data.validation.to_parquet(work / "validation.parquet")
-        save_trained(train_model(spec_for(MODEL), data.train), work / "model", data.data_source)
+        save_trained(train_model(spec_for(MODEL), data.train), work / "model", data.data_source, config.data.regime_start)
         for lane in (lane for lane in (self.local, self.kserve) if lane.name in lanes):
             with lane.active():
                 evaluation, _ = evaluate_step(spec_for(MODEL), str(work / "model"), str(work / "validation.parquet"), data.description, StoreOptions())
@@ -488,6 +493,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", help="write the result here as JSON")
     args = parser.parse_args(argv)
+    if shutil.which("prometheus") is None:
+        raise SystemExit("error: the simulation starts a real Prometheus on 127.0.0.1, and no prometheus is on PATH: run tools/ensure-test-tools "
+                         "(as root it installs Debian's prometheus package) or `apt-get install prometheus`")
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         with contextlib.redirect_stderr(io.StringIO()):

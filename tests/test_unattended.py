@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks.unattended import main
 
 
@@ -14,3 +16,10 @@ def test_two_unattended_days_fail_no_good_request_and_survive_their_faults(tmp_p
     fired = result["faults_injected"]
     assert fired["symlinked_version"] == 1 and fired["api_503_burst_deploy"] >= 1 and fired["prometheus_outage"] >= 1, fired
     assert set(result["stable_at_end"].values()) <= {"v1", "v2"}, result["rollouts"]
+
+
+def test_without_prometheus_on_path_it_stops_at_once_naming_the_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--days", "2"])
+    assert "no prometheus is on PATH: run tools/ensure-test-tools" in str(stopped.value)
