@@ -119,6 +119,8 @@ def test_rejected_while_holding_is_rolled_back_and_stable_keeps_serving(served, 
     state, store, stable, version = new_detector_version(served, training, 19)
     early = run_cli("reject", ANOMALY_DETECTOR, version, "--state-dir", str(state))
     assert early.returncode == 2 and f"{ANOMALY_DETECTOR} has no candidate (stable {stable})" in early.stdout, early.stdout
+    misspelt = run_cli("reject", "anomaly-detectr", version, "--state-dir", str(state))
+    assert misspelt.returncode == 2 and "nothing serves a model named 'anomaly-detectr' here" in misspelt.stdout, misspelt.stdout
     rollout, lines = local_hold(state, version, "--param", "approval_timeout_h=0.05")
     rejected = run_cli("reject", ANOMALY_DETECTOR, version, "--by", "bob", "--state-dir", str(state))
     assert rejected.returncode == 0, rejected.stdout

@@ -470,8 +470,11 @@ def decide(target: ServingTarget, source: ApprovalSource, model_name: str, versi
     Raise ApprovalError naming what is wrong (no candidate, another candidate, not held yet, already decided).
     """
     status = target.status(model_name)
+    if status.candidate is None and status.stable is None:
+        raise ApprovalError(f"nothing serves a model named {model_name!r} here, so nothing waits for approval: check the model's name and "
+                            "the target (`model-pipelines serve status` lists the local ones; --target kserve|gitops for a cluster's)")
     if status.candidate is None:
-        raise ApprovalError(f"{model_name} has no candidate (stable {status.stable or 'none'}), so nothing waits for approval")
+        raise ApprovalError(f"{model_name} has no candidate (stable {status.stable}), so nothing waits for approval")
     if status.candidate != version:
         raise ApprovalError(f"{model_name} {version} is not the candidate: {status.candidate} is (at {status.candidate_percent} %)")
     earlier = source.decision(model_name, version)
