@@ -3,13 +3,15 @@
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 
 import joblib
 import pytest
 from sklearn.dummy import DummyRegressor
 
 from components.store.filesystem import FilesystemStore, StoreError, champion_version, load_model
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 MODEL = "predictive-analytics"
 
@@ -119,6 +121,27 @@ def test_a_crash_mid_save_leaves_no_visible_version_and_repair_quarantines_what_
     assert repaired.returncode == 0 and "v2: quarantined" in repaired.stdout and "(unlisted:" in repaired.stdout, repaired.stdout
     assert store.stored_versions(MODEL) == ["v1", "v3"] and set(store.read_index(MODEL)["versions"]) == {"v1", "v3"}
     assert [path.name.split("-")[:2] for path in (model_dir / ".quarantine").iterdir()] == [["v2", "unlisted"]]
+
+
+def test_a_save_that_cannot_write_fails_naming_why_and_leaves_the_stored_versions_as_they_were(tmp_path, model_file):
+    store = FilesystemStore(tmp_path / "store")
+    store.save_version(MODEL, model_file, {})
+    model_dir = tmp_path / "store" / MODEL
+    index_before = (model_dir / "metadata.json").read_bytes()
+    large = tmp_path / "large" / "model.pkl"
+    large.parent.mkdir()
+    large.write_bytes(os.urandom(1 << 20))
+    # The save runs with a 64 KiB file size limit, so writing the 1 MiB model fails the way a full volume does (EFBIG, not ENOSPC).
+    script = ("import resource, signal, sys; from pathlib import Path; from components.store.filesystem import FilesystemStore\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))\n"
+              f"FilesystemStore({str(tmp_path / 'store')!r}).save_version({MODEL!r}, Path({str(large)!r}), {{}})")
+    failed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1, failed.stderr
+    assert (f"StoreError: cannot save {MODEL} in {model_dir}: File too large; nothing was saved, and the stored versions are as they were; "
+            "check that the model-storage PVC is mounted, writable and not full") in failed.stderr, failed.stderr
+    assert sorted(path.name for path in model_dir.iterdir() if not path.name.startswith(".")) == ["metadata.json", "metadata.json.last-good", "v1"]
+    assert not list(model_dir.glob(".staging-*")) and (model_dir / "metadata.json").read_bytes() == index_before
+    assert store.stored_versions(MODEL) == ["v1"] and load_model(store, MODEL, "v1") is not None
 
 
 def test_a_changed_model_file_is_refused_on_load(tmp_path, model_file):

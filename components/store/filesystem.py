@@ -357,8 +357,8 @@ class FilesystemStore:
         except OSError as error:
             raise StoreError(f"cannot create {directory}: {error}; is the model-storage PVC mounted and writable?") from error
         staging = directory / f".staging-{uuid.uuid4().hex}"
-        staging.mkdir()
         try:
+            staging.mkdir()
             shutil.copyfile(model_file, staging / MODEL_FILENAME)
             checksum = sha256_file(staging / MODEL_FILENAME)
             full_record = {**record, "sha256": checksum, "saved_at": utc_now()}
@@ -376,6 +376,10 @@ class FilesystemStore:
                 except Exception:
                     self.quarantine(model_name, version, reason="failed-save")  # never leave a version visible without its index entry
                     raise
+        except OSError as error:  # a full or read-only volume: nothing was published, the stored versions and the index are as they were
+            raise StoreError(f"cannot save {model_name} in {directory}: {error.strerror or error}; nothing was saved, and the stored versions "
+                             "are as they were; check that the model-storage PVC is mounted, writable and not full (`df -h` on its mount "
+                             "in the pod; `model-pipelines store list` lists what it holds)") from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return StoredVersion(model_name, version, checksum, self.storage_uri(model_name, version), str(directory / version))
@@ -396,7 +400,9 @@ class FilesystemStore:
                 if os.path.lexists(target):
                     raise FileExistsError(target)
                 os.rename(staging, target)
-            except OSError:
+            except OSError as error:
+                if not isinstance(error, FileExistsError) and error.errno != errno.ENOTEMPTY:
+                    raise  # not a claimed number: trying the next one would fail the same way, forever
                 number += 1
                 continue
             fsync_directory(target.parent)
