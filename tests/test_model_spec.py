@@ -356,6 +356,28 @@ def test_spec_check_prints_the_example_with_its_defaults_and_the_reason_for_the_
     assert "warning: accepted because: ADR-040 registers this model as a classification" in out
 
 
+def test_a_specs_canary_limit_and_drift_settings_are_its_own_pipelines_defaults_and_a_run_value_overrides_them(tmp_path):
+    from components.kfp.config import MONITOR, ROLLOUT, config_from_arguments
+
+    path, _ = edited(tmp_path, "name: disk-failure-predictor", "name: disk-failure-predictor\ncanary: {compare: label_flip_rate, max_label_flip_rate: 0.2}"
+                     "\ndrift: {psi: 0.6, min_regime_hours: 72, max_retrains_per_episode: 5, alert_rate_factor: 4}")
+    spec = load_spec(path)
+    monitor_form = run_cli("parameters", "model-monitor", "--model", str(path))
+    assert monitor_form.returncode == 0, monitor_form.stderr
+    monitor_defaults = json.loads(next(line for line in monitor_form.stdout.splitlines() if line.startswith("monitor = ")).split(" = ", 1)[1])
+    assert (monitor_defaults["psi_threshold"], monitor_defaults["min_regime_hours"], monitor_defaults["ks_excess"]) == (0.6, 72.0, 0.45)
+    rollout_form = run_cli("parameters", "model-rollout", "--model", str(path))
+    assert json.loads(next(line for line in rollout_form.stdout.splitlines() if line.startswith("canary = ")).split(" = ", 1)[1])[
+        "max_prediction_shift"] == 0.2, rollout_form.stdout
+    # What validate-parameters makes of a run that sets nothing, and of one that sets a value: the spec's, then the run's.
+    settings = config_from_arguments(MONITOR, {}, spec=spec)
+    decided = settings.monitor.settings(settings.spec.drift.max_retrains_per_episode)
+    assert (decided.thresholds.psi, decided.min_regime_hours, decided.max_retrains_per_episode, decided.live_factor(spec)) == (0.6, 72.0, 5, 4.0)
+    assert config_from_arguments(MONITOR, {"monitor": {"psi_threshold": 0.3}}, spec=spec).monitor.psi_threshold == 0.3
+    assert config_from_arguments(ROLLOUT, {}, spec=spec).canary.max_prediction_shift == 0.2
+    assert config_from_arguments(ROLLOUT, {"canary": {"max_prediction_shift": 0.05}}, spec=spec).canary.max_prediction_shift == 0.05
+
+
 def test_models_lists_the_builtins_and_the_example():
     listed = run_cli("models")
     assert listed.returncode == 0, listed.stdout

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
@@ -270,10 +270,25 @@ def spec_knobs(spec: ModelSpec) -> list[Knob]:
     return knobs
 
 
+def spec_run_defaults(spec: ModelSpec) -> dict[str, object]:
+    """Return the run knobs whose defaults a model's spec sets, by name: its canary's primary limit (max_prediction_shift) and its
+    drift settings."""
+    drift = spec.drift
+    defaults: dict[str, object] = {"max_prediction_shift": next(iter(spec.canary.limits.values())), "psi_threshold": drift.psi,
+                                   "ks_excess": drift.ks_excess, "level_excess": drift.level_excess, "cooldown_hours": drift.cooldown_hours,
+                                   "min_predictions": drift.min_predictions, "min_regime_hours": drift.min_regime_hours}
+    if drift.live_factor_name in KNOB_BY_NAME:  # anomaly_rate_factor or forecast_bias_factor; a classifier's alert_rate_factor is no knob
+        defaults[drift.live_factor_name] = drift.live_factor
+    return defaults
+
+
 def knobs_of(kind: str, spec: ModelSpec | None = None) -> list[Knob]:
     """Return the knobs the ``kind`` pipeline shows, in run-form order: with a ``spec``, that model's own (no model_name to choose;
-    a retrain gains its training and gates knobs)."""
+    its canary and drift knobs default to what the spec says; a retrain gains its training and gates knobs)."""
     shown = [knob for knob in KNOBS if kind in knob.kinds and not (spec is not None and knob.name == "model_name")]
+    if spec is not None:
+        from_spec = spec_run_defaults(spec)
+        shown = [replace(knob, default=from_spec[knob.name]) if knob.name in from_spec else knob for knob in shown]
     if kind != RETRAIN:
         return shown
     at = next(index for index, knob in enumerate(shown) if knob.group == "store")
@@ -528,10 +543,11 @@ class MonitorConfig:
     retrain_parameters: dict
     pushgateway_url: str
 
-    def settings(self) -> MonitorSettings:
-        """Return the monitor's drift and decision settings."""
+    def settings(self, max_retrains_per_episode: int) -> MonitorSettings:
+        """Return the monitor's drift and decision settings, with the model's ``max_retrains_per_episode`` (its spec's: no run knob)."""
         return MonitorSettings(DriftThresholds(self.psi_threshold, self.ks_excess, self.level_excess), self.cooldown_hours,
-                               self.anomaly_rate_factor, self.forecast_bias_factor, self.min_predictions, self.min_regime_hours)
+                               self.anomaly_rate_factor, self.forecast_bias_factor, self.min_predictions, self.min_regime_hours,
+                               max_retrains_per_episode)
 
 
 @dataclass(frozen=True)

@@ -320,7 +320,8 @@ def monitor_drift(
         active = ", ".join(DspApi(monitoring.dsp_api_url, monitoring.dsp_ca_bundle).active_runs(f"{model_name}-retrain")) or None
     else:
         active = active_local_run(model_name)
-    result = monitor_step(model_name, ingest_request(settings), monitoring.settings(), settings.store, active, monitoring.pushgateway_url,
+    decision_settings = monitoring.settings(settings.spec.drift.max_retrains_per_episode)
+    result = monitor_step(model_name, ingest_request(settings), decision_settings, settings.store, active, monitoring.pushgateway_url,
                           clear=monitoring.action == "clear")
     assessment = result.assessment
     metrics.log_metric("drift_score", round(assessment.drift_score, 4))
