@@ -366,6 +366,7 @@ def test_a_specs_canary_limit_and_drift_settings_are_its_own_pipelines_defaults_
     assert monitor_form.returncode == 0, monitor_form.stderr
     monitor_defaults = json.loads(next(line for line in monitor_form.stdout.splitlines() if line.startswith("monitor = ")).split(" = ", 1)[1])
     assert (monitor_defaults["psi_threshold"], monitor_defaults["min_regime_hours"], monitor_defaults["ks_excess"]) == (0.6, 72.0, 0.45)
+    assert not {"anomaly_rate_factor", "forecast_bias_factor"} & set(monitor_defaults), "a classifier's monitor has neither type's live factor"
     rollout_form = run_cli("parameters", "model-rollout", "--model", str(path))
     assert json.loads(next(line for line in rollout_form.stdout.splitlines() if line.startswith("canary = ")).split(" = ", 1)[1])[
         "max_prediction_shift"] == 0.2, rollout_form.stdout

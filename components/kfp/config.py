@@ -270,6 +270,9 @@ def spec_knobs(spec: ModelSpec) -> list[Knob]:
     return knobs
 
 
+LIVE_FACTOR_KNOBS = ("anomaly_rate_factor", "forecast_bias_factor")
+
+
 def spec_run_defaults(spec: ModelSpec) -> dict[str, object]:
     """Return the run knobs whose defaults a model's spec sets, by name: its canary's primary limit (max_prediction_shift) and its
     drift settings."""
@@ -277,7 +280,7 @@ def spec_run_defaults(spec: ModelSpec) -> dict[str, object]:
     defaults: dict[str, object] = {"max_prediction_shift": next(iter(spec.canary.limits.values())), "psi_threshold": drift.psi,
                                    "ks_excess": drift.ks_excess, "level_excess": drift.level_excess, "cooldown_hours": drift.cooldown_hours,
                                    "min_predictions": drift.min_predictions, "min_regime_hours": drift.min_regime_hours}
-    if drift.live_factor_name in KNOB_BY_NAME:  # anomaly_rate_factor or forecast_bias_factor; a classifier's alert_rate_factor is no knob
+    if drift.live_factor_name in LIVE_FACTOR_KNOBS:
         defaults[drift.live_factor_name] = drift.live_factor
     return defaults
 
@@ -288,7 +291,9 @@ def knobs_of(kind: str, spec: ModelSpec | None = None) -> list[Knob]:
     shown = [knob for knob in KNOBS if kind in knob.kinds and not (spec is not None and knob.name == "model_name")]
     if spec is not None:
         from_spec = spec_run_defaults(spec)
-        shown = [replace(knob, default=from_spec[knob.name]) if knob.name in from_spec else knob for knob in shown]
+        # Of the live-prediction factors, a model's own monitor shows its type's (a classifier's alert_rate_factor is no knob).
+        shown = [replace(knob, default=from_spec[knob.name]) if knob.name in from_spec else knob for knob in shown
+                 if knob.name not in LIVE_FACTOR_KNOBS or knob.name == spec.drift.live_factor_name]
     if kind != RETRAIN:
         return shown
     at = next(index for index, knob in enumerate(shown) if knob.group == "store")
