@@ -276,6 +276,30 @@ def test_a_retrain_without_a_regime_start_learns_the_regime_its_stable_version_l
         assert learned_regime(config, store).data.regime_start == floored, source
 
 
+def test_a_retrain_during_an_open_drift_learns_from_its_onset_once_enough_of_the_new_regime_is_there(trained, tmp_path, capsys):
+    """A scheduled retrain while the monitor waits out a drift must not learn both regimes once the new one can be learned."""
+    store = FilesystemStore(copy_of(trained, tmp_path) / "store")
+    end = pd.Timestamp("2026-03-10T12:00:00Z")
+
+    def retrain_start(onset_hours_before_end: float, source: str = "prometheus", seen_on: str = "") -> str:
+        onset = (end - pd.Timedelta(hours=onset_hours_before_end)).isoformat()
+        episode = {"onset": onset, "source": seen_on or source, "since": onset, "checks": 3}
+        store.update_index(FORECASTER, lambda index: index.update(drift_episode=episode))
+        arguments = {"source": source, "prometheus_url": "https://prometheus.example:9091", "prometheus": {"end": end.isoformat()},
+                     "data": {"file_path": str(tmp_path / "live.csv")}}
+        return learned_regime(config_from_arguments(RETRAIN, arguments, spec=spec_for(FORECASTER)), store).data.regime_start
+
+    assert retrain_start(40) == (end - pd.Timedelta(hours=40)).isoformat()
+    assert "data: learning from 2026-03-08 20:00 UTC on, the onset of the drift open since then (40 hours of the new regime)" in capsys.readouterr().out
+    assert retrain_start(10) == "", "10 of 36 hours: too little of the new regime to learn it alone"
+    assert ("data: a drift is open since 2026-03-10 02:00 UTC (10 of 36 hours of the new regime), so this retrain learns both regimes; "
+            "the drift monitor retrains from the onset once there is enough of it, or set data.regime_start=2026-03-10T02:00:00+00:00") in capsys.readouterr().out
+    assert retrain_start(40, source="file") == "", "a file's timeline is dated only by reading it"
+    assert "(on a timeline this run cannot date before reading it)" in capsys.readouterr().out
+    assert retrain_start(40, source="synthetic", seen_on="prometheus") == "" and "drift" not in capsys.readouterr().out, \
+        "a drift seen on another source is not on this run's timeline"
+
+
 def test_a_drift_waits_for_the_new_regime_before_a_retrain_and_ends_when_the_inputs_settle(trained, tmp_path):
     state = copy_of(trained, tmp_path)
     live_frame, quiet_csv, drift_csv = quiet_and_drifted(state)
@@ -284,6 +308,7 @@ def test_a_drift_waits_for_the_new_regime_before_a_retrain_and_ends_when_the_inp
     assert "held: waiting for the new regime (2 of 36 hours)" in waiting.stdout and "==> drift: retraining" not in waiting.stdout
     index = json.loads((state / "store" / FORECASTER / "metadata.json").read_text())
     assert pd.Timestamp(index["drift_episode"]["onset"]) == pd.Timestamp(live_frame.timestamp.iloc[-120]) and index["drift_episode"]["checks"] == 1
+    assert index["drift_episode"]["source"] == "file", "the onset is dated on the timeline of the source that saw it"
     settled = monitor_cli(state, quiet_csv, "--param", "action=submit", "--param", "cooldown_hours=0")
     assert settled.returncode == 0, settled.stdout[-3000:]
     index = json.loads((state / "store" / FORECASTER / "metadata.json").read_text())

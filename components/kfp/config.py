@@ -122,8 +122,8 @@ KNOBS: tuple[Knob, ...] = tuple([
     ]),
     *_knobs("data", (RETRAIN,), [
         ("regime_start", "regime_start", "",
-         "Train only on minutes from this ISO-8601 time on (a drift-triggered retrain sets it to the drift's onset); empty: from the one the "
-         "stable version learned from the same source, else the whole window."),
+         "Train only on minutes from this ISO-8601 time on (a drift-triggered retrain sets it to the drift's onset); empty: from the onset of "
+         "a drift open on Prometheus for min_regime_hours, else the one the stable version learned from the same source, else the whole window."),
     ]),
     *_knobs("prometheus", _ALL, [
         ("prometheus_ca_bundle", "ca_bundle", SERVICE_CA_BUNDLE, "CA bundle file for Prometheus TLS; empty: the system CAs."),

@@ -38,8 +38,8 @@ def validate_parameters(
 ) -> str:
     """Check every run parameter at the start of the DAG (failing with all problems listed), resolve a rollout's
     ``model-registry://<model>/<version>`` through the registry (checked against the store), start a retrain without a regime_start
-    at the regime its stable version learned, and write the run's configuration; return the version a rollout rolls out ("" for
-    another pipeline)."""
+    at the newest regime it can tell (``learned_regime``), and write the run's configuration; return the version a rollout rolls out
+    ("" for another pipeline)."""
     arguments = {name: value for name, value in locals().items() if name not in ("kind", "installation", "model_spec", "config")}
     from components.kfp.config import carried_spec, config_from_arguments
     from components.kfp.workflow import learned_regime, registry_version

@@ -306,34 +306,61 @@ def registry_version(config: RunConfig, store: ModelStore | None = None) -> RunC
 
 
 def learned_regime(config: RunConfig, store: ModelStore | None = None) -> RunConfig:
-    """Return a retrain's ``config`` learning from the regime its model's stable version learned when it sets no data.regime_start:
-    the regime_start that version was trained from (``config`` itself when it sets one, when the stable version learned the whole
-    window, or when it learned from another source).
+    """Return a retrain's ``config`` learning from the newest regime it can tell when it sets no data.regime_start: the onset of an open
+    drift episode seen on Prometheus once ``min_regime_hours`` of it are there, else the regime_start its model's stable version was
+    trained from (``config`` itself when it sets one, or when neither applies: another source, the whole window learned).
 
-    A drift-triggered retrain learns from the drift's onset; a later scheduled retrain, whose window still reaches back before it,
-    would otherwise learn the old cluster again.
+    A drift-triggered retrain learns from the drift's onset; a scheduled retrain, whose window still reaches back before it, would
+    otherwise learn the old cluster again.
     """
     from dataclasses import replace
 
     from components.kfp.config import RETRAIN
+    from components.monitoring.monitor import EPISODE_KEY
 
     if config.kind != RETRAIN or config.data.regime_start:
         return config
     store = store or open_store(config.store)
-    stable = store.read_index(config.model_name).get("stable")
+    index = store.read_index(config.model_name)
+    stable = index.get("stable")
     record = store.version_record(config.model_name, stable) if stable else {}
-    start = str(record.get("regime_start") or "")
-    if not start or record.get("data_source") != config.data.source:
-        return config  # another source has another timeline (synthetic data's starts in January 2026): its minutes are not comparable
+    start: dt.datetime | None = None
+    start_text = ""  # as the record or the episode wrote it
+    if record.get("regime_start") and record.get("data_source") == config.data.source:
+        # Another source has another timeline (synthetic data's starts in January 2026): its minutes are not comparable.
+        start = _utc_time(str(record["regime_start"]), f"the record of stable {config.model_name} {stable} has regime_start "
+                          f"{str(record['regime_start'])[:40]!r}, not an ISO-8601 time: set data.regime_start for this run, and check the "
+                          "store with `model-pipelines store verify`")
+        start_text, learned = str(record["regime_start"]), f"the regime stable {stable} learned"
+    episode = index.get(EPISODE_KEY) or {}
+    onset = _utc_time(str(episode["onset"]), f"the drift episode's onset {str(episode['onset'])[:40]!r} in the store's index is not an ISO-8601 "
+                      "time: set data.regime_start for this run") if episode.get("onset") and episode.get("source") == config.data.source else None
+    if onset is not None and (start is None or onset > start):  # a drift newer than what the stable version learned
+        needed, shown, enough = config.spec.drift.min_regime_hours, "on a timeline this run cannot date before reading it", False
+        if config.data.source == "prometheus":  # only a Prometheus window ends at prometheus.end (or now): others are dated by their data
+            end = (_utc_time(config.prometheus.end, "prometheus.end is not an ISO-8601 time") if config.prometheus.end
+                   else dt.datetime.now(dt.timezone.utc))
+            hours = (end - onset).total_seconds() / 3600
+            shown, enough = f"{hours:.0f} of {needed:g} hours of the new regime", hours >= needed
+        if enough:
+            start, start_text = onset, str(episode["onset"])
+            learned = f"the onset of the drift open since then ({hours:.0f} hours of the new regime)"
+        else:
+            print(f"data: a drift is open since {onset:%Y-%m-%d %H:%M} UTC ({shown}), so this retrain learns both regimes; the drift monitor "
+                  f"retrains from the onset once there is enough of it, or set data.regime_start={onset.isoformat()}", flush=True)
+    if start is None:
+        return config
+    print(f"data: learning from {start:%Y-%m-%d %H:%M} UTC on, {learned} (set data.regime_start to learn from another time)", flush=True)
+    return replace(config, values={**config.values, "regime_start": start_text})
+
+
+def _utc_time(text: str, problem: str) -> dt.datetime:
+    """Return the ISO-8601 time ``text`` in UTC (a time without a zone is UTC); raise ValueError saying ``problem`` when it is none."""
     try:
-        moment = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        moment = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"the record of stable {config.model_name} {stable} has regime_start {start[:40]!r}, not an ISO-8601 time: set "
-                         "data.regime_start for this run, and check the store with `model-pipelines store verify`") from None
-    moment = moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
-    print(f"data: learning from {moment:%Y-%m-%d %H:%M} UTC on, the regime stable {stable} learned (set data.regime_start to learn from "
-          "another time)", flush=True)
-    return replace(config, values={**config.values, "regime_start": start})
+        raise ValueError(problem) from None
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
 
 
 def require_registered(links: RegistryLinks, version: str) -> None:
@@ -456,7 +483,7 @@ def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSetti
         record_episode(store, model_name, None)
     index, now = store.read_index(model_name), current_time()
     window_start, window_end = (live[TIMESTAMP_COLUMN].iloc[position].to_pydatetime() for position in (0, -1))
-    episode = next_episode(index, assessment.drifted, window_start, now)
+    episode = next_episode(index, assessment.drifted, window_start, now, request.source)
     decision = decide(assessment, index, now, settings, active_run, episode, window_end)
     if decision.action == NEEDS_HUMAN:
         episode["needs_human_for"] = index.get("stable")

@@ -241,18 +241,18 @@ def last_retrain(index: dict) -> dt.datetime | None:
     return max(times, default=None)
 
 
-def next_episode(index: dict, drifted: bool, window_start: dt.datetime, now: dt.datetime) -> dict | None:
+def next_episode(index: dict, drifted: bool, window_start: dt.datetime, now: dt.datetime, source: str = "") -> dict | None:
     """Return the drift episode after this check: None when it did not drift, else the episode it opens or continues.
 
-    An episode's ``onset`` is the start of its first drifted check's window (the new regime began within it);
-    ``since`` is when retrains began to count against it (its opening, or the last time the stable version changed
-    after a human was needed).
+    An episode's ``onset`` is the start of its first drifted check's window (the new regime began within it), on the
+    timeline of its data ``source``; ``since`` is when retrains began to count against it (its opening, or the last time
+    the stable version changed after a human was needed).
     """
     if not drifted:
         return None
     episode = dict(index.get(EPISODE_KEY) or {})
     if not episode:
-        episode = {"onset": window_start.isoformat(), "since": now.isoformat(timespec="seconds"), "checks": 0}
+        episode = {"onset": window_start.isoformat(), "source": source, "since": now.isoformat(timespec="seconds"), "checks": 0}
     if episode.get("needs_human_for") and episode["needs_human_for"] != index.get("stable"):
         # The profile changed (a new stable version): count retrains afresh against it.
         episode.update(since=now.isoformat(timespec="seconds"), needs_human_for=None)
