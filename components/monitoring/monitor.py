@@ -241,7 +241,7 @@ def last_retrain(index: dict) -> dt.datetime | None:
     return max(times, default=None)
 
 
-def next_episode(index: dict, drifted: bool, window_start: dt.datetime, now: dt.datetime, source: str = "") -> dict | None:
+def next_episode(index: dict, drifted: bool, window_start: dt.datetime, now: dt.datetime, source: str) -> dict | None:
     """Return the drift episode after this check: None when it did not drift, else the episode it opens or continues.
 
     An episode's ``onset`` is the start of its first drifted check's window (the new regime began within it), on the
