@@ -338,8 +338,7 @@ def learned_regime(config: RunConfig, store: ModelStore | None = None) -> RunCon
     if onset is not None and (start is None or onset > start):  # a drift newer than what the stable version learned
         needed, shown, enough = config.spec.drift.min_regime_hours, "on a timeline this run cannot date before reading it", False
         if config.data.source == "prometheus":  # only a Prometheus window ends at prometheus.end (or now): others are dated by their data
-            end = (_utc_time(config.prometheus.end, "prometheus.end is not an ISO-8601 time") if config.prometheus.end
-                   else dt.datetime.now(dt.timezone.utc))
+            end = _utc_time(config.prometheus.end, "prometheus.end is not an ISO-8601 time") if config.prometheus.end else current_time()
             hours = (end - onset).total_seconds() / 3600
             shown, enough = f"{hours:.0f} of {needed:g} hours of the new regime", hours >= needed
         if enough:
