@@ -87,6 +87,11 @@ def test_ingest_reads_the_backfilled_window_messy_as_it_is(history):
     in_gap = (minute >= 300) & (minute < 326)
     np.testing.assert_allclose(got[common[~in_gap]], expected[common[~in_gap]], atol=1e-9)
     np.testing.assert_allclose(got[common[in_gap]], expected[common[in_gap]], atol=0.03)
+    # An end without a zone is UTC, as every time the run form takes (it was a TypeError from pandas).
+    naive_end = pd.Timestamp(end).tz_convert("UTC").tz_localize(None).isoformat()
+    naive = ingest(IngestRequest(ANOMALY_DETECTOR, source="prometheus", days=DAYS, prometheus_url=server.url,
+                                 prometheus_queries=QUERIES, prometheus_end=naive_end))
+    pd.testing.assert_frame_equal(pd.concat([naive.train, naive.validation]).reset_index(drop=True), joined)
 
 
 def test_too_little_data_is_an_error_unless_fallback_is_explicit(history):

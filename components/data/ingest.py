@@ -16,6 +16,7 @@ from components.model.contract import (
     TIMESTAMP_COLUMN,
     ContractError,
     schema_for,
+    utc_time,
     validate_raw_metrics,
 )
 from components.model.spec import spec_for
@@ -92,7 +93,8 @@ def _prometheus(request: IngestRequest) -> tuple[pd.DataFrame, str]:
     if not request.prometheus_url:
         raise ContractError("source 'prometheus' needs prometheus_url, e.g. https://thanos-querier.openshift-monitoring.svc:9091")
     client = PrometheusClient(request.prometheus_url, request.prometheus_ca_bundle)
-    end = pd.Timestamp(request.prometheus_end).tz_convert("UTC") if request.prometheus_end else pd.Timestamp.now(tz="UTC")
+    end = (pd.Timestamp(utc_time(request.prometheus_end, f"prometheus_end {request.prometheus_end[:40]!r} is not an ISO-8601 time"))
+           if request.prometheus_end else pd.Timestamp.now(tz="UTC"))
     end = end.floor("min").to_pydatetime()
     start = end - dt.timedelta(days=request.days)
     try:
@@ -191,8 +193,7 @@ def read_metrics(request: IngestRequest) -> tuple[pd.DataFrame, str]:
         raise ContractError(f"unknown source {request.source!r}: use one of {', '.join(SOURCES)}") from None
     frame, description = read(request)
     if request.regime_start:
-        start = pd.Timestamp(request.regime_start)
-        start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+        start = pd.Timestamp(utc_time(request.regime_start, f"regime_start {request.regime_start[:40]!r} is not an ISO-8601 time"))
         kept = frame[pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True) >= start].reset_index(drop=True)
         if len(kept) < MIN_FEATURE_ROWS:
             raise ContractError(f"regime_start {start:%Y-%m-%d %H:%M} UTC leaves {len(kept)} of the source's {len(frame)} minutes (at least "

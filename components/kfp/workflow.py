@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from components import __version__
 from components.runtime.warm_process import SERVING_HOME_ENV
-from components.model.contract import TIMESTAMP_COLUMN, schema_for
+from components.model.contract import TIMESTAMP_COLUMN, schema_for, utc_time
 from components.model.spec import spec_for
 from components.serving.target import ServingError, ServingTarget
 from components.store.s3 import DEFAULT_SECRET, S3Store, s3_client_from_environment
@@ -328,17 +328,17 @@ def learned_regime(config: RunConfig, store: ModelStore | None = None) -> RunCon
     start_text = ""  # as the record or the episode wrote it
     if record.get("regime_start") and record.get("data_source") == config.data.source:
         # Another source has another timeline (synthetic data's starts in January 2026): its minutes are not comparable.
-        start = _utc_time(str(record["regime_start"]), f"the record of stable {config.model_name} {stable} has regime_start "
+        start = utc_time(str(record["regime_start"]), f"the record of stable {config.model_name} {stable} has regime_start "
                           f"{str(record['regime_start'])[:40]!r}, not an ISO-8601 time: set data.regime_start for this run, and check the "
                           "store with `model-pipelines store verify`")
         start_text, learned = str(record["regime_start"]), f"the regime stable {stable} learned"
     episode = index.get(EPISODE_KEY) or {}
-    onset = _utc_time(str(episode["onset"]), f"the drift episode's onset {str(episode['onset'])[:40]!r} in the store's index is not an ISO-8601 "
+    onset = utc_time(str(episode["onset"]), f"the drift episode's onset {str(episode['onset'])[:40]!r} in the store's index is not an ISO-8601 "
                       "time: set data.regime_start for this run") if episode.get("onset") and episode.get("source") == config.data.source else None
     if onset is not None and (start is None or onset > start):  # a drift newer than what the stable version learned
         needed, shown, enough = config.spec.drift.min_regime_hours, "on a timeline this run cannot date before reading it", False
         if config.data.source == "prometheus":  # only a Prometheus window ends at prometheus.end (or now): others are dated by their data
-            end = _utc_time(config.prometheus.end, "prometheus.end is not an ISO-8601 time") if config.prometheus.end else current_time()
+            end = utc_time(config.prometheus.end, "prometheus.end is not an ISO-8601 time") if config.prometheus.end else current_time()
             hours = (end - onset).total_seconds() / 3600
             shown, enough = f"{hours:.0f} of {needed:g} hours of the new regime", hours >= needed
         if enough:
@@ -351,15 +351,6 @@ def learned_regime(config: RunConfig, store: ModelStore | None = None) -> RunCon
         return config
     print(f"data: learning from {start:%Y-%m-%d %H:%M} UTC on, {learned} (set data.regime_start to learn from another time)", flush=True)
     return replace(config, values={**config.values, "regime_start": start_text})
-
-
-def _utc_time(text: str, problem: str) -> dt.datetime:
-    """Return the ISO-8601 time ``text`` in UTC (a time without a zone is UTC); raise ValueError saying ``problem`` when it is none."""
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(problem) from None
-    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
 
 
 def require_registered(links: RegistryLinks, version: str) -> None:

@@ -8,6 +8,7 @@ specs, ``models/*.yaml`` (``components.model.spec``).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,16 @@ INCIDENT_COLUMN = "incident"
 WINDOW_MINUTES = 5
 # The first row with a complete 5-minute window and a 5-minute lag is row 5, so a series needs 6 rows.
 MIN_FEATURE_ROWS = WINDOW_MINUTES + 1
+
+
+def utc_time(text: str, problem: str) -> dt.datetime:
+    """Return the ISO-8601 time ``text`` (a run's regime_start or prometheus_end, a recorded onset) in UTC, a time without a zone
+    being UTC as every timestamp here is; raise ValueError saying ``problem`` when it is none."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(problem) from None
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
 
 
 class ContractError(ValueError):
