@@ -113,8 +113,9 @@ def accepts(pipeline_name: str, name: str, spec: ModelSpec | None = None) -> boo
 
 # A local run differs from a cluster run's defaults: it serves on this machine and learns synthetic data, with no
 # Prometheus, unless --param says otherwise (serving_target=kserve with KUBECONFIG, source=prometheus, ...). A model whose
-# spec comes with a data file learns from that file instead.
-LOCAL_DEFAULTS = {"serving_target": "local", "source": "synthetic", "prometheus_url": "", "prometheus_ca_bundle": ""}
+# spec comes with a data file learns from that file instead. Without Prometheus nothing waits for a scrape, so the
+# canary analyses every 5 s, not every 60 s.
+LOCAL_DEFAULTS = {"serving_target": "local", "source": "synthetic", "prometheus_url": "", "prometheus_ca_bundle": "", "canary_interval_s": 5.0}
 
 
 def local_defaults(pipeline_name: str, spec: ModelSpec | None = None) -> list[str]:

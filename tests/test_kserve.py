@@ -37,8 +37,10 @@ from tests.k8s_standin import KubeStandIn, crd_schema
 from tests.test_serving import FALLBACK, MainUrlClient, alarmist_model, save
 
 CRDS = REPO.parent / "shared" / "reference" / "kserve-crds"
+# The probes' p95 is judged against 1 s, not production's 100 ms: through the stand-in on a loaded 2-core machine a good
+# candidate's probes once took 167 ms and 283 ms, which rolled it back. The tests that judge latency set their own limit.
 FAST = ("--param", "canary_interval_s=0.3", "--param", "probe_requests=10", "--param", "days=1",
-        "--param", "serving_target=kserve", "--param", "ready_timeout_s=60")
+        "--param", "serving_target=kserve", "--param", "ready_timeout_s=60", "--param", "max_p95_latency_ms=1000")
 # Per strategy: the KServe generation the stand-in plays, the CRD it prunes with, the mode, and the release CRDs
 # every InferenceService written must validate against.
 STRATEGIES = {

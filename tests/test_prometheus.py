@@ -21,6 +21,7 @@ from components.store.filesystem import FilesystemStore
 from components.data.synthetic import generate_cluster_metrics
 from components.model.spec import spec_for
 from components.model.train import train_model
+from pipelines.local import local_defaults, parse_params
 from tests.conftest import logged, run_cli
 from tests.recipe_overrides import isolation_forest, reseeded
 from tests.http_json import send_json
@@ -289,6 +290,30 @@ def test_the_alert_rules_pass_promtool(tmp_path):
     assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked.stdout + checked.stderr
     monitor = yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())
     assert monitor["kind"] == "PodMonitor" and monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+COMPILED = Path(__file__).resolve().parents[1] / "compiled"
+
+
+def test_a_cluster_canary_waits_two_scrapes_of_the_podmonitor_per_analysis_and_a_local_one_5_s():
+    # rate() needs two scrapes of a new candidate's series; the canary_serving tests above found no data twice at 2 s
+    # against a 1 s scrape. A compiled pipeline's default must give the PodMonitor's 30 s scrape the same room.
+    scrape = monitoring_duration_s(yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())["spec"]["podMetricsEndpoints"][0]["interval"])
+    compiled = sorted(COMPILED.glob("**/*.yaml"))
+    intervals = {}
+    for path in compiled:
+        parameters = next(yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader))["root"]["inputDefinitions"]["parameters"]  # then its platform spec
+        if "canary" in parameters:
+            intervals[path.relative_to(COMPILED).as_posix()] = parameters["canary"]["defaultValue"]["interval_s"]
+    assert len(intervals) == len(compiled) - len(list(COMPILED.glob("**/model-monitor.yaml"))), sorted(intervals)
+    assert set(intervals.values()) == {60.0} and 60.0 >= 2 * scrape, (scrape, set(intervals.values()))
+    local = parse_params(local_defaults("model-rollout"), "model-rollout")
+    assert local["canary"] == {"interval_s": 5.0} and local["prometheus_url"] == "", local
+
+
+def monitoring_duration_s(text: str) -> float:
+    """Return a Prometheus operator duration such as ``30s`` or ``1m`` in seconds."""
+    return float(text[:-1]) * {"s": 1, "m": 60}[text[-1]]
 
 
 def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tmp_path):

@@ -162,7 +162,8 @@ KNOBS: tuple[Knob, ...] = tuple([
          "Deploy a version trained on synthetic data to kserve or gitops; false: it is held, `not deployed: trained on synthetic data`."),
     ]),
     *_knobs("canary", _SERVE, [
-        ("canary_interval_s", "interval_s", _CANARY.interval_s, "Seconds at each traffic step before it is analysed."),
+        ("canary_interval_s", "interval_s", _CANARY.interval_s, "Seconds at each traffic step before it is analysed; with prometheus_url, at least two scrape intervals "
+                                                              "(60 s for manifests/monitoring's 30 s), or a new candidate's live signals have no data yet."),
         ("probe_requests", "probe_requests", _CANARY.probe_requests, "Probe requests per analysis, sent to candidate and stable alike."),
         ("max_error_rate", "max_error_rate", _CANARY.max_error_rate, "Highest candidate error rate."),
         ("max_p95_latency_ms", "max_p95_latency_ms", _CANARY.max_p95_latency_ms, "Smoke test and canary limit: highest p95 latency of probe requests, in ms."),

@@ -449,7 +449,9 @@ class CanarySpec:
     """The canary analysis as data: traffic steps, pacing, thresholds and how many failed analyses to tolerate."""
 
     steps: tuple[int, ...] = (10, 50, 100)
-    interval_s: float = 5.0
+    # Two scrapes of manifests/monitoring's PodMonitor (every 30 s), so that rate() has data for a new candidate's series at
+    # the first analysis; shorter, live signals find none and roll a good candidate back as inconclusive (Flagger: 1m).
+    interval_s: float = 60.0
     probe_requests: int = 20
     max_error_rate: float = 0.01
     max_p95_latency_ms: float = 100.0
