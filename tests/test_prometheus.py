@@ -17,6 +17,7 @@ from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, Co
 from components.data.ingest import IngestRequest, ingest
 from components.monitoring.monitor import live_prediction_stats
 from components.data.prometheus import PrometheusClient, PrometheusError, series_frame
+from components.kfp.config import KNOBS
 from components.store.filesystem import FilesystemStore
 from components.data.synthetic import generate_cluster_metrics
 from components.model.spec import spec_for
@@ -93,6 +94,30 @@ def test_ingest_reads_the_backfilled_window_messy_as_it_is(history):
     naive = ingest(IngestRequest(ANOMALY_DETECTOR, source="prometheus", days=DAYS, prometheus_url=server.url,
                                  prometheus_queries=QUERIES, prometheus_end=naive_end))
     pd.testing.assert_frame_equal(pd.concat([naive.train, naive.validation]).reset_index(drop=True), joined)
+
+
+def test_a_retrain_reads_the_default_ten_days_though_prometheus_answers_at_most_11000_steps_a_query(tmp_path):
+    days = next(knob.default for knob in KNOBS if knob.name == "days")
+    assert days * 24 * 60 > 11_000, "the default window is longer than one query may be"
+    frame = generate_cluster_metrics(ANOMALY_DETECTOR, days=days, seed=17).iloc[::4]  # a sample every 4 minutes keeps the backfill small
+    seconds = frame.timestamp.astype("int64") // 10**9
+    lines = [line for name in METRICS for line in
+             (f"# TYPE test_{name} gauge", *(f'test_{name}{{instance="a"}} {value} {ts}' for ts, value in zip(seconds, frame[name])))]
+    server = PrometheusServer(tmp_path)
+    server.backfill("\n".join(lines) + "\n# EOF\n")
+    server.start()
+    try:
+        end = (frame.timestamp.iloc[-1] + pd.Timedelta(minutes=1)).isoformat()
+        result = ingest(IngestRequest(ANOMALY_DETECTOR, source="prometheus", days=days, prometheus_url=server.url,
+                                      prometheus_queries=QUERIES, prometheus_end=end))
+    finally:
+        server.stop()
+    joined = pd.concat([result.train, result.validation]).set_index("timestamp")["node_cpu_utilization"]
+    sampled = frame.set_index("timestamp")["node_cpu_utilization"]
+    assert len(joined) >= 4 * len(frame) - 10 and joined.index.is_unique, (len(joined), len(frame))
+    common = sampled.index.intersection(joined.index)
+    assert len(common) >= len(frame) - 3 and {common[0].day, common[-1].day} == {sampled.index[0].day, sampled.index[-1].day}
+    np.testing.assert_allclose(joined[common], sampled[common], atol=1e-9)
 
 
 def test_too_little_data_is_an_error_unless_fallback_is_explicit(history):

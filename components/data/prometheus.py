@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # numpy and pandas are imported where they are used: the cana
 TOKEN_ENV = "PROMETHEUS_TOKEN"
 _WARNED_PLAIN_HTTP: set[str] = set()
 STEP_SECONDS = 60
+# Prometheus and Thanos refuse a range query of more than 11,000 steps per series (7.6 days at one minute), so a longer
+# window is asked for in pieces of this many steps.
+STEPS_PER_QUERY = 10_000
 # Canary templates: {model}, {version}, {window} and {scope} (extra label matchers, e.g. a fleet wave's clusters) are
 # filled in. Both read the project runtime's own series, whose ``version`` label is the version it serves (from
 # MODEL_VERSION), so that they need no relabelling in the scrape configuration, on one cluster or across a fleet.
@@ -96,8 +99,17 @@ class PrometheusClient:
         return body["data"]["result"]
 
     def query_range(self, query: str, start: dt.datetime, end: dt.datetime, step_s: int = STEP_SECONDS) -> list:
-        """Return the matrix result of a range query."""
-        return self._get("/api/v1/query_range", {"query": query, "start": start.timestamp(), "end": end.timestamp(), "step": step_s})
+        """Return the matrix result of a range query, asked in pieces of ``STEPS_PER_QUERY`` steps and joined per series."""
+        joined: dict[tuple, dict] = {}
+        piece_start, span = start, dt.timedelta(seconds=step_s * STEPS_PER_QUERY)
+        while piece_start <= end:
+            piece_end = min(piece_start + span, end)
+            params = {"query": query, "start": piece_start.timestamp(), "end": piece_end.timestamp(), "step": step_s}
+            for series in self._get("/api/v1/query_range", params):
+                labels = series.get("metric", {})
+                joined.setdefault(tuple(sorted(labels.items())), {"metric": labels, "values": []})["values"].extend(series.get("values", []))
+            piece_start = piece_end + dt.timedelta(seconds=step_s)  # on the same grid, so no step is asked twice
+        return list(joined.values())
 
     def query(self, query: str, at: dt.datetime | None = None) -> list:
         """Return the vector result of an instant query (at ``at`` when given, for deterministic answers)."""
