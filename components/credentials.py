@@ -68,6 +68,10 @@ def api_request(method: str, url: str, advice: ApiAdvice, error: type[Exception]
                     f"{advice.tls}") from None
     if answer.status_code in (401, 403):
         raise error(f"{advice.name} at {_origin(url)} refused the credentials ({answer.status_code}); {advice.refused}")
+    if answer.is_redirect:  # e.g. a route's OAuth login page: following it would carry the token to another host
+        elsewhere = _origin(urllib.parse.urljoin(url, answer.headers["Location"]))
+        raise error(f"{advice.name} at {_origin(url)} answered {answer.status_code}, a redirect to {elsewhere}, which is never followed so that "
+                    f"a token stays on its host; {advice.unreachable} (the API's own address, not a page that redirects)")
     return answer
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,14 @@ import yaml
 from components.kfp.config import RETRAIN, config_from_arguments, grouped
 from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS
 from components.model.spec import spec_for
+from components.monitoring.dsp_api import DspApi, DspApiError
 from components.monitoring.monitor import MonitorSettings, prediction_checks
 from components.data.prometheus import PrometheusClient
 from components.data.synthetic import generate_cluster_metrics
 from components.kfp.workflow import RUN_LOCKS_ENV, learned_regime, local_run_lock
 from components.store.filesystem import FilesystemStore
 from tests.conftest import FAST_CANARY, REPO, run_cli
+from tests.git_server import LoopbackHttpServer, RedirectServer
 from tests.kfp_standin import KfpStandIn
 from tests.servers import PrometheusServer, PushgatewayServer
 
@@ -159,6 +162,42 @@ def test_a_shifted_window_in_prometheus_submits_the_retrain_then_an_active_run_a
     cooling = run_monitor_pipeline(state, **common, prometheus_end=shifted_end, cooldown_hours=24.0)
     assert cooling["decision"] == "held" and "held: last retrain at " in cooling["reason"] and "cooldown 24 h until" in cooling["reason"], cooling
     assert len(kfp.sent("POST", "/apis/v2beta1/runs")) == 1, "held decisions start nothing"
+
+
+class LoginPage(LoopbackHttpServer):
+    """Answers every request 200 with an HTML page, as a login page in front of an API does."""
+
+    def _handler(self):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                page = b"<html><body>Log in with OpenShift</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+        return Handler
+
+
+def test_the_monitor_names_a_dsp_address_that_redirects_or_answers_a_login_page_and_never_follows_it(monkeypatch):
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", TOKEN)
+    kfp = KfpStandIn(token=TOKEN).start()
+    redirect = RedirectServer(kfp.url.replace("127.0.0.1", "localhost")).start()
+    login = LoginPage().start()
+    try:
+        with pytest.raises(DspApiError, match=rf"the DSP API at {redirect.url} answered 302, a redirect to http://localhost:\d+, which is never "
+                                              r"followed so that a token stays on its host; check dsp_api_url"):
+            DspApi(redirect.url).start_run(f"{FORECASTER}-retrain", {}, "drift", "on-drift")
+        with pytest.raises(DspApiError, match=r"answered GET pipelines without a JSON object: is dsp_api_url the API's address"):
+            DspApi(login.url).active_runs(f"{FORECASTER}-retrain")
+    finally:
+        for server in (redirect, login, kfp):
+            server.stop()
+    assert kfp.requests == [], "the token never reached the host the redirect named"
 
 
 def test_submit_without_the_dsp_address_fails_every_run_and_refuses_a_token_over_plain_http(trained, tmp_path):

@@ -192,7 +192,8 @@ def test_the_token_goes_only_over_https_and_only_to_the_configured_host(tmp_path
     elsewhere = RecordingTlsPrometheus(tmp_path / "other")
     redirecting = RecordingTlsPrometheus(tmp_path, redirect_to=elsewhere.url + "/api/v1/query")
     try:
-        with pytest.raises(PrometheusError):
+        with pytest.raises(PrometheusError, match=r"answered 302, a redirect to https://127\.0\.0\.1:\d+, which is never followed so that a token "
+                                                  r"stays on its host; check prometheus_url"):
             PrometheusClient(redirecting.url, ca_bundle=str(redirecting.cert)).query("up")
         assert elsewhere.seen == [], "a redirect never carries the token to another host"
     finally:

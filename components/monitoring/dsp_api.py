@@ -56,7 +56,14 @@ class DspApi:
                              headers=self._headers(), timeout_s=self.timeout_s, ca_bundle=self.ca_bundle)
         if answer.status_code >= 400:
             raise DspApiError(f"the DSP API at {self.url} answered {answer.status_code} to {method} {path}: {answer.text[:200]}")
-        return answer.json()
+        try:
+            found = answer.json()
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            raise DspApiError(f"the DSP API at {self.url} answered {method} {path} without a JSON object: is dsp_api_url the API's address "
+                              "(https://ds-pipeline-dspa.<project>.svc:8443)?")
+        return found
 
     def pipeline_id(self, pipeline_name: str) -> str | None:
         """Return the id of the uploaded pipeline named ``pipeline_name``, or None."""
