@@ -24,8 +24,8 @@ def token_from_environment(variable: str, url: str = "") -> str:
 
     The pod's own token never goes to a host a run parameter could point elsewhere: only to ``*.svc`` (``*.svc.cluster.local``)
     services. A token for any other host comes from a Secret's key in ``$variable``."""
-    if os.environ.get(variable):
-        return os.environ[variable]
+    if os.environ.get(variable, "").strip():  # a Secret made with --from-file from `oc create token` output ends in a newline
+        return os.environ[variable].strip()
     return SERVICE_ACCOUNT_TOKEN.read_text().strip() if SERVICE_ACCOUNT_TOKEN.is_file() and in_cluster_service(url) else ""
 
 
@@ -61,8 +61,12 @@ def api_request(method: str, url: str, advice: ApiAdvice, error: type[Exception]
                                   allow_redirects=False)
     except requests.exceptions.SSLError as failure:
         raise error(f"TLS to {advice.name} at {_origin(url)} failed ({failure.__class__.__name__}); {advice.tls}") from None
+    except requests.exceptions.InvalidHeader:
+        raise error(_unsendable_token(advice, url)) from None
     except requests.RequestException as failure:
         raise error(f"cannot reach {advice.name} at {_origin(url)} ({failure.__class__.__name__}); {advice.unreachable}") from None
+    except ValueError:  # http.client refuses a header ending in a newline, which requests lets through; its message quotes the token
+        raise error(_unsendable_token(advice, url)) from None
     except OSError as failure:  # requests raises it for a CA bundle path that does not exist
         raise error(f"TLS to {advice.name} at {_origin(url)} cannot start ({failure.__class__.__name__}: no CA bundle at {ca_bundle!r}); "
                     f"{advice.tls}") from None
@@ -73,6 +77,12 @@ def api_request(method: str, url: str, advice: ApiAdvice, error: type[Exception]
         raise error(f"{advice.name} at {_origin(url)} answered {answer.status_code}, a redirect to {elsewhere}, which is never followed so that "
                     f"a token stays on its host; {advice.unreachable} (the API's own address, not a page that redirects)")
     return answer
+
+
+def _unsendable_token(advice: ApiAdvice, url: str) -> str:
+    """Return the error for a token no HTTP header may carry, without quoting it."""
+    return (f"{advice.name} at {_origin(url)} was not called: the token has a line break inside it, which no HTTP header may hold; "
+            f"{advice.refused}, with the token alone")
 
 
 def _origin(url: str) -> str:

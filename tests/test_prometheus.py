@@ -185,7 +185,16 @@ def test_the_token_goes_only_over_https_and_only_to_the_configured_host(tmp_path
     tls = RecordingTlsPrometheus(tmp_path)
     try:
         PrometheusClient(tls.url, ca_bundle=str(tls.cert)).query("up")
-        assert tls.seen == [f"Bearer {PLANTED_TOKEN}"]
+        # A Secret made with --from-file from `oc create token` output ends in a newline: the token is sent without it.
+        monkeypatch.setenv("PROMETHEUS_TOKEN", f"{PLANTED_TOKEN}\n")
+        PrometheusClient(tls.url, ca_bundle=str(tls.cert)).query("up")
+        assert tls.seen == [f"Bearer {PLANTED_TOKEN}"] * 2
+        # A line break inside the token: no call, and an error that does not quote it (http.client's would).
+        monkeypatch.setenv("PROMETHEUS_TOKEN", f"{PLANTED_TOKEN}\nsecond-line\n")
+        with pytest.raises(PrometheusError, match=r"was not called: the token has a line break inside it") as refused:
+            PrometheusClient(tls.url, ca_bundle=str(tls.cert)).query("up")
+        assert PLANTED_TOKEN not in str(refused.value) and len(tls.seen) == 2
+        monkeypatch.setenv("PROMETHEUS_TOKEN", PLANTED_TOKEN)
     finally:
         tls.server.shutdown()
     (tmp_path / "other").mkdir()
