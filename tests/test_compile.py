@@ -3,8 +3,10 @@
 import filecmp
 import os
 
+import pytest
 import yaml
 
+from components.kfp.workflow import ARGO_WORKFLOW_LABEL, RUN_ENV, this_run
 from tests.conftest import REPO, run_cli
 from tests.kustomize import MANIFESTS, by_kind, rendered
 
@@ -119,6 +121,32 @@ def test_side_effect_tasks_have_timeouts_and_the_yaml_holds_no_secrets():
                     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET"}
         parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
         assert not [name for name in parameters if "token" in name or "password" in name or "secret" in name], "no credential is a run parameter"
+
+
+def test_every_step_that_records_or_checks_its_runs_deployments_reads_its_argo_workflows_name_on_every_backend():
+    # A recurring run's run-name placeholder is empty (KFP compiles a schedule with no display name) and KFP 2.2-2.4 pass it
+    # unresolved: the same for every run. The workflow's name, from the pod's label, is the run's own on every backend.
+    checked = 0
+    for path in sorted(COMPILED.glob("**/*.yaml")):
+        pipeline_spec, platform_spec = yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
+        executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for component in pipeline_spec["components"].values():
+            executor = component.get("executorLabel")
+            if executor and "run_name" in component.get("inputDefinitions", {}).get("parameters", {}):
+                assert executors[executor].get("fieldPathAsEnv") == [{"name": RUN_ENV, "fieldPath": ARGO_WORKFLOW_LABEL}], (path, executor)
+                checked += 1
+    # save, deploy, canary-promote, rollback and the exit handler in a retrain; all but save in a rollout
+    assert checked == 5 * len(list(COMPILED.glob("**/*-retrain.yaml"))) + 4 * len(list(COMPILED.glob("**/model-rollout.yaml"))), checked
+
+
+def test_a_step_names_its_run_by_its_workflow_and_refuses_to_deploy_without_a_name_of_its_own(monkeypatch):
+    monkeypatch.delenv(RUN_ENV, raising=False)
+    assert this_run("model-rollout-2026-12-06-22-08-17-653271") == "model-rollout-2026-12-06-22-08-17-653271", "a local run's own name"
+    for nameless in ("", " ", "{{$.pipeline_job_name}}"):  # a recurring run's; KFP 2.2-2.4's unresolved placeholder
+        with pytest.raises(ValueError, match=r"this run has no name of its own .* nothing was changed: upload the YAML this project compiles"):
+            this_run(nameless)
+    monkeypatch.setenv(RUN_ENV, "anomaly-detector-retrain-x7k2p\n")
+    assert this_run("") == this_run("{{$.pipeline_job_name}}") == this_run("a display name") == "anomaly-detector-retrain-x7k2p"
 
 
 def test_retrain_dag_order_and_safe_exit():

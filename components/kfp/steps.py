@@ -137,10 +137,10 @@ def save_to_storage(
     from collections import namedtuple
 
     from components.kfp.config import read_config
-    from components.kfp.workflow import save_step, sync_registry
+    from components.kfp.workflow import save_step, sync_registry, this_run
 
     settings = read_config(config.path)
-    stored = save_step(settings.model_name, model.path, dict(metrics.metadata), settings.store, run_name, image)
+    stored = save_step(settings.model_name, model.path, dict(metrics.metadata), settings.store, this_run(run_name), image)
     if stored.already_stored:
         print(f"result: byte-identical to stored {stored.version}: nothing new saved -> {stored.storage_uri}")
     else:
@@ -157,8 +157,9 @@ def deploy_inference_service(
     """Deploy the stored version (stable on first deployment, else a dark candidate at 0 %; held if trained on synthetic data and
     the target is a cluster, unless allowed); return what happened."""
     from components.kfp.config import read_config
-    from components.kfp.workflow import deploy_step, require_registered, sync_registry
+    from components.kfp.workflow import deploy_step, require_registered, sync_registry, this_run
 
+    run_name = this_run(run_name)
     settings = read_config(config.path)
     serving = settings.serving
     if settings.kind == "rollout":
@@ -211,9 +212,10 @@ def canary_promote(
     promote or roll back; return the outcome."""
     from components.data.prometheus import PrometheusClient, PrometheusProvider, token_source
     from components.kfp.config import read_config
-    from components.kfp.workflow import configured_approval, configured_serving, probe_sample_from, sync_registry
+    from components.kfp.workflow import configured_approval, configured_serving, probe_sample_from, sync_registry, this_run
     from components.release.rollout import ProbeProvider, canary_promote as run_canary
 
+    run_name = this_run(run_name)
     settings = read_config(config.path)
     target, store, _ = configured_serving(settings, run_name)
     spec, prometheus = settings.canary, settings.prometheus
@@ -244,9 +246,10 @@ def rollback(
 ) -> str:
     """Undo what this run deployed of the version (its candidate, or its failed first deployment) and reject it; return what happened."""
     from components.kfp.config import read_config
-    from components.kfp.workflow import configured_serving, sync_registry
+    from components.kfp.workflow import configured_serving, sync_registry, this_run
     from components.release.rollout import rollback as run_rollback
 
+    run_name = this_run(run_name)
     settings = read_config(config.path)
     target, store, _ = configured_serving(settings, run_name)
     outcome = run_rollback(target, store, settings.model_name, version, reason, run_name=run_name, timeout_s=settings.serving.ready_timeout_s)
@@ -275,11 +278,16 @@ def ensure_safe_serving(
     An exit task may depend on no other task, so it reads its few settings from the run parameters, not the configuration artifact.
     """
     from components.kfp.config import carried_spec, config_from_arguments
-    from components.kfp.workflow import configured_approval, configured_serving, sync_registry
+    from components.kfp.workflow import configured_approval, configured_serving, sync_registry, this_run
     from components.model.spec import use_spec
     from components.registry.client import RegistryError
     from components.release.rollout import make_safe
 
+    try:
+        run_name = this_run(run_name)
+    except ValueError as error:  # such a run deployed nothing (its deploy step refused); stable is still made sure to serve
+        print(f"run: {error}")
+        run_name = ""
     arguments = {"model_name": model_name, "serving_target": serving_target, "namespace": namespace, "model_store": model_store, "store": store,
                  "serving": serving, "canary": canary, "fleet": fleet}
     settings = config_from_arguments(kind, arguments, installation, carried_spec(model_spec))

@@ -51,6 +51,12 @@ if TYPE_CHECKING:  # a serving step imports only its target's module (a step tha
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"
 RUN_LOCKS_ENV = "MODEL_PIPELINES_RUN_LOCKS"  # set by local runs: where a retrain or rollout holds its model's lock
+# On a cluster every step that records or checks what its run deployed reads its Argo workflow's name from this variable
+# (pipelines/retrain.py sets it from the pod's label): unique per run, scheduled runs included, on every backend. The run
+# name placeholder is not: a recurring run's is empty (KFP compiles it with no display name), and KFP 2.2-2.4 pass it
+# unresolved, the same literal for every run.
+RUN_ENV = "MODEL_PIPELINES_RUN"
+ARGO_WORKFLOW_LABEL = "metadata.labels['workflows.argoproj.io/workflow']"
 SERVING_TARGETS = ("kserve", "local", "gitops")
 
 
@@ -351,6 +357,21 @@ def learned_regime(config: RunConfig, store: ModelStore | None = None) -> RunCon
         return config
     print(f"data: learning from {start:%Y-%m-%d %H:%M} UTC on, {learned} (set data.regime_start to learn from another time)", flush=True)
     return replace(config, values={**config.values, "regime_start": start_text})
+
+
+def this_run(run_name: str) -> str:
+    """Return the name this run records on what it deploys: its Argo workflow's (``$MODEL_PIPELINES_RUN``), else ``run_name``.
+
+    Raise ValueError when neither names the run: its rollback and exit handler could not tell its own candidate from another run's.
+    """
+    workflow = os.environ.get(RUN_ENV, "").strip()
+    if workflow:
+        return workflow
+    if not run_name.strip() or "{{" in run_name:
+        raise ValueError(f"this run has no name of its own (run_name {run_name!r} and no ${RUN_ENV}), so it could not tell what it deploys "
+                         "from another run's; nothing was changed: upload the YAML this project compiles (`make compile`), whose steps "
+                         "read their Argo workflow's name")
+    return run_name
 
 
 def require_registered(links: RegistryLinks, version: str) -> None:
