@@ -677,7 +677,8 @@ class KubeStandIn(LoopbackCluster):
         # stand-in hands the project's runtime the file's own checksum so that it serves whatever is there.
         checksum = env.get("MODEL_SHA256") or next(
             (hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(model_dir.glob("*.pkl"))), "")
-        model = name.removesuffix("-candidate")
+        # The runtime's --name={{.Name}} is the InferenceService's name, and KServe appends the predictor's args after the runtime's.
+        model = next((arg.partition("=")[2] for arg in reversed(predictor["model"].get("args", [])) if arg.startswith(("--name=", "--model_name="))), name)
         try:
             pid, port = start_listening(
                 lambda port: self.launcher.spawn(["--name", model, "--version", env.get("MODEL_VERSION") or revision["name"], "--model-dir", str(model_dir),

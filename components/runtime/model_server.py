@@ -311,7 +311,8 @@ def serve(name: str, version: str, model_dir: Path, expected_sha256: str, port: 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and serve; return 1 with a message when the version cannot be served."""
     parser = argparse.ArgumentParser(description="Serve one stored model version with the KServe model server.")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", "--model_name", dest="name", required=True,
+                        help="the model served; the last one given counts (KServe appends a candidate InferenceService's --model_name)")
     parser.add_argument("--version", default=os.environ.get("MODEL_VERSION", ""),
                         help="required: the store version served (vN), named in every answer (default: $MODEL_VERSION)")
     parser.add_argument("--model-dir", required=True, type=Path)

@@ -89,6 +89,10 @@ class RolloutStrategy:
     def manifest(self, name: str, model_name: str, backend: dict, mode: str | None, predictor_name: str = "") -> dict:
         """Return a new InferenceService serving ``backend``, with lineage labels and annotations."""
         predictor: dict = {"model": self.predictor_model(backend, model_name)}
+        if name != model_name:
+            # KServe fills a runtime's {{.Name}} with the InferenceService's name (<model>-candidate) and appends these args to the
+            # runtime's: the stock sklearn server and the project's both take the last --model_name.
+            predictor["model"]["args"] = [f"--model_name={model_name}"]
         if predictor_name:
             predictor["name"] = predictor_name
         if self.options.service_account:
