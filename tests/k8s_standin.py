@@ -528,7 +528,8 @@ class KubeStandIn(LoopbackCluster):
                 self._first_knative_status(key, generation)
             if name in self.paused:
                 return
-            revision, failure = self._revision(name, state, generation, {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"})
+            revision, failure = self._revision(name, state, generation, {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"},
+                                               knative=mode in ("Serverless", "Knative"))
             canaries = []
             for entry in obj["spec"].get("canary") or [] if self.kserve == "0.20" else []:
                 merged = merge_patch(predictor, entry["predictor"])
@@ -606,10 +607,15 @@ class KubeStandIn(LoopbackCluster):
             state["child_spec"], state["child_generation"] = spec, state.get("child_generation", 0) + 1
         return state["child_generation"]
 
-    def _revision(self, name: str, state: dict, generation: int, predictor: dict) -> tuple[dict, str | None]:
-        """Return the ready revision serving ``predictor`` (started if new) and its failure, if any."""
+    def _revision(self, name: str, state: dict, generation: int, predictor: dict, knative: bool = False) -> tuple[dict, str | None]:
+        """Return the ready revision serving ``predictor`` (started if new) and its failure, if any.
+
+        A Deployment takes back the ReplicaSet of an identical pod template; Knative makes a new revision for every change of
+        the template, even back to an older revision's, so in Knative mode only the latest revision is kept when it is unchanged.
+        """
         template = json.dumps(predictor, sort_keys=True)
-        revision = next((r for r in state["revisions"] if r["template"] == template and r.get("ready")), None)
+        reusable = state["revisions"][-1:] if knative else state["revisions"]
+        revision = next((r for r in reusable if r["template"] == template and r.get("ready")), None)
         if revision is not None:
             return revision, None
         waiting = next((r for r in state["revisions"] if r["template"] == template and r.get("pending")), None)

@@ -209,6 +209,17 @@ def test_failing_candidate_is_rolled_back_with_no_failed_request(served, models)
     assert answer.json()["predictions"] == [1]
     if strategy == "candidate-isvc":
         assert project.isvc(f"{ANOMALY_DETECTOR}-candidate") is None
+    if strategy.startswith("knative"):
+        # Without canaryTrafficPercent KServe routes 100 % to Knative's latest ready revision, which is the rejected candidate's
+        # until the restored one is ready: stable's storageUri comes back at 0 %, and the percentage goes in a write of its own.
+        predictors = [w["spec"]["predictor"] for w in project.cluster.standin.writes
+                      if w["metadata"]["namespace"] == project.namespace and w["metadata"]["name"] == ANOMALY_DETECTOR]
+        uris = [predictor["model"]["storageUri"] for predictor in predictors]
+        deployed = next(index for index, uri in enumerate(uris) if uri.endswith(f"/{bad}"))
+        restored = next(index for index in range(deployed, len(uris)) if uris[index].endswith(f"/{stable}"))
+        assert predictors[restored].get("canaryTrafficPercent") == 0, predictors[restored]
+        released = next(index for index in range(restored, len(uris)) if "canaryTrafficPercent" not in predictors[index])
+        assert uris[released] == uris[released - 1], "the write that gives the restored revision all traffic changes no model"
 
 
 def test_every_inference_service_written_matches_the_targeted_release_crds(served, crd_schemas):

@@ -1,6 +1,7 @@
 """knative: KServe's Serverless (Knative) canary. The candidate is a new revision at ``canaryTrafficPercent: 0``,
 reached by its ``latest-`` tag URL; traffic moves with ``canaryTrafficPercent``; promotion removes it; rollback
-sets 0, then restores the stable ``storageUri`` so that the spec matches what serves.
+sets 0, restores the stable ``storageUri`` at 0 % and removes the percentage once that revision is ready, so that the
+spec matches what serves.
 
 A step is done when ``status.components.predictor`` shows it (``readiness.revision_problem``: a model change's new
 revision ready, the latest revision's traffic at the step's percent) and the URL that reaches the version names it."""
@@ -54,10 +55,17 @@ class KnativeStrategy(RolloutStrategy):
         self._wait(name, timeout_s, written, 100, candidate["version"], "main")
 
     def rollback(self, main: dict, stable: dict, timeout_s: float) -> None:
-        """Pin traffic to the last revision rolled out at 100 % first, then restore its storageUri."""
+        """Pin traffic to the last revision rolled out at 100 % first, restore its storageUri at 0 % until that new revision is
+        ready, then give it all traffic.
+
+        Without canaryTrafficPercent KServe routes 100 % to Knative's latest *ready* revision, which until the restored one is
+        ready is the rejected candidate's, so the percentage goes only once the restored revision serves.
+        """
         name = main["metadata"]["name"]
         self.api.change(name, lambda current: {"spec": {"predictor": {"canaryTrafficPercent": 0}}}, name)
-        written = self.api.write(name, lambda current: self.serving_patch(stable, name, self.finished_annotations(stable), canary=None), name)
+        written = self.api.write(name, lambda current: self.serving_patch(stable, name, self.finished_annotations(stable), canary=0), name)
+        self._wait(name, timeout_s, written, 0, stable["version"], "candidate")
+        written = self.api.write(name, lambda current: {"spec": {"predictor": {"canaryTrafficPercent": None}}}, name)
         self._wait(name, timeout_s, written, 100, stable["version"], "main")
 
     def endpoints(self, main: dict, has_candidate: bool) -> Endpoints:
