@@ -132,13 +132,13 @@ def test_the_object_check_catches_an_unknown_crd_field_and_a_kind_without_schema
 
 
 def test_setting_the_namespace_and_the_pipeline_server_once_changes_every_object_and_the_image(tmp_path):
-    manifests = copy_of(tmp_path, "base", "monitoring", "grafana-operator", "gitops")
-    for name in ("base", "monitoring"):
+    manifests = copy_of(tmp_path, "base", "monitoring", "grafana-operator", "gitops", "metrics-reader")
+    for name in ("base", "monitoring", "metrics-reader"):
         kustomization = manifests / name / "kustomization.yaml"
         kustomization.write_text(re.sub(r"(?m)^namespace: \S+", "namespace: ml-team-a", kustomization.read_text(), count=1))
     settings = {"dspaName=dspa": "dspaName=pipelines", "pipelinesNamespace=self-healing-platform": "pipelinesNamespace=ml-hub",
                 "modelsNamespace=self-healing-platform": "modelsNamespace=ml-serving"}
-    for name in ("base", "gitops"):
+    for name in ("base", "gitops", "metrics-reader"):
         kustomization = manifests / name / "kustomization.yaml"
         text = kustomization.read_text()
         for old, new in settings.items():
@@ -152,6 +152,9 @@ def test_setting_the_namespace_and_the_pipeline_server_once_changes_every_object
     assert runtime["spec"]["containers"][0]["image"].startswith("image-registry.openshift-image-registry.svc:5000/ml-team-a/model-pipelines:")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner-pipelines", "namespace": "ml-team-a"}]
     assert dspa["metadata"]["name"] == "pipelines"
+    (reader,) = by_kind(rendered(manifests / "metrics-reader"), "ClusterRoleBinding")  # the Thanos querier admits cluster-monitoring-view
+    assert reader["metadata"]["name"] == "model-pipelines-metrics-reader.ml-team-a", "one binding per project"
+    assert reader["subjects"] == binding["subjects"] and reader["roleRef"]["name"] == "cluster-monitoring-view"
     leftovers = [line for item in project for line in yaml.safe_dump(item).splitlines()
                  if NAMESPACE in line and "app.kubernetes.io/part-of" not in line]
     assert leftovers == [], "the old namespace is hard-coded somewhere"

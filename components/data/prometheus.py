@@ -48,7 +48,8 @@ PROMETHEUS_ADVICE = ApiAdvice(
     unreachable="check prometheus_url (in OpenShift the Thanos querier: https://thanos-querier.openshift-monitoring.svc:9091) and the network",
     tls="set prometheus.ca_bundle to the CA that signed the server's certificate (in OpenShift the service CA: "
         "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt)",
-    refused="grant the service account cluster-monitoring-view",
+    refused="grant the pipelines' service account cluster-monitoring-view (a cluster admin: oc apply -k manifests/metrics-reader), or put a "
+            "token that has it in the prometheus-token Secret",
 )
 
 
