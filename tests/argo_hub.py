@@ -645,13 +645,16 @@ class ArgoHub(LoopbackCluster):
         return resources, {"status": worst}
 
     def _write_scrape_targets(self) -> None:
-        """Write every spoke predictor's metrics address, labelled with its cluster, for the hub's Prometheus (file_sd)."""
+        """Write every spoke predictor's metrics address, labelled with its cluster and namespace (as user workload monitoring and
+        ACM observability label them), for the hub's Prometheus (file_sd)."""
         groups = []
         for spoke in self.spokes.values():
+            by_namespace: dict[str, list[int]] = {}
             with spoke.standin.lock:
-                ports = [revision["port"] for state in spoke.standin.runtime.values() for revision in state["revisions"] if revision.get("ready")]
-            if ports:
-                groups.append({"targets": [f"127.0.0.1:{port}" for port in sorted(ports)], "labels": {"cluster": spoke.name}})
+                for (namespace, _), state in spoke.standin.runtime.items():
+                    by_namespace.setdefault(namespace, []).extend(revision["port"] for revision in state["revisions"] if revision.get("ready"))
+            groups.extend({"targets": [f"127.0.0.1:{port}" for port in sorted(ports)], "labels": {"cluster": spoke.name, "namespace": namespace}}
+                          for namespace, ports in sorted(by_namespace.items()) if ports)
         text = json.dumps(groups)
         if self.scrape_targets.read_text() != text:
             temporary = self.scrape_targets.with_suffix(".tmp")

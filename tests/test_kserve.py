@@ -249,6 +249,7 @@ def test_a_ready_left_from_the_previous_spec_is_not_taken_for_the_new_one(served
     checksum = project.index(ANOMALY_DETECTOR)["versions"][version]["sha256"]
     target = KServeTarget(KServeOptions(project.namespace, rollout_strategy=strategy), api=client.CustomObjectsApi(
         config.new_client_from_config(project.cluster.env["KUBECONFIG"])))
+    assert target.metric_scope(ANOMALY_DETECTOR) == f',namespace="{project.namespace}"', "the querier sees every project's series"
     if strategy == "candidate-isvc":
         target.deploy(ANOMALY_DETECTOR, version, uri, checksum, 60)
         standin.unschedulable = "0/3 nodes are available: 3 Insufficient memory."

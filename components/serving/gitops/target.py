@@ -625,9 +625,10 @@ class GitopsTarget:
                 f"wave follows in turn ({', '.join(self.where(wave) for wave in self.waves[1:]) or 'none'})")
 
     def metric_scope(self, model_name: str) -> str:
-        """Return the PromQL label matcher that limits live metrics to wave 1's clusters."""
+        """Return the PromQL label matchers that limit live metrics to wave 1's clusters and its namespace."""
         self._begin(model_name, "", "scope")
-        return f',cluster=~"{"|".join(self.waves[0].clusters)}"'
+        first = self.waves[0]
+        return f',cluster=~"{"|".join(first.clusters)}",namespace="{first.namespace or self.options.namespace}"'
 
     def fleet_status(self, model_name: str) -> list[dict]:
         """Return, per wave and cluster, the Application's revision, sync and health and what the wave's overlay serves."""

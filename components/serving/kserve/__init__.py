@@ -217,8 +217,8 @@ class KServeTarget:
         return f"rollout strategy {self.last_choice}: {strategy.describe(model_name)}"
 
     def metric_scope(self, model_name: str) -> str:
-        """Return "": the namespace's Prometheus sees only this cluster."""
-        return ""
+        """Return the namespace matcher: the Thanos querier sees every project, and another may serve the same model and version numbers."""
+        return f',namespace="{self.api.namespace}"'
 
     def endpoints(self, model_name: str) -> Endpoints:
         """Return model URLs: an explicit override, the in-cluster services ('cluster'), or the status URLs."""
