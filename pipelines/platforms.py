@@ -61,7 +61,7 @@ def _releases() -> dict[str, Platform]:
         *[(f"rhoai-2.{minor}", "2.5.0", False, False, "knative", "0.15") for minor in range(20, 26)],
         *[(f"rhoai-3.{minor}", "2.14.3", False, True, "candidate-isvc", "0.15") for minor in range(0, 4)],
         ("rhoai-3.4", "2.16.0", False, True, "candidate-isvc", "0.17"),
-        ("rhoai-3.5", "2.16.1", False, True, "standard-canary", "0.20"),
+        ("rhoai-3.5", "2.16.1", False, True, "candidate-isvc", "0.20"),
         *[(f"kfp-2.{minor}", f"2.{minor}", True, False, "auto", "any") for minor in (2, 3, 4)],
         *[(f"kfp-2.{minor}", f"2.{minor}", False, False, "auto", "any") for minor in (5, 14)],
         *[(f"kfp-2.{minor}", f"2.{minor}", False, True, "auto", "any") for minor in (15, 16)],

@@ -294,7 +294,7 @@ def test_readiness_asks_a_new_revision_or_counter_only_of_a_model_change_and_kno
     assert no_canary_problem(canary).startswith("status still reports the canary v2") and no_canary_problem({"status": {}}) == ""
 
 
-def test_auto_falls_back_to_a_candidate_service_when_the_crd_has_no_canary(tmp_path_factory, models):
+def test_auto_launches_a_candidate_service_in_standard_mode_and_standard_canary_needs_the_crds_canary(tmp_path_factory, models):
     if not CRDS.is_dir():
         pytest.skip(f"KServe CRDs are not at {CRDS}: the stand-in cannot prune without them")
     cluster = start_cluster(tmp_path_factory, "0.15", "rhoai-3.4")
@@ -306,8 +306,7 @@ def test_auto_falls_back_to_a_candidate_service_when_the_crd_has_no_canary(tmp_p
         result = project.rollout(PREDICTIVE_ANALYTICS, v2, "--param", "canary_steps=[25,100]")
         assert result.returncode == 0, result.stdout[-3000:]
         log = logged(result)
-        assert "rollout strategy standard-canary (auto: Standard/RawDeployment mode" in log
-        assert "falling back to rollout strategy candidate-isvc (auto: the API server pruned spec.canary" in log
+        assert "rollout strategy candidate-isvc (auto: Standard/RawDeployment mode" in log
         assert "rollout strategy candidate-isvc (recorded on the InferenceService" in log
         candidates = [w for w in cluster.standin.writes if w["metadata"]["name"] == f"{PREDICTIVE_ANALYTICS}-candidate"]
         assert candidates and candidates[0]["spec"]["predictor"]["model"]["storageUri"].endswith(f"/{v2}")

@@ -131,7 +131,7 @@ def test_committed_profile_folders_equal_a_fresh_compile(tmp_path):
     for relative in fresh:
         assert filecmp.cmp(COMPILED / relative, tmp_path / relative, shallow=False), f"{relative} differs: run `make compile`"
     folders = {path.parent.name for path in fresh if str(path.parent) != "."}
-    assert {"rhoai-2.16-2.19-pvc", "rhoai-2.20-2.25-s3", "rhoai-3.0-3.4-pvc", "rhoai-3.5-s3"} <= folders
+    assert {"rhoai-2.16-2.19-pvc", "rhoai-2.20-2.25-s3", "rhoai-3.0-3.5-pvc", "rhoai-3.0-3.5-s3"} <= folders
     assert all(sorted(path.name for path in (tmp_path / folder).iterdir()) == sorted(PIPELINE_FILES.values()) for folder in folders)
 
 

@@ -1,14 +1,16 @@
 """The Kubernetes serving target: KServe InferenceServices, with one rollout strategy per KServe generation.
 
 - ``knative``: Serverless/Knative mode, ``canaryTrafficPercent`` with tag routing (``knative.py``);
-- ``standard-canary``: KServe >= 0.20 ``spec.canary[]`` in Standard mode (``standard_canary.py``);
-- ``candidate-isvc``: RawDeployment on KServe < 0.20, a second ``<name>-candidate`` InferenceService
-  (``candidate_isvc.py``).
+- ``standard-canary``: KServe >= 0.20 ``spec.canary[]`` in Standard mode (``standard_canary.py``), only when asked for;
+- ``candidate-isvc``: Standard/RawDeployment mode, a second ``<name>-candidate`` InferenceService (``candidate_isvc.py``).
 
 ``rollout_strategy=auto`` reads the mode from the InferenceService (old and new names): Knative/Serverless uses
-``knative``; Standard/RawDeployment tries ``spec.canary`` and falls back to ``candidate-isvc`` when the API server
-pruned the field (its CRD predates 0.20). The strategy a candidate was launched with is recorded on the main
-InferenceService, so the later steps (separate pods) move it the same way.
+``knative``, Standard/RawDeployment ``candidate-isvc``. Not ``standard-canary``: on KServe 0.20.0 ``trafficPercent``
+only sizes the canary's replicas (the model's own Service and ingress reach stable alone, and a Service that selects
+every pod of the InferenceService splits by pod count, half at a 10 % step with one replica each), and naming the
+predictor renames its Service, so ``<name>-predictor``, which the coordination engine may call, would not exist. The
+strategy a candidate was launched with is recorded on the main InferenceService, so the later steps (separate pods)
+move it the same way.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ class KServeTarget:
             return self._strategy(self.options.rollout_strategy, "set by the rollout_strategy parameter")
         mode = self.mode(main)
         if mode == STANDARD:
-            return self._strategy("standard-canary", "auto: Standard/RawDeployment mode; spec.canary is tried first")
+            return self._strategy("candidate-isvc", "auto: Standard/RawDeployment mode, where a candidate InferenceService is the one "
+                                                    "dark launch that keeps <name>-predictor and every live request on stable")
         if mode == KNATIVE:
             return self._strategy("knative", "auto: Knative/Serverless mode")
         return self._strategy("knative", "auto: no deployment mode recorded, so KServe's default Serverless is assumed")
@@ -122,14 +125,10 @@ class KServeTarget:
             main = self.api.wait_ready(model_name, timeout_s)
         strategy = self.strategy_for(main)
         print(f"deploy {model_name} {version}: rollout strategy {self.last_choice}", flush=True)
-        if not strategy.deploy_candidate(main, backend, timeout_s):
-            if self.options.rollout_strategy == "standard-canary":
-                self.api.change(model_name, lambda current: {"metadata": {"annotations": {**backend_annotations("candidate", None), STRATEGY_ANNOTATION: None}}}, model_name)
-                raise ServingError(f"the API server dropped spec.canary from {self.namespace}/{model_name}: this cluster's KServe CRD has no "
-                                   "native canary (KServe < 0.20); use rollout_strategy=candidate-isvc or auto")
-            strategy = self._strategy("candidate-isvc", "auto: the API server pruned spec.canary, so this KServe predates 0.20")
-            print(f"deploy {model_name} {version}: falling back to rollout strategy {self.last_choice}", flush=True)
-            strategy.deploy_candidate(self.api.get(model_name), backend, timeout_s)
+        if not strategy.deploy_candidate(main, backend, timeout_s):  # standard-canary, asked for, on a KServe without spec.canary
+            self.api.change(model_name, lambda current: {"metadata": {"annotations": {**backend_annotations("candidate", None), STRATEGY_ANNOTATION: None}}}, model_name)
+            raise ServingError(f"the API server dropped spec.canary from {self.namespace}/{model_name}: this cluster's KServe CRD has no "
+                               "native canary (KServe < 0.20); use rollout_strategy=candidate-isvc or auto")
         return self.status(model_name)
 
     def _create(self, model_name: str, backend: dict, timeout_s: float) -> None:

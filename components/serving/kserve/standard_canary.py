@@ -105,5 +105,7 @@ class StandardCanaryStrategy(RolloutStrategy):
 
     def describe(self, model_name: str) -> str:
         """Return how the native canary moves traffic."""
-        return ("KServe's native canary (spec.canary) shifts each percentage step with trafficPercent; the candidate is probed "
-                f"on its own Service {model_name}-<version>-predictor")
+        return ("KServe's native canary (spec.canary) sets trafficPercent at each step; on KServe 0.20.0 that sizes the canary's "
+                "replicas and routes no live traffic through the model's own Service (weighted routes came after 0.20.0, kserve#5912), "
+                f"so the percentages are live shares only on a KServe with them; the candidate is probed on its own Service "
+                f"{model_name}-<version>-predictor")
