@@ -289,9 +289,11 @@ def test_a_client_sending_only_bad_requests_during_a_canary_does_not_roll_it_bac
     url = main_url(state)
     with BadRequestClient(url) as client:
         # A new version's latency series needs two scrapes (1 s apart) inside the window before rate() has data: 4 s gives a loaded
-        # machine room, as in the latency test above (2 s once found no data twice and rolled back as inconclusive).
+        # machine room, as in the latency test above (2 s once found no data twice and rolled back as inconclusive). The client's
+        # 400s add no latency, so at the first analysis the window must still hold the smoke test's requests: a 10 s one, on a
+        # loaded machine, once held none (p95 NaN, no data twice).
         result = run_cli("rollout", ANOMALY_DETECTOR, "--version", candidate, "--local", "--state-dir", str(state), "--param", "days=1",
-                         "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=10s", "--param", "canary_interval_s=4",
+                         "--param", f"prometheus_url={server.url}", "--param", "prometheus_window=30s", "--param", "canary_interval_s=4",
                          "--param", "max_p95_latency_ms=5000", "--param", "max_live_p95_latency_ms=5000", "--param", "canary_steps=[50,100]")
     assert result.returncode == 0, result.stdout[-3000:]
     assert client.sent > 20 and set(client.statuses) == {400}, sorted(set(client.statuses))

@@ -23,9 +23,12 @@ if TYPE_CHECKING:  # numpy and pandas are imported where they are used: the cana
 TOKEN_ENV = "PROMETHEUS_TOKEN"
 _WARNED_PLAIN_HTTP: set[str] = set()
 STEP_SECONDS = 60
-# Prometheus and Thanos refuse a range query of more than 11,000 steps per series (7.6 days at one minute), so a longer
-# window is asked for in pieces of this many steps.
-STEPS_PER_QUERY = 10_000
+# Prometheus and Thanos refuse a range query of more than 11,000 steps per series (7.6 days at one minute), and a week of
+# rate() over every container can outlast the client's timeout: a window is asked for a day at a time.
+STEPS_PER_QUERY = 1_440
+# The Thanos querier answers with whatever stores replied unless told otherwise, so an unreachable user-workload store
+# would read as "no data"; Prometheus ignores the parameter.
+WHOLE_ANSWERS = {"partial_response": "false"}
 # Canary templates: {model}, {version}, {window} and {scope} (extra label matchers, e.g. a fleet wave's clusters) are
 # filled in. Both read the project runtime's own series, whose ``version`` label is the version it serves (from
 # MODEL_VERSION), so that they need no relabelling in the scrape configuration, on one cluster or across a fleet.
@@ -105,7 +108,7 @@ class PrometheusClient:
         piece_start, span = start, dt.timedelta(seconds=step_s * STEPS_PER_QUERY)
         while piece_start <= end:
             piece_end = min(piece_start + span, end)
-            params = {"query": query, "start": piece_start.timestamp(), "end": piece_end.timestamp(), "step": step_s}
+            params = {"query": query, "start": piece_start.timestamp(), "end": piece_end.timestamp(), "step": step_s, **WHOLE_ANSWERS}
             for series in self._get("/api/v1/query_range", params):
                 labels = series.get("metric", {})
                 joined.setdefault(tuple(sorted(labels.items())), {"metric": labels, "values": []})["values"].extend(series.get("values", []))
@@ -114,7 +117,7 @@ class PrometheusClient:
 
     def query(self, query: str, at: dt.datetime | None = None) -> list:
         """Return the vector result of an instant query (at ``at`` when given, for deterministic answers)."""
-        return self._get("/api/v1/query", {"query": query, **({"time": at.timestamp()} if at else {})})
+        return self._get("/api/v1/query", {"query": query, **WHOLE_ANSWERS, **({"time": at.timestamp()} if at else {})})
 
 
 def series_frame(result: list, name: str, aggregate: str) -> pd.Series:
