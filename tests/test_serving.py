@@ -362,6 +362,26 @@ def test_exit_handler_takes_only_its_own_runs_live_candidate_back_to_zero_and_en
     assert target.status(ANOMALY_DETECTOR).candidate is None and store.read_index(ANOMALY_DETECTOR)["versions"][version]["status"] == "rejected"
 
 
+def test_a_candidate_left_at_50_percent_by_a_stopped_run_is_taken_over_by_a_rollout_of_the_same_version(served, training):
+    # Stopping a run from the dashboard skips its exit handler (KFP compiles it as a DAG task, which Argo does not start once
+    # the run is terminated): what the README tells the user to run then must take the candidate back and finish its canary.
+    from components.serving.local import LocalTarget
+    from components.release.rollout import deploy_version
+
+    state, store = served
+    target = LocalTarget(state / "serving", state / "store")
+    stable = target.status(ANOMALY_DETECTOR).stable
+    version = save(store, train_model(spec_for(ANOMALY_DETECTOR), training.train, reseeded(13)), state)
+    deploy_version(target, store, ANOMALY_DETECTOR, version, 60, run_name="stopped-run")
+    target.set_traffic(ANOMALY_DETECTOR, 50, 10)  # where the stopped run's canary was
+    result = run_cli("rollout", ANOMALY_DETECTOR, "--version", version, "--local", "--state-dir", str(state), *FAST)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"{version} serves as a dark candidate (0 % traffic) beside stable {stable}" in result.stdout
+    after = target.status(ANOMALY_DETECTOR)
+    assert after.stable == version and after.candidate is None, after
+    assert store.read_index(ANOMALY_DETECTOR)["versions"][version]["deployment"]["run"] != "stopped-run", "the rollout made it its own"
+
+
 def test_a_failed_smoke_test_of_the_stable_version_keeps_it_stable_and_serving(served):
     state, store = served
     stable = store.read_index(ANOMALY_DETECTOR)["stable"]
