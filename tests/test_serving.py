@@ -363,8 +363,8 @@ def test_exit_handler_takes_only_its_own_runs_live_candidate_back_to_zero_and_en
 
 
 def test_a_candidate_left_at_50_percent_by_a_stopped_run_is_taken_over_by_a_rollout_of_the_same_version(served, training):
-    # Stopping a run from the dashboard skips its exit handler (KFP compiles it as a DAG task, which Argo does not start once
-    # the run is terminated): what the README tells the user to run then must take the candidate back and finish its canary.
+    # Stopping a run from the dashboard can skip its exit handler (KFP 2.2-2.4 compile it as a DAG task, which Argo does not
+    # start in a terminated run): what the README tells the user to run then must take the candidate back and finish its canary.
     from components.serving.local import LocalTarget
     from components.release.rollout import deploy_version
 
