@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # requests is imported where a call is made: the command line
     import requests
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+SERVICE_ACCOUNT_NAMESPACE = SERVICE_ACCOUNT_TOKEN.with_name("namespace")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}  # a token may go over plain http only to this machine
 
 
@@ -27,6 +28,11 @@ def token_from_environment(variable: str, url: str = "") -> str:
     if os.environ.get(variable, "").strip():  # a Secret made with --from-file from `oc create token` output ends in a newline
         return os.environ[variable].strip()
     return SERVICE_ACCOUNT_TOKEN.read_text().strip() if SERVICE_ACCOUNT_TOKEN.is_file() and in_cluster_service(url) else ""
+
+
+def pod_namespace() -> str:
+    """Return the namespace this pod runs in, or "" outside a cluster."""
+    return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() if SERVICE_ACCOUNT_NAMESPACE.is_file() else ""
 
 
 def in_cluster_service(url: str) -> bool:

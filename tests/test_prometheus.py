@@ -18,6 +18,7 @@ from components.data.ingest import IngestRequest, ingest
 from components.monitoring.monitor import live_prediction_stats
 from components.data.prometheus import PrometheusClient, PrometheusError, series_frame
 from components.kfp.config import KNOBS
+from components.kfp.workflow import served_namespace_scope
 from components.store.filesystem import FilesystemStore
 from components.data.synthetic import generate_cluster_metrics
 from components.model.spec import spec_for
@@ -406,8 +407,11 @@ def test_the_guides_queries_dashboard_and_alerts_run_on_data_from_the_runtime(tm
         for query in rule_queries:
             client.query(query)  # every alert expression is valid PromQL over these series (an error raises)
         now = pd.Timestamp.now(tz="UTC").to_pydatetime()
-        detector = live_prediction_stats(client, ANOMALY_DETECTOR, "v1", 5, now)
+        detector = live_prediction_stats(client, ANOMALY_DETECTOR, "v1", 5, now, served_namespace_scope(""))  # no pod here: no scope
         assert detector["normal"] > 0 and detector["anomaly"] > 0, "the drift monitor reads the detector's outcomes"
+        # On a cluster the monitor counts only its namespace's series: another project's detector v1 is not this one.
+        elsewhere = live_prediction_stats(client, ANOMALY_DETECTOR, "v1", 5, now, served_namespace_scope("another-project"))
+        assert elsewhere == {"anomaly": 0.0, "normal": 0.0}, elsewhere
         forecasts = live_prediction_stats(client, PREDICTIVE_ANALYTICS, "v1", 5, now)["forecasts"]
         assert forecasts["cpu"]["count"] > 0 and 0 <= forecasts["cpu"]["sum"] / forecasts["cpu"]["count"] <= 1
     finally:

@@ -99,7 +99,9 @@ KNOBS: tuple[Knob, ...] = tuple([
     *_knobs(None, _SERVE, [
         ("serving_target", "serving_target", "kserve",
          "Where versions are served: kserve (InferenceServices), gitops (commits Argo CD syncs to spoke clusters, see fleet) or local (this machine)."),
-        ("namespace", "namespace", "", "Namespace of the InferenceServices; empty: the pipeline's own."),
+    ]),
+    *_knobs(None, _ALL, [
+        ("namespace", "namespace", "", "Namespace of the InferenceServices (the monitor counts their live predictions there); empty: the pipeline's own."),
     ]),
     *_knobs(None, _ALL, [
         ("model_store", "model_store", "pvc", "Where versions are stored: pvc (the installation's volume) or s3 (its data connection)."),

@@ -315,7 +315,7 @@ def monitor_drift(
     from collections import namedtuple
 
     from components.kfp.config import read_config
-    from components.kfp.workflow import active_local_run, ingest_request, monitor_step
+    from components.kfp.workflow import active_local_run, ingest_request, monitor_step, served_namespace_scope
     from components.monitoring.monitor import drift_table
 
     settings = read_config(config.path)
@@ -330,7 +330,7 @@ def monitor_drift(
         active = active_local_run(model_name)
     decision_settings = monitoring.settings(settings.spec.drift.max_retrains_per_episode)
     result = monitor_step(model_name, ingest_request(settings), decision_settings, settings.store, active, monitoring.pushgateway_url,
-                          clear=monitoring.action == "clear")
+                          clear=monitoring.action == "clear", scope=served_namespace_scope(settings.serving.namespace))
     assessment = result.assessment
     metrics.log_metric("drift_score", round(assessment.drift_score, 4))
     metrics.log_metric("level_score", round(assessment.level_score, 4))

@@ -447,12 +447,21 @@ class MonitorResult:
     regime_start: str = ""  # with a retrain decision: the drift's onset, from which the retrain learns
 
 
+def served_namespace_scope(namespace: str) -> str:
+    """Return the PromQL matcher of the namespace the models serve in (``namespace``, else this pod's), or "" outside a cluster."""
+    from components.credentials import pod_namespace
+
+    namespace = namespace or pod_namespace()
+    return f',namespace="{namespace}"' if namespace else ""
+
+
 def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSettings, store_options: StoreOptions,
-                 active_run: str | None, pushgateway_url: str = "", clear: bool = False) -> MonitorResult:
+                 active_run: str | None, pushgateway_url: str = "", clear: bool = False, scope: str = "") -> MonitorResult:
     """Read the live window the stable version's profile asks for, check its units, measure drift, track its episode, decide and push
     the gauges.
 
-    With ``clear``, the current drift episode (its onset and retrain count) is forgotten first.
+    With ``clear``, the current drift episode (its onset and retrain count) is forgotten first; ``scope`` narrows the live
+    prediction counts (the Thanos querier sees every project's).
     """
     import base64
 
@@ -483,7 +492,8 @@ def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSetti
     if request.prometheus_url:
         end = live[TIMESTAMP_COLUMN].iloc[-1].to_pydatetime()
         try:
-            stats = live_prediction_stats(PrometheusClient(request.prometheus_url, request.prometheus_ca_bundle), model_name, stable, minutes, end)
+            stats = live_prediction_stats(PrometheusClient(request.prometheus_url, request.prometheus_ca_bundle), model_name, stable, minutes, end,
+                                          scope)
             predictions = prediction_checks(model_name, profile.get("validation", {}), live, stats, settings)
         except PrometheusError as error:
             predictions = unmeasured_predictions(str(error))

@@ -161,11 +161,12 @@ def assess(
     return Assessment(model_name, stable_version, window, settings.thresholds, measure_drift(profile, live_raw, model_name), predictions)
 
 
-def live_prediction_stats(client: PrometheusClient, model_name: str, version: str, window_minutes: int, end: dt.datetime) -> dict:
-    """Return what the runtime counted for ``version`` in the window, by the spec's type: anomaly and normal outcomes,
-    classification answers and alerts, or each forecast output's sum and count."""
+def live_prediction_stats(client: PrometheusClient, model_name: str, version: str, window_minutes: int, end: dt.datetime,
+                          scope: str = "") -> dict:
+    """Return what the runtime counted for ``version`` in the window (``scope``: extra label matchers such as its namespace), by the
+    spec's type: anomaly and normal outcomes, classification answers and alerts, or each forecast output's sum and count."""
     spec = spec_for(model_name)
-    selector = f'model="{model_name}",version="{version}"'
+    selector = f'model="{model_name}",version="{version}"{scope}'
 
     def increase(series: str) -> float:
         return _scalar(client, f"sum(increase({series}[{window_minutes}m]))", end)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
+from components.credentials import pod_namespace
 from components.serving.kserve.api import (
     CREATED_BY_RUN_ANNOTATION, KNATIVE, MODE_ANNOTATION, STANDARD, STRATEGY_ANNOTATION, InferenceServiceApi, backend_annotations, normalized_mode,
     not_owned_error, owned_by, recorded_backend,
@@ -38,7 +38,6 @@ STRATEGIES: dict[str, type[RolloutStrategy]] = {
 }
 ROLLOUT_STRATEGIES = ("auto", *STRATEGIES)
 DEPLOYMENT_MODES = ("auto", "Serverless", "RawDeployment", KNATIVE, STANDARD)
-NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 class KServeTarget:
@@ -54,7 +53,7 @@ class KServeTarget:
         if options.rollout_strategy not in ROLLOUT_STRATEGIES:
             raise ServingError(f"rollout_strategy must be one of {', '.join(ROLLOUT_STRATEGIES)}, got {options.rollout_strategy!r}")
         self.options = options
-        namespace = options.namespace or (NAMESPACE_FILE.read_text().strip() if NAMESPACE_FILE.is_file() else "default")
+        namespace = options.namespace or pod_namespace() or "default"
         self.api = InferenceServiceApi(api or self.connect(), namespace, sleep, status_tracks_spec, options.registry)
         self.namespace = namespace
         self.last_choice = ""
