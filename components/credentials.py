@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # requests is imported where a call is made: the command line
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 SERVICE_ACCOUNT_NAMESPACE = SERVICE_ACCOUNT_TOKEN.with_name("namespace")
+SERVICE_CA_BUNDLE = SERVICE_ACCOUNT_TOKEN.with_name("service-ca.crt")  # OpenShift's service CA, which signs *.svc certificates
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}  # a token may go over plain http only to this machine
 
 

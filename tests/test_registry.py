@@ -251,8 +251,8 @@ def test_the_token_goes_only_over_https_to_a_registry_that_accepts_it_and_never_
 
 def test_an_s3_version_artifact_names_its_data_connection_and_path():
     body = artifact_body(S3Store(None, "models", "team/models"), {"sklearn_version": "1.9.1"}, MODEL, "v3", "model-storage-config")
-    assert (body["uri"], body["storageKey"], body["storagePath"]) == (f"s3://models/team/models/{MODEL}/v3", "model-storage-config",
-                                                                     f"team/models/{MODEL}/v3")
+    assert (body["uri"], body["storageKey"], body["storagePath"]) == (f"s3://models/team/models/{MODEL}/v3/", "model-storage-config",
+                                                                     f"team/models/{MODEL}/v3/")
 
 
 def test_the_rollout_pipelines_own_check_resolves_a_model_registry_version_and_refuses_a_mismatch_before_any_side_effect(history, registry,

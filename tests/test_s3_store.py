@@ -42,7 +42,7 @@ def test_versions_are_immutable_checked_and_indexed(store, model_file):
     first = store.save_version(MODEL, model_file, {"run_name": "r1"})
     second = store.save_version(MODEL, model_file, {"run_name": "r2"})
     assert (first.version, second.version) == ("v1", "v2")
-    assert second.storage_uri == f"s3://{S3_BUCKET}/{store.prefix}/{MODEL}/v2"
+    assert second.storage_uri == f"s3://{S3_BUCKET}/{store.prefix}/{MODEL}/v2/"
     keys = {item["Key"] for item in store.client.list_objects_v2(Bucket=S3_BUCKET, Prefix=store.prefix)["Contents"]}
     assert keys == {f"{store.prefix}/{MODEL}/{name}" for name in ("v1/model.pkl", "v1/version.json", "v2/model.pkl", "v2/version.json", "metadata.json", "metadata.json.last-good")}
     index = store.read_index(MODEL)
@@ -111,6 +111,29 @@ def test_missing_data_connection_key_names_the_key_and_the_secret(monkeypatch, s
     monkeypatch.delenv("AWS_S3_BUCKET")
     with pytest.raises(StoreError, match="AWS_S3_BUCKET not set: the S3 store reads the data connection secret 'my-connection'"):
         s3_client_from_environment("my-connection")
+
+
+def test_a_dashboard_connection_without_a_region_or_an_endpoint_scheme_is_read_as_the_dashboard_reads_it(monkeypatch, s3):
+    for key, value in s3.environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "")  # Region is optional in the dashboard's S3 connection form
+    client, _ = s3_client_from_environment()
+    assert client.meta.region_name == "us-east-1"
+    S3Store(client, S3_BUCKET).read_index(MODEL)  # the local server answers a us-east-1 signature
+    monkeypatch.setenv("AWS_S3_ENDPOINT", " s3.openshift-storage.svc ")
+    client, _ = s3_client_from_environment()
+    assert client.meta.endpoint_url == "https://s3.openshift-storage.svc"
+
+
+def test_a_version_uri_ends_in_a_slash_so_kserve_downloads_only_that_version(store, model_file):
+    # KServe's storage initializer lists keys with the URI's path as a prefix: models/<model>/v1 would match v10 to v19 too.
+    for _ in range(10):
+        store.save_version(MODEL, model_file, {})
+    uri = store.storage_uri(MODEL, "v1")
+    assert uri == f"s3://{S3_BUCKET}/{store.prefix}/{MODEL}/v1/"
+    prefix = uri.removeprefix(f"s3://{S3_BUCKET}/")
+    listed = store.client.list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix)["Contents"]
+    assert {item["Key"].removeprefix(prefix) for item in listed} == {"model.pkl", "version.json"}, [item["Key"] for item in listed]
 
 
 def test_wrong_credentials_are_refused_by_the_server(monkeypatch, s3):

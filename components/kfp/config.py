@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
+from components.credentials import SERVICE_CA_BUNDLE as SERVICE_ACCOUNT_CA
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.spec import ModelSpec, SpecError, spec_for, spec_from_checked_text, spec_from_text, use_spec
 from components.monitoring.monitor import DriftThresholds, MonitorSettings
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 RETRAIN, ROLLOUT, MONITOR = "retrain", "rollout", "monitor"
 KINDS = (RETRAIN, ROLLOUT, MONITOR)
 IN_CLUSTER_PROMETHEUS = "https://thanos-querier.openshift-monitoring.svc.cluster.local:9091"
-SERVICE_CA_BUNDLE = "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt"
+SERVICE_CA_BUNDLE = str(SERVICE_ACCOUNT_CA)
 DEFAULT_PROMETHEUS_SECRET = "prometheus-token"
 DEFAULT_GITOPS_SECRET = "gitops-credentials"
 DEFAULT_REGISTRY_SECRET = "model-registry-token"
@@ -138,7 +139,8 @@ KNOBS: tuple[Knob, ...] = tuple([
     *_knobs("store", _ALL, [
         ("s3_prefix", "s3_prefix", "models", "Key prefix of the model store in the data connection's bucket (model_store=s3)."),
         ("s3_verify", "s3_verify", True, "Verify the S3 endpoint's TLS certificate."),
-        ("s3_ca_bundle", "s3_ca_bundle", "", "CA bundle file for the S3 endpoint; empty: AWS_CA_BUNDLE or the system CAs."),
+        ("s3_ca_bundle", "s3_ca_bundle", "", "CA bundle file for the S3 endpoint; empty: AWS_CA_BUNDLE, else the service CA for an in-cluster "
+                                              "*.svc endpoint (OpenShift Data Foundation), else the CAs botocore ships."),
     ]),
     *_knobs("store", _SERVE, [
         ("registry_url", "registry_url", "", "The OpenShift AI / Kubeflow Model Registry's REST URL (https only; its token comes from the installation's "

@@ -222,7 +222,7 @@ def resolve_version(client: RegistryClient, store: ModelStore, model_name: str, 
         raise RegistryError(f"the registry names {model_name} {version}, which the store at {store.location} does not hold; "
                             "a registry entry cannot point a rollout at a file the store does not vouch for")
     expected_uri = store.storage_uri(model_name, version)
-    if artifact.get("uri") != expected_uri:
+    if str(artifact.get("uri")).rstrip("/") != expected_uri.rstrip("/"):  # S3 URIs end in "/" since 2026-12-06
         raise RegistryError(f"model-registry://{model_name}/{version} points at {artifact.get('uri')!r}, but the store holds {version} at "
                             f"{expected_uri!r}: refused, nothing deployed; fix the registry entry (`model-pipelines registry sync {model_name}` "
                             "does not rewrite an artifact) or roll out by the store's version name")

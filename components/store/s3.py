@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
+from components.credentials import SERVICE_CA_BUNDLE, in_cluster_service
 from components.model.contract import schema_for
 from components.store.filesystem import (
     BACKUP_SUFFIX,
@@ -52,21 +53,28 @@ INDEX_RETRIES = 20
 
 
 def s3_client_from_environment(secret_name: str = DEFAULT_SECRET, ca_bundle: str = "", verify: bool = True):
-    """Return (boto3 S3 client, bucket) from the data-connection keys in the environment, naming any missing key."""
+    """Return (boto3 S3 client, bucket) from the data-connection keys in the environment, naming any missing key.
+
+    As the OpenShift AI dashboard does with its connections, an endpoint without a scheme is https and an empty region is
+    us-east-1. Without a CA bundle, an in-cluster ``*.svc`` endpoint (OpenShift Data Foundation) is trusted through the service CA.
+    """
     import boto3
     from botocore.config import Config
 
-    missing = [key for key in DATA_CONNECTION_KEYS if not os.environ.get(key)]
+    missing = [key for key in DATA_CONNECTION_KEYS if key != "AWS_DEFAULT_REGION" and not os.environ.get(key, "").strip()]
     if missing:
         raise StoreError(
             f"{', '.join(missing)} not set: the S3 store reads the data connection secret {secret_name!r}; add the key(s) to that "
             "secret (OpenShift AI: Data connections) and pass its name as s3_secret"
         )
-    verify_setting: bool | str = (ca_bundle or os.environ.get("AWS_CA_BUNDLE") or True) if verify else False
+    endpoint = os.environ["AWS_S3_ENDPOINT"].strip()
+    endpoint = endpoint if "://" in endpoint else f"https://{endpoint}"
+    bundle = ca_bundle or os.environ.get("AWS_CA_BUNDLE") or (str(SERVICE_CA_BUNDLE) if in_cluster_service(endpoint) and SERVICE_CA_BUNDLE.is_file() else "")
+    verify_setting: bool | str = (bundle or True) if verify else False
     client = boto3.client(
         "s3",
-        endpoint_url=os.environ["AWS_S3_ENDPOINT"],
-        region_name=os.environ["AWS_DEFAULT_REGION"],
+        endpoint_url=endpoint,
+        region_name=os.environ.get("AWS_DEFAULT_REGION", "").strip() or "us-east-1",
         aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
         verify=verify_setting,
@@ -105,8 +113,9 @@ class S3Store:
         return self._key(model_name, version, *parts)
 
     def storage_uri(self, model_name: str, version: str) -> str:
-        """Return ``s3://<bucket>/<prefix>/<model>/<version>``."""
-        return f"s3://{self.bucket}/{self._version_key(model_name, version)}"
+        """Return ``s3://<bucket>/<prefix>/<model>/<version>/``: KServe downloads every key under it as a prefix, and without the
+        slash ``v1`` would take ``v10``, ``v11`` ... along."""
+        return f"s3://{self.bucket}/{self._version_key(model_name, version)}/"
 
     def _put(self, key: str, body: bytes, **conditions) -> dict:
         checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
