@@ -136,6 +136,23 @@ def test_a_version_uri_ends_in_a_slash_so_kserve_downloads_only_that_version(sto
     assert {item["Key"].removeprefix(prefix) for item in listed} == {"model.pkl", "version.json"}, [item["Key"] for item in listed]
 
 
+def test_a_backend_that_ignores_conditional_writes_is_refused_before_anything_is_saved(s3, model_file, request):
+    # As MinIO before 2024 or a NooBaa namespace bucket: the conditional headers never reach the server's check.
+    client = s3.client()
+
+    def drop_conditions(request, **_):
+        for header in ("If-None-Match", "If-Match"):
+            if header in request.headers:
+                del request.headers[header]
+
+    client.meta.events.register("before-sign.s3.PutObject", drop_conditions)
+    careless = S3Store(client, S3_BUCKET, f"test-{request.node.name[:40]}")
+    with pytest.raises(StoreError, match=r"ignores If-None-Match: \* and If-Match on PUT, so two saves at once could overwrite .* nothing was saved"):
+        careless.save_version(MODEL, model_file, {})
+    listed = client.list_objects_v2(Bucket=S3_BUCKET, Prefix=careless.prefix).get("Contents", [])
+    assert listed == [], [item["Key"] for item in listed]
+
+
 def test_wrong_credentials_are_refused_by_the_server(monkeypatch, s3):
     for key, value in {**s3.environment(), "AWS_SECRET_ACCESS_KEY": "wrong"}.items():
         monkeypatch.setenv(key, value)

@@ -96,6 +96,7 @@ class S3Store:
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
         if self.prefix and any(segment in ("", ".", "..") for segment in self.prefix.split("/")):
             raise StoreError(f"s3_prefix {prefix!r} has an empty, '.' or '..' segment; name a plain prefix such as 'models'")
+        self._conditions_enforced = False  # checked once, before the first conditional write
 
     @property
     def location(self) -> str:
@@ -118,8 +119,37 @@ class S3Store:
         return f"s3://{self.bucket}/{self._version_key(model_name, version)}/"
 
     def _put(self, key: str, body: bytes, **conditions) -> dict:
+        if conditions and not self._conditions_enforced:
+            self._check_conditional_writes()
         checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
         return self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=checksum, **conditions)
+
+    def _check_conditional_writes(self) -> None:
+        """Raise StoreError, before anything is written, when the backend ignores If-None-Match or If-Match on PUT.
+
+        Versions are claimed and the index is updated with those headers; a backend that drops them (MinIO before 2024,
+        NooBaa namespace buckets before 2026) lets two saves at once overwrite each other's version and index entry.
+        """
+        from botocore.exceptions import ClientError
+
+        key = "/".join(part for part in (self.prefix, f".conditional-write-check-{uuid.uuid4().hex}") if part)
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+        ignored = []
+        try:
+            for header, conditions in (("If-None-Match: *", {"IfNoneMatch": "*"}), ("If-Match", {"IfMatch": '"0"'})):
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", **conditions)
+                    ignored.append(header)
+                except ClientError as error:
+                    if _code(error) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                        raise StoreError(f"cannot check s3://{self.bucket}/{key}: {_code(error)}") from error
+        finally:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        if ignored:
+            raise StoreError(f"the S3 endpoint of s3://{self.bucket} ignores {' and '.join(ignored)} on PUT, so two saves at once could overwrite "
+                             "each other's version and index entry; nothing was saved: use a backend that enforces conditional writes "
+                             "(AWS S3, MinIO since 2024, Ceph RGW, OpenShift Data Foundation's database-backed buckets) or model_store=pvc")
+        self._conditions_enforced = True
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
         from botocore.exceptions import ClientError
