@@ -31,6 +31,14 @@ def token_from_environment(variable: str, url: str = "") -> str:
     return SERVICE_ACCOUNT_TOKEN.read_text().strip() if SERVICE_ACCOUNT_TOKEN.is_file() and in_cluster_service(url) else ""
 
 
+def trusted_cas(url: str, ca_bundle: str) -> str | bool:
+    """Return what verifies ``url``'s certificate: ``ca_bundle``, else the pod's service CA for an in-cluster ``*.svc`` address
+    (what signs those certificates on OpenShift), else True (the CAs the HTTP library ships, not the system's)."""
+    if ca_bundle:
+        return ca_bundle
+    return str(SERVICE_CA_BUNDLE) if in_cluster_service(url) and SERVICE_CA_BUNDLE.is_file() else True
+
+
 def pod_namespace() -> str:
     """Return the namespace this pod runs in, or "" outside a cluster."""
     return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() if SERVICE_ACCOUNT_NAMESPACE.is_file() else ""
@@ -64,7 +72,7 @@ def api_request(method: str, url: str, advice: ApiAdvice, error: type[Exception]
     import requests
 
     try:
-        answer = requests.request(method, url, params=params, json=body, headers=headers, timeout=timeout_s, verify=ca_bundle or True,
+        answer = requests.request(method, url, params=params, json=body, headers=headers, timeout=timeout_s, verify=trusted_cas(url, ca_bundle),
                                   allow_redirects=False)
     except requests.exceptions.SSLError as failure:
         raise error(f"TLS to {advice.name} at {_origin(url)} failed ({failure.__class__.__name__}); {advice.tls}") from None

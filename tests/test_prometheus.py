@@ -211,6 +211,21 @@ def test_the_token_goes_only_over_https_and_only_to_the_configured_host(tmp_path
         elsewhere.server.shutdown()
 
 
+def test_an_in_cluster_address_is_trusted_through_the_service_ca_unless_a_bundle_is_named(tmp_path, monkeypatch):
+    # OpenShift's service CA signs every *.svc certificate (an in-cluster registry, Thanos, ODF's S3); requests and botocore
+    # ship their own CAs, which do not hold it.
+    import components.credentials as credentials
+
+    service_ca = tmp_path / "service-ca.crt"
+    monkeypatch.setattr(credentials, "SERVICE_CA_BUNDLE", service_ca)
+    assert credentials.trusted_cas("https://registry-rest.ns.svc:8443", "") is True, "no service CA outside a pod"
+    service_ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert credentials.trusted_cas("https://registry-rest.ns.svc:8443", "") == str(service_ca)
+    assert credentials.trusted_cas("https://s3.openshift-storage.svc.cluster.local", "") == str(service_ca)
+    assert credentials.trusted_cas("https://registry.apps.example.com", "") is True, "a route keeps the library's CAs"
+    assert credentials.trusted_cas("https://registry-rest.ns.svc:8443", "/etc/pki/mine.pem") == "/etc/pki/mine.pem"
+
+
 def test_unreachable_prometheus_fails_clearly_and_never_trains_on_made_up_data(tmp_path):
     state = tmp_path / "state"
     result = run_cli("run", ANOMALY_DETECTOR, "--local", "--state-dir", str(state), "--param", "source=prometheus",

@@ -129,7 +129,7 @@ KNOBS: tuple[Knob, ...] = tuple([
          "a drift open on Prometheus for min_regime_hours, else the one the stable version learned from the same source, else the whole window."),
     ]),
     *_knobs("prometheus", _ALL, [
-        ("prometheus_ca_bundle", "ca_bundle", SERVICE_CA_BUNDLE, "CA bundle file for Prometheus TLS; empty: the system CAs."),
+        ("prometheus_ca_bundle", "ca_bundle", SERVICE_CA_BUNDLE, "CA bundle file for Prometheus TLS; empty: the service CA for an in-cluster *.svc address, else the CAs requests ships."),
         ("prometheus_queries", "queries", {}, "PromQL per base metric overriding the built-in queries, e.g. {\"cpu\": \"...\"}."),
         ("prometheus_end", "end", "", "End of the data window as an ISO-8601 time; empty: now."),
     ]),
@@ -146,7 +146,7 @@ KNOBS: tuple[Knob, ...] = tuple([
         ("registry_url", "registry_url", "", "The OpenShift AI / Kubeflow Model Registry's REST URL (https only; its token comes from the installation's "
                                              "registry Secret), e.g. https://<registry>-rest.apps.<cluster>; empty: no registry."),
         ("registry_name", "registry_name", "", "The registry's name, as the dashboard shows it (what deployments are labelled with)."),
-        ("registry_ca_bundle", "registry_ca_bundle", "", "CA bundle file for the registry's TLS; empty: the system CAs."),
+        ("registry_ca_bundle", "registry_ca_bundle", "", "CA bundle file for the registry's TLS; empty: the service CA for an in-cluster *.svc address, else the CAs requests ships."),
         ("registry_required", "registry_required", False,
          "Fail the save step (before any deploy) when the registry cannot register the version; false: the run goes on and says what was not registered."),
         ("registry_labels", "registry_labels", "kubeflow",
@@ -205,7 +205,7 @@ KNOBS: tuple[Knob, ...] = tuple([
         ("min_regime_hours", "min_regime_hours", _MONITOR.min_regime_hours, "Hours of data after a drift's onset before a retrain is started, so that it learns the new regime."),
         ("dsp_api_url", "dsp_api_url", "", "DSP (KFP) API address from inside the cluster for action=submit and the active-run check, "
                                            "e.g. https://ds-pipeline-dspa.<project>.svc:8443."),
-        ("dsp_ca_bundle", "dsp_ca_bundle", "", "CA bundle file for the DSP API's TLS, e.g. the service CA; empty: the system CAs."),
+        ("dsp_ca_bundle", "dsp_ca_bundle", "", "CA bundle file for the DSP API's TLS; empty: the service CA for an in-cluster *.svc address, else the CAs requests ships."),
         ("experiment", "experiment", DEFAULT_EXPERIMENT, "Experiment of the retrain runs the monitor starts."),
         ("retrain_parameters", "retrain_parameters", {}, "Run parameters of the retrain the monitor starts, e.g. {\"source\": \"prometheus\"} "
                                                          "or {\"gates\": {\"min_f1\": 0.3}}."),

@@ -78,7 +78,7 @@ def plain_values(custom_properties: dict[str, dict] | None) -> dict[str, object]
 
 @dataclass
 class RegistryClient:
-    """The registry at ``url`` (https), trusted through ``ca_bundle`` (empty: the system CAs), with the bearer ``token``."""
+    """The registry at ``url`` (https), trusted through ``ca_bundle`` (empty: ``credentials.trusted_cas``), with the bearer ``token``."""
 
     url: str
     ca_bundle: str = ""

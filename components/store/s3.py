@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-from components.credentials import SERVICE_CA_BUNDLE, in_cluster_service
+from components.credentials import trusted_cas
 from components.model.contract import schema_for
 from components.store.filesystem import (
     BACKUP_SUFFIX,
@@ -69,8 +69,7 @@ def s3_client_from_environment(secret_name: str = DEFAULT_SECRET, ca_bundle: str
         )
     endpoint = os.environ["AWS_S3_ENDPOINT"].strip()
     endpoint = endpoint if "://" in endpoint else f"https://{endpoint}"
-    bundle = ca_bundle or os.environ.get("AWS_CA_BUNDLE") or (str(SERVICE_CA_BUNDLE) if in_cluster_service(endpoint) and SERVICE_CA_BUNDLE.is_file() else "")
-    verify_setting: bool | str = (bundle or True) if verify else False
+    verify_setting: bool | str = trusted_cas(endpoint, ca_bundle or os.environ.get("AWS_CA_BUNDLE", "")) if verify else False
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
