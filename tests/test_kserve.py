@@ -335,6 +335,38 @@ def test_candidate_isvc_bad_forecaster_rolled_back_without_touching_stable(knati
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
 
 
+def test_a_candidate_service_whose_deletion_waits_on_a_finalizer_is_waited_for_never_patched(knative_cluster, models):
+    # The model registry's controller puts its finalizer on every InferenceService it links and removes it only once the
+    # registry answers: until then a deleted candidate stays, Terminating. The next candidate must not be written into it.
+    project = new_project(knative_cluster)
+    v1 = project.store_version(PREDICTIVE_ANALYTICS, models["forecaster"](1.0))
+    assert project.rollout(PREDICTIVE_ANALYTICS, v1, "--param", "rollout_strategy=candidate-isvc").returncode == 0
+    api = client.CustomObjectsApi(config.new_client_from_config(project.cluster.env["KUBECONFIG"]))
+    main = project.isvc(PREDICTIVE_ANALYTICS)
+    name, finalizer = f"{PREDICTIVE_ANALYTICS}-candidate", "modelregistry.opendatahub.io/finalizer"
+    body = {"apiVersion": main["apiVersion"], "kind": main["kind"], "spec": main["spec"],
+            "metadata": {"name": name, "namespace": project.namespace, "labels": main["metadata"]["labels"], "finalizers": [finalizer]}}
+    arguments = ("serving.kserve.io", "v1beta1", project.namespace, "inferenceservices")
+    api.create_namespaced_custom_object(*arguments, body)
+    api.delete_namespaced_custom_object(*arguments, name)
+    stale = project.isvc(name)
+    assert stale["metadata"]["deletionTimestamp"], "the finalizer keeps it, Terminating"
+    v2 = project.store_version(PREDICTIVE_ANALYTICS, models["forecaster"](2.0))
+    refused = project.rollout(PREDICTIVE_ANALYTICS, v2, "--param", "rollout_strategy=candidate-isvc", "--param", "ready_timeout_s=2")
+    assert refused.returncode == 1, refused.stdout[-3000:]
+    assert f"InferenceService {project.namespace}/{name} is being deleted and waits on its finalizers ['{finalizer}']: still there after 2 s" in refused.stdout
+    assert project.isvc(name)["spec"] == stale["spec"], "never patched"
+    assert project.isvc(PREDICTIVE_ANALYTICS)["spec"] == main["spec"], "stable untouched"
+    release = threading.Timer(2.0, lambda: api.patch_namespaced_custom_object(*arguments, name, {"metadata": {"finalizers": None}}))
+    release.start()
+    try:
+        result = project.rollout(PREDICTIVE_ANALYTICS, v2, "--param", "rollout_strategy=candidate-isvc")
+    finally:
+        release.join()
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert project.index(PREDICTIVE_ANALYTICS)["stable"] == v2
+
+
 def _constant_forecaster():
     """A forecaster that answers 200 OK with nonsense: it always predicts a full disk."""
     import numpy as np

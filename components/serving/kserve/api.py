@@ -155,6 +155,8 @@ class InferenceServiceApi:
             current = self.get(name)
             if current is not None and not owned_by(current, owner):
                 raise not_owned_error(current, self.namespace, owner)
+            if current is not None and current["metadata"].get("deletionTimestamp"):
+                raise self._still_deleting(current, "it cannot be written until it is gone")
             body = build(current)
             if body is None:
                 return current, current
@@ -192,6 +194,23 @@ class InferenceServiceApi:
         except ApiException as error:
             if error.status != 404:
                 raise ServingError(f"cannot delete InferenceService {self.namespace}/{name}: {error.status} {error.reason}") from error
+
+    def wait_gone_if_deleting(self, name: str, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` until ``name``, if it is being deleted, is gone; raise ServingError naming its finalizers if it stays."""
+        deadline = time.monotonic() + timeout_s
+        current = self.get(name)
+        while current is not None and current["metadata"].get("deletionTimestamp"):
+            if time.monotonic() >= deadline:
+                raise self._still_deleting(current, f"still there after {timeout_s:.0f} s; nothing was deployed")
+            self.sleep(1.0)
+            current = self.get(name)
+
+    def _still_deleting(self, current: dict, what: str) -> ServingError:
+        """Return the error for an object being deleted whose finalizers keep it, naming them and who removes them."""
+        name, finalizers = current["metadata"]["name"], current["metadata"].get("finalizers") or []
+        return ServingError(f"InferenceService {self.namespace}/{name} is being deleted and waits on its finalizers {finalizers}: {what}. The "
+                            "controller that added each removes it (the model registry's, once the registry answers); to let it go now: "
+                            f"oc patch inferenceservice {name} -n {self.namespace} --type merge -p '{{\"metadata\":{{\"finalizers\":null}}}}'")
 
     def wait_ready(self, name: str, timeout_s: float, wanted: Wanted = Wanted()) -> dict:
         """Poll with GET until KServe reports Ready for the spec written and the runtime serves what ``wanted`` asks; return it.

@@ -32,8 +32,9 @@ class CandidateIsvcStrategy(RolloutStrategy):
     def deploy_candidate(self, main: dict, candidate: dict, timeout_s: float) -> bool:
         """Record the candidate on the main InferenceService first (so a failure is always cleaned up), then create it."""
         model_name = main["metadata"]["name"]
-        self.api.change(model_name, lambda current: {"metadata": {"annotations": self.candidate_annotations(candidate)}}, model_name)
         name = candidate_name(model_name)
+        self.api.wait_gone_if_deleting(name, timeout_s)  # a finalizer (the model registry's) can keep the last one's deletion pending
+        self.api.change(model_name, lambda current: {"metadata": {"annotations": self.candidate_annotations(candidate)}}, model_name)
         written = self.api.write(name, lambda current: self.manifest(name, model_name, candidate, self.creation_mode) if current is None
                                  else self.serving_patch(candidate, model_name, backend_annotations("stable", candidate)), model_name)
         self._wait(name, model_name, timeout_s, written, candidate["version"])
