@@ -629,7 +629,8 @@ def _upload(args: argparse.Namespace, client, connection) -> int:
     keys = _every_pipeline(args) if args.pipeline == "all" else [args.pipeline]
     with tempfile.TemporaryDirectory() as scratch:
         compile_pipelines(scratch, args.image or DEFAULT_IMAGE, platform.name, store, _installation(args), args.spec)
-        default = "" if args.platform else "; the default, which needs OpenShift AI 3.0 or later: for 2.x pass --platform rhoai-<your release>"
+        default = "" if args.platform else ("; the default, upstream Kubeflow's (its model-registry labels), which needs OpenShift AI 3.0 or later: "
+                                            "on OpenShift AI pass --platform rhoai-<your release>")
         print(f"compiled {f'{args.spec.name} ' if args.spec is not None else ''}for {_describe_profile(platform, store)}{default}")
         for key in map(functools.partial(_catalog_key, spec=args.spec), keys):
             print(kfp_remote.upload(client, Path(scratch) / pipeline_file(key), pipeline_name(key)))
