@@ -198,9 +198,13 @@ def test_sync_writes_only_to_registry_entries_the_project_created(registry, tmp_
     assert registry.version(name, "v1")["customProperties"]["managed_by"]["string_value"] == "model-pipelines"
     store.save_version(name, tmp_path / "model.pkl", {"run_name": "test-2"})
     their_version = someone.create_model_version({"name": "v2", "registeredModelId": theirs["id"], "author": "someone", "state": "LIVE"})
+    store.save_version(name, tmp_path / "model.pkl", {"run_name": "test-3"})
     refused_version = run_cli(*sync, env=ENV)
-    assert refused_version.returncode == 1 and f"a ModelVersion 'v2' of '{name}', which model-pipelines did not create" in refused_version.stdout
+    assert refused_version.returncode == 1 and f"v2 NOT in step: the model registry at {registry.url} already has a ModelVersion 'v2' of " \
+                                                f"'{name}', which model-pipelines did not create" in refused_version.stdout, refused_version.stdout
     assert registry.version(name, "v2") == their_version and not someone.model_artifacts(their_version["id"])
+    assert "registered v3" in refused_version.stdout and registry.version(name, "v3")["customProperties"]["managed_by"]["string_value"] == "model-pipelines", \
+        "a hand-made v2 stops only itself"
 
 
 def test_two_syncs_racing_to_create_the_same_entries_both_end_in_step(registry, tmp_path):

@@ -32,12 +32,13 @@ class SyncReport:
     registered: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # "vN NOT in step: why" for a version whose registry entry someone else made
 
     def message(self) -> str:
         """Return one line for a step's log and a run's summary."""
         parts = [f"registered {', '.join(self.registered)}" if self.registered else "",
                  f"status mirrored for {', '.join(self.updated)}" if self.updated else "",
-                 f"{len(self.unchanged)} version(s) already in step" if self.unchanged else ""]
+                 f"{len(self.unchanged)} version(s) already in step" if self.unchanged else "", *self.foreign]
         return f"{self.model_name}: " + ("; ".join(part for part in parts if part) or "no versions stored")
 
 
@@ -92,10 +93,14 @@ def artifact_body(store: ModelStore, record: dict, model_name: str, version: str
     return body
 
 
+class NotOursError(RegistryError):
+    """A registry entry of the name the project would use was made by someone else; it is left as it is."""
+
+
 def owned(client: RegistryClient, entry: dict, what: str) -> dict:
-    """Return ``entry`` (a RegisteredModel or ModelVersion) when the project created it; raise RegistryError naming it otherwise."""
+    """Return ``entry`` (a RegisteredModel or ModelVersion) when the project created it; raise NotOursError naming it otherwise."""
     if plain_values(entry.get("customProperties")).get(MANAGED_BY) != MANAGER:
-        raise RegistryError(f"the model registry at {client.url} already has {what}, which model-pipelines did not create (it has no custom "
+        raise NotOursError(f"the model registry at {client.url} already has {what}, which model-pipelines did not create (it has no custom "
                             f"property {MANAGED_BY}={MANAGER}): left as it is, nothing registered or changed there; rename or remove that "
                             f"entry in the registry, or set its property {MANAGED_BY} to {MANAGER} to hand it to this project")
     return entry
@@ -146,9 +151,13 @@ def sync_model(store: ModelStore, client: RegistryClient, model_name: str, descr
         record = store.version_record(model_name, version)
         wanted = {**property_values(version_properties(record, index, version)), **OWNERSHIP}
         state = version_state(version_status(index, version)[0])
-        found, created = model_version(client, model, version, {
-            "name": version, "registeredModelId": model["id"], "author": record.get("run_name") or "model-pipelines",
-            "description": f"{model_name} {version}, saved {record.get('saved_at', '')}", "customProperties": wanted, "state": state})
+        try:
+            found, created = model_version(client, model, version, {
+                "name": version, "registeredModelId": model["id"], "author": record.get("run_name") or "model-pipelines",
+                "description": f"{model_name} {version}, saved {record.get('saved_at', '')}", "customProperties": wanted, "state": state})
+        except NotOursError as error:  # one hand-made entry stops only its own version
+            report.foreign.append(f"{version} NOT in step: {error}")
+            continue
         if created:
             report.registered.append(version)
         elif any((found.get("customProperties") or {}).get(key) != value for key, value in wanted.items()) or found.get("state") != state:
