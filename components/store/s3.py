@@ -132,7 +132,11 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         key = "/".join(part for part in (self.prefix, f".conditional-write-check-{uuid.uuid4().hex}") if part)
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+        except ClientError as error:
+            raise StoreError(f"cannot write s3://{self.bucket}/{key} with If-None-Match: {_code(error)}; nothing was saved: check the "
+                             "bucket, the credentials and that the backend takes conditional writes") from error
         ignored = []
         try:
             for header, conditions in (("If-None-Match: *", {"IfNoneMatch": "*"}), ("If-Match", {"IfMatch": '"0"'})):
