@@ -123,6 +123,11 @@ def test_a_dashboard_connection_without_a_region_or_an_endpoint_scheme_is_read_a
     monkeypatch.setenv("AWS_S3_ENDPOINT", " s3.openshift-storage.svc ")
     client, _ = s3_client_from_environment()
     assert client.meta.endpoint_url == "https://s3.openshift-storage.svc"
+    # Path style on AWS's global endpoint answers 301 for a bucket outside us-east-1: the region's endpoint is used.
+    monkeypatch.setenv("AWS_S3_ENDPOINT", "https://s3.amazonaws.com")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    client, _ = s3_client_from_environment()
+    assert (client.meta.endpoint_url, client.meta.region_name) == ("https://s3.eu-west-1.amazonaws.com", "eu-west-1")
 
 
 def test_a_version_uri_ends_in_a_slash_so_kserve_downloads_only_that_version(store, model_file):

@@ -56,7 +56,8 @@ def s3_client_from_environment(secret_name: str = DEFAULT_SECRET, ca_bundle: str
     """Return (boto3 S3 client, bucket) from the data-connection keys in the environment, naming any missing key.
 
     As the OpenShift AI dashboard does with its connections, an endpoint without a scheme is https and an empty region is
-    us-east-1. Without a CA bundle, an in-cluster ``*.svc`` endpoint (OpenShift Data Foundation) is trusted through the service CA.
+    us-east-1; AWS's global endpoint becomes the region's. Without a CA bundle, an in-cluster ``*.svc`` endpoint (OpenShift Data
+    Foundation) is trusted through the service CA.
     """
     import boto3
     from botocore.config import Config
@@ -67,13 +68,16 @@ def s3_client_from_environment(secret_name: str = DEFAULT_SECRET, ca_bundle: str
             f"{', '.join(missing)} not set: the S3 store reads the data connection secret {secret_name!r}; add the key(s) to that "
             "secret (OpenShift AI: Data connections) and pass its name as s3_secret"
         )
+    region = os.environ.get("AWS_DEFAULT_REGION", "").strip() or "us-east-1"
     endpoint = os.environ["AWS_S3_ENDPOINT"].strip()
     endpoint = endpoint if "://" in endpoint else f"https://{endpoint}"
+    # Path-style requests to AWS's global endpoint for a bucket in another region get 301 PermanentRedirect: use the region's.
+    endpoint = endpoint.replace("://s3.amazonaws.com", f"://s3.{region}.amazonaws.com") if region != "us-east-1" else endpoint
     verify_setting: bool | str = trusted_cas(endpoint, ca_bundle or os.environ.get("AWS_CA_BUNDLE", "")) if verify else False
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
-        region_name=os.environ.get("AWS_DEFAULT_REGION", "").strip() or "us-east-1",
+        region_name=region,
         aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
         verify=verify_setting,
