@@ -50,6 +50,7 @@ from components.store.filesystem import (
 DATA_CONNECTION_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET")
 DEFAULT_SECRET = "model-storage-config"
 INDEX_RETRIES = 20
+CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict")  # the codes of a conditional write whose condition did not hold
 
 
 def s3_client_from_environment(secret_name: str = DEFAULT_SECRET, ca_bundle: str = "", verify: bool = True):
@@ -148,7 +149,7 @@ class S3Store:
                     self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", **conditions)
                     ignored.append(header)
                 except ClientError as error:
-                    if _code(error) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    if _code(error) not in CONDITION_FAILED:
                         raise StoreError(f"cannot check s3://{self.bucket}/{key}: {_code(error)}") from error
         finally:
             self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -209,7 +210,7 @@ class S3Store:
                 self._put(self._version_key(model_name, version, MODEL_FILENAME), body, IfNoneMatch="*")
                 break
             except ClientError as error:
-                if _code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                if _code(error) in CONDITION_FAILED:
                     number += 1
                     continue
                 raise StoreError(f"cannot upload to s3://{self.bucket}/{self._version_key(model_name, version)}: {_code(error)}") from error
@@ -308,7 +309,7 @@ class S3Store:
                 self._put(self._key(model_name, INDEX_FILENAME + BACKUP_SUFFIX), body)
                 return index
             except ClientError as error:
-                if _code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                if _code(error) in CONDITION_FAILED:
                     continue
                 raise StoreError(f"cannot write the index s3://{self.bucket}/{key}: {_code(error)}") from error
         raise StoreError(f"the index s3://{self.bucket}/{key} kept changing ({INDEX_RETRIES} conflicts); try again")
