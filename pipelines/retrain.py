@@ -86,9 +86,9 @@ class Wiring:
         self.model_name = model.name if isinstance(model, ModelSpec) else model  # else the model_name run parameter's channel
 
     def side_effect(self, task: dsl.PipelineTask, *, store: bool = False, prometheus: bool = False, gitops: bool = False,
-                    registry: bool = False, run: bool = False) -> dsl.PipelineTask:
-        """Never cache ``task`` and bound its run time; mount the store and inject the credentials it needs, and with ``run`` its Argo
-        workflow's name (what the task records on, or checks against, what its run deployed).
+                    registry: bool = False) -> dsl.PipelineTask:
+        """Never cache ``task`` and bound its run time; mount the store and inject the credentials it needs, and to a task that takes
+        ``run_name`` its Argo workflow's name (what the task records on, or checks against, what its run deployed).
 
         The store's PVC is mounted at /mnt/models whichever store is selected, and the data connection's keys are injected
         (optional, so that PVC-only users need no Secret); the Prometheus token, the fleet repository's credentials and the model
@@ -104,7 +104,7 @@ class Wiring:
             kubernetes.use_secret_as_env(task, secret_name=installed.prometheus_secret, secret_key_to_env={"token": TOKEN_ENV}, optional=True)
         if gitops:
             kubernetes.use_secret_as_env(task, secret_name=installed.gitops_secret, secret_key_to_env=gitops_repo.SECRET_KEY_TO_ENV, optional=True)
-        if run:
+        if "run_name" in (task.component_spec.inputs or {}):
             kubernetes.use_field_path_as_env(task, env_name=RUN_ENV, field_path=ARGO_WORKFLOW_LABEL)
         step = task.component_spec.name.replace("_", "-")
         kubernetes.set_timeout(task, next(seconds for prefix, seconds in TIMEOUTS_S.items() if step.startswith(prefix)))
@@ -130,13 +130,13 @@ class Wiring:
             kind=self.kind, model_name=self.model_name, installation=asdict(self.installation), model_spec=spec_constant(self.spec),
             run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             **{name: p[name] for name in ("serving_target", "namespace", "model_store", "store", "serving", "canary", "fleet")},
-        ), store=True, gitops=True, registry=True, run=True).set_display_name("Leave serving safe")
+        ), store=True, gitops=True, registry=True).set_display_name("Leave serving safe")
 
     def roll_out(self, config, version, validation_data, after: dsl.PipelineTask | None = None) -> None:
         """Add deploy → smoke-test → If(passed) canary-promote / Else rollback for ``version``; deploy waits for ``after`` too."""
         run_name = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         deploy = self.side_effect(self.ops.deploy_inference_service(config=config, version=version, run_name=run_name), store=True, gitops=True,
-                                  registry=True, run=True)
+                                  registry=True)
         deploy.set_display_name("Deploy as dark candidate")
         if after is not None:
             deploy.after(after)
@@ -145,10 +145,10 @@ class Wiring:
         smoke.after(deploy).set_display_name("Smoke-test the new version")
         with dsl.If(smoke.outputs["passed"] == True, name="smoke-test-passed"):  # noqa: E712 (KFP condition syntax)
             self.side_effect(self.ops.canary_promote(config=config, version=version, run_name=run_name, validation_data=validation_data),
-                             store=True, prometheus=True, gitops=True, registry=True, run=True).set_display_name("Canary-promote or roll back")
+                             store=True, prometheus=True, gitops=True, registry=True).set_display_name("Canary-promote or roll back")
         with dsl.Else(name="smoke-test-failed"):
             self.side_effect(self.ops.rollback(config=config, version=version, run_name=run_name, reason=smoke.outputs["reason"]),
-                             store=True, gitops=True, registry=True, run=True).set_display_name("Roll back (smoke test failed)")
+                             store=True, gitops=True, registry=True).set_display_name("Roll back (smoke test failed)")
 
 
 def pipeline_function(kind: str, spec: ModelSpec | None, summary: str, body: Callable[[dict], object], returns: object = inspect.Signature.empty) -> Callable:
@@ -197,7 +197,7 @@ def build_retrain_pipeline(spec: ModelSpec, image: str = DEFAULT_IMAGE, installa
                 save = wiring.side_effect(wiring.ops.save_to_storage(
                     config=config, model=train.outputs["model"], metrics=evaluate.outputs["metrics"], run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     image=wiring.image,
-                ), store=True, registry=True, run=True).set_display_name("Save version to the store")
+                ), store=True, registry=True).set_display_name("Save version to the store")
                 wiring.roll_out(config, save.outputs["version"], ingest.outputs["validation_data"])
         return PipelineOutputs(metrics=evaluate.outputs["metrics"], report=evaluate.outputs["report"])
 
