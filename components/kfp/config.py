@@ -103,8 +103,6 @@ KNOBS: tuple[Knob, ...] = tuple([
     ]),
     *_knobs(None, _ALL, [
         ("namespace", "namespace", "", "Namespace of the InferenceServices (the monitor counts their live predictions there); empty: the pipeline's own."),
-    ]),
-    *_knobs(None, _ALL, [
         ("model_store", "model_store", "pvc", "Where versions are stored: pvc (the installation's volume) or s3 (its data connection)."),
     ]),
     *_knobs(None, _SERVE, [
