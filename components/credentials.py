@@ -94,6 +94,15 @@ def api_request(method: str, url: str, advice: ApiAdvice, error: type[Exception]
     return answer
 
 
+def json_object(answer: requests.Response) -> dict | None:
+    """Return the answer's body when it is a JSON object, else None (a login page, a list, nothing)."""
+    try:
+        found = answer.json()
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def _unsendable_token(advice: ApiAdvice, url: str) -> str:
     """Return the error for a token no HTTP header may carry, without quoting it."""
     return (f"{advice.name} at {_origin(url)} was not called: the token has a line break inside it, which no HTTP header may hold; "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from components.model.contract import TIMESTAMP_COLUMN, ContractError, Unit, schema_for
 from components.model.spec import spec_for
-from components.credentials import ApiAdvice, api_request, token_from_environment
+from components.credentials import ApiAdvice, api_request, json_object, token_from_environment
 
 if TYPE_CHECKING:  # numpy and pandas are imported where they are used: the canary's Prometheus analysis needs neither
     import pandas as pd
@@ -94,10 +94,9 @@ class PrometheusClient:
     def _get(self, path: str, params: dict) -> list:
         answer = api_request("GET", f"{self.url.rstrip('/')}{path}", PROMETHEUS_ADVICE, PrometheusError, params=params, headers=self._headers(),
                              timeout_s=self.timeout_s, ca_bundle=self.ca_bundle)
-        try:
-            body = answer.json()
-        except ValueError:
-            raise PrometheusError(f"Prometheus at {self.url} answered {answer.status_code} without JSON; is it the API URL?") from None
+        body = json_object(answer)
+        if body is None:
+            raise PrometheusError(f"Prometheus at {self.url} answered {answer.status_code} without JSON; is it the API URL?")
         if body.get("status") != "success":
             raise PrometheusError(f"Prometheus rejected the query ({body.get('errorType')}: {body.get('error')}); params {params}")
         return body["data"]["result"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from components.credentials import ApiAdvice, api_request, token_from_environment, token_may_go_to
+from components.credentials import ApiAdvice, api_request, json_object, token_from_environment, token_may_go_to
 
 ACTIVE_STATES = {"PENDING", "RUNNING", "PAUSED", "CANCELING"}
 NEWEST_RUNS = 100  # how many of the newest runs the active-run check looks at
@@ -56,11 +56,8 @@ class DspApi:
                              headers=self._headers(), timeout_s=self.timeout_s, ca_bundle=self.ca_bundle)
         if answer.status_code >= 400:
             raise DspApiError(f"the DSP API at {self.url} answered {answer.status_code} to {method} {path}: {answer.text[:200]}")
-        try:
-            found = answer.json()
-        except ValueError:
-            found = None
-        if not isinstance(found, dict):
+        found = json_object(answer)
+        if found is None:
             raise DspApiError(f"the DSP API at {self.url} answered {method} {path} without a JSON object: is dsp_api_url the API's address "
                               "(https://ds-pipeline-dspa.<project>.svc:8443)?")
         return found

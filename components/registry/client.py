@@ -12,7 +12,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 
-from components.credentials import ApiAdvice, api_request, token_from_environment
+from components.credentials import ApiAdvice, api_request, json_object, token_from_environment
 
 API_PATH = "/api/model_registry/v1alpha3"
 TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
@@ -110,15 +110,12 @@ class RegistryClient:
                              headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json"}, ca_bundle=self.ca_bundle)
         if answer.status_code == 404 and missing_ok:
             return None
-        try:
-            found = answer.json()
-        except ValueError:
-            found = None
+        found = json_object(answer)
         if answer.status_code >= 300:
-            message = found.get("message", "") if isinstance(found, dict) else answer.text
+            message = found.get("message", "") if found is not None else answer.text
             failure = RegistryConflict if answer.status_code == 409 else RegistryError
             raise failure(f"the model registry at {self.url} answered {answer.status_code} to {method} {path}: {str(message)[:300]}")
-        if not isinstance(found, dict):
+        if found is None:
             raise RegistryError(f"the model registry at {self.url} answered {method} {path} without a JSON object: is store.registry_url the "
                                 "registry's REST route?")
         return found
