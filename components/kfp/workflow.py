@@ -20,7 +20,7 @@ from components import __version__
 from components.runtime.warm_process import SERVING_HOME_ENV
 from components.model.contract import TIMESTAMP_COLUMN, schema_for, utc_time
 from components.model.spec import spec_for
-from components.serving.target import ServingError, ServingTarget
+from components.serving.target import ServingError, ServingTarget, namespace_scope
 from components.store.s3 import DEFAULT_SECRET, S3Store, s3_client_from_environment
 from components.store.filesystem import (
     DEFAULT_PVC,
@@ -451,8 +451,7 @@ def served_namespace_scope(namespace: str) -> str:
     """Return the PromQL matcher of the namespace the models serve in (``namespace``, else this pod's), or "" outside a cluster."""
     from components.credentials import pod_namespace
 
-    namespace = namespace or pod_namespace()
-    return f',namespace="{namespace}"' if namespace else ""
+    return namespace_scope(namespace or pod_namespace())
 
 
 def monitor_step(model_name: str, request: IngestRequest, settings: MonitorSettings, store_options: StoreOptions,

@@ -76,6 +76,11 @@ class ServingTarget(Protocol):
         """Return extra PromQL label matchers (",cluster=~..." or "") that limit live metrics to where the candidate serves."""
 
 
+def namespace_scope(namespace: str) -> str:
+    """Return the PromQL label matcher that limits live metrics to ``namespace`` ("" for none), as ``metric_scope`` returns it."""
+    return f',namespace="{namespace}"' if namespace else ""
+
+
 def model_url(base: str, model_name: str) -> str:
     """Return the v1 model URL under a server's base URL."""
     return f"{base.rstrip('/')}/v1/models/{model_name}"

@@ -53,7 +53,7 @@ from components.serving.kserve.api import MODE_ANNOTATION, recorded_backend
 from components.serving.kserve.readiness import NO_VERSION, served_version
 from components.serving.local import http_get
 from components.serving.kserve.merge_patch import merge_diff, merge_patch
-from components.serving.target import Endpoints, ServingError, ServingStatus
+from components.serving.target import Endpoints, ServingError, ServingStatus, namespace_scope
 
 PATCH_FILE = "inferenceservice-patch.yaml"
 KUSTOMIZATION = "kustomization.yaml"
@@ -628,7 +628,7 @@ class GitopsTarget:
         """Return the PromQL label matchers that limit live metrics to wave 1's clusters and its namespace."""
         self._begin(model_name, "", "scope")
         first = self.waves[0]
-        return f',cluster=~"{"|".join(first.clusters)}",namespace="{first.namespace or self.options.namespace}"'
+        return f',cluster=~"{"|".join(first.clusters)}"' + namespace_scope(first.namespace or self.options.namespace)
 
     def fleet_status(self, model_name: str) -> list[dict]:
         """Return, per wave and cluster, the Application's revision, sync and health and what the wave's overlay serves."""

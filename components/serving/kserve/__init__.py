@@ -29,7 +29,7 @@ from components.serving.kserve.knative import KnativeStrategy
 from components.serving.kserve.readiness import Wanted, conditions_text
 from components.serving.kserve.standard_canary import StandardCanaryStrategy, predictor_name_for
 from components.serving.kserve.strategy import KServeOptions, RolloutStrategy
-from components.serving.target import Endpoints, ServingError, ServingStatus
+from components.serving.target import Endpoints, ServingError, ServingStatus, namespace_scope
 
 __all__ = ["KServeOptions", "KServeTarget", "ROLLOUT_STRATEGIES", "DEPLOYMENT_MODES", "conditions_text"]
 
@@ -216,7 +216,7 @@ class KServeTarget:
 
     def metric_scope(self, model_name: str) -> str:
         """Return the namespace matcher: the Thanos querier sees every project, and another may serve the same model and version numbers."""
-        return f',namespace="{self.api.namespace}"'
+        return namespace_scope(self.api.namespace)
 
     def endpoints(self, model_name: str) -> Endpoints:
         """Return model URLs: an explicit override, the in-cluster services ('cluster'), or the status URLs."""
