@@ -359,7 +359,11 @@ def _estimator(section: dict, behaviour: TypeBehaviour, kind: str, checks: _Chec
     if knobs.get("fit_change") and [step.class_path for step in steps] not in [[path] for path in LINEAR_REGRESSORS]:
         checks.add("$.estimator.training.fit_change", "fit_change adds the identity to a linear regressor's coefficients, and the estimator is "
                    f"{' -> '.join(step.class_path for step in steps)}", f"use one step of {', '.join(LINEAR_REGRESSORS)}, or set fit_change: false")
-    return Estimator(tuple(steps), MappingProxyType(knobs))
+    estimator = Estimator(tuple(steps), MappingProxyType(knobs))
+    problem = estimator.residual_problem()
+    if problem:
+        checks.add("$.estimator.training.residual_weight", *problem)
+    return estimator
 
 
 def _smoke(section: dict | None, kind: str, inputs: tuple[Input, ...], recipe: FeatureRecipe, checks: _Checks) -> SmokeProbe | None:

@@ -33,6 +33,7 @@ RESERVED_COLUMNS = ("timestamp",)
 ENGINE_ANOMALY_NAME, ENGINE_FORECAST_NAME = "anomaly-detector", "predictive-analytics"
 
 TRANSFORM, OUTLIER, REGRESSOR, CLASSIFIER = "transform", "outlier detector", "regressor", "classifier"
+PCA_CLASS, ENVELOPE_CLASS = "sklearn.decomposition.PCA", "sklearn.covariance.EllipticEnvelope"
 # Stock scikit-learn classes a spec may name: the stock sklearn runtime unpickles them, and their parameters are JSON.
 ESTIMATOR_ALLOWLIST: dict[str, str] = {
     "sklearn.preprocessing.StandardScaler": TRANSFORM,
@@ -42,8 +43,8 @@ ESTIMATOR_ALLOWLIST: dict[str, str] = {
     "sklearn.preprocessing.QuantileTransformer": TRANSFORM,
     "sklearn.preprocessing.PowerTransformer": TRANSFORM,
     "sklearn.impute.SimpleImputer": TRANSFORM,
-    "sklearn.decomposition.PCA": TRANSFORM,
-    "sklearn.covariance.EllipticEnvelope": OUTLIER,
+    PCA_CLASS: TRANSFORM,
+    ENVELOPE_CLASS: OUTLIER,
     "sklearn.ensemble.IsolationForest": OUTLIER,  # OneClassSVM is not one: its threshold is its intercept, not offset_, which calibration sets
     "sklearn.linear_model.Ridge": REGRESSOR,
     "sklearn.linear_model.LinearRegression": REGRESSOR,
@@ -228,6 +229,16 @@ class Estimator:
         from sklearn.pipeline import Pipeline
 
         return Pipeline([(step.name, step.build()) for step in self.steps])
+
+    def residual_problem(self) -> tuple[str, str] | None:
+        """Return why the ``residual_weight`` knob cannot apply to these steps and the fix, or None when it can or is 0."""
+        if not self.training.get("residual_weight"):
+            return None
+        paths = [step.class_path for step in self.steps]
+        if paths[-2:] != [PCA_CLASS, ENVELOPE_CLASS] or self.steps[-2].params.get("whiten"):
+            return (f"residual_weight adds the distance off a PCA's components to an EllipticEnvelope's, and the estimator is {' -> '.join(paths)}",
+                    f"end it with {PCA_CLASS} (without whiten) then {ENVELOPE_CLASS}, or set residual_weight: 0")
+        return None
 
 
 @dataclass(frozen=True)

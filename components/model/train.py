@@ -53,6 +53,7 @@ from components.model.spec import (
     ModelSpec,
     use_spec,
 )
+from components.model.spec_types import PCA_CLASS
 from components.monitoring.drift import drift_profile
 from components.store.filesystem import MODEL_FILENAME, TRAINING_FILENAME
 
@@ -65,7 +66,6 @@ STOCK_PICKLE_MODULES = ("sklearn", "numpy", "scipy", "joblib", "builtins", "copy
 REFERENCE_ROWS = 16
 # An override "<step>.class" names another allowlisted class of the step's role, or this to drop a transform step.
 DROP_STEP = "passthrough"
-PCA_CLASS = "sklearn.decomposition.PCA"
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,9 @@ def built_steps(spec: ModelSpec, n_features: int) -> list[tuple[str, object]]:
     """Return the spec's estimator steps as unfitted (name, object) pairs, a PCA's components capped at the features' rank.
 
     The rank is what the feature recipe leaves independent for ``n_features`` values (window-9: 8 of each input's 9).
+    With a ``residual_weight`` the cap is one lower, so that a residual off the components is left to watch.
     """
-    rank = n_features // len(spec.features.suffixes) * spec.features.rank
+    rank = n_features // len(spec.features.suffixes) * spec.features.rank - bool(spec.estimator.training.get("residual_weight"))
     steps = []
     for step in spec.estimator.steps:
         params = dict(step.params)
@@ -247,14 +248,18 @@ def fit_outlier_detector(spec: ModelSpec, normal: np.ndarray) -> tuple[Pipeline,
     if normal.ndim != 2 or normal.shape[1] % per_input:
         raise ContractError(f"the detector needs the {per_input} contract features per metric, got rows of shape {normal.shape[1:]}; "
                             "build them with contract.metric_features")
+    residual = spec.estimator.residual_problem()
+    if residual:
+        raise ContractError(": ".join(residual))
     steps = built_steps(spec, normal.shape[1])
     if spec.estimator.training["impute_fallback"]:
         if spec.smoke is None or not (spec.smoke.engine_fallback and spec.smoke.per_input):
             raise ContractError(f"impute_fallback replaces the engine's no-data values, and {spec.name} names none: give "
                                 "smoke.probe_per_input with engine_fallback: true in the spec, or set impute_fallback to false")
         steps.insert(0, ("no_data", no_data_imputer(spec.smoke.per_input, normal.shape[1])))
-    pipeline = Pipeline(steps)
-    pipeline.fit(normal)
+    pipeline = Pipeline(steps).fit(normal)
+    if spec.estimator.training["residual_weight"]:
+        pipeline = with_residual(pipeline, normal, spec.estimator.training["residual_weight"])
     scores = pipeline.score_samples(normal)
     # decision_function = score_samples - offset_; rows scoring below the offset are anomalies.
     threshold = offset = float(np.quantile(scores, rate))
@@ -268,6 +273,35 @@ def fit_outlier_detector(spec: ModelSpec, normal: np.ndarray) -> tuple[Pipeline,
         "training_false_positive_rate": float(np.mean(scores < threshold)),
     }
     return pipeline, calibration
+
+
+def with_residual(pipeline: Pipeline, normal: np.ndarray, weight: float) -> Pipeline:
+    """Return the fitted pipeline with its PCA folded into its final EllipticEnvelope, whose distance then adds ``weight``
+    times the squared residual off the PCA's components, each of the two over its median on ``normal``.
+
+    The envelope sees only the leading components, so a minute that breaks the metrics' usual relations without
+    moving them far along those components (a lone metric off its peers, a lag or spread at odds with its value)
+    scored as normal. The sum is one quadratic form, (x - c)' P (x - c) on the PCA's input with P = V' S V / a +
+    (weight / b)(I - V' V) and c = mean + V' m (V the components, m and S the envelope's location and precision,
+    a and b the medians), so the served step is still a stock EllipticEnvelope, given that location and precision.
+    """
+    *before, (_, pca), (name, envelope) = pipeline.steps
+    inputs = Pipeline(before).transform(normal) if before else normal
+    components = pca.transform(inputs)
+    basis = pca.components_
+    residual = ((inputs - pca.mean_ - components @ basis) ** 2).sum(axis=1)
+    envelope_median, residual_median = float(np.median(envelope.mahalanobis(components))), float(np.median(residual))
+    if residual_median <= 0.0:
+        raise ContractError(f"the training rows lie on the PCA's {pca.n_components_} components, so there is no residual to weigh: "
+                            "lower pca.n_components, or set residual_weight: 0")
+    width = basis.shape[1]
+    precision = basis.T @ envelope.precision_ @ basis / envelope_median + weight / residual_median * (np.eye(width) - basis.T @ basis)
+    envelope.location_ = pca.mean_ + basis.T @ envelope.location_
+    envelope.precision_ = precision
+    envelope.covariance_ = np.linalg.inv(precision)
+    envelope.n_features_in_ = width
+    envelope.dist_ = envelope.mahalanobis(inputs)
+    return Pipeline([*before, (name, envelope)])
 
 
 # --- predictive --------------------------------------------------------------------------------------------------
