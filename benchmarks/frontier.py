@@ -9,7 +9,8 @@ its own default in the same run.
 
 ``--candidates`` adds the recipes tried against the project's and kept out of the spec, each on the project's fitted
 no-data imputer, scaler and PCA (so each is stock scikit-learn and served the same way, under the same fallback cap):
-``project-pot``, the project's detector with a peaks-over-threshold threshold (a generalized Pareto fit to the lowest
+``envelope-only``, the spec's recipe with ``residual_weight`` 0 (the envelope on the leading PCA components alone, the
+default before 2026-12-07); ``project-pot``, the project's detector with a peaks-over-threshold threshold (a generalized Pareto fit to the lowest
 2 % of its training scores, extrapolated to the rate, as SPOT sets one); ``lof``, a LocalOutlierFactor novelty detector;
 ``isolation-forest-pca``, an IsolationForest on the PCA components.
 
@@ -38,7 +39,7 @@ from benchmarks import quality
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.evaluate import detection_scores
 from components.model.spec import spec_for
-from components.model.train import fallback_threshold_limit
+from components.model.train import fallback_threshold_limit, fit_outlier_detector, spec_with_overrides
 
 DEFAULT_RATES = (0.005, 0.01, 0.02, 0.03, 0.05)
 TARGET_SMD_MEAN_F1 = 0.45
@@ -49,6 +50,7 @@ TARGET_FALSE_POSITIVE_SHARE = 1 / 3
 TARGETS = ("smd_mean_f1", "smd_worst_margin", "nab_upstream_windows", "nab_false_positives")
 BASE_RECIPES = ("project", "upstream")
 CANDIDATES = {  # what each candidate recipe is, for the report
+    "envelope-only": "the spec's recipe with residual_weight 0: the EllipticEnvelope on the leading PCA components alone, at the rate's quantile",
     "project-pot": "the project's detector, its threshold a generalized Pareto fit to its lowest 2 % of training scores, extrapolated to the rate",
     "lof": "LocalOutlierFactor(20 neighbours, novelty) on the project's fitted imputer, scaler and PCA, at the rate's quantile of its training scores",
     "isolation-forest-pca": "IsolationForest(200 trees) on the project's fitted imputer, scaler and PCA, at the rate's quantile of its training scores",
@@ -138,6 +140,11 @@ class Series:
         return quality.fit_project_detector(self.train_features)
 
     @functools.cached_property
+    def envelope_only(self) -> Pipeline:
+        """Return the spec's recipe fitted without its residual (``residual_weight`` 0): the candidates build on its imputer, scaler and PCA."""
+        return fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), {"residual_weight": 0.0}), self.train_features)[0]
+
+    @functools.cached_property
     def project_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Return the project recipe's scores of the training rows and of the test rows."""
         return self.project.score_samples(self.train_features), self.project.score_samples(self.test_features)
@@ -162,6 +169,13 @@ def score_upstream(series: Series) -> ScoredRecipe:
     return ScoredRecipe(train_scores, model.score_samples(series.test_features), lambda rate: float(np.percentile(train_scores, 100.0 * rate)))
 
 
+def score_envelope_only(series: Series) -> ScoredRecipe:
+    """Return the scores and threshold of the spec's recipe without its residual, as its calibration sets it, under the fallback cap."""
+    model = series.envelope_only
+    train_scores = model.score_samples(series.train_features)
+    return ScoredRecipe(train_scores, model.score_samples(series.test_features), series.capped(model, lambda rate: float(np.quantile(train_scores, rate))))
+
+
 def score_project_pot(series: Series) -> ScoredRecipe:
     """Return the spec's recipe's scores with a peaks-over-threshold threshold, under the fallback cap."""
     train_scores, test_scores = series.project_scores
@@ -169,10 +183,10 @@ def score_project_pot(series: Series) -> ScoredRecipe:
 
 
 def _on_project_components(detector: object) -> Callable[[Series], ScoredRecipe]:
-    """Return a scorer that fits ``detector`` on the project recipe's fitted preprocessing (at most CANDIDATE_MAX_ROWS evenly spaced
+    """Return a scorer that fits ``detector`` on the envelope-only recipe's fitted imputer, scaler and PCA (at most CANDIDATE_MAX_ROWS evenly spaced
     training rows) and sets its threshold at the rate's quantile of its training scores, under the fallback cap."""
     def score(series: Series) -> ScoredRecipe:
-        preprocessing = series.project.steps[:-1]
+        preprocessing = series.envelope_only.steps[:-1]
         train = series.train_features
         rows = np.linspace(0, len(train) - 1, min(len(train), CANDIDATE_MAX_ROWS)).astype(int)
         model = Pipeline([*preprocessing, ("detector", clone(detector).fit(Pipeline(preprocessing).transform(train[rows])))])
@@ -183,7 +197,7 @@ def _on_project_components(detector: object) -> Callable[[Series], ScoredRecipe]
 
 
 SCORERS: dict[str, Callable[[Series], ScoredRecipe]] = {
-    "project": score_project, "upstream": score_upstream, "project-pot": score_project_pot,
+    "project": score_project, "upstream": score_upstream, "envelope-only": score_envelope_only, "project-pot": score_project_pot,
     "lof": _on_project_components(LocalOutlierFactor(n_neighbors=LOF_NEIGHBOURS, novelty=True)),
     "isolation-forest-pca": _on_project_components(IsolationForest(n_estimators=200, random_state=42)),
 }

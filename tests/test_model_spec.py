@@ -101,6 +101,16 @@ def test_a_broken_spec_is_refused_naming_file_line_path_and_fix(tmp_path, case):
     assert "; " in problems.split(f"{json_path}: ", 1)[1], "a problem and its fix"
 
 
+def test_a_residual_weight_without_a_pca_and_an_envelope_last_is_refused_naming_the_fix(tmp_path):
+    path, _ = edited(tmp_path, "class: sklearn.covariance.EllipticEnvelope, params: {random_state: 42, support_fraction: 0.99}",
+                     "class: sklearn.ensemble.IsolationForest", REPO / "models" / "anomaly-detector.yaml")
+    line = path.read_text().splitlines().index("    residual_weight: 2.0  # the envelope's distance plus twice the squared residual off the 15 "
+                                               "components, each over its training median") + 1
+    problems = problems_of(path)
+    assert f"{path}:{line}: $.estimator.training.residual_weight: residual_weight adds the distance off a PCA's components" in problems, problems
+    assert "end it with sklearn.decomposition.PCA (without whiten) then sklearn.covariance.EllipticEnvelope, or set residual_weight: 0" in problems
+
+
 def test_spec_check_exits_2_with_the_line_numbered_problems(tmp_path):
     path, line = edited(tmp_path, "unit: per_second", "unit: iops")
     checked = run_cli("spec", "check", str(path))
@@ -250,7 +260,10 @@ def test_the_builtins_state_what_the_code_does_today():
     for step, (_, built) in zip(detector.estimator.steps, today.steps[1:]):
         assert f"{type(built).__module__.split('._')[0]}.{type(built).__name__}" == step.class_path
         assert built.get_params() == {**built.get_params(), **step.params}
-    assert detector.estimator.training == {"target_false_positive_rate": DETECTOR_DEFAULTS["target_false_positive_rate"], "impute_fallback": True}
+    # The detector-quality recipe (2026-12-07) halved the rate and added the residual; tests/test_train_spec.py shows that with
+    # those two set back the spec trains the recipe from before specs byte for byte.
+    assert detector.estimator.training == {"target_false_positive_rate": DETECTOR_DEFAULTS["target_false_positive_rate"] / 2, "impute_fallback": True,
+                                           "residual_weight": 2.0}
     assert forecaster.estimator.steps[0].params == {"alpha": FORECASTER_DEFAULTS["alpha"]}
     assert forecaster.estimator.training["horizon_minutes"] == FORECASTER_DEFAULTS["horizon_minutes"]
     assert {value.name: value.range for value in forecaster.outputs.values} == OUTPUT_RANGES

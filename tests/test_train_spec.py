@@ -12,6 +12,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.pipeline import Pipeline
 
 from components.data.ingest import IngestRequest, ingest
 from components.data.prometheus import fetch_metrics
@@ -20,6 +21,7 @@ from components.model.contract import ANOMALY_DETECTOR, PREDICTIVE_ANALYTICS, Co
 from components.model.evaluate import evaluate_candidate, markdown_report
 from components.model.spec import SpecError, load_spec, spec_for, use_spec
 from components.model.train import (
+    fit_outlier_detector,
     foreign_pickle_modules,
     save_trained,
     spec_with_overrides,
@@ -59,25 +61,90 @@ def disk_model(disks):
 # --- the built-ins are what they were ------------------------------------------------------------------------------
 
 
-def test_the_builtin_specs_train_todays_detector_and_forecaster_byte_for_byte():
-    detector_data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=11))
-    features = engineer_features(detector_data.train, ANOMALY_DETECTOR).to_numpy()
-    normal = features[detector_data.train.is_anomaly.iloc[5:].to_numpy() == 0]
-    today, calibration = before.fit_detector(normal)
-    spec_path = train_model(spec_for(ANOMALY_DETECTOR), detector_data.train)
-    assert pickled(spec_path.estimator) == pickled(today)
+# The detector-quality recipe (2026-12-07) changed two training knobs; with them set back, the spec trains the recipe from before specs.
+ENVELOPE_ONLY = {"target_false_positive_rate": 0.02, "residual_weight": 0.0}
+
+
+@pytest.fixture(scope="module")
+def detector_data():
+    """Synthetic detector data through ingest, and its normal training rows as contract features."""
+    data = ingest(IngestRequest(ANOMALY_DETECTOR, days=2, seed=11))
+    features = engineer_features(data.train, ANOMALY_DETECTOR).to_numpy()
+    return data, features[data.train.is_anomaly.iloc[5:].to_numpy() == 0]
+
+
+def test_the_builtin_specs_train_the_detector_and_forecaster_from_before_specs_byte_for_byte(detector_data):
+    data, normal = detector_data
+    envelope, calibration = before.fit_detector(normal)
+    spec_path = train_model(spec_for(ANOMALY_DETECTOR), data.train, ENVELOPE_ONLY)
+    assert pickled(spec_path.estimator) == pickled(envelope)
     assert {key: spec_path.parameters[key] for key in calibration} == calibration
 
     # The isolation-forest recipe with a robust scaler is reachable as overrides.
     forest, _ = before.fit_detector(normal, algorithm="isolation_forest", scaler="robust", n_estimators=40, random_state=3)
     overrides = {"scaler.class": "sklearn.preprocessing.RobustScaler", "pca.class": "passthrough", "detector.class": "sklearn.ensemble.IsolationForest",
-                 "detector.n_estimators": 40, "detector.max_samples": 256, "detector.random_state": 3}
-    assert pickled(train_model(spec_for(ANOMALY_DETECTOR), detector_data.train, overrides).estimator) == pickled(forest)
+                 "detector.n_estimators": 40, "detector.max_samples": 256, "detector.random_state": 3, **ENVELOPE_ONLY}
+    assert pickled(train_model(spec_for(ANOMALY_DETECTOR), data.train, overrides).estimator) == pickled(forest)
 
     forecaster_data = ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=3, seed=11))
     current, future = forecast_pairs(forecaster_data.train, 30)
     today = before.fit_forecaster(current, future, 2.0)
     assert pickled(train_model(spec_for(PREDICTIVE_ANALYTICS), forecaster_data.train, {"horizon_minutes": 30, "levels.alpha": 2.0}).estimator) == pickled(today)
+
+
+def test_the_detector_adds_the_weighted_residual_off_its_components_to_its_envelope_as_one_stock_envelope(detector_data):
+    data, normal = detector_data
+    trained = train_model(spec_for(ANOMALY_DETECTOR), data.train)
+    detector = trained.estimator
+    assert [type(step).__name__ for _, step in detector.steps] == ["ColumnTransformer", "StandardScaler", "EllipticEnvelope"]
+    assert foreign_pickle_modules(detector) == [] and trained.parameters["residual_weight"] == 2.0
+    assert trained.parameters["training_false_positive_rate"] == pytest.approx(0.01, abs=0.001)
+
+    # The same sum, computed from the envelope-only recipe's own PCA and envelope.
+    envelope = train_model(spec_for(ANOMALY_DETECTOR), data.train, {"residual_weight": 0}).estimator
+    inputs = Pipeline(envelope.steps[:-2]).transform
+    pca, inner = envelope.named_steps["pca"], envelope.named_steps["detector"]
+
+    def parts(rows):
+        components = pca.transform(inputs(rows))
+        return inner.mahalanobis(components), ((inputs(rows) - pca.inverse_transform(components)) ** 2).sum(axis=1)
+
+    train_distance, train_residual = parts(normal)
+    rows = normal[::50] * np.random.default_rng(5).normal(1.0, 0.2, normal[::50].shape)
+    distance, residual = parts(rows)
+    expected = distance / np.median(train_distance) + 2.0 * residual / np.median(train_residual)
+    assert np.allclose(-detector.score_samples(rows), expected, rtol=1e-6)
+
+    # A minute moved off the components only: the envelope alone cannot see it, the residual flags it.
+    direction = np.random.default_rng(6).normal(size=normal.shape[1])
+    direction -= pca.components_.T @ (pca.components_ @ direction)
+    direction *= 10 * np.sqrt(np.median(train_residual)) / np.linalg.norm(direction)
+    # The no-data imputer puts its columns first, grouped by sentinel: column j of the scaler's input is this raw feature.
+    raw_column = [column for _, _, columns in envelope.named_steps["no_data"].transformers_ for column in columns]
+    typical, moved = normal[::50], normal[::50].copy()
+    moved[:, raw_column] += direction * envelope.named_steps["scaler"].scale_
+    assert np.allclose(pca.transform(inputs(moved)), pca.transform(inputs(typical)))
+    assert (envelope.predict(moved) == envelope.predict(typical)).all()
+    assert (detector.predict(typical) == 1).mean() > 0.9 and (detector.predict(moved) == -1).all()
+
+
+def test_a_residual_weight_on_an_estimator_without_pca_and_envelope_is_refused_naming_the_fix(detector_data):
+    data, _ = detector_data
+    with pytest.raises(ContractError, match=r"residual_weight adds the distance off a PCA's components to an EllipticEnvelope's, and the estimator is "
+                                            r"sklearn.preprocessing.StandardScaler -> sklearn.decomposition.PCA -> sklearn.ensemble.IsolationForest: "
+                                            r"end it with sklearn.decomposition.PCA \(without whiten\) then sklearn.covariance.EllipticEnvelope, or set residual_weight: 0"):
+        train_model(spec_for(ANOMALY_DETECTOR), data.train, {"detector.class": "sklearn.ensemble.IsolationForest"})
+
+
+def test_training_rows_that_leave_no_residual_get_the_envelope_alone():
+    rng = np.random.default_rng(0)
+    flat = np.full((2000, 45), 0.2)  # four of the five metrics flat: the rows span fewer dimensions than the 15 components
+    flat[:, :9] = rng.normal(0.5, 0.1, (2000, 9))
+    detector, calibration = fit_outlier_detector(spec_for(ANOMALY_DETECTOR), flat)
+    envelope, _ = fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), {"residual_weight": 0}), flat)
+    rows = flat[:200] + rng.normal(0, 0.05, (200, 45))
+    assert calibration["residual_weight"] == 0.0 and np.isfinite(calibration["threshold"])
+    assert (detector.predict(rows) == envelope.predict(rows)).all()
 
 
 # --- a third model with no code ------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ from components.monitoring.drift import drift_profile
 from components.store.filesystem import MODEL_FILENAME, TRAINING_FILENAME
 
 HOLDOUT_FRACTION = 0.2
+# Below this share of the rows' spread, what is left off a detector's PCA components is rounding, not a residual to watch.
+RESIDUAL_TOLERANCE = 1e-9
 # How far below the fallback vector's score the detector threshold sits, relative to that score.
 FALLBACK_MARGIN = 0.01
 # Modules a stock sklearn server can import when it unpickles a model.
@@ -258,8 +260,9 @@ def fit_outlier_detector(spec: ModelSpec, normal: np.ndarray) -> tuple[Pipeline,
                                 "smoke.probe_per_input with engine_fallback: true in the spec, or set impute_fallback to false")
         steps.insert(0, ("no_data", no_data_imputer(spec.smoke.per_input, normal.shape[1])))
     pipeline = Pipeline(steps).fit(normal)
-    if spec.estimator.training["residual_weight"]:
-        pipeline = with_residual(pipeline, normal, spec.estimator.training["residual_weight"])
+    residual_weight = spec.estimator.training["residual_weight"]
+    if residual_weight:
+        pipeline, residual_weight = with_residual(pipeline, normal, residual_weight)
     scores = pipeline.score_samples(normal)
     # decision_function = score_samples - offset_; rows scoring below the offset are anomalies.
     threshold = offset = float(np.quantile(scores, rate))
@@ -271,13 +274,15 @@ def fit_outlier_detector(spec: ModelSpec, normal: np.ndarray) -> tuple[Pipeline,
         "threshold": threshold,
         "threshold_set_by": "fallback_vector" if fallback_limit is not None and fallback_limit < offset else "target_false_positive_rate",
         "training_false_positive_rate": float(np.mean(scores < threshold)),
+        **({"residual_weight": residual_weight} if spec.estimator.training["residual_weight"] else {}),
     }
     return pipeline, calibration
 
 
-def with_residual(pipeline: Pipeline, normal: np.ndarray, weight: float) -> Pipeline:
+def with_residual(pipeline: Pipeline, normal: np.ndarray, weight: float) -> tuple[Pipeline, float]:
     """Return the fitted pipeline with its PCA folded into its final EllipticEnvelope, whose distance then adds ``weight``
-    times the squared residual off the PCA's components, each of the two over its median on ``normal``.
+    times the squared residual off the PCA's components, each of the two over its median on ``normal``; and the weight
+    applied, 0 when the training rows leave no residual (every metric but a few flat).
 
     The envelope sees only the leading components, so a minute that breaks the metrics' usual relations without
     moving them far along those components (a lone metric off its peers, a lag or spread at odds with its value)
@@ -289,19 +294,21 @@ def with_residual(pipeline: Pipeline, normal: np.ndarray, weight: float) -> Pipe
     inputs = Pipeline(before).transform(normal) if before else normal
     components = pca.transform(inputs)
     basis = pca.components_
-    residual = ((inputs - pca.mean_ - components @ basis) ** 2).sum(axis=1)
-    envelope_median, residual_median = float(np.median(envelope.mahalanobis(components))), float(np.median(residual))
-    if residual_median <= 0.0:
-        raise ContractError(f"the training rows lie on the PCA's {pca.n_components_} components, so there is no residual to weigh: "
-                            "lower pca.n_components, or set residual_weight: 0")
+    centred = inputs - pca.mean_
+    residual_median = float(np.median(((centred - components @ basis) ** 2).sum(axis=1)))
+    if residual_median <= RESIDUAL_TOLERANCE * float(np.median((centred ** 2).sum(axis=1))):
+        weight = 0.0  # the training rows lie on the components (flat metrics): only rounding is left off them
+    envelope_median = float(np.median(envelope.mahalanobis(components)))
     width = basis.shape[1]
-    precision = basis.T @ envelope.precision_ @ basis / envelope_median + weight / residual_median * (np.eye(width) - basis.T @ basis)
+    precision = basis.T @ envelope.precision_ @ basis / envelope_median
+    if weight:
+        precision += weight / residual_median * (np.eye(width) - basis.T @ basis)
     envelope.location_ = pca.mean_ + basis.T @ envelope.location_
     envelope.precision_ = precision
-    envelope.covariance_ = np.linalg.inv(precision)
+    envelope.covariance_ = np.linalg.pinv(precision, hermitian=True)
     envelope.n_features_in_ = width
     envelope.dist_ = envelope.mahalanobis(inputs)
-    return Pipeline([*before, (name, envelope)])
+    return Pipeline([*before, (name, envelope)]), weight
 
 
 # --- predictive --------------------------------------------------------------------------------------------------
