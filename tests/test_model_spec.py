@@ -260,9 +260,9 @@ def test_the_builtins_state_what_the_code_does_today():
     for step, (_, built) in zip(detector.estimator.steps, today.steps[1:]):
         assert f"{type(built).__module__.split('._')[0]}.{type(built).__name__}" == step.class_path
         assert built.get_params() == {**built.get_params(), **step.params}
-    # The detector-quality recipe (2026-12-07) halved the rate and added the residual; tests/test_train_spec.py shows that with
-    # those two set back the spec trains the recipe from before specs byte for byte.
-    assert detector.estimator.training == {"target_false_positive_rate": DETECTOR_DEFAULTS["target_false_positive_rate"] / 2, "impute_fallback": True,
+    # The detector-quality recipe (2026-12-07) added the residual; tests/test_train_spec.py shows that without it the spec
+    # trains the recipe from before specs byte for byte.
+    assert detector.estimator.training == {"target_false_positive_rate": DETECTOR_DEFAULTS["target_false_positive_rate"], "impute_fallback": True,
                                            "residual_weight": 2.0}
     assert forecaster.estimator.steps[0].params == {"alpha": FORECASTER_DEFAULTS["alpha"]}
     assert forecaster.estimator.training["horizon_minutes"] == FORECASTER_DEFAULTS["horizon_minutes"]

@@ -142,14 +142,14 @@ def test_frontier_scores_each_recipe_once_per_series_at_every_rate_against_the_t
     assert "[SMD 2/2] machine-9-2: F1 by rate, then in hindsight project" in finished.stdout and "[NAB 2/2] cpu_b:" in finished.stdout
     assert "points meeting every target:" in finished.stdout
     report = json.loads((tmp_path / "frontier.json").read_text())
-    # The requested rates, sorted, plus each recipe's own default: the spec's 0.01 and upstream's contamination 0.05.
-    assert report["rates"] == [0.01, 0.05, 0.1]
+    # The requested rates, sorted, plus each recipe's own default: the spec's 0.02 and upstream's contamination 0.05.
+    assert report["rates"] == [0.01, 0.02, 0.05, 0.1]
     assert report["targets"]["smd_mean_f1"] == 0.45 and report["targets"]["smd_worst_margin"] == -0.02
     reference = report["upstream_reference"]
     assert report["targets"]["nab_false_positives"] == pytest.approx(reference["nab_false_positives_per_series"] / 3)
     for recipe, result in report["recipes"].items():
         points = result["points"]
-        assert [point["rate"] for point in points] == report["rates"] and result["default_rate"] == {"project": 0.01, "upstream": 0.05}[recipe]
+        assert [point["rate"] for point in points] == report["rates"] and result["default_rate"] == {"project": 0.02, "upstream": 0.05}[recipe]
         for point in points:
             assert set(point["meets"]) == set(frontier.TARGETS)
             assert point["smd"]["mean"]["f1"] == pytest.approx(np.mean([item["f1"] for item in point["smd"]["items"].values()]))
@@ -178,7 +178,7 @@ def test_frontier_scores_each_recipe_once_per_series_at_every_rate_against_the_t
     assert "SMD mean point-wise F1 >= 0.45" in table and "a third of upstream's" in table and "every NAB window upstream detects" in table
     assert "## In hindsight: thresholds tuned on the test labels" in table and "## NAB false positives per series in hindsight" in table
     assert "| machine-9-1 |" in table.split("## SMD F1 per machine")[1] and "project in hindsight" in table
-    assert "| project | 0.01 (default) |" in table and "| upstream | 0.05 (default) |" in table and "Points meeting every target:" in table
+    assert "| project | 0.02 (default) |" in table and "| upstream | 0.05 (default) |" in table and "Points meeting every target:" in table
     assert (tmp_path / "results" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -192,17 +192,17 @@ def test_frontier_scores_the_candidate_recipes_beside_the_project_and_upstream(s
     assert list(report["recipes"]) == ["project", "upstream", "envelope-only", "project-pot", "lof", "isolation-forest-pca"]
     project, pot = report["recipes"]["project"]["points"], report["recipes"]["project-pot"]["points"]
     for recipe, result in report["recipes"].items():
-        assert [point["rate"] for point in result["points"]] == [0.005, 0.01, 0.05, 0.1]
+        assert [point["rate"] for point in result["points"]] == [0.005, 0.02, 0.05, 0.1]
         for section, item in (("smd", "machine-9-1"), ("nab", "cpu_a"), ("nab", "cpu_b")):
             flagged = [point[section]["items"][item]["flagged"] for point in result["points"]]
             assert flagged == sorted(flagged), (recipe, item, flagged)
     # At or above 2 %, peaks over threshold is the plain quantile: the project's own points, exactly.
-    assert [point["smd"] for point in pot[2:]] == [point["smd"] for point in project[2:]]
+    assert [point["smd"] for point in pot[1:]] == [point["smd"] for point in project[1:]]
     # The envelope alone is the spec's recipe without its residual: another detector, flagging other rows.
     envelope = report["recipes"]["envelope-only"]["points"]
     assert [point["smd"]["items"]["machine-9-1"]["flagged"] for point in envelope] != [point["smd"]["items"]["machine-9-1"]["flagged"] for point in project]
     table = (tmp_path / "results" / "frontier.md").read_text()
-    assert "- lof: LocalOutlierFactor(20 neighbours, novelty)" in table and "| isolation-forest-pca | 0.01 (default) |" in table
+    assert "- lof: LocalOutlierFactor(20 neighbours, novelty)" in table and "| isolation-forest-pca | 0.02 (default) |" in table
     unknown = run_benchmark("frontier", "--smd-dir", str(smd_dir), "--nab-dir", str(nab_dir), "--candidates", "lof,svm", "--json", str(tmp_path / "f.json"))
     assert unknown.returncode == 2 and "'svm': not a candidate recipe; choose from envelope-only, project-pot, lof, isolation-forest-pca" in unknown.stderr
 

@@ -61,8 +61,8 @@ def disk_model(disks):
 # --- the built-ins are what they were ------------------------------------------------------------------------------
 
 
-# The detector-quality recipe (2026-12-07) changed two training knobs; with them set back, the spec trains the recipe from before specs.
-ENVELOPE_ONLY = {"target_false_positive_rate": 0.02, "residual_weight": 0.0}
+# The detector-quality recipe (2026-12-07) added the residual; without it, the spec trains the recipe from before specs.
+ENVELOPE_ONLY = {"residual_weight": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_the_builtin_specs_train_the_detector_and_forecaster_from_before_specs_b
     # The isolation-forest recipe with a robust scaler is reachable as overrides.
     forest, _ = before.fit_detector(normal, algorithm="isolation_forest", scaler="robust", n_estimators=40, random_state=3)
     overrides = {"scaler.class": "sklearn.preprocessing.RobustScaler", "pca.class": "passthrough", "detector.class": "sklearn.ensemble.IsolationForest",
-                 "detector.n_estimators": 40, "detector.max_samples": 256, "detector.random_state": 3, **ENVELOPE_ONLY}
+                 "detector.n_estimators": 40, "detector.max_samples": 256, "detector.random_state": 3}
     assert pickled(train_model(spec_for(ANOMALY_DETECTOR), data.train, overrides).estimator) == pickled(forest)
 
     forecaster_data = ingest(IngestRequest(PREDICTIVE_ANALYTICS, days=3, seed=11))
@@ -98,7 +98,7 @@ def test_the_detector_adds_the_weighted_residual_off_its_components_to_its_envel
     detector = trained.estimator
     assert [type(step).__name__ for _, step in detector.steps] == ["ColumnTransformer", "StandardScaler", "EllipticEnvelope"]
     assert foreign_pickle_modules(detector) == [] and trained.parameters["residual_weight"] == 2.0
-    assert trained.parameters["training_false_positive_rate"] == pytest.approx(0.01, abs=0.001)
+    assert trained.parameters["training_false_positive_rate"] == pytest.approx(0.02, abs=0.001)
 
     # The same sum, computed from the envelope-only recipe's own PCA and envelope.
     envelope = train_model(spec_for(ANOMALY_DETECTOR), data.train, {"residual_weight": 0}).estimator
@@ -130,10 +130,12 @@ def test_the_detector_adds_the_weighted_residual_off_its_components_to_its_envel
 
 def test_a_residual_weight_on_an_estimator_without_pca_and_envelope_is_refused_naming_the_fix(detector_data):
     data, _ = detector_data
+    # Swapping the detector drops the spec's residual with the envelope it belonged to; asking for both is refused.
+    assert spec_with_overrides(spec_for(ANOMALY_DETECTOR), {"detector.class": "sklearn.ensemble.IsolationForest"}).estimator.training["residual_weight"] == 0
     with pytest.raises(ContractError, match=r"residual_weight adds the distance off a PCA's components to an EllipticEnvelope's, and the estimator is "
                                             r"sklearn.preprocessing.StandardScaler -> sklearn.decomposition.PCA -> sklearn.ensemble.IsolationForest: "
                                             r"end it with sklearn.decomposition.PCA \(without whiten\) then sklearn.covariance.EllipticEnvelope, or set residual_weight: 0"):
-        train_model(spec_for(ANOMALY_DETECTOR), data.train, {"detector.class": "sklearn.ensemble.IsolationForest"})
+        train_model(spec_for(ANOMALY_DETECTOR), data.train, {"detector.class": "sklearn.ensemble.IsolationForest", "residual_weight": 2})
 
 
 def test_training_rows_that_leave_no_residual_get_the_envelope_alone():

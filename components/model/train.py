@@ -98,7 +98,8 @@ def spec_with_overrides(spec: ModelSpec, overrides: Mapping[str, object] | None)
 
     A key is a training knob of the spec's type (``target_false_positive_rate``), a step parameter (``pca.n_components``),
     or ``<step>.class``: another allowlisted class of the step's role, whose parameters keep the spec's values that it
-    accepts, or ``passthrough`` to drop a transform step.
+    accepts, or ``passthrough`` to drop a transform step. Replacing the PCA or the envelope drops the spec's
+    ``residual_weight`` with them, unless the overrides set it too.
     """
     knobs = dict(spec.estimator.training)
     names = [step.name for step in spec.estimator.steps]
@@ -141,6 +142,8 @@ def spec_with_overrides(spec: ModelSpec, overrides: Mapping[str, object] | None)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"the overrides of step {step.name}: {error}") from None
         steps.append(built)
+    if "residual_weight" not in (overrides or {}) and Estimator(tuple(steps), knobs).residual_problem():
+        knobs["residual_weight"] = 0.0  # the residual belongs to the PCA and envelope the overrides replaced, as their parameters do
     return replace(spec, estimator=Estimator(tuple(steps), MappingProxyType(knobs)))
 
 
