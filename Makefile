@@ -64,10 +64,11 @@ bench: $(STAMP) ## local-run overhead and serving latency as ratios against an i
 	$(BIN)/python -m benchmarks.load
 
 DATA ?= ../shared/datasets
-quality: $(STAMP) ## model quality on real data against the upstream recipes, and the detector's frontier (benchmarks/results/)
+quality: $(STAMP) ## model quality on real data against the upstream recipes, the detector's fit time against rows, and its frontier (benchmarks/results/)
 	$(BIN)/python -m benchmarks forecast --data-dir $(DATA)/datacenter-traces --json benchmarks/results/forecast.json
 	$(BIN)/python -m benchmarks nab --data-dir $(DATA)/nab --json benchmarks/results/nab.json
 	$(BIN)/python -m benchmarks anomaly --data-dir $(DATA)/smd --json benchmarks/results/anomaly.json
+	$(BIN)/python -m benchmarks fit-scaling --data-dir $(DATA)/smd --json benchmarks/results/fit-scaling.json
 	$(BIN)/python -m benchmarks frontier --smd-dir $(DATA)/smd --nab-dir $(DATA)/nab --json benchmarks/results/frontier.json
 
 serve-stop: $(STAMP) ## stop the local model servers that `make run` left serving

@@ -2,6 +2,7 @@
 
     python -m benchmarks anomaly  --data-dir ../shared/datasets/smd [--machines machine-1-2 ...] --json OUT
     python -m benchmarks nab      --data-dir ../shared/datasets/nab --json OUT
+    python -m benchmarks fit-scaling --data-dir ../shared/datasets/smd [--machine machine-1-1] --json OUT
     python -m benchmarks frontier --smd-dir ../shared/datasets/smd --nab-dir ../shared/datasets/nab [--rates 0.005,0.01,0.02] --json OUT
     python -m benchmarks forecast --data-dir ../shared/datasets/datacenter-traces --json OUT
     python -m benchmarks drift    [--data-dir ../shared/datasets/datacenter-traces] --json OUT
@@ -56,6 +57,19 @@ def nab(args: argparse.Namespace) -> dict:
     result = quality.by_recipe(per_series)
     _write_detection(args, "nab", "Anomaly detector on NAB realAWSCloudwatch (after the 15 % probation period)", result, report.NAB_FIELDS, "windows_detected")
     return result
+
+
+def fit_scaling(args: argparse.Namespace) -> dict:
+    """Time both detector recipes' fits on growing shares of one SMD machine's training rows and return the JSON report."""
+    machine = args.machine or quality.smd_machines(args.data_dir)[0]
+    train_features, _, _ = quality.smd_split(args.data_dir, machine)
+    result = quality.fit_scaling(train_features)
+    for recipe, sizes in result.items():
+        print(f"{machine} {recipe}: " + ", ".join(f"{size['rows']:,} rows {size['fit_s']:.2f} s (cost per row x{size['cost_per_row_ratio']:.2f})"
+                                                  for size in sizes.values()), flush=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "fit-scaling.md").write_text(report.scaling_markdown(_command(), machine, result))
+    return {"machine": machine, "recipes": result}
 
 
 def frontier(args: argparse.Namespace) -> dict:
@@ -140,6 +154,9 @@ def summary(verb: str, result: dict) -> str:
                                                          for model, counts in synthetic.items())
     if verb == "frontier":
         return frontier_benchmark.summary(result)
+    if verb == "fit-scaling":
+        return "fit cost per row on all rows over a quarter of them (1.00: linear): " + ", ".join(
+            f"{recipe} {list(sizes.values())[-1]['cost_per_row_ratio']:.2f}" for recipe, sizes in result["recipes"].items())
     if verb == "forecast":
         return "; ".join(f"{dataset} mean MASE vs persistence {sum(o['mase_persistence'] for o in outputs.values()) / len(outputs):.3f}"
                          for dataset, outputs in result.items())
@@ -162,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown and PNG output (default %(default)s)")
         if verb == "anomaly":
             command.add_argument("--machines", nargs="+", help="machine names (default: every machine under train/)")
+    command = verbs.add_parser("fit-scaling", help="fit time of both detector recipes on a quarter, half and all of one SMD machine's training rows")
+    command.add_argument("--data-dir", type=Path, required=True, help="SMD-format data: train/, test/, test_label/")
+    command.add_argument("--machine", help="SMD machine name (default: the first under train/)")
+    command.add_argument("--json", type=Path, required=True, help="where to write the JSON results")
+    command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown output (default %(default)s)")
     command = verbs.add_parser("frontier", help="SMD F1 against NAB false positives per training-only calibration rate, both recipes")
     command.add_argument("--smd-dir", type=Path, required=True, help="SMD-format data: train/, test/, test_label/")
     command.add_argument("--nab-dir", type=Path, required=True, help="NAB-format data: data/<group>/<series>.csv, labels/combined_windows.json")
@@ -189,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         unattended.main(["--days", str(args.days), "--seed", str(args.seed), *(["--json", str(args.json)] if args.json else [])])
         return 0
     try:
-        result = {"anomaly": anomaly, "nab": nab, "frontier": frontier, "forecast": forecast, "drift": drift}[args.verb](args)
+        result = {"anomaly": anomaly, "nab": nab, "fit-scaling": fit_scaling, "frontier": frontier, "forecast": forecast,
+                  "drift": drift}[args.verb](args)
     except (ContractError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -86,6 +86,7 @@ def fit_upstream_detector(train_features: np.ndarray) -> Pipeline:
 
 
 DETECTORS: dict[str, Callable[[np.ndarray], Pipeline]] = {"project": fit_project_detector, "upstream": fit_upstream_detector}
+SCALING_SHARES = (0.25, 0.5, 1.0)  # fit-scaling fits each recipe on these leading shares of one machine's training rows
 
 
 def run_detector(fit: Callable[[np.ndarray], Pipeline], train_features: np.ndarray, test_features: np.ndarray) -> DetectorRun:
@@ -95,6 +96,27 @@ def run_detector(fit: Callable[[np.ndarray], Pipeline], train_features: np.ndarr
     fit_s = time.perf_counter() - started
     flagged = (np.asarray(model.predict(test_features)) == -1).astype(int)
     return DetectorRun(flagged, fit_s, single_row_latency_ms(model, test_features[:1]))
+
+
+def fit_scaling(train_features: np.ndarray, shares: tuple[float, ...] = SCALING_SHARES, repeats: int = 3) -> dict[str, dict]:
+    """Return each recipe's median fit seconds on the first ``share`` of the training rows, per share, and its cost per row
+    over the smallest share's in the same run (1.0: linear in rows; 2.0: twice the cost per row)."""
+    result: dict[str, dict] = {}
+    for recipe, fit in DETECTORS.items():
+        sizes = {}
+        for share in shares:
+            rows = train_features[: max(1, int(len(train_features) * share))]
+            timings = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                fit(rows)
+                timings.append(time.perf_counter() - started)
+            sizes[f"{share:g}"] = {"rows": len(rows), "fit_s": float(np.median(timings))}
+        smallest = next(iter(sizes.values()))
+        for size in sizes.values():
+            size["cost_per_row_ratio"] = (size["fit_s"] / size["rows"]) / (smallest["fit_s"] / smallest["rows"])
+        result[recipe] = sizes
+    return result
 
 
 def features_with_history(train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

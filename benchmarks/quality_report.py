@@ -19,6 +19,17 @@ NAB_FIELDS = (*COUNT_FIELDS, "fit_s", "predict_ms")
 PLOTTED_HOURS = 48
 
 
+def scaling_markdown(command: str, machine: str, result: dict[str, dict]) -> str:
+    """Return a Markdown table of each recipe's fit time per training-row count and its cost per row over the smallest count's."""
+    lines = [f"# Detector fit time against training rows ({machine})", "", f"Reproduce: `{command}`", "",
+             "Median of 3 fits on the first quarter, half and all of the machine's training rows. The last column is the fit time per",
+             "row over the smallest size's, in the same run: 1.00 is linear in rows, 2.00 twice the cost per row.", "",
+             "| recipe | rows | fit s | cost per row / smallest size's |", "|---|---|---|---|"]
+    for recipe, sizes in result.items():
+        lines += [f"| {recipe} | {size['rows']:,} | {size['fit_s']:.3f} | {size['cost_per_row_ratio']:.2f} |" for size in sizes.values()]
+    return "\n".join(lines) + "\n"
+
+
 def detection_markdown(title: str, command: str, report: dict, fields: tuple[str, ...]) -> str:
     """Return a Markdown table with one row per item and recipe, then the means, for anomaly or nab results."""
     lines = [f"# {title}", "", f"Reproduce: `{command}`", "", "| item | recipe | " + " | ".join(fields) + " |",

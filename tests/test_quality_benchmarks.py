@@ -120,6 +120,24 @@ def nab_dir(tmp_path_factory):
     return root
 
 
+def test_fit_scaling_times_both_recipes_on_growing_shares_of_one_machine(smd_dir, tmp_path):
+    finished = run_benchmark("fit-scaling", "--data-dir", str(smd_dir), "--machine", "machine-9-2", "--json", str(tmp_path / "scaling.json"),
+                             "--results-dir", str(tmp_path / "results"))
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads((tmp_path / "scaling.json").read_text())
+    assert report["machine"] == "machine-9-2" and list(report["recipes"]) == ["project", "upstream"]
+    training_rows = len(quality.smd_split(smd_dir, "machine-9-2")[0])
+    for recipe, sizes in report["recipes"].items():
+        assert [size["rows"] for size in sizes.values()] == [training_rows // 4, training_rows // 2, training_rows]
+        smallest, largest = sizes["0.25"], sizes["1"]
+        assert smallest["cost_per_row_ratio"] == 1.0
+        assert largest["cost_per_row_ratio"] == pytest.approx((largest["fit_s"] / largest["rows"]) / (smallest["fit_s"] / smallest["rows"]))
+    assert "fit cost per row on all rows over a quarter of them (1.00: linear): project" in finished.stdout
+    assert f"| project | {training_rows:,} |" in (tmp_path / "results" / "fit-scaling.md").read_text()
+    missing = run_benchmark("fit-scaling", "--data-dir", str(smd_dir), "--machine", "machine-0-0", "--json", str(tmp_path / "none.json"))
+    assert missing.returncode == 2 and "no file for machine 'machine-0-0'" in missing.stderr
+
+
 def test_nab_counts_windows_and_false_positives_per_series(nab_dir, tmp_path):
     finished = run_benchmark("nab", "--data-dir", str(nab_dir), "--json", str(tmp_path / "nab.json"), "--results-dir", str(tmp_path / "results"))
     assert finished.returncode == 0, finished.stderr

@@ -3,7 +3,8 @@ inside the pickle.
 
 ``train_model(spec, frame, overrides)`` is the entry point for every model. It applies a run's overrides to the spec's
 estimator steps and training knobs (``spec_with_overrides``), then fits the way the spec's type brings (``TRAINERS``):
-- anomaly (``fit_outlier_detector``): on the normal rows, the no-data imputer first when ``impute_fallback``, the
+- anomaly (``fit_outlier_detector``): on the normal rows, the no-data imputer first when ``impute_fallback``, with
+  ``residual_weight`` the PCA folded into the envelope with the residual off its components (``with_residual``), the
   final step's threshold calibrated to ``target_false_positive_rate`` and never flagging the engine's fallback probe;
 - predictive (``fit_regressor``): the inputs ``horizon_minutes`` ahead. With ``fit_change``, it learns the change and
   keeps persistence where the change loses. With ``clip_to_output_ranges``, it clips to the outputs' ranges;
