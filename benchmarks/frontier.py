@@ -7,12 +7,12 @@ upstream recipe as IsolationForest's ``contamination`` does (the same percentile
 only score the points; the rates are a fixed list. The targets are issue 24's, measured against the upstream recipe at
 its own default in the same run.
 
-``--candidates`` adds the recipes tried against the project's and kept out of the spec, each on the fitted no-data
-imputer, scaler and PCA of the spec's recipe (so each is stock scikit-learn and served the same way, under the same fallback cap):
-``envelope-only``, the spec's recipe with ``residual_weight`` 0 (the envelope on the leading PCA components alone, the
-default before 2026-12-07); ``project-pot``, the project's detector with a peaks-over-threshold threshold (a generalized Pareto fit to the lowest
-2 % of its training scores, extrapolated to the rate, as SPOT sets one); ``lof``, a LocalOutlierFactor novelty detector;
-``isolation-forest-pca``, an IsolationForest on the PCA components.
+``--candidates`` adds the recipes tried against the project's and kept out of the spec, each stock scikit-learn and
+served the same way, under the same fallback cap: ``envelope-only``, the spec's recipe with ``residual_weight`` 0 (the
+envelope on the leading PCA components alone, the default before 2026-12-07); ``project-pot``, the project's detector
+with a peaks-over-threshold threshold (a generalized Pareto fit to the lowest 2 % of its training scores, extrapolated
+to the rate, as SPOT sets one); and on the envelope-only recipe's fitted no-data imputer, scaler and PCA, ``lof``, a
+LocalOutlierFactor novelty detector, and ``isolation-forest-pca``, an IsolationForest on the PCA components.
 
 Each recipe also gets a hindsight bound per series, with its threshold tuned on that series' test labels: the best SMD
 F1 any threshold reaches, and the fewest NAB false-positive rows any threshold flags while still catching every window
@@ -52,8 +52,8 @@ BASE_RECIPES = ("project", "upstream")
 CANDIDATES = {  # what each candidate recipe is, for the report
     "envelope-only": "the spec's recipe with residual_weight 0: the EllipticEnvelope on the leading PCA components alone, at the rate's quantile",
     "project-pot": "the project's detector, its threshold a generalized Pareto fit to its lowest 2 % of training scores, extrapolated to the rate",
-    "lof": "LocalOutlierFactor(20 neighbours, novelty) on the spec's fitted imputer, scaler and PCA, at the rate's quantile of its training scores",
-    "isolation-forest-pca": "IsolationForest(200 trees) on the spec's fitted imputer, scaler and PCA, at the rate's quantile of its training scores",
+    "lof": "LocalOutlierFactor(20 neighbours, novelty) on the envelope-only recipe's fitted imputer, scaler and PCA, at the rate's quantile of its training scores",
+    "isolation-forest-pca": "IsolationForest(200 trees) on the envelope-only recipe's fitted imputer, scaler and PCA, at the rate's quantile of its training scores",
 }
 POT_TAIL = 0.02  # peaks over threshold: the generalized Pareto fit takes this lowest share of the training scores
 MIN_PEAKS = 10
