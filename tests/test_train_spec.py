@@ -101,7 +101,7 @@ def test_the_detector_adds_the_weighted_residual_off_its_components_to_its_envel
     assert trained.parameters["training_false_positive_rate"] == pytest.approx(0.02, abs=0.001)
 
     # The same sum, computed from the envelope-only recipe's own PCA and envelope.
-    envelope = train_model(spec_for(ANOMALY_DETECTOR), data.train, {"residual_weight": 0}).estimator
+    envelope = train_model(spec_for(ANOMALY_DETECTOR), data.train, ENVELOPE_ONLY).estimator
     inputs = Pipeline(envelope.steps[:-2]).transform
     pca, inner = envelope.named_steps["pca"], envelope.named_steps["detector"]
 
@@ -143,7 +143,7 @@ def test_training_rows_that_leave_no_residual_get_the_envelope_alone():
     flat = np.full((2000, 45), 0.2)  # four of the five metrics flat: the rows span fewer dimensions than the 15 components
     flat[:, :9] = rng.normal(0.5, 0.1, (2000, 9))
     detector, calibration = fit_outlier_detector(spec_for(ANOMALY_DETECTOR), flat)
-    envelope, _ = fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), {"residual_weight": 0}), flat)
+    envelope, _ = fit_outlier_detector(spec_with_overrides(spec_for(ANOMALY_DETECTOR), ENVELOPE_ONLY), flat)
     rows = flat[:200] + rng.normal(0, 0.05, (200, 45))
     assert calibration["residual_weight"] == 0.0 and np.isfinite(calibration["threshold"])
     assert (detector.predict(rows) == envelope.predict(rows)).all()
