@@ -2,7 +2,7 @@
 
     python -m benchmarks anomaly  --data-dir ../shared/datasets/smd [--machines machine-1-2 ...] --json OUT
     python -m benchmarks nab      --data-dir ../shared/datasets/nab --json OUT
-    python -m benchmarks fit-scaling --data-dir ../shared/datasets/smd [--machine machine-1-1] --json OUT
+    python -m benchmarks fit-scaling --data-dir ../shared/datasets/smd [--machine machine-1-1] [--repeats 3] --json OUT
     python -m benchmarks frontier --smd-dir ../shared/datasets/smd --nab-dir ../shared/datasets/nab [--rates 0.005,0.01,0.02] --json OUT
     python -m benchmarks forecast --data-dir ../shared/datasets/datacenter-traces --json OUT
     python -m benchmarks drift    [--data-dir ../shared/datasets/datacenter-traces] --json OUT
@@ -63,12 +63,12 @@ def fit_scaling(args: argparse.Namespace) -> dict:
     """Time both detector recipes' fits on growing shares of one SMD machine's training rows and return the JSON report."""
     machine = args.machine or quality.smd_machines(args.data_dir)[0]
     train_features, _, _ = quality.smd_split(args.data_dir, machine)
-    result = quality.fit_scaling(train_features)
+    result = quality.fit_scaling(train_features, repeats=args.repeats)
     for recipe, sizes in result.items():
         print(f"{machine} {recipe}: " + ", ".join(f"{size['rows']:,} rows {size['fit_s']:.2f} s (cost per row x{size['cost_per_row_ratio']:.2f})"
                                                   for size in sizes.values()), flush=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "fit-scaling.md").write_text(report.scaling_markdown(_command(), machine, result))
+    (args.results_dir / "fit-scaling.md").write_text(report.scaling_markdown(_command(), machine, result, args.repeats))
     return {"machine": machine, "recipes": result}
 
 
@@ -141,6 +141,13 @@ def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:
     return parsed
 
 
+def _repeats(text: str) -> int:
+    """Return a fit-scaling repeat count from 1 to 20; raise ValueError naming the bad value and the range."""
+    if not text.isdigit() or not 1 <= int(text) <= 20:
+        raise ValueError(f"{text!r} is not a whole number from 1 to 20: give how many fits per size to take the median of, e.g. --repeats 3")
+    return int(text)
+
+
 def _command() -> str:
     """Return the command line that reproduces this run."""
     return "python -m benchmarks " + shlex.join(sys.argv[1:])
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     command = verbs.add_parser("fit-scaling", help="fit time of both detector recipes on a quarter, half and all of one SMD machine's training rows")
     command.add_argument("--data-dir", type=Path, required=True, help="SMD-format data: train/, test/, test_label/")
     command.add_argument("--machine", help="SMD machine name (default: the first under train/)")
+    command.add_argument("--repeats", type=_argument(_repeats), default=3, help="fits per size, of which the median counts (1 to 20, default %(default)s)")
     command.add_argument("--json", type=Path, required=True, help="where to write the JSON results")
     command.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="Markdown output (default %(default)s)")
     command = verbs.add_parser("frontier", help="SMD F1 against NAB false positives per training-only calibration rate, both recipes")

@@ -19,10 +19,10 @@ NAB_FIELDS = (*COUNT_FIELDS, "fit_s", "predict_ms")
 PLOTTED_HOURS = 48
 
 
-def scaling_markdown(command: str, machine: str, result: dict[str, dict]) -> str:
+def scaling_markdown(command: str, machine: str, result: dict[str, dict], repeats: int) -> str:
     """Return a Markdown table of each recipe's fit time per training-row count and its cost per row over the smallest count's."""
     lines = [f"# Detector fit time against training rows ({machine})", "", f"Reproduce: `{command}`", "",
-             "Median of 3 fits on the first quarter, half and all of the machine's training rows. The last column is the fit time per",
+             f"Median of {repeats} fit(s) on the first quarter, half and all of the machine's training rows. The last column is the fit time per",
              "row over the smallest size's, in the same run: 1.00 is linear in rows, 2.00 twice the cost per row.", "",
              "| recipe | rows | fit s | cost per row / smallest size's |", "|---|---|---|---|"]
     for recipe, sizes in result.items():

@@ -121,8 +121,8 @@ def nab_dir(tmp_path_factory):
 
 
 def test_fit_scaling_times_both_recipes_on_growing_shares_of_one_machine(smd_dir, tmp_path):
-    finished = run_benchmark("fit-scaling", "--data-dir", str(smd_dir), "--machine", "machine-9-2", "--json", str(tmp_path / "scaling.json"),
-                             "--results-dir", str(tmp_path / "results"))
+    finished = run_benchmark("fit-scaling", "--data-dir", str(smd_dir), "--machine", "machine-9-2", "--repeats", "1",
+                             "--json", str(tmp_path / "scaling.json"), "--results-dir", str(tmp_path / "results"))
     assert finished.returncode == 0, finished.stderr
     report = json.loads((tmp_path / "scaling.json").read_text())
     assert report["machine"] == "machine-9-2" and list(report["recipes"]) == ["project", "upstream"]
@@ -133,9 +133,12 @@ def test_fit_scaling_times_both_recipes_on_growing_shares_of_one_machine(smd_dir
         assert smallest["cost_per_row_ratio"] == 1.0
         assert largest["cost_per_row_ratio"] == pytest.approx((largest["fit_s"] / largest["rows"]) / (smallest["fit_s"] / smallest["rows"]))
     assert "fit cost per row on all rows over a quarter of them (1.00: linear): project" in finished.stdout
-    assert f"| project | {training_rows:,} |" in (tmp_path / "results" / "fit-scaling.md").read_text()
+    table = (tmp_path / "results" / "fit-scaling.md").read_text()
+    assert f"| project | {training_rows:,} |" in table and "Median of 1 fit(s)" in table
     missing = run_benchmark("fit-scaling", "--data-dir", str(smd_dir), "--machine", "machine-0-0", "--json", str(tmp_path / "none.json"))
     assert missing.returncode == 2 and "no file for machine 'machine-0-0'" in missing.stderr
+    zero = run_benchmark("fit-scaling", "--data-dir", str(smd_dir), "--repeats", "0", "--json", str(tmp_path / "none.json"))
+    assert zero.returncode == 2 and "'0' is not a whole number from 1 to 20" in zero.stderr
 
 
 def test_nab_counts_windows_and_false_positives_per_series(nab_dir, tmp_path):
