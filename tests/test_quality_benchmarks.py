@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import frontier, quality
+from benchmarks.__main__ import main as benchmarks_main
 from components.model.contract import ANOMALY_DETECTOR
 from components.model.evaluate import detection_scores
 from components.model.spec import spec_for
@@ -120,7 +121,7 @@ def nab_dir(tmp_path_factory):
     return root
 
 
-def test_fit_scaling_times_both_recipes_on_growing_shares_of_one_machine(smd_dir, tmp_path):
+def test_fit_scaling_times_both_recipes_on_growing_shares_of_one_machine(smd_dir, tmp_path, capsys):
     finished = run_benchmark("fit-scaling", "--data-dir", str(smd_dir), "--machine", "machine-9-2", "--repeats", "1",
                              "--json", str(tmp_path / "scaling.json"), "--results-dir", str(tmp_path / "results"))
     assert finished.returncode == 0, finished.stderr
@@ -135,10 +136,13 @@ def test_fit_scaling_times_both_recipes_on_growing_shares_of_one_machine(smd_dir
     assert "fit cost per row on all rows over a quarter of them (1.00: linear): project" in finished.stdout
     table = (tmp_path / "results" / "fit-scaling.md").read_text()
     assert f"| project | {training_rows:,} |" in table and "Median of 1 fit(s)" in table
-    missing = run_benchmark("fit-scaling", "--data-dir", str(smd_dir), "--machine", "machine-0-0", "--json", str(tmp_path / "none.json"))
-    assert missing.returncode == 2 and "no file for machine 'machine-0-0'" in missing.stderr
-    zero = run_benchmark("fit-scaling", "--data-dir", str(smd_dir), "--repeats", "0", "--json", str(tmp_path / "none.json"))
-    assert zero.returncode == 2 and "'0' is not a whole number from 1 to 20" in zero.stderr
+    # The refusals, in process: each exits 2 naming the problem before anything is fitted.
+    assert benchmarks_main(["fit-scaling", "--data-dir", str(smd_dir), "--machine", "machine-0-0", "--json", str(tmp_path / "none.json")]) == 2
+    assert "no file for machine 'machine-0-0'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        benchmarks_main(["fit-scaling", "--data-dir", str(smd_dir), "--repeats", "0", "--json", str(tmp_path / "none.json")])
+    assert refused.value.code == 2 and "'0' is not a whole number from 1 to 20" in capsys.readouterr().err
+    assert not (tmp_path / "none.json").exists()
 
 
 def test_nab_counts_windows_and_false_positives_per_series(nab_dir, tmp_path):
