@@ -299,19 +299,19 @@ def with_residual(pipeline: Pipeline, normal: np.ndarray, weight: float) -> tupl
     components = pca.transform(inputs)
     basis = pca.components_
     centred = inputs - pca.mean_
-    residual_median = float(np.median(((centred - components @ basis) ** 2).sum(axis=1)))
+    residual = ((centred - components @ basis) ** 2).sum(axis=1)
+    residual_median = float(np.median(residual))
     if residual_median <= RESIDUAL_TOLERANCE * float(np.median((centred ** 2).sum(axis=1))):
         weight = 0.0  # the training rows lie on the components (flat metrics): only rounding is left off them
-    envelope_median = float(np.median(envelope.mahalanobis(components)))
+    envelope_median = float(np.median(envelope.dist_))  # dist_: the envelope's distances of the training rows
+    residual_scale = weight / residual_median if weight else 0.0
     width = basis.shape[1]
-    precision = basis.T @ envelope.precision_ @ basis / envelope_median
-    if weight:
-        precision += weight / residual_median * (np.eye(width) - basis.T @ basis)
+    envelope.dist_ = envelope.dist_ / envelope_median + residual_scale * residual  # the sum's, with no second pass over the rows
+    precision = basis.T @ envelope.precision_ @ basis / envelope_median + residual_scale * (np.eye(width) - basis.T @ basis)
     envelope.location_ = pca.mean_ + basis.T @ envelope.location_
     envelope.precision_ = precision
     envelope.covariance_ = np.linalg.pinv(precision, hermitian=True)
     envelope.n_features_in_ = width
-    envelope.dist_ = envelope.mahalanobis(inputs)
     return Pipeline([*before, (name, envelope)]), weight
 
 
