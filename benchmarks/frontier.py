@@ -155,11 +155,16 @@ class Series:
         cap = np.inf if limit is None else limit
         return lambda rate: min(threshold(rate), cap)
 
+    def at_quantile(self, model: Pipeline, scores: tuple[np.ndarray, np.ndarray] | None = None) -> ScoredRecipe:
+        """Return ``model``'s training-row and test-row scores (``scores`` when already computed) with the threshold
+        fit_outlier_detector sets: the rate's quantile of the training scores, under the fallback cap."""
+        train_scores, test_scores = scores or (model.score_samples(self.train_features), model.score_samples(self.test_features))
+        return ScoredRecipe(train_scores, test_scores, self.capped(model, lambda rate: float(np.quantile(train_scores, rate))))
+
 
 def score_project(series: Series) -> ScoredRecipe:
     """Return the spec's recipe's scores and threshold as its calibration sets it: the rate's quantile, under the fallback cap."""
-    train_scores, test_scores = series.project_scores
-    return ScoredRecipe(train_scores, test_scores, series.capped(series.project, lambda rate: float(np.quantile(train_scores, rate))))
+    return series.at_quantile(series.project, series.project_scores)
 
 
 def score_upstream(series: Series) -> ScoredRecipe:
@@ -171,9 +176,7 @@ def score_upstream(series: Series) -> ScoredRecipe:
 
 def score_envelope_only(series: Series) -> ScoredRecipe:
     """Return the scores and threshold of the spec's recipe without its residual, as its calibration sets it, under the fallback cap."""
-    model = series.envelope_only
-    train_scores = model.score_samples(series.train_features)
-    return ScoredRecipe(train_scores, model.score_samples(series.test_features), series.capped(model, lambda rate: float(np.quantile(train_scores, rate))))
+    return series.at_quantile(series.envelope_only)
 
 
 def score_project_pot(series: Series) -> ScoredRecipe:
@@ -189,10 +192,7 @@ def _on_project_components(detector: object) -> Callable[[Series], ScoredRecipe]
         preprocessing = series.envelope_only.steps[:-1]
         train = series.train_features
         rows = np.linspace(0, len(train) - 1, min(len(train), CANDIDATE_MAX_ROWS)).astype(int)
-        model = Pipeline([*preprocessing, ("detector", clone(detector).fit(Pipeline(preprocessing).transform(train[rows])))])
-        train_scores = model.score_samples(train)
-        return ScoredRecipe(train_scores, model.score_samples(series.test_features),
-                            series.capped(model, lambda rate: float(np.quantile(train_scores, rate))))
+        return series.at_quantile(Pipeline([*preprocessing, ("detector", clone(detector).fit(Pipeline(preprocessing).transform(train[rows])))]))
     return score
 
 
